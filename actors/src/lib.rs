@@ -1,0 +1,4 @@
+//! Pando's actors: one module per subsystem, each a thin shell around a core from `pando-protocol` or around one
+//! external resource (a redb database, an openraft instance, an iroh endpoint).
+
+pub mod supervision;

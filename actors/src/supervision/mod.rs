@@ -1,0 +1,18 @@
+//! A reusable supervisor with OTP semantics on ractor.
+//!
+//! ractor's default supervisor stops itself when any child exits. This one implements Erlang/OTP's policies instead:
+//! one_for_one, one_for_all and rest_for_one strategies; permanent, transient and temporary children; a restart
+//! intensity (at most `restarts_max` restarts within `period`) past which the supervisor gives up and escalates to its
+//! own parent by failing; children started in order and stopped in reverse order.
+//!
+//! A child is described by a [`ChildSpec`] whose start function captures the child's arguments, so a restart starts
+//! the child exactly as it was first started.
+
+mod spec;
+mod supervisor;
+
+pub use spec::{ChildSpec, Restart, StartFn, Strategy, SupervisorOptions};
+pub use supervisor::{ChildStatus, Supervisor, SupervisorArgs, SupervisorMsg, SupervisorStatus};
+
+#[cfg(test)]
+mod tests;

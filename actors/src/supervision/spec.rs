@@ -1,0 +1,111 @@
+//! How a supervisor starts, restarts and stops its children.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use ractor::{Actor, ActorCell, SpawnErr};
+use serde::Serialize;
+
+/// Which children restart when one exits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Strategy {
+    /// Only the child that exited.
+    OneForOne,
+    /// Every child: the others are stopped in reverse order, then all start in order.
+    OneForAll,
+    /// The child that exited and every child started after it.
+    RestForOne,
+}
+
+/// When a child is restarted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Restart {
+    /// Always.
+    Permanent,
+    /// Only when it failed (panicked, returned an error, or was killed); a normal stop is final.
+    Transient,
+    /// Never.
+    Temporary,
+}
+
+/// Starts a child linked to the given supervisor cell.
+pub type StartFn =
+    Arc<dyn Fn(ActorCell) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> + Send + Sync>;
+
+/// One child of a supervisor.
+#[derive(Clone)]
+pub struct ChildSpec {
+    /// Unique among the supervisor's children; shown in status trees.
+    pub id: String,
+    pub restart: Restart,
+    /// How long a graceful stop may take before the child is killed.
+    pub shutdown_timeout: Duration,
+    pub start: StartFn,
+}
+
+impl fmt::Debug for ChildSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChildSpec")
+            .field("id", &self.id)
+            .field("restart", &self.restart)
+            .finish()
+    }
+}
+
+/// Default time a child gets to stop gracefully.
+pub const CHILD_SHUTDOWN_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+
+impl ChildSpec {
+    /// A child that runs actor `handler` with `args`, cloned afresh for every (re)start.
+    pub fn new<A>(
+        id: impl Into<String>,
+        restart: Restart,
+        handler: A,
+        args: A::Arguments,
+    ) -> ChildSpec
+    where
+        A: Actor + Clone,
+        A::Arguments: Clone + Sync,
+    {
+        let start: StartFn = Arc::new(move |supervisor: ActorCell| {
+            let handler = handler.clone();
+            let args = args.clone();
+            Box::pin(async move {
+                let (actor, _handle) = Actor::spawn_linked(None, handler, args, supervisor).await?;
+                Ok(actor.get_cell())
+            })
+        });
+        ChildSpec {
+            id: id.into(),
+            restart,
+            shutdown_timeout: Duration::from_millis(CHILD_SHUTDOWN_TIMEOUT_MS_DEFAULT),
+            start,
+        }
+    }
+
+    pub fn with_shutdown_timeout(mut self, timeout: Duration) -> ChildSpec {
+        self.shutdown_timeout = timeout;
+        self
+    }
+}
+
+/// Strategy and restart intensity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SupervisorOptions {
+    pub strategy: Strategy,
+    /// Most restarts tolerated within `period`; one more and the supervisor escalates.
+    pub restarts_max: u32,
+    pub period: Duration,
+}
+
+impl SupervisorOptions {
+    pub fn new(strategy: Strategy, restarts_max: u32, period: Duration) -> SupervisorOptions {
+        SupervisorOptions {
+            strategy,
+            restarts_max,
+            period,
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! The supervisor actor: starts children in order, applies the restart strategy, escalates past the intensity.
+
+use std::collections::VecDeque;
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::spec::{ChildSpec, Restart, Strategy, SupervisorOptions};
+
+/// Reason given to children stopped by their supervisor (a restart of a sibling, or shutdown).
+const SHUTDOWN_REASON: &str = "shutdown";
+
+#[derive(Clone, Debug)]
+pub struct SupervisorArgs {
+    /// Shown in status trees and logs.
+    pub name: String,
+    pub options: SupervisorOptions,
+    /// Started in this order, stopped in reverse.
+    pub children: Vec<ChildSpec>,
+}
+
+pub enum SupervisorMsg {
+    Status(RpcReplyPort<SupervisorStatus>),
+    /// The live cell of the child with this id.
+    Child(String, RpcReplyPort<Option<ActorCell>>),
+    /// Try again to start a child whose restart failed.
+    RetryStart(usize),
+}
+
+impl ractor::Message for SupervisorMsg {}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChildStatus {
+    pub id: String,
+    pub restart: Restart,
+    pub alive: bool,
+    /// ractor's id of the live instance.
+    pub actor_id: Option<String>,
+    pub restarts: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SupervisorStatus {
+    pub name: String,
+    pub options: SupervisorOptions,
+    pub children: Vec<ChildStatus>,
+    /// Restarts inside the current intensity window.
+    pub recent_restarts: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Supervisor;
+
+pub struct SupervisorState {
+    name: String,
+    options: SupervisorOptions,
+    children: Vec<Child>,
+    restarts: VecDeque<Instant>,
+}
+
+struct Child {
+    spec: ChildSpec,
+    cell: Option<ActorCell>,
+    restarts: u64,
+}
+
+enum Exit {
+    Normal,
+    Abnormal(String),
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let mut state = SupervisorState {
+            name: args.name,
+            options: args.options,
+            children: args
+                .children
+                .into_iter()
+                .map(|spec| Child {
+                    spec,
+                    cell: None,
+                    restarts: 0,
+                })
+                .collect(),
+            restarts: VecDeque::new(),
+        };
+        for index in 0..state.children.len() {
+            if let Err(error) = start_child(&myself, &mut state, index).await {
+                stop_children(&mut state, 0..index).await;
+                return Err(format!(
+                    "supervisor {}: cannot start child {}: {error}",
+                    state.name, state.children[index].spec.id
+                )
+                .into());
+            }
+        }
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        stop_children(state, 0..state.children.len()).await;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::Status(reply) => {
+                let _ = reply.send(status(state));
+            }
+            SupervisorMsg::Child(id, reply) => {
+                let cell = state
+                    .children
+                    .iter()
+                    .find(|child| child.spec.id == id)
+                    .and_then(|child| child.cell.clone());
+                let _ = reply.send(cell);
+            }
+            SupervisorMsg::RetryStart(index) => {
+                if index < state.children.len() && state.children[index].cell.is_none() {
+                    restart_from(&myself, state, index, state.options.strategy).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, exit) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                let exit = match reason {
+                    None => Exit::Normal,
+                    Some(reason) if reason == "normal" || reason == SHUTDOWN_REASON => Exit::Normal,
+                    Some(reason) => Exit::Abnormal(reason),
+                };
+                (cell, exit)
+            }
+            SupervisionEvent::ActorFailed(cell, error) => (cell, Exit::Abnormal(error.to_string())),
+            _ => return Ok(()),
+        };
+        // Events from instances this supervisor already replaced or stopped on purpose are stale.
+        let Some(index) = state.children.iter().position(|child| {
+            child
+                .cell
+                .as_ref()
+                .is_some_and(|live| live.get_id() == cell.get_id())
+        }) else {
+            return Ok(());
+        };
+        state.children[index].cell = None;
+        let child_id = state.children[index].spec.id.clone();
+        let restart = match (state.children[index].spec.restart, &exit) {
+            (Restart::Permanent, _) => true,
+            (Restart::Transient, Exit::Abnormal(_)) => true,
+            (Restart::Transient, Exit::Normal) | (Restart::Temporary, _) => false,
+        };
+        match &exit {
+            Exit::Normal => {
+                tracing::info!(supervisor = %state.name, child = %child_id, restart, "child stopped")
+            }
+            Exit::Abnormal(reason) => {
+                tracing::warn!(supervisor = %state.name, child = %child_id, %reason, restart, "child failed")
+            }
+        }
+        if !restart {
+            return Ok(());
+        }
+        restart_from(&myself, state, index, state.options.strategy).await
+    }
+}
+
+/// Counts one restart against the intensity, then restarts what the strategy says. Fails (escalating to this
+/// supervisor's parent) when the intensity is exceeded.
+async fn restart_from(
+    myself: &ActorRef<SupervisorMsg>,
+    state: &mut SupervisorState,
+    index: usize,
+    strategy: Strategy,
+) -> Result<(), ActorProcessingErr> {
+    let now = Instant::now();
+    while state
+        .restarts
+        .front()
+        .is_some_and(|at| now.duration_since(*at) >= state.options.period)
+    {
+        state.restarts.pop_front();
+    }
+    state.restarts.push_back(now);
+    if state.restarts.len() > state.options.restarts_max as usize {
+        tracing::error!(
+            supervisor = %state.name,
+            child = %state.children[index].spec.id,
+            restarts_max = state.options.restarts_max,
+            period_ms = state.options.period.as_millis() as u64,
+            "restart intensity exceeded, escalating"
+        );
+        stop_children(state, 0..state.children.len()).await;
+        return Err(format!(
+            "supervisor {}: more than {} restarts within {:?} (last: child {})",
+            state.name,
+            state.options.restarts_max,
+            state.options.period,
+            state.children[index].spec.id
+        )
+        .into());
+    }
+    let first = match strategy {
+        Strategy::OneForOne => index,
+        Strategy::OneForAll => 0,
+        Strategy::RestForOne => index,
+    };
+    let last = match strategy {
+        Strategy::OneForOne => index,
+        Strategy::OneForAll | Strategy::RestForOne => state.children.len() - 1,
+    };
+    stop_children(state, first..last + 1).await;
+    for position in first..=last {
+        let child = &state.children[position];
+        let wanted = position == index || child.spec.restart != Restart::Temporary;
+        if !wanted || child.cell.is_some() {
+            continue;
+        }
+        state.children[position].restarts += 1;
+        if let Err(error) = start_child(myself, state, position).await {
+            tracing::warn!(supervisor = %state.name, child = %state.children[position].spec.id, %error, "restart failed");
+            // Retrying through the mailbox counts against the intensity again, so a child that can never start
+            // escalates instead of looping.
+            let _ = myself.cast(SupervisorMsg::RetryStart(position));
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+async fn start_child(
+    myself: &ActorRef<SupervisorMsg>,
+    state: &mut SupervisorState,
+    index: usize,
+) -> Result<(), ractor::SpawnErr> {
+    let child = &mut state.children[index];
+    let cell = (child.spec.start)(myself.get_cell()).await?;
+    tracing::debug!(supervisor = %state.name, child = %child.spec.id, actor = %cell.get_id(), "child started");
+    child.cell = Some(cell);
+    Ok(())
+}
+
+/// Stops the children in `range` in reverse start order, each within its shutdown timeout, killing it past that.
+async fn stop_children(state: &mut SupervisorState, range: std::ops::Range<usize>) {
+    for child in state.children[range].iter_mut().rev() {
+        let Some(cell) = child.cell.take() else {
+            continue;
+        };
+        let timeout = child.spec.shutdown_timeout;
+        if cell
+            .stop_and_wait(Some(SHUTDOWN_REASON.to_string()), Some(timeout))
+            .await
+            .is_err()
+        {
+            tracing::warn!(supervisor = %state.name, child = %child.spec.id, "child did not stop in time, killing it");
+            let _ = cell.kill_and_wait(Some(timeout)).await;
+        }
+    }
+}
+
+fn status(state: &SupervisorState) -> SupervisorStatus {
+    SupervisorStatus {
+        name: state.name.clone(),
+        options: state.options,
+        children: state
+            .children
+            .iter()
+            .map(|child| ChildStatus {
+                id: child.spec.id.clone(),
+                restart: child.spec.restart,
+                alive: child.cell.is_some(),
+                actor_id: child.cell.as_ref().map(|cell| cell.get_id().to_string()),
+                restarts: child.restarts,
+            })
+            .collect(),
+        recent_restarts: state.restarts.len(),
+    }
+}

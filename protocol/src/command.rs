@@ -1,0 +1,33 @@
+//! What goes into the Raft log: a batch of commands stamped with the leader's clock, and their results.
+//!
+//! One proposal is one log entry. The RaftActor packs many concurrent client writes into one proposal (group commit),
+//! so the state machine answers each command separately, in order.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::WireError;
+use crate::kv::{KvRequest, KvResponse};
+
+/// One replicated command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Kv(KvRequest),
+}
+
+/// The application data of one log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The proposing leader's wall clock in milliseconds since the Unix epoch. Every time-based decision of the state
+    /// machine (TTLs, leases, expiries) is judged against this stamp, never against the applying replica's clock.
+    pub stamp_ms: u64,
+    pub commands: Vec<Command>,
+}
+
+/// The result of one command.
+pub type CommandResult = Result<KvResponse, WireError>;
+
+/// The state machine's answer to one proposal: one result per command, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposalOutcome {
+    pub results: Vec<CommandResult>,
+}

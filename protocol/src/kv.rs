@@ -1,0 +1,391 @@
+//! KV request and response types. Keys and values are bytes end to end; text is a presentation choice of the CLI.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::WireError;
+use crate::limits::{
+    BATCH_OPS_COUNT_MAX, KEY_SIZE_BYTES_MAX, SCAN_LIMIT_COUNT_MAX, TXN_COMPARES_COUNT_MAX,
+    VALUE_SIZE_BYTES_MAX, WRITE_PAYLOAD_BYTES_MAX,
+};
+
+/// Raw bytes of a key or value, encoded as MessagePack `bin`.
+pub type Bytes = serde_bytes::ByteBuf;
+
+/// One key with its value and revisions, as a reader sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvEntry {
+    pub key: Bytes,
+    pub value: Bytes,
+    /// Store revision of the write that created the key (since it last did not exist).
+    pub create_revision: u64,
+    /// Store revision of the last write to the key.
+    pub mod_revision: u64,
+    /// Writes to the key since it was created, starting at 1.
+    pub version: u64,
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read started (read index through the leader).
+    #[default]
+    Linearizable,
+    /// Served from this node's applied state, which may lag the leader.
+    Stale,
+}
+
+/// A single write inside a batch or a transaction branch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOp {
+    Put { key: Bytes, value: Bytes },
+    Delete { key: Bytes },
+}
+
+/// One operation of a transaction branch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    Put { key: Bytes, value: Bytes },
+    Delete { key: Bytes },
+    Get { key: Bytes },
+}
+
+/// What a [`TxnOp`] produced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOpResult {
+    Put,
+    Delete { existed: bool },
+    Get { entry: Option<KvEntry> },
+}
+
+/// The field of a key a [`Compare`] looks at. A key that does not exist has value `None` and revisions 0.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    /// The value; never equal to anything when the key does not exist.
+    Value(Bytes),
+    Version(u64),
+    ModRevision(u64),
+    CreateRevision(u64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOp {
+    Equal,
+    NotEqual,
+    Less,
+    Greater,
+}
+
+/// A guard of a transaction: `key`'s target field compared with `op` to the given operand.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub key: Bytes,
+    pub op: CompareOp,
+    pub target: CompareTarget,
+}
+
+/// KV requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvRequest {
+    Get {
+        key: Bytes,
+        consistency: Consistency,
+    },
+    Put {
+        key: Bytes,
+        value: Bytes,
+    },
+    Delete {
+        key: Bytes,
+    },
+    /// Set `key` to `value` only if its current value is `expected` (`None`: only if the key does not exist).
+    Cas {
+        key: Bytes,
+        expected: Option<Bytes>,
+        value: Bytes,
+    },
+    /// Delete `key` only if its current value is `expected`.
+    Cad {
+        key: Bytes,
+        expected: Bytes,
+    },
+    /// Keys starting with `prefix`, in byte order, strictly after `after` when given (the continuation token).
+    Scan {
+        prefix: Bytes,
+        limit: u32,
+        after: Option<Bytes>,
+        consistency: Consistency,
+    },
+    BatchGet {
+        keys: Vec<Bytes>,
+        consistency: Consistency,
+    },
+    /// All puts and deletes applied atomically at one revision.
+    BatchWrite {
+        ops: Vec<WriteOp>,
+    },
+    /// If every compare holds, apply `success`, else `failure`; atomically, at one revision.
+    Txn {
+        compares: Vec<Compare>,
+        success: Vec<TxnOp>,
+        failure: Vec<TxnOp>,
+    },
+}
+
+/// KV responses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvResponse {
+    Entry {
+        entry: Option<KvEntry>,
+    },
+    Entries {
+        entries: Vec<Option<KvEntry>>,
+    },
+    /// A write took effect at `revision`.
+    Written {
+        revision: u64,
+    },
+    /// A delete ran at `revision`; `existed` says whether there was anything to delete.
+    Deleted {
+        revision: u64,
+        existed: bool,
+    },
+    /// One scan page; `next` is the continuation token (the last key returned) when more keys may follow.
+    ScanPage {
+        entries: Vec<KvEntry>,
+        next: Option<Bytes>,
+    },
+    Txn {
+        succeeded: bool,
+        revision: u64,
+        results: Vec<TxnOpResult>,
+    },
+}
+
+pub fn validate_key(key: &[u8]) -> Result<(), WireError> {
+    if key.is_empty() {
+        return Err(WireError::invalid("key must not be empty"));
+    }
+    if key.len() > KEY_SIZE_BYTES_MAX {
+        return Err(WireError::too_large(format!(
+            "key is {} bytes, the limit is {KEY_SIZE_BYTES_MAX}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+pub fn validate_value(value: &[u8]) -> Result<(), WireError> {
+    if value.len() > VALUE_SIZE_BYTES_MAX {
+        return Err(WireError::too_large(format!(
+            "value is {} bytes, the limit is {VALUE_SIZE_BYTES_MAX}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+fn validate_ops_count(count: usize, what: &str) -> Result<(), WireError> {
+    if count > BATCH_OPS_COUNT_MAX {
+        return Err(WireError::too_large(format!(
+            "{what} has {count} operations, the limit is {BATCH_OPS_COUNT_MAX}"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_payload(bytes: usize) -> Result<(), WireError> {
+    if bytes > WRITE_PAYLOAD_BYTES_MAX {
+        return Err(WireError::too_large(format!(
+            "request carries {bytes} bytes of keys and values, the limit is {WRITE_PAYLOAD_BYTES_MAX}"
+        )));
+    }
+    Ok(())
+}
+
+impl WriteOp {
+    fn validate(&self) -> Result<usize, WireError> {
+        match self {
+            WriteOp::Put { key, value } => {
+                validate_key(key)?;
+                validate_value(value)?;
+                Ok(key.len() + value.len())
+            }
+            WriteOp::Delete { key } => {
+                validate_key(key)?;
+                Ok(key.len())
+            }
+        }
+    }
+}
+
+impl TxnOp {
+    fn validate(&self) -> Result<usize, WireError> {
+        match self {
+            TxnOp::Put { key, value } => {
+                validate_key(key)?;
+                validate_value(value)?;
+                Ok(key.len() + value.len())
+            }
+            TxnOp::Delete { key } | TxnOp::Get { key } => {
+                validate_key(key)?;
+                Ok(key.len())
+            }
+        }
+    }
+
+    /// The key this operation touches.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            TxnOp::Put { key, .. } | TxnOp::Delete { key } | TxnOp::Get { key } => key,
+        }
+    }
+
+    pub fn is_write(&self) -> bool {
+        !matches!(self, TxnOp::Get { .. })
+    }
+}
+
+impl KvRequest {
+    /// Checks every limit and argument. A request that passes is also accepted by the state machine.
+    pub fn validate(&self) -> Result<(), WireError> {
+        match self {
+            KvRequest::Get { key, .. } | KvRequest::Delete { key } => validate_key(key),
+            KvRequest::Put { key, value } => {
+                validate_key(key)?;
+                validate_value(value)
+            }
+            KvRequest::Cas {
+                key,
+                expected,
+                value,
+            } => {
+                validate_key(key)?;
+                validate_value(value)?;
+                if let Some(expected) = expected {
+                    validate_value(expected)?;
+                }
+                Ok(())
+            }
+            KvRequest::Cad { key, expected } => {
+                validate_key(key)?;
+                validate_value(expected)
+            }
+            KvRequest::Scan {
+                prefix,
+                limit,
+                after,
+                ..
+            } => {
+                if prefix.len() > KEY_SIZE_BYTES_MAX {
+                    return Err(WireError::too_large(format!(
+                        "prefix is longer than {KEY_SIZE_BYTES_MAX} bytes"
+                    )));
+                }
+                if *limit == 0 || *limit > SCAN_LIMIT_COUNT_MAX {
+                    return Err(WireError::invalid(format!(
+                        "scan limit must be between 1 and {SCAN_LIMIT_COUNT_MAX}, got {limit}"
+                    )));
+                }
+                if let Some(after) = after {
+                    validate_key(after)?;
+                }
+                Ok(())
+            }
+            KvRequest::BatchGet { keys, .. } => {
+                validate_ops_count(keys.len(), "batch read")?;
+                if keys.is_empty() {
+                    return Err(WireError::invalid("batch read needs at least one key"));
+                }
+                keys.iter().try_for_each(|key| validate_key(key))
+            }
+            KvRequest::BatchWrite { ops } => {
+                validate_ops_count(ops.len(), "batch write")?;
+                if ops.is_empty() {
+                    return Err(WireError::invalid(
+                        "batch write needs at least one operation",
+                    ));
+                }
+                let mut bytes = 0;
+                for op in ops {
+                    bytes += op.validate()?;
+                }
+                validate_payload(bytes)
+            }
+            KvRequest::Txn {
+                compares,
+                success,
+                failure,
+            } => {
+                if compares.len() > TXN_COMPARES_COUNT_MAX {
+                    return Err(WireError::too_large(format!(
+                        "transaction has {} compares, the limit is {TXN_COMPARES_COUNT_MAX}",
+                        compares.len()
+                    )));
+                }
+                validate_ops_count(success.len(), "transaction success branch")?;
+                validate_ops_count(failure.len(), "transaction failure branch")?;
+                let mut bytes = 0;
+                for compare in compares {
+                    validate_key(&compare.key)?;
+                    bytes += compare.key.len();
+                    if let CompareTarget::Value(value) = &compare.target {
+                        validate_value(value)?;
+                        bytes += value.len();
+                    }
+                }
+                for op in success.iter().chain(failure) {
+                    bytes += op.validate()?;
+                }
+                validate_payload(bytes)
+            }
+        }
+    }
+
+    /// Whether the request changes state and therefore goes through the Raft log.
+    pub fn is_write(&self) -> bool {
+        match self {
+            KvRequest::Get { .. } | KvRequest::Scan { .. } | KvRequest::BatchGet { .. } => false,
+            KvRequest::Txn {
+                success, failure, ..
+            } => success.iter().chain(failure).any(TxnOp::is_write),
+            KvRequest::Put { .. }
+            | KvRequest::Delete { .. }
+            | KvRequest::Cas { .. }
+            | KvRequest::Cad { .. }
+            | KvRequest::BatchWrite { .. } => true,
+        }
+    }
+
+    /// Every key the request touches, for capability checks. Scans report their prefix.
+    pub fn keys(&self) -> Vec<&[u8]> {
+        match self {
+            KvRequest::Get { key, .. }
+            | KvRequest::Put { key, .. }
+            | KvRequest::Delete { key }
+            | KvRequest::Cas { key, .. }
+            | KvRequest::Cad { key, .. } => vec![key],
+            KvRequest::Scan { prefix, .. } => vec![prefix],
+            KvRequest::BatchGet { keys, .. } => keys.iter().map(|key| key.as_slice()).collect(),
+            KvRequest::BatchWrite { ops } => ops
+                .iter()
+                .map(|op| match op {
+                    WriteOp::Put { key, .. } | WriteOp::Delete { key } => key.as_slice(),
+                })
+                .collect(),
+            KvRequest::Txn {
+                compares,
+                success,
+                failure,
+            } => compares
+                .iter()
+                .map(|compare| compare.key.as_slice())
+                .chain(success.iter().chain(failure).map(TxnOp::key))
+                .collect(),
+        }
+    }
+}
+
+/// Shorthand for building [`Bytes`].
+pub fn bytes(data: impl Into<Vec<u8>>) -> Bytes {
+    Bytes::from(data.into())
+}

@@ -1,0 +1,35 @@
+//! Every bound of the protocol, as a named constant with its unit last.
+//!
+//! The node enforces these before anything is proposed, so an oversized request is rejected with a clear error and
+//! changes nothing. The state machine checks them again, because a replicated entry must be valid on every replica.
+
+/// Largest frame (length prefix excluded) either side accepts.
+pub const FRAME_SIZE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest key.
+pub const KEY_SIZE_BYTES_MAX: usize = 4 * 1024;
+/// Largest value stored inline in the KV (larger values will become blob references).
+pub const VALUE_SIZE_BYTES_MAX: usize = 1024 * 1024;
+/// Largest sum of key and value bytes in one write request (batch or transaction).
+pub const WRITE_PAYLOAD_BYTES_MAX: usize = 3 * 1024 * 1024;
+/// Most operations in one atomic batch write, batch read, or one branch of a transaction.
+pub const BATCH_OPS_COUNT_MAX: usize = 128;
+/// Most compares in one transaction.
+pub const TXN_COMPARES_COUNT_MAX: usize = 64;
+/// Most entries one scan page returns.
+pub const SCAN_LIMIT_COUNT_MAX: u32 = 1_000;
+/// Entries one scan page returns when the client does not say.
+pub const SCAN_LIMIT_COUNT_DEFAULT: u32 = 100;
+/// A scan page stops early (with a continuation) once its keys and values exceed this.
+pub const SCAN_RESPONSE_BYTES_MAX: usize = 3 * 1024 * 1024;
+/// Most bytes of a capability token's subject.
+pub const TOKEN_SUBJECT_BYTES_MAX: usize = 256;
+/// Most capabilities in one token.
+pub const TOKEN_CAPABILITIES_COUNT_MAX: usize = 64;
+/// Longest request timeout a client may ask for.
+pub const REQUEST_TIMEOUT_MS_MAX: u32 = 5 * 60 * 1000;
+/// Timeout used when a request does not carry one.
+pub const REQUEST_TIMEOUT_MS_DEFAULT: u32 = 10_000;
+/// Most nodes one ticket lists.
+pub const TICKET_NODES_COUNT_MAX: usize = 16;
+/// Most characters of an encoded ticket we try to decode.
+pub const TICKET_TEXT_BYTES_MAX: usize = 16 * 1024;

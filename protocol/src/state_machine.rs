@@ -1,0 +1,352 @@
+//! The replicated KV state machine as a pure function over a table abstraction.
+//!
+//! The node runs it inside one redb write transaction per applied batch; tests and the simulator run it over
+//! [`crate::memory_tables::MemoryTables`]. Given the same tables, revision and command, every replica produces the same
+//! rows and the same result: nothing here reads a clock, an RNG or iterates a hash map.
+
+use std::ops::ControlFlow;
+
+use crate::command::{Command, CommandResult, Proposal, ProposalOutcome};
+use crate::error::{ErrorCode, ErrorDetail, WireError};
+use crate::kv::{
+    Bytes, Compare, CompareOp, CompareTarget, KvEntry, KvRequest, KvResponse, TxnOp, TxnOpResult,
+    WriteOp,
+};
+use crate::limits::SCAN_RESPONSE_BYTES_MAX;
+use crate::stored_value::StoredValue;
+
+/// A storage failure while reading or writing rows. The state machine cannot continue after one: the caller must stop
+/// applying (crashing beats corrupting).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("state machine storage fault: {0}")]
+pub struct StorageFault(pub String);
+
+/// Read access to the KV rows.
+pub trait KvRead {
+    fn get(&self, key: &[u8]) -> Result<Option<StoredValue>, StorageFault>;
+
+    /// Visits rows whose key starts with `prefix`, in byte order, strictly after `after` when given, until `visit`
+    /// breaks.
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], StoredValue) -> ControlFlow<()>,
+    ) -> Result<(), StorageFault>;
+}
+
+/// Write access to the KV rows.
+pub trait KvWrite: KvRead {
+    fn put(&mut self, key: &[u8], value: &StoredValue) -> Result<(), StorageFault>;
+    /// Removes a row, saying whether it existed.
+    fn delete(&mut self, key: &[u8]) -> Result<bool, StorageFault>;
+}
+
+/// Applies every command of a proposal in order. `revision` is the store revision before the proposal; it is advanced
+/// by one for every command that changed at least one row.
+pub fn apply_proposal(
+    tables: &mut impl KvWrite,
+    revision: &mut u64,
+    proposal: &Proposal,
+) -> Result<ProposalOutcome, StorageFault> {
+    let mut results = Vec::with_capacity(proposal.commands.len());
+    for command in &proposal.commands {
+        results.push(apply_command(tables, revision, command)?);
+    }
+    Ok(ProposalOutcome { results })
+}
+
+/// Applies one command. Invalid commands are answered with an error and change nothing.
+pub fn apply_command(
+    tables: &mut impl KvWrite,
+    revision: &mut u64,
+    command: &Command,
+) -> Result<CommandResult, StorageFault> {
+    match command {
+        Command::Kv(request) => apply_kv(tables, revision, request),
+    }
+}
+
+fn apply_kv(
+    tables: &mut impl KvWrite,
+    revision: &mut u64,
+    request: &KvRequest,
+) -> Result<CommandResult, StorageFault> {
+    if let Err(error) = request.validate() {
+        return Ok(Err(error));
+    }
+    let next = *revision + 1;
+    let response = match request {
+        KvRequest::Get { .. } | KvRequest::Scan { .. } | KvRequest::BatchGet { .. } => {
+            return read(tables, *revision, request);
+        }
+        KvRequest::Put { key, value } => {
+            put(tables, key, value, next)?;
+            *revision = next;
+            KvResponse::Written { revision: next }
+        }
+        KvRequest::Delete { key } => {
+            let existed = tables.delete(key)?;
+            if existed {
+                *revision = next;
+            }
+            KvResponse::Deleted {
+                revision: *revision,
+                existed,
+            }
+        }
+        KvRequest::Cas {
+            key,
+            expected,
+            value,
+        } => {
+            let current = tables.get(key)?;
+            let matches = match (&current, expected) {
+                (None, None) => true,
+                (Some(row), Some(expected)) => row.value == expected.as_slice(),
+                _ => false,
+            };
+            if !matches {
+                return Ok(Err(conflict(key, current)));
+            }
+            put(tables, key, value, next)?;
+            *revision = next;
+            KvResponse::Written { revision: next }
+        }
+        KvRequest::Cad { key, expected } => {
+            let current = tables.get(key)?;
+            match &current {
+                Some(row) if row.value == expected.as_slice() => {
+                    tables.delete(key)?;
+                    *revision = next;
+                    KvResponse::Deleted {
+                        revision: next,
+                        existed: true,
+                    }
+                }
+                _ => return Ok(Err(conflict(key, current))),
+            }
+        }
+        KvRequest::BatchWrite { ops } => {
+            for op in ops {
+                match op {
+                    WriteOp::Put { key, value } => put(tables, key, value, next)?,
+                    WriteOp::Delete { key } => {
+                        tables.delete(key)?;
+                    }
+                }
+            }
+            *revision = next;
+            KvResponse::Written { revision: next }
+        }
+        KvRequest::Txn {
+            compares,
+            success,
+            failure,
+        } => {
+            let mut succeeded = true;
+            for compare in compares {
+                if !evaluate(&tables.get(&compare.key)?, compare) {
+                    succeeded = false;
+                    break;
+                }
+            }
+            let branch = if succeeded { success } else { failure };
+            let mut results = Vec::with_capacity(branch.len());
+            let mut changed = false;
+            for op in branch {
+                results.push(match op {
+                    TxnOp::Put { key, value } => {
+                        put(tables, key, value, next)?;
+                        changed = true;
+                        TxnOpResult::Put
+                    }
+                    TxnOp::Delete { key } => {
+                        let existed = tables.delete(key)?;
+                        changed |= existed;
+                        TxnOpResult::Delete { existed }
+                    }
+                    TxnOp::Get { key } => TxnOpResult::Get {
+                        entry: tables.get(key)?.map(|row| row.into_entry(key)),
+                    },
+                });
+            }
+            if changed {
+                *revision = next;
+            }
+            KvResponse::Txn {
+                succeeded,
+                revision: *revision,
+                results,
+            }
+        }
+    };
+    Ok(Ok(response))
+}
+
+/// Serves a read-only request from the rows as they are. Write requests are refused.
+pub fn read(
+    tables: &impl KvRead,
+    revision: u64,
+    request: &KvRequest,
+) -> Result<CommandResult, StorageFault> {
+    if let Err(error) = request.validate() {
+        return Ok(Err(error));
+    }
+    let response = match request {
+        KvRequest::Get { key, .. } => KvResponse::Entry {
+            entry: tables.get(key)?.map(|row| row.into_entry(key)),
+        },
+        KvRequest::BatchGet { keys, .. } => {
+            let mut entries = Vec::with_capacity(keys.len());
+            for key in keys {
+                entries.push(tables.get(key)?.map(|row| row.into_entry(key)));
+            }
+            KvResponse::Entries { entries }
+        }
+        KvRequest::Scan {
+            prefix,
+            limit,
+            after,
+            ..
+        } => scan(
+            tables,
+            prefix,
+            *limit,
+            after.as_ref().map(|after| after.as_slice()),
+        )?,
+        KvRequest::Txn {
+            compares,
+            success,
+            failure,
+        } if !request.is_write() => {
+            let mut succeeded = true;
+            for compare in compares {
+                if !evaluate(&tables.get(&compare.key)?, compare) {
+                    succeeded = false;
+                    break;
+                }
+            }
+            let branch = if succeeded { success } else { failure };
+            let mut results = Vec::with_capacity(branch.len());
+            for op in branch {
+                let key = op.key();
+                results.push(TxnOpResult::Get {
+                    entry: tables.get(key)?.map(|row| row.into_entry(key)),
+                });
+            }
+            KvResponse::Txn {
+                succeeded,
+                revision,
+                results,
+            }
+        }
+        _ => {
+            return Ok(Err(WireError::internal(
+                "a write request was routed to the read path",
+            )));
+        }
+    };
+    Ok(Ok(response))
+}
+
+fn scan(
+    tables: &impl KvRead,
+    prefix: &[u8],
+    limit: u32,
+    after: Option<&[u8]>,
+) -> Result<KvResponse, StorageFault> {
+    let limit = limit as usize;
+    let mut entries: Vec<KvEntry> = Vec::with_capacity(limit.min(256));
+    let mut bytes = 0usize;
+    let mut more = false;
+    tables.scan(prefix, after, &mut |key, row| {
+        if entries.len() == limit || bytes >= SCAN_RESPONSE_BYTES_MAX {
+            more = true;
+            return ControlFlow::Break(());
+        }
+        bytes += key.len() + row.value.len();
+        entries.push(row.into_entry(key));
+        ControlFlow::Continue(())
+    })?;
+    let next = if more {
+        entries.last().map(|entry| entry.key.clone())
+    } else {
+        None
+    };
+    Ok(KvResponse::ScanPage { entries, next })
+}
+
+fn put(
+    tables: &mut impl KvWrite,
+    key: &[u8],
+    value: &[u8],
+    revision: u64,
+) -> Result<(), StorageFault> {
+    let row = match tables.get(key)? {
+        Some(old) => StoredValue {
+            create_revision: old.create_revision,
+            mod_revision: revision,
+            version: old.version + 1,
+            value: value.to_vec(),
+        },
+        None => StoredValue {
+            create_revision: revision,
+            mod_revision: revision,
+            version: 1,
+            value: value.to_vec(),
+        },
+    };
+    tables.put(key, &row)
+}
+
+fn conflict(key: &[u8], current: Option<StoredValue>) -> WireError {
+    let message = match &current {
+        Some(row) => format!(
+            "current value differs (version {}, mod revision {})",
+            row.version, row.mod_revision
+        ),
+        None => "key does not exist".to_string(),
+    };
+    WireError::new(ErrorCode::Conflict, message).with_detail(ErrorDetail::Current {
+        entry: current.map(|row| row.into_entry(key)),
+    })
+}
+
+/// Evaluates one compare against a row (`None`: the key does not exist).
+pub fn evaluate(row: &Option<StoredValue>, compare: &Compare) -> bool {
+    use std::cmp::Ordering;
+    let ordering = match (&compare.target, row) {
+        (CompareTarget::Value(_), None) => return false,
+        (CompareTarget::Value(expected), Some(row)) => {
+            row.value.as_slice().cmp(expected.as_slice())
+        }
+        (CompareTarget::Version(expected), row) => {
+            row.as_ref().map_or(0, |row| row.version).cmp(expected)
+        }
+        (CompareTarget::ModRevision(expected), row) => {
+            row.as_ref().map_or(0, |row| row.mod_revision).cmp(expected)
+        }
+        (CompareTarget::CreateRevision(expected), row) => row
+            .as_ref()
+            .map_or(0, |row| row.create_revision)
+            .cmp(expected),
+    };
+    match compare.op {
+        CompareOp::Equal => ordering == Ordering::Equal,
+        CompareOp::NotEqual => ordering != Ordering::Equal,
+        CompareOp::Less => ordering == Ordering::Less,
+        CompareOp::Greater => ordering == Ordering::Greater,
+    }
+}
+
+/// Shorthand used by tests and examples.
+pub fn put_request(key: &[u8], value: &[u8]) -> KvRequest {
+    KvRequest::Put {
+        key: Bytes::from(key.to_vec()),
+        value: Bytes::from(value.to_vec()),
+    }
+}
+
+#[cfg(test)]
+mod tests;
