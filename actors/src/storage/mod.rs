@@ -1,0 +1,102 @@
+//! Storage: one redb database per node holding the Raft log, the vote and the state-machine tables.
+//!
+//! The log store writes with `Durability::Immediate` (an fsync per append); the state machine applies committed entries
+//! with `Durability::None`, which redb makes durable with the next immediate commit. After a crash the state machine is
+//! at worst behind the log, and openraft re-applies the missing committed entries: the log is purged only by an
+//! immediate commit, which also persists every state-machine commit before it.
+
+mod log_store;
+mod redb_tables;
+mod snapshot;
+mod state_machine_store;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, TableDefinition};
+
+pub use log_store::LogStore;
+pub use redb_tables::StateReader;
+pub use state_machine_store::StateMachineStore;
+
+use crate::raft::type_config::StorageError;
+
+/// Raft log entries by index, MessagePack-encoded.
+pub(crate) const LOG_TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// Vote, committed log id, last purged log id.
+pub(crate) const RAFT_META_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+/// KV rows: key to [`pando_protocol::stored_value::StoredValue`].
+pub(crate) const KV_TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sm_kv");
+/// Last applied log id, membership and store revision.
+pub(crate) const SM_META_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+
+pub(crate) const META_VOTE: &str = "vote";
+pub(crate) const META_COMMITTED: &str = "committed";
+pub(crate) const META_LAST_PURGED: &str = "last_purged";
+pub(crate) const META_LAST_APPLIED: &str = "last_applied";
+pub(crate) const META_MEMBERSHIP: &str = "membership";
+pub(crate) const META_REVISION: &str = "revision";
+
+/// Page cache redb may use.
+pub const REDB_CACHE_SIZE_BYTES: usize = 256 * 1024 * 1024;
+
+/// The node's storage: the log store, the state machine, and a read handle, all over one database.
+pub struct Stores {
+    pub log: LogStore,
+    pub state_machine: StateMachineStore,
+    pub reader: StateReader,
+}
+
+/// Opens (or creates) the database in `dir` (file `pando.redb`, snapshots in `snapshots/`).
+pub fn open(dir: &Path) -> Result<Stores, StorageError> {
+    std::fs::create_dir_all(dir).map_err(|error| write_error(&error))?;
+    let database = Database::builder()
+        .set_cache_size(REDB_CACHE_SIZE_BYTES)
+        .create(dir.join("pando.redb"))
+        .map_err(|error| write_error(&error))?;
+    let database = Arc::new(database);
+    let write = database.begin_write().map_err(|error| write_error(&error))?;
+    {
+        // Create every table up front so readers never meet a missing table.
+        write.open_table(LOG_TABLE).map_err(|error| write_error(&error))?;
+        write.open_table(RAFT_META_TABLE).map_err(|error| write_error(&error))?;
+        write.open_table(KV_TABLE).map_err(|error| write_error(&error))?;
+        write.open_table(SM_META_TABLE).map_err(|error| write_error(&error))?;
+    }
+    write.commit().map_err(|error| write_error(&error))?;
+    let state_machine = StateMachineStore::new(database.clone(), dir.join("snapshots"))?;
+    Ok(Stores {
+        log: LogStore::new(database.clone()),
+        reader: StateReader::new(database),
+        state_machine,
+    })
+}
+
+pub(crate) fn read_error(error: &(impl std::error::Error + 'static)) -> StorageError {
+    openraft::StorageIOError::read(error).into()
+}
+
+pub(crate) fn write_error(error: &(impl std::error::Error + 'static)) -> StorageError {
+    openraft::StorageIOError::write(error).into()
+}
+
+/// Runs blocking storage work off the async runtime.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(join_error) => Err(write_error(&join_error)),
+    }
+}
+
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
+    rmp_serde::to_vec_named(value).map_err(|error| write_error(&error))
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
+    rmp_serde::from_slice(bytes).map_err(|error| read_error(&error))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,136 @@
+//! The state machine core's table traits over redb tables, and the read handle the RPC gateway serves reads from.
+
+use std::ops::{Bound, ControlFlow};
+use std::sync::Arc;
+
+use pando_protocol::command::CommandResult;
+use pando_protocol::kv::KvRequest;
+use pando_protocol::state_machine::{self, KvRead, KvWrite, StorageFault};
+use pando_protocol::stored_value::StoredValue;
+use redb::{Database, ReadableDatabase, ReadableTable};
+
+use super::{KV_TABLE, META_REVISION, SM_META_TABLE};
+
+fn fault(error: impl std::fmt::Display) -> StorageFault {
+    StorageFault(error.to_string())
+}
+
+fn decode_row(key: &[u8], bytes: &[u8]) -> Result<StoredValue, StorageFault> {
+    StoredValue::decode(bytes).ok_or_else(|| fault(format!("corrupt row for key of {} bytes", key.len())))
+}
+
+fn get_row(table: &impl ReadableTable<&'static [u8], &'static [u8]>, key: &[u8]) -> Result<Option<StoredValue>, StorageFault> {
+    match table.get(key).map_err(fault)? {
+        Some(bytes) => Ok(Some(decode_row(key, bytes.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn scan_rows(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    prefix: &[u8],
+    after: Option<&[u8]>,
+    visit: &mut dyn FnMut(&[u8], StoredValue) -> ControlFlow<()>,
+) -> Result<(), StorageFault> {
+    let start = match after {
+        Some(after) if after >= prefix => Bound::Excluded(after),
+        _ => Bound::Included(prefix),
+    };
+    for row in table.range::<&[u8]>((start, Bound::Unbounded)).map_err(fault)? {
+        let (key, value) = row.map_err(fault)?;
+        let key = key.value();
+        if !key.starts_with(prefix) {
+            break;
+        }
+        if visit(key, decode_row(key, value.value())?).is_break() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The KV table inside one write transaction.
+pub(crate) struct WriteTables<'txn> {
+    pub(crate) table: redb::Table<'txn, &'static [u8], &'static [u8]>,
+}
+
+impl KvRead for WriteTables<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<StoredValue>, StorageFault> {
+        get_row(&self.table, key)
+    }
+
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], StoredValue) -> ControlFlow<()>,
+    ) -> Result<(), StorageFault> {
+        scan_rows(&self.table, prefix, after, visit)
+    }
+}
+
+impl KvWrite for WriteTables<'_> {
+    fn put(&mut self, key: &[u8], value: &StoredValue) -> Result<(), StorageFault> {
+        self.table.insert(key, value.encode().as_slice()).map_err(fault)?;
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<bool, StorageFault> {
+        Ok(self.table.remove(key).map_err(fault)?.is_some())
+    }
+}
+
+struct ReadTables {
+    table: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+}
+
+impl KvRead for ReadTables {
+    fn get(&self, key: &[u8]) -> Result<Option<StoredValue>, StorageFault> {
+        get_row(&self.table, key)
+    }
+
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], StoredValue) -> ControlFlow<()>,
+    ) -> Result<(), StorageFault> {
+        scan_rows(&self.table, prefix, after, visit)
+    }
+}
+
+/// Serves reads from the applied state in a consistent read transaction, without going through any actor.
+#[derive(Clone)]
+pub struct StateReader {
+    database: Arc<Database>,
+}
+
+impl StateReader {
+    pub(crate) fn new(database: Arc<Database>) -> StateReader {
+        StateReader { database }
+    }
+
+    /// Answers a read-only request from the state as last applied.
+    pub fn read(&self, request: &KvRequest) -> Result<CommandResult, StorageFault> {
+        let read = self.database.begin_read().map_err(fault)?;
+        let revision = read_revision(&read.open_table(SM_META_TABLE).map_err(fault)?)?;
+        let tables = ReadTables { table: read.open_table(KV_TABLE).map_err(fault)? };
+        state_machine::read(&tables, revision, request)
+    }
+
+    /// The store revision as last applied.
+    pub fn revision(&self) -> Result<u64, StorageFault> {
+        let read = self.database.begin_read().map_err(fault)?;
+        read_revision(&read.open_table(SM_META_TABLE).map_err(fault)?)
+    }
+}
+
+pub(crate) fn read_revision(table: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<u64, StorageFault> {
+    match table.get(META_REVISION).map_err(fault)? {
+        Some(bytes) => {
+            let bytes: [u8; 8] = bytes.value().try_into().map_err(|_| fault("revision row is not 8 bytes"))?;
+            Ok(u64::from_be_bytes(bytes))
+        }
+        None => Ok(0),
+    }
+}

@@ -1,0 +1,123 @@
+//! The snapshot file format: framed records (header, row chunks, end marker), so a snapshot of any size is written
+//! and read in bounded pieces, and a truncated file is detected instead of being installed.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+use pando_protocol::frame;
+use pando_protocol::kv::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::{read_error, write_error};
+use crate::raft::type_config::{SnapshotMeta, StorageError};
+
+/// Version of the snapshot file layout.
+pub(crate) const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// A row chunk is flushed once its keys and values reach this size.
+pub(crate) const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1024 * 1024;
+/// Name of the latest complete snapshot inside the snapshot directory.
+pub(crate) const CURRENT_SNAPSHOT_FILE: &str = "current.snap";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum SnapshotRecord {
+    Header { format_version: u32, meta: SnapshotMeta, revision: u64 },
+    Rows { rows: Vec<(Bytes, Bytes)> },
+    End { rows_count: u64 },
+}
+
+/// Writes records to a file, framed.
+pub(crate) struct SnapshotWriter {
+    out: BufWriter<File>,
+    pending: Vec<(Bytes, Bytes)>,
+    pending_bytes: usize,
+    rows_count: u64,
+}
+
+impl SnapshotWriter {
+    pub(crate) fn create(path: &Path, meta: &SnapshotMeta, revision: u64) -> Result<SnapshotWriter, StorageError> {
+        let file = File::create(path).map_err(|error| write_error(&error))?;
+        let mut writer = SnapshotWriter { out: BufWriter::new(file), pending: Vec::new(), pending_bytes: 0, rows_count: 0 };
+        writer.record(&SnapshotRecord::Header { format_version: SNAPSHOT_FORMAT_VERSION, meta: meta.clone(), revision })?;
+        Ok(writer)
+    }
+
+    fn record(&mut self, record: &SnapshotRecord) -> Result<(), StorageError> {
+        let bytes = frame::encode(record).map_err(|error| write_error(&error))?;
+        self.out.write_all(&bytes).map_err(|error| write_error(&error))
+    }
+
+    pub(crate) fn row(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        self.pending_bytes += key.len() + value.len();
+        self.pending.push((Bytes::from(key.to_vec()), Bytes::from(value.to_vec())));
+        self.rows_count += 1;
+        if self.pending_bytes >= SNAPSHOT_CHUNK_BYTES_MAX {
+            self.flush_rows()?;
+        }
+        Ok(())
+    }
+
+    fn flush_rows(&mut self) -> Result<(), StorageError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        self.record(&SnapshotRecord::Rows { rows })
+    }
+
+    /// Writes the end marker and syncs the file.
+    pub(crate) fn finish(mut self) -> Result<(), StorageError> {
+        self.flush_rows()?;
+        let rows_count = self.rows_count;
+        self.record(&SnapshotRecord::End { rows_count })?;
+        let file = self.out.into_inner().map_err(|error| write_error(error.error()))?;
+        file.sync_all().map_err(|error| write_error(&error))
+    }
+}
+
+/// Reads records back, checking the frame limit, the format version and the end marker.
+pub(crate) struct SnapshotReader<R: Read> {
+    input: BufReader<R>,
+    rows_seen: u64,
+}
+
+impl<R: Read> SnapshotReader<R> {
+    /// Opens a snapshot and reads its header.
+    pub(crate) fn open(input: R) -> Result<(SnapshotReader<R>, SnapshotMeta, u64), StorageError> {
+        let mut reader = SnapshotReader { input: BufReader::new(input), rows_seen: 0 };
+        match reader.next_record()? {
+            SnapshotRecord::Header { format_version: SNAPSHOT_FORMAT_VERSION, meta, revision } => Ok((reader, meta, revision)),
+            SnapshotRecord::Header { format_version, .. } => Err(corrupt(format!("unknown snapshot format {format_version}"))),
+            _ => Err(corrupt("snapshot does not start with a header".into())),
+        }
+    }
+
+    fn next_record(&mut self) -> Result<SnapshotRecord, StorageError> {
+        let mut prefix = [0u8; frame::LENGTH_PREFIX_BYTES];
+        self.input.read_exact(&mut prefix).map_err(|error| read_error(&error))?;
+        let length = frame::body_length(prefix).map_err(|error| read_error(&error))?;
+        let mut body = vec![0u8; length];
+        self.input.read_exact(&mut body).map_err(|error| read_error(&error))?;
+        frame::decode(&body).map_err(|error| read_error(&error))
+    }
+
+    /// The next chunk of rows, or `None` after a valid end marker.
+    pub(crate) fn next_rows(&mut self) -> Result<Option<Vec<(Bytes, Bytes)>>, StorageError> {
+        match self.next_record()? {
+            SnapshotRecord::Rows { rows } => {
+                self.rows_seen += rows.len() as u64;
+                Ok(Some(rows))
+            }
+            SnapshotRecord::End { rows_count } if rows_count == self.rows_seen => Ok(None),
+            SnapshotRecord::End { rows_count } => {
+                Err(corrupt(format!("snapshot announces {rows_count} rows but holds {}", self.rows_seen)))
+            }
+            SnapshotRecord::Header { .. } => Err(corrupt("second header inside snapshot".into())),
+        }
+    }
+}
+
+fn corrupt(message: String) -> StorageError {
+    read_error(&std::io::Error::new(std::io::ErrorKind::InvalidData, message))
+}

@@ -1,0 +1,229 @@
+//! The replicated state machine in redb, implementing openraft's `RaftStateMachine`: applies committed entries through
+//! the pure core in `pando-protocol`, builds and installs snapshots.
+
+use std::io::{Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, RaftLogId};
+use pando_protocol::command::ProposalOutcome;
+use pando_protocol::state_machine::apply_proposal;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+
+use super::redb_tables::{WriteTables, read_revision};
+use super::snapshot::{CURRENT_SNAPSHOT_FILE, SnapshotReader, SnapshotWriter};
+use super::{KV_TABLE, META_LAST_APPLIED, META_MEMBERSHIP, META_REVISION, SM_META_TABLE, blocking, decode, encode, read_error, write_error};
+use crate::raft::type_config::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+#[derive(Clone)]
+pub struct StateMachineStore {
+    database: Arc<Database>,
+    snapshot_dir: PathBuf,
+    /// Distinguishes temporary files of concurrent snapshot builds and receptions.
+    file_counter: Arc<AtomicU64>,
+}
+
+impl StateMachineStore {
+    pub(crate) fn new(database: Arc<Database>, snapshot_dir: PathBuf) -> Result<StateMachineStore, StorageError> {
+        std::fs::create_dir_all(&snapshot_dir).map_err(|error| write_error(&error))?;
+        // Leftovers of builds or receptions interrupted by a crash are never valid snapshots.
+        for entry in std::fs::read_dir(&snapshot_dir).map_err(|error| read_error(&error))? {
+            let path = entry.map_err(|error| read_error(&error))?.path();
+            if path.extension().is_some_and(|extension| extension == "tmp") {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        Ok(StateMachineStore { database, snapshot_dir, file_counter: Arc::new(AtomicU64::new(0)) })
+    }
+
+    fn temporary_path(&self, what: &str) -> PathBuf {
+        let counter = self.file_counter.fetch_add(1, Ordering::Relaxed);
+        self.snapshot_dir.join(format!("{what}-{counter}.tmp"))
+    }
+
+    fn read_applied(&self) -> Result<(Option<LogId>, StoredMembership, u64), StorageError> {
+        let read = self.database.begin_read().map_err(|error| read_error(&error))?;
+        let meta = read.open_table(SM_META_TABLE).map_err(|error| read_error(&error))?;
+        let last_applied = match meta.get(META_LAST_APPLIED).map_err(|error| read_error(&error))? {
+            Some(bytes) => decode(bytes.value())?,
+            None => None,
+        };
+        let membership = match meta.get(META_MEMBERSHIP).map_err(|error| read_error(&error))? {
+            Some(bytes) => decode(bytes.value())?,
+            None => StoredMembership::default(),
+        };
+        let revision = read_revision(&meta).map_err(|error| read_error(&error))?;
+        Ok((last_applied, membership, revision))
+    }
+
+    fn open_current(&self) -> Result<Option<(std::fs::File, SnapshotMeta)>, StorageError> {
+        let path = self.snapshot_dir.join(CURRENT_SNAPSHOT_FILE);
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(read_error(&error)),
+        };
+        let (_, meta, _) = SnapshotReader::open(file.try_clone().map_err(|error| read_error(&error))?)?;
+        Ok(Some((file, meta)))
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let (last_applied, membership, _) = self.read_applied()?;
+        Ok((last_applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ProposalOutcome>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let database = self.database.clone();
+        blocking(move || {
+            let mut write = database.begin_write().map_err(|error| write_error(&error))?;
+            // Durable with the next log append or purge; until then the log can replay these entries.
+            write.set_durability(Durability::None).map_err(|error| write_error(&error))?;
+            let mut outcomes = Vec::with_capacity(entries.len());
+            {
+                let mut meta = write.open_table(SM_META_TABLE).map_err(|error| write_error(&error))?;
+                let mut revision = read_revision(&meta).map_err(|error| write_error(&error))?;
+                let mut tables = WriteTables { table: write.open_table(KV_TABLE).map_err(|error| write_error(&error))? };
+                let mut last_applied = None;
+                for entry in &entries {
+                    last_applied = Some(*entry.get_log_id());
+                    match &entry.payload {
+                        EntryPayload::Blank => outcomes.push(ProposalOutcome::default()),
+                        EntryPayload::Normal(proposal) => {
+                            let outcome = apply_proposal(&mut tables, &mut revision, proposal)
+                                .map_err(|fault| openraft::StorageIOError::apply(*entry.get_log_id(), &fault))?;
+                            outcomes.push(outcome);
+                        }
+                        EntryPayload::Membership(membership) => {
+                            let stored = StoredMembership::new(Some(*entry.get_log_id()), membership.clone());
+                            meta.insert(META_MEMBERSHIP, encode(&stored)?.as_slice()).map_err(|error| write_error(&error))?;
+                            outcomes.push(ProposalOutcome::default());
+                        }
+                    }
+                }
+                if let Some(last_applied) = last_applied {
+                    meta.insert(META_LAST_APPLIED, encode(&Some(last_applied))?.as_slice())
+                        .map_err(|error| write_error(&error))?;
+                }
+                meta.insert(META_REVISION, revision.to_be_bytes().as_slice()).map_err(|error| write_error(&error))?;
+            }
+            write.commit().map_err(|error| write_error(&error))?;
+            Ok(outcomes)
+        })
+        .await
+    }
+
+    async fn get_snapshot_builder(&mut self) -> StateMachineStore {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.temporary_path("receiving");
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .await
+            .map_err(|error| write_error(&error))?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<tokio::fs::File>) -> Result<(), StorageError> {
+        let mut source = snapshot.into_std().await;
+        let store = self.clone();
+        let meta = meta.clone();
+        blocking(move || {
+            // Keep a copy as the current snapshot first, so a node that installs one can also serve it.
+            source.seek(SeekFrom::Start(0)).map_err(|error| read_error(&error))?;
+            let copy_path = store.temporary_path("installing");
+            let mut copy = std::fs::File::create(&copy_path).map_err(|error| write_error(&error))?;
+            std::io::copy(&mut source, &mut copy).map_err(|error| write_error(&error))?;
+            copy.sync_all().map_err(|error| write_error(&error))?;
+            drop(copy);
+
+            let file = std::fs::File::open(&copy_path).map_err(|error| read_error(&error))?;
+            let (mut reader, file_meta, revision) = SnapshotReader::open(file)?;
+            if file_meta.last_log_id != meta.last_log_id {
+                return Err(read_error(&std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("snapshot holds {:?}, expected {:?}", file_meta.last_log_id, meta.last_log_id),
+                )));
+            }
+            let write = store.database.begin_write().map_err(|error| write_error(&error))?;
+            {
+                let mut table = write.open_table(KV_TABLE).map_err(|error| write_error(&error))?;
+                table.retain(|_, _| false).map_err(|error| write_error(&error))?;
+                while let Some(rows) = reader.next_rows()? {
+                    for (key, value) in rows {
+                        table.insert(key.as_slice(), value.as_slice()).map_err(|error| write_error(&error))?;
+                    }
+                }
+                let mut sm_meta = write.open_table(SM_META_TABLE).map_err(|error| write_error(&error))?;
+                sm_meta.insert(META_LAST_APPLIED, encode(&meta.last_log_id)?.as_slice()).map_err(|error| write_error(&error))?;
+                sm_meta.insert(META_MEMBERSHIP, encode(&meta.last_membership)?.as_slice()).map_err(|error| write_error(&error))?;
+                sm_meta.insert(META_REVISION, revision.to_be_bytes().as_slice()).map_err(|error| write_error(&error))?;
+            }
+            write.commit().map_err(|error| write_error(&error))?;
+            std::fs::rename(&copy_path, store.snapshot_dir.join(CURRENT_SNAPSHOT_FILE)).map_err(|error| write_error(&error))
+        })
+        .await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        match self.open_current()? {
+            Some((file, meta)) => Ok(Some(Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) })),
+            None => Ok(None),
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let store = self.clone();
+        let (file, meta) = blocking(move || {
+            // One read transaction: rows and meta come from the same applied state.
+            let read = store.database.begin_read().map_err(|error| read_error(&error))?;
+            let sm_meta = read.open_table(SM_META_TABLE).map_err(|error| read_error(&error))?;
+            let last_log_id: Option<LogId> = match sm_meta.get(META_LAST_APPLIED).map_err(|error| read_error(&error))? {
+                Some(bytes) => decode(bytes.value())?,
+                None => None,
+            };
+            let last_membership: StoredMembership = match sm_meta.get(META_MEMBERSHIP).map_err(|error| read_error(&error))? {
+                Some(bytes) => decode(bytes.value())?,
+                None => StoredMembership::default(),
+            };
+            let revision = read_revision(&sm_meta).map_err(|error| read_error(&error))?;
+            let snapshot_id = match last_log_id {
+                Some(log_id) => format!("{}-{}-{}-{revision}", log_id.leader_id.term, log_id.leader_id.node_id, log_id.index),
+                None => format!("empty-{revision}"),
+            };
+            let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
+            let path = store.temporary_path("building");
+            let mut writer = SnapshotWriter::create(&path, &meta, revision)?;
+            let table = read.open_table(KV_TABLE).map_err(|error| read_error(&error))?;
+            for row in table.iter().map_err(|error| read_error(&error))? {
+                let (key, value) = row.map_err(|error| read_error(&error))?;
+                writer.row(key.value(), value.value())?;
+            }
+            writer.finish()?;
+            let current = store.snapshot_dir.join(CURRENT_SNAPSHOT_FILE);
+            std::fs::rename(&path, &current).map_err(|error| write_error(&error))?;
+            let file = std::fs::File::open(&current).map_err(|error| read_error(&error))?;
+            Ok((file, meta))
+        })
+        .await?;
+        Ok(Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) })
+    }
+}
