@@ -1,6 +1,9 @@
 //! Pando's actors: one module per subsystem, each a thin shell around a core from `pando-protocol` or around one
 //! external resource (a redb database, an openraft instance, an iroh endpoint).
 
+pub mod directory;
 pub mod raft;
 pub mod storage;
 pub mod supervision;
+pub mod rpc;
+pub mod storage_actor;

@@ -1,1 +1,9 @@
-//! placeholder
+//! `pando_client`: the one client library for Pando. Connection reuse, per-request deadlines on every stage
+//! (connect, open, write, read), typed KV and cluster calls.
+
+mod client;
+mod error;
+
+pub use client::{Client, ClientOptions};
+pub use error::ClientError;
+pub use pando_protocol;

@@ -1,1 +1,360 @@
-fn main() {}
+//! `pando`: the command line client. Every command exits non-zero on any failure, printing the stable error code and
+//! message on stderr; `--json` prints machine-readable output on stdout.
+
+mod bench;
+mod output;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use pando_client::pando_protocol::error::ErrorDetail;
+use pando_client::pando_protocol::kv::{Consistency, WriteOp};
+use pando_client::{Client, ClientError, ClientOptions};
+use serde_json::json;
+
+use crate::output::{entry_json, hex, print_json};
+
+#[derive(Debug, Parser)]
+#[command(name = "pando", version, about = "Talk to a Pando cluster")]
+struct Cli {
+    /// Cluster ticket (written by pando-node to <data-dir>/ticket).
+    #[arg(long, env = "PANDO_TICKET", global = true, hide_env_values = true)]
+    ticket: Option<String>,
+    /// Print JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Deadline of each request in milliseconds.
+    #[arg(long, global = true, default_value_t = 10_000)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Key-value operations.
+    #[command(subcommand)]
+    Kv(KvCommand),
+    /// Cluster operations.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Load generator: throughput and latency percentiles.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ConsistencyArg {
+    Linearizable,
+    Stale,
+}
+
+impl From<ConsistencyArg> for Consistency {
+    fn from(value: ConsistencyArg) -> Self {
+        match value {
+            ConsistencyArg::Linearizable => Consistency::Linearizable,
+            ConsistencyArg::Stale => Consistency::Stale,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum KvCommand {
+    /// Print a key's value (raw bytes) on stdout.
+    Get {
+        key: String,
+        #[arg(long, value_enum, default_value = "linearizable")]
+        consistency: ConsistencyArg,
+    },
+    /// Set a key from an argument, a file (--file) or stdin (neither).
+    Set {
+        key: String,
+        value: Option<String>,
+        #[arg(long, conflicts_with = "value")]
+        file: Option<PathBuf>,
+    },
+    /// Delete a key.
+    Delete { key: String },
+    /// Compare-and-swap: set --value only if the current value is --expect (or the key is absent with --expect-absent).
+    Cas {
+        key: String,
+        #[arg(long, required_unless_present = "expect_absent")]
+        expect: Option<String>,
+        #[arg(long, conflicts_with = "expect")]
+        expect_absent: bool,
+        #[arg(long, required_unless_present = "file")]
+        value: Option<String>,
+        #[arg(long, conflicts_with = "value")]
+        file: Option<PathBuf>,
+    },
+    /// Compare-and-delete: delete only if the current value is --expect.
+    Cad {
+        key: String,
+        #[arg(long)]
+        expect: String,
+    },
+    /// List keys starting with a prefix, one page at a time.
+    Scan {
+        #[arg(default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Continuation token printed by the previous page.
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, value_enum, default_value = "linearizable")]
+        consistency: ConsistencyArg,
+    },
+    /// Read several keys at once.
+    BatchGet {
+        #[arg(required = true)]
+        keys: Vec<String>,
+        #[arg(long, value_enum, default_value = "linearizable")]
+        consistency: ConsistencyArg,
+    },
+    /// Apply puts (`--put k=v`) and deletes (`--delete k`) atomically.
+    BatchWrite {
+        #[arg(long = "put", value_name = "KEY=VALUE")]
+        puts: Vec<String>,
+        #[arg(long = "delete", value_name = "KEY")]
+        deletes: Vec<String>,
+    },
+    /// Run a transaction described as JSON (from --file or stdin); see the README for the format.
+    Txn {
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Members, leader, term, log and applied indexes.
+    Status,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start runtime: {error}");
+            std::process::exit(1);
+        }
+    };
+    let json_output = cli.json;
+    let code = runtime.block_on(async move {
+        match run(cli).await {
+            Ok(()) => 0,
+            Err(error) => {
+                report(&error, json_output);
+                1
+            }
+        }
+    });
+    std::process::exit(code);
+}
+
+/// Prints an error on stderr: its stable code, message, and what the detail says.
+fn report(error: &anyhow::Error, json_output: bool) {
+    let client_error = error.downcast_ref::<ClientError>();
+    let code = client_error.map(|error| error.code().as_str()).unwrap_or("INVALID_ARGUMENT");
+    if json_output {
+        let detail = match client_error {
+            Some(ClientError::Wire(wire)) => match &wire.detail {
+                Some(ErrorDetail::Current { entry }) => json!({ "current": entry.as_ref().map(entry_json) }),
+                Some(ErrorDetail::Leader { node_id, addrs, .. }) => json!({ "leader": node_id, "addrs": addrs }),
+                None => serde_json::Value::Null,
+            },
+            _ => serde_json::Value::Null,
+        };
+        let message = match client_error {
+            Some(ClientError::Wire(wire)) => wire.message.clone(),
+            _ => format!("{error:#}"),
+        };
+        eprintln!("{}", json!({ "error": { "code": code, "message": message, "detail": detail } }));
+        return;
+    }
+    match client_error {
+        Some(ClientError::Wire(wire)) => {
+            eprintln!("error: {}: {}", wire.code, wire.message);
+            if let Some(ErrorDetail::Current { entry }) = &wire.detail {
+                match entry {
+                    Some(entry) => eprintln!("current value: {}", String::from_utf8_lossy(&entry.value)),
+                    None => eprintln!("current value: (key does not exist)"),
+                }
+            }
+        }
+        Some(other) => eprintln!("error: {other}"),
+        None => eprintln!("error: {code}: {error:#}"),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let ticket = cli
+        .ticket
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no ticket: pass --ticket or set PANDO_TICKET (pando-node writes it to <data-dir>/ticket)"))?;
+    let options = ClientOptions { timeout: Duration::from_millis(cli.timeout_ms) };
+    let client = Client::new(&ticket, options.clone()).await?;
+    let result = match cli.command {
+        Command::Kv(command) => kv(&client, command, cli.json).await,
+        Command::Cluster(ClusterCommand::Status) => {
+            let status = client.cluster_status().await?;
+            if cli.json {
+                print_json(&serde_json::to_value(&status)?);
+            } else {
+                println!("cluster {}", status.cluster_id);
+                println!("node {} ({}), leader {:?}, term {}", status.node_id, status.role, status.leader_id, status.term);
+                println!(
+                    "last log index {:?}, last applied {:?}, revision {}",
+                    status.last_log_index, status.last_applied_index, status.revision
+                );
+                for member in &status.members {
+                    let kind = if member.voter { "voter" } else { "learner" };
+                    println!("  member {} {kind} {:?} {}", member.node_id, member.addrs, member.public_key);
+                }
+            }
+            Ok(())
+        }
+        Command::Bench(command) => bench::run(&ticket, options, command, cli.json).await,
+    };
+    client.close().await;
+    result
+}
+
+fn read_value(value: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Vec<u8>> {
+    match (value, file) {
+        (Some(value), _) => Ok(value.into_bytes()),
+        (None, Some(path)) => std::fs::read(&path).map_err(|error| anyhow::anyhow!("cannot read {}: {error}", path.display())),
+        (None, None) => {
+            let mut buffer = Vec::new();
+            std::io::stdin().read_to_end(&mut buffer)?;
+            Ok(buffer)
+        }
+    }
+}
+
+async fn kv(client: &Client, command: KvCommand, json_output: bool) -> anyhow::Result<()> {
+    match command {
+        KvCommand::Get { key, consistency } => {
+            let entry = client.get(key.as_bytes(), consistency.into()).await?;
+            let Some(entry) = entry else {
+                return Err(ClientError::Wire(pando_client::pando_protocol::WireError::new(
+                    pando_client::pando_protocol::ErrorCode::NotFound,
+                    format!("key `{key}` does not exist"),
+                ))
+                .into());
+            };
+            if json_output {
+                print_json(&entry_json(&entry));
+            } else {
+                let mut stdout = std::io::stdout().lock();
+                stdout.write_all(&entry.value)?;
+                if std::io::IsTerminal::is_terminal(&stdout) {
+                    stdout.write_all(b"\n")?;
+                }
+            }
+        }
+        KvCommand::Set { key, value, file } => {
+            let value = read_value(value, file)?;
+            let revision = client.put(key.as_bytes(), &value).await?;
+            written(json_output, revision);
+        }
+        KvCommand::Delete { key } => {
+            let (revision, existed) = client.delete(key.as_bytes()).await?;
+            if json_output {
+                print_json(&json!({ "revision": revision, "existed": existed }));
+            } else if existed {
+                println!("deleted at revision {revision}");
+            } else {
+                println!("key did not exist (revision {revision})");
+            }
+        }
+        KvCommand::Cas { key, expect, expect_absent: _, value, file } => {
+            let value = read_value(value, file)?;
+            let revision = client.cas(key.as_bytes(), expect.as_deref().map(str::as_bytes), &value).await?;
+            written(json_output, revision);
+        }
+        KvCommand::Cad { key, expect } => {
+            let revision = client.cad(key.as_bytes(), expect.as_bytes()).await?;
+            if json_output {
+                print_json(&json!({ "revision": revision, "existed": true }));
+            } else {
+                println!("deleted at revision {revision}");
+            }
+        }
+        KvCommand::Scan { prefix, limit, after, consistency } => {
+            let after = after
+                .map(|token| data_encoding::HEXLOWER.decode(token.as_bytes()))
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("--after takes the hex continuation token printed by the previous page"))?;
+            let (entries, next) = client.scan(prefix.as_bytes(), limit, after.as_deref(), consistency.into()).await?;
+            if json_output {
+                print_json(&json!({
+                    "entries": entries.iter().map(entry_json).collect::<Vec<_>>(),
+                    "next": next.as_deref().map(hex),
+                }));
+            } else {
+                let mut stdout = std::io::stdout().lock();
+                for entry in &entries {
+                    writeln!(stdout, "{}\t{}", String::from_utf8_lossy(&entry.key), String::from_utf8_lossy(&entry.value))?;
+                }
+                if let Some(next) = next {
+                    eprintln!("more keys follow: pando kv scan '{prefix}' --limit {limit} --after {}", hex(&next));
+                }
+            }
+        }
+        KvCommand::BatchGet { keys, consistency } => {
+            let keys: Vec<Vec<u8>> = keys.into_iter().map(String::into_bytes).collect();
+            let entries = client.batch_get(&keys, consistency.into()).await?;
+            if json_output {
+                print_json(&json!(entries.iter().map(|entry| entry.as_ref().map(entry_json)).collect::<Vec<_>>()));
+            } else {
+                for (key, entry) in keys.iter().zip(&entries) {
+                    match entry {
+                        Some(entry) => println!("{}\t{}", String::from_utf8_lossy(key), String::from_utf8_lossy(&entry.value)),
+                        None => println!("{}\t(absent)", String::from_utf8_lossy(key)),
+                    }
+                }
+            }
+        }
+        KvCommand::BatchWrite { puts, deletes } => {
+            let mut ops = Vec::new();
+            for put in puts {
+                let (key, value) =
+                    put.split_once('=').ok_or_else(|| anyhow::anyhow!("--put takes KEY=VALUE, got `{put}`"))?;
+                ops.push(WriteOp::Put { key: key.as_bytes().to_vec().into(), value: value.as_bytes().to_vec().into() });
+            }
+            for key in deletes {
+                ops.push(WriteOp::Delete { key: key.into_bytes().into() });
+            }
+            let revision = client.batch_write(ops).await?;
+            written(json_output, revision);
+        }
+        KvCommand::Txn { file } => {
+            let text = read_value(None, file)?;
+            let (compares, success, failure) = output::parse_txn(&text)?;
+            let (succeeded, revision, results) = client.txn(compares, success, failure).await?;
+            let results: Vec<_> = results.iter().map(output::txn_result_json).collect();
+            if json_output {
+                print_json(&json!({ "succeeded": succeeded, "revision": revision, "results": results }));
+            } else {
+                println!("{} at revision {revision}", if succeeded { "succeeded" } else { "failed" });
+                for result in results {
+                    println!("{result}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn written(json_output: bool, revision: u64) {
+    if json_output {
+        print_json(&json!({ "revision": revision }));
+    } else {
+        println!("OK revision {revision}");
+    }
+}

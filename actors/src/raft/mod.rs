@@ -1,3 +1,21 @@
 //! Raft: openraft's type configuration, the network between members, and the RaftActor that group-commits proposals.
 
+pub mod network;
+pub mod raft_actor;
 pub mod type_config;
+
+pub use raft_actor::{RaftActor, RaftArgs, RaftMsg};
+
+/// Raft timing for real nodes.
+pub fn default_config() -> openraft::Config {
+    openraft::Config {
+        cluster_name: "pando".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 400,
+        election_timeout_max: 800,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        purge_batch_size: 256,
+        ..Default::default()
+    }
+}

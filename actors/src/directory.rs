@@ -1,0 +1,60 @@
+//! Where a node's actors find each other's current handles.
+//!
+//! A supervised actor gets a new `ActorRef` every time it restarts, so others look it up here instead of holding a
+//! stale reference. One directory per node (not ractor's global registry), so several nodes can share a process.
+
+use std::sync::{Arc, RwLock};
+
+use ractor::ActorRef;
+
+use crate::raft::RaftMsg;
+use crate::raft::type_config::Raft;
+use crate::storage::{LogStore, StateMachineStore, StateReader, Stores};
+
+/// The live Raft instance and the actor that owns it.
+#[derive(Clone)]
+pub struct RaftHandles {
+    pub raft: Raft,
+    pub actor: ActorRef<RaftMsg>,
+}
+
+/// Clones of the open stores (they share one database handle).
+#[derive(Clone)]
+pub struct StoreHandles {
+    pub log: LogStore,
+    pub state_machine: StateMachineStore,
+    pub reader: StateReader,
+}
+
+#[derive(Clone, Default)]
+pub struct Directory {
+    raft: Arc<RwLock<Option<RaftHandles>>>,
+    stores: Arc<RwLock<Option<StoreHandles>>>,
+}
+
+impl Directory {
+    pub fn stores(&self) -> Option<StoreHandles> {
+        self.stores.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    pub(crate) fn set_stores(&self, stores: Stores) {
+        let handles = StoreHandles { log: stores.log, state_machine: stores.state_machine, reader: stores.reader };
+        *self.stores.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(handles);
+    }
+
+    pub(crate) fn clear_stores(&self) {
+        *self.stores.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+    }
+
+    pub fn raft(&self) -> Option<RaftHandles> {
+        self.raft.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    pub(crate) fn set_raft(&self, handles: RaftHandles) {
+        *self.raft.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(handles);
+    }
+
+    pub(crate) fn take_raft(&self) -> Option<RaftHandles> {
+        self.raft.write().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
+    }
+}

@@ -1,0 +1,215 @@
+//! The RaftActor: owns the openraft instance, drains concurrent proposals into batched `client_write`s (group commit)
+//! and answers each command with its own result.
+//!
+//! A proposal arriving while fewer than [`PROPOSALS_IN_FLIGHT_MAX`] batches are in flight is written at once; the rest
+//! wait in a bounded queue and leave together in the next batch, so under load one log append (one fsync) carries
+//! many client writes.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, RaftError};
+use pando_protocol::cluster::MemberNode;
+use pando_protocol::command::{Command, CommandResult, Proposal};
+use pando_protocol::error::{ErrorCode, ErrorDetail, WireError};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+
+use super::network::PeerNetwork;
+use super::type_config::{NodeId, Raft};
+use crate::directory::{Directory, RaftHandles};
+
+/// Batches written concurrently; more proposals wait and join the next batch.
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 2;
+/// Most commands in one batch (one log entry).
+pub const PROPOSAL_BATCH_COUNT_MAX: usize = 1024;
+/// Most proposals waiting for a batch; beyond this proposals are refused with `BUSY`.
+pub const PROPOSALS_PENDING_COUNT_MAX: usize = 16 * 1024;
+/// How long a previous Raft instance gets to shut down when the actor restarts.
+pub const RAFT_SHUTDOWN_TIMEOUT_MS: u64 = 5_000;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RaftActor;
+
+#[derive(Clone)]
+pub struct RaftArgs {
+    pub node_id: NodeId,
+    pub config: Arc<openraft::Config>,
+    /// Members to initialise the cluster with when the log is empty (first start of the first node).
+    pub bootstrap: Option<BTreeMap<NodeId, MemberNode>>,
+    pub directory: Directory,
+}
+
+pub enum RaftMsg {
+    /// Replicate `command` and answer with its result once applied.
+    Propose { command: Command, reply: RpcReplyPort<CommandResult> },
+    /// A batch finished (its replies are already sent).
+    BatchDone { commands_count: usize },
+    Status(RpcReplyPort<RaftActorStatus>),
+}
+
+impl ractor::Message for RaftMsg {}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RaftActorStatus {
+    pub node_id: NodeId,
+    pub pending_count: usize,
+    pub in_flight_count: usize,
+    pub batches_total: u64,
+    pub commands_total: u64,
+}
+
+pub struct RaftState {
+    node_id: NodeId,
+    raft: Raft,
+    pending: VecDeque<(Command, RpcReplyPort<CommandResult>)>,
+    in_flight_count: usize,
+    batches_total: u64,
+    commands_total: u64,
+}
+
+impl Actor for RaftActor {
+    type Msg = RaftMsg;
+    type State = RaftState;
+    type Arguments = RaftArgs;
+
+    async fn pre_start(&self, myself: ActorRef<RaftMsg>, args: RaftArgs) -> Result<RaftState, ActorProcessingErr> {
+        // A restarted actor must not run a second Raft core over the same storage.
+        if let Some(previous) = args.directory.take_raft() {
+            let shutdown = tokio::time::timeout(Duration::from_millis(RAFT_SHUTDOWN_TIMEOUT_MS), previous.raft.shutdown());
+            if shutdown.await.is_err() {
+                tracing::warn!("previous raft instance did not shut down in time");
+            }
+        }
+        let stores = args.directory.stores().ok_or("storage is not open")?;
+        let raft = Raft::new(args.node_id, args.config.clone(), PeerNetwork, stores.log, stores.state_machine).await?;
+        if let Some(members) = &args.bootstrap {
+            match raft.initialize(members.clone()).await {
+                Ok(()) => tracing::info!(node_id = args.node_id, "initialised a new cluster"),
+                Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {
+                    tracing::debug!("cluster already initialised");
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        args.directory.set_raft(RaftHandles { raft: raft.clone(), actor: myself });
+        Ok(RaftState {
+            node_id: args.node_id,
+            raft,
+            pending: VecDeque::new(),
+            in_flight_count: 0,
+            batches_total: 0,
+            commands_total: 0,
+        })
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<RaftMsg>, state: &mut RaftState) -> Result<(), ActorProcessingErr> {
+        for (_, reply) in state.pending.drain(..) {
+            let _ = reply.send(Err(WireError::new(ErrorCode::Unavailable, "node is shutting down")));
+        }
+        if tokio::time::timeout(Duration::from_millis(RAFT_SHUTDOWN_TIMEOUT_MS), state.raft.shutdown()).await.is_err() {
+            tracing::warn!("raft did not shut down in time");
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<RaftMsg>, message: RaftMsg, state: &mut RaftState) -> Result<(), ActorProcessingErr> {
+        match message {
+            RaftMsg::Propose { command, reply } => {
+                if state.pending.len() >= PROPOSALS_PENDING_COUNT_MAX {
+                    let _ = reply.send(Err(WireError::new(ErrorCode::Busy, "too many writes waiting, retry later")));
+                    return Ok(());
+                }
+                state.pending.push_back((command, reply));
+                flush(&myself, state);
+            }
+            RaftMsg::BatchDone { commands_count } => {
+                state.in_flight_count -= 1;
+                state.commands_total += commands_count as u64;
+                flush(&myself, state);
+            }
+            RaftMsg::Status(reply) => {
+                let _ = reply.send(RaftActorStatus {
+                    node_id: state.node_id,
+                    pending_count: state.pending.len(),
+                    in_flight_count: state.in_flight_count,
+                    batches_total: state.batches_total,
+                    commands_total: state.commands_total,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Starts batches while there is room in flight and work pending.
+fn flush(myself: &ActorRef<RaftMsg>, state: &mut RaftState) {
+    while state.in_flight_count < PROPOSALS_IN_FLIGHT_MAX && !state.pending.is_empty() {
+        let count = state.pending.len().min(PROPOSAL_BATCH_COUNT_MAX);
+        let mut commands = Vec::with_capacity(count);
+        let mut replies = Vec::with_capacity(count);
+        for (command, reply) in state.pending.drain(..count) {
+            commands.push(command);
+            replies.push(reply);
+        }
+        state.in_flight_count += 1;
+        state.batches_total += 1;
+        let raft = state.raft.clone();
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let proposal = Proposal { stamp_ms: now_ms(), commands };
+            match raft.client_write(proposal).await {
+                Ok(response) => {
+                    let results = response.data.results;
+                    debug_assert_eq!(results.len(), replies.len(), "one result per command");
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        let _ = reply.send(result);
+                    }
+                }
+                Err(error) => {
+                    let error = write_error(error);
+                    for reply in replies {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+            }
+            let _ = myself.cast(RaftMsg::BatchDone { commands_count: count });
+        });
+    }
+}
+
+/// Translates a failed `client_write` into a wire error a client can act on.
+pub fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>) -> WireError {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => not_leader(forward.leader_id, forward.leader_node),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(error)) => {
+            WireError::new(ErrorCode::Conflict, error.to_string())
+        }
+        RaftError::Fatal(fatal) => WireError::new(ErrorCode::Unavailable, format!("raft stopped: {fatal}")),
+    }
+}
+
+/// `NOT_LEADER`, naming the leader when known.
+pub fn not_leader(leader_id: Option<NodeId>, leader_node: Option<MemberNode>) -> WireError {
+    let error = WireError::new(
+        ErrorCode::NotLeader,
+        match leader_id {
+            Some(id) => format!("this node is not the leader; node {id} is"),
+            None => "this node is not the leader and no leader is known".to_string(),
+        },
+    );
+    match (leader_id, leader_node) {
+        (Some(node_id), Some(node)) => error.with_detail(ErrorDetail::Leader {
+            node_id,
+            public_key: node.public_key.into_vec(),
+            addrs: node.addrs,
+        }),
+        _ => error,
+    }
+}
+
+/// The leader's clock stamp for proposals, in milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
+}

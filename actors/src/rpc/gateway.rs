@@ -1,0 +1,176 @@
+//! The RpcGateway actor: owns the accept loop for client connections and bounds what clients can make it hold.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use iroh::Endpoint;
+use iroh::endpoint::{Connection, RecvStream, SendStream};
+use pando_protocol::alpn;
+use pando_protocol::envelope::{RequestEnvelope, ResponseEnvelope};
+use pando_protocol::error::{ErrorCode, WireError};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use super::handler::{RpcContext, TokenCache, handle};
+use super::stream::{ReadFailure, read_request, write_response};
+use super::{RPC_CONNECTIONS_MAX, RPC_REQUESTS_IN_FLIGHT_MAX};
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RpcGateway;
+
+#[derive(Clone)]
+pub struct RpcArgs {
+    /// The node's endpoint; the gateway accepts on it but does not own it (closing it is the node's job).
+    pub endpoint: Endpoint,
+    pub context: RpcContext,
+}
+
+pub enum RpcMsg {
+    Status(RpcReplyPort<RpcGatewayStatus>),
+}
+
+impl ractor::Message for RpcMsg {}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RpcGatewayStatus {
+    pub connections_open: usize,
+    pub requests_in_flight: usize,
+    pub requests_total: u64,
+    pub requests_refused_busy: u64,
+    pub frames_rejected: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    requests_total: AtomicU64,
+    requests_refused_busy: AtomicU64,
+    frames_rejected: AtomicU64,
+}
+
+struct Shared {
+    context: RpcContext,
+    connections: Arc<Semaphore>,
+    requests: Arc<Semaphore>,
+    counters: Counters,
+}
+
+pub struct RpcState {
+    shared: Arc<Shared>,
+    accept_loop: JoinHandle<()>,
+}
+
+impl Actor for RpcGateway {
+    type Msg = RpcMsg;
+    type State = RpcState;
+    type Arguments = RpcArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<RpcMsg>, args: RpcArgs) -> Result<RpcState, ActorProcessingErr> {
+        let shared = Arc::new(Shared {
+            context: args.context,
+            connections: Arc::new(Semaphore::new(RPC_CONNECTIONS_MAX)),
+            requests: Arc::new(Semaphore::new(RPC_REQUESTS_IN_FLIGHT_MAX)),
+            counters: Counters::default(),
+        });
+        let accept_loop = tokio::spawn(accept_loop(args.endpoint, shared.clone()));
+        Ok(RpcState { shared, accept_loop })
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<RpcMsg>, state: &mut RpcState) -> Result<(), ActorProcessingErr> {
+        state.accept_loop.abort();
+        Ok(())
+    }
+
+    async fn handle(&self, _myself: ActorRef<RpcMsg>, message: RpcMsg, state: &mut RpcState) -> Result<(), ActorProcessingErr> {
+        match message {
+            RpcMsg::Status(reply) => {
+                let shared = &state.shared;
+                let _ = reply.send(RpcGatewayStatus {
+                    connections_open: RPC_CONNECTIONS_MAX - shared.connections.available_permits(),
+                    requests_in_flight: RPC_REQUESTS_IN_FLIGHT_MAX - shared.requests.available_permits(),
+                    requests_total: shared.counters.requests_total.load(Ordering::Relaxed),
+                    requests_refused_busy: shared.counters.requests_refused_busy.load(Ordering::Relaxed),
+                    frames_rejected: shared.counters.frames_rejected.load(Ordering::Relaxed),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+            tracing::warn!("connection limit of {RPC_CONNECTIONS_MAX} reached, refusing a client");
+            incoming.refuse();
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let connection = match incoming.await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    tracing::debug!(%error, "client handshake failed");
+                    return;
+                }
+            };
+            if connection.alpn() != alpn::RPC {
+                connection.close(1u32.into(), b"unsupported alpn");
+                return;
+            }
+            serve_connection(connection, shared).await;
+        });
+    }
+}
+
+/// Serves the streams of one connection until the client closes it.
+async fn serve_connection(connection: Connection, shared: Arc<Shared>) {
+    let remote = connection.remote_id();
+    tracing::debug!(%remote, "client connected");
+    // Streams of one connection share its token cache.
+    let cache = Arc::new(std::sync::Mutex::new(TokenCache::default()));
+    loop {
+        let (send, recv) = match connection.accept_bi().await {
+            Ok(streams) => streams,
+            Err(error) => {
+                tracing::debug!(%remote, %error, "client connection closed");
+                return;
+            }
+        };
+        let shared = shared.clone();
+        let cache = cache.clone();
+        tokio::spawn(serve_stream(send, recv, shared, cache));
+    }
+}
+
+async fn serve_stream(mut send: SendStream, mut recv: RecvStream, shared: Arc<Shared>, cache: Arc<std::sync::Mutex<TokenCache>>) {
+    let body = match read_request(&mut recv).await {
+        Ok(body) => body,
+        Err(ReadFailure::Gone) => return,
+        Err(ReadFailure::Refused(error)) => {
+            shared.counters.frames_rejected.fetch_add(1, Ordering::Relaxed);
+            write_response(&mut send, &ResponseEnvelope { request_id: 0, body: Err(error) }).await;
+            return;
+        }
+    };
+    let envelope = match RequestEnvelope::decode(&body) {
+        Ok(envelope) => envelope,
+        Err(rejected) => {
+            shared.counters.frames_rejected.fetch_add(1, Ordering::Relaxed);
+            let response = ResponseEnvelope { request_id: rejected.request_id.unwrap_or(0), body: Err(rejected.error) };
+            write_response(&mut send, &response).await;
+            return;
+        }
+    };
+    shared.counters.requests_total.fetch_add(1, Ordering::Relaxed);
+    let Ok(_permit) = shared.requests.clone().try_acquire_owned() else {
+        shared.counters.requests_refused_busy.fetch_add(1, Ordering::Relaxed);
+        let error = WireError::new(ErrorCode::Busy, "node is at its request limit, retry with backoff");
+        write_response(&mut send, &ResponseEnvelope { request_id: envelope.request_id, body: Err(error) }).await;
+        return;
+    };
+    let response = handle(&shared.context, &cache, envelope).await;
+    write_response(&mut send, &response).await;
+}

@@ -1,0 +1,204 @@
+//! Executes one decoded request: authenticate, authorise, validate, then route writes through the RaftActor and
+//! serve reads from the applied state (after a read-index round for linearizable reads).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::VerifyingKey;
+use openraft::error::{CheckIsLeaderError, RaftError};
+use pando_protocol::cluster::{ClusterRequest, ClusterResponse, ClusterStatus, MemberStatus, hex};
+use pando_protocol::command::Command;
+use pando_protocol::envelope::{Request, RequestEnvelope, Response, ResponseEnvelope};
+use pando_protocol::error::{ErrorCode, WireError};
+use pando_protocol::kv::{Consistency, KvRequest, KvResponse};
+use pando_protocol::limits::{REQUEST_TIMEOUT_MS_DEFAULT, REQUEST_TIMEOUT_MS_MAX};
+use pando_protocol::token::{Access, CapabilityToken, TokenClaims};
+use ractor::RpcReplyPort;
+
+use crate::directory::Directory;
+use crate::raft::RaftMsg;
+use crate::raft::raft_actor::not_leader;
+use crate::raft::type_config::NodeId;
+
+/// What the gateway needs to serve requests.
+#[derive(Clone)]
+pub struct RpcContext {
+    pub node_id: NodeId,
+    pub cluster_id: Vec<u8>,
+    /// Verifies capability tokens.
+    pub cluster_key: VerifyingKey,
+    pub directory: Directory,
+}
+
+/// The last token a connection presented and its verified claims, so a client reusing its token is verified once.
+#[derive(Default)]
+pub(crate) struct TokenCache {
+    verified: Option<(CapabilityToken, Arc<TokenClaims>)>,
+}
+
+pub(crate) async fn handle(context: &RpcContext, cache: &Mutex<TokenCache>, envelope: RequestEnvelope) -> ResponseEnvelope {
+    let request_id = envelope.request_id;
+    let timeout_ms = match envelope.timeout_ms {
+        0 => REQUEST_TIMEOUT_MS_DEFAULT,
+        requested => requested.min(REQUEST_TIMEOUT_MS_MAX),
+    };
+    let body = match authenticate(context, cache, envelope.token.as_ref()) {
+        Ok(claims) => {
+            let work = execute(context, &claims, envelope.body, Duration::from_millis(timeout_ms.into()));
+            match tokio::time::timeout(Duration::from_millis(timeout_ms.into()), work).await {
+                Ok(result) => result,
+                Err(_) => Err(WireError::new(
+                    ErrorCode::Timeout,
+                    format!("deadline of {timeout_ms} ms passed; a write may or may not have been applied"),
+                )),
+            }
+        }
+        Err(error) => Err(error),
+    };
+    ResponseEnvelope { request_id, body }
+}
+
+fn authenticate(
+    context: &RpcContext,
+    cache: &Mutex<TokenCache>,
+    token: Option<&CapabilityToken>,
+) -> Result<Arc<TokenClaims>, WireError> {
+    let Some(token) = token else {
+        return Err(WireError::new(
+            ErrorCode::Unauthorized,
+            "no capability token; pass the cluster ticket (--ticket or PANDO_TICKET)",
+        ));
+    };
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0);
+    {
+        let cache = cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((cached, claims)) = &cache.verified
+            && cached == token
+            // Expiry still counts for a cached token.
+            && claims.expires_at_ms.is_none_or(|expires_at_ms| now_ms < expires_at_ms)
+        {
+            return Ok(claims.clone());
+        }
+    }
+    // Verified outside the lock: concurrent streams of one connection never wait on each other's signature checks.
+    let claims = token
+        .verify(&context.cluster_key, &context.cluster_id, now_ms)
+        .map_err(|error| WireError::new(ErrorCode::Unauthorized, error.to_string()))?;
+    let claims = Arc::new(claims);
+    cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).verified = Some((token.clone(), claims.clone()));
+    Ok(claims)
+}
+
+fn authorise(claims: &TokenClaims, access: Access<'_>) -> Result<(), WireError> {
+    if claims.allows(access) {
+        return Ok(());
+    }
+    let what = match access {
+        Access::KvRead(_) => "read this key",
+        Access::KvWrite(_) => "write this key",
+        Access::ClusterRead => "read cluster status",
+    };
+    Err(WireError::new(ErrorCode::Unauthorized, format!("token of `{}` may not {what}", claims.subject)))
+}
+
+async fn execute(context: &RpcContext, claims: &TokenClaims, body: Request, timeout: Duration) -> Result<Response, WireError> {
+    match body {
+        Request::Kv(request) => {
+            request.validate()?;
+            let write = request.is_write();
+            for key in request.keys() {
+                authorise(claims, if write { Access::KvWrite(key) } else { Access::KvRead(key) })?;
+            }
+            let response = if write { propose(context, request, timeout).await? } else { read(context, request).await? };
+            Ok(Response::Kv(response))
+        }
+        Request::Cluster(ClusterRequest::Status) => {
+            authorise(claims, Access::ClusterRead)?;
+            Ok(Response::Cluster(ClusterResponse::Status(status(context)?)))
+        }
+    }
+}
+
+async fn propose(context: &RpcContext, request: KvRequest, timeout: Duration) -> Result<KvResponse, WireError> {
+    let handles = context.directory.raft().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "raft is not running"))?;
+    let command = Command::Kv(request);
+    let outcome = handles
+        .actor
+        .call(|reply: RpcReplyPort<_>| RaftMsg::Propose { command, reply }, Some(timeout))
+        .await;
+    match outcome {
+        Ok(ractor::rpc::CallResult::Success(result)) => result,
+        Ok(ractor::rpc::CallResult::Timeout) => Err(WireError::new(
+            ErrorCode::Timeout,
+            "write not committed before the deadline; it may or may not have been applied",
+        )),
+        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err(WireError::new(
+            ErrorCode::Unavailable,
+            "raft stopped before answering; the write may or may not have been applied",
+        )),
+    }
+}
+
+async fn read(context: &RpcContext, request: KvRequest) -> Result<KvResponse, WireError> {
+    let consistency = match &request {
+        KvRequest::Get { consistency, .. } | KvRequest::Scan { consistency, .. } | KvRequest::BatchGet { consistency, .. } => {
+            *consistency
+        }
+        _ => Consistency::Linearizable,
+    };
+    if consistency == Consistency::Linearizable {
+        let handles =
+            context.directory.raft().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "raft is not running"))?;
+        // Waits until this node knows it is leader and has applied everything committed before the read started.
+        match handles.raft.ensure_linearizable().await {
+            Ok(_) => {}
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                return Err(not_leader(forward.leader_id, forward.leader_node));
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
+                return Err(WireError::new(ErrorCode::Unavailable, format!("no quorum: {error}")));
+            }
+            Err(RaftError::Fatal(fatal)) => return Err(WireError::new(ErrorCode::Unavailable, format!("raft stopped: {fatal}"))),
+        }
+    }
+    let reader = context.directory.stores().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "storage is not open"))?.reader;
+    let result = tokio::task::spawn_blocking(move || reader.read(&request))
+        .await
+        .map_err(|error| WireError::internal(format!("read task failed: {error}")))?;
+    match result {
+        Ok(result) => result,
+        Err(fault) => Err(WireError::internal(fault.to_string())),
+    }
+}
+
+fn status(context: &RpcContext) -> Result<ClusterStatus, WireError> {
+    let handles = context.directory.raft().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "raft is not running"))?;
+    let metrics = handles.raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    let members = membership
+        .nodes()
+        .map(|(node_id, node)| MemberStatus {
+            node_id: *node_id,
+            public_key: hex(&node.public_key),
+            addrs: node.addrs.clone(),
+            voter: membership.voter_ids().any(|voter| voter == *node_id),
+        })
+        .collect();
+    Ok(ClusterStatus {
+        cluster_id: hex(&context.cluster_id),
+        node_id: context.node_id,
+        role: format!("{:?}", metrics.state),
+        leader_id: metrics.current_leader,
+        term: metrics.current_term,
+        last_log_index: metrics.last_log_index,
+        last_applied_index: metrics.last_applied.map(|log_id| log_id.index),
+        revision: context
+            .directory
+            .stores()
+            .ok_or_else(|| WireError::new(ErrorCode::Unavailable, "storage is not open"))?
+            .reader
+            .revision()
+            .map_err(|fault| WireError::internal(fault.to_string()))?,
+        members,
+    })
+}

@@ -1,0 +1,75 @@
+//! Reading one request frame from a stream and writing one response frame, each with a deadline.
+
+use std::time::Duration;
+
+use iroh::endpoint::{ReadExactError, RecvStream, SendStream};
+use pando_protocol::envelope::ResponseEnvelope;
+use pando_protocol::error::{ErrorCode, WireError};
+use pando_protocol::frame::{self, FrameError, LENGTH_PREFIX_BYTES};
+
+use super::{RPC_REQUEST_READ_TIMEOUT_MS, RPC_RESPONSE_WRITE_TIMEOUT_MS};
+
+/// Why no request body could be read.
+pub(crate) enum ReadFailure {
+    /// The client went away or the stream broke: nobody to answer.
+    Gone,
+    /// The client sent something we can answer with an error.
+    Refused(WireError),
+}
+
+/// Reads one length-prefixed frame body within the read deadline, refusing oversized frames before reading them.
+pub(crate) async fn read_request(recv: &mut RecvStream) -> Result<Vec<u8>, ReadFailure> {
+    let read = async {
+        let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+        recv.read_exact(&mut prefix).await.map_err(truncated)?;
+        let length = frame::body_length(prefix).map_err(|error| match error {
+            FrameError::TooLarge { .. } => ReadFailure::Refused(WireError::too_large(error.to_string())),
+            other => ReadFailure::Refused(WireError::new(ErrorCode::Malformed, other.to_string())),
+        })?;
+        let mut body = vec![0u8; length];
+        recv.read_exact(&mut body).await.map_err(truncated)?;
+        Ok(body)
+    };
+    match tokio::time::timeout(Duration::from_millis(RPC_REQUEST_READ_TIMEOUT_MS), read).await {
+        Ok(result) => result,
+        Err(_) => Err(ReadFailure::Refused(WireError::new(
+            ErrorCode::Timeout,
+            format!("request frame not received within {RPC_REQUEST_READ_TIMEOUT_MS} ms"),
+        ))),
+    }
+}
+
+fn truncated(error: ReadExactError) -> ReadFailure {
+    match error {
+        ReadExactError::FinishedEarly(read_bytes) => ReadFailure::Refused(WireError::new(
+            ErrorCode::Malformed,
+            format!("stream finished after {read_bytes} bytes, inside a frame"),
+        )),
+        ReadExactError::ReadError(_) => ReadFailure::Gone,
+    }
+}
+
+/// Writes one response frame and finishes the stream, within the write deadline.
+pub(crate) async fn write_response(send: &mut SendStream, response: &ResponseEnvelope) {
+    let bytes = match frame::encode(response) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            tracing::error!(%error, "cannot encode response");
+            let fallback = ResponseEnvelope {
+                request_id: response.request_id,
+                body: Err(WireError::internal(format!("response cannot be encoded: {error}"))),
+            };
+            match frame::encode(&fallback) {
+                Ok(bytes) => bytes,
+                Err(_) => return,
+            }
+        }
+    };
+    let write = async {
+        send.write_all(&bytes).await.ok()?;
+        send.finish().ok()
+    };
+    if tokio::time::timeout(Duration::from_millis(RPC_RESPONSE_WRITE_TIMEOUT_MS), write).await.is_err() {
+        tracing::debug!("client did not take its response in time");
+    }
+}

@@ -1,0 +1,170 @@
+//! `pando bench`: a closed-loop load generator. N workers each keep one request outstanding for a fixed duration;
+//! latencies go into an HDR histogram, and the run prints throughput and percentiles.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use hdrhistogram::Histogram;
+use pando_client::pando_protocol::kv::Consistency;
+use pando_client::{Client, ClientOptions};
+use serde_json::json;
+
+/// Workers sharing one connection (QUIC multiplexes their streams).
+const WORKERS_PER_CONNECTION_MAX: usize = 32;
+/// Longest run accepted, so a typo cannot start an endless load.
+const BENCH_DURATION_SECONDS_MAX: u64 = 3_600;
+/// Most workers accepted.
+const BENCH_CONCURRENCY_MAX: usize = 4_096;
+/// Highest latency the histogram records exactly (microseconds).
+const LATENCY_US_MAX: u64 = 60_000_000;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Writes of random keys.
+    Put(BenchArgs),
+    /// Linearizable reads of keys written beforehand.
+    Get(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Concurrent workers, each with one request outstanding.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Distinct keys the workers spread over.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Key prefix, so a bench run does not touch application keys.
+    #[arg(long, default_value = "bench/")]
+    prefix: String,
+}
+
+struct WorkerResult {
+    histogram: Histogram<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, json_output: bool) -> anyhow::Result<()> {
+    let (operation, args) = match command {
+        BenchCommand::Put(args) => ("put", args),
+        BenchCommand::Get(args) => ("get", args),
+    };
+    anyhow::ensure!(args.concurrency >= 1 && args.concurrency <= BENCH_CONCURRENCY_MAX, "--concurrency must be 1..={BENCH_CONCURRENCY_MAX}");
+    anyhow::ensure!(args.duration >= 1 && args.duration <= BENCH_DURATION_SECONDS_MAX, "--duration must be 1..={BENCH_DURATION_SECONDS_MAX} seconds");
+    anyhow::ensure!(args.keys >= 1, "--keys must be at least 1");
+    let connections = args.concurrency.div_ceil(WORKERS_PER_CONNECTION_MAX);
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        clients.push(Arc::new(Client::new(ticket, options.clone()).await?));
+    }
+    let value = vec![b'x'; args.value_size];
+    if operation == "get" {
+        // Reads need something to read: write every key once.
+        let preload = args.keys.min(100_000);
+        for index in 0..preload {
+            clients[0].put(key(&args.prefix, index).as_bytes(), &value).await?;
+        }
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.duration);
+    let mut workers = Vec::with_capacity(args.concurrency);
+    for worker in 0..args.concurrency {
+        let client = clients[worker % connections].clone();
+        let value = value.clone();
+        let prefix = args.prefix.clone();
+        let keys = if operation == "get" { args.keys.min(100_000) } else { args.keys };
+        workers.push(tokio::spawn(async move {
+            let mut result = WorkerResult {
+                histogram: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds"),
+                errors: 0,
+                first_error: None,
+            };
+            let mut index = worker as u64;
+            while Instant::now() < deadline {
+                index = index.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let key = key(&prefix, index % keys);
+                let begun = Instant::now();
+                let outcome = if operation == "put" {
+                    client.put(key.as_bytes(), &value).await.map(|_| ())
+                } else {
+                    client.get(key.as_bytes(), Consistency::Linearizable).await.map(|_| ())
+                };
+                match outcome {
+                    Ok(()) => {
+                        let micros = begun.elapsed().as_micros() as u64;
+                        result.histogram.saturating_record(micros.max(1));
+                    }
+                    Err(error) => {
+                        result.errors += 1;
+                        result.first_error.get_or_insert_with(|| error.to_string());
+                    }
+                }
+            }
+            result
+        }));
+    }
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3)?;
+    let mut errors = 0;
+    let mut first_error = None;
+    for worker in workers {
+        let result = worker.await?;
+        histogram.add(&result.histogram)?;
+        errors += result.errors;
+        if first_error.is_none() {
+            first_error = result.first_error;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    for client in &clients {
+        client.close().await;
+    }
+    let ops = histogram.len();
+    let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
+    let report = json!({
+        "operation": operation,
+        "concurrency": args.concurrency,
+        "connections": connections,
+        "value_size": args.value_size,
+        "duration_s": elapsed,
+        "ops": ops,
+        "errors": errors,
+        "ops_per_s": ops as f64 / elapsed,
+        "p50_ms": ms(0.50),
+        "p99_ms": ms(0.99),
+        "p999_ms": ms(0.999),
+        "max_ms": histogram.max() as f64 / 1000.0,
+        "first_error": first_error,
+    });
+    if json_output {
+        println!("{report}");
+    } else {
+        println!(
+            "{operation}: {} clients, {} B values, {:.1} s: {ops} ops, {:.0} ops/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms, {errors} errors",
+            args.concurrency,
+            args.value_size,
+            elapsed,
+            ops as f64 / elapsed,
+            ms(0.50),
+            ms(0.99),
+            ms(0.999),
+            histogram.max() as f64 / 1000.0,
+        );
+        if let Some(error) = &first_error {
+            println!("first error: {error}");
+        }
+    }
+    anyhow::ensure!(ops > 0, "no request succeeded{}", first_error.map(|error| format!(": {error}")).unwrap_or_default());
+    Ok(())
+}
+
+fn key(prefix: &str, index: u64) -> String {
+    format!("{prefix}{index:016x}")
+}

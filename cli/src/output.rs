@@ -1,0 +1,90 @@
+//! How the CLI shows entries and reads transactions: text is a presentation choice, bytes stay bytes.
+
+use anyhow::{Context, bail};
+use pando_client::pando_protocol::kv::{Bytes, Compare, CompareOp, CompareTarget, KvEntry, TxnOp, TxnOpResult};
+use serde_json::{Value, json};
+
+pub fn hex(bytes: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(bytes)
+}
+
+/// A key or value as JSON: a string when it is UTF-8, else `{"base64": ...}`.
+fn bytes_json(bytes: &[u8]) -> Value {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => json!(text),
+        Err(_) => json!({ "base64": data_encoding::BASE64.encode(bytes) }),
+    }
+}
+
+pub fn entry_json(entry: &KvEntry) -> Value {
+    json!({
+        "key": bytes_json(&entry.key),
+        "value": bytes_json(&entry.value),
+        "create_revision": entry.create_revision,
+        "mod_revision": entry.mod_revision,
+        "version": entry.version,
+    })
+}
+
+pub fn print_json(value: &Value) {
+    println!("{value}");
+}
+
+pub fn txn_result_json(result: &TxnOpResult) -> Value {
+    match result {
+        TxnOpResult::Put => json!({ "put": true }),
+        TxnOpResult::Delete { existed } => json!({ "delete": { "existed": existed } }),
+        TxnOpResult::Get { entry } => json!({ "get": entry.as_ref().map(entry_json) }),
+    }
+}
+
+fn text_bytes(value: &Value, what: &str) -> anyhow::Result<Bytes> {
+    value.as_str().map(|text| Bytes::from(text.as_bytes().to_vec())).with_context(|| format!("{what} must be a string"))
+}
+
+fn parse_op(op: &Value) -> anyhow::Result<TxnOp> {
+    if let Some(put) = op.get("put") {
+        return Ok(TxnOp::Put { key: text_bytes(&put["key"], "put.key")?, value: text_bytes(&put["value"], "put.value")? });
+    }
+    if let Some(key) = op.get("delete") {
+        return Ok(TxnOp::Delete { key: text_bytes(key, "delete")? });
+    }
+    if let Some(key) = op.get("get") {
+        return Ok(TxnOp::Get { key: text_bytes(key, "get")? });
+    }
+    bail!("each operation is {{\"put\": {{\"key\", \"value\"}}}}, {{\"delete\": key}} or {{\"get\": key}}, got {op}")
+}
+
+fn parse_compare(compare: &Value) -> anyhow::Result<Compare> {
+    let key = text_bytes(&compare["key"], "compare.key")?;
+    let op = match compare.get("op").and_then(Value::as_str).unwrap_or("==") {
+        "==" | "=" => CompareOp::Equal,
+        "!=" => CompareOp::NotEqual,
+        "<" => CompareOp::Less,
+        ">" => CompareOp::Greater,
+        other => bail!("compare.op must be ==, !=, < or >, got `{other}`"),
+    };
+    let number = |field: &str| compare.get(field).map(|value| value.as_u64().with_context(|| format!("compare.{field} must be a number")));
+    let target = if let Some(value) = compare.get("value") {
+        CompareTarget::Value(text_bytes(value, "compare.value")?)
+    } else if let Some(version) = number("version") {
+        CompareTarget::Version(version?)
+    } else if let Some(revision) = number("mod_revision") {
+        CompareTarget::ModRevision(revision?)
+    } else if let Some(revision) = number("create_revision") {
+        CompareTarget::CreateRevision(revision?)
+    } else {
+        bail!("a compare needs one of value, version, mod_revision, create_revision");
+    };
+    Ok(Compare { key, op, target })
+}
+
+/// Parses `{"compare": [...], "success": [...], "failure": [...]}`.
+pub fn parse_txn(text: &[u8]) -> anyhow::Result<(Vec<Compare>, Vec<TxnOp>, Vec<TxnOp>)> {
+    let document: Value = serde_json::from_slice(text).context("transaction is not valid JSON")?;
+    let list = |field: &str| document.get(field).and_then(Value::as_array).cloned().unwrap_or_default();
+    let compares = list("compare").iter().map(parse_compare).collect::<anyhow::Result<_>>()?;
+    let success = list("success").iter().map(parse_op).collect::<anyhow::Result<_>>()?;
+    let failure = list("failure").iter().map(parse_op).collect::<anyhow::Result<_>>()?;
+    Ok((compares, success, failure))
+}

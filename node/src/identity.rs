@@ -1,0 +1,133 @@
+//! The node's persistent identity and cluster membership facts, kept as small files in the data directory.
+//!
+//! `node.key` (the node's ed25519 secret, mode 0600) is its iroh identity; `cluster.key` (mode 0600) signs client
+//! tokens; `node.json` holds the node id, cluster id and the address the node listens on, so a restart reuses them.
+
+use std::fs;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+
+const NODE_KEY_FILE: &str = "node.key";
+const CLUSTER_KEY_FILE: &str = "cluster.key";
+const NODE_FILE: &str = "node.json";
+const SECRET_KEY_BYTES: usize = 32;
+const CLUSTER_ID_BYTES: usize = 16;
+
+/// What the node remembers across restarts.
+#[derive(Clone, Debug)]
+pub struct NodeRecord {
+    pub node_id: u64,
+    pub cluster_id: Vec<u8>,
+    pub bind: SocketAddr,
+}
+
+pub struct Identity {
+    pub node_key: [u8; SECRET_KEY_BYTES],
+    pub cluster_key: [u8; SECRET_KEY_BYTES],
+    /// `None` on the very first start.
+    pub record: Option<NodeRecord>,
+}
+
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    rand::fill(&mut bytes);
+    bytes
+}
+
+/// Creates the data directory (mode 0700) when missing.
+pub fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict permissions of {}", dir.display()))?;
+    Ok(())
+}
+
+/// Loads the node's keys and record, creating keys on first start.
+pub fn load_or_create(dir: &Path) -> anyhow::Result<Identity> {
+    let node_key = load_or_create_key(&dir.join(NODE_KEY_FILE))?;
+    let cluster_key = load_or_create_key(&dir.join(CLUSTER_KEY_FILE))?;
+    let record = load_record(dir)?;
+    Ok(Identity { node_key, cluster_key, record })
+}
+
+fn load_or_create_key(path: &Path) -> anyhow::Result<[u8; SECRET_KEY_BYTES]> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let mode = fs::metadata(path)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                bail!("{} is readable by others (mode {mode:o}); run `chmod 600 {}`", path.display(), path.display());
+            }
+            bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("{} must hold exactly {SECRET_KEY_BYTES} bytes", path.display()))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let key = random_bytes::<SECRET_KEY_BYTES>();
+            write_private(path, &key)?;
+            Ok(key)
+        }
+        Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Writes a file readable only by its owner, atomically (temporary file, fsync, rename).
+pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let temporary = path.with_extension("tmp");
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .with_context(|| format!("cannot create {}", temporary.display()))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    fs::rename(&temporary, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn load_record(dir: &Path) -> anyhow::Result<Option<NodeRecord>> {
+    let path = dir.join(NODE_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let node_id = value["node_id"].as_u64().with_context(|| format!("{} lacks node_id", path.display()))?;
+    let cluster_id = data_encoding::HEXLOWER
+        .decode(value["cluster_id"].as_str().unwrap_or_default().as_bytes())
+        .with_context(|| format!("{} has an invalid cluster_id", path.display()))?;
+    if cluster_id.len() != CLUSTER_ID_BYTES {
+        bail!("{} has a cluster_id of {} bytes, expected {CLUSTER_ID_BYTES}", path.display(), cluster_id.len());
+    }
+    let bind = value["bind"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .with_context(|| format!("{} has an invalid bind address", path.display()))?;
+    Ok(Some(NodeRecord { node_id, cluster_id, bind }))
+}
+
+pub fn save_record(dir: &Path, record: &NodeRecord) -> anyhow::Result<()> {
+    let value = json!({
+        "node_id": record.node_id,
+        "cluster_id": data_encoding::HEXLOWER.encode(&record.cluster_id),
+        "bind": record.bind.to_string(),
+    });
+    write_private(&dir.join(NODE_FILE), serde_json::to_string_pretty(&value)?.as_bytes())
+}
+
+pub fn new_cluster_id() -> Vec<u8> {
+    random_bytes::<CLUSTER_ID_BYTES>().to_vec()
+}
+
+pub fn ticket_path(dir: &Path) -> PathBuf {
+    dir.join("ticket")
+}

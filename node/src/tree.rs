@@ -1,0 +1,54 @@
+//! The node's supervision tree: storage, then raft, then the RPC gateway, under a rest_for_one root.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pando_actors::directory::Directory;
+use pando_actors::raft::{RaftActor, RaftArgs};
+use pando_actors::rpc::{RpcArgs, RpcContext, RpcGateway};
+use pando_actors::storage_actor::{StorageActor, StorageArgs};
+use pando_actors::supervision::{ChildSpec, Restart, Strategy, SupervisorArgs, SupervisorOptions};
+use pando_protocol::cluster::MemberNode;
+
+/// Restarts the root tolerates within [`ROOT_RESTART_PERIOD_MS`] before the node exits.
+pub const ROOT_RESTARTS_MAX: u32 = 5;
+pub const ROOT_RESTART_PERIOD_MS: u64 = 30_000;
+
+pub struct TreeConfig {
+    pub data_dir: PathBuf,
+    pub node_id: u64,
+    pub raft_config: Arc<openraft::Config>,
+    pub bootstrap: Option<BTreeMap<u64, MemberNode>>,
+    pub endpoint: iroh::Endpoint,
+    pub context: RpcContext,
+    pub directory: Directory,
+}
+
+pub fn root(config: TreeConfig) -> SupervisorArgs {
+    let storage = ChildSpec::new(
+        "storage",
+        Restart::Permanent,
+        StorageActor,
+        StorageArgs { dir: config.data_dir.join("db"), directory: config.directory.clone() },
+    );
+    let raft = ChildSpec::new(
+        "raft",
+        Restart::Permanent,
+        RaftActor,
+        RaftArgs {
+            node_id: config.node_id,
+            config: config.raft_config,
+            bootstrap: config.bootstrap,
+            directory: config.directory.clone(),
+        },
+    )
+    .with_shutdown_timeout(Duration::from_secs(10));
+    let rpc = ChildSpec::new("rpc", Restart::Permanent, RpcGateway, RpcArgs { endpoint: config.endpoint, context: config.context });
+    SupervisorArgs {
+        name: "node".into(),
+        options: SupervisorOptions::new(Strategy::RestForOne, ROOT_RESTARTS_MAX, Duration::from_millis(ROOT_RESTART_PERIOD_MS)),
+        children: vec![storage, raft, rpc],
+    }
+}
