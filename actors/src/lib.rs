@@ -3,7 +3,7 @@
 
 pub mod directory;
 pub mod raft;
-pub mod storage;
-pub mod supervision;
 pub mod rpc;
+pub mod storage;
 pub mod storage_actor;
+pub mod supervision;

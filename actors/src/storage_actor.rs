@@ -37,7 +37,11 @@ impl Actor for StorageActor {
     type State = StorageArgs;
     type Arguments = StorageArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<StorageMsg>, args: StorageArgs) -> Result<StorageArgs, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<StorageMsg>,
+        args: StorageArgs,
+    ) -> Result<StorageArgs, ActorProcessingErr> {
         let dir = args.dir.clone();
         let stores = tokio::task::spawn_blocking(move || storage::open(&dir)).await??;
         args.directory.set_stores(stores);
@@ -45,15 +49,25 @@ impl Actor for StorageActor {
         Ok(args)
     }
 
-    async fn post_stop(&self, _myself: ActorRef<StorageMsg>, state: &mut StorageArgs) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<StorageMsg>,
+        state: &mut StorageArgs,
+    ) -> Result<(), ActorProcessingErr> {
         state.directory.clear_stores();
         Ok(())
     }
 
-    async fn handle(&self, _myself: ActorRef<StorageMsg>, message: StorageMsg, state: &mut StorageArgs) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<StorageMsg>,
+        message: StorageMsg,
+        state: &mut StorageArgs,
+    ) -> Result<(), ActorProcessingErr> {
         match message {
             StorageMsg::Status(reply) => {
-                let database_bytes = std::fs::metadata(state.dir.join("pando.redb")).map(|meta| meta.len()).unwrap_or(0);
+                let database_bytes =
+                    std::fs::metadata(state.dir.join("pando.redb")).map(|meta| meta.len()).unwrap_or(0);
                 let _ = reply.send(StorageStatus { dir: state.dir.clone(), database_bytes });
             }
         }

@@ -57,8 +57,14 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
         BenchCommand::Put(args) => ("put", args),
         BenchCommand::Get(args) => ("get", args),
     };
-    anyhow::ensure!(args.concurrency >= 1 && args.concurrency <= BENCH_CONCURRENCY_MAX, "--concurrency must be 1..={BENCH_CONCURRENCY_MAX}");
-    anyhow::ensure!(args.duration >= 1 && args.duration <= BENCH_DURATION_SECONDS_MAX, "--duration must be 1..={BENCH_DURATION_SECONDS_MAX} seconds");
+    anyhow::ensure!(
+        args.concurrency >= 1 && args.concurrency <= BENCH_CONCURRENCY_MAX,
+        "--concurrency must be 1..={BENCH_CONCURRENCY_MAX}"
+    );
+    anyhow::ensure!(
+        args.duration >= 1 && args.duration <= BENCH_DURATION_SECONDS_MAX,
+        "--duration must be 1..={BENCH_DURATION_SECONDS_MAX} seconds"
+    );
     anyhow::ensure!(args.keys >= 1, "--keys must be at least 1");
     let connections = args.concurrency.div_ceil(WORKERS_PER_CONNECTION_MAX);
     let mut clients = Vec::with_capacity(connections);
@@ -161,7 +167,11 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
             println!("first error: {error}");
         }
     }
-    anyhow::ensure!(ops > 0, "no request succeeded{}", first_error.map(|error| format!(": {error}")).unwrap_or_default());
+    anyhow::ensure!(
+        ops > 0,
+        "no request succeeded{}",
+        first_error.map(|error| format!(": {error}")).unwrap_or_default()
+    );
     Ok(())
 }
 

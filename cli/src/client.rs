@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use iroh::endpoint::{Connection, presets};
 use iroh::{Endpoint, EndpointAddr, PublicKey};
+use pando_protocol::alpn;
 use pando_protocol::cluster::{ClusterRequest, ClusterResponse, ClusterStatus};
 use pando_protocol::envelope::{PROTOCOL_VERSION, Request, RequestEnvelope, Response, ResponseEnvelope};
 use pando_protocol::frame::{self, LENGTH_PREFIX_BYTES};
 use pando_protocol::kv::{Bytes, Compare, Consistency, KvEntry, KvRequest, KvResponse, TxnOp, TxnOpResult, WriteOp};
 use pando_protocol::limits::REQUEST_TIMEOUT_MS_DEFAULT;
 use pando_protocol::ticket::{Ticket, TicketNode};
-use pando_protocol::alpn;
 use tokio::sync::Mutex;
 
 use crate::error::ClientError;
@@ -89,7 +89,8 @@ impl Client {
             .as_slice()
             .try_into()
             .map_err(|_| ClientError::Invalid(format!("ticket has a bad key for node {}", node.node_id)))?;
-        let key = PublicKey::from_bytes(&key).map_err(|error| ClientError::Invalid(format!("bad node key: {error}")))?;
+        let key =
+            PublicKey::from_bytes(&key).map_err(|error| ClientError::Invalid(format!("bad node key: {error}")))?;
         let mut addr = EndpointAddr::new(key);
         for socket in &node.node.addrs {
             addr = addr.with_ip_addr(*socket);
@@ -98,7 +99,10 @@ impl Client {
         match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect).await {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(error)) => Err(ClientError::Transport(format!("cannot connect to node {}: {error}", node.node_id))),
-            Err(_) => Err(ClientError::Timeout(format!("connecting to node {} took over {CONNECT_TIMEOUT_MS} ms", node.node_id))),
+            Err(_) => Err(ClientError::Timeout(format!(
+                "connecting to node {} took over {CONNECT_TIMEOUT_MS} ms",
+                node.node_id
+            ))),
         }
     }
 
@@ -127,24 +131,28 @@ impl Client {
             Err(_) => {
                 // A cached connection may have died since its last use: reconnect once. Nothing was sent yet.
                 self.connection.lock().await.take();
-                self.connection().await?
+                self.connection()
+                    .await?
                     .open_bi()
                     .await
                     .map_err(|error| ClientError::Transport(format!("cannot open a stream: {error}")))?
             }
         };
-        send.write_all(&frame).await.map_err(|error| ClientError::Transport(format!("cannot send request: {error}")))?;
+        send.write_all(&frame)
+            .await
+            .map_err(|error| ClientError::Transport(format!("cannot send request: {error}")))?;
         send.finish().map_err(|error| ClientError::Transport(format!("cannot finish request: {error}")))?;
         let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
-        recv.read_exact(&mut prefix)
-            .await
-            .map_err(|error| ClientError::Transport(format!("no response (the request may or may not have been applied): {error}")))?;
+        recv.read_exact(&mut prefix).await.map_err(|error| {
+            ClientError::Transport(format!("no response (the request may or may not have been applied): {error}"))
+        })?;
         let length = frame::body_length(prefix).map_err(|error| ClientError::Protocol(error.to_string()))?;
         let mut body = vec![0u8; length];
         recv.read_exact(&mut body)
             .await
             .map_err(|error| ClientError::Transport(format!("response cut short: {error}")))?;
-        let response: ResponseEnvelope = frame::decode(&body).map_err(|error| ClientError::Protocol(error.to_string()))?;
+        let response: ResponseEnvelope =
+            frame::decode(&body).map_err(|error| ClientError::Protocol(error.to_string()))?;
         if response.request_id != request_id && response.request_id != 0 {
             return Err(ClientError::Protocol(format!(
                 "response for request {} arrived on the stream of request {request_id}",
@@ -209,7 +217,11 @@ impl Client {
         }
     }
 
-    pub async fn batch_get(&self, keys: &[Vec<u8>], consistency: Consistency) -> Result<Vec<Option<KvEntry>>, ClientError> {
+    pub async fn batch_get(
+        &self,
+        keys: &[Vec<u8>],
+        consistency: Consistency,
+    ) -> Result<Vec<Option<KvEntry>>, ClientError> {
         let request = KvRequest::BatchGet { keys: keys.iter().map(|key| bytes(key)).collect(), consistency };
         match self.kv(request).await? {
             KvResponse::Entries { entries } => Ok(entries),

@@ -192,10 +192,9 @@ fn report(error: &anyhow::Error, json_output: bool) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let ticket = cli
-        .ticket
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("no ticket: pass --ticket or set PANDO_TICKET (pando-node writes it to <data-dir>/ticket)"))?;
+    let ticket = cli.ticket.clone().ok_or_else(|| {
+        anyhow::anyhow!("no ticket: pass --ticket or set PANDO_TICKET (pando-node writes it to <data-dir>/ticket)")
+    })?;
     let options = ClientOptions { timeout: Duration::from_millis(cli.timeout_ms) };
     let client = Client::new(&ticket, options.clone()).await?;
     let result = match cli.command {
@@ -206,7 +205,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_json(&serde_json::to_value(&status)?);
             } else {
                 println!("cluster {}", status.cluster_id);
-                println!("node {} ({}), leader {:?}, term {}", status.node_id, status.role, status.leader_id, status.term);
+                println!(
+                    "node {} ({}), leader {:?}, term {}",
+                    status.node_id, status.role, status.leader_id, status.term
+                );
                 println!(
                     "last log index {:?}, last applied {:?}, revision {}",
                     status.last_log_index, status.last_applied_index, status.revision
@@ -227,7 +229,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn read_value(value: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Vec<u8>> {
     match (value, file) {
         (Some(value), _) => Ok(value.into_bytes()),
-        (None, Some(path)) => std::fs::read(&path).map_err(|error| anyhow::anyhow!("cannot read {}: {error}", path.display())),
+        (None, Some(path)) => {
+            std::fs::read(&path).map_err(|error| anyhow::anyhow!("cannot read {}: {error}", path.display()))
+        }
         (None, None) => {
             let mut buffer = Vec::new();
             std::io::stdin().read_to_end(&mut buffer)?;
@@ -286,10 +290,10 @@ async fn kv(client: &Client, command: KvCommand, json_output: bool) -> anyhow::R
             }
         }
         KvCommand::Scan { prefix, limit, after, consistency } => {
-            let after = after
-                .map(|token| data_encoding::HEXLOWER.decode(token.as_bytes()))
-                .transpose()
-                .map_err(|_| anyhow::anyhow!("--after takes the hex continuation token printed by the previous page"))?;
+            let after =
+                after.map(|token| data_encoding::HEXLOWER.decode(token.as_bytes())).transpose().map_err(|_| {
+                    anyhow::anyhow!("--after takes the hex continuation token printed by the previous page")
+                })?;
             let (entries, next) = client.scan(prefix.as_bytes(), limit, after.as_deref(), consistency.into()).await?;
             if json_output {
                 print_json(&json!({
@@ -299,7 +303,12 @@ async fn kv(client: &Client, command: KvCommand, json_output: bool) -> anyhow::R
             } else {
                 let mut stdout = std::io::stdout().lock();
                 for entry in &entries {
-                    writeln!(stdout, "{}\t{}", String::from_utf8_lossy(&entry.key), String::from_utf8_lossy(&entry.value))?;
+                    writeln!(
+                        stdout,
+                        "{}\t{}",
+                        String::from_utf8_lossy(&entry.key),
+                        String::from_utf8_lossy(&entry.value)
+                    )?;
                 }
                 if let Some(next) = next {
                     eprintln!("more keys follow: pando kv scan '{prefix}' --limit {limit} --after {}", hex(&next));
@@ -314,7 +323,9 @@ async fn kv(client: &Client, command: KvCommand, json_output: bool) -> anyhow::R
             } else {
                 for (key, entry) in keys.iter().zip(&entries) {
                     match entry {
-                        Some(entry) => println!("{}\t{}", String::from_utf8_lossy(key), String::from_utf8_lossy(&entry.value)),
+                        Some(entry) => {
+                            println!("{}\t{}", String::from_utf8_lossy(key), String::from_utf8_lossy(&entry.value))
+                        }
                         None => println!("{}\t(absent)", String::from_utf8_lossy(key)),
                     }
                 }

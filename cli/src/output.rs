@@ -44,7 +44,10 @@ fn text_bytes(value: &Value, what: &str) -> anyhow::Result<Bytes> {
 
 fn parse_op(op: &Value) -> anyhow::Result<TxnOp> {
     if let Some(put) = op.get("put") {
-        return Ok(TxnOp::Put { key: text_bytes(&put["key"], "put.key")?, value: text_bytes(&put["value"], "put.value")? });
+        return Ok(TxnOp::Put {
+            key: text_bytes(&put["key"], "put.key")?,
+            value: text_bytes(&put["value"], "put.value")?,
+        });
     }
     if let Some(key) = op.get("delete") {
         return Ok(TxnOp::Delete { key: text_bytes(key, "delete")? });
@@ -64,7 +67,9 @@ fn parse_compare(compare: &Value) -> anyhow::Result<Compare> {
         ">" => CompareOp::Greater,
         other => bail!("compare.op must be ==, !=, < or >, got `{other}`"),
     };
-    let number = |field: &str| compare.get(field).map(|value| value.as_u64().with_context(|| format!("compare.{field} must be a number")));
+    let number = |field: &str| {
+        compare.get(field).map(|value| value.as_u64().with_context(|| format!("compare.{field} must be a number")))
+    };
     let target = if let Some(value) = compare.get("value") {
         CompareTarget::Value(text_bytes(value, "compare.value")?)
     } else if let Some(version) = number("version") {

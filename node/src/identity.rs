@@ -99,7 +99,8 @@ fn load_record(dir: &Path) -> anyhow::Result<Option<NodeRecord>> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
     };
-    let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
     let node_id = value["node_id"].as_u64().with_context(|| format!("{} lacks node_id", path.display()))?;
     let cluster_id = data_encoding::HEXLOWER
         .decode(value["cluster_id"].as_str().unwrap_or_default().as_bytes())

@@ -19,11 +19,11 @@ use iroh::{Endpoint, SecretKey};
 use pando_actors::directory::Directory;
 use pando_actors::rpc::RpcContext;
 use pando_actors::supervision::Supervisor;
+use pando_protocol::alpn;
 use pando_protocol::cluster::MemberNode;
 use pando_protocol::kv::Bytes;
 use pando_protocol::ticket::{Ticket, TicketNode};
 use pando_protocol::token::{Capability, CapabilityToken, TokenClaims};
-use pando_protocol::alpn;
 use ractor::Actor;
 use tracing_subscriber::EnvFilter;
 
@@ -117,7 +117,8 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         },
         directory: directory.clone(),
     });
-    let (root, root_handle) = Actor::spawn(None, Supervisor, tree).await.context("cannot start the supervision tree")?;
+    let (root, root_handle) =
+        Actor::spawn(None, Supervisor, tree).await.context("cannot start the supervision tree")?;
 
     wait_for_leader(&directory, record.node_id).await?;
     let ticket = Ticket {

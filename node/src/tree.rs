@@ -45,10 +45,19 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
         },
     )
     .with_shutdown_timeout(Duration::from_secs(10));
-    let rpc = ChildSpec::new("rpc", Restart::Permanent, RpcGateway, RpcArgs { endpoint: config.endpoint, context: config.context });
+    let rpc = ChildSpec::new(
+        "rpc",
+        Restart::Permanent,
+        RpcGateway,
+        RpcArgs { endpoint: config.endpoint, context: config.context },
+    );
     SupervisorArgs {
         name: "node".into(),
-        options: SupervisorOptions::new(Strategy::RestForOne, ROOT_RESTARTS_MAX, Duration::from_millis(ROOT_RESTART_PERIOD_MS)),
+        options: SupervisorOptions::new(
+            Strategy::RestForOne,
+            ROOT_RESTARTS_MAX,
+            Duration::from_millis(ROOT_RESTART_PERIOD_MS),
+        ),
         children: vec![storage, raft, rpc],
     }
 }

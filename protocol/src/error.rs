@@ -89,11 +89,7 @@ pub struct WireError {
 
 impl WireError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        WireError {
-            code,
-            message: message.into(),
-            detail: None,
-        }
+        WireError { code, message: message.into(), detail: None }
     }
 
     pub fn with_detail(mut self, detail: ErrorDetail) -> Self {

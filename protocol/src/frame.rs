@@ -23,8 +23,7 @@ pub enum FrameError {
 /// Encodes `message` as one frame (prefix included) in a single allocation.
 pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
     let mut out = vec![0u8; LENGTH_PREFIX_BYTES];
-    rmp_serde::encode::write_named(&mut out, message)
-        .map_err(|error| FrameError::Encode(error.to_string()))?;
+    rmp_serde::encode::write_named(&mut out, message).map_err(|error| FrameError::Encode(error.to_string()))?;
     let length_bytes = out.len() - LENGTH_PREFIX_BYTES;
     if length_bytes > FRAME_SIZE_BYTES_MAX {
         return Err(FrameError::TooLarge { length_bytes });

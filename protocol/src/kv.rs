@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::WireError;
 use crate::limits::{
-    BATCH_OPS_COUNT_MAX, KEY_SIZE_BYTES_MAX, SCAN_LIMIT_COUNT_MAX, TXN_COMPARES_COUNT_MAX,
-    VALUE_SIZE_BYTES_MAX, WRITE_PAYLOAD_BYTES_MAX,
+    BATCH_OPS_COUNT_MAX, KEY_SIZE_BYTES_MAX, SCAN_LIMIT_COUNT_MAX, TXN_COMPARES_COUNT_MAX, VALUE_SIZE_BYTES_MAX,
+    WRITE_PAYLOAD_BYTES_MAX,
 };
 
 /// Raw bytes of a key or value, encoded as MessagePack `bin`.
@@ -166,10 +166,7 @@ pub fn validate_key(key: &[u8]) -> Result<(), WireError> {
         return Err(WireError::invalid("key must not be empty"));
     }
     if key.len() > KEY_SIZE_BYTES_MAX {
-        return Err(WireError::too_large(format!(
-            "key is {} bytes, the limit is {KEY_SIZE_BYTES_MAX}",
-            key.len()
-        )));
+        return Err(WireError::too_large(format!("key is {} bytes, the limit is {KEY_SIZE_BYTES_MAX}", key.len())));
     }
     Ok(())
 }
@@ -186,9 +183,7 @@ pub fn validate_value(value: &[u8]) -> Result<(), WireError> {
 
 fn validate_ops_count(count: usize, what: &str) -> Result<(), WireError> {
     if count > BATCH_OPS_COUNT_MAX {
-        return Err(WireError::too_large(format!(
-            "{what} has {count} operations, the limit is {BATCH_OPS_COUNT_MAX}"
-        )));
+        return Err(WireError::too_large(format!("{what} has {count} operations, the limit is {BATCH_OPS_COUNT_MAX}")));
     }
     Ok(())
 }
@@ -254,11 +249,7 @@ impl KvRequest {
                 validate_key(key)?;
                 validate_value(value)
             }
-            KvRequest::Cas {
-                key,
-                expected,
-                value,
-            } => {
+            KvRequest::Cas { key, expected, value } => {
                 validate_key(key)?;
                 validate_value(value)?;
                 if let Some(expected) = expected {
@@ -270,16 +261,9 @@ impl KvRequest {
                 validate_key(key)?;
                 validate_value(expected)
             }
-            KvRequest::Scan {
-                prefix,
-                limit,
-                after,
-                ..
-            } => {
+            KvRequest::Scan { prefix, limit, after, .. } => {
                 if prefix.len() > KEY_SIZE_BYTES_MAX {
-                    return Err(WireError::too_large(format!(
-                        "prefix is longer than {KEY_SIZE_BYTES_MAX} bytes"
-                    )));
+                    return Err(WireError::too_large(format!("prefix is longer than {KEY_SIZE_BYTES_MAX} bytes")));
                 }
                 if *limit == 0 || *limit > SCAN_LIMIT_COUNT_MAX {
                     return Err(WireError::invalid(format!(
@@ -301,9 +285,7 @@ impl KvRequest {
             KvRequest::BatchWrite { ops } => {
                 validate_ops_count(ops.len(), "batch write")?;
                 if ops.is_empty() {
-                    return Err(WireError::invalid(
-                        "batch write needs at least one operation",
-                    ));
+                    return Err(WireError::invalid("batch write needs at least one operation"));
                 }
                 let mut bytes = 0;
                 for op in ops {
@@ -311,11 +293,7 @@ impl KvRequest {
                 }
                 validate_payload(bytes)
             }
-            KvRequest::Txn {
-                compares,
-                success,
-                failure,
-            } => {
+            KvRequest::Txn { compares, success, failure } => {
                 if compares.len() > TXN_COMPARES_COUNT_MAX {
                     return Err(WireError::too_large(format!(
                         "transaction has {} compares, the limit is {TXN_COMPARES_COUNT_MAX}",
@@ -345,9 +323,7 @@ impl KvRequest {
     pub fn is_write(&self) -> bool {
         match self {
             KvRequest::Get { .. } | KvRequest::Scan { .. } | KvRequest::BatchGet { .. } => false,
-            KvRequest::Txn {
-                success, failure, ..
-            } => success.iter().chain(failure).any(TxnOp::is_write),
+            KvRequest::Txn { success, failure, .. } => success.iter().chain(failure).any(TxnOp::is_write),
             KvRequest::Put { .. }
             | KvRequest::Delete { .. }
             | KvRequest::Cas { .. }
@@ -372,11 +348,7 @@ impl KvRequest {
                     WriteOp::Put { key, .. } | WriteOp::Delete { key } => key.as_slice(),
                 })
                 .collect(),
-            KvRequest::Txn {
-                compares,
-                success,
-                failure,
-            } => compares
+            KvRequest::Txn { compares, success, failure } => compares
                 .iter()
                 .map(|compare| compare.key.as_slice())
                 .chain(success.iter().chain(failure).map(TxnOp::key))

@@ -9,8 +9,7 @@ use std::ops::ControlFlow;
 use crate::command::{Command, CommandResult, Proposal, ProposalOutcome};
 use crate::error::{ErrorCode, ErrorDetail, WireError};
 use crate::kv::{
-    Bytes, Compare, CompareOp, CompareTarget, KvEntry, KvRequest, KvResponse, TxnOp, TxnOpResult,
-    WriteOp,
+    Bytes, Compare, CompareOp, CompareTarget, KvEntry, KvRequest, KvResponse, TxnOp, TxnOpResult, WriteOp,
 };
 use crate::limits::SCAN_RESPONSE_BYTES_MAX;
 use crate::stored_value::StoredValue;
@@ -67,11 +66,7 @@ pub fn apply_command(
     }
 }
 
-fn apply_kv(
-    tables: &mut impl KvWrite,
-    revision: &mut u64,
-    request: &KvRequest,
-) -> Result<CommandResult, StorageFault> {
+fn apply_kv(tables: &mut impl KvWrite, revision: &mut u64, request: &KvRequest) -> Result<CommandResult, StorageFault> {
     if let Err(error) = request.validate() {
         return Ok(Err(error));
     }
@@ -90,16 +85,9 @@ fn apply_kv(
             if existed {
                 *revision = next;
             }
-            KvResponse::Deleted {
-                revision: *revision,
-                existed,
-            }
+            KvResponse::Deleted { revision: *revision, existed }
         }
-        KvRequest::Cas {
-            key,
-            expected,
-            value,
-        } => {
+        KvRequest::Cas { key, expected, value } => {
             let current = tables.get(key)?;
             let matches = match (&current, expected) {
                 (None, None) => true,
@@ -119,10 +107,7 @@ fn apply_kv(
                 Some(row) if row.value == expected.as_slice() => {
                     tables.delete(key)?;
                     *revision = next;
-                    KvResponse::Deleted {
-                        revision: next,
-                        existed: true,
-                    }
+                    KvResponse::Deleted { revision: next, existed: true }
                 }
                 _ => return Ok(Err(conflict(key, current))),
             }
@@ -139,11 +124,7 @@ fn apply_kv(
             *revision = next;
             KvResponse::Written { revision: next }
         }
-        KvRequest::Txn {
-            compares,
-            success,
-            failure,
-        } => {
+        KvRequest::Txn { compares, success, failure } => {
             let mut succeeded = true;
             for compare in compares {
                 if !evaluate(&tables.get(&compare.key)?, compare) {
@@ -166,37 +147,25 @@ fn apply_kv(
                         changed |= existed;
                         TxnOpResult::Delete { existed }
                     }
-                    TxnOp::Get { key } => TxnOpResult::Get {
-                        entry: tables.get(key)?.map(|row| row.into_entry(key)),
-                    },
+                    TxnOp::Get { key } => TxnOpResult::Get { entry: tables.get(key)?.map(|row| row.into_entry(key)) },
                 });
             }
             if changed {
                 *revision = next;
             }
-            KvResponse::Txn {
-                succeeded,
-                revision: *revision,
-                results,
-            }
+            KvResponse::Txn { succeeded, revision: *revision, results }
         }
     };
     Ok(Ok(response))
 }
 
 /// Serves a read-only request from the rows as they are. Write requests are refused.
-pub fn read(
-    tables: &impl KvRead,
-    revision: u64,
-    request: &KvRequest,
-) -> Result<CommandResult, StorageFault> {
+pub fn read(tables: &impl KvRead, revision: u64, request: &KvRequest) -> Result<CommandResult, StorageFault> {
     if let Err(error) = request.validate() {
         return Ok(Err(error));
     }
     let response = match request {
-        KvRequest::Get { key, .. } => KvResponse::Entry {
-            entry: tables.get(key)?.map(|row| row.into_entry(key)),
-        },
+        KvRequest::Get { key, .. } => KvResponse::Entry { entry: tables.get(key)?.map(|row| row.into_entry(key)) },
         KvRequest::BatchGet { keys, .. } => {
             let mut entries = Vec::with_capacity(keys.len());
             for key in keys {
@@ -204,22 +173,10 @@ pub fn read(
             }
             KvResponse::Entries { entries }
         }
-        KvRequest::Scan {
-            prefix,
-            limit,
-            after,
-            ..
-        } => scan(
-            tables,
-            prefix,
-            *limit,
-            after.as_ref().map(|after| after.as_slice()),
-        )?,
-        KvRequest::Txn {
-            compares,
-            success,
-            failure,
-        } if !request.is_write() => {
+        KvRequest::Scan { prefix, limit, after, .. } => {
+            scan(tables, prefix, *limit, after.as_ref().map(|after| after.as_slice()))?
+        }
+        KvRequest::Txn { compares, success, failure } if !request.is_write() => {
             let mut succeeded = true;
             for compare in compares {
                 if !evaluate(&tables.get(&compare.key)?, compare) {
@@ -231,31 +188,18 @@ pub fn read(
             let mut results = Vec::with_capacity(branch.len());
             for op in branch {
                 let key = op.key();
-                results.push(TxnOpResult::Get {
-                    entry: tables.get(key)?.map(|row| row.into_entry(key)),
-                });
+                results.push(TxnOpResult::Get { entry: tables.get(key)?.map(|row| row.into_entry(key)) });
             }
-            KvResponse::Txn {
-                succeeded,
-                revision,
-                results,
-            }
+            KvResponse::Txn { succeeded, revision, results }
         }
         _ => {
-            return Ok(Err(WireError::internal(
-                "a write request was routed to the read path",
-            )));
+            return Ok(Err(WireError::internal("a write request was routed to the read path")));
         }
     };
     Ok(Ok(response))
 }
 
-fn scan(
-    tables: &impl KvRead,
-    prefix: &[u8],
-    limit: u32,
-    after: Option<&[u8]>,
-) -> Result<KvResponse, StorageFault> {
+fn scan(tables: &impl KvRead, prefix: &[u8], limit: u32, after: Option<&[u8]>) -> Result<KvResponse, StorageFault> {
     let limit = limit as usize;
     let mut entries: Vec<KvEntry> = Vec::with_capacity(limit.min(256));
     let mut bytes = 0usize;
@@ -269,20 +213,11 @@ fn scan(
         entries.push(row.into_entry(key));
         ControlFlow::Continue(())
     })?;
-    let next = if more {
-        entries.last().map(|entry| entry.key.clone())
-    } else {
-        None
-    };
+    let next = if more { entries.last().map(|entry| entry.key.clone()) } else { None };
     Ok(KvResponse::ScanPage { entries, next })
 }
 
-fn put(
-    tables: &mut impl KvWrite,
-    key: &[u8],
-    value: &[u8],
-    revision: u64,
-) -> Result<(), StorageFault> {
+fn put(tables: &mut impl KvWrite, key: &[u8], value: &[u8], revision: u64) -> Result<(), StorageFault> {
     let row = match tables.get(key)? {
         Some(old) => StoredValue {
             create_revision: old.create_revision,
@@ -290,27 +225,18 @@ fn put(
             version: old.version + 1,
             value: value.to_vec(),
         },
-        None => StoredValue {
-            create_revision: revision,
-            mod_revision: revision,
-            version: 1,
-            value: value.to_vec(),
-        },
+        None => StoredValue { create_revision: revision, mod_revision: revision, version: 1, value: value.to_vec() },
     };
     tables.put(key, &row)
 }
 
 fn conflict(key: &[u8], current: Option<StoredValue>) -> WireError {
     let message = match &current {
-        Some(row) => format!(
-            "current value differs (version {}, mod revision {})",
-            row.version, row.mod_revision
-        ),
+        Some(row) => format!("current value differs (version {}, mod revision {})", row.version, row.mod_revision),
         None => "key does not exist".to_string(),
     };
-    WireError::new(ErrorCode::Conflict, message).with_detail(ErrorDetail::Current {
-        entry: current.map(|row| row.into_entry(key)),
-    })
+    WireError::new(ErrorCode::Conflict, message)
+        .with_detail(ErrorDetail::Current { entry: current.map(|row| row.into_entry(key)) })
 }
 
 /// Evaluates one compare against a row (`None`: the key does not exist).
@@ -318,19 +244,12 @@ pub fn evaluate(row: &Option<StoredValue>, compare: &Compare) -> bool {
     use std::cmp::Ordering;
     let ordering = match (&compare.target, row) {
         (CompareTarget::Value(_), None) => return false,
-        (CompareTarget::Value(expected), Some(row)) => {
-            row.value.as_slice().cmp(expected.as_slice())
+        (CompareTarget::Value(expected), Some(row)) => row.value.as_slice().cmp(expected.as_slice()),
+        (CompareTarget::Version(expected), row) => row.as_ref().map_or(0, |row| row.version).cmp(expected),
+        (CompareTarget::ModRevision(expected), row) => row.as_ref().map_or(0, |row| row.mod_revision).cmp(expected),
+        (CompareTarget::CreateRevision(expected), row) => {
+            row.as_ref().map_or(0, |row| row.create_revision).cmp(expected)
         }
-        (CompareTarget::Version(expected), row) => {
-            row.as_ref().map_or(0, |row| row.version).cmp(expected)
-        }
-        (CompareTarget::ModRevision(expected), row) => {
-            row.as_ref().map_or(0, |row| row.mod_revision).cmp(expected)
-        }
-        (CompareTarget::CreateRevision(expected), row) => row
-            .as_ref()
-            .map_or(0, |row| row.create_revision)
-            .cmp(expected),
     };
     match compare.op {
         CompareOp::Equal => ordering == Ordering::Equal,
@@ -342,10 +261,7 @@ pub fn evaluate(row: &Option<StoredValue>, compare: &Compare) -> bool {
 
 /// Shorthand used by tests and examples.
 pub fn put_request(key: &[u8], value: &[u8]) -> KvRequest {
-    KvRequest::Put {
-        key: Bytes::from(key.to_vec()),
-        value: Bytes::from(value.to_vec()),
-    }
+    KvRequest::Put { key: Bytes::from(key.to_vec()), value: Bytes::from(value.to_vec()) }
 }
 
 #[cfg(test)]

@@ -47,10 +47,7 @@ impl Ticket {
     pub fn encode(&self) -> String {
         // Plain data: encoding cannot fail.
         let bytes = rmp_serde::to_vec_named(self).expect("tickets always encode");
-        format!(
-            "{TICKET_PREFIX}{}",
-            data_encoding::BASE64URL_NOPAD.encode(&bytes)
-        )
+        format!("{TICKET_PREFIX}{}", data_encoding::BASE64URL_NOPAD.encode(&bytes))
     }
 
     pub fn decode(text: &str) -> Result<Ticket, TicketError> {
@@ -58,14 +55,11 @@ impl Ticket {
         if text.len() > TICKET_TEXT_BYTES_MAX {
             return Err(TicketError::TooLong);
         }
-        let body = text
-            .strip_prefix(TICKET_PREFIX)
-            .ok_or(TicketError::Prefix)?;
+        let body = text.strip_prefix(TICKET_PREFIX).ok_or(TicketError::Prefix)?;
         let bytes = data_encoding::BASE64URL_NOPAD
             .decode(body.as_bytes())
             .map_err(|error| TicketError::Encoding(error.to_string()))?;
-        let ticket: Ticket = rmp_serde::from_slice(&bytes)
-            .map_err(|error| TicketError::Contents(error.to_string()))?;
+        let ticket: Ticket = rmp_serde::from_slice(&bytes).map_err(|error| TicketError::Contents(error.to_string()))?;
         if ticket.nodes.is_empty() {
             return Err(TicketError::NoNodes);
         }
@@ -98,13 +92,7 @@ mod tests {
         assert!(text.starts_with("pando1"));
         assert_eq!(Ticket::decode(&format!("  {text}\n")), Ok(ticket));
         assert_eq!(Ticket::decode("nope"), Err(TicketError::Prefix));
-        assert!(matches!(
-            Ticket::decode("pando1!!"),
-            Err(TicketError::Encoding(_))
-        ));
-        assert!(matches!(
-            Ticket::decode("pando1AAAA"),
-            Err(TicketError::Contents(_))
-        ));
+        assert!(matches!(Ticket::decode("pando1!!"), Err(TicketError::Encoding(_))));
+        assert!(matches!(Ticket::decode("pando1AAAA"), Err(TicketError::Contents(_))));
     }
 }

@@ -72,10 +72,7 @@ impl CapabilityToken {
         // Claims are plain data: encoding cannot fail.
         let encoded = rmp_serde::to_vec_named(claims).expect("token claims always encode");
         let signature = cluster_key.sign(&signed_message(&encoded));
-        CapabilityToken {
-            claims: Bytes::from(encoded),
-            signature: Bytes::from(signature.to_bytes().to_vec()),
-        }
+        CapabilityToken { claims: Bytes::from(encoded), signature: Bytes::from(signature.to_bytes().to_vec()) }
     }
 
     /// Checks the signature, the cluster and the expiry, and returns the claims.
@@ -85,13 +82,10 @@ impl CapabilityToken {
         cluster_id: &[u8],
         now_ms: u64,
     ) -> Result<TokenClaims, TokenError> {
-        let signature =
-            Signature::from_slice(&self.signature).map_err(|_| TokenError::BadSignature)?;
-        cluster_key
-            .verify(&signed_message(&self.claims), &signature)
-            .map_err(|_| TokenError::BadSignature)?;
-        let claims: TokenClaims = rmp_serde::from_slice(&self.claims)
-            .map_err(|error| TokenError::Malformed(error.to_string()))?;
+        let signature = Signature::from_slice(&self.signature).map_err(|_| TokenError::BadSignature)?;
+        cluster_key.verify(&signed_message(&self.claims), &signature).map_err(|_| TokenError::BadSignature)?;
+        let claims: TokenClaims =
+            rmp_serde::from_slice(&self.claims).map_err(|error| TokenError::Malformed(error.to_string()))?;
         if claims.cluster_id.as_slice() != cluster_id {
             return Err(TokenError::WrongCluster);
         }
@@ -120,17 +114,13 @@ fn signed_message(claims: &[u8]) -> Vec<u8> {
 impl TokenClaims {
     /// Whether any capability grants `access`.
     pub fn allows(&self, access: Access<'_>) -> bool {
-        self.capabilities
-            .iter()
-            .any(|capability| match (capability, access) {
-                (Capability::All, _) => true,
-                (Capability::KvWrite { prefix }, Access::KvRead(key) | Access::KvWrite(key)) => {
-                    key.starts_with(prefix)
-                }
-                (Capability::KvRead { prefix }, Access::KvRead(key)) => key.starts_with(prefix),
-                (Capability::ClusterRead, Access::ClusterRead) => true,
-                _ => false,
-            })
+        self.capabilities.iter().any(|capability| match (capability, access) {
+            (Capability::All, _) => true,
+            (Capability::KvWrite { prefix }, Access::KvRead(key) | Access::KvWrite(key)) => key.starts_with(prefix),
+            (Capability::KvRead { prefix }, Access::KvRead(key)) => key.starts_with(prefix),
+            (Capability::ClusterRead, Access::ClusterRead) => true,
+            _ => false,
+        })
     }
 }
 
@@ -156,51 +146,32 @@ mod tests {
     fn verifies_with_the_right_key_only() {
         let token = CapabilityToken::sign(&claims(vec![Capability::All]), &key(1));
         assert!(token.verify(&key(1).verifying_key(), &[7; 16], 10).is_ok());
-        assert_eq!(
-            token.verify(&key(2).verifying_key(), &[7; 16], 10),
-            Err(TokenError::BadSignature)
-        );
-        assert_eq!(
-            token.verify(&key(1).verifying_key(), &[8; 16], 10),
-            Err(TokenError::WrongCluster)
-        );
+        assert_eq!(token.verify(&key(2).verifying_key(), &[7; 16], 10), Err(TokenError::BadSignature));
+        assert_eq!(token.verify(&key(1).verifying_key(), &[8; 16], 10), Err(TokenError::WrongCluster));
         assert_eq!(
             token.verify(&key(1).verifying_key(), &[7; 16], 1_000),
-            Err(TokenError::Expired {
-                expires_at_ms: 1_000
-            })
+            Err(TokenError::Expired { expires_at_ms: 1_000 })
         );
     }
 
     #[test]
     fn tampered_claims_do_not_verify() {
-        let mut token = CapabilityToken::sign(
-            &claims(vec![Capability::KvRead {
-                prefix: Bytes::from(b"a/".to_vec()),
-            }]),
-            &key(1),
-        );
+        let mut token =
+            CapabilityToken::sign(&claims(vec![Capability::KvRead { prefix: Bytes::from(b"a/".to_vec()) }]), &key(1));
         let mut forged = claims(vec![Capability::All]);
         forged.subject = "test".into();
         token.claims = Bytes::from(rmp_serde::to_vec_named(&forged).unwrap());
-        assert_eq!(
-            token.verify(&key(1).verifying_key(), &[7; 16], 10),
-            Err(TokenError::BadSignature)
-        );
+        assert_eq!(token.verify(&key(1).verifying_key(), &[7; 16], 10), Err(TokenError::BadSignature));
     }
 
     #[test]
     fn capabilities_are_checked_by_prefix() {
-        let read_only = claims(vec![Capability::KvRead {
-            prefix: Bytes::from(b"app/".to_vec()),
-        }]);
+        let read_only = claims(vec![Capability::KvRead { prefix: Bytes::from(b"app/".to_vec()) }]);
         assert!(read_only.allows(Access::KvRead(b"app/x")));
         assert!(!read_only.allows(Access::KvRead(b"other")));
         assert!(!read_only.allows(Access::KvWrite(b"app/x")));
         assert!(!read_only.allows(Access::ClusterRead));
-        let writer = claims(vec![Capability::KvWrite {
-            prefix: Bytes::from(b"app/".to_vec()),
-        }]);
+        let writer = claims(vec![Capability::KvWrite { prefix: Bytes::from(b"app/".to_vec()) }]);
         assert!(writer.allows(Access::KvWrite(b"app/x")));
         assert!(writer.allows(Access::KvRead(b"app/x")));
     }

@@ -43,9 +43,14 @@ pub struct RaftArgs {
 
 pub enum RaftMsg {
     /// Replicate `command` and answer with its result once applied.
-    Propose { command: Command, reply: RpcReplyPort<CommandResult> },
+    Propose {
+        command: Command,
+        reply: RpcReplyPort<CommandResult>,
+    },
     /// A batch finished (its replies are already sent).
-    BatchDone { commands_count: usize },
+    BatchDone {
+        commands_count: usize,
+    },
     Status(RpcReplyPort<RaftActorStatus>),
 }
 
@@ -77,7 +82,8 @@ impl Actor for RaftActor {
     async fn pre_start(&self, myself: ActorRef<RaftMsg>, args: RaftArgs) -> Result<RaftState, ActorProcessingErr> {
         // A restarted actor must not run a second Raft core over the same storage.
         if let Some(previous) = args.directory.take_raft() {
-            let shutdown = tokio::time::timeout(Duration::from_millis(RAFT_SHUTDOWN_TIMEOUT_MS), previous.raft.shutdown());
+            let shutdown =
+                tokio::time::timeout(Duration::from_millis(RAFT_SHUTDOWN_TIMEOUT_MS), previous.raft.shutdown());
             if shutdown.await.is_err() {
                 tracing::warn!("previous raft instance did not shut down in time");
             }
@@ -114,7 +120,12 @@ impl Actor for RaftActor {
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<RaftMsg>, message: RaftMsg, state: &mut RaftState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<RaftMsg>,
+        message: RaftMsg,
+        state: &mut RaftState,
+    ) -> Result<(), ActorProcessingErr> {
         match message {
             RaftMsg::Propose { command, reply } => {
                 if state.pending.len() >= PROPOSALS_PENDING_COUNT_MAX {
@@ -182,7 +193,9 @@ fn flush(myself: &ActorRef<RaftMsg>, state: &mut RaftState) {
 /// Translates a failed `client_write` into a wire error a client can act on.
 pub fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>) -> WireError {
     match error {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => not_leader(forward.leader_id, forward.leader_node),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            not_leader(forward.leader_id, forward.leader_node)
+        }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(error)) => {
             WireError::new(ErrorCode::Conflict, error.to_string())
         }

@@ -82,7 +82,12 @@ impl Actor for RpcGateway {
         Ok(())
     }
 
-    async fn handle(&self, _myself: ActorRef<RpcMsg>, message: RpcMsg, state: &mut RpcState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<RpcMsg>,
+        message: RpcMsg,
+        state: &mut RpcState,
+    ) -> Result<(), ActorProcessingErr> {
         match message {
             RpcMsg::Status(reply) => {
                 let shared = &state.shared;
@@ -145,7 +150,12 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) {
     }
 }
 
-async fn serve_stream(mut send: SendStream, mut recv: RecvStream, shared: Arc<Shared>, cache: Arc<std::sync::Mutex<TokenCache>>) {
+async fn serve_stream(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    shared: Arc<Shared>,
+    cache: Arc<std::sync::Mutex<TokenCache>>,
+) {
     let body = match read_request(&mut recv).await {
         Ok(body) => body,
         Err(ReadFailure::Gone) => return,

@@ -36,7 +36,11 @@ pub(crate) struct TokenCache {
     verified: Option<(CapabilityToken, Arc<TokenClaims>)>,
 }
 
-pub(crate) async fn handle(context: &RpcContext, cache: &Mutex<TokenCache>, envelope: RequestEnvelope) -> ResponseEnvelope {
+pub(crate) async fn handle(
+    context: &RpcContext,
+    cache: &Mutex<TokenCache>,
+    envelope: RequestEnvelope,
+) -> ResponseEnvelope {
     let request_id = envelope.request_id;
     let timeout_ms = match envelope.timeout_ms {
         0 => REQUEST_TIMEOUT_MS_DEFAULT,
@@ -101,7 +105,12 @@ fn authorise(claims: &TokenClaims, access: Access<'_>) -> Result<(), WireError> 
     Err(WireError::new(ErrorCode::Unauthorized, format!("token of `{}` may not {what}", claims.subject)))
 }
 
-async fn execute(context: &RpcContext, claims: &TokenClaims, body: Request, timeout: Duration) -> Result<Response, WireError> {
+async fn execute(
+    context: &RpcContext,
+    claims: &TokenClaims,
+    body: Request,
+    timeout: Duration,
+) -> Result<Response, WireError> {
     match body {
         Request::Kv(request) => {
             request.validate()?;
@@ -109,7 +118,8 @@ async fn execute(context: &RpcContext, claims: &TokenClaims, body: Request, time
             for key in request.keys() {
                 authorise(claims, if write { Access::KvWrite(key) } else { Access::KvRead(key) })?;
             }
-            let response = if write { propose(context, request, timeout).await? } else { read(context, request).await? };
+            let response =
+                if write { propose(context, request, timeout).await? } else { read(context, request).await? };
             Ok(Response::Kv(response))
         }
         Request::Cluster(ClusterRequest::Status) => {
@@ -120,12 +130,10 @@ async fn execute(context: &RpcContext, claims: &TokenClaims, body: Request, time
 }
 
 async fn propose(context: &RpcContext, request: KvRequest, timeout: Duration) -> Result<KvResponse, WireError> {
-    let handles = context.directory.raft().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "raft is not running"))?;
+    let handles =
+        context.directory.raft().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "raft is not running"))?;
     let command = Command::Kv(request);
-    let outcome = handles
-        .actor
-        .call(|reply: RpcReplyPort<_>| RaftMsg::Propose { command, reply }, Some(timeout))
-        .await;
+    let outcome = handles.actor.call(|reply: RpcReplyPort<_>| RaftMsg::Propose { command, reply }, Some(timeout)).await;
     match outcome {
         Ok(ractor::rpc::CallResult::Success(result)) => result,
         Ok(ractor::rpc::CallResult::Timeout) => Err(WireError::new(
@@ -141,9 +149,9 @@ async fn propose(context: &RpcContext, request: KvRequest, timeout: Duration) ->
 
 async fn read(context: &RpcContext, request: KvRequest) -> Result<KvResponse, WireError> {
     let consistency = match &request {
-        KvRequest::Get { consistency, .. } | KvRequest::Scan { consistency, .. } | KvRequest::BatchGet { consistency, .. } => {
-            *consistency
-        }
+        KvRequest::Get { consistency, .. }
+        | KvRequest::Scan { consistency, .. }
+        | KvRequest::BatchGet { consistency, .. } => *consistency,
         _ => Consistency::Linearizable,
     };
     if consistency == Consistency::Linearizable {
@@ -158,10 +166,13 @@ async fn read(context: &RpcContext, request: KvRequest) -> Result<KvResponse, Wi
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
                 return Err(WireError::new(ErrorCode::Unavailable, format!("no quorum: {error}")));
             }
-            Err(RaftError::Fatal(fatal)) => return Err(WireError::new(ErrorCode::Unavailable, format!("raft stopped: {fatal}"))),
+            Err(RaftError::Fatal(fatal)) => {
+                return Err(WireError::new(ErrorCode::Unavailable, format!("raft stopped: {fatal}")));
+            }
         }
     }
-    let reader = context.directory.stores().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "storage is not open"))?.reader;
+    let reader =
+        context.directory.stores().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "storage is not open"))?.reader;
     let result = tokio::task::spawn_blocking(move || reader.read(&request))
         .await
         .map_err(|error| WireError::internal(format!("read task failed: {error}")))?;
@@ -172,7 +183,8 @@ async fn read(context: &RpcContext, request: KvRequest) -> Result<KvResponse, Wi
 }
 
 fn status(context: &RpcContext) -> Result<ClusterStatus, WireError> {
-    let handles = context.directory.raft().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "raft is not running"))?;
+    let handles =
+        context.directory.raft().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "raft is not running"))?;
     let metrics = handles.raft.metrics().borrow().clone();
     let membership = metrics.membership_config.membership();
     let members = membership

@@ -65,11 +65,7 @@ pub fn open(dir: &Path) -> Result<Stores, StorageError> {
     }
     write.commit().map_err(|error| write_error(&error))?;
     let state_machine = StateMachineStore::new(database.clone(), dir.join("snapshots"))?;
-    Ok(Stores {
-        log: LogStore::new(database.clone()),
-        reader: StateReader::new(database),
-        state_machine,
-    })
+    Ok(Stores { log: LogStore::new(database.clone()), reader: StateReader::new(database), state_machine })
 }
 
 pub(crate) fn read_error(error: &(impl std::error::Error + 'static)) -> StorageError {

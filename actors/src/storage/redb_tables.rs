@@ -19,7 +19,10 @@ fn decode_row(key: &[u8], bytes: &[u8]) -> Result<StoredValue, StorageFault> {
     StoredValue::decode(bytes).ok_or_else(|| fault(format!("corrupt row for key of {} bytes", key.len())))
 }
 
-fn get_row(table: &impl ReadableTable<&'static [u8], &'static [u8]>, key: &[u8]) -> Result<Option<StoredValue>, StorageFault> {
+fn get_row(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    key: &[u8],
+) -> Result<Option<StoredValue>, StorageFault> {
     match table.get(key).map_err(fault)? {
         Some(bytes) => Ok(Some(decode_row(key, bytes.value())?)),
         None => Ok(None),

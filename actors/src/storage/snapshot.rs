@@ -37,8 +37,13 @@ pub(crate) struct SnapshotWriter {
 impl SnapshotWriter {
     pub(crate) fn create(path: &Path, meta: &SnapshotMeta, revision: u64) -> Result<SnapshotWriter, StorageError> {
         let file = File::create(path).map_err(|error| write_error(&error))?;
-        let mut writer = SnapshotWriter { out: BufWriter::new(file), pending: Vec::new(), pending_bytes: 0, rows_count: 0 };
-        writer.record(&SnapshotRecord::Header { format_version: SNAPSHOT_FORMAT_VERSION, meta: meta.clone(), revision })?;
+        let mut writer =
+            SnapshotWriter { out: BufWriter::new(file), pending: Vec::new(), pending_bytes: 0, rows_count: 0 };
+        writer.record(&SnapshotRecord::Header {
+            format_version: SNAPSHOT_FORMAT_VERSION,
+            meta: meta.clone(),
+            revision,
+        })?;
         Ok(writer)
     }
 
@@ -87,8 +92,12 @@ impl<R: Read> SnapshotReader<R> {
     pub(crate) fn open(input: R) -> Result<(SnapshotReader<R>, SnapshotMeta, u64), StorageError> {
         let mut reader = SnapshotReader { input: BufReader::new(input), rows_seen: 0 };
         match reader.next_record()? {
-            SnapshotRecord::Header { format_version: SNAPSHOT_FORMAT_VERSION, meta, revision } => Ok((reader, meta, revision)),
-            SnapshotRecord::Header { format_version, .. } => Err(corrupt(format!("unknown snapshot format {format_version}"))),
+            SnapshotRecord::Header { format_version: SNAPSHOT_FORMAT_VERSION, meta, revision } => {
+                Ok((reader, meta, revision))
+            }
+            SnapshotRecord::Header { format_version, .. } => {
+                Err(corrupt(format!("unknown snapshot format {format_version}")))
+            }
             _ => Err(corrupt("snapshot does not start with a header".into())),
         }
     }

@@ -7,14 +7,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::storage::RaftStateMachine;
-use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, RaftLogId};
+use openraft::{EntryPayload, OptionalSend, RaftLogId, RaftSnapshotBuilder};
 use pando_protocol::command::ProposalOutcome;
 use pando_protocol::state_machine::apply_proposal;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 use super::redb_tables::{WriteTables, read_revision};
 use super::snapshot::{CURRENT_SNAPSHOT_FILE, SnapshotReader, SnapshotWriter};
-use super::{KV_TABLE, META_LAST_APPLIED, META_MEMBERSHIP, META_REVISION, SM_META_TABLE, blocking, decode, encode, read_error, write_error};
+use super::{
+    KV_TABLE, META_LAST_APPLIED, META_MEMBERSHIP, META_REVISION, SM_META_TABLE, blocking, decode, encode, read_error,
+    write_error,
+};
 use crate::raft::type_config::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 #[derive(Clone)]
@@ -93,7 +96,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             {
                 let mut meta = write.open_table(SM_META_TABLE).map_err(|error| write_error(&error))?;
                 let mut revision = read_revision(&meta).map_err(|error| write_error(&error))?;
-                let mut tables = WriteTables { table: write.open_table(KV_TABLE).map_err(|error| write_error(&error))? };
+                let mut tables =
+                    WriteTables { table: write.open_table(KV_TABLE).map_err(|error| write_error(&error))? };
                 let mut last_applied = None;
                 for entry in &entries {
                     last_applied = Some(*entry.get_log_id());
@@ -106,7 +110,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         }
                         EntryPayload::Membership(membership) => {
                             let stored = StoredMembership::new(Some(*entry.get_log_id()), membership.clone());
-                            meta.insert(META_MEMBERSHIP, encode(&stored)?.as_slice()).map_err(|error| write_error(&error))?;
+                            meta.insert(META_MEMBERSHIP, encode(&stored)?.as_slice())
+                                .map_err(|error| write_error(&error))?;
                             outcomes.push(ProposalOutcome::default());
                         }
                     }
@@ -140,7 +145,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(Box::new(file))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<tokio::fs::File>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
         let mut source = snapshot.into_std().await;
         let store = self.clone();
         let meta = meta.clone();
@@ -171,12 +180,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                 }
                 let mut sm_meta = write.open_table(SM_META_TABLE).map_err(|error| write_error(&error))?;
-                sm_meta.insert(META_LAST_APPLIED, encode(&meta.last_log_id)?.as_slice()).map_err(|error| write_error(&error))?;
-                sm_meta.insert(META_MEMBERSHIP, encode(&meta.last_membership)?.as_slice()).map_err(|error| write_error(&error))?;
-                sm_meta.insert(META_REVISION, revision.to_be_bytes().as_slice()).map_err(|error| write_error(&error))?;
+                sm_meta
+                    .insert(META_LAST_APPLIED, encode(&meta.last_log_id)?.as_slice())
+                    .map_err(|error| write_error(&error))?;
+                sm_meta
+                    .insert(META_MEMBERSHIP, encode(&meta.last_membership)?.as_slice())
+                    .map_err(|error| write_error(&error))?;
+                sm_meta
+                    .insert(META_REVISION, revision.to_be_bytes().as_slice())
+                    .map_err(|error| write_error(&error))?;
             }
             write.commit().map_err(|error| write_error(&error))?;
-            std::fs::rename(&copy_path, store.snapshot_dir.join(CURRENT_SNAPSHOT_FILE)).map_err(|error| write_error(&error))
+            std::fs::rename(&copy_path, store.snapshot_dir.join(CURRENT_SNAPSHOT_FILE))
+                .map_err(|error| write_error(&error))
         })
         .await
     }
@@ -200,13 +216,16 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 Some(bytes) => decode(bytes.value())?,
                 None => None,
             };
-            let last_membership: StoredMembership = match sm_meta.get(META_MEMBERSHIP).map_err(|error| read_error(&error))? {
-                Some(bytes) => decode(bytes.value())?,
-                None => StoredMembership::default(),
-            };
+            let last_membership: StoredMembership =
+                match sm_meta.get(META_MEMBERSHIP).map_err(|error| read_error(&error))? {
+                    Some(bytes) => decode(bytes.value())?,
+                    None => StoredMembership::default(),
+                };
             let revision = read_revision(&sm_meta).map_err(|error| read_error(&error))?;
             let snapshot_id = match last_log_id {
-                Some(log_id) => format!("{}-{}-{}-{revision}", log_id.leader_id.term, log_id.leader_id.node_id, log_id.index),
+                Some(log_id) => {
+                    format!("{}-{}-{}-{revision}", log_id.leader_id.term, log_id.leader_id.node_id, log_id.index)
+                }
                 None => format!("empty-{revision}"),
             };
             let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };

@@ -31,8 +31,7 @@ pub enum Restart {
 }
 
 /// Starts a child linked to the given supervisor cell.
-pub type StartFn =
-    Arc<dyn Fn(ActorCell) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> + Send + Sync>;
+pub type StartFn = Arc<dyn Fn(ActorCell) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> + Send + Sync>;
 
 /// One child of a supervisor.
 #[derive(Clone)]
@@ -47,10 +46,7 @@ pub struct ChildSpec {
 
 impl fmt::Debug for ChildSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ChildSpec")
-            .field("id", &self.id)
-            .field("restart", &self.restart)
-            .finish()
+        f.debug_struct("ChildSpec").field("id", &self.id).field("restart", &self.restart).finish()
     }
 }
 
@@ -59,12 +55,7 @@ pub const CHILD_SHUTDOWN_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 
 impl ChildSpec {
     /// A child that runs actor `handler` with `args`, cloned afresh for every (re)start.
-    pub fn new<A>(
-        id: impl Into<String>,
-        restart: Restart,
-        handler: A,
-        args: A::Arguments,
-    ) -> ChildSpec
+    pub fn new<A>(id: impl Into<String>, restart: Restart, handler: A, args: A::Arguments) -> ChildSpec
     where
         A: Actor + Clone,
         A::Arguments: Clone + Sync,
@@ -102,10 +93,6 @@ pub struct SupervisorOptions {
 
 impl SupervisorOptions {
     pub fn new(strategy: Strategy, restarts_max: u32, period: Duration) -> SupervisorOptions {
-        SupervisorOptions {
-            strategy,
-            restarts_max,
-            period,
-        }
+        SupervisorOptions { strategy, restarts_max, period }
     }
 }

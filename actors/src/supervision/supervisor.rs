@@ -83,15 +83,7 @@ impl Actor for Supervisor {
         let mut state = SupervisorState {
             name: args.name,
             options: args.options,
-            children: args
-                .children
-                .into_iter()
-                .map(|spec| Child {
-                    spec,
-                    cell: None,
-                    restarts: 0,
-                })
-                .collect(),
+            children: args.children.into_iter().map(|spec| Child { spec, cell: None, restarts: 0 }).collect(),
             restarts: VecDeque::new(),
         };
         for index in 0..state.children.len() {
@@ -127,11 +119,7 @@ impl Actor for Supervisor {
                 let _ = reply.send(status(state));
             }
             SupervisorMsg::Child(id, reply) => {
-                let cell = state
-                    .children
-                    .iter()
-                    .find(|child| child.spec.id == id)
-                    .and_then(|child| child.cell.clone());
+                let cell = state.children.iter().find(|child| child.spec.id == id).and_then(|child| child.cell.clone());
                 let _ = reply.send(cell);
             }
             SupervisorMsg::RetryStart(index) => {
@@ -162,12 +150,11 @@ impl Actor for Supervisor {
             _ => return Ok(()),
         };
         // Events from instances this supervisor already replaced or stopped on purpose are stale.
-        let Some(index) = state.children.iter().position(|child| {
-            child
-                .cell
-                .as_ref()
-                .is_some_and(|live| live.get_id() == cell.get_id())
-        }) else {
+        let Some(index) = state
+            .children
+            .iter()
+            .position(|child| child.cell.as_ref().is_some_and(|live| live.get_id() == cell.get_id()))
+        else {
             return Ok(());
         };
         state.children[index].cell = None;
@@ -201,11 +188,7 @@ async fn restart_from(
     strategy: Strategy,
 ) -> Result<(), ActorProcessingErr> {
     let now = Instant::now();
-    while state
-        .restarts
-        .front()
-        .is_some_and(|at| now.duration_since(*at) >= state.options.period)
-    {
+    while state.restarts.front().is_some_and(|at| now.duration_since(*at) >= state.options.period) {
         state.restarts.pop_front();
     }
     state.restarts.push_back(now);
@@ -220,10 +203,7 @@ async fn restart_from(
         stop_children(state, 0..state.children.len()).await;
         return Err(format!(
             "supervisor {}: more than {} restarts within {:?} (last: child {})",
-            state.name,
-            state.options.restarts_max,
-            state.options.period,
-            state.children[index].spec.id
+            state.name, state.options.restarts_max, state.options.period, state.children[index].spec.id
         )
         .into());
     }
@@ -274,11 +254,7 @@ async fn stop_children(state: &mut SupervisorState, range: std::ops::Range<usize
             continue;
         };
         let timeout = child.spec.shutdown_timeout;
-        if cell
-            .stop_and_wait(Some(SHUTDOWN_REASON.to_string()), Some(timeout))
-            .await
-            .is_err()
-        {
+        if cell.stop_and_wait(Some(SHUTDOWN_REASON.to_string()), Some(timeout)).await.is_err() {
             tracing::warn!(supervisor = %state.name, child = %child.spec.id, "child did not stop in time, killing it");
             let _ = cell.kill_and_wait(Some(timeout)).await;
         }

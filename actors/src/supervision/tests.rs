@@ -33,28 +33,13 @@ impl Actor for TestChild {
     type State = TestChildArgs;
     type Arguments = TestChildArgs;
 
-    async fn pre_start(
-        &self,
-        _: ActorRef<TestMsg>,
-        args: TestChildArgs,
-    ) -> Result<TestChildArgs, ActorProcessingErr> {
-        args.log
-            .lock()
-            .unwrap()
-            .push(format!("start {}", args.name));
+    async fn pre_start(&self, _: ActorRef<TestMsg>, args: TestChildArgs) -> Result<TestChildArgs, ActorProcessingErr> {
+        args.log.lock().unwrap().push(format!("start {}", args.name));
         Ok(args)
     }
 
-    async fn post_stop(
-        &self,
-        _: ActorRef<TestMsg>,
-        state: &mut TestChildArgs,
-    ) -> Result<(), ActorProcessingErr> {
-        state
-            .log
-            .lock()
-            .unwrap()
-            .push(format!("stop {}", state.name));
+    async fn post_stop(&self, _: ActorRef<TestMsg>, state: &mut TestChildArgs) -> Result<(), ActorProcessingErr> {
+        state.log.lock().unwrap().push(format!("stop {}", state.name));
         Ok(())
     }
 
@@ -75,15 +60,7 @@ impl Actor for TestChild {
 }
 
 fn child(name: &str, restart: Restart, log: &Log) -> ChildSpec {
-    ChildSpec::new(
-        name,
-        restart,
-        TestChild,
-        TestChildArgs {
-            name: name.into(),
-            log: log.clone(),
-        },
-    )
+    ChildSpec::new(name, restart, TestChild, TestChildArgs { name: name.into(), log: log.clone() })
 }
 
 async fn start(strategy: Strategy, children: Vec<ChildSpec>) -> ActorRef<SupervisorMsg> {
@@ -92,9 +69,7 @@ async fn start(strategy: Strategy, children: Vec<ChildSpec>) -> ActorRef<Supervi
         options: SupervisorOptions::new(strategy, 3, Duration::from_secs(5)),
         children,
     };
-    let (supervisor, _) = Actor::spawn(None, Supervisor, args)
-        .await
-        .expect("supervisor starts");
+    let (supervisor, _) = Actor::spawn(None, Supervisor, args).await.expect("supervisor starts");
     supervisor
 }
 
@@ -103,59 +78,36 @@ async fn status(supervisor: &ActorRef<SupervisorMsg>) -> SupervisorStatus {
 }
 
 async fn child_ref(supervisor: &ActorRef<SupervisorMsg>, id: &str) -> ActorRef<TestMsg> {
-    let cell = ractor::call_t!(supervisor, SupervisorMsg::Child, 1_000, id.to_string())
-        .unwrap()
-        .expect("child alive");
+    let cell = ractor::call_t!(supervisor, SupervisorMsg::Child, 1_000, id.to_string()).unwrap().expect("child alive");
     ActorRef::from(cell)
 }
 
 /// Polls the supervisor until `done` holds, on paused time, for at most ten simulated seconds.
-async fn wait_for(
-    supervisor: &ActorRef<SupervisorMsg>,
-    done: impl Fn(&SupervisorStatus) -> bool,
-) -> SupervisorStatus {
+async fn wait_for(supervisor: &ActorRef<SupervisorMsg>, done: impl Fn(&SupervisorStatus) -> bool) -> SupervisorStatus {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let current = status(supervisor).await;
         if done(&current) {
             return current;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not reached: {current:?}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "condition not reached: {current:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 fn ids(status: &SupervisorStatus) -> Vec<Option<String>> {
-    status
-        .children
-        .iter()
-        .map(|child| child.actor_id.clone())
-        .collect()
+    status.children.iter().map(|child| child.actor_id.clone()).collect()
 }
 
 #[tokio::test(start_paused = true)]
 async fn one_for_one_restarts_only_the_child_that_panicked() {
     let log = Log::default();
-    let supervisor = start(
-        Strategy::OneForOne,
-        vec![
-            child("a", Restart::Permanent, &log),
-            child("b", Restart::Permanent, &log),
-        ],
-    )
-    .await;
+    let supervisor =
+        start(Strategy::OneForOne, vec![child("a", Restart::Permanent, &log), child("b", Restart::Permanent, &log)])
+            .await;
     let before = ids(&status(&supervisor).await);
-    child_ref(&supervisor, "a")
-        .await
-        .cast(TestMsg::Panic)
-        .unwrap();
-    let after = wait_for(&supervisor, |s| {
-        s.children[0].restarts == 1 && s.children[0].alive
-    })
-    .await;
+    child_ref(&supervisor, "a").await.cast(TestMsg::Panic).unwrap();
+    let after = wait_for(&supervisor, |s| s.children[0].restarts == 1 && s.children[0].alive).await;
     assert_ne!(ids(&after)[0], before[0]);
     assert_eq!(ids(&after)[1], before[1], "the sibling keeps running");
 }
@@ -163,27 +115,10 @@ async fn one_for_one_restarts_only_the_child_that_panicked() {
 #[tokio::test(start_paused = true)]
 async fn a_child_returning_err_is_restarted() {
     let log = Log::default();
-    let supervisor = start(
-        Strategy::OneForOne,
-        vec![child("a", Restart::Transient, &log)],
-    )
-    .await;
-    child_ref(&supervisor, "a")
-        .await
-        .cast(TestMsg::Fail)
-        .unwrap();
-    wait_for(&supervisor, |s| {
-        s.children[0].restarts == 1 && s.children[0].alive
-    })
-    .await;
-    assert_eq!(
-        log.lock()
-            .unwrap()
-            .iter()
-            .filter(|line| *line == "start a")
-            .count(),
-        2
-    );
+    let supervisor = start(Strategy::OneForOne, vec![child("a", Restart::Transient, &log)]).await;
+    child_ref(&supervisor, "a").await.cast(TestMsg::Fail).unwrap();
+    wait_for(&supervisor, |s| s.children[0].restarts == 1 && s.children[0].alive).await;
+    assert_eq!(log.lock().unwrap().iter().filter(|line| *line == "start a").count(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -199,43 +134,21 @@ async fn normal_exit_restarts_permanent_children_only() {
     )
     .await;
     for id in ["p", "t", "x"] {
-        child_ref(&supervisor, id)
-            .await
-            .cast(TestMsg::Exit)
-            .unwrap();
+        child_ref(&supervisor, id).await.cast(TestMsg::Exit).unwrap();
     }
     let after = wait_for(&supervisor, |s| {
-        s.children[0].restarts == 1
-            && s.children[0].alive
-            && !s.children[1].alive
-            && !s.children[2].alive
+        s.children[0].restarts == 1 && s.children[0].alive && !s.children[1].alive && !s.children[2].alive
     })
     .await;
-    assert_eq!(
-        (after.children[1].restarts, after.children[2].restarts),
-        (0, 0)
-    );
+    assert_eq!((after.children[1].restarts, after.children[2].restarts), (0, 0));
     // A transient child that stops abnormally is restarted; a temporary one never is.
-    let supervisor = start(
-        Strategy::OneForOne,
-        vec![
-            child("t2", Restart::Transient, &log),
-            child("x2", Restart::Temporary, &log),
-        ],
-    )
-    .await;
-    child_ref(&supervisor, "t2")
-        .await
-        .cast(TestMsg::ExitAbnormally)
-        .unwrap();
-    child_ref(&supervisor, "x2")
-        .await
-        .cast(TestMsg::Panic)
-        .unwrap();
-    let after = wait_for(&supervisor, |s| {
-        s.children[0].restarts == 1 && s.children[0].alive && !s.children[1].alive
-    })
-    .await;
+    let supervisor =
+        start(Strategy::OneForOne, vec![child("t2", Restart::Transient, &log), child("x2", Restart::Temporary, &log)])
+            .await;
+    child_ref(&supervisor, "t2").await.cast(TestMsg::ExitAbnormally).unwrap();
+    child_ref(&supervisor, "x2").await.cast(TestMsg::Panic).unwrap();
+    let after =
+        wait_for(&supervisor, |s| s.children[0].restarts == 1 && s.children[0].alive && !s.children[1].alive).await;
     assert_eq!(after.children[1].restarts, 0);
 }
 
@@ -253,14 +166,8 @@ async fn rest_for_one_restarts_the_child_and_those_after_it() {
     .await;
     let before = ids(&status(&supervisor).await);
     log.lock().unwrap().clear();
-    child_ref(&supervisor, "b")
-        .await
-        .cast(TestMsg::Panic)
-        .unwrap();
-    let after = wait_for(&supervisor, |s| {
-        s.children.iter().all(|c| c.alive) && s.children[1].restarts == 1
-    })
-    .await;
+    child_ref(&supervisor, "b").await.cast(TestMsg::Panic).unwrap();
+    let after = wait_for(&supervisor, |s| s.children.iter().all(|c| c.alive) && s.children[1].restarts == 1).await;
     let after = ids(&after);
     assert_eq!(after[0], before[0]);
     assert_ne!(after[1], before[1]);
@@ -283,19 +190,10 @@ async fn one_for_all_restarts_every_child() {
     .await;
     let before = ids(&status(&supervisor).await);
     log.lock().unwrap().clear();
-    child_ref(&supervisor, "b")
-        .await
-        .cast(TestMsg::Fail)
-        .unwrap();
-    let after = wait_for(&supervisor, |s| {
-        s.children.iter().all(|c| c.alive) && s.recent_restarts == 1
-    })
-    .await;
+    child_ref(&supervisor, "b").await.cast(TestMsg::Fail).unwrap();
+    let after = wait_for(&supervisor, |s| s.children.iter().all(|c| c.alive) && s.recent_restarts == 1).await;
     assert!(ids(&after).iter().zip(&before).all(|(a, b)| a != b));
-    assert_eq!(
-        *log.lock().unwrap(),
-        vec!["stop c", "stop a", "start a", "start b", "start c"]
-    );
+    assert_eq!(*log.lock().unwrap(), vec!["stop c", "stop a", "start a", "start b", "start c"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -317,24 +215,12 @@ async fn a_restart_storm_escalates_and_stops_children_in_reverse_order() {
     .await
     .unwrap();
     for round in 1..=3 {
-        child_ref(&supervisor, "c")
-            .await
-            .cast(TestMsg::Panic)
-            .unwrap();
-        wait_for(&supervisor, |s| {
-            s.children[2].restarts == round && s.children[2].alive
-        })
-        .await;
+        child_ref(&supervisor, "c").await.cast(TestMsg::Panic).unwrap();
+        wait_for(&supervisor, |s| s.children[2].restarts == round && s.children[2].alive).await;
     }
     log.lock().unwrap().clear();
-    child_ref(&supervisor, "c")
-        .await
-        .cast(TestMsg::Panic)
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), handle)
-        .await
-        .expect("supervisor exits")
-        .unwrap();
+    child_ref(&supervisor, "c").await.cast(TestMsg::Panic).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), handle).await.expect("supervisor exits").unwrap();
     assert_eq!(supervisor.get_status(), ActorStatus::Stopped);
     assert_eq!(*log.lock().unwrap(), vec!["stop b", "stop a"]);
 }
@@ -342,20 +228,10 @@ async fn a_restart_storm_escalates_and_stops_children_in_reverse_order() {
 #[tokio::test(start_paused = true)]
 async fn restarts_spread_over_more_than_the_period_do_not_escalate() {
     let log = Log::default();
-    let supervisor = start(
-        Strategy::OneForOne,
-        vec![child("a", Restart::Permanent, &log)],
-    )
-    .await;
+    let supervisor = start(Strategy::OneForOne, vec![child("a", Restart::Permanent, &log)]).await;
     for round in 1..=6 {
-        child_ref(&supervisor, "a")
-            .await
-            .cast(TestMsg::Panic)
-            .unwrap();
-        wait_for(&supervisor, |s| {
-            s.children[0].restarts == round && s.children[0].alive
-        })
-        .await;
+        child_ref(&supervisor, "a").await.cast(TestMsg::Panic).unwrap();
+        wait_for(&supervisor, |s| s.children[0].restarts == round && s.children[0].alive).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
     assert!(status(&supervisor).await.recent_restarts <= 2);
@@ -381,12 +257,7 @@ async fn children_start_in_order_and_stop_in_reverse() {
     .unwrap();
     supervisor.stop(None);
     handle.await.unwrap();
-    assert_eq!(
-        *log.lock().unwrap(),
-        vec![
-            "start a", "start b", "start c", "stop c", "stop b", "stop a"
-        ]
-    );
+    assert_eq!(*log.lock().unwrap(), vec!["start a", "start b", "start c", "stop c", "stop b", "stop a"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -397,35 +268,10 @@ async fn a_nested_supervisor_escalation_is_a_restart_of_the_parent_child() {
         options: SupervisorOptions::new(Strategy::OneForOne, 0, Duration::from_secs(5)),
         children: vec![child("leaf", Restart::Permanent, &log)],
     };
-    let outer = start(
-        Strategy::OneForOne,
-        vec![ChildSpec::new(
-            "inner",
-            Restart::Permanent,
-            Supervisor,
-            inner,
-        )],
-    )
-    .await;
-    let inner_ref: ActorRef<SupervisorMsg> = ActorRef::from(
-        ractor::call_t!(outer, SupervisorMsg::Child, 1_000, "inner".to_string())
-            .unwrap()
-            .unwrap(),
-    );
-    child_ref(&inner_ref, "leaf")
-        .await
-        .cast(TestMsg::Panic)
-        .unwrap();
-    wait_for(&outer, |s| {
-        s.children[0].restarts == 1 && s.children[0].alive
-    })
-    .await;
-    assert_eq!(
-        log.lock()
-            .unwrap()
-            .iter()
-            .filter(|line| *line == "start leaf")
-            .count(),
-        2
-    );
+    let outer = start(Strategy::OneForOne, vec![ChildSpec::new("inner", Restart::Permanent, Supervisor, inner)]).await;
+    let inner_ref: ActorRef<SupervisorMsg> =
+        ActorRef::from(ractor::call_t!(outer, SupervisorMsg::Child, 1_000, "inner".to_string()).unwrap().unwrap());
+    child_ref(&inner_ref, "leaf").await.cast(TestMsg::Panic).unwrap();
+    wait_for(&outer, |s| s.children[0].restarts == 1 && s.children[0].alive).await;
+    assert_eq!(log.lock().unwrap().iter().filter(|line| *line == "start leaf").count(), 2);
 }

@@ -20,10 +20,7 @@ fn put_envelope() -> RequestEnvelope {
         request_id: 7,
         timeout_ms: 1000,
         token: None,
-        body: Request::Kv(KvRequest::Put {
-            key: bytes("k"),
-            value: bytes(vec![0u8, 255]),
-        }),
+        body: Request::Kv(KvRequest::Put { key: bytes("k"), value: bytes(vec![0u8, 255]) }),
     }
 }
 
@@ -44,8 +41,7 @@ fn golden_put_request() {
 fn golden_conflict_response() {
     let response = ResponseEnvelope {
         request_id: 9,
-        body: Err(WireError::new(ErrorCode::Conflict, "x")
-            .with_detail(ErrorDetail::Current { entry: None })),
+        body: Err(WireError::new(ErrorCode::Conflict, "x").with_detail(ErrorDetail::Current { entry: None })),
     };
     let frame = encode(&response).unwrap();
     assert_eq!(
@@ -59,20 +55,14 @@ fn golden_conflict_response() {
 #[test]
 fn oversized_prefix_is_refused_before_reading() {
     let prefix = ((crate::limits::FRAME_SIZE_BYTES_MAX + 1) as u32).to_be_bytes();
-    assert!(matches!(
-        body_length(prefix),
-        Err(FrameError::TooLarge { .. })
-    ));
+    assert!(matches!(body_length(prefix), Err(FrameError::TooLarge { .. })));
     assert_eq!(body_length(16u32.to_be_bytes()), Ok(16));
 }
 
 #[test]
 fn garbage_and_unknown_variants_get_stable_codes() {
     let garbage = RequestEnvelope::decode(&[0xc1, 0x00, 0x13]).unwrap_err();
-    assert_eq!(
-        (garbage.request_id, garbage.error.code),
-        (None, ErrorCode::Malformed)
-    );
+    assert_eq!((garbage.request_id, garbage.error.code), (None, ErrorCode::Malformed));
 
     #[derive(serde::Serialize)]
     struct Future {
@@ -90,18 +80,12 @@ fn garbage_and_unknown_variants_get_stable_codes() {
         body: [("Teleport".to_string(), 1u8)].into_iter().collect(),
     };
     let rejected = RequestEnvelope::decode(&rmp_serde::to_vec_named(&future).unwrap()).unwrap_err();
-    assert_eq!(
-        (rejected.request_id, rejected.error.code),
-        (Some(42), ErrorCode::UnknownRequest)
-    );
+    assert_eq!((rejected.request_id, rejected.error.code), (Some(42), ErrorCode::UnknownRequest));
 
     let mut old = put_envelope();
     old.version = 99;
     let rejected = RequestEnvelope::decode(&rmp_serde::to_vec_named(&old).unwrap()).unwrap_err();
-    assert_eq!(
-        (rejected.request_id, rejected.error.code),
-        (Some(7), ErrorCode::UnsupportedVersion)
-    );
+    assert_eq!((rejected.request_id, rejected.error.code), (Some(7), ErrorCode::UnsupportedVersion));
 }
 
 fn any_bytes() -> impl Strategy<Value = Bytes> {
@@ -109,20 +93,13 @@ fn any_bytes() -> impl Strategy<Value = Bytes> {
 }
 
 fn any_entry() -> impl Strategy<Value = KvEntry> {
-    (
-        any_bytes(),
-        any_bytes(),
-        any::<u64>(),
-        any::<u64>(),
-        any::<u64>(),
-    )
-        .prop_map(|(key, value, c, m, v)| KvEntry {
-            key,
-            value,
-            create_revision: c,
-            mod_revision: m,
-            version: v,
-        })
+    (any_bytes(), any_bytes(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(key, value, c, m, v)| KvEntry {
+        key,
+        value,
+        create_revision: c,
+        mod_revision: m,
+        version: v,
+    })
 }
 
 fn any_consistency() -> impl Strategy<Value = Consistency> {
@@ -138,12 +115,8 @@ fn any_txn_op() -> impl Strategy<Value = TxnOp> {
 }
 
 fn any_compare() -> impl Strategy<Value = Compare> {
-    let op = prop_oneof![
-        Just(CompareOp::Equal),
-        Just(CompareOp::NotEqual),
-        Just(CompareOp::Less),
-        Just(CompareOp::Greater)
-    ];
+    let op =
+        prop_oneof![Just(CompareOp::Equal), Just(CompareOp::NotEqual), Just(CompareOp::Less), Just(CompareOp::Greater)];
     let target = prop_oneof![
         any_bytes().prop_map(CompareTarget::Value),
         any::<u64>().prop_map(CompareTarget::Version),
@@ -162,34 +135,15 @@ fn any_kv_request() -> impl Strategy<Value = KvRequest> {
         0..4,
     );
     prop_oneof![
-        (any_bytes(), any_consistency())
-            .prop_map(|(key, consistency)| KvRequest::Get { key, consistency }),
+        (any_bytes(), any_consistency()).prop_map(|(key, consistency)| KvRequest::Get { key, consistency }),
         (any_bytes(), any_bytes()).prop_map(|(key, value)| KvRequest::Put { key, value }),
         any_bytes().prop_map(|key| KvRequest::Delete { key }),
-        (any_bytes(), proptest::option::of(any_bytes()), any_bytes()).prop_map(
-            |(key, expected, value)| KvRequest::Cas {
-                key,
-                expected,
-                value
-            }
-        ),
+        (any_bytes(), proptest::option::of(any_bytes()), any_bytes())
+            .prop_map(|(key, expected, value)| KvRequest::Cas { key, expected, value }),
         (any_bytes(), any_bytes()).prop_map(|(key, expected)| KvRequest::Cad { key, expected }),
-        (
-            any_bytes(),
-            any::<u32>(),
-            proptest::option::of(any_bytes()),
-            any_consistency()
-        )
-            .prop_map(|(prefix, limit, after, consistency)| KvRequest::Scan {
-                prefix,
-                limit,
-                after,
-                consistency
-            }),
-        (
-            proptest::collection::vec(any_bytes(), 0..4),
-            any_consistency()
-        )
+        (any_bytes(), any::<u32>(), proptest::option::of(any_bytes()), any_consistency())
+            .prop_map(|(prefix, limit, after, consistency)| KvRequest::Scan { prefix, limit, after, consistency }),
+        (proptest::collection::vec(any_bytes(), 0..4), any_consistency())
             .prop_map(|(keys, consistency)| KvRequest::BatchGet { keys, consistency }),
         ops.prop_map(|ops| KvRequest::BatchWrite { ops }),
         (
@@ -197,11 +151,7 @@ fn any_kv_request() -> impl Strategy<Value = KvRequest> {
             proptest::collection::vec(any_txn_op(), 0..3),
             proptest::collection::vec(any_txn_op(), 0..3)
         )
-            .prop_map(|(compares, success, failure)| KvRequest::Txn {
-                compares,
-                success,
-                failure
-            }),
+            .prop_map(|(compares, success, failure)| KvRequest::Txn { compares, success, failure }),
     ]
 }
 
@@ -216,23 +166,11 @@ fn any_kv_response() -> impl Strategy<Value = KvResponse> {
         proptest::collection::vec(proptest::option::of(any_entry()), 0..3)
             .prop_map(|entries| KvResponse::Entries { entries }),
         any::<u64>().prop_map(|revision| KvResponse::Written { revision }),
-        (any::<u64>(), any::<bool>())
-            .prop_map(|(revision, existed)| KvResponse::Deleted { revision, existed }),
-        (
-            proptest::collection::vec(any_entry(), 0..3),
-            proptest::option::of(any_bytes())
-        )
+        (any::<u64>(), any::<bool>()).prop_map(|(revision, existed)| KvResponse::Deleted { revision, existed }),
+        (proptest::collection::vec(any_entry(), 0..3), proptest::option::of(any_bytes()))
             .prop_map(|(entries, next)| KvResponse::ScanPage { entries, next }),
-        (
-            any::<bool>(),
-            any::<u64>(),
-            proptest::collection::vec(result, 0..3)
-        )
-            .prop_map(|(succeeded, revision, results)| KvResponse::Txn {
-                succeeded,
-                revision,
-                results
-            }),
+        (any::<bool>(), any::<u64>(), proptest::collection::vec(result, 0..3))
+            .prop_map(|(succeeded, revision, results)| KvResponse::Txn { succeeded, revision, results }),
     ]
 }
 
@@ -260,11 +198,7 @@ fn any_error() -> impl Strategy<Value = WireError> {
             addrs: vec!["127.0.0.1:1".parse().unwrap()]
         }),
     ]);
-    (code, ".{0,20}", detail).prop_map(|(code, message, detail)| WireError {
-        code,
-        message,
-        detail,
-    })
+    (code, ".{0,20}", detail).prop_map(|(code, message, detail)| WireError { code, message, detail })
 }
 
 proptest! {
@@ -310,10 +244,7 @@ fn cluster_messages_round_trip() {
         token: None,
         body: Request::Cluster(ClusterRequest::Status),
     };
-    assert_eq!(
-        RequestEnvelope::decode(&encode(&request).unwrap()[4..]).unwrap(),
-        request
-    );
+    assert_eq!(RequestEnvelope::decode(&encode(&request).unwrap()[4..]).unwrap(), request);
     let status = ClusterStatus {
         cluster_id: "ab".into(),
         node_id: 1,
@@ -323,19 +254,8 @@ fn cluster_messages_round_trip() {
         last_log_index: Some(3),
         last_applied_index: Some(3),
         revision: 5,
-        members: vec![MemberStatus {
-            node_id: 1,
-            public_key: "cd".into(),
-            addrs: vec![],
-            voter: true,
-        }],
+        members: vec![MemberStatus { node_id: 1, public_key: "cd".into(), addrs: vec![], voter: true }],
     };
-    let response = ResponseEnvelope {
-        request_id: 1,
-        body: Ok(Response::Cluster(ClusterResponse::Status(status))),
-    };
-    assert_eq!(
-        decode::<ResponseEnvelope>(&encode(&response).unwrap()[4..]).unwrap(),
-        response
-    );
+    let response = ResponseEnvelope { request_id: 1, body: Ok(Response::Cluster(ClusterResponse::Status(status))) };
+    assert_eq!(decode::<ResponseEnvelope>(&encode(&response).unwrap()[4..]).unwrap(), response);
 }
