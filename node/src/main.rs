@@ -107,7 +107,9 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         data_dir: args.data_dir.clone(),
         node_id: record.node_id,
         raft_config,
-        bootstrap: first_start.then(|| BTreeMap::from([(record.node_id, me.clone())])),
+        // Always offered: openraft refuses (and the RaftActor ignores) initialisation once the log holds a membership,
+        // so a crash between writing node.json and the first membership entry cannot leave an uninitialised node.
+        bootstrap: Some(BTreeMap::from([(record.node_id, me.clone())])),
         endpoint: endpoint.clone(),
         context: RpcContext {
             node_id: record.node_id,

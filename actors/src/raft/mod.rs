@@ -19,3 +19,6 @@ pub fn default_config() -> openraft::Config {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests;

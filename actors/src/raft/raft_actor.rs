@@ -52,6 +52,8 @@ pub enum RaftMsg {
         commands_count: usize,
     },
     Status(RpcReplyPort<RaftActorStatus>),
+    /// openraft stopped with a fatal error.
+    Fatal(String),
 }
 
 impl ractor::Message for RaftMsg {}
@@ -99,7 +101,21 @@ impl Actor for RaftActor {
                 Err(error) => return Err(error.into()),
             }
         }
-        args.directory.set_raft(RaftHandles { raft: raft.clone(), actor: myself });
+        args.directory.set_raft(RaftHandles { raft: raft.clone(), actor: myself.clone() });
+        // openraft stops by itself on a fatal error (a storage failure, a panic in its core); turn that into a
+        // failure of this actor so the supervisor restarts it instead of leaving a node that answers UNAVAILABLE.
+        let mut metrics = raft.metrics();
+        tokio::spawn(async move {
+            loop {
+                if let Err(fatal) = &metrics.borrow().running_state {
+                    let _ = myself.cast(RaftMsg::Fatal(fatal.to_string()));
+                    return;
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
         Ok(RaftState {
             node_id: args.node_id,
             raft,
@@ -140,6 +156,7 @@ impl Actor for RaftActor {
                 state.commands_total += commands_count as u64;
                 flush(&myself, state);
             }
+            RaftMsg::Fatal(error) => return Err(format!("raft stopped: {error}").into()),
             RaftMsg::Status(reply) => {
                 let _ = reply.send(RaftActorStatus {
                     node_id: state.node_id,
@@ -169,12 +186,16 @@ fn flush(myself: &ActorRef<RaftMsg>, state: &mut RaftState) {
         let raft = state.raft.clone();
         let myself = myself.clone();
         tokio::spawn(async move {
+            // Reports the batch done however this task ends, so a panic cannot wedge the in-flight count.
+            let _done = BatchDoneGuard { actor: myself, commands_count: count };
             let proposal = Proposal { stamp_ms: now_ms(), commands };
             match raft.client_write(proposal).await {
                 Ok(response) => {
-                    let results = response.data.results;
-                    debug_assert_eq!(results.len(), replies.len(), "one result per command");
-                    for (reply, result) in replies.into_iter().zip(results) {
+                    let mut results = response.data.results.into_iter();
+                    for reply in replies {
+                        let result = results.next().unwrap_or_else(|| {
+                            Err(WireError::internal("state machine returned fewer results than commands"))
+                        });
                         let _ = reply.send(result);
                     }
                 }
@@ -185,8 +206,18 @@ fn flush(myself: &ActorRef<RaftMsg>, state: &mut RaftState) {
                     }
                 }
             }
-            let _ = myself.cast(RaftMsg::BatchDone { commands_count: count });
         });
+    }
+}
+
+struct BatchDoneGuard {
+    actor: ActorRef<RaftMsg>,
+    commands_count: usize,
+}
+
+impl Drop for BatchDoneGuard {
+    fn drop(&mut self) {
+        let _ = self.actor.cast(RaftMsg::BatchDone { commands_count: self.commands_count });
     }
 }
 

@@ -12,6 +12,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::handler::{RpcContext, TokenCache, handle};
 use super::stream::{ReadFailure, read_request, write_response};
@@ -51,6 +52,8 @@ struct Counters {
 
 struct Shared {
     context: RpcContext,
+    /// Cancelled when the gateway stops: ends every connection and stream task of this instance.
+    shutdown: CancellationToken,
     connections: Arc<Semaphore>,
     requests: Arc<Semaphore>,
     counters: Counters,
@@ -61,6 +64,20 @@ pub struct RpcState {
     accept_loop: JoinHandle<()>,
 }
 
+impl RpcState {
+    fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+        self.accept_loop.abort();
+    }
+}
+
+impl Drop for RpcState {
+    /// A killed gateway skips `post_stop`; its tasks must still end so a restart never doubles the limits.
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
 impl Actor for RpcGateway {
     type Msg = RpcMsg;
     type State = RpcState;
@@ -69,6 +86,7 @@ impl Actor for RpcGateway {
     async fn pre_start(&self, _myself: ActorRef<RpcMsg>, args: RpcArgs) -> Result<RpcState, ActorProcessingErr> {
         let shared = Arc::new(Shared {
             context: args.context,
+            shutdown: CancellationToken::new(),
             connections: Arc::new(Semaphore::new(RPC_CONNECTIONS_MAX)),
             requests: Arc::new(Semaphore::new(RPC_REQUESTS_IN_FLIGHT_MAX)),
             counters: Counters::default(),
@@ -78,7 +96,7 @@ impl Actor for RpcGateway {
     }
 
     async fn post_stop(&self, _myself: ActorRef<RpcMsg>, state: &mut RpcState) -> Result<(), ActorProcessingErr> {
-        state.accept_loop.abort();
+        state.shutdown();
         Ok(())
     }
 
@@ -125,7 +143,11 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
                 connection.close(1u32.into(), b"unsupported alpn");
                 return;
             }
-            serve_connection(connection, shared).await;
+            let shutdown = shared.shutdown.clone();
+            tokio::select! {
+                _ = shutdown.cancelled() => connection.close(2u32.into(), b"node stopping"),
+                () = serve_connection(connection.clone(), shared) => {}
+            }
         });
     }
 }
@@ -144,9 +166,27 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) {
                 return;
             }
         };
+        // The permit is taken before the request is read, so unanswered streams cannot pile up buffers.
+        let Ok(permit) = shared.requests.clone().try_acquire_owned() else {
+            shared.counters.requests_refused_busy.fetch_add(1, Ordering::Relaxed);
+            let mut send = send;
+            let error = WireError::new(ErrorCode::Busy, "node is at its request limit, retry with backoff");
+            tokio::spawn(async move {
+                write_response(&mut send, &ResponseEnvelope { request_id: 0, body: Err(error) }).await
+            });
+            drop(recv);
+            continue;
+        };
         let shared = shared.clone();
         let cache = cache.clone();
-        tokio::spawn(serve_stream(send, recv, shared, cache));
+        let shutdown = shared.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                () = serve_stream(send, recv, shared, cache) => {}
+            }
+            drop(permit);
+        });
     }
 }
 
@@ -175,12 +215,6 @@ async fn serve_stream(
         }
     };
     shared.counters.requests_total.fetch_add(1, Ordering::Relaxed);
-    let Ok(_permit) = shared.requests.clone().try_acquire_owned() else {
-        shared.counters.requests_refused_busy.fetch_add(1, Ordering::Relaxed);
-        let error = WireError::new(ErrorCode::Busy, "node is at its request limit, retry with backoff");
-        write_response(&mut send, &ResponseEnvelope { request_id: envelope.request_id, body: Err(error) }).await;
-        return;
-    };
     let response = handle(&shared.context, &cache, envelope).await;
     write_response(&mut send, &response).await;
 }

@@ -7,7 +7,12 @@ use pando_protocol::envelope::ResponseEnvelope;
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::frame::{self, FrameError, LENGTH_PREFIX_BYTES};
 
+use tokio::io::AsyncReadExt;
+
 use super::{RPC_REQUEST_READ_TIMEOUT_MS, RPC_RESPONSE_WRITE_TIMEOUT_MS};
+
+/// Buffer reserved up front for a request body; larger bodies grow as their bytes arrive.
+const BODY_CAPACITY_BYTES_INITIAL: usize = 64 * 1024;
 
 /// Why no request body could be read.
 pub(crate) enum ReadFailure {
@@ -26,8 +31,12 @@ pub(crate) async fn read_request(recv: &mut RecvStream) -> Result<Vec<u8>, ReadF
             FrameError::TooLarge { .. } => ReadFailure::Refused(WireError::too_large(error.to_string())),
             other => ReadFailure::Refused(WireError::new(ErrorCode::Malformed, other.to_string())),
         })?;
-        let mut body = vec![0u8; length];
-        recv.read_exact(&mut body).await.map_err(truncated)?;
+        // Grow with the bytes that actually arrive, so a prefix alone cannot make the node allocate the limit.
+        let mut body = Vec::with_capacity(length.min(BODY_CAPACITY_BYTES_INITIAL));
+        let read = (&mut *recv).take(length as u64).read_to_end(&mut body).await.map_err(|_| ReadFailure::Gone)?;
+        if read < length {
+            return Err(truncated(ReadExactError::FinishedEarly(LENGTH_PREFIX_BYTES + read)));
+        }
         Ok(body)
     };
     match tokio::time::timeout(Duration::from_millis(RPC_REQUEST_READ_TIMEOUT_MS), read).await {

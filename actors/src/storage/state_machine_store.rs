@@ -26,6 +26,8 @@ pub struct StateMachineStore {
     snapshot_dir: PathBuf,
     /// Distinguishes temporary files of concurrent snapshot builds and receptions.
     file_counter: Arc<AtomicU64>,
+    /// Orders the publication of builds and installs (openraft may run a build concurrently with an install).
+    snapshot_lock: Arc<std::sync::Mutex<()>>,
 }
 
 impl StateMachineStore {
@@ -38,7 +40,12 @@ impl StateMachineStore {
                 let _ = std::fs::remove_file(&path);
             }
         }
-        Ok(StateMachineStore { database, snapshot_dir, file_counter: Arc::new(AtomicU64::new(0)) })
+        Ok(StateMachineStore {
+            database,
+            snapshot_dir,
+            file_counter: Arc::new(AtomicU64::new(0)),
+            snapshot_lock: Arc::new(std::sync::Mutex::new(())),
+        })
     }
 
     fn temporary_path(&self, what: &str) -> PathBuf {
@@ -61,6 +68,12 @@ impl StateMachineStore {
         Ok((last_applied, membership, revision))
     }
 
+    /// Makes a complete snapshot file the current one, durably (rename, then fsync of the directory).
+    fn publish(&self, path: &std::path::Path) -> Result<(), StorageError> {
+        std::fs::rename(path, self.snapshot_dir.join(CURRENT_SNAPSHOT_FILE)).map_err(|error| write_error(&error))?;
+        std::fs::File::open(&self.snapshot_dir).and_then(|dir| dir.sync_all()).map_err(|error| write_error(&error))
+    }
+
     fn open_current(&self) -> Result<Option<(std::fs::File, SnapshotMeta)>, StorageError> {
         let path = self.snapshot_dir.join(CURRENT_SNAPSHOT_FILE);
         let file = match std::fs::File::open(&path) {
@@ -69,6 +82,9 @@ impl StateMachineStore {
             Err(error) => return Err(read_error(&error)),
         };
         let (_, meta, _) = SnapshotReader::open(file.try_clone().map_err(|error| read_error(&error))?)?;
+        // The clone shares the offset: rewind, so readers of the snapshot start at its header.
+        let mut file = file;
+        file.seek(SeekFrom::Start(0)).map_err(|error| read_error(&error))?;
         Ok(Some((file, meta)))
     }
 }
@@ -142,6 +158,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .open(&path)
             .await
             .map_err(|error| write_error(&error))?;
+        // The open handle is all openraft uses; unlinking now means an install never leaves the file behind.
+        tokio::fs::remove_file(&path).await.map_err(|error| write_error(&error))?;
         Ok(Box::new(file))
     }
 
@@ -162,6 +180,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             copy.sync_all().map_err(|error| write_error(&error))?;
             drop(copy);
 
+            let _guard = store.snapshot_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let file = std::fs::File::open(&copy_path).map_err(|error| read_error(&error))?;
             let (mut reader, file_meta, revision) = SnapshotReader::open(file)?;
             if file_meta.last_log_id != meta.last_log_id {
@@ -237,9 +256,17 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 writer.row(key.value(), value.value())?;
             }
             writer.finish()?;
-            let current = store.snapshot_dir.join(CURRENT_SNAPSHOT_FILE);
-            std::fs::rename(&path, &current).map_err(|error| write_error(&error))?;
-            let file = std::fs::File::open(&current).map_err(|error| read_error(&error))?;
+            let _guard = store.snapshot_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            // An install may have finished while this build ran: never replace a newer snapshot with an older one.
+            if let Some((file, current)) = store.open_current()?
+                && current.last_log_id >= meta.last_log_id
+            {
+                let _ = std::fs::remove_file(&path);
+                return Ok((file, current));
+            }
+            store.publish(&path)?;
+            let file = std::fs::File::open(store.snapshot_dir.join(CURRENT_SNAPSHOT_FILE))
+                .map_err(|error| read_error(&error))?;
             Ok((file, meta))
         })
         .await?;
