@@ -21,6 +21,13 @@ pub enum FrameError {
 }
 
 /// Encodes `message` as one frame (prefix included) in a single allocation.
+///
+/// ```
+/// use pando_protocol::frame;
+/// let bytes = frame::encode(&"hi").unwrap();
+/// assert_eq!(frame::body_length(bytes[..4].try_into().unwrap()), Ok(bytes.len() - 4));
+/// assert_eq!(frame::decode::<String>(&bytes[4..]).unwrap(), "hi");
+/// ```
 pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
     let mut out = vec![0u8; LENGTH_PREFIX_BYTES];
     rmp_serde::encode::write_named(&mut out, message).map_err(|error| FrameError::Encode(error.to_string()))?;
