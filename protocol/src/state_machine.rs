@@ -125,13 +125,7 @@ fn apply_kv(tables: &mut impl KvWrite, revision: &mut u64, request: &KvRequest) 
             KvResponse::Written { revision: next }
         }
         KvRequest::Txn { compares, success, failure } => {
-            let mut succeeded = true;
-            for compare in compares {
-                if !evaluate(&tables.get(&compare.key)?, compare) {
-                    succeeded = false;
-                    break;
-                }
-            }
+            let succeeded = compares_hold(tables, compares)?;
             let branch = if succeeded { success } else { failure };
             let mut results = Vec::with_capacity(branch.len());
             let mut changed = false;
@@ -177,13 +171,7 @@ pub fn read(tables: &impl KvRead, revision: u64, request: &KvRequest) -> Result<
             scan(tables, prefix, *limit, after.as_ref().map(|after| after.as_slice()))?
         }
         KvRequest::Txn { compares, success, failure } if !request.is_write() => {
-            let mut succeeded = true;
-            for compare in compares {
-                if !evaluate(&tables.get(&compare.key)?, compare) {
-                    succeeded = false;
-                    break;
-                }
-            }
+            let succeeded = compares_hold(tables, compares)?;
             let branch = if succeeded { success } else { failure };
             let mut results = Vec::with_capacity(branch.len());
             for op in branch {
@@ -237,6 +225,16 @@ fn conflict(key: &[u8], current: Option<StoredValue>) -> WireError {
     };
     WireError::new(ErrorCode::Conflict, message)
         .with_detail(ErrorDetail::Current { entry: current.map(|row| row.into_entry(key)) })
+}
+
+/// Whether every compare of a transaction holds, stopping at the first that does not.
+fn compares_hold(tables: &impl KvRead, compares: &[Compare]) -> Result<bool, StorageFault> {
+    for compare in compares {
+        if !evaluate(&tables.get(&compare.key)?, compare) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Evaluates one compare against a row (`None`: the key does not exist).

@@ -52,12 +52,12 @@ fn scan_rows(
     Ok(())
 }
 
-/// The KV table inside one write transaction.
-pub(crate) struct WriteTables<'txn> {
-    pub(crate) table: redb::Table<'txn, &'static [u8], &'static [u8]>,
+/// The KV table as the state machine core sees it: read-only inside a read transaction, writable inside a write one.
+pub(crate) struct Rows<T> {
+    pub(crate) table: T,
 }
 
-impl KvRead for WriteTables<'_> {
+impl<T: ReadableTable<&'static [u8], &'static [u8]>> KvRead for Rows<T> {
     fn get(&self, key: &[u8]) -> Result<Option<StoredValue>, StorageFault> {
         get_row(&self.table, key)
     }
@@ -72,7 +72,7 @@ impl KvRead for WriteTables<'_> {
     }
 }
 
-impl KvWrite for WriteTables<'_> {
+impl KvWrite for Rows<redb::Table<'_, &'static [u8], &'static [u8]>> {
     fn put(&mut self, key: &[u8], value: &StoredValue) -> Result<(), StorageFault> {
         self.table.insert(key, value.encode().as_slice()).map_err(fault)?;
         Ok(())
@@ -80,25 +80,6 @@ impl KvWrite for WriteTables<'_> {
 
     fn delete(&mut self, key: &[u8]) -> Result<bool, StorageFault> {
         Ok(self.table.remove(key).map_err(fault)?.is_some())
-    }
-}
-
-struct ReadTables {
-    table: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
-}
-
-impl KvRead for ReadTables {
-    fn get(&self, key: &[u8]) -> Result<Option<StoredValue>, StorageFault> {
-        get_row(&self.table, key)
-    }
-
-    fn scan(
-        &self,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        visit: &mut dyn FnMut(&[u8], StoredValue) -> ControlFlow<()>,
-    ) -> Result<(), StorageFault> {
-        scan_rows(&self.table, prefix, after, visit)
     }
 }
 
@@ -117,7 +98,7 @@ impl StateReader {
     pub fn read(&self, request: &KvRequest) -> Result<CommandResult, StorageFault> {
         let read = self.database.begin_read().map_err(fault)?;
         let revision = read_revision(&read.open_table(SM_META_TABLE).map_err(fault)?)?;
-        let tables = ReadTables { table: read.open_table(KV_TABLE).map_err(fault)? };
+        let tables = Rows { table: read.open_table(KV_TABLE).map_err(fault)? };
         state_machine::read(&tables, revision, request)
     }
 

@@ -12,7 +12,7 @@ use pando_protocol::command::ProposalOutcome;
 use pando_protocol::state_machine::apply_proposal;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
-use super::redb_tables::{WriteTables, read_revision};
+use super::redb_tables::{Rows, read_revision};
 use super::snapshot::{CURRENT_SNAPSHOT_FILE, SnapshotReader, SnapshotWriter};
 use super::{
     KV_TABLE, META_LAST_APPLIED, META_MEMBERSHIP, META_REVISION, SM_META_TABLE, blocking, decode, encode, read_error,
@@ -112,8 +112,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             {
                 let mut meta = write.open_table(SM_META_TABLE).map_err(|error| write_error(&error))?;
                 let mut revision = read_revision(&meta).map_err(|error| write_error(&error))?;
-                let mut tables =
-                    WriteTables { table: write.open_table(KV_TABLE).map_err(|error| write_error(&error))? };
+                let mut tables = Rows { table: write.open_table(KV_TABLE).map_err(|error| write_error(&error))? };
                 let mut last_applied = None;
                 for entry in &entries {
                     last_applied = Some(*entry.get_log_id());
