@@ -1,7 +1,8 @@
 //! The RpcGateway actor: owns the accept loop for client connections and bounds what clients can make it hold.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use iroh::Endpoint;
 use iroh::endpoint::{Connection, RecvStream, SendStream};
@@ -16,7 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::handler::{RpcContext, TokenCache, handle};
 use super::stream::{ReadFailure, read_request, write_response};
-use super::{RPC_CONNECTIONS_MAX, RPC_REQUESTS_IN_FLIGHT_MAX};
+use super::{
+    RPC_CONNECTION_AUTH_TIMEOUT_MS, RPC_CONNECTION_CHECK_INTERVAL_MS, RPC_CONNECTION_IDLE_TIMEOUT_MS,
+    RPC_CONNECTIONS_MAX, RPC_REQUESTS_IN_FLIGHT_MAX,
+};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RpcGateway;
@@ -152,20 +156,44 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
     }
 }
 
-/// Serves the streams of one connection until the client closes it.
+/// Serves the streams of one connection until the client closes it, it idles, or it never authenticates.
 async fn serve_connection(connection: Connection, shared: Arc<Shared>) {
     let remote = connection.remote_id();
     tracing::debug!(%remote, "client connected");
     // Streams of one connection share its token cache.
     let cache = Arc::new(std::sync::Mutex::new(TokenCache::default()));
+    let streams_open = Arc::new(AtomicUsize::new(0));
+    let connected_at = tokio::time::Instant::now();
+    let mut last_stream_at = connected_at;
     loop {
-        let (send, recv) = match connection.accept_bi().await {
+        let accepted = tokio::select! {
+            accepted = connection.accept_bi() => accepted,
+            () = tokio::time::sleep(Duration::from_millis(RPC_CONNECTION_CHECK_INTERVAL_MS)) => {
+                // A slot held by a client that never proves who it is, or that went quiet, is a slot another client lacks.
+                let authenticated = cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_authenticated();
+                if !authenticated && connected_at.elapsed() >= Duration::from_millis(RPC_CONNECTION_AUTH_TIMEOUT_MS) {
+                    tracing::debug!(%remote, "closing a connection that presented no valid token");
+                    connection.close(3u32.into(), b"no valid token presented");
+                    return;
+                }
+                if streams_open.load(Ordering::Relaxed) == 0
+                    && last_stream_at.elapsed() >= Duration::from_millis(RPC_CONNECTION_IDLE_TIMEOUT_MS)
+                {
+                    tracing::debug!(%remote, "closing an idle connection");
+                    connection.close(4u32.into(), b"idle");
+                    return;
+                }
+                continue;
+            }
+        };
+        let (send, recv) = match accepted {
             Ok(streams) => streams,
             Err(error) => {
                 tracing::debug!(%remote, %error, "client connection closed");
                 return;
             }
         };
+        last_stream_at = tokio::time::Instant::now();
         // The permit is taken before the request is read, so unanswered streams cannot pile up buffers.
         let Ok(permit) = shared.requests.clone().try_acquire_owned() else {
             shared.counters.requests_refused_busy.fetch_add(1, Ordering::Relaxed);
@@ -180,11 +208,14 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) {
         let shared = shared.clone();
         let cache = cache.clone();
         let shutdown = shared.shutdown.clone();
+        let streams_open = streams_open.clone();
+        streams_open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 () = serve_stream(send, recv, shared, cache) => {}
             }
+            streams_open.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     }

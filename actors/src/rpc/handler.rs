@@ -36,6 +36,13 @@ pub(crate) struct TokenCache {
     verified: Option<(CapabilityToken, Arc<TokenClaims>)>,
 }
 
+impl TokenCache {
+    /// Whether the connection ever presented a token that verified.
+    pub(crate) fn is_authenticated(&self) -> bool {
+        self.verified.is_some()
+    }
+}
+
 pub(crate) async fn handle(
     context: &RpcContext,
     cache: &Mutex<TokenCache>,

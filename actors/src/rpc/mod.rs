@@ -16,3 +16,9 @@ pub const RPC_CONNECTIONS_MAX: usize = 1024;
 pub const RPC_REQUEST_READ_TIMEOUT_MS: u64 = 10_000;
 /// Time a client gets to take the response before the stream is dropped.
 pub const RPC_RESPONSE_WRITE_TIMEOUT_MS: u64 = 10_000;
+/// A connection that has not presented a valid token this long after connecting is closed.
+pub const RPC_CONNECTION_AUTH_TIMEOUT_MS: u64 = 10_000;
+/// A connection with no stream open and no new stream for this long is closed (clients reconnect transparently).
+pub const RPC_CONNECTION_IDLE_TIMEOUT_MS: u64 = 120_000;
+/// How often a connection's auth and idle deadlines are checked.
+pub const RPC_CONNECTION_CHECK_INTERVAL_MS: u64 = 1_000;
