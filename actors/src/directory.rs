@@ -30,9 +30,19 @@ pub struct StoreHandles {
 pub struct Directory {
     raft: Arc<RwLock<Option<RaftHandles>>>,
     stores: Arc<RwLock<Option<StoreHandles>>>,
+    /// Public keys allowed to send Raft traffic besides the members in the log (the peers named when joining).
+    trusted_peers: Arc<RwLock<std::collections::BTreeSet<[u8; 32]>>>,
 }
 
 impl Directory {
+    pub fn trust_peer(&self, public_key: [u8; 32]) {
+        self.trusted_peers.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(public_key);
+    }
+
+    pub fn is_trusted_peer(&self, public_key: &[u8; 32]) -> bool {
+        self.trusted_peers.read().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(public_key)
+    }
+
     pub fn stores(&self) -> Option<StoreHandles> {
         self.stores.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }

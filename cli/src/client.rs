@@ -1,13 +1,14 @@
 //! The client: one QUIC connection (reused for every request), one bi-stream per request, deadlines on every stage.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use iroh::endpoint::{Connection, presets};
 use iroh::{Endpoint, EndpointAddr, PublicKey};
 use pando_protocol::alpn;
-use pando_protocol::cluster::{ClusterRequest, ClusterResponse, ClusterStatus};
+use pando_protocol::cluster::{ClusterRequest, ClusterResponse, ClusterStatus, MemberNode};
 use pando_protocol::envelope::{PROTOCOL_VERSION, Request, RequestEnvelope, Response, ResponseEnvelope};
+use pando_protocol::error::{ErrorCode, ErrorDetail};
 use pando_protocol::frame::{self, LENGTH_PREFIX_BYTES};
 use pando_protocol::kv::{Bytes, Compare, Consistency, KvEntry, KvRequest, KvResponse, TxnOp, TxnOpResult, WriteOp};
 use pando_protocol::limits::REQUEST_TIMEOUT_MS_DEFAULT;
@@ -17,7 +18,13 @@ use tokio::sync::Mutex;
 use crate::error::ClientError;
 
 /// How long establishing a connection to one node may take.
-pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+pub const CONNECT_TIMEOUT_MS: u64 = 1_500;
+/// Attempts per request (redirects to the leader and moves to another node included).
+pub const ATTEMPTS_MAX: usize = 64;
+/// A node that could not be reached is tried last (and not followed as leader) for this long.
+pub const UNREACHABLE_BACKOFF_MS: u64 = 3_000;
+/// Pause before asking again when no leader is known (an election is under way).
+pub const ELECTION_BACKOFF_MS: u64 = 150;
 
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -35,8 +42,23 @@ pub struct Client {
     endpoint: Endpoint,
     ticket: Ticket,
     options: ClientOptions,
-    connection: Mutex<Option<Connection>>,
+    /// The node requests go to, and the connection to it.
+    connection: Mutex<Option<(TicketNode, Connection)>>,
+    /// Index into the ticket's nodes to try first when no connection is open.
+    next_node: AtomicUsize,
     next_request_id: AtomicU64,
+    /// Nodes that could not be reached lately, and when; skipped for [`UNREACHABLE_BACKOFF_MS`].
+    unreachable: std::sync::Mutex<std::collections::BTreeMap<u64, tokio::time::Instant>>,
+}
+
+/// Why one attempt failed, and whether another attempt is safe.
+enum Attempt {
+    /// Nothing reached the node: retry elsewhere.
+    NotSent(ClientError),
+    /// The node refused without applying anything and named (or did not know) the leader.
+    Redirect(Option<TicketNode>),
+    /// Final: success or an error the caller must see.
+    Done(Result<Response, ClientError>),
 }
 
 impl Client {
@@ -47,7 +69,15 @@ impl Client {
             .bind()
             .await
             .map_err(|error| ClientError::Transport(format!("cannot open a local endpoint: {error}")))?;
-        Ok(Client { endpoint, ticket, options, connection: Mutex::new(None), next_request_id: AtomicU64::new(1) })
+        Ok(Client {
+            endpoint,
+            ticket,
+            options,
+            connection: Mutex::new(None),
+            next_node: AtomicUsize::new(0),
+            next_request_id: AtomicU64::new(1),
+            unreachable: std::sync::Mutex::default(),
+        })
     }
 
     pub fn ticket(&self) -> &Ticket {
@@ -56,7 +86,7 @@ impl Client {
 
     /// Closes the connection and the local endpoint.
     pub async fn close(&self) {
-        if let Some(connection) = self.connection.lock().await.take() {
+        if let Some((_, connection)) = self.connection.lock().await.take() {
             connection.close(0u32.into(), b"client closed");
         }
         self.endpoint.close().await;
@@ -64,16 +94,22 @@ impl Client {
 
     async fn connection(&self) -> Result<Connection, ClientError> {
         let mut cached = self.connection.lock().await;
-        if let Some(connection) = cached.as_ref()
+        if let Some((_, connection)) = cached.as_ref()
             && connection.close_reason().is_none()
         {
             return Ok(connection.clone());
         }
+        let nodes = &self.ticket.nodes;
+        let start = self.next_node.load(Ordering::Relaxed);
+        let mut order: Vec<usize> = (0..nodes.len()).map(|offset| (start + offset) % nodes.len()).collect();
+        // Nodes that just failed go last: a dead node costs a connect timeout.
+        order.sort_by_key(|index| self.recently_unreachable(nodes[*index].node_id));
         let mut last_error = None;
-        for node in &self.ticket.nodes {
-            match self.connect(node).await {
+        for index in order {
+            match self.connect(&nodes[index]).await {
                 Ok(connection) => {
-                    *cached = Some(connection.clone());
+                    self.next_node.store(index, Ordering::Relaxed);
+                    *cached = Some((nodes[index].clone(), connection.clone()));
                     return Ok(connection);
                 }
                 Err(error) => last_error = Some(error),
@@ -82,7 +118,38 @@ impl Client {
         Err(last_error.unwrap_or_else(|| ClientError::Invalid("ticket lists no nodes".into())))
     }
 
+    /// Forgets the current connection; the next attempt starts with the following node of the ticket.
+    async fn drop_connection(&self) {
+        if self.connection.lock().await.take().is_some() {
+            self.next_node.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn use_node(&self, node: TicketNode) -> Result<(), ClientError> {
+        let connection = self.connect(&node).await?;
+        if let Some(index) = self.ticket.nodes.iter().position(|known| known.node_id == node.node_id) {
+            self.next_node.store(index, Ordering::Relaxed);
+        }
+        *self.connection.lock().await = Some((node, connection));
+        Ok(())
+    }
+
+    fn recently_unreachable(&self, node_id: u64) -> bool {
+        let unreachable = self.unreachable.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        unreachable.get(&node_id).is_some_and(|at| at.elapsed() < Duration::from_millis(UNREACHABLE_BACKOFF_MS))
+    }
+
     async fn connect(&self, node: &TicketNode) -> Result<Connection, ClientError> {
+        let result = self.connect_once(node).await;
+        let mut unreachable = self.unreachable.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &result {
+            Ok(_) => unreachable.remove(&node.node_id),
+            Err(_) => unreachable.insert(node.node_id, tokio::time::Instant::now()),
+        };
+        result
+    }
+
+    async fn connect_once(&self, node: &TicketNode) -> Result<Connection, ClientError> {
         let key: [u8; 32] = node
             .node
             .public_key
@@ -106,60 +173,108 @@ impl Client {
         }
     }
 
-    /// Sends one request and waits for its response, within the client's deadline.
+    /// Sends one request and waits for its response, within the client's deadline. Follows `NOT_LEADER` to the
+    /// leader and moves to another node when one cannot be reached; never resends a request that may have been applied.
     pub async fn request(&self, body: Request) -> Result<Response, ClientError> {
         let timeout = self.options.timeout;
-        match tokio::time::timeout(timeout, self.request_inner(body, timeout)).await {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let attempts = async {
+            let mut last_error = None;
+            for _ in 0..ATTEMPTS_MAX {
+                match self.attempt(&body, deadline).await {
+                    Attempt::Done(result) => return result,
+                    Attempt::NotSent(error) => {
+                        self.drop_connection().await;
+                        last_error = Some(error);
+                    }
+                    Attempt::Redirect(Some(leader)) if self.recently_unreachable(leader.node_id) => {
+                        // The node still names a leader that just failed us: an election is probably under way.
+                        tokio::time::sleep(Duration::from_millis(ELECTION_BACKOFF_MS)).await;
+                    }
+                    Attempt::Redirect(Some(leader)) => {
+                        if let Err(error) = self.use_node(leader).await {
+                            self.drop_connection().await;
+                            last_error = Some(error);
+                        }
+                    }
+                    Attempt::Redirect(None) => {
+                        // An election is under way: give it a moment.
+                        tokio::time::sleep(Duration::from_millis(ELECTION_BACKOFF_MS)).await;
+                    }
+                }
+            }
+            Err(last_error.unwrap_or_else(|| ClientError::Transport("no leader found".into())))
+        };
+        match tokio::time::timeout_at(deadline, attempts).await {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout(format!("no response within {} ms", timeout.as_millis()))),
         }
     }
 
-    async fn request_inner(&self, body: Request, timeout: Duration) -> Result<Response, ClientError> {
+    async fn attempt(&self, body: &Request, deadline: tokio::time::Instant) -> Attempt {
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let envelope = RequestEnvelope {
             version: PROTOCOL_VERSION,
             request_id,
-            timeout_ms: timeout.as_millis().min(u32::MAX as u128) as u32,
+            timeout_ms: remaining.as_millis().clamp(1, u32::MAX as u128) as u32,
             token: self.ticket.token.clone(),
-            body,
+            body: body.clone(),
         };
-        let frame = frame::encode(&envelope).map_err(|error| ClientError::Invalid(error.to_string()))?;
-        let connection = self.connection().await?;
+        let frame = match frame::encode(&envelope) {
+            Ok(frame) => frame,
+            Err(error) => return Attempt::Done(Err(ClientError::Invalid(error.to_string()))),
+        };
+        let connection = match self.connection().await {
+            Ok(connection) => connection,
+            Err(error) => return Attempt::NotSent(error),
+        };
         let (mut send, mut recv) = match connection.open_bi().await {
             Ok(streams) => streams,
-            Err(_) => {
-                // A cached connection may have died since its last use: reconnect once. Nothing was sent yet.
-                self.connection.lock().await.take();
-                self.connection()
-                    .await?
-                    .open_bi()
-                    .await
-                    .map_err(|error| ClientError::Transport(format!("cannot open a stream: {error}")))?
-            }
+            Err(error) => return Attempt::NotSent(ClientError::Transport(format!("cannot open a stream: {error}"))),
         };
-        send.write_all(&frame)
-            .await
-            .map_err(|error| ClientError::Transport(format!("cannot send request: {error}")))?;
-        send.finish().map_err(|error| ClientError::Transport(format!("cannot finish request: {error}")))?;
-        let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
-        recv.read_exact(&mut prefix).await.map_err(|error| {
-            ClientError::Transport(format!("no response (the request may or may not have been applied): {error}"))
-        })?;
-        let length = frame::body_length(prefix).map_err(|error| ClientError::Protocol(error.to_string()))?;
-        let mut body = vec![0u8; length];
-        recv.read_exact(&mut body)
-            .await
-            .map_err(|error| ClientError::Transport(format!("response cut short: {error}")))?;
-        let response: ResponseEnvelope =
-            frame::decode(&body).map_err(|error| ClientError::Protocol(error.to_string()))?;
-        if response.request_id != request_id && response.request_id != 0 {
-            return Err(ClientError::Protocol(format!(
-                "response for request {} arrived on the stream of request {request_id}",
-                response.request_id
-            )));
+        if let Err(error) = send.write_all(&frame).await {
+            return Attempt::Done(Err(ClientError::Transport(format!("cannot send request: {error}"))));
         }
-        response.body.map_err(ClientError::Wire)
+        if let Err(error) = send.finish() {
+            return Attempt::Done(Err(ClientError::Transport(format!("cannot finish request: {error}"))));
+        }
+        let response = async {
+            let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+            recv.read_exact(&mut prefix).await.map_err(|error| {
+                ClientError::Transport(format!("no response (the request may or may not have been applied): {error}"))
+            })?;
+            let length = frame::body_length(prefix).map_err(|error| ClientError::Protocol(error.to_string()))?;
+            let mut body = vec![0u8; length];
+            recv.read_exact(&mut body)
+                .await
+                .map_err(|error| ClientError::Transport(format!("response cut short: {error}")))?;
+            let response: ResponseEnvelope =
+                frame::decode(&body).map_err(|error| ClientError::Protocol(error.to_string()))?;
+            if response.request_id != request_id && response.request_id != 0 {
+                return Err(ClientError::Protocol(format!(
+                    "response for request {} arrived on the stream of request {request_id}",
+                    response.request_id
+                )));
+            }
+            Ok(response.body)
+        };
+        match response.await {
+            Err(error) => {
+                // The connection may be dead: the next request dials again.
+                self.drop_connection().await;
+                Attempt::Done(Err(error))
+            }
+            Ok(Ok(response)) => Attempt::Done(Ok(response)),
+            Ok(Err(error)) if error.code == ErrorCode::NotLeader => match &error.detail {
+                Some(ErrorDetail::Leader { node_id, public_key, addrs }) => Attempt::Redirect(Some(TicketNode {
+                    node_id: *node_id,
+                    node: MemberNode { public_key: Bytes::from(public_key.clone()), addrs: addrs.clone() },
+                })),
+                _ => Attempt::Redirect(None),
+            },
+            Ok(Err(error)) => Attempt::Done(Err(ClientError::Wire(error))),
+        }
     }
 
     async fn kv(&self, request: KvRequest) -> Result<KvResponse, ClientError> {
@@ -243,6 +358,13 @@ impl Client {
     ) -> Result<(bool, u64, Vec<TxnOpResult>), ClientError> {
         match self.kv(KvRequest::Txn { compares, success, failure }).await? {
             KvResponse::Txn { succeeded, revision, results } => Ok((succeeded, revision, results)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn cluster(&self, request: ClusterRequest) -> Result<ClusterResponse, ClientError> {
+        match self.request(Request::Cluster(request)).await? {
+            Response::Cluster(response) => Ok(response),
             other => Err(unexpected(&other)),
         }
     }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use pando_client::pando_protocol::cluster::{ClusterRequest, ClusterResponse, MemberNode};
 use pando_client::pando_protocol::error::ErrorDetail;
 use pando_client::pando_protocol::kv::{Consistency, WriteOp};
 use pando_client::{Client, ClientError, ClientOptions};
@@ -130,9 +131,30 @@ enum KvCommand {
 
 #[derive(Debug, Subcommand)]
 enum ClusterCommand {
-    /// Members, leader, term, log and applied indexes.
+    /// Members, leader, term, log and applied indexes, each member's match index and lag.
     Status,
+    /// Exit 0 when a leader is known and every voter is within 1,000 entries of it, else 1.
+    Health,
+    /// Prometheus text metrics of the node.
+    Metrics,
+    /// Add a node as a learner (it replicates but does not vote).
+    AddLearner {
+        node_id: u64,
+        /// The node's public key in hex (its iroh id).
+        #[arg(long)]
+        public_key: String,
+        /// Address the node listens on (repeatable).
+        #[arg(long = "addr", required = true)]
+        addrs: Vec<std::net::SocketAddr>,
+    },
+    /// Make a caught-up learner a voter.
+    Promote { node_id: u64 },
+    /// Remove a node from the cluster.
+    Remove { node_id: u64 },
 }
+
+/// A voter further behind than this makes `pando cluster health` fail.
+const HEALTH_LAG_COUNT_MAX: u64 = 1_000;
 
 fn main() {
     let cli = Cli::parse();
@@ -199,6 +221,72 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::new(&ticket, options.clone()).await?;
     let result = match cli.command {
         Command::Kv(command) => kv(&client, command, cli.json).await,
+        Command::Cluster(ClusterCommand::Health) => {
+            let status = client.cluster_status().await?;
+            let lagging: Vec<u64> = status
+                .members
+                .iter()
+                .filter(|member| member.voter && member.lag.is_some_and(|lag| lag > HEALTH_LAG_COUNT_MAX))
+                .map(|member| member.node_id)
+                .collect();
+            let healthy = status.leader_id.is_some() && lagging.is_empty();
+            if cli.json {
+                print_json(&json!({ "healthy": healthy, "leader_id": status.leader_id, "lagging": lagging }));
+            } else {
+                println!(
+                    "{}: leader {:?}, {} members, lagging {:?}",
+                    if healthy { "healthy" } else { "unhealthy" },
+                    status.leader_id,
+                    status.members.len(),
+                    lagging
+                );
+            }
+            if !healthy {
+                anyhow::bail!("cluster is unhealthy");
+            }
+            Ok(())
+        }
+        Command::Cluster(ClusterCommand::Metrics) => {
+            match client.cluster(ClusterRequest::Metrics).await? {
+                ClusterResponse::Metrics { text } => {
+                    if cli.json {
+                        print_json(&json!({ "text": text }));
+                    } else {
+                        print!("{text}");
+                    }
+                }
+                other => anyhow::bail!("unexpected response {other:?}"),
+            }
+            Ok(())
+        }
+        Command::Cluster(
+            change @ (ClusterCommand::AddLearner { .. }
+            | ClusterCommand::Promote { .. }
+            | ClusterCommand::Remove { .. }),
+        ) => {
+            let request = match change {
+                ClusterCommand::AddLearner { node_id, public_key, addrs } => {
+                    let public_key = data_encoding::HEXLOWER
+                        .decode(public_key.to_lowercase().as_bytes())
+                        .map_err(|_| anyhow::anyhow!("--public-key takes 64 hex characters"))?;
+                    ClusterRequest::AddLearner { node_id, node: MemberNode { public_key: public_key.into(), addrs } }
+                }
+                ClusterCommand::Promote { node_id } => ClusterRequest::Promote { node_id },
+                ClusterCommand::Remove { node_id } => ClusterRequest::Remove { node_id },
+                _ => unreachable!("matched above"),
+            };
+            match client.cluster(request).await? {
+                ClusterResponse::MembershipChanged { log_index } => {
+                    if cli.json {
+                        print_json(&json!({ "log_index": log_index }));
+                    } else {
+                        println!("OK membership changed at log index {log_index}");
+                    }
+                }
+                other => anyhow::bail!("unexpected response {other:?}"),
+            }
+            Ok(())
+        }
         Command::Cluster(ClusterCommand::Status) => {
             let status = client.cluster_status().await?;
             if cli.json {
@@ -215,7 +303,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 for member in &status.members {
                     let kind = if member.voter { "voter" } else { "learner" };
-                    println!("  member {} {kind} {:?} {}", member.node_id, member.addrs, member.public_key);
+                    let replication = match (member.matched_index, member.lag) {
+                        (Some(matched), Some(lag)) => format!(" matched {matched} lag {lag}"),
+                        _ => String::new(),
+                    };
+                    println!(
+                        "  member {} {kind} {:?} {}{replication}",
+                        member.node_id, member.addrs, member.public_key
+                    );
                 }
             }
             Ok(())

@@ -24,6 +24,12 @@ pub struct NodeRecord {
     pub node_id: u64,
     pub cluster_id: Vec<u8>,
     pub bind: SocketAddr,
+    /// The node that initialised the cluster offers the single-node bootstrap on every start (openraft ignores it once
+    /// the log holds a membership); a node that joined never does.
+    pub founder: bool,
+    /// Public keys of the members this node was told about when it joined: trusted for Raft traffic before its own
+    /// log holds the membership.
+    pub seeds: Vec<[u8; 32]>,
 }
 
 pub struct Identity {
@@ -113,7 +119,17 @@ fn load_record(dir: &Path) -> anyhow::Result<Option<NodeRecord>> {
         .unwrap_or_default()
         .parse()
         .with_context(|| format!("{} has an invalid bind address", path.display()))?;
-    Ok(Some(NodeRecord { node_id, cluster_id, bind }))
+    let founder = value["founder"].as_bool().unwrap_or(true);
+    let mut seeds = Vec::new();
+    for seed in value["seeds"].as_array().into_iter().flatten() {
+        let bytes = data_encoding::HEXLOWER
+            .decode(seed.as_str().unwrap_or_default().as_bytes())
+            .with_context(|| format!("{} has an invalid seed key", path.display()))?;
+        seeds.push(
+            bytes.try_into().map_err(|_| anyhow::anyhow!("{} has a seed key that is not 32 bytes", path.display()))?,
+        );
+    }
+    Ok(Some(NodeRecord { node_id, cluster_id, bind, founder, seeds }))
 }
 
 pub fn save_record(dir: &Path, record: &NodeRecord) -> anyhow::Result<()> {
@@ -121,6 +137,8 @@ pub fn save_record(dir: &Path, record: &NodeRecord) -> anyhow::Result<()> {
         "node_id": record.node_id,
         "cluster_id": data_encoding::HEXLOWER.encode(&record.cluster_id),
         "bind": record.bind.to_string(),
+        "founder": record.founder,
+        "seeds": record.seeds.iter().map(|seed| data_encoding::HEXLOWER.encode(seed)).collect::<Vec<_>>(),
     });
     write_private(&dir.join(NODE_FILE), serde_json::to_string_pretty(&value)?.as_bytes())
 }
@@ -131,4 +149,12 @@ pub fn new_cluster_id() -> Vec<u8> {
 
 pub fn ticket_path(dir: &Path) -> PathBuf {
     dir.join("ticket")
+}
+
+pub fn join_ticket_path(dir: &Path) -> PathBuf {
+    dir.join("join-ticket")
+}
+
+pub fn cluster_key_path(dir: &Path) -> PathBuf {
+    dir.join(CLUSTER_KEY_FILE)
 }

@@ -3,34 +3,34 @@
 //! SIGINT/SIGTERM.
 
 mod identity;
+mod membership;
 mod tree;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 use ed25519_dalek::SigningKey;
 use iroh::endpoint::presets;
 use iroh::{Endpoint, SecretKey};
 use pando_actors::directory::Directory;
+use pando_actors::raft::transport::IrohNetwork;
 use pando_actors::rpc::RpcContext;
 use pando_actors::supervision::Supervisor;
 use pando_protocol::alpn;
 use pando_protocol::cluster::MemberNode;
 use pando_protocol::kv::Bytes;
-use pando_protocol::ticket::{Ticket, TicketNode};
-use pando_protocol::token::{Capability, CapabilityToken, TokenClaims};
 use ractor::Actor;
 use tracing_subscriber::EnvFilter;
 
 use crate::identity::NodeRecord;
 
-/// How long the node waits for its Raft instance to become leader of a fresh single-node cluster.
-const LEADER_WAIT_MS_MAX: u64 = 30_000;
+/// How long a starting node waits to learn a leader before it reports ready anyway.
+const LEADER_WAIT_MS_MAX: u64 = 10_000;
 /// How long an orderly shutdown may take before the process exits anyway.
 const SHUTDOWN_TIMEOUT_MS: u64 = 20_000;
 /// Log filter when `PANDO_LOG` is unset: openraft narrates every election at info level.
@@ -47,6 +47,9 @@ struct Args {
     /// Socket address to listen on (UDP, QUIC). Remembered in the data directory; later starts reuse it.
     #[arg(long, env = "PANDO_BIND")]
     bind: Option<SocketAddr>,
+    /// Join the cluster of this join ticket (the `join-ticket` file of any member) on first start.
+    #[arg(long, env = "PANDO_JOIN", hide_env_values = true)]
+    join: Option<String>,
     /// Raft snapshot after this many log entries since the last one.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
@@ -67,7 +70,6 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<i32> {
     identity::prepare_data_dir(&args.data_dir)?;
     let identity = identity::load_or_create(&args.data_dir)?;
-    let first_start = identity.record.is_none();
     let bind = match (args.bind, &identity.record) {
         (Some(bind), _) => bind,
         (None, Some(record)) => record.bind,
@@ -80,7 +82,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     let secret = SecretKey::from_bytes(&identity.node_key);
     let endpoint = Endpoint::builder(presets::Minimal)
         .secret_key(secret.clone())
-        .alpns(vec![alpn::RPC.to_vec()])
+        .alpns(vec![alpn::RPC.to_vec(), alpn::RAFT.to_vec()])
         .clear_ip_transports()
         .bind_addr(bind)
         .with_context(|| format!("invalid bind address {bind}"))?
@@ -88,18 +90,49 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("cannot listen on {bind}"))?;
     let bound = *endpoint.bound_sockets().first().context("endpoint has no bound socket")?;
+    let me = MemberNode { public_key: Bytes::from(secret.public().as_bytes().to_vec()), addrs: vec![bound] };
 
-    let record = match identity.record {
-        Some(record) => NodeRecord { bind: bound, ..record },
-        None => NodeRecord { node_id: 1, cluster_id: identity::new_cluster_id(), bind: bound },
+    let (record, cluster_key) = match (identity.record, &args.join) {
+        (Some(record), join) => {
+            if join.is_some() {
+                tracing::warn!("--join ignored: this node already belongs to a cluster");
+            }
+            (NodeRecord { bind: bound, ..record }, identity.cluster_key)
+        }
+        (None, Some(join_ticket)) => {
+            let joined = membership::join(join_ticket, me.clone()).await?;
+            identity::write_private(&identity::cluster_key_path(&args.data_dir), &joined.cluster_secret_key)?;
+            let seeds =
+                joined.members.iter().filter_map(|member| member.node.public_key.as_slice().try_into().ok()).collect();
+            tracing::info!(node_id = joined.node_id, "joined the cluster as a learner");
+            let record = NodeRecord {
+                node_id: joined.node_id,
+                cluster_id: joined.cluster_id,
+                bind: bound,
+                founder: false,
+                seeds,
+            };
+            (record, joined.cluster_secret_key)
+        }
+        (None, None) => {
+            let record = NodeRecord {
+                node_id: 1,
+                cluster_id: identity::new_cluster_id(),
+                bind: bound,
+                founder: true,
+                seeds: Vec::new(),
+            };
+            (record, identity.cluster_key)
+        }
     };
     // Persist the actual port, so a restart listens where clients and peers already look.
     identity::save_record(&args.data_dir, &record)?;
 
-    let public_key = Bytes::from(secret.public().as_bytes().to_vec());
-    let me = MemberNode { public_key: public_key.clone(), addrs: vec![bound] };
-    let cluster_signing_key = SigningKey::from_bytes(&identity.cluster_key);
+    let cluster_signing_key = SigningKey::from_bytes(&cluster_key);
     let directory = Directory::default();
+    for seed in &record.seeds {
+        directory.trust_peer(*seed);
+    }
     let mut raft_config = pando_actors::raft::default_config();
     raft_config.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(args.snapshot_every);
     let raft_config = Arc::new(raft_config.validate().context("invalid raft configuration")?);
@@ -107,14 +140,17 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         data_dir: args.data_dir.clone(),
         node_id: record.node_id,
         raft_config,
-        // Always offered: openraft refuses (and the RaftActor ignores) initialisation once the log holds a membership,
-        // so a crash between writing node.json and the first membership entry cannot leave an uninitialised node.
-        bootstrap: Some(BTreeMap::from([(record.node_id, me.clone())])),
+        // The founder always offers the bootstrap: openraft refuses (and the RaftActor ignores) initialisation once the
+        // log holds a membership, so a crash before the first membership entry cannot leave it uninitialised.
+        bootstrap: record.founder.then(|| BTreeMap::from([(record.node_id, me.clone())])),
         endpoint: endpoint.clone(),
+        network: IrohNetwork::new(endpoint.clone()),
         context: RpcContext {
             node_id: record.node_id,
             cluster_id: record.cluster_id.clone(),
             cluster_key: cluster_signing_key.verifying_key(),
+            cluster_secret_key: cluster_key,
+            membership_lock: Arc::default(),
             directory: directory.clone(),
         },
         directory: directory.clone(),
@@ -122,26 +158,19 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     let (root, root_handle) =
         Actor::spawn(None, Supervisor, tree).await.context("cannot start the supervision tree")?;
 
-    wait_for_leader(&directory, record.node_id).await?;
-    let ticket = Ticket {
-        cluster_id: Bytes::from(record.cluster_id.clone()),
-        cluster_key: Bytes::from(cluster_signing_key.verifying_key().to_bytes().to_vec()),
-        nodes: vec![TicketNode { node_id: record.node_id, node: me }],
-        token: Some(CapabilityToken::sign(
-            &TokenClaims {
-                cluster_id: Bytes::from(record.cluster_id.clone()),
-                subject: "admin".into(),
-                capabilities: vec![Capability::All],
-                issued_at_ms: SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64,
-                expires_at_ms: None,
-            },
-            &cluster_signing_key,
-        )),
+    if !wait_for_leader(&directory).await {
+        tracing::warn!("no leader known after {LEADER_WAIT_MS_MAX} ms; serving anyway (a quorum may be down)");
     }
-    .encode();
-    let ticket_path = identity::ticket_path(&args.data_dir);
-    identity::write_private(&ticket_path, ticket.as_bytes())?;
-    tracing::info!(node_id = record.node_id, addr = %bound, ticket = %ticket_path.display(), first_start, "node ready");
+    let cluster_identity = membership::ClusterIdentity {
+        node_id: record.node_id,
+        cluster_id: record.cluster_id.clone(),
+        signing_key: cluster_signing_key,
+        me,
+    };
+    let ticket = membership::write_tickets(&args.data_dir, &cluster_identity, &directory)?;
+    let duties =
+        tokio::spawn(membership::duties(args.data_dir.clone(), cluster_identity, directory.clone(), !record.founder));
+    tracing::info!(node_id = record.node_id, addr = %bound, ticket = %identity::ticket_path(&args.data_dir).display(), "node ready");
     println!("{ticket}");
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -160,26 +189,25 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             tracing::warn!("supervision tree did not stop within {SHUTDOWN_TIMEOUT_MS} ms");
         }
     }
+    duties.abort();
     endpoint.close().await;
     tracing::info!("stopped");
     Ok(code)
 }
 
-async fn wait_for_leader(directory: &Directory, node_id: u64) -> anyhow::Result<()> {
+/// Waits (bounded) until this node knows a leader; says whether it does.
+async fn wait_for_leader(directory: &Directory) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(LEADER_WAIT_MS_MAX);
-    loop {
+    while tokio::time::Instant::now() < deadline {
         if let Some(handles) = directory.raft() {
             let mut metrics = handles.raft.metrics();
-            let leader = metrics.borrow().current_leader;
-            if leader == Some(node_id) {
-                return Ok(());
+            if metrics.borrow().current_leader.is_some() {
+                return true;
             }
             let _ = tokio::time::timeout_at(deadline, metrics.changed()).await;
         } else {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("node {node_id} did not become leader within {LEADER_WAIT_MS_MAX} ms");
-        }
     }
+    false
 }

@@ -22,6 +22,7 @@ pub struct TreeConfig {
     pub raft_config: Arc<openraft::Config>,
     pub bootstrap: Option<BTreeMap<u64, MemberNode>>,
     pub endpoint: iroh::Endpoint,
+    pub network: pando_actors::raft::transport::IrohNetwork,
     pub context: RpcContext,
     pub directory: Directory,
 }
@@ -42,6 +43,7 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
             config: config.raft_config,
             bootstrap: config.bootstrap,
             directory: config.directory.clone(),
+            network: config.network,
         },
     )
     .with_shutdown_timeout(Duration::from_secs(10));

@@ -24,11 +24,51 @@ impl std::fmt::Display for MemberNode {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClusterRequest {
     Status,
+    /// A new node asks to join; needs a join token. The leader assigns an id and adds the node as a learner.
+    Join {
+        node: MemberNode,
+    },
+    /// Adds a node as a learner under a chosen id.
+    AddLearner {
+        node_id: u64,
+        node: MemberNode,
+    },
+    /// Makes a learner a voter once it has caught up.
+    Promote {
+        node_id: u64,
+    },
+    /// Removes a node from the cluster (voter or learner).
+    Remove {
+        node_id: u64,
+    },
+    /// A member announces the addresses it listens on now (after a restart on another port).
+    UpdateAddress {
+        node_id: u64,
+        node: MemberNode,
+    },
+    /// Prometheus text exposition of this node's metrics.
+    Metrics,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClusterResponse {
     Status(ClusterStatus),
+    /// Answer to [`ClusterRequest::Join`]: the new node's id and what it needs to act as a member.
+    Joined {
+        node_id: u64,
+        cluster_id: Bytes,
+        /// The cluster's token signing key (32 secret bytes), so every member can issue client tickets.
+        cluster_secret_key: Bytes,
+        /// Current members, which the joiner trusts for Raft traffic until its own log holds the membership.
+        members: Vec<crate::ticket::TicketNode>,
+    },
+    /// A membership change committed at this log index.
+    MembershipChanged {
+        log_index: u64,
+    },
+    Metrics {
+        text: String,
+    },
 }
 
 /// One member as the status reports it.
@@ -40,6 +80,10 @@ pub struct MemberStatus {
     pub addrs: Vec<SocketAddr>,
     /// Voters count toward quorum; learners only replicate.
     pub voter: bool,
+    /// On the leader: the last log index known replicated to this member.
+    pub matched_index: Option<u64>,
+    /// On the leader: how many entries this member is behind the leader's last log index.
+    pub lag: Option<u64>,
 }
 
 /// A node's view of the cluster.
@@ -57,6 +101,10 @@ pub struct ClusterStatus {
     pub last_applied_index: Option<u64>,
     /// The KV store revision at the last applied entry.
     pub revision: u64,
+    /// Last log index covered by this node's latest snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Last log index purged from this node's log.
+    pub purged_index: Option<u64>,
     pub members: Vec<MemberStatus>,
 }
 

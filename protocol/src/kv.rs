@@ -228,6 +228,13 @@ impl TxnOp {
         }
     }
 
+    fn payload_bytes(&self) -> usize {
+        match self {
+            TxnOp::Put { key, value } => key.len() + value.len(),
+            TxnOp::Delete { key } | TxnOp::Get { key } => key.len(),
+        }
+    }
+
     /// The key this operation touches.
     pub fn key(&self) -> &[u8] {
         match self {
@@ -319,6 +326,31 @@ impl KvRequest {
         }
     }
 
+    /// Bytes of keys and values the request carries (what it weighs in a log entry).
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            KvRequest::Get { key, .. } | KvRequest::Delete { key } => key.len(),
+            KvRequest::Put { key, value } => key.len() + value.len(),
+            KvRequest::Cas { key, expected, value } => {
+                key.len() + value.len() + expected.as_ref().map_or(0, |e| e.len())
+            }
+            KvRequest::Cad { key, expected } => key.len() + expected.len(),
+            KvRequest::Scan { prefix, after, .. } => prefix.len() + after.as_ref().map_or(0, |a| a.len()),
+            KvRequest::BatchGet { keys, .. } => keys.iter().map(|key| key.len()).sum(),
+            KvRequest::BatchWrite { ops } => ops
+                .iter()
+                .map(|op| match op {
+                    WriteOp::Put { key, value } => key.len() + value.len(),
+                    WriteOp::Delete { key } => key.len(),
+                })
+                .sum(),
+            KvRequest::Txn { compares, success, failure } => {
+                compares.iter().map(|compare| compare.key.len() + compare_operand_bytes(&compare.target)).sum::<usize>()
+                    + success.iter().chain(failure).map(TxnOp::payload_bytes).sum::<usize>()
+            }
+        }
+    }
+
     /// Whether the request changes state and therefore goes through the Raft log.
     pub fn is_write(&self) -> bool {
         match self {
@@ -354,6 +386,13 @@ impl KvRequest {
                 .chain(success.iter().chain(failure).map(TxnOp::key))
                 .collect(),
         }
+    }
+}
+
+fn compare_operand_bytes(target: &CompareTarget) -> usize {
+    match target {
+        CompareTarget::Value(value) => value.len(),
+        _ => 8,
     }
 }
 

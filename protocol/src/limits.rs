@@ -33,3 +33,11 @@ pub const REQUEST_TIMEOUT_MS_DEFAULT: u32 = 10_000;
 pub const TICKET_NODES_COUNT_MAX: usize = 16;
 /// Most characters of an encoded ticket we try to decode.
 pub const TICKET_TEXT_BYTES_MAX: usize = 16 * 1024;
+/// Largest Raft frame between members (a batch of log entries or a snapshot chunk).
+pub const RAFT_FRAME_SIZE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest snapshot chunk sent in one Raft frame.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1024 * 1024;
+/// Most log entries in one AppendEntries frame.
+pub const APPEND_ENTRIES_COUNT_MAX: u64 = 8;
+/// Most bytes of keys and values one proposal (one log entry) may carry, so AppendEntries frames stay bounded.
+pub const PROPOSAL_BYTES_MAX: usize = 3 * 1024 * 1024;

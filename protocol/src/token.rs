@@ -23,6 +23,8 @@ pub enum Capability {
     KvWrite { prefix: Bytes },
     /// Read cluster status.
     ClusterRead,
+    /// Join the cluster as a new node (what a join ticket carries).
+    ClusterJoin,
 }
 
 /// What a request needs.
@@ -31,6 +33,9 @@ pub enum Access<'a> {
     KvRead(&'a [u8]),
     KvWrite(&'a [u8]),
     ClusterRead,
+    ClusterJoin,
+    /// Membership changes.
+    ClusterAdmin,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +124,7 @@ impl TokenClaims {
             (Capability::KvWrite { prefix }, Access::KvRead(key) | Access::KvWrite(key)) => key.starts_with(prefix),
             (Capability::KvRead { prefix }, Access::KvRead(key)) => key.starts_with(prefix),
             (Capability::ClusterRead, Access::ClusterRead) => true,
+            (Capability::ClusterJoin, Access::ClusterJoin) => true,
             _ => false,
         })
     }

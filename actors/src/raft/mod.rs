@@ -1,7 +1,7 @@
 //! Raft: openraft's type configuration, the network between members, and the RaftActor that group-commits proposals.
 
-pub mod network;
 pub mod raft_actor;
+pub mod transport;
 pub mod type_config;
 
 pub use raft_actor::{RaftActor, RaftArgs, RaftMsg};
@@ -14,6 +14,8 @@ pub fn default_config() -> openraft::Config {
         election_timeout_min: 400,
         election_timeout_max: 800,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
+        snapshot_max_chunk_size: pando_protocol::limits::SNAPSHOT_CHUNK_BYTES_MAX as u64,
+        max_payload_entries: pando_protocol::limits::APPEND_ENTRIES_COUNT_MAX,
         max_in_snapshot_log_to_keep: 1_000,
         purge_batch_size: 256,
         ..Default::default()

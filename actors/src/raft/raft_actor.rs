@@ -13,10 +13,11 @@ use openraft::error::{ClientWriteError, RaftError};
 use pando_protocol::cluster::MemberNode;
 use pando_protocol::command::{Command, CommandResult, Proposal};
 use pando_protocol::error::{ErrorCode, ErrorDetail, WireError};
+use pando_protocol::limits::PROPOSAL_BYTES_MAX;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 
-use super::network::PeerNetwork;
+use super::transport::IrohNetwork;
 use super::type_config::{NodeId, Raft};
 use crate::directory::{Directory, RaftHandles};
 
@@ -39,6 +40,7 @@ pub struct RaftArgs {
     /// Members to initialise the cluster with when the log is empty (first start of the first node).
     pub bootstrap: Option<BTreeMap<NodeId, MemberNode>>,
     pub directory: Directory,
+    pub network: IrohNetwork,
 }
 
 pub enum RaftMsg {
@@ -91,7 +93,8 @@ impl Actor for RaftActor {
             }
         }
         let stores = args.directory.stores().ok_or("storage is not open")?;
-        let raft = Raft::new(args.node_id, args.config.clone(), PeerNetwork, stores.log, stores.state_machine).await?;
+        let raft = Raft::new(args.node_id, args.config.clone(), args.network.clone(), stores.log, stores.state_machine)
+            .await?;
         if let Some(members) = &args.bootstrap {
             match raft.initialize(members.clone()).await {
                 Ok(()) => tracing::info!(node_id = args.node_id, "initialised a new cluster"),
@@ -174,7 +177,17 @@ impl Actor for RaftActor {
 /// Starts batches while there is room in flight and work pending.
 fn flush(myself: &ActorRef<RaftMsg>, state: &mut RaftState) {
     while state.in_flight_count < PROPOSALS_IN_FLIGHT_MAX && !state.pending.is_empty() {
-        let count = state.pending.len().min(PROPOSAL_BATCH_COUNT_MAX);
+        // Bounded by count and by bytes, so one log entry (and so one AppendEntries frame) stays bounded.
+        let mut count = 0;
+        let mut batch_bytes = 0;
+        for (command, _) in state.pending.iter().take(PROPOSAL_BATCH_COUNT_MAX) {
+            let command_bytes = command_payload_bytes(command);
+            if count > 0 && batch_bytes + command_bytes > PROPOSAL_BYTES_MAX {
+                break;
+            }
+            batch_bytes += command_bytes;
+            count += 1;
+        }
         let mut commands = Vec::with_capacity(count);
         let mut replies = Vec::with_capacity(count);
         for (command, reply) in state.pending.drain(..count) {
@@ -250,6 +263,13 @@ pub fn not_leader(leader_id: Option<NodeId>, leader_node: Option<MemberNode>) ->
             addrs: node.addrs,
         }),
         _ => error,
+    }
+}
+
+/// Key and value bytes a command carries.
+fn command_payload_bytes(command: &Command) -> usize {
+    match command {
+        Command::Kv(request) => request.payload_bytes(),
     }
 }
 

@@ -12,6 +12,7 @@ use pando_protocol::state_machine::put_request;
 use ractor::{Actor, ActorRef};
 
 use super::raft_actor::RaftActorStatus;
+use super::transport::IrohNetwork;
 use super::{RaftActor, RaftArgs, RaftMsg};
 use crate::directory::Directory;
 use crate::storage;
@@ -24,6 +25,15 @@ async fn start(dir: &std::path::Path, directory: &Directory) -> ActorRef<RaftMsg
         config: Arc::new(super::default_config().validate().unwrap()),
         bootstrap: Some(BTreeMap::from([(1, MemberNode { public_key: bytes(vec![1; 32]), addrs: vec![] })])),
         directory: directory.clone(),
+        network: IrohNetwork::new(
+            iroh::Endpoint::builder(iroh::endpoint::presets::Minimal)
+                .clear_ip_transports()
+                .bind_addr("127.0.0.1:0")
+                .unwrap()
+                .bind()
+                .await
+                .unwrap(),
+        ),
     };
     if directory.stores().is_none() {
         directory.set_stores(storage::open(dir).unwrap());

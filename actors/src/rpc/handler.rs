@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::VerifyingKey;
 use openraft::error::{CheckIsLeaderError, RaftError};
-use pando_protocol::cluster::{ClusterRequest, ClusterResponse, ClusterStatus, MemberStatus, hex};
+use pando_protocol::cluster::{ClusterRequest, ClusterResponse};
 use pando_protocol::command::Command;
 use pando_protocol::envelope::{Request, RequestEnvelope, Response, ResponseEnvelope};
 use pando_protocol::error::{ErrorCode, WireError};
@@ -15,6 +15,7 @@ use pando_protocol::limits::{REQUEST_TIMEOUT_MS_DEFAULT, REQUEST_TIMEOUT_MS_MAX}
 use pando_protocol::token::{Access, CapabilityToken, TokenClaims};
 use ractor::RpcReplyPort;
 
+use super::cluster;
 use crate::directory::Directory;
 use crate::raft::RaftMsg;
 use crate::raft::raft_actor::not_leader;
@@ -27,6 +28,10 @@ pub struct RpcContext {
     pub cluster_id: Vec<u8>,
     /// Verifies capability tokens.
     pub cluster_key: VerifyingKey,
+    /// Handed to nodes that join, so every member can issue client tickets.
+    pub cluster_secret_key: [u8; 32],
+    /// Serialises membership changes made through this node.
+    pub membership_lock: Arc<tokio::sync::Mutex<()>>,
     pub directory: Directory,
 }
 
@@ -108,6 +113,8 @@ fn authorise(claims: &TokenClaims, access: Access<'_>) -> Result<(), WireError> 
         Access::KvRead(_) => "read this key",
         Access::KvWrite(_) => "write this key",
         Access::ClusterRead => "read cluster status",
+        Access::ClusterJoin => "join the cluster",
+        Access::ClusterAdmin => "change cluster membership",
     };
     Err(WireError::new(ErrorCode::Unauthorized, format!("token of `{}` may not {what}", claims.subject)))
 }
@@ -129,9 +136,38 @@ async fn execute(
                 if write { propose(context, request, timeout).await? } else { read(context, request).await? };
             Ok(Response::Kv(response))
         }
-        Request::Cluster(ClusterRequest::Status) => {
-            authorise(claims, Access::ClusterRead)?;
-            Ok(Response::Cluster(ClusterResponse::Status(status(context)?)))
+        Request::Cluster(request) => {
+            let response = match request {
+                ClusterRequest::Status => {
+                    authorise(claims, Access::ClusterRead)?;
+                    ClusterResponse::Status(cluster::status(context)?)
+                }
+                ClusterRequest::Metrics => {
+                    authorise(claims, Access::ClusterRead)?;
+                    cluster::metrics(context)?
+                }
+                ClusterRequest::Join { node } => {
+                    authorise(claims, Access::ClusterJoin)?;
+                    cluster::join(context, node).await?
+                }
+                ClusterRequest::AddLearner { node_id, node } => {
+                    authorise(claims, Access::ClusterAdmin)?;
+                    cluster::add_learner(context, node_id, node).await?
+                }
+                ClusterRequest::Promote { node_id } => {
+                    authorise(claims, Access::ClusterAdmin)?;
+                    cluster::promote(context, node_id).await?
+                }
+                ClusterRequest::Remove { node_id } => {
+                    authorise(claims, Access::ClusterAdmin)?;
+                    cluster::remove(context, node_id).await?
+                }
+                ClusterRequest::UpdateAddress { node_id, node } => {
+                    authorise(claims, Access::ClusterAdmin)?;
+                    cluster::update_address(context, node_id, node).await?
+                }
+            };
+            Ok(Response::Cluster(response))
         }
     }
 }
@@ -187,37 +223,4 @@ async fn read(context: &RpcContext, request: KvRequest) -> Result<KvResponse, Wi
         Ok(result) => result,
         Err(fault) => Err(WireError::internal(fault.to_string())),
     }
-}
-
-fn status(context: &RpcContext) -> Result<ClusterStatus, WireError> {
-    let handles =
-        context.directory.raft().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "raft is not running"))?;
-    let metrics = handles.raft.metrics().borrow().clone();
-    let membership = metrics.membership_config.membership();
-    let members = membership
-        .nodes()
-        .map(|(node_id, node)| MemberStatus {
-            node_id: *node_id,
-            public_key: hex(&node.public_key),
-            addrs: node.addrs.clone(),
-            voter: membership.voter_ids().any(|voter| voter == *node_id),
-        })
-        .collect();
-    Ok(ClusterStatus {
-        cluster_id: hex(&context.cluster_id),
-        node_id: context.node_id,
-        role: format!("{:?}", metrics.state),
-        leader_id: metrics.current_leader,
-        term: metrics.current_term,
-        last_log_index: metrics.last_log_index,
-        last_applied_index: metrics.last_applied.map(|log_id| log_id.index),
-        revision: context
-            .directory
-            .stores()
-            .ok_or_else(|| WireError::new(ErrorCode::Unavailable, "storage is not open"))?
-            .reader
-            .revision()
-            .map_err(|fault| WireError::internal(fault.to_string()))?,
-        members,
-    })
 }

@@ -254,7 +254,16 @@ fn cluster_messages_round_trip() {
         last_log_index: Some(3),
         last_applied_index: Some(3),
         revision: 5,
-        members: vec![MemberStatus { node_id: 1, public_key: "cd".into(), addrs: vec![], voter: true }],
+        members: vec![MemberStatus {
+            node_id: 1,
+            public_key: "cd".into(),
+            addrs: vec![],
+            voter: true,
+            matched_index: Some(3),
+            lag: Some(0),
+        }],
+        snapshot_index: None,
+        purged_index: None,
     };
     let response = ResponseEnvelope { request_id: 1, body: Ok(Response::Cluster(ClusterResponse::Status(status))) };
     assert_eq!(decode::<ResponseEnvelope>(&encode(&response).unwrap()[4..]).unwrap(), response);

@@ -1,0 +1,277 @@
+//! Raft between members over iroh (ALPN `pando/raft/1`): one pooled connection per peer, one bi-stream per RPC, a
+//! deadline on every stage. Each RPC has its own QUIC stream, so a snapshot chunk or a large append never holds up a
+//! heartbeat behind it (QUIC streams have no head-of-line blocking between them).
+//!
+//! Only members are served: the remote's iroh identity must be a node of the current membership, or a peer this node
+//! was told to trust when it joined (its own log holds no membership until the leader replicates it).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iroh::endpoint::{Connection, RecvStream, SendStream};
+use iroh::{Endpoint, EndpointAddr, PublicKey};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use pando_protocol::alpn;
+use pando_protocol::cluster::MemberNode;
+use pando_protocol::frame::{self, LENGTH_PREFIX_BYTES};
+use pando_protocol::limits::RAFT_FRAME_SIZE_BYTES_MAX;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+use tokio::sync::Mutex;
+
+use super::type_config::{NodeId, TypeConfig};
+use crate::directory::Directory;
+
+/// How long dialling a peer may take.
+pub const RAFT_CONNECT_TIMEOUT_MS: u64 = 3_000;
+/// Deadline of one RPC when openraft gives none.
+pub const RAFT_RPC_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Raft RPCs one peer connection serves at once.
+pub const RAFT_STREAMS_PER_PEER_MAX: usize = 64;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftResponse {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    /// The peer would not serve the request (not running, or we are not a member).
+    Refused(String),
+}
+
+/// openraft's network factory over the node's iroh endpoint.
+/// One peer's pooled connection. Each peer has its own lock, so dialling a dead peer never delays RPCs to the others.
+type PeerSlot = Arc<Mutex<Option<Connection>>>;
+
+#[derive(Clone)]
+pub struct IrohNetwork {
+    endpoint: Endpoint,
+    pool: Arc<std::sync::Mutex<BTreeMap<NodeId, PeerSlot>>>,
+}
+
+impl IrohNetwork {
+    pub fn new(endpoint: Endpoint) -> IrohNetwork {
+        IrohNetwork { endpoint, pool: Arc::default() }
+    }
+}
+
+pub struct PeerClient {
+    target: NodeId,
+    node: MemberNode,
+    network: IrohNetwork,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TransportError(String);
+
+impl RaftNetworkFactory<TypeConfig> for IrohNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> PeerClient {
+        PeerClient { target, node: node.clone(), network: self.clone() }
+    }
+}
+
+impl PeerClient {
+    fn slot(&self) -> PeerSlot {
+        let mut pool = self.network.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        pool.entry(self.target).or_default().clone()
+    }
+
+    async fn connection(&self) -> Result<Connection, TransportError> {
+        let slot = self.slot();
+        let mut pooled = slot.lock().await;
+        if let Some(connection) = pooled.as_ref()
+            && connection.close_reason().is_none()
+        {
+            return Ok(connection.clone());
+        }
+        let key: [u8; 32] = self
+            .node
+            .public_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| TransportError(format!("node {} has a malformed public key", self.target)))?;
+        let key = PublicKey::from_bytes(&key).map_err(|error| TransportError(error.to_string()))?;
+        let mut addr = EndpointAddr::new(key);
+        for socket in &self.node.addrs {
+            addr = addr.with_ip_addr(*socket);
+        }
+        let connect = self.network.endpoint.connect(addr, alpn::RAFT);
+        let connection = match tokio::time::timeout(Duration::from_millis(RAFT_CONNECT_TIMEOUT_MS), connect).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) => return Err(TransportError(format!("cannot connect to node {}: {error}", self.target))),
+            Err(_) => return Err(TransportError(format!("connecting to node {} timed out", self.target))),
+        };
+        *pooled = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn forget(&self) {
+        self.slot().lock().await.take();
+    }
+
+    /// One RPC: a fresh stream on the pooled connection, request frame out, response frame in, within `timeout`.
+    async fn call(&self, request: &RaftRequest, timeout: Duration) -> Result<RaftResponse, TransportError> {
+        let bytes = frame::encode_within(request, RAFT_FRAME_SIZE_BYTES_MAX)
+            .map_err(|error| TransportError(format!("cannot encode raft request: {error}")))?;
+        let exchange = async {
+            let connection = self.connection().await?;
+            let (mut send, mut recv) =
+                connection.open_bi().await.map_err(|error| TransportError(format!("cannot open stream: {error}")))?;
+            send.write_all(&bytes).await.map_err(|error| TransportError(format!("cannot send: {error}")))?;
+            send.finish().map_err(|error| TransportError(format!("cannot finish: {error}")))?;
+            read_frame(&mut recv).await.map_err(TransportError)
+        };
+        let result = match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(TransportError(format!("raft rpc to node {} timed out after {timeout:?}", self.target))),
+        };
+        if result.is_err() {
+            // A broken connection is redialled on the next call, with the membership's current addresses.
+            self.forget().await;
+        }
+        result.and_then(|body| frame::decode(&body).map_err(|error| TransportError(error.to_string())))
+    }
+}
+
+fn timeout_of(option: &RPCOption) -> Duration {
+    let hard = option.hard_ttl();
+    if hard.is_zero() { Duration::from_millis(RAFT_RPC_TIMEOUT_MS_DEFAULT) } else { hard }
+}
+
+fn unreachable<E: std::error::Error>(error: TransportError) -> RPCError<NodeId, MemberNode, E> {
+    RPCError::Unreachable(Unreachable::new(&error))
+}
+
+fn refused<E: std::error::Error>(reason: String) -> RPCError<NodeId, MemberNode, E> {
+    RPCError::Network(NetworkError::new(&TransportError(reason)))
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>> {
+        match self.call(&RaftRequest::AppendEntries(rpc), timeout_of(&option)).await.map_err(unreachable)? {
+            RaftResponse::AppendEntries(result) => result.map_err(|error| RemoteError::new(self.target, error).into()),
+            RaftResponse::Refused(reason) => Err(refused(reason)),
+            other => Err(refused(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>> {
+        match self.call(&RaftRequest::Vote(rpc), timeout_of(&option)).await.map_err(unreachable)? {
+            RaftResponse::Vote(result) => result.map_err(|error| RemoteError::new(self.target, error).into()),
+            RaftResponse::Refused(reason) => Err(refused(reason)),
+            other => Err(refused(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        match self.call(&RaftRequest::InstallSnapshot(rpc), timeout_of(&option)).await.map_err(unreachable)? {
+            RaftResponse::InstallSnapshot(result) => {
+                result.map_err(|error| RemoteError::new(self.target, error).into())
+            }
+            RaftResponse::Refused(reason) => Err(refused(reason)),
+            other => Err(refused(format!("unexpected response {other:?}"))),
+        }
+    }
+}
+
+async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>, String> {
+    let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+    recv.read_exact(&mut prefix).await.map_err(|error| format!("no response: {error}"))?;
+    let length = frame::body_length_within(prefix, RAFT_FRAME_SIZE_BYTES_MAX).map_err(|error| error.to_string())?;
+    let mut body = Vec::with_capacity(length.min(64 * 1024));
+    let read = (&mut *recv).take(length as u64).read_to_end(&mut body).await.map_err(|error| error.to_string())?;
+    if read < length {
+        return Err(format!("frame cut short after {read} of {length} bytes"));
+    }
+    Ok(body)
+}
+
+/// Whether `remote` may send us Raft traffic: a node of the current membership, or a peer trusted since joining.
+pub fn is_authorised_peer(directory: &Directory, remote: &PublicKey) -> bool {
+    if directory.is_trusted_peer(remote.as_bytes()) {
+        return true;
+    }
+    let Some(handles) = directory.raft() else { return false };
+    let metrics = handles.raft.metrics().borrow().clone();
+    metrics.membership_config.membership().nodes().any(|(_, node)| node.public_key.as_slice() == remote.as_bytes())
+}
+
+/// Serves Raft RPCs from one peer connection until it closes.
+pub async fn serve_peer(connection: Connection, directory: Directory) {
+    let remote = connection.remote_id();
+    if !is_authorised_peer(&directory, &remote) {
+        tracing::warn!(%remote, "refusing raft traffic from a node that is not a member");
+        connection.close(5u32.into(), b"not a member");
+        return;
+    }
+    let streams = Arc::new(tokio::sync::Semaphore::new(RAFT_STREAMS_PER_PEER_MAX));
+    loop {
+        let (send, recv) = match connection.accept_bi().await {
+            Ok(streams) => streams,
+            Err(_) => return,
+        };
+        let Ok(permit) = streams.clone().acquire_owned().await else { return };
+        let directory = directory.clone();
+        tokio::spawn(async move {
+            serve_rpc(send, recv, &directory, &remote).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_rpc(mut send: SendStream, mut recv: RecvStream, directory: &Directory, remote: &PublicKey) {
+    let read = tokio::time::timeout(Duration::from_millis(RAFT_RPC_TIMEOUT_MS_DEFAULT * 2), read_frame(&mut recv));
+    let body = match read.await {
+        Ok(Ok(body)) => body,
+        _ => return,
+    };
+    let response = match frame::decode::<RaftRequest>(&body) {
+        Err(error) => RaftResponse::Refused(format!("malformed raft request: {error}")),
+        // Membership can change while a connection lives: a removed node loses access at once.
+        Ok(_) if !is_authorised_peer(directory, remote) => RaftResponse::Refused("not a member".into()),
+        Ok(request) => match directory.raft() {
+            None => RaftResponse::Refused("raft is not running".into()),
+            Some(handles) => match request {
+                RaftRequest::AppendEntries(rpc) => RaftResponse::AppendEntries(handles.raft.append_entries(rpc).await),
+                RaftRequest::Vote(rpc) => RaftResponse::Vote(handles.raft.vote(rpc).await),
+                RaftRequest::InstallSnapshot(rpc) => {
+                    RaftResponse::InstallSnapshot(handles.raft.install_snapshot(rpc).await)
+                }
+            },
+        },
+    };
+    let Ok(bytes) = frame::encode_within(&response, RAFT_FRAME_SIZE_BYTES_MAX) else { return };
+    let write = async {
+        send.write_all(&bytes).await.ok()?;
+        send.finish().ok()
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(RAFT_RPC_TIMEOUT_MS_DEFAULT), write).await;
+}

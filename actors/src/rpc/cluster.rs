@@ -1,0 +1,262 @@
+//! Cluster requests: status, join, add-learner, promote, remove, address refresh, metrics. Membership changes run on
+//! the leader (others answer `NOT_LEADER` with the leader's address, and the client follows).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+use openraft::ChangeMembers;
+use openraft::error::{CheckIsLeaderError, RaftError};
+use pando_protocol::cluster::{ClusterResponse, ClusterStatus, MemberNode, MemberStatus, hex};
+use pando_protocol::error::{ErrorCode, WireError};
+use pando_protocol::kv::Bytes;
+use pando_protocol::ticket::TicketNode;
+
+use super::handler::RpcContext;
+use crate::directory::RaftHandles;
+use crate::raft::raft_actor::{not_leader, write_error};
+use crate::raft::type_config::NodeId;
+
+/// A learner this far behind the leader's log is not promoted yet (the caller retries).
+pub const PROMOTE_LAG_COUNT_MAX: u64 = 64;
+
+fn raft(context: &RpcContext) -> Result<RaftHandles, WireError> {
+    context.directory.raft().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "raft is not running"))
+}
+
+/// Fails with `NOT_LEADER` (naming the leader) unless this node is the leader with a quorum.
+async fn ensure_leader(handles: &RaftHandles) -> Result<(), WireError> {
+    match handles.raft.ensure_linearizable().await {
+        Ok(_) => Ok(()),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+            Err(not_leader(forward.leader_id, forward.leader_node))
+        }
+        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
+            Err(WireError::new(ErrorCode::Unavailable, format!("no quorum: {error}")))
+        }
+        Err(RaftError::Fatal(fatal)) => Err(WireError::new(ErrorCode::Unavailable, format!("raft stopped: {fatal}"))),
+    }
+}
+
+fn validate_node(node: &MemberNode) -> Result<(), WireError> {
+    if node.public_key.len() != 32 {
+        return Err(WireError::invalid("a node's public key is 32 bytes"));
+    }
+    if node.addrs.is_empty() || node.addrs.len() > 8 {
+        return Err(WireError::invalid("a node needs between 1 and 8 addresses"));
+    }
+    Ok(())
+}
+
+pub(crate) fn status(context: &RpcContext) -> Result<ClusterStatus, WireError> {
+    let handles = raft(context)?;
+    let metrics = handles.raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let members = membership
+        .nodes()
+        .map(|(node_id, node)| {
+            let matched_index = metrics
+                .replication
+                .as_ref()
+                .and_then(|replication| replication.get(node_id))
+                .map(|matched| matched.map_or(0, |log_id| log_id.index));
+            MemberStatus {
+                node_id: *node_id,
+                public_key: hex(&node.public_key),
+                addrs: node.addrs.clone(),
+                voter: voters.contains(node_id),
+                matched_index,
+                lag: matched_index.map(|matched| metrics.last_log_index.unwrap_or(0).saturating_sub(matched)),
+            }
+        })
+        .collect();
+    let revision = context
+        .directory
+        .stores()
+        .ok_or_else(|| WireError::new(ErrorCode::Unavailable, "storage is not open"))?
+        .reader
+        .revision()
+        .map_err(|fault| WireError::internal(fault.to_string()))?;
+    Ok(ClusterStatus {
+        cluster_id: hex(&context.cluster_id),
+        node_id: context.node_id,
+        role: format!("{:?}", metrics.state),
+        leader_id: metrics.current_leader,
+        term: metrics.current_term,
+        last_log_index: metrics.last_log_index,
+        last_applied_index: metrics.last_applied.map(|log_id| log_id.index),
+        revision,
+        snapshot_index: metrics.snapshot.map(|log_id| log_id.index),
+        purged_index: metrics.purged.map(|log_id| log_id.index),
+        members,
+    })
+}
+
+pub(crate) async fn join(context: &RpcContext, node: MemberNode) -> Result<ClusterResponse, WireError> {
+    validate_node(&node)?;
+    let handles = raft(context)?;
+    // One membership change at a time, so two joiners never get the same id.
+    let _guard = context.membership_lock.lock().await;
+    ensure_leader(&handles).await?;
+    let membership = handles.raft.metrics().borrow().membership_config.membership().clone();
+    let existing = membership.nodes().find(|(_, member)| member.public_key == node.public_key).map(|(id, _)| *id);
+    let node_id = match existing {
+        // The same identity joining again (a retry) keeps its id; its address may have changed.
+        Some(node_id) => {
+            handles
+                .raft
+                .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(node_id, node.clone())])), true)
+                .await
+                .map_err(write_error)?;
+            node_id
+        }
+        None => {
+            let node_id = membership.nodes().map(|(id, _)| *id).max().unwrap_or(0) + 1;
+            handles.raft.add_learner(node_id, node.clone(), false).await.map_err(write_error)?;
+            node_id
+        }
+    };
+    let mut members: Vec<TicketNode> =
+        membership.nodes().map(|(id, member)| TicketNode { node_id: *id, node: member.clone() }).collect();
+    members.retain(|member| member.node_id != node_id);
+    members.push(TicketNode { node_id, node });
+    tracing::info!(node_id, "node joined as a learner");
+    Ok(ClusterResponse::Joined {
+        node_id,
+        cluster_id: Bytes::from(context.cluster_id.clone()),
+        cluster_secret_key: Bytes::from(context.cluster_secret_key.to_vec()),
+        members,
+    })
+}
+
+pub(crate) async fn add_learner(
+    context: &RpcContext,
+    node_id: NodeId,
+    node: MemberNode,
+) -> Result<ClusterResponse, WireError> {
+    validate_node(&node)?;
+    let handles = raft(context)?;
+    let _guard = context.membership_lock.lock().await;
+    ensure_leader(&handles).await?;
+    let membership = handles.raft.metrics().borrow().membership_config.membership().clone();
+    if membership.get_node(&node_id).is_some() {
+        return Err(WireError::new(ErrorCode::Conflict, format!("node {node_id} is already a member")));
+    }
+    let response = handles.raft.add_learner(node_id, node, false).await.map_err(write_error)?;
+    Ok(ClusterResponse::MembershipChanged { log_index: response.log_id.index })
+}
+
+pub(crate) async fn promote(context: &RpcContext, node_id: NodeId) -> Result<ClusterResponse, WireError> {
+    let handles = raft(context)?;
+    let _guard = context.membership_lock.lock().await;
+    ensure_leader(&handles).await?;
+    let metrics = handles.raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    if membership.get_node(&node_id).is_none() {
+        return Err(WireError::new(ErrorCode::NotFound, format!("node {node_id} is not a member")));
+    }
+    if membership.voter_ids().any(|voter| voter == node_id) {
+        return Ok(ClusterResponse::MembershipChanged {
+            log_index: metrics.membership_config.log_id().map_or(0, |id| id.index),
+        });
+    }
+    let matched = metrics.replication.as_ref().and_then(|replication| replication.get(&node_id).copied()).flatten();
+    let lag = metrics.last_log_index.unwrap_or(0).saturating_sub(matched.map_or(0, |log_id| log_id.index));
+    if matched.is_none() || lag > PROMOTE_LAG_COUNT_MAX {
+        return Err(WireError::new(
+            ErrorCode::Unavailable,
+            format!("learner {node_id} has not caught up ({lag} entries behind); retry when it has"),
+        ));
+    }
+    let response = handles
+        .raft
+        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), true)
+        .await
+        .map_err(write_error)?;
+    tracing::info!(node_id, "learner promoted to voter");
+    Ok(ClusterResponse::MembershipChanged { log_index: response.log_id.index })
+}
+
+pub(crate) async fn remove(context: &RpcContext, node_id: NodeId) -> Result<ClusterResponse, WireError> {
+    let handles = raft(context)?;
+    let _guard = context.membership_lock.lock().await;
+    ensure_leader(&handles).await?;
+    let membership = handles.raft.metrics().borrow().membership_config.membership().clone();
+    if membership.get_node(&node_id).is_none() {
+        return Err(WireError::new(ErrorCode::NotFound, format!("node {node_id} is not a member")));
+    }
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let change = if voters.contains(&node_id) {
+        if voters.len() == 1 {
+            return Err(WireError::invalid("cannot remove the last voter"));
+        }
+        // retain = false: the removed voter does not stay on as a learner.
+        handles.raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node_id])), false).await
+    } else {
+        handles.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node_id])), false).await
+    };
+    let response = change.map_err(write_error)?;
+    tracing::info!(node_id, "node removed");
+    Ok(ClusterResponse::MembershipChanged { log_index: response.log_id.index })
+}
+
+pub(crate) async fn update_address(
+    context: &RpcContext,
+    node_id: NodeId,
+    node: MemberNode,
+) -> Result<ClusterResponse, WireError> {
+    validate_node(&node)?;
+    let handles = raft(context)?;
+    let _guard = context.membership_lock.lock().await;
+    ensure_leader(&handles).await?;
+    let membership = handles.raft.metrics().borrow().membership_config.membership().clone();
+    match membership.get_node(&node_id) {
+        None => return Err(WireError::new(ErrorCode::NotFound, format!("node {node_id} is not a member"))),
+        Some(current) if current.public_key != node.public_key => {
+            return Err(WireError::new(ErrorCode::Unauthorized, format!("node {node_id} has another identity")));
+        }
+        Some(current) if current.addrs == node.addrs => {
+            return Ok(ClusterResponse::MembershipChanged { log_index: 0 });
+        }
+        Some(_) => {}
+    }
+    let response = handles
+        .raft
+        .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(node_id, node)])), true)
+        .await
+        .map_err(write_error)?;
+    tracing::info!(node_id, "member address updated");
+    Ok(ClusterResponse::MembershipChanged { log_index: response.log_id.index })
+}
+
+/// Prometheus text exposition (version 0.0.4) of this node's Raft metrics.
+pub(crate) fn metrics(context: &RpcContext) -> Result<ClusterResponse, WireError> {
+    let status = status(context)?;
+    let mut text = String::new();
+    let node = status.node_id;
+    let gauge = |text: &mut String, name: &str, help: &str, value: u64| {
+        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{node}\"}} {value}");
+    };
+    gauge(&mut text, "pando_raft_term", "Current Raft term.", status.term);
+    gauge(&mut text, "pando_raft_is_leader", "1 when this node is the leader.", u64::from(status.role == "Leader"));
+    gauge(&mut text, "pando_raft_last_log_index", "Last log index.", status.last_log_index.unwrap_or(0));
+    gauge(&mut text, "pando_raft_last_applied_index", "Last applied index.", status.last_applied_index.unwrap_or(0));
+    gauge(
+        &mut text,
+        "pando_raft_snapshot_index",
+        "Last index in the latest snapshot.",
+        status.snapshot_index.unwrap_or(0),
+    );
+    gauge(&mut text, "pando_raft_members", "Members in the current membership.", status.members.len() as u64);
+    gauge(&mut text, "pando_kv_revision", "KV store revision.", status.revision);
+    let _ = writeln!(
+        text,
+        "# HELP pando_raft_member_lag Entries a member is behind the leader.\n# TYPE pando_raft_member_lag gauge"
+    );
+    for member in &status.members {
+        if let Some(lag) = member.lag {
+            let _ = writeln!(text, "pando_raft_member_lag{{node=\"{node}\",member=\"{}\"}} {lag}", member.node_id);
+        }
+    }
+    Ok(ClusterResponse::Metrics { text })
+}
