@@ -38,6 +38,22 @@ impl Default for ClientOptions {
     }
 }
 
+/// Keep-alive on every connection, so a silent peer is noticed within [`QUIC_IDLE_TIMEOUT_MS`].
+pub const QUIC_KEEP_ALIVE_MS: u64 = 500;
+/// A connection that hears nothing for this long is closed (a killed node is detected this fast).
+pub const QUIC_IDLE_TIMEOUT_MS: u64 = 3_000;
+
+/// QUIC settings shared by clients and nodes: keep-alives and a short idle timeout, so a peer that died without
+/// closing its connections (`kill -9`, a cut cable) is noticed in seconds rather than QUIC's default half a minute.
+pub fn quic_transport_config() -> iroh::endpoint::QuicTransportConfig {
+    let idle = iroh::endpoint::IdleTimeout::try_from(Duration::from_millis(QUIC_IDLE_TIMEOUT_MS))
+        .expect("a few seconds is a valid idle timeout");
+    iroh::endpoint::QuicTransportConfig::builder()
+        .keep_alive_interval(Duration::from_millis(QUIC_KEEP_ALIVE_MS))
+        .max_idle_timeout(Some(idle))
+        .build()
+}
+
 pub struct Client {
     endpoint: Endpoint,
     ticket: Ticket,
@@ -66,6 +82,7 @@ impl Client {
     pub async fn new(ticket: &str, options: ClientOptions) -> Result<Client, ClientError> {
         let ticket = Ticket::decode(ticket).map_err(|error| ClientError::Invalid(format!("bad ticket: {error}")))?;
         let endpoint = Endpoint::builder(presets::Minimal)
+            .transport_config(quic_transport_config())
             .bind()
             .await
             .map_err(|error| ClientError::Transport(format!("cannot open a local endpoint: {error}")))?;

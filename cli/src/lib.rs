@@ -4,6 +4,6 @@
 mod client;
 mod error;
 
-pub use client::{Client, ClientOptions};
+pub use client::{Client, ClientOptions, quic_transport_config};
 pub use error::ClientError;
 pub use pando_protocol;

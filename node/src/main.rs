@@ -53,6 +53,9 @@ struct Args {
     /// Raft snapshot after this many log entries since the last one.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
+    /// Log entries kept behind the latest snapshot (so slightly lagging members catch up without one).
+    #[arg(long, default_value_t = 1_000)]
+    snapshot_keep_log: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -83,6 +86,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     let endpoint = Endpoint::builder(presets::Minimal)
         .secret_key(secret.clone())
         .alpns(vec![alpn::RPC.to_vec(), alpn::RAFT.to_vec()])
+        .transport_config(pando_client::quic_transport_config())
         .clear_ip_transports()
         .bind_addr(bind)
         .with_context(|| format!("invalid bind address {bind}"))?
@@ -135,6 +139,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     }
     let mut raft_config = pando_actors::raft::default_config();
     raft_config.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(args.snapshot_every);
+    raft_config.max_in_snapshot_log_to_keep = args.snapshot_keep_log;
     let raft_config = Arc::new(raft_config.validate().context("invalid raft configuration")?);
     let tree = tree::root(tree::TreeConfig {
         data_dir: args.data_dir.clone(),

@@ -37,7 +37,8 @@ pub const TICKET_TEXT_BYTES_MAX: usize = 16 * 1024;
 pub const RAFT_FRAME_SIZE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Largest snapshot chunk sent in one Raft frame.
 pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1024 * 1024;
-/// Most log entries in one AppendEntries frame.
-pub const APPEND_ENTRIES_COUNT_MAX: u64 = 8;
+/// Most log entries in one AppendEntries frame. openraft gives an AppendEntries one heartbeat interval to complete,
+/// so frames must stay small enough to cross the network in that time.
+pub const APPEND_ENTRIES_COUNT_MAX: u64 = 4;
 /// Most bytes of keys and values one proposal (one log entry) may carry, so AppendEntries frames stay bounded.
-pub const PROPOSAL_BYTES_MAX: usize = 3 * 1024 * 1024;
+pub const PROPOSAL_BYTES_MAX: usize = 1024 * 1024;

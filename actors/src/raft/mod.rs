@@ -10,14 +10,15 @@ pub use raft_actor::{RaftActor, RaftArgs, RaftMsg};
 pub fn default_config() -> openraft::Config {
     openraft::Config {
         cluster_name: "pando".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 400,
-        election_timeout_max: 800,
+        // openraft bounds each AppendEntries by one heartbeat interval: long enough for a few MiB of entries.
+        heartbeat_interval: 200,
+        election_timeout_min: 1_000,
+        election_timeout_max: 2_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
         snapshot_max_chunk_size: pando_protocol::limits::SNAPSHOT_CHUNK_BYTES_MAX as u64,
         max_payload_entries: pando_protocol::limits::APPEND_ENTRIES_COUNT_MAX,
         max_in_snapshot_log_to_keep: 1_000,
-        purge_batch_size: 256,
+        purge_batch_size: 64,
         ..Default::default()
     }
 }

@@ -111,7 +111,10 @@ pub(crate) async fn join(context: &RpcContext, node: MemberNode) -> Result<Clust
             node_id
         }
         None => {
-            let node_id = membership.nodes().map(|(id, _)| *id).max().unwrap_or(0) + 1;
+            // Ids are never reused: above every current id and above the log index, which only grows, so a removed
+            // node's id never comes back for another node.
+            let last_log_index = handles.raft.metrics().borrow().last_log_index.unwrap_or(0);
+            let node_id = membership.nodes().map(|(id, _)| *id).max().unwrap_or(0).max(last_log_index) + 1;
             handles.raft.add_learner(node_id, node.clone(), false).await.map_err(write_error)?;
             node_id
         }
