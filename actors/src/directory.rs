@@ -10,6 +10,7 @@ use ractor::ActorRef;
 use crate::raft::RaftMsg;
 use crate::raft::type_config::Raft;
 use crate::storage::{LogStore, StateMachineStore, StateReader, Stores};
+use crate::supervision::SupervisorMsg;
 
 /// The live Raft instance and the actor that owns it.
 #[derive(Clone)]
@@ -32,9 +33,19 @@ pub struct Directory {
     stores: Arc<RwLock<Option<StoreHandles>>>,
     /// Public keys allowed to send Raft traffic besides the members in the log (the peers named when joining).
     trusted_peers: Arc<RwLock<std::collections::BTreeSet<[u8; 32]>>>,
+    /// The node's root supervisor, for status trees.
+    root: Arc<RwLock<Option<ActorRef<SupervisorMsg>>>>,
 }
 
 impl Directory {
+    pub fn set_root(&self, root: ActorRef<SupervisorMsg>) {
+        *self.root.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(root);
+    }
+
+    pub fn root(&self) -> Option<ActorRef<SupervisorMsg>> {
+        self.root.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
     pub fn trust_peer(&self, public_key: [u8; 32]) {
         self.trusted_peers.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(public_key);
     }

@@ -41,6 +41,8 @@ enum Command {
     /// Cluster operations.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// The node's supervision tree: each actor, alive or not, and its restarts.
+    Actors,
     /// Load generator: throughput and latency percentiles.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -151,6 +153,11 @@ enum ClusterCommand {
     Promote { node_id: u64 },
     /// Remove a node from the cluster.
     Remove { node_id: u64 },
+    /// Make an actor of the node panic (only on nodes started with --enable-fault-injection).
+    InjectPanic {
+        #[arg(long, default_value = "raft")]
+        actor: String,
+    },
 }
 
 /// A voter further behind than this makes `pando cluster health` fail.
@@ -221,6 +228,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::new(&ticket, options.clone()).await?;
     let result = match cli.command {
         Command::Kv(command) => kv(&client, command, cli.json).await,
+        Command::Actors => {
+            match client.cluster(ClusterRequest::Actors).await? {
+                ClusterResponse::Actors { actors } => {
+                    if cli.json {
+                        print_json(&serde_json::to_value(&actors)?);
+                    } else {
+                        for actor in &actors {
+                            let depth = actor.path.matches('/').count();
+                            let name = actor.path.rsplit('/').next().unwrap_or(&actor.path);
+                            let state = if actor.alive { "running" } else { "stopped" };
+                            println!(
+                                "{}{name:<12} {state:<8} restarts {:<3} {}",
+                                "  ".repeat(depth),
+                                actor.restarts,
+                                actor.actor_id.as_deref().unwrap_or("-")
+                            );
+                        }
+                    }
+                }
+                other => anyhow::bail!("unexpected response {other:?}"),
+            }
+            Ok(())
+        }
+        Command::Cluster(ClusterCommand::InjectPanic { actor }) => {
+            match client.cluster(ClusterRequest::InjectPanic { actor }).await? {
+                ClusterResponse::Injected => println!("OK panic injected"),
+                other => anyhow::bail!("unexpected response {other:?}"),
+            }
+            Ok(())
+        }
         Command::Cluster(ClusterCommand::Health) => {
             let status = client.cluster_status().await?;
             let lagging: Vec<u64> = status

@@ -53,6 +53,9 @@ struct Args {
     /// Raft snapshot after this many log entries since the last one.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
+    /// Serve `pando cluster inject-panic` (for supervision tests). Never in production.
+    #[arg(long)]
+    enable_fault_injection: bool,
     /// Log entries kept behind the latest snapshot (so slightly lagging members catch up without one).
     #[arg(long, default_value_t = 1_000)]
     snapshot_keep_log: u64,
@@ -72,6 +75,11 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<i32> {
     identity::prepare_data_dir(&args.data_dir)?;
+    if args.enable_fault_injection {
+        tracing::warn!(
+            "fault injection is ON: any admin client can make this node's actors panic; never use in production"
+        );
+    }
     let identity = identity::load_or_create(&args.data_dir)?;
     let bind = match (args.bind, &identity.record) {
         (Some(bind), _) => bind,
@@ -156,12 +164,14 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             cluster_key: cluster_signing_key.verifying_key(),
             cluster_secret_key: cluster_key,
             membership_lock: Arc::default(),
+            fault_injection: args.enable_fault_injection,
             directory: directory.clone(),
         },
         directory: directory.clone(),
     });
     let (root, root_handle) =
         Actor::spawn(None, Supervisor, tree).await.context("cannot start the supervision tree")?;
+    directory.set_root(root.clone());
 
     if !wait_for_leader(&directory).await {
         tracing::warn!("no leader known after {LEADER_WAIT_MS_MAX} ms; serving anyway (a quorum may be down)");

@@ -48,6 +48,24 @@ pub enum ClusterRequest {
     },
     /// Prometheus text exposition of this node's metrics.
     Metrics,
+    /// The node's supervision tree: each child, whether it runs, how often it restarted.
+    Actors,
+    /// Makes an actor of this node panic, to exercise supervision. Refused unless the node runs with
+    /// `--enable-fault-injection`.
+    InjectPanic {
+        actor: String,
+    },
+}
+
+/// One supervised actor as `pando actors` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActorReport {
+    /// Path in the tree, such as `node/raft`.
+    pub path: String,
+    pub alive: bool,
+    pub restarts: u64,
+    /// ractor's id of the live instance.
+    pub actor_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +87,11 @@ pub enum ClusterResponse {
     Metrics {
         text: String,
     },
+    Actors {
+        actors: Vec<ActorReport>,
+    },
+    /// The panic was injected.
+    Injected,
 }
 
 /// One member as the status reports it.

@@ -56,6 +56,8 @@ pub enum RaftMsg {
     Status(RpcReplyPort<RaftActorStatus>),
     /// openraft stopped with a fatal error.
     Fatal(String),
+    /// Fault injection: panic inside the handler, as a bug would.
+    InjectPanic,
 }
 
 impl ractor::Message for RaftMsg {}
@@ -160,6 +162,7 @@ impl Actor for RaftActor {
                 flush(&myself, state);
             }
             RaftMsg::Fatal(error) => return Err(format!("raft stopped: {error}").into()),
+            RaftMsg::InjectPanic => panic!("fault injection: raft actor panics on request"),
             RaftMsg::Status(reply) => {
                 let _ = reply.send(RaftActorStatus {
                     node_id: state.node_id,

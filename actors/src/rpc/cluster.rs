@@ -6,15 +6,17 @@ use std::fmt::Write;
 
 use openraft::ChangeMembers;
 use openraft::error::{CheckIsLeaderError, RaftError};
-use pando_protocol::cluster::{ClusterResponse, ClusterStatus, MemberNode, MemberStatus, hex};
+use pando_protocol::cluster::{ActorReport, ClusterResponse, ClusterStatus, MemberNode, MemberStatus, hex};
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::kv::Bytes;
 use pando_protocol::ticket::TicketNode;
 
 use super::handler::RpcContext;
 use crate::directory::RaftHandles;
+use crate::raft::RaftMsg;
 use crate::raft::raft_actor::{not_leader, write_error};
 use crate::raft::type_config::NodeId;
+use crate::supervision::SupervisorMsg;
 
 /// A learner this far behind the leader's log is not promoted yet (the caller retries).
 pub const PROMOTE_LAG_COUNT_MAX: u64 = 64;
@@ -262,4 +264,64 @@ pub(crate) fn metrics(context: &RpcContext) -> Result<ClusterResponse, WireError
         }
     }
     Ok(ClusterResponse::Metrics { text })
+}
+
+/// Most actors one `Actors` answer lists (the tree is walked breadth-first and cut there).
+pub const ACTOR_REPORTS_COUNT_MAX: usize = 1_024;
+/// How long one supervisor gets to report its children.
+const SUPERVISOR_STATUS_TIMEOUT_MS: u64 = 2_000;
+
+/// The supervision tree, from the root down (nested supervisors included).
+pub(crate) async fn actors(context: &RpcContext) -> Result<ClusterResponse, WireError> {
+    let root = context.directory.root().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "node is starting"))?;
+    let mut reports = Vec::new();
+    let mut queue = std::collections::VecDeque::from([("node".to_string(), root)]);
+    while let Some((path, supervisor)) = queue.pop_front() {
+        let status =
+            ractor::call_t!(supervisor, SupervisorMsg::Status, SUPERVISOR_STATUS_TIMEOUT_MS).map_err(|error| {
+                WireError::new(ErrorCode::Unavailable, format!("supervisor {path} did not answer: {error}"))
+            })?;
+        for child in status.children {
+            let child_path = format!("{path}/{}", child.id);
+            if child.alive && reports.len() < ACTOR_REPORTS_COUNT_MAX {
+                let cell =
+                    ractor::call_t!(supervisor, SupervisorMsg::Child, SUPERVISOR_STATUS_TIMEOUT_MS, child.id.clone())
+                        .ok()
+                        .flatten();
+                // A child that is itself a supervisor answers the same question one level down.
+                if let Some(cell) = cell
+                    && cell.is_message_type_of::<SupervisorMsg>().unwrap_or(false)
+                {
+                    queue.push_back((child_path.clone(), ractor::ActorRef::from(cell)));
+                }
+            }
+            if reports.len() < ACTOR_REPORTS_COUNT_MAX {
+                reports.push(ActorReport {
+                    path: child_path,
+                    alive: child.alive,
+                    restarts: child.restarts,
+                    actor_id: child.actor_id,
+                });
+            }
+        }
+    }
+    Ok(ClusterResponse::Actors { actors: reports })
+}
+
+pub(crate) fn inject_panic(context: &RpcContext, actor: &str) -> Result<ClusterResponse, WireError> {
+    if !context.fault_injection {
+        return Err(WireError::invalid("fault injection is off; start the node with --enable-fault-injection"));
+    }
+    match actor {
+        "raft" => {
+            let handles = raft(context)?;
+            handles
+                .actor
+                .cast(RaftMsg::InjectPanic)
+                .map_err(|error| WireError::new(ErrorCode::Unavailable, format!("raft actor is gone: {error}")))?;
+            tracing::warn!("fault injection: raft actor told to panic");
+            Ok(ClusterResponse::Injected)
+        }
+        other => Err(WireError::invalid(format!("cannot inject a panic into `{other}`; known: raft"))),
+    }
 }

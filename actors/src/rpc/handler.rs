@@ -32,6 +32,8 @@ pub struct RpcContext {
     pub cluster_secret_key: [u8; 32],
     /// Serialises membership changes made through this node.
     pub membership_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Whether `InjectPanic` is served (`--enable-fault-injection`).
+    pub fault_injection: bool,
     pub directory: Directory,
 }
 
@@ -161,6 +163,14 @@ async fn execute(
                 ClusterRequest::Remove { node_id } => {
                     authorise(claims, Access::ClusterAdmin)?;
                     cluster::remove(context, node_id).await?
+                }
+                ClusterRequest::Actors => {
+                    authorise(claims, Access::ClusterRead)?;
+                    cluster::actors(context).await?
+                }
+                ClusterRequest::InjectPanic { actor } => {
+                    authorise(claims, Access::ClusterAdmin)?;
+                    cluster::inject_panic(context, &actor)?
                 }
                 ClusterRequest::UpdateAddress { node_id, node } => {
                     authorise(claims, Access::ClusterAdmin)?;
