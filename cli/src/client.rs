@@ -19,6 +19,10 @@ use crate::error::ClientError;
 
 /// How long establishing a connection to one node may take.
 pub const CONNECT_TIMEOUT_MS: u64 = 1_500;
+/// How long each node of the ticket is dialled alone before the next one is dialled too.
+pub const CONNECT_HEAD_START_MS: u64 = 250;
+/// Longest wait for a graceful close of the client's endpoint.
+pub const CLOSE_TIMEOUT_MS: u64 = 250;
 /// Attempts per request (redirects to the leader and moves to another node included).
 pub const ATTEMPTS_MAX: usize = 64;
 /// A node that could not be reached is tried last (and not followed as leader) for this long.
@@ -101,12 +105,14 @@ impl Client {
         &self.ticket
     }
 
-    /// Closes the connection and the local endpoint.
+    /// Closes the connection and the local endpoint. Waits at most [`CLOSE_TIMEOUT_MS`]: a graceful close also waits
+    /// for peers that never answered (a dead node dialled in parallel), which would otherwise hold a CLI invocation
+    /// for the whole idle timeout.
     pub async fn close(&self) {
         if let Some((_, connection)) = self.connection.lock().await.take() {
             connection.close(0u32.into(), b"client closed");
         }
-        self.endpoint.close().await;
+        let _ = tokio::time::timeout(Duration::from_millis(CLOSE_TIMEOUT_MS), self.endpoint.close()).await;
     }
 
     async fn connection(&self) -> Result<Connection, ClientError> {
@@ -118,13 +124,27 @@ impl Client {
         }
         let nodes = &self.ticket.nodes;
         let start = self.next_node.load(Ordering::Relaxed);
-        let mut order: Vec<usize> = (0..nodes.len()).map(|offset| (start + offset) % nodes.len()).collect();
-        // Nodes that just failed go last: a dead node costs a connect timeout.
-        order.sort_by_key(|index| self.recently_unreachable(nodes[*index].node_id));
+        let order: Vec<usize> = (0..nodes.len()).map(|offset| (start + offset) % nodes.len()).collect();
+        // Happy eyeballs: nodes not known to be down are dialled in ticket order, each a short head start after the
+        // previous, and the first to answer wins. A live first node is always the one used (so a ticket that names
+        // a node first talks to that node), and a dead one costs a head start instead of a connect timeout. If all
+        // fail, the recently failed nodes get their turn.
+        let (fresh, stale): (Vec<usize>, Vec<usize>) =
+            order.into_iter().partition(|index| !self.recently_unreachable(nodes[*index].node_id));
         let mut last_error = None;
-        for index in order {
-            match self.connect(&nodes[index]).await {
-                Ok(connection) => {
+        for group in [fresh, stale] {
+            if group.is_empty() {
+                continue;
+            }
+            let attempts = group.iter().enumerate().map(|(position, index)| {
+                let index = *index;
+                Box::pin(async move {
+                    tokio::time::sleep(Duration::from_millis(CONNECT_HEAD_START_MS * position as u64)).await;
+                    self.connect(&nodes[index]).await.map(|connection| (index, connection))
+                })
+            });
+            match futures::future::select_ok(attempts).await {
+                Ok(((index, connection), _)) => {
                     self.next_node.store(index, Ordering::Relaxed);
                     *cached = Some((nodes[index].clone(), connection.clone()));
                     return Ok(connection);

@@ -111,11 +111,10 @@ fn members(directory: &Directory) -> Vec<TicketNode> {
 /// Writes `ticket` and `join-ticket` for the current members (or just this node before it knows any).
 pub fn write_tickets(data_dir: &Path, identity: &ClusterIdentity, directory: &Directory) -> anyhow::Result<String> {
     let mut nodes = members(directory);
-    if nodes.is_empty() {
-        nodes.push(TicketNode { node_id: identity.node_id, node: identity.me.clone() });
-    }
-    // This node first: a client given this node's ticket talks to this node first.
-    nodes.sort_by_key(|node| node.node_id != identity.node_id);
+    // This node first, as it listens now (a joiner's log may not list it yet): a client given this node's ticket
+    // talks to this node first.
+    nodes.retain(|node| node.node_id != identity.node_id);
+    nodes.insert(0, TicketNode { node_id: identity.node_id, node: identity.me.clone() });
     let ticket = identity.client_ticket(nodes.clone()).encode();
     identity::write_private(&identity::ticket_path(data_dir), ticket.as_bytes())?;
     identity::write_private(&identity::join_ticket_path(data_dir), identity.join_ticket(nodes).encode().as_bytes())?;
