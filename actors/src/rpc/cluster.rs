@@ -39,6 +39,23 @@ async fn ensure_leader(handles: &RaftHandles) -> Result<(), WireError> {
     }
 }
 
+/// What every membership change starts with: this node is the leader, holds the membership lock, and reads the
+/// membership as it is.
+struct LeaderView<'a> {
+    handles: RaftHandles,
+    membership: openraft::Membership<NodeId, MemberNode>,
+    _guard: tokio::sync::MutexGuard<'a, ()>,
+}
+
+async fn leader_view(context: &RpcContext) -> Result<LeaderView<'_>, WireError> {
+    let handles = raft(context)?;
+    // One membership change at a time, so two joiners never get the same id.
+    let guard = context.membership_lock.lock().await;
+    ensure_leader(&handles).await?;
+    let membership = handles.raft.metrics().borrow().membership_config.membership().clone();
+    Ok(LeaderView { handles, membership, _guard: guard })
+}
+
 fn validate_node(node: &MemberNode) -> Result<(), WireError> {
     if node.public_key.len() != 32 {
         return Err(WireError::invalid("a node's public key is 32 bytes"));
@@ -96,11 +113,7 @@ pub(crate) fn status(context: &RpcContext) -> Result<ClusterStatus, WireError> {
 
 pub(crate) async fn join(context: &RpcContext, node: MemberNode) -> Result<ClusterResponse, WireError> {
     validate_node(&node)?;
-    let handles = raft(context)?;
-    // One membership change at a time, so two joiners never get the same id.
-    let _guard = context.membership_lock.lock().await;
-    ensure_leader(&handles).await?;
-    let membership = handles.raft.metrics().borrow().membership_config.membership().clone();
+    let LeaderView { handles, membership, _guard } = leader_view(context).await?;
     let existing = membership.nodes().find(|(_, member)| member.public_key == node.public_key).map(|(id, _)| *id);
     let node_id = match existing {
         // The same identity joining again (a retry) keeps its id; its address may have changed.
@@ -140,23 +153,20 @@ pub(crate) async fn add_learner(
     node: MemberNode,
 ) -> Result<ClusterResponse, WireError> {
     validate_node(&node)?;
-    let handles = raft(context)?;
-    let _guard = context.membership_lock.lock().await;
-    ensure_leader(&handles).await?;
-    let membership = handles.raft.metrics().borrow().membership_config.membership().clone();
+    let LeaderView { handles, membership, _guard } = leader_view(context).await?;
     if membership.get_node(&node_id).is_some() {
         return Err(WireError::new(ErrorCode::Conflict, format!("node {node_id} is already a member")));
+    }
+    if let Some((other, _)) = membership.nodes().find(|(_, member)| member.public_key == node.public_key) {
+        return Err(WireError::new(ErrorCode::Conflict, format!("node {other} already has this public key")));
     }
     let response = handles.raft.add_learner(node_id, node, false).await.map_err(write_error)?;
     Ok(ClusterResponse::MembershipChanged { log_index: response.log_id.index })
 }
 
 pub(crate) async fn promote(context: &RpcContext, node_id: NodeId) -> Result<ClusterResponse, WireError> {
-    let handles = raft(context)?;
-    let _guard = context.membership_lock.lock().await;
-    ensure_leader(&handles).await?;
+    let LeaderView { handles, membership, _guard } = leader_view(context).await?;
     let metrics = handles.raft.metrics().borrow().clone();
-    let membership = metrics.membership_config.membership();
     if membership.get_node(&node_id).is_none() {
         return Err(WireError::new(ErrorCode::NotFound, format!("node {node_id} is not a member")));
     }
@@ -183,10 +193,7 @@ pub(crate) async fn promote(context: &RpcContext, node_id: NodeId) -> Result<Clu
 }
 
 pub(crate) async fn remove(context: &RpcContext, node_id: NodeId) -> Result<ClusterResponse, WireError> {
-    let handles = raft(context)?;
-    let _guard = context.membership_lock.lock().await;
-    ensure_leader(&handles).await?;
-    let membership = handles.raft.metrics().borrow().membership_config.membership().clone();
+    let LeaderView { handles, membership, _guard } = leader_view(context).await?;
     if membership.get_node(&node_id).is_none() {
         return Err(WireError::new(ErrorCode::NotFound, format!("node {node_id} is not a member")));
     }
@@ -211,10 +218,7 @@ pub(crate) async fn update_address(
     node: MemberNode,
 ) -> Result<ClusterResponse, WireError> {
     validate_node(&node)?;
-    let handles = raft(context)?;
-    let _guard = context.membership_lock.lock().await;
-    ensure_leader(&handles).await?;
-    let membership = handles.raft.metrics().borrow().membership_config.membership().clone();
+    let LeaderView { handles, membership, _guard } = leader_view(context).await?;
     match membership.get_node(&node_id) {
         None => return Err(WireError::new(ErrorCode::NotFound, format!("node {node_id} is not a member"))),
         Some(current) if current.public_key != node.public_key => {
