@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::ops::{Bound, ControlFlow};
 
-use crate::state_machine::{KvRead, KvWrite, StorageFault};
+use crate::state_machine::{KvRead, KvWrite, StorageFault, scan_start};
 use crate::stored_value::StoredValue;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -22,11 +22,8 @@ impl KvRead for MemoryTables {
         after: Option<&[u8]>,
         visit: &mut dyn FnMut(&[u8], StoredValue) -> ControlFlow<()>,
     ) -> Result<(), StorageFault> {
-        let start = match after {
-            Some(after) if after >= prefix => Bound::Excluded(after.to_vec()),
-            _ => Bound::Included(prefix.to_vec()),
-        };
-        for (key, row) in self.rows.range((start, Bound::Unbounded)) {
+        let start = scan_start(prefix, after);
+        for (key, row) in self.rows.range::<[u8], _>((start, Bound::Unbounded)) {
             if !key.starts_with(prefix) || visit(key, row.clone()).is_break() {
                 break;
             }

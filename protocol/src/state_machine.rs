@@ -41,6 +41,14 @@ pub trait KvWrite: KvRead {
     fn delete(&mut self, key: &[u8]) -> Result<bool, StorageFault>;
 }
 
+/// Where a scan of `prefix` that continues after `after` (a continuation token) starts.
+pub fn scan_start<'a>(prefix: &'a [u8], after: Option<&'a [u8]>) -> std::ops::Bound<&'a [u8]> {
+    match after {
+        Some(after) if after >= prefix => std::ops::Bound::Excluded(after),
+        _ => std::ops::Bound::Included(prefix),
+    }
+}
+
 /// Applies every command of a proposal in order. `revision` is the store revision before the proposal; it is advanced
 /// by one for every command that changed at least one row.
 pub fn apply_proposal(

@@ -35,10 +35,7 @@ fn scan_rows(
     after: Option<&[u8]>,
     visit: &mut dyn FnMut(&[u8], StoredValue) -> ControlFlow<()>,
 ) -> Result<(), StorageFault> {
-    let start = match after {
-        Some(after) if after >= prefix => Bound::Excluded(after),
-        _ => Bound::Included(prefix),
-    };
+    let start = state_machine::scan_start(prefix, after);
     for row in table.range::<&[u8]>((start, Bound::Unbounded)).map_err(fault)? {
         let (key, value) = row.map_err(fault)?;
         let key = key.value();
