@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use ractor::ActorRef;
 
+use crate::mesh::MeshMsg;
 use crate::raft::RaftMsg;
 use crate::raft::type_config::Raft;
 use crate::storage::{LogStore, StateMachineStore, StateReader, Stores};
@@ -35,6 +36,8 @@ pub struct Directory {
     trusted_peers: Arc<RwLock<std::collections::BTreeSet<[u8; 32]>>>,
     /// The node's root supervisor, for status trees.
     root: Arc<RwLock<Option<ActorRef<SupervisorMsg>>>>,
+    /// The live actor mesh, which takes the sessions members open to this node.
+    mesh: Arc<RwLock<Option<ActorRef<MeshMsg>>>>,
 }
 
 impl Directory {
@@ -44,6 +47,22 @@ impl Directory {
 
     pub fn root(&self) -> Option<ActorRef<SupervisorMsg>> {
         self.root.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    pub fn mesh(&self) -> Option<ActorRef<MeshMsg>> {
+        self.mesh.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    pub(crate) fn set_mesh(&self, mesh: ActorRef<MeshMsg>) {
+        *self.mesh.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(mesh);
+    }
+
+    /// Forgets `mesh` if it is still the registered one (a restarted mesh may have registered already).
+    pub(crate) fn clear_mesh(&self, mesh: &ActorRef<MeshMsg>) {
+        let mut slot = self.mesh.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if slot.as_ref().is_some_and(|current| current.get_id() == mesh.get_id()) {
+            *slot = None;
+        }
     }
 
     pub fn trust_peer(&self, public_key: [u8; 32]) {

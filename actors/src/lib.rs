@@ -2,6 +2,7 @@
 //! external resource (a redb database, an openraft instance, an iroh endpoint).
 
 pub mod directory;
+pub mod mesh;
 pub mod raft;
 pub mod rpc;
 pub mod storage;

@@ -155,9 +155,13 @@ enum ClusterCommand {
     Remove { node_id: u64 },
     /// Make an actor of the node panic (only on nodes started with --enable-fault-injection).
     InjectPanic {
+        /// `raft` or `mesh`.
         #[arg(long, default_value = "raft")]
         actor: String,
     },
+    /// The node's actor mesh: its sessions to other members, and a ping from it to every node agent in the
+    /// cluster-wide process group.
+    Mesh,
 }
 
 /// A voter further behind than this makes `pando cluster health` fail.
@@ -248,6 +252,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
                 other => anyhow::bail!("unexpected response {other:?}"),
+            }
+            Ok(())
+        }
+        Command::Cluster(ClusterCommand::Mesh) => {
+            let ClusterResponse::Mesh(report) = client.cluster(ClusterRequest::Mesh).await? else {
+                anyhow::bail!("unexpected response to a mesh request");
+            };
+            if cli.json {
+                print_json(&serde_json::to_value(&report)?);
+                return Ok(());
+            }
+            println!("node {}: {} actor sessions", report.node_id, report.sessions.len());
+            for session in &report.sessions {
+                let peer = session.node_id.map_or_else(|| "?".to_string(), |id| id.to_string());
+                let direction = if session.incoming { "in " } else { "out" };
+                println!("  node {peer:<4} {direction} {}", session.peer_name.as_deref().unwrap_or("(handshake)"));
+            }
+            if !report.unconnected.is_empty() {
+                println!("  not connected: {:?}", report.unconnected);
+            }
+            println!("group {}: {} agents", report.group, report.pings.len());
+            for ping in &report.pings {
+                let node = ping.node_id.map_or_else(|| "?".to_string(), |id| id.to_string());
+                let place = if ping.local { "local " } else { "remote" };
+                match (ping.round_trip_us, &ping.error) {
+                    (Some(us), None) => println!("  node {node:<4} {place} {:.3} ms", us as f64 / 1000.0),
+                    (_, error) => println!("  node {node:<4} {place} error: {}", error.as_deref().unwrap_or("?")),
+                }
             }
             Ok(())
         }

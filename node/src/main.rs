@@ -93,7 +93,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     let secret = SecretKey::from_bytes(&identity.node_key);
     let endpoint = Endpoint::builder(presets::Minimal)
         .secret_key(secret.clone())
-        .alpns(vec![alpn::RPC.to_vec(), alpn::RAFT.to_vec()])
+        .alpns(vec![alpn::RPC.to_vec(), alpn::RAFT.to_vec(), alpn::ACTORS.to_vec()])
         .transport_config(pando_client::quic_transport_config())
         .clear_ip_transports()
         .bind_addr(bind)

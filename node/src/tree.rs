@@ -1,4 +1,5 @@
-//! The node's supervision tree: storage, then raft, then the RPC gateway, under a rest_for_one root.
+//! The node's supervision tree: storage, then raft, then the RPC gateway, then the actor mesh, under a rest_for_one
+//! root. The mesh comes last: its restarts never disturb client connections.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -6,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pando_actors::directory::Directory;
+use pando_actors::mesh::{MeshActor, MeshArgs};
 use pando_actors::raft::{RaftActor, RaftArgs};
 use pando_actors::rpc::{RpcArgs, RpcContext, RpcGateway};
 use pando_actors::storage_actor::{StorageActor, StorageArgs};
@@ -47,6 +49,17 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
         },
     )
     .with_shutdown_timeout(Duration::from_secs(10));
+    let mesh = ChildSpec::new(
+        "mesh",
+        Restart::Permanent,
+        MeshActor,
+        MeshArgs {
+            node_id: config.node_id,
+            endpoint: config.endpoint.clone(),
+            directory: config.directory.clone(),
+            cookie: pando_actors::mesh::cookie(&config.context.cluster_secret_key),
+        },
+    );
     let rpc = ChildSpec::new(
         "rpc",
         Restart::Permanent,
@@ -60,6 +73,6 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
             ROOT_RESTARTS_MAX,
             Duration::from_millis(ROOT_RESTART_PERIOD_MS),
         ),
-        children: vec![storage, raft, rpc],
+        children: vec![storage, raft, rpc, mesh],
     }
 }

@@ -55,6 +55,42 @@ pub enum ClusterRequest {
     InjectPanic {
         actor: String,
     },
+    /// The node's actor mesh: its ractor_cluster sessions to other members, and a ping of every node agent in the
+    /// cluster-wide process group, sent from this node.
+    Mesh,
+}
+
+/// One ractor_cluster session as the mesh report shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshSession {
+    /// The member at the other end, as its authenticated iroh identity says.
+    pub node_id: Option<u64>,
+    /// The name the peer gave in the ractor_cluster handshake (`None` until it has authenticated).
+    pub peer_name: Option<String>,
+    /// Whether the peer dialled this node.
+    pub incoming: bool,
+}
+
+/// One node agent's answer to a ping through the process group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshPing {
+    /// The node the answering agent runs on (from its answer; `None` if it did not answer).
+    pub node_id: Option<u64>,
+    /// Whether the agent is on this node.
+    pub local: bool,
+    pub round_trip_us: Option<u64>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshReport {
+    pub node_id: u64,
+    pub sessions: Vec<MeshSession>,
+    /// Members other than this node with no session yet.
+    pub unconnected: Vec<u64>,
+    /// The process group every node agent joins.
+    pub group: String,
+    pub pings: Vec<MeshPing>,
 }
 
 /// One supervised actor as `pando actors` shows it.
@@ -92,6 +128,7 @@ pub enum ClusterResponse {
     },
     /// The panic was injected.
     Injected,
+    Mesh(MeshReport),
 }
 
 /// One member as the status reports it.

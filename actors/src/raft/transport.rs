@@ -99,17 +99,7 @@ impl PeerClient {
         {
             return Ok(connection.clone());
         }
-        let key: [u8; 32] = self
-            .node
-            .public_key
-            .as_slice()
-            .try_into()
-            .map_err(|_| TransportError(format!("node {} has a malformed public key", self.target)))?;
-        let key = PublicKey::from_bytes(&key).map_err(|error| TransportError(error.to_string()))?;
-        let mut addr = EndpointAddr::new(key);
-        for socket in &self.node.addrs {
-            addr = addr.with_ip_addr(*socket);
-        }
+        let addr = endpoint_addr(self.target, &self.node).map_err(TransportError)?;
         let connect = self.network.endpoint.connect(addr, alpn::RAFT);
         let connection = match tokio::time::timeout(Duration::from_millis(RAFT_CONNECT_TIMEOUT_MS), connect).await {
             Ok(Ok(connection)) => connection,
@@ -214,14 +204,27 @@ async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>, String> {
     Ok(body)
 }
 
+/// Where to dial a member: its public key and last known addresses.
+pub(crate) fn endpoint_addr(node_id: NodeId, node: &MemberNode) -> Result<EndpointAddr, String> {
+    let key: [u8; 32] =
+        node.public_key.as_slice().try_into().map_err(|_| format!("node {node_id} has a malformed public key"))?;
+    let key = PublicKey::from_bytes(&key).map_err(|error| format!("node {node_id} has a bad public key: {error}"))?;
+    Ok(node.addrs.iter().fold(EndpointAddr::new(key), |addr, socket| addr.with_ip_addr(*socket)))
+}
+
+/// The current members (voters and learners) as this node's Raft sees them; empty while Raft is not running.
+pub(crate) fn members(directory: &Directory) -> BTreeMap<NodeId, MemberNode> {
+    let Some(handles) = directory.raft() else { return BTreeMap::new() };
+    let metrics = handles.raft.metrics().borrow().clone();
+    metrics.membership_config.membership().nodes().map(|(id, node)| (*id, node.clone())).collect()
+}
+
 /// Whether `remote` may send us Raft traffic: a node of the current membership, or a peer trusted since joining.
 pub fn is_authorised_peer(directory: &Directory, remote: &PublicKey) -> bool {
     if directory.is_trusted_peer(remote.as_bytes()) {
         return true;
     }
-    let Some(handles) = directory.raft() else { return false };
-    let metrics = handles.raft.metrics().borrow().clone();
-    metrics.membership_config.membership().nodes().any(|(_, node)| node.public_key.as_slice() == remote.as_bytes())
+    members(directory).values().any(|node| node.public_key.as_slice() == remote.as_bytes())
 }
 
 /// Serves Raft RPCs from one peer connection until it closes.

@@ -3,16 +3,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
+use std::time::Duration;
 
 use openraft::ChangeMembers;
 use openraft::error::{CheckIsLeaderError, RaftError};
-use pando_protocol::cluster::{ActorReport, ClusterResponse, ClusterStatus, MemberNode, MemberStatus, hex};
+use pando_protocol::cluster::{ActorReport, ClusterResponse, ClusterStatus, MemberNode, MemberStatus, MeshReport, hex};
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::kv::Bytes;
 use pando_protocol::ticket::TicketNode;
 
 use super::handler::RpcContext;
 use crate::directory::RaftHandles;
+use crate::mesh::MeshMsg;
 use crate::raft::RaftMsg;
 use crate::raft::raft_actor::{not_leader, write_error};
 use crate::raft::type_config::NodeId;
@@ -326,6 +328,39 @@ pub(crate) fn inject_panic(context: &RpcContext, actor: &str) -> Result<ClusterR
             tracing::warn!("fault injection: raft actor told to panic");
             Ok(ClusterResponse::Injected)
         }
-        other => Err(WireError::invalid(format!("cannot inject a panic into `{other}`; known: raft"))),
+        "mesh" => {
+            let mesh = context
+                .directory
+                .mesh()
+                .ok_or_else(|| WireError::new(ErrorCode::Unavailable, "the actor mesh is not running"))?;
+            mesh.cast(MeshMsg::InjectPanic)
+                .map_err(|error| WireError::new(ErrorCode::Unavailable, format!("mesh actor is gone: {error}")))?;
+            tracing::warn!("fault injection: mesh actor told to panic");
+            Ok(ClusterResponse::Injected)
+        }
+        other => Err(WireError::invalid(format!("cannot inject a panic into `{other}`; known: raft, mesh"))),
     }
+}
+
+/// How long the mesh may take to list its sessions.
+const MESH_STATUS_TIMEOUT_MS: u64 = 5_000;
+
+/// The mesh's sessions, and a ping from this node to every node agent in the cluster-wide process group.
+pub(crate) async fn mesh(context: &RpcContext) -> Result<ClusterResponse, WireError> {
+    let mesh = context
+        .directory
+        .mesh()
+        .ok_or_else(|| WireError::new(ErrorCode::Unavailable, "the actor mesh is not running"))?;
+    let status = match mesh.call(MeshMsg::Status, Some(Duration::from_millis(MESH_STATUS_TIMEOUT_MS))).await {
+        Ok(ractor::rpc::CallResult::Success(status)) => status,
+        _ => return Err(WireError::new(ErrorCode::Unavailable, "the actor mesh did not answer")),
+    };
+    let pings = crate::mesh::agent::ping_group(context.node_id).await;
+    Ok(ClusterResponse::Mesh(MeshReport {
+        node_id: context.node_id,
+        sessions: status.sessions,
+        unconnected: status.unconnected,
+        group: crate::mesh::NODES_GROUP.to_string(),
+        pings,
+    }))
 }

@@ -21,6 +21,7 @@ use super::{
     RPC_CONNECTION_AUTH_TIMEOUT_MS, RPC_CONNECTION_CHECK_INTERVAL_MS, RPC_CONNECTION_IDLE_TIMEOUT_MS,
     RPC_CONNECTIONS_MAX, RPC_REQUESTS_IN_FLIGHT_MAX,
 };
+use crate::mesh::accept_peer;
 use crate::raft::transport::serve_peer;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -150,6 +151,14 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
                 tokio::select! {
                     _ = shutdown.cancelled() => connection.close(2u32.into(), b"node stopping"),
                     () = serve_peer(connection.clone(), directory) => {}
+                }
+                return;
+            }
+            if connection.alpn() == alpn::ACTORS {
+                let directory = shared.context.directory.clone();
+                tokio::select! {
+                    _ = shutdown.cancelled() => connection.close(2u32.into(), b"node stopping"),
+                    () = accept_peer(connection.clone(), directory) => {}
                 }
                 return;
             }

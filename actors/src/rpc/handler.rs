@@ -172,6 +172,10 @@ async fn execute(
                     authorise(claims, Access::ClusterAdmin)?;
                     cluster::inject_panic(context, &actor)?
                 }
+                ClusterRequest::Mesh => {
+                    authorise(claims, Access::ClusterRead)?;
+                    cluster::mesh(context).await?
+                }
                 ClusterRequest::UpdateAddress { node_id, node } => {
                     authorise(claims, Access::ClusterAdmin)?;
                     cluster::update_address(context, node_id, node).await?

@@ -1,0 +1,344 @@
+//! The MeshActor: keeps one ractor_cluster session open to every other member, and none to anyone else.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use iroh::Endpoint;
+use iroh::endpoint::Connection;
+use pando_protocol::alpn;
+use pando_protocol::cluster::{MemberNode, MeshSession};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
+use ractor_cluster::{NodeServer, NodeServerMessage};
+use tokio::task::JoinHandle;
+
+use super::agent::{AgentMsg, NodeAgent};
+use super::stream::MeshStream;
+use super::{
+    MESH_CONNECT_TIMEOUT_MS, MESH_FRAME_BYTES_MAX, MESH_PREAMBLE, MESH_PREAMBLE_TIMEOUT_MS, MESH_RECONCILE_INTERVAL_MS,
+    MESH_REDIAL_BACKOFF_MS_MAX, MESH_REDIAL_BACKOFF_MS_MIN, MESH_SESSIONS_PER_PEER_MAX, node_of_label, session_label,
+};
+use crate::directory::Directory;
+use crate::raft::transport::{endpoint_addr, members};
+
+/// How long the mesh waits for the NodeServer to list its sessions.
+const SESSIONS_QUERY_TIMEOUT_MS: u64 = 2_000;
+
+/// The ractor_cluster cookie of a cluster: derived from its secret key, so only holders of the key (members) know it.
+pub fn cookie(cluster_secret_key: &[u8; 32]) -> String {
+    let derived = blake3::derive_key("pando 2026-11 actor mesh cookie v1", cluster_secret_key);
+    derived.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MeshActor;
+
+#[derive(Clone)]
+pub struct MeshArgs {
+    pub node_id: u64,
+    /// The node's endpoint; the mesh dials on it (the RPC gateway accepts for it).
+    pub endpoint: Endpoint,
+    pub directory: Directory,
+    pub cookie: String,
+}
+
+pub enum MeshMsg {
+    /// Compare the sessions with the membership: dial missing members, stop sessions of non-members.
+    Reconcile,
+    /// A dial finished.
+    Dialed {
+        node_id: u64,
+        outcome: Result<(), String>,
+    },
+    /// A member dialled us and opened its session stream (already authenticated by [`accept_peer`]).
+    Incoming {
+        node_id: u64,
+        stream: Box<MeshStream>,
+    },
+    Status(RpcReplyPort<MeshStatus>),
+    /// Fault injection: panic in the handler.
+    InjectPanic,
+}
+
+impl ractor::Message for MeshMsg {}
+
+#[derive(Clone, Debug, Default)]
+pub struct MeshStatus {
+    pub sessions: Vec<MeshSession>,
+    /// Other members with no session.
+    pub unconnected: Vec<u64>,
+}
+
+pub struct MeshState {
+    args: MeshArgs,
+    node_server: ActorRef<NodeServerMessage>,
+    agent: ActorRef<AgentMsg>,
+    dials: BTreeMap<u64, JoinHandle<()>>,
+    /// Per member: when it may be dialled next, and the wait after the next failure.
+    backoff: BTreeMap<u64, (Instant, Duration)>,
+    /// Sessions per member at the last reconcile, to bound what one member may open.
+    sessions_per_peer: BTreeMap<u64, usize>,
+    reconcile_timer: JoinHandle<()>,
+    me: ActorRef<MeshMsg>,
+}
+
+impl Drop for MeshState {
+    /// A panicking mesh skips `post_stop`: its sessions, dials and timer must end with it all the same, or a
+    /// restarted mesh would find a second NodeServer holding the old sessions.
+    fn drop(&mut self) {
+        self.reconcile_timer.abort();
+        for dial in self.dials.values() {
+            dial.abort();
+        }
+        self.node_server.kill();
+        self.agent.kill();
+        self.args.directory.clear_mesh(&self.me);
+    }
+}
+
+impl Actor for MeshActor {
+    type Msg = MeshMsg;
+    type State = MeshState;
+    type Arguments = MeshArgs;
+
+    async fn pre_start(&self, myself: ActorRef<MeshMsg>, args: MeshArgs) -> Result<MeshState, ActorProcessingErr> {
+        // ractor_cluster always opens a TCP listener; it is bound to loopback and every session it would accept still
+        // needs the cookie. Pando's sessions all arrive over iroh.
+        let server = NodeServer::new(
+            0,
+            args.cookie.clone(),
+            session_label(args.node_id),
+            "pando".into(),
+            None,
+            Some(NodeConnectionMode::Isolated),
+        )
+        .with_listen_addr(Ipv4Addr::LOCALHOST.into())
+        .with_max_inbound_frame_size(MESH_FRAME_BYTES_MAX);
+        let (node_server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
+        let agent = match Actor::spawn_linked(None, NodeAgent { node_id: args.node_id }, (), myself.get_cell()).await {
+            Ok((agent, _)) => agent,
+            Err(error) => {
+                node_server.kill();
+                return Err(error.into());
+            }
+        };
+        let reconcile_timer =
+            myself.send_interval(Duration::from_millis(MESH_RECONCILE_INTERVAL_MS), || MeshMsg::Reconcile);
+        args.directory.set_mesh(myself.clone());
+        let _ = myself.cast(MeshMsg::Reconcile);
+        Ok(MeshState {
+            args,
+            node_server,
+            agent,
+            dials: BTreeMap::new(),
+            backoff: BTreeMap::new(),
+            sessions_per_peer: BTreeMap::new(),
+            reconcile_timer,
+            me: myself,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<MeshMsg>,
+        message: MeshMsg,
+        state: &mut MeshState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            MeshMsg::Reconcile => reconcile(&myself, state).await,
+            MeshMsg::Dialed { node_id, outcome } => {
+                state.dials.remove(&node_id);
+                let (_, wait) = state
+                    .backoff
+                    .get(&node_id)
+                    .copied()
+                    .unwrap_or((Instant::now(), Duration::from_millis(MESH_REDIAL_BACKOFF_MS_MIN)));
+                // A dial that worked can still end in a refused handshake; the next dial waits either way, and the
+                // wait resets once a reconcile sees the session.
+                state.backoff.insert(
+                    node_id,
+                    (Instant::now() + wait, (wait * 2).min(Duration::from_millis(MESH_REDIAL_BACKOFF_MS_MAX))),
+                );
+                match outcome {
+                    Ok(()) => tracing::debug!(peer = node_id, "actor session opened"),
+                    Err(error) => tracing::debug!(peer = node_id, %error, "cannot open an actor session"),
+                }
+            }
+            MeshMsg::Incoming { node_id, stream } => {
+                let held = state.sessions_per_peer.get(&node_id).copied().unwrap_or(0);
+                if held >= MESH_SESSIONS_PER_PEER_MAX {
+                    tracing::warn!(peer = node_id, held, "refusing another actor session from a member");
+                    stream.connection.close(7u32.into(), b"too many actor sessions");
+                    return Ok(());
+                }
+                state.sessions_per_peer.insert(node_id, held + 1);
+                state.node_server.cast(NodeServerMessage::ConnectionOpenedExternal { stream, is_server: true })?;
+            }
+            MeshMsg::Status(reply) => {
+                let node_server = state.node_server.clone();
+                let others: BTreeSet<u64> =
+                    members(&state.args.directory).into_keys().filter(|id| *id != state.args.node_id).collect();
+                // Answered from a task: the mesh keeps reconciling while the NodeServer is asked.
+                tokio::spawn(async move {
+                    let sessions = sessions(&node_server).await.unwrap_or_default();
+                    let connected: BTreeSet<u64> =
+                        sessions.values().filter_map(|session| node_of_label(&session.peer_addr)).collect();
+                    let mut report: Vec<MeshSession> = sessions
+                        .values()
+                        .map(|session| MeshSession {
+                            node_id: node_of_label(&session.peer_addr),
+                            peer_name: session.peer_name.as_ref().map(|name| name.name.clone()),
+                            incoming: session.is_server,
+                        })
+                        .collect();
+                    report.sort_by_key(|session| session.node_id);
+                    let unconnected = others.difference(&connected).copied().collect();
+                    let _ = reply.send(MeshStatus { sessions: report, unconnected });
+                });
+            }
+            MeshMsg::InjectPanic => panic!("fault injection: mesh actor told to panic"),
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<MeshMsg>,
+        event: SupervisionEvent,
+        state: &mut MeshState,
+    ) -> Result<(), ActorProcessingErr> {
+        let ours = |cell: &ractor::ActorCell| {
+            cell.get_id() == state.node_server.get_id() || cell.get_id() == state.agent.get_id()
+        };
+        match event {
+            SupervisionEvent::ActorFailed(cell, error) if ours(&cell) => {
+                Err(format!("mesh child {:?} failed: {error}", cell.get_id()).into())
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) if ours(&cell) => {
+                Err(format!("mesh child {:?} stopped: {reason:?}", cell.get_id()).into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+async fn sessions(node_server: &ActorRef<NodeServerMessage>) -> Option<HashMap<u64, NodeServerSessionInformation>> {
+    let timeout = Some(Duration::from_millis(SESSIONS_QUERY_TIMEOUT_MS));
+    match node_server.call(NodeServerMessage::GetSessions, timeout).await {
+        Ok(ractor::rpc::CallResult::Success(sessions)) => Some(sessions),
+        _ => None,
+    }
+}
+
+async fn reconcile(myself: &ActorRef<MeshMsg>, state: &mut MeshState) {
+    let me = state.args.node_id;
+    let members = members(&state.args.directory);
+    if members.is_empty() {
+        // Raft is restarting or has no membership yet: keep what we have.
+        return;
+    }
+    let Some(sessions) = sessions(&state.node_server).await else {
+        tracing::warn!("the actor mesh's NodeServer did not list its sessions");
+        return;
+    };
+    let mut per_peer: BTreeMap<u64, usize> = BTreeMap::new();
+    for session in sessions.values() {
+        match node_of_label(&session.peer_addr) {
+            Some(node_id) if node_id != me && members.contains_key(&node_id) => {
+                *per_peer.entry(node_id).or_default() += 1;
+            }
+            // Removed from the cluster (or never a member): its actors leave our process groups with the session.
+            other => {
+                tracing::info!(peer = ?other, "stopping the actor session of a node that is not a member");
+                session.actor.stop(Some("not a member".into()));
+            }
+        }
+    }
+    state.backoff.retain(|node_id, _| members.contains_key(node_id) && !per_peer.contains_key(node_id));
+    state.sessions_per_peer = per_peer;
+    let now = Instant::now();
+    for (node_id, node) in members {
+        // The member with the lower id dials, so a pair never races two sessions into existence.
+        if node_id <= me || state.sessions_per_peer.contains_key(&node_id) || state.dials.contains_key(&node_id) {
+            continue;
+        }
+        if state.backoff.get(&node_id).is_some_and(|(next, _)| *next > now) {
+            continue;
+        }
+        let endpoint = state.args.endpoint.clone();
+        let node_server = state.node_server.clone();
+        let myself = myself.clone();
+        let task = tokio::spawn(async move {
+            let outcome = dial(&endpoint, node_id, &node, &node_server).await;
+            let _ = myself.cast(MeshMsg::Dialed { node_id, outcome });
+        });
+        state.dials.insert(node_id, task);
+    }
+}
+
+/// Opens a session stream to a member and hands it to the NodeServer, which runs the ractor_cluster handshake.
+async fn dial(
+    endpoint: &Endpoint,
+    node_id: u64,
+    node: &MemberNode,
+    node_server: &ActorRef<NodeServerMessage>,
+) -> Result<(), String> {
+    let addr = endpoint_addr(node_id, node)?;
+    let open = async {
+        let connection =
+            endpoint.connect(addr, alpn::ACTORS).await.map_err(|error| format!("cannot connect: {error}"))?;
+        let (mut send, recv) =
+            connection.open_bi().await.map_err(|error| format!("cannot open the session stream: {error}"))?;
+        send.write_all(MESH_PREAMBLE).await.map_err(|error| format!("cannot send the preamble: {error}"))?;
+        Ok::<_, String>(MeshStream { connection, send, recv, label: session_label(node_id) })
+    };
+    let stream = tokio::time::timeout(Duration::from_millis(MESH_CONNECT_TIMEOUT_MS), open)
+        .await
+        .map_err(|_| format!("opening a session to node {node_id} timed out"))??;
+    node_server
+        .cast(NodeServerMessage::ConnectionOpenedExternal { stream: Box::new(stream), is_server: false })
+        .map_err(|error| format!("the NodeServer is gone: {error}"))
+}
+
+/// Serves one incoming `pando/actors/1` connection: only a current member is accepted, and its session is labelled
+/// with the node id its iroh identity has in the membership.
+pub async fn accept_peer(connection: Connection, directory: Directory) {
+    let remote = connection.remote_id();
+    let Some(node_id) =
+        members(&directory).into_iter().find(|(_, node)| node.public_key.as_slice() == remote.as_bytes()).map(|m| m.0)
+    else {
+        tracing::warn!(%remote, "refusing an actor session from a node that is not a member");
+        connection.close(5u32.into(), b"not a member");
+        return;
+    };
+    let Some(mesh) = directory.mesh() else {
+        connection.close(2u32.into(), b"actor mesh not running");
+        return;
+    };
+    let opened = async {
+        let (send, mut recv) = connection.accept_bi().await.map_err(|error| error.to_string())?;
+        let mut preamble = [0u8; MESH_PREAMBLE.len()];
+        recv.read_exact(&mut preamble).await.map_err(|error| error.to_string())?;
+        if &preamble != MESH_PREAMBLE {
+            return Err("unknown actor session preamble".to_string());
+        }
+        Ok((send, recv))
+    };
+    let (send, recv) = match tokio::time::timeout(Duration::from_millis(MESH_PREAMBLE_TIMEOUT_MS), opened).await {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(error)) => {
+            tracing::debug!(peer = node_id, %error, "actor session stream refused");
+            connection.close(6u32.into(), b"bad actor session stream");
+            return;
+        }
+        Err(_) => {
+            connection.close(6u32.into(), b"actor session stream not opened in time");
+            return;
+        }
+    };
+    let stream = Box::new(MeshStream { connection: connection.clone(), send, recv, label: session_label(node_id) });
+    if mesh.cast(MeshMsg::Incoming { node_id, stream }).is_err() {
+        connection.close(2u32.into(), b"actor mesh not running");
+    }
+}

@@ -1,0 +1,53 @@
+//! The actor mesh: ractor_cluster sessions between members, carried over iroh bi-streams (ALPN `pando/actors/1`),
+//! so ractor process groups span the cluster. An actor joined to a group on one node is a member of that group on
+//! every connected node, and a message sent to it from anywhere reaches it. Hook fan-out and job dispatch use this.
+//!
+//! Who may connect is decided by membership, not by ractor_cluster: a peer's iroh identity (its TLS-authenticated
+//! public key) must be a node of the current Raft membership, and its session is labelled with that node's id. The
+//! ractor_cluster cookie (derived from the cluster key) is a second check. Sessions of removed members are stopped.
+//!
+//! Each pair of members holds one session; the member with the lower id dials. [`MeshActor`] owns the
+//! ractor_cluster `NodeServer` and this node's [`agent::NodeAgent`]; if either dies the mesh fails and its supervisor
+//! restarts the whole mesh, and the sessions come back on the next reconcile.
+
+pub mod agent;
+mod mesh_actor;
+mod stream;
+
+pub use stream::MeshStream;
+
+pub use mesh_actor::{MeshActor, MeshArgs, MeshMsg, MeshStatus, accept_peer, cookie};
+
+/// How long dialling a member and opening the session stream may take.
+pub const MESH_CONNECT_TIMEOUT_MS: u64 = 3_000;
+/// How often the mesh compares its sessions with the membership.
+pub const MESH_RECONCILE_INTERVAL_MS: u64 = 1_000;
+/// First wait before redialling a member after a failed or lost session; doubles up to the maximum.
+pub const MESH_REDIAL_BACKOFF_MS_MIN: u64 = 250;
+pub const MESH_REDIAL_BACKOFF_MS_MAX: u64 = 10_000;
+/// Largest ractor_cluster frame a peer may send (checked before the payload is allocated).
+pub const MESH_FRAME_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// Sessions one member may hold to this node at once (one is normal; two while a reconnect replaces a dead one).
+pub const MESH_SESSIONS_PER_PEER_MAX: usize = 2;
+/// First bytes on a session stream: names the sub-protocol version and makes the stream visible to the acceptor.
+pub const MESH_PREAMBLE: &[u8; 8] = b"pando-a1";
+/// How long an accepted connection may take to open its stream and send the preamble.
+pub const MESH_PREAMBLE_TIMEOUT_MS: u64 = 5_000;
+/// Deadline of a ping to one node agent.
+pub const MESH_PING_TIMEOUT_MS: u64 = 2_000;
+/// Most group members one ping round contacts.
+pub const MESH_PING_TARGETS_MAX: usize = 64;
+/// The process group every node's agent joins.
+pub const NODES_GROUP: &str = "pando.nodes";
+
+/// The session label (and so the identity) of a member: set by this node from the peer's authenticated iroh key.
+pub(crate) fn session_label(node_id: u64) -> String {
+    format!("node-{node_id}")
+}
+
+pub(crate) fn node_of_label(label: &str) -> Option<u64> {
+    label.strip_prefix("node-")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests;
