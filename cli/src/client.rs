@@ -7,6 +7,7 @@ use iroh::endpoint::{Connection, presets};
 use iroh::{Endpoint, EndpointAddr, PublicKey};
 use pando_protocol::alpn;
 use pando_protocol::cluster::{ClusterRequest, ClusterResponse, ClusterStatus, MemberNode};
+use pando_protocol::coord::{CoordRequest, CoordResponse};
 use pando_protocol::envelope::{PROTOCOL_VERSION, Request, RequestEnvelope, Response, ResponseEnvelope};
 use pando_protocol::error::{ErrorCode, ErrorDetail};
 use pando_protocol::frame::{self, LENGTH_PREFIX_BYTES};
@@ -402,6 +403,13 @@ impl Client {
     pub async fn cluster(&self, request: ClusterRequest) -> Result<ClusterResponse, ClientError> {
         match self.request(Request::Cluster(request)).await? {
             Response::Cluster(response) => Ok(response),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn coord(&self, request: CoordRequest) -> Result<CoordResponse, ClientError> {
+        match self.request(Request::Coord(request)).await? {
+            Response::Coord(response) => Ok(response),
             other => Err(unexpected(&other)),
         }
     }

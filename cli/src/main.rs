@@ -2,6 +2,7 @@
 //! message on stderr; `--json` prints machine-readable output on stdout.
 
 mod bench;
+mod coord;
 mod output;
 
 use std::io::{Read, Write};
@@ -46,6 +47,18 @@ enum Command {
     /// Load generator: throughput and latency percentiles.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Leases: TTLs kept alive by their holder; everything attached is released when one lapses.
+    #[command(subcommand)]
+    Lease(coord::LeaseCommand),
+    /// Locks with fencing tokens, held by a lease.
+    #[command(subcommand)]
+    Lock(coord::LockCommand),
+    /// Signed or unsigned counters; overflow and underflow are refused.
+    #[command(subcommand)]
+    Counter(coord::CounterCommand),
+    /// Gap-free sequences starting at 1.
+    #[command(subcommand)]
+    Sequence(coord::SequenceCommand),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -232,6 +245,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::new(&ticket, options.clone()).await?;
     let result = match cli.command {
         Command::Kv(command) => kv(&client, command, cli.json).await,
+        Command::Lease(command) => coord::lease(&client, command, cli.json).await,
+        Command::Lock(command) => coord::lock(&client, command, cli.json).await,
+        Command::Counter(command) => coord::counter(&client, command, cli.json).await,
+        Command::Sequence(command) => coord::sequence(&client, command, cli.json).await,
         Command::Actors => {
             match client.cluster(ClusterRequest::Actors).await? {
                 ClusterResponse::Actors { actors } => {

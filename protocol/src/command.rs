@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::coord::{CoordRequest, CoordResponse};
 use crate::error::WireError;
 use crate::kv::{KvRequest, KvResponse};
 
@@ -12,7 +13,28 @@ use crate::kv::{KvRequest, KvResponse};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     Kv(KvRequest),
+    Coord(CoordRequest),
 }
+
+impl Command {
+    /// Bytes the command weighs in a log entry.
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Command::Kv(request) => request.payload_bytes(),
+            Command::Coord(request) => request.payload_bytes(),
+        }
+    }
+}
+
+/// What one command produced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandOutput {
+    Kv(KvResponse),
+    Coord(CoordResponse),
+}
+
+/// The result of one KV command.
+pub type KvResult = Result<KvResponse, WireError>;
 
 /// The application data of one log entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,7 +46,7 @@ pub struct Proposal {
 }
 
 /// The result of one command.
-pub type CommandResult = Result<KvResponse, WireError>;
+pub type CommandResult = Result<CommandOutput, WireError>;
 
 /// The state machine's answer to one proposal: one result per command, in order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{ClusterRequest, ClusterResponse};
+use crate::coord::{CoordRequest, CoordResponse};
 use crate::error::{ErrorCode, WireError};
 use crate::kv::{KvRequest, KvResponse};
 use crate::token::CapabilityToken;
@@ -28,6 +29,7 @@ pub struct RequestEnvelope {
 pub enum Request {
     Kv(KvRequest),
     Cluster(ClusterRequest),
+    Coord(CoordRequest),
 }
 
 /// A response to the request with the same id.
@@ -41,6 +43,7 @@ pub struct ResponseEnvelope {
 pub enum Response {
     Kv(KvResponse),
     Cluster(ClusterResponse),
+    Coord(CoordResponse),
 }
 
 /// The first two fields of an envelope, decoded on their own when the full envelope does not decode, so the error

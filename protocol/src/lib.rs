@@ -6,6 +6,7 @@
 pub mod alpn;
 pub mod cluster;
 pub mod command;
+pub mod coord;
 pub mod envelope;
 pub mod error;
 pub mod frame;

@@ -3,12 +3,41 @@
 use std::collections::BTreeMap;
 use std::ops::{Bound, ControlFlow};
 
+use crate::coord::{CoordRead, CoordWrite, RowVisitor};
 use crate::state_machine::{KvRead, KvWrite, StorageFault, scan_start};
 use crate::stored_value::StoredValue;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MemoryTables {
     pub rows: BTreeMap<Vec<u8>, StoredValue>,
+    /// Coordination rows (leases, locks, counters, sequences).
+    pub coord: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl CoordRead for MemoryTables {
+    fn coord_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageFault> {
+        Ok(self.coord.get(key).cloned())
+    }
+
+    fn coord_scan(&self, prefix: &[u8], visit: &mut RowVisitor<'_>) -> Result<(), StorageFault> {
+        for (key, value) in self.coord.range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded)) {
+            if !key.starts_with(prefix) || visit(key, value).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CoordWrite for MemoryTables {
+    fn coord_put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageFault> {
+        self.coord.insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+
+    fn coord_delete(&mut self, key: &[u8]) -> Result<bool, StorageFault> {
+        Ok(self.coord.remove(key).is_some())
+    }
 }
 
 impl KvRead for MemoryTables {

@@ -6,7 +6,8 @@
 
 use std::ops::ControlFlow;
 
-use crate::command::{Command, CommandResult, Proposal, ProposalOutcome};
+use crate::command::{Command, CommandOutput, CommandResult, KvResult, Proposal, ProposalOutcome};
+use crate::coord::{self, CoordWrite};
 use crate::error::{ErrorCode, ErrorDetail, WireError};
 use crate::kv::{
     Bytes, Compare, CompareOp, CompareTarget, KvEntry, KvRequest, KvResponse, TxnOp, TxnOpResult, WriteOp,
@@ -50,31 +51,38 @@ pub fn scan_start<'a>(prefix: &'a [u8], after: Option<&'a [u8]>) -> std::ops::Bo
 }
 
 /// Applies every command of a proposal in order. `revision` is the store revision before the proposal; it is advanced
-/// by one for every command that changed at least one row.
+/// by one for every command that changed at least one KV row.
+///
+/// First the state machine's clock advances to the proposal's stamp (never backwards) and every lease that lapsed by
+/// then is revoked, so each command sees the coordination state as of its own time.
 pub fn apply_proposal(
-    tables: &mut impl KvWrite,
+    tables: &mut (impl KvWrite + CoordWrite),
     revision: &mut u64,
     proposal: &Proposal,
 ) -> Result<ProposalOutcome, StorageFault> {
+    let now = coord::advance_clock(tables, proposal.stamp_ms)?;
+    coord::expire_due(tables, now)?;
     let mut results = Vec::with_capacity(proposal.commands.len());
     for command in &proposal.commands {
-        results.push(apply_command(tables, revision, command)?);
+        results.push(apply_command(tables, revision, now, command)?);
     }
     Ok(ProposalOutcome { results })
 }
 
-/// Applies one command. Invalid commands are answered with an error and change nothing.
+/// Applies one command at log time `now`. Invalid commands are answered with an error and change nothing.
 pub fn apply_command(
-    tables: &mut impl KvWrite,
+    tables: &mut (impl KvWrite + CoordWrite),
     revision: &mut u64,
+    now: u64,
     command: &Command,
 ) -> Result<CommandResult, StorageFault> {
-    match command {
-        Command::Kv(request) => apply_kv(tables, revision, request),
-    }
+    Ok(match command {
+        Command::Kv(request) => apply_kv(tables, revision, request)?.map(CommandOutput::Kv),
+        Command::Coord(request) => coord::apply(tables, now, request)?.map(CommandOutput::Coord),
+    })
 }
 
-fn apply_kv(tables: &mut impl KvWrite, revision: &mut u64, request: &KvRequest) -> Result<CommandResult, StorageFault> {
+fn apply_kv(tables: &mut impl KvWrite, revision: &mut u64, request: &KvRequest) -> Result<KvResult, StorageFault> {
     if let Err(error) = request.validate() {
         return Ok(Err(error));
     }
@@ -162,7 +170,7 @@ fn apply_kv(tables: &mut impl KvWrite, revision: &mut u64, request: &KvRequest) 
 }
 
 /// Serves a read-only request from the rows as they are. Write requests are refused.
-pub fn read(tables: &impl KvRead, revision: u64, request: &KvRequest) -> Result<CommandResult, StorageFault> {
+pub fn read(tables: &impl KvRead, revision: u64, request: &KvRequest) -> Result<KvResult, StorageFault> {
     if let Err(error) = request.validate() {
         return Ok(Err(error));
     }

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use openraft::error::{ClientWriteError, RaftError};
 use pando_protocol::cluster::MemberNode;
 use pando_protocol::command::{Command, CommandResult, Proposal};
+use pando_protocol::coord::CoordRequest;
 use pando_protocol::error::{ErrorCode, ErrorDetail, WireError};
 use pando_protocol::limits::PROPOSAL_BYTES_MAX;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -27,6 +28,8 @@ pub const PROPOSALS_IN_FLIGHT_MAX: usize = 2;
 pub const PROPOSAL_BATCH_COUNT_MAX: usize = 1024;
 /// Most proposals waiting for a batch; beyond this proposals are refused with `BUSY`.
 pub const PROPOSALS_PENDING_COUNT_MAX: usize = 16 * 1024;
+/// How often the leader checks whether a lease deadline has passed (and proposes a tick to expire it).
+pub const EXPIRY_CHECK_INTERVAL_MS: u64 = 250;
 /// How long a previous Raft instance gets to shut down when the actor restarts.
 pub const RAFT_SHUTDOWN_TIMEOUT_MS: u64 = 5_000;
 
@@ -58,6 +61,8 @@ pub enum RaftMsg {
     Fatal(String),
     /// Fault injection: panic inside the handler, as a bug would.
     InjectPanic,
+    /// On the leader: propose a tick if a lease deadline has passed, so leases expire on a quiet cluster too.
+    ExpiryCheck,
 }
 
 impl ractor::Message for RaftMsg {}
@@ -78,6 +83,8 @@ pub struct RaftState {
     in_flight_count: usize,
     batches_total: u64,
     commands_total: u64,
+    directory: Directory,
+    last_tick_at: Option<std::time::Instant>,
 }
 
 impl Actor for RaftActor {
@@ -107,6 +114,7 @@ impl Actor for RaftActor {
             }
         }
         args.directory.set_raft(RaftHandles { raft: raft.clone(), actor: myself.clone() });
+        let myself_for_ticks = myself.clone();
         // openraft stops by itself on a fatal error (a storage failure, a panic in its core); turn that into a
         // failure of this actor so the supervisor restarts it instead of leaving a node that answers UNAVAILABLE.
         let mut metrics = raft.metrics();
@@ -121,6 +129,7 @@ impl Actor for RaftActor {
                 }
             }
         });
+        myself_ticks(&myself_for_ticks);
         Ok(RaftState {
             node_id: args.node_id,
             raft,
@@ -128,6 +137,8 @@ impl Actor for RaftActor {
             in_flight_count: 0,
             batches_total: 0,
             commands_total: 0,
+            directory: args.directory.clone(),
+            last_tick_at: None,
         })
     }
 
@@ -163,6 +174,7 @@ impl Actor for RaftActor {
             }
             RaftMsg::Fatal(error) => return Err(format!("raft stopped: {error}").into()),
             RaftMsg::InjectPanic => panic!("fault injection: raft actor panics on request"),
+            RaftMsg::ExpiryCheck => expiry_check(&myself, state),
             RaftMsg::Status(reply) => {
                 let _ = reply.send(RaftActorStatus {
                     node_id: state.node_id,
@@ -174,6 +186,36 @@ impl Actor for RaftActor {
             }
         }
         Ok(())
+    }
+}
+
+/// Sends the actor an [`RaftMsg::ExpiryCheck`] every [`EXPIRY_CHECK_INTERVAL_MS`] for as long as it lives.
+fn myself_ticks(myself: &ActorRef<RaftMsg>) {
+    myself.send_interval(Duration::from_millis(EXPIRY_CHECK_INTERVAL_MS), || RaftMsg::ExpiryCheck);
+}
+
+/// On the leader, when the earliest lease deadline is behind its clock, queues a tick (at most one per interval).
+fn expiry_check(myself: &ActorRef<RaftMsg>, state: &mut RaftState) {
+    if state.raft.metrics().borrow().current_leader != Some(state.node_id) {
+        return;
+    }
+    if state.last_tick_at.is_some_and(|at| at.elapsed() < Duration::from_millis(EXPIRY_CHECK_INTERVAL_MS)) {
+        return;
+    }
+    let Some(stores) = state.directory.stores() else { return };
+    let due = match stores.reader.lease_deadline() {
+        Ok(deadline) => deadline.is_some_and(|deadline| deadline <= now_ms()),
+        Err(fault) => {
+            tracing::warn!(%fault, "cannot read the next lease deadline");
+            return;
+        }
+    };
+    if due && state.pending.len() < PROPOSALS_PENDING_COUNT_MAX {
+        state.last_tick_at = Some(std::time::Instant::now());
+        // Nobody waits for the answer: the tick's effect is the expiry it triggers.
+        let (reply, _) = ractor::concurrency::oneshot();
+        state.pending.push_back((Command::Coord(CoordRequest::Tick), RpcReplyPort::from(reply)));
+        flush(myself, state);
     }
 }
 
@@ -271,9 +313,7 @@ pub fn not_leader(leader_id: Option<NodeId>, leader_node: Option<MemberNode>) ->
 
 /// Key and value bytes a command carries.
 fn command_payload_bytes(command: &Command) -> usize {
-    match command {
-        Command::Kv(request) => request.payload_bytes(),
-    }
+    command.payload_bytes()
 }
 
 /// The leader's clock stamp for proposals, in milliseconds since the Unix epoch.

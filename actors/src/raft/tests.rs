@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pando_protocol::cluster::MemberNode;
-use pando_protocol::command::Command;
+use pando_protocol::command::{Command, CommandOutput};
 use pando_protocol::kv::{KvResponse, bytes};
 use pando_protocol::state_machine::put_request;
 use ractor::{Actor, ActorRef};
@@ -60,7 +60,7 @@ async fn concurrent_proposals_share_batches_and_each_gets_its_result() {
     let mut revisions = Vec::new();
     for call in calls {
         match call.await.unwrap() {
-            Ok(KvResponse::Written { revision }) => revisions.push(revision),
+            Ok(CommandOutput::Kv(KvResponse::Written { revision })) => revisions.push(revision),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -88,6 +88,6 @@ async fn a_restarted_actor_takes_over_after_a_panic_elsewhere() {
     let second = start(dir.path(), &directory).await;
     let command = Command::Kv(put_request(b"after", b"2"));
     let result = ractor::call_t!(second, |reply| RaftMsg::Propose { command, reply }, 10_000).unwrap();
-    assert_eq!(result, Ok(KvResponse::Written { revision: 2 }));
+    assert_eq!(result, Ok(CommandOutput::Kv(KvResponse::Written { revision: 2 })));
     second.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
 }

@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ed25519_dalek::VerifyingKey;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use pando_protocol::cluster::{ClusterRequest, ClusterResponse};
-use pando_protocol::command::Command;
+use pando_protocol::command::{Command, CommandOutput};
+use pando_protocol::coord::CoordRequest;
 use pando_protocol::envelope::{Request, RequestEnvelope, Response, ResponseEnvelope};
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::kv::{Consistency, KvRequest, KvResponse};
@@ -134,9 +135,36 @@ async fn execute(
             for key in request.keys() {
                 authorise(claims, if write { Access::KvWrite(key) } else { Access::KvRead(key) })?;
             }
-            let response =
-                if write { propose(context, request, timeout).await? } else { read(context, request).await? };
-            Ok(Response::Kv(response))
+            if !write {
+                return Ok(Response::Kv(read(context, request).await?));
+            }
+            match propose(context, Command::Kv(request), timeout).await? {
+                CommandOutput::Kv(response) => Ok(Response::Kv(response)),
+                other => Err(WireError::internal(format!("a KV write produced {other:?}"))),
+            }
+        }
+        Request::Coord(request) => {
+            request.validate()?;
+            if matches!(request, CoordRequest::Tick) {
+                return Err(WireError::invalid("ticks are proposed by the leader only"));
+            }
+            let name = request.name();
+            authorise(claims, if request.is_write() { Access::KvWrite(name) } else { Access::KvRead(name) })?;
+            if !request.is_write() {
+                linearize(context).await?;
+                let reader = reader(context)?;
+                let result = tokio::task::spawn_blocking(move || reader.read_coord(&request))
+                    .await
+                    .map_err(|error| WireError::internal(format!("read task failed: {error}")))?;
+                return match result {
+                    Ok(result) => result.map(Response::Coord),
+                    Err(fault) => Err(WireError::internal(fault.to_string())),
+                };
+            }
+            match propose(context, Command::Coord(request), timeout).await? {
+                CommandOutput::Coord(response) => Ok(Response::Coord(response)),
+                other => Err(WireError::internal(format!("a coordination write produced {other:?}"))),
+            }
         }
         Request::Cluster(request) => {
             let response = match request {
@@ -186,10 +214,9 @@ async fn execute(
     }
 }
 
-async fn propose(context: &RpcContext, request: KvRequest, timeout: Duration) -> Result<KvResponse, WireError> {
+async fn propose(context: &RpcContext, command: Command, timeout: Duration) -> Result<CommandOutput, WireError> {
     let handles =
         context.directory.raft().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "raft is not running"))?;
-    let command = Command::Kv(request);
     let outcome = handles.actor.call(|reply: RpcReplyPort<_>| RaftMsg::Propose { command, reply }, Some(timeout)).await;
     match outcome {
         Ok(ractor::rpc::CallResult::Success(result)) => result,
@@ -204,6 +231,26 @@ async fn propose(context: &RpcContext, request: KvRequest, timeout: Duration) ->
     }
 }
 
+fn reader(context: &RpcContext) -> Result<crate::storage::StateReader, WireError> {
+    Ok(context.directory.stores().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "storage is not open"))?.reader)
+}
+
+/// Waits until this node knows it is leader and has applied everything committed before the read started.
+async fn linearize(context: &RpcContext) -> Result<(), WireError> {
+    let handles =
+        context.directory.raft().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "raft is not running"))?;
+    match handles.raft.ensure_linearizable().await {
+        Ok(_) => Ok(()),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+            Err(not_leader(forward.leader_id, forward.leader_node))
+        }
+        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
+            Err(WireError::new(ErrorCode::Unavailable, format!("no quorum: {error}")))
+        }
+        Err(RaftError::Fatal(fatal)) => Err(WireError::new(ErrorCode::Unavailable, format!("raft stopped: {fatal}"))),
+    }
+}
+
 async fn read(context: &RpcContext, request: KvRequest) -> Result<KvResponse, WireError> {
     let consistency = match &request {
         KvRequest::Get { consistency, .. }
@@ -212,24 +259,9 @@ async fn read(context: &RpcContext, request: KvRequest) -> Result<KvResponse, Wi
         _ => Consistency::Linearizable,
     };
     if consistency == Consistency::Linearizable {
-        let handles =
-            context.directory.raft().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "raft is not running"))?;
-        // Waits until this node knows it is leader and has applied everything committed before the read started.
-        match handles.raft.ensure_linearizable().await {
-            Ok(_) => {}
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
-                return Err(not_leader(forward.leader_id, forward.leader_node));
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
-                return Err(WireError::new(ErrorCode::Unavailable, format!("no quorum: {error}")));
-            }
-            Err(RaftError::Fatal(fatal)) => {
-                return Err(WireError::new(ErrorCode::Unavailable, format!("raft stopped: {fatal}")));
-            }
-        }
+        linearize(context).await?;
     }
-    let reader =
-        context.directory.stores().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "storage is not open"))?.reader;
+    let reader = reader(context)?;
     let result = tokio::task::spawn_blocking(move || reader.read(&request))
         .await
         .map_err(|error| WireError::internal(format!("read task failed: {error}")))?;

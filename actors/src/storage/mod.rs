@@ -27,6 +27,8 @@ pub(crate) const LOG_TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("
 pub(crate) const RAFT_META_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 /// KV rows: key to [`pando_protocol::stored_value::StoredValue`].
 pub(crate) const KV_TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sm_kv");
+/// Coordination rows (leases, locks, counters, sequences, the log clock), see `pando_protocol::coord`.
+pub(crate) const COORD_TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sm_coord");
 /// Last applied log id, membership and store revision.
 pub(crate) const SM_META_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 
@@ -61,6 +63,7 @@ pub fn open(dir: &Path) -> Result<Stores, StorageError> {
         write.open_table(LOG_TABLE).map_err(|error| write_error(&error))?;
         write.open_table(RAFT_META_TABLE).map_err(|error| write_error(&error))?;
         write.open_table(KV_TABLE).map_err(|error| write_error(&error))?;
+        write.open_table(COORD_TABLE).map_err(|error| write_error(&error))?;
         write.open_table(SM_META_TABLE).map_err(|error| write_error(&error))?;
     }
     write.commit().map_err(|error| write_error(&error))?;

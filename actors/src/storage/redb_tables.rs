@@ -3,13 +3,15 @@
 use std::ops::{Bound, ControlFlow};
 use std::sync::Arc;
 
-use pando_protocol::command::CommandResult;
+use pando_protocol::command::KvResult;
+use pando_protocol::coord::{self, CoordRead, CoordRequest, CoordResponse, CoordWrite, RowVisitor};
+use pando_protocol::error::WireError;
 use pando_protocol::kv::KvRequest;
 use pando_protocol::state_machine::{self, KvRead, KvWrite, StorageFault};
 use pando_protocol::stored_value::StoredValue;
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-use super::{KV_TABLE, META_REVISION, SM_META_TABLE};
+use super::{COORD_TABLE, KV_TABLE, META_REVISION, SM_META_TABLE};
 
 fn fault(error: impl std::fmt::Display) -> StorageFault {
     StorageFault(error.to_string())
@@ -80,6 +82,64 @@ impl KvWrite for Rows<redb::Table<'_, &'static [u8], &'static [u8]>> {
     }
 }
 
+/// Both state-machine tables of one transaction, as the core sees them.
+pub(crate) struct Tables<K, C> {
+    pub(crate) kv: Rows<K>,
+    pub(crate) coord: C,
+}
+
+impl<K: ReadableTable<&'static [u8], &'static [u8]>, C> KvRead for Tables<K, C> {
+    fn get(&self, key: &[u8]) -> Result<Option<StoredValue>, StorageFault> {
+        self.kv.get(key)
+    }
+
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], StoredValue) -> ControlFlow<()>,
+    ) -> Result<(), StorageFault> {
+        self.kv.scan(prefix, after, visit)
+    }
+}
+
+impl<C> KvWrite for Tables<redb::Table<'_, &'static [u8], &'static [u8]>, C> {
+    fn put(&mut self, key: &[u8], value: &StoredValue) -> Result<(), StorageFault> {
+        self.kv.put(key, value)
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<bool, StorageFault> {
+        self.kv.delete(key)
+    }
+}
+
+impl<K, C: ReadableTable<&'static [u8], &'static [u8]>> CoordRead for Tables<K, C> {
+    fn coord_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageFault> {
+        Ok(self.coord.get(key).map_err(fault)?.map(|value| value.value().to_vec()))
+    }
+
+    fn coord_scan(&self, prefix: &[u8], visit: &mut RowVisitor<'_>) -> Result<(), StorageFault> {
+        for row in self.coord.range::<&[u8]>((Bound::Included(prefix), Bound::Unbounded)).map_err(fault)? {
+            let (key, value) = row.map_err(fault)?;
+            if !key.value().starts_with(prefix) || visit(key.value(), value.value()).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<K> CoordWrite for Tables<K, redb::Table<'_, &'static [u8], &'static [u8]>> {
+    fn coord_put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageFault> {
+        self.coord.insert(key, value).map_err(fault)?;
+        Ok(())
+    }
+
+    fn coord_delete(&mut self, key: &[u8]) -> Result<bool, StorageFault> {
+        Ok(self.coord.remove(key).map_err(fault)?.is_some())
+    }
+}
+
 /// Serves reads from the applied state in a consistent read transaction, without going through any actor.
 #[derive(Clone)]
 pub struct StateReader {
@@ -92,11 +152,25 @@ impl StateReader {
     }
 
     /// Answers a read-only request from the state as last applied.
-    pub fn read(&self, request: &KvRequest) -> Result<CommandResult, StorageFault> {
+    pub fn read(&self, request: &KvRequest) -> Result<KvResult, StorageFault> {
         let read = self.database.begin_read().map_err(fault)?;
         let revision = read_revision(&read.open_table(SM_META_TABLE).map_err(fault)?)?;
         let tables = Rows { table: read.open_table(KV_TABLE).map_err(fault)? };
         state_machine::read(&tables, revision, request)
+    }
+
+    /// Answers a read-only coordination request from the state as last applied.
+    pub fn read_coord(&self, request: &CoordRequest) -> Result<Result<CoordResponse, WireError>, StorageFault> {
+        let read = self.database.begin_read().map_err(fault)?;
+        let tables = Tables { kv: Rows { table: () }, coord: read.open_table(COORD_TABLE).map_err(fault)? };
+        coord::read(&tables, request)
+    }
+
+    /// The earliest lease deadline and the state machine's clock, for the leader's expiry ticks.
+    pub fn lease_deadline(&self) -> Result<Option<u64>, StorageFault> {
+        let read = self.database.begin_read().map_err(fault)?;
+        let tables = Tables { kv: Rows { table: () }, coord: read.open_table(COORD_TABLE).map_err(fault)? };
+        coord::lease::next_deadline(&tables)
     }
 
     /// The store revision as last applied.

@@ -12,24 +12,44 @@ use serde::{Deserialize, Serialize};
 use super::{read_error, write_error};
 use crate::raft::type_config::{SnapshotMeta, StorageError};
 
-/// Version of the snapshot file layout.
-pub(crate) const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// Version of the snapshot file layout. 2 added the coordination table (`Rows` records name their table).
+pub(crate) const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 /// A row chunk is flushed once its keys and values reach this size.
 pub(crate) const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1024 * 1024;
 /// Name of the latest complete snapshot inside the snapshot directory.
 pub(crate) const CURRENT_SNAPSHOT_FILE: &str = "current.snap";
 
+/// The state-machine table a run of rows belongs to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum SnapshotTable {
+    #[default]
+    Kv,
+    Coord,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum SnapshotRecord {
-    Header { format_version: u32, meta: SnapshotMeta, revision: u64 },
-    Rows { rows: Vec<(Bytes, Bytes)> },
-    End { rows_count: u64 },
+    Header {
+        format_version: u32,
+        meta: SnapshotMeta,
+        revision: u64,
+    },
+    Rows {
+        /// Absent in format 1 files, which held only KV rows.
+        #[serde(default)]
+        table: SnapshotTable,
+        rows: Vec<(Bytes, Bytes)>,
+    },
+    End {
+        rows_count: u64,
+    },
 }
 
 /// Writes records to a file, framed.
 pub(crate) struct SnapshotWriter {
     out: BufWriter<File>,
     pending: Vec<(Bytes, Bytes)>,
+    pending_table: SnapshotTable,
     pending_bytes: usize,
     rows_count: u64,
 }
@@ -37,8 +57,13 @@ pub(crate) struct SnapshotWriter {
 impl SnapshotWriter {
     pub(crate) fn create(path: &Path, meta: &SnapshotMeta, revision: u64) -> Result<SnapshotWriter, StorageError> {
         let file = File::create(path).map_err(|error| write_error(&error))?;
-        let mut writer =
-            SnapshotWriter { out: BufWriter::new(file), pending: Vec::new(), pending_bytes: 0, rows_count: 0 };
+        let mut writer = SnapshotWriter {
+            out: BufWriter::new(file),
+            pending: Vec::new(),
+            pending_table: SnapshotTable::Kv,
+            pending_bytes: 0,
+            rows_count: 0,
+        };
         writer.record(&SnapshotRecord::Header {
             format_version: SNAPSHOT_FORMAT_VERSION,
             meta: meta.clone(),
@@ -52,7 +77,11 @@ impl SnapshotWriter {
         self.out.write_all(&bytes).map_err(|error| write_error(&error))
     }
 
-    pub(crate) fn row(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+    pub(crate) fn row(&mut self, table: SnapshotTable, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        if table != self.pending_table {
+            self.flush_rows()?;
+            self.pending_table = table;
+        }
         self.pending_bytes += key.len() + value.len();
         self.pending.push((Bytes::from(key.to_vec()), Bytes::from(value.to_vec())));
         self.rows_count += 1;
@@ -68,7 +97,7 @@ impl SnapshotWriter {
         }
         let rows = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
-        self.record(&SnapshotRecord::Rows { rows })
+        self.record(&SnapshotRecord::Rows { table: self.pending_table, rows })
     }
 
     /// Writes the end marker and syncs the file.
@@ -81,6 +110,9 @@ impl SnapshotWriter {
     }
 }
 
+/// One chunk of rows and the table they belong to.
+pub(crate) type TableRows = (SnapshotTable, Vec<(Bytes, Bytes)>);
+
 /// Reads records back, checking the frame limit, the format version and the end marker.
 pub(crate) struct SnapshotReader<R: Read> {
     input: BufReader<R>,
@@ -92,7 +124,7 @@ impl<R: Read> SnapshotReader<R> {
     pub(crate) fn open(input: R) -> Result<(SnapshotReader<R>, SnapshotMeta, u64), StorageError> {
         let mut reader = SnapshotReader { input: BufReader::new(input), rows_seen: 0 };
         match reader.next_record()? {
-            SnapshotRecord::Header { format_version: SNAPSHOT_FORMAT_VERSION, meta, revision } => {
+            SnapshotRecord::Header { format_version: 1..=SNAPSHOT_FORMAT_VERSION, meta, revision } => {
                 Ok((reader, meta, revision))
             }
             SnapshotRecord::Header { format_version, .. } => {
@@ -112,11 +144,11 @@ impl<R: Read> SnapshotReader<R> {
     }
 
     /// The next chunk of rows, or `None` after a valid end marker.
-    pub(crate) fn next_rows(&mut self) -> Result<Option<Vec<(Bytes, Bytes)>>, StorageError> {
+    pub(crate) fn next_rows(&mut self) -> Result<Option<TableRows>, StorageError> {
         match self.next_record()? {
-            SnapshotRecord::Rows { rows } => {
+            SnapshotRecord::Rows { table, rows } => {
                 self.rows_seen += rows.len() as u64;
-                Ok(Some(rows))
+                Ok(Some((table, rows)))
             }
             SnapshotRecord::End { rows_count } if rows_count == self.rows_seen => Ok(None),
             SnapshotRecord::End { rows_count } => {

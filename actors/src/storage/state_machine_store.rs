@@ -12,11 +12,11 @@ use pando_protocol::command::ProposalOutcome;
 use pando_protocol::state_machine::apply_proposal;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
-use super::redb_tables::{Rows, read_revision};
-use super::snapshot::{CURRENT_SNAPSHOT_FILE, SnapshotReader, SnapshotWriter};
+use super::redb_tables::{Rows, Tables, read_revision};
+use super::snapshot::{CURRENT_SNAPSHOT_FILE, SnapshotReader, SnapshotTable, SnapshotWriter};
 use super::{
-    KV_TABLE, META_LAST_APPLIED, META_MEMBERSHIP, META_REVISION, SM_META_TABLE, blocking, decode, encode, read_error,
-    write_error,
+    COORD_TABLE, KV_TABLE, META_LAST_APPLIED, META_MEMBERSHIP, META_REVISION, SM_META_TABLE, blocking, decode, encode,
+    read_error, write_error,
 };
 use crate::raft::type_config::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
@@ -112,7 +112,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             {
                 let mut meta = write.open_table(SM_META_TABLE).map_err(|error| write_error(&error))?;
                 let mut revision = read_revision(&meta).map_err(|error| write_error(&error))?;
-                let mut tables = Rows { table: write.open_table(KV_TABLE).map_err(|error| write_error(&error))? };
+                let mut tables = Tables {
+                    kv: Rows { table: write.open_table(KV_TABLE).map_err(|error| write_error(&error))? },
+                    coord: write.open_table(COORD_TABLE).map_err(|error| write_error(&error))?,
+                };
                 let mut last_applied = None;
                 for entry in &entries {
                     last_applied = Some(*entry.get_log_id());
@@ -190,11 +193,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             let write = store.database.begin_write().map_err(|error| write_error(&error))?;
             {
-                let mut table = write.open_table(KV_TABLE).map_err(|error| write_error(&error))?;
-                table.retain(|_, _| false).map_err(|error| write_error(&error))?;
-                while let Some(rows) = reader.next_rows()? {
+                let mut kv = write.open_table(KV_TABLE).map_err(|error| write_error(&error))?;
+                kv.retain(|_, _| false).map_err(|error| write_error(&error))?;
+                let mut coord = write.open_table(COORD_TABLE).map_err(|error| write_error(&error))?;
+                coord.retain(|_, _| false).map_err(|error| write_error(&error))?;
+                while let Some((table, rows)) = reader.next_rows()? {
+                    let target = match table {
+                        SnapshotTable::Kv => &mut kv,
+                        SnapshotTable::Coord => &mut coord,
+                    };
                     for (key, value) in rows {
-                        table.insert(key.as_slice(), value.as_slice()).map_err(|error| write_error(&error))?;
+                        target.insert(key.as_slice(), value.as_slice()).map_err(|error| write_error(&error))?;
                     }
                 }
                 let mut sm_meta = write.open_table(SM_META_TABLE).map_err(|error| write_error(&error))?;
@@ -249,10 +258,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
             let path = store.temporary_path("building");
             let mut writer = SnapshotWriter::create(&path, &meta, revision)?;
-            let table = read.open_table(KV_TABLE).map_err(|error| read_error(&error))?;
-            for row in table.iter().map_err(|error| read_error(&error))? {
-                let (key, value) = row.map_err(|error| read_error(&error))?;
-                writer.row(key.value(), value.value())?;
+            // Every state-machine table, each in its own run of chunks.
+            for (definition, table) in [(KV_TABLE, SnapshotTable::Kv), (COORD_TABLE, SnapshotTable::Coord)] {
+                let rows = read.open_table(definition).map_err(|error| read_error(&error))?;
+                for row in rows.iter().map_err(|error| read_error(&error))? {
+                    let (key, value) = row.map_err(|error| read_error(&error))?;
+                    writer.row(table, key.value(), value.value())?;
+                }
             }
             writer.finish()?;
             let _guard = store.snapshot_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

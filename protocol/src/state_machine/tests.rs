@@ -6,8 +6,13 @@ use super::*;
 use crate::kv::{Consistency, bytes};
 use crate::memory_tables::MemoryTables;
 
-fn kv(tables: &mut MemoryTables, revision: &mut u64, request: KvRequest) -> CommandResult {
-    apply_command(tables, revision, &Command::Kv(request)).expect("memory tables never fault")
+fn kv(tables: &mut MemoryTables, revision: &mut u64, request: KvRequest) -> KvResult {
+    apply_command(tables, revision, 0, &Command::Kv(request)).expect("memory tables never fault").map(|output| {
+        match output {
+            CommandOutput::Kv(response) => response,
+            other => panic!("unexpected {other:?}"),
+        }
+    })
 }
 
 fn get(tables: &MemoryTables, key: &[u8]) -> Option<KvEntry> {

@@ -1,0 +1,320 @@
+//! `pando lease|lock|counter|sequence`: the coordination primitives.
+
+use clap::Subcommand;
+use pando_client::Client;
+use pando_client::pando_protocol::coord::{CoordRequest, CoordResponse, CounterValue, LeaseInfo, LockInfo};
+use pando_client::pando_protocol::kv::bytes;
+use serde_json::json;
+
+use crate::output::print_json;
+
+#[derive(Debug, Subcommand)]
+pub enum LeaseCommand {
+    /// Grant a lease; prints its id.
+    Grant {
+        /// Time to live: `10s`, `500ms`, `2m` (a bare number is seconds).
+        #[arg(long, value_parser = parse_duration_ms)]
+        ttl: u64,
+    },
+    /// Push the lease's deadline one TTL ahead.
+    Keepalive {
+        lease: u64,
+    },
+    /// Revoke the lease, releasing everything attached to it.
+    Revoke {
+        lease: u64,
+    },
+    /// The lease's TTL, deadline and what it holds.
+    Ttl {
+        lease: u64,
+    },
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LockCommand {
+    /// Take the lock now or fail with CONFLICT naming the holder; prints the lease and the fencing token.
+    Acquire {
+        name: String,
+        /// Hold it with this lease (kept alive by you).
+        #[arg(long, conflicts_with = "ttl")]
+        lease: Option<u64>,
+        /// Hold it with a new lease of this TTL (`30s`), granted for it.
+        #[arg(long, value_parser = parse_duration_ms, default_value = "30s")]
+        ttl: u64,
+    },
+    /// Release the lock held by `--lease` with `--token`.
+    Release {
+        name: String,
+        #[arg(long)]
+        lease: u64,
+        #[arg(long)]
+        token: u64,
+    },
+    /// The holder and the last token.
+    Status { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CounterCommand {
+    /// Add one.
+    Incr {
+        name: String,
+        #[arg(long)]
+        unsigned: bool,
+    },
+    Add {
+        name: String,
+        #[arg(allow_negative_numbers = true)]
+        delta: i64,
+        #[arg(long)]
+        unsigned: bool,
+    },
+    Sub {
+        name: String,
+        delta: i64,
+        #[arg(long)]
+        unsigned: bool,
+    },
+    Set {
+        name: String,
+        #[arg(allow_negative_numbers = true)]
+        value: String,
+        #[arg(long)]
+        unsigned: bool,
+    },
+    /// Set `value` only if the counter is `expected`.
+    Cas {
+        name: String,
+        #[arg(allow_negative_numbers = true)]
+        expected: String,
+        #[arg(allow_negative_numbers = true)]
+        value: String,
+        #[arg(long)]
+        unsigned: bool,
+    },
+    Get {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SequenceCommand {
+    /// The next number.
+    Next { name: String },
+    /// Reserve `--count` consecutive numbers; prints the first.
+    Reserve {
+        name: String,
+        #[arg(long)]
+        count: u32,
+    },
+}
+
+/// `10s`, `500ms`, `2m`, `1h`, or a bare number of seconds, in milliseconds.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration such as 10s or 500ms"))?;
+    let factor = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        other => return Err(format!("unknown duration unit `{other}`; use ms, s, m or h")),
+    };
+    number.checked_mul(factor).ok_or_else(|| format!("`{text}` is too long"))
+}
+
+fn counter_value(text: &str, unsigned: bool) -> anyhow::Result<CounterValue> {
+    Ok(if unsigned {
+        CounterValue::Unsigned(text.parse().map_err(|_| anyhow::anyhow!("`{text}` is not an unsigned 64-bit number"))?)
+    } else {
+        CounterValue::Signed(text.parse().map_err(|_| anyhow::anyhow!("`{text}` is not a signed 64-bit number"))?)
+    })
+}
+
+fn kind(unsigned: bool) -> CounterValue {
+    if unsigned { CounterValue::Unsigned(0) } else { CounterValue::Signed(0) }
+}
+
+fn lease_json(lease: &LeaseInfo) -> serde_json::Value {
+    json!({
+        "id": lease.id,
+        "ttl_ms": lease.ttl_ms,
+        "deadline_ms": lease.deadline_ms,
+        "locks": lease.locks.iter().map(|name| String::from_utf8_lossy(name).into_owned()).collect::<Vec<_>>(),
+    })
+}
+
+fn lock_json(lock: &LockInfo) -> serde_json::Value {
+    json!({
+        "name": String::from_utf8_lossy(&lock.name),
+        "holder": lock.holder.as_ref().map(|holder| json!({
+            "lease": holder.lease, "token": holder.token, "acquired_ms": holder.acquired_ms,
+        })),
+        "last_token": lock.last_token,
+    })
+}
+
+fn print_lease(lease: &LeaseInfo, json: bool) {
+    if json {
+        print_json(&lease_json(lease));
+    } else {
+        println!(
+            "lease {} ttl {} ms deadline {} ms, {} locks",
+            lease.id,
+            lease.ttl_ms,
+            lease.deadline_ms,
+            lease.locks.len()
+        );
+    }
+}
+
+fn unexpected(response: &CoordResponse) -> anyhow::Error {
+    anyhow::anyhow!("unexpected response {response:?}")
+}
+
+pub async fn lease(client: &Client, command: LeaseCommand, json: bool) -> anyhow::Result<()> {
+    let request = match command {
+        LeaseCommand::Grant { ttl } => CoordRequest::LeaseGrant { ttl_ms: ttl },
+        LeaseCommand::Keepalive { lease } => CoordRequest::LeaseKeepAlive { lease },
+        LeaseCommand::Revoke { lease } => CoordRequest::LeaseRevoke { lease },
+        LeaseCommand::Ttl { lease } => CoordRequest::LeaseGet { lease },
+        LeaseCommand::List => CoordRequest::LeaseList,
+    };
+    match client.coord(request).await? {
+        CoordResponse::Lease { lease } => print_lease(&lease, json),
+        CoordResponse::Leases { leases, truncated } => {
+            if json {
+                print_json(
+                    &json!({"leases": leases.iter().map(lease_json).collect::<Vec<_>>(), "truncated": truncated}),
+                );
+            } else {
+                leases.iter().for_each(|lease| print_lease(lease, false));
+                if truncated {
+                    eprintln!("(more leases not shown)");
+                }
+            }
+        }
+        CoordResponse::Revoked { released_locks } => {
+            let names: Vec<String> =
+                released_locks.iter().map(|name| String::from_utf8_lossy(name).into_owned()).collect();
+            if json {
+                print_json(&json!({"released_locks": names}));
+            } else {
+                println!("OK revoked, released {} locks {names:?}", names.len());
+            }
+        }
+        other => return Err(unexpected(&other)),
+    }
+    Ok(())
+}
+
+pub async fn lock(client: &Client, command: LockCommand, json: bool) -> anyhow::Result<()> {
+    let request = match command {
+        LockCommand::Acquire { name, lease, ttl } => {
+            let lease = match lease {
+                Some(lease) => lease,
+                None => match client.coord(CoordRequest::LeaseGrant { ttl_ms: ttl }).await? {
+                    CoordResponse::Lease { lease } => lease.id,
+                    other => return Err(unexpected(&other)),
+                },
+            };
+            CoordRequest::LockAcquire { name: bytes(name), lease }
+        }
+        LockCommand::Release { name, lease, token } => CoordRequest::LockRelease { name: bytes(name), lease, token },
+        LockCommand::Status { name } => CoordRequest::LockGet { name: bytes(name) },
+    };
+    let acquiring = matches!(request, CoordRequest::LockAcquire { .. });
+    match client.coord(request).await? {
+        CoordResponse::Lock { lock } => {
+            if json {
+                print_json(&lock_json(&lock));
+            } else {
+                match (&lock.holder, acquiring) {
+                    (Some(holder), true) => println!("lease {} token {}", holder.lease, holder.token),
+                    (Some(holder), false) => println!(
+                        "held by lease {} with token {} since {} ms; last token {}",
+                        holder.lease, holder.token, holder.acquired_ms, lock.last_token
+                    ),
+                    (None, _) => println!("free; last token {}", lock.last_token),
+                }
+            }
+        }
+        CoordResponse::Released => println!("OK released"),
+        other => return Err(unexpected(&other)),
+    }
+    Ok(())
+}
+
+pub async fn counter(client: &Client, command: CounterCommand, json: bool) -> anyhow::Result<()> {
+    let request = match command {
+        CounterCommand::Incr { name, unsigned } => {
+            CoordRequest::CounterAdd { name: bytes(name), delta: 1, initial: kind(unsigned) }
+        }
+        CounterCommand::Add { name, delta, unsigned } => {
+            CoordRequest::CounterAdd { name: bytes(name), delta, initial: kind(unsigned) }
+        }
+        CounterCommand::Sub { name, delta, unsigned } => CoordRequest::CounterAdd {
+            name: bytes(name),
+            delta: delta.checked_neg().ok_or_else(|| anyhow::anyhow!("cannot subtract {delta}"))?,
+            initial: kind(unsigned),
+        },
+        CounterCommand::Set { name, value, unsigned } => {
+            CoordRequest::CounterSet { name: bytes(name), value: counter_value(&value, unsigned)? }
+        }
+        CounterCommand::Cas { name, expected, value, unsigned } => CoordRequest::CounterCas {
+            name: bytes(name),
+            expected: counter_value(&expected, unsigned)?,
+            value: counter_value(&value, unsigned)?,
+        },
+        CounterCommand::Get { name } => CoordRequest::CounterGet { name: bytes(name) },
+    };
+    match client.coord(request).await? {
+        CoordResponse::Counter { value } => {
+            let text = value.map_or_else(|| "0".to_string(), |value| value.to_string());
+            if json {
+                print_json(&json!({"value": text, "exists": value.is_some()}));
+            } else {
+                println!("{text}");
+            }
+        }
+        other => return Err(unexpected(&other)),
+    }
+    Ok(())
+}
+
+pub async fn sequence(client: &Client, command: SequenceCommand, json: bool) -> anyhow::Result<()> {
+    let (name, count) = match command {
+        SequenceCommand::Next { name } => (name, 1),
+        SequenceCommand::Reserve { name, count } => (name, count),
+    };
+    match client.coord(CoordRequest::SequenceNext { name: bytes(name), count }).await? {
+        CoordResponse::Sequence { first, count } => {
+            if json {
+                print_json(&json!({"first": first, "count": count}));
+            } else {
+                println!("{first}");
+            }
+        }
+        other => return Err(unexpected(&other)),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration_ms;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration_ms("10s"), Ok(10_000));
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("2m"), Ok(120_000));
+        assert_eq!(parse_duration_ms("3"), Ok(3_000));
+        assert!(parse_duration_ms("ten").is_err());
+        assert!(parse_duration_ms("5d").is_err());
+        assert!(parse_duration_ms("99999999999999999999h").is_err());
+    }
+}

@@ -1,0 +1,181 @@
+//! Leases: a TTL that the holder keeps alive; when it lapses (judged against the log's clock) or is revoked, everything
+//! attached to it (locks now; keys, permits and registrations later) is released in the same entry.
+
+use std::ops::ControlFlow;
+
+use serde::{Deserialize, Serialize};
+
+use super::keys::{self, with};
+use super::{CoordRead, CoordResponse, CoordWrite, load, save};
+use crate::error::{ErrorCode, WireError};
+use crate::kv::Bytes;
+use crate::state_machine::StorageFault;
+
+/// Shortest TTL a lease may have.
+pub const LEASE_TTL_MS_MIN: u64 = 1_000;
+/// Longest TTL a lease may have.
+pub const LEASE_TTL_MS_MAX: u64 = 24 * 60 * 60 * 1000;
+/// Most things (locks) one lease may hold.
+pub const LEASE_ATTACHMENTS_COUNT_MAX: usize = 1_024;
+/// Most leases one `LeaseList` answer carries.
+pub const LEASE_LIST_COUNT_MAX: usize = 1_000;
+/// Most leases one proposal expires; the rest expire with the next one.
+pub const EXPIRIES_PER_PROPOSAL_MAX: u32 = 1_024;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub id: u64,
+    pub ttl_ms: u64,
+    /// The log-clock time (ms since the Unix epoch) at which the lease lapses unless kept alive.
+    pub deadline_ms: u64,
+    /// Locks the lease holds.
+    pub locks: Vec<Bytes>,
+}
+
+pub(crate) fn validate_ttl(ttl_ms: u64) -> Result<(), WireError> {
+    if !(LEASE_TTL_MS_MIN..=LEASE_TTL_MS_MAX).contains(&ttl_ms) {
+        return Err(WireError::invalid(format!(
+            "lease TTL must be between {LEASE_TTL_MS_MIN} ms and {LEASE_TTL_MS_MAX} ms, got {ttl_ms} ms"
+        )));
+    }
+    Ok(())
+}
+
+fn lease_key(id: u64) -> Vec<u8> {
+    with(keys::LEASE, &id.to_be_bytes())
+}
+
+fn expiry_key(deadline_ms: u64, id: u64) -> Vec<u8> {
+    let mut key = with(keys::EXPIRY, &deadline_ms.to_be_bytes());
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+pub(crate) fn not_found(id: u64) -> WireError {
+    WireError::new(ErrorCode::NotFound, format!("lease {id} does not exist (expired or revoked)"))
+}
+
+pub(crate) fn load_lease(store: &impl CoordRead, id: u64) -> Result<Option<LeaseInfo>, StorageFault> {
+    load(store, &lease_key(id))
+}
+
+pub(crate) fn save_lease(store: &mut impl CoordWrite, lease: &LeaseInfo) -> Result<(), StorageFault> {
+    save(store, &lease_key(lease.id), lease)
+}
+
+pub(crate) fn grant(
+    store: &mut impl CoordWrite,
+    now: u64,
+    ttl_ms: u64,
+) -> Result<Result<CoordResponse, WireError>, StorageFault> {
+    let id = match store.coord_get(keys::NEXT_LEASE)? {
+        Some(bytes) => u64::from_be_bytes(
+            bytes.as_slice().try_into().map_err(|_| StorageFault("next lease row is not 8 bytes".into()))?,
+        ),
+        None => 1,
+    };
+    store.coord_put(keys::NEXT_LEASE, &(id + 1).to_be_bytes())?;
+    let lease = LeaseInfo { id, ttl_ms, deadline_ms: now.saturating_add(ttl_ms), locks: Vec::new() };
+    save_lease(store, &lease)?;
+    store.coord_put(&expiry_key(lease.deadline_ms, id), &[])?;
+    Ok(Ok(CoordResponse::Lease { lease }))
+}
+
+pub(crate) fn keep_alive(
+    store: &mut impl CoordWrite,
+    now: u64,
+    id: u64,
+) -> Result<Result<CoordResponse, WireError>, StorageFault> {
+    let Some(mut lease) = load_lease(store, id)? else { return Ok(Err(not_found(id))) };
+    store.coord_delete(&expiry_key(lease.deadline_ms, id))?;
+    lease.deadline_ms = now.saturating_add(lease.ttl_ms);
+    store.coord_put(&expiry_key(lease.deadline_ms, id), &[])?;
+    save_lease(store, &lease)?;
+    Ok(Ok(CoordResponse::Lease { lease }))
+}
+
+/// Deletes a lease and releases what it holds; answers the released locks.
+pub(crate) fn revoke(store: &mut impl CoordWrite, lease: &LeaseInfo) -> Result<Vec<Bytes>, StorageFault> {
+    for name in &lease.locks {
+        super::lock::release_by_lease(store, name, lease.id)?;
+    }
+    store.coord_delete(&expiry_key(lease.deadline_ms, lease.id))?;
+    store.coord_delete(&lease_key(lease.id))?;
+    Ok(lease.locks.clone())
+}
+
+pub(crate) fn revoke_request(
+    store: &mut impl CoordWrite,
+    id: u64,
+) -> Result<Result<CoordResponse, WireError>, StorageFault> {
+    let Some(lease) = load_lease(store, id)? else { return Ok(Err(not_found(id))) };
+    let released_locks = revoke(store, &lease)?;
+    Ok(Ok(CoordResponse::Revoked { released_locks }))
+}
+
+pub(crate) fn expire_due(store: &mut impl CoordWrite, now: u64) -> Result<u32, StorageFault> {
+    let mut due = Vec::new();
+    store.coord_scan(keys::EXPIRY, &mut |key, _| {
+        let rest = &key[keys::EXPIRY.len()..];
+        let (Some(deadline), Some(id)) = (be_u64(rest.get(..8)), be_u64(rest.get(8..16))) else {
+            return ControlFlow::Continue(());
+        };
+        if deadline > now || due.len() >= EXPIRIES_PER_PROPOSAL_MAX as usize {
+            return ControlFlow::Break(());
+        }
+        due.push(id);
+        ControlFlow::Continue(())
+    })?;
+    let mut expired = 0;
+    for id in due {
+        if let Some(lease) = load_lease(store, id)? {
+            revoke(store, &lease)?;
+            expired += 1;
+        }
+    }
+    Ok(expired)
+}
+
+/// The earliest lease deadline, if any lease exists: the leader proposes a tick once its clock passes it.
+pub fn next_deadline(store: &impl CoordRead) -> Result<Option<u64>, StorageFault> {
+    let mut next = None;
+    store.coord_scan(keys::EXPIRY, &mut |key, _| {
+        next = be_u64(key.get(keys::EXPIRY.len()..keys::EXPIRY.len() + 8));
+        ControlFlow::Break(())
+    })?;
+    Ok(next)
+}
+
+fn be_u64(bytes: Option<&[u8]>) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes?.try_into().ok()?))
+}
+
+pub(crate) fn get(store: &impl CoordRead, id: u64) -> Result<Result<CoordResponse, WireError>, StorageFault> {
+    Ok(load_lease(store, id)?.map(|lease| CoordResponse::Lease { lease }).ok_or_else(|| not_found(id)))
+}
+
+pub(crate) fn list(store: &impl CoordRead) -> Result<Result<CoordResponse, WireError>, StorageFault> {
+    let mut leases = Vec::new();
+    let mut truncated = false;
+    let mut fault = None;
+    store.coord_scan(keys::LEASE, &mut |key, bytes| {
+        if leases.len() >= LEASE_LIST_COUNT_MAX {
+            truncated = true;
+            return ControlFlow::Break(());
+        }
+        match super::decode(key, bytes) {
+            Ok(lease) => {
+                leases.push(lease);
+                ControlFlow::Continue(())
+            }
+            Err(error) => {
+                fault = Some(error);
+                ControlFlow::Break(())
+            }
+        }
+    })?;
+    if let Some(fault) = fault {
+        return Err(fault);
+    }
+    Ok(Ok(CoordResponse::Leases { leases, truncated }))
+}

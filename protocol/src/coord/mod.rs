@@ -1,0 +1,311 @@
+//! Coordination primitives inside the replicated state machine: leases, locks with fencing tokens, counters and
+//! sequences. One module per primitive, each a pure function of the coordination rows and the proposal's clock.
+//!
+//! **Time comes from the log.** Every proposal carries its leader's timestamp; the state machine keeps the largest one
+//! it has applied ([`advance_clock`]) so time never runs backwards across leaders, and judges every TTL against it.
+//! Before the commands of a proposal run, every lease whose deadline has passed is revoked ([`expire_due`]); the leader
+//! proposes an empty [`CoordRequest::Tick`] when a deadline passes on a quiet cluster, so expiry never waits for
+//! traffic. No replica reads its own clock while applying.
+//!
+//! **Fencing.** Every lock acquisition returns a token one larger than any token that lock gave before; a token is never
+//! reused, even after the lock's lease expires.
+
+pub mod counter;
+pub mod lease;
+pub mod lock;
+pub mod sequence;
+
+use std::ops::ControlFlow;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::WireError;
+use crate::kv::Bytes;
+use crate::limits::KEY_SIZE_BYTES_MAX;
+use crate::state_machine::StorageFault;
+
+pub use counter::CounterValue;
+pub use lease::LeaseInfo;
+pub use lock::LockInfo;
+
+/// Called with each row of a scan (key, value); breaks to stop.
+pub type RowVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'a;
+
+/// Read access to the coordination rows (a table of its own, next to the KV rows).
+pub trait CoordRead {
+    fn coord_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageFault>;
+    /// Visits rows whose key starts with `prefix`, in byte order, until `visit` breaks.
+    fn coord_scan(&self, prefix: &[u8], visit: &mut RowVisitor<'_>) -> Result<(), StorageFault>;
+}
+
+/// Write access to the coordination rows.
+pub trait CoordWrite: CoordRead {
+    fn coord_put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageFault>;
+    fn coord_delete(&mut self, key: &[u8]) -> Result<bool, StorageFault>;
+}
+
+/// Coordination requests. Names share the key namespace for access control: a token that may write `jobs/` may take
+/// the lock `jobs/main`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoordRequest {
+    /// Grants a lease that expires `ttl_ms` after the proposal's time unless kept alive.
+    LeaseGrant {
+        ttl_ms: u64,
+    },
+    /// Pushes a lease's deadline to `ttl_ms` (its own TTL) after now.
+    LeaseKeepAlive {
+        lease: u64,
+    },
+    /// Revokes a lease and releases everything attached to it, in one entry.
+    LeaseRevoke {
+        lease: u64,
+    },
+    /// Reads one lease.
+    LeaseGet {
+        lease: u64,
+    },
+    /// Reads every lease (at most [`LEASE_LIST_COUNT_MAX`](lease::LEASE_LIST_COUNT_MAX)).
+    LeaseList,
+    /// Takes `name` for `lease` if it is free; answers `CONFLICT` naming the holder if not. Taking a lock the lease
+    /// already holds answers the same token again.
+    LockAcquire {
+        name: Bytes,
+        lease: u64,
+    },
+    /// Frees `name` if `lease` holds it with `token`.
+    LockRelease {
+        name: Bytes,
+        lease: u64,
+        token: u64,
+    },
+    /// Reads a lock's holder and last token.
+    LockGet {
+        name: Bytes,
+    },
+    /// Adds `delta` (negative: subtracts); a counter that does not exist starts at zero of `initial`'s kind.
+    CounterAdd {
+        name: Bytes,
+        delta: i64,
+        initial: CounterValue,
+    },
+    CounterSet {
+        name: Bytes,
+        value: CounterValue,
+    },
+    /// Sets `value` only if the counter is `expected` (a missing counter is zero).
+    CounterCas {
+        name: Bytes,
+        expected: CounterValue,
+        value: CounterValue,
+    },
+    CounterGet {
+        name: Bytes,
+    },
+    /// Hands out `count` consecutive numbers, the first of them answered. A sequence starts at 1.
+    SequenceNext {
+        name: Bytes,
+        count: u32,
+    },
+    /// Proposed by the leader when a lease deadline has passed: runs expiry, changes nothing else.
+    Tick,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoordResponse {
+    Lease {
+        lease: LeaseInfo,
+    },
+    Leases {
+        leases: Vec<LeaseInfo>,
+        truncated: bool,
+    },
+    /// A lease was revoked; these locks were released with it.
+    Revoked {
+        released_locks: Vec<Bytes>,
+    },
+    Lock {
+        lock: LockInfo,
+    },
+    Released,
+    Counter {
+        value: Option<CounterValue>,
+    },
+    Sequence {
+        first: u64,
+        count: u32,
+    },
+    Ticked,
+}
+
+impl CoordRequest {
+    pub fn validate(&self) -> Result<(), WireError> {
+        match self {
+            CoordRequest::LeaseGrant { ttl_ms } => lease::validate_ttl(*ttl_ms),
+            CoordRequest::LockAcquire { name, .. }
+            | CoordRequest::LockRelease { name, .. }
+            | CoordRequest::LockGet { name }
+            | CoordRequest::CounterAdd { name, .. }
+            | CoordRequest::CounterSet { name, .. }
+            | CoordRequest::CounterGet { name } => validate_name(name),
+            CoordRequest::CounterCas { name, expected, value } => {
+                validate_name(name)?;
+                counter::same_kind(expected, value)
+            }
+            CoordRequest::SequenceNext { name, count } => {
+                validate_name(name)?;
+                sequence::validate_count(*count)
+            }
+            CoordRequest::LeaseKeepAlive { .. }
+            | CoordRequest::LeaseRevoke { .. }
+            | CoordRequest::LeaseGet { .. }
+            | CoordRequest::LeaseList
+            | CoordRequest::Tick => Ok(()),
+        }
+    }
+
+    /// Whether the request changes state and therefore goes through the Raft log.
+    pub fn is_write(&self) -> bool {
+        !matches!(
+            self,
+            CoordRequest::LeaseGet { .. }
+                | CoordRequest::LeaseList
+                | CoordRequest::LockGet { .. }
+                | CoordRequest::CounterGet { .. }
+        )
+    }
+
+    /// The name the request touches, for capability checks (leases have none: they need access to every key).
+    pub fn name(&self) -> &[u8] {
+        match self {
+            CoordRequest::LockAcquire { name, .. }
+            | CoordRequest::LockRelease { name, .. }
+            | CoordRequest::LockGet { name }
+            | CoordRequest::CounterAdd { name, .. }
+            | CoordRequest::CounterSet { name, .. }
+            | CoordRequest::CounterCas { name, .. }
+            | CoordRequest::CounterGet { name }
+            | CoordRequest::SequenceNext { name, .. } => name,
+            _ => b"",
+        }
+    }
+
+    /// Bytes the request weighs in a log entry.
+    pub fn payload_bytes(&self) -> usize {
+        self.name().len() + 32
+    }
+}
+
+pub fn validate_name(name: &[u8]) -> Result<(), WireError> {
+    if name.is_empty() {
+        return Err(WireError::invalid("name must not be empty"));
+    }
+    if name.len() > KEY_SIZE_BYTES_MAX {
+        return Err(WireError::too_large(format!("name is {} bytes, the limit is {KEY_SIZE_BYTES_MAX}", name.len())));
+    }
+    Ok(())
+}
+
+/// Row key prefixes of the coordination table.
+pub(crate) mod keys {
+    pub const CLOCK: &[u8] = b"m/clock";
+    pub const NEXT_LEASE: &[u8] = b"m/next_lease";
+    pub const LEASE: &[u8] = b"l/";
+    pub const EXPIRY: &[u8] = b"x/";
+    pub const LOCK: &[u8] = b"k/";
+    pub const COUNTER: &[u8] = b"c/";
+    pub const SEQUENCE: &[u8] = b"s/";
+
+    pub fn with(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
+        let mut key = Vec::with_capacity(prefix.len() + rest.len());
+        key.extend_from_slice(prefix);
+        key.extend_from_slice(rest);
+        key
+    }
+}
+
+pub(crate) fn load<T: DeserializeOwned>(store: &impl CoordRead, key: &[u8]) -> Result<Option<T>, StorageFault> {
+    match store.coord_get(key)? {
+        Some(bytes) => decode(key, &bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StorageFault> {
+    rmp_serde::from_slice(bytes)
+        .map_err(|error| StorageFault(format!("corrupt coordination row {}: {error}", String::from_utf8_lossy(key))))
+}
+
+pub(crate) fn save<T: Serialize>(store: &mut impl CoordWrite, key: &[u8], value: &T) -> Result<(), StorageFault> {
+    let bytes =
+        rmp_serde::to_vec_named(value).map_err(|error| StorageFault(format!("cannot encode a row: {error}")))?;
+    store.coord_put(key, &bytes)
+}
+
+/// The state machine's clock after a proposal stamped `stamp_ms`: never earlier than any stamp applied before.
+pub fn advance_clock(store: &mut impl CoordWrite, stamp_ms: u64) -> Result<u64, StorageFault> {
+    let now = clock(store)?.max(stamp_ms);
+    store.coord_put(keys::CLOCK, &now.to_be_bytes())?;
+    Ok(now)
+}
+
+/// The state machine's clock as last applied.
+pub fn clock(store: &impl CoordRead) -> Result<u64, StorageFault> {
+    match store.coord_get(keys::CLOCK)? {
+        Some(bytes) => Ok(u64::from_be_bytes(
+            bytes.as_slice().try_into().map_err(|_| StorageFault("clock row is not 8 bytes".into()))?,
+        )),
+        None => Ok(0),
+    }
+}
+
+/// Revokes every lease whose deadline is at or before `now` (at most
+/// [`EXPIRIES_PER_PROPOSAL_MAX`](lease::EXPIRIES_PER_PROPOSAL_MAX); the next proposal takes the rest).
+pub fn expire_due(store: &mut impl CoordWrite, now: u64) -> Result<u32, StorageFault> {
+    lease::expire_due(store, now)
+}
+
+/// Applies one coordination command at time `now`. Errors that are the caller's (unknown lease, held lock, overflow)
+/// are answers; only storage faults are `Err`.
+pub fn apply(
+    store: &mut impl CoordWrite,
+    now: u64,
+    request: &CoordRequest,
+) -> Result<Result<CoordResponse, WireError>, StorageFault> {
+    if let Err(error) = request.validate() {
+        return Ok(Err(error));
+    }
+    match request {
+        CoordRequest::LeaseGrant { ttl_ms } => lease::grant(store, now, *ttl_ms),
+        CoordRequest::LeaseKeepAlive { lease } => lease::keep_alive(store, now, *lease),
+        CoordRequest::LeaseRevoke { lease } => lease::revoke_request(store, *lease),
+        CoordRequest::LockAcquire { name, lease } => lock::acquire(store, now, name, *lease),
+        CoordRequest::LockRelease { name, lease, token } => lock::release(store, name, *lease, *token),
+        CoordRequest::CounterAdd { name, delta, initial } => counter::add(store, name, *delta, initial),
+        CoordRequest::CounterSet { name, value } => counter::set(store, name, value),
+        CoordRequest::CounterCas { name, expected, value } => counter::cas(store, name, expected, value),
+        CoordRequest::SequenceNext { name, count } => sequence::next(store, name, *count),
+        CoordRequest::Tick => Ok(Ok(CoordResponse::Ticked)),
+        CoordRequest::LeaseGet { .. }
+        | CoordRequest::LeaseList
+        | CoordRequest::LockGet { .. }
+        | CoordRequest::CounterGet { .. } => read(store, request),
+    }
+}
+
+/// Answers a read-only coordination request from the applied state.
+pub fn read(store: &impl CoordRead, request: &CoordRequest) -> Result<Result<CoordResponse, WireError>, StorageFault> {
+    if let Err(error) = request.validate() {
+        return Ok(Err(error));
+    }
+    match request {
+        CoordRequest::LeaseGet { lease } => lease::get(store, *lease),
+        CoordRequest::LeaseList => lease::list(store),
+        CoordRequest::LockGet { name } => lock::get(store, name),
+        CoordRequest::CounterGet { name } => counter::get(store, name),
+        _ => Ok(Err(WireError::invalid("not a read request"))),
+    }
+}
+
+#[cfg(test)]
+mod tests;

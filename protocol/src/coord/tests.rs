@@ -1,0 +1,257 @@
+//! Exact-output tests of the coordination core, and property tests against reference models.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::command::{Command, CommandOutput, Proposal};
+use crate::kv::bytes;
+use crate::memory_tables::MemoryTables;
+use crate::state_machine::apply_proposal;
+
+/// Applies one command in its own proposal stamped `stamp_ms`.
+fn run(tables: &mut MemoryTables, stamp_ms: u64, request: CoordRequest) -> Result<CoordResponse, WireError> {
+    let proposal = Proposal { stamp_ms, commands: vec![Command::Coord(request)] };
+    let mut outcome = apply_proposal(tables, &mut 0, &proposal).expect("memory tables never fault");
+    outcome.results.remove(0).map(|output| match output {
+        CommandOutput::Coord(response) => response,
+        other => panic!("unexpected {other:?}"),
+    })
+}
+
+fn grant(tables: &mut MemoryTables, now: u64, ttl_ms: u64) -> u64 {
+    match run(tables, now, CoordRequest::LeaseGrant { ttl_ms }).unwrap() {
+        CoordResponse::Lease { lease } => lease.id,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn acquire(tables: &mut MemoryTables, now: u64, name: &str, lease: u64) -> Result<u64, WireError> {
+    run(tables, now, CoordRequest::LockAcquire { name: bytes(name), lease }).map(|response| match response {
+        CoordResponse::Lock { lock } => lock.holder.expect("acquired").token,
+        other => panic!("unexpected {other:?}"),
+    })
+}
+
+#[test]
+fn a_lock_is_exclusive_and_its_tokens_only_grow() {
+    let mut tables = MemoryTables::default();
+    let (a, b) = (grant(&mut tables, 1_000, 5_000), grant(&mut tables, 1_000, 5_000));
+    let first = acquire(&mut tables, 1_100, "jobs/main", a).unwrap();
+    assert_eq!(first, 1);
+    assert_eq!(acquire(&mut tables, 1_200, "jobs/main", a).unwrap(), first, "re-acquiring by the holder is idempotent");
+    let refused = acquire(&mut tables, 1_200, "jobs/main", b).unwrap_err();
+    assert_eq!(refused.code, crate::error::ErrorCode::Conflict);
+    assert!(refused.message.contains("held by lease 1"), "{refused:?}");
+    // A release with a stale token is refused; with the right one it frees the lock.
+    let stale = run(&mut tables, 1_300, CoordRequest::LockRelease { name: bytes("jobs/main"), lease: a, token: 7 });
+    assert!(stale.is_err());
+    run(&mut tables, 1_300, CoordRequest::LockRelease { name: bytes("jobs/main"), lease: a, token: first }).unwrap();
+    assert_eq!(acquire(&mut tables, 1_400, "jobs/main", b).unwrap(), 2);
+}
+
+#[test]
+fn a_lapsed_lease_releases_its_locks_by_log_time() {
+    let mut tables = MemoryTables::default();
+    let lease = grant(&mut tables, 10_000, 2_000);
+    assert_eq!(acquire(&mut tables, 10_000, "l", lease).unwrap(), 1);
+    // Keep-alive at 11 s pushes the deadline to 13 s.
+    run(&mut tables, 11_000, CoordRequest::LeaseKeepAlive { lease }).unwrap();
+    assert!(run(&mut tables, 12_999, CoordRequest::Tick).is_ok());
+    assert!(run(&mut tables, 12_999, CoordRequest::LeaseGet { lease }).is_ok(), "alive before its deadline");
+    // A proposal stamped earlier (a new leader with a slower clock) does not move time back.
+    run(&mut tables, 13_000, CoordRequest::Tick).unwrap();
+    let gone = run(&mut tables, 5_000, CoordRequest::LeaseGet { lease }).unwrap_err();
+    assert_eq!(gone.code, crate::error::ErrorCode::NotFound);
+    let other = grant(&mut tables, 5_000, 2_000);
+    assert_eq!(acquire(&mut tables, 5_000, "l", other).unwrap(), 2, "the next holder's token is larger");
+    assert_eq!(clock(&tables).unwrap(), 13_000);
+}
+
+#[test]
+fn revoking_a_lease_releases_everything_in_one_entry() {
+    let mut tables = MemoryTables::default();
+    let lease = grant(&mut tables, 0, 60_000);
+    for name in ["a", "b", "c"] {
+        acquire(&mut tables, 0, name, lease).unwrap();
+    }
+    match run(&mut tables, 1, CoordRequest::LeaseRevoke { lease }).unwrap() {
+        CoordResponse::Revoked { released_locks } => {
+            assert_eq!(released_locks, vec![bytes("a"), bytes("b"), bytes("c")])
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    for name in ["a", "b", "c"] {
+        match run(&mut tables, 2, CoordRequest::LockGet { name: bytes(name) }).unwrap() {
+            CoordResponse::Lock { lock } => assert_eq!((lock.holder, lock.last_token), (None, 1)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(tables.coord.keys().all(|key| !key.starts_with(keys::EXPIRY)), "no expiry row left behind");
+}
+
+#[test]
+fn bad_arguments_are_refused_and_change_nothing() {
+    let mut tables = MemoryTables::default();
+    let before = tables.coord.clone();
+    assert!(run(&mut tables, 0, CoordRequest::LeaseGrant { ttl_ms: 10 }).is_err());
+    assert!(run(&mut tables, 0, CoordRequest::LockAcquire { name: bytes(""), lease: 1 }).is_err());
+    assert!(run(&mut tables, 0, CoordRequest::LockAcquire { name: bytes("x"), lease: 99 }).is_err());
+    assert!(run(&mut tables, 0, CoordRequest::SequenceNext { name: bytes("s"), count: 0 }).is_err());
+    let mixed = CoordRequest::CounterCas {
+        name: bytes("c"),
+        expected: CounterValue::Signed(0),
+        value: CounterValue::Unsigned(1),
+    };
+    assert!(run(&mut tables, 0, mixed).is_err());
+    tables.coord.remove(keys::CLOCK);
+    assert_eq!(tables.coord, before);
+}
+
+#[test]
+fn sequences_hand_out_consecutive_ranges() {
+    let mut tables = MemoryTables::default();
+    let mut next = |count| match run(&mut tables, 0, CoordRequest::SequenceNext { name: bytes("ids"), count }).unwrap()
+    {
+        CoordResponse::Sequence { first, .. } => first,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(next(1), 1);
+    assert_eq!(next(100), 2);
+    assert_eq!(next(1), 102);
+}
+
+#[derive(Clone, Debug)]
+enum LockOp {
+    Grant { ttl_ms: u64 },
+    KeepAlive { lease: usize },
+    Revoke { lease: usize },
+    Acquire { lock: usize, lease: usize },
+    Release { lock: usize, lease: usize },
+    Advance { ms: u64 },
+}
+
+fn lock_op() -> impl Strategy<Value = LockOp> {
+    prop_oneof![
+        (1_000u64..5_000).prop_map(|ttl_ms| LockOp::Grant { ttl_ms }),
+        (0usize..6).prop_map(|lease| LockOp::KeepAlive { lease }),
+        (0usize..6).prop_map(|lease| LockOp::Revoke { lease }),
+        (0usize..3, 0usize..6).prop_map(|(lock, lease)| LockOp::Acquire { lock, lease }),
+        (0usize..3, 0usize..6).prop_map(|(lock, lease)| LockOp::Release { lock, lease }),
+        (0u64..3_000).prop_map(|ms| LockOp::Advance { ms }),
+    ]
+}
+
+proptest! {
+    /// Against a model of leases (id to deadline) and locks (name to holder): at most one holder per lock, a holder's
+    /// lease is alive, tokens strictly increase per lock, and a lapsed lease holds nothing.
+    #[test]
+    fn locks_and_leases_agree_with_a_model(ops in proptest::collection::vec(lock_op(), 1..80)) {
+        let mut tables = MemoryTables::default();
+        let mut now = 1_000u64;
+        let mut leases: Vec<u64> = Vec::new();
+        let mut deadlines: BTreeMap<u64, (u64, u64)> = BTreeMap::new(); // id -> (deadline, ttl)
+        let mut holders: BTreeMap<usize, (u64, u64)> = BTreeMap::new(); // lock -> (lease, token)
+        let mut last_tokens: BTreeMap<usize, u64> = BTreeMap::new();
+        let names = ["a", "b", "c"];
+        for op in ops {
+            // The model expires before each command, as the state machine does.
+            deadlines.retain(|_, (deadline, _)| *deadline > now);
+            holders.retain(|_, (lease, _)| deadlines.contains_key(lease));
+            match op {
+                LockOp::Advance { ms } => {
+                    now += ms;
+                    run(&mut tables, now, CoordRequest::Tick).unwrap();
+                    continue;
+                }
+                LockOp::Grant { ttl_ms } => {
+                    let id = grant(&mut tables, now, ttl_ms);
+                    leases.push(id);
+                    deadlines.insert(id, (now + ttl_ms, ttl_ms));
+                }
+                LockOp::KeepAlive { lease } => {
+                    let Some(&id) = leases.get(lease) else { continue };
+                    let result = run(&mut tables, now, CoordRequest::LeaseKeepAlive { lease: id });
+                    prop_assert_eq!(result.is_ok(), deadlines.contains_key(&id));
+                    if let Some((deadline, ttl)) = deadlines.get_mut(&id) {
+                        *deadline = now + *ttl;
+                    }
+                }
+                LockOp::Revoke { lease } => {
+                    let Some(&id) = leases.get(lease) else { continue };
+                    let result = run(&mut tables, now, CoordRequest::LeaseRevoke { lease: id });
+                    prop_assert_eq!(result.is_ok(), deadlines.remove(&id).is_some());
+                    holders.retain(|_, (holder, _)| *holder != id);
+                }
+                LockOp::Acquire { lock, lease } => {
+                    let Some(&id) = leases.get(lease) else { continue };
+                    let result = acquire(&mut tables, now, names[lock], id);
+                    let expected_ok = deadlines.contains_key(&id)
+                        && holders.get(&lock).is_none_or(|(holder, _)| *holder == id);
+                    prop_assert_eq!(result.is_ok(), expected_ok, "acquire {} by {}", names[lock], id);
+                    if let Ok(token) = result {
+                        if let Some((_, held)) = holders.get(&lock) {
+                            prop_assert_eq!(token, *held);
+                        } else {
+                            let last = last_tokens.entry(lock).or_default();
+                            prop_assert!(token > *last, "token {} after {}", token, last);
+                            *last = token;
+                            holders.insert(lock, (id, token));
+                        }
+                    }
+                }
+                LockOp::Release { lock, lease } => {
+                    let Some(&id) = leases.get(lease) else { continue };
+                    let token = holders.get(&lock).map_or(0, |(_, token)| *token);
+                    let result = run(
+                        &mut tables,
+                        now,
+                        CoordRequest::LockRelease { name: bytes(names[lock]), lease: id, token },
+                    );
+                    let expected_ok = holders.get(&lock).is_some_and(|(holder, _)| *holder == id);
+                    prop_assert_eq!(result.is_ok(), expected_ok);
+                    if expected_ok {
+                        holders.remove(&lock);
+                    }
+                }
+            }
+            // The state machine's view matches the model's.
+            for (index, name) in names.iter().enumerate() {
+                let CoordResponse::Lock { lock } = read(&tables, &CoordRequest::LockGet { name: bytes(*name) }).unwrap().unwrap()
+                else { unreachable!() };
+                prop_assert_eq!(lock.holder.map(|holder| (holder.lease, holder.token)), holders.get(&index).copied());
+            }
+        }
+    }
+
+    /// Counters against i128 arithmetic: a result outside the kind's range is refused and changes nothing.
+    #[test]
+    fn counters_agree_with_wide_arithmetic(
+        unsigned in any::<bool>(),
+        deltas in proptest::collection::vec(prop_oneof![any::<i64>(), -10i64..10], 1..40),
+    ) {
+        let mut tables = MemoryTables::default();
+        let (initial, min, max) = if unsigned {
+            (CounterValue::Unsigned(0), 0i128, i128::from(u64::MAX))
+        } else {
+            (CounterValue::Signed(0), i128::from(i64::MIN), i128::from(i64::MAX))
+        };
+        let mut model = 0i128;
+        for delta in deltas {
+            let result = run(&mut tables, 0, CoordRequest::CounterAdd { name: bytes("n"), delta, initial });
+            let next = model + i128::from(delta);
+            if (min..=max).contains(&next) {
+                model = next;
+                let value = match result.unwrap() {
+                    CoordResponse::Counter { value: Some(CounterValue::Signed(v)) } => i128::from(v),
+                    CoordResponse::Counter { value: Some(CounterValue::Unsigned(v)) } => i128::from(v),
+                    other => panic!("unexpected {other:?}"),
+                };
+                prop_assert_eq!(value, model);
+            } else {
+                prop_assert_eq!(result.unwrap_err().code, crate::error::ErrorCode::Conflict);
+            }
+        }
+    }
+}
