@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use pando_client::pando_protocol::cluster::{ClusterRequest, ClusterResponse, MemberNode};
-use pando_client::pando_protocol::error::ErrorDetail;
-use pando_client::pando_protocol::kv::{Consistency, WriteOp};
+use pando_client::pando_protocol::error::{ErrorCode, ErrorDetail, WireError};
+use pando_client::pando_protocol::kv::{Compare, CompareOp, CompareTarget, Consistency, TxnOp, WriteOp};
 use pando_client::{Client, ClientError, ClientOptions};
 use serde_json::json;
 
@@ -90,9 +90,17 @@ enum KvCommand {
         value: Option<String>,
         #[arg(long, conflicts_with = "value")]
         file: Option<PathBuf>,
+        /// Write only while lock NAME is still held with TOKEN (`NAME=TOKEN`, from `pando lock acquire`).
+        #[arg(long, value_parser = parse_fence)]
+        fence: Option<(String, u64)>,
     },
     /// Delete a key.
-    Delete { key: String },
+    Delete {
+        key: String,
+        /// Delete only while lock NAME is still held with TOKEN (`NAME=TOKEN`).
+        #[arg(long, value_parser = parse_fence)]
+        fence: Option<(String, u64)>,
+    },
     /// Compare-and-swap: set --value only if the current value is --expect (or the key is absent with --expect-absent).
     Cas {
         key: String,
@@ -175,6 +183,34 @@ enum ClusterCommand {
     /// The node's actor mesh: its sessions to other members, and a ping from it to every node agent in the
     /// cluster-wide process group.
     Mesh,
+}
+
+/// `NAME=TOKEN` of a fencing condition.
+fn parse_fence(text: &str) -> Result<(String, u64), String> {
+    let (name, token) = text.rsplit_once('=').ok_or_else(|| format!("`{text}` is not NAME=TOKEN"))?;
+    let token = token.parse().map_err(|_| format!("`{token}` is not a fencing token"))?;
+    if name.is_empty() {
+        return Err("the lock name is empty".into());
+    }
+    Ok((name.to_string(), token))
+}
+
+/// Runs `op` only while lock `name` is held with `token`: a one-compare transaction. A lost lock is a `CONFLICT`.
+async fn fenced(client: &Client, (name, token): (String, u64), op: TxnOp) -> anyhow::Result<u64> {
+    let compare = Compare {
+        key: name.clone().into_bytes().into(),
+        op: CompareOp::Equal,
+        target: CompareTarget::LockToken(token),
+    };
+    let (succeeded, revision, _) = client.txn(vec![compare], vec![op], Vec::new()).await?;
+    if !succeeded {
+        return Err(ClientError::Wire(WireError::new(
+            ErrorCode::Conflict,
+            format!("fencing token {token} is no longer current for lock `{name}`; nothing was written"),
+        ))
+        .into());
+    }
+    Ok(revision)
 }
 
 /// A voter further behind than this makes `pando cluster health` fail.
@@ -442,12 +478,26 @@ async fn kv(client: &Client, command: KvCommand, json_output: bool) -> anyhow::R
                 }
             }
         }
-        KvCommand::Set { key, value, file } => {
+        KvCommand::Set { key, value, file, fence: Some(fence) } => {
+            let value = read_value(value, file)?;
+            let op = TxnOp::Put { key: key.into_bytes().into(), value: value.into() };
+            let revision = fenced(client, fence, op).await?;
+            written(json_output, revision);
+        }
+        KvCommand::Delete { key, fence: Some(fence) } => {
+            let revision = fenced(client, fence, TxnOp::Delete { key: key.into_bytes().into() }).await?;
+            if json_output {
+                print_json(&json!({ "revision": revision }));
+            } else {
+                println!("deleted at revision {revision}");
+            }
+        }
+        KvCommand::Set { key, value, file, fence: None } => {
             let value = read_value(value, file)?;
             let revision = client.put(key.as_bytes(), &value).await?;
             written(json_output, revision);
         }
-        KvCommand::Delete { key } => {
+        KvCommand::Delete { key, fence: None } => {
             let (revision, existed) = client.delete(key.as_bytes()).await?;
             if json_output {
                 print_json(&json!({ "revision": revision, "existed": existed }));

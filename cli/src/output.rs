@@ -78,8 +78,10 @@ fn parse_compare(compare: &Value) -> anyhow::Result<Compare> {
         CompareTarget::ModRevision(revision?)
     } else if let Some(revision) = number("create_revision") {
         CompareTarget::CreateRevision(revision?)
+    } else if let Some(token) = number("lock_token") {
+        CompareTarget::LockToken(token?)
     } else {
-        bail!("a compare needs one of value, version, mod_revision, create_revision");
+        bail!("a compare needs one of value, version, mod_revision, create_revision, lock_token");
     };
     Ok(Compare { key, op, target })
 }

@@ -65,6 +65,9 @@ pub enum CompareTarget {
     Version(u64),
     ModRevision(u64),
     CreateRevision(u64),
+    /// A fencing condition: `key` names a lock, and its current token (0 when free) is compared. `Equal` with the token
+    /// an acquisition returned means "only while that acquisition still holds the lock".
+    LockToken(u64),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,7 +7,7 @@
 use std::ops::ControlFlow;
 
 use crate::command::{Command, CommandOutput, CommandResult, KvResult, Proposal, ProposalOutcome};
-use crate::coord::{self, CoordWrite};
+use crate::coord::{self, CoordRead, CoordWrite};
 use crate::error::{ErrorCode, ErrorDetail, WireError};
 use crate::kv::{
     Bytes, Compare, CompareOp, CompareTarget, KvEntry, KvRequest, KvResponse, TxnOp, TxnOpResult, WriteOp,
@@ -82,7 +82,11 @@ pub fn apply_command(
     })
 }
 
-fn apply_kv(tables: &mut impl KvWrite, revision: &mut u64, request: &KvRequest) -> Result<KvResult, StorageFault> {
+fn apply_kv(
+    tables: &mut (impl KvWrite + CoordRead),
+    revision: &mut u64,
+    request: &KvRequest,
+) -> Result<KvResult, StorageFault> {
     if let Err(error) = request.validate() {
         return Ok(Err(error));
     }
@@ -170,7 +174,7 @@ fn apply_kv(tables: &mut impl KvWrite, revision: &mut u64, request: &KvRequest) 
 }
 
 /// Serves a read-only request from the rows as they are. Write requests are refused.
-pub fn read(tables: &impl KvRead, revision: u64, request: &KvRequest) -> Result<KvResult, StorageFault> {
+pub fn read(tables: &(impl KvRead + CoordRead), revision: u64, request: &KvRequest) -> Result<KvResult, StorageFault> {
     if let Err(error) = request.validate() {
         return Ok(Err(error));
     }
@@ -244,19 +248,36 @@ fn conflict(key: &[u8], current: Option<StoredValue>) -> WireError {
 }
 
 /// Whether every compare of a transaction holds, stopping at the first that does not.
-fn compares_hold(tables: &impl KvRead, compares: &[Compare]) -> Result<bool, StorageFault> {
+fn compares_hold(tables: &(impl KvRead + CoordRead), compares: &[Compare]) -> Result<bool, StorageFault> {
     for compare in compares {
-        if !evaluate(&tables.get(&compare.key)?, compare) {
+        let holds = match compare.target {
+            CompareTarget::LockToken(expected) => {
+                let current = coord::lock::current_token(tables, &compare.key)?.unwrap_or(0);
+                ordering_holds(compare.op, current.cmp(&expected))
+            }
+            _ => evaluate(&tables.get(&compare.key)?, compare),
+        };
+        if !holds {
             return Ok(false);
         }
     }
     Ok(true)
 }
 
-/// Evaluates one compare against a row (`None`: the key does not exist).
+fn ordering_holds(op: CompareOp, ordering: std::cmp::Ordering) -> bool {
+    match op {
+        CompareOp::Equal => ordering.is_eq(),
+        CompareOp::NotEqual => ordering.is_ne(),
+        CompareOp::Less => ordering.is_lt(),
+        CompareOp::Greater => ordering.is_gt(),
+    }
+}
+
+/// Evaluates one compare against a row (`None`: the key does not exist). A lock-token compare never holds here: it
+/// needs the coordination rows (see `compares_hold`).
 pub fn evaluate(row: &Option<StoredValue>, compare: &Compare) -> bool {
-    use std::cmp::Ordering;
     let ordering = match (&compare.target, row) {
+        (CompareTarget::LockToken(_), _) => return false,
         (CompareTarget::Value(_), None) => return false,
         (CompareTarget::Value(expected), Some(row)) => row.value.as_slice().cmp(expected.as_slice()),
         (CompareTarget::Version(expected), row) => row.as_ref().map_or(0, |row| row.version).cmp(expected),
@@ -265,12 +286,7 @@ pub fn evaluate(row: &Option<StoredValue>, compare: &Compare) -> bool {
             row.as_ref().map_or(0, |row| row.create_revision).cmp(expected)
         }
     };
-    match compare.op {
-        CompareOp::Equal => ordering == Ordering::Equal,
-        CompareOp::NotEqual => ordering != Ordering::Equal,
-        CompareOp::Less => ordering == Ordering::Less,
-        CompareOp::Greater => ordering == Ordering::Greater,
-    }
+    ordering_holds(compare.op, ordering)
 }
 
 /// Shorthand used by tests and examples.

@@ -155,7 +155,10 @@ impl StateReader {
     pub fn read(&self, request: &KvRequest) -> Result<KvResult, StorageFault> {
         let read = self.database.begin_read().map_err(fault)?;
         let revision = read_revision(&read.open_table(SM_META_TABLE).map_err(fault)?)?;
-        let tables = Rows { table: read.open_table(KV_TABLE).map_err(fault)? };
+        let tables = Tables {
+            kv: Rows { table: read.open_table(KV_TABLE).map_err(fault)? },
+            coord: read.open_table(COORD_TABLE).map_err(fault)?,
+        };
         state_machine::read(&tables, revision, request)
     }
 

@@ -255,3 +255,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_fenced_write_lands_only_while_its_token_is_current() {
+    use crate::kv::{Compare, CompareOp, CompareTarget, KvRequest, KvResponse, TxnOp};
+    let mut tables = MemoryTables::default();
+    let first_lease = grant(&mut tables, 0, 1_000);
+    let first = acquire(&mut tables, 0, "res", first_lease).unwrap();
+    let fenced = |token: u64| KvRequest::Txn {
+        compares: vec![Compare { key: bytes("res"), op: CompareOp::Equal, target: CompareTarget::LockToken(token) }],
+        success: vec![TxnOp::Put { key: bytes("data"), value: bytes(format!("by {token}")) }],
+        failure: Vec::new(),
+    };
+    let write = |tables: &mut MemoryTables, stamp_ms: u64, token: u64| {
+        let proposal = Proposal { stamp_ms, commands: vec![Command::Kv(fenced(token))] };
+        match apply_proposal(tables, &mut 0, &proposal).unwrap().results.remove(0).unwrap() {
+            CommandOutput::Kv(KvResponse::Txn { succeeded, .. }) => succeeded,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(write(&mut tables, 500, first), "the holder writes");
+    // The first lease lapses (a paused process); another client takes the lock; the old holder's write is refused.
+    let second_lease = grant(&mut tables, 2_000, 5_000);
+    let second = acquire(&mut tables, 2_000, "res", second_lease).unwrap();
+    assert!(second > first);
+    assert!(!write(&mut tables, 2_100, first), "a stale token is fenced off");
+    assert!(write(&mut tables, 2_100, second));
+    assert_eq!(tables.rows.get(b"data".as_slice()).unwrap().value, format!("by {second}").into_bytes());
+}
