@@ -42,6 +42,9 @@ pub enum LockCommand {
         /// Hold it with a new lease of this TTL (`30s`), granted for it.
         #[arg(long, value_parser = parse_duration_ms, default_value = "30s")]
         ttl: u64,
+        /// Wait up to this long for the holder to release it (the node parks the request; bounded by --timeout-ms).
+        #[arg(long, value_parser = parse_duration_ms, default_value = "0")]
+        wait: u64,
     },
     /// Release the lock held by `--lease` with `--token`.
     Release {
@@ -213,7 +216,7 @@ pub async fn lease(client: &Client, command: LeaseCommand, json: bool) -> anyhow
 
 pub async fn lock(client: &Client, command: LockCommand, json: bool) -> anyhow::Result<()> {
     let request = match command {
-        LockCommand::Acquire { name, lease, ttl } => {
+        LockCommand::Acquire { name, lease, ttl, wait } => {
             let lease = match lease {
                 Some(lease) => lease,
                 None => match client.coord(CoordRequest::LeaseGrant { ttl_ms: ttl }).await? {
@@ -221,7 +224,8 @@ pub async fn lock(client: &Client, command: LockCommand, json: bool) -> anyhow::
                     other => return Err(unexpected(&other)),
                 },
             };
-            CoordRequest::LockAcquire { name: bytes(name), lease }
+            let wait_ms = u32::try_from(wait).map_err(|_| anyhow::anyhow!("--wait is too long"))?;
+            CoordRequest::LockAcquire { name: bytes(name), lease, wait_ms }
         }
         LockCommand::Release { name, lease, token } => CoordRequest::LockRelease { name: bytes(name), lease, token },
         LockCommand::Status { name } => CoordRequest::LockGet { name: bytes(name) },

@@ -165,6 +165,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             cluster_secret_key: cluster_key,
             membership_lock: Arc::default(),
             fault_injection: args.enable_fault_injection,
+            lock_waiters: Arc::default(),
             directory: directory.clone(),
         },
         directory: directory.clone(),

@@ -52,4 +52,6 @@ pub type CommandResult = Result<CommandOutput, WireError>;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProposalOutcome {
     pub results: Vec<CommandResult>,
+    /// What the proposal changed in the coordination state, in order (the commit stream's content).
+    pub events: Vec<crate::coord::CoordEvent>,
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::ops::{Bound, ControlFlow};
 
-use crate::coord::{CoordRead, CoordWrite, RowVisitor};
+use crate::coord::{CoordEvent, CoordRead, CoordWrite, RowVisitor};
 use crate::state_machine::{KvRead, KvWrite, StorageFault, scan_start};
 use crate::stored_value::StoredValue;
 
@@ -12,6 +12,8 @@ pub struct MemoryTables {
     pub rows: BTreeMap<Vec<u8>, StoredValue>,
     /// Coordination rows (leases, locks, counters, sequences).
     pub coord: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Events emitted since the last `take_events`.
+    pub events: Vec<CoordEvent>,
 }
 
 impl CoordRead for MemoryTables {
@@ -37,6 +39,14 @@ impl CoordWrite for MemoryTables {
 
     fn coord_delete(&mut self, key: &[u8]) -> Result<bool, StorageFault> {
         Ok(self.coord.remove(key).is_some())
+    }
+
+    fn emit(&mut self, event: CoordEvent) {
+        self.events.push(event);
+    }
+
+    fn take_events(&mut self) -> Vec<CoordEvent> {
+        std::mem::take(&mut self.events)
     }
 }
 

@@ -60,13 +60,14 @@ pub fn apply_proposal(
     revision: &mut u64,
     proposal: &Proposal,
 ) -> Result<ProposalOutcome, StorageFault> {
+    let _ = tables.take_events();
     let now = coord::advance_clock(tables, proposal.stamp_ms)?;
     coord::expire_due(tables, now)?;
     let mut results = Vec::with_capacity(proposal.commands.len());
     for command in &proposal.commands {
         results.push(apply_command(tables, revision, now, command)?);
     }
-    Ok(ProposalOutcome { results })
+    Ok(ProposalOutcome { results, events: tables.take_events() })
 }
 
 /// Applies one command at log time `now`. Invalid commands are answered with an error and change nothing.

@@ -8,9 +8,10 @@ use ed25519_dalek::VerifyingKey;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use pando_protocol::cluster::{ClusterRequest, ClusterResponse};
 use pando_protocol::command::{Command, CommandOutput};
-use pando_protocol::coord::CoordRequest;
+use pando_protocol::coord::{CoordEvent, CoordRequest, CoordResponse};
 use pando_protocol::envelope::{Request, RequestEnvelope, Response, ResponseEnvelope};
 use pando_protocol::error::{ErrorCode, WireError};
+use pando_protocol::kv::Bytes;
 use pando_protocol::kv::{Consistency, KvRequest, KvResponse};
 use pando_protocol::limits::{REQUEST_TIMEOUT_MS_DEFAULT, REQUEST_TIMEOUT_MS_MAX};
 use pando_protocol::token::{Access, CapabilityToken, TokenClaims};
@@ -35,6 +36,8 @@ pub struct RpcContext {
     pub membership_lock: Arc<tokio::sync::Mutex<()>>,
     /// Whether `InjectPanic` is served (`--enable-fault-injection`).
     pub fault_injection: bool,
+    /// Requests parked waiting for each lock (bounded by [`LOCK_WAITERS_PER_NAME_MAX`]).
+    pub lock_waiters: Arc<Mutex<std::collections::BTreeMap<Vec<u8>, usize>>>,
     pub directory: Directory,
 }
 
@@ -161,6 +164,12 @@ async fn execute(
                     Err(fault) => Err(WireError::internal(fault.to_string())),
                 };
             }
+            if let CoordRequest::LockAcquire { name, lease, wait_ms } = &request
+                && *wait_ms > 0
+            {
+                let wait = Duration::from_millis(u64::from(*wait_ms)).min(timeout);
+                return acquire_waiting(context, name.clone(), *lease, wait).await.map(Response::Coord);
+            }
             match propose(context, Command::Coord(request), timeout).await? {
                 CommandOutput::Coord(response) => Ok(Response::Coord(response)),
                 other => Err(WireError::internal(format!("a coordination write produced {other:?}"))),
@@ -210,6 +219,94 @@ async fn execute(
                 }
             };
             Ok(Response::Cluster(response))
+        }
+    }
+}
+
+/// Most requests one node parks waiting for the same lock; more are answered `BUSY`.
+pub const LOCK_WAITERS_PER_NAME_MAX: usize = 64;
+
+/// Holds one waiter slot of a lock for as long as a request waits.
+struct WaiterSlot {
+    waiters: Arc<Mutex<std::collections::BTreeMap<Vec<u8>, usize>>>,
+    name: Vec<u8>,
+}
+
+impl WaiterSlot {
+    fn take(context: &RpcContext, name: &[u8]) -> Result<WaiterSlot, WireError> {
+        let mut waiters = context.lock_waiters.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = waiters.entry(name.to_vec()).or_default();
+        if *count >= LOCK_WAITERS_PER_NAME_MAX {
+            return Err(WireError::new(
+                ErrorCode::Busy,
+                format!("{LOCK_WAITERS_PER_NAME_MAX} requests already wait for this lock on this node"),
+            ));
+        }
+        *count += 1;
+        Ok(WaiterSlot { waiters: context.lock_waiters.clone(), name: name.to_vec() })
+    }
+}
+
+impl Drop for WaiterSlot {
+    fn drop(&mut self) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = waiters.get_mut(&self.name) {
+            *count -= 1;
+            if *count == 0 {
+                waiters.remove(&self.name);
+            }
+        }
+    }
+}
+
+/// Takes a lock, parking the request while it is held: every release on the commit stream (a client's release, a
+/// revoked or lapsed lease) wakes the waiter for another attempt, until it wins or `wait` passes. The client never
+/// polls; the answer after the wait is the last `CONFLICT`.
+async fn acquire_waiting(
+    context: &RpcContext,
+    name: Bytes,
+    lease: u64,
+    wait: Duration,
+) -> Result<CoordResponse, WireError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let _slot = WaiterSlot::take(context, &name)?;
+    let subscribe = || {
+        context
+            .directory
+            .stores()
+            .map(|stores| stores.state_machine.subscribe())
+            .ok_or_else(|| WireError::new(ErrorCode::Unavailable, "storage is not open"))
+    };
+    // Subscribed before the first attempt, so a release between the attempt and the wait is not missed.
+    let mut events = subscribe()?;
+    loop {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
+        let command = Command::Coord(CoordRequest::LockAcquire { name: name.clone(), lease, wait_ms: 0 });
+        let conflict = match propose(context, command, remaining).await {
+            Ok(CommandOutput::Coord(response)) => return Ok(response),
+            Ok(other) => return Err(WireError::internal(format!("a lock acquisition produced {other:?}"))),
+            Err(error) if error.code == ErrorCode::Conflict => error,
+            Err(error) => return Err(error),
+        };
+        loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Err(_) => return Err(conflict),
+                Ok(Ok(batch)) => {
+                    let released = batch.iter().any(
+                        |event| matches!(event, CoordEvent::LockReleased { name: released, .. } if *released == name),
+                    );
+                    if released {
+                        break;
+                    }
+                }
+                // Missed events: try again rather than risk sleeping through the release.
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => break,
+                // Storage restarted under us: a fresh stream, and another attempt.
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
+                    events = subscribe()?;
+                    break;
+                }
+            }
         }
     }
 }

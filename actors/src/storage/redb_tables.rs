@@ -4,7 +4,7 @@ use std::ops::{Bound, ControlFlow};
 use std::sync::Arc;
 
 use pando_protocol::command::KvResult;
-use pando_protocol::coord::{self, CoordRead, CoordRequest, CoordResponse, CoordWrite, RowVisitor};
+use pando_protocol::coord::{self, CoordEvent, CoordRead, CoordRequest, CoordResponse, CoordWrite, RowVisitor};
 use pando_protocol::error::WireError;
 use pando_protocol::kv::KvRequest;
 use pando_protocol::state_machine::{self, KvRead, KvWrite, StorageFault};
@@ -86,6 +86,7 @@ impl KvWrite for Rows<redb::Table<'_, &'static [u8], &'static [u8]>> {
 pub(crate) struct Tables<K, C> {
     pub(crate) kv: Rows<K>,
     pub(crate) coord: C,
+    pub(crate) events: Vec<CoordEvent>,
 }
 
 impl<K: ReadableTable<&'static [u8], &'static [u8]>, C> KvRead for Tables<K, C> {
@@ -138,6 +139,14 @@ impl<K> CoordWrite for Tables<K, redb::Table<'_, &'static [u8], &'static [u8]>> 
     fn coord_delete(&mut self, key: &[u8]) -> Result<bool, StorageFault> {
         Ok(self.coord.remove(key).map_err(fault)?.is_some())
     }
+
+    fn emit(&mut self, event: CoordEvent) {
+        self.events.push(event);
+    }
+
+    fn take_events(&mut self) -> Vec<CoordEvent> {
+        std::mem::take(&mut self.events)
+    }
 }
 
 /// Serves reads from the applied state in a consistent read transaction, without going through any actor.
@@ -158,6 +167,7 @@ impl StateReader {
         let tables = Tables {
             kv: Rows { table: read.open_table(KV_TABLE).map_err(fault)? },
             coord: read.open_table(COORD_TABLE).map_err(fault)?,
+            events: Vec::new(),
         };
         state_machine::read(&tables, revision, request)
     }
@@ -165,14 +175,16 @@ impl StateReader {
     /// Answers a read-only coordination request from the state as last applied.
     pub fn read_coord(&self, request: &CoordRequest) -> Result<Result<CoordResponse, WireError>, StorageFault> {
         let read = self.database.begin_read().map_err(fault)?;
-        let tables = Tables { kv: Rows { table: () }, coord: read.open_table(COORD_TABLE).map_err(fault)? };
+        let tables =
+            Tables { kv: Rows { table: () }, coord: read.open_table(COORD_TABLE).map_err(fault)?, events: Vec::new() };
         coord::read(&tables, request)
     }
 
     /// The earliest lease deadline and the state machine's clock, for the leader's expiry ticks.
     pub fn lease_deadline(&self) -> Result<Option<u64>, StorageFault> {
         let read = self.database.begin_read().map_err(fault)?;
-        let tables = Tables { kv: Rows { table: () }, coord: read.open_table(COORD_TABLE).map_err(fault)? };
+        let tables =
+            Tables { kv: Rows { table: () }, coord: read.open_table(COORD_TABLE).map_err(fault)?, events: Vec::new() };
         coord::lease::next_deadline(&tables)
     }
 

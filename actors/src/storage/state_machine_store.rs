@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftLogId, RaftSnapshotBuilder};
 use pando_protocol::command::ProposalOutcome;
+use pando_protocol::coord::CoordEvent;
 use pando_protocol::state_machine::apply_proposal;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
@@ -20,6 +21,9 @@ use super::{
 };
 use crate::raft::type_config::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
+/// Proposals' events the commit stream buffers for slow subscribers.
+pub const COMMIT_STREAM_CAPACITY: usize = 1024;
+
 #[derive(Clone)]
 pub struct StateMachineStore {
     database: Arc<Database>,
@@ -28,6 +32,8 @@ pub struct StateMachineStore {
     file_counter: Arc<AtomicU64>,
     /// Orders the publication of builds and installs (openraft may run a build concurrently with an install).
     snapshot_lock: Arc<std::sync::Mutex<()>>,
+    /// The commit stream: each applied proposal's coordination events, after its transaction committed.
+    events: tokio::sync::broadcast::Sender<Arc<[CoordEvent]>>,
 }
 
 impl StateMachineStore {
@@ -45,7 +51,14 @@ impl StateMachineStore {
             snapshot_dir,
             file_counter: Arc::new(AtomicU64::new(0)),
             snapshot_lock: Arc::new(std::sync::Mutex::new(())),
+            events: tokio::sync::broadcast::channel(COMMIT_STREAM_CAPACITY).0,
         })
+    }
+
+    /// Subscribes to the commit stream. A subscriber that falls more than [`COMMIT_STREAM_CAPACITY`] proposals behind
+    /// is told it lagged and must re-read the state it cares about.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<[CoordEvent]>> {
+        self.events.subscribe()
     }
 
     fn temporary_path(&self, what: &str) -> PathBuf {
@@ -115,6 +128,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 let mut tables = Tables {
                     kv: Rows { table: write.open_table(KV_TABLE).map_err(|error| write_error(&error))? },
                     coord: write.open_table(COORD_TABLE).map_err(|error| write_error(&error))?,
+                    events: Vec::new(),
                 };
                 let mut last_applied = None;
                 for entry in &entries {
@@ -144,6 +158,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             Ok(outcomes)
         })
         .await
+        .inspect(|outcomes: &Vec<ProposalOutcome>| {
+            for outcome in outcomes.iter().filter(|outcome| !outcome.events.is_empty()) {
+                // Nobody listening is fine; the events are also derivable from the log.
+                let _ = self.events.send(Arc::from(outcome.events.as_slice()));
+            }
+        })
     }
 
     async fn get_snapshot_builder(&mut self) -> StateMachineStore {

@@ -4,8 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::keys::{self, with};
-use super::{CoordRead, CoordResponse, CoordWrite, load, save};
+use super::{CoordEvent, CoordRead, CoordResponse, CoordWrite, load, save};
 use crate::error::{ErrorCode, WireError};
+use crate::kv::Bytes;
 use crate::state_machine::StorageFault;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +78,7 @@ pub(crate) fn add(
         )));
     };
     save(store, &counter_key(name), &next)?;
+    store.emit(CoordEvent::CounterChanged { name: Bytes::from(name.to_vec()), value: next });
     Ok(Ok(CoordResponse::Counter { value: Some(next) }))
 }
 
@@ -91,6 +93,7 @@ pub(crate) fn set(
         return Ok(Err(kind_conflict(&current)));
     }
     save(store, &counter_key(name), value)?;
+    store.emit(CoordEvent::CounterChanged { name: Bytes::from(name.to_vec()), value: *value });
     Ok(Ok(CoordResponse::Counter { value: Some(*value) }))
 }
 
@@ -108,6 +111,7 @@ pub(crate) fn cas(
         return Ok(Err(WireError::new(ErrorCode::Conflict, format!("the counter is {current}, not {expected}"))));
     }
     save(store, &counter_key(name), value)?;
+    store.emit(CoordEvent::CounterChanged { name: Bytes::from(name.to_vec()), value: *value });
     Ok(Ok(CoordResponse::Counter { value: Some(*value) }))
 }
 

@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 use serde::{Deserialize, Serialize};
 
 use super::keys::{self, with};
-use super::{CoordRead, CoordResponse, CoordWrite, load, save};
+use super::{CoordEvent, CoordRead, CoordResponse, CoordWrite, load, save};
 use crate::error::{ErrorCode, WireError};
 use crate::kv::Bytes;
 use crate::state_machine::StorageFault;
@@ -78,6 +78,7 @@ pub(crate) fn grant(
     let lease = LeaseInfo { id, ttl_ms, deadline_ms: now.saturating_add(ttl_ms), locks: Vec::new() };
     save_lease(store, &lease)?;
     store.coord_put(&expiry_key(lease.deadline_ms, id), &[])?;
+    store.emit(CoordEvent::LeaseGranted { lease: id, deadline_ms: lease.deadline_ms });
     Ok(Ok(CoordResponse::Lease { lease }))
 }
 
@@ -95,12 +96,17 @@ pub(crate) fn keep_alive(
 }
 
 /// Deletes a lease and releases what it holds; answers the released locks.
-pub(crate) fn revoke(store: &mut impl CoordWrite, lease: &LeaseInfo) -> Result<Vec<Bytes>, StorageFault> {
+pub(crate) fn revoke(
+    store: &mut impl CoordWrite,
+    lease: &LeaseInfo,
+    expired: bool,
+) -> Result<Vec<Bytes>, StorageFault> {
     for name in &lease.locks {
         super::lock::release_by_lease(store, name, lease.id)?;
     }
     store.coord_delete(&expiry_key(lease.deadline_ms, lease.id))?;
     store.coord_delete(&lease_key(lease.id))?;
+    store.emit(CoordEvent::LeaseEnded { lease: lease.id, expired });
     Ok(lease.locks.clone())
 }
 
@@ -109,7 +115,7 @@ pub(crate) fn revoke_request(
     id: u64,
 ) -> Result<Result<CoordResponse, WireError>, StorageFault> {
     let Some(lease) = load_lease(store, id)? else { return Ok(Err(not_found(id))) };
-    let released_locks = revoke(store, &lease)?;
+    let released_locks = revoke(store, &lease, false)?;
     Ok(Ok(CoordResponse::Revoked { released_locks }))
 }
 
@@ -129,7 +135,7 @@ pub(crate) fn expire_due(store: &mut impl CoordWrite, now: u64) -> Result<u32, S
     let mut expired = 0;
     for id in due {
         if let Some(lease) = load_lease(store, id)? {
-            revoke(store, &lease)?;
+            revoke(store, &lease, true)?;
             expired += 1;
         }
     }

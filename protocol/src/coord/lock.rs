@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::{self, with};
 use super::lease::{LEASE_ATTACHMENTS_COUNT_MAX, load_lease, not_found, save_lease};
-use super::{CoordRead, CoordResponse, CoordWrite, load, save};
+use super::{CoordEvent, CoordRead, CoordResponse, CoordWrite, load, save};
 use crate::error::{ErrorCode, WireError};
 use crate::kv::Bytes;
 use crate::state_machine::StorageFault;
@@ -71,6 +71,7 @@ pub(crate) fn acquire(
     save(store, &lock_key(name), &lock)?;
     lease.locks.push(Bytes::from(name.to_vec()));
     save_lease(store, &lease)?;
+    store.emit(CoordEvent::LockAcquired { name: Bytes::from(name.to_vec()), lease: lease_id, token });
     Ok(Ok(CoordResponse::Lock { lock }))
 }
 
@@ -105,9 +106,9 @@ pub(crate) fn release(
 /// Frees `name` if `lease_id` holds it (the lease's own list is the caller's business). The last token is kept.
 pub(crate) fn release_by_lease(store: &mut impl CoordWrite, name: &[u8], lease_id: u64) -> Result<(), StorageFault> {
     let mut lock = load_lock(store, name)?;
-    if lock.holder.as_ref().is_some_and(|holder| holder.lease == lease_id) {
-        lock.holder = None;
+    if let Some(holder) = lock.holder.take_if(|holder| holder.lease == lease_id) {
         save(store, &lock_key(name), &lock)?;
+        store.emit(CoordEvent::LockReleased { name: Bytes::from(name.to_vec()), lease: lease_id, token: holder.token });
     }
     Ok(())
 }

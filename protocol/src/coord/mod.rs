@@ -39,10 +39,47 @@ pub trait CoordRead {
     fn coord_scan(&self, prefix: &[u8], visit: &mut RowVisitor<'_>) -> Result<(), StorageFault>;
 }
 
-/// Write access to the coordination rows.
+/// Write access to the coordination rows, and the sink for what changed.
 pub trait CoordWrite: CoordRead {
     fn coord_put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageFault>;
     fn coord_delete(&mut self, key: &[u8]) -> Result<bool, StorageFault>;
+    /// Records an event; [`crate::state_machine::apply_proposal`] collects them into the proposal's outcome.
+    fn emit(&mut self, event: CoordEvent);
+    /// Takes the events recorded since the last call.
+    fn take_events(&mut self) -> Vec<CoordEvent>;
+}
+
+/// What a coordination command changed, published on the commit stream after the entry is applied (waiters, and
+/// later the hook router, subscribe to it). Derived from applying, so every replica produces the same events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoordEvent {
+    LeaseGranted {
+        lease: u64,
+        deadline_ms: u64,
+    },
+    /// A lease ended: revoked by a client, or lapsed (`expired`).
+    LeaseEnded {
+        lease: u64,
+        expired: bool,
+    },
+    LockAcquired {
+        name: Bytes,
+        lease: u64,
+        token: u64,
+    },
+    LockReleased {
+        name: Bytes,
+        lease: u64,
+        token: u64,
+    },
+    CounterChanged {
+        name: Bytes,
+        value: CounterValue,
+    },
+    SequenceAdvanced {
+        name: Bytes,
+        next: u64,
+    },
 }
 
 /// Coordination requests. Names share the key namespace for access control: a token that may write `jobs/` may take
@@ -72,6 +109,10 @@ pub enum CoordRequest {
     LockAcquire {
         name: Bytes,
         lease: u64,
+        /// How long the node may park the request while the lock is held (0: answer at once). Served by the node
+        /// (woken by the release on the commit stream, no client polling); always 0 in the log.
+        #[serde(default)]
+        wait_ms: u32,
     },
     /// Frees `name` if `lease` holds it with `token`.
     LockRelease {
@@ -142,8 +183,14 @@ impl CoordRequest {
     pub fn validate(&self) -> Result<(), WireError> {
         match self {
             CoordRequest::LeaseGrant { ttl_ms } => lease::validate_ttl(*ttl_ms),
-            CoordRequest::LockAcquire { name, .. }
-            | CoordRequest::LockRelease { name, .. }
+            CoordRequest::LockAcquire { name, wait_ms, .. } => {
+                validate_name(name)?;
+                if *wait_ms > LOCK_WAIT_MS_MAX {
+                    return Err(WireError::invalid(format!("a lock wait is at most {LOCK_WAIT_MS_MAX} ms")));
+                }
+                Ok(())
+            }
+            CoordRequest::LockRelease { name, .. }
             | CoordRequest::LockGet { name }
             | CoordRequest::CounterAdd { name, .. }
             | CoordRequest::CounterSet { name, .. }
@@ -195,6 +242,9 @@ impl CoordRequest {
         self.name().len() + 32
     }
 }
+
+/// Longest a lock acquisition may wait for the lock (also bounded by the request's deadline).
+pub const LOCK_WAIT_MS_MAX: u32 = 5 * 60 * 1000;
 
 pub fn validate_name(name: &[u8]) -> Result<(), WireError> {
     if name.is_empty() {
@@ -279,7 +329,7 @@ pub fn apply(
         CoordRequest::LeaseGrant { ttl_ms } => lease::grant(store, now, *ttl_ms),
         CoordRequest::LeaseKeepAlive { lease } => lease::keep_alive(store, now, *lease),
         CoordRequest::LeaseRevoke { lease } => lease::revoke_request(store, *lease),
-        CoordRequest::LockAcquire { name, lease } => lock::acquire(store, now, name, *lease),
+        CoordRequest::LockAcquire { name, lease, .. } => lock::acquire(store, now, name, *lease),
         CoordRequest::LockRelease { name, lease, token } => lock::release(store, name, *lease, *token),
         CoordRequest::CounterAdd { name, delta, initial } => counter::add(store, name, *delta, initial),
         CoordRequest::CounterSet { name, value } => counter::set(store, name, value),

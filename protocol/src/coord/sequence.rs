@@ -1,8 +1,9 @@
 //! Sequences: gap-free, strictly increasing numbers starting at 1, handed out singly or in reserved ranges.
 
 use super::keys::{self, with};
-use super::{CoordResponse, CoordWrite};
+use super::{CoordEvent, CoordResponse, CoordWrite};
 use crate::error::{ErrorCode, WireError};
+use crate::kv::Bytes;
 use crate::state_machine::StorageFault;
 
 /// Most numbers one reservation takes.
@@ -33,5 +34,6 @@ pub(crate) fn next(
         return Ok(Err(WireError::new(ErrorCode::Conflict, "the sequence is exhausted")));
     };
     store.coord_put(&key, &after.to_be_bytes())?;
+    store.emit(CoordEvent::SequenceAdvanced { name: Bytes::from(name.to_vec()), next: after });
     Ok(Ok(CoordResponse::Sequence { first, count }))
 }

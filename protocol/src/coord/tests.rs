@@ -28,10 +28,12 @@ fn grant(tables: &mut MemoryTables, now: u64, ttl_ms: u64) -> u64 {
 }
 
 fn acquire(tables: &mut MemoryTables, now: u64, name: &str, lease: u64) -> Result<u64, WireError> {
-    run(tables, now, CoordRequest::LockAcquire { name: bytes(name), lease }).map(|response| match response {
-        CoordResponse::Lock { lock } => lock.holder.expect("acquired").token,
-        other => panic!("unexpected {other:?}"),
-    })
+    run(tables, now, CoordRequest::LockAcquire { name: bytes(name), lease, wait_ms: 0 }).map(
+        |response| match response {
+            CoordResponse::Lock { lock } => lock.holder.expect("acquired").token,
+            other => panic!("unexpected {other:?}"),
+        },
+    )
 }
 
 #[test]
@@ -96,8 +98,8 @@ fn bad_arguments_are_refused_and_change_nothing() {
     let mut tables = MemoryTables::default();
     let before = tables.coord.clone();
     assert!(run(&mut tables, 0, CoordRequest::LeaseGrant { ttl_ms: 10 }).is_err());
-    assert!(run(&mut tables, 0, CoordRequest::LockAcquire { name: bytes(""), lease: 1 }).is_err());
-    assert!(run(&mut tables, 0, CoordRequest::LockAcquire { name: bytes("x"), lease: 99 }).is_err());
+    assert!(run(&mut tables, 0, CoordRequest::LockAcquire { name: bytes(""), lease: 1, wait_ms: 0 }).is_err());
+    assert!(run(&mut tables, 0, CoordRequest::LockAcquire { name: bytes("x"), lease: 99, wait_ms: 0 }).is_err());
     assert!(run(&mut tables, 0, CoordRequest::SequenceNext { name: bytes("s"), count: 0 }).is_err());
     let mixed = CoordRequest::CounterCas {
         name: bytes("c"),
