@@ -331,7 +331,12 @@ impl Client {
 
     /// Stores `value` under `key`; returns the revision of the write.
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, ClientError> {
-        written(self.kv(KvRequest::Put { key: bytes(key), value: bytes(value) }).await?)
+        written(self.kv(KvRequest::Put { key: bytes(key), value: bytes(value), lease: None }).await?)
+    }
+
+    /// Sets `key` tied to `lease`: the key is deleted when the lease is revoked or lapses.
+    pub async fn put_leased(&self, key: &[u8], value: &[u8], lease: u64) -> Result<u64, ClientError> {
+        written(self.kv(KvRequest::Put { key: bytes(key), value: bytes(value), lease: Some(lease) }).await?)
     }
 
     /// Deletes `key`; returns the revision and whether the key existed.

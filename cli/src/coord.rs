@@ -147,6 +147,7 @@ fn lease_json(lease: &LeaseInfo) -> serde_json::Value {
         "ttl_ms": lease.ttl_ms,
         "deadline_ms": lease.deadline_ms,
         "locks": lease.locks.iter().map(|name| String::from_utf8_lossy(name).into_owned()).collect::<Vec<_>>(),
+        "keys": lease.keys.iter().map(|key| String::from_utf8_lossy(key).into_owned()).collect::<Vec<_>>(),
     })
 }
 
@@ -165,11 +166,12 @@ fn print_lease(lease: &LeaseInfo, json: bool) {
         print_json(&lease_json(lease));
     } else {
         println!(
-            "lease {} ttl {} ms deadline {} ms, {} locks",
+            "lease {} ttl {} ms deadline {} ms, {} locks, {} keys",
             lease.id,
             lease.ttl_ms,
             lease.deadline_ms,
-            lease.locks.len()
+            lease.locks.len(),
+            lease.keys.len()
         );
     }
 }
@@ -200,13 +202,15 @@ pub async fn lease(client: &Client, command: LeaseCommand, json: bool) -> anyhow
                 }
             }
         }
-        CoordResponse::Revoked { released_locks } => {
-            let names: Vec<String> =
-                released_locks.iter().map(|name| String::from_utf8_lossy(name).into_owned()).collect();
+        CoordResponse::Revoked { released_locks, deleted_keys } => {
+            let text = |names: &[pando_client::pando_protocol::kv::Bytes]| -> Vec<String> {
+                names.iter().map(|name| String::from_utf8_lossy(name).into_owned()).collect()
+            };
+            let (locks, keys) = (text(&released_locks), text(&deleted_keys));
             if json {
-                print_json(&json!({"released_locks": names}));
+                print_json(&json!({"released_locks": locks, "deleted_keys": keys}));
             } else {
-                println!("OK revoked, released {} locks {names:?}", names.len());
+                println!("OK revoked, released {} locks {locks:?}, deleted {} keys {keys:?}", locks.len(), keys.len());
             }
         }
         other => return Err(unexpected(&other)),

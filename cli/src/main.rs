@@ -91,8 +91,11 @@ enum KvCommand {
         #[arg(long, conflicts_with = "value")]
         file: Option<PathBuf>,
         /// Write only while lock NAME is still held with TOKEN (`NAME=TOKEN`, from `pando lock acquire`).
-        #[arg(long, value_parser = parse_fence)]
+        #[arg(long, value_parser = parse_fence, conflicts_with = "lease")]
         fence: Option<(String, u64)>,
+        /// Tie the key to a lease (`pando lease grant`): it is deleted when the lease ends.
+        #[arg(long)]
+        lease: Option<u64>,
     },
     /// Delete a key.
     Delete {
@@ -478,7 +481,7 @@ async fn kv(client: &Client, command: KvCommand, json_output: bool) -> anyhow::R
                 }
             }
         }
-        KvCommand::Set { key, value, file, fence: Some(fence) } => {
+        KvCommand::Set { key, value, file, fence: Some(fence), .. } => {
             let value = read_value(value, file)?;
             let op = TxnOp::Put { key: key.into_bytes().into(), value: value.into() };
             let revision = fenced(client, fence, op).await?;
@@ -492,9 +495,12 @@ async fn kv(client: &Client, command: KvCommand, json_output: bool) -> anyhow::R
                 println!("deleted at revision {revision}");
             }
         }
-        KvCommand::Set { key, value, file, fence: None } => {
+        KvCommand::Set { key, value, file, fence: None, lease } => {
             let value = read_value(value, file)?;
-            let revision = client.put(key.as_bytes(), &value).await?;
+            let revision = match lease {
+                Some(lease) => client.put_leased(key.as_bytes(), &value, lease).await?,
+                None => client.put(key.as_bytes(), &value).await?,
+            };
             written(json_output, revision);
         }
         KvCommand::Delete { key, fence: None } => {

@@ -12,7 +12,7 @@ use pando_protocol::memory_tables::MemoryTables;
 use pando_protocol::state_machine::apply_proposal;
 
 fn put(index: u64) -> KvRequest {
-    KvRequest::Put { key: bytes(format!("bench/{index:016x}")), value: bytes(vec![b'x'; 256]) }
+    KvRequest::Put { key: bytes(format!("bench/{index:016x}")), value: bytes(vec![b'x'; 256]), lease: None }
 }
 
 fn codec(c: &mut Criterion) {

@@ -96,6 +96,10 @@ pub enum KvRequest {
     Put {
         key: Bytes,
         value: Bytes,
+        /// Ties the key to a lease: it is deleted when the lease is revoked or lapses. A later put without a lease (or
+        /// a delete) unties it. Absent on the wire when `None`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease: Option<u64>,
     },
     Delete {
         key: Bytes,
@@ -255,7 +259,7 @@ impl KvRequest {
     pub fn validate(&self) -> Result<(), WireError> {
         match self {
             KvRequest::Get { key, .. } | KvRequest::Delete { key } => validate_key(key),
-            KvRequest::Put { key, value } => {
+            KvRequest::Put { key, value, .. } => {
                 validate_key(key)?;
                 validate_value(value)
             }
@@ -333,7 +337,7 @@ impl KvRequest {
     pub fn payload_bytes(&self) -> usize {
         match self {
             KvRequest::Get { key, .. } | KvRequest::Delete { key } => key.len(),
-            KvRequest::Put { key, value } => key.len() + value.len(),
+            KvRequest::Put { key, value, .. } => key.len() + value.len(),
             KvRequest::Cas { key, expected, value } => {
                 key.len() + value.len() + expected.as_ref().map_or(0, |e| e.len())
             }

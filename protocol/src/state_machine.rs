@@ -62,7 +62,7 @@ pub fn apply_proposal(
 ) -> Result<ProposalOutcome, StorageFault> {
     let _ = tables.take_events();
     let now = coord::advance_clock(tables, proposal.stamp_ms)?;
-    coord::expire_due(tables, now)?;
+    coord::expire_due(tables, revision, now)?;
     let mut results = Vec::with_capacity(proposal.commands.len());
     for command in &proposal.commands {
         results.push(apply_command(tables, revision, now, command)?);
@@ -79,12 +79,12 @@ pub fn apply_command(
 ) -> Result<CommandResult, StorageFault> {
     Ok(match command {
         Command::Kv(request) => apply_kv(tables, revision, request)?.map(CommandOutput::Kv),
-        Command::Coord(request) => coord::apply(tables, now, request)?.map(CommandOutput::Coord),
+        Command::Coord(request) => coord::apply(tables, revision, now, request)?.map(CommandOutput::Coord),
     })
 }
 
 fn apply_kv(
-    tables: &mut (impl KvWrite + CoordRead),
+    tables: &mut (impl KvWrite + CoordWrite),
     revision: &mut u64,
     request: &KvRequest,
 ) -> Result<KvResult, StorageFault> {
@@ -96,13 +96,22 @@ fn apply_kv(
         KvRequest::Get { .. } | KvRequest::Scan { .. } | KvRequest::BatchGet { .. } => {
             return read(tables, *revision, request);
         }
-        KvRequest::Put { key, value } => {
+        KvRequest::Put { key, value, lease: Some(lease) } => {
+            if let Err(error) = coord::lease::check_attachable(tables, key, *lease)? {
+                return Ok(Err(error));
+            }
+            put(tables, key, value, next)?;
+            coord::lease::attach_key(tables, key, *lease)?;
+            *revision = next;
+            KvResponse::Written { revision: next }
+        }
+        KvRequest::Put { key, value, lease: None } => {
             put(tables, key, value, next)?;
             *revision = next;
             KvResponse::Written { revision: next }
         }
         KvRequest::Delete { key } => {
-            let existed = tables.delete(key)?;
+            let existed = remove(tables, key)?;
             if existed {
                 *revision = next;
             }
@@ -126,7 +135,7 @@ fn apply_kv(
             let current = tables.get(key)?;
             match &current {
                 Some(row) if row.value == expected.as_slice() => {
-                    tables.delete(key)?;
+                    remove(tables, key)?;
                     *revision = next;
                     KvResponse::Deleted { revision: next, existed: true }
                 }
@@ -138,7 +147,7 @@ fn apply_kv(
                 match op {
                     WriteOp::Put { key, value } => put(tables, key, value, next)?,
                     WriteOp::Delete { key } => {
-                        tables.delete(key)?;
+                        remove(tables, key)?;
                     }
                 }
             }
@@ -158,7 +167,7 @@ fn apply_kv(
                         TxnOpResult::Put
                     }
                     TxnOp::Delete { key } => {
-                        let existed = tables.delete(key)?;
+                        let existed = remove(tables, key)?;
                         changed |= existed;
                         TxnOpResult::Delete { existed }
                     }
@@ -226,7 +235,15 @@ fn scan(tables: &impl KvRead, prefix: &[u8], limit: u32, after: Option<&[u8]>) -
     Ok(KvResponse::ScanPage { entries, next })
 }
 
-fn put(tables: &mut impl KvWrite, key: &[u8], value: &[u8], revision: u64) -> Result<(), StorageFault> {
+/// Deletes a row and unties it from any lease.
+fn remove(tables: &mut (impl KvWrite + CoordWrite), key: &[u8]) -> Result<bool, StorageFault> {
+    coord::lease::detach_key(tables, key)?;
+    tables.delete(key)
+}
+
+/// Writes a row (a new version of it) and unties it from any lease; a leased put attaches it again afterwards.
+fn put(tables: &mut (impl KvWrite + CoordWrite), key: &[u8], value: &[u8], revision: u64) -> Result<(), StorageFault> {
+    coord::lease::detach_key(tables, key)?;
     let row = match tables.get(key)? {
         Some(old) => StoredValue {
             create_revision: old.create_revision,
@@ -292,7 +309,7 @@ pub fn evaluate(row: &Option<StoredValue>, compare: &Compare) -> bool {
 
 /// Shorthand used by tests and examples.
 pub fn put_request(key: &[u8], value: &[u8]) -> KvRequest {
-    KvRequest::Put { key: Bytes::from(key.to_vec()), value: Bytes::from(value.to_vec()) }
+    KvRequest::Put { key: Bytes::from(key.to_vec()), value: Bytes::from(value.to_vec()), lease: None }
 }
 
 #[cfg(test)]

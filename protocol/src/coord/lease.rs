@@ -9,7 +9,7 @@ use super::keys::{self, with};
 use super::{CoordEvent, CoordRead, CoordResponse, CoordWrite, load, save};
 use crate::error::{ErrorCode, WireError};
 use crate::kv::Bytes;
-use crate::state_machine::StorageFault;
+use crate::state_machine::{KvWrite, StorageFault};
 
 /// Shortest TTL a lease may have.
 pub const LEASE_TTL_MS_MIN: u64 = 1_000;
@@ -30,6 +30,9 @@ pub struct LeaseInfo {
     pub deadline_ms: u64,
     /// Locks the lease holds.
     pub locks: Vec<Bytes>,
+    /// KV keys tied to the lease.
+    #[serde(default)]
+    pub keys: Vec<Bytes>,
 }
 
 pub(crate) fn validate_ttl(ttl_ms: u64) -> Result<(), WireError> {
@@ -75,7 +78,7 @@ pub(crate) fn grant(
         None => 1,
     };
     store.coord_put(keys::NEXT_LEASE, &(id + 1).to_be_bytes())?;
-    let lease = LeaseInfo { id, ttl_ms, deadline_ms: now.saturating_add(ttl_ms), locks: Vec::new() };
+    let lease = LeaseInfo { id, ttl_ms, deadline_ms: now.saturating_add(ttl_ms), locks: Vec::new(), keys: Vec::new() };
     save_lease(store, &lease)?;
     store.coord_put(&expiry_key(lease.deadline_ms, id), &[])?;
     store.emit(CoordEvent::LeaseGranted { lease: id, deadline_ms: lease.deadline_ms });
@@ -95,31 +98,86 @@ pub(crate) fn keep_alive(
     Ok(Ok(CoordResponse::Lease { lease }))
 }
 
-/// Deletes a lease and releases what it holds; answers the released locks.
+/// Deletes a lease, releases its locks and deletes its keys (at one new revision, if any existed).
 pub(crate) fn revoke(
-    store: &mut impl CoordWrite,
+    store: &mut (impl KvWrite + CoordWrite),
+    revision: &mut u64,
     lease: &LeaseInfo,
     expired: bool,
-) -> Result<Vec<Bytes>, StorageFault> {
+) -> Result<(), StorageFault> {
     for name in &lease.locks {
         super::lock::release_by_lease(store, name, lease.id)?;
+    }
+    let mut deleted = false;
+    for key in &lease.keys {
+        store.coord_delete(&with(keys::KEY_LEASE, key))?;
+        deleted |= store.delete(key)?;
+    }
+    if deleted {
+        *revision += 1;
     }
     store.coord_delete(&expiry_key(lease.deadline_ms, lease.id))?;
     store.coord_delete(&lease_key(lease.id))?;
     store.emit(CoordEvent::LeaseEnded { lease: lease.id, expired });
-    Ok(lease.locks.clone())
+    Ok(())
 }
 
 pub(crate) fn revoke_request(
-    store: &mut impl CoordWrite,
+    store: &mut (impl KvWrite + CoordWrite),
+    revision: &mut u64,
     id: u64,
 ) -> Result<Result<CoordResponse, WireError>, StorageFault> {
     let Some(lease) = load_lease(store, id)? else { return Ok(Err(not_found(id))) };
-    let released_locks = revoke(store, &lease, false)?;
-    Ok(Ok(CoordResponse::Revoked { released_locks }))
+    revoke(store, revision, &lease, false)?;
+    Ok(Ok(CoordResponse::Revoked { released_locks: lease.locks, deleted_keys: lease.keys }))
 }
 
-pub(crate) fn expire_due(store: &mut impl CoordWrite, now: u64) -> Result<u32, StorageFault> {
+/// Whether `key` may be tied to lease `id`: the lease exists and has room (or already holds the key).
+pub(crate) fn check_attachable(
+    store: &impl CoordRead,
+    key: &[u8],
+    id: u64,
+) -> Result<Result<(), WireError>, StorageFault> {
+    let Some(lease) = load_lease(store, id)? else { return Ok(Err(not_found(id))) };
+    if lease.keys.iter().all(|held| held.as_slice() != key) && attachments(&lease) >= LEASE_ATTACHMENTS_COUNT_MAX {
+        return Ok(Err(WireError::too_large(format!("lease {id} already holds {LEASE_ATTACHMENTS_COUNT_MAX} things"))));
+    }
+    Ok(Ok(()))
+}
+
+/// Locks and keys a lease holds.
+pub(crate) fn attachments(lease: &LeaseInfo) -> usize {
+    lease.locks.len() + lease.keys.len()
+}
+
+/// Ties `key` to lease `id` (checked by [`check_attachable`] first).
+pub(crate) fn attach_key(store: &mut impl CoordWrite, key: &[u8], id: u64) -> Result<(), StorageFault> {
+    let Some(mut lease) = load_lease(store, id)? else { return Ok(()) };
+    if lease.keys.iter().all(|held| held.as_slice() != key) {
+        lease.keys.push(Bytes::from(key.to_vec()));
+        save_lease(store, &lease)?;
+    }
+    store.coord_put(&with(keys::KEY_LEASE, key), &id.to_be_bytes())
+}
+
+/// Unties `key` from its lease, if it has one.
+pub(crate) fn detach_key(store: &mut impl CoordWrite, key: &[u8]) -> Result<(), StorageFault> {
+    let index = with(keys::KEY_LEASE, key);
+    let Some(bytes) = store.coord_get(&index)? else { return Ok(()) };
+    store.coord_delete(&index)?;
+    let Some(id) = be_u64(Some(&bytes)) else { return Err(StorageFault("key lease row is not 8 bytes".into())) };
+    if let Some(mut lease) = load_lease(store, id)? {
+        lease.keys.retain(|held| held.as_slice() != key);
+        save_lease(store, &lease)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn expire_due(
+    store: &mut (impl KvWrite + CoordWrite),
+    revision: &mut u64,
+    now: u64,
+) -> Result<u32, StorageFault> {
     let mut due = Vec::new();
     store.coord_scan(keys::EXPIRY, &mut |key, _| {
         let rest = &key[keys::EXPIRY.len()..];
@@ -135,7 +193,7 @@ pub(crate) fn expire_due(store: &mut impl CoordWrite, now: u64) -> Result<u32, S
     let mut expired = 0;
     for id in due {
         if let Some(lease) = load_lease(store, id)? {
-            revoke(store, &lease, true)?;
+            revoke(store, revision, &lease, true)?;
             expired += 1;
         }
     }

@@ -58,9 +58,9 @@ pub(crate) fn acquire(
             ),
         )));
     }
-    if lease.locks.len() >= LEASE_ATTACHMENTS_COUNT_MAX {
+    if super::lease::attachments(&lease) >= LEASE_ATTACHMENTS_COUNT_MAX {
         return Ok(Err(WireError::too_large(format!(
-            "lease {lease_id} already holds {LEASE_ATTACHMENTS_COUNT_MAX} locks"
+            "lease {lease_id} already holds {LEASE_ATTACHMENTS_COUNT_MAX} things"
         ))));
     }
     let Some(token) = lock.last_token.checked_add(1) else {

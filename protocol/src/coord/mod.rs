@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::WireError;
 use crate::kv::Bytes;
 use crate::limits::KEY_SIZE_BYTES_MAX;
-use crate::state_machine::StorageFault;
+use crate::state_machine::{KvWrite, StorageFault};
 
 pub use counter::CounterValue;
 pub use lease::LeaseInfo;
@@ -161,9 +161,10 @@ pub enum CoordResponse {
         leases: Vec<LeaseInfo>,
         truncated: bool,
     },
-    /// A lease was revoked; these locks were released with it.
+    /// A lease was revoked; these locks were released and these keys deleted with it.
     Revoked {
         released_locks: Vec<Bytes>,
+        deleted_keys: Vec<Bytes>,
     },
     Lock {
         lock: LockInfo,
@@ -265,6 +266,8 @@ pub(crate) mod keys {
     pub const LOCK: &[u8] = b"k/";
     pub const COUNTER: &[u8] = b"c/";
     pub const SEQUENCE: &[u8] = b"s/";
+    /// KV key to the lease it is tied to.
+    pub const KEY_LEASE: &[u8] = b"kl/";
 
     pub fn with(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
         let mut key = Vec::with_capacity(prefix.len() + rest.len());
@@ -311,14 +314,15 @@ pub fn clock(store: &impl CoordRead) -> Result<u64, StorageFault> {
 
 /// Revokes every lease whose deadline is at or before `now` (at most
 /// [`EXPIRIES_PER_PROPOSAL_MAX`](lease::EXPIRIES_PER_PROPOSAL_MAX); the next proposal takes the rest).
-pub fn expire_due(store: &mut impl CoordWrite, now: u64) -> Result<u32, StorageFault> {
-    lease::expire_due(store, now)
+pub fn expire_due(tables: &mut (impl KvWrite + CoordWrite), revision: &mut u64, now: u64) -> Result<u32, StorageFault> {
+    lease::expire_due(tables, revision, now)
 }
 
 /// Applies one coordination command at time `now`. Errors that are the caller's (unknown lease, held lock, overflow)
 /// are answers; only storage faults are `Err`.
 pub fn apply(
-    store: &mut impl CoordWrite,
+    store: &mut (impl KvWrite + CoordWrite),
+    revision: &mut u64,
     now: u64,
     request: &CoordRequest,
 ) -> Result<Result<CoordResponse, WireError>, StorageFault> {
@@ -328,7 +332,7 @@ pub fn apply(
     match request {
         CoordRequest::LeaseGrant { ttl_ms } => lease::grant(store, now, *ttl_ms),
         CoordRequest::LeaseKeepAlive { lease } => lease::keep_alive(store, now, *lease),
-        CoordRequest::LeaseRevoke { lease } => lease::revoke_request(store, *lease),
+        CoordRequest::LeaseRevoke { lease } => lease::revoke_request(store, revision, *lease),
         CoordRequest::LockAcquire { name, lease, .. } => lock::acquire(store, now, name, *lease),
         CoordRequest::LockRelease { name, lease, token } => lock::release(store, name, *lease, *token),
         CoordRequest::CounterAdd { name, delta, initial } => counter::add(store, name, *delta, initial),

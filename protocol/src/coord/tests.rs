@@ -79,7 +79,7 @@ fn revoking_a_lease_releases_everything_in_one_entry() {
         acquire(&mut tables, 0, name, lease).unwrap();
     }
     match run(&mut tables, 1, CoordRequest::LeaseRevoke { lease }).unwrap() {
-        CoordResponse::Revoked { released_locks } => {
+        CoordResponse::Revoked { released_locks, .. } => {
             assert_eq!(released_locks, vec![bytes("a"), bytes("b"), bytes("c")])
         }
         other => panic!("unexpected {other:?}"),
@@ -284,4 +284,37 @@ fn a_fenced_write_lands_only_while_its_token_is_current() {
     assert!(!write(&mut tables, 2_100, first), "a stale token is fenced off");
     assert!(write(&mut tables, 2_100, second));
     assert_eq!(tables.rows.get(b"data".as_slice()).unwrap().value, format!("by {second}").into_bytes());
+}
+
+#[test]
+fn keys_tied_to_a_lease_go_with_it() {
+    use crate::kv::KvRequest;
+    let mut tables = MemoryTables::default();
+    let mut revision = 0;
+    let kv = |tables: &mut MemoryTables, revision: &mut u64, stamp_ms: u64, request: KvRequest| {
+        let proposal = Proposal { stamp_ms, commands: vec![Command::Kv(request)] };
+        apply_proposal(tables, revision, &proposal).unwrap().results.remove(0).map(|output| match output {
+            CommandOutput::Kv(response) => response,
+            other => panic!("unexpected {other:?}"),
+        })
+    };
+    let leased = |key: &str, lease| KvRequest::Put { key: bytes(key), value: bytes("up"), lease: Some(lease) };
+    // Unknown lease: refused, nothing written.
+    assert_eq!(
+        kv(&mut tables, &mut revision, 0, leased("svc/a", 9)).unwrap_err().code,
+        crate::error::ErrorCode::NotFound
+    );
+    assert!(tables.rows.is_empty());
+    let lease = grant(&mut tables, 0, 2_000);
+    kv(&mut tables, &mut revision, 0, leased("svc/a", lease)).unwrap();
+    kv(&mut tables, &mut revision, 0, leased("svc/b", lease)).unwrap();
+    // A plain put unties svc/b: it outlives the lease.
+    kv(&mut tables, &mut revision, 0, crate::state_machine::put_request(b"svc/b", b"kept")).unwrap();
+    assert_eq!(revision, 3);
+    // The lease lapses at 2 s: svc/a is deleted at one new revision, svc/b stays.
+    kv(&mut tables, &mut revision, 2_000, KvRequest::Get { key: bytes("x"), consistency: Default::default() }).unwrap();
+    assert_eq!(revision, 4);
+    assert!(!tables.rows.contains_key(b"svc/a".as_slice()));
+    assert_eq!(tables.rows.get(b"svc/b".as_slice()).unwrap().value, b"kept");
+    assert!(tables.coord.keys().all(|key| !key.starts_with(keys::KEY_LEASE)), "no index row left behind");
 }

@@ -20,7 +20,7 @@ fn put_envelope() -> RequestEnvelope {
         request_id: 7,
         timeout_ms: 1000,
         token: None,
-        body: Request::Kv(KvRequest::Put { key: bytes("k"), value: bytes(vec![0u8, 255]) }),
+        body: Request::Kv(KvRequest::Put { key: bytes("k"), value: bytes(vec![0u8, 255]), lease: None }),
     }
 }
 
@@ -136,7 +136,11 @@ fn any_kv_request() -> impl Strategy<Value = KvRequest> {
     );
     prop_oneof![
         (any_bytes(), any_consistency()).prop_map(|(key, consistency)| KvRequest::Get { key, consistency }),
-        (any_bytes(), any_bytes()).prop_map(|(key, value)| KvRequest::Put { key, value }),
+        (any_bytes(), any_bytes(), proptest::option::of(any::<u64>())).prop_map(|(key, value, lease)| KvRequest::Put {
+            key,
+            value,
+            lease
+        }),
         any_bytes().prop_map(|key| KvRequest::Delete { key }),
         (any_bytes(), proptest::option::of(any_bytes()), any_bytes())
             .prop_map(|(key, expected, value)| KvRequest::Cas { key, expected, value }),
