@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
-use pando_client::pando_protocol::kv::Consistency;
+use pando_client::pando_protocol::coord::{CoordRequest, CoordResponse, CounterValue};
+use pando_client::pando_protocol::kv::{Consistency, bytes};
 use pando_client::{Client, ClientOptions};
 use serde_json::json;
 
@@ -16,6 +17,8 @@ const WORKERS_PER_CONNECTION_MAX: usize = 32;
 const BENCH_DURATION_SECONDS_MAX: u64 = 3_600;
 /// Most workers accepted.
 const BENCH_CONCURRENCY_MAX: usize = 4_096;
+/// How long a contended lock acquisition may wait on the node.
+const LOCK_WAIT_MS: u32 = 10_000;
 /// Highest latency the histogram records exactly (microseconds).
 const LATENCY_US_MAX: u64 = 60_000_000;
 
@@ -25,6 +28,11 @@ pub enum BenchCommand {
     Put(BenchArgs),
     /// Linearizable reads of keys written beforehand.
     Get(BenchArgs),
+    /// Counter increments, spread over `--keys` counters (`--keys 1`: one hot counter).
+    Counter(BenchArgs),
+    /// Lock acquire+release cycles. Each worker has its own lock unless `--keys 1`, when all contend for one lock
+    /// (acquisitions wait on the node for the release).
+    Lock(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -56,6 +64,8 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
     let (operation, args) = match command {
         BenchCommand::Put(args) => ("put", args),
         BenchCommand::Get(args) => ("get", args),
+        BenchCommand::Counter(args) => ("counter", args),
+        BenchCommand::Lock(args) => ("lock", args),
     };
     anyhow::ensure!(
         args.concurrency >= 1 && args.concurrency <= BENCH_CONCURRENCY_MAX,
@@ -79,6 +89,17 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
             clients[0].put(key(&args.prefix, index).as_bytes(), &value).await?;
         }
     }
+    // Lock cycles need a lease per worker, alive for the whole run.
+    let mut leases = Vec::new();
+    if operation == "lock" {
+        for worker in 0..args.concurrency {
+            let ttl_ms = (args.duration + 60) * 1000;
+            match clients[worker % connections].coord(CoordRequest::LeaseGrant { ttl_ms }).await? {
+                CoordResponse::Lease { lease } => leases.push(lease.id),
+                other => anyhow::bail!("unexpected response {other:?}"),
+            }
+        }
+    }
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration);
     let mut workers = Vec::with_capacity(args.concurrency);
@@ -87,6 +108,7 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
         let value = value.clone();
         let prefix = args.prefix.clone();
         let keys = if operation == "get" { args.keys.min(100_000) } else { args.keys };
+        let lease = leases.get(worker).copied().unwrap_or(0);
         workers.push(tokio::spawn(async move {
             let mut result = WorkerResult {
                 histogram: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds"),
@@ -98,10 +120,15 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
                 index = index.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let key = key(&prefix, index % keys);
                 let begun = Instant::now();
-                let outcome = if operation == "put" {
-                    client.put(key.as_bytes(), &value).await.map(|_| ())
-                } else {
-                    client.get(key.as_bytes(), Consistency::Linearizable).await.map(|_| ())
+                let outcome = match operation {
+                    "put" => client.put(key.as_bytes(), &value).await.map(|_| ()),
+                    "get" => client.get(key.as_bytes(), Consistency::Linearizable).await.map(|_| ()),
+                    "counter" => {
+                        let request =
+                            CoordRequest::CounterAdd { name: bytes(key), delta: 1, initial: CounterValue::Unsigned(0) };
+                        client.coord(request).await.map(|_| ())
+                    }
+                    _ => lock_cycle(&client, &prefix, worker, keys, lease).await,
                 };
                 match outcome {
                     Ok(()) => {
@@ -173,6 +200,23 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
         first_error.map(|error| format!(": {error}")).unwrap_or_default()
     );
     Ok(())
+}
+
+/// One acquire and release of a lock: the worker's own lock, or the one shared lock when `keys` is 1.
+async fn lock_cycle(
+    client: &Client,
+    prefix: &str,
+    worker: usize,
+    keys: u64,
+    lease: u64,
+) -> Result<(), pando_client::ClientError> {
+    let name = if keys == 1 { format!("{prefix}lock") } else { format!("{prefix}lock/{worker}") };
+    let acquire = CoordRequest::LockAcquire { name: bytes(name.clone()), lease, wait_ms: LOCK_WAIT_MS };
+    let token = match client.coord(acquire).await? {
+        CoordResponse::Lock { lock } => lock.holder.map_or(0, |holder| holder.token),
+        _ => 0,
+    };
+    client.coord(CoordRequest::LockRelease { name: bytes(name), lease, token }).await.map(|_| ())
 }
 
 fn key(prefix: &str, index: u64) -> String {
