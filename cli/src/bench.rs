@@ -180,9 +180,9 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
         println!("{report}");
     } else {
         println!(
-            "{operation}: {} clients, {} B values, {:.1} s: {ops} ops, {:.0} ops/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms, {errors} errors",
+            "{operation}: {} clients, {}{:.1} s: {ops} ops, {:.0} ops/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms, {errors} errors",
             args.concurrency,
-            args.value_size,
+            if matches!(operation, "put" | "get") { format!("{} B values, ", args.value_size) } else { String::new() },
             elapsed,
             ops as f64 / elapsed,
             ms(0.50),

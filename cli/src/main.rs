@@ -53,6 +53,9 @@ enum Command {
     /// Locks with fencing tokens, held by a lease.
     #[command(subcommand)]
     Lock(coord::LockCommand),
+    /// Counting semaphores whose permits are held by leases.
+    #[command(subcommand)]
+    Semaphore(coord::SemaphoreCommand),
     /// Signed or unsigned counters; overflow and underflow are refused.
     #[command(subcommand)]
     Counter(coord::CounterCommand),
@@ -287,6 +290,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lease(command) => coord::lease(&client, command, cli.json).await,
         Command::Lock(command) => coord::lock(&client, command, cli.json).await,
         Command::Counter(command) => coord::counter(&client, command, cli.json).await,
+        Command::Semaphore(command) => coord::semaphore(&client, command, cli.json).await,
         Command::Sequence(command) => coord::sequence(&client, command, cli.json).await,
         Command::Actors => {
             match client.cluster(ClusterRequest::Actors).await? {

@@ -33,6 +33,9 @@ pub struct LeaseInfo {
     /// KV keys tied to the lease.
     #[serde(default)]
     pub keys: Vec<Bytes>,
+    /// Semaphores the lease holds permits of.
+    #[serde(default)]
+    pub semaphores: Vec<Bytes>,
 }
 
 pub(crate) fn validate_ttl(ttl_ms: u64) -> Result<(), WireError> {
@@ -78,7 +81,14 @@ pub(crate) fn grant(
         None => 1,
     };
     store.coord_put(keys::NEXT_LEASE, &(id + 1).to_be_bytes())?;
-    let lease = LeaseInfo { id, ttl_ms, deadline_ms: now.saturating_add(ttl_ms), locks: Vec::new(), keys: Vec::new() };
+    let lease = LeaseInfo {
+        id,
+        ttl_ms,
+        deadline_ms: now.saturating_add(ttl_ms),
+        locks: Vec::new(),
+        keys: Vec::new(),
+        semaphores: Vec::new(),
+    };
     save_lease(store, &lease)?;
     store.coord_put(&expiry_key(lease.deadline_ms, id), &[])?;
     store.emit(CoordEvent::LeaseGranted { lease: id, deadline_ms: lease.deadline_ms });
@@ -107,6 +117,9 @@ pub(crate) fn revoke(
 ) -> Result<(), StorageFault> {
     for name in &lease.locks {
         super::lock::release_by_lease(store, name, lease.id)?;
+    }
+    for name in &lease.semaphores {
+        super::semaphore::release_by_lease(store, name, lease.id)?;
     }
     let mut deleted = false;
     for key in &lease.keys {
@@ -145,9 +158,9 @@ pub(crate) fn check_attachable(
     Ok(Ok(()))
 }
 
-/// Locks and keys a lease holds.
+/// Locks, keys and semaphores a lease holds.
 pub(crate) fn attachments(lease: &LeaseInfo) -> usize {
-    lease.locks.len() + lease.keys.len()
+    lease.locks.len() + lease.keys.len() + lease.semaphores.len()
 }
 
 /// Ties `key` to lease `id` (checked by [`check_attachable`] first).

@@ -13,6 +13,7 @@
 pub mod counter;
 pub mod lease;
 pub mod lock;
+pub mod semaphore;
 pub mod sequence;
 
 use std::ops::ControlFlow;
@@ -28,6 +29,7 @@ use crate::state_machine::{KvWrite, StorageFault};
 pub use counter::CounterValue;
 pub use lease::LeaseInfo;
 pub use lock::LockInfo;
+pub use semaphore::SemaphoreInfo;
 
 /// Called with each row of a scan (key, value); breaks to stop.
 pub type RowVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'a;
@@ -72,6 +74,16 @@ pub enum CoordEvent {
         lease: u64,
         token: u64,
     },
+    SemaphoreAcquired {
+        name: Bytes,
+        lease: u64,
+        permits: u32,
+        token: u64,
+    },
+    SemaphoreReleased {
+        name: Bytes,
+        lease: u64,
+    },
     CounterChanged {
         name: Bytes,
         value: CounterValue,
@@ -113,6 +125,22 @@ pub enum CoordRequest {
         /// (woken by the release on the commit stream, no client polling); always 0 in the log.
         #[serde(default)]
         wait_ms: u32,
+    },
+    /// Takes `permits` of semaphore `name` (of `capacity` permits, fixed by the first acquisition) for `lease`, or
+    /// answers `CONFLICT` if they do not fit.
+    SemaphoreAcquire {
+        name: Bytes,
+        lease: u64,
+        permits: u32,
+        capacity: u32,
+    },
+    /// Returns every permit `lease` holds of semaphore `name`.
+    SemaphoreRelease {
+        name: Bytes,
+        lease: u64,
+    },
+    SemaphoreGet {
+        name: Bytes,
     },
     /// Frees `name` if `lease` holds it with `token`.
     LockRelease {
@@ -169,6 +197,9 @@ pub enum CoordResponse {
     Lock {
         lock: LockInfo,
     },
+    Semaphore {
+        semaphore: SemaphoreInfo,
+    },
     Released,
     Counter {
         value: Option<CounterValue>,
@@ -191,7 +222,13 @@ impl CoordRequest {
                 }
                 Ok(())
             }
+            CoordRequest::SemaphoreAcquire { name, permits, capacity, .. } => {
+                validate_name(name)?;
+                semaphore::validate(*permits, *capacity)
+            }
             CoordRequest::LockRelease { name, .. }
+            | CoordRequest::SemaphoreRelease { name, .. }
+            | CoordRequest::SemaphoreGet { name }
             | CoordRequest::LockGet { name }
             | CoordRequest::CounterAdd { name, .. }
             | CoordRequest::CounterSet { name, .. }
@@ -219,6 +256,7 @@ impl CoordRequest {
             CoordRequest::LeaseGet { .. }
                 | CoordRequest::LeaseList
                 | CoordRequest::LockGet { .. }
+                | CoordRequest::SemaphoreGet { .. }
                 | CoordRequest::CounterGet { .. }
         )
     }
@@ -229,6 +267,9 @@ impl CoordRequest {
             CoordRequest::LockAcquire { name, .. }
             | CoordRequest::LockRelease { name, .. }
             | CoordRequest::LockGet { name }
+            | CoordRequest::SemaphoreAcquire { name, .. }
+            | CoordRequest::SemaphoreRelease { name, .. }
+            | CoordRequest::SemaphoreGet { name }
             | CoordRequest::CounterAdd { name, .. }
             | CoordRequest::CounterSet { name, .. }
             | CoordRequest::CounterCas { name, .. }
@@ -266,6 +307,7 @@ pub(crate) mod keys {
     pub const LOCK: &[u8] = b"k/";
     pub const COUNTER: &[u8] = b"c/";
     pub const SEQUENCE: &[u8] = b"s/";
+    pub const SEMAPHORE: &[u8] = b"p/";
     /// KV key to the lease it is tied to.
     pub const KEY_LEASE: &[u8] = b"kl/";
 
@@ -335,6 +377,10 @@ pub fn apply(
         CoordRequest::LeaseRevoke { lease } => lease::revoke_request(store, revision, *lease),
         CoordRequest::LockAcquire { name, lease, .. } => lock::acquire(store, now, name, *lease),
         CoordRequest::LockRelease { name, lease, token } => lock::release(store, name, *lease, *token),
+        CoordRequest::SemaphoreAcquire { name, lease, permits, capacity } => {
+            semaphore::acquire(store, name, *lease, *permits, *capacity)
+        }
+        CoordRequest::SemaphoreRelease { name, lease } => semaphore::release(store, name, *lease),
         CoordRequest::CounterAdd { name, delta, initial } => counter::add(store, name, *delta, initial),
         CoordRequest::CounterSet { name, value } => counter::set(store, name, value),
         CoordRequest::CounterCas { name, expected, value } => counter::cas(store, name, expected, value),
@@ -343,6 +389,7 @@ pub fn apply(
         CoordRequest::LeaseGet { .. }
         | CoordRequest::LeaseList
         | CoordRequest::LockGet { .. }
+        | CoordRequest::SemaphoreGet { .. }
         | CoordRequest::CounterGet { .. } => read(store, request),
     }
 }
@@ -356,6 +403,7 @@ pub fn read(store: &impl CoordRead, request: &CoordRequest) -> Result<Result<Coo
         CoordRequest::LeaseGet { lease } => lease::get(store, *lease),
         CoordRequest::LeaseList => lease::list(store),
         CoordRequest::LockGet { name } => lock::get(store, name),
+        CoordRequest::SemaphoreGet { name } => semaphore::get(store, name),
         CoordRequest::CounterGet { name } => counter::get(store, name),
         _ => Ok(Err(WireError::invalid("not a read request"))),
     }

@@ -318,3 +318,82 @@ fn keys_tied_to_a_lease_go_with_it() {
     assert_eq!(tables.rows.get(b"svc/b".as_slice()).unwrap().value, b"kept");
     assert!(tables.coord.keys().all(|key| !key.starts_with(keys::KEY_LEASE)), "no index row left behind");
 }
+
+#[derive(Clone, Debug)]
+enum SemaphoreOp {
+    Grant,
+    Acquire { lease: usize, permits: u32 },
+    Release { lease: usize },
+    Revoke { lease: usize },
+    Advance { ms: u64 },
+}
+
+fn semaphore_op() -> impl Strategy<Value = SemaphoreOp> {
+    prop_oneof![
+        Just(SemaphoreOp::Grant),
+        (0usize..6, 1u32..4).prop_map(|(lease, permits)| SemaphoreOp::Acquire { lease, permits }),
+        (0usize..6).prop_map(|lease| SemaphoreOp::Release { lease }),
+        (0usize..6).prop_map(|lease| SemaphoreOp::Revoke { lease }),
+        (0u64..2_500).prop_map(|ms| SemaphoreOp::Advance { ms }),
+    ]
+}
+
+proptest! {
+    /// A semaphore of capacity 5 against a model: permits in use never exceed the capacity, every acquisition that
+    /// fits is granted, lapsed or revoked leases give their permits back, tokens strictly increase.
+    #[test]
+    fn semaphores_never_exceed_their_capacity(ops in proptest::collection::vec(semaphore_op(), 1..80)) {
+        const CAPACITY: u32 = 5;
+        let mut tables = MemoryTables::default();
+        let mut now = 0u64;
+        let mut leases: Vec<u64> = Vec::new();
+        let mut deadlines: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut held: BTreeMap<u64, u32> = BTreeMap::new();
+        let mut last_token = 0;
+        for op in ops {
+            deadlines.retain(|_, deadline| *deadline > now);
+            held.retain(|lease, _| deadlines.contains_key(lease));
+            match op {
+                SemaphoreOp::Grant => {
+                    let id = grant(&mut tables, now, 2_000);
+                    leases.push(id);
+                    deadlines.insert(id, now + 2_000);
+                }
+                SemaphoreOp::Acquire { lease, permits } => {
+                    let Some(&id) = leases.get(lease) else { continue };
+                    let request = CoordRequest::SemaphoreAcquire { name: bytes("pool"), lease: id, permits, capacity: CAPACITY };
+                    let result = run(&mut tables, now, request);
+                    let used: u32 = held.values().sum();
+                    let fits = deadlines.contains_key(&id) && !held.contains_key(&id) && used + permits <= CAPACITY;
+                    prop_assert_eq!(result.is_ok(), fits);
+                    if let Ok(CoordResponse::Semaphore { semaphore }) = result {
+                        prop_assert!(semaphore.last_token > last_token);
+                        last_token = semaphore.last_token;
+                        held.insert(id, permits);
+                    }
+                }
+                SemaphoreOp::Release { lease } => {
+                    let Some(&id) = leases.get(lease) else { continue };
+                    let result = run(&mut tables, now, CoordRequest::SemaphoreRelease { name: bytes("pool"), lease: id });
+                    prop_assert_eq!(result.is_ok(), held.remove(&id).is_some());
+                }
+                SemaphoreOp::Revoke { lease } => {
+                    let Some(&id) = leases.get(lease) else { continue };
+                    let result = run(&mut tables, now, CoordRequest::LeaseRevoke { lease: id });
+                    prop_assert_eq!(result.is_ok(), deadlines.remove(&id).is_some());
+                    held.remove(&id);
+                }
+                SemaphoreOp::Advance { ms } => {
+                    now += ms;
+                    run(&mut tables, now, CoordRequest::Tick).unwrap();
+                    continue;
+                }
+            }
+            let CoordResponse::Semaphore { semaphore } =
+                read(&tables, &CoordRequest::SemaphoreGet { name: bytes("pool") }).unwrap().unwrap()
+            else { unreachable!() };
+            prop_assert!(semaphore.used() <= CAPACITY);
+            prop_assert_eq!(semaphore.used(), held.values().sum::<u32>());
+        }
+    }
+}
