@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 use pando_client::Client;
-use pando_client::pando_protocol::coord::{CoordRequest, CoordResponse, CounterValue, LeaseInfo, LockInfo};
+use pando_client::pando_protocol::coord::{CoordRequest, CoordResponse, CounterValue, LeaseInfo, LockInfo, RwMode};
 use pando_client::pando_protocol::kv::bytes;
 use serde_json::json;
 
@@ -55,6 +55,39 @@ pub enum LockCommand {
         token: u64,
     },
     /// The holder and the last token.
+    Status { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RwLockCommand {
+    /// Hold it shared; fails with CONFLICT while a writer holds it.
+    Read {
+        name: String,
+        #[arg(long, conflicts_with = "ttl")]
+        lease: Option<u64>,
+        #[arg(long, value_parser = parse_duration_ms, default_value = "30s")]
+        ttl: u64,
+    },
+    /// Hold it exclusively; prints the lease and the fencing token.
+    Write {
+        name: String,
+        #[arg(long, conflicts_with = "ttl")]
+        lease: Option<u64>,
+        #[arg(long, value_parser = parse_duration_ms, default_value = "30s")]
+        ttl: u64,
+    },
+    /// Turn a write hold into a read hold, atomically.
+    Downgrade {
+        name: String,
+        #[arg(long)]
+        lease: u64,
+    },
+    Release {
+        name: String,
+        #[arg(long)]
+        lease: u64,
+    },
+    /// The writer, the readers and the last write token.
     Status { name: String },
 }
 
@@ -289,6 +322,57 @@ async fn lease_or_grant(client: &Client, lease: Option<u64>, ttl_ms: u64) -> any
             other => Err(unexpected(&other)),
         },
     }
+}
+
+pub async fn rwlock(client: &Client, command: RwLockCommand, json: bool) -> anyhow::Result<()> {
+    let request = match command {
+        RwLockCommand::Read { name, lease, ttl } => {
+            let lease = lease_or_grant(client, lease, ttl).await?;
+            CoordRequest::RwLockAcquire { name: bytes(name), lease, mode: RwMode::Read }
+        }
+        RwLockCommand::Write { name, lease, ttl } => {
+            let lease = lease_or_grant(client, lease, ttl).await?;
+            CoordRequest::RwLockAcquire { name: bytes(name), lease, mode: RwMode::Write }
+        }
+        RwLockCommand::Downgrade { name, lease } => CoordRequest::RwLockDowngrade { name: bytes(name), lease },
+        RwLockCommand::Release { name, lease } => CoordRequest::RwLockRelease { name: bytes(name), lease },
+        RwLockCommand::Status { name } => CoordRequest::RwLockGet { name: bytes(name) },
+    };
+    let lease = match &request {
+        CoordRequest::RwLockAcquire { lease, .. } | CoordRequest::RwLockDowngrade { lease, .. } => Some(*lease),
+        _ => None,
+    };
+    match client.coord(request).await? {
+        CoordResponse::RwLock { rwlock } => {
+            let writer = rwlock.writer.as_ref().map(|writer| json!({"lease": writer.lease, "token": writer.token}));
+            if json {
+                print_json(&json!({
+                    "name": String::from_utf8_lossy(&rwlock.name),
+                    "writer": writer,
+                    "readers": rwlock.readers,
+                    "last_token": rwlock.last_token,
+                    "lease": lease,
+                }));
+            } else {
+                match (&rwlock.writer, lease) {
+                    (Some(writer), Some(lease)) if writer.lease == lease => {
+                        println!("lease {lease} token {} (write)", writer.token)
+                    }
+                    (_, Some(lease)) => println!("lease {lease} (read, {} readers)", rwlock.readers.len()),
+                    (Some(writer), None) => println!("written by lease {} with token {}", writer.lease, writer.token),
+                    (None, None) => println!(
+                        "{} readers {:?}; last token {}",
+                        rwlock.readers.len(),
+                        rwlock.readers,
+                        rwlock.last_token
+                    ),
+                }
+            }
+        }
+        CoordResponse::Released => println!("OK released"),
+        other => return Err(unexpected(&other)),
+    }
+    Ok(())
 }
 
 pub async fn semaphore(client: &Client, command: SemaphoreCommand, json: bool) -> anyhow::Result<()> {

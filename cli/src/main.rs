@@ -53,6 +53,9 @@ enum Command {
     /// Locks with fencing tokens, held by a lease.
     #[command(subcommand)]
     Lock(coord::LockCommand),
+    /// Read-write locks held by leases: many readers or one writer (with a fencing token).
+    #[command(subcommand)]
+    Rwlock(coord::RwLockCommand),
     /// Counting semaphores whose permits are held by leases.
     #[command(subcommand)]
     Semaphore(coord::SemaphoreCommand),
@@ -291,6 +294,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lock(command) => coord::lock(&client, command, cli.json).await,
         Command::Counter(command) => coord::counter(&client, command, cli.json).await,
         Command::Semaphore(command) => coord::semaphore(&client, command, cli.json).await,
+        Command::Rwlock(command) => coord::rwlock(&client, command, cli.json).await,
         Command::Sequence(command) => coord::sequence(&client, command, cli.json).await,
         Command::Actors => {
             match client.cluster(ClusterRequest::Actors).await? {

@@ -36,6 +36,9 @@ pub struct LeaseInfo {
     /// Semaphores the lease holds permits of.
     #[serde(default)]
     pub semaphores: Vec<Bytes>,
+    /// Read-write locks the lease holds.
+    #[serde(default)]
+    pub rwlocks: Vec<Bytes>,
 }
 
 pub(crate) fn validate_ttl(ttl_ms: u64) -> Result<(), WireError> {
@@ -88,6 +91,7 @@ pub(crate) fn grant(
         locks: Vec::new(),
         keys: Vec::new(),
         semaphores: Vec::new(),
+        rwlocks: Vec::new(),
     };
     save_lease(store, &lease)?;
     store.coord_put(&expiry_key(lease.deadline_ms, id), &[])?;
@@ -120,6 +124,9 @@ pub(crate) fn revoke(
     }
     for name in &lease.semaphores {
         super::semaphore::release_by_lease(store, name, lease.id)?;
+    }
+    for name in &lease.rwlocks {
+        super::rwlock::release_by_lease(store, name, lease.id)?;
     }
     let mut deleted = false;
     for key in &lease.keys {
@@ -160,7 +167,7 @@ pub(crate) fn check_attachable(
 
 /// Locks, keys and semaphores a lease holds.
 pub(crate) fn attachments(lease: &LeaseInfo) -> usize {
-    lease.locks.len() + lease.keys.len() + lease.semaphores.len()
+    lease.locks.len() + lease.keys.len() + lease.semaphores.len() + lease.rwlocks.len()
 }
 
 /// Ties `key` to lease `id` (checked by [`check_attachable`] first).

@@ -13,6 +13,7 @@
 pub mod counter;
 pub mod lease;
 pub mod lock;
+pub mod rwlock;
 pub mod semaphore;
 pub mod sequence;
 
@@ -29,6 +30,7 @@ use crate::state_machine::{KvWrite, StorageFault};
 pub use counter::CounterValue;
 pub use lease::LeaseInfo;
 pub use lock::LockInfo;
+pub use rwlock::{RwLockInfo, RwMode};
 pub use semaphore::SemaphoreInfo;
 
 /// Called with each row of a scan (key, value); breaks to stop.
@@ -73,6 +75,16 @@ pub enum CoordEvent {
         name: Bytes,
         lease: u64,
         token: u64,
+    },
+    RwLockAcquired {
+        name: Bytes,
+        lease: u64,
+        mode: RwMode,
+    },
+    /// A lease gave up its hold (or its write hold, on a downgrade).
+    RwLockReleased {
+        name: Bytes,
+        lease: u64,
     },
     SemaphoreAcquired {
         name: Bytes,
@@ -125,6 +137,24 @@ pub enum CoordRequest {
         /// (woken by the release on the commit stream, no client polling); always 0 in the log.
         #[serde(default)]
         wait_ms: u32,
+    },
+    /// Takes read-write lock `name` for `lease`, shared (`Read`) or exclusive (`Write`), or answers `CONFLICT`.
+    RwLockAcquire {
+        name: Bytes,
+        lease: u64,
+        mode: RwMode,
+    },
+    /// Turns `lease`'s write hold into a read hold.
+    RwLockDowngrade {
+        name: Bytes,
+        lease: u64,
+    },
+    RwLockRelease {
+        name: Bytes,
+        lease: u64,
+    },
+    RwLockGet {
+        name: Bytes,
     },
     /// Takes `permits` of semaphore `name` (of `capacity` permits, fixed by the first acquisition) for `lease`, or
     /// answers `CONFLICT` if they do not fit.
@@ -200,6 +230,9 @@ pub enum CoordResponse {
     Semaphore {
         semaphore: SemaphoreInfo,
     },
+    RwLock {
+        rwlock: RwLockInfo,
+    },
     Released,
     Counter {
         value: Option<CounterValue>,
@@ -227,6 +260,10 @@ impl CoordRequest {
                 semaphore::validate(*permits, *capacity)
             }
             CoordRequest::LockRelease { name, .. }
+            | CoordRequest::RwLockAcquire { name, .. }
+            | CoordRequest::RwLockDowngrade { name, .. }
+            | CoordRequest::RwLockRelease { name, .. }
+            | CoordRequest::RwLockGet { name }
             | CoordRequest::SemaphoreRelease { name, .. }
             | CoordRequest::SemaphoreGet { name }
             | CoordRequest::LockGet { name }
@@ -257,6 +294,7 @@ impl CoordRequest {
                 | CoordRequest::LeaseList
                 | CoordRequest::LockGet { .. }
                 | CoordRequest::SemaphoreGet { .. }
+                | CoordRequest::RwLockGet { .. }
                 | CoordRequest::CounterGet { .. }
         )
     }
@@ -270,6 +308,10 @@ impl CoordRequest {
             | CoordRequest::SemaphoreAcquire { name, .. }
             | CoordRequest::SemaphoreRelease { name, .. }
             | CoordRequest::SemaphoreGet { name }
+            | CoordRequest::RwLockAcquire { name, .. }
+            | CoordRequest::RwLockDowngrade { name, .. }
+            | CoordRequest::RwLockRelease { name, .. }
+            | CoordRequest::RwLockGet { name }
             | CoordRequest::CounterAdd { name, .. }
             | CoordRequest::CounterSet { name, .. }
             | CoordRequest::CounterCas { name, .. }
@@ -308,6 +350,7 @@ pub(crate) mod keys {
     pub const COUNTER: &[u8] = b"c/";
     pub const SEQUENCE: &[u8] = b"s/";
     pub const SEMAPHORE: &[u8] = b"p/";
+    pub const RWLOCK: &[u8] = b"r/";
     /// KV key to the lease it is tied to.
     pub const KEY_LEASE: &[u8] = b"kl/";
 
@@ -381,6 +424,9 @@ pub fn apply(
             semaphore::acquire(store, name, *lease, *permits, *capacity)
         }
         CoordRequest::SemaphoreRelease { name, lease } => semaphore::release(store, name, *lease),
+        CoordRequest::RwLockAcquire { name, lease, mode } => rwlock::acquire(store, name, *lease, *mode),
+        CoordRequest::RwLockDowngrade { name, lease } => rwlock::downgrade(store, name, *lease),
+        CoordRequest::RwLockRelease { name, lease } => rwlock::release(store, name, *lease),
         CoordRequest::CounterAdd { name, delta, initial } => counter::add(store, name, *delta, initial),
         CoordRequest::CounterSet { name, value } => counter::set(store, name, value),
         CoordRequest::CounterCas { name, expected, value } => counter::cas(store, name, expected, value),
@@ -390,6 +436,7 @@ pub fn apply(
         | CoordRequest::LeaseList
         | CoordRequest::LockGet { .. }
         | CoordRequest::SemaphoreGet { .. }
+        | CoordRequest::RwLockGet { .. }
         | CoordRequest::CounterGet { .. } => read(store, request),
     }
 }
@@ -404,6 +451,7 @@ pub fn read(store: &impl CoordRead, request: &CoordRequest) -> Result<Result<Coo
         CoordRequest::LeaseList => lease::list(store),
         CoordRequest::LockGet { name } => lock::get(store, name),
         CoordRequest::SemaphoreGet { name } => semaphore::get(store, name),
+        CoordRequest::RwLockGet { name } => rwlock::get(store, name),
         CoordRequest::CounterGet { name } => counter::get(store, name),
         _ => Ok(Err(WireError::invalid("not a read request"))),
     }

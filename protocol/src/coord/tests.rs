@@ -397,3 +397,88 @@ proptest! {
         }
     }
 }
+
+#[derive(Clone, Debug)]
+enum RwOp {
+    Acquire { lease: usize, write: bool },
+    Downgrade { lease: usize },
+    Release { lease: usize },
+    Revoke { lease: usize },
+}
+
+fn rw_op() -> impl Strategy<Value = RwOp> {
+    prop_oneof![
+        (0usize..4, any::<bool>()).prop_map(|(lease, write)| RwOp::Acquire { lease, write }),
+        (0usize..4).prop_map(|lease| RwOp::Downgrade { lease }),
+        (0usize..4).prop_map(|lease| RwOp::Release { lease }),
+        (0usize..4).prop_map(|lease| RwOp::Revoke { lease }),
+    ]
+}
+
+proptest! {
+    /// Read-write locks against a model: a writer excludes everyone else, readers share, write tokens strictly increase,
+    /// and a revoked lease's hold is gone.
+    #[test]
+    fn rwlocks_agree_with_a_model(ops in proptest::collection::vec(rw_op(), 1..80)) {
+        let mut tables = MemoryTables::default();
+        let leases: Vec<u64> = (0..4).map(|_| grant(&mut tables, 0, 60_000)).collect();
+        let mut alive = [true; 4];
+        let mut writer: Option<usize> = None;
+        let mut readers: std::collections::BTreeSet<usize> = Default::default();
+        let mut last_token = 0;
+        for op in ops {
+            match op {
+                RwOp::Acquire { lease, write } => {
+                    let mode = if write { RwMode::Write } else { RwMode::Read };
+                    let request = CoordRequest::RwLockAcquire { name: bytes("cfg"), lease: leases[lease], mode };
+                    let result = run(&mut tables, 1, request);
+                    let holds = writer == Some(lease) || readers.contains(&lease);
+                    let ok = alive[lease] && !holds && writer.is_none() && (!write || readers.is_empty());
+                    prop_assert_eq!(result.is_ok(), ok);
+                    if let Ok(CoordResponse::RwLock { rwlock }) = result {
+                        if write {
+                            let token = rwlock.writer.unwrap().token;
+                            prop_assert!(token > last_token);
+                            last_token = token;
+                            writer = Some(lease);
+                        } else {
+                            readers.insert(lease);
+                        }
+                    }
+                }
+                RwOp::Downgrade { lease } => {
+                    let result = run(&mut tables, 1, CoordRequest::RwLockDowngrade { name: bytes("cfg"), lease: leases[lease] });
+                    prop_assert_eq!(result.is_ok(), writer == Some(lease));
+                    if writer == Some(lease) {
+                        writer = None;
+                        readers.insert(lease);
+                    }
+                }
+                RwOp::Release { lease } => {
+                    let result = run(&mut tables, 1, CoordRequest::RwLockRelease { name: bytes("cfg"), lease: leases[lease] });
+                    let held = writer == Some(lease) || readers.contains(&lease);
+                    prop_assert_eq!(result.is_ok(), held);
+                    if writer == Some(lease) { writer = None; }
+                    readers.remove(&lease);
+                }
+                RwOp::Revoke { lease } => {
+                    let result = run(&mut tables, 1, CoordRequest::LeaseRevoke { lease: leases[lease] });
+                    prop_assert_eq!(result.is_ok(), alive[lease]);
+                    alive[lease] = false;
+                    if writer == Some(lease) { writer = None; }
+                    readers.remove(&lease);
+                }
+            }
+            let CoordResponse::RwLock { rwlock } =
+                read(&tables, &CoordRequest::RwLockGet { name: bytes("cfg") }).unwrap().unwrap()
+            else { unreachable!() };
+            prop_assert!(rwlock.writer.is_none() || rwlock.readers.is_empty(), "a writer never shares");
+            prop_assert_eq!(rwlock.writer.map(|w| w.lease), writer.map(|index| leases[index]));
+            let mut model: Vec<u64> = readers.iter().map(|index| leases[*index]).collect();
+            let mut actual = rwlock.readers.clone();
+            model.sort_unstable();
+            actual.sort_unstable();
+            prop_assert_eq!(actual, model);
+        }
+    }
+}
