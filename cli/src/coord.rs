@@ -36,12 +36,8 @@ pub enum LockCommand {
     /// Take the lock now or fail with CONFLICT naming the holder; prints the lease and the fencing token.
     Acquire {
         name: String,
-        /// Hold it with this lease (kept alive by you).
-        #[arg(long, conflicts_with = "ttl")]
-        lease: Option<u64>,
-        /// Hold it with a new lease of this TTL (`30s`), granted for it.
-        #[arg(long, value_parser = parse_duration_ms, default_value = "30s")]
-        ttl: u64,
+        #[command(flatten)]
+        holder: HolderArgs,
         /// Wait up to this long for the holder to release it (the node parks the request; bounded by --timeout-ms).
         #[arg(long, value_parser = parse_duration_ms, default_value = "0")]
         wait: u64,
@@ -58,23 +54,30 @@ pub enum LockCommand {
     Status { name: String },
 }
 
+/// Who holds what is acquired: an existing lease, or a new one of `--ttl` granted for it.
+#[derive(Debug, clap::Args)]
+pub struct HolderArgs {
+    /// Hold it with this lease (kept alive by you).
+    #[arg(long, conflicts_with = "ttl")]
+    lease: Option<u64>,
+    /// Hold it with a new lease of this TTL, granted for it.
+    #[arg(long, value_parser = parse_duration_ms, default_value = "30s")]
+    ttl: u64,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum RwLockCommand {
     /// Hold it shared; fails with CONFLICT while a writer holds it.
     Read {
         name: String,
-        #[arg(long, conflicts_with = "ttl")]
-        lease: Option<u64>,
-        #[arg(long, value_parser = parse_duration_ms, default_value = "30s")]
-        ttl: u64,
+        #[command(flatten)]
+        holder: HolderArgs,
     },
     /// Hold it exclusively; prints the lease and the fencing token.
     Write {
         name: String,
-        #[arg(long, conflicts_with = "ttl")]
-        lease: Option<u64>,
-        #[arg(long, value_parser = parse_duration_ms, default_value = "30s")]
-        ttl: u64,
+        #[command(flatten)]
+        holder: HolderArgs,
     },
     /// Turn a write hold into a read hold, atomically.
     Downgrade {
@@ -101,10 +104,8 @@ pub enum SemaphoreCommand {
         /// The semaphore's size, fixed by its first acquisition.
         #[arg(long)]
         capacity: u32,
-        #[arg(long, conflicts_with = "ttl")]
-        lease: Option<u64>,
-        #[arg(long, value_parser = parse_duration_ms, default_value = "30s")]
-        ttl: u64,
+        #[command(flatten)]
+        holder: HolderArgs,
     },
     /// Return every permit `--lease` holds.
     Release {
@@ -278,14 +279,8 @@ pub async fn lease(client: &Client, command: LeaseCommand, json: bool) -> anyhow
 
 pub async fn lock(client: &Client, command: LockCommand, json: bool) -> anyhow::Result<()> {
     let request = match command {
-        LockCommand::Acquire { name, lease, ttl, wait } => {
-            let lease = match lease {
-                Some(lease) => lease,
-                None => match client.coord(CoordRequest::LeaseGrant { ttl_ms: ttl }).await? {
-                    CoordResponse::Lease { lease } => lease.id,
-                    other => return Err(unexpected(&other)),
-                },
-            };
+        LockCommand::Acquire { name, holder, wait } => {
+            let lease = lease_or_grant(client, holder).await?;
             let wait_ms = u32::try_from(wait).map_err(|_| anyhow::anyhow!("--wait is too long"))?;
             CoordRequest::LockAcquire { name: bytes(name), lease, wait_ms }
         }
@@ -314,10 +309,10 @@ pub async fn lock(client: &Client, command: LockCommand, json: bool) -> anyhow::
     Ok(())
 }
 
-async fn lease_or_grant(client: &Client, lease: Option<u64>, ttl_ms: u64) -> anyhow::Result<u64> {
-    match lease {
+async fn lease_or_grant(client: &Client, holder: HolderArgs) -> anyhow::Result<u64> {
+    match holder.lease {
         Some(lease) => Ok(lease),
-        None => match client.coord(CoordRequest::LeaseGrant { ttl_ms }).await? {
+        None => match client.coord(CoordRequest::LeaseGrant { ttl_ms: holder.ttl }).await? {
             CoordResponse::Lease { lease } => Ok(lease.id),
             other => Err(unexpected(&other)),
         },
@@ -326,12 +321,12 @@ async fn lease_or_grant(client: &Client, lease: Option<u64>, ttl_ms: u64) -> any
 
 pub async fn rwlock(client: &Client, command: RwLockCommand, json: bool) -> anyhow::Result<()> {
     let request = match command {
-        RwLockCommand::Read { name, lease, ttl } => {
-            let lease = lease_or_grant(client, lease, ttl).await?;
+        RwLockCommand::Read { name, holder } => {
+            let lease = lease_or_grant(client, holder).await?;
             CoordRequest::RwLockAcquire { name: bytes(name), lease, mode: RwMode::Read }
         }
-        RwLockCommand::Write { name, lease, ttl } => {
-            let lease = lease_or_grant(client, lease, ttl).await?;
+        RwLockCommand::Write { name, holder } => {
+            let lease = lease_or_grant(client, holder).await?;
             CoordRequest::RwLockAcquire { name: bytes(name), lease, mode: RwMode::Write }
         }
         RwLockCommand::Downgrade { name, lease } => CoordRequest::RwLockDowngrade { name: bytes(name), lease },
@@ -377,8 +372,8 @@ pub async fn rwlock(client: &Client, command: RwLockCommand, json: bool) -> anyh
 
 pub async fn semaphore(client: &Client, command: SemaphoreCommand, json: bool) -> anyhow::Result<()> {
     let request = match command {
-        SemaphoreCommand::Acquire { name, permits, capacity, lease, ttl } => {
-            let lease = lease_or_grant(client, lease, ttl).await?;
+        SemaphoreCommand::Acquire { name, permits, capacity, holder } => {
+            let lease = lease_or_grant(client, holder).await?;
             CoordRequest::SemaphoreAcquire { name: bytes(name), lease, permits, capacity }
         }
         SemaphoreCommand::Release { name, lease } => CoordRequest::SemaphoreRelease { name: bytes(name), lease },

@@ -27,8 +27,9 @@ fn raft(context: &RpcContext) -> Result<RaftHandles, WireError> {
     context.directory.raft().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "raft is not running"))
 }
 
-/// Fails with `NOT_LEADER` (naming the leader) unless this node is the leader with a quorum.
-async fn ensure_leader(handles: &RaftHandles) -> Result<(), WireError> {
+/// Fails with `NOT_LEADER` (naming the leader) unless this node is the leader with a quorum (a read-index round: once
+/// it returns, this node has applied everything committed before the call).
+pub(crate) async fn ensure_leader(handles: &RaftHandles) -> Result<(), WireError> {
     match handles.raft.ensure_linearizable().await {
         Ok(_) => Ok(()),
         Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {

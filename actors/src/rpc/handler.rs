@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::VerifyingKey;
-use openraft::error::{CheckIsLeaderError, RaftError};
 use pando_protocol::cluster::{ClusterRequest, ClusterResponse};
 use pando_protocol::command::{Command, CommandOutput};
 use pando_protocol::coord::{CoordEvent, CoordRequest, CoordResponse};
@@ -20,7 +19,6 @@ use ractor::RpcReplyPort;
 use super::cluster;
 use crate::directory::Directory;
 use crate::raft::RaftMsg;
-use crate::raft::raft_actor::not_leader;
 use crate::raft::type_config::NodeId;
 
 /// What the gateway needs to serve requests.
@@ -336,16 +334,7 @@ fn reader(context: &RpcContext) -> Result<crate::storage::StateReader, WireError
 async fn linearize(context: &RpcContext) -> Result<(), WireError> {
     let handles =
         context.directory.raft().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "raft is not running"))?;
-    match handles.raft.ensure_linearizable().await {
-        Ok(_) => Ok(()),
-        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
-            Err(not_leader(forward.leader_id, forward.leader_node))
-        }
-        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
-            Err(WireError::new(ErrorCode::Unavailable, format!("no quorum: {error}")))
-        }
-        Err(RaftError::Fatal(fatal)) => Err(WireError::new(ErrorCode::Unavailable, format!("raft stopped: {fatal}"))),
-    }
+    cluster::ensure_leader(&handles).await
 }
 
 async fn read(context: &RpcContext, request: KvRequest) -> Result<KvResponse, WireError> {

@@ -165,6 +165,26 @@ pub(crate) fn check_attachable(
     Ok(Ok(()))
 }
 
+/// The kinds of things a lease can hold by name.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Held {
+    Lock,
+    RwLock,
+    Semaphore,
+}
+
+/// Removes `name` from the things of `kind` lease `id` holds (after the primitive itself let go of it).
+pub(crate) fn forget(store: &mut impl CoordWrite, id: u64, kind: Held, name: &[u8]) -> Result<(), StorageFault> {
+    let Some(mut lease) = load_lease(store, id)? else { return Ok(()) };
+    let list = match kind {
+        Held::Lock => &mut lease.locks,
+        Held::RwLock => &mut lease.rwlocks,
+        Held::Semaphore => &mut lease.semaphores,
+    };
+    list.retain(|held| held.as_slice() != name);
+    save_lease(store, &lease)
+}
+
 /// Locks, keys and semaphores a lease holds.
 pub(crate) fn attachments(lease: &LeaseInfo) -> usize {
     lease.locks.len() + lease.keys.len() + lease.semaphores.len() + lease.rwlocks.len()

@@ -96,10 +96,7 @@ pub(crate) fn release(
         None => return Ok(Err(WireError::new(ErrorCode::Conflict, "lock is not held"))),
     }
     release_by_lease(store, name, lease_id)?;
-    if let Some(mut lease) = load_lease(store, lease_id)? {
-        lease.locks.retain(|held| held.as_slice() != name);
-        save_lease(store, &lease)?;
-    }
+    super::lease::forget(store, lease_id, super::lease::Held::Lock, name)?;
     Ok(Ok(CoordResponse::Released))
 }
 

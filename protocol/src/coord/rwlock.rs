@@ -121,10 +121,7 @@ pub(crate) fn release(
     if !release_by_lease(store, name, lease_id)? {
         return Ok(Err(conflict(format!("lease {lease_id} does not hold this lock"))));
     }
-    if let Some(mut lease) = load_lease(store, lease_id)? {
-        lease.rwlocks.retain(|held| held.as_slice() != name);
-        save_lease(store, &lease)?;
-    }
+    super::lease::forget(store, lease_id, super::lease::Held::RwLock, name)?;
     Ok(Ok(CoordResponse::Released))
 }
 

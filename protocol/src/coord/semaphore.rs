@@ -117,10 +117,7 @@ pub(crate) fn release(
     if !release_by_lease(store, name, lease_id)? {
         return Ok(Err(WireError::new(ErrorCode::Conflict, format!("lease {lease_id} holds no permits here"))));
     }
-    if let Some(mut lease) = load_lease(store, lease_id)? {
-        lease.semaphores.retain(|held| held.as_slice() != name);
-        save_lease(store, &lease)?;
-    }
+    super::lease::forget(store, lease_id, super::lease::Held::Semaphore, name)?;
     Ok(Ok(CoordResponse::Released))
 }
 
