@@ -38,9 +38,6 @@ pub enum LockCommand {
         name: String,
         #[command(flatten)]
         holder: HolderArgs,
-        /// Wait up to this long for the holder to release it (the node parks the request; bounded by --timeout-ms).
-        #[arg(long, value_parser = parse_duration_ms, default_value = "0")]
-        wait: u64,
     },
     /// Release the lock held by `--lease` with `--token`.
     Release {
@@ -63,6 +60,15 @@ pub struct HolderArgs {
     /// Hold it with a new lease of this TTL, granted for it.
     #[arg(long, value_parser = parse_duration_ms, default_value = "30s")]
     ttl: u64,
+    /// Wait up to this long while it is taken (the node parks the request until a release; bounded by --timeout-ms).
+    #[arg(long, value_parser = parse_duration_ms, default_value = "0")]
+    wait: u64,
+}
+
+impl HolderArgs {
+    fn wait_ms(&self) -> anyhow::Result<u32> {
+        u32::try_from(self.wait).map_err(|_| anyhow::anyhow!("--wait is too long"))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -279,9 +285,9 @@ pub async fn lease(client: &Client, command: LeaseCommand, json: bool) -> anyhow
 
 pub async fn lock(client: &Client, command: LockCommand, json: bool) -> anyhow::Result<()> {
     let request = match command {
-        LockCommand::Acquire { name, holder, wait } => {
+        LockCommand::Acquire { name, holder } => {
+            let wait_ms = holder.wait_ms()?;
             let lease = lease_or_grant(client, holder).await?;
-            let wait_ms = u32::try_from(wait).map_err(|_| anyhow::anyhow!("--wait is too long"))?;
             CoordRequest::LockAcquire { name: bytes(name), lease, wait_ms }
         }
         LockCommand::Release { name, lease, token } => CoordRequest::LockRelease { name: bytes(name), lease, token },
@@ -322,12 +328,14 @@ async fn lease_or_grant(client: &Client, holder: HolderArgs) -> anyhow::Result<u
 pub async fn rwlock(client: &Client, command: RwLockCommand, json: bool) -> anyhow::Result<()> {
     let request = match command {
         RwLockCommand::Read { name, holder } => {
+            let wait_ms = holder.wait_ms()?;
             let lease = lease_or_grant(client, holder).await?;
-            CoordRequest::RwLockAcquire { name: bytes(name), lease, mode: RwMode::Read }
+            CoordRequest::RwLockAcquire { name: bytes(name), lease, mode: RwMode::Read, wait_ms }
         }
         RwLockCommand::Write { name, holder } => {
+            let wait_ms = holder.wait_ms()?;
             let lease = lease_or_grant(client, holder).await?;
-            CoordRequest::RwLockAcquire { name: bytes(name), lease, mode: RwMode::Write }
+            CoordRequest::RwLockAcquire { name: bytes(name), lease, mode: RwMode::Write, wait_ms }
         }
         RwLockCommand::Downgrade { name, lease } => CoordRequest::RwLockDowngrade { name: bytes(name), lease },
         RwLockCommand::Release { name, lease } => CoordRequest::RwLockRelease { name: bytes(name), lease },
@@ -373,8 +381,9 @@ pub async fn rwlock(client: &Client, command: RwLockCommand, json: bool) -> anyh
 pub async fn semaphore(client: &Client, command: SemaphoreCommand, json: bool) -> anyhow::Result<()> {
     let request = match command {
         SemaphoreCommand::Acquire { name, permits, capacity, holder } => {
+            let wait_ms = holder.wait_ms()?;
             let lease = lease_or_grant(client, holder).await?;
-            CoordRequest::SemaphoreAcquire { name: bytes(name), lease, permits, capacity }
+            CoordRequest::SemaphoreAcquire { name: bytes(name), lease, permits, capacity, wait_ms }
         }
         SemaphoreCommand::Release { name, lease } => CoordRequest::SemaphoreRelease { name: bytes(name), lease },
         SemaphoreCommand::Status { name } => CoordRequest::SemaphoreGet { name: bytes(name) },

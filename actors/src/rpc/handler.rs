@@ -7,10 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ed25519_dalek::VerifyingKey;
 use pando_protocol::cluster::{ClusterRequest, ClusterResponse};
 use pando_protocol::command::{Command, CommandOutput};
-use pando_protocol::coord::{CoordEvent, CoordRequest, CoordResponse};
+use pando_protocol::coord::{CoordRequest, CoordResponse};
 use pando_protocol::envelope::{Request, RequestEnvelope, Response, ResponseEnvelope};
 use pando_protocol::error::{ErrorCode, WireError};
-use pando_protocol::kv::Bytes;
 use pando_protocol::kv::{Consistency, KvRequest, KvResponse};
 use pando_protocol::limits::{REQUEST_TIMEOUT_MS_DEFAULT, REQUEST_TIMEOUT_MS_MAX};
 use pando_protocol::token::{Access, CapabilityToken, TokenClaims};
@@ -162,13 +161,11 @@ async fn execute(
                     Err(fault) => Err(WireError::internal(fault.to_string())),
                 };
             }
-            if let CoordRequest::LockAcquire { name, lease, wait_ms } = &request
-                && *wait_ms > 0
-            {
-                let wait = Duration::from_millis(u64::from(*wait_ms)).min(timeout);
-                return acquire_waiting(context, name.clone(), *lease, wait).await.map(Response::Coord);
+            if request.wait_ms() > 0 {
+                let wait = Duration::from_millis(u64::from(request.wait_ms())).min(timeout);
+                return acquire_waiting(context, request, wait).await.map(Response::Coord);
             }
-            match propose(context, Command::Coord(request), timeout).await? {
+            match propose(context, Command::Coord(request.without_wait()), timeout).await? {
                 CommandOutput::Coord(response) => Ok(Response::Coord(response)),
                 other => Err(WireError::internal(format!("a coordination write produced {other:?}"))),
             }
@@ -257,17 +254,16 @@ impl Drop for WaiterSlot {
     }
 }
 
-/// Takes a lock, parking the request while it is held: every release on the commit stream (a client's release, a
-/// revoked or lapsed lease) wakes the waiter for another attempt, until it wins or `wait` passes. The client never
-/// polls; the answer after the wait is the last `CONFLICT`.
+/// Runs an acquisition (lock, read-write lock, semaphore), parking the request while the resource is taken: every
+/// release of it on the commit stream (a client's release, a revoked or lapsed lease) wakes the waiter for another
+/// attempt, until it wins or `wait` passes. The client never polls; the answer after the wait is the last `CONFLICT`.
 async fn acquire_waiting(
     context: &RpcContext,
-    name: Bytes,
-    lease: u64,
+    request: CoordRequest,
     wait: Duration,
 ) -> Result<CoordResponse, WireError> {
     let deadline = tokio::time::Instant::now() + wait;
-    let _slot = WaiterSlot::take(context, &name)?;
+    let _slot = WaiterSlot::take(context, request.name())?;
     let subscribe = || {
         context
             .directory
@@ -279,10 +275,9 @@ async fn acquire_waiting(
     let mut events = subscribe()?;
     loop {
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
-        let command = Command::Coord(CoordRequest::LockAcquire { name: name.clone(), lease, wait_ms: 0 });
-        let conflict = match propose(context, command, remaining).await {
+        let conflict = match propose(context, Command::Coord(request.without_wait()), remaining).await {
             Ok(CommandOutput::Coord(response)) => return Ok(response),
-            Ok(other) => return Err(WireError::internal(format!("a lock acquisition produced {other:?}"))),
+            Ok(other) => return Err(WireError::internal(format!("an acquisition produced {other:?}"))),
             Err(error) if error.code == ErrorCode::Conflict => error,
             Err(error) => return Err(error),
         };
@@ -290,10 +285,7 @@ async fn acquire_waiting(
             match tokio::time::timeout_at(deadline, events.recv()).await {
                 Err(_) => return Err(conflict),
                 Ok(Ok(batch)) => {
-                    let released = batch.iter().any(
-                        |event| matches!(event, CoordEvent::LockReleased { name: released, .. } if *released == name),
-                    );
-                    if released {
+                    if batch.iter().any(|event| request.woken_by(event)) {
                         break;
                     }
                 }

@@ -143,6 +143,9 @@ pub enum CoordRequest {
         name: Bytes,
         lease: u64,
         mode: RwMode,
+        /// As for [`CoordRequest::LockAcquire`].
+        #[serde(default)]
+        wait_ms: u32,
     },
     /// Turns `lease`'s write hold into a read hold.
     RwLockDowngrade {
@@ -163,6 +166,9 @@ pub enum CoordRequest {
         lease: u64,
         permits: u32,
         capacity: u32,
+        /// As for [`CoordRequest::LockAcquire`].
+        #[serde(default)]
+        wait_ms: u32,
     },
     /// Returns every permit `lease` holds of semaphore `name`.
     SemaphoreRelease {
@@ -248,19 +254,20 @@ impl CoordRequest {
     pub fn validate(&self) -> Result<(), WireError> {
         match self {
             CoordRequest::LeaseGrant { ttl_ms } => lease::validate_ttl(*ttl_ms),
-            CoordRequest::LockAcquire { name, wait_ms, .. } => {
+            CoordRequest::LockAcquire { name, .. } => {
                 validate_name(name)?;
-                if *wait_ms > LOCK_WAIT_MS_MAX {
-                    return Err(WireError::invalid(format!("a lock wait is at most {LOCK_WAIT_MS_MAX} ms")));
-                }
-                Ok(())
+                self.validate_wait()
+            }
+            CoordRequest::RwLockAcquire { name, .. } => {
+                validate_name(name)?;
+                self.validate_wait()
             }
             CoordRequest::SemaphoreAcquire { name, permits, capacity, .. } => {
                 validate_name(name)?;
-                semaphore::validate(*permits, *capacity)
+                semaphore::validate(*permits, *capacity)?;
+                self.validate_wait()
             }
             CoordRequest::LockRelease { name, .. }
-            | CoordRequest::RwLockAcquire { name, .. }
             | CoordRequest::RwLockDowngrade { name, .. }
             | CoordRequest::RwLockRelease { name, .. }
             | CoordRequest::RwLockGet { name }
@@ -283,6 +290,47 @@ impl CoordRequest {
             | CoordRequest::LeaseGet { .. }
             | CoordRequest::LeaseList
             | CoordRequest::Tick => Ok(()),
+        }
+    }
+
+    fn validate_wait(&self) -> Result<(), WireError> {
+        if self.wait_ms() > LOCK_WAIT_MS_MAX {
+            return Err(WireError::invalid(format!("a wait is at most {LOCK_WAIT_MS_MAX} ms")));
+        }
+        Ok(())
+    }
+
+    /// How long the node may park this acquisition while the resource is taken (0 for everything else).
+    pub fn wait_ms(&self) -> u32 {
+        match self {
+            CoordRequest::LockAcquire { wait_ms, .. }
+            | CoordRequest::RwLockAcquire { wait_ms, .. }
+            | CoordRequest::SemaphoreAcquire { wait_ms, .. } => *wait_ms,
+            _ => 0,
+        }
+    }
+
+    /// The request as it goes into the log: the wait is the node's business, never replicated.
+    pub fn without_wait(&self) -> CoordRequest {
+        let mut request = self.clone();
+        if let CoordRequest::LockAcquire { wait_ms, .. }
+        | CoordRequest::RwLockAcquire { wait_ms, .. }
+        | CoordRequest::SemaphoreAcquire { wait_ms, .. } = &mut request
+        {
+            *wait_ms = 0;
+        }
+        request
+    }
+
+    /// Whether `event` may have freed what this parked acquisition waits for, so it should try again.
+    pub fn woken_by(&self, event: &CoordEvent) -> bool {
+        match (self, event) {
+            (CoordRequest::LockAcquire { name, .. }, CoordEvent::LockReleased { name: freed, .. })
+            | (CoordRequest::RwLockAcquire { name, .. }, CoordEvent::RwLockReleased { name: freed, .. })
+            | (CoordRequest::SemaphoreAcquire { name, .. }, CoordEvent::SemaphoreReleased { name: freed, .. }) => {
+                name == freed
+            }
+            _ => false,
         }
     }
 
@@ -327,7 +375,7 @@ impl CoordRequest {
     }
 }
 
-/// Longest a lock acquisition may wait for the lock (also bounded by the request's deadline).
+/// Longest an acquisition (lock, read-write lock, semaphore) may wait (also bounded by the request's deadline).
 pub const LOCK_WAIT_MS_MAX: u32 = 5 * 60 * 1000;
 
 pub fn validate_name(name: &[u8]) -> Result<(), WireError> {
@@ -420,11 +468,11 @@ pub fn apply(
         CoordRequest::LeaseRevoke { lease } => lease::revoke_request(store, revision, *lease),
         CoordRequest::LockAcquire { name, lease, .. } => lock::acquire(store, now, name, *lease),
         CoordRequest::LockRelease { name, lease, token } => lock::release(store, name, *lease, *token),
-        CoordRequest::SemaphoreAcquire { name, lease, permits, capacity } => {
+        CoordRequest::SemaphoreAcquire { name, lease, permits, capacity, .. } => {
             semaphore::acquire(store, name, *lease, *permits, *capacity)
         }
         CoordRequest::SemaphoreRelease { name, lease } => semaphore::release(store, name, *lease),
-        CoordRequest::RwLockAcquire { name, lease, mode } => rwlock::acquire(store, name, *lease, *mode),
+        CoordRequest::RwLockAcquire { name, lease, mode, .. } => rwlock::acquire(store, name, *lease, *mode),
         CoordRequest::RwLockDowngrade { name, lease } => rwlock::downgrade(store, name, *lease),
         CoordRequest::RwLockRelease { name, lease } => rwlock::release(store, name, *lease),
         CoordRequest::CounterAdd { name, delta, initial } => counter::add(store, name, *delta, initial),

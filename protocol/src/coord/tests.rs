@@ -361,7 +361,7 @@ proptest! {
                 }
                 SemaphoreOp::Acquire { lease, permits } => {
                     let Some(&id) = leases.get(lease) else { continue };
-                    let request = CoordRequest::SemaphoreAcquire { name: bytes("pool"), lease: id, permits, capacity: CAPACITY };
+                    let request = CoordRequest::SemaphoreAcquire { name: bytes("pool"), lease: id, permits, capacity: CAPACITY, wait_ms: 0 };
                     let result = run(&mut tables, now, request);
                     let used: u32 = held.values().sum();
                     let fits = deadlines.contains_key(&id) && !held.contains_key(&id) && used + permits <= CAPACITY;
@@ -430,7 +430,7 @@ proptest! {
             match op {
                 RwOp::Acquire { lease, write } => {
                     let mode = if write { RwMode::Write } else { RwMode::Read };
-                    let request = CoordRequest::RwLockAcquire { name: bytes("cfg"), lease: leases[lease], mode };
+                    let request = CoordRequest::RwLockAcquire { name: bytes("cfg"), lease: leases[lease], mode, wait_ms: 0 };
                     let result = run(&mut tables, 1, request);
                     let holds = writer == Some(lease) || readers.contains(&lease);
                     let ok = alive[lease] && !holds && writer.is_none() && (!write || readers.is_empty());
@@ -481,4 +481,16 @@ proptest! {
             prop_assert_eq!(actual, model);
         }
     }
+}
+
+#[test]
+fn waits_never_reach_the_log_and_wake_only_on_their_resource() {
+    let parked = CoordRequest::RwLockAcquire { name: bytes("cfg"), lease: 1, mode: RwMode::Write, wait_ms: 5_000 };
+    assert_eq!(parked.wait_ms(), 5_000);
+    assert_eq!(parked.without_wait().wait_ms(), 0);
+    assert!(parked.woken_by(&CoordEvent::RwLockReleased { name: bytes("cfg"), lease: 2 }));
+    assert!(!parked.woken_by(&CoordEvent::RwLockReleased { name: bytes("other"), lease: 2 }));
+    assert!(!parked.woken_by(&CoordEvent::LockReleased { name: bytes("cfg"), lease: 2, token: 1 }));
+    let too_long = CoordRequest::LockAcquire { name: bytes("l"), lease: 1, wait_ms: LOCK_WAIT_MS_MAX + 1 };
+    assert!(too_long.validate().is_err());
 }
