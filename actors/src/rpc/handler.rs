@@ -33,8 +33,8 @@ pub struct RpcContext {
     pub membership_lock: Arc<tokio::sync::Mutex<()>>,
     /// Whether `InjectPanic` is served (`--enable-fault-injection`).
     pub fault_injection: bool,
-    /// Requests parked waiting for each lock (bounded by [`LOCK_WAITERS_PER_NAME_MAX`]).
-    pub lock_waiters: Arc<Mutex<std::collections::BTreeMap<Vec<u8>, usize>>>,
+    /// Requests parked waiting for each resource (bounded by [`LOCK_WAITERS_PER_NAME_MAX`]).
+    pub lock_waiters: Arc<Mutex<std::collections::BTreeMap<Vec<u8>, ResourceWaiters>>>,
     pub directory: Directory,
 }
 
@@ -222,32 +222,43 @@ async fn execute(
 pub const LOCK_WAITERS_PER_NAME_MAX: usize = 64;
 
 /// Holds one waiter slot of a lock for as long as a request waits.
+/// The requests of one node parked on one resource.
+#[derive(Default)]
+pub struct ResourceWaiters {
+    count: usize,
+    /// Waiters take turns (first come, first served): only the head proposes and listens for releases, so a release
+    /// wakes one retry instead of a herd of them.
+    turnstile: Arc<tokio::sync::Mutex<()>>,
+}
+
 struct WaiterSlot {
-    waiters: Arc<Mutex<std::collections::BTreeMap<Vec<u8>, usize>>>,
+    waiters: Arc<Mutex<std::collections::BTreeMap<Vec<u8>, ResourceWaiters>>>,
     name: Vec<u8>,
+    turnstile: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl WaiterSlot {
     fn take(context: &RpcContext, name: &[u8]) -> Result<WaiterSlot, WireError> {
         let mut waiters = context.lock_waiters.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = waiters.entry(name.to_vec()).or_default();
-        if *count >= LOCK_WAITERS_PER_NAME_MAX {
+        let resource = waiters.entry(name.to_vec()).or_default();
+        if resource.count >= LOCK_WAITERS_PER_NAME_MAX {
             return Err(WireError::new(
                 ErrorCode::Busy,
-                format!("{LOCK_WAITERS_PER_NAME_MAX} requests already wait for this lock on this node"),
+                format!("{LOCK_WAITERS_PER_NAME_MAX} requests already wait for this resource on this node"),
             ));
         }
-        *count += 1;
-        Ok(WaiterSlot { waiters: context.lock_waiters.clone(), name: name.to_vec() })
+        resource.count += 1;
+        let turnstile = resource.turnstile.clone();
+        Ok(WaiterSlot { waiters: context.lock_waiters.clone(), name: name.to_vec(), turnstile })
     }
 }
 
 impl Drop for WaiterSlot {
     fn drop(&mut self) {
         let mut waiters = self.waiters.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(count) = waiters.get_mut(&self.name) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(resource) = waiters.get_mut(&self.name) {
+            resource.count -= 1;
+            if resource.count == 0 {
                 waiters.remove(&self.name);
             }
         }
@@ -263,7 +274,7 @@ async fn acquire_waiting(
     wait: Duration,
 ) -> Result<CoordResponse, WireError> {
     let deadline = tokio::time::Instant::now() + wait;
-    let _slot = WaiterSlot::take(context, request.name())?;
+    let slot = WaiterSlot::take(context, request.name())?;
     let subscribe = || {
         context
             .directory
@@ -271,7 +282,14 @@ async fn acquire_waiting(
             .map(|stores| stores.state_machine.subscribe())
             .ok_or_else(|| WireError::new(ErrorCode::Unavailable, "storage is not open"))
     };
-    // Subscribed before the first attempt, so a release between the attempt and the wait is not missed.
+    let Ok(_turn) = tokio::time::timeout_at(deadline, slot.turnstile.lock()).await else {
+        return Err(WireError::new(
+            ErrorCode::Conflict,
+            format!("still taken after waiting {wait:?} behind earlier requests on this node"),
+        ));
+    };
+    // Subscribed (once it is this request's turn) before the first attempt, so a release between the attempt and the
+    // wait is not missed, and releases from before the turn are not replayed.
     let mut events = subscribe()?;
     loop {
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
