@@ -101,6 +101,32 @@ pub enum RwLockCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum RateLimitCommand {
+    /// Take `--count` tokens or fail with CONFLICT saying when to retry.
+    TryAcquire {
+        name: String,
+        /// Refill rate: `100/s` (or a bare number per second).
+        #[arg(long, value_parser = parse_rate)]
+        rate: u32,
+        /// Most tokens the bucket holds.
+        #[arg(long)]
+        burst: u32,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Tokens available as of the last applied entry.
+    Available { name: String },
+    /// Forget the bucket (its next use starts full).
+    Reset { name: String },
+}
+
+/// `100/s` or `100`: tokens per second.
+pub fn parse_rate(text: &str) -> Result<u32, String> {
+    let number = text.strip_suffix("/s").unwrap_or(text);
+    number.parse().map_err(|_| format!("`{text}` is not a rate such as 100/s"))
+}
+
+#[derive(Debug, Subcommand)]
 pub enum SemaphoreCommand {
     /// Take `--permits` of the semaphore now, or fail with CONFLICT; prints the lease and the fencing token.
     Acquire {
@@ -373,6 +399,34 @@ pub async fn rwlock(client: &Client, command: RwLockCommand, json: bool) -> anyh
             }
         }
         CoordResponse::Released => println!("OK released"),
+        other => return Err(unexpected(&other)),
+    }
+    Ok(())
+}
+
+pub async fn ratelimit(client: &Client, command: RateLimitCommand, json: bool) -> anyhow::Result<()> {
+    let request = match command {
+        RateLimitCommand::TryAcquire { name, rate, burst, count } => {
+            CoordRequest::RateLimitAcquire { name: bytes(name), rate_per_s: rate, burst, count }
+        }
+        RateLimitCommand::Available { name } => CoordRequest::RateLimitGet { name: bytes(name) },
+        RateLimitCommand::Reset { name } => CoordRequest::RateLimitReset { name: bytes(name) },
+    };
+    match client.coord(request).await? {
+        CoordResponse::RateLimit { limit } => {
+            if json {
+                print_json(&json!({
+                    "name": String::from_utf8_lossy(&limit.name),
+                    "rate_per_s": limit.rate_per_s,
+                    "burst": limit.burst,
+                    "available": limit.available,
+                    "as_of_ms": limit.as_of_ms,
+                }));
+            } else {
+                println!("{} of {} tokens available ({}/s)", limit.available, limit.burst, limit.rate_per_s);
+            }
+        }
+        CoordResponse::Released => println!("OK reset"),
         other => return Err(unexpected(&other)),
     }
     Ok(())

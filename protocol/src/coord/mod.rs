@@ -13,6 +13,7 @@
 pub mod counter;
 pub mod lease;
 pub mod lock;
+pub mod ratelimit;
 pub mod rwlock;
 pub mod semaphore;
 pub mod sequence;
@@ -30,6 +31,7 @@ use crate::state_machine::{KvWrite, StorageFault};
 pub use counter::CounterValue;
 pub use lease::LeaseInfo;
 pub use lock::LockInfo;
+pub use ratelimit::RateLimitInfo;
 pub use rwlock::{RwLockInfo, RwMode};
 pub use semaphore::SemaphoreInfo;
 
@@ -159,6 +161,22 @@ pub enum CoordRequest {
     RwLockGet {
         name: Bytes,
     },
+    /// Takes `count` tokens from bucket `name` (refilling at `rate_per_s`, holding at most `burst`), or answers
+    /// `CONFLICT` saying when enough tokens will be there. The first use fixes the bucket's rate and burst.
+    RateLimitAcquire {
+        name: Bytes,
+        rate_per_s: u32,
+        burst: u32,
+        count: u32,
+    },
+    /// The bucket's tokens as of the last applied entry.
+    RateLimitGet {
+        name: Bytes,
+    },
+    /// Forgets the bucket (its next use starts full, with that use's rate and burst).
+    RateLimitReset {
+        name: Bytes,
+    },
     /// Takes `permits` of semaphore `name` (of `capacity` permits, fixed by the first acquisition) for `lease`, or
     /// answers `CONFLICT` if they do not fit.
     SemaphoreAcquire {
@@ -239,6 +257,9 @@ pub enum CoordResponse {
     RwLock {
         rwlock: RwLockInfo,
     },
+    RateLimit {
+        limit: RateLimitInfo,
+    },
     Released,
     Counter {
         value: Option<CounterValue>,
@@ -262,12 +283,18 @@ impl CoordRequest {
                 validate_name(name)?;
                 self.validate_wait()
             }
+            CoordRequest::RateLimitAcquire { name, rate_per_s, burst, count } => {
+                validate_name(name)?;
+                ratelimit::validate(*rate_per_s, *burst, *count)
+            }
             CoordRequest::SemaphoreAcquire { name, permits, capacity, .. } => {
                 validate_name(name)?;
                 semaphore::validate(*permits, *capacity)?;
                 self.validate_wait()
             }
             CoordRequest::LockRelease { name, .. }
+            | CoordRequest::RateLimitGet { name }
+            | CoordRequest::RateLimitReset { name }
             | CoordRequest::RwLockDowngrade { name, .. }
             | CoordRequest::RwLockRelease { name, .. }
             | CoordRequest::RwLockGet { name }
@@ -343,6 +370,7 @@ impl CoordRequest {
                 | CoordRequest::LockGet { .. }
                 | CoordRequest::SemaphoreGet { .. }
                 | CoordRequest::RwLockGet { .. }
+                | CoordRequest::RateLimitGet { .. }
                 | CoordRequest::CounterGet { .. }
         )
     }
@@ -360,6 +388,9 @@ impl CoordRequest {
             | CoordRequest::RwLockDowngrade { name, .. }
             | CoordRequest::RwLockRelease { name, .. }
             | CoordRequest::RwLockGet { name }
+            | CoordRequest::RateLimitAcquire { name, .. }
+            | CoordRequest::RateLimitGet { name }
+            | CoordRequest::RateLimitReset { name }
             | CoordRequest::CounterAdd { name, .. }
             | CoordRequest::CounterSet { name, .. }
             | CoordRequest::CounterCas { name, .. }
@@ -399,6 +430,7 @@ pub(crate) mod keys {
     pub const SEQUENCE: &[u8] = b"s/";
     pub const SEMAPHORE: &[u8] = b"p/";
     pub const RWLOCK: &[u8] = b"r/";
+    pub const RATE_LIMIT: &[u8] = b"t/";
     /// KV key to the lease it is tied to.
     pub const KEY_LEASE: &[u8] = b"kl/";
 
@@ -475,6 +507,10 @@ pub fn apply(
         CoordRequest::RwLockAcquire { name, lease, mode, .. } => rwlock::acquire(store, name, *lease, *mode),
         CoordRequest::RwLockDowngrade { name, lease } => rwlock::downgrade(store, name, *lease),
         CoordRequest::RwLockRelease { name, lease } => rwlock::release(store, name, *lease),
+        CoordRequest::RateLimitAcquire { name, rate_per_s, burst, count } => {
+            ratelimit::try_acquire(store, now, name, *rate_per_s, *burst, *count)
+        }
+        CoordRequest::RateLimitReset { name } => ratelimit::reset(store, name),
         CoordRequest::CounterAdd { name, delta, initial } => counter::add(store, name, *delta, initial),
         CoordRequest::CounterSet { name, value } => counter::set(store, name, value),
         CoordRequest::CounterCas { name, expected, value } => counter::cas(store, name, expected, value),
@@ -485,6 +521,7 @@ pub fn apply(
         | CoordRequest::LockGet { .. }
         | CoordRequest::SemaphoreGet { .. }
         | CoordRequest::RwLockGet { .. }
+        | CoordRequest::RateLimitGet { .. }
         | CoordRequest::CounterGet { .. } => read(store, request),
     }
 }
@@ -500,6 +537,7 @@ pub fn read(store: &impl CoordRead, request: &CoordRequest) -> Result<Result<Coo
         CoordRequest::LockGet { name } => lock::get(store, name),
         CoordRequest::SemaphoreGet { name } => semaphore::get(store, name),
         CoordRequest::RwLockGet { name } => rwlock::get(store, name),
+        CoordRequest::RateLimitGet { name } => ratelimit::get(store, name),
         CoordRequest::CounterGet { name } => counter::get(store, name),
         _ => Ok(Err(WireError::invalid("not a read request"))),
     }

@@ -494,3 +494,54 @@ fn waits_never_reach_the_log_and_wake_only_on_their_resource() {
     let too_long = CoordRequest::LockAcquire { name: bytes("l"), lease: 1, wait_ms: LOCK_WAIT_MS_MAX + 1 };
     assert!(too_long.validate().is_err());
 }
+
+proptest! {
+    /// A bucket never grants more than its burst plus what the elapsed log time refilled, never holds more than its
+    /// burst, and a refused request changes nothing.
+    #[test]
+    fn rate_limits_never_grant_more_than_refilled(
+        steps in proptest::collection::vec((0u64..400, 1u32..4), 1..100),
+    ) {
+        const RATE: u32 = 10;
+        const BURST: u32 = 5;
+        let mut tables = MemoryTables::default();
+        let (mut now, mut granted) = (10_000u64, 0u64);
+        let start = now;
+        for (advance, count) in steps {
+            now += advance;
+            let request = CoordRequest::RateLimitAcquire { name: bytes("api"), rate_per_s: RATE, burst: BURST, count };
+            let before = tables.coord.clone();
+            match run(&mut tables, now, request) {
+                Ok(CoordResponse::RateLimit { limit }) => {
+                    granted += u64::from(count);
+                    prop_assert!(limit.available <= BURST);
+                }
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(error) => {
+                    prop_assert_eq!(error.code, crate::error::ErrorCode::Conflict);
+                    let mut after = tables.coord.clone();
+                    after.remove(keys::CLOCK);
+                    let mut before = before;
+                    before.remove(keys::CLOCK);
+                    prop_assert_eq!(after, before, "a refusal wrote something");
+                }
+            }
+            let allowed = u64::from(BURST) + (now - start) * u64::from(RATE) / 1_000;
+            prop_assert!(granted <= allowed, "granted {} > allowed {}", granted, allowed);
+        }
+    }
+}
+
+#[test]
+fn a_rate_limit_keeps_its_configuration_until_reset() {
+    let mut tables = MemoryTables::default();
+    let take = |rate_per_s| CoordRequest::RateLimitAcquire { name: bytes("api"), rate_per_s, burst: 2, count: 1 };
+    run(&mut tables, 0, take(1)).unwrap();
+    assert_eq!(run(&mut tables, 0, take(5)).unwrap_err().code, crate::error::ErrorCode::Conflict);
+    run(&mut tables, 0, take(1)).unwrap();
+    let limited = run(&mut tables, 0, take(1)).unwrap_err();
+    assert!(limited.message.contains("retry after 1000 ms"), "{limited:?}");
+    run(&mut tables, 1_000, take(1)).unwrap();
+    run(&mut tables, 1_000, CoordRequest::RateLimitReset { name: bytes("api") }).unwrap();
+    run(&mut tables, 1_000, take(5)).unwrap();
+}
