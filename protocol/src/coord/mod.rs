@@ -273,51 +273,36 @@ pub enum CoordResponse {
 
 impl CoordRequest {
     pub fn validate(&self) -> Result<(), WireError> {
+        if self.is_named() {
+            validate_name(self.name())?;
+        }
         match self {
             CoordRequest::LeaseGrant { ttl_ms } => lease::validate_ttl(*ttl_ms),
-            CoordRequest::LockAcquire { name, .. } => {
-                validate_name(name)?;
-                self.validate_wait()
-            }
-            CoordRequest::RwLockAcquire { name, .. } => {
-                validate_name(name)?;
-                self.validate_wait()
-            }
-            CoordRequest::RateLimitAcquire { name, rate_per_s, burst, count } => {
-                validate_name(name)?;
-                ratelimit::validate(*rate_per_s, *burst, *count)
-            }
-            CoordRequest::SemaphoreAcquire { name, permits, capacity, .. } => {
-                validate_name(name)?;
+            CoordRequest::LockAcquire { .. } | CoordRequest::RwLockAcquire { .. } => self.validate_wait(),
+            CoordRequest::SemaphoreAcquire { permits, capacity, .. } => {
                 semaphore::validate(*permits, *capacity)?;
                 self.validate_wait()
             }
-            CoordRequest::LockRelease { name, .. }
-            | CoordRequest::RateLimitGet { name }
-            | CoordRequest::RateLimitReset { name }
-            | CoordRequest::RwLockDowngrade { name, .. }
-            | CoordRequest::RwLockRelease { name, .. }
-            | CoordRequest::RwLockGet { name }
-            | CoordRequest::SemaphoreRelease { name, .. }
-            | CoordRequest::SemaphoreGet { name }
-            | CoordRequest::LockGet { name }
-            | CoordRequest::CounterAdd { name, .. }
-            | CoordRequest::CounterSet { name, .. }
-            | CoordRequest::CounterGet { name } => validate_name(name),
-            CoordRequest::CounterCas { name, expected, value } => {
-                validate_name(name)?;
-                counter::same_kind(expected, value)
+            CoordRequest::RateLimitAcquire { rate_per_s, burst, count, .. } => {
+                ratelimit::validate(*rate_per_s, *burst, *count)
             }
-            CoordRequest::SequenceNext { name, count } => {
-                validate_name(name)?;
-                sequence::validate_count(*count)
-            }
-            CoordRequest::LeaseKeepAlive { .. }
-            | CoordRequest::LeaseRevoke { .. }
-            | CoordRequest::LeaseGet { .. }
-            | CoordRequest::LeaseList
-            | CoordRequest::Tick => Ok(()),
+            CoordRequest::CounterCas { expected, value, .. } => counter::same_kind(expected, value),
+            CoordRequest::SequenceNext { count, .. } => sequence::validate_count(*count),
+            _ => Ok(()),
         }
+    }
+
+    /// Whether the request names a resource (everything but lease operations and ticks).
+    fn is_named(&self) -> bool {
+        !matches!(
+            self,
+            CoordRequest::LeaseGrant { .. }
+                | CoordRequest::LeaseKeepAlive { .. }
+                | CoordRequest::LeaseRevoke { .. }
+                | CoordRequest::LeaseGet { .. }
+                | CoordRequest::LeaseList
+                | CoordRequest::Tick
+        )
     }
 
     fn validate_wait(&self) -> Result<(), WireError> {
