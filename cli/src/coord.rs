@@ -101,6 +101,26 @@ pub enum RwLockCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ElectionCommand {
+    /// Become the leader (proclaiming `--value`) or fail with CONFLICT naming the leader (`--wait` parks it).
+    Campaign {
+        name: String,
+        #[arg(long, default_value = "")]
+        value: String,
+        #[command(flatten)]
+        holder: HolderArgs,
+    },
+    /// The leader, its value and token.
+    Leader { name: String },
+    /// Step down.
+    Resign {
+        name: String,
+        #[arg(long)]
+        lease: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum RateLimitCommand {
     /// Take `--count` tokens or fail with CONFLICT saying when to retry.
     TryAcquire {
@@ -399,6 +419,46 @@ pub async fn rwlock(client: &Client, command: RwLockCommand, json: bool) -> anyh
             }
         }
         CoordResponse::Released => println!("OK released"),
+        other => return Err(unexpected(&other)),
+    }
+    Ok(())
+}
+
+pub async fn election(client: &Client, command: ElectionCommand, json: bool) -> anyhow::Result<()> {
+    let request = match command {
+        ElectionCommand::Campaign { name, value, holder } => {
+            let wait_ms = holder.wait_ms()?;
+            let lease = lease_or_grant(client, holder).await?;
+            CoordRequest::ElectionCampaign { name: bytes(name), lease, value: bytes(value), wait_ms }
+        }
+        ElectionCommand::Leader { name } => CoordRequest::ElectionGet { name: bytes(name) },
+        ElectionCommand::Resign { name, lease } => CoordRequest::ElectionResign { name: bytes(name), lease },
+    };
+    match client.coord(request).await? {
+        CoordResponse::Election { election } => {
+            let leader = election.leader.as_ref().map(|leader| {
+                json!({
+                    "lease": leader.lease,
+                    "token": leader.token,
+                    "value": String::from_utf8_lossy(&leader.value),
+                    "since_ms": leader.since_ms,
+                })
+            });
+            if json {
+                print_json(&json!({"name": String::from_utf8_lossy(&election.name), "leader": leader}));
+            } else {
+                match &election.leader {
+                    Some(leader) => println!(
+                        "lease {} token {} value {}",
+                        leader.lease,
+                        leader.token,
+                        String::from_utf8_lossy(&leader.value)
+                    ),
+                    None => println!("no leader; last token {}", election.last_token),
+                }
+            }
+        }
+        CoordResponse::Released => println!("OK resigned"),
         other => return Err(unexpected(&other)),
     }
     Ok(())

@@ -56,6 +56,9 @@ enum Command {
     /// Read-write locks held by leases: many readers or one writer (with a fencing token).
     #[command(subcommand)]
     Rwlock(coord::RwLockCommand),
+    /// Leader elections held by leases: campaign, leader, resign.
+    #[command(subcommand)]
+    Election(coord::ElectionCommand),
     /// Token-bucket rate limits shared by every client of the cluster.
     #[command(subcommand)]
     Ratelimit(coord::RateLimitCommand),
@@ -299,6 +302,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Semaphore(command) => coord::semaphore(&client, command, cli.json).await,
         Command::Rwlock(command) => coord::rwlock(&client, command, cli.json).await,
         Command::Ratelimit(command) => coord::ratelimit(&client, command, cli.json).await,
+        Command::Election(command) => coord::election(&client, command, cli.json).await,
         Command::Sequence(command) => coord::sequence(&client, command, cli.json).await,
         Command::Actors => {
             match client.cluster(ClusterRequest::Actors).await? {

@@ -39,6 +39,9 @@ pub struct LeaseInfo {
     /// Read-write locks the lease holds.
     #[serde(default)]
     pub rwlocks: Vec<Bytes>,
+    /// Elections the lease leads.
+    #[serde(default)]
+    pub elections: Vec<Bytes>,
 }
 
 pub(crate) fn validate_ttl(ttl_ms: u64) -> Result<(), WireError> {
@@ -92,6 +95,7 @@ pub(crate) fn grant(
         keys: Vec::new(),
         semaphores: Vec::new(),
         rwlocks: Vec::new(),
+        elections: Vec::new(),
     };
     save_lease(store, &lease)?;
     store.coord_put(&expiry_key(lease.deadline_ms, id), &[])?;
@@ -127,6 +131,9 @@ pub(crate) fn revoke(
     }
     for name in &lease.rwlocks {
         super::rwlock::release_by_lease(store, name, lease.id)?;
+    }
+    for name in &lease.elections {
+        super::election::resign_by_lease(store, name, lease.id)?;
     }
     let mut deleted = false;
     for key in &lease.keys {
@@ -171,6 +178,7 @@ pub(crate) enum Held {
     Lock,
     RwLock,
     Semaphore,
+    Election,
 }
 
 /// Removes `name` from the things of `kind` lease `id` holds (after the primitive itself let go of it).
@@ -180,6 +188,7 @@ pub(crate) fn forget(store: &mut impl CoordWrite, id: u64, kind: Held, name: &[u
         Held::Lock => &mut lease.locks,
         Held::RwLock => &mut lease.rwlocks,
         Held::Semaphore => &mut lease.semaphores,
+        Held::Election => &mut lease.elections,
     };
     list.retain(|held| held.as_slice() != name);
     save_lease(store, &lease)
@@ -187,7 +196,7 @@ pub(crate) fn forget(store: &mut impl CoordWrite, id: u64, kind: Held, name: &[u
 
 /// Locks, keys and semaphores a lease holds.
 pub(crate) fn attachments(lease: &LeaseInfo) -> usize {
-    lease.locks.len() + lease.keys.len() + lease.semaphores.len() + lease.rwlocks.len()
+    lease.locks.len() + lease.keys.len() + lease.semaphores.len() + lease.rwlocks.len() + lease.elections.len()
 }
 
 /// Ties `key` to lease `id` (checked by [`check_attachable`] first).

@@ -11,6 +11,7 @@
 //! reused, even after the lock's lease expires.
 
 pub mod counter;
+pub mod election;
 pub mod lease;
 pub mod lock;
 pub mod ratelimit;
@@ -29,6 +30,7 @@ use crate::limits::KEY_SIZE_BYTES_MAX;
 use crate::state_machine::{KvWrite, StorageFault};
 
 pub use counter::CounterValue;
+pub use election::ElectionInfo;
 pub use lease::LeaseInfo;
 pub use lock::LockInfo;
 pub use ratelimit::RateLimitInfo;
@@ -87,6 +89,16 @@ pub enum CoordEvent {
     RwLockReleased {
         name: Bytes,
         lease: u64,
+    },
+    LeaderElected {
+        name: Bytes,
+        lease: u64,
+        token: u64,
+    },
+    LeaderResigned {
+        name: Bytes,
+        lease: u64,
+        token: u64,
     },
     SemaphoreAcquired {
         name: Bytes,
@@ -159,6 +171,25 @@ pub enum CoordRequest {
         lease: u64,
     },
     RwLockGet {
+        name: Bytes,
+    },
+    /// Leads election `name` with `lease`, proclaiming `value`, if nobody leads (or `CONFLICT` naming the leader;
+    /// parked by the node with `wait_ms`). The leader campaigning again updates its value.
+    ElectionCampaign {
+        name: Bytes,
+        lease: u64,
+        value: Bytes,
+        /// As for [`CoordRequest::LockAcquire`].
+        #[serde(default)]
+        wait_ms: u32,
+    },
+    /// Ends `lease`'s leadership of `name`.
+    ElectionResign {
+        name: Bytes,
+        lease: u64,
+    },
+    /// The current leader, its value and token.
+    ElectionGet {
         name: Bytes,
     },
     /// Takes `count` tokens from bucket `name` (refilling at `rate_per_s`, holding at most `burst`), or answers
@@ -260,6 +291,9 @@ pub enum CoordResponse {
     RateLimit {
         limit: RateLimitInfo,
     },
+    Election {
+        election: ElectionInfo,
+    },
     Released,
     Counter {
         value: Option<CounterValue>,
@@ -279,6 +313,10 @@ impl CoordRequest {
         match self {
             CoordRequest::LeaseGrant { ttl_ms } => lease::validate_ttl(*ttl_ms),
             CoordRequest::LockAcquire { .. } | CoordRequest::RwLockAcquire { .. } => self.validate_wait(),
+            CoordRequest::ElectionCampaign { value, .. } => {
+                election::validate_value(value)?;
+                self.validate_wait()
+            }
             CoordRequest::SemaphoreAcquire { permits, capacity, .. } => {
                 semaphore::validate(*permits, *capacity)?;
                 self.validate_wait()
@@ -317,6 +355,7 @@ impl CoordRequest {
         match self {
             CoordRequest::LockAcquire { wait_ms, .. }
             | CoordRequest::RwLockAcquire { wait_ms, .. }
+            | CoordRequest::ElectionCampaign { wait_ms, .. }
             | CoordRequest::SemaphoreAcquire { wait_ms, .. } => *wait_ms,
             _ => 0,
         }
@@ -327,6 +366,7 @@ impl CoordRequest {
         let mut request = self.clone();
         if let CoordRequest::LockAcquire { wait_ms, .. }
         | CoordRequest::RwLockAcquire { wait_ms, .. }
+        | CoordRequest::ElectionCampaign { wait_ms, .. }
         | CoordRequest::SemaphoreAcquire { wait_ms, .. } = &mut request
         {
             *wait_ms = 0;
@@ -339,6 +379,7 @@ impl CoordRequest {
         match (self, event) {
             (CoordRequest::LockAcquire { name, .. }, CoordEvent::LockReleased { name: freed, .. })
             | (CoordRequest::RwLockAcquire { name, .. }, CoordEvent::RwLockReleased { name: freed, .. })
+            | (CoordRequest::ElectionCampaign { name, .. }, CoordEvent::LeaderResigned { name: freed, .. })
             | (CoordRequest::SemaphoreAcquire { name, .. }, CoordEvent::SemaphoreReleased { name: freed, .. }) => {
                 name == freed
             }
@@ -356,6 +397,7 @@ impl CoordRequest {
                 | CoordRequest::SemaphoreGet { .. }
                 | CoordRequest::RwLockGet { .. }
                 | CoordRequest::RateLimitGet { .. }
+                | CoordRequest::ElectionGet { .. }
                 | CoordRequest::CounterGet { .. }
         )
     }
@@ -376,6 +418,9 @@ impl CoordRequest {
             | CoordRequest::RateLimitAcquire { name, .. }
             | CoordRequest::RateLimitGet { name }
             | CoordRequest::RateLimitReset { name }
+            | CoordRequest::ElectionCampaign { name, .. }
+            | CoordRequest::ElectionResign { name, .. }
+            | CoordRequest::ElectionGet { name }
             | CoordRequest::CounterAdd { name, .. }
             | CoordRequest::CounterSet { name, .. }
             | CoordRequest::CounterCas { name, .. }
@@ -416,6 +461,7 @@ pub(crate) mod keys {
     pub const SEMAPHORE: &[u8] = b"p/";
     pub const RWLOCK: &[u8] = b"r/";
     pub const RATE_LIMIT: &[u8] = b"t/";
+    pub const ELECTION: &[u8] = b"e/";
     /// KV key to the lease it is tied to.
     pub const KEY_LEASE: &[u8] = b"kl/";
 
@@ -496,6 +542,10 @@ pub fn apply(
             ratelimit::try_acquire(store, now, name, *rate_per_s, *burst, *count)
         }
         CoordRequest::RateLimitReset { name } => ratelimit::reset(store, name),
+        CoordRequest::ElectionCampaign { name, lease, value, .. } => {
+            election::campaign(store, now, name, *lease, value)
+        }
+        CoordRequest::ElectionResign { name, lease } => election::resign(store, name, *lease),
         CoordRequest::CounterAdd { name, delta, initial } => counter::add(store, name, *delta, initial),
         CoordRequest::CounterSet { name, value } => counter::set(store, name, value),
         CoordRequest::CounterCas { name, expected, value } => counter::cas(store, name, expected, value),
@@ -507,6 +557,7 @@ pub fn apply(
         | CoordRequest::SemaphoreGet { .. }
         | CoordRequest::RwLockGet { .. }
         | CoordRequest::RateLimitGet { .. }
+        | CoordRequest::ElectionGet { .. }
         | CoordRequest::CounterGet { .. } => read(store, request),
     }
 }
@@ -523,6 +574,7 @@ pub fn read(store: &impl CoordRead, request: &CoordRequest) -> Result<Result<Coo
         CoordRequest::SemaphoreGet { name } => semaphore::get(store, name),
         CoordRequest::RwLockGet { name } => rwlock::get(store, name),
         CoordRequest::RateLimitGet { name } => ratelimit::get(store, name),
+        CoordRequest::ElectionGet { name } => election::get(store, name),
         CoordRequest::CounterGet { name } => counter::get(store, name),
         _ => Ok(Err(WireError::invalid("not a read request"))),
     }

@@ -545,3 +545,31 @@ fn a_rate_limit_keeps_its_configuration_until_reset() {
     run(&mut tables, 1_000, CoordRequest::RateLimitReset { name: bytes("api") }).unwrap();
     run(&mut tables, 1_000, take(5)).unwrap();
 }
+
+#[test]
+fn an_election_has_one_leader_and_its_terms_only_grow() {
+    let mut tables = MemoryTables::default();
+    let (a, b) = (grant(&mut tables, 0, 2_000), grant(&mut tables, 0, 60_000));
+    let campaign = |lease, value: &str| CoordRequest::ElectionCampaign {
+        name: bytes("leader-x"),
+        lease,
+        value: bytes(value),
+        wait_ms: 0,
+    };
+    let term = |response: CoordResponse| match response {
+        CoordResponse::Election { election } => {
+            election.leader.map(|leader| (leader.lease, leader.token, leader.value))
+        }
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(term(run(&mut tables, 0, campaign(a, "a:1")).unwrap()), Some((a, 1, bytes("a:1"))));
+    assert!(run(&mut tables, 0, campaign(b, "b:1")).is_err(), "one leader at a time");
+    // The leader proclaims a new value within its term.
+    assert_eq!(term(run(&mut tables, 10, campaign(a, "a:2")).unwrap()), Some((a, 1, bytes("a:2"))));
+    // Its lease lapses: the next campaign wins with a larger token.
+    assert_eq!(term(run(&mut tables, 2_000, campaign(b, "b:1")).unwrap()), Some((b, 2, bytes("b:1"))));
+    run(&mut tables, 2_001, CoordRequest::ElectionResign { name: bytes("leader-x"), lease: b }).unwrap();
+    assert_eq!(term(read(&tables, &CoordRequest::ElectionGet { name: bytes("leader-x") }).unwrap().unwrap()), None);
+    let too_big = campaign(b, &"x".repeat(election::ELECTION_VALUE_BYTES_MAX + 1));
+    assert_eq!(run(&mut tables, 2_002, too_big).unwrap_err().code, crate::error::ErrorCode::TooLarge);
+}
