@@ -148,7 +148,8 @@ async fn execute(
             if matches!(request, CoordRequest::Tick) {
                 return Err(WireError::invalid("ticks are proposed by the leader only"));
             }
-            let name = request.name();
+            // Leases name no resource: they need access to every key (the empty prefix).
+            let name = request.name().unwrap_or_default();
             authorise(claims, if request.is_write() { Access::KvWrite(name) } else { Access::KvRead(name) })?;
             if !request.is_write() {
                 linearize(context).await?;
@@ -274,7 +275,7 @@ async fn acquire_waiting(
     wait: Duration,
 ) -> Result<CoordResponse, WireError> {
     let deadline = tokio::time::Instant::now() + wait;
-    let slot = WaiterSlot::take(context, request.name())?;
+    let slot = WaiterSlot::take(context, request.name().unwrap_or_default())?;
     let subscribe = || {
         context
             .directory

@@ -307,8 +307,8 @@ pub enum CoordResponse {
 
 impl CoordRequest {
     pub fn validate(&self) -> Result<(), WireError> {
-        if self.is_named() {
-            validate_name(self.name())?;
+        if let Some(name) = self.name() {
+            validate_name(name)?;
         }
         match self {
             CoordRequest::LeaseGrant { ttl_ms } => lease::validate_ttl(*ttl_ms),
@@ -328,19 +328,6 @@ impl CoordRequest {
             CoordRequest::SequenceNext { count, .. } => sequence::validate_count(*count),
             _ => Ok(()),
         }
-    }
-
-    /// Whether the request names a resource (everything but lease operations and ticks).
-    fn is_named(&self) -> bool {
-        !matches!(
-            self,
-            CoordRequest::LeaseGrant { .. }
-                | CoordRequest::LeaseKeepAlive { .. }
-                | CoordRequest::LeaseRevoke { .. }
-                | CoordRequest::LeaseGet { .. }
-                | CoordRequest::LeaseList
-                | CoordRequest::Tick
-        )
     }
 
     fn validate_wait(&self) -> Result<(), WireError> {
@@ -402,8 +389,8 @@ impl CoordRequest {
         )
     }
 
-    /// The name the request touches, for capability checks (leases have none: they need access to every key).
-    pub fn name(&self) -> &[u8] {
+    /// The resource the request names (`None` for lease operations and ticks, which name none).
+    pub fn name(&self) -> Option<&[u8]> {
         match self {
             CoordRequest::LockAcquire { name, .. }
             | CoordRequest::LockRelease { name, .. }
@@ -425,14 +412,19 @@ impl CoordRequest {
             | CoordRequest::CounterSet { name, .. }
             | CoordRequest::CounterCas { name, .. }
             | CoordRequest::CounterGet { name }
-            | CoordRequest::SequenceNext { name, .. } => name,
-            _ => b"",
+            | CoordRequest::SequenceNext { name, .. } => Some(name),
+            CoordRequest::LeaseGrant { .. }
+            | CoordRequest::LeaseKeepAlive { .. }
+            | CoordRequest::LeaseRevoke { .. }
+            | CoordRequest::LeaseGet { .. }
+            | CoordRequest::LeaseList
+            | CoordRequest::Tick => None,
         }
     }
 
     /// Bytes the request weighs in a log entry.
     pub fn payload_bytes(&self) -> usize {
-        self.name().len() + 32
+        self.name().map_or(0, <[u8]>::len) + 32
     }
 }
 
