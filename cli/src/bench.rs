@@ -33,7 +33,14 @@ pub enum BenchCommand {
     /// Lock acquire+release cycles. Each worker has its own lock unless `--keys 1`, when all contend for one lock
     /// (acquisitions wait on the node for the release).
     Lock(BenchArgs),
+    /// One queue, `--concurrency` producers enqueueing and as many consumers each dequeueing (parked on the node
+    /// while the queue is empty) and acking; the ops are messages through (dequeue+ack), the enqueues are reported
+    /// beside them.
+    Queue(BenchArgs),
 }
+
+/// How long a bench consumer's dequeue may wait on the node for a message.
+const DEQUEUE_WAIT_MS: u32 = 1_000;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -55,6 +62,8 @@ pub struct BenchArgs {
 }
 
 struct WorkerResult {
+    /// Whether the worker produced (queue bench): its latencies are reported beside the main ones.
+    producer: bool,
     histogram: Histogram<u64>,
     errors: u64,
     first_error: Option<String>,
@@ -66,6 +75,7 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
         BenchCommand::Get(args) => ("get", args),
         BenchCommand::Counter(args) => ("counter", args),
         BenchCommand::Lock(args) => ("lock", args),
+        BenchCommand::Queue(args) => ("queue", args),
     };
     anyhow::ensure!(
         args.concurrency >= 1 && args.concurrency <= BENCH_CONCURRENCY_MAX,
@@ -76,7 +86,8 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
         "--duration must be 1..={BENCH_DURATION_SECONDS_MAX} seconds"
     );
     anyhow::ensure!(args.keys >= 1, "--keys must be at least 1");
-    let connections = args.concurrency.div_ceil(WORKERS_PER_CONNECTION_MAX);
+    let workers_count = if operation == "queue" { args.concurrency * 2 } else { args.concurrency };
+    let connections = workers_count.div_ceil(WORKERS_PER_CONNECTION_MAX);
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections {
         clients.push(Arc::new(Client::new(ticket, options.clone()).await?));
@@ -100,17 +111,25 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
             }
         }
     }
+    let queue = format!("{}queue", args.prefix);
+    if operation == "queue" {
+        let create = CoordRequest::QueueCreate { name: bytes(queue.clone()), visibility_ms: 30_000, max_deliveries: 5 };
+        clients[0].coord(create).await?;
+    }
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration);
-    let mut workers = Vec::with_capacity(args.concurrency);
-    for worker in 0..args.concurrency {
+    let mut workers = Vec::with_capacity(workers_count);
+    for worker in 0..workers_count {
         let client = clients[worker % connections].clone();
         let value = value.clone();
         let prefix = args.prefix.clone();
         let keys = if operation == "get" { args.keys.min(100_000) } else { args.keys };
         let lease = leases.get(worker).copied().unwrap_or(0);
+        let producer = operation == "queue" && worker < args.concurrency;
+        let queue = bytes(queue.clone());
         workers.push(tokio::spawn(async move {
             let mut result = WorkerResult {
+                producer,
                 histogram: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds"),
                 errors: 0,
                 first_error: None,
@@ -121,17 +140,29 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
                 let key = key(&prefix, index % keys);
                 let begun = Instant::now();
                 let outcome = match operation {
-                    "put" => client.put(key.as_bytes(), &value).await.map(|_| ()),
-                    "get" => client.get(key.as_bytes(), Consistency::Linearizable).await.map(|_| ()),
+                    "put" => client.put(key.as_bytes(), &value).await.map(|_| true),
+                    "get" => client.get(key.as_bytes(), Consistency::Linearizable).await.map(|_| true),
                     "counter" => {
                         let request =
                             CoordRequest::CounterAdd { name: bytes(key), delta: 1, initial: CounterValue::Unsigned(0) };
-                        client.coord(request).await.map(|_| ())
+                        client.coord(request).await.map(|_| true)
                     }
-                    _ => lock_cycle(&client, &prefix, worker, keys, lease).await,
+                    "queue" if producer => {
+                        let request = CoordRequest::QueueEnqueue {
+                            name: queue.clone(),
+                            body: bytes(value.clone()),
+                            dedup_id: None,
+                            group: None,
+                        };
+                        client.coord(request).await.map(|_| true)
+                    }
+                    "queue" => consume(&client, &queue).await,
+                    _ => lock_cycle(&client, &prefix, worker, keys, lease).await.map(|_| true),
                 };
                 match outcome {
-                    Ok(()) => {
+                    // A dequeue that waited and got nothing is not an op.
+                    Ok(false) => {}
+                    Ok(true) => {
                         let micros = begun.elapsed().as_micros() as u64;
                         result.histogram.saturating_record(micros.max(1));
                     }
@@ -145,11 +176,16 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
         }));
     }
     let mut histogram = Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3)?;
+    let mut produced = Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3)?;
     let mut errors = 0;
     let mut first_error = None;
     for worker in workers {
         let result = worker.await?;
-        histogram.add(&result.histogram)?;
+        if result.producer {
+            produced.add(&result.histogram)?;
+        } else {
+            histogram.add(&result.histogram)?;
+        }
         errors += result.errors;
         if first_error.is_none() {
             first_error = result.first_error;
@@ -176,6 +212,19 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
         "max_ms": histogram.max() as f64 / 1000.0,
         "first_error": first_error,
     });
+    let enqueues = (operation == "queue").then(|| {
+        let ms = |quantile: f64| produced.value_at_quantile(quantile) as f64 / 1000.0;
+        json!({
+            "ops": produced.len(),
+            "ops_per_s": produced.len() as f64 / elapsed,
+            "p50_ms": ms(0.50),
+            "p99_ms": ms(0.99),
+        })
+    });
+    let mut report = report;
+    if let Some(enqueues) = &enqueues {
+        report["enqueues"] = enqueues.clone();
+    }
     if json_output {
         println!("{report}");
     } else {
@@ -190,6 +239,15 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
             ms(0.999),
             histogram.max() as f64 / 1000.0,
         );
+        if let Some(enqueues) = &enqueues {
+            println!(
+                "  enqueues: {} ops, {:.0} ops/s, p50 {:.3} ms, p99 {:.3} ms",
+                enqueues["ops"],
+                enqueues["ops_per_s"].as_f64().unwrap_or_default(),
+                enqueues["p50_ms"].as_f64().unwrap_or_default(),
+                enqueues["p99_ms"].as_f64().unwrap_or_default(),
+            );
+        }
         if let Some(error) = &first_error {
             println!("first error: {error}");
         }
@@ -217,6 +275,25 @@ async fn lock_cycle(
         _ => 0,
     };
     client.coord(CoordRequest::LockRelease { name: bytes(name), lease, token }).await.map(|_| ())
+}
+
+/// One dequeue (parked on the node while the queue is empty) and the ack of what it got; `false` if it got nothing.
+async fn consume(
+    client: &Client,
+    queue: &pando_client::pando_protocol::kv::Bytes,
+) -> Result<bool, pando_client::ClientError> {
+    let dequeue = CoordRequest::QueueDequeue {
+        name: queue.clone(),
+        count: 1,
+        visibility_ms: 0,
+        consumer: bytes("bench"),
+        wait_ms: DEQUEUE_WAIT_MS,
+    };
+    let CoordResponse::Delivered { messages } = client.coord(dequeue).await? else { return Ok(false) };
+    let Some(message) = messages.first() else { return Ok(false) };
+    let ack =
+        CoordRequest::QueueAck { name: queue.clone(), id: message.id, token: message.token().unwrap_or_default() };
+    client.coord(ack).await.map(|_| true)
 }
 
 fn key(prefix: &str, index: u64) -> String {

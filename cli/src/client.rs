@@ -106,6 +106,10 @@ impl Client {
         &self.ticket
     }
 
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
     /// Closes the connection and the local endpoint. Waits at most [`CLOSE_TIMEOUT_MS`]: a graceful close also waits
     /// for peers that never answered (a dead node dialled in parallel), which would otherwise hold a CLI invocation
     /// for the whole idle timeout.

@@ -1,8 +1,12 @@
-//! `pando lease|lock|counter|sequence`: the coordination primitives.
+//! `pando lease|lock|rwlock|election|ratelimit|semaphore|counter|sequence|barrier|service`: the coordination
+//! primitives (queues are in [`crate::queue`]).
 
 use clap::Subcommand;
 use pando_client::Client;
-use pando_client::pando_protocol::coord::{CoordRequest, CoordResponse, CounterValue, LeaseInfo, LockInfo, RwMode};
+use pando_client::pando_protocol::coord::{
+    BarrierInfo, CoordRequest, CoordResponse, CounterValue, ElectionInfo, Health, LeaseInfo, LockInfo, RwMode,
+    ServiceInstance,
+};
 use pando_client::pando_protocol::kv::bytes;
 use serde_json::json;
 
@@ -118,6 +122,93 @@ pub enum ElectionCommand {
         #[arg(long)]
         lease: u64,
     },
+    /// Print the leader now and every time it changes (a line each; parked on the node between changes).
+    Observe {
+        name: String,
+        /// Stop after this many lines (default: run until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BarrierCommand {
+    /// Enter the barrier; it opens when --parties have entered (`--wait` parks until then).
+    Enter {
+        name: String,
+        #[arg(long)]
+        parties: u32,
+        #[command(flatten)]
+        holder: HolderArgs,
+    },
+    /// Leave the barrier (once every party left an open barrier, it is ready for the next round).
+    Leave {
+        name: String,
+        #[arg(long)]
+        lease: u64,
+    },
+    /// Parties, round and members.
+    Status { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Register (or update) an instance, passing, with a TTL it keeps by heartbeats.
+    Register {
+        service: String,
+        #[arg(long)]
+        instance: String,
+        #[arg(long)]
+        addr: String,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// The instance turns critical if no heartbeat comes for this long.
+        #[arg(long, value_parser = parse_duration_ms, default_value = "15s")]
+        ttl: u64,
+        /// A critical instance is removed after this long.
+        #[arg(long, value_parser = parse_duration_ms, default_value = "1m")]
+        deregister_after: u64,
+        /// Tie the registration to this lease (it goes when the lease ends).
+        #[arg(long)]
+        lease: Option<u64>,
+    },
+    /// Restart the TTL; the instance is passing again.
+    Heartbeat {
+        service: String,
+        #[arg(long)]
+        instance: String,
+    },
+    /// Report the instance's health (also restarts the TTL).
+    Health {
+        service: String,
+        #[arg(long)]
+        instance: String,
+        #[arg(long, value_parser = parse_health)]
+        status: Health,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// The service's instances.
+    Discover {
+        service: String,
+        /// Only the passing ones.
+        #[arg(long)]
+        healthy: bool,
+    },
+    Deregister {
+        service: String,
+        #[arg(long)]
+        instance: String,
+    },
+}
+
+fn parse_health(text: &str) -> Result<Health, String> {
+    match text {
+        "passing" => Ok(Health::Passing),
+        "warning" => Ok(Health::Warning),
+        "critical" => Ok(Health::Critical),
+        _ => Err("expected passing, warning or critical".into()),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -259,7 +350,19 @@ fn lease_json(lease: &LeaseInfo) -> serde_json::Value {
         "deadline_ms": lease.deadline_ms,
         "locks": lease.locks.iter().map(|name| String::from_utf8_lossy(name).into_owned()).collect::<Vec<_>>(),
         "keys": lease.keys.iter().map(|key| String::from_utf8_lossy(key).into_owned()).collect::<Vec<_>>(),
+        "semaphores": names(&lease.semaphores),
+        "rwlocks": names(&lease.rwlocks),
+        "elections": names(&lease.elections),
+        "barriers": names(&lease.barriers),
+        "services": lease.services.iter().map(|reference| json!({
+            "service": String::from_utf8_lossy(&reference.service),
+            "instance": String::from_utf8_lossy(&reference.instance),
+        })).collect::<Vec<_>>(),
     })
+}
+
+fn names(names: &[pando_client::pando_protocol::kv::Bytes]) -> Vec<String> {
+    names.iter().map(|name| String::from_utf8_lossy(name).into_owned()).collect()
 }
 
 fn lock_json(lock: &LockInfo) -> serde_json::Value {
@@ -277,17 +380,22 @@ fn print_lease(lease: &LeaseInfo, json: bool) {
         print_json(&lease_json(lease));
     } else {
         println!(
-            "lease {} ttl {} ms deadline {} ms, {} locks, {} keys",
+            "lease {} ttl {} ms deadline {} ms, {} locks, {} keys, {} other attachments",
             lease.id,
             lease.ttl_ms,
             lease.deadline_ms,
             lease.locks.len(),
-            lease.keys.len()
+            lease.keys.len(),
+            lease.semaphores.len()
+                + lease.rwlocks.len()
+                + lease.elections.len()
+                + lease.barriers.len()
+                + lease.services.len()
         );
     }
 }
 
-fn unexpected(response: &CoordResponse) -> anyhow::Error {
+pub(crate) fn unexpected(response: &CoordResponse) -> anyhow::Error {
     anyhow::anyhow!("unexpected response {response:?}")
 }
 
@@ -433,35 +541,187 @@ pub async fn election(client: &Client, command: ElectionCommand, json: bool) -> 
         }
         ElectionCommand::Leader { name } => CoordRequest::ElectionGet { name: bytes(name) },
         ElectionCommand::Resign { name, lease } => CoordRequest::ElectionResign { name: bytes(name), lease },
+        ElectionCommand::Observe { name, count } => return observe(client, name, count, json).await,
     };
     match client.coord(request).await? {
-        CoordResponse::Election { election } => {
-            let leader = election.leader.as_ref().map(|leader| {
-                json!({
-                    "lease": leader.lease,
-                    "token": leader.token,
-                    "value": String::from_utf8_lossy(&leader.value),
-                    "since_ms": leader.since_ms,
-                })
-            });
-            if json {
-                print_json(&json!({"name": String::from_utf8_lossy(&election.name), "leader": leader}));
-            } else {
-                match &election.leader {
-                    Some(leader) => println!(
-                        "lease {} token {} value {}",
-                        leader.lease,
-                        leader.token,
-                        String::from_utf8_lossy(&leader.value)
-                    ),
-                    None => println!("no leader; last token {}", election.last_token),
-                }
-            }
-        }
+        CoordResponse::Election { election } => print_election(&election, json),
         CoordResponse::Released => println!("OK resigned"),
         other => return Err(unexpected(&other)),
     }
     Ok(())
+}
+
+fn print_election(election: &ElectionInfo, json: bool) {
+    if json {
+        let leader = election.leader.as_ref().map(|leader| {
+            json!({
+                "lease": leader.lease,
+                "token": leader.token,
+                "value": String::from_utf8_lossy(&leader.value),
+                "since_ms": leader.since_ms,
+            })
+        });
+        print_json(&json!({"name": String::from_utf8_lossy(&election.name), "leader": leader}));
+    } else {
+        match &election.leader {
+            Some(leader) => {
+                println!(
+                    "lease {} token {} value {}",
+                    leader.lease,
+                    leader.token,
+                    String::from_utf8_lossy(&leader.value)
+                )
+            }
+            None => println!("no leader; last token {}", election.last_token),
+        }
+    }
+}
+
+/// Prints the election, then each change: every request is parked on the node until the election differs from what
+/// was printed last (or the request's deadline nears, when it is asked again).
+async fn observe(client: &Client, name: String, count: Option<u64>, json: bool) -> anyhow::Result<()> {
+    let wait_ms =
+        u32::try_from(client.options().timeout.as_millis().saturating_sub(1_000).max(100)).unwrap_or(u32::MAX);
+    let mut seen: Option<(u64, bool)> = None;
+    let mut printed = 0;
+    while count.is_none_or(|count| printed < count) {
+        let (last_token, leading) = seen.unwrap_or((u64::MAX, false));
+        let request = CoordRequest::ElectionObserve { name: bytes(name.clone()), last_token, leading, wait_ms };
+        let CoordResponse::Election { election } = client.coord(request).await? else {
+            anyhow::bail!("unexpected response to an observation");
+        };
+        let now = (election.last_token, election.leader.is_some());
+        if seen != Some(now) {
+            print_election(&election, json);
+            printed += 1;
+            seen = Some(now);
+        }
+    }
+    Ok(())
+}
+
+pub async fn barrier(client: &Client, command: BarrierCommand, json: bool) -> anyhow::Result<()> {
+    let (request, lease) = match command {
+        BarrierCommand::Enter { name, parties, holder } => {
+            let wait_ms = holder.wait_ms()?;
+            let lease = lease_or_grant(client, holder).await?;
+            (CoordRequest::BarrierEnter { name: bytes(name), lease, parties, wait_ms }, Some(lease))
+        }
+        BarrierCommand::Leave { name, lease } => (CoordRequest::BarrierLeave { name: bytes(name), lease }, None),
+        BarrierCommand::Status { name } => (CoordRequest::BarrierGet { name: bytes(name) }, None),
+    };
+    let CoordResponse::Barrier { barrier } = client.coord(request).await? else {
+        anyhow::bail!("unexpected response to a barrier request");
+    };
+    print_barrier(&barrier, lease, json);
+    Ok(())
+}
+
+fn print_barrier(barrier: &BarrierInfo, lease: Option<u64>, json: bool) {
+    if json {
+        print_json(&json!({
+            "name": String::from_utf8_lossy(&barrier.name),
+            "parties": barrier.parties,
+            "generation": barrier.generation,
+            "open": barrier.open,
+            "members": barrier.members,
+            "lease": lease,
+        }));
+        return;
+    }
+    let who = lease.map(|lease| format!("lease {lease}: ")).unwrap_or_default();
+    if barrier.open {
+        println!(
+            "{who}open (round {}); {} of {} parties yet to leave",
+            barrier.generation,
+            barrier.members.len(),
+            barrier.parties
+        );
+    } else if barrier.parties == 0 {
+        println!("{who}closed, nobody waiting; {} rounds so far", barrier.generation);
+    } else {
+        println!("{who}waiting: {} of {} parties entered", barrier.members.len(), barrier.parties);
+    }
+}
+
+pub async fn service(client: &Client, command: ServiceCommand, json: bool) -> anyhow::Result<()> {
+    let request = match command {
+        ServiceCommand::Register { service, instance, addr, tags, ttl, deregister_after, lease } => {
+            CoordRequest::ServiceRegister {
+                service: bytes(service),
+                instance: bytes(instance),
+                address: addr,
+                tags,
+                ttl_ms: ttl,
+                deregister_after_ms: deregister_after,
+                lease,
+            }
+        }
+        ServiceCommand::Heartbeat { service, instance } => {
+            CoordRequest::ServiceHeartbeat { service: bytes(service), instance: bytes(instance) }
+        }
+        ServiceCommand::Health { service, instance, status, note } => {
+            CoordRequest::ServiceHealth { service: bytes(service), instance: bytes(instance), health: status, note }
+        }
+        ServiceCommand::Discover { service, healthy } => {
+            CoordRequest::ServiceDiscover { service: bytes(service), passing_only: healthy }
+        }
+        ServiceCommand::Deregister { service, instance } => {
+            CoordRequest::ServiceDeregister { service: bytes(service), instance: bytes(instance) }
+        }
+    };
+    let deregistering = matches!(request, CoordRequest::ServiceDeregister { .. });
+    match client.coord(request).await? {
+        CoordResponse::Service { instance } if deregistering => {
+            if json {
+                print_json(&json!({"deregistered": instance_json(&instance)}));
+            } else {
+                println!("OK deregistered");
+            }
+        }
+        CoordResponse::Service { instance } => {
+            if json {
+                print_json(&instance_json(&instance));
+            } else {
+                print_instance(&instance);
+            }
+        }
+        CoordResponse::Services { instances } => {
+            if json {
+                print_json(&json!({"instances": instances.iter().map(instance_json).collect::<Vec<_>>()}));
+            } else {
+                instances.iter().for_each(print_instance);
+            }
+        }
+        other => return Err(unexpected(&other)),
+    }
+    Ok(())
+}
+
+fn instance_json(instance: &ServiceInstance) -> serde_json::Value {
+    json!({
+        "service": String::from_utf8_lossy(&instance.service),
+        "instance": String::from_utf8_lossy(&instance.instance),
+        "address": instance.address,
+        "tags": instance.tags,
+        "health": instance.health.as_str(),
+        "note": instance.note,
+        "ttl_ms": instance.ttl_ms,
+        "deregister_after_ms": instance.deregister_after_ms,
+        "lease": instance.lease,
+        "deadline_ms": instance.deadline_ms,
+    })
+}
+
+fn print_instance(instance: &ServiceInstance) {
+    let note = if instance.note.is_empty() { String::new() } else { format!(" ({})", instance.note) };
+    println!(
+        "{} {} {}{note} tags {:?}",
+        String::from_utf8_lossy(&instance.instance),
+        instance.address,
+        instance.health.as_str(),
+        instance.tags
+    );
 }
 
 pub async fn ratelimit(client: &Client, command: RateLimitCommand, json: bool) -> anyhow::Result<()> {

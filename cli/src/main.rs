@@ -4,6 +4,7 @@
 mod bench;
 mod coord;
 mod output;
+mod queue;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -71,6 +72,15 @@ enum Command {
     /// Gap-free sequences starting at 1.
     #[command(subcommand)]
     Sequence(coord::SequenceCommand),
+    /// Work queues: visibility timeouts, delivery tokens, dead letters, deduplication, FIFO groups.
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
+    /// Double barriers: open when every party entered, ready again when every party left.
+    #[command(subcommand)]
+    Barrier(coord::BarrierCommand),
+    /// Service registry with TTL health checks.
+    #[command(subcommand)]
+    Service(coord::ServiceCommand),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -304,6 +314,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ratelimit(command) => coord::ratelimit(&client, command, cli.json).await,
         Command::Election(command) => coord::election(&client, command, cli.json).await,
         Command::Sequence(command) => coord::sequence(&client, command, cli.json).await,
+        Command::Queue(command) => queue::queue(&client, command, cli.json).await,
+        Command::Barrier(command) => coord::barrier(&client, command, cli.json).await,
+        Command::Service(command) => coord::service(&client, command, cli.json).await,
         Command::Actors => {
             match client.cluster(ClusterRequest::Actors).await? {
                 ClusterResponse::Actors { actors } => {

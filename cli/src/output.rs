@@ -9,7 +9,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// A key or value as JSON: a string when it is UTF-8, else `{"base64": ...}`.
-fn bytes_json(bytes: &[u8]) -> Value {
+pub fn bytes_json(bytes: &[u8]) -> Value {
     match std::str::from_utf8(bytes) {
         Ok(text) => json!(text),
         Err(_) => json!({ "base64": data_encoding::BASE64.encode(bytes) }),

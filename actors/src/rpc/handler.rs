@@ -151,25 +151,11 @@ async fn execute(
             // Leases name no resource: they need access to every key (the empty prefix).
             let name = request.name().unwrap_or_default();
             authorise(claims, if request.is_write() { Access::KvWrite(name) } else { Access::KvRead(name) })?;
-            if !request.is_write() {
-                linearize(context).await?;
-                let reader = reader(context)?;
-                let result = tokio::task::spawn_blocking(move || reader.read_coord(&request))
-                    .await
-                    .map_err(|error| WireError::internal(format!("read task failed: {error}")))?;
-                return match result {
-                    Ok(result) => result.map(Response::Coord),
-                    Err(fault) => Err(WireError::internal(fault.to_string())),
-                };
-            }
             if request.wait_ms() > 0 {
                 let wait = Duration::from_millis(u64::from(request.wait_ms())).min(timeout);
-                return acquire_waiting(context, request, wait).await.map(Response::Coord);
+                return serve_waiting(context, request, wait).await.map(Response::Coord);
             }
-            match propose(context, Command::Coord(request.without_wait()), timeout).await? {
-                CommandOutput::Coord(response) => Ok(Response::Coord(response)),
-                other => Err(WireError::internal(format!("a coordination write produced {other:?}"))),
-            }
+            coord_once(context, &request, timeout).await.map(Response::Coord)
         }
         Request::Cluster(request) => {
             let response = match request {
@@ -266,15 +252,46 @@ impl Drop for WaiterSlot {
     }
 }
 
-/// Runs an acquisition (lock, read-write lock, semaphore), parking the request while the resource is taken: every
-/// release of it on the commit stream (a client's release, a revoked or lapsed lease) wakes the waiter for another
-/// attempt, until it wins or `wait` passes. The client never polls; the answer after the wait is the last `CONFLICT`.
-async fn acquire_waiting(
+/// Serves a coordination request once: a write through the log, a read linearizably from the applied state.
+async fn coord_once(
+    context: &RpcContext,
+    request: &CoordRequest,
+    timeout: Duration,
+) -> Result<CoordResponse, WireError> {
+    if !request.is_write() {
+        linearize(context).await?;
+        let reader = reader(context)?;
+        let request = request.clone();
+        let result = tokio::task::spawn_blocking(move || reader.read_coord(&request))
+            .await
+            .map_err(|error| WireError::internal(format!("read task failed: {error}")))?;
+        return result.map_err(|fault| WireError::internal(fault.to_string()))?;
+    }
+    match propose(context, Command::Coord(request.without_wait()), timeout).await? {
+        CommandOutput::Coord(response) => Ok(response),
+        other => Err(WireError::internal(format!("a coordination write produced {other:?}"))),
+    }
+}
+
+/// Serves a request that may be parked (an acquisition, a dequeue, a barrier enter, an election observation) while
+/// what it waits for is not there (the answer is `CONFLICT`, or one that does not [satisfy](CoordRequest::satisfied_by)
+/// it): every event on the commit stream that may have brought it (a release, an enqueue, a barrier opening, a new
+/// leader) wakes the waiter for another attempt, until it is satisfied or `wait` passes. The client never polls; the
+/// answer after the wait is the last one.
+async fn serve_waiting(
     context: &RpcContext,
     request: CoordRequest,
     wait: Duration,
 ) -> Result<CoordResponse, WireError> {
     let deadline = tokio::time::Instant::now() + wait;
+    let attempt = |remaining: Duration| coord_once(context, &request, remaining);
+    // A dequeue first tries at once, beside any parked consumers: while the queue has messages nobody waits.
+    if matches!(request, CoordRequest::QueueDequeue { .. }) {
+        let response = attempt(wait).await?;
+        if request.satisfied_by(&response) {
+            return Ok(response);
+        }
+    }
     let slot = WaiterSlot::take(context, request.name().unwrap_or_default())?;
     let subscribe = || {
         context
@@ -283,26 +300,33 @@ async fn acquire_waiting(
             .map(|stores| stores.state_machine.subscribe())
             .ok_or_else(|| WireError::new(ErrorCode::Unavailable, "storage is not open"))
     };
-    let Ok(_turn) = tokio::time::timeout_at(deadline, slot.turnstile.lock()).await else {
-        return Err(WireError::new(
-            ErrorCode::Conflict,
-            format!("still taken after waiting {wait:?} behind earlier requests on this node"),
-        ));
+    let _turn = if request.takes_turns() {
+        match tokio::time::timeout_at(deadline, slot.turnstile.lock()).await {
+            Ok(turn) => Some(turn),
+            Err(_) => {
+                return Err(WireError::new(
+                    ErrorCode::Conflict,
+                    format!("still waiting after {wait:?} behind earlier requests on this node"),
+                ));
+            }
+        }
+    } else {
+        None
     };
     // Subscribed (once it is this request's turn) before the first attempt, so a release between the attempt and the
     // wait is not missed, and releases from before the turn are not replayed.
     let mut events = subscribe()?;
     loop {
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
-        let conflict = match propose(context, Command::Coord(request.without_wait()), remaining).await {
-            Ok(CommandOutput::Coord(response)) => return Ok(response),
-            Ok(other) => return Err(WireError::internal(format!("an acquisition produced {other:?}"))),
-            Err(error) if error.code == ErrorCode::Conflict => error,
+        let last = match attempt(remaining).await {
+            Ok(response) if request.satisfied_by(&response) => return Ok(response),
+            Ok(response) => Ok(response),
+            Err(error) if error.code == ErrorCode::Conflict => Err(error),
             Err(error) => return Err(error),
         };
         loop {
             match tokio::time::timeout_at(deadline, events.recv()).await {
-                Err(_) => return Err(conflict),
+                Err(_) => return last,
                 Ok(Ok(batch)) => {
                     if batch.iter().any(|event| request.woken_by(event)) {
                         break;

@@ -185,7 +185,7 @@ impl StateReader {
         let read = self.database.begin_read().map_err(fault)?;
         let tables =
             Tables { kv: Rows { table: () }, coord: read.open_table(COORD_TABLE).map_err(fault)?, events: Vec::new() };
-        coord::lease::next_deadline(&tables)
+        coord::next_deadline(&tables)
     }
 
     /// The store revision as last applied.

@@ -1,5 +1,6 @@
 //! Leases: a TTL that the holder keeps alive; when it lapses (judged against the log's clock) or is revoked, everything
-//! attached to it (locks now; keys, permits and registrations later) is released in the same entry.
+//! attached to it (keys, locks, read-write locks, semaphore permits, leaderships, barrier places and service
+//! registrations) is released in the same entry.
 
 use std::ops::ControlFlow;
 
@@ -42,6 +43,12 @@ pub struct LeaseInfo {
     /// Elections the lease leads.
     #[serde(default)]
     pub elections: Vec<Bytes>,
+    /// Barriers the lease is in.
+    #[serde(default)]
+    pub barriers: Vec<Bytes>,
+    /// Service registrations tied to the lease.
+    #[serde(default)]
+    pub services: Vec<super::service::ServiceRef>,
 }
 
 pub(crate) fn validate_ttl(ttl_ms: u64) -> Result<(), WireError> {
@@ -96,6 +103,8 @@ pub(crate) fn grant(
         semaphores: Vec::new(),
         rwlocks: Vec::new(),
         elections: Vec::new(),
+        barriers: Vec::new(),
+        services: Vec::new(),
     };
     save_lease(store, &lease)?;
     store.coord_put(&expiry_key(lease.deadline_ms, id), &[])?;
@@ -134,6 +143,12 @@ pub(crate) fn revoke(
     }
     for name in &lease.elections {
         super::election::resign_by_lease(store, name, lease.id)?;
+    }
+    for name in &lease.barriers {
+        super::barrier::leave_by_lease(store, name, lease.id)?;
+    }
+    for reference in &lease.services {
+        super::service::remove_by_lease(store, reference)?;
     }
     let mut deleted = false;
     for key in &lease.keys {
@@ -179,6 +194,7 @@ pub(crate) enum Held {
     RwLock,
     Semaphore,
     Election,
+    Barrier,
 }
 
 /// Removes `name` from the things of `kind` lease `id` holds (after the primitive itself let go of it).
@@ -189,14 +205,21 @@ pub(crate) fn forget(store: &mut impl CoordWrite, id: u64, kind: Held, name: &[u
         Held::RwLock => &mut lease.rwlocks,
         Held::Semaphore => &mut lease.semaphores,
         Held::Election => &mut lease.elections,
+        Held::Barrier => &mut lease.barriers,
     };
     list.retain(|held| held.as_slice() != name);
     save_lease(store, &lease)
 }
 
-/// Locks, keys and semaphores a lease holds.
+/// Everything a lease holds.
 pub(crate) fn attachments(lease: &LeaseInfo) -> usize {
-    lease.locks.len() + lease.keys.len() + lease.semaphores.len() + lease.rwlocks.len() + lease.elections.len()
+    lease.locks.len()
+        + lease.keys.len()
+        + lease.semaphores.len()
+        + lease.rwlocks.len()
+        + lease.elections.len()
+        + lease.barriers.len()
+        + lease.services.len()
 }
 
 /// Ties `key` to lease `id` (checked by [`check_attachable`] first).
@@ -249,8 +272,8 @@ pub(crate) fn expire_due(
     Ok(expired)
 }
 
-/// The earliest lease deadline, if any lease exists: the leader proposes a tick once its clock passes it.
-pub fn next_deadline(store: &impl CoordRead) -> Result<Option<u64>, StorageFault> {
+/// The earliest lease deadline, if any lease exists.
+pub(crate) fn next_deadline(store: &impl CoordRead) -> Result<Option<u64>, StorageFault> {
     let mut next = None;
     store.coord_scan(keys::EXPIRY, &mut |key, _| {
         next = be_u64(key.get(keys::EXPIRY.len()..keys::EXPIRY.len() + 8));

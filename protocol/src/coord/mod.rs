@@ -1,23 +1,29 @@
-//! Coordination primitives inside the replicated state machine: leases, locks with fencing tokens, counters and
-//! sequences. One module per primitive, each a pure function of the coordination rows and the proposal's clock.
+//! Coordination primitives inside the replicated state machine: leases, locks with fencing tokens, read-write locks,
+//! semaphores, elections, rate limits, counters, sequences, queues, barriers and a service registry. One module per
+//! primitive, each a pure function of the coordination rows and the proposal's clock.
 //!
 //! **Time comes from the log.** Every proposal carries its leader's timestamp; the state machine keeps the largest one
 //! it has applied ([`advance_clock`]) so time never runs backwards across leaders, and judges every TTL against it.
 //! Before the commands of a proposal run, every lease whose deadline has passed is revoked ([`expire_due`]); the leader
 //! proposes an empty [`CoordRequest::Tick`] when a deadline passes on a quiet cluster, so expiry never waits for
-//! traffic. No replica reads its own clock while applying.
+//! traffic. The same goes for the other deadlines (queue visibility, deduplication windows, service TTLs), which run
+//! on [timers](timer) of the log clock. No replica reads its own clock while applying.
 //!
-//! **Fencing.** Every lock acquisition returns a token one larger than any token that lock gave before; a token is never
-//! reused, even after the lock's lease expires.
+//! **Fencing.** Every acquisition (lock, read-write lock, semaphore permit, leadership, queue delivery) returns a token
+//! larger than any token that resource gave before; a token is never reused, even after the holder's lease expires.
 
+pub mod barrier;
 pub mod counter;
 pub mod election;
 pub mod lease;
 pub mod lock;
+pub mod queue;
 pub mod ratelimit;
 pub mod rwlock;
 pub mod semaphore;
 pub mod sequence;
+pub mod service;
+pub mod timer;
 
 use std::ops::ControlFlow;
 
@@ -29,13 +35,16 @@ use crate::kv::Bytes;
 use crate::limits::KEY_SIZE_BYTES_MAX;
 use crate::state_machine::{KvWrite, StorageFault};
 
+pub use barrier::BarrierInfo;
 pub use counter::CounterValue;
 pub use election::ElectionInfo;
 pub use lease::LeaseInfo;
 pub use lock::LockInfo;
+pub use queue::{MessageState, QueueInfo, QueueMessage};
 pub use ratelimit::RateLimitInfo;
 pub use rwlock::{RwLockInfo, RwMode};
 pub use semaphore::SemaphoreInfo;
+pub use service::{Health, ServiceInstance, ServiceRef};
 
 /// Called with each row of a scan (key, value); breaks to stop.
 pub type RowVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'a;
@@ -117,6 +126,62 @@ pub enum CoordEvent {
     SequenceAdvanced {
         name: Bytes,
         next: u64,
+    },
+    QueueEnqueued {
+        name: Bytes,
+        id: u64,
+    },
+    QueueDelivered {
+        name: Bytes,
+        id: u64,
+        token: u64,
+        delivery: u32,
+    },
+    QueueAcked {
+        name: Bytes,
+        id: u64,
+        token: u64,
+    },
+    /// A delivery ended unacked (nacked or timed out) and the message is back in the queue.
+    QueueReturned {
+        name: Bytes,
+        id: u64,
+        token: u64,
+    },
+    QueueDeadLettered {
+        name: Bytes,
+        id: u64,
+        deliveries: u32,
+    },
+    QueueRedriven {
+        name: Bytes,
+        count: u32,
+    },
+    QueueDeleted {
+        name: Bytes,
+    },
+    /// Every party entered: round `generation` is open.
+    BarrierOpened {
+        name: Bytes,
+        generation: u64,
+    },
+    /// Every party of round `generation` left.
+    BarrierClosed {
+        name: Bytes,
+        generation: u64,
+    },
+    ServiceRegistered {
+        service: Bytes,
+        instance: Bytes,
+    },
+    ServiceHealthChanged {
+        service: Bytes,
+        instance: Bytes,
+        health: Health,
+    },
+    ServiceDeregistered {
+        service: Bytes,
+        instance: Bytes,
     },
 }
 
@@ -261,6 +326,131 @@ pub enum CoordRequest {
         name: Bytes,
         count: u32,
     },
+    /// Answers the election once it differs from what the observer saw last (`last_token`, and whether someone
+    /// `leading`): at once if it already does, otherwise parked by the node for up to `wait_ms`. A read.
+    ElectionObserve {
+        name: Bytes,
+        last_token: u64,
+        leading: bool,
+        #[serde(default)]
+        wait_ms: u32,
+    },
+    /// Creates a queue (or answers the existing one if its configuration is the same).
+    QueueCreate {
+        name: Bytes,
+        visibility_ms: u64,
+        max_deliveries: u32,
+    },
+    /// Appends a message; a `dedup_id` seen in the deduplication window answers the first message instead; messages of
+    /// one `group` are delivered one at a time, in order.
+    QueueEnqueue {
+        name: Bytes,
+        body: Bytes,
+        dedup_id: Option<Bytes>,
+        group: Option<Bytes>,
+    },
+    /// Delivers up to `count` ready messages for `visibility_ms` (0: the queue's own), each with a new delivery
+    /// token. With `wait_ms` the node parks the request while the queue has nothing ready.
+    QueueDequeue {
+        name: Bytes,
+        count: u32,
+        visibility_ms: u64,
+        /// Who took the messages (shown by `peek`/status); any label, may be empty.
+        consumer: Bytes,
+        #[serde(default)]
+        wait_ms: u32,
+    },
+    /// Ends delivery `token` of message `id` successfully: the message is gone.
+    QueueAck {
+        name: Bytes,
+        id: u64,
+        token: u64,
+    },
+    /// Ends delivery `token` of message `id` unsuccessfully: it is ready again (or dead after its last delivery).
+    QueueNack {
+        name: Bytes,
+        id: u64,
+        token: u64,
+    },
+    /// Keeps message `id` with delivery `token` for `visibility_ms` (0: the queue's own) from now.
+    QueueExtend {
+        name: Bytes,
+        id: u64,
+        token: u64,
+        visibility_ms: u64,
+    },
+    /// The first `count` ready messages, without delivering them.
+    QueuePeek {
+        name: Bytes,
+        count: u32,
+    },
+    /// The first `count` dead letters.
+    QueueDeadLetters {
+        name: Bytes,
+        count: u32,
+    },
+    /// Returns up to `count` dead letters to the queue, their delivery counts reset.
+    QueueRedrive {
+        name: Bytes,
+        count: u32,
+    },
+    QueueGet {
+        name: Bytes,
+    },
+    /// Deletes the queue and every message in it.
+    QueueDelete {
+        name: Bytes,
+    },
+    /// Every queue (at most [`QUEUE_LIST_COUNT_MAX`](queue::QUEUE_LIST_COUNT_MAX)).
+    QueueList,
+    /// Enters `lease` into barrier `name` of `parties`; the answer says whether the round is open. With `wait_ms` the
+    /// node parks the request until it opens.
+    BarrierEnter {
+        name: Bytes,
+        lease: u64,
+        parties: u32,
+        #[serde(default)]
+        wait_ms: u32,
+    },
+    BarrierLeave {
+        name: Bytes,
+        lease: u64,
+    },
+    BarrierGet {
+        name: Bytes,
+    },
+    /// Registers (or re-registers) `instance` of `service`, passing, with a TTL; tied to `lease` if given.
+    ServiceRegister {
+        service: Bytes,
+        instance: Bytes,
+        address: String,
+        tags: Vec<String>,
+        ttl_ms: u64,
+        /// How long the instance stays listed (critical) after its TTL passes without a heartbeat.
+        deregister_after_ms: u64,
+        lease: Option<u64>,
+    },
+    /// Restarts the instance's TTL and makes it passing.
+    ServiceHeartbeat {
+        service: Bytes,
+        instance: Bytes,
+    },
+    /// Sets the instance's health and note (and restarts its TTL).
+    ServiceHealth {
+        service: Bytes,
+        instance: Bytes,
+        health: Health,
+        note: String,
+    },
+    ServiceDeregister {
+        service: Bytes,
+        instance: Bytes,
+    },
+    /// The service's instances, or only the passing ones.
+    ServiceDiscover {
+        service: Bytes,
+        passing_only: bool,
+    },
     /// Proposed by the leader when a lease deadline has passed: runs expiry, changes nothing else.
     Tick,
 }
@@ -302,6 +492,44 @@ pub enum CoordResponse {
         first: u64,
         count: u32,
     },
+    Queue {
+        queue: QueueInfo,
+    },
+    Queues {
+        queues: Vec<QueueInfo>,
+        truncated: bool,
+    },
+    Enqueued {
+        id: u64,
+        /// The deduplication id was seen before: `id` is the first message's, nothing was added.
+        duplicate: bool,
+    },
+    /// What a dequeue handed out (possibly nothing).
+    Delivered {
+        messages: Vec<QueueMessage>,
+    },
+    QueueMessage {
+        message: QueueMessage,
+    },
+    QueueMessages {
+        messages: Vec<QueueMessage>,
+        truncated: bool,
+    },
+    Acked {
+        id: u64,
+    },
+    Redriven {
+        count: u32,
+    },
+    Barrier {
+        barrier: BarrierInfo,
+    },
+    Service {
+        instance: ServiceInstance,
+    },
+    Services {
+        instances: Vec<ServiceInstance>,
+    },
     Ticked,
 }
 
@@ -326,6 +554,41 @@ impl CoordRequest {
             }
             CoordRequest::CounterCas { expected, value, .. } => counter::same_kind(expected, value),
             CoordRequest::SequenceNext { count, .. } => sequence::validate_count(*count),
+            CoordRequest::ElectionObserve { .. } => self.validate_wait(),
+            CoordRequest::QueueCreate { visibility_ms, max_deliveries, .. } => {
+                queue::validate_config(*visibility_ms, *max_deliveries)
+            }
+            CoordRequest::QueueEnqueue { body, dedup_id, group, .. } => {
+                queue::validate_body(body)?;
+                queue::validate_tag("deduplication id", dedup_id.as_deref().map(|id| id.as_slice()))?;
+                queue::validate_tag("group", group.as_deref().map(|group| group.as_slice()))
+            }
+            CoordRequest::QueueDequeue { count, visibility_ms, consumer, .. } => {
+                queue::validate_count(*count, queue::QUEUE_DEQUEUE_COUNT_MAX)?;
+                queue::validate_visibility_override(*visibility_ms)?;
+                if consumer.len() > queue::QUEUE_TAG_BYTES_MAX {
+                    return Err(WireError::too_large("consumer name is too long"));
+                }
+                self.validate_wait()
+            }
+            CoordRequest::QueueExtend { visibility_ms, .. } => queue::validate_visibility_override(*visibility_ms),
+            CoordRequest::QueuePeek { count, .. }
+            | CoordRequest::QueueDeadLetters { count, .. }
+            | CoordRequest::QueueRedrive { count, .. } => queue::validate_count(*count, queue::QUEUE_LIST_COUNT_MAX),
+            CoordRequest::BarrierEnter { parties, .. } => {
+                barrier::validate_parties(*parties)?;
+                self.validate_wait()
+            }
+            CoordRequest::ServiceRegister { instance, address, tags, ttl_ms, deregister_after_ms, .. } => {
+                service::validate_registration(instance, address, tags, *ttl_ms, *deregister_after_ms)
+            }
+            CoordRequest::ServiceHeartbeat { instance, .. } | CoordRequest::ServiceDeregister { instance, .. } => {
+                service::validate_instance(instance)
+            }
+            CoordRequest::ServiceHealth { instance, note, .. } => {
+                service::validate_instance(instance)?;
+                service::validate_field("note", note.as_bytes())
+            }
             _ => Ok(()),
         }
     }
@@ -337,14 +600,37 @@ impl CoordRequest {
         Ok(())
     }
 
-    /// How long the node may park this acquisition while the resource is taken (0 for everything else).
+    /// How long the node may park this request while what it waits for is not there (0 for everything else).
     pub fn wait_ms(&self) -> u32 {
         match self {
             CoordRequest::LockAcquire { wait_ms, .. }
             | CoordRequest::RwLockAcquire { wait_ms, .. }
             | CoordRequest::ElectionCampaign { wait_ms, .. }
-            | CoordRequest::SemaphoreAcquire { wait_ms, .. } => *wait_ms,
+            | CoordRequest::SemaphoreAcquire { wait_ms, .. }
+            | CoordRequest::ElectionObserve { wait_ms, .. }
+            | CoordRequest::QueueDequeue { wait_ms, .. }
+            | CoordRequest::BarrierEnter { wait_ms, .. } => *wait_ms,
             _ => 0,
+        }
+    }
+
+    /// Whether parked requests of one resource on one node take turns, first come first served: acquisitions and
+    /// dequeues do (one release or message wakes one of them); barrier parties and election observers do not (they
+    /// all wait for the same thing, and a barrier's parties must each get to enter).
+    pub fn takes_turns(&self) -> bool {
+        !matches!(self, CoordRequest::BarrierEnter { .. } | CoordRequest::ElectionObserve { .. })
+    }
+
+    /// Whether a successful answer ends a parked wait: a dequeue that got nothing, an enter of a barrier that has not
+    /// opened and an observation of an unchanged election wait on.
+    pub fn satisfied_by(&self, response: &CoordResponse) -> bool {
+        match (self, response) {
+            (CoordRequest::QueueDequeue { .. }, CoordResponse::Delivered { messages }) => !messages.is_empty(),
+            (CoordRequest::BarrierEnter { .. }, CoordResponse::Barrier { barrier }) => barrier.open,
+            (CoordRequest::ElectionObserve { last_token, leading, .. }, CoordResponse::Election { election }) => {
+                election.last_token != *last_token || election.leader.is_some() != *leading
+            }
+            _ => true,
         }
     }
 
@@ -354,22 +640,34 @@ impl CoordRequest {
         if let CoordRequest::LockAcquire { wait_ms, .. }
         | CoordRequest::RwLockAcquire { wait_ms, .. }
         | CoordRequest::ElectionCampaign { wait_ms, .. }
-        | CoordRequest::SemaphoreAcquire { wait_ms, .. } = &mut request
+        | CoordRequest::SemaphoreAcquire { wait_ms, .. }
+        | CoordRequest::ElectionObserve { wait_ms, .. }
+        | CoordRequest::QueueDequeue { wait_ms, .. }
+        | CoordRequest::BarrierEnter { wait_ms, .. } = &mut request
         {
             *wait_ms = 0;
         }
         request
     }
 
-    /// Whether `event` may have freed what this parked acquisition waits for, so it should try again.
+    /// Whether `event` may have brought what this parked request waits for, so it should try again.
     pub fn woken_by(&self, event: &CoordEvent) -> bool {
         match (self, event) {
             (CoordRequest::LockAcquire { name, .. }, CoordEvent::LockReleased { name: freed, .. })
             | (CoordRequest::RwLockAcquire { name, .. }, CoordEvent::RwLockReleased { name: freed, .. })
             | (CoordRequest::ElectionCampaign { name, .. }, CoordEvent::LeaderResigned { name: freed, .. })
-            | (CoordRequest::SemaphoreAcquire { name, .. }, CoordEvent::SemaphoreReleased { name: freed, .. }) => {
-                name == freed
-            }
+            | (CoordRequest::SemaphoreAcquire { name, .. }, CoordEvent::SemaphoreReleased { name: freed, .. })
+            | (CoordRequest::ElectionObserve { name, .. }, CoordEvent::LeaderElected { name: freed, .. })
+            | (CoordRequest::ElectionObserve { name, .. }, CoordEvent::LeaderResigned { name: freed, .. })
+            | (CoordRequest::BarrierEnter { name, .. }, CoordEvent::BarrierOpened { name: freed, .. })
+            | (CoordRequest::BarrierEnter { name, .. }, CoordEvent::BarrierClosed { name: freed, .. })
+            // A message becomes ready when enqueued or returned, and when one before it in its group is done.
+            | (CoordRequest::QueueDequeue { name, .. }, CoordEvent::QueueEnqueued { name: freed, .. })
+            | (CoordRequest::QueueDequeue { name, .. }, CoordEvent::QueueReturned { name: freed, .. })
+            | (CoordRequest::QueueDequeue { name, .. }, CoordEvent::QueueAcked { name: freed, .. })
+            | (CoordRequest::QueueDequeue { name, .. }, CoordEvent::QueueDeadLettered { name: freed, .. })
+            | (CoordRequest::QueueDequeue { name, .. }, CoordEvent::QueueRedriven { name: freed, .. })
+            | (CoordRequest::QueueDequeue { name, .. }, CoordEvent::QueueDeleted { name: freed }) => name == freed,
             _ => false,
         }
     }
@@ -386,6 +684,13 @@ impl CoordRequest {
                 | CoordRequest::RateLimitGet { .. }
                 | CoordRequest::ElectionGet { .. }
                 | CoordRequest::CounterGet { .. }
+                | CoordRequest::ElectionObserve { .. }
+                | CoordRequest::QueuePeek { .. }
+                | CoordRequest::QueueDeadLetters { .. }
+                | CoordRequest::QueueGet { .. }
+                | CoordRequest::QueueList
+                | CoordRequest::BarrierGet { .. }
+                | CoordRequest::ServiceDiscover { .. }
         )
     }
 
@@ -412,23 +717,59 @@ impl CoordRequest {
             | CoordRequest::CounterSet { name, .. }
             | CoordRequest::CounterCas { name, .. }
             | CoordRequest::CounterGet { name }
-            | CoordRequest::SequenceNext { name, .. } => Some(name),
+            | CoordRequest::SequenceNext { name, .. }
+            | CoordRequest::ElectionObserve { name, .. }
+            | CoordRequest::QueueCreate { name, .. }
+            | CoordRequest::QueueEnqueue { name, .. }
+            | CoordRequest::QueueDequeue { name, .. }
+            | CoordRequest::QueueAck { name, .. }
+            | CoordRequest::QueueNack { name, .. }
+            | CoordRequest::QueueExtend { name, .. }
+            | CoordRequest::QueuePeek { name, .. }
+            | CoordRequest::QueueDeadLetters { name, .. }
+            | CoordRequest::QueueRedrive { name, .. }
+            | CoordRequest::QueueGet { name }
+            | CoordRequest::QueueDelete { name }
+            | CoordRequest::BarrierEnter { name, .. }
+            | CoordRequest::BarrierLeave { name, .. }
+            | CoordRequest::BarrierGet { name }
+            | CoordRequest::ServiceRegister { service: name, .. }
+            | CoordRequest::ServiceHeartbeat { service: name, .. }
+            | CoordRequest::ServiceHealth { service: name, .. }
+            | CoordRequest::ServiceDeregister { service: name, .. }
+            | CoordRequest::ServiceDiscover { service: name, .. } => Some(name),
             CoordRequest::LeaseGrant { .. }
             | CoordRequest::LeaseKeepAlive { .. }
             | CoordRequest::LeaseRevoke { .. }
             | CoordRequest::LeaseGet { .. }
             | CoordRequest::LeaseList
+            | CoordRequest::QueueList
             | CoordRequest::Tick => None,
         }
     }
 
     /// Bytes the request weighs in a log entry.
     pub fn payload_bytes(&self) -> usize {
-        self.name().map_or(0, <[u8]>::len) + 32
+        let carried = match self {
+            CoordRequest::ElectionCampaign { value, .. } => value.len(),
+            CoordRequest::QueueEnqueue { body, dedup_id, group, .. } => {
+                body.len() + dedup_id.as_ref().map_or(0, |id| id.len()) + group.as_ref().map_or(0, |group| group.len())
+            }
+            CoordRequest::QueueDequeue { consumer, .. } => consumer.len(),
+            CoordRequest::ServiceRegister { instance, address, tags, .. } => {
+                instance.len() + address.len() + tags.iter().map(String::len).sum::<usize>()
+            }
+            CoordRequest::ServiceHeartbeat { instance, .. } | CoordRequest::ServiceDeregister { instance, .. } => {
+                instance.len()
+            }
+            CoordRequest::ServiceHealth { instance, note, .. } => instance.len() + note.len(),
+            _ => 0,
+        };
+        self.name().map_or(0, <[u8]>::len) + carried + 32
     }
 }
 
-/// Longest an acquisition (lock, read-write lock, semaphore) may wait (also bounded by the request's deadline).
+/// Longest a request may be parked (also bounded by the request's deadline).
 pub const LOCK_WAIT_MS_MAX: u32 = 5 * 60 * 1000;
 
 pub fn validate_name(name: &[u8]) -> Result<(), WireError> {
@@ -456,12 +797,41 @@ pub(crate) mod keys {
     pub const ELECTION: &[u8] = b"e/";
     /// KV key to the lease it is tied to.
     pub const KEY_LEASE: &[u8] = b"kl/";
+    /// Timers of the log clock: deadline, kind, subject (see [`super::timer`]).
+    pub const TIMER: &[u8] = b"w/";
+    pub const QUEUE: &[u8] = b"q/";
+    /// Rows of one queue are keyed by [`scoped`] queue name, then the message id.
+    pub const QUEUE_MESSAGE: &[u8] = b"qm/";
+    pub const QUEUE_READY: &[u8] = b"qr/";
+    pub const QUEUE_DEAD: &[u8] = b"qd/";
+    pub const QUEUE_GROUP: &[u8] = b"qg/";
+    pub const QUEUE_GROUP_WAITING: &[u8] = b"qw/";
+    pub const QUEUE_DEDUP: &[u8] = b"qu/";
+    pub const BARRIER: &[u8] = b"b/";
+    /// Registrations, keyed by [`scoped`] service name, then the instance.
+    pub const SERVICE: &[u8] = b"v/";
 
     pub fn with(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
         let mut key = Vec::with_capacity(prefix.len() + rest.len());
         key.extend_from_slice(prefix);
         key.extend_from_slice(rest);
         key
+    }
+
+    /// `prefix`, then `name` behind its length (two bytes, big-endian), so that the rows of one name are a prefix of
+    /// their own that no other name's rows start with. Names are at most 4 KiB, so the length always fits.
+    pub fn scoped(prefix: &[u8], name: &[u8]) -> Vec<u8> {
+        let mut key = Vec::with_capacity(prefix.len() + 2 + name.len() + 8);
+        key.extend_from_slice(prefix);
+        key.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        key.extend_from_slice(name);
+        key
+    }
+
+    /// Splits a [`scoped`] name off the front of `rest`, answering the name and what follows it.
+    pub fn unscope(rest: &[u8]) -> Option<(&[u8], &[u8])> {
+        let length = usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?));
+        Some((rest.get(2..2 + length)?, rest.get(2 + length..)?))
     }
 }
 
@@ -500,10 +870,23 @@ pub fn clock(store: &impl CoordRead) -> Result<u64, StorageFault> {
     }
 }
 
-/// Revokes every lease whose deadline is at or before `now` (at most
-/// [`EXPIRIES_PER_PROPOSAL_MAX`](lease::EXPIRIES_PER_PROPOSAL_MAX); the next proposal takes the rest).
-pub fn expire_due(tables: &mut (impl KvWrite + CoordWrite), revision: &mut u64, now: u64) -> Result<u32, StorageFault> {
-    lease::expire_due(tables, revision, now)
+/// Revokes every lease whose deadline is at or before `now` and fires every timer due by then (at most
+/// [`EXPIRIES_PER_PROPOSAL_MAX`](lease::EXPIRIES_PER_PROPOSAL_MAX) leases and
+/// [`TIMERS_PER_PROPOSAL_MAX`](timer::TIMERS_PER_PROPOSAL_MAX) timers; the next proposal takes the rest).
+pub fn expire_due(tables: &mut (impl KvWrite + CoordWrite), revision: &mut u64, now: u64) -> Result<(), StorageFault> {
+    lease::expire_due(tables, revision, now)?;
+    timer::fire_due(tables, now)?;
+    Ok(())
+}
+
+/// The earliest deadline of a lease or timer: the leader proposes a tick once its clock passes it.
+pub fn next_deadline(store: &impl CoordRead) -> Result<Option<u64>, StorageFault> {
+    let lease = lease::next_deadline(store)?;
+    let timer = timer::next_deadline(store)?;
+    Ok(match (lease, timer) {
+        (Some(lease), Some(timer)) => Some(lease.min(timer)),
+        (one, other) => one.or(other),
+    })
 }
 
 /// Applies one coordination command at time `now`. Errors that are the caller's (unknown lease, held lock, overflow)
@@ -542,6 +925,37 @@ pub fn apply(
         CoordRequest::CounterSet { name, value } => counter::set(store, name, value),
         CoordRequest::CounterCas { name, expected, value } => counter::cas(store, name, expected, value),
         CoordRequest::SequenceNext { name, count } => sequence::next(store, name, *count),
+        CoordRequest::QueueCreate { name, visibility_ms, max_deliveries } => {
+            queue::create(store, now, name, *visibility_ms, *max_deliveries)
+        }
+        CoordRequest::QueueEnqueue { name, body, dedup_id, group } => queue::enqueue(
+            store,
+            now,
+            name,
+            body,
+            dedup_id.as_deref().map(|id| id.as_slice()),
+            group.as_deref().map(|group| group.as_slice()),
+        ),
+        CoordRequest::QueueDequeue { name, count, visibility_ms, consumer, .. } => {
+            queue::dequeue(store, now, name, *count, *visibility_ms, consumer)
+        }
+        CoordRequest::QueueAck { name, id, token } => queue::ack(store, name, *id, *token),
+        CoordRequest::QueueNack { name, id, token } => queue::nack(store, name, *id, *token),
+        CoordRequest::QueueExtend { name, id, token, visibility_ms } => {
+            queue::extend(store, now, name, *id, *token, *visibility_ms)
+        }
+        CoordRequest::QueueRedrive { name, count } => queue::redrive(store, name, *count),
+        CoordRequest::QueueDelete { name } => queue::delete(store, name),
+        CoordRequest::BarrierEnter { name, lease, parties, .. } => barrier::enter(store, name, *lease, *parties),
+        CoordRequest::BarrierLeave { name, lease } => barrier::leave(store, name, *lease),
+        CoordRequest::ServiceRegister { service, instance, address, tags, ttl_ms, deregister_after_ms, lease } => {
+            service::register(store, now, service, instance, address, tags, *ttl_ms, *deregister_after_ms, *lease)
+        }
+        CoordRequest::ServiceHeartbeat { service, instance } => service::heartbeat(store, now, service, instance, None),
+        CoordRequest::ServiceHealth { service, instance, health, note } => {
+            service::heartbeat(store, now, service, instance, Some((*health, note)))
+        }
+        CoordRequest::ServiceDeregister { service, instance } => service::deregister(store, service, instance),
         CoordRequest::Tick => Ok(Ok(CoordResponse::Ticked)),
         CoordRequest::LeaseGet { .. }
         | CoordRequest::LeaseList
@@ -550,7 +964,14 @@ pub fn apply(
         | CoordRequest::RwLockGet { .. }
         | CoordRequest::RateLimitGet { .. }
         | CoordRequest::ElectionGet { .. }
-        | CoordRequest::CounterGet { .. } => read(store, request),
+        | CoordRequest::CounterGet { .. }
+        | CoordRequest::ElectionObserve { .. }
+        | CoordRequest::QueuePeek { .. }
+        | CoordRequest::QueueDeadLetters { .. }
+        | CoordRequest::QueueGet { .. }
+        | CoordRequest::QueueList
+        | CoordRequest::BarrierGet { .. }
+        | CoordRequest::ServiceDiscover { .. } => read(store, request),
     }
 }
 
@@ -566,11 +987,20 @@ pub fn read(store: &impl CoordRead, request: &CoordRequest) -> Result<Result<Coo
         CoordRequest::SemaphoreGet { name } => semaphore::get(store, name),
         CoordRequest::RwLockGet { name } => rwlock::get(store, name),
         CoordRequest::RateLimitGet { name } => ratelimit::get(store, name),
-        CoordRequest::ElectionGet { name } => election::get(store, name),
+        CoordRequest::ElectionGet { name } | CoordRequest::ElectionObserve { name, .. } => election::get(store, name),
         CoordRequest::CounterGet { name } => counter::get(store, name),
+        CoordRequest::QueuePeek { name, count } => queue::list_messages(store, name, *count, false),
+        CoordRequest::QueueDeadLetters { name, count } => queue::list_messages(store, name, *count, true),
+        CoordRequest::QueueGet { name } => queue::get(store, name),
+        CoordRequest::QueueList => queue::list(store),
+        CoordRequest::BarrierGet { name } => barrier::get(store, name),
+        CoordRequest::ServiceDiscover { service, passing_only } => service::discover(store, service, *passing_only),
         _ => Ok(Err(WireError::invalid("not a read request"))),
     }
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod queue_tests;

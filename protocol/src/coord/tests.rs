@@ -11,7 +11,7 @@ use crate::memory_tables::MemoryTables;
 use crate::state_machine::apply_proposal;
 
 /// Applies one command in its own proposal stamped `stamp_ms`.
-fn run(tables: &mut MemoryTables, stamp_ms: u64, request: CoordRequest) -> Result<CoordResponse, WireError> {
+pub(super) fn run(tables: &mut MemoryTables, stamp_ms: u64, request: CoordRequest) -> Result<CoordResponse, WireError> {
     let proposal = Proposal { stamp_ms, commands: vec![Command::Coord(request)] };
     let mut outcome = apply_proposal(tables, &mut 0, &proposal).expect("memory tables never fault");
     outcome.results.remove(0).map(|output| match output {
@@ -20,7 +20,7 @@ fn run(tables: &mut MemoryTables, stamp_ms: u64, request: CoordRequest) -> Resul
     })
 }
 
-fn grant(tables: &mut MemoryTables, now: u64, ttl_ms: u64) -> u64 {
+pub(super) fn grant(tables: &mut MemoryTables, now: u64, ttl_ms: u64) -> u64 {
     match run(tables, now, CoordRequest::LeaseGrant { ttl_ms }).unwrap() {
         CoordResponse::Lease { lease } => lease.id,
         other => panic!("unexpected {other:?}"),
