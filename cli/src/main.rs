@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use pando_client::pando_protocol::cluster::{ClusterRequest, ClusterResponse, MemberNode};
 use pando_client::pando_protocol::error::{ErrorCode, ErrorDetail, WireError};
-use pando_client::pando_protocol::kv::{Compare, CompareOp, CompareTarget, Consistency, TxnOp, WriteOp};
+use pando_client::pando_protocol::kv::{Compare, CompareOp, CompareTarget, Consistency, FenceKind, TxnOp, WriteOp};
 use pando_client::{Client, ClientError, ClientOptions};
 use serde_json::json;
 
@@ -112,9 +112,11 @@ enum KvCommand {
         value: Option<String>,
         #[arg(long, conflicts_with = "value")]
         file: Option<PathBuf>,
-        /// Write only while lock NAME is still held with TOKEN (`NAME=TOKEN`, from `pando lock acquire`).
+        /// Write only while TOKEN is still current: `NAME=TOKEN` for a lock (from `pando lock acquire`), or
+        /// `rwlock:NAME=TOKEN` (the write hold), `semaphore:NAME=TOKEN`, `election:NAME=TOKEN`, `queue:NAME#ID=TOKEN`
+        /// (a delivery of message ID).
         #[arg(long, value_parser = parse_fence, conflicts_with = "lease")]
-        fence: Option<(String, u64)>,
+        fence: Option<Fence>,
         /// Tie the key to a lease (`pando lease grant`): it is deleted when the lease ends.
         #[arg(long)]
         lease: Option<u64>,
@@ -122,9 +124,9 @@ enum KvCommand {
     /// Delete a key.
     Delete {
         key: String,
-        /// Delete only while lock NAME is still held with TOKEN (`NAME=TOKEN`).
+        /// Delete only while TOKEN is still current (as for `kv set --fence`).
         #[arg(long, value_parser = parse_fence)]
-        fence: Option<(String, u64)>,
+        fence: Option<Fence>,
     },
     /// Compare-and-swap: set --value only if the current value is --expect (or the key is absent with --expect-absent).
     Cas {
@@ -210,28 +212,51 @@ enum ClusterCommand {
     Mesh,
 }
 
-/// `NAME=TOKEN` of a fencing condition.
-fn parse_fence(text: &str) -> Result<(String, u64), String> {
-    let (name, token) = text.rsplit_once('=').ok_or_else(|| format!("`{text}` is not NAME=TOKEN"))?;
-    let token = token.parse().map_err(|_| format!("`{token}` is not a fencing token"))?;
-    if name.is_empty() {
-        return Err("the lock name is empty".into());
-    }
-    Ok((name.to_string(), token))
+/// A fencing condition: `token` must still be current at resource `name` of `kind`.
+#[derive(Clone, Debug)]
+struct Fence {
+    name: String,
+    kind: FenceKind,
+    token: u64,
 }
 
-/// Runs `op` only while lock `name` is held with `token`: a one-compare transaction. A lost lock is a `CONFLICT`.
-async fn fenced(client: &Client, (name, token): (String, u64), op: TxnOp) -> anyhow::Result<u64> {
+/// `[KIND:]NAME=TOKEN` (KIND: lock, the default, rwlock, semaphore, election, queue with NAME `QUEUE#ID`).
+fn parse_fence(text: &str) -> Result<Fence, String> {
+    let (resource, token) = text.rsplit_once('=').ok_or_else(|| format!("`{text}` is not [KIND:]NAME=TOKEN"))?;
+    let token = token.parse().map_err(|_| format!("`{token}` is not a fencing token"))?;
+    let (kind, name) = match resource.split_once(':') {
+        Some(("lock", name)) => (FenceKind::Lock, name),
+        Some(("rwlock", name)) => (FenceKind::RwLock, name),
+        Some(("semaphore", name)) => (FenceKind::Semaphore, name),
+        Some(("election", name)) => (FenceKind::Election, name),
+        Some(("queue", message)) => {
+            let (queue, id) = message.rsplit_once('#').ok_or_else(|| format!("`{message}` is not QUEUE#ID"))?;
+            let id = id.parse().map_err(|_| format!("`{id}` is not a message id"))?;
+            (FenceKind::QueueMessage(id), queue)
+        }
+        _ => (FenceKind::Lock, resource),
+    };
+    if name.is_empty() {
+        return Err("the fencing resource's name is empty".into());
+    }
+    Ok(Fence { name: name.to_string(), kind, token })
+}
+
+/// Runs `op` only while the fence's token is current: a one-compare transaction. A lost hold is a `CONFLICT`.
+async fn fenced(client: &Client, fence: Fence, op: TxnOp) -> anyhow::Result<u64> {
     let compare = Compare {
-        key: name.clone().into_bytes().into(),
+        key: fence.name.clone().into_bytes().into(),
         op: CompareOp::Equal,
-        target: CompareTarget::LockToken(token),
+        target: CompareTarget::Fence { kind: fence.kind, token: fence.token },
     };
     let (succeeded, revision, _) = client.txn(vec![compare], vec![op], Vec::new()).await?;
     if !succeeded {
         return Err(ClientError::Wire(WireError::new(
             ErrorCode::Conflict,
-            format!("fencing token {token} is no longer current for lock `{name}`; nothing was written"),
+            format!(
+                "fencing token {} is no longer current for {:?} `{}`; nothing was written",
+                fence.token, fence.kind, fence.name
+            ),
         ))
         .into());
     }

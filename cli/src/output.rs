@@ -1,7 +1,9 @@
 //! How the CLI shows entries and reads transactions: text is a presentation choice, bytes stay bytes.
 
 use anyhow::{Context, bail};
-use pando_client::pando_protocol::kv::{Bytes, Compare, CompareOp, CompareTarget, KvEntry, TxnOp, TxnOpResult};
+use pando_client::pando_protocol::kv::{
+    Bytes, Compare, CompareOp, CompareTarget, FenceKind, KvEntry, TxnOp, TxnOpResult,
+};
 use serde_json::{Value, json};
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -80,8 +82,20 @@ fn parse_compare(compare: &Value) -> anyhow::Result<Compare> {
         CompareTarget::CreateRevision(revision?)
     } else if let Some(token) = number("lock_token") {
         CompareTarget::LockToken(token?)
+    } else if let Some(token) = number("rwlock_token") {
+        CompareTarget::Fence { kind: FenceKind::RwLock, token: token? }
+    } else if let Some(token) = number("semaphore_token") {
+        CompareTarget::Fence { kind: FenceKind::Semaphore, token: token? }
+    } else if let Some(token) = number("election_token") {
+        CompareTarget::Fence { kind: FenceKind::Election, token: token? }
+    } else if let Some(token) = number("delivery_token") {
+        let message = number("message").context("a delivery_token compare needs the message id in `message`")??;
+        CompareTarget::Fence { kind: FenceKind::QueueMessage(message), token: token? }
     } else {
-        bail!("a compare needs one of value, version, mod_revision, create_revision, lock_token");
+        bail!(
+            "a compare needs one of value, version, mod_revision, create_revision, lock_token, rwlock_token, \
+             semaphore_token, election_token, delivery_token (with message)"
+        );
     };
     Ok(Compare { key, op, target })
 }

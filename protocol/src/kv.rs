@@ -68,6 +68,26 @@ pub enum CompareTarget {
     /// A fencing condition: `key` names a lock, and its current token (0 when free) is compared. `Equal` with the token
     /// an acquisition returned means "only while that acquisition still holds the lock".
     LockToken(u64),
+    /// A fencing condition on any primitive that hands out tokens: `key` names the resource, and the compare holds
+    /// (`Equal`) while `token` is still current there: held by the lock's holder, the read-write lock's writer, one of
+    /// the semaphore's holders, the election's leader, or the queue message's current delivery. `NotEqual` holds when
+    /// it is not; ordering operators are refused.
+    Fence {
+        kind: FenceKind,
+        token: u64,
+    },
+}
+
+/// What a [`CompareTarget::Fence`] names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FenceKind {
+    Lock,
+    /// The write hold of a read-write lock.
+    RwLock,
+    Semaphore,
+    Election,
+    /// A delivery of message `id` of the queue the key names.
+    QueueMessage(u64),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -319,6 +339,11 @@ impl KvRequest {
                 let mut bytes = 0;
                 for compare in compares {
                     validate_key(&compare.key)?;
+                    if matches!(compare.target, CompareTarget::Fence { .. })
+                        && !matches!(compare.op, CompareOp::Equal | CompareOp::NotEqual)
+                    {
+                        return Err(WireError::invalid("a fencing condition compares with == or != only"));
+                    }
                     bytes += compare.key.len();
                     if let CompareTarget::Value(value) = &compare.target {
                         validate_value(value)?;

@@ -273,6 +273,14 @@ fn compares_hold(tables: &(impl KvRead + CoordRead), compares: &[Compare]) -> Re
                 let current = coord::lock::current_token(tables, &compare.key)?.unwrap_or(0);
                 ordering_holds(compare.op, current.cmp(&expected))
             }
+            CompareTarget::Fence { kind, token } => {
+                let current = coord::fence_holds(tables, &compare.key, kind, token)?;
+                match compare.op {
+                    CompareOp::Equal => current,
+                    CompareOp::NotEqual => !current,
+                    CompareOp::Less | CompareOp::Greater => false,
+                }
+            }
             _ => evaluate(&tables.get(&compare.key)?, compare),
         };
         if !holds {
@@ -295,7 +303,7 @@ fn ordering_holds(op: CompareOp, ordering: std::cmp::Ordering) -> bool {
 /// needs the coordination rows (see `compares_hold`).
 pub fn evaluate(row: &Option<StoredValue>, compare: &Compare) -> bool {
     let ordering = match (&compare.target, row) {
-        (CompareTarget::LockToken(_), _) => return false,
+        (CompareTarget::LockToken(_) | CompareTarget::Fence { .. }, _) => return false,
         (CompareTarget::Value(_), None) => return false,
         (CompareTarget::Value(expected), Some(row)) => row.value.as_slice().cmp(expected.as_slice()),
         (CompareTarget::Version(expected), row) => row.as_ref().map_or(0, |row| row.version).cmp(expected),

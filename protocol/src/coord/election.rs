@@ -109,6 +109,11 @@ pub(crate) fn resign_by_lease(store: &mut impl CoordWrite, name: &[u8], lease_id
     Ok(true)
 }
 
+/// The current leader's token, if someone leads.
+pub(crate) fn leader_token(store: &impl CoordRead, name: &[u8]) -> Result<Option<u64>, StorageFault> {
+    Ok(load_election(store, name)?.leader.map(|leader| leader.token))
+}
+
 pub(crate) fn get(store: &impl CoordRead, name: &[u8]) -> Result<Result<CoordResponse, WireError>, StorageFault> {
     Ok(Ok(CoordResponse::Election { election: load_election(store, name)? }))
 }

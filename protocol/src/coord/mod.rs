@@ -975,6 +975,23 @@ pub fn apply(
     }
 }
 
+/// Whether `token` is current at resource `name` of `kind`: the condition of a [`Fence`](crate::kv::CompareTarget::Fence).
+pub fn fence_holds(
+    store: &impl CoordRead,
+    name: &[u8],
+    kind: crate::kv::FenceKind,
+    token: u64,
+) -> Result<bool, StorageFault> {
+    use crate::kv::FenceKind;
+    Ok(match kind {
+        FenceKind::Lock => lock::current_token(store, name)? == Some(token),
+        FenceKind::RwLock => rwlock::write_token(store, name)? == Some(token),
+        FenceKind::Semaphore => semaphore::holds_token(store, name, token)?,
+        FenceKind::Election => election::leader_token(store, name)? == Some(token),
+        FenceKind::QueueMessage(id) => queue::delivery_token(store, name, id)? == Some(token),
+    })
+}
+
 /// Answers a read-only coordination request from the applied state.
 pub fn read(store: &impl CoordRead, request: &CoordRequest) -> Result<Result<CoordResponse, WireError>, StorageFault> {
     if let Err(error) = request.validate() {

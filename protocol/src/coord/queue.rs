@@ -440,7 +440,7 @@ fn current_delivery(
         _ => Ok(Err(WireError::new(
             ErrorCode::Conflict,
             format!(
-                "delivery {token} of message {id} is over (it was acked, nacked or timed out); the message is {}",
+                "delivery {token} of message {id} is not the current one (it was acked, nacked or timed out); the message is {}",
                 describe(&message.state)
             ),
         ))),
@@ -651,6 +651,11 @@ pub(crate) fn delete(
     store.coord_delete(&queue_key(name))?;
     store.emit(CoordEvent::QueueDeleted { name: event(name) });
     Ok(Ok(CoordResponse::Queue { queue }))
+}
+
+/// The token of message `id`'s current delivery, if it is in flight.
+pub(crate) fn delivery_token(store: &impl CoordRead, name: &[u8], id: u64) -> Result<Option<u64>, StorageFault> {
+    Ok(load_message(store, name, id)?.and_then(|message| message.token()))
 }
 
 pub(crate) fn get(store: &impl CoordRead, name: &[u8]) -> Result<Result<CoordResponse, WireError>, StorageFault> {

@@ -406,3 +406,81 @@ fn parked_requests_wake_on_their_own_events_and_are_satisfied_only_by_progress()
     assert!(!observe.is_write());
     assert!(!CoordRequest::BarrierEnter { name: bytes("b"), lease: 1, parties: 2, wait_ms: 1 }.takes_turns());
 }
+
+#[test]
+fn every_primitive_with_tokens_fences_writes() {
+    use crate::command::{Command, CommandOutput, Proposal};
+    use crate::kv::{Compare, CompareOp, CompareTarget, FenceKind, KvRequest, KvResponse, TxnOp};
+    use crate::state_machine::apply_proposal;
+    let write = |tables: &mut MemoryTables, name: &str, kind: FenceKind, token: u64| {
+        let txn = KvRequest::Txn {
+            compares: vec![Compare {
+                key: bytes(name),
+                op: CompareOp::Equal,
+                target: CompareTarget::Fence { kind, token },
+            }],
+            success: vec![TxnOp::Put { key: bytes("out"), value: bytes(format!("{kind:?} {token}")) }],
+            failure: Vec::new(),
+        };
+        let proposal = Proposal { stamp_ms: 10, commands: vec![Command::Kv(txn)] };
+        match apply_proposal(tables, &mut 0, &proposal).unwrap().results.remove(0).unwrap() {
+            CommandOutput::Kv(KvResponse::Txn { succeeded, .. }) => succeeded,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let mut tables = MemoryTables::default();
+    let lease = grant(&mut tables, 0, 60_000);
+    let acquisitions = [
+        (CoordRequest::LockAcquire { name: bytes("l"), lease, wait_ms: 0 }, "l", FenceKind::Lock),
+        (
+            CoordRequest::RwLockAcquire { name: bytes("r"), lease, mode: RwMode::Write, wait_ms: 0 },
+            "r",
+            FenceKind::RwLock,
+        ),
+        (
+            CoordRequest::SemaphoreAcquire { name: bytes("s"), lease, permits: 1, capacity: 2, wait_ms: 0 },
+            "s",
+            FenceKind::Semaphore,
+        ),
+        (
+            CoordRequest::ElectionCampaign { name: bytes("e"), lease, value: bytes("v"), wait_ms: 0 },
+            "e",
+            FenceKind::Election,
+        ),
+    ];
+    for (request, name, kind) in acquisitions {
+        let token = match run(&mut tables, 1, request).unwrap() {
+            CoordResponse::Lock { lock } => lock.holder.unwrap().token,
+            CoordResponse::RwLock { rwlock } => rwlock.writer.unwrap().token,
+            CoordResponse::Semaphore { semaphore } => semaphore.last_token,
+            CoordResponse::Election { election } => election.leader.unwrap().token,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert!(write(&mut tables, name, kind, token), "{kind:?} holder writes");
+        assert!(!write(&mut tables, name, kind, token + 1), "{kind:?}: a token never handed out is fenced off");
+    }
+    create(&mut tables, 1, 1_000, 5);
+    enqueue(&mut tables, 1, "m", None, None);
+    let delivery = dequeue(&mut tables, 2, 1).remove(0);
+    let kind = FenceKind::QueueMessage(delivery.id);
+    assert!(write(&mut tables, "work", kind, delivery.token().unwrap()));
+    // Every hold ends (the lease with the locks, the delivery by timing out): the same writes are fenced off.
+    run(&mut tables, 5_000, CoordRequest::LeaseRevoke { lease }).unwrap();
+    for (name, kind) in
+        [("l", FenceKind::Lock), ("r", FenceKind::RwLock), ("s", FenceKind::Semaphore), ("e", FenceKind::Election)]
+    {
+        assert!(!write(&mut tables, name, kind, 1), "{kind:?} after the lease ended");
+    }
+    assert!(!write(&mut tables, "work", kind, delivery.token().unwrap()), "a timed-out delivery is fenced off");
+    // Ordering operators make no sense for a fence and are refused.
+    let ordered = KvRequest::Txn {
+        compares: vec![Compare {
+            key: bytes("l"),
+            op: CompareOp::Greater,
+            target: CompareTarget::Fence { kind: FenceKind::Lock, token: 1 },
+        }],
+        success: Vec::new(),
+        failure: Vec::new(),
+    };
+    assert_eq!(ordered.validate().unwrap_err().code, ErrorCode::InvalidArgument);
+}

@@ -46,6 +46,11 @@ fn load_rwlock(store: &impl CoordRead, name: &[u8]) -> Result<RwLockInfo, Storag
         .unwrap_or_else(|| RwLockInfo { name: Bytes::from(name.to_vec()), ..RwLockInfo::default() }))
 }
 
+/// The token of the write hold, if someone holds it for writing.
+pub(crate) fn write_token(store: &impl CoordRead, name: &[u8]) -> Result<Option<u64>, StorageFault> {
+    Ok(load_rwlock(store, name)?.writer.map(|writer| writer.token))
+}
+
 fn conflict(message: String) -> WireError {
     WireError::new(ErrorCode::Conflict, message)
 }

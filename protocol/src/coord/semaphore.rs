@@ -134,6 +134,11 @@ pub(crate) fn release_by_lease(store: &mut impl CoordWrite, name: &[u8], lease_i
     Ok(true)
 }
 
+/// Whether one of the semaphore's holders holds its permits with `token`.
+pub(crate) fn holds_token(store: &impl CoordRead, name: &[u8], token: u64) -> Result<bool, StorageFault> {
+    Ok(load_semaphore(store, name)?.holders.iter().any(|holder| holder.token == token))
+}
+
 pub(crate) fn get(store: &impl CoordRead, name: &[u8]) -> Result<Result<CoordResponse, WireError>, StorageFault> {
     Ok(Ok(CoordResponse::Semaphore { semaphore: load_semaphore(store, name)? }))
 }
