@@ -7,6 +7,7 @@ use pando_client::pando_protocol::coord::{
     BarrierInfo, CoordRequest, CoordResponse, CounterValue, ElectionInfo, Health, LeaseInfo, LockInfo, RwMode,
     ServiceInstance,
 };
+use pando_client::pando_protocol::error::{ErrorCode, WireError};
 use pando_client::pando_protocol::kv::bytes;
 use serde_json::json;
 
@@ -178,14 +179,14 @@ pub enum ServiceCommand {
         #[arg(long)]
         instance: String,
     },
-    /// Report the instance's health (also restarts the TTL).
+    /// Report the instance's health with --status (also restarts the TTL); without it, show its health.
     Health {
         service: String,
         #[arg(long)]
         instance: String,
         #[arg(long, value_parser = parse_health)]
-        status: Health,
-        #[arg(long, default_value = "")]
+        status: Option<Health>,
+        #[arg(long, default_value = "", requires = "status")]
         note: String,
     },
     /// The service's instances.
@@ -601,11 +602,12 @@ async fn observe(client: &Client, name: String, count: Option<u64>, json: bool) 
 }
 
 pub async fn barrier(client: &Client, command: BarrierCommand, json: bool) -> anyhow::Result<()> {
+    let mut waited_ms = 0;
     let (request, lease) = match command {
         BarrierCommand::Enter { name, parties, holder } => {
-            let wait_ms = holder.wait_ms()?;
+            waited_ms = holder.wait_ms()?;
             let lease = lease_or_grant(client, holder).await?;
-            (CoordRequest::BarrierEnter { name: bytes(name), lease, parties, wait_ms }, Some(lease))
+            (CoordRequest::BarrierEnter { name: bytes(name), lease, parties, wait_ms: waited_ms }, Some(lease))
         }
         BarrierCommand::Leave { name, lease } => (CoordRequest::BarrierLeave { name: bytes(name), lease }, None),
         BarrierCommand::Status { name } => (CoordRequest::BarrierGet { name: bytes(name) }, None),
@@ -614,6 +616,14 @@ pub async fn barrier(client: &Client, command: BarrierCommand, json: bool) -> an
         anyhow::bail!("unexpected response to a barrier request");
     };
     print_barrier(&barrier, lease, json);
+    if waited_ms > 0 && !barrier.open {
+        // Waited and it did not open: a failure for scripts, though the party stays entered.
+        return Err(pando_client::ClientError::Timeout(format!(
+            "the barrier did not open within {waited_ms} ms; lease {} is still entered (`pando barrier leave`)",
+            lease.unwrap_or_default()
+        ))
+        .into());
+    }
     Ok(())
 }
 
@@ -660,8 +670,27 @@ pub async fn service(client: &Client, command: ServiceCommand, json: bool) -> an
         ServiceCommand::Heartbeat { service, instance } => {
             CoordRequest::ServiceHeartbeat { service: bytes(service), instance: bytes(instance) }
         }
-        ServiceCommand::Health { service, instance, status, note } => {
-            CoordRequest::ServiceHealth { service: bytes(service), instance: bytes(instance), health: status, note }
+        ServiceCommand::Health { service, instance, status: Some(health), note } => {
+            CoordRequest::ServiceHealth { service: bytes(service), instance: bytes(instance), health, note }
+        }
+        ServiceCommand::Health { service, instance, status: None, .. } => {
+            let request = CoordRequest::ServiceDiscover { service: bytes(service.clone()), passing_only: false };
+            let CoordResponse::Services { instances } = client.coord(request).await? else {
+                anyhow::bail!("unexpected response to a discovery");
+            };
+            let Some(found) = instances.iter().find(|found| found.instance.as_slice() == instance.as_bytes()) else {
+                return Err(pando_client::ClientError::Wire(WireError::new(
+                    ErrorCode::NotFound,
+                    format!("instance {instance} of service {service} is not registered"),
+                ))
+                .into());
+            };
+            if json {
+                print_json(&instance_json(found));
+            } else {
+                print_instance(found);
+            }
+            return Ok(());
         }
         ServiceCommand::Discover { service, healthy } => {
             CoordRequest::ServiceDiscover { service: bytes(service), passing_only: healthy }

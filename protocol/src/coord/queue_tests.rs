@@ -484,3 +484,205 @@ fn every_primitive_with_tokens_fences_writes() {
     };
     assert_eq!(ordered.validate().unwrap_err().code, ErrorCode::InvalidArgument);
 }
+
+#[derive(Clone, Debug)]
+enum BarrierOp {
+    Grant,
+    Enter { lease: usize },
+    Leave { lease: usize },
+    Revoke { lease: usize },
+    Advance { ms: u64 },
+}
+
+fn barrier_op() -> impl Strategy<Value = BarrierOp> {
+    prop_oneof![
+        Just(BarrierOp::Grant),
+        (0usize..6).prop_map(|lease| BarrierOp::Enter { lease }),
+        (0usize..6).prop_map(|lease| BarrierOp::Leave { lease }),
+        (0usize..6).prop_map(|lease| BarrierOp::Revoke { lease }),
+        (0u64..2_000).prop_map(|ms| BarrierOp::Advance { ms }),
+    ]
+}
+
+proptest! {
+    /// A barrier of 3 parties against a model: it opens exactly when the third distinct live lease enters, refuses
+    /// newcomers while open, closes (a new round may start) when the last party leaves or its lease ends, and every
+    /// opening is a new generation.
+    #[test]
+    fn barriers_agree_with_a_model(ops in proptest::collection::vec(barrier_op(), 1..100)) {
+        const PARTIES: u32 = 3;
+        let mut tables = MemoryTables::default();
+        let mut now = 0u64;
+        let mut leases: Vec<u64> = Vec::new();
+        let mut deadlines: BTreeMap<u64, u64> = BTreeMap::new();
+        let (mut members, mut open, mut generation) = (Vec::<u64>::new(), false, 0u64);
+        for op in ops {
+            // Leases that lapsed by now leave (the proposal below runs their expiry first).
+            let lapsed: Vec<u64> = deadlines.iter().filter(|(_, deadline)| **deadline <= now).map(|(id, _)| *id).collect();
+            for id in lapsed {
+                deadlines.remove(&id);
+                members.retain(|member| *member != id);
+            }
+            if members.is_empty() {
+                open = false;
+            }
+            match op {
+                BarrierOp::Grant => {
+                    let id = grant(&mut tables, now, 1_500);
+                    leases.push(id);
+                    deadlines.insert(id, now + 1_500);
+                }
+                BarrierOp::Enter { lease } => {
+                    let Some(&id) = leases.get(lease) else { continue };
+                    let request = CoordRequest::BarrierEnter { name: bytes("b"), lease: id, parties: PARTIES, wait_ms: 0 };
+                    let result = run(&mut tables, now, request);
+                    let expected = if !deadlines.contains_key(&id) {
+                        Err(ErrorCode::NotFound)
+                    } else if members.contains(&id) {
+                        Ok(open)
+                    } else if open {
+                        Err(ErrorCode::Conflict)
+                    } else {
+                        members.push(id);
+                        if members.len() == PARTIES as usize {
+                            open = true;
+                            generation += 1;
+                        }
+                        Ok(open)
+                    };
+                    let got = result.map(|response| match response {
+                        CoordResponse::Barrier { barrier } => barrier.open,
+                        other => panic!("unexpected {other:?}"),
+                    }).map_err(|error| error.code);
+                    prop_assert_eq!(got, expected);
+                }
+                BarrierOp::Leave { lease } => {
+                    let Some(&id) = leases.get(lease) else { continue };
+                    let result = run(&mut tables, now, CoordRequest::BarrierLeave { name: bytes("b"), lease: id });
+                    prop_assert_eq!(result.is_ok(), members.contains(&id));
+                    members.retain(|member| *member != id);
+                    if members.is_empty() {
+                        open = false;
+                    }
+                }
+                BarrierOp::Revoke { lease } => {
+                    let Some(&id) = leases.get(lease) else { continue };
+                    let result = run(&mut tables, now, CoordRequest::LeaseRevoke { lease: id });
+                    prop_assert_eq!(result.is_ok(), deadlines.remove(&id).is_some());
+                    members.retain(|member| *member != id);
+                    if members.is_empty() {
+                        open = false;
+                    }
+                }
+                BarrierOp::Advance { ms } => {
+                    now += ms;
+                    continue;
+                }
+            }
+            let CoordResponse::Barrier { barrier } = read(&tables, &CoordRequest::BarrierGet { name: bytes("b") }).unwrap().unwrap()
+            else { unreachable!() };
+            prop_assert_eq!(&barrier.members, &members);
+            prop_assert_eq!(barrier.open, open);
+            prop_assert_eq!(barrier.generation, generation);
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum ServiceOp {
+    Register { instance: u8 },
+    Heartbeat { instance: u8 },
+    Report { instance: u8, health: u8 },
+    Deregister { instance: u8 },
+    Advance { ms: u64 },
+}
+
+fn service_op() -> impl Strategy<Value = ServiceOp> {
+    prop_oneof![
+        (0u8..4).prop_map(|instance| ServiceOp::Register { instance }),
+        (0u8..4).prop_map(|instance| ServiceOp::Heartbeat { instance }),
+        (0u8..4, 0u8..3).prop_map(|(instance, health)| ServiceOp::Report { instance, health }),
+        (0u8..4).prop_map(|instance| ServiceOp::Deregister { instance }),
+        (0u64..3_000).prop_map(|ms| ServiceOp::Advance { ms }),
+    ]
+}
+
+proptest! {
+    /// Registrations (TTL 2 s, removed 3 s after turning critical) against a model of their health and deadlines:
+    /// discovery lists exactly the model's instances with the model's health, and `--healthy` only the passing ones.
+    #[test]
+    fn services_agree_with_a_model(ops in proptest::collection::vec(service_op(), 1..100)) {
+        const TTL: u64 = 2_000;
+        const GRACE: u64 = 3_000;
+        let mut tables = MemoryTables::default();
+        let mut now = 0u64;
+        let mut model: BTreeMap<String, (Health, u64)> = BTreeMap::new();
+        for op in ops {
+            let name = |instance: u8| format!("w{instance}");
+            let request = match &op {
+                ServiceOp::Register { instance } => CoordRequest::ServiceRegister {
+                    service: bytes("web"),
+                    instance: bytes(name(*instance)),
+                    address: "a".into(),
+                    tags: Vec::new(),
+                    ttl_ms: TTL,
+                    deregister_after_ms: GRACE,
+                    lease: None,
+                },
+                ServiceOp::Heartbeat { instance } => {
+                    CoordRequest::ServiceHeartbeat { service: bytes("web"), instance: bytes(name(*instance)) }
+                }
+                ServiceOp::Report { instance, health } => CoordRequest::ServiceHealth {
+                    service: bytes("web"),
+                    instance: bytes(name(*instance)),
+                    health: [Health::Passing, Health::Warning, Health::Critical][*health as usize],
+                    note: String::new(),
+                },
+                ServiceOp::Deregister { instance } => {
+                    CoordRequest::ServiceDeregister { service: bytes("web"), instance: bytes(name(*instance)) }
+                }
+                ServiceOp::Advance { ms } => {
+                    now += ms;
+                    CoordRequest::Tick
+                }
+            };
+            // Timers due at the proposal's time fire first, each once.
+            let due: Vec<String> = model.iter().filter(|(_, (_, deadline))| *deadline <= now).map(|(name, _)| name.clone()).collect();
+            for instance in due {
+                let (health, deadline) = model[&instance];
+                if health == Health::Critical {
+                    model.remove(&instance);
+                } else {
+                    model.insert(instance, (Health::Critical, deadline + GRACE));
+                }
+            }
+            let result = run(&mut tables, now, request);
+            match op {
+                ServiceOp::Register { instance } => {
+                    prop_assert!(result.is_ok());
+                    model.insert(name(instance), (Health::Passing, now + TTL));
+                }
+                ServiceOp::Heartbeat { instance } | ServiceOp::Report { instance, .. } => {
+                    let health = match op {
+                        ServiceOp::Report { health, .. } => [Health::Passing, Health::Warning, Health::Critical][health as usize],
+                        _ => Health::Passing,
+                    };
+                    let known = model.contains_key(&name(instance));
+                    prop_assert_eq!(result.is_ok(), known);
+                    if known {
+                        model.insert(name(instance), (health, now + TTL));
+                    }
+                }
+                ServiceOp::Deregister { instance } => {
+                    prop_assert_eq!(result.is_ok(), model.remove(&name(instance)).is_some());
+                }
+                ServiceOp::Advance { .. } => {}
+            }
+            let listed = instances(&tables, false);
+            let expected: Vec<(String, Health)> = model.iter().map(|(name, (health, _))| (name.clone(), *health)).collect();
+            prop_assert_eq!(&listed, &expected);
+            let passing: Vec<(String, Health)> = expected.into_iter().filter(|(_, health)| *health == Health::Passing).collect();
+            prop_assert_eq!(instances(&tables, true), passing);
+        }
+    }
+}
