@@ -92,6 +92,11 @@ pub(crate) fn enter(
     barrier.members.push(lease_id);
     lease.barriers.push(Bytes::from(name.to_vec()));
     save_lease(store, &lease)?;
+    store.emit(CoordEvent::BarrierEntered {
+        name: Bytes::from(name.to_vec()),
+        lease: lease_id,
+        arrived: barrier.members.len() as u32,
+    });
     if barrier.members.len() == parties as usize {
         barrier.open = true;
         barrier.generation += 1;
@@ -127,6 +132,7 @@ pub(crate) fn leave_by_lease(
     if barrier.members.len() == before {
         return Ok(None);
     }
+    store.emit(CoordEvent::BarrierLeft { name: Bytes::from(name.to_vec()), lease: lease_id });
     if barrier.open && barrier.members.is_empty() {
         store.emit(CoordEvent::BarrierClosed { name: Bytes::from(name.to_vec()), generation: barrier.generation });
     }

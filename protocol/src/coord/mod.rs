@@ -67,7 +67,9 @@ pub trait CoordWrite: CoordRead {
 }
 
 /// What a coordination command changed, published on the commit stream after the entry is applied (waiters, and
-/// later the hook router, subscribe to it). Derived from applying, so every replica produces the same events.
+/// later the hook router, subscribe to it). Derived from applying, so every replica produces the same events. Reads,
+/// refusals and renewals that only move a deadline (lease keep-alives, service heartbeats that leave the health as it
+/// was, delivery extensions) publish nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CoordEvent {
     LeaseGranted {
@@ -127,6 +129,17 @@ pub enum CoordEvent {
         name: Bytes,
         next: u64,
     },
+    /// `count` tokens were taken from a rate-limit bucket.
+    RateLimitTaken {
+        name: Bytes,
+        count: u32,
+    },
+    RateLimitReset {
+        name: Bytes,
+    },
+    QueueCreated {
+        name: Bytes,
+    },
     QueueEnqueued {
         name: Bytes,
         id: u64,
@@ -159,6 +172,17 @@ pub enum CoordEvent {
     },
     QueueDeleted {
         name: Bytes,
+    },
+    /// A party entered; `arrived` parties are in the round now.
+    BarrierEntered {
+        name: Bytes,
+        lease: u64,
+        arrived: u32,
+    },
+    /// A party left (or its lease ended).
+    BarrierLeft {
+        name: Bytes,
+        lease: u64,
     },
     /// Every party entered: round `generation` is open.
     BarrierOpened {

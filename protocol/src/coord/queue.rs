@@ -267,6 +267,7 @@ pub(crate) fn create(
         ..QueueInfo::default()
     };
     save(store, &queue_key(name), &queue)?;
+    store.emit(CoordEvent::QueueCreated { name: event(name) });
     Ok(Ok(CoordResponse::Queue { queue }))
 }
 

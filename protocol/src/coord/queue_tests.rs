@@ -686,3 +686,38 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn every_change_is_published_and_refusals_publish_nothing() {
+    use crate::command::{Command, Proposal};
+    use crate::state_machine::apply_proposal;
+    let mut tables = MemoryTables::default();
+    let events = |tables: &mut MemoryTables, request: CoordRequest| {
+        let proposal = Proposal { stamp_ms: 10, commands: vec![Command::Coord(request)] };
+        apply_proposal(tables, &mut 0, &proposal).unwrap().events
+    };
+    let lease = grant(&mut tables, 0, 60_000);
+    let created =
+        events(&mut tables, CoordRequest::QueueCreate { name: bytes("work"), visibility_ms: 1_000, max_deliveries: 1 });
+    assert_eq!(created, vec![CoordEvent::QueueCreated { name: bytes("work") }]);
+    let enqueue = CoordRequest::QueueEnqueue { name: bytes("work"), body: bytes("m"), dedup_id: None, group: None };
+    assert_eq!(events(&mut tables, enqueue), vec![CoordEvent::QueueEnqueued { name: bytes("work"), id: 1 }]);
+    let take = CoordRequest::RateLimitAcquire { name: bytes("api"), rate_per_s: 1, burst: 1, count: 1 };
+    assert_eq!(events(&mut tables, take.clone()), vec![CoordEvent::RateLimitTaken { name: bytes("api"), count: 1 }]);
+    assert_eq!(events(&mut tables, take), vec![], "a refusal publishes nothing");
+    let enter = CoordRequest::BarrierEnter { name: bytes("b"), lease, parties: 1, wait_ms: 0 };
+    assert_eq!(
+        events(&mut tables, enter),
+        vec![
+            CoordEvent::BarrierEntered { name: bytes("b"), lease, arrived: 1 },
+            CoordEvent::BarrierOpened { name: bytes("b"), generation: 1 }
+        ]
+    );
+    assert_eq!(
+        events(&mut tables, CoordRequest::BarrierLeave { name: bytes("b"), lease }),
+        vec![
+            CoordEvent::BarrierLeft { name: bytes("b"), lease },
+            CoordEvent::BarrierClosed { name: bytes("b"), generation: 1 }
+        ]
+    );
+}

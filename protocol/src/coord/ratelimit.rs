@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::keys::{self, with};
-use super::{CoordRead, CoordResponse, CoordWrite, load, save};
+use super::{CoordEvent, CoordRead, CoordResponse, CoordWrite, load, save};
 use crate::error::{ErrorCode, WireError};
 use crate::kv::Bytes;
 use crate::state_machine::StorageFault;
@@ -108,6 +108,7 @@ pub(crate) fn try_acquire(
     }
     bucket.milli_tokens -= wanted;
     save(store, &bucket_key(name), &bucket)?;
+    store.emit(CoordEvent::RateLimitTaken { name: Bytes::from(name.to_vec()), count });
     Ok(Ok(CoordResponse::RateLimit { limit: bucket.info(name, None) }))
 }
 
@@ -115,7 +116,9 @@ pub(crate) fn reset(
     store: &mut impl CoordWrite,
     name: &[u8],
 ) -> Result<Result<CoordResponse, WireError>, StorageFault> {
-    store.coord_delete(&bucket_key(name))?;
+    if store.coord_delete(&bucket_key(name))? {
+        store.emit(CoordEvent::RateLimitReset { name: Bytes::from(name.to_vec()) });
+    }
     Ok(Ok(CoordResponse::Released))
 }
 
