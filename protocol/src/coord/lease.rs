@@ -291,27 +291,6 @@ pub(crate) fn get(store: &impl CoordRead, id: u64) -> Result<Result<CoordRespons
 }
 
 pub(crate) fn list(store: &impl CoordRead) -> Result<Result<CoordResponse, WireError>, StorageFault> {
-    let mut leases = Vec::new();
-    let mut truncated = false;
-    let mut fault = None;
-    store.coord_scan(keys::LEASE, &mut |key, bytes| {
-        if leases.len() >= LEASE_LIST_COUNT_MAX {
-            truncated = true;
-            return ControlFlow::Break(());
-        }
-        match super::decode(key, bytes) {
-            Ok(lease) => {
-                leases.push(lease);
-                ControlFlow::Continue(())
-            }
-            Err(error) => {
-                fault = Some(error);
-                ControlFlow::Break(())
-            }
-        }
-    })?;
-    if let Some(fault) = fault {
-        return Err(fault);
-    }
+    let (leases, truncated) = super::load_under(store, keys::LEASE, LEASE_LIST_COUNT_MAX)?;
     Ok(Ok(CoordResponse::Leases { leases, truncated }))
 }

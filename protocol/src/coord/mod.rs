@@ -871,6 +871,37 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T,
         .map_err(|error| StorageFault(format!("corrupt coordination row {}: {error}", String::from_utf8_lossy(key))))
 }
 
+/// The rows under `prefix`, decoded, in key order: at most `most` of them, and whether more were left out.
+pub(crate) fn load_under<T: DeserializeOwned>(
+    store: &impl CoordRead,
+    prefix: &[u8],
+    most: usize,
+) -> Result<(Vec<T>, bool), StorageFault> {
+    let mut rows = Vec::new();
+    let mut truncated = false;
+    let mut fault = None;
+    store.coord_scan(prefix, &mut |key, bytes| {
+        if rows.len() >= most {
+            truncated = true;
+            return ControlFlow::Break(());
+        }
+        match decode(key, bytes) {
+            Ok(row) => {
+                rows.push(row);
+                ControlFlow::Continue(())
+            }
+            Err(error) => {
+                fault = Some(error);
+                ControlFlow::Break(())
+            }
+        }
+    })?;
+    match fault {
+        Some(fault) => Err(fault),
+        None => Ok((rows, truncated)),
+    }
+}
+
 pub(crate) fn save<T: Serialize>(store: &mut impl CoordWrite, key: &[u8], value: &T) -> Result<(), StorageFault> {
     let bytes =
         rmp_serde::to_vec_named(value).map_err(|error| StorageFault(format!("cannot encode a row: {error}")))?;

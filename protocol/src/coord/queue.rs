@@ -609,35 +609,28 @@ pub(crate) fn delete(
     name: &[u8],
 ) -> Result<Result<CoordResponse, WireError>, StorageFault> {
     let Some(queue) = load_queue(store, name)? else { return Ok(Err(not_found(name))) };
-    let mut rows = Vec::new();
     let mut timers = Vec::new();
-    let mut fault = None;
-    store.coord_scan(&scoped(keys::QUEUE_MESSAGE, name), &mut |key, bytes| {
-        match super::decode::<QueueMessage>(key, bytes) {
-            Ok(message) => {
-                if let MessageState::InFlight { until_ms, .. } = message.state {
-                    timers.push((until_ms, TimerKind::Visibility, delivery_subject(name, message.id)));
-                }
-            }
-            Err(error) => {
-                fault = Some(error);
-                return ControlFlow::Break(());
-            }
+    let (messages, _) = super::load_under::<QueueMessage>(store, &scoped(keys::QUEUE_MESSAGE, name), usize::MAX)?;
+    for message in messages {
+        if let MessageState::InFlight { until_ms, .. } = message.state {
+            timers.push((until_ms, TimerKind::Visibility, delivery_subject(name, message.id)));
         }
-        rows.push(key.to_vec());
-        ControlFlow::Continue(())
-    })?;
+    }
+    let mut rows = Vec::new();
     store.coord_scan(&scoped(keys::QUEUE_DEDUP, name), &mut |key, bytes| {
         if let Ok(row) = super::decode::<DedupRow>(key, bytes) {
             timers.push((row.forget_ms, TimerKind::Dedup, key[keys::QUEUE_DEDUP.len()..].to_vec()));
         }
-        rows.push(key.to_vec());
         ControlFlow::Continue(())
     })?;
-    if let Some(fault) = fault {
-        return Err(fault);
-    }
-    for prefix in [keys::QUEUE_READY, keys::QUEUE_DEAD, keys::QUEUE_GROUP, keys::QUEUE_GROUP_WAITING] {
+    for prefix in [
+        keys::QUEUE_MESSAGE,
+        keys::QUEUE_DEDUP,
+        keys::QUEUE_READY,
+        keys::QUEUE_DEAD,
+        keys::QUEUE_GROUP,
+        keys::QUEUE_GROUP_WAITING,
+    ] {
         store.coord_scan(&scoped(prefix, name), &mut |key, _| {
             rows.push(key.to_vec());
             ControlFlow::Continue(())
@@ -690,27 +683,6 @@ pub(crate) fn list_messages(
 }
 
 pub(crate) fn list(store: &impl CoordRead) -> Result<Result<CoordResponse, WireError>, StorageFault> {
-    let mut queues = Vec::new();
-    let mut truncated = false;
-    let mut fault = None;
-    store.coord_scan(keys::QUEUE, &mut |key, bytes| {
-        if queues.len() >= QUEUE_LIST_COUNT_MAX as usize {
-            truncated = true;
-            return ControlFlow::Break(());
-        }
-        match super::decode(key, bytes) {
-            Ok(queue) => {
-                queues.push(queue);
-                ControlFlow::Continue(())
-            }
-            Err(error) => {
-                fault = Some(error);
-                ControlFlow::Break(())
-            }
-        }
-    })?;
-    match fault {
-        Some(fault) => Err(fault),
-        None => Ok(Ok(CoordResponse::Queues { queues, truncated })),
-    }
+    let (queues, truncated) = super::load_under(store, keys::QUEUE, QUEUE_LIST_COUNT_MAX as usize)?;
+    Ok(Ok(CoordResponse::Queues { queues, truncated }))
 }

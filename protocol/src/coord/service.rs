@@ -306,21 +306,10 @@ pub(crate) fn discover(
     service: &[u8],
     passing_only: bool,
 ) -> Result<Result<CoordResponse, WireError>, StorageFault> {
-    let mut instances = Vec::new();
-    let mut fault = None;
-    store.coord_scan(&scoped(keys::SERVICE, service), &mut |key, bytes| {
-        match super::decode::<ServiceInstance>(key, bytes) {
-            Ok(entry) if passing_only && entry.health != Health::Passing => {}
-            Ok(entry) => instances.push(entry),
-            Err(error) => {
-                fault = Some(error);
-                return ControlFlow::Break(());
-            }
-        }
-        ControlFlow::Continue(())
-    })?;
-    match fault {
-        Some(fault) => Err(fault),
-        None => Ok(Ok(CoordResponse::Services { instances })),
+    let (mut instances, _) =
+        super::load_under::<ServiceInstance>(store, &scoped(keys::SERVICE, service), SERVICE_INSTANCES_COUNT_MAX)?;
+    if passing_only {
+        instances.retain(|entry| entry.health == Health::Passing);
     }
+    Ok(Ok(CoordResponse::Services { instances }))
 }
