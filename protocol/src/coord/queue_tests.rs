@@ -721,3 +721,83 @@ fn every_change_is_published_and_refusals_publish_nothing() {
         ]
     );
 }
+
+#[derive(Clone, Debug)]
+enum ElectionOp {
+    Grant,
+    Campaign { lease: usize },
+    Resign { lease: usize },
+    Revoke { lease: usize },
+    Advance { ms: u64 },
+}
+
+fn election_op() -> impl Strategy<Value = ElectionOp> {
+    prop_oneof![
+        Just(ElectionOp::Grant),
+        (0usize..5).prop_map(|lease| ElectionOp::Campaign { lease }),
+        (0usize..5).prop_map(|lease| ElectionOp::Resign { lease }),
+        (0usize..5).prop_map(|lease| ElectionOp::Revoke { lease }),
+        (0u64..2_000).prop_map(|ms| ElectionOp::Advance { ms }),
+    ]
+}
+
+proptest! {
+    /// An election against a model: at most one leader, a campaign wins exactly when nobody (alive) leads, the
+    /// leader's lease ending or resigning frees it, and every term's token is larger than the one before.
+    #[test]
+    fn elections_agree_with_a_model(ops in proptest::collection::vec(election_op(), 1..100)) {
+        let mut tables = MemoryTables::default();
+        let mut now = 0u64;
+        let mut leases: Vec<u64> = Vec::new();
+        let mut deadlines: BTreeMap<u64, u64> = BTreeMap::new();
+        let (mut leader, mut last_token): (Option<u64>, u64) = (None, 0);
+        for op in ops {
+            deadlines.retain(|_, deadline| *deadline > now);
+            leader = leader.filter(|lease| deadlines.contains_key(lease));
+            match op {
+                ElectionOp::Grant => {
+                    let id = grant(&mut tables, now, 1_500);
+                    leases.push(id);
+                    deadlines.insert(id, now + 1_500);
+                }
+                ElectionOp::Campaign { lease } => {
+                    let Some(&id) = leases.get(lease) else { continue };
+                    let request = CoordRequest::ElectionCampaign { name: bytes("e"), lease: id, value: bytes("v"), wait_ms: 0 };
+                    let result = run(&mut tables, now, request);
+                    let wins = deadlines.contains_key(&id) && leader.is_none_or(|current| current == id);
+                    prop_assert_eq!(result.is_ok(), wins);
+                    if let Ok(CoordResponse::Election { election }) = result {
+                        let term = election.leader.unwrap();
+                        if leader.is_none() {
+                            prop_assert!(term.token > last_token, "token {} after {}", term.token, last_token);
+                            last_token = term.token;
+                        } else {
+                            prop_assert_eq!(term.token, last_token, "the leader campaigning again keeps its term");
+                        }
+                        leader = Some(id);
+                    }
+                }
+                ElectionOp::Resign { lease } => {
+                    let Some(&id) = leases.get(lease) else { continue };
+                    let result = run(&mut tables, now, CoordRequest::ElectionResign { name: bytes("e"), lease: id });
+                    prop_assert_eq!(result.is_ok(), leader == Some(id));
+                    leader = leader.filter(|current| *current != id);
+                }
+                ElectionOp::Revoke { lease } => {
+                    let Some(&id) = leases.get(lease) else { continue };
+                    let result = run(&mut tables, now, CoordRequest::LeaseRevoke { lease: id });
+                    prop_assert_eq!(result.is_ok(), deadlines.remove(&id).is_some());
+                    leader = leader.filter(|current| *current != id);
+                }
+                ElectionOp::Advance { ms } => {
+                    now += ms;
+                    continue;
+                }
+            }
+            let CoordResponse::Election { election } = read(&tables, &CoordRequest::ElectionGet { name: bytes("e") }).unwrap().unwrap()
+            else { unreachable!() };
+            prop_assert_eq!(election.leader.map(|term| term.lease), leader);
+            prop_assert_eq!(election.last_token, last_token);
+        }
+    }
+}
