@@ -7,6 +7,7 @@
 
 mod log_store;
 mod redb_tables;
+pub mod sim_disk;
 mod snapshot;
 mod state_machine_store;
 
@@ -17,6 +18,7 @@ use redb::{Database, TableDefinition};
 
 pub use log_store::LogStore;
 pub use redb_tables::StateReader;
+pub use sim_disk::SimDisk;
 pub use state_machine_store::StateMachineStore;
 
 use crate::raft::type_config::StorageError;
@@ -41,6 +43,8 @@ pub(crate) const META_REVISION: &str = "revision";
 
 /// Page cache redb may use.
 pub const REDB_CACHE_SIZE_BYTES: usize = 256 * 1024 * 1024;
+/// Page cache of a simulated node's database (many nodes share one process).
+pub const SIM_REDB_CACHE_SIZE_BYTES: usize = 8 * 1024 * 1024;
 
 /// The node's storage: the log store, the state machine, and a read handle, all over one database.
 pub struct Stores {
@@ -56,6 +60,20 @@ pub fn open(dir: &Path) -> Result<Stores, StorageError> {
         .set_cache_size(REDB_CACHE_SIZE_BYTES)
         .create(dir.join("pando.redb"))
         .map_err(|error| write_error(&error))?;
+    open_database(dir, database)
+}
+
+/// Opens (or creates) the database on a simulated disk (snapshots still go to `dir/snapshots/`).
+pub fn open_simulated(dir: &Path, disk: SimDisk) -> Result<Stores, StorageError> {
+    std::fs::create_dir_all(dir).map_err(|error| write_error(&error))?;
+    let database = Database::builder()
+        .set_cache_size(SIM_REDB_CACHE_SIZE_BYTES)
+        .create_with_backend(disk)
+        .map_err(|error| write_error(&error))?;
+    open_database(dir, database)
+}
+
+fn open_database(dir: &Path, database: Database) -> Result<Stores, StorageError> {
     let database = Arc::new(database);
     let write = database.begin_write().map_err(|error| write_error(&error))?;
     {
