@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use ractor::ActorRef;
 
+use crate::clock::Clock;
 use crate::mesh::MeshMsg;
 use crate::raft::RaftMsg;
 use crate::raft::type_config::Raft;
@@ -38,9 +39,21 @@ pub struct Directory {
     root: Arc<RwLock<Option<ActorRef<SupervisorMsg>>>>,
     /// The live actor mesh, which takes the sessions members open to this node.
     mesh: Arc<RwLock<Option<ActorRef<MeshMsg>>>>,
+    /// How the node tells the time of day (the wall clock, or a simulated one).
+    clock: Clock,
 }
 
 impl Directory {
+    /// A directory whose node tells time by `clock`.
+    pub fn with_clock(clock: Clock) -> Directory {
+        Directory { clock, ..Directory::default() }
+    }
+
+    /// Milliseconds since the Unix epoch by the node's clock: what the leader stamps proposals with.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
     pub fn set_root(&self, root: ActorRef<SupervisorMsg>) {
         *self.root.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(root);
     }

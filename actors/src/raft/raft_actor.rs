@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use pando_protocol::cluster::MemberNode;
@@ -84,7 +84,7 @@ pub struct RaftState {
     batches_total: u64,
     commands_total: u64,
     directory: Directory,
-    last_tick_at: Option<std::time::Instant>,
+    last_tick_at: Option<tokio::time::Instant>,
 }
 
 impl Actor for RaftActor {
@@ -204,14 +204,14 @@ fn expiry_check(myself: &ActorRef<RaftMsg>, state: &mut RaftState) {
     }
     let Some(stores) = state.directory.stores() else { return };
     let due = match stores.reader.lease_deadline() {
-        Ok(deadline) => deadline.is_some_and(|deadline| deadline <= now_ms()),
+        Ok(deadline) => deadline.is_some_and(|deadline| deadline <= state.directory.now_ms()),
         Err(fault) => {
             tracing::warn!(%fault, "cannot read the next lease deadline");
             return;
         }
     };
     if due && state.pending.len() < PROPOSALS_PENDING_COUNT_MAX {
-        state.last_tick_at = Some(std::time::Instant::now());
+        state.last_tick_at = Some(tokio::time::Instant::now());
         // Nobody waits for the answer: the tick's effect is the expiry it triggers.
         let (reply, _) = ractor::concurrency::oneshot();
         state.pending.push_back((Command::Coord(CoordRequest::Tick), RpcReplyPort::from(reply)));
@@ -243,10 +243,11 @@ fn flush(myself: &ActorRef<RaftMsg>, state: &mut RaftState) {
         state.batches_total += 1;
         let raft = state.raft.clone();
         let myself = myself.clone();
+        let stamp_ms = state.directory.now_ms();
         tokio::spawn(async move {
             // Reports the batch done however this task ends, so a panic cannot wedge the in-flight count.
             let _done = BatchDoneGuard { actor: myself, commands_count: count };
-            let proposal = Proposal { stamp_ms: now_ms(), commands };
+            let proposal = Proposal { stamp_ms, commands };
             match raft.client_write(proposal).await {
                 Ok(response) => {
                     let mut results = response.data.results.into_iter();
@@ -316,7 +317,3 @@ fn command_payload_bytes(command: &Command) -> usize {
     command.payload_bytes()
 }
 
-/// The leader's clock stamp for proposals, in milliseconds since the Unix epoch.
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
-}

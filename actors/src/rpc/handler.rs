@@ -2,7 +2,7 @@
 //! serve reads from the applied state (after a read-index round for linearizable reads).
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
 use pando_protocol::cluster::{ClusterRequest, ClusterResponse};
@@ -88,7 +88,7 @@ fn authenticate(
             "no capability token; pass the cluster ticket (--ticket or PANDO_TICKET)",
         ));
     };
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0);
+    let now_ms = context.directory.now_ms();
     {
         let cache = cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some((cached, claims)) = &cache.verified
