@@ -157,7 +157,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         // log holds a membership, so a crash before the first membership entry cannot leave it uninitialised.
         bootstrap: record.founder.then(|| BTreeMap::from([(record.node_id, me.clone())])),
         endpoint: endpoint.clone(),
-        network: IrohNetwork::new(endpoint.clone()),
+        network: IrohNetwork::new(endpoint.clone()).into(),
         context: RpcContext {
             node_id: record.node_id,
             cluster_id: record.cluster_id.clone(),

@@ -24,7 +24,7 @@ pub struct TreeConfig {
     pub raft_config: Arc<openraft::Config>,
     pub bootstrap: Option<BTreeMap<u64, MemberNode>>,
     pub endpoint: iroh::Endpoint,
-    pub network: pando_actors::raft::transport::IrohNetwork,
+    pub network: pando_actors::raft::transport::RaftTransport,
     pub context: RpcContext,
     pub directory: Directory,
 }

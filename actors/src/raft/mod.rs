@@ -1,6 +1,8 @@
 //! Raft: openraft's type configuration, the network between members, and the RaftActor that group-commits proposals.
 
 pub mod raft_actor;
+pub mod runtime;
+pub mod sim_network;
 pub mod transport;
 pub mod type_config;
 
@@ -25,3 +27,6 @@ pub fn default_config() -> openraft::Config {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod sim_tests;

@@ -18,7 +18,7 @@ use pando_protocol::limits::PROPOSAL_BYTES_MAX;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 
-use super::transport::IrohNetwork;
+use super::transport::RaftTransport;
 use super::type_config::{NodeId, Raft};
 use crate::directory::{Directory, RaftHandles};
 
@@ -43,7 +43,7 @@ pub struct RaftArgs {
     /// Members to initialise the cluster with when the log is empty (first start of the first node).
     pub bootstrap: Option<BTreeMap<NodeId, MemberNode>>,
     pub directory: Directory,
-    pub network: IrohNetwork,
+    pub network: RaftTransport,
 }
 
 pub enum RaftMsg {
@@ -316,4 +316,3 @@ pub fn not_leader(leader_id: Option<NodeId>, leader_node: Option<MemberNode>) ->
 fn command_payload_bytes(command: &Command) -> usize {
     command.payload_bytes()
 }
-

@@ -33,7 +33,8 @@ async fn start(dir: &std::path::Path, directory: &Directory) -> ActorRef<RaftMsg
                 .bind()
                 .await
                 .unwrap(),
-        ),
+        )
+        .into(),
     };
     if directory.stores().is_none() {
         directory.set_stores(storage::open(dir).unwrap());

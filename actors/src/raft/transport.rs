@@ -67,74 +67,105 @@ impl IrohNetwork {
     }
 }
 
+/// How a member's Raft reaches the others: over iroh, or through the simulation's in-memory network. Both carry the
+/// same [`RaftRequest`] frames to the same [`dispatch`] on the receiving node.
+#[derive(Clone)]
+pub enum RaftTransport {
+    Iroh(IrohNetwork),
+    Simulated(super::sim_network::SimRaftNetwork),
+}
+
+impl From<IrohNetwork> for RaftTransport {
+    fn from(network: IrohNetwork) -> RaftTransport {
+        RaftTransport::Iroh(network)
+    }
+}
+
 pub struct PeerClient {
     target: NodeId,
     node: MemberNode,
-    network: IrohNetwork,
+    transport: RaftTransport,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct TransportError(String);
+pub(crate) struct TransportError(pub(crate) String);
 
-impl RaftNetworkFactory<TypeConfig> for IrohNetwork {
+impl RaftNetworkFactory<TypeConfig> for RaftTransport {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> PeerClient {
-        PeerClient { target, node: node.clone(), network: self.clone() }
+        PeerClient { target, node: node.clone(), transport: self.clone() }
     }
 }
 
-impl PeerClient {
-    fn slot(&self) -> PeerSlot {
-        let mut pool = self.network.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        pool.entry(self.target).or_default().clone()
+impl IrohNetwork {
+    fn slot(&self, target: NodeId) -> PeerSlot {
+        let mut pool = self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        pool.entry(target).or_default().clone()
     }
 
-    async fn connection(&self) -> Result<Connection, TransportError> {
-        let slot = self.slot();
+    async fn connection(&self, target: NodeId, node: &MemberNode) -> Result<Connection, TransportError> {
+        let slot = self.slot(target);
         let mut pooled = slot.lock().await;
         if let Some(connection) = pooled.as_ref()
             && connection.close_reason().is_none()
         {
             return Ok(connection.clone());
         }
-        let addr = endpoint_addr(self.target, &self.node).map_err(TransportError)?;
-        let connect = self.network.endpoint.connect(addr, alpn::RAFT);
+        let addr = endpoint_addr(target, node).map_err(TransportError)?;
+        let connect = self.endpoint.connect(addr, alpn::RAFT);
         let connection = match tokio::time::timeout(Duration::from_millis(RAFT_CONNECT_TIMEOUT_MS), connect).await {
             Ok(Ok(connection)) => connection,
-            Ok(Err(error)) => return Err(TransportError(format!("cannot connect to node {}: {error}", self.target))),
-            Err(_) => return Err(TransportError(format!("connecting to node {} timed out", self.target))),
+            Ok(Err(error)) => return Err(TransportError(format!("cannot connect to node {target}: {error}"))),
+            Err(_) => return Err(TransportError(format!("connecting to node {target} timed out"))),
         };
         *pooled = Some(connection.clone());
         Ok(connection)
     }
 
-    async fn forget(&self) {
-        self.slot().lock().await.take();
+    async fn forget(&self, target: NodeId) {
+        self.slot(target).lock().await.take();
     }
 
     /// One RPC: a fresh stream on the pooled connection, request frame out, response frame in, within `timeout`.
-    async fn call(&self, request: &RaftRequest, timeout: Duration) -> Result<RaftResponse, TransportError> {
-        let bytes = frame::encode_within(request, RAFT_FRAME_SIZE_BYTES_MAX)
-            .map_err(|error| TransportError(format!("cannot encode raft request: {error}")))?;
+    async fn call(
+        &self,
+        target: NodeId,
+        node: &MemberNode,
+        bytes: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
         let exchange = async {
-            let connection = self.connection().await?;
+            let connection = self.connection(target, node).await?;
             let (mut send, mut recv) =
                 connection.open_bi().await.map_err(|error| TransportError(format!("cannot open stream: {error}")))?;
-            send.write_all(&bytes).await.map_err(|error| TransportError(format!("cannot send: {error}")))?;
+            send.write_all(bytes).await.map_err(|error| TransportError(format!("cannot send: {error}")))?;
             send.finish().map_err(|error| TransportError(format!("cannot finish: {error}")))?;
             read_frame(&mut recv).await.map_err(TransportError)
         };
         let result = match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(TransportError(format!("raft rpc to node {} timed out after {timeout:?}", self.target))),
+            Err(_) => Err(TransportError(format!("raft rpc to node {target} timed out after {timeout:?}"))),
         };
         if result.is_err() {
             // A broken connection is redialled on the next call, with the membership's current addresses.
-            self.forget().await;
+            self.forget(target).await;
         }
-        result.and_then(|body| frame::decode(&body).map_err(|error| TransportError(error.to_string())))
+        result
+    }
+}
+
+impl PeerClient {
+    /// One RPC over the transport: the request frame out, the response frame back, within `timeout`.
+    async fn call(&self, request: &RaftRequest, timeout: Duration) -> Result<RaftResponse, TransportError> {
+        let bytes = frame::encode_within(request, RAFT_FRAME_SIZE_BYTES_MAX)
+            .map_err(|error| TransportError(format!("cannot encode raft request: {error}")))?;
+        let body = match &self.transport {
+            RaftTransport::Iroh(network) => network.call(self.target, &self.node, &bytes, timeout).await?,
+            RaftTransport::Simulated(network) => network.call(self.target, &bytes, timeout).await?,
+        };
+        frame::decode(&body).map_err(|error| TransportError(error.to_string()))
     }
 }
 
@@ -227,6 +258,25 @@ pub fn is_authorised_peer(directory: &Directory, remote: &PublicKey) -> bool {
     members(directory).values().any(|node| node.public_key.as_slice() == remote.as_bytes())
 }
 
+/// Serves one Raft request frame on this node: decodes it, hands it to the local Raft, answers the encoded response
+/// (`None` if the response cannot be encoded within the frame limit).
+pub async fn dispatch(directory: &Directory, body: &[u8]) -> Option<Vec<u8>> {
+    let response = match frame::decode::<RaftRequest>(body) {
+        Err(error) => RaftResponse::Refused(format!("malformed raft request: {error}")),
+        Ok(request) => match directory.raft() {
+            None => RaftResponse::Refused("raft is not running".into()),
+            Some(handles) => match request {
+                RaftRequest::AppendEntries(rpc) => RaftResponse::AppendEntries(handles.raft.append_entries(rpc).await),
+                RaftRequest::Vote(rpc) => RaftResponse::Vote(handles.raft.vote(rpc).await),
+                RaftRequest::InstallSnapshot(rpc) => {
+                    RaftResponse::InstallSnapshot(handles.raft.install_snapshot(rpc).await)
+                }
+            },
+        },
+    };
+    frame::encode_within(&response, RAFT_FRAME_SIZE_BYTES_MAX).ok()
+}
+
 /// Serves Raft RPCs from one peer connection until it closes.
 pub async fn serve_peer(connection: Connection, directory: Directory) {
     let remote = connection.remote_id();
@@ -256,22 +306,13 @@ async fn serve_rpc(mut send: SendStream, mut recv: RecvStream, directory: &Direc
         Ok(Ok(body)) => body,
         _ => return,
     };
-    let response = match frame::decode::<RaftRequest>(&body) {
-        Err(error) => RaftResponse::Refused(format!("malformed raft request: {error}")),
-        // Membership can change while a connection lives: a removed node loses access at once.
-        Ok(_) if !is_authorised_peer(directory, remote) => RaftResponse::Refused("not a member".into()),
-        Ok(request) => match directory.raft() {
-            None => RaftResponse::Refused("raft is not running".into()),
-            Some(handles) => match request {
-                RaftRequest::AppendEntries(rpc) => RaftResponse::AppendEntries(handles.raft.append_entries(rpc).await),
-                RaftRequest::Vote(rpc) => RaftResponse::Vote(handles.raft.vote(rpc).await),
-                RaftRequest::InstallSnapshot(rpc) => {
-                    RaftResponse::InstallSnapshot(handles.raft.install_snapshot(rpc).await)
-                }
-            },
-        },
+    // Membership can change while a connection lives: a removed node loses access at once.
+    let bytes = if is_authorised_peer(directory, remote) {
+        dispatch(directory, &body).await
+    } else {
+        frame::encode_within(&RaftResponse::Refused("not a member".into()), RAFT_FRAME_SIZE_BYTES_MAX).ok()
     };
-    let Ok(bytes) = frame::encode_within(&response, RAFT_FRAME_SIZE_BYTES_MAX) else { return };
+    let Some(bytes) = bytes else { return };
     let write = async {
         send.write_all(&bytes).await.ok()?;
         send.finish().ok()

@@ -12,7 +12,7 @@ openraft::declare_raft_types!(
         Node = MemberNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = tokio::fs::File,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = super::runtime::PandoRuntime,
 );
 
 pub type NodeId = u64;

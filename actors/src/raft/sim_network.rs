@@ -1,0 +1,241 @@
+//! The in-memory twin of the Raft transport, for simulation: requests travel as the same frames as over iroh, to the
+//! same [`dispatch`](super::transport::dispatch) on the receiving node, through a network that can drop, delay and
+//! duplicate them and cut links (partitions, in one direction or both). Every choice comes from one seeded
+//! generator, and every message's fate goes into a trace, so a run is a function of its seed.
+//!
+//! A dropped request or response looks to the sender like a peer that never answered: the call fails once its
+//! timeout has passed (on the simulated clock).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use pando_protocol::frame::LENGTH_PREFIX_BYTES;
+
+use super::transport::{TransportError, dispatch};
+use super::type_config::NodeId;
+use crate::directory::Directory;
+
+/// How unreliable the network is, in parts per thousand and milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetFaults {
+    /// Chance a request or a response is lost.
+    pub drop_per_mille: u32,
+    /// Chance a delivered request is delivered a second time (its second answer is thrown away).
+    pub duplicate_per_mille: u32,
+    /// Each message takes between `delay_ms_min` and `delay_ms_max` (uniform).
+    pub delay_ms_min: u64,
+    pub delay_ms_max: u64,
+}
+
+/// The simulated network all nodes of one run share.
+#[derive(Clone)]
+pub struct SimNet {
+    state: Arc<Mutex<NetState>>,
+}
+
+struct NetState {
+    /// When the network was made: trace lines carry the simulated time since.
+    start: tokio::time::Instant,
+    nodes: BTreeMap<NodeId, Directory>,
+    /// Links that carry nothing: (from, to).
+    cut: BTreeSet<(NodeId, NodeId)>,
+    faults: NetFaults,
+    rng: u64,
+    trace: Vec<String>,
+    delivered: u64,
+    dropped: u64,
+}
+
+impl NetState {
+    /// The next number of the run's generator (xorshift64*).
+    fn next(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn chance(&mut self, per_mille: u32) -> bool {
+        per_mille > 0 && self.next() % 1_000 < u64::from(per_mille)
+    }
+
+    fn delay(&mut self) -> Duration {
+        let NetFaults { delay_ms_min, delay_ms_max, .. } = self.faults;
+        let spread = delay_ms_max.saturating_sub(delay_ms_min);
+        let extra = if spread == 0 { 0 } else { self.next() % (spread + 1) };
+        Duration::from_millis(delay_ms_min + extra)
+    }
+}
+
+/// What happens to one message.
+enum Fate {
+    Lost,
+    Delivered { delay: Duration, duplicate: bool },
+}
+
+impl SimNet {
+    /// A network whose every choice follows `seed` (0 is replaced, as xorshift needs a nonzero state).
+    pub fn new(seed: u64) -> SimNet {
+        let state = NetState {
+            start: tokio::time::Instant::now(),
+            nodes: BTreeMap::new(),
+            cut: BTreeSet::new(),
+            faults: NetFaults::default(),
+            rng: seed.max(1),
+            trace: Vec::new(),
+            delivered: 0,
+            dropped: 0,
+        };
+        SimNet { state: Arc::new(Mutex::new(state)) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, NetState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes `node_id` reachable: requests to it go to the Raft in `directory` (whichever instance runs there now).
+    pub fn attach(&self, node_id: NodeId, directory: Directory) {
+        self.lock().nodes.insert(node_id, directory);
+    }
+
+    /// Takes `node_id` off the network (a crashed node): requests to it are lost.
+    pub fn detach(&self, node_id: NodeId) {
+        self.lock().nodes.remove(&node_id);
+    }
+
+    /// The transport a node's Raft uses to reach the others.
+    pub fn transport_for(&self, node_id: NodeId) -> SimRaftNetwork {
+        SimRaftNetwork { from: node_id, net: self.clone() }
+    }
+
+    pub fn set_faults(&self, faults: NetFaults) {
+        self.lock().faults = faults;
+    }
+
+    /// Cuts the link from `from` to `to` (one direction).
+    pub fn cut(&self, from: NodeId, to: NodeId) {
+        self.lock().cut.insert((from, to));
+    }
+
+    /// Cuts every link between `side` and the rest of the attached nodes, both ways.
+    pub fn isolate(&self, side: &[NodeId]) {
+        let mut state = self.lock();
+        let others: Vec<NodeId> = state.nodes.keys().copied().filter(|node| !side.contains(node)).collect();
+        for &inside in side {
+            for &outside in &others {
+                state.cut.insert((inside, outside));
+                state.cut.insert((outside, inside));
+            }
+        }
+    }
+
+    /// Restores every link (faults stay as set).
+    pub fn heal(&self) {
+        self.lock().cut.clear();
+    }
+
+    /// The fate of every message so far, one line each.
+    pub fn trace(&self) -> Vec<String> {
+        self.lock().trace.clone()
+    }
+
+    /// Messages delivered and lost so far.
+    pub fn counts(&self) -> (u64, u64) {
+        let state = self.lock();
+        (state.delivered, state.dropped)
+    }
+
+    /// Decides one message's fate from the generator, and notes it.
+    fn fate(&self, from: NodeId, to: NodeId, what: &str) -> Fate {
+        let mut state = self.lock();
+        let fate = if state.cut.contains(&(from, to)) || !state.nodes.contains_key(&to) {
+            Fate::Lost
+        } else {
+            let drop_per_mille = state.faults.drop_per_mille;
+            let duplicate_per_mille = state.faults.duplicate_per_mille;
+            if state.chance(drop_per_mille) {
+                Fate::Lost
+            } else {
+                let delay = state.delay();
+                Fate::Delivered { delay, duplicate: state.chance(duplicate_per_mille) }
+            }
+        };
+        let at = state.start.elapsed().as_millis();
+        let line = match &fate {
+            Fate::Lost => {
+                state.dropped += 1;
+                format!("{at} {from}->{to} {what} lost")
+            }
+            Fate::Delivered { delay, duplicate } => {
+                state.delivered += 1;
+                let twice = if *duplicate { " twice" } else { "" };
+                format!("{at} {from}->{to} {what} after {} ms{twice}", delay.as_millis())
+            }
+        };
+        state.trace.push(line);
+        fate
+    }
+
+    fn directory(&self, node_id: NodeId) -> Option<Directory> {
+        self.lock().nodes.get(&node_id).cloned()
+    }
+}
+
+/// One node's end of the simulated network.
+#[derive(Clone)]
+pub struct SimRaftNetwork {
+    from: NodeId,
+    net: SimNet,
+}
+
+impl SimRaftNetwork {
+    /// Carries one request frame to `target` and answers its response's body, within `timeout`.
+    pub(crate) async fn call(
+        &self,
+        target: NodeId,
+        frame: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
+        let bytes = frame.get(LENGTH_PREFIX_BYTES..).unwrap_or_default();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let lost = || TransportError(format!("raft rpc to node {target} timed out after {timeout:?} (lost)"));
+        let (delay, duplicate) = match self.net.fate(self.from, target, "request") {
+            Fate::Lost => {
+                tokio::time::sleep_until(deadline).await;
+                return Err(lost());
+            }
+            Fate::Delivered { delay, duplicate } => (delay, duplicate),
+        };
+        if tokio::time::timeout_at(deadline, tokio::time::sleep(delay)).await.is_err() {
+            return Err(lost());
+        }
+        let Some(directory) = self.net.directory(target) else {
+            tokio::time::sleep_until(deadline).await;
+            return Err(lost());
+        };
+        if duplicate {
+            let (directory, bytes) = (directory.clone(), bytes.to_vec());
+            tokio::spawn(async move {
+                let _ = dispatch(&directory, &bytes).await;
+            });
+        }
+        let response = match tokio::time::timeout_at(deadline, dispatch(&directory, bytes)).await {
+            Ok(Some(response)) => response.get(LENGTH_PREFIX_BYTES..).unwrap_or_default().to_vec(),
+            Ok(None) => return Err(TransportError("the response did not fit in a frame".into())),
+            Err(_) => return Err(lost()),
+        };
+        match self.net.fate(target, self.from, "response") {
+            Fate::Lost => {
+                tokio::time::sleep_until(deadline).await;
+                Err(lost())
+            }
+            Fate::Delivered { delay, .. } => match tokio::time::timeout_at(deadline, tokio::time::sleep(delay)).await {
+                Ok(()) => Ok(response),
+                Err(_) => Err(lost()),
+            },
+        }
+    }
+}
