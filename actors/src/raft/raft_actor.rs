@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use pando_protocol::cluster::MemberNode;
-use pando_protocol::command::{Command, CommandResult, Proposal};
+use pando_protocol::command::{Command, CommandOutput, CommandResult, Proposal};
 use pando_protocol::coord::CoordRequest;
 use pando_protocol::error::{ErrorCode, ErrorDetail, WireError};
 use pando_protocol::limits::PROPOSAL_BYTES_MAX;
@@ -160,6 +160,15 @@ impl Actor for RaftActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             RaftMsg::Propose { command, reply } => {
+                if crate::sim::planted_bug(crate::sim::PlantedBug::LocalReads)
+                    && let Command::Kv(request @ pando_protocol::kv::KvRequest::Get { .. }) = &command
+                    && let Some(stores) = state.directory.stores()
+                {
+                    // The planted bug: a read answered from this node's state, wherever the log is.
+                    let result = stores.reader.read(request).map_err(|fault| WireError::internal(fault.to_string()));
+                    let _ = reply.send(result.and_then(|result| result.map(CommandOutput::Kv)));
+                    return Ok(());
+                }
                 if state.pending.len() >= PROPOSALS_PENDING_COUNT_MAX {
                     let _ = reply.send(Err(WireError::new(ErrorCode::Busy, "too many writes waiting, retry later")));
                     return Ok(());
