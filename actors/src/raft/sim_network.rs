@@ -58,6 +58,12 @@ impl NetState {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
+    /// A line in the trace for something other than a message (a node up or down, a partition).
+    fn note(&mut self, what: String) {
+        let at = self.start.elapsed().as_millis();
+        self.trace.push(format!("{at} {what}"));
+    }
+
     fn chance(&mut self, per_mille: u32) -> bool {
         per_mille > 0 && self.next() % 1_000 < u64::from(per_mille)
     }
@@ -98,12 +104,16 @@ impl SimNet {
 
     /// Makes `node_id` reachable: requests to it go to the Raft in `directory` (whichever instance runs there now).
     pub fn attach(&self, node_id: NodeId, directory: Directory) {
-        self.lock().nodes.insert(node_id, directory);
+        let mut state = self.lock();
+        state.nodes.insert(node_id, directory);
+        state.note(format!("node {node_id} up"));
     }
 
     /// Takes `node_id` off the network (a crashed node): requests to it are lost.
     pub fn detach(&self, node_id: NodeId) {
-        self.lock().nodes.remove(&node_id);
+        let mut state = self.lock();
+        state.nodes.remove(&node_id);
+        state.note(format!("node {node_id} down"));
     }
 
     /// The transport a node's Raft uses to reach the others.
@@ -117,7 +127,9 @@ impl SimNet {
 
     /// Cuts the link from `from` to `to` (one direction).
     pub fn cut(&self, from: NodeId, to: NodeId) {
-        self.lock().cut.insert((from, to));
+        let mut state = self.lock();
+        state.cut.insert((from, to));
+        state.note(format!("cut {from}->{to}"));
     }
 
     /// Cuts every link between `side` and the rest of the attached nodes, both ways.
@@ -130,11 +142,14 @@ impl SimNet {
                 state.cut.insert((outside, inside));
             }
         }
+        state.note(format!("isolate {side:?}"));
     }
 
     /// Restores every link (faults stay as set).
     pub fn heal(&self) {
-        self.lock().cut.clear();
+        let mut state = self.lock();
+        state.cut.clear();
+        state.note("heal".into());
     }
 
     /// The fate of every message so far, one line each.
