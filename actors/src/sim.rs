@@ -71,6 +71,18 @@ pub async fn propose(actor: &ActorRef<RaftMsg>, command: Command, timeout: Durat
     }
 }
 
+/// A linearizable read the way the RPC handler serves one: this node confirms it still leads (a heartbeat round to a
+/// quorum, `ensure_linearizable`), waits until it applied everything committed before, then reads its own state.
+pub async fn linearizable_read(
+    directory: &Directory,
+    request: &pando_protocol::kv::KvRequest,
+) -> Result<pando_protocol::kv::KvResponse, WireError> {
+    let handles = directory.raft().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "raft is not running"))?;
+    crate::rpc::cluster::ensure_leader(&handles).await?;
+    let stores = directory.stores().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "storage is not open"))?;
+    stores.reader.read(request).map_err(|fault| WireError::internal(fault.to_string()))?
+}
+
 /// One simulated node: its disk outlives crashes; everything else is rebuilt on restart.
 pub struct SimNode {
     pub id: NodeId,
