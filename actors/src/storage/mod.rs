@@ -1,6 +1,7 @@
 //! Storage: one redb database per node holding the Raft log, the vote and the state-machine tables.
 //!
-//! The log store writes with `Durability::Immediate` (an fsync per append); the state machine applies committed entries
+//! The log store writes with `Durability::Immediate` (an fsync per append, per vote and per commit-index change: a
+//! restarted leader computes its read index from the saved commit index); the state machine applies committed entries
 //! with `Durability::None`, which redb makes durable with the next immediate commit. After a crash the state machine is
 //! at worst behind the log, and openraft re-applies the missing committed entries: the log is purged only by an
 //! immediate commit, which also persists every state-machine commit before it.
