@@ -6,6 +6,7 @@ pub mod directory;
 pub mod mesh;
 pub mod raft;
 pub mod rpc;
+pub mod seeded_rng;
 pub mod sim;
 pub mod storage;
 pub mod storage_actor;

@@ -11,6 +11,8 @@ use std::time::Duration;
 use openraft::async_runtime::TokioOneShotSender;
 use openraft::{AsyncRuntime, OptionalSend, TokioInstant};
 
+use crate::seeded_rng::{mix_seed, xorshift64star};
+
 thread_local! {
     static RNG_STATE: Cell<u64> = Cell::new(unseeded());
 }
@@ -21,7 +23,7 @@ fn unseeded() -> u64 {
 
 /// Makes this thread's generator (the one openraft draws from) follow `seed`.
 pub fn seed_thread_rng(seed: u64) {
-    RNG_STATE.with(|state| state.set(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1));
+    RNG_STATE.with(|state| state.set(mix_seed(seed)));
 }
 
 /// A handle on this thread's generator (xorshift64*).
@@ -35,12 +37,10 @@ impl rand_core_06::RngCore for ThreadRng {
 
     fn next_u64(&mut self) -> u64 {
         RNG_STATE.with(|state| {
-            let mut x = state.get();
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            state.set(x);
-            x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+            let mut current = state.get();
+            let next = xorshift64star(&mut current);
+            state.set(current);
+            next
         })
     }
 

@@ -15,6 +15,7 @@ use pando_protocol::frame::LENGTH_PREFIX_BYTES;
 use super::transport::{TransportError, dispatch};
 use super::type_config::NodeId;
 use crate::directory::Directory;
+use crate::seeded_rng::SeededRng;
 
 /// How unreliable the network is, in parts per thousand and milliseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -41,23 +42,13 @@ struct NetState {
     /// Links that carry nothing: (from, to).
     cut: BTreeSet<(NodeId, NodeId)>,
     faults: NetFaults,
-    rng: u64,
+    rng: SeededRng,
     trace: Vec<String>,
     delivered: u64,
     dropped: u64,
 }
 
 impl NetState {
-    /// The next number of the run's generator (xorshift64*).
-    fn next(&mut self) -> u64 {
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
     /// A line in the trace for something other than a message (a node up or down, a partition).
     fn note(&mut self, what: String) {
         let at = self.start.elapsed().as_millis();
@@ -65,13 +56,13 @@ impl NetState {
     }
 
     fn chance(&mut self, per_mille: u32) -> bool {
-        per_mille > 0 && self.next() % 1_000 < u64::from(per_mille)
+        self.rng.per_mille(u64::from(per_mille))
     }
 
     fn delay(&mut self) -> Duration {
         let NetFaults { delay_ms_min, delay_ms_max, .. } = self.faults;
         let spread = delay_ms_max.saturating_sub(delay_ms_min);
-        let extra = if spread == 0 { 0 } else { self.next() % (spread + 1) };
+        let extra = if spread == 0 { 0 } else { self.rng.below(spread + 1) };
         Duration::from_millis(delay_ms_min + extra)
     }
 }
@@ -90,7 +81,7 @@ impl SimNet {
             nodes: BTreeMap::new(),
             cut: BTreeSet::new(),
             faults: NetFaults::default(),
-            rng: seed.max(1),
+            rng: SeededRng::from_state(seed),
             trace: Vec::new(),
             delivered: 0,
             dropped: 0,

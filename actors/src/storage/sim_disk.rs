@@ -52,13 +52,8 @@ impl Disk {
             self.armed = Some((remaining - 1, seed));
             return false;
         }
-        let mut state = seed | 1;
-        self.crash(&mut move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state & 1 == 0
-        });
+        let mut rng = crate::seeded_rng::SeededRng::new(seed);
+        self.crash(&mut move || rng.per_mille(500));
         true
     }
 }

@@ -100,13 +100,8 @@ async fn a_crash_keeps_the_log_and_loses_only_unsynced_applies() {
         }),
     };
     // A fixed pseudo-random sequence decides which unsynced writes survive each crash.
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut coin = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed.is_multiple_of(2)
-    };
+    let mut rng = crate::seeded_rng::SeededRng::new(1);
+    let mut coin = move || rng.per_mille(500);
     let dir = tempfile::tempdir().unwrap();
     let disk = super::SimDisk::new();
     let mut appended = 0;

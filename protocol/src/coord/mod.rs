@@ -1012,21 +1012,8 @@ pub fn apply(
         }
         CoordRequest::ServiceDeregister { service, instance } => service::deregister(store, service, instance),
         CoordRequest::Tick => Ok(Ok(CoordResponse::Ticked)),
-        CoordRequest::LeaseGet { .. }
-        | CoordRequest::LeaseList
-        | CoordRequest::LockGet { .. }
-        | CoordRequest::SemaphoreGet { .. }
-        | CoordRequest::RwLockGet { .. }
-        | CoordRequest::RateLimitGet { .. }
-        | CoordRequest::ElectionGet { .. }
-        | CoordRequest::CounterGet { .. }
-        | CoordRequest::ElectionObserve { .. }
-        | CoordRequest::QueuePeek { .. }
-        | CoordRequest::QueueDeadLetters { .. }
-        | CoordRequest::QueueGet { .. }
-        | CoordRequest::QueueList
-        | CoordRequest::BarrierGet { .. }
-        | CoordRequest::ServiceDiscover { .. } => read(store, request),
+        // The rest are reads (`is_write` is false): answered from the state as it is.
+        _ => read(store, request),
     }
 }
 
