@@ -41,7 +41,14 @@ pub struct Directory {
     mesh: Arc<RwLock<Option<ActorRef<MeshMsg>>>>,
     /// How the node tells the time of day (the wall clock, or a simulated one).
     clock: Clock,
+    /// The live blob store and its worker's shared state.
+    blobs: Arc<RwLock<Option<crate::blobs::BlobNode>>>,
+    /// When each peer last answered a Raft RPC (the leader's view of who is alive).
+    peer_health: PeerHealth,
 }
+
+/// When each peer last answered one of this node's Raft RPCs.
+pub type PeerHealth = Arc<std::sync::Mutex<std::collections::BTreeMap<u64, tokio::time::Instant>>>;
 
 impl Directory {
     /// A directory whose node tells time by `clock`.
@@ -52,6 +59,24 @@ impl Directory {
     /// Milliseconds since the Unix epoch by the node's clock: what the leader stamps proposals with.
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
+    }
+
+    pub fn peer_health(&self) -> PeerHealth {
+        self.peer_health.clone()
+    }
+
+    /// Whether `node` answered a Raft RPC of this node within `within`.
+    pub fn peer_heard_within(&self, node: u64, within: std::time::Duration) -> bool {
+        let heard = self.peer_health.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&node).copied();
+        heard.is_some_and(|at| at.elapsed() <= within)
+    }
+
+    pub fn blobs(&self) -> Option<crate::blobs::BlobNode> {
+        self.blobs.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    pub(crate) fn set_blobs(&self, blobs: Option<crate::blobs::BlobNode>) {
+        *self.blobs.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = blobs;
     }
 
     pub fn set_root(&self, root: ActorRef<SupervisorMsg>) {

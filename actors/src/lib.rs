@@ -1,6 +1,7 @@
 //! Pando's actors: one module per subsystem, each a thin shell around a core from `pando-protocol` or around one
 //! external resource (a redb database, an openraft instance, an iroh endpoint).
 
+pub mod blobs;
 pub mod clock;
 pub mod directory;
 pub mod mesh;

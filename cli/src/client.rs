@@ -67,7 +67,7 @@ pub struct Client {
     connection: Mutex<Option<(TicketNode, Connection)>>,
     /// Index into the ticket's nodes to try first when no connection is open.
     next_node: AtomicUsize,
-    next_request_id: AtomicU64,
+    pub(crate) next_request_id: AtomicU64,
     /// Nodes that could not be reached lately, and when; skipped for [`UNREACHABLE_BACKOFF_MS`].
     unreachable: std::sync::Mutex<std::collections::BTreeMap<u64, tokio::time::Instant>>,
 }
@@ -120,7 +120,7 @@ impl Client {
         let _ = tokio::time::timeout(Duration::from_millis(CLOSE_TIMEOUT_MS), self.endpoint.close()).await;
     }
 
-    async fn connection(&self) -> Result<Connection, ClientError> {
+    pub(crate) async fn connection(&self) -> Result<Connection, ClientError> {
         let mut cached = self.connection.lock().await;
         if let Some((_, connection)) = cached.as_ref()
             && connection.close_reason().is_none()
@@ -161,7 +161,7 @@ impl Client {
     }
 
     /// Forgets the current connection; the next attempt starts with the following node of the ticket.
-    async fn drop_connection(&self) {
+    pub(crate) async fn drop_connection(&self) {
         if self.connection.lock().await.take().is_some() {
             self.next_node.fetch_add(1, Ordering::Relaxed);
         }

@@ -1,9 +1,11 @@
 //! `pando_client`: the one client library for Pando. Connection reuse, per-request deadlines on every stage
 //! (connect, open, write, read), typed KV and cluster calls.
 
+mod blob_client;
 mod client;
 mod error;
 
+pub use blob_client::BLOB_COMMIT_TIMEOUT_MS;
 pub use client::{Client, ClientOptions, quic_transport_config};
 pub use error::ClientError;
 pub use pando_protocol;

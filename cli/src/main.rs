@@ -2,6 +2,7 @@
 //! message on stderr; `--json` prints machine-readable output on stdout.
 
 mod bench;
+mod blob;
 mod coord;
 mod output;
 mod queue;
@@ -11,9 +12,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use pando_client::pando_protocol::blob::{BlobAttach, BlobResponse};
 use pando_client::pando_protocol::cluster::{ClusterRequest, ClusterResponse, MemberNode};
 use pando_client::pando_protocol::error::{ErrorCode, ErrorDetail, WireError};
 use pando_client::pando_protocol::kv::{Compare, CompareOp, CompareTarget, Consistency, FenceKind, TxnOp, WriteOp};
+use pando_client::pando_protocol::limits::VALUE_SIZE_BYTES_MAX;
 use pando_client::{Client, ClientError, ClientOptions};
 use serde_json::json;
 
@@ -81,6 +84,9 @@ enum Command {
     /// Service registry with TTL health checks.
     #[command(subcommand)]
     Service(coord::ServiceCommand),
+    /// Content-addressed blobs (BLAKE3), replicated across the cluster.
+    #[command(subcommand)]
+    Blob(blob::BlobCommand),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -342,6 +348,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue(command) => queue::queue(&client, command, cli.json).await,
         Command::Barrier(command) => coord::barrier(&client, command, cli.json).await,
         Command::Service(command) => coord::service(&client, command, cli.json).await,
+        Command::Blob(command) => blob::blob(&client, command, cli.json).await,
         Command::Actors => {
             match client.cluster(ClusterRequest::Actors).await? {
                 ClusterResponse::Actors { actors } => {
@@ -527,6 +534,9 @@ async fn kv(client: &Client, command: KvCommand, json_output: bool) -> anyhow::R
             };
             if json_output {
                 print_json(&entry_json(&entry));
+            } else if let Some(stored) = entry.blob {
+                // A value stored as a blob streams from the cluster, verified against its hash.
+                blob::download(client, stored.hash, Some(entry.key.clone()), None).await?;
             } else {
                 let mut stdout = std::io::stdout().lock();
                 stdout.write_all(&entry.value)?;
@@ -547,6 +557,17 @@ async fn kv(client: &Client, command: KvCommand, json_output: bool) -> anyhow::R
                 print_json(&json!({ "revision": revision }));
             } else {
                 println!("deleted at revision {revision}");
+            }
+        }
+        KvCommand::Set { key, value, file: Some(path), fence: None, lease }
+            if value.is_none()
+                && std::fs::metadata(&path).is_ok_and(|meta| meta.len() > VALUE_SIZE_BYTES_MAX as u64) =>
+        {
+            // Too large for one request: streamed in as a blob, attached to the key by the node.
+            let attach = BlobAttach { key: key.into_bytes().into(), lease };
+            match blob::upload(client, &path, None, false, None, Some(attach)).await? {
+                BlobResponse::Added { revision: Some(revision), .. } => written(json_output, revision),
+                other => anyhow::bail!("unexpected response {other:?}"),
             }
         }
         KvCommand::Set { key, value, file, fence: None, lease } => {

@@ -19,13 +19,19 @@ pub fn bytes_json(bytes: &[u8]) -> Value {
 }
 
 pub fn entry_json(entry: &KvEntry) -> Value {
-    json!({
+    let mut value = json!({
         "key": bytes_json(&entry.key),
         "value": bytes_json(&entry.value),
         "create_revision": entry.create_revision,
         "mod_revision": entry.mod_revision,
         "version": entry.version,
-    })
+    });
+    if let Some(blob) = &entry.blob {
+        // The bytes are a blob: `pando blob get` (or `kv get` without --json) streams them.
+        value["value"] = Value::Null;
+        value["blob"] = json!({ "hash": blob.hash.to_string(), "size": blob.size });
+    }
+    value
 }
 
 pub fn print_json(value: &Value) {

@@ -59,6 +59,21 @@ struct Args {
     /// Log entries kept behind the latest snapshot (so slightly lagging members catch up without one).
     #[arg(long, default_value_t = 1_000)]
     snapshot_keep_log: u64,
+    /// Copies of each blob the cluster keeps when an add does not say (this node's adds).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=16))]
+    blob_replicas: u8,
+    /// Seconds an unreferenced blob survives before it is collected (blobs this node adds).
+    #[arg(long, default_value_t = 3600)]
+    blob_gc_grace_secs: u64,
+    /// Seconds between runs of the blob store's collector (deletes data no longer kept).
+    #[arg(long, default_value_t = 60)]
+    blob_store_gc_secs: u64,
+    /// Milliseconds between blob repair rounds when nothing wakes the worker.
+    #[arg(long, default_value_t = 2_000)]
+    blob_repair_interval_ms: u64,
+    /// KV values larger than this many bytes are stored as blobs (at most 1 MiB, the inline limit).
+    #[arg(long, default_value_t = 256 * 1024, value_parser = clap::value_parser!(u64).range(1..=1024 * 1024))]
+    blob_threshold: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -93,7 +108,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     let secret = SecretKey::from_bytes(&identity.node_key);
     let endpoint = Endpoint::builder(presets::Minimal)
         .secret_key(secret.clone())
-        .alpns(vec![alpn::RPC.to_vec(), alpn::RAFT.to_vec(), alpn::ACTORS.to_vec()])
+        .alpns(vec![alpn::RPC.to_vec(), alpn::RAFT.to_vec(), alpn::ACTORS.to_vec(), alpn::BLOBS.to_vec()])
         .transport_config(pando_client::quic_transport_config())
         .clear_ip_transports()
         .bind_addr(bind)
@@ -157,7 +172,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         // log holds a membership, so a crash before the first membership entry cannot leave it uninitialised.
         bootstrap: record.founder.then(|| BTreeMap::from([(record.node_id, me.clone())])),
         endpoint: endpoint.clone(),
-        network: IrohNetwork::new(endpoint.clone()).into(),
+        network: IrohNetwork::new(endpoint.clone(), directory.peer_health()).into(),
         context: RpcContext {
             node_id: record.node_id,
             cluster_id: record.cluster_id.clone(),
@@ -169,6 +184,14 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             directory: directory.clone(),
         },
         directory: directory.clone(),
+        blobs: pando_actors::blobs::BlobConfig {
+            dir: args.data_dir.join("blobs"),
+            default_replicas: args.blob_replicas,
+            gc_grace: Duration::from_secs(args.blob_gc_grace_secs),
+            store_gc_interval: Duration::from_secs(args.blob_store_gc_secs.max(1)),
+            repair_interval: Duration::from_millis(args.blob_repair_interval_ms.max(50)),
+            kv_inline_max_bytes: args.blob_threshold as usize,
+        },
     });
     let (root, root_handle) =
         Actor::spawn(None, Supervisor, tree).await.context("cannot start the supervision tree")?;

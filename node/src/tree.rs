@@ -1,4 +1,4 @@
-//! The node's supervision tree: storage, then raft, then the RPC gateway, then the actor mesh, under a rest_for_one
+//! The node's supervision tree: storage, then raft, then blobs, then the RPC gateway, then the actor mesh, under a rest_for_one
 //! root. The mesh comes last: its restarts never disturb client connections.
 
 use std::collections::BTreeMap;
@@ -27,6 +27,7 @@ pub struct TreeConfig {
     pub network: pando_actors::raft::transport::RaftTransport,
     pub context: RpcContext,
     pub directory: Directory,
+    pub blobs: pando_actors::blobs::BlobConfig,
 }
 
 pub fn root(config: TreeConfig) -> SupervisorArgs {
@@ -46,6 +47,18 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
             bootstrap: config.bootstrap,
             directory: config.directory.clone(),
             network: config.network,
+        },
+    )
+    .with_shutdown_timeout(Duration::from_secs(10));
+    let blobs = ChildSpec::new(
+        "blobs",
+        Restart::Permanent,
+        pando_actors::blobs::BlobActor,
+        pando_actors::blobs::BlobArgs {
+            node_id: config.node_id,
+            config: config.blobs,
+            endpoint: config.endpoint.clone(),
+            directory: config.directory.clone(),
         },
     )
     .with_shutdown_timeout(Duration::from_secs(10));
@@ -73,6 +86,6 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
             ROOT_RESTARTS_MAX,
             Duration::from_millis(ROOT_RESTART_PERIOD_MS),
         ),
-        children: vec![storage, raft, rpc, mesh],
+        children: vec![storage, raft, blobs, rpc, mesh],
     }
 }

@@ -14,6 +14,7 @@ use crate::kv::{KvRequest, KvResponse};
 pub enum Command {
     Kv(KvRequest),
     Coord(CoordRequest),
+    Blob(crate::blob::BlobCommand),
 }
 
 impl Command {
@@ -22,6 +23,7 @@ impl Command {
         match self {
             Command::Kv(request) => request.payload_bytes(),
             Command::Coord(request) => request.payload_bytes(),
+            Command::Blob(_) => 128,
         }
     }
 }
@@ -31,6 +33,7 @@ impl Command {
 pub enum CommandOutput {
     Kv(KvResponse),
     Coord(CoordResponse),
+    Blob(crate::blob::BlobResponse),
 }
 
 /// The result of one KV command.

@@ -30,6 +30,7 @@ pub enum Request {
     Kv(KvRequest),
     Cluster(ClusterRequest),
     Coord(CoordRequest),
+    Blob(crate::blob::BlobRequest),
 }
 
 /// A response to the request with the same id.
@@ -44,6 +45,7 @@ pub enum Response {
     Kv(KvResponse),
     Cluster(ClusterResponse),
     Coord(CoordResponse),
+    Blob(crate::blob::BlobResponse),
 }
 
 /// The first two fields of an envelope, decoded on their own when the full envelope does not decode, so the error

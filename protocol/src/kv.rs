@@ -22,6 +22,10 @@ pub struct KvEntry {
     pub mod_revision: u64,
     /// Writes to the key since it was created, starting at 1.
     pub version: u64,
+    /// The value is stored as this blob (`value` is then empty; fetch the bytes with a blob get). Absent on the wire
+    /// for inline values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<crate::blob::BlobRef>,
 }
 
 /// How fresh a read must be.
@@ -123,6 +127,14 @@ pub enum KvRequest {
     },
     Delete {
         key: Bytes,
+    },
+    /// Sets `key` to a blob of the cluster (the value reads as the blob's bytes). Refused with `NOT_FOUND` unless
+    /// the blob is recorded with at least one holder.
+    PutBlob {
+        key: Bytes,
+        hash: crate::blob::BlobHash,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease: Option<u64>,
     },
     /// Set `key` to `value` only if its current value is `expected` (`None`: only if the key does not exist).
     Cas {
@@ -278,7 +290,9 @@ impl KvRequest {
     /// Checks every limit and argument. A request that passes is also accepted by the state machine.
     pub fn validate(&self) -> Result<(), WireError> {
         match self {
-            KvRequest::Get { key, .. } | KvRequest::Delete { key } => validate_key(key),
+            KvRequest::Get { key, .. } | KvRequest::Delete { key } | KvRequest::PutBlob { key, .. } => {
+                validate_key(key)
+            }
             KvRequest::Put { key, value, .. } => {
                 validate_key(key)?;
                 validate_value(value)
@@ -362,6 +376,7 @@ impl KvRequest {
     pub fn payload_bytes(&self) -> usize {
         match self {
             KvRequest::Get { key, .. } | KvRequest::Delete { key } => key.len(),
+            KvRequest::PutBlob { key, .. } => key.len() + crate::blob::BLOB_HASH_BYTES,
             KvRequest::Put { key, value, .. } => key.len() + value.len(),
             KvRequest::Cas { key, expected, value } => {
                 key.len() + value.len() + expected.as_ref().map_or(0, |e| e.len())
@@ -389,6 +404,7 @@ impl KvRequest {
             KvRequest::Get { .. } | KvRequest::Scan { .. } | KvRequest::BatchGet { .. } => false,
             KvRequest::Txn { success, failure, .. } => success.iter().chain(failure).any(TxnOp::is_write),
             KvRequest::Put { .. }
+            | KvRequest::PutBlob { .. }
             | KvRequest::Delete { .. }
             | KvRequest::Cas { .. }
             | KvRequest::Cad { .. }
@@ -401,6 +417,7 @@ impl KvRequest {
         match self {
             KvRequest::Get { key, .. }
             | KvRequest::Put { key, .. }
+            | KvRequest::PutBlob { key, .. }
             | KvRequest::Delete { key }
             | KvRequest::Cas { key, .. }
             | KvRequest::Cad { key, .. } => vec![key],

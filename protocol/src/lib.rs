@@ -4,6 +4,7 @@
 //! simulator and (later) inside WASM plugins. The crate compiles for `wasm32-unknown-unknown`.
 
 pub mod alpn;
+pub mod blob;
 pub mod cluster;
 pub mod command;
 pub mod coord;

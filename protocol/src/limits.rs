@@ -42,3 +42,7 @@ pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1024 * 1024;
 pub const APPEND_ENTRIES_COUNT_MAX: u64 = 4;
 /// Most bytes of keys and values one proposal (one log entry) may carry, so AppendEntries frames stay bounded.
 pub const PROPOSAL_BYTES_MAX: usize = 1024 * 1024;
+/// Largest data frame of a streamed blob (raw bytes behind the usual length prefix; an empty frame ends the data).
+pub const BLOB_DATA_FRAME_BYTES_MAX: usize = 1024 * 1024;
+/// Longest pause between two data frames of a streamed blob before the node gives up on the transfer.
+pub const BLOB_DATA_FRAME_TIMEOUT_MS: u64 = 30_000;

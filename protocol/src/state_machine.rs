@@ -80,6 +80,7 @@ pub fn apply_command(
     Ok(match command {
         Command::Kv(request) => apply_kv(tables, revision, request)?.map(CommandOutput::Kv),
         Command::Coord(request) => coord::apply(tables, revision, now, request)?.map(CommandOutput::Coord),
+        Command::Blob(command) => crate::blob::apply(tables, now, command)?.map(CommandOutput::Blob),
     })
 }
 
@@ -110,6 +111,23 @@ fn apply_kv(
             *revision = next;
             KvResponse::Written { revision: next }
         }
+        KvRequest::PutBlob { key, hash, lease } => {
+            let blob = match crate::blob::attachable(tables, hash)? {
+                Ok(blob) => blob,
+                Err(error) => return Ok(Err(error)),
+            };
+            if let Some(lease) = lease
+                && let Err(error) = coord::lease::check_attachable(tables, key, *lease)?
+            {
+                return Ok(Err(error));
+            }
+            write_row(tables, key, Value::Blob(blob), next)?;
+            if let Some(lease) = lease {
+                coord::lease::attach_key(tables, key, *lease)?;
+            }
+            *revision = next;
+            KvResponse::Written { revision: next }
+        }
         KvRequest::Delete { key } => {
             let existed = remove(tables, key)?;
             if existed {
@@ -121,7 +139,7 @@ fn apply_kv(
             let current = tables.get(key)?;
             let matches = match (&current, expected) {
                 (None, None) => true,
-                (Some(row), Some(expected)) => row.value == expected.as_slice(),
+                (Some(row), Some(expected)) => row.blob.is_none() && row.value == expected.as_slice(),
                 _ => false,
             };
             if !matches {
@@ -134,7 +152,7 @@ fn apply_kv(
         KvRequest::Cad { key, expected } => {
             let current = tables.get(key)?;
             match &current {
-                Some(row) if row.value == expected.as_slice() => {
+                Some(row) if row.blob.is_none() && row.value == expected.as_slice() => {
                     remove(tables, key)?;
                     *revision = next;
                     KvResponse::Deleted { revision: next, existed: true }
@@ -238,20 +256,54 @@ fn scan(tables: &impl KvRead, prefix: &[u8], limit: u32, after: Option<&[u8]>) -
 /// Deletes a row and unties it from any lease.
 fn remove(tables: &mut (impl KvWrite + CoordWrite), key: &[u8]) -> Result<bool, StorageFault> {
     coord::lease::detach_key(tables, key)?;
+    delete_row(tables, key)
+}
+
+/// Deletes a row, dropping the blob reference it held.
+pub(crate) fn delete_row(tables: &mut (impl KvWrite + CoordWrite), key: &[u8]) -> Result<bool, StorageFault> {
+    let Some(old) = tables.get(key)? else { return Ok(false) };
+    if old.blob.is_some() {
+        crate::blob::replace_reference(tables, old.blob, None)?;
+    }
     tables.delete(key)
+}
+
+/// A value to store: bytes, or a blob of the cluster.
+enum Value<'a> {
+    Inline(&'a [u8]),
+    Blob(crate::blob::BlobRef),
 }
 
 /// Writes a row (a new version of it) and unties it from any lease; a leased put attaches it again afterwards.
 fn put(tables: &mut (impl KvWrite + CoordWrite), key: &[u8], value: &[u8], revision: u64) -> Result<(), StorageFault> {
+    write_row(tables, key, Value::Inline(value), revision)
+}
+
+fn write_row(
+    tables: &mut (impl KvWrite + CoordWrite),
+    key: &[u8],
+    value: Value<'_>,
+    revision: u64,
+) -> Result<(), StorageFault> {
     coord::lease::detach_key(tables, key)?;
-    let row = match tables.get(key)? {
+    let old = tables.get(key)?;
+    let (value, blob) = match value {
+        Value::Inline(bytes) => (bytes.to_vec(), None),
+        Value::Blob(blob) => (Vec::new(), Some(blob)),
+    };
+    let old_blob = old.as_ref().and_then(|old| old.blob);
+    if old_blob.is_some() || blob.is_some() {
+        crate::blob::replace_reference(tables, old_blob, blob)?;
+    }
+    let row = match old {
         Some(old) => StoredValue {
             create_revision: old.create_revision,
             mod_revision: revision,
             version: old.version + 1,
-            value: value.to_vec(),
+            value,
+            blob,
         },
-        None => StoredValue { create_revision: revision, mod_revision: revision, version: 1, value: value.to_vec() },
+        None => StoredValue { create_revision: revision, mod_revision: revision, version: 1, value, blob },
     };
     tables.put(key, &row)
 }
@@ -305,6 +357,8 @@ pub fn evaluate(row: &Option<StoredValue>, compare: &Compare) -> bool {
     let ordering = match (&compare.target, row) {
         (CompareTarget::LockToken(_) | CompareTarget::Fence { .. }, _) => return false,
         (CompareTarget::Value(_), None) => return false,
+        // A value stored as a blob is compared by version or revision, never by its bytes.
+        (CompareTarget::Value(_), Some(row)) if row.blob.is_some() => return false,
         (CompareTarget::Value(expected), Some(row)) => row.value.as_slice().cmp(expected.as_slice()),
         (CompareTarget::Version(expected), row) => row.as_ref().map_or(0, |row| row.version).cmp(expected),
         (CompareTarget::ModRevision(expected), row) => row.as_ref().map_or(0, |row| row.mod_revision).cmp(expected),

@@ -25,6 +25,10 @@ pub enum Capability {
     ClusterRead,
     /// Join the cluster as a new node (what a join ticket carries).
     ClusterJoin,
+    /// Read blobs by hash.
+    BlobRead,
+    /// Add, read, protect and delete blobs.
+    BlobWrite,
 }
 
 /// What a request needs.
@@ -36,6 +40,8 @@ pub enum Access<'a> {
     ClusterJoin,
     /// Membership changes.
     ClusterAdmin,
+    BlobRead,
+    BlobWrite,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +131,8 @@ impl TokenClaims {
             (Capability::KvRead { prefix }, Access::KvRead(key)) => key.starts_with(prefix),
             (Capability::ClusterRead, Access::ClusterRead) => true,
             (Capability::ClusterJoin, Access::ClusterJoin) => true,
+            (Capability::BlobWrite, Access::BlobRead | Access::BlobWrite) => true,
+            (Capability::BlobRead, Access::BlobRead) => true,
             _ => false,
         })
     }

@@ -4,6 +4,9 @@
 use std::time::{Duration, Instant};
 
 use pando_protocol::cluster::MeshPing;
+use pando_protocol::command::{Command, CommandOutput};
+use pando_protocol::error::{ErrorCode, WireError};
+use pando_protocol::kv::KvRequest;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 use serde::{Deserialize, Serialize};
@@ -16,7 +19,21 @@ use super::{MESH_PING_TARGETS_MAX, MESH_PING_TIMEOUT_MS, NODES_GROUP};
 pub enum AgentMsg {
     #[rpc]
     Ping(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    /// A [`Forward`]: propose a command on this node (the leader) for a member that is not the leader.
+    #[rpc]
+    Propose(Vec<u8>, RpcReplyPort<Vec<u8>>),
 }
+
+/// A proposal handed to the leader's agent by another member. Only blob commands are accepted (a blob's bytes arrive
+/// at whichever node a client or a repair chose, which then records them): the member that forwards a client's
+/// command has checked the client's token.
+#[derive(Debug, Serialize, Deserialize)]
+struct Forward {
+    to: u64,
+    command: Command,
+}
+
+type Forwarded = Result<CommandOutput, WireError>;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Ping {
@@ -31,6 +48,7 @@ enum Pong {
 
 pub struct NodeAgent {
     pub node_id: u64,
+    pub directory: crate::directory::Directory,
 }
 
 impl Actor for NodeAgent {
@@ -60,9 +78,73 @@ impl Actor for NodeAgent {
                 };
                 let _ = reply.send(rmp_serde::to_vec_named(&pong).unwrap_or_default());
             }
+            AgentMsg::Propose(payload, reply) => {
+                let answer = |result: &Forwarded| rmp_serde::to_vec_named(result).unwrap_or_default();
+                let forward = match rmp_serde::from_slice::<Forward>(&payload) {
+                    Ok(forward) => forward,
+                    Err(error) => {
+                        let _ = reply.send(answer(&Err(WireError::invalid(format!("malformed proposal: {error}")))));
+                        return Ok(());
+                    }
+                };
+                if forward.to != self.node_id {
+                    let _ = reply.send(answer(&Err(WireError::new(ErrorCode::NotLeader, "addressed to another node"))));
+                    return Ok(());
+                }
+                if !matches!(forward.command, Command::Blob(_) | Command::Kv(KvRequest::PutBlob { .. })) {
+                    let _ = reply.send(answer(&Err(WireError::invalid("only blob commands are forwarded"))));
+                    return Ok(());
+                }
+                // Proposed off the mailbox, so a slow commit never holds up pings.
+                let directory = self.directory.clone();
+                tokio::spawn(async move {
+                    let result = crate::raft::propose_local(
+                        &directory,
+                        forward.command,
+                        Duration::from_millis(FORWARD_TIMEOUT_MS),
+                    )
+                    .await;
+                    let _ = reply.send(answer(&result));
+                });
+            }
         }
         Ok(())
     }
+}
+
+/// Longest a forwarded proposal may take on the leader.
+pub const FORWARD_TIMEOUT_MS: u64 = 10_000;
+
+/// Proposes `command` on node `leader` through its agent. Agents are not indexed by node, so the proposal goes to
+/// every remote agent in [`NODES_GROUP`] and only the addressed one acts; the others refuse at once.
+pub(crate) async fn propose_on(leader: u64, command: &Command, timeout: Duration) -> Forwarded {
+    let payload = rmp_serde::to_vec_named(&Forward { to: leader, command: command.clone() })
+        .map_err(|error| WireError::internal(format!("cannot encode a proposal: {error}")))?;
+    let members = ractor::pg::get_members(&NODES_GROUP.to_string());
+    let calls = members.into_iter().filter(|cell| !cell.get_id().is_local()).take(MESH_PING_TARGETS_MAX).map(|cell| {
+        let payload = payload.clone();
+        async move {
+            let agent = ActorRef::<AgentMsg>::from(cell);
+            match agent.call(|reply| AgentMsg::Propose(payload, reply), Some(timeout)).await {
+                Ok(ractor::rpc::CallResult::Success(bytes)) => rmp_serde::from_slice::<Forwarded>(&bytes)
+                    .unwrap_or_else(|error| Err(WireError::internal(format!("malformed answer: {error}")))),
+                Ok(ractor::rpc::CallResult::Timeout) => {
+                    Err(WireError::new(ErrorCode::Timeout, "the leader did not answer; it may or may not have applied"))
+                }
+                _ => Err(WireError::new(ErrorCode::Unavailable, "cannot reach a node agent")),
+            }
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let mut last =
+        Err(WireError::new(ErrorCode::Unavailable, format!("no mesh session to the leader (node {leader})")));
+    for answer in answers {
+        match answer {
+            Err(error) if error.code == ErrorCode::NotLeader && error.message == "addressed to another node" => {}
+            other => last = other,
+        }
+    }
+    last
 }
 
 /// Pings every agent in [`NODES_GROUP`] (on this node and, through the mesh, on the others) at once.

@@ -116,7 +116,14 @@ impl Actor for MeshActor {
         .with_listen_addr(Ipv4Addr::LOCALHOST.into())
         .with_max_inbound_frame_size(MESH_FRAME_BYTES_MAX);
         let (node_server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
-        let agent = match Actor::spawn_linked(None, NodeAgent { node_id: args.node_id }, (), myself.get_cell()).await {
+        let agent = match Actor::spawn_linked(
+            None,
+            NodeAgent { node_id: args.node_id, directory: args.directory.clone() },
+            (),
+            myself.get_cell(),
+        )
+        .await
+        {
             Ok((agent, _)) => agent,
             Err(error) => {
                 node_server.kill();

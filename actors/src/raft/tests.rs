@@ -33,6 +33,7 @@ async fn start(dir: &std::path::Path, directory: &Directory) -> ActorRef<RaftMsg
                 .bind()
                 .await
                 .unwrap(),
+            directory.peer_health(),
         )
         .into(),
     };

@@ -59,11 +59,13 @@ type PeerSlot = Arc<Mutex<Option<Connection>>>;
 pub struct IrohNetwork {
     endpoint: Endpoint,
     pool: Arc<std::sync::Mutex<BTreeMap<NodeId, PeerSlot>>>,
+    /// Stamped with every answer a peer gives (see [`Directory::peer_heard_within`]).
+    health: crate::directory::PeerHealth,
 }
 
 impl IrohNetwork {
-    pub fn new(endpoint: Endpoint) -> IrohNetwork {
-        IrohNetwork { endpoint, pool: Arc::default() }
+    pub fn new(endpoint: Endpoint, health: crate::directory::PeerHealth) -> IrohNetwork {
+        IrohNetwork { endpoint, pool: Arc::default(), health }
     }
 }
 
@@ -151,6 +153,11 @@ impl IrohNetwork {
         if result.is_err() {
             // A broken connection is redialled on the next call, with the membership's current addresses.
             self.forget(target).await;
+        } else {
+            self.health
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(target, tokio::time::Instant::now());
         }
         result
     }

@@ -162,6 +162,14 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
                 }
                 return;
             }
+            if connection.alpn() == alpn::BLOBS {
+                let directory = shared.context.directory.clone();
+                tokio::select! {
+                    _ = shutdown.cancelled() => connection.close(2u32.into(), b"node stopping"),
+                    () = crate::blobs::serve_members(connection.clone(), directory) => {}
+                }
+                return;
+            }
             if connection.alpn() != alpn::RPC {
                 connection.close(1u32.into(), b"unsupported alpn");
                 return;
@@ -264,6 +272,10 @@ async fn serve_stream(
         }
     };
     shared.counters.requests_total.fetch_add(1, Ordering::Relaxed);
+    if super::blobs::is_streamed(&envelope) {
+        super::blobs::serve_stream(&shared.context, &cache, envelope, send, recv).await;
+        return;
+    }
     let response = handle(&shared.context, &cache, envelope).await;
     write_response(&mut send, &response).await;
 }

@@ -13,11 +13,9 @@ use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::kv::{Consistency, KvRequest, KvResponse};
 use pando_protocol::limits::{REQUEST_TIMEOUT_MS_DEFAULT, REQUEST_TIMEOUT_MS_MAX};
 use pando_protocol::token::{Access, CapabilityToken, TokenClaims};
-use ractor::RpcReplyPort;
 
 use super::cluster;
 use crate::directory::Directory;
-use crate::raft::RaftMsg;
 use crate::raft::type_config::NodeId;
 
 /// What the gateway needs to serve requests.
@@ -77,7 +75,7 @@ pub(crate) async fn handle(
     ResponseEnvelope { request_id, body }
 }
 
-fn authenticate(
+pub(crate) fn authenticate(
     context: &RpcContext,
     cache: &Mutex<TokenCache>,
     token: Option<&CapabilityToken>,
@@ -108,7 +106,7 @@ fn authenticate(
     Ok(claims)
 }
 
-fn authorise(claims: &TokenClaims, access: Access<'_>) -> Result<(), WireError> {
+pub(crate) fn authorise(claims: &TokenClaims, access: Access<'_>) -> Result<(), WireError> {
     if claims.allows(access) {
         return Ok(());
     }
@@ -118,6 +116,8 @@ fn authorise(claims: &TokenClaims, access: Access<'_>) -> Result<(), WireError> 
         Access::ClusterRead => "read cluster status",
         Access::ClusterJoin => "join the cluster",
         Access::ClusterAdmin => "change cluster membership",
+        Access::BlobRead => "read blobs",
+        Access::BlobWrite => "write blobs",
     };
     Err(WireError::new(ErrorCode::Unauthorized, format!("token of `{}` may not {what}", claims.subject)))
 }
@@ -138,11 +138,18 @@ async fn execute(
             if !write {
                 return Ok(Response::Kv(read(context, request).await?));
             }
+            if let KvRequest::Put { key, value, lease } = &request
+                && let Some(blobs) = context.directory.blobs()
+                && value.len() > blobs.config.kv_inline_max_bytes
+            {
+                return super::blobs::put_large(context, &blobs, key, value, *lease, timeout).await.map(Response::Kv);
+            }
             match propose(context, Command::Kv(request), timeout).await? {
                 CommandOutput::Kv(response) => Ok(Response::Kv(response)),
                 other => Err(WireError::internal(format!("a KV write produced {other:?}"))),
             }
         }
+        Request::Blob(request) => super::blobs::execute(context, claims, request, timeout).await.map(Response::Blob),
         Request::Coord(request) => {
             request.validate()?;
             if matches!(request, CoordRequest::Tick) {
@@ -344,29 +351,20 @@ async fn serve_waiting(
     }
 }
 
-async fn propose(context: &RpcContext, command: Command, timeout: Duration) -> Result<CommandOutput, WireError> {
-    let handles =
-        context.directory.raft().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "raft is not running"))?;
-    let outcome = handles.actor.call(|reply: RpcReplyPort<_>| RaftMsg::Propose { command, reply }, Some(timeout)).await;
-    match outcome {
-        Ok(ractor::rpc::CallResult::Success(result)) => result,
-        Ok(ractor::rpc::CallResult::Timeout) => Err(WireError::new(
-            ErrorCode::Timeout,
-            "write not committed before the deadline; it may or may not have been applied",
-        )),
-        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err(WireError::new(
-            ErrorCode::Unavailable,
-            "raft stopped before answering; the write may or may not have been applied",
-        )),
-    }
+pub(crate) async fn propose(
+    context: &RpcContext,
+    command: Command,
+    timeout: Duration,
+) -> Result<CommandOutput, WireError> {
+    crate::raft::propose_local(&context.directory, command, timeout).await
 }
 
-fn reader(context: &RpcContext) -> Result<crate::storage::StateReader, WireError> {
+pub(crate) fn reader(context: &RpcContext) -> Result<crate::storage::StateReader, WireError> {
     Ok(context.directory.stores().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "storage is not open"))?.reader)
 }
 
 /// Waits until this node knows it is leader and has applied everything committed before the read started.
-async fn linearize(context: &RpcContext) -> Result<(), WireError> {
+pub(crate) async fn linearize(context: &RpcContext) -> Result<(), WireError> {
     let handles =
         context.directory.raft().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "raft is not running"))?;
     cluster::ensure_leader(&handles).await

@@ -1,6 +1,7 @@
 //! The RPC gateway: accepts client connections (ALPN `pando/rpc/1`), reads one framed request per bi-stream,
 //! authenticates it, routes it with its deadline, and writes the response.
 
+mod blobs;
 pub(crate) mod cluster;
 mod gateway;
 mod handler;

@@ -1,5 +1,6 @@
 //! The state machine core's table traits over redb tables, and the read handle the RPC gateway serves reads from.
 
+use pando_protocol::blob::{self, BlobHash, BlobPage, BlobRecord};
 use std::ops::{Bound, ControlFlow};
 use std::sync::Arc;
 
@@ -186,6 +187,39 @@ impl StateReader {
         let tables =
             Tables { kv: Rows { table: () }, coord: read.open_table(COORD_TABLE).map_err(fault)?, events: Vec::new() };
         coord::next_deadline(&tables)
+    }
+
+    fn with_coord<R>(
+        &self,
+        read: impl FnOnce(&Tables<(), redb::ReadOnlyTable<&'static [u8], &'static [u8]>>) -> Result<R, StorageFault>,
+    ) -> Result<R, StorageFault> {
+        let transaction = self.database.begin_read().map_err(fault)?;
+        let tables = Tables {
+            kv: Rows { table: () },
+            coord: transaction.open_table(COORD_TABLE).map_err(fault)?,
+            events: Vec::new(),
+        };
+        read(&tables)
+    }
+
+    /// What the cluster knows about one blob, as last applied.
+    pub fn blob(&self, hash: &BlobHash) -> Result<Option<BlobRecord>, StorageFault> {
+        self.with_coord(|tables| blob::load(tables, hash))
+    }
+
+    /// One page of blob records in hash order.
+    pub fn blobs(&self, after: Option<&BlobHash>, limit: u32) -> Result<BlobPage, StorageFault> {
+        self.with_coord(|tables| blob::list(tables, after, limit))
+    }
+
+    /// The blobs `node` holds or was assigned, in hash order.
+    pub fn blobs_placed_on(
+        &self,
+        node: u64,
+        after: Option<&BlobHash>,
+        limit: usize,
+    ) -> Result<Vec<BlobHash>, StorageFault> {
+        self.with_coord(|tables| blob::placed_on(tables, node, after, limit))
     }
 
     /// The store revision as last applied.

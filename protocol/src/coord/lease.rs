@@ -153,7 +153,7 @@ pub(crate) fn revoke(
     let mut deleted = false;
     for key in &lease.keys {
         store.coord_delete(&with(keys::KEY_LEASE, key))?;
-        deleted |= store.delete(key)?;
+        deleted |= crate::state_machine::delete_row(store, key)?;
     }
     if deleted {
         *revision += 1;

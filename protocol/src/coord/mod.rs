@@ -194,6 +194,25 @@ pub enum CoordEvent {
         name: Bytes,
         generation: u64,
     },
+    /// A node reported a verified copy of a blob (or added it).
+    BlobHeld {
+        hash: crate::blob::BlobHash,
+        node: u64,
+    },
+    /// Nodes were asked to fetch a copy.
+    BlobAssigned {
+        hash: crate::blob::BlobHash,
+        nodes: Vec<u64>,
+    },
+    /// A node no longer counts as a holder of a blob.
+    BlobReleased {
+        hash: crate::blob::BlobHash,
+        node: u64,
+    },
+    /// An unreferenced blob's grace period ended: every node drops its copy.
+    BlobCollected {
+        hash: crate::blob::BlobHash,
+    },
     ServiceRegistered {
         service: Bytes,
         instance: Bytes,
@@ -834,6 +853,10 @@ pub(crate) mod keys {
     pub const BARRIER: &[u8] = b"b/";
     /// Registrations, keyed by [`scoped`] service name, then the instance.
     pub const SERVICE: &[u8] = b"v/";
+    /// Blob records, keyed by hash (see [`crate::blob`]).
+    pub const BLOB: &[u8] = b"B/";
+    /// Which node holds or was assigned which blob: node id (8 bytes), then the hash.
+    pub const BLOB_NODE: &[u8] = b"Bn/";
 
     pub fn with(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
         let mut key = Vec::with_capacity(prefix.len() + rest.len());

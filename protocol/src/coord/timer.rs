@@ -23,6 +23,8 @@ pub(crate) enum TimerKind {
     Dedup = 2,
     /// A service registration's TTL (or its grace as critical) ends: subject is the scoped service and the instance.
     Service = 3,
+    /// An unreferenced blob's grace period ends: subject is the hash.
+    BlobCollect = 4,
 }
 
 impl TimerKind {
@@ -31,6 +33,7 @@ impl TimerKind {
             1 => Some(TimerKind::Visibility),
             2 => Some(TimerKind::Dedup),
             3 => Some(TimerKind::Service),
+            4 => Some(TimerKind::BlobCollect),
             _ => None,
         }
     }
@@ -84,6 +87,7 @@ pub(crate) fn fire_due(store: &mut impl CoordWrite, now: u64) -> Result<usize, S
             Some(TimerKind::Visibility) => super::queue::visibility_lapsed(store, deadline, subject)?,
             Some(TimerKind::Dedup) => super::queue::dedup_lapsed(store, deadline, subject)?,
             Some(TimerKind::Service) => super::service::ttl_lapsed(store, deadline, subject)?,
+            Some(TimerKind::BlobCollect) => crate::blob::collect_lapsed(store, deadline, subject)?,
             None => return Err(StorageFault(format!("timer row of unknown kind: {key:?}"))),
         }
     }

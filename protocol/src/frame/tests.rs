@@ -1,5 +1,6 @@
 //! Golden bytes of representative frames, round trips of every message, and refusal of bad frames.
 
+use crate::blob as pando_blob;
 use proptest::prelude::*;
 
 use super::*;
@@ -93,13 +94,11 @@ fn any_bytes() -> impl Strategy<Value = Bytes> {
 }
 
 fn any_entry() -> impl Strategy<Value = KvEntry> {
-    (any_bytes(), any_bytes(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(key, value, c, m, v)| KvEntry {
-        key,
-        value,
-        create_revision: c,
-        mod_revision: m,
-        version: v,
-    })
+    let blob = proptest::option::of((any::<[u8; 32]>(), any::<u64>()))
+        .prop_map(|blob| blob.map(|(hash, size)| pando_blob::BlobRef { hash: pando_blob::BlobHash(hash), size }));
+    (any_bytes(), any_bytes(), any::<u64>(), any::<u64>(), any::<u64>(), blob).prop_map(
+        |(key, value, c, m, v, blob)| KvEntry { key, value, create_revision: c, mod_revision: m, version: v, blob },
+    )
 }
 
 fn any_consistency() -> impl Strategy<Value = Consistency> {

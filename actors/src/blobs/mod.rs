@@ -1,0 +1,328 @@
+//! The BlobActor: owns the node's iroh-blobs file store, serves iroh-blobs' protocol to members, and runs the repair
+//! worker that keeps every blob at its replica count.
+//!
+//! **What lives where.** Bytes live in the store under `<data-dir>/blobs` (files above 16 KiB, small ones inline in
+//! the store's own database). What the cluster agrees on (size, desired copies, holders, assignments, references)
+//! lives in the replicated state ([`pando_protocol::blob`]).
+//!
+//! **Keeping and dropping copies.** A node keeps a copy while the store has a named tag `pando/<hash>` for it. The tag
+//! is set (by this actor, one message at a time) only after the blob's record names the node, and the actor's sweep
+//! deletes the tags of blobs whose record is gone or no longer places the node; the store's own garbage collector
+//! then deletes untagged data. Data in flight (an upload, a fetch) is protected by a temporary tag until its tag is
+//! set, so a sweep never removes it.
+//!
+//! **Repair.** Every node fetches the blobs it is assigned (from holders, verified chunk by chunk against the hash;
+//! a corrupt or truncated transfer fails and the next holder is tried, resuming from the verified part) and reports
+//! them held. The leader assigns copies: whenever fewer live nodes hold or are fetching a blob than it should have, it
+//! assigns the missing copies to live members chosen by rendezvous hashing; holders that left the membership are
+//! released.
+
+mod repair;
+mod transfer;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use iroh::Endpoint;
+use iroh_blobs::store::GcConfig;
+use iroh_blobs::store::fs::FsStore;
+use iroh_blobs::store::fs::options::Options;
+use pando_protocol::blob::{BlobHash, LocalBlob};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::directory::Directory;
+
+pub use repair::PEER_LIVE_WINDOW_MS;
+pub use transfer::{TransferError, serve_members};
+
+/// Prefix of the store tags that keep a node's copies.
+pub const TAG_PREFIX: &str = "pando/";
+
+/// How a node keeps blobs.
+#[derive(Clone, Debug)]
+pub struct BlobConfig {
+    /// The store's directory.
+    pub dir: PathBuf,
+    /// Copies a blob gets when its add does not say.
+    pub default_replicas: u8,
+    /// How long an unreferenced blob survives.
+    pub gc_grace: Duration,
+    /// How often the store deletes untagged data.
+    pub store_gc_interval: Duration,
+    /// How often the repair worker runs when nothing wakes it.
+    pub repair_interval: Duration,
+    /// KV values larger than this are stored as blobs.
+    pub kv_inline_max_bytes: usize,
+}
+
+impl BlobConfig {
+    pub fn new(dir: PathBuf) -> BlobConfig {
+        BlobConfig {
+            dir,
+            default_replicas: 3,
+            gc_grace: Duration::from_secs(3600),
+            store_gc_interval: Duration::from_secs(60),
+            repair_interval: Duration::from_secs(2),
+            kv_inline_max_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Counters of this node's blob traffic.
+#[derive(Debug, Default)]
+pub struct BlobCounters {
+    pub fetches_ok: AtomicU64,
+    /// Fetches from one holder that failed (unreachable, cut short, or corrupt).
+    pub fetch_failures: AtomicU64,
+    /// Fetches refused because the data did not match its hash.
+    pub fetch_corrupt: AtomicU64,
+    pub bytes_fetched: AtomicU64,
+    pub tags_dropped: AtomicU64,
+}
+
+/// A node's blob store and what works on it, shared by the RPC handlers and the repair worker.
+#[derive(Clone)]
+pub struct BlobNode {
+    pub node_id: u64,
+    pub store: FsStore,
+    pub config: Arc<BlobConfig>,
+    pub counters: Arc<BlobCounters>,
+    endpoint: Endpoint,
+    directory: Directory,
+    actor: ActorRef<BlobMsg>,
+    /// Client uploads and downloads streaming through this node at once.
+    pub transfers: Arc<tokio::sync::Semaphore>,
+}
+
+/// Client transfers one node streams at once; more are answered `BUSY`.
+pub const BLOB_TRANSFERS_MAX: usize = 16;
+
+pub(crate) fn iroh_hash(hash: &BlobHash) -> iroh_blobs::Hash {
+    iroh_blobs::Hash::from_bytes(hash.0)
+}
+
+pub(crate) fn tag_of(hash: &BlobHash) -> String {
+    format!("{TAG_PREFIX}{hash}")
+}
+
+impl BlobNode {
+    /// What this node's store has of `hash`.
+    pub async fn local(&self, hash: &BlobHash) -> Result<LocalBlob, TransferError> {
+        use iroh_blobs::api::blobs::BlobStatus;
+        Ok(match self.store.blobs().status(iroh_hash(hash)).await.map_err(TransferError::store)? {
+            BlobStatus::Complete { size } => LocalBlob::Complete { size },
+            BlobStatus::Partial { .. } => LocalBlob::Partial,
+            BlobStatus::NotFound => LocalBlob::Absent,
+        })
+    }
+
+    /// Keeps this node's copy of `hash` (a named tag), if the blob's record places the node. Runs in the actor, so
+    /// it never interleaves with a sweep.
+    pub async fn keep(&self, hash: BlobHash) -> Result<bool, TransferError> {
+        match self.actor.call(|reply| BlobMsg::Keep(hash, reply), Some(Duration::from_secs(10))).await {
+            Ok(ractor::rpc::CallResult::Success(kept)) => kept,
+            _ => Err(TransferError::Unavailable("the blob actor did not answer".into())),
+        }
+    }
+
+    pub fn transfer_counters(&self) -> pando_protocol::blob::TransferCounters {
+        let counters = &self.counters;
+        pando_protocol::blob::TransferCounters {
+            fetches_ok: counters.fetches_ok.load(Ordering::Relaxed),
+            fetch_failures: counters.fetch_failures.load(Ordering::Relaxed),
+            fetch_corrupt: counters.fetch_corrupt.load(Ordering::Relaxed),
+            bytes_fetched: counters.bytes_fetched.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BlobActor;
+
+#[derive(Clone)]
+pub struct BlobArgs {
+    pub node_id: u64,
+    pub config: BlobConfig,
+    pub endpoint: Endpoint,
+    pub directory: Directory,
+}
+
+pub enum BlobMsg {
+    /// Set the tag of a blob whose record places this node (answers whether it did).
+    Keep(BlobHash, RpcReplyPort<Result<bool, TransferError>>),
+    /// Delete the tags of blobs this node should no longer keep.
+    Sweep,
+    Status(RpcReplyPort<BlobStatusReport>),
+}
+
+impl ractor::Message for BlobMsg {}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BlobStatusReport {
+    pub dir: PathBuf,
+    pub tags: u64,
+    pub fetches_ok: u64,
+    pub fetch_failures: u64,
+    pub fetch_corrupt: u64,
+    pub bytes_fetched: u64,
+    pub tags_dropped: u64,
+}
+
+pub struct BlobState {
+    node: BlobNode,
+    stop: CancellationToken,
+}
+
+/// Sweeps run every this many repair rounds.
+const SWEEP_EVERY_ROUNDS: u64 = 5;
+
+impl Actor for BlobActor {
+    type Msg = BlobMsg;
+    type State = BlobState;
+    type Arguments = BlobArgs;
+
+    async fn pre_start(&self, myself: ActorRef<BlobMsg>, args: BlobArgs) -> Result<BlobState, ActorProcessingErr> {
+        std::fs::create_dir_all(&args.config.dir)?;
+        let mut options = Options::new(&args.config.dir);
+        options.gc = Some(GcConfig { interval: args.config.store_gc_interval, add_protected: None });
+        let store = FsStore::load_with_opts(args.config.dir.join("blobs.db"), options)
+            .await
+            .map_err(|error| format!("cannot open the blob store in {}: {error}", args.config.dir.display()))?;
+        let node = BlobNode {
+            node_id: args.node_id,
+            store,
+            config: Arc::new(args.config),
+            counters: Arc::default(),
+            endpoint: args.endpoint,
+            directory: args.directory.clone(),
+            actor: myself.clone(),
+            transfers: Arc::new(tokio::sync::Semaphore::new(BLOB_TRANSFERS_MAX)),
+        };
+        args.directory.set_blobs(Some(node.clone()));
+        let stop = CancellationToken::new();
+        tokio::spawn(repair::run(node.clone(), myself, stop.clone()));
+        tracing::info!(dir = %node.config.dir.display(), "blob store open");
+        Ok(BlobState { node, stop })
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<BlobMsg>, state: &mut BlobState) -> Result<(), ActorProcessingErr> {
+        state.stop.cancel();
+        state.node.directory.set_blobs(None);
+        if let Err(error) = state.node.store.shutdown().await {
+            tracing::warn!(%error, "blob store did not shut down cleanly");
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<BlobMsg>,
+        message: BlobMsg,
+        state: &mut BlobState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            BlobMsg::Keep(hash, reply) => {
+                let _ = reply.send(keep(&state.node, hash).await);
+            }
+            BlobMsg::Sweep => {
+                if let Err(error) = sweep(&state.node).await {
+                    tracing::warn!(%error, "blob sweep failed");
+                }
+            }
+            BlobMsg::Status(reply) => {
+                let counters = &state.node.counters;
+                let tags = count_tags(&state.node).await.unwrap_or(0);
+                let _ = reply.send(BlobStatusReport {
+                    dir: state.node.config.dir.clone(),
+                    tags,
+                    fetches_ok: counters.fetches_ok.load(Ordering::Relaxed),
+                    fetch_failures: counters.fetch_failures.load(Ordering::Relaxed),
+                    fetch_corrupt: counters.fetch_corrupt.load(Ordering::Relaxed),
+                    bytes_fetched: counters.bytes_fetched.load(Ordering::Relaxed),
+                    tags_dropped: counters.tags_dropped.load(Ordering::Relaxed),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn reader(node: &BlobNode) -> Result<crate::storage::StateReader, TransferError> {
+    node.directory
+        .stores()
+        .map(|stores| stores.reader)
+        .ok_or_else(|| TransferError::Unavailable("storage is not open".into()))
+}
+
+async fn keep(node: &BlobNode, hash: BlobHash) -> Result<bool, TransferError> {
+    let reader = reader(node)?;
+    let record = tokio::task::spawn_blocking(move || reader.blob(&hash))
+        .await
+        .map_err(|error| TransferError::Unavailable(error.to_string()))?
+        .map_err(|fault| TransferError::Unavailable(fault.to_string()))?;
+    if !record.is_some_and(|record| record.places(node.node_id)) {
+        return Ok(false);
+    }
+    node.store.tags().set(tag_of(&hash), iroh_hash(&hash)).await.map_err(TransferError::store)?;
+    Ok(true)
+}
+
+async fn count_tags(node: &BlobNode) -> Result<u64, TransferError> {
+    use futures::StreamExt;
+    let mut tags = node.store.tags().list_prefix(TAG_PREFIX).await.map_err(TransferError::store)?;
+    let mut count = 0;
+    while let Some(tag) = tags.next().await {
+        tag.map_err(TransferError::store)?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Deletes the tag of every blob whose record is gone or no longer places this node.
+async fn sweep(node: &BlobNode) -> Result<(), TransferError> {
+    use futures::StreamExt;
+    let mut tags = node.store.tags().list_prefix(TAG_PREFIX).await.map_err(TransferError::store)?;
+    let mut held = BTreeSet::new();
+    while let Some(tag) = tags.next().await {
+        let tag = tag.map_err(TransferError::store)?;
+        let name = String::from_utf8_lossy(tag.name.as_ref()).into_owned();
+        match name.strip_prefix(TAG_PREFIX).map(BlobHash::parse) {
+            Some(Ok(hash)) => {
+                held.insert(hash);
+            }
+            _ => tracing::warn!(%name, "ignoring a blob tag that names no hash"),
+        }
+    }
+    let reader = reader(node)?;
+    let node_id = node.node_id;
+    let drop: Vec<BlobHash> = tokio::task::spawn_blocking(move || {
+        let mut drop = Vec::new();
+        for hash in held {
+            if !reader.blob(&hash)?.is_some_and(|record| record.places(node_id)) {
+                drop.push(hash);
+            }
+        }
+        Ok::<_, pando_protocol::state_machine::StorageFault>(drop)
+    })
+    .await
+    .map_err(|error| TransferError::Unavailable(error.to_string()))?
+    .map_err(|fault| TransferError::Unavailable(fault.to_string()))?;
+    for hash in drop {
+        node.store.tags().delete(tag_of(&hash)).await.map_err(TransferError::store)?;
+        node.counters.tags_dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%hash, "dropped this node's copy of a blob it no longer keeps");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,37 @@
+use std::collections::BTreeSet;
+
+use pando_protocol::blob::{BlobHash, BlobRecord};
+
+use super::repair::assignments;
+
+#[test]
+fn the_blob_alpn_is_iroh_blobs_own() {
+    assert_eq!(pando_protocol::alpn::BLOBS, iroh_blobs::ALPN);
+}
+
+fn record(replicas: u8, holders: Vec<u64>, assigned: Vec<u64>) -> BlobRecord {
+    BlobRecord { size: 1, replicas, holders, assigned, pinned: true, ..BlobRecord::default() }
+}
+
+#[test]
+fn the_leader_assigns_only_what_live_copies_lack() {
+    let hash = BlobHash([7; 32]);
+    let members: BTreeSet<u64> = [1, 2, 3, 4].into();
+    let all_live = members.clone();
+    assert_eq!(assignments(&hash, &record(2, vec![1, 2], vec![]), &members, &all_live), Vec::<u64>::new());
+    assert_eq!(assignments(&hash, &record(2, vec![1], vec![3]), &members, &all_live), Vec::<u64>::new());
+    let one = assignments(&hash, &record(2, vec![1], vec![]), &members, &all_live);
+    assert_eq!(one.len(), 1);
+    assert!(!one.contains(&1));
+    // A holder the leader has not heard from does not count, and dead nodes are never chosen.
+    let live: BTreeSet<u64> = [1, 3, 4].into();
+    let topped = assignments(&hash, &record(2, vec![1, 2], vec![]), &members, &live);
+    assert_eq!(topped.len(), 1);
+    assert!(topped[0] == 3 || topped[0] == 4);
+    // Asking for more copies than live members gives every live member.
+    assert_eq!(assignments(&hash, &record(9, vec![1], vec![]), &members, &live), vec![3, 4]);
+    // A blob with no holder cannot be fetched by anyone.
+    assert_eq!(assignments(&hash, &record(2, vec![], vec![]), &members, &all_live), Vec::<u64>::new());
+    // The choice is a function of the hash and the membership.
+    assert_eq!(one, assignments(&hash, &record(2, vec![1], vec![]), &members, &all_live));
+}
