@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Subcommand;
 use pando_client::pando_protocol::blob::{
-    BlobAttach, BlobHash, BlobRecord, BlobRequest, BlobResponse, LocalBlob, Replica, ReplicationReport,
+    BlobHash, BlobRecord, BlobRequest, BlobResponse, LocalBlob, Replica, ReplicationReport,
 };
 use pando_client::pando_protocol::kv::Bytes;
 use pando_client::{Client, ClientError};
@@ -26,6 +26,9 @@ pub enum BlobCommand {
         /// Refuse the data unless it hashes to this.
         #[arg(long)]
         expect: Option<String>,
+        /// Return once this many nodes hold it (default: 2 when it should have 2 or more copies).
+        #[arg(long)]
+        ack_copies: Option<u8>,
     },
     /// Write a blob to a file (`-o`) or stdout, verified against its hash as it streams.
     Get {
@@ -123,16 +126,8 @@ pub fn progress_bar(total: Option<u64>) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-/// Uploads a file or stdin as a blob (attached to `attach` when given).
-pub async fn upload(
-    client: &Client,
-    path: &Path,
-    replicas: Option<u8>,
-    pin: bool,
-    expected: Option<BlobHash>,
-    attach: Option<BlobAttach>,
-) -> anyhow::Result<BlobResponse> {
-    let request = BlobRequest::Add { replicas, pin, expected, attach };
+/// Uploads a file or stdin (`-`) with an add `request`.
+pub async fn upload(client: &Client, path: &Path, request: BlobRequest) -> anyhow::Result<BlobResponse> {
     let response = if path == Path::new("-") {
         let bar = progress_bar(None);
         let response = client
@@ -202,9 +197,10 @@ pub async fn download(
 
 pub async fn blob(client: &Client, command: BlobCommand, json_output: bool) -> anyhow::Result<()> {
     match command {
-        BlobCommand::Add { path, replicas, expect } => {
+        BlobCommand::Add { path, replicas, expect, ack_copies } => {
             let expected = expect.as_deref().map(parse_hash).transpose()?;
-            match upload(client, &path, replicas, true, expected, None).await? {
+            let request = BlobRequest::Add { replicas, pin: true, expected, attach: None, ack_copies };
+            match upload(client, &path, request).await? {
                 BlobResponse::Added { hash, record, .. } => {
                     if json_output {
                         print_json(&json!({ "hash": hash.to_string(), "record": record_json(&record) }));

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use pando_client::pando_protocol::blob::{BlobAttach, BlobResponse};
+use pando_client::pando_protocol::blob::{BlobAttach, BlobRequest, BlobResponse};
 use pando_client::pando_protocol::cluster::{ClusterRequest, ClusterResponse, MemberNode};
 use pando_client::pando_protocol::error::{ErrorCode, ErrorDetail, WireError};
 use pando_client::pando_protocol::kv::{Compare, CompareOp, CompareTarget, Consistency, FenceKind, TxnOp, WriteOp};
@@ -521,6 +521,35 @@ fn read_value(value: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Ve
     }
 }
 
+/// A value to write: small enough for one request, or a stream to store as a blob.
+enum ValueInput {
+    Small(Vec<u8>),
+    Large(Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+}
+
+/// Reads a value from the argument, a file (`-`: stdin) or stdin, stopping after the inline limit: beyond it, what
+/// was read and the rest of the input become one stream.
+async fn value_input(value: Option<String>, file: Option<PathBuf>) -> anyhow::Result<ValueInput> {
+    use tokio::io::AsyncReadExt;
+    if let Some(value) = value {
+        return Ok(ValueInput::Small(value.into_bytes()));
+    }
+    let mut input: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match file {
+        Some(path) if path != std::path::Path::new("-") => Box::new(
+            tokio::fs::File::open(&path)
+                .await
+                .map_err(|error| anyhow::anyhow!("cannot read {}: {error}", path.display()))?,
+        ),
+        _ => Box::new(tokio::io::stdin()),
+    };
+    let mut head = Vec::new();
+    (&mut input).take(VALUE_SIZE_BYTES_MAX as u64 + 1).read_to_end(&mut head).await?;
+    if head.len() <= VALUE_SIZE_BYTES_MAX {
+        return Ok(ValueInput::Small(head));
+    }
+    Ok(ValueInput::Large(Box::new(AsyncReadExt::chain(std::io::Cursor::new(head), input))))
+}
+
 async fn kv(client: &Client, command: KvCommand, json_output: bool) -> anyhow::Result<()> {
     match command {
         KvCommand::Get { key, consistency } => {
@@ -545,12 +574,6 @@ async fn kv(client: &Client, command: KvCommand, json_output: bool) -> anyhow::R
                 }
             }
         }
-        KvCommand::Set { key, value, file, fence: Some(fence), .. } => {
-            let value = read_value(value, file)?;
-            let op = TxnOp::Put { key: key.into_bytes().into(), value: value.into() };
-            let revision = fenced(client, fence, op).await?;
-            written(json_output, revision);
-        }
         KvCommand::Delete { key, fence: Some(fence) } => {
             let revision = fenced(client, fence, TxnOp::Delete { key: key.into_bytes().into() }).await?;
             if json_output {
@@ -559,22 +582,38 @@ async fn kv(client: &Client, command: KvCommand, json_output: bool) -> anyhow::R
                 println!("deleted at revision {revision}");
             }
         }
-        KvCommand::Set { key, value, file: Some(path), fence: None, lease }
-            if value.is_none()
-                && std::fs::metadata(&path).is_ok_and(|meta| meta.len() > VALUE_SIZE_BYTES_MAX as u64) =>
-        {
-            // Too large for one request: streamed in as a blob, attached to the key by the node.
-            let attach = BlobAttach { key: key.into_bytes().into(), lease };
-            match blob::upload(client, &path, None, false, None, Some(attach)).await? {
-                BlobResponse::Added { revision: Some(revision), .. } => written(json_output, revision),
-                other => anyhow::bail!("unexpected response {other:?}"),
-            }
-        }
-        KvCommand::Set { key, value, file, fence: None, lease } => {
-            let value = read_value(value, file)?;
-            let revision = match lease {
-                Some(lease) => client.put_leased(key.as_bytes(), &value, lease).await?,
-                None => client.put(key.as_bytes(), &value).await?,
+        KvCommand::Set { key, value, file, fence, lease } => {
+            let value = match value_input(value, file).await? {
+                ValueInput::Small(value) => value,
+                ValueInput::Large(reader) => {
+                    // Too large for one request: streamed in as a blob, which the node attaches to the key.
+                    if fence.is_some() {
+                        anyhow::bail!(
+                            "a fenced write takes values up to {VALUE_SIZE_BYTES_MAX} bytes; store the value with \
+                             `pando blob add` and write a smaller reference"
+                        );
+                    }
+                    let attach = Some(BlobAttach { key: key.into_bytes().into(), lease });
+                    let request =
+                        BlobRequest::Add { replicas: None, pin: false, expected: None, attach, ack_copies: None };
+                    let bar = blob::progress_bar(None);
+                    let response = client
+                        .blob_add(reader, request, |sent| bar.iter().for_each(|bar| bar.set_position(sent)))
+                        .await;
+                    bar.iter().for_each(|bar| bar.finish_and_clear());
+                    match response? {
+                        BlobResponse::Added { revision: Some(revision), .. } => written(json_output, revision),
+                        other => anyhow::bail!("unexpected response {other:?}"),
+                    }
+                    return Ok(());
+                }
+            };
+            let revision = match (fence, lease) {
+                (Some(fence), _) => {
+                    fenced(client, fence, TxnOp::Put { key: key.into_bytes().into(), value: value.into() }).await?
+                }
+                (None, Some(lease)) => client.put_leased(key.as_bytes(), &value, lease).await?,
+                (None, None) => client.put(key.as_bytes(), &value).await?,
             };
             written(json_output, revision);
         }

@@ -74,6 +74,9 @@ struct Args {
     /// KV values larger than this many bytes are stored as blobs (at most 1 MiB, the inline limit).
     #[arg(long, default_value_t = 256 * 1024, value_parser = clap::value_parser!(u64).range(1..=1024 * 1024))]
     blob_threshold: u64,
+    /// Largest blob a client may add through this node, in MiB.
+    #[arg(long, default_value_t = 64 * 1024)]
+    blob_max_mib: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -191,6 +194,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             store_gc_interval: Duration::from_secs(args.blob_store_gc_secs.max(1)),
             repair_interval: Duration::from_millis(args.blob_repair_interval_ms.max(50)),
             kv_inline_max_bytes: args.blob_threshold as usize,
+            max_blob_bytes: args.blob_max_mib.saturating_mul(1 << 20),
         },
     });
     let (root, root_handle) =

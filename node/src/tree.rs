@@ -1,5 +1,5 @@
-//! The node's supervision tree: storage, then raft, then blobs, then the RPC gateway, then the actor mesh, under a rest_for_one
-//! root. The mesh comes last: its restarts never disturb client connections.
+//! The node's supervision tree: storage, then raft, then the RPC gateway, then the actor mesh, then blobs, under a
+//! rest_for_one root. The mesh and the blob store come last: their restarts never disturb client connections.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -86,6 +86,6 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
             ROOT_RESTARTS_MAX,
             Duration::from_millis(ROOT_RESTART_PERIOD_MS),
         ),
-        children: vec![storage, raft, blobs, rpc, mesh],
+        children: vec![storage, raft, rpc, mesh, blobs],
     }
 }

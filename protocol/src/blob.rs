@@ -215,6 +215,10 @@ pub enum BlobRequest {
         /// Also set this key to the blob, once it is recorded.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         attach: Option<BlobAttach>,
+        /// Answer only once this many nodes hold the blob (default: two when `replicas` is two or more, so an
+        /// acknowledged blob survives the loss of any one node; capped by `replicas` and the membership).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ack_copies: Option<u8>,
     },
     /// Streams a blob out: the answer is [`BlobResponse::Stream`], then data frames, then an empty frame. The node
     /// fetches the blob from a holder first when it has no copy.
@@ -257,9 +261,12 @@ pub enum BlobRequest {
 impl BlobRequest {
     pub fn validate(&self) -> Result<(), WireError> {
         match self {
-            BlobRequest::Add { replicas, attach, .. } => {
+            BlobRequest::Add { replicas, attach, ack_copies, .. } => {
                 if let Some(replicas) = replicas {
                     validate_replicas(*replicas)?;
+                }
+                if let Some(copies) = ack_copies {
+                    validate_replicas(*copies)?;
                 }
                 if let Some(attach) = attach {
                     crate::kv::validate_key(&attach.key)?;
@@ -596,11 +603,7 @@ pub(crate) fn collect_lapsed(store: &mut impl CoordWrite, deadline: u64, subject
 pub type BlobPage = (Vec<(BlobHash, BlobRecord)>, Option<BlobHash>);
 
 /// One page of blob records in hash order, strictly after `after`.
-pub fn list(
-    store: &impl CoordRead,
-    after: Option<&BlobHash>,
-    limit: u32,
-) -> Result<BlobPage, StorageFault> {
+pub fn list(store: &impl CoordRead, after: Option<&BlobHash>, limit: u32) -> Result<BlobPage, StorageFault> {
     let mut page = Vec::new();
     let mut more = false;
     let mut fault = None;

@@ -357,8 +357,9 @@ pub fn evaluate(row: &Option<StoredValue>, compare: &Compare) -> bool {
     let ordering = match (&compare.target, row) {
         (CompareTarget::LockToken(_) | CompareTarget::Fence { .. }, _) => return false,
         (CompareTarget::Value(_), None) => return false,
-        // A value stored as a blob is compared by version or revision, never by its bytes.
-        (CompareTarget::Value(_), Some(row)) if row.blob.is_some() => return false,
+        // A value stored as a blob is compared by version or revision, never by its bytes: it differs from any
+        // inline value and is neither less nor greater than one.
+        (CompareTarget::Value(_), Some(row)) if row.blob.is_some() => return compare.op == CompareOp::NotEqual,
         (CompareTarget::Value(expected), Some(row)) => row.value.as_slice().cmp(expected.as_slice()),
         (CompareTarget::Version(expected), row) => row.as_ref().map_or(0, |row| row.version).cmp(expected),
         (CompareTarget::ModRevision(expected), row) => row.as_ref().map_or(0, |row| row.mod_revision).cmp(expected),

@@ -6,10 +6,11 @@
 //! lives in the replicated state ([`pando_protocol::blob`]).
 //!
 //! **Keeping and dropping copies.** A node keeps a copy while the store has a named tag `pando/<hash>` for it. The tag
-//! is set (by this actor, one message at a time) only after the blob's record names the node, and the actor's sweep
-//! deletes the tags of blobs whose record is gone or no longer places the node; the store's own garbage collector
-//! then deletes untagged data. Data in flight (an upload, a fetch) is protected by a temporary tag until its tag is
-//! set, so a sweep never removes it.
+//! is set (by this actor, one message at a time) before the node proposes that it holds the blob, and the actor's
+//! sweep deletes the tags of blobs whose record is gone or no longer places the node, sparing blobs held ahead of
+//! their record for [`HOLD_GRACE`]; the store's own garbage collector then deletes untagged data. Data in flight (an
+//! upload, a fetch) is protected by a temporary tag until its named tag is set, so no sweep or collection can take a
+//! copy the cluster counts.
 //!
 //! **Repair.** Every node fetches the blobs it is assigned (from holders, verified chunk by chunk against the hash;
 //! a corrupt or truncated transfer fails and the next holder is tried, resuming from the verified part) and reports
@@ -20,7 +21,7 @@
 mod repair;
 mod transfer;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::directory::Directory;
 
 pub use repair::PEER_LIVE_WINDOW_MS;
-pub use transfer::{TransferError, serve_members};
+pub use transfer::{TransferError, fetch_deadline, serve_members};
 
 /// Prefix of the store tags that keep a node's copies.
 pub const TAG_PREFIX: &str = "pando/";
@@ -58,6 +59,8 @@ pub struct BlobConfig {
     pub repair_interval: Duration,
     /// KV values larger than this are stored as blobs.
     pub kv_inline_max_bytes: usize,
+    /// Largest blob a client may add through this node.
+    pub max_blob_bytes: u64,
 }
 
 impl BlobConfig {
@@ -69,6 +72,7 @@ impl BlobConfig {
             store_gc_interval: Duration::from_secs(60),
             repair_interval: Duration::from_secs(2),
             kv_inline_max_bytes: 256 * 1024,
+            max_blob_bytes: 64 << 30,
         }
     }
 }
@@ -121,11 +125,13 @@ impl BlobNode {
         })
     }
 
-    /// Keeps this node's copy of `hash` (a named tag), if the blob's record places the node. Runs in the actor, so
-    /// it never interleaves with a sweep.
-    pub async fn keep(&self, hash: BlobHash) -> Result<bool, TransferError> {
-        match self.actor.call(|reply| BlobMsg::Keep(hash, reply), Some(Duration::from_secs(10))).await {
-            Ok(ractor::rpc::CallResult::Success(kept)) => kept,
+    /// Keeps this node's copy of `hash` (a named tag) before the node proposes that it holds it: the sweep leaves a
+    /// held blob alone for [`HOLD_GRACE`] even while the node's applied state does not place it yet (the proposal may
+    /// still be on its way, or applied on the leader only), and for good once it does. Runs in the actor, so it
+    /// never interleaves with a sweep.
+    pub async fn hold(&self, hash: BlobHash) -> Result<(), TransferError> {
+        match self.actor.call(|reply| BlobMsg::Hold(hash, reply), Some(Duration::from_secs(30))).await {
+            Ok(ractor::rpc::CallResult::Success(held)) => held,
             _ => Err(TransferError::Unavailable("the blob actor did not answer".into())),
         }
     }
@@ -157,8 +163,8 @@ pub struct BlobArgs {
 }
 
 pub enum BlobMsg {
-    /// Set the tag of a blob whose record places this node (answers whether it did).
-    Keep(BlobHash, RpcReplyPort<Result<bool, TransferError>>),
+    /// Set the tag of a blob this node is about to record as held (see [`BlobNode::hold`]).
+    Hold(BlobHash, RpcReplyPort<Result<(), TransferError>>),
     /// Delete the tags of blobs this node should no longer keep.
     Sweep,
     Status(RpcReplyPort<BlobStatusReport>),
@@ -180,7 +186,14 @@ pub struct BlobStatusReport {
 pub struct BlobState {
     node: BlobNode,
     stop: CancellationToken,
+    /// Blobs held ahead of the record that places them here, and until when the sweep spares them.
+    held: BTreeMap<BlobHash, tokio::time::Instant>,
 }
+
+/// How long the sweep spares a blob held ahead of its record: far longer than any proposal takes to apply.
+pub const HOLD_GRACE: Duration = Duration::from_secs(600);
+/// Most blobs held ahead of their record at once (uploads and fetches in flight are far fewer).
+const HELD_AHEAD_MAX: usize = 100_000;
 
 /// Sweeps run every this many repair rounds.
 const SWEEP_EVERY_ROUNDS: u64 = 5;
@@ -211,7 +224,7 @@ impl Actor for BlobActor {
         let stop = CancellationToken::new();
         tokio::spawn(repair::run(node.clone(), myself, stop.clone()));
         tracing::info!(dir = %node.config.dir.display(), "blob store open");
-        Ok(BlobState { node, stop })
+        Ok(BlobState { node, stop, held: BTreeMap::new() })
     }
 
     async fn post_stop(&self, _myself: ActorRef<BlobMsg>, state: &mut BlobState) -> Result<(), ActorProcessingErr> {
@@ -230,11 +243,23 @@ impl Actor for BlobActor {
         state: &mut BlobState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            BlobMsg::Keep(hash, reply) => {
-                let _ = reply.send(keep(&state.node, hash).await);
+            BlobMsg::Hold(hash, reply) => {
+                let result = if state.held.len() >= HELD_AHEAD_MAX && !state.held.contains_key(&hash) {
+                    Err(TransferError::Unavailable("too many blobs are being recorded on this node".into()))
+                } else {
+                    state.held.insert(hash, tokio::time::Instant::now() + HOLD_GRACE);
+                    tracing::debug!(node = state.node.node_id, %hash, "holding a blob ahead of its record");
+                    let tags = state.node.store.tags();
+                    match tags.set(tag_of(&hash), iroh_hash(&hash)).await {
+                        // Durable before the node claims the copy: a crash right after must not lose the tag.
+                        Ok(()) => state.node.store.sync_db().await.map_err(TransferError::store),
+                        Err(error) => Err(TransferError::store(error)),
+                    }
+                };
+                let _ = reply.send(result);
             }
             BlobMsg::Sweep => {
-                if let Err(error) = sweep(&state.node).await {
+                if let Err(error) = sweep(&state.node, &mut state.held).await {
                     tracing::warn!(%error, "blob sweep failed");
                 }
             }
@@ -263,19 +288,6 @@ fn reader(node: &BlobNode) -> Result<crate::storage::StateReader, TransferError>
         .ok_or_else(|| TransferError::Unavailable("storage is not open".into()))
 }
 
-async fn keep(node: &BlobNode, hash: BlobHash) -> Result<bool, TransferError> {
-    let reader = reader(node)?;
-    let record = tokio::task::spawn_blocking(move || reader.blob(&hash))
-        .await
-        .map_err(|error| TransferError::Unavailable(error.to_string()))?
-        .map_err(|fault| TransferError::Unavailable(fault.to_string()))?;
-    if !record.is_some_and(|record| record.places(node.node_id)) {
-        return Ok(false);
-    }
-    node.store.tags().set(tag_of(&hash), iroh_hash(&hash)).await.map_err(TransferError::store)?;
-    Ok(true)
-}
-
 async fn count_tags(node: &BlobNode) -> Result<u64, TransferError> {
     use futures::StreamExt;
     let mut tags = node.store.tags().list_prefix(TAG_PREFIX).await.map_err(TransferError::store)?;
@@ -287,8 +299,12 @@ async fn count_tags(node: &BlobNode) -> Result<u64, TransferError> {
     Ok(count)
 }
 
-/// Deletes the tag of every blob whose record is gone or no longer places this node.
-async fn sweep(node: &BlobNode) -> Result<(), TransferError> {
+/// Deletes the tag of every blob whose record is gone or no longer places this node, sparing blobs held ahead of
+/// their record until their grace ends.
+async fn sweep(
+    node: &BlobNode,
+    held_ahead: &mut BTreeMap<BlobHash, tokio::time::Instant>,
+) -> Result<(), TransferError> {
     use futures::StreamExt;
     let mut tags = node.store.tags().list_prefix(TAG_PREFIX).await.map_err(TransferError::store)?;
     let mut held = BTreeSet::new();
@@ -304,22 +320,32 @@ async fn sweep(node: &BlobNode) -> Result<(), TransferError> {
     }
     let reader = reader(node)?;
     let node_id = node.node_id;
-    let drop: Vec<BlobHash> = tokio::task::spawn_blocking(move || {
-        let mut drop = Vec::new();
+    let (placed, unplaced): (Vec<BlobHash>, Vec<BlobHash>) = tokio::task::spawn_blocking(move || {
+        let mut placed = Vec::new();
+        let mut unplaced = Vec::new();
         for hash in held {
-            if !reader.blob(&hash)?.is_some_and(|record| record.places(node_id)) {
-                drop.push(hash);
+            if reader.blob(&hash)?.is_some_and(|record| record.places(node_id)) {
+                placed.push(hash);
+            } else {
+                unplaced.push(hash);
             }
         }
-        Ok::<_, pando_protocol::state_machine::StorageFault>(drop)
+        tracing::trace!(node = node_id, ?placed, ?unplaced, "sweep");
+        Ok::<_, pando_protocol::state_machine::StorageFault>((placed, unplaced))
     })
     .await
     .map_err(|error| TransferError::Unavailable(error.to_string()))?
     .map_err(|fault| TransferError::Unavailable(fault.to_string()))?;
-    for hash in drop {
+    let now = tokio::time::Instant::now();
+    tracing::trace!(node = node.node_id, held_ahead = ?held_ahead.keys().collect::<Vec<_>>(), "sweep");
+    for hash in &placed {
+        held_ahead.remove(hash);
+    }
+    held_ahead.retain(|_, until| *until > now);
+    for hash in unplaced.into_iter().filter(|hash| !held_ahead.contains_key(hash)) {
         node.store.tags().delete(tag_of(&hash)).await.map_err(TransferError::store)?;
         node.counters.tags_dropped.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(%hash, "dropped this node's copy of a blob it no longer keeps");
+        tracing::debug!(node = node.node_id, %hash, "dropped this node's copy of a blob it no longer keeps");
     }
     Ok(())
 }

@@ -1,9 +1,12 @@
 //! The repair worker: one task per node, woken by blob events on the commit stream and by a timer.
 //!
 //! Each round, this node (1) fetches every blob it is assigned and reports it held, and re-fetches any it should
-//! hold but lost; (2) if it leads, tops up every blob whose live copies (holders and assignees the leader heard from
-//! recently) fall short of its replica count, and releases holders that left the membership; (3) every few rounds,
-//! asks the actor to sweep the tags of blobs it no longer keeps.
+//! hold but lost; (2) if it leads (for longer than the liveness window, so it has heard from every live member), tops
+//! up every blob whose live copies (holders and assignees the leader heard from recently) fall short of its replica
+//! count, releases members that left (holders only once enough live copies exist elsewhere, never the last one), and
+//! releases surplus holders once every holder is live; (3) every few rounds, asks the actor to sweep the tags of
+//! blobs it no longer keeps. Both passes look at a bounded number of blobs per round and continue where they
+//! stopped on the next round, so every blob is visited however many there are.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -26,9 +29,19 @@ pub const REPAIR_BLOBS_PER_ROUND_MAX: usize = 4_096;
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 const PAGE: usize = 256;
 
+/// Where each pass continues on the next round.
+#[derive(Default)]
+struct Cursors {
+    placed: Option<BlobHash>,
+    all: Option<BlobHash>,
+    /// When this node was first seen leading in its current term of leadership.
+    leading_since: Option<tokio::time::Instant>,
+}
+
 pub(super) async fn run(node: BlobNode, actor: ActorRef<BlobMsg>, stop: CancellationToken) {
     let mut round: u64 = 0;
     let mut events = None;
+    let mut cursors = Cursors::default();
     loop {
         if events.is_none() {
             events = node.directory.stores().map(|stores| stores.state_machine.subscribe());
@@ -57,13 +70,20 @@ pub(super) async fn run(node: BlobNode, actor: ActorRef<BlobMsg>, stop: Cancella
             events = None;
         }
         round += 1;
-        if let Err(error) = fetch_assigned(&node, &stop).await {
+        tracing::trace!(node = node.node_id, round, woken, "blob repair round");
+        if let Err(error) = fetch_assigned(&node, &stop, &mut cursors.placed).await {
             tracing::debug!(%error, "blob repair: fetching assigned blobs");
         }
-        if is_leader(&node)
-            && let Err(error) = place(&node).await
-        {
-            tracing::debug!(%error, "blob repair: placing copies");
+        if !is_leader(&node) {
+            cursors.leading_since = None;
+        } else {
+            let since = *cursors.leading_since.get_or_insert_with(tokio::time::Instant::now);
+            // A new leader has heard from nobody yet: placing now would count every other copy as lost.
+            if since.elapsed() >= Duration::from_millis(PEER_LIVE_WINDOW_MS)
+                && let Err(error) = place(&node, &mut cursors.all).await
+            {
+                tracing::debug!(%error, "blob repair: placing copies");
+            }
         }
         if woken || round.is_multiple_of(SWEEP_EVERY_ROUNDS) {
             let _ = actor.cast(BlobMsg::Sweep);
@@ -95,19 +115,25 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Fetches what this node is assigned (or holds but lost) and reports it held.
-async fn fetch_assigned(node: &BlobNode, stop: &CancellationToken) -> Result<(), TransferError> {
+async fn fetch_assigned(
+    node: &BlobNode,
+    stop: &CancellationToken,
+    cursor: &mut Option<BlobHash>,
+) -> Result<(), TransferError> {
     let reader = reader(node)?;
     let me = node.node_id;
-    let mut after: Option<BlobHash> = None;
     let mut seen = 0;
     while seen < REPAIR_BLOBS_PER_ROUND_MAX && !stop.is_cancelled() {
         let page_reader = reader.clone();
+        let after = *cursor;
         let page = blocking(move || page_reader.blobs_placed_on(me, after.as_ref(), PAGE)).await?;
         if page.is_empty() {
+            // The end: the next round starts over.
+            *cursor = None;
             break;
         }
         seen += page.len();
-        after = page.last().copied();
+        *cursor = page.last().copied();
         for hash in page {
             let record_reader = reader.clone();
             let Some(record) = blocking(move || record_reader.blob(&hash)).await? else { continue };
@@ -124,14 +150,15 @@ async fn repair_one(node: &BlobNode, hash: BlobHash, record: &BlobRecord) -> Res
     let holding = record.holders.binary_search(&me).is_ok();
     let complete = matches!(node.local(&hash).await?, pando_protocol::blob::LocalBlob::Complete { .. });
     if complete && holding {
-        // Keep the tag in place (a restored data directory, or a tag lost before a crash).
-        node.keep(hash).await?;
+        // The tag may be missing (lost in a crash before the store synced it): put it back.
+        let tagged = node.store.tags().get(super::tag_of(&hash)).await.map_err(TransferError::store)?;
+        if tagged.is_none() {
+            node.hold(hash).await?;
+        }
         return Ok(());
     }
-    let _pin = node.ensure_local(&hash, &record.holders).await?;
-    if !node.keep(hash).await? {
-        return Ok(());
-    }
+    let _pin = node.ensure_local(&hash, record.size, &record.holders).await?;
+    node.hold(hash).await?;
     if !holding {
         propose_anywhere(&node.directory, Command::Blob(BlobCommand::Held { hash, node: me }), PROPOSE_TIMEOUT)
             .await
@@ -141,8 +168,9 @@ async fn repair_one(node: &BlobNode, hash: BlobHash, record: &BlobRecord) -> Res
     Ok(())
 }
 
-/// The leader's pass: assign copies to live members where live copies fall short, release departed members.
-async fn place(node: &BlobNode) -> Result<(), TransferError> {
+/// The leader's pass: assign copies to live members where live copies fall short, release departed members and
+/// surplus holders.
+async fn place(node: &BlobNode, cursor: &mut Option<BlobHash>) -> Result<(), TransferError> {
     let reader = reader(node)?;
     let members: BTreeSet<u64> = members(&node.directory).keys().copied().collect();
     let live: BTreeSet<u64> = members
@@ -153,34 +181,79 @@ async fn place(node: &BlobNode) -> Result<(), TransferError> {
                 || node.directory.peer_heard_within(*member, Duration::from_millis(PEER_LIVE_WINDOW_MS))
         })
         .collect();
-    let mut after: Option<BlobHash> = None;
     let mut seen = 0;
     while seen < REPAIR_BLOBS_PER_ROUND_MAX {
         let page_reader = reader.clone();
+        let after = *cursor;
         let (page, next) = blocking(move || page_reader.blobs(after.as_ref(), PAGE as u32)).await?;
         seen += page.len();
         for (hash, record) in &page {
-            for gone in record.holders.iter().chain(&record.assigned).filter(|id| !members.contains(id)) {
-                let release = Command::Blob(BlobCommand::Release { hash: *hash, node: *gone });
-                propose_anywhere(&node.directory, release, PROPOSE_TIMEOUT)
-                    .await
-                    .map_err(|error| TransferError::Unavailable(error.to_string()))?;
-            }
-            let wanted = assignments(hash, record, &members, &live);
-            if !wanted.is_empty() {
-                tracing::info!(%hash, nodes = ?wanted, "assigning copies of a blob");
-                let assign = Command::Blob(BlobCommand::Assign { hash: *hash, nodes: wanted });
-                propose_anywhere(&node.directory, assign, PROPOSE_TIMEOUT)
+            for command in plan(hash, record, &members, &live) {
+                tracing::info!(node = node.node_id, %hash, ?command, "blob placement");
+                propose_anywhere(&node.directory, Command::Blob(command), PROPOSE_TIMEOUT)
                     .await
                     .map_err(|error| TransferError::Unavailable(error.to_string()))?;
             }
         }
-        match next {
-            Some(next) => after = Some(next),
-            None => break,
+        *cursor = next;
+        if next.is_none() {
+            break;
         }
     }
     Ok(())
+}
+
+/// What the leader proposes for one blob: assignments where live copies fall short; releases of departed members
+/// (a departed holder only while enough live copies remain without it, and never the last holder, which stays a
+/// source to fetch from); and, once every holder is live and nothing is being fetched, releases of the holders
+/// beyond the replica count that rank last in rendezvous order.
+pub(crate) fn plan(
+    hash: &BlobHash,
+    record: &BlobRecord,
+    members: &BTreeSet<u64>,
+    live: &BTreeSet<u64>,
+) -> Vec<BlobCommand> {
+    let mut commands = Vec::new();
+    let replicas = usize::from(record.replicas);
+    let live_holders: Vec<u64> = record.holders.iter().copied().filter(|node| live.contains(node)).collect();
+    for gone in record.assigned.iter().filter(|node| !members.contains(node)) {
+        commands.push(BlobCommand::Release { hash: *hash, node: *gone });
+    }
+    let departed: Vec<u64> = record.holders.iter().copied().filter(|node| !members.contains(node)).collect();
+    let mut remaining = record.holders.len();
+    for gone in departed {
+        if live_holders.len() >= replicas && remaining > 1 {
+            commands.push(BlobCommand::Release { hash: *hash, node: gone });
+            remaining -= 1;
+        }
+    }
+    let wanted = assignments(hash, record, members, live);
+    if !wanted.is_empty() {
+        commands.push(BlobCommand::Assign { hash: *hash, nodes: wanted });
+    } else if record.assigned.is_empty()
+        && live_holders.len() == record.holders.len()
+        && record.holders.len() > replicas
+    {
+        let mut ranked = rank(hash, record.holders.iter().copied());
+        for (_, surplus) in ranked.split_off(replicas) {
+            commands.push(BlobCommand::Release { hash: *hash, node: surplus });
+        }
+    }
+    commands
+}
+
+/// `nodes` in rendezvous order for `hash`: every leader ranks the same nodes the same way.
+fn rank(hash: &BlobHash, nodes: impl Iterator<Item = u64>) -> Vec<(blake3::Hash, u64)> {
+    let mut ranked: Vec<(blake3::Hash, u64)> = nodes
+        .map(|node| {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(hash.as_bytes());
+            hasher.update(&node.to_be_bytes());
+            (hasher.finalize(), node)
+        })
+        .collect();
+    ranked.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()).then(a.1.cmp(&b.1)));
+    ranked
 }
 
 /// The live members that should start fetching `record`: as many as its live copies fall short of its replica count,
@@ -196,18 +269,7 @@ pub(crate) fn assignments(
     if wanted == 0 || record.holders.is_empty() {
         return Vec::new();
     }
-    let mut candidates: Vec<(blake3::Hash, u64)> = members
-        .iter()
-        .copied()
-        .filter(|node| live.contains(node) && !record.places(*node))
-        .map(|node| {
-            let mut hasher = blake3::Hasher::new();
-            hasher.update(hash.as_bytes());
-            hasher.update(&node.to_be_bytes());
-            (hasher.finalize(), node)
-        })
-        .collect();
-    candidates.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()).then(a.1.cmp(&b.1)));
+    let candidates = rank(hash, members.iter().copied().filter(|node| live.contains(node) && !record.places(*node)));
     let mut nodes: Vec<u64> = candidates.into_iter().take(wanted).map(|(_, node)| node).collect();
     nodes.sort_unstable();
     nodes

@@ -35,3 +35,42 @@ fn the_leader_assigns_only_what_live_copies_lack() {
     // The choice is a function of the hash and the membership.
     assert_eq!(one, assignments(&hash, &record(2, vec![1], vec![]), &members, &all_live));
 }
+
+use pando_protocol::blob::BlobCommand;
+
+use super::repair::plan;
+
+#[test]
+fn departed_holders_are_released_only_while_enough_live_copies_remain() {
+    let hash = BlobHash([9; 32]);
+    let members: BTreeSet<u64> = [1, 2, 3].into();
+    let live = members.clone();
+    // Node 7 left; two live holders remain for two replicas: it goes.
+    let commands = plan(&hash, &record(2, vec![1, 2, 7], vec![]), &members, &live);
+    assert_eq!(commands, vec![BlobCommand::Release { hash, node: 7 }]);
+    // Node 7 left holding the only other copy: it stays a source while node 3 is assigned a copy.
+    let commands = plan(&hash, &record(2, vec![1, 7], vec![]), &members, &live);
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    assert!(matches!(&commands[0], BlobCommand::Assign { nodes, .. } if nodes.len() == 1 && !nodes.contains(&7)));
+    // The last holder is never released, even when it left.
+    let commands = plan(&hash, &record(1, vec![7], vec![]), &members, &live);
+    assert!(!commands.iter().any(|command| matches!(command, BlobCommand::Release { .. })), "{commands:?}");
+    // An assignee that left is released at once.
+    let commands = plan(&hash, &record(2, vec![1, 2], vec![8]), &members, &live);
+    assert_eq!(commands, vec![BlobCommand::Release { hash, node: 8 }]);
+}
+
+#[test]
+fn surplus_holders_are_trimmed_only_when_every_holder_is_live() {
+    let hash = BlobHash([3; 32]);
+    let members: BTreeSet<u64> = [1, 2, 3, 4].into();
+    let all_live = members.clone();
+    let commands = plan(&hash, &record(2, vec![1, 2, 3], vec![]), &members, &all_live);
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    assert!(matches!(commands[0], BlobCommand::Release { .. }));
+    // One holder not heard from lately: nothing is trimmed (its copy may be the one that is lost).
+    let live: BTreeSet<u64> = [1, 2, 4].into();
+    assert!(plan(&hash, &record(2, vec![1, 2, 3], vec![]), &members, &live).is_empty());
+    // A fetch under way: nothing is trimmed until it settles.
+    assert!(plan(&hash, &record(2, vec![1, 2, 3], vec![4]), &members, &all_live).is_empty());
+}

@@ -51,7 +51,7 @@ impl BlobNode {
     /// not: a holder that cannot be reached, stops early or sends data that does not match the hash is skipped, and
     /// the next one resumes from the chunks already verified. The returned tag keeps the data until the caller is
     /// done (or has tagged it for good).
-    pub async fn ensure_local(&self, hash: &BlobHash, holders: &[u64]) -> Result<TempTag, TransferError> {
+    pub async fn ensure_local(&self, hash: &BlobHash, size: u64, holders: &[u64]) -> Result<TempTag, TransferError> {
         let target = iroh_hash(hash);
         let pin = self.store.tags().temp_tag(target).await.map_err(TransferError::store)?;
         if self.store.blobs().has(target).await.map_err(TransferError::store)? {
@@ -64,7 +64,7 @@ impl BlobNode {
                 failures.push(format!("node {holder} is not a member"));
                 continue;
             };
-            match self.fetch_from(holder, member, hash).await {
+            match self.fetch_from(holder, member, hash, size).await {
                 Ok(bytes) => {
                     self.counters.fetches_ok.fetch_add(1, Ordering::Relaxed);
                     self.counters.bytes_fetched.fetch_add(bytes, Ordering::Relaxed);
@@ -91,6 +91,7 @@ impl BlobNode {
         holder: u64,
         member: &pando_protocol::cluster::MemberNode,
         hash: &BlobHash,
+        size: u64,
     ) -> Result<u64, String> {
         let addr = endpoint_addr(holder, member)?;
         let connect = self.endpoint.connect(addr, alpn::BLOBS);
@@ -99,8 +100,14 @@ impl BlobNode {
             Ok(Err(error)) => return Err(format!("cannot connect: {error}")),
             Err(_) => return Err(format!("connecting took over {BLOB_CONNECT_TIMEOUT_MS} ms")),
         };
-        let result = self.store.remote().fetch(connection.clone(), iroh_hash(hash)).await;
+        // A holder that stalls (or trickles) must not hold the repair worker or a client's transfer slot forever.
+        let deadline = fetch_deadline(size);
+        let fetch = self.store.remote().fetch(connection.clone(), iroh_hash(hash));
+        let result = tokio::time::timeout(deadline, fetch).await;
         connection.close(0u32.into(), b"done");
+        let Ok(result) = result else {
+            return Err(format!("the transfer took over {deadline:?}"));
+        };
         match result {
             Ok(stats) => Ok(stats.payload_bytes_read),
             Err(error) => {
@@ -113,6 +120,15 @@ impl BlobNode {
             }
         }
     }
+}
+
+/// Slowest transfer rate a fetch may have before it is abandoned for the next holder.
+pub const FETCH_RATE_BYTES_PER_SEC_MIN: u64 = 4 * 1024 * 1024;
+
+/// How long fetching `size` bytes from one holder may take: a base for small blobs, plus the size at the slowest
+/// acceptable rate.
+pub fn fetch_deadline(size: u64) -> Duration {
+    Duration::from_secs(30) + Duration::from_secs(size / FETCH_RATE_BYTES_PER_SEC_MIN)
 }
 
 /// Serves iroh-blobs' protocol on one connection, if the remote is a member (or a peer this node trusts since it

@@ -58,6 +58,7 @@ impl Actor for NodeAgent {
 
     async fn pre_start(&self, myself: ActorRef<AgentMsg>, _: ()) -> Result<(), ActorProcessingErr> {
         ractor::pg::join(NODES_GROUP.to_string(), vec![myself.get_cell()]);
+        ractor::pg::join(node_group(self.node_id), vec![myself.get_cell()]);
         Ok(())
     }
 
@@ -88,7 +89,7 @@ impl Actor for NodeAgent {
                     }
                 };
                 if forward.to != self.node_id {
-                    let _ = reply.send(answer(&Err(WireError::new(ErrorCode::NotLeader, "addressed to another node"))));
+                    let _ = reply.send(answer(&Err(WireError::invalid("addressed to another node"))));
                     return Ok(());
                 }
                 if !matches!(forward.command, Command::Blob(_) | Command::Kv(KvRequest::PutBlob { .. })) {
@@ -115,36 +116,28 @@ impl Actor for NodeAgent {
 /// Longest a forwarded proposal may take on the leader.
 pub const FORWARD_TIMEOUT_MS: u64 = 10_000;
 
-/// Proposes `command` on node `leader` through its agent. Agents are not indexed by node, so the proposal goes to
-/// every remote agent in [`NODES_GROUP`] and only the addressed one acts; the others refuse at once.
+/// The process group holding one node's agent (and nothing else), so a message can be addressed to a node.
+pub fn node_group(node_id: u64) -> String {
+    format!("pando.node.{node_id}")
+}
+
+/// Proposes `command` on node `leader` through its agent, found in the leader's own process group.
 pub(crate) async fn propose_on(leader: u64, command: &Command, timeout: Duration) -> Forwarded {
     let payload = rmp_serde::to_vec_named(&Forward { to: leader, command: command.clone() })
         .map_err(|error| WireError::internal(format!("cannot encode a proposal: {error}")))?;
-    let members = ractor::pg::get_members(&NODES_GROUP.to_string());
-    let calls = members.into_iter().filter(|cell| !cell.get_id().is_local()).take(MESH_PING_TARGETS_MAX).map(|cell| {
-        let payload = payload.clone();
-        async move {
-            let agent = ActorRef::<AgentMsg>::from(cell);
-            match agent.call(|reply| AgentMsg::Propose(payload, reply), Some(timeout)).await {
-                Ok(ractor::rpc::CallResult::Success(bytes)) => rmp_serde::from_slice::<Forwarded>(&bytes)
-                    .unwrap_or_else(|error| Err(WireError::internal(format!("malformed answer: {error}")))),
-                Ok(ractor::rpc::CallResult::Timeout) => {
-                    Err(WireError::new(ErrorCode::Timeout, "the leader did not answer; it may or may not have applied"))
-                }
-                _ => Err(WireError::new(ErrorCode::Unavailable, "cannot reach a node agent")),
-            }
+    let Some(cell) = ractor::pg::get_members(&node_group(leader)).into_iter().find(|cell| !cell.get_id().is_local())
+    else {
+        return Err(WireError::new(ErrorCode::Unavailable, format!("no mesh session to the leader (node {leader})")));
+    };
+    let agent = ActorRef::<AgentMsg>::from(cell);
+    match agent.call(|reply| AgentMsg::Propose(payload, reply), Some(timeout)).await {
+        Ok(ractor::rpc::CallResult::Success(bytes)) => rmp_serde::from_slice::<Forwarded>(&bytes)
+            .unwrap_or_else(|error| Err(WireError::internal(format!("malformed answer: {error}")))),
+        Ok(ractor::rpc::CallResult::Timeout) => {
+            Err(WireError::new(ErrorCode::Timeout, "the leader did not answer; it may or may not have applied"))
         }
-    });
-    let answers = futures::future::join_all(calls).await;
-    let mut last =
-        Err(WireError::new(ErrorCode::Unavailable, format!("no mesh session to the leader (node {leader})")));
-    for answer in answers {
-        match answer {
-            Err(error) if error.code == ErrorCode::NotLeader && error.message == "addressed to another node" => {}
-            other => last = other,
-        }
+        _ => Err(WireError::new(ErrorCode::Unavailable, format!("cannot reach the agent of node {leader}"))),
     }
-    last
 }
 
 /// Pings every agent in [`NODES_GROUP`] (on this node and, through the mesh, on the others) at once.

@@ -68,8 +68,7 @@ pub(crate) async fn serve_stream(
         }
     };
     let result = match envelope.body {
-        pando_protocol::envelope::Request::Blob(BlobRequest::Add { replicas, pin, expected, attach }) => {
-            let request = BlobRequest::Add { replicas, pin, expected, attach };
+        pando_protocol::envelope::Request::Blob(request @ BlobRequest::Add { .. }) => {
             add(context, &claims, request, &mut recv).await
         }
         pando_protocol::envelope::Request::Blob(BlobRequest::Get { hash, key }) => {
@@ -129,7 +128,7 @@ async fn add(
     recv: &mut RecvStream,
 ) -> Result<BlobResponse, WireError> {
     request.validate()?;
-    let BlobRequest::Add { replicas, pin, expected, attach } = request else {
+    let BlobRequest::Add { replicas, pin, expected, attach, ack_copies } = request else {
         return Err(WireError::internal("not an add"));
     };
     authorise(claims, Access::BlobWrite)?;
@@ -145,8 +144,14 @@ async fn add(
         store.blobs().add_stream(tokio_stream::wrappers::ReceiverStream::new(receiver)).await.temp_tag().await
     });
     let mut size: u64 = 0;
+    let size_max = node.config.max_blob_bytes;
     let read = loop {
         match read_data_frame(recv).await {
+            Ok(Some(data)) if size + data.len() as u64 > size_max => {
+                let error = WireError::too_large(format!("blob exceeds this node's limit of {size_max} bytes"));
+                let _ = sender.send(Err(std::io::Error::other(error.message.clone()))).await;
+                break Err(error);
+            }
             Ok(Some(data)) => {
                 size += data.len() as u64;
                 if sender.send(Ok(data)).await.is_err() {
@@ -171,41 +176,90 @@ async fn add(
         // The data stays unreferenced (only this request's temporary tag held it) and is collected.
         return Err(WireError::invalid(format!("the data hashes to {hash}, not the expected {expected}")));
     }
-    let (record, revision) =
-        record_and_attach(context, &node, BlobRef { hash, size }, replicas, pin, attach.map(|a| (a.key, a.lease)))
-            .await?;
+    let blob = BlobRef { hash, size };
+    let attach = attach.map(|attach| (attach.key, attach.lease));
+    let (record, revision) = record_and_attach(context, &node, blob, replicas, pin, ack_copies, attach).await?;
     drop(tag);
     Ok(BlobResponse::Added { hash, record, revision })
 }
 
-/// Records a blob this node holds (and keeps its copy), then attaches it to a key when asked.
+/// Records a blob this node holds (its copy kept first), attaches it to a key when asked, then waits until
+/// `ack_copies` nodes hold it (by default two when it should have two or more, so an acknowledged blob survives the
+/// loss of any one node; never more than the members).
 async fn record_and_attach(
     context: &RpcContext,
     node: &BlobNode,
     blob: BlobRef,
     replicas: Option<u8>,
     pin: bool,
+    ack_copies: Option<u8>,
     attach: Option<(Bytes, Option<u64>)>,
 ) -> Result<(pando_protocol::blob::BlobRecord, Option<u64>), WireError> {
     let timeout = Duration::from_secs(30);
+    let replicas = replicas.unwrap_or(node.config.default_replicas);
+    let members = crate::raft::transport::members(&context.directory).len().max(1);
+    let ack_copies = usize::from(ack_copies.unwrap_or(replicas.min(2)).min(replicas)).min(members);
     let added = BlobCommand::Added {
         blob,
         holder: context.node_id,
-        replicas: replicas.unwrap_or(node.config.default_replicas),
+        replicas,
         pin,
         gc_grace_ms: u64::try_from(node.config.gc_grace.as_millis()).unwrap_or(u64::MAX),
     };
-    let record = match propose_anywhere(&context.directory, Command::Blob(added), timeout).await? {
+    // Kept before it is recorded: once the record names this node, the copy must already be safe from a sweep.
+    node.hold(blob.hash).await?;
+    let mut events = context.directory.stores().map(|stores| stores.state_machine.subscribe());
+    let mut record = match propose_anywhere(&context.directory, Command::Blob(added), timeout).await? {
         CommandOutput::Blob(BlobResponse::Record { record, .. }) => record,
         other => return Err(WireError::internal(format!("a blob add produced {other:?}"))),
     };
-    node.keep(blob.hash).await?;
-    let Some((key, lease)) = attach else { return Ok((record, None)) };
-    let put = KvRequest::PutBlob { key, hash: blob.hash, lease };
-    match propose_anywhere(&context.directory, Command::Kv(put), timeout).await? {
-        CommandOutput::Kv(KvResponse::Written { revision }) => Ok((record, Some(revision))),
-        other => Err(WireError::internal(format!("attaching a blob produced {other:?}"))),
+    // Attached before waiting for copies: until a key (or the user's pin) references it, the blob is only one
+    // grace period away from collection.
+    let revision = match attach {
+        None => None,
+        Some((key, lease)) => {
+            let put = KvRequest::PutBlob { key, hash: blob.hash, lease };
+            match propose_anywhere(&context.directory, Command::Kv(put), timeout).await? {
+                CommandOutput::Kv(KvResponse::Written { revision }) => Some(revision),
+                other => return Err(WireError::internal(format!("attaching a blob produced {other:?}"))),
+            }
+        }
+    };
+    let deadline = tokio::time::Instant::now() + crate::blobs::fetch_deadline(blob.size) + timeout;
+    while record.holders.len() < ack_copies {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(WireError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "blob {} is recorded but only {} of the {ack_copies} copies asked for exist yet; repair goes on, \
+                     add it again to wait once more",
+                    blob.hash,
+                    record.holders.len()
+                ),
+            ));
+        }
+        // Woken by the commit stream, and every 200 ms anyway (this node may apply after the leader).
+        let wait = tokio::time::sleep(Duration::from_millis(200));
+        match events.as_mut() {
+            Some(events) => {
+                tokio::select! {
+                    _ = events.recv() => {}
+                    () = wait => {}
+                }
+            }
+            None => wait.await,
+        }
+        match record_of(context, blob.hash).await? {
+            Some(current) => record = current,
+            None => {
+                return Err(WireError::new(
+                    ErrorCode::NotFound,
+                    format!("blob {} was collected before it had {ack_copies} copies", blob.hash),
+                ));
+            }
+        }
     }
+    Ok((record, revision))
 }
 
 /// A KV put of a value above the inline threshold, on the leader: the value becomes a blob held here and the key
@@ -237,7 +291,8 @@ pub(crate) async fn put_large(
         .await
         .map_err(|error| WireError::internal(format!("cannot store the value as a blob: {error}")))?;
     let blob = BlobRef { hash: BlobHash(*tag.hash().as_bytes()), size: value.len() as u64 };
-    let (_, revision) = record_and_attach(context, node, blob, None, false, Some((key.clone(), lease))).await?;
+    let attach = Some((key.clone(), lease));
+    let (_, revision) = record_and_attach(context, node, blob, None, false, None, attach).await?;
     drop(tag);
     Ok(KvResponse::Written { revision: revision.unwrap_or_default() })
 }
@@ -280,7 +335,8 @@ async fn get(
     if record.is_none() && !matches!(local, LocalBlob::Complete { .. }) {
         return Err(WireError::new(ErrorCode::NotFound, format!("no blob {hash} in the cluster")));
     }
-    let _pin = node.ensure_local(&hash, &holders).await?;
+    let size = record.as_ref().map_or(0, |record| record.size);
+    let _pin = node.ensure_local(&hash, size, &holders).await?;
     let size = match node.local(&hash).await? {
         LocalBlob::Complete { size } => size,
         _ => return Err(WireError::new(ErrorCode::Unavailable, format!("blob {hash} is not complete on this node"))),
@@ -288,6 +344,8 @@ async fn get(
     let header = ResponseEnvelope { request_id, body: Ok(Response::Blob(BlobResponse::Stream { hash, size })) };
     let header = pando_protocol::frame::encode(&header).map_err(|error| WireError::internal(error.to_string()))?;
     let mut reader = node.store.blobs().reader(iroh_hash(&hash));
+    // A client that stops reading gives up its transfer slot after the frame timeout.
+    let frame_timeout = Duration::from_millis(BLOB_DATA_FRAME_TIMEOUT_MS);
     let stream = async {
         send.write_all(&header).await.map_err(|error| error.to_string())?;
         let mut buffer = vec![0u8; 256 * 1024];
@@ -297,8 +355,14 @@ async fn get(
             if read == 0 {
                 break;
             }
-            send.write_all(&(read as u32).to_be_bytes()).await.map_err(|error| error.to_string())?;
-            send.write_all(&buffer[..read]).await.map_err(|error| error.to_string())?;
+            let frame = async {
+                send.write_all(&(read as u32).to_be_bytes()).await?;
+                send.write_all(&buffer[..read]).await
+            };
+            match tokio::time::timeout(frame_timeout, frame).await {
+                Ok(written) => written.map_err(|error| error.to_string())?,
+                Err(_) => return Err(format!("the client took no data for {frame_timeout:?}")),
+            }
             sent += read as u64;
         }
         if sent != size {

@@ -135,6 +135,10 @@ async fn execute(
             for key in request.keys() {
                 authorise(claims, if write { Access::KvWrite(key) } else { Access::KvRead(key) })?;
             }
+            // Pointing a key at a blob reads the blob through the key later: it needs the blob capability too.
+            if matches!(request, KvRequest::PutBlob { .. }) {
+                authorise(claims, Access::BlobWrite)?;
+            }
             if !write {
                 return Ok(Response::Kv(read(context, request).await?));
             }

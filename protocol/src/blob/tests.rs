@@ -159,9 +159,16 @@ fn kv_values_hold_references_until_overwritten_deleted_or_their_lease_ends() {
     assert_eq!(load(&tables, &hash(1)).unwrap().unwrap().kv_refs, 1);
     assert_eq!(load(&tables, &hash(1)).unwrap().unwrap().collect_at_ms, None);
 
-    // A compare-and-swap against the empty value must not match a blob value.
+    // A compare-and-swap against the empty value must not match a blob value; a blob differs from any bytes.
     let cas = KvRequest::Cas { key: bytes("model"), expected: Some(bytes("")), value: bytes("x") };
     assert_eq!(kv(&mut tables, &mut revision, 21, cas).unwrap_err().code, ErrorCode::Conflict);
+    let row = Some(tables.get(b"model").unwrap().unwrap());
+    let compare =
+        |op| crate::kv::Compare { key: bytes("model"), op, target: crate::kv::CompareTarget::Value(bytes("")) };
+    assert!(crate::state_machine::evaluate(&row, &compare(crate::kv::CompareOp::NotEqual)));
+    for op in [crate::kv::CompareOp::Equal, crate::kv::CompareOp::Less, crate::kv::CompareOp::Greater] {
+        assert!(!crate::state_machine::evaluate(&row, &compare(op)), "{op:?}");
+    }
 
     // Overwriting with another blob moves the reference.
     kv(&mut tables, &mut revision, 30, attach(2)).unwrap();
