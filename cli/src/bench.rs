@@ -37,6 +37,9 @@ pub enum BenchCommand {
     /// while the queue is empty) and acking; the ops are messages through (dequeue+ack), the enqueues are reported
     /// beside them.
     Queue(BenchArgs),
+    /// Blob add, node-to-node fetch and get of one file, against BLAKE3 hashing of the file and a raw iroh stream of
+    /// the same size.
+    Blob(crate::bench_blob::BlobBenchArgs),
 }
 
 /// How long a bench consumer's dequeue may wait on the node for a message.
@@ -71,6 +74,12 @@ struct WorkerResult {
 
 pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, json_output: bool) -> anyhow::Result<()> {
     let (operation, args) = match command {
+        BenchCommand::Blob(args) => {
+            let client = Client::new(ticket, options).await?;
+            let result = crate::bench_blob::run(&client, args, json_output).await;
+            client.close().await;
+            return result;
+        }
         BenchCommand::Put(args) => ("put", args),
         BenchCommand::Get(args) => ("get", args),
         BenchCommand::Counter(args) => ("counter", args),

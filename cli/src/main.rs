@@ -2,6 +2,7 @@
 //! message on stderr; `--json` prints machine-readable output on stdout.
 
 mod bench;
+mod bench_blob;
 mod blob;
 mod coord;
 mod output;
