@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use iroh::endpoint::{RecvStream, SendStream};
 use pando_protocol::blob::{BlobHash, BlobRequest, BlobResponse};
-use pando_protocol::envelope::{PROTOCOL_VERSION, Request, RequestEnvelope, Response, ResponseEnvelope};
+use pando_protocol::envelope::{PROTOCOL_VERSION, Request, RequestEnvelope, Response};
 use pando_protocol::frame::{self, LENGTH_PREFIX_BYTES};
 use pando_protocol::kv::Bytes;
 use pando_protocol::limits::{BLOB_DATA_FRAME_BYTES_MAX, BLOB_DATA_FRAME_TIMEOUT_MS};
@@ -176,27 +176,7 @@ async fn read_envelope(
     request_id: u64,
     wait: Duration,
 ) -> Result<Result<Response, pando_protocol::error::WireError>, ClientError> {
-    let read = async {
-        let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
-        recv.read_exact(&mut prefix).await.map_err(|error| {
-            ClientError::Transport(format!("no response (the blob may or may not be recorded): {error}"))
-        })?;
-        let length = frame::body_length(prefix).map_err(|error| ClientError::Protocol(error.to_string()))?;
-        let mut body = vec![0u8; length];
-        recv.read_exact(&mut body)
-            .await
-            .map_err(|error| ClientError::Transport(format!("response cut short: {error}")))?;
-        let response: ResponseEnvelope =
-            frame::decode(&body).map_err(|error| ClientError::Protocol(error.to_string()))?;
-        if response.request_id != request_id && response.request_id != 0 {
-            return Err(ClientError::Protocol(format!(
-                "response for request {} on another stream",
-                response.request_id
-            )));
-        }
-        Ok(response.body)
-    };
-    tokio::time::timeout(wait, read)
+    tokio::time::timeout(wait, crate::client::read_response(recv, request_id))
         .await
         .map_err(|_| ClientError::Timeout(format!("no response within {} ms", wait.as_millis())))?
 }

@@ -281,26 +281,7 @@ impl Client {
         if let Err(error) = send.finish() {
             return Attempt::Done(Err(ClientError::Transport(format!("cannot finish request: {error}"))));
         }
-        let response = async {
-            let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
-            recv.read_exact(&mut prefix).await.map_err(|error| {
-                ClientError::Transport(format!("no response (the request may or may not have been applied): {error}"))
-            })?;
-            let length = frame::body_length(prefix).map_err(|error| ClientError::Protocol(error.to_string()))?;
-            let mut body = vec![0u8; length];
-            recv.read_exact(&mut body)
-                .await
-                .map_err(|error| ClientError::Transport(format!("response cut short: {error}")))?;
-            let response: ResponseEnvelope =
-                frame::decode(&body).map_err(|error| ClientError::Protocol(error.to_string()))?;
-            if response.request_id != request_id && response.request_id != 0 {
-                return Err(ClientError::Protocol(format!(
-                    "response for request {} arrived on the stream of request {request_id}",
-                    response.request_id
-                )));
-            }
-            Ok(response.body)
-        };
+        let response = read_response(&mut recv, request_id);
         match response.await {
             Err(error) => {
                 // The connection may be dead: the next request dials again.
@@ -444,4 +425,26 @@ fn written(response: KvResponse) -> Result<u64, ClientError> {
 
 fn unexpected(response: &impl std::fmt::Debug) -> ClientError {
     ClientError::Protocol(format!("unexpected response {response:?}"))
+}
+
+/// Reads the response frame of request `request_id` from its stream.
+pub(crate) async fn read_response(
+    recv: &mut iroh::endpoint::RecvStream,
+    request_id: u64,
+) -> Result<Result<Response, pando_protocol::error::WireError>, ClientError> {
+    let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+    recv.read_exact(&mut prefix).await.map_err(|error| {
+        ClientError::Transport(format!("no response (the request may or may not have been applied): {error}"))
+    })?;
+    let length = frame::body_length(prefix).map_err(|error| ClientError::Protocol(error.to_string()))?;
+    let mut body = vec![0u8; length];
+    recv.read_exact(&mut body).await.map_err(|error| ClientError::Transport(format!("response cut short: {error}")))?;
+    let response: ResponseEnvelope = frame::decode(&body).map_err(|error| ClientError::Protocol(error.to_string()))?;
+    if response.request_id != request_id && response.request_id != 0 {
+        return Err(ClientError::Protocol(format!(
+            "response for request {} arrived on the stream of request {request_id}",
+            response.request_id
+        )));
+    }
+    Ok(response.body)
 }
