@@ -205,7 +205,7 @@ async fn place(node: &BlobNode, cursor: &mut Option<BlobHash>) -> Result<(), Tra
 
 /// What the leader proposes for one blob: assignments where live copies fall short; releases of departed members
 /// (a departed holder only while enough live copies remain without it, and never the last holder, which stays a
-/// source to fetch from); and, once every holder is live and nothing is being fetched, releases of the holders
+/// source to fetch from) and of assignees that are down while enough live copies exist without them; and, once every holder is live and nothing is being fetched, releases of the holders
 /// beyond the replica count that rank last in rendezvous order.
 pub(crate) fn plan(
     hash: &BlobHash,
@@ -218,6 +218,14 @@ pub(crate) fn plan(
     let live_holders: Vec<u64> = record.holders.iter().copied().filter(|node| live.contains(node)).collect();
     for gone in record.assigned.iter().filter(|node| !members.contains(node)) {
         commands.push(BlobCommand::Release { hash: *hash, node: *gone });
+    }
+    // An assignee that is down while enough live copies exist without it is surplus: forget it, so a node that never
+    // comes back does not stay assigned.
+    let live_assigned = record.assigned.iter().filter(|node| live.contains(node)).count();
+    if live_holders.len() + live_assigned >= replicas {
+        for down in record.assigned.iter().filter(|node| members.contains(node) && !live.contains(node)) {
+            commands.push(BlobCommand::Release { hash: *hash, node: *down });
+        }
     }
     let departed: Vec<u64> = record.holders.iter().copied().filter(|node| !members.contains(node)).collect();
     let mut remaining = record.holders.len();

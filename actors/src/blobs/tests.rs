@@ -74,3 +74,22 @@ fn surplus_holders_are_trimmed_only_when_every_holder_is_live() {
     // A fetch under way: nothing is trimmed until it settles.
     assert!(plan(&hash, &record(2, vec![1, 2, 3], vec![4]), &members, &all_live).is_empty());
 }
+
+#[test]
+fn an_assignee_that_is_down_is_forgotten_once_live_copies_suffice() {
+    let hash = BlobHash([5; 32]);
+    let members: BTreeSet<u64> = [1, 2, 3, 4].into();
+    let live: BTreeSet<u64> = [1, 2, 4].into();
+    // Node 3 was assigned, then went down; nodes 1 and 2 hold the two copies wanted: 3 is released.
+    assert_eq!(
+        plan(&hash, &record(2, vec![1, 2], vec![3]), &members, &live),
+        vec![BlobCommand::Release { hash, node: 3 }]
+    );
+    // Only one live holder: node 3 stays assigned (it may come back) and a live node is assigned beside it.
+    let commands = plan(&hash, &record(2, vec![1], vec![3]), &members, &live);
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    assert!(
+        matches!(&commands[0], BlobCommand::Assign { nodes, .. } if nodes.len() == 1 && (nodes[0] == 2 || nodes[0] == 4)),
+        "{commands:?}"
+    );
+}
