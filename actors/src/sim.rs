@@ -27,6 +27,8 @@ use crate::storage::{self, SimDisk};
 pub enum PlantedBug {
     /// Every node answers a linearizable read from its own state machine, without the log.
     LocalReads = 1,
+    /// The leader acknowledges a put as soon as it takes it, before the entry commits.
+    AckBeforeCommit = 2,
 }
 
 static PLANTED_BUGS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

@@ -173,6 +173,17 @@ impl Actor for RaftActor {
                     let _ = reply.send(Err(WireError::new(ErrorCode::Busy, "too many writes waiting, retry later")));
                     return Ok(());
                 }
+                if crate::sim::planted_bug(crate::sim::PlantedBug::AckBeforeCommit)
+                    && matches!(command, Command::Kv(pando_protocol::kv::KvRequest::Put { lease: None, .. }))
+                    && state.raft.metrics().borrow().current_leader == Some(state.node_id)
+                {
+                    // The planted bug: the leader acknowledges a write when it takes it, before the log commits it.
+                    let _ = reply.send(Ok(CommandOutput::Kv(pando_protocol::kv::KvResponse::Written { revision: 0 })));
+                    let (ignored, _) = ractor::concurrency::oneshot();
+                    state.pending.push_back((command, RpcReplyPort::from(ignored)));
+                    flush(&myself, state);
+                    return Ok(());
+                }
                 state.pending.push_back((command, reply));
                 flush(&myself, state);
             }
