@@ -32,6 +32,7 @@ use iroh_blobs::store::GcConfig;
 use iroh_blobs::store::fs::FsStore;
 use iroh_blobs::store::fs::options::Options;
 use pando_protocol::blob::{BlobHash, LocalBlob};
+use pando_protocol::state_machine::StorageFault;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -281,11 +282,35 @@ impl Actor for BlobActor {
     }
 }
 
-fn reader(node: &BlobNode) -> Result<crate::storage::StateReader, TransferError> {
-    node.directory
-        .stores()
-        .map(|stores| stores.reader)
-        .ok_or_else(|| TransferError::Unavailable("storage is not open".into()))
+impl BlobNode {
+    /// Reads the applied state off the async threads.
+    pub(crate) async fn read<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&crate::storage::StateReader) -> Result<T, StorageFault> + Send + 'static,
+    ) -> Result<T, TransferError> {
+        let reader = self
+            .directory
+            .stores()
+            .map(|stores| stores.reader)
+            .ok_or_else(|| TransferError::Unavailable("storage is not open".into()))?;
+        tokio::task::spawn_blocking(move || work(&reader))
+            .await
+            .map_err(|error| TransferError::Unavailable(error.to_string()))?
+            .map_err(|fault| TransferError::Unavailable(fault.to_string()))
+    }
+
+    /// Whether this node leads the cluster.
+    pub(crate) fn leads(&self) -> bool {
+        self.directory
+            .raft()
+            .is_some_and(|handles| handles.raft.metrics().borrow().current_leader == Some(self.node_id))
+    }
+
+    /// Whether `node` counts as live for placement: this node, or a member it heard from within
+    /// [`PEER_LIVE_WINDOW_MS`] (meaningful on the leader, which exchanges Raft RPCs with every member).
+    pub(crate) fn is_live(&self, node: u64) -> bool {
+        node == self.node_id || self.directory.peer_heard_within(node, Duration::from_millis(PEER_LIVE_WINDOW_MS))
+    }
 }
 
 async fn count_tags(node: &BlobNode) -> Result<u64, TransferError> {
@@ -318,24 +343,22 @@ async fn sweep(
             _ => tracing::warn!(%name, "ignoring a blob tag that names no hash"),
         }
     }
-    let reader = reader(node)?;
     let node_id = node.node_id;
-    let (placed, unplaced): (Vec<BlobHash>, Vec<BlobHash>) = tokio::task::spawn_blocking(move || {
-        let mut placed = Vec::new();
-        let mut unplaced = Vec::new();
-        for hash in held {
-            if reader.blob(&hash)?.is_some_and(|record| record.places(node_id)) {
-                placed.push(hash);
-            } else {
-                unplaced.push(hash);
+    let (placed, unplaced) = node
+        .read(move |reader| {
+            let mut placed = Vec::new();
+            let mut unplaced = Vec::new();
+            for hash in held {
+                if reader.blob(&hash)?.is_some_and(|record| record.places(node_id)) {
+                    placed.push(hash);
+                } else {
+                    unplaced.push(hash);
+                }
             }
-        }
-        tracing::trace!(node = node_id, ?placed, ?unplaced, "sweep");
-        Ok::<_, pando_protocol::state_machine::StorageFault>((placed, unplaced))
-    })
-    .await
-    .map_err(|error| TransferError::Unavailable(error.to_string()))?
-    .map_err(|fault| TransferError::Unavailable(fault.to_string()))?;
+            tracing::trace!(node = node_id, ?placed, ?unplaced, "sweep");
+            Ok((placed, unplaced))
+        })
+        .await?;
     let now = tokio::time::Instant::now();
     tracing::trace!(node = node.node_id, held_ahead = ?held_ahead.keys().collect::<Vec<_>>(), "sweep");
     for hash in &placed {

@@ -17,7 +17,7 @@ use pando_protocol::coord::CoordEvent;
 use ractor::ActorRef;
 use tokio_util::sync::CancellationToken;
 
-use super::{BlobMsg, BlobNode, SWEEP_EVERY_ROUNDS, TransferError, reader};
+use super::{BlobMsg, BlobNode, SWEEP_EVERY_ROUNDS, TransferError};
 use crate::raft::propose_anywhere;
 use crate::raft::transport::members;
 
@@ -74,7 +74,7 @@ pub(super) async fn run(node: BlobNode, actor: ActorRef<BlobMsg>, stop: Cancella
         if let Err(error) = fetch_assigned(&node, &stop, &mut cursors.placed).await {
             tracing::debug!(%error, "blob repair: fetching assigned blobs");
         }
-        if !is_leader(&node) {
+        if !node.leads() {
             cursors.leading_since = None;
         } else {
             let since = *cursors.leading_since.get_or_insert_with(tokio::time::Instant::now);
@@ -101,17 +101,14 @@ fn wakes_repair(event: &CoordEvent) -> bool {
     )
 }
 
-fn is_leader(node: &BlobNode) -> bool {
-    node.directory.raft().is_some_and(|handles| handles.raft.metrics().borrow().current_leader == Some(node.node_id))
-}
-
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, pando_protocol::state_machine::StorageFault> + Send + 'static,
-) -> Result<T, TransferError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|error| TransferError::Unavailable(error.to_string()))?
-        .map_err(|fault| TransferError::Unavailable(fault.to_string()))
+impl BlobNode {
+    /// Proposes blob bookkeeping from this node, wherever the leader is.
+    async fn propose(&self, command: BlobCommand) -> Result<(), TransferError> {
+        propose_anywhere(&self.directory, Command::Blob(command), PROPOSE_TIMEOUT)
+            .await
+            .map(|_| ())
+            .map_err(|error| TransferError::Unavailable(error.to_string()))
+    }
 }
 
 /// Fetches what this node is assigned (or holds but lost) and reports it held.
@@ -120,13 +117,11 @@ async fn fetch_assigned(
     stop: &CancellationToken,
     cursor: &mut Option<BlobHash>,
 ) -> Result<(), TransferError> {
-    let reader = reader(node)?;
     let me = node.node_id;
     let mut seen = 0;
     while seen < REPAIR_BLOBS_PER_ROUND_MAX && !stop.is_cancelled() {
-        let page_reader = reader.clone();
         let after = *cursor;
-        let page = blocking(move || page_reader.blobs_placed_on(me, after.as_ref(), PAGE)).await?;
+        let page = node.read(move |reader| reader.blobs_placed_on(me, after.as_ref(), PAGE)).await?;
         if page.is_empty() {
             // The end: the next round starts over.
             *cursor = None;
@@ -135,8 +130,7 @@ async fn fetch_assigned(
         seen += page.len();
         *cursor = page.last().copied();
         for hash in page {
-            let record_reader = reader.clone();
-            let Some(record) = blocking(move || record_reader.blob(&hash)).await? else { continue };
+            let Some(record) = node.read(move |reader| reader.blob(&hash)).await? else { continue };
             if let Err(error) = repair_one(node, hash, &record).await {
                 tracing::warn!(%hash, %error, "cannot get this node's copy of a blob");
             }
@@ -160,9 +154,7 @@ async fn repair_one(node: &BlobNode, hash: BlobHash, record: &BlobRecord) -> Res
     let _pin = node.ensure_local(&hash, record.size, &record.holders).await?;
     node.hold(hash).await?;
     if !holding {
-        propose_anywhere(&node.directory, Command::Blob(BlobCommand::Held { hash, node: me }), PROPOSE_TIMEOUT)
-            .await
-            .map_err(|error| TransferError::Unavailable(error.to_string()))?;
+        node.propose(BlobCommand::Held { hash, node: me }).await?;
         tracing::info!(%hash, "fetched a copy of a blob");
     }
     Ok(())
@@ -171,28 +163,17 @@ async fn repair_one(node: &BlobNode, hash: BlobHash, record: &BlobRecord) -> Res
 /// The leader's pass: assign copies to live members where live copies fall short, release departed members and
 /// surplus holders.
 async fn place(node: &BlobNode, cursor: &mut Option<BlobHash>) -> Result<(), TransferError> {
-    let reader = reader(node)?;
     let members: BTreeSet<u64> = members(&node.directory).keys().copied().collect();
-    let live: BTreeSet<u64> = members
-        .iter()
-        .copied()
-        .filter(|member| {
-            *member == node.node_id
-                || node.directory.peer_heard_within(*member, Duration::from_millis(PEER_LIVE_WINDOW_MS))
-        })
-        .collect();
+    let live: BTreeSet<u64> = members.iter().copied().filter(|member| node.is_live(*member)).collect();
     let mut seen = 0;
     while seen < REPAIR_BLOBS_PER_ROUND_MAX {
-        let page_reader = reader.clone();
         let after = *cursor;
-        let (page, next) = blocking(move || page_reader.blobs(after.as_ref(), PAGE as u32)).await?;
+        let (page, next) = node.read(move |reader| reader.blobs(after.as_ref(), PAGE as u32)).await?;
         seen += page.len();
         for (hash, record) in &page {
             for command in plan(hash, record, &members, &live) {
                 tracing::info!(node = node.node_id, %hash, ?command, "blob placement");
-                propose_anywhere(&node.directory, Command::Blob(command), PROPOSE_TIMEOUT)
-                    .await
-                    .map_err(|error| TransferError::Unavailable(error.to_string()))?;
+                node.propose(command).await?;
             }
         }
         *cursor = next;
@@ -205,8 +186,9 @@ async fn place(node: &BlobNode, cursor: &mut Option<BlobHash>) -> Result<(), Tra
 
 /// What the leader proposes for one blob: assignments where live copies fall short; releases of departed members
 /// (a departed holder only while enough live copies remain without it, and never the last holder, which stays a
-/// source to fetch from) and of assignees that are down while enough live copies exist without them; and, once every holder is live and nothing is being fetched, releases of the holders
-/// beyond the replica count that rank last in rendezvous order.
+/// source to fetch from) and of assignees that are down while enough live copies exist without them; and, once every
+/// holder is live and nothing is being fetched, releases of the holders beyond the replica count that rank last in
+/// rendezvous order.
 pub(crate) fn plan(
     hash: &BlobHash,
     record: &BlobRecord,

@@ -24,7 +24,7 @@ use tokio::io::AsyncReadExt;
 
 use super::handler::{RpcContext, TokenCache, authenticate, authorise, linearize, propose, reader};
 use super::stream::write_response;
-use crate::blobs::{BlobNode, PEER_LIVE_WINDOW_MS, iroh_hash};
+use crate::blobs::{BlobNode, iroh_hash};
 use crate::raft::propose_anywhere;
 
 /// Whether a request streams data on its own stream (served by [`serve_stream`]).
@@ -44,11 +44,7 @@ async fn record_of(
     context: &RpcContext,
     hash: BlobHash,
 ) -> Result<Option<pando_protocol::blob::BlobRecord>, WireError> {
-    let reader = reader(context)?;
-    tokio::task::spawn_blocking(move || reader.blob(&hash))
-        .await
-        .map_err(|error| WireError::internal(error.to_string()))?
-        .map_err(storage_fault)
+    Ok(blob_node(context)?.read(move |reader| reader.blob(&hash)).await?)
 }
 
 /// Serves a streamed add or get, then finishes the stream.
@@ -272,11 +268,7 @@ pub(crate) async fn put_large(
     lease: Option<u64>,
     timeout: Duration,
 ) -> Result<KvResponse, WireError> {
-    let leads = context
-        .directory
-        .raft()
-        .is_some_and(|handles| handles.raft.metrics().borrow().current_leader == Some(context.node_id));
-    if !leads {
+    if !node.leads() {
         let put = KvRequest::Put { key: key.clone(), value: value.clone(), lease };
         return match propose(context, Command::Kv(put), timeout).await? {
             CommandOutput::Kv(response) => Ok(response),
@@ -421,11 +413,7 @@ pub(crate) async fn execute(
             })
         }
         BlobRequest::List { after, limit } => {
-            let reader = reader(context)?;
-            let (blobs, next) = tokio::task::spawn_blocking(move || reader.blobs(after.as_ref(), limit))
-                .await
-                .map_err(|error| WireError::internal(error.to_string()))?
-                .map_err(storage_fault)?;
+            let (blobs, next) = blob_node(context)?.read(move |reader| reader.blobs(after.as_ref(), limit)).await?;
             Ok(BlobResponse::Page { blobs, next })
         }
         BlobRequest::Replication { hash } => {
@@ -434,10 +422,8 @@ pub(crate) async fn execute(
             let record = record_of(context, hash)
                 .await?
                 .ok_or_else(|| WireError::new(ErrorCode::NotFound, format!("no blob {hash} in the cluster")))?;
-            let live = |node: &u64| {
-                *node == context.node_id
-                    || context.directory.peer_heard_within(*node, Duration::from_millis(PEER_LIVE_WINDOW_MS))
-            };
+            let node = blob_node(context)?;
+            let live = |id: &u64| node.is_live(*id);
             let replicas = |nodes: &[u64]| {
                 nodes.iter().map(|node| Replica { node_id: *node, live: live(node) }).collect::<Vec<_>>()
             };
