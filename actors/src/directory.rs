@@ -45,6 +45,9 @@ pub struct Directory {
     blobs: Arc<RwLock<Option<crate::blobs::BlobNode>>>,
     /// When each peer last answered a Raft RPC (the leader's view of who is alive).
     peer_health: PeerHealth,
+    /// Where plugin calls go on this node.
+    plugins: crate::plugins::PluginRoutes,
+    plugin_supervisor: Arc<RwLock<Option<ActorRef<crate::plugins::PluginsMsg>>>>,
 }
 
 /// When each peer last answered one of this node's Raft RPCs.
@@ -69,6 +72,18 @@ impl Directory {
     pub fn peer_heard_within(&self, node: u64, within: std::time::Duration) -> bool {
         let heard = self.peer_health.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&node).copied();
         heard.is_some_and(|at| at.elapsed() <= within)
+    }
+
+    pub fn plugins(&self) -> crate::plugins::PluginRoutes {
+        self.plugins.clone()
+    }
+
+    pub fn plugin_supervisor(&self) -> Option<ActorRef<crate::plugins::PluginsMsg>> {
+        self.plugin_supervisor.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    pub(crate) fn set_plugin_supervisor(&self, supervisor: Option<ActorRef<crate::plugins::PluginsMsg>>) {
+        *self.plugin_supervisor.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = supervisor;
     }
 
     pub fn blobs(&self) -> Option<crate::blobs::BlobNode> {

@@ -5,6 +5,7 @@ pub mod blobs;
 pub mod clock;
 pub mod directory;
 pub mod mesh;
+pub mod plugins;
 pub mod raft;
 pub mod rpc;
 pub mod seeded_rng;

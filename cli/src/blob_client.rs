@@ -169,6 +169,37 @@ impl Client {
             other => Err(ClientError::Protocol(format!("unexpected response {other:?}"))),
         }
     }
+
+    /// A plugin request (install, list, info, enable, disable, remove, call).
+    pub async fn plugin(
+        &self,
+        request: pando_protocol::plugin::PluginRequest,
+    ) -> Result<pando_protocol::plugin::PluginResponse, ClientError> {
+        match self.request(Request::Plugin(request)).await? {
+            Response::Plugin(response) => Ok(response),
+            other => Err(ClientError::Protocol(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    /// Calls `function` of plugin `name` on the node this client talks to: its output, the node and the generation.
+    pub async fn plugin_call(
+        &self,
+        name: &str,
+        function: &str,
+        input: &[u8],
+    ) -> Result<(Vec<u8>, u64, u64), ClientError> {
+        let request = pando_protocol::plugin::PluginRequest::Call {
+            name: name.into(),
+            function: function.into(),
+            input: input.to_vec().into(),
+        };
+        match self.plugin(request).await? {
+            pando_protocol::plugin::PluginResponse::Output { output, node, generation } => {
+                Ok((output.to_vec(), node, generation))
+            }
+            other => Err(ClientError::Protocol(format!("unexpected response {other:?}"))),
+        }
+    }
 }
 
 async fn read_envelope(

@@ -6,6 +6,7 @@ mod bench_blob;
 mod blob;
 mod coord;
 mod output;
+mod plugin;
 mod queue;
 
 use std::io::{Read, Write};
@@ -88,6 +89,9 @@ enum Command {
     /// Content-addressed blobs (BLAKE3), replicated across the cluster.
     #[command(subcommand)]
     Blob(blob::BlobCommand),
+    /// WASM plugins: install, upgrade, enable, disable, remove, call.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -350,6 +354,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Barrier(command) => coord::barrier(&client, command, cli.json).await,
         Command::Service(command) => coord::service(&client, command, cli.json).await,
         Command::Blob(command) => blob::blob(&client, command, cli.json).await,
+        Command::Plugin(command) => plugin::plugin(&client, command, cli.json).await,
         Command::Actors => {
             match client.cluster(ClusterRequest::Actors).await? {
                 ClusterResponse::Actors { actors } => {
@@ -361,10 +366,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             let name = actor.path.rsplit('/').next().unwrap_or(&actor.path);
                             let state = if actor.alive { "running" } else { "stopped" };
                             println!(
-                                "{}{name:<12} {state:<8} restarts {:<3} {}",
+                                "{}{name:<12} {state:<8} restarts {:<3} {}{}",
                                 "  ".repeat(depth),
                                 actor.restarts,
-                                actor.actor_id.as_deref().unwrap_or("-")
+                                actor.actor_id.as_deref().unwrap_or("-"),
+                                actor.detail.as_deref().map(|detail| format!("  {detail}")).unwrap_or_default()
                             );
                         }
                     }

@@ -77,6 +77,11 @@ struct Args {
     /// Largest blob a client may add through this node, in MiB.
     #[arg(long, default_value_t = 64 * 1024)]
     blob_max_mib: u64,
+    /// Plugin instances replaced within --plugin-restart-period-secs before the plugin is quarantined on this node.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    plugin_restart_intensity: u32,
+    #[arg(long, default_value_t = 60)]
+    plugin_restart_period_secs: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -195,6 +200,11 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             repair_interval: Duration::from_millis(args.blob_repair_interval_ms.max(50)),
             kv_inline_max_bytes: args.blob_threshold as usize,
             max_blob_bytes: args.blob_max_mib.saturating_mul(1 << 20),
+        },
+        plugins: pando_actors::plugins::PluginConfig {
+            restart_intensity: args.plugin_restart_intensity,
+            restart_period: Duration::from_secs(args.plugin_restart_period_secs.max(1)),
+            ..pando_actors::plugins::PluginConfig::default()
         },
     });
     let (root, root_handle) =

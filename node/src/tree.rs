@@ -1,5 +1,6 @@
-//! The node's supervision tree: storage, then raft, then the RPC gateway, then the actor mesh, then blobs, under a
-//! rest_for_one root. The mesh and the blob store come last: their restarts never disturb client connections.
+//! The node's supervision tree: storage, then raft, then the RPC gateway, then the actor mesh, then blobs, then
+//! plugins, under a rest_for_one root. The mesh, the blob store and the plugins come last: their restarts never
+//! disturb client connections, and a plugin supervisor that gives up takes nothing else down with it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ pub struct TreeConfig {
     pub context: RpcContext,
     pub directory: Directory,
     pub blobs: pando_actors::blobs::BlobConfig,
+    pub plugins: pando_actors::plugins::PluginConfig,
 }
 
 pub fn root(config: TreeConfig) -> SupervisorArgs {
@@ -62,6 +64,18 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
         },
     )
     .with_shutdown_timeout(Duration::from_secs(10));
+    let plugins = ChildSpec::new(
+        "plugins",
+        Restart::Permanent,
+        pando_actors::plugins::PluginSupervisor,
+        pando_actors::plugins::PluginsArgs {
+            node_id: config.node_id,
+            directory: config.directory.clone(),
+            config: config.plugins,
+            cluster_secret: config.context.cluster_secret_key,
+        },
+    )
+    .with_shutdown_timeout(Duration::from_secs(10));
     let mesh = ChildSpec::new(
         "mesh",
         Restart::Permanent,
@@ -86,6 +100,6 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
             ROOT_RESTARTS_MAX,
             Duration::from_millis(ROOT_RESTART_PERIOD_MS),
         ),
-        children: vec![storage, raft, rpc, mesh, blobs],
+        children: vec![storage, raft, rpc, mesh, blobs, plugins],
     }
 }

@@ -102,6 +102,9 @@ pub struct ActorReport {
     pub restarts: u64,
     /// ractor's id of the live instance.
     pub actor_id: Option<String>,
+    /// What the actor is doing, when it says more than alive or not (a plugin's generation, state and last error).
+    #[serde(default)]
+    pub detail: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

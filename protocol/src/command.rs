@@ -15,6 +15,7 @@ pub enum Command {
     Kv(KvRequest),
     Coord(CoordRequest),
     Blob(crate::blob::BlobCommand),
+    Plugin(crate::plugin::PluginCommand),
 }
 
 impl Command {
@@ -24,6 +25,8 @@ impl Command {
             Command::Kv(request) => request.payload_bytes(),
             Command::Coord(request) => request.payload_bytes(),
             Command::Blob(_) => 128,
+            Command::Plugin(crate::plugin::PluginCommand::Kv { request, .. }) => 64 + request.payload_bytes(),
+            Command::Plugin(_) => 2048,
         }
     }
 }
@@ -34,6 +37,7 @@ pub enum CommandOutput {
     Kv(KvResponse),
     Coord(CoordResponse),
     Blob(crate::blob::BlobResponse),
+    Plugin(crate::plugin::PluginResponse),
 }
 
 /// The result of one KV command.

@@ -31,6 +31,7 @@ pub enum Request {
     Cluster(ClusterRequest),
     Coord(CoordRequest),
     Blob(crate::blob::BlobRequest),
+    Plugin(crate::plugin::PluginRequest),
 }
 
 /// A response to the request with the same id.
@@ -46,6 +47,7 @@ pub enum Response {
     Cluster(ClusterResponse),
     Coord(CoordResponse),
     Blob(crate::blob::BlobResponse),
+    Plugin(crate::plugin::PluginResponse),
 }
 
 /// The first two fields of an envelope, decoded on their own when the full envelope does not decode, so the error

@@ -34,6 +34,8 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug or an unexpected storage failure on the node.
     Internal,
+    /// A plugin call trapped, ran out of fuel or memory, or the plugin returned an error; the message says which.
+    PluginFailed,
 }
 
 impl ErrorCode {
@@ -53,6 +55,7 @@ impl ErrorCode {
             ErrorCode::Busy => "BUSY",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::PluginFailed => "PLUGIN_FAILED",
         }
     }
 }

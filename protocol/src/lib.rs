@@ -14,6 +14,8 @@ pub mod frame;
 pub mod kv;
 pub mod limits;
 pub mod memory_tables;
+pub mod plugin;
+pub mod plugin_abi;
 pub mod state_machine;
 pub mod stored_value;
 pub mod ticket;

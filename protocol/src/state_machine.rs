@@ -81,6 +81,7 @@ pub fn apply_command(
         Command::Kv(request) => apply_kv(tables, revision, request)?.map(CommandOutput::Kv),
         Command::Coord(request) => coord::apply(tables, revision, now, request)?.map(CommandOutput::Coord),
         Command::Blob(command) => crate::blob::apply(tables, now, command)?.map(CommandOutput::Blob),
+        Command::Plugin(command) => crate::plugin::apply(tables, revision, now, command)?,
     })
 }
 

@@ -29,6 +29,8 @@ pub enum Capability {
     BlobRead,
     /// Add, read, protect and delete blobs.
     BlobWrite,
+    /// Call plugins: the one named, or any (`None`). Installing and managing plugins needs [`Capability::All`].
+    PluginCall { plugin: Option<String> },
 }
 
 /// What a request needs.
@@ -42,6 +44,10 @@ pub enum Access<'a> {
     ClusterAdmin,
     BlobRead,
     BlobWrite,
+    /// Calling a function of the named plugin.
+    PluginCall(&'a str),
+    /// Installing, upgrading, enabling, disabling and removing plugins.
+    PluginAdmin,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +139,9 @@ impl TokenClaims {
             (Capability::ClusterJoin, Access::ClusterJoin) => true,
             (Capability::BlobWrite, Access::BlobRead | Access::BlobWrite) => true,
             (Capability::BlobRead, Access::BlobRead) => true,
+            (Capability::PluginCall { plugin }, Access::PluginCall(name)) => {
+                plugin.as_deref().is_none_or(|plugin| plugin == name)
+            }
             _ => false,
         })
     }

@@ -7,6 +7,7 @@ use pando_protocol::cluster::MeshPing;
 use pando_protocol::command::{Command, CommandOutput};
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::kv::KvRequest;
+use pando_protocol::plugin::PluginCommand;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 use serde::{Deserialize, Serialize};
@@ -92,8 +93,16 @@ impl Actor for NodeAgent {
                     let _ = reply.send(answer(&Err(WireError::invalid("addressed to another node"))));
                     return Ok(());
                 }
-                if !matches!(forward.command, Command::Blob(_) | Command::Kv(KvRequest::PutBlob { .. })) {
-                    let _ = reply.send(answer(&Err(WireError::invalid("only blob commands are forwarded"))));
+                let forwardable = matches!(
+                    forward.command,
+                    Command::Blob(_)
+                        | Command::Kv(KvRequest::PutBlob { .. })
+                        | Command::Plugin(PluginCommand::Report { .. } | PluginCommand::Kv { .. })
+                );
+                if !forwardable {
+                    let _ = reply.send(answer(&Err(WireError::invalid(
+                        "only blob bookkeeping, plugin reports and plugin KV writes are forwarded",
+                    ))));
                     return Ok(());
                 }
                 // Proposed off the mailbox, so a slow commit never holds up pings.

@@ -304,11 +304,48 @@ pub(crate) async fn actors(context: &RpcContext) -> Result<ClusterResponse, Wire
             }
             if reports.len() < ACTOR_REPORTS_COUNT_MAX {
                 reports.push(ActorReport {
-                    path: child_path,
+                    path: child_path.clone(),
                     alive: child.alive,
                     restarts: child.restarts,
                     actor_id: child.actor_id,
+                    detail: None,
                 });
+            }
+            // The plugin supervisor's children come and go with the registry: it lists them itself.
+            if child.id == "plugins"
+                && child.alive
+                && let Some(plugins) = crate::plugins::local_status(&context.directory).await
+            {
+                for plugin in plugins {
+                    let plugin_path = format!("{child_path}/{}", plugin.name);
+                    let mut detail = format!(
+                        "{} generation {} calls {} queued {}",
+                        plugin.state.as_str(),
+                        plugin.generation,
+                        plugin.calls,
+                        plugin.queued
+                    );
+                    if let Some(error) = &plugin.last_error {
+                        detail.push_str(&format!(" last error: {error}"));
+                    }
+                    reports.push(ActorReport {
+                        path: plugin_path.clone(),
+                        alive: !plugin.instances.is_empty(),
+                        restarts: plugin.restarts,
+                        actor_id: None,
+                        detail: Some(detail),
+                    });
+                    for instance in plugin.instances {
+                        reports.push(ActorReport {
+                            path: format!("{plugin_path}/{}", instance.index),
+                            alive: true,
+                            restarts: 0,
+                            actor_id: Some(instance.actor_id),
+                            detail: None,
+                        });
+                    }
+                }
+                reports.truncate(ACTOR_REPORTS_COUNT_MAX);
             }
         }
     }

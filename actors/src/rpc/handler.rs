@@ -118,6 +118,8 @@ pub(crate) fn authorise(claims: &TokenClaims, access: Access<'_>) -> Result<(), 
         Access::ClusterAdmin => "change cluster membership",
         Access::BlobRead => "read blobs",
         Access::BlobWrite => "write blobs",
+        Access::PluginCall(_) => "call this plugin",
+        Access::PluginAdmin => "install or manage plugins",
     };
     Err(WireError::new(ErrorCode::Unauthorized, format!("token of `{}` may not {what}", claims.subject)))
 }
@@ -154,6 +156,9 @@ async fn execute(
             }
         }
         Request::Blob(request) => super::blobs::execute(context, claims, request, timeout).await.map(Response::Blob),
+        Request::Plugin(request) => {
+            super::plugins::execute(context, claims, request, timeout).await.map(Response::Plugin)
+        }
         Request::Coord(request) => {
             request.validate()?;
             if matches!(request, CoordRequest::Tick) {

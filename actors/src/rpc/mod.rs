@@ -5,6 +5,7 @@ mod blobs;
 pub(crate) mod cluster;
 mod gateway;
 mod handler;
+mod plugins;
 mod stream;
 
 pub use gateway::{RpcArgs, RpcGateway, RpcGatewayStatus, RpcMsg};

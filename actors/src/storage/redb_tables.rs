@@ -173,6 +173,45 @@ impl StateReader {
         state_machine::read(&tables, revision, request)
     }
 
+    /// Answers a plugin's read from the state as last applied, after the plugin registry (in the same snapshot)
+    /// allowed it: the permission, and every key under one of the plugin's prefixes.
+    pub fn read_for_plugin(&self, plugin: &str, request: &KvRequest) -> Result<KvResult, StorageFault> {
+        let read = self.database.begin_read().map_err(fault)?;
+        let revision = read_revision(&read.open_table(SM_META_TABLE).map_err(fault)?)?;
+        let tables = Tables {
+            kv: Rows { table: read.open_table(KV_TABLE).map_err(fault)? },
+            coord: read.open_table(COORD_TABLE).map_err(fault)?,
+            events: Vec::new(),
+        };
+        if let Err(error) = pando_protocol::plugin::check_kv(&tables, plugin, request)? {
+            return Ok(Err(error));
+        }
+        state_machine::read(&tables, revision, request)
+    }
+
+    /// Every installed plugin, as last applied.
+    pub fn plugins(&self) -> Result<Vec<pando_protocol::plugin::PluginRecord>, StorageFault> {
+        self.with_coord(pando_protocol::plugin::list)
+    }
+
+    /// One plugin and what each node reported running of it.
+    pub fn plugin_info(&self, name: &str) -> Result<Option<pando_protocol::plugin::PluginInfo>, StorageFault> {
+        self.with_coord(|tables| match pando_protocol::plugin::load(tables, name)? {
+            Some(record) => pando_protocol::plugin::info(tables, record).map(Some),
+            None => Ok(None),
+        })
+    }
+
+    /// Every plugin with its node reports.
+    pub fn plugin_infos(&self) -> Result<Vec<pando_protocol::plugin::PluginInfo>, StorageFault> {
+        self.with_coord(|tables| {
+            pando_protocol::plugin::list(tables)?
+                .into_iter()
+                .map(|record| pando_protocol::plugin::info(tables, record))
+                .collect()
+        })
+    }
+
     /// Answers a read-only coordination request from the state as last applied.
     pub fn read_coord(&self, request: &CoordRequest) -> Result<Result<CoordResponse, WireError>, StorageFault> {
         let read = self.database.begin_read().map_err(fault)?;

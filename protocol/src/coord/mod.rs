@@ -194,6 +194,11 @@ pub enum CoordEvent {
         name: Bytes,
         generation: u64,
     },
+    /// A plugin was installed, upgraded, enabled, disabled or removed; `generation` is the new one.
+    PluginChanged {
+        name: String,
+        generation: u64,
+    },
     /// A node reported a verified copy of a blob (or added it).
     BlobHeld {
         hash: crate::blob::BlobHash,
