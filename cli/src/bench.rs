@@ -40,6 +40,8 @@ pub enum BenchCommand {
     /// Blob add, node-to-node fetch and get of one file, against BLAKE3 hashing of the file and a raw iroh stream of
     /// the same size.
     Blob(crate::bench_blob::BlobBenchArgs),
+    /// A plugin's install-to-first-call time, warm call latency and calls/s with 1 and 4 instances.
+    Plugin(crate::bench_plugin::PluginBenchArgs),
 }
 
 /// How long a bench consumer's dequeue may wait on the node for a message.
@@ -77,6 +79,12 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
         BenchCommand::Blob(args) => {
             let client = Client::new(ticket, options).await?;
             let result = crate::bench_blob::run(&client, args, json_output).await;
+            client.close().await;
+            return result;
+        }
+        BenchCommand::Plugin(args) => {
+            let client = std::sync::Arc::new(Client::new(ticket, options).await?);
+            let result = crate::bench_plugin::run(client.clone(), args, json_output).await;
             client.close().await;
             return result;
         }

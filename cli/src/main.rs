@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_blob;
+mod bench_plugin;
 mod blob;
 mod coord;
 mod output;

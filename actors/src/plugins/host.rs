@@ -25,8 +25,19 @@ use super::PluginRoutes;
 use super::instance::Job;
 use crate::directory::Directory;
 
-/// Longest a host function waits on the rest of the node (a commit, a blob fetch).
+/// Longest a host function waits on the rest of the node (a commit, a blob fetch); never beyond the call's own
+/// remaining time.
 const HOST_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+thread_local! {
+    /// What is left of the running call's timeout, set on entry to every host function.
+    static CALL_BUDGET: std::cell::Cell<Duration> = const { std::cell::Cell::new(HOST_CALL_TIMEOUT) };
+}
+
+/// How long a host function may wait on the rest of the node.
+fn budget() -> Duration {
+    CALL_BUDGET.with(|budget| budget.get()).min(HOST_CALL_TIMEOUT).max(Duration::from_millis(1))
+}
 /// Domain separation of the per-plugin signing keys.
 const SIGNING_KEY_CONTEXT: &str = "pando 2026 plugin signing key v1";
 
@@ -161,6 +172,8 @@ fn function<A: DeserializeOwned + 'static, R: Serialize + 'static>(
               outputs: &mut [Val],
               user_data: UserData<Arc<HostContext>>| {
             let context = user_data.get()?.lock().map_err(|_| extism::Error::msg("host context poisoned"))?.clone();
+            let remaining = plugin.time_remaining().unwrap_or(HOST_CALL_TIMEOUT);
+            CALL_BUDGET.with(|budget| budget.set(remaining));
             let input: Vec<u8> = plugin.memory_get_val(&inputs[0])?;
             let answer = abi::decode::<A>(&input).and_then(|args| body(&context, args));
             let handle = plugin.memory_new(abi::encode(&answer))?;
@@ -210,9 +223,20 @@ fn kv_write(context: &HostContext, request: KvRequest) -> HostResult<KvResponse>
     request.validate().map_err(wire)?;
     let command = Command::Plugin(PluginCommand::Kv { plugin: context.plugin.clone(), request });
     let directory = context.directory.clone();
-    let outcome = context
-        .runtime
-        .block_on(async move { crate::raft::propose_anywhere(&directory, command, HOST_CALL_TIMEOUT).await });
+    let budget = budget();
+    let outcome =
+        context.runtime.block_on(async move { crate::raft::propose_anywhere(&directory, command, budget).await });
+    // Read-your-writes on every node: the answer waits until this node applied what the answer is about (the write,
+    // or the value a compare lost against), so the plugin's next read here sees it.
+    let seen = match &outcome {
+        Ok(CommandOutput::Kv(KvResponse::Written { revision } | KvResponse::Deleted { revision, .. })) => *revision,
+        Err(error) => match &error.detail {
+            Some(pando_protocol::error::ErrorDetail::Current { entry: Some(entry) }) => entry.mod_revision,
+            _ => 0,
+        },
+        _ => 0,
+    };
+    wait_applied(context, seen);
     match outcome {
         Ok(CommandOutput::Kv(response)) => Ok(response),
         Ok(other) => Err(refuse(ErrorCode::Internal, format!("a plugin KV write produced {other:?}"))),
@@ -222,6 +246,17 @@ fn kv_write(context: &HostContext, request: KvRequest) -> HostResult<KvResponse>
             }
             Err(wire(error))
         }
+    }
+}
+
+/// Waits (within the call's budget) until this node's state machine applied `revision`.
+fn wait_applied(context: &HostContext, revision: u64) {
+    let Some(stores) = context.directory.stores() else { return };
+    let deadline = std::time::Instant::now() + budget();
+    let mut pause = Duration::from_micros(200);
+    while stores.reader.revision().is_ok_and(|applied| applied < revision) && std::time::Instant::now() < deadline {
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(10));
     }
 }
 
@@ -321,13 +356,13 @@ fn blob_get(context: &HostContext, args: abi::BlobArgs) -> HostResult<abi::BlobD
             format!("blob of {} bytes exceeds the {} a plugin may read at once", record.size, abi::BLOB_BYTES_MAX),
         ));
     }
+    let budget = budget();
     let data = context.runtime.block_on(async move {
         let _pin = node.ensure_local(&hash, record.size, &record.holders).await.map_err(|error| error.to_string())?;
-        let data =
-            tokio::time::timeout(HOST_CALL_TIMEOUT, node.store.blobs().get_bytes(crate::blobs::iroh_hash(&hash)))
-                .await
-                .map_err(|_| "reading the blob timed out".to_string())?
-                .map_err(|error| error.to_string())?;
+        let data = tokio::time::timeout(budget, node.store.blobs().get_bytes(crate::blobs::iroh_hash(&hash)))
+            .await
+            .map_err(|_| "reading the blob timed out".to_string())?
+            .map_err(|error| error.to_string())?;
         Ok::<_, String>(data)
     });
     let data = data.map_err(|error| refuse(ErrorCode::Unavailable, error))?;
@@ -345,6 +380,7 @@ fn blob_put(context: &HostContext, args: abi::BlobData) -> HostResult<abi::BlobA
     let node = blob_node(context)?;
     let directory = context.directory.clone();
     let node_id = context.node_id;
+    let budget = budget();
     let added = context.runtime.block_on(async move {
         let size = args.data.len() as u64;
         let tag = node
@@ -363,7 +399,7 @@ fn blob_put(context: &HostContext, args: abi::BlobData) -> HostResult<abi::BlobA
             pin: true,
             gc_grace_ms: u64::try_from(node.config.gc_grace.as_millis()).unwrap_or(u64::MAX),
         };
-        crate::raft::propose_anywhere(&directory, Command::Blob(added), HOST_CALL_TIMEOUT).await?;
+        crate::raft::propose_anywhere(&directory, Command::Blob(added), budget).await?;
         drop(tag);
         Ok::<_, WireError>(hash)
     });

@@ -36,6 +36,7 @@ pub struct InstanceArgs {
     pub queue: Receiver<Job>,
     pub timeout_ms: u32,
     pub fuel: u64,
+    pub memory_pages: u32,
     /// Counts the calls this generation served, across instances.
     pub calls: Arc<AtomicU64>,
 }
@@ -216,7 +217,22 @@ fn classify(error: &extism::Error, code: i32, args: &InstanceArgs) -> (WireError
         };
         return (WireError::new(code, format!("plugin `{plugin}`: {text}")), false);
     }
-    let out_of_memory = message.contains("memory") || message.contains("unreachable");
-    let hint = if out_of_memory { " (a panic, an abort, or memory beyond its limit)" } else { "" };
-    (WireError::new(ErrorCode::PluginFailed, format!("plugin `{plugin}` trapped{hint}: {message}")), true)
+    if message == "oom" || message.starts_with("oom:") {
+        return (
+            WireError::new(
+                ErrorCode::PluginFailed,
+                format!(
+                    "plugin `{plugin}` ran out of memory ({} pages of 64 KiB); the call was stopped",
+                    args.memory_pages
+                ),
+            ),
+            true,
+        );
+    }
+    // Rust guests abort (a wasm `unreachable`) on a panic and on an allocation the memory limit refused.
+    let hint = if message.contains("unreachable") { " (a panic, an abort, or memory beyond its limit)" } else { "" };
+    // The root cause names the trap (`wasm trap: ...`); the wasm backtrace above it stays in the node's log.
+    tracing::debug!(plugin = %plugin, %message, "plugin trap");
+    let cause = error.root_cause().to_string();
+    (WireError::new(ErrorCode::PluginFailed, format!("plugin `{plugin}` trapped{hint}: {cause}")), true)
 }

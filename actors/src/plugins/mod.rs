@@ -210,8 +210,9 @@ pub enum PluginsMsg {
         result: Result<Compiled, LoadError>,
     },
     Status(RpcReplyPort<Vec<LocalPluginStatus>>),
-    /// Tests: load a generation from wasm bytes, as if the registry named it and its blob were local.
-    #[cfg(test)]
+    /// Tests and benchmarks: run a generation from local wasm bytes, as if the registry named it. On a node the next
+    /// reconcile stops it again (the registry does not name it).
+    #[doc(hidden)]
     Preload {
         record: PluginRecord,
         wasm: Vec<u8>,
@@ -342,7 +343,6 @@ impl Actor for PluginSupervisor {
             PluginsMsg::Status(reply) => {
                 let _ = reply.send(state.status());
             }
-            #[cfg(test)]
             PluginsMsg::Preload { record, wasm } => {
                 state.plugins.entry(record.manifest.name.clone()).or_default().loading = Some(record.generation);
                 let args = &state.args;
@@ -539,6 +539,7 @@ impl PluginsState {
             queue: generation.queue.clone(),
             timeout_ms: generation.manifest.timeout_ms,
             fuel: generation.manifest.fuel,
+            memory_pages: generation.manifest.memory_pages,
             calls: generation.calls.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, PluginActor, args, myself.get_cell())

@@ -116,6 +116,7 @@ async fn traps_timeouts_fuel_and_memory_fail_only_their_call_and_replace_the_ins
 
     let error = node.call("hog", "hog", b"").await.unwrap_err();
     assert_eq!(error.code, ErrorCode::PluginFailed);
+    assert!(error.message.contains("memory"), "{error}");
 
     // Each failed instance was replaced, and the replacement serves.
     for name in ["trap", "spin", "fuel", "hog"] {
@@ -133,14 +134,44 @@ async fn traps_timeouts_fuel_and_memory_fail_only_their_call_and_replace_the_ins
     }
 }
 
+/// Captures what the node logs (every thread), for tests that check a refusal is logged.
+fn capture_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    #[derive(Clone)]
+    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Sink(buffer.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber of this test process");
+    buffer
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_permission_the_manifest_lacks_is_refused_as_an_answer() {
+async fn a_permission_the_manifest_lacks_is_refused_as_an_answer_and_logged() {
+    let logs = capture_logs();
     let node = Node::start(PluginConfig::default()).await;
     node.preload(manifest("forbidden"), 1, "misbehave").await;
     let error = node.call("forbidden", "forbidden", b"").await.unwrap_err();
     assert_eq!(error.code, ErrorCode::Unauthorized, "{error}");
     assert!(error.message.contains("kv_write"), "{error}");
     assert_eq!(node.plugin("forbidden").await.restarts, 0);
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        logged.contains("plugin host call refused") && logged.contains("forbidden") && logged.contains("kv_write"),
+        "not logged: {logged}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,130 @@
+//! Warm call latency of the `echo` plugin: a direct extism call against the same call through a node's plugin pool
+//! (PluginSupervisor, bounded queue, PluginActor worker), and calls/s of the pool with 1 and 4 instances.
+//!
+//! `cargo bench -p pando-actors --bench plugin_call` (release). `PANDO_BENCH_CALLS` sets the sequential calls
+//! (default 20000), `PANDO_BENCH_SECS` the throughput window (default 3).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use pando_actors::directory::Directory;
+use pando_actors::plugins::{PluginConfig, PluginSupervisor, PluginsArgs, PluginsMsg};
+use pando_protocol::blob::BlobHash;
+use pando_protocol::plugin::{PluginManifest, PluginRecord};
+use ractor::Actor;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
+}
+
+fn report(what: &str, histogram: &Histogram<u64>, elapsed: Duration) {
+    println!(
+        "{what:<34} p50 {:>7.1} us  p99 {:>7.1} us  max {:>8.1} us  ({:.0} calls/s sequential)",
+        histogram.value_at_quantile(0.5) as f64 / 1000.0,
+        histogram.value_at_quantile(0.99) as f64 / 1000.0,
+        histogram.max() as f64 / 1000.0,
+        histogram.len() as f64 / elapsed.as_secs_f64()
+    );
+}
+
+fn manifest(instances: u32) -> PluginManifest {
+    PluginManifest { instances, queue: 1024, ..PluginManifest::new("echo", "1.0.0") }
+}
+
+fn main() {
+    let wasm = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/wasm/echo.wasm")).expect("echo.wasm");
+    let calls = env("PANDO_BENCH_CALLS", 20_000);
+    let window = Duration::from_secs(env("PANDO_BENCH_SECS", 3));
+    let input = vec![b'x'; 64];
+    println!("echo, {}-byte input, {calls} sequential calls each", input.len());
+
+    // Direct: one extism instance on this thread, with the same limits the node sets (fuel, memory, timeout).
+    let defaults = manifest(1);
+    let extism_manifest = extism::Manifest::new([extism::Wasm::data(wasm.clone())])
+        .with_memory_max(defaults.memory_pages)
+        .with_timeout(Duration::from_millis(defaults.timeout_ms.into()));
+    let mut direct = extism::PluginBuilder::new(extism_manifest)
+        .with_wasi(false)
+        .with_cache_disabled()
+        .with_fuel_limit(defaults.fuel)
+        .build()
+        .expect("echo compiles");
+    let mut histogram = Histogram::<u64>::new(3).unwrap();
+    let started = Instant::now();
+    for _ in 0..calls {
+        let call = Instant::now();
+        let output: Vec<u8> = direct.call("echo", input.as_slice()).expect("echo answers");
+        histogram.record(call.elapsed().as_nanos() as u64).unwrap();
+        assert_eq!(output.len(), input.len());
+    }
+    report("direct extism call", &histogram, started.elapsed());
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        for instances in [1u32, 4] {
+            let directory = Directory::default();
+            let args = PluginsArgs {
+                node_id: 1,
+                directory: directory.clone(),
+                config: PluginConfig::default(),
+                cluster_secret: [0; 32],
+            };
+            let (supervisor, _) = Actor::spawn(None, PluginSupervisor, args).await.unwrap();
+            let record = PluginRecord {
+                manifest: manifest(instances),
+                wasm: BlobHash([0; 32]),
+                wasm_size: 0,
+                generation: 1,
+                enabled: true,
+                installed_ms: 0,
+                updated_ms: 0,
+            };
+            let loading = Instant::now();
+            supervisor.cast(PluginsMsg::Preload { record, wasm: wasm.clone() }).unwrap();
+            let routes = directory.plugins();
+            while routes.call("echo", "echo", input.clone(), Duration::from_secs(5)).await.is_err() {
+                tokio::task::yield_now().await;
+            }
+            println!("{instances} instance(s): compile + start + first call {:?}", loading.elapsed());
+
+            let mut histogram = Histogram::<u64>::new(3).unwrap();
+            let started = Instant::now();
+            for _ in 0..calls {
+                let call = Instant::now();
+                let (output, _) = routes.call("echo", "echo", input.clone(), Duration::from_secs(5)).await.unwrap();
+                histogram.record(call.elapsed().as_nanos() as u64).unwrap();
+                assert_eq!(output.len(), input.len());
+            }
+            report(&format!("in-process pool, {instances} instance(s)"), &histogram, started.elapsed());
+
+            let stop = Arc::new(AtomicBool::new(false));
+            let done = Arc::new(AtomicU64::new(0));
+            let mut callers = Vec::new();
+            for _ in 0..16 {
+                let routes = routes.clone();
+                let input = input.clone();
+                let stop = stop.clone();
+                let done = done.clone();
+                callers.push(tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        if routes.call("echo", "echo", input.clone(), Duration::from_secs(5)).await.is_ok() {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }));
+            }
+            tokio::time::sleep(window).await;
+            stop.store(true, Ordering::Relaxed);
+            for caller in callers {
+                caller.await.unwrap();
+            }
+            println!(
+                "in-process pool, {instances} instance(s), 16 callers: {:.0} calls/s",
+                done.load(Ordering::Relaxed) as f64 / window.as_secs_f64()
+            );
+            supervisor.stop(None);
+        }
+    });
+}
