@@ -251,10 +251,15 @@ fn kv_write(context: &HostContext, request: KvRequest) -> HostResult<KvResponse>
 
 /// Waits (within the call's budget) until this node's state machine applied `revision`.
 fn wait_applied(context: &HostContext, revision: u64) {
+    wait_until(context, |reader| reader.revision().is_ok_and(|applied| applied >= revision));
+}
+
+/// Waits (within the call's budget) until `applied` holds of this node's applied state.
+fn wait_until(context: &HostContext, applied: impl Fn(&crate::storage::StateReader) -> bool) {
     let Some(stores) = context.directory.stores() else { return };
     let deadline = std::time::Instant::now() + budget();
     let mut pause = Duration::from_micros(200);
-    while stores.reader.revision().is_ok_and(|applied| applied < revision) && std::time::Instant::now() < deadline {
+    while !applied(&stores.reader) && std::time::Instant::now() < deadline {
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(10));
     }
@@ -403,7 +408,10 @@ fn blob_put(context: &HostContext, args: abi::BlobData) -> HostResult<abi::BlobA
         drop(tag);
         Ok::<_, WireError>(hash)
     });
-    Ok(abi::BlobArgs { hash: added.map_err(wire)?.to_hex() })
+    let hash = added.map_err(wire)?;
+    // As for KV writes: the plugin finds what it added on this node.
+    wait_until(context, |reader| reader.blob(&hash).is_ok_and(|record| record.is_some()));
+    Ok(abi::BlobArgs { hash: hash.to_hex() })
 }
 
 fn blob_has(context: &HostContext, args: abi::BlobArgs) -> HostResult<bool> {

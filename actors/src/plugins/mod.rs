@@ -696,6 +696,9 @@ impl PluginsState {
     }
 }
 
+/// The import module of WASI preview 1.
+const WASI_MODULE: &[u8] = b"wasi_snapshot_preview1";
+
 /// Fetches a generation's wasm (from the cluster when this node has no copy) and compiles it.
 async fn load(
     record: &PluginRecord,
@@ -751,16 +754,17 @@ async fn compile(
         cluster_secret,
         routes,
     ));
+    // A module built for wasm32-wasip1 imports WASI: it gets extism's WASI context, which has a clock and randomness
+    // but no files, environment, network or output. Modules without WASI imports run without it.
+    let wasi = wasm.windows(WASI_MODULE.len()).any(|window| window == WASI_MODULE);
     let extism_manifest = extism::Manifest::new([extism::Wasm::data(wasm)])
         .with_memory_max(manifest.memory_pages)
         .with_timeout(Duration::from_millis(manifest.timeout_ms.into()));
     let functions = host::functions(host.clone());
     let fuel = manifest.fuel;
     let compiled = tokio::task::spawn_blocking(move || {
-        let mut builder = extism::PluginBuilder::new(extism_manifest)
-            .with_wasi(false)
-            .with_cache_disabled()
-            .with_functions(functions);
+        let mut builder =
+            extism::PluginBuilder::new(extism_manifest).with_wasi(wasi).with_cache_disabled().with_functions(functions);
         if fuel > 0 {
             builder = builder.with_fuel_limit(fuel);
         }

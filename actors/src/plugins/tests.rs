@@ -276,6 +276,13 @@ async fn an_upgrade_under_a_stream_of_calls_loses_none_and_never_goes_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_for_wasi_runs_too() {
+    let node = Node::start(PluginConfig::default()).await;
+    node.preload(manifest("echo"), 1, "echo-wasi").await;
+    assert_eq!(node.call("echo", "echo", b"wasi").await.unwrap().0, b"wasi");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifests_beyond_the_nodes_caps_do_not_load() {
     let node = Node::start(PluginConfig { memory_pages_max: 16, ..PluginConfig::default() }).await;
     node.preload(PluginManifest { memory_pages: 17, ..manifest("big") }, 1, "echo").await;
