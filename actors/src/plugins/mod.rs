@@ -714,23 +714,17 @@ async fn load(
 }
 
 fn check_caps(manifest: &PluginManifest, config: &PluginConfig) -> Result<(), LoadError> {
-    if manifest.memory_pages > config.memory_pages_max {
-        return Err(LoadError {
-            message: format!(
-                "the manifest asks for {} memory pages; this node allows {}",
-                manifest.memory_pages, config.memory_pages_max
-            ),
-            transient: false,
-        });
-    }
-    if manifest.timeout_ms > config.timeout_ms_max {
-        return Err(LoadError {
-            message: format!(
-                "the manifest asks for a {} ms timeout; this node allows {}",
-                manifest.timeout_ms, config.timeout_ms_max
-            ),
-            transient: false,
-        });
+    let caps = [
+        ("memory pages", manifest.memory_pages, config.memory_pages_max),
+        ("ms of timeout", manifest.timeout_ms, config.timeout_ms_max),
+    ];
+    for (what, asked, allowed) in caps {
+        if asked > allowed {
+            return Err(LoadError {
+                message: format!("the manifest asks for {asked} {what}; this node allows {allowed}"),
+                transient: false,
+            });
+        }
     }
     Ok(())
 }

@@ -163,19 +163,16 @@ impl StateReader {
 
     /// Answers a read-only request from the state as last applied.
     pub fn read(&self, request: &KvRequest) -> Result<KvResult, StorageFault> {
-        let read = self.database.begin_read().map_err(fault)?;
-        let revision = read_revision(&read.open_table(SM_META_TABLE).map_err(fault)?)?;
-        let tables = Tables {
-            kv: Rows { table: read.open_table(KV_TABLE).map_err(fault)? },
-            coord: read.open_table(COORD_TABLE).map_err(fault)?,
-            events: Vec::new(),
-        };
-        state_machine::read(&tables, revision, request)
+        self.read_as(None, request)
     }
 
     /// Answers a plugin's read from the state as last applied, after the plugin registry (in the same snapshot)
     /// allowed it: the permission, and every key under one of the plugin's prefixes.
     pub fn read_for_plugin(&self, plugin: &str, request: &KvRequest) -> Result<KvResult, StorageFault> {
+        self.read_as(Some(plugin), request)
+    }
+
+    fn read_as(&self, plugin: Option<&str>, request: &KvRequest) -> Result<KvResult, StorageFault> {
         let read = self.database.begin_read().map_err(fault)?;
         let revision = read_revision(&read.open_table(SM_META_TABLE).map_err(fault)?)?;
         let tables = Tables {
@@ -183,7 +180,9 @@ impl StateReader {
             coord: read.open_table(COORD_TABLE).map_err(fault)?,
             events: Vec::new(),
         };
-        if let Err(error) = pando_protocol::plugin::check_kv(&tables, plugin, request)? {
+        if let Some(plugin) = plugin
+            && let Err(error) = pando_protocol::plugin::check_kv(&tables, plugin, request)?
+        {
             return Ok(Err(error));
         }
         state_machine::read(&tables, revision, request)
