@@ -61,6 +61,25 @@ fn main() {
     }
     report("direct extism call", &histogram, started.elapsed());
 
+    // The same without fuel metering (a manifest with `fuel = 0`): what metering costs.
+    let unmetered_manifest = extism::Manifest::new([extism::Wasm::data(wasm.clone())])
+        .with_memory_max(defaults.memory_pages)
+        .with_timeout(Duration::from_millis(defaults.timeout_ms.into()));
+    let mut unmetered = extism::PluginBuilder::new(unmetered_manifest)
+        .with_wasi(false)
+        .with_cache_disabled()
+        .build()
+        .expect("echo compiles");
+    let mut histogram = Histogram::<u64>::new(3).unwrap();
+    let started = Instant::now();
+    for _ in 0..calls {
+        let call = Instant::now();
+        let output: Vec<u8> = unmetered.call("echo", input.as_slice()).expect("echo answers");
+        histogram.record(call.elapsed().as_nanos() as u64).unwrap();
+        assert_eq!(output.len(), input.len());
+    }
+    report("direct extism call, no fuel", &histogram, started.elapsed());
+
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         for instances in [1u32, 4] {

@@ -542,9 +542,12 @@ impl PluginsState {
             memory_pages: generation.manifest.memory_pages,
             calls: generation.calls.clone(),
         };
-        let (actor, _) = Actor::spawn_linked(None, PluginActor, args, myself.get_cell())
-            .await
-            .map_err(|error| format!("instance {index} did not start: {error}"))?;
+        let (actor, _) =
+            Actor::spawn_linked(None, PluginActor, args, myself.get_cell()).await.map_err(|error| match error {
+                // The instance's own words (`init failed: ...`), not ractor's wrapping of them.
+                ractor::SpawnErr::StartupFailed(inner) => format!("instance {index}: {inner}"),
+                other => format!("instance {index} did not start: {other}"),
+            })?;
         self.instances.insert(actor.get_id(), (name.to_string(), generation.generation, index));
         Ok(actor)
     }
