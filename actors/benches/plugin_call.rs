@@ -40,45 +40,28 @@ fn main() {
     let input = vec![b'x'; 64];
     println!("echo, {}-byte input, {calls} sequential calls each", input.len());
 
-    // Direct: one extism instance on this thread, with the same limits the node sets (fuel, memory, timeout).
+    // Direct: one extism instance on this thread, with the same limits the node sets (memory, timeout, and the
+    // default fuel), then the same without fuel metering (a manifest with `fuel = 0`).
     let defaults = manifest(1);
-    let extism_manifest = extism::Manifest::new([extism::Wasm::data(wasm.clone())])
-        .with_memory_max(defaults.memory_pages)
-        .with_timeout(Duration::from_millis(defaults.timeout_ms.into()));
-    let mut direct = extism::PluginBuilder::new(extism_manifest)
-        .with_wasi(false)
-        .with_cache_disabled()
-        .with_fuel_limit(defaults.fuel)
-        .build()
-        .expect("echo compiles");
-    let mut histogram = Histogram::<u64>::new(3).unwrap();
-    let started = Instant::now();
-    for _ in 0..calls {
-        let call = Instant::now();
-        let output: Vec<u8> = direct.call("echo", input.as_slice()).expect("echo answers");
-        histogram.record(call.elapsed().as_nanos() as u64).unwrap();
-        assert_eq!(output.len(), input.len());
+    for (what, fuel) in [("direct extism call", Some(defaults.fuel)), ("direct extism call, no fuel", None)] {
+        let extism_manifest = extism::Manifest::new([extism::Wasm::data(wasm.clone())])
+            .with_memory_max(defaults.memory_pages)
+            .with_timeout(Duration::from_millis(defaults.timeout_ms.into()));
+        let mut builder = extism::PluginBuilder::new(extism_manifest).with_wasi(false).with_cache_disabled();
+        if let Some(fuel) = fuel {
+            builder = builder.with_fuel_limit(fuel);
+        }
+        let mut direct = builder.build().expect("echo compiles");
+        let mut histogram = Histogram::<u64>::new(3).unwrap();
+        let started = Instant::now();
+        for _ in 0..calls {
+            let call = Instant::now();
+            let output: Vec<u8> = direct.call("echo", input.as_slice()).expect("echo answers");
+            histogram.record(call.elapsed().as_nanos() as u64).unwrap();
+            assert_eq!(output.len(), input.len());
+        }
+        report(what, &histogram, started.elapsed());
     }
-    report("direct extism call", &histogram, started.elapsed());
-
-    // The same without fuel metering (a manifest with `fuel = 0`): what metering costs.
-    let unmetered_manifest = extism::Manifest::new([extism::Wasm::data(wasm.clone())])
-        .with_memory_max(defaults.memory_pages)
-        .with_timeout(Duration::from_millis(defaults.timeout_ms.into()));
-    let mut unmetered = extism::PluginBuilder::new(unmetered_manifest)
-        .with_wasi(false)
-        .with_cache_disabled()
-        .build()
-        .expect("echo compiles");
-    let mut histogram = Histogram::<u64>::new(3).unwrap();
-    let started = Instant::now();
-    for _ in 0..calls {
-        let call = Instant::now();
-        let output: Vec<u8> = unmetered.call("echo", input.as_slice()).expect("echo answers");
-        histogram.record(call.elapsed().as_nanos() as u64).unwrap();
-        assert_eq!(output.len(), input.len());
-    }
-    report("direct extism call, no fuel", &histogram, started.elapsed());
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
