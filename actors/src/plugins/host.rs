@@ -502,7 +502,8 @@ fn timer_schedule(context: &HostContext, args: abi::TimerArgs) -> HostResult<abi
             deadline: std::time::Instant::now() + Duration::from_secs(60),
             reply: None,
         };
-        if let Err(error) = routes.submit_to(&plugin, Some(generation), job) {
+        if let Err(refused) = routes.submit_to(&plugin, Some(generation), job) {
+            let error = refused.into_error(&plugin);
             tracing::warn!(%plugin, id, %error, "a plugin timer could not fire");
         }
     });

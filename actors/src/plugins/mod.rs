@@ -96,42 +96,40 @@ impl PluginRoutes {
     }
 
     /// Queues a job on the generation serving `name` (only on `generation` when given), answering which one.
-    pub(crate) fn submit_to(&self, name: &str, generation: Option<u64>, job: Job) -> Result<u64, WireError> {
+    pub(crate) fn submit_to(&self, name: &str, generation: Option<u64>, job: Job) -> Result<u64, Refused> {
+        let refused = |code, message: String| Err(Refused::Error(WireError::new(code, message)));
         match self.route(name) {
             Some(Route::Serving { generation: serving, queue }) if generation.is_none_or(|g| g == serving) => {
                 match queue.try_send(job) {
                     Ok(()) => Ok(serving),
-                    Err(TrySendError::Full(_)) => Err(WireError::new(
+                    Err(TrySendError::Full(_)) => refused(
                         ErrorCode::Busy,
                         format!("plugin `{name}` has {} calls queued on this node; retry with backoff", queue.len()),
-                    )),
-                    Err(TrySendError::Disconnected(_)) => Err(WireError::new(
-                        ErrorCode::Unavailable,
-                        format!("plugin `{name}` is switching generations; retry"),
-                    )),
+                    ),
+                    // The route was read just before an upgrade closed its queue.
+                    Err(TrySendError::Disconnected(job)) => Err(Refused::Switching(job)),
                 }
             }
             Some(Route::Serving { .. }) => {
-                Err(WireError::new(ErrorCode::Unavailable, format!("plugin `{name}` moved to another generation")))
+                refused(ErrorCode::Unavailable, format!("plugin `{name}` moved to another generation"))
             }
-            Some(Route::Quarantined { generation, reason }) => Err(WireError::new(
+            Some(Route::Quarantined { generation, reason }) => refused(
                 ErrorCode::Unavailable,
                 format!(
                     "plugin `{name}` (generation {generation}) is quarantined on this node: {reason}; \
                      `pando plugin enable {name}` lifts it"
                 ),
-            )),
-            Some(Route::Disabled { generation }) => Err(WireError::new(
-                ErrorCode::Unavailable,
-                format!("plugin `{name}` is disabled (generation {generation})"),
-            )),
-            None => Err(WireError::new(ErrorCode::NotFound, format!("no plugin `{name}` runs on this node"))),
+            ),
+            Some(Route::Disabled { generation }) => {
+                refused(ErrorCode::Unavailable, format!("plugin `{name}` is disabled (generation {generation})"))
+            }
+            None => refused(ErrorCode::NotFound, format!("no plugin `{name}` runs on this node")),
         }
     }
 
     /// Calls `function` of plugin `name` on this node, within `timeout`; answers the output and the generation that
-    /// produced it. A call that finds its generation's queue closed (an upgrade switched it in between) tries once
-    /// more on the new one.
+    /// produced it. A call that finds its generation's queue closed (an upgrade switched it in between) goes to the
+    /// new one.
     pub async fn call(
         &self,
         name: &str,
@@ -140,32 +138,49 @@ impl PluginRoutes {
         timeout: Duration,
     ) -> Result<(Vec<u8>, u64), WireError> {
         let deadline = std::time::Instant::now() + timeout;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let mut job = Job { function: function.to_string(), input, deadline, reply: Some(reply) };
         let mut attempts = 0;
-        loop {
+        let generation = loop {
             attempts += 1;
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            let job = Job { function: function.to_string(), input: input.clone(), deadline, reply: Some(reply) };
-            let generation = match self.submit_to(name, None, job) {
-                Err(error)
-                    if error.code == ErrorCode::Unavailable && error.message.ends_with("retry") && attempts < 3 =>
-                {
+            match self.submit_to(name, None, job) {
+                Ok(generation) => break generation,
+                Err(Refused::Switching(returned)) if attempts < 3 => {
+                    job = returned;
                     tokio::task::yield_now().await;
-                    continue;
                 }
-                other => other?,
-            };
-            return match tokio::time::timeout_at(deadline.into(), answer).await {
-                Ok(Ok(result)) => result.map(|output| (output, generation)),
-                // The instance was stopped with the call queued (the plugin was disabled or removed).
-                Ok(Err(_)) => Err(WireError::new(
-                    ErrorCode::Unavailable,
-                    format!("plugin `{name}` stopped before running the call; it was not run"),
-                )),
-                Err(_) => Err(WireError::new(
-                    ErrorCode::Timeout,
-                    format!("plugin `{name}` did not answer within {} ms", timeout.as_millis()),
-                )),
-            };
+                Err(refused) => return Err(refused.into_error(name)),
+            }
+        };
+        match tokio::time::timeout_at(deadline.into(), answer).await {
+            Ok(Ok(result)) => result.map(|output| (output, generation)),
+            // The instance was stopped with the call queued (the plugin was disabled or removed).
+            Ok(Err(_)) => Err(WireError::new(
+                ErrorCode::Unavailable,
+                format!("plugin `{name}` stopped before running the call; it was not run"),
+            )),
+            Err(_) => Err(WireError::new(
+                ErrorCode::Timeout,
+                format!("plugin `{name}` did not answer within {} ms", timeout.as_millis()),
+            )),
+        }
+    }
+}
+
+/// Why a job was not queued.
+pub(crate) enum Refused {
+    /// The generation's queue closed under the caller; the job comes back for the next one.
+    Switching(Job),
+    Error(WireError),
+}
+
+impl Refused {
+    pub(crate) fn into_error(self, name: &str) -> WireError {
+        match self {
+            Refused::Switching(_) => {
+                WireError::new(ErrorCode::Unavailable, format!("plugin `{name}` is switching generations; retry"))
+            }
+            Refused::Error(error) => error,
         }
     }
 }

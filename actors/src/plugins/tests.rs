@@ -59,6 +59,19 @@ impl Node {
     }
 }
 
+/// Waits (bounded) until the plugin's status on `node` satisfies `done`.
+async fn wait_until(node: &Node, name: &str, done: impl Fn(&LocalPluginStatus) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = node.plugin(name).await;
+        if done(&status) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} never got there: {status:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         self.supervisor.stop(None);
@@ -120,15 +133,7 @@ async fn traps_timeouts_fuel_and_memory_fail_only_their_call_and_replace_the_ins
 
     // Each failed instance was replaced, and the replacement serves.
     for name in ["trap", "spin", "fuel", "hog"] {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let status = node.plugin(name).await;
-            if status.restarts == 1 && status.instances.len() == 1 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{name} was not replaced: {status:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until(&node, name, |status| status.restarts == 1 && status.instances.len() == 1).await;
         let (output, _) = node.call(name, "ok", b"").await.unwrap();
         assert_eq!(output, br#""ok""#, "{name}");
     }
@@ -178,17 +183,15 @@ async fn a_permission_the_manifest_lacks_is_refused_as_an_answer_and_logged() {
 async fn a_failure_storm_quarantines_the_plugin_until_a_new_generation() {
     let node = Node::start(PluginConfig { restart_intensity: 3, ..PluginConfig::default() }).await;
     node.preload(manifest("storm"), 1, "misbehave").await;
-    for _ in 0..4 {
+    for failure in 1..=4u64 {
         let error = node.call("storm", "trap", b"").await.unwrap_err();
         assert_eq!(error.code, ErrorCode::PluginFailed, "{error}");
-        // Wait for the replacement before the next call, so each call meets a fresh instance.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if failure <= 3 {
+            // The replacement is up before the next call, so each call meets a fresh instance.
+            wait_until(&node, "storm", |status| status.restarts == failure && status.instances.len() == 1).await;
+        }
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while node.plugin("storm").await.state != NodePluginState::Quarantined {
-        assert!(Instant::now() < deadline, "not quarantined");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(&node, "storm", |status| status.state == NodePluginState::Quarantined).await;
     let status = node.plugin("storm").await;
     assert!(status.last_error.as_deref().unwrap_or_default().contains("trapped"), "{status:?}");
     let error = node.call("storm", "ok", b"").await.unwrap_err();
@@ -205,22 +208,22 @@ async fn a_full_queue_answers_busy_without_running_the_call() {
     let node = Node::start(PluginConfig::default()).await;
     node.preload(PluginManifest { queue: 1, timeout_ms: 1_500, fuel: 0, ..manifest("narrow") }, 1, "misbehave").await;
     let routes = node.directory.plugins();
-    // One call occupies the only instance, one waits in the queue; the next finds it full.
-    let first = tokio::spawn({
-        let routes = routes.clone();
-        async move { routes.call("narrow", "spin", Vec::new(), Duration::from_secs(5)).await }
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let second = tokio::spawn({
-        let routes = routes.clone();
-        async move { routes.call("narrow", "ok", Vec::new(), Duration::from_secs(5)).await }
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let job = |function: &str| {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        (Job { function: function.into(), input: Vec::new(), deadline, reply: Some(reply) }, answer)
+    };
+    // One call occupies the only instance (it left the queue), one waits in the queue; the next finds it full.
+    let (spin, first) = job("spin");
+    assert!(routes.submit_to("narrow", None, spin).is_ok());
+    wait_until(&node, "narrow", |status| status.queued == 0).await;
+    let (ok, second) = job("ok");
+    assert!(routes.submit_to("narrow", None, ok).is_ok());
     let third = routes.call("narrow", "ok", Vec::new(), Duration::from_secs(5)).await.unwrap_err();
     assert_eq!(third.code, ErrorCode::Busy, "{third}");
     assert_eq!(first.await.unwrap().unwrap_err().code, ErrorCode::Timeout);
     // The queued call runs on the replacement instance.
-    assert_eq!(second.await.unwrap().unwrap().0, br#""ok""#);
+    assert_eq!(second.await.unwrap().unwrap(), br#""ok""#);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,24 +30,13 @@ pub(crate) async fn execute(
         }
         PluginRequest::List => {
             authorise(claims, Access::ClusterRead)?;
-            linearize(context).await?;
-            let reader = reader(context)?;
-            let infos = tokio::task::spawn_blocking(move || reader.plugin_infos())
-                .await
-                .map_err(|error| WireError::internal(format!("read task failed: {error}")))?
-                .map_err(|fault| WireError::internal(fault.to_string()))?;
-            return Ok(PluginResponse::List(infos));
+            return read_registry(context, |reader| reader.plugin_infos()).await.map(PluginResponse::List);
         }
         PluginRequest::Info { name } => {
             authorise(claims, Access::ClusterRead)?;
-            linearize(context).await?;
-            let reader = reader(context)?;
             let lookup = name.clone();
-            let info = tokio::task::spawn_blocking(move || reader.plugin_info(&lookup))
-                .await
-                .map_err(|error| WireError::internal(format!("read task failed: {error}")))?
-                .map_err(|fault| WireError::internal(fault.to_string()))?;
-            return info
+            return read_registry(context, move |reader| reader.plugin_info(&lookup))
+                .await?
                 .map(PluginResponse::Info)
                 .ok_or_else(|| WireError::new(ErrorCode::NotFound, format!("no plugin `{name}` is installed")));
         }
@@ -60,4 +49,19 @@ pub(crate) async fn execute(
         CommandOutput::Plugin(response) => Ok(response),
         other => Err(WireError::internal(format!("a plugin command produced {other:?}"))),
     }
+}
+
+/// Reads the plugin registry linearizably (after a read-index round), off the async threads.
+async fn read_registry<T: Send + 'static>(
+    context: &RpcContext,
+    work: impl FnOnce(&crate::storage::StateReader) -> Result<T, pando_protocol::state_machine::StorageFault>
+    + Send
+    + 'static,
+) -> Result<T, WireError> {
+    linearize(context).await?;
+    let reader = reader(context)?;
+    tokio::task::spawn_blocking(move || work(&reader))
+        .await
+        .map_err(|error| WireError::internal(format!("read task failed: {error}")))?
+        .map_err(|fault| WireError::internal(fault.to_string()))
 }
