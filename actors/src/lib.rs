@@ -13,3 +13,4 @@ pub mod sim;
 pub mod storage;
 pub mod storage_actor;
 pub mod supervision;
+pub mod tree;

@@ -1,7 +1,9 @@
-//! Real nodes for the cluster simulator: each [`SimNode`] is a node's RaftActor, state machine and redb stores, as in
-//! production, on a [simulated disk](crate::storage::SimDisk), reached over the [simulated Raft
+//! Real nodes for the cluster simulator: each [`SimNode`] is a node's supervision tree (storage, raft, RPC gateway;
+//! the real [`tree::root`]) with its RaftActor, state machine and redb stores, on a [simulated
+//! disk](crate::storage::SimDisk), reached by peers and clients over the [simulated
 //! network](crate::raft::sim_network::SimNet), telling time by tokio's (paused) clock. The simulator drives them from
-//! one thread and one seed; this module only starts, crashes and restarts them.
+//! one thread and one seed, and talks to them with the real client library; this module only starts, crashes and
+//! restarts them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pando_protocol::cluster::MemberNode;
-use pando_protocol::command::{Command, CommandResult};
-use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::kv::bytes;
+use pando_protocol::ticket::{Ticket, TicketNode};
+use pando_protocol::token::{Capability, CapabilityToken, TokenClaims};
 use ractor::{Actor, ActorRef};
 
 use crate::clock::Clock;
@@ -19,31 +21,33 @@ use crate::directory::Directory;
 use crate::raft::sim_network::SimNet;
 use crate::raft::transport::RaftTransport;
 use crate::raft::type_config::NodeId;
-use crate::raft::{RaftActor, RaftArgs, RaftMsg};
-use crate::storage::{self, SimDisk};
+use crate::rpc::RpcContext;
+use crate::storage::SimDisk;
+use crate::supervision::{Supervisor, SupervisorMsg};
+use crate::tree::{self, TreeConfig, World};
 
 /// Deliberate bugs the simulator's own tests switch on, to show its checkers catch them. Never set outside tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlantedBug {
-    /// Every node answers a linearizable read from its own state machine, without the log.
+    /// Every node answers a linearizable read from its own state machine, without confirming it still leads.
     LocalReads = 1,
     /// The leader acknowledges a put as soon as it takes it, before the entry commits.
     AckBeforeCommit = 2,
 }
 
-static PLANTED_BUGS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+thread_local! {
+    /// Planted bugs are per thread: a simulation runs every node on its own current-thread runtime, so tests that
+    /// plant bugs and tests that must not see them can share a process.
+    static PLANTED_BUGS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
 
-/// Switches a planted bug on or off (for the whole process: a test process of its own).
+/// Switches a planted bug on or off for simulations run on this thread.
 pub fn plant_bug(bug: PlantedBug, on: bool) {
-    if on {
-        PLANTED_BUGS.fetch_or(bug as u32, std::sync::atomic::Ordering::SeqCst);
-    } else {
-        PLANTED_BUGS.fetch_and(!(bug as u32), std::sync::atomic::Ordering::SeqCst);
-    }
+    PLANTED_BUGS.with(|bugs| bugs.set(if on { bugs.get() | bug as u32 } else { bugs.get() & !(bug as u32) }));
 }
 
 pub(crate) fn planted_bug(bug: PlantedBug) -> bool {
-    PLANTED_BUGS.load(std::sync::atomic::Ordering::Relaxed) & bug as u32 != 0
+    PLANTED_BUGS.with(|bugs| bugs.get() & bug as u32 != 0)
 }
 
 /// How long a crashed node's Raft core gets to stop (it can no longer write: its disk handles are dead).
@@ -58,31 +62,53 @@ pub fn sim_config() -> openraft::Config {
     }
 }
 
-/// The members of a simulated cluster of `count` nodes (ids 1..=count, made-up keys, no addresses).
+/// The members of a simulated cluster of `count` nodes (ids 1..=count, made-up keys and addresses): node `id` is
+/// [`member`]`(id)`.
 pub fn members(count: u64) -> BTreeMap<NodeId, MemberNode> {
-    (1..=count).map(|id| (id, MemberNode { public_key: bytes(vec![id as u8; 32]), addrs: vec![] })).collect()
+    (1..=count).map(|id| (id, member(id))).collect()
 }
 
-/// Proposes `command` through a node's RaftActor: `UNAVAILABLE` if the actor is gone and `TIMEOUT` after `timeout`
-/// (both mean the command may or may not have been applied).
-pub async fn propose(actor: &ActorRef<RaftMsg>, command: Command, timeout: Duration) -> CommandResult {
-    match actor.call(|reply| RaftMsg::Propose { command, reply }, Some(timeout)).await {
-        Ok(ractor::rpc::CallResult::Success(result)) => result,
-        Ok(ractor::rpc::CallResult::Timeout) => Err(WireError::new(ErrorCode::Timeout, "no answer in time")),
-        _ => Err(WireError::new(ErrorCode::Unavailable, "the node went down")),
+/// What membership records about simulated node `id`.
+pub fn member(id: NodeId) -> MemberNode {
+    // The address is never dialled (the simulated network routes by id), but membership changes want one.
+    let addr = std::net::SocketAddr::from(([10, 0, (id >> 8) as u8, id as u8], 7000));
+    MemberNode { public_key: bytes(vec![id as u8; 32]), addrs: vec![addr] }
+}
+
+/// The cluster's identity in a simulation: its id and the key that signs its tokens, both from the seed.
+#[derive(Clone)]
+pub struct SimIdentity {
+    pub cluster_id: Vec<u8>,
+    pub signing_key: ed25519_dalek::SigningKey,
+}
+
+impl SimIdentity {
+    pub fn from_seed(seed: u64) -> SimIdentity {
+        let mut secret = [0u8; 32];
+        secret[..8].copy_from_slice(&seed.to_le_bytes());
+        secret[8..16].copy_from_slice(b"pandosim");
+        SimIdentity {
+            cluster_id: format!("sim-{seed}").into_bytes(),
+            signing_key: ed25519_dalek::SigningKey::from_bytes(&secret),
+        }
     }
-}
 
-/// A linearizable read the way the RPC handler serves one: this node confirms it still leads (a heartbeat round to a
-/// quorum, `ensure_linearizable`), waits until it applied everything committed before, then reads its own state.
-pub async fn linearizable_read(
-    directory: &Directory,
-    request: &pando_protocol::kv::KvRequest,
-) -> Result<pando_protocol::kv::KvResponse, WireError> {
-    let handles = directory.raft().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "raft is not running"))?;
-    crate::rpc::cluster::ensure_leader(&handles).await?;
-    let stores = directory.stores().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "storage is not open"))?;
-    stores.reader.read(request).map_err(|fault| WireError::internal(fault.to_string()))?
+    /// A ticket for clients: every node of `members`, and a token with every capability that never expires.
+    pub fn admin_ticket(&self, members: &BTreeMap<NodeId, MemberNode>) -> Ticket {
+        let claims = TokenClaims {
+            cluster_id: bytes(self.cluster_id.clone()),
+            subject: "simulated client".into(),
+            capabilities: vec![Capability::All],
+            issued_at_ms: 0,
+            expires_at_ms: None,
+        };
+        Ticket {
+            cluster_id: bytes(self.cluster_id.clone()),
+            cluster_key: bytes(self.signing_key.verifying_key().to_bytes().to_vec()),
+            nodes: members.iter().map(|(node_id, node)| TicketNode { node_id: *node_id, node: node.clone() }).collect(),
+            token: Some(CapabilityToken::sign(&claims, &self.signing_key)),
+        }
+    }
 }
 
 /// One simulated node: its disk outlives crashes; everything else is rebuilt on restart.
@@ -92,8 +118,9 @@ pub struct SimNode {
     dir: PathBuf,
     clock: Clock,
     net: SimNet,
+    identity: SimIdentity,
     /// `None` while the node is down.
-    running: Option<(Directory, ActorRef<RaftMsg>)>,
+    running: Option<(Directory, ActorRef<SupervisorMsg>)>,
 }
 
 impl SimNode {
@@ -103,28 +130,49 @@ impl SimNode {
         dir: &Path,
         clock: Clock,
         net: &SimNet,
+        identity: &SimIdentity,
         bootstrap: Option<BTreeMap<NodeId, MemberNode>>,
     ) -> Result<SimNode, String> {
-        let mut node =
-            SimNode { id, disk: SimDisk::new(), dir: dir.join(id.to_string()), clock, net: net.clone(), running: None };
+        let mut node = SimNode {
+            id,
+            disk: SimDisk::new(),
+            dir: dir.join(id.to_string()),
+            clock,
+            net: net.clone(),
+            identity: identity.clone(),
+            running: None,
+        };
         node.boot(bootstrap).await?;
         Ok(node)
     }
 
+    /// Starts the node's real supervision tree (storage, raft, RPC gateway) in the simulated world.
     async fn boot(&mut self, bootstrap: Option<BTreeMap<NodeId, MemberNode>>) -> Result<(), String> {
         let directory = Directory::with_clock(self.clock);
-        let stores = storage::open_simulated(&self.dir, self.disk.clone()).map_err(|error| error.to_string())?;
-        directory.set_stores(stores);
         self.net.attach(self.id, directory.clone());
-        let args = RaftArgs {
+        let context = RpcContext {
             node_id: self.id,
-            config: Arc::new(sim_config().validate().map_err(|error| error.to_string())?),
-            bootstrap,
+            cluster_id: self.identity.cluster_id.clone(),
+            cluster_key: self.identity.signing_key.verifying_key(),
+            cluster_secret_key: self.identity.signing_key.to_bytes(),
+            membership_lock: Arc::default(),
+            fault_injection: true,
+            lock_waiters: Arc::default(),
             directory: directory.clone(),
-            network: RaftTransport::Simulated(self.net.transport_for(self.id)),
         };
-        let (actor, _) = Actor::spawn(None, RaftActor, args).await.map_err(|error| error.to_string())?;
-        self.running = Some((directory, actor));
+        let config = TreeConfig {
+            data_dir: self.dir.clone(),
+            node_id: self.id,
+            raft_config: Arc::new(sim_config().validate().map_err(|error| error.to_string())?),
+            bootstrap,
+            network: RaftTransport::Simulated(self.net.transport_for(self.id)),
+            context,
+            directory: directory.clone(),
+            world: World::Simulated { disk: self.disk.clone(), listener: self.net.rpc_listener(self.id) },
+        };
+        let (root, _) = Actor::spawn(None, Supervisor, tree::root(config)).await.map_err(|error| error.to_string())?;
+        directory.set_root(root.clone());
+        self.running = Some((directory, root));
         Ok(())
     }
 
@@ -136,24 +184,20 @@ impl SimNode {
         self.running.as_ref().map(|(directory, _)| directory)
     }
 
-    /// The node's Raft metrics, while it is up.
+    /// The node's Raft metrics, while it is up and its Raft runs.
     pub fn metrics(&self) -> Option<openraft::RaftMetrics<NodeId, MemberNode>> {
         let (directory, _) = self.running.as_ref()?;
         Some(directory.raft()?.raft.metrics().borrow().clone())
     }
 
-    /// The node's RaftActor, while it is up: [`propose`] through it.
-    pub fn actor(&self) -> Option<ActorRef<RaftMsg>> {
-        self.running.as_ref().map(|(_, actor)| actor.clone())
-    }
-
     /// Power fails: the disk keeps only what was synced (and the unsynced writes `survives` picks), the node leaves
-    /// the network, its actor and Raft core stop without a chance to write anything.
+    /// the network (its client connections break), and its whole tree dies without a chance to write anything.
     pub async fn crash(&mut self, survives: impl FnMut() -> bool) {
-        let Some((directory, actor)) = self.running.take() else { return };
+        let Some((directory, root)) = self.running.take() else { return };
         self.disk.crash(survives);
         self.net.detach(self.id);
-        actor.kill();
+        // Killing the root kills every actor under it, skipping their `post_stop`.
+        root.kill();
         if let Some(handles) = directory.take_raft() {
             let _ = tokio::time::timeout(Duration::from_millis(CRASH_SHUTDOWN_MS), handles.raft.shutdown()).await;
         }
@@ -168,10 +212,10 @@ impl SimNode {
         Ok(())
     }
 
-    /// Stops the node cleanly (end of a run).
+    /// Stops the node cleanly (end of a run): the tree stops its children in reverse order.
     pub async fn stop(&mut self) {
-        if let Some((directory, actor)) = self.running.take() {
-            let _ = actor.stop_and_wait(None, Some(Duration::from_secs(10))).await;
+        if let Some((directory, root)) = self.running.take() {
+            let _ = root.stop_and_wait(None, Some(Duration::from_secs(30))).await;
             if let Some(handles) = directory.take_raft() {
                 let _ = tokio::time::timeout(Duration::from_millis(CRASH_SHUTDOWN_MS), handles.raft.shutdown()).await;
             }

@@ -18,10 +18,14 @@ pub struct StorageActor;
 pub struct StorageArgs {
     pub dir: PathBuf,
     pub directory: Directory,
+    /// The simulator's disk, instead of the file system (snapshot files still go under `dir`).
+    pub disk: Option<storage::SimDisk>,
 }
 
 pub enum StorageMsg {
     Status(RpcReplyPort<StorageStatus>),
+    /// Fault injection: the actor panics; its supervisor restarts it and everything started after it.
+    InjectPanic,
 }
 
 impl ractor::Message for StorageMsg {}
@@ -43,7 +47,10 @@ impl Actor for StorageActor {
         args: StorageArgs,
     ) -> Result<StorageArgs, ActorProcessingErr> {
         let dir = args.dir.clone();
-        let stores = tokio::task::spawn_blocking(move || storage::open(&dir)).await??;
+        let stores = match args.disk.clone() {
+            Some(disk) => storage::open_simulated(&dir, disk)?,
+            None => tokio::task::spawn_blocking(move || storage::open(&dir)).await??,
+        };
         args.directory.set_stores(stores);
         tracing::info!(dir = %args.dir.display(), "storage open");
         Ok(args)
@@ -65,6 +72,7 @@ impl Actor for StorageActor {
         state: &mut StorageArgs,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            StorageMsg::InjectPanic => panic!("fault injection: storage actor panics on request"),
             StorageMsg::Status(reply) => {
                 let database_bytes =
                     std::fs::metadata(state.dir.join("pando.redb")).map(|meta| meta.len()).unwrap_or(0);

@@ -4,7 +4,6 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use iroh::endpoint::{RecvStream, SendStream};
 use pando_protocol::blob::{BlobHash, BlobRequest, BlobResponse};
 use pando_protocol::envelope::{PROTOCOL_VERSION, Request, RequestEnvelope, Response};
 use pando_protocol::frame::{self, LENGTH_PREFIX_BYTES};
@@ -33,17 +32,6 @@ impl Client {
         };
         let frame = frame::encode(&envelope).map_err(|error| ClientError::Invalid(error.to_string()))?;
         Ok((request_id, frame))
-    }
-
-    async fn open(&self) -> Result<(SendStream, RecvStream), ClientError> {
-        let connection = self.connection().await?;
-        match connection.open_bi().await {
-            Ok(streams) => Ok(streams),
-            Err(error) => {
-                self.drop_connection().await;
-                Err(ClientError::Transport(format!("cannot open a stream: {error}")))
-            }
-        }
     }
 
     /// Uploads a blob from `data` (any size; memory stays at one frame). `request` must be a
@@ -83,7 +71,7 @@ impl Client {
                 progress(sent);
             }
             send.write_all(&0u32.to_be_bytes()).await.map_err(|error| format!("sending: {error}"))?;
-            send.finish().map_err(|error| format!("sending: {error}"))
+            send.shutdown().await.map_err(|error| format!("sending: {error}"))
         };
         let uploaded = upload.await;
         // The node may have refused early (a bad token, busy): its answer explains the broken upload.
@@ -113,7 +101,7 @@ impl Client {
         let (request_id, header) = self.envelope(Request::Blob(BlobRequest::Get { hash, key }))?;
         let (mut send, mut recv) = self.open().await?;
         send.write_all(&header).await.map_err(|error| ClientError::Transport(format!("cannot send: {error}")))?;
-        send.finish().map_err(|error| ClientError::Transport(format!("cannot send: {error}")))?;
+        send.shutdown().await.map_err(|error| ClientError::Transport(format!("cannot send: {error}")))?;
         // The node may first fetch the blob from another member.
         let wait = self.options().timeout.max(Duration::from_millis(BLOB_COMMIT_TIMEOUT_MS));
         let size = match read_envelope(&mut recv, request_id, wait).await? {
@@ -128,7 +116,7 @@ impl Client {
             let frame_wait = Duration::from_millis(BLOB_DATA_FRAME_TIMEOUT_MS);
             let length = tokio::time::timeout(frame_wait, async {
                 let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
-                recv.read_exact(&mut prefix).await.map(|()| u32::from_be_bytes(prefix) as usize)
+                recv.read_exact(&mut prefix).await.map(|_| u32::from_be_bytes(prefix) as usize)
             })
             .await
             .map_err(|_| ClientError::Timeout("the blob stopped arriving".into()))?
@@ -203,7 +191,7 @@ impl Client {
 }
 
 async fn read_envelope(
-    recv: &mut RecvStream,
+    recv: &mut crate::transport::RecvHalf,
     request_id: u64,
     wait: Duration,
 ) -> Result<Result<Response, pando_protocol::error::WireError>, ClientError> {

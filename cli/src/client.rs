@@ -3,9 +3,8 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use iroh::endpoint::{Connection, presets};
-use iroh::{Endpoint, EndpointAddr, PublicKey};
-use pando_protocol::alpn;
+use std::sync::Arc;
+
 use pando_protocol::cluster::{ClusterRequest, ClusterResponse, ClusterStatus, MemberNode};
 use pando_protocol::coord::{CoordRequest, CoordResponse};
 use pando_protocol::envelope::{PROTOCOL_VERSION, Request, RequestEnvelope, Response, ResponseEnvelope};
@@ -14,9 +13,11 @@ use pando_protocol::frame::{self, LENGTH_PREFIX_BYTES};
 use pando_protocol::kv::{Bytes, Compare, Consistency, KvEntry, KvRequest, KvResponse, TxnOp, TxnOpResult, WriteOp};
 use pando_protocol::limits::REQUEST_TIMEOUT_MS_DEFAULT;
 use pando_protocol::ticket::{Ticket, TicketNode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 use crate::error::ClientError;
+use crate::transport::{IrohTransport, Link, RecvHalf, SendHalf, Transport};
 
 /// How long establishing a connection to one node may take.
 pub const CONNECT_TIMEOUT_MS: u64 = 1_500;
@@ -60,11 +61,11 @@ pub fn quic_transport_config() -> iroh::endpoint::QuicTransportConfig {
 }
 
 pub struct Client {
-    endpoint: Endpoint,
+    transport: Box<dyn Transport>,
     ticket: Ticket,
     options: ClientOptions,
     /// The node requests go to, and the connection to it.
-    connection: Mutex<Option<(TicketNode, Connection)>>,
+    connection: Mutex<Option<(TicketNode, Arc<dyn Link>)>>,
     /// Index into the ticket's nodes to try first when no connection is open.
     next_node: AtomicUsize,
     pub(crate) next_request_id: AtomicU64,
@@ -86,20 +87,20 @@ impl Client {
     /// Creates a client for the cluster in `ticket`. Connects lazily, on the first request.
     pub async fn new(ticket: &str, options: ClientOptions) -> Result<Client, ClientError> {
         let ticket = Ticket::decode(ticket).map_err(|error| ClientError::Invalid(format!("bad ticket: {error}")))?;
-        let endpoint = Endpoint::builder(presets::Minimal)
-            .transport_config(quic_transport_config())
-            .bind()
-            .await
-            .map_err(|error| ClientError::Transport(format!("cannot open a local endpoint: {error}")))?;
-        Ok(Client {
-            endpoint,
+        Ok(Client::with_transport(ticket, options, Box::new(IrohTransport::bind().await?)))
+    }
+
+    /// A client that reaches the ticket's nodes through `transport` (the simulator's network, in tests).
+    pub fn with_transport(ticket: Ticket, options: ClientOptions, transport: Box<dyn Transport>) -> Client {
+        Client {
+            transport,
             ticket,
             options,
             connection: Mutex::new(None),
             next_node: AtomicUsize::new(0),
             next_request_id: AtomicU64::new(1),
             unreachable: std::sync::Mutex::default(),
-        })
+        }
     }
 
     pub fn ticket(&self) -> &Ticket {
@@ -115,15 +116,15 @@ impl Client {
     /// for the whole idle timeout.
     pub async fn close(&self) {
         if let Some((_, connection)) = self.connection.lock().await.take() {
-            connection.close(0u32.into(), b"client closed");
+            connection.close();
         }
-        let _ = tokio::time::timeout(Duration::from_millis(CLOSE_TIMEOUT_MS), self.endpoint.close()).await;
+        let _ = tokio::time::timeout(Duration::from_millis(CLOSE_TIMEOUT_MS), self.transport.close()).await;
     }
 
-    pub(crate) async fn connection(&self) -> Result<Connection, ClientError> {
+    pub(crate) async fn connection(&self) -> Result<Arc<dyn Link>, ClientError> {
         let mut cached = self.connection.lock().await;
         if let Some((_, connection)) = cached.as_ref()
-            && connection.close_reason().is_none()
+            && !connection.is_closed()
         {
             return Ok(connection.clone());
         }
@@ -181,7 +182,7 @@ impl Client {
         unreachable.get(&node_id).is_some_and(|at| at.elapsed() < Duration::from_millis(UNREACHABLE_BACKOFF_MS))
     }
 
-    async fn connect(&self, node: &TicketNode) -> Result<Connection, ClientError> {
+    async fn connect(&self, node: &TicketNode) -> Result<Arc<dyn Link>, ClientError> {
         let result = self.connect_once(node).await;
         let mut unreachable = self.unreachable.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match &result {
@@ -191,27 +192,26 @@ impl Client {
         result
     }
 
-    async fn connect_once(&self, node: &TicketNode) -> Result<Connection, ClientError> {
-        let key: [u8; 32] = node
-            .node
-            .public_key
-            .as_slice()
-            .try_into()
-            .map_err(|_| ClientError::Invalid(format!("ticket has a bad key for node {}", node.node_id)))?;
-        let key =
-            PublicKey::from_bytes(&key).map_err(|error| ClientError::Invalid(format!("bad node key: {error}")))?;
-        let mut addr = EndpointAddr::new(key);
-        for socket in &node.node.addrs {
-            addr = addr.with_ip_addr(*socket);
-        }
-        let connect = self.endpoint.connect(addr, alpn::RPC);
+    async fn connect_once(&self, node: &TicketNode) -> Result<Arc<dyn Link>, ClientError> {
+        let connect = self.transport.connect(node);
         match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect).await {
-            Ok(Ok(connection)) => Ok(connection),
-            Ok(Err(error)) => Err(ClientError::Transport(format!("cannot connect to node {}: {error}", node.node_id))),
+            Ok(result) => result,
             Err(_) => Err(ClientError::Timeout(format!(
                 "connecting to node {} took over {CONNECT_TIMEOUT_MS} ms",
                 node.node_id
             ))),
+        }
+    }
+
+    /// Opens a stream for one request; a failure drops the connection, so the next attempt dials again.
+    pub(crate) async fn open(&self) -> Result<(SendHalf, RecvHalf), ClientError> {
+        let connection = self.connection().await?;
+        match connection.open_bi().await {
+            Ok(streams) => Ok(streams),
+            Err(error) => {
+                self.drop_connection().await;
+                Err(ClientError::Transport(format!("cannot open a stream: {error}")))
+            }
         }
     }
 
@@ -240,7 +240,9 @@ impl Client {
                         }
                     }
                     Attempt::Redirect(None) => {
-                        // An election is under way: give it a moment.
+                        // An election is under way (or this node left the cluster and will never know the leader):
+                        // give it a moment, then ask the next node.
+                        self.drop_connection().await;
                         tokio::time::sleep(Duration::from_millis(ELECTION_BACKOFF_MS)).await;
                     }
                 }
@@ -267,18 +269,14 @@ impl Client {
             Ok(frame) => frame,
             Err(error) => return Attempt::Done(Err(ClientError::Invalid(error.to_string()))),
         };
-        let connection = match self.connection().await {
-            Ok(connection) => connection,
-            Err(error) => return Attempt::NotSent(error),
-        };
-        let (mut send, mut recv) = match connection.open_bi().await {
+        let (mut send, mut recv) = match self.open().await {
             Ok(streams) => streams,
-            Err(error) => return Attempt::NotSent(ClientError::Transport(format!("cannot open a stream: {error}"))),
+            Err(error) => return Attempt::NotSent(error),
         };
         if let Err(error) = send.write_all(&frame).await {
             return Attempt::Done(Err(ClientError::Transport(format!("cannot send request: {error}"))));
         }
-        if let Err(error) = send.finish() {
+        if let Err(error) = send.shutdown().await {
             return Attempt::Done(Err(ClientError::Transport(format!("cannot finish request: {error}"))));
         }
         let response = read_response(&mut recv, request_id);
@@ -429,7 +427,7 @@ fn unexpected(response: &impl std::fmt::Debug) -> ClientError {
 
 /// Reads the response frame of request `request_id` from its stream.
 pub(crate) async fn read_response(
-    recv: &mut iroh::endpoint::RecvStream,
+    recv: &mut RecvHalf,
     request_id: u64,
 ) -> Result<Result<Response, pando_protocol::error::WireError>, ClientError> {
     let mut prefix = [0u8; LENGTH_PREFIX_BYTES];

@@ -4,8 +4,10 @@
 mod blob_client;
 mod client;
 mod error;
+mod transport;
 
 pub use blob_client::BLOB_COMMIT_TIMEOUT_MS;
 pub use client::{Client, ClientOptions, quic_transport_config};
 pub use error::ClientError;
 pub use pando_protocol;
+pub use transport::{IrohTransport, Link, RecvHalf, SendHalf, Transport};

@@ -4,7 +4,6 @@
 
 mod identity;
 mod membership;
-mod tree;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,6 +20,7 @@ use pando_actors::directory::Directory;
 use pando_actors::raft::transport::IrohNetwork;
 use pando_actors::rpc::RpcContext;
 use pando_actors::supervision::Supervisor;
+use pando_actors::tree;
 use pando_protocol::alpn;
 use pando_protocol::cluster::MemberNode;
 use pando_protocol::kv::Bytes;
@@ -179,7 +179,6 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         // The founder always offers the bootstrap: openraft refuses (and the RaftActor ignores) initialisation once the
         // log holds a membership, so a crash before the first membership entry cannot leave it uninitialised.
         bootstrap: record.founder.then(|| BTreeMap::from([(record.node_id, me.clone())])),
-        endpoint: endpoint.clone(),
         network: IrohNetwork::new(endpoint.clone(), directory.peer_health()).into(),
         context: RpcContext {
             node_id: record.node_id,
@@ -192,19 +191,22 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             directory: directory.clone(),
         },
         directory: directory.clone(),
-        blobs: pando_actors::blobs::BlobConfig {
-            dir: args.data_dir.join("blobs"),
-            default_replicas: args.blob_replicas,
-            gc_grace: Duration::from_secs(args.blob_gc_grace_secs),
-            store_gc_interval: Duration::from_secs(args.blob_store_gc_secs.max(1)),
-            repair_interval: Duration::from_millis(args.blob_repair_interval_ms.max(50)),
-            kv_inline_max_bytes: args.blob_threshold as usize,
-            max_blob_bytes: args.blob_max_mib.saturating_mul(1 << 20),
-        },
-        plugins: pando_actors::plugins::PluginConfig {
-            restart_intensity: args.plugin_restart_intensity,
-            restart_period: Duration::from_secs(args.plugin_restart_period_secs.max(1)),
-            ..pando_actors::plugins::PluginConfig::default()
+        world: tree::World::Iroh {
+            endpoint: endpoint.clone(),
+            blobs: pando_actors::blobs::BlobConfig {
+                dir: args.data_dir.join("blobs"),
+                default_replicas: args.blob_replicas,
+                gc_grace: Duration::from_secs(args.blob_gc_grace_secs),
+                store_gc_interval: Duration::from_secs(args.blob_store_gc_secs.max(1)),
+                repair_interval: Duration::from_millis(args.blob_repair_interval_ms.max(50)),
+                kv_inline_max_bytes: args.blob_threshold as usize,
+                max_blob_bytes: args.blob_max_mib.saturating_mul(1 << 20),
+            },
+            plugins: pando_actors::plugins::PluginConfig {
+                restart_intensity: args.plugin_restart_intensity,
+                restart_period: Duration::from_secs(args.plugin_restart_period_secs.max(1)),
+                ..pando_actors::plugins::PluginConfig::default()
+            },
         },
     });
     let (root, root_handle) =

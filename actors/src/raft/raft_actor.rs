@@ -160,15 +160,6 @@ impl Actor for RaftActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             RaftMsg::Propose { command, reply } => {
-                if crate::sim::planted_bug(crate::sim::PlantedBug::LocalReads)
-                    && let Command::Kv(request @ pando_protocol::kv::KvRequest::Get { .. }) = &command
-                    && let Some(stores) = state.directory.stores()
-                {
-                    // The planted bug: a read answered from this node's state, wherever the log is.
-                    let result = stores.reader.read(request).map_err(|fault| WireError::internal(fault.to_string()));
-                    let _ = reply.send(result.and_then(|result| result.map(CommandOutput::Kv)));
-                    return Ok(());
-                }
                 if state.pending.len() >= PROPOSALS_PENDING_COUNT_MAX {
                     let _ = reply.send(Err(WireError::new(ErrorCode::Busy, "too many writes waiting, retry later")));
                     return Ok(());

@@ -15,6 +15,7 @@ use pando_protocol::frame::LENGTH_PREFIX_BYTES;
 use super::transport::{TransportError, dispatch};
 use super::type_config::NodeId;
 use crate::directory::Directory;
+use crate::rpc::sim_link::{RpcPorts, SimRpcListener};
 use crate::seeded_rng::SeededRng;
 
 /// How unreliable the network is, in parts per thousand and milliseconds.
@@ -46,6 +47,8 @@ struct NetState {
     trace: Vec<String>,
     delivered: u64,
     dropped: u64,
+    /// Client connections: each node's port and the connections open to it.
+    rpc: RpcPorts,
 }
 
 impl NetState {
@@ -85,6 +88,7 @@ impl SimNet {
             trace: Vec::new(),
             delivered: 0,
             dropped: 0,
+            rpc: RpcPorts::default(),
         };
         SimNet { state: Arc::new(Mutex::new(state)) }
     }
@@ -104,7 +108,42 @@ impl SimNet {
     pub fn detach(&self, node_id: NodeId) {
         let mut state = self.lock();
         state.nodes.remove(&node_id);
+        state.rpc.node_down(node_id);
         state.note(format!("node {node_id} down"));
+    }
+
+    /// The port node `node_id`'s RPC gateway takes client connections from (a fresh one at each boot).
+    pub fn rpc_listener(&self, node_id: NodeId) -> SimRpcListener {
+        self.lock().rpc.listen(node_id)
+    }
+
+    pub(crate) fn with_rpc_ports<T>(&self, work: impl FnOnce(&mut RpcPorts) -> T) -> T {
+        work(&mut self.lock().rpc)
+    }
+
+    /// Whether bytes go from `from` to `to` now: the link is not cut and `node` (the node end) is up.
+    pub(crate) fn link_up(&self, from: u64, to: u64, node: NodeId) -> bool {
+        let state = self.lock();
+        !state.cut.contains(&(from, to)) && state.nodes.contains_key(&node)
+    }
+
+    /// The delay of one delivery on a reliable stream, noted in the trace; `None` while the link is down. A lost
+    /// packet is retransmitted: it costs [`RETRANSMIT_MS`](crate::rpc::sim_link::RETRANSMIT_MS), not the message.
+    pub(crate) fn stream_delay(&self, from: u64, to: u64, node: NodeId, what: &str) -> Option<Duration> {
+        let mut state = self.lock();
+        let at = state.start.elapsed().as_millis();
+        if state.cut.contains(&(from, to)) || !state.nodes.contains_key(&node) {
+            state.trace.push(format!("{at} {from}->{to} {what} cut"));
+            return None;
+        }
+        let drop_per_mille = state.faults.drop_per_mille;
+        let mut delay = state.delay();
+        if state.chance(drop_per_mille) {
+            delay += Duration::from_millis(crate::rpc::sim_link::RETRANSMIT_MS);
+        }
+        state.delivered += 1;
+        state.trace.push(format!("{at} {from}->{to} {what} after {} ms", delay.as_millis()));
+        Some(delay)
     }
 
     /// The transport a node's Raft uses to reach the others.
@@ -141,6 +180,11 @@ impl SimNet {
         let mut state = self.lock();
         state.cut.clear();
         state.note("heal".into());
+    }
+
+    /// Adds a line to the trace for something the simulator did (a panic injected, a membership change).
+    pub fn note(&self, what: String) {
+        self.lock().note(what);
     }
 
     /// The fate of every message so far, one line each.

@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use bytes::Bytes as DataBytes;
-use iroh::endpoint::{RecvStream, SendStream};
 use pando_protocol::blob::{
     BlobCommand, BlobHash, BlobRef, BlobRequest, BlobResponse, LocalBlob, Replica, ReplicationReport,
 };
@@ -20,9 +19,10 @@ use pando_protocol::frame::LENGTH_PREFIX_BYTES;
 use pando_protocol::kv::{Bytes, Consistency, KvRequest, KvResponse};
 use pando_protocol::limits::{BLOB_DATA_FRAME_BYTES_MAX, BLOB_DATA_FRAME_TIMEOUT_MS};
 use pando_protocol::token::{Access, TokenClaims};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::handler::{RpcContext, TokenCache, authenticate, authorise, linearize, propose, reader};
+use super::link::{StreamRecv, StreamSend};
 use super::stream::write_response;
 use crate::blobs::{BlobNode, iroh_hash};
 use crate::raft::propose_anywhere;
@@ -52,8 +52,8 @@ pub(crate) async fn serve_stream(
     context: &RpcContext,
     cache: &std::sync::Mutex<TokenCache>,
     envelope: RequestEnvelope,
-    mut send: SendStream,
-    mut recv: RecvStream,
+    mut send: StreamSend,
+    mut recv: StreamRecv,
 ) {
     let request_id = envelope.request_id;
     let claims = match authenticate(context, cache, envelope.token.as_ref()) {
@@ -81,7 +81,7 @@ pub(crate) async fn serve_stream(
 }
 
 /// Reads one data frame: `Ok(None)` at the empty frame that ends the data.
-async fn read_data_frame(recv: &mut RecvStream) -> Result<Option<DataBytes>, WireError> {
+async fn read_data_frame(recv: &mut StreamRecv) -> Result<Option<DataBytes>, WireError> {
     let read = async {
         let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
         recv.read_exact(&mut prefix).await.map_err(|error| {
@@ -121,7 +121,7 @@ async fn add(
     context: &RpcContext,
     claims: &TokenClaims,
     request: BlobRequest,
-    recv: &mut RecvStream,
+    recv: &mut StreamRecv,
 ) -> Result<BlobResponse, WireError> {
     request.validate()?;
     let BlobRequest::Add { replicas, pin, expected, attach, ack_copies } = request else {
@@ -297,7 +297,7 @@ async fn get(
     hash: BlobHash,
     key: Option<Bytes>,
     request_id: u64,
-    send: &mut SendStream,
+    send: &mut StreamSend,
 ) -> Result<Option<BlobResponse>, WireError> {
     match &key {
         // Reading a KV value stored as a blob needs the key, not the blob capability.
@@ -305,7 +305,7 @@ async fn get(
             authorise(claims, Access::KvRead(key))?;
             let reader = reader(context)?;
             let request = KvRequest::Get { key: key.clone(), consistency: Consistency::Stale };
-            let entry = tokio::task::spawn_blocking(move || reader.read(&request))
+            let entry = crate::storage::offload(move || reader.read(&request))
                 .await
                 .map_err(|error| WireError::internal(error.to_string()))?
                 .map_err(storage_fault)??;
@@ -361,12 +361,12 @@ async fn get(
             return Err(format!("read {sent} bytes of a {size}-byte blob"));
         }
         send.write_all(&0u32.to_be_bytes()).await.map_err(|error| error.to_string())?;
-        send.finish().map_err(|error| error.to_string())
+        send.shutdown().await.map_err(|error| error.to_string())
     };
     if let Err(error) = stream.await {
         // Without the end frame the client knows the data is incomplete.
         tracing::warn!(%hash, %error, "streaming a blob out failed");
-        let _ = send.reset(1u32.into());
+        send.abort();
     }
     Ok(None)
 }

@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use iroh::Endpoint;
-use iroh::endpoint::{Connection, RecvStream, SendStream};
 use pando_protocol::alpn;
 use pando_protocol::envelope::{RequestEnvelope, ResponseEnvelope};
 use pando_protocol::error::{ErrorCode, WireError};
@@ -16,6 +15,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::handler::{RpcContext, TokenCache, handle};
+use super::link::{ClientConnection, RpcListener, StreamRecv, StreamSend};
+use super::sim_link::SimRpcListener;
 use super::stream::{ReadFailure, read_request, write_response};
 use super::{
     RPC_CONNECTION_AUTH_TIMEOUT_MS, RPC_CONNECTION_CHECK_INTERVAL_MS, RPC_CONNECTION_IDLE_TIMEOUT_MS,
@@ -29,13 +30,14 @@ pub struct RpcGateway;
 
 #[derive(Clone)]
 pub struct RpcArgs {
-    /// The node's endpoint; the gateway accepts on it but does not own it (closing it is the node's job).
-    pub endpoint: Endpoint,
+    pub listener: RpcListener,
     pub context: RpcContext,
 }
 
 pub enum RpcMsg {
     Status(RpcReplyPort<RpcGatewayStatus>),
+    /// Fault injection: the gateway panics (its supervisor restarts it; open connections break).
+    InjectPanic,
 }
 
 impl ractor::Message for RpcMsg {}
@@ -97,7 +99,10 @@ impl Actor for RpcGateway {
             requests: Arc::new(Semaphore::new(RPC_REQUESTS_IN_FLIGHT_MAX)),
             counters: Counters::default(),
         });
-        let accept_loop = tokio::spawn(accept_loop(args.endpoint, shared.clone()));
+        let accept_loop = match args.listener {
+            RpcListener::Iroh(endpoint) => tokio::spawn(accept_iroh(endpoint, shared.clone())),
+            RpcListener::Simulated(listener) => tokio::spawn(accept_simulated(listener, shared.clone())),
+        };
         Ok(RpcState { shared, accept_loop })
     }
 
@@ -113,6 +118,7 @@ impl Actor for RpcGateway {
         state: &mut RpcState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            RpcMsg::InjectPanic => panic!("fault injection: rpc gateway panics on request"),
             RpcMsg::Status(reply) => {
                 let shared = &state.shared;
                 let _ = reply.send(RpcGatewayStatus {
@@ -128,7 +134,7 @@ impl Actor for RpcGateway {
     }
 }
 
-async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
+async fn accept_iroh(endpoint: Endpoint, shared: Arc<Shared>) {
     while let Some(incoming) = endpoint.accept().await {
         let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
             tracing::warn!("connection limit of {RPC_CONNECTIONS_MAX} reached, refusing a client");
@@ -146,45 +152,48 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
                 }
             };
             let shutdown = shared.shutdown.clone();
-            if connection.alpn() == alpn::RAFT {
-                let directory = shared.context.directory.clone();
-                tokio::select! {
-                    _ = shutdown.cancelled() => connection.close(2u32.into(), b"node stopping"),
-                    () = serve_peer(connection.clone(), directory) => {}
+            let directory = shared.context.directory.clone();
+            let peer = connection.clone();
+            let served = async move {
+                let alpn = connection.alpn().to_vec();
+                match alpn.as_slice() {
+                    alpn::RAFT => serve_peer(connection, directory).await,
+                    alpn::ACTORS => accept_peer(connection, directory).await,
+                    alpn::BLOBS => crate::blobs::serve_members(connection, directory).await,
+                    alpn::RPC => serve_connection(&ClientConnection::Iroh(connection), shared).await,
+                    _ => connection.close(1u32.into(), b"unsupported alpn"),
                 }
-                return;
-            }
-            if connection.alpn() == alpn::ACTORS {
-                let directory = shared.context.directory.clone();
-                tokio::select! {
-                    _ = shutdown.cancelled() => connection.close(2u32.into(), b"node stopping"),
-                    () = accept_peer(connection.clone(), directory) => {}
-                }
-                return;
-            }
-            if connection.alpn() == alpn::BLOBS {
-                let directory = shared.context.directory.clone();
-                tokio::select! {
-                    _ = shutdown.cancelled() => connection.close(2u32.into(), b"node stopping"),
-                    () = crate::blobs::serve_members(connection.clone(), directory) => {}
-                }
-                return;
-            }
-            if connection.alpn() != alpn::RPC {
-                connection.close(1u32.into(), b"unsupported alpn");
-                return;
-            }
+            };
             tokio::select! {
-                _ = shutdown.cancelled() => connection.close(2u32.into(), b"node stopping"),
-                () = serve_connection(connection.clone(), shared) => {}
+                _ = shutdown.cancelled() => peer.close(2u32.into(), b"node stopping"),
+                () = served => {}
+            }
+        });
+    }
+}
+
+async fn accept_simulated(listener: SimRpcListener, shared: Arc<Shared>) {
+    while let Some(connection) = listener.accept().await {
+        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+            tracing::warn!("connection limit of {RPC_CONNECTIONS_MAX} reached, refusing a client");
+            connection.close();
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let connection = ClientConnection::Simulated(connection);
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => connection.close(2, b"node stopping"),
+                () = serve_connection(&connection, shared.clone()) => {}
             }
         });
     }
 }
 
 /// Serves the streams of one connection until the client closes it, it idles, or it never authenticates.
-async fn serve_connection(connection: Connection, shared: Arc<Shared>) {
-    let remote = connection.remote_id();
+async fn serve_connection(connection: &ClientConnection, shared: Arc<Shared>) {
+    let remote = connection.remote();
     tracing::debug!(%remote, "client connected");
     // Streams of one connection share its token cache.
     let cache = Arc::new(std::sync::Mutex::new(TokenCache::default()));
@@ -199,14 +208,14 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) {
                 let authenticated = cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_authenticated();
                 if !authenticated && connected_at.elapsed() >= Duration::from_millis(RPC_CONNECTION_AUTH_TIMEOUT_MS) {
                     tracing::debug!(%remote, "closing a connection that presented no valid token");
-                    connection.close(3u32.into(), b"no valid token presented");
+                    connection.close(3, b"no valid token presented");
                     return;
                 }
                 if streams_open.load(Ordering::Relaxed) == 0
                     && last_stream_at.elapsed() >= Duration::from_millis(RPC_CONNECTION_IDLE_TIMEOUT_MS)
                 {
                     tracing::debug!(%remote, "closing an idle connection");
-                    connection.close(4u32.into(), b"idle");
+                    connection.close(4, b"idle");
                     return;
                 }
                 continue;
@@ -248,8 +257,8 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) {
 }
 
 async fn serve_stream(
-    mut send: SendStream,
-    mut recv: RecvStream,
+    mut send: StreamSend,
+    mut recv: StreamRecv,
     shared: Arc<Shared>,
     cache: Arc<std::sync::Mutex<TokenCache>>,
 ) {

@@ -5,11 +5,14 @@ mod blobs;
 pub(crate) mod cluster;
 mod gateway;
 mod handler;
+mod link;
 mod plugins;
+pub mod sim_link;
 mod stream;
 
 pub use gateway::{RpcArgs, RpcGateway, RpcGatewayStatus, RpcMsg};
 pub use handler::RpcContext;
+pub use link::{Outgoing, RpcListener, StreamRecv, StreamSend};
 
 /// Requests served at once by one node; beyond this a request is answered `BUSY` without being executed.
 pub const RPC_REQUESTS_IN_FLIGHT_MAX: usize = 4096;

@@ -60,7 +60,7 @@ async fn read_registry<T: Send + 'static>(
 ) -> Result<T, WireError> {
     linearize(context).await?;
     let reader = reader(context)?;
-    tokio::task::spawn_blocking(move || work(&reader))
+    crate::storage::offload(move || work(&reader))
         .await
         .map_err(|error| WireError::internal(format!("read task failed: {error}")))?
         .map_err(|fault| WireError::internal(fault.to_string()))

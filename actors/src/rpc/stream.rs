@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use iroh::endpoint::{ReadExactError, RecvStream, SendStream};
 use pando_protocol::envelope::ResponseEnvelope;
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::frame::{self, FrameError, LENGTH_PREFIX_BYTES};
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::link::{StreamRecv, StreamSend};
 use super::{RPC_REQUEST_READ_TIMEOUT_MS, RPC_RESPONSE_WRITE_TIMEOUT_MS};
 
 /// Buffer reserved up front for a request body; larger bodies grow as their bytes arrive.
@@ -23,10 +23,17 @@ pub(crate) enum ReadFailure {
 }
 
 /// Reads one length-prefixed frame body within the read deadline, refusing oversized frames before reading them.
-pub(crate) async fn read_request(recv: &mut RecvStream) -> Result<Vec<u8>, ReadFailure> {
+pub(crate) async fn read_request(recv: &mut StreamRecv) -> Result<Vec<u8>, ReadFailure> {
     let read = async {
         let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
-        recv.read_exact(&mut prefix).await.map_err(truncated)?;
+        let mut filled = 0;
+        while filled < LENGTH_PREFIX_BYTES {
+            match recv.read(&mut prefix[filled..]).await {
+                Ok(0) => return Err(truncated(filled)),
+                Ok(read) => filled += read,
+                Err(_) => return Err(ReadFailure::Gone),
+            }
+        }
         let length = frame::body_length(prefix).map_err(|error| match error {
             FrameError::TooLarge { .. } => ReadFailure::Refused(WireError::too_large(error.to_string())),
             other => ReadFailure::Refused(WireError::new(ErrorCode::Malformed, other.to_string())),
@@ -35,7 +42,7 @@ pub(crate) async fn read_request(recv: &mut RecvStream) -> Result<Vec<u8>, ReadF
         let mut body = Vec::with_capacity(length.min(BODY_CAPACITY_BYTES_INITIAL));
         let read = (&mut *recv).take(length as u64).read_to_end(&mut body).await.map_err(|_| ReadFailure::Gone)?;
         if read < length {
-            return Err(truncated(ReadExactError::FinishedEarly(LENGTH_PREFIX_BYTES + read)));
+            return Err(truncated(LENGTH_PREFIX_BYTES + read));
         }
         Ok(body)
     };
@@ -48,18 +55,16 @@ pub(crate) async fn read_request(recv: &mut RecvStream) -> Result<Vec<u8>, ReadF
     }
 }
 
-fn truncated(error: ReadExactError) -> ReadFailure {
-    match error {
-        ReadExactError::FinishedEarly(read_bytes) => ReadFailure::Refused(WireError::new(
-            ErrorCode::Malformed,
-            format!("stream finished after {read_bytes} bytes, inside a frame"),
-        )),
-        ReadExactError::ReadError(_) => ReadFailure::Gone,
-    }
+/// The client finished its side of the stream `read_bytes` into a frame.
+fn truncated(read_bytes: usize) -> ReadFailure {
+    ReadFailure::Refused(WireError::new(
+        ErrorCode::Malformed,
+        format!("stream finished after {read_bytes} bytes, inside a frame"),
+    ))
 }
 
 /// Writes one response frame and finishes the stream, within the write deadline.
-pub(crate) async fn write_response(send: &mut SendStream, response: &ResponseEnvelope) {
+pub(crate) async fn write_response(send: &mut StreamSend, response: &ResponseEnvelope) {
     let bytes = match frame::encode(response) {
         Ok(bytes) => bytes,
         Err(error) => {
@@ -76,7 +81,7 @@ pub(crate) async fn write_response(send: &mut SendStream, response: &ResponseEnv
     };
     let write = async {
         send.write_all(&bytes).await.ok()?;
-        send.finish().ok()
+        send.shutdown().await.ok()
     };
     if tokio::time::timeout(Duration::from_millis(RPC_RESPONSE_WRITE_TIMEOUT_MS), write).await.is_err() {
         tracing::debug!("client did not take its response in time");

@@ -98,16 +98,23 @@ pub(crate) fn write_error(error: &(impl std::error::Error + 'static)) -> Storage
     openraft::StorageIOError::write(error).into()
 }
 
-/// Runs blocking storage work off the async runtime. On a current-thread runtime (the simulation's, on a paused
-/// clock) it runs inline instead: tokio would let simulated time leap ahead while a blocking thread works, firing
-/// every timeout at once, and the order of events would depend on thread scheduling.
+/// Runs blocking work off the async runtime. On a current-thread runtime (the simulation's, on a paused clock) it
+/// runs inline instead: tokio would let simulated time leap ahead while a blocking thread works, firing every timeout
+/// at once, and the order of events would depend on thread scheduling. `Err` only if the work panicked.
+pub(crate) async fn offload<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+        return Ok(work());
+    }
+    tokio::task::spawn_blocking(work).await
+}
+
+/// Runs blocking storage work with [`offload`].
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, StorageError> {
-    if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
-        return work();
-    }
-    match tokio::task::spawn_blocking(work).await {
+    match offload(work).await {
         Ok(result) => result,
         Err(join_error) => Err(write_error(&join_error)),
     }

@@ -1,0 +1,68 @@
+//! Where the gateway's clients come from: the node's iroh endpoint, or in simulation the in-memory network
+//! ([`SimNet`](crate::raft::sim_network::SimNet)). Either way a connection hands out bi-streams as plain byte streams,
+//! so everything past the accept loop (limits, token cache, framing, handlers) is the same code.
+
+use iroh::Endpoint;
+use iroh::endpoint::Connection;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::sim_link::{SimRpcListener, SimServerConnection};
+
+/// The sending half of a request's stream.
+pub trait Outgoing: AsyncWrite + Send + Unpin {
+    /// Ends the stream abnormally, so the peer sees an error rather than a clean end (best effort).
+    fn abort(&mut self);
+}
+
+impl Outgoing for iroh::endpoint::SendStream {
+    fn abort(&mut self) {
+        let _ = self.reset(1u32.into());
+    }
+}
+
+pub type StreamSend = Box<dyn Outgoing>;
+pub type StreamRecv = Box<dyn AsyncRead + Send + Unpin>;
+
+/// What the gateway accepts client connections from.
+#[derive(Clone)]
+pub enum RpcListener {
+    /// The node's endpoint (the gateway accepts on it but does not own it: closing it is the node's job). Peer
+    /// connections for Raft, the actor mesh and blobs arrive here too and are handed to their owners.
+    Iroh(Endpoint),
+    /// The simulated network's port for this node.
+    Simulated(SimRpcListener),
+}
+
+/// One client connection, whichever network it came over.
+pub(crate) enum ClientConnection {
+    Iroh(Connection),
+    Simulated(SimServerConnection),
+}
+
+impl ClientConnection {
+    /// Who is on the other end, for logs.
+    pub(crate) fn remote(&self) -> String {
+        match self {
+            ClientConnection::Iroh(connection) => connection.remote_id().to_string(),
+            ClientConnection::Simulated(connection) => format!("simulated client {}", connection.client()),
+        }
+    }
+
+    /// The next stream the client opens; `Err` once the connection is closed.
+    pub(crate) async fn accept_bi(&self) -> Result<(StreamSend, StreamRecv), String> {
+        match self {
+            ClientConnection::Iroh(connection) => match connection.accept_bi().await {
+                Ok((send, recv)) => Ok((Box::new(send), Box::new(recv))),
+                Err(error) => Err(error.to_string()),
+            },
+            ClientConnection::Simulated(connection) => connection.accept_bi().await,
+        }
+    }
+
+    pub(crate) fn close(&self, code: u32, reason: &[u8]) {
+        match self {
+            ClientConnection::Iroh(connection) => connection.close(code.into(), reason),
+            ClientConnection::Simulated(connection) => connection.close(),
+        }
+    }
+}
