@@ -31,6 +31,8 @@ pub const ATTEMPTS_MAX: usize = 64;
 pub const UNREACHABLE_BACKOFF_MS: u64 = 3_000;
 /// Pause before asking again when no leader is known (an election is under way).
 pub const ELECTION_BACKOFF_MS: u64 = 150;
+/// Answers in a row from one node that it knows no leader before the client asks another node.
+pub const LEADERLESS_ANSWERS_MAX: u32 = 3;
 
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -222,6 +224,8 @@ impl Client {
         let deadline = tokio::time::Instant::now() + timeout;
         let attempts = async {
             let mut last_error = None;
+            // Answers in a row from the current node that it knows no leader.
+            let mut leaderless = 0;
             for _ in 0..ATTEMPTS_MAX {
                 match self.attempt(&body, deadline).await {
                     Attempt::Done(result) => return result,
@@ -240,12 +244,17 @@ impl Client {
                         }
                     }
                     Attempt::Redirect(None) => {
-                        // An election is under way (or this node left the cluster and will never know the leader):
-                        // give it a moment, then ask the next node.
-                        self.drop_connection().await;
+                        // An election is under way: give it a moment. A node that keeps knowing no leader may have
+                        // left the cluster (it never will): the next node is asked.
+                        leaderless += 1;
+                        if leaderless % LEADERLESS_ANSWERS_MAX == 0 {
+                            self.drop_connection().await;
+                        }
                         tokio::time::sleep(Duration::from_millis(ELECTION_BACKOFF_MS)).await;
+                        continue;
                     }
                 }
+                leaderless = 0;
             }
             Err(last_error.unwrap_or_else(|| ClientError::Transport("no leader found".into())))
         };

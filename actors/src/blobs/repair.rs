@@ -62,6 +62,7 @@ pub(super) async fn run(node: BlobNode, actor: ActorRef<BlobMsg>, stop: Cancella
             }
         };
         let woken = tokio::select! {
+            biased;
             () = stop.cancelled() => return,
             () = tokio::time::sleep(node.config.repair_interval) => false,
             () = wake => true,

@@ -239,6 +239,7 @@ async fn record_and_attach(
         match events.as_mut() {
             Some(events) => {
                 tokio::select! {
+                    biased;
                     _ = events.recv() => {}
                     () = wait => {}
                 }

@@ -16,7 +16,7 @@ use super::handler::RpcContext;
 use crate::directory::RaftHandles;
 use crate::mesh::MeshMsg;
 use crate::raft::RaftMsg;
-use crate::raft::raft_actor::{not_leader, write_error};
+use crate::raft::raft_actor::{is_voter, not_leader, write_error};
 use crate::raft::type_config::NodeId;
 use crate::rpc::RpcMsg;
 use crate::storage_actor::StorageMsg;
@@ -33,10 +33,8 @@ fn raft(context: &RpcContext) -> Result<RaftHandles, WireError> {
 /// it returns, this node has applied everything committed before the call).
 pub(crate) async fn ensure_leader(handles: &RaftHandles) -> Result<(), WireError> {
     match handles.raft.ensure_linearizable().await {
-        // openraft 0.9 keeps a leader that committed its own removal leading (it even reports itself leader), and
-        // asserts in debug builds when asked for another membership change: a leader that is not a voter of its own
-        // membership leads nobody. Found by the simulator (seed 11 of the membership sweep).
-        Ok(_) if !leads_as_voter(&handles.raft.metrics().borrow()) => Err(not_leader(None, None)),
+        // A leader outside its own voters (openraft keeps it leading after its removal) leads nobody.
+        Ok(_) if !is_voter(&handles.raft.metrics().borrow()) => Err(not_leader(None, None)),
         Ok(_) => Ok(()),
         Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
             Err(not_leader(forward.leader_id, forward.leader_node))
@@ -46,11 +44,6 @@ pub(crate) async fn ensure_leader(handles: &RaftHandles) -> Result<(), WireError
         }
         Err(RaftError::Fatal(fatal)) => Err(WireError::new(ErrorCode::Unavailable, format!("raft stopped: {fatal}"))),
     }
-}
-
-/// Whether this node is a voter of the membership it knows.
-pub(crate) fn leads_as_voter(metrics: &openraft::RaftMetrics<NodeId, MemberNode>) -> bool {
-    metrics.membership_config.membership().voter_ids().any(|voter| voter == metrics.id)
 }
 
 /// What every membership change starts with: this node is the leader, holds the membership lock, and reads the

@@ -155,8 +155,8 @@ async fn accept_iroh(endpoint: Endpoint, shared: Arc<Shared>) {
             let directory = shared.context.directory.clone();
             let peer = connection.clone();
             let served = async move {
-                let alpn = connection.alpn().to_vec();
-                match alpn.as_slice() {
+                let protocol = connection.alpn().to_vec();
+                match protocol.as_slice() {
                     alpn::RAFT => serve_peer(connection, directory).await,
                     alpn::ACTORS => accept_peer(connection, directory).await,
                     alpn::BLOBS => crate::blobs::serve_members(connection, directory).await,
@@ -165,6 +165,7 @@ async fn accept_iroh(endpoint: Endpoint, shared: Arc<Shared>) {
                 }
             };
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => peer.close(2u32.into(), b"node stopping"),
                 () = served => {}
             }
@@ -184,6 +185,7 @@ async fn accept_simulated(listener: SimRpcListener, shared: Arc<Shared>) {
             let _permit = permit;
             let connection = ClientConnection::Simulated(connection);
             tokio::select! {
+                biased;
                 _ = shared.shutdown.cancelled() => connection.close(2, b"node stopping"),
                 () = serve_connection(&connection, shared.clone()) => {}
             }
@@ -202,6 +204,7 @@ async fn serve_connection(connection: &ClientConnection, shared: Arc<Shared>) {
     let mut last_stream_at = connected_at;
     loop {
         let accepted = tokio::select! {
+            biased;
             accepted = connection.accept_bi() => accepted,
             () = tokio::time::sleep(Duration::from_millis(RPC_CONNECTION_CHECK_INTERVAL_MS)) => {
                 // A slot held by a client that never proves who it is, or that went quiet, is a slot another client lacks.
@@ -247,6 +250,7 @@ async fn serve_connection(connection: &ClientConnection, shared: Arc<Shared>) {
         streams_open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => {}
                 () = serve_stream(send, recv, shared, cache) => {}
             }

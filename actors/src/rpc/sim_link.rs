@@ -15,7 +15,7 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, SimplexStream, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -61,6 +61,7 @@ impl RpcPorts {
     /// Opens a connection from `client` to `node`, if the node listens.
     fn connect(&mut self, client: u64, node: NodeId) -> Option<SimClientConnection> {
         let listener = self.listeners.get(&node)?;
+        self.connections.retain(|(_, shared)| shared.strong_count() > 0);
         self.next_id += 1;
         let shared = Arc::new(Shared { id: self.next_id, client, node, closed: CancellationToken::new() });
         let (streams, incoming) = mpsc::unbounded_channel();
@@ -135,8 +136,9 @@ impl SimClientConnection {
         if self.is_closed() {
             return Err(format!("connection {} to node {} is closed", self.shared.id, self.shared.node));
         }
-        let (up_read, up_write) = tokio::io::simplex(PIPE_BYTES);
-        let (down_read, down_write) = tokio::io::simplex(PIPE_BYTES);
+        // One direction of a duplex pipe each way: dropping the writing end ends the reader's stream.
+        let (up_write, up_read) = tokio::io::duplex(PIPE_BYTES);
+        let (down_write, down_read) = tokio::io::duplex(PIPE_BYTES);
         let (client, node) = (self.shared.client, self.shared.node);
         let to_node = SimOutgoing::new(up_write, client, node, &self.shared, net);
         let to_client = SimOutgoing::new(down_write, node, client, &self.shared, net);
@@ -183,7 +185,7 @@ impl SimNet {
 /// A stream's sending half: buffers what is written and hands it over, delayed, when the stream is finished.
 struct SimOutgoing {
     buffer: Vec<u8>,
-    pipe: Option<WriteHalf<SimplexStream>>,
+    pipe: Option<DuplexStream>,
     from: u64,
     to: u64,
     shared: Arc<Shared>,
@@ -191,7 +193,7 @@ struct SimOutgoing {
 }
 
 impl SimOutgoing {
-    fn new(pipe: WriteHalf<SimplexStream>, from: u64, to: u64, shared: &Arc<Shared>, net: &SimNet) -> SimOutgoing {
+    fn new(pipe: DuplexStream, from: u64, to: u64, shared: &Arc<Shared>, net: &SimNet) -> SimOutgoing {
         SimOutgoing { buffer: Vec::new(), pipe: Some(pipe), from, to, shared: shared.clone(), net: net.clone() }
     }
 }
@@ -228,14 +230,7 @@ impl Outgoing for SimOutgoing {
     }
 }
 
-async fn deliver(
-    net: SimNet,
-    from: u64,
-    to: u64,
-    shared: Arc<Shared>,
-    bytes: Vec<u8>,
-    mut pipe: WriteHalf<SimplexStream>,
-) {
+async fn deliver(net: SimNet, from: u64, to: u64, shared: Arc<Shared>, bytes: Vec<u8>, mut pipe: DuplexStream) {
     let what = format!("rpc {} {} bytes", shared.id, bytes.len());
     let Some(delay) = net.stream_delay(from, to, shared.node, &what) else {
         return cut_noticed(&shared).await;
@@ -247,28 +242,35 @@ async fn deliver(
     if shared.closed.is_cancelled() {
         return;
     }
-    // A reader that went away (a client that gave up) makes these fail: nothing to deliver to.
-    if pipe.write_all(&bytes).await.is_ok() {
-        let _ = pipe.shutdown().await;
+    // A reader that went away (a client that gave up) makes the write fail; a connection closing stops it.
+    let write = async {
+        pipe.write_all(&bytes).await?;
+        pipe.shutdown().await
+    };
+    tokio::select! {
+        biased;
+        () = shared.closed.cancelled() => {}
+        _ = write => {}
     }
 }
 
 /// A connection over a cut link breaks once an idle timeout would notice.
 async fn cut_noticed(shared: &Shared) {
     tokio::select! {
+        biased;
         () = tokio::time::sleep(Duration::from_millis(CUT_NOTICED_MS)) => shared.closed.cancel(),
         () = shared.closed.cancelled() => {}
     }
 }
 
-/// A stream's receiving half: fails as soon as the connection closes.
+/// A stream's receiving half: reads what was delivered, then fails once the connection is closed.
 struct SimIncoming {
-    pipe: ReadHalf<SimplexStream>,
+    pipe: DuplexStream,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl SimIncoming {
-    fn new(pipe: ReadHalf<SimplexStream>, shared: &Shared) -> SimIncoming {
+    fn new(pipe: DuplexStream, shared: &Shared) -> SimIncoming {
         SimIncoming { pipe, closed: Box::pin(shared.closed.clone().cancelled_owned()) }
     }
 }
@@ -276,9 +278,11 @@ impl SimIncoming {
 impl AsyncRead for SimIncoming {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.closed.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "connection closed")));
+        match Pin::new(&mut this.pipe).poll_read(cx, buf) {
+            Poll::Pending if this.closed.as_mut().poll(cx).is_ready() => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "connection closed")))
+            }
+            ready_or_pending => ready_or_pending,
         }
-        Pin::new(&mut this.pipe).poll_read(cx, buf)
     }
 }

@@ -67,6 +67,7 @@ pub fn open(dir: &Path) -> Result<Stores, StorageError> {
 /// Opens (or creates) the database on a simulated disk (snapshots still go to `dir/snapshots/`).
 pub fn open_simulated(dir: &Path, disk: SimDisk) -> Result<Stores, StorageError> {
     std::fs::create_dir_all(dir).map_err(|error| write_error(&error))?;
+    disk.claim().map_err(|error| write_error(&error))?;
     let database = Database::builder()
         .set_cache_size(SIM_REDB_CACHE_SIZE_BYTES)
         .create_with_backend(disk)

@@ -24,6 +24,11 @@ struct Disk {
     /// An armed crash: after this many more writes, length changes and syncs, the disk crashes in the middle of
     /// whatever the database was doing, keeping the unsynced changes a generator seeded with the second number picks.
     armed: Option<(u64, u64)>,
+    /// The handle (id, crash epoch) of the database open on this disk, as a file lock would hold it: a second open
+    /// while it lives fails, as redb's open of a locked file does. A crash releases it (the process died).
+    holder: Option<(u64, u64)>,
+    /// Handles made so far (each gets the next id).
+    handles: u64,
 }
 
 impl Disk {
@@ -70,13 +75,15 @@ pub struct SimDisk {
     disk: Arc<Mutex<Disk>>,
     /// The crash count when this handle was made: a handle from before the last crash is dead.
     epoch: u64,
+    id: u64,
 }
 
 impl Clone for SimDisk {
     /// Another handle on the same disk, alive until the next crash.
     fn clone(&self) -> SimDisk {
-        let epoch = self.lock().crashes;
-        SimDisk { disk: self.disk.clone(), epoch }
+        let mut disk = self.lock();
+        disk.handles += 1;
+        SimDisk { disk: self.disk.clone(), epoch: disk.crashes, id: disk.handles }
     }
 }
 
@@ -118,6 +125,22 @@ impl SimDisk {
     /// `seed`. Deterministic for a given sequence of operations.
     pub fn crash_after(&self, operations: u64, seed: u64) {
         self.lock().armed = Some((operations, seed));
+    }
+
+    /// Takes the disk for one database, as opening a file takes its lock: fails while another live handle holds it.
+    /// The handle's `close` (redb calls it when the database is dropped) releases it.
+    pub(crate) fn claim(&self) -> Result<(), std::io::Error> {
+        let mut disk = self.alive()?;
+        match disk.holder {
+            Some((holder, epoch)) if holder != self.id && epoch == disk.crashes => Err(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                "the database is already open (a second open of a locked file)",
+            )),
+            _ => {
+                disk.holder = Some((self.id, self.epoch));
+                Ok(())
+            }
+        }
     }
 
     pub fn stats(&self) -> SimDiskStats {
@@ -193,6 +216,15 @@ impl StorageBackend for SimDisk {
         }
         write_at(&mut disk.current, offset, data);
         disk.unsynced.push(Change::Write { offset, data: data.to_vec() });
+        Ok(())
+    }
+
+    /// The database is gone: its claim on the disk ends.
+    fn close(&self) -> Result<(), std::io::Error> {
+        let mut disk = self.lock();
+        if disk.holder.is_some_and(|(holder, _)| holder == self.id) {
+            disk.holder = None;
+        }
         Ok(())
     }
 }

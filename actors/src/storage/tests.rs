@@ -173,3 +173,18 @@ async fn a_crash_in_the_middle_of_an_append_leaves_whole_entries() {
     }
     assert!(crashed_mid_append > 3, "the crash points fell inside the append {crashed_mid_append} times");
 }
+
+/// A simulated disk is a locked file: a second database cannot open it while the first lives (as redb refuses to open
+/// a file twice), but it can once the first is dropped, or after a crash (the process that held it died).
+#[test]
+fn a_simulated_disk_opens_once_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = super::SimDisk::new();
+    let first = super::open_simulated(dir.path(), disk.clone()).unwrap();
+    assert!(super::open_simulated(dir.path(), disk.clone()).is_err(), "opened twice");
+    drop(first);
+    let second = super::open_simulated(dir.path(), disk.clone()).unwrap();
+    disk.crash(|| true);
+    super::open_simulated(dir.path(), disk.clone()).expect("a crash releases the disk");
+    drop(second);
+}
