@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use iroh::Endpoint;
 use pando_protocol::alpn;
 use pando_protocol::envelope::{RequestEnvelope, ResponseEnvelope};
 use pando_protocol::error::{ErrorCode, WireError};
@@ -16,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::handler::{RpcContext, TokenCache, handle};
 use super::link::{ClientConnection, RpcListener, StreamRecv, StreamSend};
-use super::sim_link::SimRpcListener;
+use super::sim_link::SimServerConnection;
 use super::stream::{ReadFailure, read_request, write_response};
 use super::{
     RPC_CONNECTION_AUTH_TIMEOUT_MS, RPC_CONNECTION_CHECK_INTERVAL_MS, RPC_CONNECTION_IDLE_TIMEOUT_MS,
@@ -99,10 +98,7 @@ impl Actor for RpcGateway {
             requests: Arc::new(Semaphore::new(RPC_REQUESTS_IN_FLIGHT_MAX)),
             counters: Counters::default(),
         });
-        let accept_loop = match args.listener {
-            RpcListener::Iroh(endpoint) => tokio::spawn(accept_iroh(endpoint, shared.clone())),
-            RpcListener::Simulated(listener) => tokio::spawn(accept_simulated(listener, shared.clone())),
-        };
+        let accept_loop = tokio::spawn(accept_loop(args.listener, shared.clone()));
         Ok(RpcState { shared, accept_loop })
     }
 
@@ -134,62 +130,64 @@ impl Actor for RpcGateway {
     }
 }
 
-async fn accept_iroh(endpoint: Endpoint, shared: Arc<Shared>) {
-    while let Some(incoming) = endpoint.accept().await {
+/// A connection offered to the gateway, not yet served.
+enum Offered {
+    Iroh(iroh::endpoint::Incoming),
+    Simulated(SimServerConnection),
+}
+
+/// Takes connections while the listener lives; each is served in its own task holding one connection slot.
+async fn accept_loop(listener: RpcListener, shared: Arc<Shared>) {
+    loop {
+        let offered = match &listener {
+            RpcListener::Iroh(endpoint) => endpoint.accept().await.map(Offered::Iroh),
+            RpcListener::Simulated(listener) => listener.accept().await.map(Offered::Simulated),
+        };
+        let Some(offered) = offered else { return };
         let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
             tracing::warn!("connection limit of {RPC_CONNECTIONS_MAX} reached, refusing a client");
-            incoming.refuse();
+            match offered {
+                Offered::Iroh(incoming) => incoming.refuse(),
+                Offered::Simulated(connection) => connection.close(),
+            }
             continue;
         };
         let shared = shared.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let connection = match incoming.await {
-                Ok(connection) => connection,
-                Err(error) => {
-                    tracing::debug!(%error, "client handshake failed");
-                    return;
-                }
+            let connection = match offered {
+                Offered::Simulated(connection) => ClientConnection::Simulated(connection),
+                Offered::Iroh(incoming) => match incoming.await {
+                    Ok(connection) => ClientConnection::Iroh(connection),
+                    Err(error) => {
+                        tracing::debug!(%error, "client handshake failed");
+                        return;
+                    }
+                },
             };
             let shutdown = shared.shutdown.clone();
-            let directory = shared.context.directory.clone();
-            let peer = connection.clone();
-            let served = async move {
-                let protocol = connection.alpn().to_vec();
-                match protocol.as_slice() {
-                    alpn::RAFT => serve_peer(connection, directory).await,
-                    alpn::ACTORS => accept_peer(connection, directory).await,
-                    alpn::BLOBS => crate::blobs::serve_members(connection, directory).await,
-                    alpn::RPC => serve_connection(&ClientConnection::Iroh(connection), shared).await,
-                    _ => connection.close(1u32.into(), b"unsupported alpn"),
-                }
-            };
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => peer.close(2u32.into(), b"node stopping"),
-                () = served => {}
+                _ = shutdown.cancelled() => connection.close(2, b"node stopping"),
+                () = serve_offered(&connection, shared) => {}
             }
         });
     }
 }
 
-async fn accept_simulated(listener: SimRpcListener, shared: Arc<Shared>) {
-    while let Some(connection) = listener.accept().await {
-        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
-            tracing::warn!("connection limit of {RPC_CONNECTIONS_MAX} reached, refusing a client");
-            connection.close();
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let connection = ClientConnection::Simulated(connection);
-            tokio::select! {
-                biased;
-                _ = shared.shutdown.cancelled() => connection.close(2, b"node stopping"),
-                () = serve_connection(&connection, shared.clone()) => {}
-            }
-        });
+/// Hands a connection to whoever serves its protocol: peers' Raft, mesh and blob connections arrive on the node's
+/// endpoint too.
+async fn serve_offered(connection: &ClientConnection, shared: Arc<Shared>) {
+    let ClientConnection::Iroh(peer) = connection else {
+        return serve_connection(connection, shared).await;
+    };
+    let directory = shared.context.directory.clone();
+    match peer.alpn() {
+        alpn::RAFT => serve_peer(peer.clone(), directory).await,
+        alpn::ACTORS => accept_peer(peer.clone(), directory).await,
+        alpn::BLOBS => crate::blobs::serve_members(peer.clone(), directory).await,
+        alpn::RPC => serve_connection(connection, shared).await,
+        _ => connection.close(1, b"unsupported alpn"),
     }
 }
 
