@@ -24,6 +24,8 @@ use crate::directory::{Directory, RaftHandles};
 
 /// Batches written concurrently; more proposals wait and join the next batch.
 pub const PROPOSALS_IN_FLIGHT_MAX: usize = 2;
+/// Longest wait for raft to answer one batch; past it the batch's callers get `TIMEOUT` and its slot is free again.
+pub const PROPOSAL_WAIT_MS_MAX: u64 = 10_000;
 /// Most commands in one batch (one log entry).
 pub const PROPOSAL_BATCH_COUNT_MAX: usize = 1024;
 /// Most proposals waiting for a batch; beyond this proposals are refused with `BUSY`.
@@ -270,7 +272,24 @@ fn flush(myself: &ActorRef<RaftMsg>, state: &mut RaftState) {
             // Reports the batch done however this task ends, so a panic cannot wedge the in-flight count.
             let _done = BatchDoneGuard { actor: myself, commands_count: count };
             let proposal = Proposal { stamp_ms, commands };
-            match raft.client_write(proposal).await {
+            let written =
+                tokio::time::timeout(Duration::from_millis(PROPOSAL_WAIT_MS_MAX), raft.client_write(proposal));
+            let Ok(written) = written.await else {
+                // The slot is freed whatever openraft does with the entry: a write it never answers must not stop
+                // every later write on this node (the simulator saw two such writes wedge a node, seed 5097).
+                tracing::warn!(commands = count, "a proposal got no answer from raft in time");
+                let error = WireError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "raft did not answer within {PROPOSAL_WAIT_MS_MAX} ms; the write may or may not be applied"
+                    ),
+                );
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                return;
+            };
+            match written {
                 Ok(response) => {
                     let mut results = response.data.results.into_iter();
                     for reply in replies {
