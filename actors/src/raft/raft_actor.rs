@@ -126,6 +126,14 @@ impl Actor for RaftActor {
                     let _ = myself.cast(RaftMsg::Fatal(fatal.to_string()));
                     return;
                 }
+                if removed_while_leading(&metrics.borrow()) {
+                    // openraft 0.9 keeps leading (and heartbeating) after committing its own removal, so the others
+                    // never elect a leader that may take writes. A new Raft core on the same storage starts as a
+                    // non-member: the heartbeats stop, the voters elect, and this node can be added back later.
+                    // Found by the simulator (seed 5357).
+                    let _ = myself.cast(RaftMsg::Fatal("this node left the membership while leading".into()));
+                    return;
+                }
                 if metrics.changed().await.is_err() {
                     return;
                 }
@@ -268,6 +276,7 @@ fn flush(myself: &ActorRef<RaftMsg>, state: &mut RaftState) {
         let raft = state.raft.clone();
         let myself = myself.clone();
         let stamp_ms = state.directory.now_ms();
+        let node_id = state.node_id;
         tokio::spawn(async move {
             // Reports the batch done however this task ends, so a panic cannot wedge the in-flight count.
             let _done = BatchDoneGuard { actor: myself, commands_count: count };
@@ -277,7 +286,7 @@ fn flush(myself: &ActorRef<RaftMsg>, state: &mut RaftState) {
             let Ok(written) = written.await else {
                 // The slot is freed whatever openraft does with the entry: a write it never answers must not stop
                 // every later write on this node (the simulator saw two such writes wedge a node, seed 5097).
-                tracing::warn!(commands = count, "a proposal got no answer from raft in time");
+                tracing::warn!(node_id, commands = count, "a proposal got no answer from raft in time");
                 let error = WireError::new(
                     ErrorCode::Timeout,
                     format!(
@@ -339,6 +348,15 @@ pub fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>
 /// none; it answers `NOT_LEADER` (found by the simulator, seed 11 of the membership sweep).
 pub(crate) fn is_voter(metrics: &openraft::RaftMetrics<NodeId, MemberNode>) -> bool {
     metrics.membership_config.membership().voter_ids().any(|voter| voter == metrics.id)
+}
+
+/// Whether this node leads a membership it committed and is not a voter of.
+fn removed_while_leading(metrics: &openraft::RaftMetrics<NodeId, MemberNode>) -> bool {
+    let committed = match (metrics.membership_config.log_id(), metrics.last_applied) {
+        (Some(membership), Some(applied)) => applied.index >= membership.index,
+        _ => false,
+    };
+    metrics.current_leader == Some(metrics.id) && committed && !is_voter(metrics)
 }
 
 /// `NOT_LEADER`, naming the leader when known.
