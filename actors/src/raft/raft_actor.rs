@@ -356,7 +356,8 @@ fn removed_while_leading(metrics: &openraft::RaftMetrics<NodeId, MemberNode>) ->
         (Some(membership), Some(applied)) => applied.index >= membership.index,
         _ => false,
     };
-    metrics.current_leader == Some(metrics.id) && committed && !is_voter(metrics)
+    // The state, not `current_leader`: a restarted core still names itself leader from its committed vote.
+    metrics.state == openraft::ServerState::Leader && committed && !is_voter(metrics)
 }
 
 /// `NOT_LEADER`, naming the leader when known.
