@@ -263,7 +263,7 @@ fn flush(myself: &ActorRef<RaftMsg>, state: &mut RaftState) {
         let removed_leader = {
             let metrics = state.raft.metrics();
             let metrics = metrics.borrow();
-            metrics.current_leader == Some(metrics.id) && !is_voter(&metrics)
+            metrics.current_leader == Some(metrics.id) && !is_member(&metrics)
         };
         if removed_leader {
             for reply in replies {
@@ -343,21 +343,23 @@ pub fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>
     }
 }
 
-/// Whether this node is a voter of the membership it knows. openraft 0.9 keeps a leader that committed its own removal
-/// leading: it takes writes it can never commit and asserts (in debug builds) on a membership change. Such a leader is
-/// none; it answers `NOT_LEADER` (found by the simulator, seed 11 of the membership sweep).
-pub(crate) fn is_voter(metrics: &openraft::RaftMetrics<NodeId, MemberNode>) -> bool {
-    metrics.membership_config.membership().voter_ids().any(|voter| voter == metrics.id)
+/// Whether this node is in the membership it knows (a voter or a learner). openraft 0.9 keeps a leader that committed
+/// its own removal leading: it takes writes it can never commit, asserts (in debug builds) on a membership change,
+/// and heartbeats so nobody else is elected. Such a leader is none: it answers `NOT_LEADER`, and its RaftActor restarts
+/// the core as a non-member (found by the simulator, seeds 11 and 5357). A leader that is a learner is a leader: openraft
+/// lets it lead a quorum of voters (seed 5656 restarted one in a loop when only voters counted).
+pub(crate) fn is_member(metrics: &openraft::RaftMetrics<NodeId, MemberNode>) -> bool {
+    metrics.membership_config.membership().get_node(&metrics.id).is_some()
 }
 
-/// Whether this node leads a membership it committed and is not a voter of.
+/// Whether this node leads a membership it committed and is not in.
 fn removed_while_leading(metrics: &openraft::RaftMetrics<NodeId, MemberNode>) -> bool {
     let committed = match (metrics.membership_config.log_id(), metrics.last_applied) {
         (Some(membership), Some(applied)) => applied.index >= membership.index,
         _ => false,
     };
     // The state, not `current_leader`: a restarted core still names itself leader from its committed vote.
-    metrics.state == openraft::ServerState::Leader && committed && !is_voter(metrics)
+    metrics.state == openraft::ServerState::Leader && committed && !is_member(metrics)
 }
 
 /// `NOT_LEADER`, naming the leader when known.

@@ -16,7 +16,7 @@ use super::handler::RpcContext;
 use crate::directory::RaftHandles;
 use crate::mesh::MeshMsg;
 use crate::raft::RaftMsg;
-use crate::raft::raft_actor::{is_voter, not_leader, write_error};
+use crate::raft::raft_actor::{is_member, not_leader, write_error};
 use crate::raft::type_config::NodeId;
 use crate::rpc::RpcMsg;
 use crate::storage_actor::StorageMsg;
@@ -33,8 +33,8 @@ fn raft(context: &RpcContext) -> Result<RaftHandles, WireError> {
 /// it returns, this node has applied everything committed before the call).
 pub(crate) async fn ensure_leader(handles: &RaftHandles) -> Result<(), WireError> {
     match handles.raft.ensure_linearizable().await {
-        // A leader outside its own voters (openraft keeps it leading after its removal) leads nobody.
-        Ok(_) if !is_voter(&handles.raft.metrics().borrow()) => Err(not_leader(None, None)),
+        // A leader outside its own membership (openraft keeps it leading after its removal) leads nobody.
+        Ok(_) if !is_member(&handles.raft.metrics().borrow()) => Err(not_leader(None, None)),
         Ok(_) => Ok(()),
         Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
             Err(not_leader(forward.leader_id, forward.leader_node))
