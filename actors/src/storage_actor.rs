@@ -66,13 +66,14 @@ impl Actor for StorageActor {
             };
             match opened {
                 Ok(stores) => break stores,
-                Err(error) if waited.elapsed() >= Duration::from_millis(STORAGE_REOPEN_WAIT_MS) => {
-                    return Err(error.into());
-                }
-                Err(error) => {
-                    tracing::debug!(%error, "storage not open yet, retrying");
+                Err(error)
+                    if storage::is_already_open(&error)
+                        && waited.elapsed() < Duration::from_millis(STORAGE_REOPEN_WAIT_MS) =>
+                {
+                    tracing::debug!(%error, "the previous database is not closed yet, retrying");
                     tokio::time::sleep(Duration::from_millis(STORAGE_REOPEN_RETRY_MS)).await;
                 }
+                Err(error) => return Err(error.into()),
             }
         };
         args.directory.set_stores(stores);

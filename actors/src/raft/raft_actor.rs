@@ -14,7 +14,7 @@ use pando_protocol::cluster::MemberNode;
 use pando_protocol::command::{Command, CommandOutput, CommandResult, Proposal};
 use pando_protocol::coord::CoordRequest;
 use pando_protocol::error::{ErrorCode, ErrorDetail, WireError};
-use pando_protocol::limits::PROPOSAL_BYTES_MAX;
+use pando_protocol::limits::{PROPOSAL_BYTES_MAX, REQUEST_TIMEOUT_MS_MAX};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 
@@ -24,7 +24,8 @@ use crate::directory::{Directory, RaftHandles};
 
 /// Batches written concurrently; more proposals wait and join the next batch.
 pub const PROPOSALS_IN_FLIGHT_MAX: usize = 2;
-/// Longest wait for raft to answer one batch; past it the batch's callers get `TIMEOUT` and its slot is free again.
+/// Longest a batch holds its in-flight slot waiting for raft; past it the slot is free again (the batch's callers keep
+/// waiting, up to the longest request deadline).
 pub const PROPOSAL_WAIT_MS_MAX: u64 = 10_000;
 /// Most commands in one batch (one log entry).
 pub const PROPOSAL_BATCH_COUNT_MAX: usize = 1024;
@@ -126,14 +127,6 @@ impl Actor for RaftActor {
                     let _ = myself.cast(RaftMsg::Fatal(fatal.to_string()));
                     return;
                 }
-                if removed_while_leading(&metrics.borrow()) {
-                    // openraft 0.9 keeps leading (and heartbeating) after committing its own removal, so the others
-                    // never elect a leader that may take writes. A new Raft core on the same storage starts as a
-                    // non-member: the heartbeats stop, the voters elect, and this node can be added back later.
-                    // Found by the simulator (seed 5357).
-                    let _ = myself.cast(RaftMsg::Fatal("this node left the membership while leading".into()));
-                    return;
-                }
                 if metrics.changed().await.is_err() {
                     return;
                 }
@@ -217,7 +210,8 @@ fn myself_ticks(myself: &ActorRef<RaftMsg>) {
 
 /// On the leader, when the earliest lease deadline is behind its clock, queues a tick (at most one per interval).
 fn expiry_check(myself: &ActorRef<RaftMsg>, state: &mut RaftState) {
-    if state.raft.metrics().borrow().current_leader != Some(state.node_id) {
+    // The state, not `current_leader`: a node that stepped down still names itself from its committed vote.
+    if state.raft.metrics().borrow().state != openraft::ServerState::Leader {
         return;
     }
     if state.last_tick_at.is_some_and(|at| at.elapsed() < Duration::from_millis(EXPIRY_CHECK_INTERVAL_MS)) {
@@ -279,24 +273,33 @@ fn flush(myself: &ActorRef<RaftMsg>, state: &mut RaftState) {
         let node_id = state.node_id;
         tokio::spawn(async move {
             // Reports the batch done however this task ends, so a panic cannot wedge the in-flight count.
-            let _done = BatchDoneGuard { actor: myself, commands_count: count };
+            let done = BatchDoneGuard { actor: myself, commands_count: count };
             let proposal = Proposal { stamp_ms, commands };
-            let written =
-                tokio::time::timeout(Duration::from_millis(PROPOSAL_WAIT_MS_MAX), raft.client_write(proposal));
-            let Ok(written) = written.await else {
-                // The slot is freed whatever openraft does with the entry: a write it never answers must not stop
-                // every later write on this node (the simulator saw two such writes wedge a node, seed 5097).
-                tracing::warn!(node_id, commands = count, "a proposal got no answer from raft in time");
-                let error = WireError::new(
-                    ErrorCode::Timeout,
-                    format!(
-                        "raft did not answer within {PROPOSAL_WAIT_MS_MAX} ms; the write may or may not be applied"
-                    ),
-                );
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
+            let write = raft.client_write(proposal);
+            tokio::pin!(write);
+            let written = match tokio::time::timeout(Duration::from_millis(PROPOSAL_WAIT_MS_MAX), &mut write).await {
+                Ok(written) => written,
+                Err(_) => {
+                    // The slot is freed whatever openraft does with the entry: a write it never answers must not stop
+                    // every later write on this node (the simulator saw two such writes wedge a node, seed 5097). The
+                    // batch still waits for callers with longer deadlines, up to the longest a request may have.
+                    tracing::warn!(node_id, commands = count, "a proposal got no answer from raft in time");
+                    drop(done);
+                    let longest = u64::from(REQUEST_TIMEOUT_MS_MAX).saturating_sub(PROPOSAL_WAIT_MS_MAX);
+                    match tokio::time::timeout(Duration::from_millis(longest), &mut write).await {
+                        Ok(written) => written,
+                        Err(_) => {
+                            let error = WireError::new(
+                                ErrorCode::Timeout,
+                                "raft did not answer in time; the write may or may not be applied",
+                            );
+                            for reply in replies {
+                                let _ = reply.send(Err(error.clone()));
+                            }
+                            return;
+                        }
+                    }
                 }
-                return;
             };
             match written {
                 Ok(response) => {
@@ -343,23 +346,13 @@ pub fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>
     }
 }
 
-/// Whether this node is in the membership it knows (a voter or a learner). openraft 0.9 keeps a leader that committed
-/// its own removal leading: it takes writes it can never commit, asserts (in debug builds) on a membership change,
-/// and heartbeats so nobody else is elected. Such a leader is none: it answers `NOT_LEADER`, and its RaftActor restarts
-/// the core as a non-member (found by the simulator, seeds 11 and 5357). A leader that is a learner is a leader: openraft
-/// lets it lead a quorum of voters (seed 5656 restarted one in a loop when only voters counted).
+/// Whether this node is in the membership it knows (a voter or a learner). openraft 0.9 keeps a leader that applied
+/// its own removal leading until its next tick: in that window it takes writes it can never commit and asserts (in
+/// debug builds) on a membership change. Such a leader is none: it answers `NOT_LEADER` (found by the simulator, seed
+/// 11). A learner that leads is a leader: openraft lets it lead a quorum of voters (seeds 5357 and 5656 stalled when
+/// only voters counted).
 pub(crate) fn is_member(metrics: &openraft::RaftMetrics<NodeId, MemberNode>) -> bool {
     metrics.membership_config.membership().get_node(&metrics.id).is_some()
-}
-
-/// Whether this node leads a membership it committed and is not in.
-fn removed_while_leading(metrics: &openraft::RaftMetrics<NodeId, MemberNode>) -> bool {
-    let committed = match (metrics.membership_config.log_id(), metrics.last_applied) {
-        (Some(membership), Some(applied)) => applied.index >= membership.index,
-        _ => false,
-    };
-    // The state, not `current_leader`: a restarted core still names itself leader from its committed vote.
-    metrics.state == openraft::ServerState::Leader && committed && !is_member(metrics)
 }
 
 /// `NOT_LEADER`, naming the leader when known.

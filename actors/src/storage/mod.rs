@@ -54,20 +54,35 @@ pub struct Stores {
     pub reader: StateReader,
 }
 
+/// What opening the database says when this process still has it open (a previous instance not yet closed).
+pub(crate) const ALREADY_OPEN: &str = "the database is already open in this process";
+
+/// Whether opening failed only because this process still has the database open.
+pub(crate) fn is_already_open(error: &StorageError) -> bool {
+    error.to_string().contains(ALREADY_OPEN)
+}
+
+fn already_open() -> StorageError {
+    write_error(&std::io::Error::new(std::io::ErrorKind::WouldBlock, ALREADY_OPEN))
+}
+
 /// Opens (or creates) the database in `dir` (file `pando.redb`, snapshots in `snapshots/`).
 pub fn open(dir: &Path) -> Result<Stores, StorageError> {
     std::fs::create_dir_all(dir).map_err(|error| write_error(&error))?;
-    let database = Database::builder()
-        .set_cache_size(REDB_CACHE_SIZE_BYTES)
-        .create(dir.join("pando.redb"))
-        .map_err(|error| write_error(&error))?;
+    let database =
+        Database::builder().set_cache_size(REDB_CACHE_SIZE_BYTES).create(dir.join("pando.redb")).map_err(|error| {
+            match error {
+                redb::DatabaseError::DatabaseAlreadyOpen => already_open(),
+                other => write_error(&other),
+            }
+        })?;
     open_database(dir, database)
 }
 
 /// Opens (or creates) the database on a simulated disk (snapshots still go to `dir/snapshots/`).
 pub fn open_simulated(dir: &Path, disk: SimDisk) -> Result<Stores, StorageError> {
     std::fs::create_dir_all(dir).map_err(|error| write_error(&error))?;
-    disk.claim().map_err(|error| write_error(&error))?;
+    disk.claim().map_err(|_| already_open())?;
     let database = Database::builder()
         .set_cache_size(SIM_REDB_CACHE_SIZE_BYTES)
         .create_with_backend(disk)

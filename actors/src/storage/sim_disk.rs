@@ -132,10 +132,9 @@ impl SimDisk {
     pub(crate) fn claim(&self) -> Result<(), std::io::Error> {
         let mut disk = self.alive()?;
         match disk.holder {
-            Some((holder, epoch)) if holder != self.id && epoch == disk.crashes => Err(std::io::Error::new(
-                std::io::ErrorKind::WouldBlock,
-                "the database is already open (a second open of a locked file)",
-            )),
+            Some((holder, epoch)) if holder != self.id && epoch == disk.crashes => {
+                Err(std::io::Error::new(std::io::ErrorKind::WouldBlock, super::ALREADY_OPEN))
+            }
             _ => {
                 disk.holder = Some((self.id, self.epoch));
                 Ok(())

@@ -188,3 +188,17 @@ fn a_simulated_disk_opens_once_at_a_time() {
     super::open_simulated(dir.path(), disk.clone()).expect("a crash releases the disk");
     drop(second);
 }
+
+/// Only "already open" is worth waiting for when a storage actor restarts; every other failure is final.
+#[test]
+fn an_already_open_database_is_told_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = super::open(dir.path()).unwrap();
+    let error = super::open(dir.path()).err().expect("a second open in one process fails");
+    assert!(super::is_already_open(&error), "{error}");
+    drop(first);
+    let disk = super::SimDisk::new();
+    let _held = super::open_simulated(dir.path(), disk.clone()).unwrap();
+    let error = super::open_simulated(dir.path(), disk.clone()).err().unwrap();
+    assert!(super::is_already_open(&error), "{error}");
+}
