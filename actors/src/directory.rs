@@ -37,8 +37,8 @@ pub struct Directory {
     trusted_peers: Arc<RwLock<std::collections::BTreeSet<[u8; 32]>>>,
     /// The node's root supervisor, for status trees.
     root: Arc<RwLock<Option<ActorRef<SupervisorMsg>>>>,
-    /// The live actor mesh, which takes the sessions members open to this node.
-    mesh: Arc<RwLock<Option<ActorRef<MeshMsg>>>>,
+    /// The live actor mesh, which takes the sessions members open to this node, and its process-group scope.
+    mesh: Arc<RwLock<Option<LiveMesh>>>,
     /// How the node tells the time of day (the wall clock, or a simulated one).
     clock: Clock,
     /// The live blob store and its worker's shared state.
@@ -49,6 +49,9 @@ pub struct Directory {
     plugins: crate::plugins::PluginRoutes,
     plugin_supervisor: Arc<RwLock<Option<ActorRef<crate::plugins::PluginsMsg>>>>,
 }
+
+/// The live mesh actor and its process-group scope.
+type LiveMesh = (ActorRef<MeshMsg>, String);
 
 /// When each peer last answered one of this node's Raft RPCs.
 pub type PeerHealth = Arc<std::sync::Mutex<std::collections::BTreeMap<u64, tokio::time::Instant>>>;
@@ -103,17 +106,22 @@ impl Directory {
     }
 
     pub fn mesh(&self) -> Option<ActorRef<MeshMsg>> {
-        self.mesh.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.mesh.read().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref().map(|(mesh, _)| mesh.clone())
     }
 
-    pub(crate) fn set_mesh(&self, mesh: ActorRef<MeshMsg>) {
-        *self.mesh.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(mesh);
+    /// The process-group scope the live mesh's sessions are confined to ([`crate::mesh::scope`]).
+    pub fn mesh_scope(&self) -> Option<String> {
+        self.mesh.read().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref().map(|(_, scope)| scope.clone())
+    }
+
+    pub(crate) fn set_mesh(&self, mesh: ActorRef<MeshMsg>, scope: String) {
+        *self.mesh.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((mesh, scope));
     }
 
     /// Forgets `mesh` if it is still the registered one (a restarted mesh may have registered already).
     pub(crate) fn clear_mesh(&self, mesh: &ActorRef<MeshMsg>) {
         let mut slot = self.mesh.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if slot.as_ref().is_some_and(|current| current.get_id() == mesh.get_id()) {
+        if slot.as_ref().is_some_and(|(current, _)| current.get_id() == mesh.get_id()) {
             *slot = None;
         }
     }

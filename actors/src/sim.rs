@@ -168,7 +168,11 @@ impl SimNode {
             network: RaftTransport::Simulated(self.net.transport_for(self.id)),
             context,
             directory: directory.clone(),
-            world: World::Simulated { disk: self.disk.clone(), listener: self.net.rpc_listener(self.id) },
+            world: World::Simulated {
+                disk: self.disk.clone(),
+                listener: self.net.rpc_listener(self.id),
+                net: self.net.clone(),
+            },
         };
         let (root, _) = Actor::spawn(None, Supervisor, tree::root(config)).await.map_err(|error| error.to_string())?;
         directory.set_root(root.clone());

@@ -3,8 +3,8 @@
 //! disturb client connections, and a plugin supervisor that gives up takes nothing else down with it.
 //!
 //! The simulator builds the same tree in a [simulated world](World::Simulated): storage on a simulated disk, clients
-//! over the simulated network. The actor mesh, the blob store and the plugins need iroh (they have no in-memory twin
-//! yet) and are left out there.
+//! and the actor mesh's sessions over the simulated network. The blob store and the plugins need iroh (they have no
+//! in-memory twin yet) and are left out there.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,8 +15,9 @@ use pando_protocol::cluster::MemberNode;
 
 use crate::blobs::{BlobActor, BlobArgs, BlobConfig};
 use crate::directory::Directory;
-use crate::mesh::{MeshActor, MeshArgs};
+use crate::mesh::{MeshActor, MeshArgs, MeshNet};
 use crate::plugins::{PluginConfig, PluginSupervisor, PluginsArgs};
+use crate::raft::sim_network::SimNet;
 use crate::raft::transport::RaftTransport;
 use crate::raft::{RaftActor, RaftArgs};
 use crate::rpc::sim_link::SimRpcListener;
@@ -44,8 +45,8 @@ pub struct TreeConfig {
 pub enum World {
     /// Production: redb on the data directory, one iroh endpoint for clients and peers.
     Iroh { endpoint: iroh::Endpoint, blobs: BlobConfig, plugins: PluginConfig },
-    /// The simulator: redb on a simulated disk, clients over the simulated network.
-    Simulated { disk: SimDisk, listener: SimRpcListener },
+    /// The simulator: redb on a simulated disk, clients and mesh sessions over the simulated network.
+    Simulated { disk: SimDisk, listener: SimRpcListener, net: SimNet },
 }
 
 pub fn root(config: TreeConfig) -> SupervisorArgs {
@@ -84,8 +85,14 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
     let cluster_secret = config.context.cluster_secret_key;
     let rpc = ChildSpec::new("rpc", Restart::Permanent, RpcGateway, RpcArgs { listener, context: config.context });
     let mut children = vec![storage, raft, rpc];
-    if let World::Iroh { endpoint, blobs, plugins } = config.world {
-        children.extend(peer_services(node_id, directory, cluster_secret, endpoint, blobs, plugins));
+    match config.world {
+        World::Iroh { endpoint, blobs, plugins } => {
+            children.push(mesh(node_id, directory.clone(), cluster_secret, MeshNet::Iroh(endpoint.clone())));
+            children.extend(blobs_and_plugins(node_id, directory, cluster_secret, endpoint, blobs, plugins));
+        }
+        World::Simulated { net, .. } => {
+            children.push(mesh(node_id, directory, cluster_secret, MeshNet::Simulated(net)))
+        }
     }
     SupervisorArgs {
         name: "node".into(),
@@ -98,34 +105,33 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
     }
 }
 
-/// The children that need iroh: the actor mesh, the blob store, and the plugins (their wasm comes from blobs).
-fn peer_services(
+fn mesh(node_id: u64, directory: Directory, cluster_secret: [u8; 32], net: MeshNet) -> ChildSpec {
+    let cookie = crate::mesh::cookie(&cluster_secret);
+    ChildSpec::new("mesh", Restart::Permanent, MeshActor, MeshArgs { node_id, net, directory, cookie })
+}
+
+/// The children that need iroh: the blob store, and the plugins (their wasm comes from blobs).
+fn blobs_and_plugins(
     node_id: u64,
     directory: Directory,
     cluster_secret: [u8; 32],
     endpoint: iroh::Endpoint,
     blobs: BlobConfig,
     plugins: PluginConfig,
-) -> [ChildSpec; 3] {
+) -> [ChildSpec; 2] {
     let blobs = ChildSpec::new(
         "blobs",
         Restart::Permanent,
         BlobActor,
-        BlobArgs { node_id, config: blobs, endpoint: endpoint.clone(), directory: directory.clone() },
+        BlobArgs { node_id, config: blobs, endpoint, directory: directory.clone() },
     )
     .with_shutdown_timeout(Duration::from_secs(10));
     let plugins = ChildSpec::new(
         "plugins",
         Restart::Permanent,
         PluginSupervisor,
-        PluginsArgs { node_id, directory: directory.clone(), config: plugins, cluster_secret },
+        PluginsArgs { node_id, directory, config: plugins, cluster_secret },
     )
     .with_shutdown_timeout(Duration::from_secs(10));
-    let mesh = ChildSpec::new(
-        "mesh",
-        Restart::Permanent,
-        MeshActor,
-        MeshArgs { node_id, endpoint, directory: directory.clone(), cookie: crate::mesh::cookie(&cluster_secret) },
-    );
-    [mesh, blobs, plugins]
+    [blobs, plugins]
 }

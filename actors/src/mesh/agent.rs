@@ -1,7 +1,9 @@
 //! The node agent: one per node, joined to [`NODES_GROUP`](super::NODES_GROUP), answering pings from any node.
 //! It is the smallest user of the mesh and the proof that process groups span the cluster.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use pando_protocol::cluster::MeshPing;
 use pando_protocol::command::{Command, CommandOutput};
@@ -49,6 +51,8 @@ enum Pong {
 
 pub struct NodeAgent {
     pub node_id: u64,
+    /// The node's process-group scope ([`super::scope`]).
+    pub scope: String,
     pub directory: crate::directory::Directory,
 }
 
@@ -58,8 +62,9 @@ impl Actor for NodeAgent {
     type Arguments = ();
 
     async fn pre_start(&self, myself: ActorRef<AgentMsg>, _: ()) -> Result<(), ActorProcessingErr> {
-        ractor::pg::join(NODES_GROUP.to_string(), vec![myself.get_cell()]);
-        ractor::pg::join(node_group(self.node_id), vec![myself.get_cell()]);
+        let agent = vec![myself.get_cell()];
+        ractor::pg::join_scoped(self.scope.clone(), NODES_GROUP.to_string(), agent.clone());
+        ractor::pg::join_scoped(self.scope.clone(), node_group(self.node_id), agent);
         Ok(())
     }
 
@@ -130,12 +135,13 @@ pub fn node_group(node_id: u64) -> String {
     format!("pando.node.{node_id}")
 }
 
-/// Proposes `command` on node `leader` through its agent, found in the leader's own process group.
-pub(crate) async fn propose_on(leader: u64, command: &Command, timeout: Duration) -> Forwarded {
+/// Proposes `command` on node `leader` through its agent, found in the leader's own process group as this node's
+/// mesh (whose process-group scope is `scope`) sees it.
+pub(crate) async fn propose_on(scope: &str, leader: u64, command: &Command, timeout: Duration) -> Forwarded {
     let payload = rmp_serde::to_vec_named(&Forward { to: leader, command: command.clone() })
         .map_err(|error| WireError::internal(format!("cannot encode a proposal: {error}")))?;
-    let Some(cell) = ractor::pg::get_members(&node_group(leader)).into_iter().find(|cell| !cell.get_id().is_local())
-    else {
+    let members = ractor::pg::get_scoped_members(&scope.to_string(), &node_group(leader));
+    let Some(cell) = members.into_iter().find(|cell| !cell.get_id().is_local()) else {
         return Err(WireError::new(ErrorCode::Unavailable, format!("no mesh session to the leader (node {leader})")));
     };
     let agent = ActorRef::<AgentMsg>::from(cell);
@@ -149,10 +155,13 @@ pub(crate) async fn propose_on(leader: u64, command: &Command, timeout: Duration
     }
 }
 
-/// Pings every agent in [`NODES_GROUP`] (on this node and, through the mesh, on the others) at once.
-pub async fn ping_group(from: u64) -> Vec<MeshPing> {
+/// Pings every agent in [`NODES_GROUP`] (on this node and, through the mesh, on the others) at once, as node `from`
+/// sees the group in its mesh's scope.
+pub async fn ping_group(scope: &str, from: u64) -> Vec<MeshPing> {
     let payload = rmp_serde::to_vec_named(&Ping { from }).unwrap_or_default();
-    let members = ractor::pg::get_members(&NODES_GROUP.to_string());
+    let mut members = ractor::pg::get_scoped_members(&scope.to_string(), &NODES_GROUP.to_string());
+    // In a fixed order (process groups keep hash order), so a simulated run sends its pings the same way each time.
+    members.sort_by_key(|cell| cell.get_id());
     let pings = members.into_iter().take(MESH_PING_TARGETS_MAX).map(|cell| {
         let payload = payload.clone();
         async move {

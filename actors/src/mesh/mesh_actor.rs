@@ -2,7 +2,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use iroh::Endpoint;
 use iroh::endpoint::Connection;
@@ -14,6 +16,7 @@ use ractor_cluster::{NodeServer, NodeServerMessage};
 use tokio::task::JoinHandle;
 
 use super::agent::{AgentMsg, NodeAgent};
+use super::sim_link::SimMeshStream;
 use super::stream::MeshStream;
 use super::{
     MESH_CONNECT_TIMEOUT_MS, MESH_FRAME_BYTES_MAX, MESH_PREAMBLE, MESH_PREAMBLE_TIMEOUT_MS, MESH_RECONCILE_INTERVAL_MS,
@@ -37,10 +40,51 @@ pub struct MeshActor;
 #[derive(Clone)]
 pub struct MeshArgs {
     pub node_id: u64,
-    /// The node's endpoint; the mesh dials on it (the RPC gateway accepts for it).
-    pub endpoint: Endpoint,
+    pub net: MeshNet,
     pub directory: Directory,
     pub cookie: String,
+}
+
+impl MeshArgs {
+    fn scope(&self) -> String {
+        let simulation = match &self.net {
+            MeshNet::Iroh(_) => None,
+            MeshNet::Simulated(net) => Some(net.id()),
+        };
+        super::scope(self.node_id, simulation)
+    }
+}
+
+/// What the mesh's session streams run on.
+#[derive(Clone)]
+pub enum MeshNet {
+    /// The node's endpoint: the mesh dials on it, and the RPC gateway accepts for it ([`accept_peer`]).
+    Iroh(Endpoint),
+    /// The simulated network: the mesh dials and accepts on it.
+    Simulated(crate::raft::sim_network::SimNet),
+}
+
+/// A session stream a member opened to this node, authenticated as that member.
+pub enum PeerStream {
+    Iroh(MeshStream),
+    Simulated(SimMeshStream),
+}
+
+impl PeerStream {
+    /// Refuses the session: the stream (and, over iroh, its connection) closes with `reason`.
+    fn refuse(self, reason: &'static str) {
+        match self {
+            PeerStream::Iroh(stream) => stream.connection.close(7u32.into(), reason.as_bytes()),
+            PeerStream::Simulated(stream) => stream.close(),
+        }
+    }
+
+    fn into_cluster_stream(self) -> Box<dyn ractor_cluster::ClusterBidiStream> {
+        match self {
+            PeerStream::Iroh(stream) => Box::new(stream),
+            PeerStream::Simulated(stream) => Box::new(stream),
+        }
+    }
 }
 
 pub enum MeshMsg {
@@ -54,7 +98,7 @@ pub enum MeshMsg {
     /// A member dialled us and opened its session stream (already authenticated by [`accept_peer`]).
     Incoming {
         node_id: u64,
-        stream: Box<MeshStream>,
+        stream: PeerStream,
     },
     Status(RpcReplyPort<MeshStatus>),
     /// Fault injection: panic in the handler.
@@ -80,6 +124,8 @@ pub struct MeshState {
     /// Sessions per member at the last reconcile, to bound what one member may open.
     sessions_per_peer: BTreeMap<u64, usize>,
     reconcile_timer: JoinHandle<()>,
+    /// In the simulator: the task taking session streams from the network.
+    sim_acceptor: Option<JoinHandle<()>>,
     me: ActorRef<MeshMsg>,
 }
 
@@ -88,6 +134,9 @@ impl Drop for MeshState {
     /// restarted mesh would find a second NodeServer holding the old sessions.
     fn drop(&mut self) {
         self.reconcile_timer.abort();
+        if let Some(acceptor) = &self.sim_acceptor {
+            acceptor.abort();
+        }
         for dial in self.dials.values() {
             dial.abort();
         }
@@ -114,11 +163,12 @@ impl Actor for MeshActor {
             Some(NodeConnectionMode::Isolated),
         )
         .with_listen_addr(Ipv4Addr::LOCALHOST.into())
-        .with_max_inbound_frame_size(MESH_FRAME_BYTES_MAX);
+        .with_max_inbound_frame_size(MESH_FRAME_BYTES_MAX)
+        .with_scope(args.scope());
         let (node_server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
         let agent = match Actor::spawn_linked(
             None,
-            NodeAgent { node_id: args.node_id, directory: args.directory.clone() },
+            NodeAgent { node_id: args.node_id, scope: args.scope(), directory: args.directory.clone() },
             (),
             myself.get_cell(),
         )
@@ -132,7 +182,13 @@ impl Actor for MeshActor {
         };
         let reconcile_timer =
             myself.send_interval(Duration::from_millis(MESH_RECONCILE_INTERVAL_MS), || MeshMsg::Reconcile);
-        args.directory.set_mesh(myself.clone());
+        args.directory.set_mesh(myself.clone(), args.scope());
+        let sim_acceptor = match &args.net {
+            MeshNet::Iroh(_) => None,
+            MeshNet::Simulated(net) => {
+                Some(tokio::spawn(accept_simulated(net.mesh_listener(args.node_id), args.directory.clone())))
+            }
+        };
         let _ = myself.cast(MeshMsg::Reconcile);
         Ok(MeshState {
             args,
@@ -142,6 +198,7 @@ impl Actor for MeshActor {
             backoff: BTreeMap::new(),
             sessions_per_peer: BTreeMap::new(),
             reconcile_timer,
+            sim_acceptor,
             me: myself,
         })
     }
@@ -176,11 +233,14 @@ impl Actor for MeshActor {
                 let held = state.sessions_per_peer.get(&node_id).copied().unwrap_or(0);
                 if held >= MESH_SESSIONS_PER_PEER_MAX {
                     tracing::warn!(peer = node_id, held, "refusing another actor session from a member");
-                    stream.connection.close(7u32.into(), b"too many actor sessions");
+                    stream.refuse("too many actor sessions");
                     return Ok(());
                 }
                 state.sessions_per_peer.insert(node_id, held + 1);
-                state.node_server.cast(NodeServerMessage::ConnectionOpenedExternal { stream, is_server: true })?;
+                state.node_server.cast(NodeServerMessage::ConnectionOpenedExternal {
+                    stream: stream.into_cluster_stream(),
+                    is_server: true,
+                })?;
             }
             MeshMsg::Status(reply) => {
                 let node_server = state.node_server.clone();
@@ -250,6 +310,8 @@ async fn reconcile(myself: &ActorRef<MeshMsg>, state: &mut MeshState) {
         return;
     };
     let mut per_peer: BTreeMap<u64, usize> = BTreeMap::new();
+    // In session order, not hash order: a simulated run must stop sessions in the same order every time.
+    let sessions: BTreeMap<u64, NodeServerSessionInformation> = sessions.into_iter().collect();
     for session in sessions.values() {
         match node_of_label(&session.peer_addr) {
             Some(node_id) if node_id != me && members.contains_key(&node_id) => {
@@ -262,6 +324,13 @@ async fn reconcile(myself: &ActorRef<MeshMsg>, state: &mut MeshState) {
             }
         }
     }
+    tracing::trace!(
+        me,
+        members = ?members.keys().collect::<Vec<_>>(),
+        sessions = ?per_peer,
+        dialling = ?state.dials.keys().collect::<Vec<_>>(),
+        "actor mesh reconcile"
+    );
     state.backoff.retain(|node_id, _| members.contains_key(node_id) && !per_peer.contains_key(node_id));
     state.sessions_per_peer = per_peer;
     let now = Instant::now();
@@ -273,11 +342,12 @@ async fn reconcile(myself: &ActorRef<MeshMsg>, state: &mut MeshState) {
         if state.backoff.get(&node_id).is_some_and(|(next, _)| *next > now) {
             continue;
         }
-        let endpoint = state.args.endpoint.clone();
+        let net = state.args.net.clone();
+        let me = state.args.node_id;
         let node_server = state.node_server.clone();
         let myself = myself.clone();
         let task = tokio::spawn(async move {
-            let outcome = dial(&endpoint, node_id, &node, &node_server).await;
+            let outcome = dial(&net, me, node_id, &node, &node_server).await;
             let _ = myself.cast(MeshMsg::Dialed { node_id, outcome });
         });
         state.dials.insert(node_id, task);
@@ -286,35 +356,63 @@ async fn reconcile(myself: &ActorRef<MeshMsg>, state: &mut MeshState) {
 
 /// Opens a session stream to a member and hands it to the NodeServer, which runs the ractor_cluster handshake.
 async fn dial(
-    endpoint: &Endpoint,
+    net: &MeshNet,
+    me: u64,
     node_id: u64,
     node: &MemberNode,
     node_server: &ActorRef<NodeServerMessage>,
 ) -> Result<(), String> {
-    let addr = endpoint_addr(node_id, node)?;
     let open = async {
-        let connection =
-            endpoint.connect(addr, alpn::ACTORS).await.map_err(|error| format!("cannot connect: {error}"))?;
-        let (mut send, recv) =
-            connection.open_bi().await.map_err(|error| format!("cannot open the session stream: {error}"))?;
-        send.write_all(MESH_PREAMBLE).await.map_err(|error| format!("cannot send the preamble: {error}"))?;
-        Ok::<_, String>(MeshStream { connection, send, recv, label: session_label(node_id) })
+        match net {
+            MeshNet::Iroh(endpoint) => {
+                let addr = endpoint_addr(node_id, node)?;
+                let connection =
+                    endpoint.connect(addr, alpn::ACTORS).await.map_err(|error| format!("cannot connect: {error}"))?;
+                let (mut send, recv) =
+                    connection.open_bi().await.map_err(|error| format!("cannot open the session stream: {error}"))?;
+                send.write_all(MESH_PREAMBLE).await.map_err(|error| format!("cannot send the preamble: {error}"))?;
+                Ok::<_, String>(PeerStream::Iroh(MeshStream { connection, send, recv, label: session_label(node_id) }))
+            }
+            MeshNet::Simulated(net) => Ok(PeerStream::Simulated(net.dial_mesh(me, node_id).await)),
+        }
     };
     let stream = tokio::time::timeout(Duration::from_millis(MESH_CONNECT_TIMEOUT_MS), open)
         .await
         .map_err(|_| format!("opening a session to node {node_id} timed out"))??;
     node_server
-        .cast(NodeServerMessage::ConnectionOpenedExternal { stream: Box::new(stream), is_server: false })
+        .cast(NodeServerMessage::ConnectionOpenedExternal { stream: stream.into_cluster_stream(), is_server: false })
         .map_err(|error| format!("the NodeServer is gone: {error}"))
+}
+
+/// The member of the current membership whose identity is `is_peer`, if any.
+fn member_id(directory: &Directory, is_peer: impl Fn(u64, &MemberNode) -> bool) -> Option<u64> {
+    members(directory).into_iter().find(|(node_id, node)| is_peer(*node_id, node)).map(|(node_id, _)| node_id)
+}
+
+/// Takes the session streams members open to this node over the simulated network, which names the dialler as
+/// iroh's TLS handshake does in production; the same membership check as [`accept_peer`] applies.
+async fn accept_simulated(mut listener: super::sim_link::SimMeshListener, directory: Directory) {
+    while let Some((from, stream)) = listener.accept().await {
+        if member_id(&directory, |node_id, _| node_id == from).is_none() {
+            tracing::warn!(peer = from, "refusing an actor session from a node that is not a member");
+            stream.close();
+            continue;
+        }
+        let Some(mesh) = directory.mesh() else {
+            stream.close();
+            continue;
+        };
+        if let Err(error) = mesh.cast(MeshMsg::Incoming { node_id: from, stream: PeerStream::Simulated(stream) }) {
+            tracing::debug!(peer = from, %error, "actor mesh stopped while a session arrived");
+        }
+    }
 }
 
 /// Serves one incoming `pando/actors/1` connection: only a current member is accepted, and its session is labelled
 /// with the node id its iroh identity has in the membership.
 pub async fn accept_peer(connection: Connection, directory: Directory) {
     let remote = connection.remote_id();
-    let Some(node_id) =
-        members(&directory).into_iter().find(|(_, node)| node.public_key.as_slice() == remote.as_bytes()).map(|m| m.0)
-    else {
+    let Some(node_id) = member_id(&directory, |_, node| node.public_key.as_slice() == remote.as_bytes()) else {
         tracing::warn!(%remote, "refusing an actor session from a node that is not a member");
         connection.close(5u32.into(), b"not a member");
         return;
@@ -344,7 +442,8 @@ pub async fn accept_peer(connection: Connection, directory: Directory) {
             return;
         }
     };
-    let stream = Box::new(MeshStream { connection: connection.clone(), send, recv, label: session_label(node_id) });
+    let stream =
+        PeerStream::Iroh(MeshStream { connection: connection.clone(), send, recv, label: session_label(node_id) });
     if mesh.cast(MeshMsg::Incoming { node_id, stream }).is_err() {
         connection.close(2u32.into(), b"actor mesh not running");
     }

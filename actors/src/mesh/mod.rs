@@ -6,17 +6,23 @@
 //! public key) must be a node of the current Raft membership, and its session is labelled with that node's id. The
 //! ractor_cluster cookie (derived from the cluster key) is a second check. Sessions of removed members are stopped.
 //!
+//! Each node's sessions are confined to the node's own process-group scope ([`scope`], a patch of ractor_cluster's
+//! `NodeServer::with_scope`): a peer reaches only the actors this node put in that scope, and several simulated nodes
+//! can share one process, each with its own view of the groups. In the simulator the session streams run over the
+//! simulated network ([`sim_link`]) instead of iroh; everything else is the same code.
+//!
 //! Each pair of members holds one session; the member with the lower id dials. [`MeshActor`] owns the
 //! ractor_cluster `NodeServer` and this node's [`agent::NodeAgent`]; if either dies the mesh fails and its supervisor
 //! restarts the whole mesh, and the sessions come back on the next reconcile.
 
 pub mod agent;
 mod mesh_actor;
+pub mod sim_link;
 mod stream;
 
 pub use stream::MeshStream;
 
-pub use mesh_actor::{MeshActor, MeshArgs, MeshMsg, MeshStatus, accept_peer, cookie};
+pub use mesh_actor::{MeshActor, MeshArgs, MeshMsg, MeshNet, MeshStatus, PeerStream, accept_peer, cookie};
 
 /// How long dialling a member and opening the session stream may take.
 pub const MESH_CONNECT_TIMEOUT_MS: u64 = 3_000;
@@ -39,6 +45,16 @@ pub const MESH_PING_TIMEOUT_MS: u64 = 2_000;
 pub const MESH_PING_TARGETS_MAX: usize = 64;
 /// The process group every node's agent joins.
 pub const NODES_GROUP: &str = "pando.nodes";
+
+/// The process-group scope of node `node_id`'s agent and of every actor its sessions bring in from other members. A
+/// simulated cluster's nodes add their network's id ([`SimNet::id`](crate::raft::sim_network::SimNet::id)), so two
+/// simulations in one process never share a group.
+pub fn scope(node_id: u64, simulation: Option<u64>) -> String {
+    match simulation {
+        None => format!("pando.mesh.{node_id}"),
+        Some(net) => format!("pando.sim{net}.mesh.{node_id}"),
+    }
+}
 
 /// The session label (and so the identity) of a member: set by this node from the peer's authenticated iroh key.
 pub(crate) fn session_label(node_id: u64) -> String {

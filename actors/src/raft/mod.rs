@@ -61,12 +61,13 @@ pub(crate) async fn propose_anywhere(
     command: pando_protocol::command::Command,
     timeout: std::time::Duration,
 ) -> Result<pando_protocol::command::CommandOutput, pando_protocol::error::WireError> {
-    use pando_protocol::error::{ErrorCode, ErrorDetail};
+    use pando_protocol::error::{ErrorCode, ErrorDetail, WireError};
     match propose_local(directory, command.clone(), timeout).await {
         Err(error) if error.code == ErrorCode::NotLeader => match error.detail {
-            Some(ErrorDetail::Leader { node_id, .. }) => {
-                crate::mesh::agent::propose_on(node_id, &command, timeout).await
-            }
+            Some(ErrorDetail::Leader { node_id, .. }) => match directory.mesh_scope() {
+                Some(scope) => crate::mesh::agent::propose_on(&scope, node_id, &command, timeout).await,
+                None => Err(WireError::new(ErrorCode::Unavailable, "the actor mesh is not running")),
+            },
             _ => Err(error),
         },
         other => other,

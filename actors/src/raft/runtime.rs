@@ -21,9 +21,12 @@ fn unseeded() -> u64 {
     std::collections::hash_map::RandomState::new().hash_one(std::thread::current().id()) | 1
 }
 
-/// Makes this thread's generator (the one openraft draws from) follow `seed`.
+/// Makes this thread's generators follow `seed`: the one openraft draws from, and ractor_cluster's (auth challenges,
+/// connection ids, ping intervals of the actor mesh). Only the simulator calls this: a real node's mesh must draw its
+/// challenges from the OS.
 pub fn seed_thread_rng(seed: u64) {
     RNG_STATE.with(|state| state.set(mix_seed(seed)));
+    ractor_cluster::entropy::seed_thread_entropy(Some(mix_seed(seed ^ 0x6d65_7368)));
 }
 
 /// A handle on this thread's generator (xorshift64*).

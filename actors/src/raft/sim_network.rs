@@ -15,6 +15,7 @@ use pando_protocol::frame::LENGTH_PREFIX_BYTES;
 use super::transport::{TransportError, dispatch};
 use super::type_config::NodeId;
 use crate::directory::Directory;
+use crate::mesh::sim_link::MeshPorts;
 use crate::rpc::sim_link::{RpcPorts, SimRpcListener};
 use crate::seeded_rng::SeededRng;
 
@@ -34,6 +35,8 @@ pub struct NetFaults {
 #[derive(Clone)]
 pub struct SimNet {
     state: Arc<Mutex<NetState>>,
+    /// Unique in the process: names what this network's nodes share with nothing else (their mesh scopes).
+    id: u64,
 }
 
 struct NetState {
@@ -49,6 +52,8 @@ struct NetState {
     dropped: u64,
     /// Client connections: each node's port and the connections open to it.
     rpc: RpcPorts,
+    /// Actor mesh session streams: each node's mesh port and the streams open between nodes.
+    mesh: MeshPorts,
 }
 
 impl NetState {
@@ -89,8 +94,15 @@ impl SimNet {
             delivered: 0,
             dropped: 0,
             rpc: RpcPorts::default(),
+            mesh: MeshPorts::default(),
         };
-        SimNet { state: Arc::new(Mutex::new(state)) }
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        SimNet { state: Arc::new(Mutex::new(state)), id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed) }
+    }
+
+    /// This network's id, unique in the process (not part of any decision, so not of the trace).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     fn lock(&self) -> MutexGuard<'_, NetState> {
@@ -109,6 +121,7 @@ impl SimNet {
         let mut state = self.lock();
         state.nodes.remove(&node_id);
         state.rpc.node_down(node_id);
+        state.mesh.node_down(node_id);
         state.note(format!("node {node_id} down"));
     }
 
@@ -119,6 +132,10 @@ impl SimNet {
 
     pub(crate) fn with_rpc_ports<T>(&self, work: impl FnOnce(&mut RpcPorts) -> T) -> T {
         work(&mut self.lock().rpc)
+    }
+
+    pub(crate) fn with_mesh_ports<T>(&self, work: impl FnOnce(&mut MeshPorts) -> T) -> T {
+        work(&mut self.lock().mesh)
     }
 
     /// Whether bytes go from `from` to `to` now: the link is not cut and `node` (the node end) is up.

@@ -414,7 +414,8 @@ pub(crate) async fn mesh(context: &RpcContext) -> Result<ClusterResponse, WireEr
         Ok(ractor::rpc::CallResult::Success(status)) => status,
         _ => return Err(WireError::new(ErrorCode::Unavailable, "the actor mesh did not answer")),
     };
-    let pings = crate::mesh::agent::ping_group(context.node_id).await;
+    let scope = context.directory.mesh_scope().unwrap_or_default();
+    let pings = crate::mesh::agent::ping_group(&scope, context.node_id).await;
     Ok(ClusterResponse::Mesh(MeshReport {
         node_id: context.node_id,
         sessions: status.sessions,
