@@ -33,6 +33,8 @@ pub enum PlantedBug {
     LocalReads = 1,
     /// The leader acknowledges a put as soon as it takes it, before the entry commits.
     AckBeforeCommit = 2,
+    /// An unconditional transaction's writes are proposed one by one, each committed on its own.
+    TornTxns = 4,
 }
 
 thread_local! {

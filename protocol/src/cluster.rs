@@ -169,6 +169,12 @@ pub struct ClusterStatus {
     /// Last log index purged from this node's log.
     pub purged_index: Option<u64>,
     pub members: Vec<MemberStatus>,
+    /// Hex of the digest of every entry this node applied, in order, up to `applied_digest_index` (read together).
+    /// Two replicas showing the same index show the same digest unless their states diverged.
+    #[serde(default)]
+    pub applied_digest: String,
+    #[serde(default)]
+    pub applied_digest_index: Option<u64>,
 }
 
 /// Lowercase hex of bytes, for ids and keys shown to people.

@@ -96,13 +96,10 @@ pub(crate) fn status(context: &RpcContext) -> Result<ClusterStatus, WireError> {
             }
         })
         .collect();
-    let revision = context
-        .directory
-        .stores()
-        .ok_or_else(|| WireError::new(ErrorCode::Unavailable, "storage is not open"))?
-        .reader
-        .revision()
-        .map_err(|fault| WireError::internal(fault.to_string()))?;
+    let reader =
+        context.directory.stores().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "storage is not open"))?.reader;
+    let revision = reader.revision().map_err(|fault| WireError::internal(fault.to_string()))?;
+    let (digest_at, applied_digest) = reader.applied().map_err(|fault| WireError::internal(fault.to_string()))?;
     Ok(ClusterStatus {
         cluster_id: hex(&context.cluster_id),
         node_id: context.node_id,
@@ -115,6 +112,8 @@ pub(crate) fn status(context: &RpcContext) -> Result<ClusterStatus, WireError> {
         snapshot_index: metrics.snapshot.map(|log_id| log_id.index),
         purged_index: metrics.purged.map(|log_id| log_id.index),
         members,
+        applied_digest: hex(&applied_digest),
+        applied_digest_index: digest_at.map(|log_id| log_id.index),
     })
 }
 

@@ -10,7 +10,7 @@ use pando_protocol::command::{Command, CommandOutput};
 use pando_protocol::coord::{CoordRequest, CoordResponse};
 use pando_protocol::envelope::{Request, RequestEnvelope, Response, ResponseEnvelope};
 use pando_protocol::error::{ErrorCode, WireError};
-use pando_protocol::kv::{Consistency, KvRequest, KvResponse};
+use pando_protocol::kv::{Consistency, KvRequest, KvResponse, TxnOp};
 use pando_protocol::limits::{REQUEST_TIMEOUT_MS_DEFAULT, REQUEST_TIMEOUT_MS_MAX};
 use pando_protocol::token::{Access, CapabilityToken, TokenClaims};
 
@@ -149,6 +149,13 @@ async fn execute(
                 && value.len() > blobs.config.kv_inline_max_bytes
             {
                 return super::blobs::put_large(context, &blobs, key, value, *lease, timeout).await.map(Response::Kv);
+            }
+            if crate::sim::planted_bug(crate::sim::PlantedBug::TornTxns)
+                && let KvRequest::Txn { compares, success, .. } = &request
+                && compares.is_empty()
+                && success.len() > 1
+            {
+                return torn_txn(context, success.clone(), timeout).await;
             }
             match propose(context, Command::Kv(request), timeout).await? {
                 CommandOutput::Kv(response) => Ok(Response::Kv(response)),
@@ -358,6 +365,24 @@ async fn serve_waiting(
             }
         }
     }
+}
+
+/// The planted bug [`TornTxns`](crate::sim::PlantedBug::TornTxns): each operation of a transaction proposed as a
+/// transaction of its own, the answers stitched together as if they were one.
+async fn torn_txn(context: &RpcContext, operations: Vec<TxnOp>, timeout: Duration) -> Result<Response, WireError> {
+    let mut results = Vec::new();
+    let mut revision = 0;
+    for operation in operations {
+        let request = KvRequest::Txn { compares: Vec::new(), success: vec![operation], failure: Vec::new() };
+        match propose(context, Command::Kv(request), timeout).await? {
+            CommandOutput::Kv(KvResponse::Txn { results: mut one, revision: at, .. }) => {
+                results.append(&mut one);
+                revision = at;
+            }
+            other => return Err(WireError::internal(format!("a KV write produced {other:?}"))),
+        }
+    }
+    Ok(Response::Kv(KvResponse::Txn { succeeded: true, revision, results }))
 }
 
 pub(crate) async fn propose(

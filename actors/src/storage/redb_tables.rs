@@ -161,6 +161,18 @@ impl StateReader {
         StateReader { database }
     }
 
+    /// The last applied log id and the applied digest there ([`super::AppliedDigest`]), from one read.
+    pub fn applied(&self) -> Result<(Option<crate::raft::type_config::LogId>, super::AppliedDigest), StorageFault> {
+        let read = self.database.begin_read().map_err(fault)?;
+        let meta = read.open_table(SM_META_TABLE).map_err(fault)?;
+        let last_applied = match meta.get(super::META_LAST_APPLIED).map_err(fault)? {
+            Some(bytes) => rmp_serde::from_slice(bytes.value()).map_err(fault)?,
+            None => None,
+        };
+        let digest = super::read_applied_digest(&meta).map_err(fault)?;
+        Ok((last_applied, digest))
+    }
+
     /// Answers a read-only request from the state as last applied.
     pub fn read(&self, request: &KvRequest) -> Result<KvResult, StorageFault> {
         self.read_as(None, request)

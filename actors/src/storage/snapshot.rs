@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::{read_error, write_error};
 use crate::raft::type_config::{SnapshotMeta, StorageError};
 
-/// Version of the snapshot file layout. 2 added the coordination table (`Rows` records name their table).
+/// Version of the snapshot file layout. 2 added the coordination table (`Rows` records name their table); the
+/// header's applied digest is optional within 2 (absent: all zeros).
 pub(crate) const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 /// A row chunk is flushed once its keys and values reach this size.
 pub(crate) const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1024 * 1024;
@@ -33,6 +34,9 @@ pub(crate) enum SnapshotRecord {
         format_version: u32,
         meta: SnapshotMeta,
         revision: u64,
+        /// The applied digest at the snapshot's last log id ([`super::AppliedDigest`]).
+        #[serde(default)]
+        applied_digest: Option<super::AppliedDigest>,
     },
     Rows {
         /// Absent in format 1 files, which held only KV rows.
@@ -55,7 +59,12 @@ pub(crate) struct SnapshotWriter {
 }
 
 impl SnapshotWriter {
-    pub(crate) fn create(path: &Path, meta: &SnapshotMeta, revision: u64) -> Result<SnapshotWriter, StorageError> {
+    pub(crate) fn create(
+        path: &Path,
+        meta: &SnapshotMeta,
+        revision: u64,
+        applied_digest: super::AppliedDigest,
+    ) -> Result<SnapshotWriter, StorageError> {
         let file = File::create(path).map_err(|error| write_error(&error))?;
         let mut writer = SnapshotWriter {
             out: BufWriter::new(file),
@@ -68,6 +77,7 @@ impl SnapshotWriter {
             format_version: SNAPSHOT_FORMAT_VERSION,
             meta: meta.clone(),
             revision,
+            applied_digest: Some(applied_digest),
         })?;
         Ok(writer)
     }
@@ -113,6 +123,13 @@ impl SnapshotWriter {
 /// One chunk of rows and the table they belong to.
 pub(crate) type TableRows = (SnapshotTable, Vec<(Bytes, Bytes)>);
 
+/// What a snapshot's header says.
+pub(crate) struct SnapshotHeader {
+    pub(crate) meta: SnapshotMeta,
+    pub(crate) revision: u64,
+    pub(crate) applied_digest: super::AppliedDigest,
+}
+
 /// Reads records back, checking the frame limit, the format version and the end marker.
 pub(crate) struct SnapshotReader<R: Read> {
     input: BufReader<R>,
@@ -121,11 +138,11 @@ pub(crate) struct SnapshotReader<R: Read> {
 
 impl<R: Read> SnapshotReader<R> {
     /// Opens a snapshot and reads its header.
-    pub(crate) fn open(input: R) -> Result<(SnapshotReader<R>, SnapshotMeta, u64), StorageError> {
+    pub(crate) fn open(input: R) -> Result<(SnapshotReader<R>, SnapshotHeader), StorageError> {
         let mut reader = SnapshotReader { input: BufReader::new(input), rows_seen: 0 };
         match reader.next_record()? {
-            SnapshotRecord::Header { format_version: 1..=SNAPSHOT_FORMAT_VERSION, meta, revision } => {
-                Ok((reader, meta, revision))
+            SnapshotRecord::Header { format_version: 1..=SNAPSHOT_FORMAT_VERSION, meta, revision, applied_digest } => {
+                Ok((reader, SnapshotHeader { meta, revision, applied_digest: applied_digest.unwrap_or_default() }))
             }
             SnapshotRecord::Header { format_version, .. } => {
                 Err(corrupt(format!("unknown snapshot format {format_version}")))

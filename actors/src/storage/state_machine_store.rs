@@ -14,10 +14,10 @@ use pando_protocol::state_machine::apply_proposal;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 use super::redb_tables::{Rows, Tables, read_revision};
-use super::snapshot::{CURRENT_SNAPSHOT_FILE, SnapshotReader, SnapshotTable, SnapshotWriter};
+use super::snapshot::{CURRENT_SNAPSHOT_FILE, SnapshotHeader, SnapshotReader, SnapshotTable, SnapshotWriter};
 use super::{
-    COORD_TABLE, KV_TABLE, META_LAST_APPLIED, META_MEMBERSHIP, META_REVISION, SM_META_TABLE, blocking, decode, encode,
-    read_error, write_error,
+    AppliedDigest, COORD_TABLE, KV_TABLE, META_APPLIED_DIGEST, META_LAST_APPLIED, META_MEMBERSHIP, META_REVISION,
+    SM_META_TABLE, applied_digest, blocking, decode, encode, read_applied_digest, read_error, write_error,
 };
 use crate::raft::type_config::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
@@ -94,7 +94,8 @@ impl StateMachineStore {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(read_error(&error)),
         };
-        let (_, meta, _) = SnapshotReader::open(file.try_clone().map_err(|error| read_error(&error))?)?;
+        let (_, SnapshotHeader { meta, .. }) =
+            SnapshotReader::open(file.try_clone().map_err(|error| read_error(&error))?)?;
         // The clone shares the offset: rewind, so readers of the snapshot start at its header.
         let mut file = file;
         file.seek(SeekFrom::Start(0)).map_err(|error| read_error(&error))?;
@@ -125,6 +126,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             {
                 let mut meta = write.open_table(SM_META_TABLE).map_err(|error| write_error(&error))?;
                 let mut revision = read_revision(&meta).map_err(|error| write_error(&error))?;
+                let mut digest = read_applied_digest(&meta)?;
                 let mut tables = Tables {
                     kv: Rows { table: write.open_table(KV_TABLE).map_err(|error| write_error(&error))? },
                     coord: write.open_table(COORD_TABLE).map_err(|error| write_error(&error))?,
@@ -133,6 +135,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 let mut last_applied = None;
                 for entry in &entries {
                     last_applied = Some(*entry.get_log_id());
+                    digest = applied_digest(&digest, entry)?;
                     match &entry.payload {
                         EntryPayload::Blank => outcomes.push(ProposalOutcome::default()),
                         EntryPayload::Normal(proposal) => {
@@ -151,6 +154,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 if let Some(last_applied) = last_applied {
                     meta.insert(META_LAST_APPLIED, encode(&Some(last_applied))?.as_slice())
                         .map_err(|error| write_error(&error))?;
+                    meta.insert(META_APPLIED_DIGEST, digest.as_slice()).map_err(|error| write_error(&error))?;
                 }
                 meta.insert(META_REVISION, revision.to_be_bytes().as_slice()).map_err(|error| write_error(&error))?;
             }
@@ -204,7 +208,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
             let _guard = store.snapshot_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let file = std::fs::File::open(&copy_path).map_err(|error| read_error(&error))?;
-            let (mut reader, file_meta, revision) = SnapshotReader::open(file)?;
+            let (mut reader, SnapshotHeader { meta: file_meta, revision, applied_digest }) =
+                SnapshotReader::open(file)?;
             if file_meta.last_log_id != meta.last_log_id {
                 return Err(read_error(&std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
@@ -236,6 +241,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 sm_meta
                     .insert(META_REVISION, revision.to_be_bytes().as_slice())
                     .map_err(|error| write_error(&error))?;
+                sm_meta.insert(META_APPLIED_DIGEST, applied_digest.as_slice()).map_err(|error| write_error(&error))?;
             }
             write.commit().map_err(|error| write_error(&error))?;
             std::fs::rename(&copy_path, store.snapshot_dir.join(CURRENT_SNAPSHOT_FILE))
@@ -269,6 +275,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                     None => StoredMembership::default(),
                 };
             let revision = read_revision(&sm_meta).map_err(|error| read_error(&error))?;
+            let digest: AppliedDigest = read_applied_digest(&sm_meta)?;
             let snapshot_id = match last_log_id {
                 Some(log_id) => {
                     format!("{}-{}-{}-{revision}", log_id.leader_id.term, log_id.leader_id.node_id, log_id.index)
@@ -277,7 +284,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             };
             let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
             let path = store.temporary_path("building");
-            let mut writer = SnapshotWriter::create(&path, &meta, revision)?;
+            let mut writer = SnapshotWriter::create(&path, &meta, revision, digest)?;
             // Every state-machine table, each in its own run of chunks.
             for (definition, table) in [(KV_TABLE, SnapshotTable::Kv), (COORD_TABLE, SnapshotTable::Coord)] {
                 let rows = read.open_table(definition).map_err(|error| read_error(&error))?;

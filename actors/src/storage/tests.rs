@@ -202,3 +202,46 @@ fn an_already_open_database_is_told_apart() {
     let error = super::open_simulated(dir.path(), disk.clone()).err().unwrap();
     assert!(super::is_already_open(&error), "{error}");
 }
+
+/// Replicas that apply the same entries hold the same applied digest; a different entry at the same index gives a
+/// different one; a snapshot carries the digest, so a node that installed it continues the same chain.
+#[tokio::test]
+async fn the_applied_digest_follows_the_entries_and_travels_with_snapshots() {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
+    use pando_protocol::command::{Command, Proposal};
+
+    let entry = |index: u64, value: &[u8]| crate::raft::type_config::Entry {
+        log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Proposal {
+            stamp_ms: 1_000,
+            commands: vec![Command::Kv(pando_protocol::state_machine::put_request(b"k", value))],
+        }),
+    };
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let stores: Vec<_> = dirs.iter().map(|dir| super::open(dir.path()).unwrap()).collect();
+    assert_eq!(stores[0].reader.applied().unwrap(), (None, [0; 32]));
+    for store in &stores[..2] {
+        store.state_machine.clone().apply(vec![entry(1, b"a"), entry(2, b"b")]).await.unwrap();
+    }
+    // The same entries one at a time give the same digest as in one batch.
+    let mut third = stores[2].state_machine.clone();
+    third.apply(vec![entry(1, b"a")]).await.unwrap();
+    let after_one = stores[2].reader.applied().unwrap().1;
+    third.apply(vec![entry(2, b"c")]).await.unwrap();
+
+    let (log_id, digest) = stores[0].reader.applied().unwrap();
+    assert_eq!(log_id.map(|log_id| log_id.index), Some(2));
+    assert_ne!(digest, after_one);
+    assert_eq!(stores[1].reader.applied().unwrap(), (log_id, digest));
+    assert_ne!(stores[2].reader.applied().unwrap().1, digest, "another value at index 2 must change the digest");
+
+    let snapshot = stores[0].state_machine.clone().get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let mut installed = stores[3].state_machine.clone();
+    installed.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+    assert_eq!(stores[3].reader.applied().unwrap(), (log_id, digest));
+    for store in [&stores[0], &stores[3]] {
+        store.state_machine.clone().apply(vec![entry(3, b"d")]).await.unwrap();
+    }
+    assert_eq!(stores[3].reader.applied().unwrap(), stores[0].reader.applied().unwrap());
+}

@@ -267,6 +267,8 @@ fn cluster_messages_round_trip() {
         }],
         snapshot_index: None,
         purged_index: None,
+        applied_digest: "00".repeat(32),
+        applied_digest_index: Some(3),
     };
     let response = ResponseEnvelope { request_id: 1, body: Ok(Response::Cluster(ClusterResponse::Status(status))) };
     assert_eq!(decode::<ResponseEnvelope>(&encode(&response).unwrap()[4..]).unwrap(), response);
