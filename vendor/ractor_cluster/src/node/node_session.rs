@@ -739,8 +739,11 @@ impl NodeSession {
             });
         }
 
-        // setup PID monitoring
-        ractor::registry::pid_registry::monitor(myself.get_cell());
+        // setup PID monitoring (a scoped session hears of its actors' ends through its scope's groups instead: it must
+        // not be woken by every actor of the process)
+        if self.scope.is_none() {
+            ractor::registry::pid_registry::monitor(myself.get_cell());
+        }
 
         // Scan all PIDs and spawn them on the remote host (a scoped session advertises only its groups' members)
         let pids = ractor::registry::pid_registry::get_all_pids()
@@ -764,16 +767,21 @@ impl NodeSession {
             state.tcp_send_control(msg);
         }
 
-        // setup scope monitoring
-        ractor::pg::monitor_scope(
-            ractor::pg::ALL_SCOPES_NOTIFICATION.to_string(),
-            myself.get_cell(),
-        );
-        // setup PG monitoring
-        ractor::pg::monitor(
-            ractor::pg::ALL_GROUPS_NOTIFICATION.to_string(),
-            myself.get_cell(),
-        );
+        if let Some(scope) = &self.scope {
+            // A scoped session hears only its own scope: nothing else in the process wakes it.
+            ractor::pg::monitor_scope(scope.clone(), myself.get_cell());
+        } else {
+            // setup scope monitoring
+            ractor::pg::monitor_scope(
+                ractor::pg::ALL_SCOPES_NOTIFICATION.to_string(),
+                myself.get_cell(),
+            );
+            // setup PG monitoring
+            ractor::pg::monitor(
+                ractor::pg::ALL_GROUPS_NOTIFICATION.to_string(),
+                myself.get_cell(),
+            );
+        }
 
         // Scan all scopes with their PG groups + synchronize them
         let scopes_and_groups = which_scopes_and_groups();
@@ -1116,15 +1124,19 @@ impl Actor for NodeSession {
             ping_task.abort();
         }
         // unhook monitoring sessions
-        ractor::pg::demonitor_scope(
-            ractor::pg::ALL_SCOPES_NOTIFICATION.to_string(),
-            myself.get_id(),
-        );
-        ractor::pg::demonitor(
-            ractor::pg::ALL_GROUPS_NOTIFICATION.to_string(),
-            myself.get_id(),
-        );
-        ractor::registry::pid_registry::demonitor(myself.get_id());
+        if let Some(scope) = &self.scope {
+            ractor::pg::demonitor_scope(scope.clone(), myself.get_id());
+        } else {
+            ractor::pg::demonitor_scope(
+                ractor::pg::ALL_SCOPES_NOTIFICATION.to_string(),
+                myself.get_id(),
+            );
+            ractor::pg::demonitor(
+                ractor::pg::ALL_GROUPS_NOTIFICATION.to_string(),
+                myself.get_id(),
+            );
+            ractor::registry::pid_registry::demonitor(myself.get_id());
+        }
 
         Ok(())
     }
@@ -1310,6 +1322,17 @@ impl Actor for NodeSession {
                     }
                 }
                 GroupChangeMessage::Leave(scope, group, actors) => {
+                    // A scoped session does not watch the process's PIDs: an advertised actor that leaves its groups
+                    // because it is stopping is announced as terminated here.
+                    let ended: Vec<u64> = actors
+                        .iter()
+                        .filter(|act| {
+                            self.scope.is_some()
+                                && act.get_status() >= ractor::ActorStatus::Stopping
+                                && state.advertised_local_pids.remove(&act.get_id().pid())
+                        })
+                        .map(|act| act.get_id().pid())
+                        .collect();
                     let filtered = actors
                         .into_iter()
                         .filter(|act| act.supports_remoting())
@@ -1329,6 +1352,13 @@ impl Actor for NodeSession {
                             )),
                         };
                         state.tcp_send_control(msg);
+                    }
+                    if !ended.is_empty() {
+                        state.tcp_send_control(control_protocol::ControlMessage {
+                            msg: Some(control_protocol::control_message::Msg::Terminate(
+                                control_protocol::Terminate { ids: ended },
+                            )),
+                        });
                     }
                 }
             },
