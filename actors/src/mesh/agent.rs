@@ -127,6 +127,9 @@ impl Actor for NodeAgent {
     }
 }
 
+/// How often a forwarded proposal looks again for a session to the leader that is still opening.
+const SESSION_POLL_MS: u64 = 50;
+
 /// Longest a forwarded proposal may take on the leader.
 pub const FORWARD_TIMEOUT_MS: u64 = 10_000;
 
@@ -140,10 +143,21 @@ pub fn node_group(node_id: u64) -> String {
 pub(crate) async fn propose_on(scope: &str, leader: u64, command: &Command, timeout: Duration) -> Forwarded {
     let payload = rmp_serde::to_vec_named(&Forward { to: leader, command: command.clone() })
         .map_err(|error| WireError::internal(format!("cannot encode a proposal: {error}")))?;
-    let members = ractor::pg::get_scoped_members(&scope.to_string(), &node_group(leader));
-    let Some(cell) = members.into_iter().find(|cell| !cell.get_id().is_local()) else {
-        return Err(WireError::new(ErrorCode::Unavailable, format!("no mesh session to the leader (node {leader})")));
+    // A session to the leader may still be opening (a node just started, a leader just elected): wait for it, within
+    // the caller's deadline.
+    let deadline = tokio::time::Instant::now() + timeout;
+    let cell = loop {
+        let members = ractor::pg::get_scoped_members(&scope.to_string(), &node_group(leader));
+        if let Some(cell) = members.into_iter().find(|cell| !cell.get_id().is_local()) {
+            break cell;
+        }
+        if tokio::time::Instant::now() + Duration::from_millis(SESSION_POLL_MS) >= deadline {
+            let message = format!("no mesh session to the leader (node {leader}) within {} ms", timeout.as_millis());
+            return Err(WireError::new(ErrorCode::Unavailable, message));
+        }
+        tokio::time::sleep(Duration::from_millis(SESSION_POLL_MS)).await;
     };
+    let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
     let agent = ActorRef::<AgentMsg>::from(cell);
     match agent.call(|reply| AgentMsg::Propose(payload, reply), Some(timeout)).await {
         Ok(ractor::rpc::CallResult::Success(bytes)) => rmp_serde::from_slice::<Forwarded>(&bytes)

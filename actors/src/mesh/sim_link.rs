@@ -25,7 +25,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use super::session_label;
 use crate::raft::sim_network::SimNet;
 use crate::raft::type_config::NodeId;
-use crate::rpc::sim_link::{CUT_NOTICED_MS, RETRANSMIT_MS};
+use crate::rpc::sim_link::{RETRANSMIT_MS, cut_noticed};
 
 /// Bytes a session stream buffers towards a slow reader before the deliverer waits.
 const PIPE_BYTES: usize = 1024 * 1024;
@@ -199,7 +199,7 @@ impl AsyncWrite for SimMeshWrite {
             None => {
                 this.cut = true;
                 let link = this.link.clone();
-                tokio::spawn(async move { cut_noticed(&link).await });
+                tokio::spawn(async move { cut_noticed(&link.closed).await });
             }
         }
         Poll::Ready(Ok(data.len()))
@@ -232,15 +232,6 @@ async fn deliver(mut queue: mpsc::UnboundedReceiver<(Instant, Vec<u8>)>, mut pip
             () = link.closed.cancelled() => return,
             written = write => if written.is_err() { return },
         }
-    }
-}
-
-/// A stream over a cut link breaks once an idle timeout would notice.
-async fn cut_noticed(link: &Link) {
-    tokio::select! {
-        biased;
-        () = tokio::time::sleep(Duration::from_millis(CUT_NOTICED_MS)) => link.closed.cancel(),
-        () = link.closed.cancelled() => {}
     }
 }
 

@@ -40,10 +40,18 @@ pub(crate) async fn ensure_leader(handles: &RaftHandles) -> Result<(), WireError
             Err(not_leader(forward.leader_id, forward.leader_node))
         }
         Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
-            Err(WireError::new(ErrorCode::Unavailable, format!("no quorum: {error}")))
+            Err(WireError::new(ErrorCode::Unavailable, format!("{NO_QUORUM}: {error}")))
         }
         Err(RaftError::Fatal(fatal)) => Err(WireError::new(ErrorCode::Unavailable, format!("raft stopped: {fatal}"))),
     }
+}
+
+/// How a leader that could not confirm a quorum says so.
+const NO_QUORUM: &str = "no quorum";
+
+/// Whether `error` is [`ensure_leader`]'s answer of a leader that could not reach a quorum.
+pub(crate) fn is_quorum_error(error: &WireError) -> bool {
+    error.message.starts_with(NO_QUORUM)
 }
 
 /// What every membership change starts with: this node is the leader, holds the membership lock, and reads the

@@ -233,11 +233,11 @@ impl Outgoing for SimOutgoing {
 async fn deliver(net: SimNet, from: u64, to: u64, shared: Arc<Shared>, bytes: Vec<u8>, mut pipe: DuplexStream) {
     let what = format!("rpc {} {} bytes", shared.id, bytes.len());
     let Some(delay) = net.stream_delay(from, to, shared.node, &what) else {
-        return cut_noticed(&shared).await;
+        return cut_noticed(&shared.closed).await;
     };
     tokio::time::sleep(delay).await;
     if !net.link_up(from, to, shared.node) {
-        return cut_noticed(&shared).await;
+        return cut_noticed(&shared.closed).await;
     }
     if shared.closed.is_cancelled() {
         return;
@@ -254,12 +254,13 @@ async fn deliver(net: SimNet, from: u64, to: u64, shared: Arc<Shared>, bytes: Ve
     }
 }
 
-/// A connection over a cut link breaks once an idle timeout would notice.
-async fn cut_noticed(shared: &Shared) {
+/// A connection over a cut link breaks once an idle timeout would notice: `closed` is cancelled after
+/// [`CUT_NOTICED_MS`] unless it closes sooner.
+pub(crate) async fn cut_noticed(closed: &CancellationToken) {
     tokio::select! {
         biased;
-        () = tokio::time::sleep(Duration::from_millis(CUT_NOTICED_MS)) => shared.closed.cancel(),
-        () = shared.closed.cancelled() => {}
+        () = tokio::time::sleep(Duration::from_millis(CUT_NOTICED_MS)) => closed.cancel(),
+        () = closed.cancelled() => {}
     }
 }
 

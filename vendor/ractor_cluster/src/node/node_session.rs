@@ -1328,6 +1328,7 @@ impl Actor for NodeSession {
                         .iter()
                         .filter(|act| {
                             self.scope.is_some()
+                                && act.get_id().is_local()
                                 && act.get_status() >= ractor::ActorStatus::Stopping
                                 && state.advertised_local_pids.remove(&act.get_id().pid())
                         })
