@@ -32,7 +32,32 @@ fn raft(context: &RpcContext) -> Result<RaftHandles, WireError> {
 /// Fails with `NOT_LEADER` (naming the leader) unless this node is the leader with a quorum (a read-index round: once
 /// it returns, this node has applied everything committed before the call).
 pub(crate) async fn ensure_leader(handles: &RaftHandles) -> Result<(), WireError> {
-    match handles.raft.ensure_linearizable().await {
+    leader_answer(handles, handles.raft.ensure_linearizable().await)
+}
+
+/// [`ensure_leader`], except that a leader that cannot reach a quorum yet (its peers restarting, a partition healing)
+/// is asked again until the caller's deadline cuts it off: a linearizable read waits for the cluster, as etcd's do,
+/// instead of failing at once. Reads are idempotent, so asking again is safe.
+pub(crate) async fn ensure_leader_waiting_for_quorum(handles: &RaftHandles) -> Result<(), WireError> {
+    loop {
+        match handles.raft.ensure_linearizable().await {
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
+                tracing::debug!(%error, "linearizable read waiting for a quorum");
+                tokio::time::sleep(Duration::from_millis(QUORUM_RETRY_MS)).await;
+            }
+            other => return leader_answer(handles, other),
+        }
+    }
+}
+
+/// How long a linearizable read waits before asking its leader again to confirm a quorum.
+const QUORUM_RETRY_MS: u64 = 100;
+
+fn leader_answer<T>(
+    handles: &RaftHandles,
+    checked: Result<T, RaftError<NodeId, CheckIsLeaderError<NodeId, MemberNode>>>,
+) -> Result<(), WireError> {
+    match checked {
         // A leader outside its own membership (openraft keeps it leading after its removal) leads nobody.
         Ok(_) if !is_member(&handles.raft.metrics().borrow()) => Err(not_leader(None, None)),
         Ok(_) => Ok(()),
@@ -40,18 +65,10 @@ pub(crate) async fn ensure_leader(handles: &RaftHandles) -> Result<(), WireError
             Err(not_leader(forward.leader_id, forward.leader_node))
         }
         Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
-            Err(WireError::new(ErrorCode::Unavailable, format!("{NO_QUORUM}: {error}")))
+            Err(WireError::new(ErrorCode::Unavailable, format!("no quorum: {error}")))
         }
         Err(RaftError::Fatal(fatal)) => Err(WireError::new(ErrorCode::Unavailable, format!("raft stopped: {fatal}"))),
     }
-}
-
-/// How a leader that could not confirm a quorum says so.
-const NO_QUORUM: &str = "no quorum";
-
-/// Whether `error` is [`ensure_leader`]'s answer of a leader that could not reach a quorum.
-pub(crate) fn is_quorum_error(error: &WireError) -> bool {
-    error.message.starts_with(NO_QUORUM)
 }
 
 /// What every membership change starts with: this node is the leader, holds the membership lock, and reads the

@@ -405,22 +405,8 @@ pub(crate) async fn linearize(context: &RpcContext) -> Result<(), WireError> {
     }
     let handles =
         context.directory.raft().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "raft is not running"))?;
-    // A leader that cannot reach a quorum yet (its peers restarting, a partition healing) is asked again until the
-    // request's deadline, which bounds every handler: a read waits for the cluster, as etcd's do, instead of failing
-    // at once. Reads are idempotent, so asking again is safe.
-    loop {
-        match cluster::ensure_leader(&handles).await {
-            Err(error) if error.code == ErrorCode::Unavailable && cluster::is_quorum_error(&error) => {
-                tracing::debug!(%error, "linearizable read waiting for a quorum");
-                tokio::time::sleep(Duration::from_millis(QUORUM_RETRY_MS)).await;
-            }
-            other => return other,
-        }
-    }
+    cluster::ensure_leader_waiting_for_quorum(&handles).await
 }
-
-/// How long a linearizable read waits before asking its leader again to confirm a quorum.
-const QUORUM_RETRY_MS: u64 = 100;
 
 async fn read(context: &RpcContext, request: KvRequest) -> Result<KvResponse, WireError> {
     let consistency = match &request {
