@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use pando_actors::directory::Directory;
-use pando_actors::plugins::{PluginConfig, PluginSupervisor, PluginsArgs, PluginsMsg};
+use pando_actors::clock::Clock;
+use pando_actors::plugins::{PluginConfig, PluginSupervisor, PluginsMsg};
+use pando_actors::tree::Handles;
 use pando_protocol::blob::BlobHash;
 use pando_protocol::plugin::{PluginManifest, PluginRecord};
 use ractor::Actor;
@@ -71,13 +72,8 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         for instances in [1u32, 4] {
-            let directory = Directory::default();
-            let args = PluginsArgs {
-                node_id: 1,
-                directory: directory.clone(),
-                config: PluginConfig::default(),
-                cluster_secret: [0; 32],
-            };
+            let handles = Handles::new(1, []);
+            let args = handles.plugins_args(1, Clock::Wall, PluginConfig::default(), [0; 32]);
             let (supervisor, _) = Actor::spawn(None, PluginSupervisor, args).await.unwrap();
             let record = PluginRecord {
                 manifest: manifest(instances),
@@ -90,7 +86,7 @@ fn main() {
             };
             let loading = Instant::now();
             supervisor.cast(PluginsMsg::Preload { record, wasm: wasm.clone() }).unwrap();
-            let routes = directory.plugins();
+            let routes = handles.plugins.clone();
             while routes.call("echo", "echo", input.clone(), Duration::from_secs(5)).await.is_err() {
                 tokio::task::yield_now().await;
             }

@@ -3,12 +3,13 @@
 
 pub mod blobs;
 pub mod clock;
-pub mod directory;
+pub mod live;
 pub mod mesh;
 pub mod plugins;
 pub mod raft;
 pub mod rpc;
 pub mod seeded_rng;
+pub mod services;
 pub mod sim;
 pub mod storage;
 pub mod storage_actor;

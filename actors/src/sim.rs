@@ -17,14 +17,12 @@ use pando_protocol::token::{Capability, CapabilityToken, TokenClaims};
 use ractor::{Actor, ActorRef};
 
 use crate::clock::Clock;
-use crate::directory::Directory;
 use crate::raft::sim_network::SimNet;
 use crate::raft::transport::RaftTransport;
 use crate::raft::type_config::NodeId;
-use crate::rpc::RpcContext;
 use crate::storage::SimDisk;
 use crate::supervision::{Supervisor, SupervisorMsg};
-use crate::tree::{self, TreeConfig, World};
+use crate::tree::{self, ClusterKeys, Handles, TreeConfig, World};
 
 /// Deliberate bugs the simulator's own tests switch on, to show its checkers catch them. Never set outside tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,7 +120,7 @@ pub struct SimNode {
     net: SimNet,
     identity: SimIdentity,
     /// `None` while the node is down.
-    running: Option<(Directory, ActorRef<SupervisorMsg>)>,
+    running: Option<(Handles, ActorRef<SupervisorMsg>)>,
 }
 
 impl SimNode {
@@ -150,17 +148,12 @@ impl SimNode {
 
     /// Starts the node's real supervision tree (storage, raft, RPC gateway) in the simulated world.
     async fn boot(&mut self, bootstrap: Option<BTreeMap<NodeId, MemberNode>>) -> Result<(), String> {
-        let directory = Directory::with_clock(self.clock);
-        self.net.attach(self.id, directory.clone());
-        let context = RpcContext {
-            node_id: self.id,
+        let handles = Handles::new(self.id, []);
+        self.net.attach(self.id, handles.raft.clone());
+        let keys = ClusterKeys {
             cluster_id: self.identity.cluster_id.clone(),
             cluster_key: self.identity.signing_key.verifying_key(),
             cluster_secret_key: self.identity.signing_key.to_bytes(),
-            membership_lock: Arc::default(),
-            fault_injection: true,
-            lock_waiters: Arc::default(),
-            directory: directory.clone(),
         };
         let config = TreeConfig {
             data_dir: self.dir.clone(),
@@ -168,8 +161,10 @@ impl SimNode {
             raft_config: Arc::new(sim_config().validate().map_err(|error| error.to_string())?),
             bootstrap,
             network: RaftTransport::Simulated(self.net.transport_for(self.id)),
-            context,
-            directory: directory.clone(),
+            keys,
+            fault_injection: true,
+            clock: self.clock,
+            handles: handles.clone(),
             world: World::Simulated {
                 disk: self.disk.clone(),
                 listener: self.net.rpc_listener(self.id),
@@ -177,8 +172,8 @@ impl SimNode {
             },
         };
         let (root, _) = Actor::spawn(None, Supervisor, tree::root(config)).await.map_err(|error| error.to_string())?;
-        directory.set_root(root.clone());
-        self.running = Some((directory, root));
+        handles.tree.set_root(root.clone());
+        self.running = Some((handles, root));
         Ok(())
     }
 
@@ -186,28 +181,28 @@ impl SimNode {
         self.running.is_some()
     }
 
-    pub fn directory(&self) -> Option<&Directory> {
-        self.running.as_ref().map(|(directory, _)| directory)
+    /// The node's subsystem handles, while it is up.
+    pub fn handles(&self) -> Option<&Handles> {
+        self.running.as_ref().map(|(handles, _)| handles)
     }
 
     /// The node's Raft metrics, while it is up and its Raft runs.
     pub fn metrics(&self) -> Option<openraft::RaftMetrics<NodeId, MemberNode>> {
-        let (directory, _) = self.running.as_ref()?;
-        Some(directory.raft()?.raft.metrics().borrow().clone())
+        self.running.as_ref()?.0.raft.metrics()
     }
 
     /// Power fails: the disk keeps only what was synced (and the unsynced writes `survives` picks), the node leaves
     /// the network (its client connections break), and its whole tree dies without a chance to write anything.
     pub async fn crash(&mut self, survives: impl FnMut() -> bool) {
-        let Some((directory, root)) = self.running.take() else { return };
+        let Some((handles, root)) = self.running.take() else { return };
         self.disk.crash(survives);
         self.net.detach(self.id);
         // Killing the root kills every actor under it, skipping their `post_stop`.
         root.kill();
-        if let Some(handles) = directory.take_raft() {
-            let _ = tokio::time::timeout(Duration::from_millis(CRASH_SHUTDOWN_MS), handles.raft.shutdown()).await;
+        if let Some(core) = handles.raft.take() {
+            let _ = tokio::time::timeout(Duration::from_millis(CRASH_SHUTDOWN_MS), core.raft.shutdown()).await;
         }
-        directory.clear_stores();
+        handles.storage.retract();
     }
 
     /// Starts the node again on what its disk kept.
@@ -220,10 +215,10 @@ impl SimNode {
 
     /// Stops the node cleanly (end of a run): the tree stops its children in reverse order.
     pub async fn stop(&mut self) {
-        if let Some((directory, root)) = self.running.take() {
+        if let Some((handles, root)) = self.running.take() {
             let _ = root.stop_and_wait(None, Some(Duration::from_secs(30))).await;
-            if let Some(handles) = directory.take_raft() {
-                let _ = tokio::time::timeout(Duration::from_millis(CRASH_SHUTDOWN_MS), handles.raft.shutdown()).await;
+            if let Some(core) = handles.raft.take() {
+                let _ = tokio::time::timeout(Duration::from_millis(CRASH_SHUTDOWN_MS), core.raft.shutdown()).await;
             }
             self.net.detach(self.id);
         }

@@ -1,21 +1,87 @@
-//! The StorageActor: owns the node's redb database for its lifetime and publishes the stores to the directory.
+//! The StorageActor: owns the node's redb database for its lifetime and publishes the stores through the
+//! [`StorageHandle`] every other subsystem reads by.
 //!
 //! It is the first child of the node's root supervisor (rest_for_one): if it restarts, everything that used the old
 //! database handle restarts after it.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use pando_protocol::coord::CoordEvent;
+use pando_protocol::error::WireError;
+use pando_protocol::state_machine::StorageFault;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 
-use crate::directory::Directory;
-use crate::storage;
+use crate::live::{Live, Unavailable};
+use crate::storage::{self, LogStore, StateMachineStore, StateReader, Stores};
 
 /// How long a starting storage actor keeps trying to open the database (the previous instance may still hold it).
 pub const STORAGE_REOPEN_WAIT_MS: u64 = 5_000;
 /// Pause between those attempts.
 pub const STORAGE_REOPEN_RETRY_MS: u64 = 20;
+
+/// Clones of the open stores (they share one database handle).
+#[derive(Clone)]
+pub struct StoreHandles {
+    pub log: LogStore,
+    pub state_machine: StateMachineStore,
+    pub reader: StateReader,
+}
+
+/// The node's storage as the other subsystems reach it: valid across the StorageActor's restarts.
+#[derive(Clone)]
+pub struct StorageHandle {
+    live: Live<StoreHandles>,
+}
+
+impl Default for StorageHandle {
+    fn default() -> StorageHandle {
+        StorageHandle { live: Live::new("storage") }
+    }
+}
+
+impl StorageHandle {
+    /// The open stores, or [`Unavailable`] while storage restarts.
+    pub fn stores(&self) -> Result<StoreHandles, Unavailable> {
+        self.live.get()
+    }
+
+    /// A reader of the applied state.
+    pub fn reader(&self) -> Result<StateReader, Unavailable> {
+        self.live.get().map(|stores| stores.reader)
+    }
+
+    /// The commit stream of the open database. It ends when storage restarts: subscribe again then.
+    pub fn subscribe(&self) -> Result<tokio::sync::broadcast::Receiver<Arc<[CoordEvent]>>, Unavailable> {
+        self.live.get().map(|stores| stores.state_machine.subscribe())
+    }
+
+    /// Runs `work` on the applied state off the async threads, waiting up to `within` for storage to be open. A
+    /// storage fault is an internal error.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        within: Duration,
+        work: impl FnOnce(&StateReader) -> Result<T, StorageFault> + Send + 'static,
+    ) -> Result<T, WireError> {
+        let reader = self.live.wait(within).await?.reader;
+        storage::offload(move || work(&reader))
+            .await
+            .map_err(|error| WireError::internal(format!("read task failed: {error}")))?
+            .map_err(|fault| WireError::internal(fault.to_string()))
+    }
+
+    pub(crate) fn publish(&self, stores: Stores) {
+        let Stores { log, state_machine, reader } = stores;
+        self.live.publish(StoreHandles { log, state_machine, reader });
+    }
+
+    /// Lets go of the stores (the database closes once the last clone elsewhere is dropped).
+    pub(crate) fn retract(&self) {
+        self.live.retract();
+    }
+}
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StorageActor;
@@ -23,7 +89,8 @@ pub struct StorageActor;
 #[derive(Clone)]
 pub struct StorageArgs {
     pub dir: PathBuf,
-    pub directory: Directory,
+    /// Where the stores are published.
+    pub handle: StorageHandle,
     /// The simulator's disk, instead of the file system (snapshot files still go under `dir`).
     pub disk: Option<storage::SimDisk>,
 }
@@ -53,7 +120,7 @@ impl Actor for StorageActor {
         args: StorageArgs,
     ) -> Result<StorageArgs, ActorProcessingErr> {
         // A storage actor that panicked skipped `post_stop`: let go of its database before opening the file again.
-        args.directory.clear_stores();
+        args.handle.retract();
         // redb refuses to open a file its process still has open, and the previous instance's last holders (the
         // Raft core's state machine worker) let go only once they next run: wait for them, within a bound. Found by
         // the simulator (seed 9: a storage panic took the whole node down in 2 ms of failed restarts).
@@ -76,7 +143,7 @@ impl Actor for StorageActor {
                 Err(error) => return Err(error.into()),
             }
         };
-        args.directory.set_stores(stores);
+        args.handle.publish(stores);
         tracing::info!(dir = %args.dir.display(), "storage open");
         Ok(args)
     }
@@ -86,7 +153,7 @@ impl Actor for StorageActor {
         _myself: ActorRef<StorageMsg>,
         state: &mut StorageArgs,
     ) -> Result<(), ActorProcessingErr> {
-        state.directory.clear_stores();
+        state.handle.retract();
         Ok(())
     }
 

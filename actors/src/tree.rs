@@ -11,24 +11,121 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ed25519_dalek::VerifyingKey;
 use pando_protocol::cluster::MemberNode;
 
-use crate::blobs::{BlobActor, BlobArgs, BlobConfig};
-use crate::directory::Directory;
-use crate::mesh::{MeshActor, MeshArgs, MeshNet};
-use crate::plugins::{PluginConfig, PluginSupervisor, PluginsArgs};
+use crate::blobs::{BlobActor, BlobArgs, BlobConfig, BlobsHandle};
+use crate::clock::Clock;
+use crate::mesh::{MeshActor, MeshArgs, MeshHandle, MeshNet, Proposer};
+use crate::plugins::{PluginConfig, PluginSupervisor, PluginsArgs, PluginsHandle};
 use crate::raft::sim_network::SimNet;
 use crate::raft::transport::RaftTransport;
-use crate::raft::{RaftActor, RaftArgs};
+use crate::raft::{RaftActor, RaftArgs, RaftHandle};
 use crate::rpc::sim_link::SimRpcListener;
-use crate::rpc::{RpcArgs, RpcContext, RpcGateway, RpcListener};
+use crate::rpc::{PeerHandles, RpcArgs, RpcContext, RpcGateway, RpcListener};
+use crate::services::{BlobService, ClusterService, CoordService, KvService, PluginService, Services};
 use crate::storage::SimDisk;
-use crate::storage_actor::{StorageActor, StorageArgs};
-use crate::supervision::{ChildSpec, Restart, Strategy, SupervisorArgs, SupervisorOptions};
+use crate::storage_actor::{StorageActor, StorageArgs, StorageHandle};
+use crate::supervision::{ChildSpec, Restart, Strategy, SupervisorArgs, SupervisorOptions, TreeHandle};
 
 /// Restarts the root tolerates within [`ROOT_RESTART_PERIOD_MS`] before the node exits.
 pub const ROOT_RESTARTS_MAX: u32 = 5;
 pub const ROOT_RESTART_PERIOD_MS: u64 = 30_000;
+
+/// Every subsystem's handle, built once per node: the tree hands each child the ones it depends on (readable from
+/// its `Args`), and the code that started the node keeps them to watch it.
+#[derive(Clone)]
+pub struct Handles {
+    pub storage: StorageHandle,
+    pub raft: RaftHandle,
+    pub mesh: MeshHandle,
+    pub blobs: BlobsHandle,
+    pub plugins: PluginsHandle,
+    pub tree: TreeHandle,
+}
+
+impl Handles {
+    /// The handles of node `node_id`, whose Raft also serves `trusted_peers` (the members named when it joined).
+    pub fn new(node_id: u64, trusted_peers: impl IntoIterator<Item = [u8; 32]>) -> Handles {
+        Handles {
+            storage: StorageHandle::default(),
+            raft: RaftHandle::new(node_id, trusted_peers),
+            mesh: MeshHandle::default(),
+            blobs: BlobsHandle::default(),
+            plugins: PluginsHandle::default(),
+            tree: TreeHandle::default(),
+        }
+    }
+
+    /// Proposes node-internal commands from this node, wherever the leader is.
+    pub fn proposer(&self) -> Proposer {
+        Proposer::new(self.raft.clone(), self.mesh.clone())
+    }
+
+    /// The services of node `node_id` over these handles (`cluster` is the cluster's identity, `fault_injection`
+    /// whether panics may be injected).
+    pub fn services(&self, node_id: u64, keys: &ClusterKeys, fault_injection: bool) -> Services {
+        let (kv, blobs) = self.kv_and_blobs(node_id);
+        Services {
+            kv,
+            coord: CoordService::new(self.raft.clone(), self.storage.clone()),
+            plugins: PluginService::new(node_id, self.raft.clone(), self.storage.clone(), self.plugins.clone()),
+            cluster: ClusterService::new(
+                node_id,
+                keys.cluster_id.clone(),
+                keys.cluster_secret_key,
+                fault_injection,
+                self.raft.clone(),
+                self.storage.clone(),
+                self.mesh.clone(),
+                self.plugins.clone(),
+                self.tree.clone(),
+            ),
+            blobs,
+        }
+    }
+
+    /// The KV and blob services (stateless: every pair built from the same handles serves the same node).
+    pub fn kv_and_blobs(&self, node_id: u64) -> (KvService, BlobService) {
+        let blobs =
+            BlobService::new(node_id, self.raft.clone(), self.storage.clone(), self.proposer(), self.blobs.clone());
+        (KvService::new(self.raft.clone(), self.storage.clone(), self.proposer(), blobs.clone()), blobs)
+    }
+
+    /// What the plugin supervisor of node `node_id` runs on.
+    pub fn plugins_args(
+        &self,
+        node_id: u64,
+        clock: Clock,
+        config: PluginConfig,
+        cluster_secret: [u8; 32],
+    ) -> PluginsArgs {
+        let (kv, blobs) = self.kv_and_blobs(node_id);
+        PluginsArgs {
+            node_id,
+            clock,
+            storage: self.storage.clone(),
+            raft: self.raft.clone(),
+            proposer: self.proposer(),
+            kv,
+            blobs,
+            handle: self.plugins.clone(),
+            config,
+            cluster_secret,
+        }
+    }
+}
+
+/// The cluster's identity as this node serves it.
+#[derive(Clone)]
+pub struct ClusterKeys {
+    pub cluster_id: Vec<u8>,
+    /// Verifies capability tokens.
+    pub cluster_key: VerifyingKey,
+    /// Handed to nodes that join, so every member can issue client tickets; also derives the mesh cookie and the
+    /// plugins' signing keys.
+    pub cluster_secret_key: [u8; 32],
+}
 
 pub struct TreeConfig {
     pub data_dir: PathBuf,
@@ -36,8 +133,11 @@ pub struct TreeConfig {
     pub raft_config: Arc<openraft::Config>,
     pub bootstrap: Option<BTreeMap<u64, MemberNode>>,
     pub network: RaftTransport,
-    pub context: RpcContext,
-    pub directory: Directory,
+    pub keys: ClusterKeys,
+    /// Whether `InjectPanic` is served (`--enable-fault-injection`).
+    pub fault_injection: bool,
+    pub clock: Clock,
+    pub handles: Handles,
     pub world: World,
 }
 
@@ -50,13 +150,14 @@ pub enum World {
 }
 
 pub fn root(config: TreeConfig) -> SupervisorArgs {
+    let handles = config.handles;
     let storage = ChildSpec::new(
         "storage",
         Restart::Permanent,
         StorageActor,
         StorageArgs {
             dir: config.data_dir.join("db"),
-            directory: config.directory.clone(),
+            handle: handles.storage.clone(),
             disk: match &config.world {
                 World::Iroh { .. } => None,
                 World::Simulated { disk, .. } => Some(disk.clone()),
@@ -71,7 +172,9 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
             node_id: config.node_id,
             config: config.raft_config,
             bootstrap: config.bootstrap,
-            directory: config.directory.clone(),
+            handle: handles.raft.clone(),
+            storage: handles.storage.clone(),
+            clock: config.clock,
             network: config.network,
         },
     )
@@ -81,18 +184,25 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
         World::Simulated { listener, .. } => RpcListener::Simulated(listener.clone()),
     };
     let node_id = config.node_id;
-    let directory = config.directory.clone();
-    let cluster_secret = config.context.cluster_secret_key;
-    let rpc = ChildSpec::new("rpc", Restart::Permanent, RpcGateway, RpcArgs { listener, context: config.context });
+    let cluster_secret = config.keys.cluster_secret_key;
+    let services = handles.services(node_id, &config.keys, config.fault_injection);
+    let context = RpcContext {
+        cluster_id: config.keys.cluster_id,
+        cluster_key: config.keys.cluster_key,
+        clock: config.clock,
+        services: services.clone(),
+        peers: PeerHandles { raft: handles.raft.clone(), mesh: handles.mesh.clone(), blobs: handles.blobs.clone() },
+    };
+    let rpc = ChildSpec::new("rpc", Restart::Permanent, RpcGateway, RpcArgs { listener, context });
     let mut children = vec![storage, raft, rpc];
-    match config.world {
-        World::Iroh { endpoint, blobs, plugins } => {
-            children.push(mesh(node_id, directory.clone(), cluster_secret, MeshNet::Iroh(endpoint.clone())));
-            children.extend(blobs_and_plugins(node_id, directory, cluster_secret, endpoint, blobs, plugins));
-        }
-        World::Simulated { net, .. } => {
-            children.push(mesh(node_id, directory, cluster_secret, MeshNet::Simulated(net)))
-        }
+    let mesh_net = match &config.world {
+        World::Iroh { endpoint, .. } => MeshNet::Iroh(endpoint.clone()),
+        World::Simulated { net, .. } => MeshNet::Simulated(net.clone()),
+    };
+    children.push(mesh(node_id, &handles, cluster_secret, mesh_net));
+    if let World::Iroh { endpoint, blobs, plugins } = config.world {
+        let plugins_args = handles.plugins_args(node_id, config.clock, plugins, cluster_secret);
+        children.extend(blobs_and_plugins(node_id, &handles, endpoint, blobs, plugins_args));
     }
     SupervisorArgs {
         name: "node".into(),
@@ -105,33 +215,36 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
     }
 }
 
-fn mesh(node_id: u64, directory: Directory, cluster_secret: [u8; 32], net: MeshNet) -> ChildSpec {
+fn mesh(node_id: u64, handles: &Handles, cluster_secret: [u8; 32], net: MeshNet) -> ChildSpec {
     let cookie = crate::mesh::cookie(&cluster_secret);
-    ChildSpec::new("mesh", Restart::Permanent, MeshActor, MeshArgs { node_id, net, directory, cookie })
+    let args = MeshArgs { node_id, net, raft: handles.raft.clone(), handle: handles.mesh.clone(), cookie };
+    ChildSpec::new("mesh", Restart::Permanent, MeshActor, args)
 }
 
 /// The children that need iroh: the blob store, and the plugins (their wasm comes from blobs).
 fn blobs_and_plugins(
     node_id: u64,
-    directory: Directory,
-    cluster_secret: [u8; 32],
+    handles: &Handles,
     endpoint: iroh::Endpoint,
     blobs: BlobConfig,
-    plugins: PluginConfig,
+    plugins: PluginsArgs,
 ) -> [ChildSpec; 2] {
     let blobs = ChildSpec::new(
         "blobs",
         Restart::Permanent,
         BlobActor,
-        BlobArgs { node_id, config: blobs, endpoint, directory: directory.clone() },
+        BlobArgs {
+            node_id,
+            config: blobs,
+            endpoint,
+            storage: handles.storage.clone(),
+            raft: handles.raft.clone(),
+            proposer: handles.proposer(),
+            handle: handles.blobs.clone(),
+        },
     )
     .with_shutdown_timeout(Duration::from_secs(10));
-    let plugins = ChildSpec::new(
-        "plugins",
-        Restart::Permanent,
-        PluginSupervisor,
-        PluginsArgs { node_id, directory, config: plugins, cluster_secret },
-    )
-    .with_shutdown_timeout(Duration::from_secs(10));
+    let plugins = ChildSpec::new("plugins", Restart::Permanent, PluginSupervisor, plugins)
+        .with_shutdown_timeout(Duration::from_secs(10));
     [blobs, plugins]
 }

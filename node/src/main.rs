@@ -16,11 +16,11 @@ use clap::Parser;
 use ed25519_dalek::SigningKey;
 use iroh::endpoint::presets;
 use iroh::{Endpoint, SecretKey};
-use pando_actors::directory::Directory;
+use pando_actors::clock::Clock;
+use pando_actors::raft::RaftHandle;
 use pando_actors::raft::transport::IrohNetwork;
-use pando_actors::rpc::RpcContext;
 use pando_actors::supervision::Supervisor;
-use pando_actors::tree;
+use pando_actors::tree::{self, ClusterKeys, Handles};
 use pando_protocol::alpn;
 use pando_protocol::cluster::MemberNode;
 use pando_protocol::kv::Bytes;
@@ -164,10 +164,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     identity::save_record(&args.data_dir, &record)?;
 
     let cluster_signing_key = SigningKey::from_bytes(&cluster_key);
-    let directory = Directory::default();
-    for seed in &record.seeds {
-        directory.trust_peer(*seed);
-    }
+    let handles = Handles::new(record.node_id, record.seeds.iter().copied());
     let mut raft_config = pando_actors::raft::default_config();
     raft_config.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(args.snapshot_every);
     raft_config.max_in_snapshot_log_to_keep = args.snapshot_keep_log;
@@ -179,18 +176,15 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         // The founder always offers the bootstrap: openraft refuses (and the RaftActor ignores) initialisation once the
         // log holds a membership, so a crash before the first membership entry cannot leave it uninitialised.
         bootstrap: record.founder.then(|| BTreeMap::from([(record.node_id, me.clone())])),
-        network: IrohNetwork::new(endpoint.clone(), directory.peer_health()).into(),
-        context: RpcContext {
-            node_id: record.node_id,
+        network: IrohNetwork::new(endpoint.clone(), handles.raft.peer_health()).into(),
+        keys: ClusterKeys {
             cluster_id: record.cluster_id.clone(),
             cluster_key: cluster_signing_key.verifying_key(),
             cluster_secret_key: cluster_key,
-            membership_lock: Arc::default(),
-            fault_injection: args.enable_fault_injection,
-            lock_waiters: Arc::default(),
-            directory: directory.clone(),
         },
-        directory: directory.clone(),
+        fault_injection: args.enable_fault_injection,
+        clock: Clock::Wall,
+        handles: handles.clone(),
         world: tree::World::Iroh {
             endpoint: endpoint.clone(),
             blobs: pando_actors::blobs::BlobConfig {
@@ -211,9 +205,9 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     });
     let (root, root_handle) =
         Actor::spawn(None, Supervisor, tree).await.context("cannot start the supervision tree")?;
-    directory.set_root(root.clone());
+    handles.tree.set_root(root.clone());
 
-    if !wait_for_leader(&directory).await {
+    if !wait_for_leader(&handles.raft).await {
         tracing::warn!("no leader known after {LEADER_WAIT_MS_MAX} ms; serving anyway (a quorum may be down)");
     }
     let cluster_identity = membership::ClusterIdentity {
@@ -222,9 +216,13 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         signing_key: cluster_signing_key,
         me,
     };
-    let ticket = membership::write_tickets(&args.data_dir, &cluster_identity, &directory)?;
-    let duties =
-        tokio::spawn(membership::duties(args.data_dir.clone(), cluster_identity, directory.clone(), !record.founder));
+    let ticket = membership::write_tickets(&args.data_dir, &cluster_identity, &handles.raft)?;
+    let duties = tokio::spawn(membership::duties(
+        args.data_dir.clone(),
+        cluster_identity,
+        handles.raft.clone(),
+        !record.founder,
+    ));
     tracing::info!(node_id = record.node_id, addr = %bound, ticket = %identity::ticket_path(&args.data_dir).display(), "node ready");
     println!("{ticket}");
 
@@ -251,11 +249,11 @@ async fn run(args: Args) -> anyhow::Result<i32> {
 }
 
 /// Waits (bounded) until this node knows a leader; says whether it does.
-async fn wait_for_leader(directory: &Directory) -> bool {
+async fn wait_for_leader(raft: &RaftHandle) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(LEADER_WAIT_MS_MAX);
     while tokio::time::Instant::now() < deadline {
-        if let Some(handles) = directory.raft() {
-            let mut metrics = handles.raft.metrics();
+        if let Ok(core) = raft.core() {
+            let mut metrics = core.raft.metrics();
             if metrics.borrow().current_leader.is_some() {
                 return true;
             }

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use ed25519_dalek::SigningKey;
-use pando_actors::directory::Directory;
+use pando_actors::raft::RaftHandle;
 use pando_client::{Client, ClientError, ClientOptions};
 use pando_protocol::cluster::{ClusterRequest, ClusterResponse, MemberNode};
 use pando_protocol::error::ErrorCode;
@@ -97,20 +97,13 @@ pub async fn join(join_ticket: &str, me: MemberNode) -> anyhow::Result<Joined> {
 }
 
 /// The members as this node's log has them.
-fn members(directory: &Directory) -> Vec<TicketNode> {
-    let Some(handles) = directory.raft() else { return Vec::new() };
-    let metrics = handles.raft.metrics().borrow().clone();
-    metrics
-        .membership_config
-        .membership()
-        .nodes()
-        .map(|(node_id, node)| TicketNode { node_id: *node_id, node: node.clone() })
-        .collect()
+fn members(raft: &RaftHandle) -> Vec<TicketNode> {
+    raft.members().into_iter().map(|(node_id, node)| TicketNode { node_id, node }).collect()
 }
 
 /// Writes `ticket` and `join-ticket` for the current members (or just this node before it knows any).
-pub fn write_tickets(data_dir: &Path, identity: &ClusterIdentity, directory: &Directory) -> anyhow::Result<String> {
-    let mut nodes = members(directory);
+pub fn write_tickets(data_dir: &Path, identity: &ClusterIdentity, raft: &RaftHandle) -> anyhow::Result<String> {
+    let mut nodes = members(raft);
     // This node first, as it listens now (a joiner's log may not list it yet): a client given this node's ticket
     // talks to this node first.
     nodes.retain(|node| node.node_id != identity.node_id);
@@ -123,14 +116,14 @@ pub fn write_tickets(data_dir: &Path, identity: &ClusterIdentity, directory: &Di
 
 /// Runs for the node's lifetime: rewrites the tickets when the membership changes, announces this node's address when
 /// the membership has an old one, and (for a node that joined) asks to be promoted until it is a voter.
-pub async fn duties(data_dir: PathBuf, identity: ClusterIdentity, directory: Directory, wants_promotion: bool) {
+pub async fn duties(data_dir: PathBuf, identity: ClusterIdentity, raft: RaftHandle, wants_promotion: bool) {
     let mut promoted = !wants_promotion;
     let started = tokio::time::Instant::now();
     let mut last_members = Vec::new();
     loop {
-        let current = members(&directory);
+        let current = members(&raft);
         if current != last_members {
-            if let Err(error) = write_tickets(&data_dir, &identity, &directory) {
+            if let Err(error) = write_tickets(&data_dir, &identity, &raft) {
                 tracing::warn!(%error, "cannot rewrite tickets");
             }
             last_members = current.clone();
@@ -148,17 +141,7 @@ pub async fn duties(data_dir: PathBuf, identity: ClusterIdentity, directory: Dir
             tracing::debug!(%error, "address update not accepted yet");
         }
         if !promoted && mine.is_some() {
-            let is_voter = directory.raft().is_some_and(|handles| {
-                handles
-                    .raft
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .membership()
-                    .voter_ids()
-                    .any(|id| id == identity.node_id)
-            });
-            if is_voter {
+            if raft.is_voter(identity.node_id) {
                 tracing::info!(node_id = identity.node_id, "this node is a voter");
                 promoted = true;
             } else if started.elapsed() < Duration::from_millis(PROMOTE_WAIT_MS_MAX) {

@@ -37,7 +37,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::directory::Directory;
+use crate::live::{Live, Unavailable};
+use crate::mesh::Proposer;
+use crate::raft::RaftHandle;
+use crate::storage_actor::StorageHandle;
 
 pub use repair::PEER_LIVE_WINDOW_MS;
 pub use transfer::{TransferError, fetch_deadline, serve_members};
@@ -98,7 +101,9 @@ pub struct BlobNode {
     pub config: Arc<BlobConfig>,
     pub counters: Arc<BlobCounters>,
     endpoint: Endpoint,
-    directory: Directory,
+    storage: StorageHandle,
+    raft: RaftHandle,
+    proposer: Proposer,
     actor: ActorRef<BlobMsg>,
     /// Client uploads and downloads streaming through this node at once.
     pub transfers: Arc<tokio::sync::Semaphore>,
@@ -147,8 +152,39 @@ impl BlobNode {
         }
     }
 
-    pub fn directory(&self) -> &Directory {
-        &self.directory
+    /// Who the members are and whether this node leads.
+    pub fn raft(&self) -> &RaftHandle {
+        &self.raft
+    }
+
+    /// Proposes bookkeeping from this node, wherever the leader is.
+    pub fn proposer(&self) -> &Proposer {
+        &self.proposer
+    }
+}
+
+/// The blob store as the other subsystems reach it: valid across the BlobActor's restarts.
+#[derive(Clone)]
+pub struct BlobsHandle {
+    live: Live<BlobNode>,
+}
+
+impl Default for BlobsHandle {
+    fn default() -> BlobsHandle {
+        BlobsHandle { live: Live::new("blob store") }
+    }
+}
+
+impl BlobsHandle {
+    /// The running blob store, or [`Unavailable`] while it restarts (or on a node that runs none, as in the
+    /// simulator).
+    pub fn node(&self) -> Result<BlobNode, Unavailable> {
+        self.live.get()
+    }
+
+    /// KV values larger than this go to the blob store, while it runs.
+    pub fn kv_inline_max_bytes(&self) -> Option<usize> {
+        self.live.current().map(|node| node.config.kv_inline_max_bytes)
     }
 }
 
@@ -160,7 +196,14 @@ pub struct BlobArgs {
     pub node_id: u64,
     pub config: BlobConfig,
     pub endpoint: Endpoint,
-    pub directory: Directory,
+    /// The applied state: blob records, and the commit stream that wakes repairs.
+    pub storage: StorageHandle,
+    /// Membership, leadership and peer liveness.
+    pub raft: RaftHandle,
+    /// Bookkeeping proposals from any member.
+    pub proposer: Proposer,
+    /// Where the running store is published.
+    pub handle: BlobsHandle,
 }
 
 pub enum BlobMsg {
@@ -186,6 +229,7 @@ pub struct BlobStatusReport {
 
 pub struct BlobState {
     node: BlobNode,
+    handle: BlobsHandle,
     stop: CancellationToken,
     /// Blobs held ahead of the record that places them here, and until when the sweep spares them.
     held: BTreeMap<BlobHash, tokio::time::Instant>,
@@ -217,20 +261,22 @@ impl Actor for BlobActor {
             config: Arc::new(args.config),
             counters: Arc::default(),
             endpoint: args.endpoint,
-            directory: args.directory.clone(),
+            storage: args.storage,
+            raft: args.raft,
+            proposer: args.proposer,
             actor: myself.clone(),
             transfers: Arc::new(tokio::sync::Semaphore::new(BLOB_TRANSFERS_MAX)),
         };
-        args.directory.set_blobs(Some(node.clone()));
+        args.handle.live.publish(node.clone());
         let stop = CancellationToken::new();
         tokio::spawn(repair::run(node.clone(), myself, stop.clone()));
         tracing::info!(dir = %node.config.dir.display(), "blob store open");
-        Ok(BlobState { node, stop, held: BTreeMap::new() })
+        Ok(BlobState { node, handle: args.handle, stop, held: BTreeMap::new() })
     }
 
     async fn post_stop(&self, _myself: ActorRef<BlobMsg>, state: &mut BlobState) -> Result<(), ActorProcessingErr> {
         state.stop.cancel();
-        state.node.directory.set_blobs(None);
+        state.handle.live.retract();
         if let Err(error) = state.node.store.shutdown().await {
             tracing::warn!(%error, "blob store did not shut down cleanly");
         }
@@ -288,11 +334,8 @@ impl BlobNode {
         &self,
         work: impl FnOnce(&crate::storage::StateReader) -> Result<T, StorageFault> + Send + 'static,
     ) -> Result<T, TransferError> {
-        let reader = self
-            .directory
-            .stores()
-            .map(|stores| stores.reader)
-            .ok_or_else(|| TransferError::Unavailable("storage is not open".into()))?;
+        let reader =
+            self.storage.reader().map_err(|unavailable| TransferError::Unavailable(unavailable.to_string()))?;
         tokio::task::spawn_blocking(move || work(&reader))
             .await
             .map_err(|error| TransferError::Unavailable(error.to_string()))?
@@ -301,15 +344,13 @@ impl BlobNode {
 
     /// Whether this node leads the cluster.
     pub(crate) fn leads(&self) -> bool {
-        self.directory
-            .raft()
-            .is_some_and(|handles| handles.raft.metrics().borrow().current_leader == Some(self.node_id))
+        self.raft.leads()
     }
 
     /// Whether `node` counts as live for placement: this node, or a member it heard from within
     /// [`PEER_LIVE_WINDOW_MS`] (meaningful on the leader, which exchanges Raft RPCs with every member).
     pub(crate) fn is_live(&self, node: u64) -> bool {
-        node == self.node_id || self.directory.peer_heard_within(node, Duration::from_millis(PEER_LIVE_WINDOW_MS))
+        node == self.node_id || self.raft.peer_heard_within(node, Duration::from_millis(PEER_LIVE_WINDOW_MS))
     }
 }
 

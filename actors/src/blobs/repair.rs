@@ -18,8 +18,6 @@ use ractor::ActorRef;
 use tokio_util::sync::CancellationToken;
 
 use super::{BlobMsg, BlobNode, SWEEP_EVERY_ROUNDS, TransferError};
-use crate::raft::propose_anywhere;
-use crate::raft::transport::members;
 
 /// A member the leader has not heard from for this long does not count as holding its copies.
 pub const PEER_LIVE_WINDOW_MS: u64 = 3_000;
@@ -44,7 +42,7 @@ pub(super) async fn run(node: BlobNode, actor: ActorRef<BlobMsg>, stop: Cancella
     let mut cursors = Cursors::default();
     loop {
         if events.is_none() {
-            events = node.directory.stores().map(|stores| stores.state_machine.subscribe());
+            events = node.storage.subscribe().ok();
         }
         let wake = async {
             match events.as_mut() {
@@ -105,7 +103,8 @@ fn wakes_repair(event: &CoordEvent) -> bool {
 impl BlobNode {
     /// Proposes blob bookkeeping from this node, wherever the leader is.
     async fn propose(&self, command: BlobCommand) -> Result<(), TransferError> {
-        propose_anywhere(&self.directory, Command::Blob(command), PROPOSE_TIMEOUT)
+        self.proposer
+            .propose_anywhere(Command::Blob(command), PROPOSE_TIMEOUT)
             .await
             .map(|_| ())
             .map_err(|error| TransferError::Unavailable(error.to_string()))
@@ -164,7 +163,7 @@ async fn repair_one(node: &BlobNode, hash: BlobHash, record: &BlobRecord) -> Res
 /// The leader's pass: assign copies to live members where live copies fall short, release departed members and
 /// surplus holders.
 async fn place(node: &BlobNode, cursor: &mut Option<BlobHash>) -> Result<(), TransferError> {
-    let members: BTreeSet<u64> = members(&node.directory).keys().copied().collect();
+    let members: BTreeSet<u64> = node.raft.members().keys().copied().collect();
     let live: BTreeSet<u64> = members.iter().copied().filter(|member| node.is_live(*member)).collect();
     let mut seen = 0;
     while seen < REPAIR_BLOBS_PER_ROUND_MAX {

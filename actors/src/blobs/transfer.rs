@@ -9,9 +9,9 @@ use pando_protocol::alpn;
 use pando_protocol::blob::BlobHash;
 use pando_protocol::error::{ErrorCode, WireError};
 
-use super::{BlobNode, iroh_hash};
-use crate::directory::Directory;
-use crate::raft::transport::{endpoint_addr, is_authorised_peer, members};
+use super::{BlobNode, BlobsHandle, iroh_hash};
+use crate::raft::RaftHandle;
+use crate::raft::transport::endpoint_addr;
 
 /// How long dialling a holder may take.
 pub const BLOB_CONNECT_TIMEOUT_MS: u64 = 3_000;
@@ -57,7 +57,7 @@ impl BlobNode {
         if self.store.blobs().has(target).await.map_err(TransferError::store)? {
             return Ok(pin);
         }
-        let members = members(&self.directory);
+        let members = self.raft.members();
         let mut failures = Vec::new();
         for holder in holders.iter().copied().filter(|holder| *holder != self.node_id) {
             let Some(member) = members.get(&holder) else {
@@ -133,14 +133,14 @@ pub fn fetch_deadline(size: u64) -> Duration {
 
 /// Serves iroh-blobs' protocol on one connection, if the remote is a member (or a peer this node trusts since it
 /// joined). Clients get blobs through the RPC protocol, with their token checked; this is the members' path.
-pub async fn serve_members(connection: Connection, directory: Directory) {
+pub async fn serve_members(connection: Connection, raft: RaftHandle, blobs: BlobsHandle) {
     let remote = connection.remote_id();
-    if !is_authorised_peer(&directory, &remote) {
+    if !raft.is_authorised_peer(remote.as_bytes()) {
         tracing::warn!(%remote, "refusing a blob transfer to a node that is not a member");
         connection.close(5u32.into(), b"not a member");
         return;
     }
-    let Some(node) = directory.blobs() else {
+    let Ok(node) = blobs.node() else {
         connection.close(6u32.into(), b"blob store not running");
         return;
     };

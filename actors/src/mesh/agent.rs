@@ -53,7 +53,8 @@ pub struct NodeAgent {
     pub node_id: u64,
     /// The node's process-group scope ([`super::scope`]).
     pub scope: String,
-    pub directory: crate::directory::Directory,
+    /// Where forwarded proposals are proposed.
+    pub raft: crate::raft::RaftHandle,
 }
 
 impl Actor for NodeAgent {
@@ -111,14 +112,9 @@ impl Actor for NodeAgent {
                     return Ok(());
                 }
                 // Proposed off the mailbox, so a slow commit never holds up pings.
-                let directory = self.directory.clone();
+                let raft = self.raft.clone();
                 tokio::spawn(async move {
-                    let result = crate::raft::propose_local(
-                        &directory,
-                        forward.command,
-                        Duration::from_millis(FORWARD_TIMEOUT_MS),
-                    )
-                    .await;
+                    let result = raft.propose(forward.command, Duration::from_millis(FORWARD_TIMEOUT_MS)).await;
                     let _ = reply.send(answer(&result));
                 });
             }

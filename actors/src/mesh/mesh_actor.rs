@@ -16,14 +16,15 @@ use ractor_cluster::{NodeServer, NodeServerMessage};
 use tokio::task::JoinHandle;
 
 use super::agent::{AgentMsg, NodeAgent};
+use super::handle::MeshHandle;
 use super::sim_link::SimMeshStream;
 use super::stream::MeshStream;
 use super::{
     MESH_CONNECT_TIMEOUT_MS, MESH_FRAME_BYTES_MAX, MESH_PREAMBLE, MESH_PREAMBLE_TIMEOUT_MS, MESH_RECONCILE_INTERVAL_MS,
     MESH_REDIAL_BACKOFF_MS_MAX, MESH_REDIAL_BACKOFF_MS_MIN, MESH_SESSIONS_PER_PEER_MAX, node_of_label, session_label,
 };
-use crate::directory::Directory;
-use crate::raft::transport::{endpoint_addr, members};
+use crate::raft::RaftHandle;
+use crate::raft::transport::endpoint_addr;
 
 /// How long the mesh waits for the NodeServer to list its sessions.
 const SESSIONS_QUERY_TIMEOUT_MS: u64 = 2_000;
@@ -41,7 +42,10 @@ pub struct MeshActor;
 pub struct MeshArgs {
     pub node_id: u64,
     pub net: MeshNet,
-    pub directory: Directory,
+    /// Who the members are (sessions follow the membership), and where forwarded proposals go.
+    pub raft: RaftHandle,
+    /// Where the running mesh is published.
+    pub handle: MeshHandle,
     pub cookie: String,
 }
 
@@ -142,7 +146,7 @@ impl Drop for MeshState {
         }
         self.node_server.kill();
         self.agent.kill();
-        self.args.directory.clear_mesh(&self.me);
+        self.args.handle.retract(&self.me);
     }
 }
 
@@ -168,7 +172,7 @@ impl Actor for MeshActor {
         let (node_server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
         let agent = match Actor::spawn_linked(
             None,
-            NodeAgent { node_id: args.node_id, scope: args.scope(), directory: args.directory.clone() },
+            NodeAgent { node_id: args.node_id, scope: args.scope(), raft: args.raft.clone() },
             (),
             myself.get_cell(),
         )
@@ -182,12 +186,14 @@ impl Actor for MeshActor {
         };
         let reconcile_timer =
             myself.send_interval(Duration::from_millis(MESH_RECONCILE_INTERVAL_MS), || MeshMsg::Reconcile);
-        args.directory.set_mesh(myself.clone(), args.scope());
+        args.handle.publish(myself.clone(), args.scope());
         let sim_acceptor = match &args.net {
             MeshNet::Iroh(_) => None,
-            MeshNet::Simulated(net) => {
-                Some(tokio::spawn(accept_simulated(net.mesh_listener(args.node_id), args.directory.clone())))
-            }
+            MeshNet::Simulated(net) => Some(tokio::spawn(accept_simulated(
+                net.mesh_listener(args.node_id),
+                args.raft.clone(),
+                args.handle.clone(),
+            ))),
         };
         let _ = myself.cast(MeshMsg::Reconcile);
         Ok(MeshState {
@@ -245,7 +251,7 @@ impl Actor for MeshActor {
             MeshMsg::Status(reply) => {
                 let node_server = state.node_server.clone();
                 let others: BTreeSet<u64> =
-                    members(&state.args.directory).into_keys().filter(|id| *id != state.args.node_id).collect();
+                    state.args.raft.members().into_keys().filter(|id| *id != state.args.node_id).collect();
                 // Answered from a task: the mesh keeps reconciling while the NodeServer is asked.
                 tokio::spawn(async move {
                     let sessions = sessions(&node_server).await.unwrap_or_default();
@@ -300,7 +306,7 @@ async fn sessions(node_server: &ActorRef<NodeServerMessage>) -> Option<HashMap<u
 
 async fn reconcile(myself: &ActorRef<MeshMsg>, state: &mut MeshState) {
     let me = state.args.node_id;
-    let members = members(&state.args.directory);
+    let members = state.args.raft.members();
     if members.is_empty() {
         // Raft is restarting or has no membership yet: keep what we have.
         return;
@@ -385,20 +391,20 @@ async fn dial(
 }
 
 /// The member of the current membership whose identity is `is_peer`, if any.
-fn member_id(directory: &Directory, is_peer: impl Fn(u64, &MemberNode) -> bool) -> Option<u64> {
-    members(directory).into_iter().find(|(node_id, node)| is_peer(*node_id, node)).map(|(node_id, _)| node_id)
+fn member_id(raft: &RaftHandle, is_peer: impl Fn(u64, &MemberNode) -> bool) -> Option<u64> {
+    raft.members().into_iter().find(|(node_id, node)| is_peer(*node_id, node)).map(|(node_id, _)| node_id)
 }
 
 /// Takes the session streams members open to this node over the simulated network, which names the dialler as
 /// iroh's TLS handshake does in production; the same membership check as [`accept_peer`] applies.
-async fn accept_simulated(mut listener: super::sim_link::SimMeshListener, directory: Directory) {
+async fn accept_simulated(mut listener: super::sim_link::SimMeshListener, raft: RaftHandle, mesh: MeshHandle) {
     while let Some((from, stream)) = listener.accept().await {
-        if member_id(&directory, |node_id, _| node_id == from).is_none() {
+        if member_id(&raft, |node_id, _| node_id == from).is_none() {
             tracing::warn!(peer = from, "refusing an actor session from a node that is not a member");
             stream.close();
             continue;
         }
-        let Some(mesh) = directory.mesh() else {
+        let Ok(mesh) = mesh.actor() else {
             stream.close();
             continue;
         };
@@ -410,14 +416,14 @@ async fn accept_simulated(mut listener: super::sim_link::SimMeshListener, direct
 
 /// Serves one incoming `pando/actors/1` connection: only a current member is accepted, and its session is labelled
 /// with the node id its iroh identity has in the membership.
-pub async fn accept_peer(connection: Connection, directory: Directory) {
+pub async fn accept_peer(connection: Connection, raft: RaftHandle, mesh: MeshHandle) {
     let remote = connection.remote_id();
-    let Some(node_id) = member_id(&directory, |_, node| node.public_key.as_slice() == remote.as_bytes()) else {
+    let Some(node_id) = member_id(&raft, |_, node| node.public_key.as_slice() == remote.as_bytes()) else {
         tracing::warn!(%remote, "refusing an actor session from a node that is not a member");
         connection.close(5u32.into(), b"not a member");
         return;
     };
-    let Some(mesh) = directory.mesh() else {
+    let Ok(mesh) = mesh.actor() else {
         connection.close(2u32.into(), b"actor mesh not running");
         return;
     };

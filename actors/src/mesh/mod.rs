@@ -16,10 +16,12 @@
 //! restarts the whole mesh, and the sessions come back on the next reconcile.
 
 pub mod agent;
+mod handle;
 mod mesh_actor;
 pub mod sim_link;
 mod stream;
 
+pub use handle::{MeshHandle, Proposer};
 pub use stream::MeshStream;
 
 pub use mesh_actor::{MeshActor, MeshArgs, MeshMsg, MeshNet, MeshStatus, PeerStream, accept_peer, cookie};

@@ -12,18 +12,19 @@ use std::time::Duration;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use extism::{CurrentPlugin, Function, PTR, UserData, Val};
-use pando_protocol::blob::{BlobHash, BlobRef};
-use pando_protocol::command::{Command, CommandOutput};
+use pando_protocol::blob::BlobHash;
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::kv::{Bytes, Consistency, KvRequest, KvResponse, WriteOp};
-use pando_protocol::plugin::{Permission, PluginCommand, PluginManifest};
+use pando_protocol::plugin::{Permission, PluginManifest};
 use pando_protocol::plugin_abi::{self as abi, HostError, HostResult, names};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::PluginRoutes;
 use super::instance::Job;
-use crate::directory::Directory;
+use super::{PluginRoutes, PluginsArgs};
+use crate::clock::Clock;
+use crate::raft::RaftHandle;
+use crate::services::{BlobService, KvService};
 
 /// Longest a host function waits on the rest of the node (a commit, a blob fetch); never beyond the call's own
 /// remaining time.
@@ -47,7 +48,10 @@ pub struct HostContext {
     pub generation: u64,
     pub manifest: PluginManifest,
     pub node_id: u64,
-    pub directory: Directory,
+    clock: Clock,
+    raft: RaftHandle,
+    kv: KvService,
+    blobs: BlobService,
     pub runtime: tokio::runtime::Handle,
     signing_key: SigningKey,
     pub(crate) timers: Mutex<Timers>,
@@ -73,25 +77,21 @@ impl Drop for HostContext {
 }
 
 impl HostContext {
-    pub(crate) fn new(
-        manifest: PluginManifest,
-        generation: u64,
-        node_id: u64,
-        directory: Directory,
-        cluster_secret: &[u8; 32],
-        routes: PluginRoutes,
-    ) -> HostContext {
+    pub(crate) fn new(manifest: PluginManifest, generation: u64, args: &PluginsArgs) -> HostContext {
         HostContext {
             plugin: manifest.name.clone(),
             generation,
-            signing_key: plugin_signing_key(cluster_secret, &manifest.name),
+            signing_key: plugin_signing_key(&args.cluster_secret, &manifest.name),
             manifest,
-            node_id,
-            directory,
+            node_id: args.node_id,
+            clock: args.clock,
+            raft: args.raft.clone(),
+            kv: args.kv.clone(),
+            blobs: args.blobs.clone(),
             runtime: tokio::runtime::Handle::current(),
             timers: Mutex::new(Timers::default()),
             hooks: Mutex::new(BTreeSet::new()),
-            routes,
+            routes: args.handle.routes.clone(),
         }
     }
 
@@ -135,7 +135,7 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> HostError {
 pub(crate) fn functions(context: Arc<HostContext>) -> Vec<Function> {
     vec![
         function(names::LOG, &context, log),
-        function(names::TIME, &context, |context, (): ()| Ok(context.directory.now_ms())),
+        function(names::TIME, &context, |context, (): ()| Ok(context.clock.now_ms())),
         function(names::KV_GET, &context, kv_get),
         function(names::KV_PUT, &context, kv_put),
         function(names::KV_DELETE, &context, kv_delete),
@@ -205,64 +205,28 @@ fn log(context: &HostContext, args: abi::LogArgs) -> HostResult<()> {
 /// A read, checked by the read path against the registry in the same snapshot.
 fn kv_read(context: &HostContext, request: KvRequest) -> HostResult<KvResponse> {
     context.require(Permission::KvRead).or_else(|refusal| context.require(Permission::KvWrite).map_err(|_| refusal))?;
-    request.validate().map_err(wire)?;
-    let stores = context.directory.stores().ok_or_else(|| refuse(ErrorCode::Unavailable, "storage is not open"))?;
-    let result = stores
-        .reader
-        .read_for_plugin(&context.plugin, &request)
-        .map_err(|fault| refuse(ErrorCode::Internal, fault.0))?;
-    result.map_err(|error| {
-        tracing::warn!(plugin = %context.plugin, %error, "plugin KV read refused");
+    context.kv.read_as_plugin(&context.plugin, &request).map_err(|error| {
+        if error.code != ErrorCode::InvalidArgument {
+            tracing::warn!(plugin = %context.plugin, %error, "plugin KV read refused");
+        }
         wire(error)
     })
 }
 
-/// A write, proposed as a plugin command: the state machine checks the registry when it applies it.
+/// A write, proposed as a plugin command: the state machine checks the registry when it applies it. The answer waits
+/// until this node applied it (read-your-writes), within the call's budget.
 fn kv_write(context: &HostContext, request: KvRequest) -> HostResult<KvResponse> {
     context.require(Permission::KvWrite)?;
-    request.validate().map_err(wire)?;
-    let command = Command::Plugin(PluginCommand::Kv { plugin: context.plugin.clone(), request });
-    let directory = context.directory.clone();
+    let kv = context.kv.clone();
+    let plugin = context.plugin.clone();
     let budget = budget();
-    let outcome =
-        context.runtime.block_on(async move { crate::raft::propose_anywhere(&directory, command, budget).await });
-    // Read-your-writes on every node: the answer waits until this node applied what the answer is about (the write,
-    // or the value a compare lost against), so the plugin's next read here sees it.
-    let seen = match &outcome {
-        Ok(CommandOutput::Kv(KvResponse::Written { revision } | KvResponse::Deleted { revision, .. })) => *revision,
-        Err(error) => match &error.detail {
-            Some(pando_protocol::error::ErrorDetail::Current { entry: Some(entry) }) => entry.mod_revision,
-            _ => 0,
-        },
-        _ => 0,
-    };
-    wait_applied(context, seen);
-    match outcome {
-        Ok(CommandOutput::Kv(response)) => Ok(response),
-        Ok(other) => Err(refuse(ErrorCode::Internal, format!("a plugin KV write produced {other:?}"))),
-        Err(error) => {
-            if error.code == ErrorCode::Unauthorized {
-                tracing::warn!(plugin = %context.plugin, %error, "plugin KV write refused");
-            }
-            Err(wire(error))
+    let outcome = context.runtime.block_on(async move { kv.write_as_plugin(&plugin, request, budget).await });
+    outcome.map_err(|error| {
+        if error.code == ErrorCode::Unauthorized {
+            tracing::warn!(plugin = %context.plugin, %error, "plugin KV write refused");
         }
-    }
-}
-
-/// Waits (within the call's budget) until this node's state machine applied `revision`.
-fn wait_applied(context: &HostContext, revision: u64) {
-    wait_until(context, |reader| reader.revision().is_ok_and(|applied| applied >= revision));
-}
-
-/// Waits (within the call's budget) until `applied` holds of this node's applied state.
-fn wait_until(context: &HostContext, applied: impl Fn(&crate::storage::StateReader) -> bool) {
-    let Some(stores) = context.directory.stores() else { return };
-    let deadline = std::time::Instant::now() + budget();
-    let mut pause = Duration::from_micros(200);
-    while !applied(&stores.reader) && std::time::Instant::now() < deadline {
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(10));
-    }
+        wire(error)
+    })
 }
 
 fn entry(entry: pando_protocol::kv::KvEntry) -> abi::Entry {
@@ -338,10 +302,6 @@ fn kv_batch(context: &HostContext, args: abi::BatchArgs) -> HostResult<abi::Writ
     written(kv_write(context, KvRequest::BatchWrite { ops })?)
 }
 
-fn blob_node(context: &HostContext) -> HostResult<crate::blobs::BlobNode> {
-    context.directory.blobs().ok_or_else(|| refuse(ErrorCode::Unavailable, "the blob store is not running"))
-}
-
 fn parse_hash(text: &str) -> HostResult<BlobHash> {
     BlobHash::parse(text).map_err(wire)
 }
@@ -349,29 +309,10 @@ fn parse_hash(text: &str) -> HostResult<BlobHash> {
 fn blob_get(context: &HostContext, args: abi::BlobArgs) -> HostResult<abi::BlobData> {
     context.require(Permission::BlobRead)?;
     let hash = parse_hash(&args.hash)?;
-    let node = blob_node(context)?;
-    let stores = context.directory.stores().ok_or_else(|| refuse(ErrorCode::Unavailable, "storage is not open"))?;
-    let record = stores.reader.blob(&hash).map_err(|fault| refuse(ErrorCode::Internal, fault.0))?;
-    let Some(record) = record else {
-        return Err(refuse(ErrorCode::NotFound, format!("no blob {hash} in the cluster")));
-    };
-    if record.size > abi::BLOB_BYTES_MAX as u64 {
-        return Err(refuse(
-            ErrorCode::TooLarge,
-            format!("blob of {} bytes exceeds the {} a plugin may read at once", record.size, abi::BLOB_BYTES_MAX),
-        ));
-    }
+    let blobs = context.blobs.clone();
     let budget = budget();
-    let data = context.runtime.block_on(async move {
-        let _pin = node.ensure_local(&hash, record.size, &record.holders).await.map_err(|error| error.to_string())?;
-        let data = tokio::time::timeout(budget, node.store.blobs().get_bytes(crate::blobs::iroh_hash(&hash)))
-            .await
-            .map_err(|_| "reading the blob timed out".to_string())?
-            .map_err(|error| error.to_string())?;
-        Ok::<_, String>(data)
-    });
-    let data = data.map_err(|error| refuse(ErrorCode::Unavailable, error))?;
-    Ok(abi::BlobData { data: data.to_vec() })
+    let data = context.runtime.block_on(async move { blobs.get_bytes(hash, abi::BLOB_BYTES_MAX as u64, budget).await });
+    Ok(abi::BlobData { data: data.map_err(wire)?.to_vec() })
 }
 
 fn blob_put(context: &HostContext, args: abi::BlobData) -> HostResult<abi::BlobArgs> {
@@ -382,49 +323,22 @@ fn blob_put(context: &HostContext, args: abi::BlobData) -> HostResult<abi::BlobA
             format!("a plugin adds at most {} bytes at once", abi::BLOB_BYTES_MAX),
         ));
     }
-    let node = blob_node(context)?;
-    let directory = context.directory.clone();
-    let node_id = context.node_id;
+    let blobs = context.blobs.clone();
     let budget = budget();
-    let added = context.runtime.block_on(async move {
-        let size = args.data.len() as u64;
-        let tag = node
-            .store
-            .blobs()
-            .add_bytes(args.data)
-            .temp_tag()
-            .await
-            .map_err(|error| WireError::internal(format!("cannot store the blob: {error}")))?;
-        let hash = BlobHash(*tag.hash().as_bytes());
-        node.hold(hash).await.map_err(|error| WireError::new(ErrorCode::Unavailable, error.to_string()))?;
-        let added = pando_protocol::blob::BlobCommand::Added {
-            blob: BlobRef { hash, size },
-            holder: node_id,
-            replicas: node.config.default_replicas,
-            pin: true,
-            gc_grace_ms: u64::try_from(node.config.gc_grace.as_millis()).unwrap_or(u64::MAX),
-        };
-        crate::raft::propose_anywhere(&directory, Command::Blob(added), budget).await?;
-        drop(tag);
-        Ok::<_, WireError>(hash)
-    });
-    let hash = added.map_err(wire)?;
     // As for KV writes: the plugin finds what it added on this node.
-    wait_until(context, |reader| reader.blob(&hash).is_ok_and(|record| record.is_some()));
+    let hash = context.runtime.block_on(async move { blobs.add_bytes(args.data, budget).await }).map_err(wire)?;
     Ok(abi::BlobArgs { hash: hash.to_hex() })
 }
 
 fn blob_has(context: &HostContext, args: abi::BlobArgs) -> HostResult<bool> {
     context.require(Permission::BlobRead)?;
     let hash = parse_hash(&args.hash)?;
-    let stores = context.directory.stores().ok_or_else(|| refuse(ErrorCode::Unavailable, "storage is not open"))?;
-    let record = stores.reader.blob(&hash).map_err(|fault| refuse(ErrorCode::Internal, fault.0))?;
-    Ok(record.is_some_and(|record| !record.holders.is_empty()))
+    context.blobs.has(&hash).map_err(wire)
 }
 
 fn node_info(context: &HostContext, (): ()) -> HostResult<abi::NodeInfo> {
     context.require(Permission::ClusterInfo)?;
-    let leader_id = context.directory.raft().and_then(|handles| handles.raft.metrics().borrow().current_leader);
+    let leader_id = context.raft.leader();
     Ok(abi::NodeInfo {
         node_id: context.node_id,
         leader_id,

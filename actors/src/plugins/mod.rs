@@ -17,7 +17,7 @@ mod instance;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -36,7 +36,13 @@ pub use host::plugin_signing_key;
 pub use instance::Job;
 use instance::{InstanceArgs, InstanceMsg, PluginActor};
 
-use crate::directory::Directory;
+use crate::clock::Clock;
+use crate::live::Live;
+use crate::mesh::Proposer;
+use crate::raft::RaftHandle;
+use crate::services::{BlobService, KvService};
+use crate::storage_actor::StorageHandle;
+use crate::supervision::{Intensity, RestartWindow};
 
 /// Node-wide plugin settings.
 #[derive(Clone, Debug)]
@@ -207,10 +213,61 @@ pub struct InstanceStatus {
     pub actor_id: String,
 }
 
+/// This node's plugins as the other subsystems reach them: the call routes (valid across the supervisor's restarts;
+/// empty while it restarts, so calls are refused as not running here) and the running supervisor.
+#[derive(Clone)]
+pub struct PluginsHandle {
+    routes: PluginRoutes,
+    supervisor: Live<ActorRef<PluginsMsg>>,
+}
+
+impl Default for PluginsHandle {
+    fn default() -> PluginsHandle {
+        PluginsHandle { routes: PluginRoutes::default(), supervisor: Live::new("plugin supervisor") }
+    }
+}
+
+impl PluginsHandle {
+    /// Calls `function` of plugin `name` on this node, within `timeout` (see [`PluginRoutes::call`]).
+    pub async fn call(
+        &self,
+        name: &str,
+        function: &str,
+        input: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(Vec<u8>, u64), WireError> {
+        self.routes.call(name, function, input, timeout).await
+    }
+
+    /// What this node runs of each plugin, from its supervisor (`None` while it is not running or does not answer).
+    pub async fn status(&self) -> Option<Vec<LocalPluginStatus>> {
+        let supervisor = self.supervisor.current()?;
+        ractor::call_t!(supervisor, PluginsMsg::Status, 2_000).ok()
+    }
+
+    /// The running supervisor.
+    pub fn supervisor(&self) -> Option<ActorRef<PluginsMsg>> {
+        self.supervisor.current()
+    }
+}
+
 #[derive(Clone)]
 pub struct PluginsArgs {
     pub node_id: u64,
-    pub directory: Directory,
+    /// What plugins read as the time of day.
+    pub clock: Clock,
+    /// The registry, and the commit stream that wakes reconciles.
+    pub storage: StorageHandle,
+    /// The leader, for `node_info`.
+    pub raft: RaftHandle,
+    /// This node's state reports, from any member.
+    pub proposer: Proposer,
+    /// Plugin KV reads and writes (the host functions).
+    pub kv: KvService,
+    /// Wasm modules, and plugin blob reads and writes.
+    pub blobs: BlobService,
+    /// Where the routes and the running supervisor are published.
+    pub handle: PluginsHandle,
     pub config: PluginConfig,
     /// The cluster secret, from which each plugin's signing key is derived.
     pub cluster_secret: [u8; 32],
@@ -273,7 +330,8 @@ struct LocalPlugin {
     failed: Option<(u64, String, Option<Instant>)>,
     quarantined: Option<(u64, String)>,
     disabled: Option<u64>,
-    failures: VecDeque<Instant>,
+    /// Instance replacements within the plugin's restart intensity (created at the first).
+    failures: Option<RestartWindow>,
     restarts: u64,
     last_error: Option<String>,
 }
@@ -296,19 +354,18 @@ impl Actor for PluginSupervisor {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        args.directory.plugins().clear();
-        args.directory.set_plugin_supervisor(Some(myself.clone()));
+        args.handle.routes.clear();
+        args.handle.supervisor.publish(myself.clone());
         let mut tasks = Vec::new();
         // Follows the commit stream: every registry change wakes a reconcile.
-        let directory = args.directory.clone();
+        let storage = args.storage.clone();
         let actor = myself.clone();
         tasks.push(tokio::spawn(async move {
             loop {
-                let Some(stores) = directory.stores() else {
+                let Ok(mut events) = storage.subscribe() else {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 };
-                let mut events = stores.state_machine.subscribe();
                 loop {
                     match events.recv().await {
                         Ok(batch) => {
@@ -336,13 +393,13 @@ impl Actor for PluginSupervisor {
         Ok(PluginsState { args, plugins: BTreeMap::new(), instances: HashMap::new(), tasks })
     }
 
-    async fn post_stop(&self, _: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(&self, myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         for task in state.tasks.drain(..) {
             task.abort();
         }
         // The instances are linked children: they stop with the supervisor. Calls find no route meanwhile.
-        state.args.directory.plugins().clear();
-        state.args.directory.set_plugin_supervisor(None);
+        state.args.handle.routes.clear();
+        state.args.handle.supervisor.retract_if(|supervisor| supervisor.get_id() == myself.get_id());
         Ok(())
     }
 
@@ -360,12 +417,8 @@ impl Actor for PluginSupervisor {
             }
             PluginsMsg::Preload { record, wasm } => {
                 state.plugins.entry(record.manifest.name.clone()).or_default().loading = Some(record.generation);
-                let args = &state.args;
-                let result = match check_caps(&record.manifest, &args.config) {
-                    Ok(()) => {
-                        let routes = args.directory.plugins();
-                        compile(&record, wasm, args.node_id, args.directory.clone(), &args.cluster_secret, routes).await
-                    }
+                let result = match check_caps(&record.manifest, &state.args.config) {
+                    Ok(()) => compile(&record, wasm, &state.args).await,
                     Err(error) => Err(error),
                 };
                 state.compiled(&myself, record, result).await;
@@ -397,14 +450,14 @@ impl Actor for PluginSupervisor {
 
 impl PluginsState {
     fn routes(&self) -> PluginRoutes {
-        self.args.directory.plugins()
+        self.args.handle.routes.clone()
     }
 
     /// Starts loading every generation the registry wants and this node does not run; stops what it no longer
     /// wants.
     fn reconcile(&mut self, myself: &ActorRef<PluginsMsg>) {
-        let Some(stores) = self.args.directory.stores() else { return };
-        let records = match stores.reader.plugins() {
+        let Ok(reader) = self.args.storage.reader() else { return };
+        let records = match reader.plugins() {
             Ok(records) => records,
             Err(fault) => {
                 tracing::error!(%fault, "cannot read the plugin registry");
@@ -454,14 +507,10 @@ impl PluginsState {
             }
             local.loading = Some(generation);
             tracing::info!(plugin = %name, generation, "loading plugin generation");
-            let directory = self.args.directory.clone();
-            let node_id = self.args.node_id;
-            let secret = self.args.cluster_secret;
-            let config = self.args.config.clone();
-            let routes = self.routes();
+            let args = self.args.clone();
             let actor = myself.clone();
             tokio::spawn(async move {
-                let result = load(&record, node_id, directory, &secret, &config, routes).await;
+                let result = load(&record, &args).await;
                 let _ = actor.cast(PluginsMsg::Compiled { record, result });
             });
         }
@@ -523,7 +572,7 @@ impl PluginsState {
         }
         local.failed = None;
         local.quarantined = None;
-        local.failures.clear();
+        local.failures = None;
         tracing::info!(plugin = %name, generation, "plugin generation serving");
         self.report(&name, generation, NodePluginState::Running, None);
     }
@@ -605,14 +654,13 @@ impl PluginsState {
             return;
         }
         let now = Instant::now();
-        local.failures.push_back(now);
-        while local.failures.front().is_some_and(|at| now.duration_since(*at) > config.restart_period) {
-            local.failures.pop_front();
-        }
+        let intensity = Intensity { restarts_max: config.restart_intensity, period: config.restart_period };
+        let failures = local.failures.get_or_insert_with(|| RestartWindow::new(intensity));
+        let tolerated = failures.record(now);
         local.last_error = Some(error.clone());
-        if local.failures.len() > config.restart_intensity as usize {
+        if !tolerated {
             let reason =
-                format!("{} instance failures within {:?}; last: {error}", local.failures.len(), config.restart_period);
+                format!("{} instance failures within {:?}; last: {error}", failures.recent(now), config.restart_period);
             tracing::error!(plugin = %name, generation, %reason, "plugin quarantined");
             local.quarantined = Some((generation, reason.clone()));
             self.stop_serving(name);
@@ -653,11 +701,11 @@ impl PluginsState {
         let running = self.plugins.get(name).and_then(|local| local.serving.as_ref()).map_or(0, |s| s.generation);
         let status = NodePluginStatus { node: self.args.node_id, running, state, generation, error, reported_ms: 0 };
         let command = Command::Plugin(PluginCommand::Report { name: name.to_string(), status });
-        let directory = self.args.directory.clone();
+        let proposer = self.args.proposer.clone();
         let name = name.to_string();
         tokio::spawn(async move {
             for attempt in 0..5u32 {
-                match crate::raft::propose_anywhere(&directory, command.clone(), Duration::from_secs(5)).await {
+                match proposer.propose_anywhere(command.clone(), Duration::from_secs(5)).await {
                     Ok(_) => return,
                     Err(error) if error.code == ErrorCode::NotFound => return,
                     Err(error) => {
@@ -718,17 +766,10 @@ impl PluginsState {
 const WASI_MODULE: &[u8] = b"wasi_snapshot_preview1";
 
 /// Fetches a generation's wasm (from the cluster when this node has no copy) and compiles it.
-async fn load(
-    record: &PluginRecord,
-    node_id: u64,
-    directory: Directory,
-    cluster_secret: &[u8; 32],
-    config: &PluginConfig,
-    routes: PluginRoutes,
-) -> Result<Compiled, LoadError> {
-    check_caps(&record.manifest, config)?;
-    let wasm = fetch_wasm(record, &directory).await.map_err(|message| LoadError { message, transient: true })?;
-    compile(record, wasm, node_id, directory, cluster_secret, routes).await
+async fn load(record: &PluginRecord, args: &PluginsArgs) -> Result<Compiled, LoadError> {
+    check_caps(&record.manifest, &args.config)?;
+    let wasm = fetch_wasm(record, args).await.map_err(|message| LoadError { message, transient: true })?;
+    compile(record, wasm, args).await
 }
 
 fn check_caps(manifest: &PluginManifest, config: &PluginConfig) -> Result<(), LoadError> {
@@ -748,24 +789,10 @@ fn check_caps(manifest: &PluginManifest, config: &PluginConfig) -> Result<(), Lo
 }
 
 /// Compiles a generation once, with the manifest's limits and the host functions bound to the plugin.
-async fn compile(
-    record: &PluginRecord,
-    wasm: Vec<u8>,
-    node_id: u64,
-    directory: Directory,
-    cluster_secret: &[u8; 32],
-    routes: PluginRoutes,
-) -> Result<Compiled, LoadError> {
+async fn compile(record: &PluginRecord, wasm: Vec<u8>, args: &PluginsArgs) -> Result<Compiled, LoadError> {
     let manifest = &record.manifest;
     let fatal = |message: String| LoadError { message, transient: false };
-    let host = Arc::new(host::HostContext::new(
-        manifest.clone(),
-        record.generation,
-        node_id,
-        directory,
-        cluster_secret,
-        routes,
-    ));
+    let host = Arc::new(host::HostContext::new(manifest.clone(), record.generation, args));
     // A module built for wasm32-wasip1 imports WASI: it gets extism's WASI context, which has a clock and randomness
     // but no files, environment, network or output. Modules without WASI imports run without it.
     let wasi = wasm.windows(WASI_MODULE.len()).any(|window| window == WASI_MODULE);
@@ -789,15 +816,11 @@ async fn compile(
 }
 
 /// The wasm bytes of a generation, verified against the hash the log names.
-async fn fetch_wasm(record: &PluginRecord, directory: &Directory) -> Result<Vec<u8>, String> {
-    let node = directory.blobs().ok_or("the blob store is not running")?;
-    let stores = directory.stores().ok_or("storage is not open")?;
-    let holders = stores
-        .reader
-        .blob(&record.wasm)
-        .map_err(|fault| fault.to_string())?
-        .map(|blob| blob.holders)
-        .unwrap_or_default();
+async fn fetch_wasm(record: &PluginRecord, args: &PluginsArgs) -> Result<Vec<u8>, String> {
+    let node = args.blobs.node().map_err(|unavailable| unavailable.to_string())?;
+    let reader = args.storage.reader().map_err(|unavailable| unavailable.to_string())?;
+    let holders =
+        reader.blob(&record.wasm).map_err(|fault| fault.to_string())?.map(|blob| blob.holders).unwrap_or_default();
     let _pin = node
         .ensure_local(&record.wasm, record.wasm_size, &holders)
         .await
@@ -812,10 +835,4 @@ async fn fetch_wasm(record: &PluginRecord, directory: &Directory) -> Result<Vec<
         return Err(format!("the wasm blob {} does not match its hash", record.wasm));
     }
     Ok(bytes.to_vec())
-}
-
-/// The status of every plugin on this node, from its supervisor.
-pub async fn local_status(directory: &Directory) -> Option<Vec<LocalPluginStatus>> {
-    let supervisor = directory.plugin_supervisor()?;
-    ractor::call_t!(supervisor, PluginsMsg::Status, 2_000).ok()
 }

@@ -27,16 +27,17 @@ fn record(manifest: PluginManifest, generation: u64) -> PluginRecord {
 }
 
 struct Node {
-    directory: Directory,
+    handle: PluginsHandle,
     supervisor: ActorRef<PluginsMsg>,
 }
 
 impl Node {
+    /// A plugin supervisor alone: no storage, Raft or blob store runs behind its handles.
     async fn start(config: PluginConfig) -> Node {
-        let directory = Directory::default();
-        let args = PluginsArgs { node_id: 1, directory: directory.clone(), config, cluster_secret: [7; 32] };
+        let handles = crate::tree::Handles::new(1, []);
+        let args = handles.plugins_args(1, Clock::Wall, config, [7; 32]);
         let (supervisor, _) = Actor::spawn(None, PluginSupervisor, args).await.expect("supervisor starts");
-        Node { directory, supervisor }
+        Node { handle: handles.plugins, supervisor }
     }
 
     async fn preload(&self, manifest: PluginManifest, generation: u64, wasm_name: &str) {
@@ -55,7 +56,7 @@ impl Node {
     }
 
     async fn call(&self, name: &str, function: &str, input: &[u8]) -> Result<(Vec<u8>, u64), WireError> {
-        self.directory.plugins().call(name, function, input.to_vec(), Duration::from_secs(10)).await
+        self.handle.call(name, function, input.to_vec(), Duration::from_secs(10)).await
     }
 }
 
@@ -207,7 +208,7 @@ async fn a_failure_storm_quarantines_the_plugin_until_a_new_generation() {
 async fn a_full_queue_answers_busy_without_running_the_call() {
     let node = Node::start(PluginConfig::default()).await;
     node.preload(PluginManifest { queue: 1, timeout_ms: 1_500, fuel: 0, ..manifest("narrow") }, 1, "misbehave").await;
-    let routes = node.directory.plugins();
+    let routes = node.handle.routes.clone();
     let job = |function: &str| {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -230,7 +231,7 @@ async fn a_full_queue_answers_busy_without_running_the_call() {
 async fn an_upgrade_under_a_stream_of_calls_loses_none_and_never_goes_back() {
     let node = Node::start(PluginConfig::default()).await;
     node.preload(PluginManifest { instances: 2, ..manifest("echo") }, 1, "echo").await;
-    let routes = node.directory.plugins();
+    let routes = node.handle.routes.clone();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut callers = Vec::new();
     for caller in 0..4 {

@@ -18,9 +18,11 @@ use pando_protocol::limits::{PROPOSAL_BYTES_MAX, REQUEST_TIMEOUT_MS_MAX};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 
+use super::handle::{RaftCore, RaftHandle};
 use super::transport::RaftTransport;
 use super::type_config::{NodeId, Raft};
-use crate::directory::{Directory, RaftHandles};
+use crate::clock::Clock;
+use crate::storage_actor::StorageHandle;
 
 /// Batches written concurrently; more proposals wait and join the next batch.
 pub const PROPOSALS_IN_FLIGHT_MAX: usize = 2;
@@ -45,7 +47,12 @@ pub struct RaftArgs {
     pub config: Arc<openraft::Config>,
     /// Members to initialise the cluster with when the log is empty (first start of the first node).
     pub bootstrap: Option<BTreeMap<NodeId, MemberNode>>,
-    pub directory: Directory,
+    /// Where each new Raft core is published.
+    pub handle: RaftHandle,
+    /// The log and state machine the core runs on.
+    pub storage: StorageHandle,
+    /// What proposals are stamped with.
+    pub clock: Clock,
     pub network: RaftTransport,
 }
 
@@ -86,7 +93,8 @@ pub struct RaftState {
     in_flight_count: usize,
     batches_total: u64,
     commands_total: u64,
-    directory: Directory,
+    storage: StorageHandle,
+    clock: Clock,
     last_tick_at: Option<tokio::time::Instant>,
 }
 
@@ -97,14 +105,14 @@ impl Actor for RaftActor {
 
     async fn pre_start(&self, myself: ActorRef<RaftMsg>, args: RaftArgs) -> Result<RaftState, ActorProcessingErr> {
         // A restarted actor must not run a second Raft core over the same storage.
-        if let Some(previous) = args.directory.take_raft() {
+        if let Some(previous) = args.handle.take() {
             let shutdown =
                 tokio::time::timeout(Duration::from_millis(RAFT_SHUTDOWN_TIMEOUT_MS), previous.raft.shutdown());
             if shutdown.await.is_err() {
                 tracing::warn!("previous raft instance did not shut down in time");
             }
         }
-        let stores = args.directory.stores().ok_or("storage is not open")?;
+        let stores = args.storage.stores()?;
         let raft = Raft::new(args.node_id, args.config.clone(), args.network.clone(), stores.log, stores.state_machine)
             .await?;
         if let Some(members) = &args.bootstrap {
@@ -116,7 +124,7 @@ impl Actor for RaftActor {
                 Err(error) => return Err(error.into()),
             }
         }
-        args.directory.set_raft(RaftHandles { raft: raft.clone(), actor: myself.clone() });
+        args.handle.publish(RaftCore { raft: raft.clone(), actor: myself.clone() });
         let myself_for_ticks = myself.clone();
         // openraft stops by itself on a fatal error (a storage failure, a panic in its core); turn that into a
         // failure of this actor so the supervisor restarts it instead of leaving a node that answers UNAVAILABLE.
@@ -140,7 +148,8 @@ impl Actor for RaftActor {
             in_flight_count: 0,
             batches_total: 0,
             commands_total: 0,
-            directory: args.directory.clone(),
+            storage: args.storage.clone(),
+            clock: args.clock,
             last_tick_at: None,
         })
     }
@@ -217,9 +226,9 @@ fn expiry_check(myself: &ActorRef<RaftMsg>, state: &mut RaftState) {
     if state.last_tick_at.is_some_and(|at| at.elapsed() < Duration::from_millis(EXPIRY_CHECK_INTERVAL_MS)) {
         return;
     }
-    let Some(stores) = state.directory.stores() else { return };
-    let due = match stores.reader.lease_deadline() {
-        Ok(deadline) => deadline.is_some_and(|deadline| deadline <= state.directory.now_ms()),
+    let Ok(reader) = state.storage.reader() else { return };
+    let due = match reader.lease_deadline() {
+        Ok(deadline) => deadline.is_some_and(|deadline| deadline <= state.clock.now_ms()),
         Err(fault) => {
             tracing::warn!(%fault, "cannot read the next lease deadline");
             return;
@@ -269,7 +278,7 @@ fn flush(myself: &ActorRef<RaftMsg>, state: &mut RaftState) {
         state.batches_total += 1;
         let raft = state.raft.clone();
         let myself = myself.clone();
-        let stamp_ms = state.directory.now_ms();
+        let stamp_ms = state.clock.now_ms();
         let node_id = state.node_id;
         tokio::spawn(async move {
             // Reports the batch done however this task ends, so a panic cannot wedge the in-flight count.

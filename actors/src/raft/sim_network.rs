@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use pando_protocol::frame::LENGTH_PREFIX_BYTES;
 
+use super::handle::RaftHandle;
 use super::transport::{TransportError, dispatch};
 use super::type_config::NodeId;
-use crate::directory::Directory;
 use crate::mesh::sim_link::MeshPorts;
 use crate::rpc::sim_link::{RpcPorts, SimRpcListener};
 use crate::seeded_rng::SeededRng;
@@ -42,7 +42,7 @@ pub struct SimNet {
 struct NetState {
     /// When the network was made: trace lines carry the simulated time since.
     start: tokio::time::Instant,
-    nodes: BTreeMap<NodeId, Directory>,
+    nodes: BTreeMap<NodeId, RaftHandle>,
     /// Links that carry nothing: (from, to).
     cut: BTreeSet<(NodeId, NodeId)>,
     faults: NetFaults,
@@ -109,10 +109,10 @@ impl SimNet {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Makes `node_id` reachable: requests to it go to the Raft in `directory` (whichever instance runs there now).
-    pub fn attach(&self, node_id: NodeId, directory: Directory) {
+    /// Makes `node_id` reachable: requests to it go to the Raft behind `raft` (whichever core runs there now).
+    pub fn attach(&self, node_id: NodeId, raft: RaftHandle) {
         let mut state = self.lock();
-        state.nodes.insert(node_id, directory);
+        state.nodes.insert(node_id, raft);
         state.note(format!("node {node_id} up"));
     }
 
@@ -246,7 +246,7 @@ impl SimNet {
         fate
     }
 
-    fn directory(&self, node_id: NodeId) -> Option<Directory> {
+    fn raft(&self, node_id: NodeId) -> Option<RaftHandle> {
         self.lock().nodes.get(&node_id).cloned()
     }
 }
@@ -279,17 +279,17 @@ impl SimRaftNetwork {
         if tokio::time::timeout_at(deadline, tokio::time::sleep(delay)).await.is_err() {
             return Err(lost());
         }
-        let Some(directory) = self.net.directory(target) else {
+        let Some(raft) = self.net.raft(target) else {
             tokio::time::sleep_until(deadline).await;
             return Err(lost());
         };
         if duplicate {
-            let (directory, bytes) = (directory.clone(), bytes.to_vec());
+            let (raft, bytes) = (raft.clone(), bytes.to_vec());
             tokio::spawn(async move {
-                let _ = dispatch(&directory, &bytes).await;
+                let _ = dispatch(&raft, &bytes).await;
             });
         }
-        let response = match tokio::time::timeout_at(deadline, dispatch(&directory, bytes)).await {
+        let response = match tokio::time::timeout_at(deadline, dispatch(&raft, bytes)).await {
             Ok(Some(response)) => response.get(LENGTH_PREFIX_BYTES..).unwrap_or_default().to_vec(),
             Ok(None) => return Err(TransportError("the response did not fit in a frame".into())),
             Err(_) => return Err(lost()),

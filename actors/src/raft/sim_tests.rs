@@ -13,16 +13,17 @@ use ractor::{Actor, ActorRef};
 
 use super::sim_network::{NetFaults, SimNet};
 use super::transport::RaftTransport;
-use super::{RaftActor, RaftArgs, RaftMsg};
+use super::{RaftActor, RaftArgs, RaftHandle, RaftMsg};
 use crate::clock::Clock;
-use crate::directory::Directory;
 use crate::storage::{self, SimDisk};
+use crate::storage_actor::StorageHandle;
 
 /// The simulated wall clock starts here (2026-01-01), so stamps look like real ones.
 const EPOCH_MS: u64 = 1_767_225_600_000;
 
 struct SimNode {
-    directory: Directory,
+    raft: RaftHandle,
+    storage: StorageHandle,
     actor: ActorRef<RaftMsg>,
 }
 
@@ -31,18 +32,21 @@ async fn start_cluster(net: &SimNet, dir: &std::path::Path, count: u64) -> BTree
         (1..=count).map(|id| (id, MemberNode { public_key: bytes(vec![id as u8; 32]), addrs: vec![] })).collect();
     let mut nodes = BTreeMap::new();
     for id in 1..=count {
-        let directory = Directory::with_clock(Clock::simulated(EPOCH_MS));
-        directory.set_stores(storage::open_simulated(&dir.join(id.to_string()), SimDisk::new()).unwrap());
-        net.attach(id, directory.clone());
+        let raft = RaftHandle::new(id, []);
+        let storage = StorageHandle::default();
+        storage.publish(storage::open_simulated(&dir.join(id.to_string()), SimDisk::new()).unwrap());
+        net.attach(id, raft.clone());
         let args = RaftArgs {
             node_id: id,
             config: Arc::new(super::default_config().validate().unwrap()),
             bootstrap: (id == 1).then(|| members.clone()),
-            directory: directory.clone(),
+            handle: raft.clone(),
+            storage: storage.clone(),
+            clock: Clock::simulated(EPOCH_MS),
             network: RaftTransport::Simulated(net.transport_for(id)),
         };
         let (actor, _) = Actor::spawn(None, RaftActor, args).await.unwrap();
-        nodes.insert(id, SimNode { directory, actor });
+        nodes.insert(id, SimNode { raft, storage, actor });
     }
     nodes
 }
@@ -51,10 +55,7 @@ async fn start_cluster(net: &SimNet, dir: &std::path::Path, count: u64) -> BTree
 async fn agreed_leader(net: &SimNet, nodes: &BTreeMap<u64, SimNode>, among: &[u64], within: Duration) -> u64 {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let leaders: Vec<Option<u64>> = among
-            .iter()
-            .map(|id| nodes[id].directory.raft().and_then(|handles| handles.raft.metrics().borrow().current_leader))
-            .collect();
+        let leaders: Vec<Option<u64>> = among.iter().map(|id| nodes[id].raft.leader()).collect();
         if let Some(Some(leader)) = leaders.first()
             && leaders.iter().all(|seen| *seen == Some(*leader))
             && among.contains(leader)
@@ -64,9 +65,8 @@ async fn agreed_leader(net: &SimNet, nodes: &BTreeMap<u64, SimNode>, among: &[u6
         if tokio::time::Instant::now() >= deadline {
             let metrics: Vec<String> = among
                 .iter()
-                .map(|id| match nodes[id].directory.raft() {
-                    Some(handles) => {
-                        let metrics = handles.raft.metrics().borrow().clone();
+                .map(|id| match nodes[id].raft.metrics() {
+                    Some(metrics) => {
                         format!(
                             "{id}: {:?} term {} last log {:?}",
                             metrics.state, metrics.current_term, metrics.last_log_index
@@ -91,7 +91,7 @@ async fn put(node: &SimNode, key: &str) -> Result<CommandOutput, pando_protocol:
 }
 
 fn stored(node: &SimNode, key: &str) -> bool {
-    let reader = node.directory.stores().unwrap().reader;
+    let reader = node.storage.reader().unwrap();
     let request = KvRequest::Get { key: bytes(key), consistency: Consistency::Stale };
     matches!(reader.read(&request), Ok(Ok(KvResponse::Entry { entry: Some(_) })))
 }

@@ -13,18 +13,34 @@ use ractor::{Actor, ActorRef};
 
 use super::raft_actor::RaftActorStatus;
 use super::transport::IrohNetwork;
-use super::{RaftActor, RaftArgs, RaftMsg};
-use crate::directory::Directory;
+use super::{RaftActor, RaftArgs, RaftHandle, RaftMsg};
+use crate::clock::Clock;
 use crate::storage;
+use crate::storage_actor::StorageHandle;
 
 const PROPOSALS_COUNT: usize = 400;
 
-async fn start(dir: &std::path::Path, directory: &Directory) -> ActorRef<RaftMsg> {
+/// The handles a node's tree would hand the RaftActor.
+#[derive(Clone)]
+struct Node {
+    raft: RaftHandle,
+    storage: StorageHandle,
+}
+
+impl Node {
+    fn new() -> Node {
+        Node { raft: RaftHandle::new(1, []), storage: StorageHandle::default() }
+    }
+}
+
+async fn start(dir: &std::path::Path, node: &Node) -> ActorRef<RaftMsg> {
     let args = RaftArgs {
         node_id: 1,
         config: Arc::new(super::default_config().validate().unwrap()),
         bootstrap: Some(BTreeMap::from([(1, MemberNode { public_key: bytes(vec![1; 32]), addrs: vec![] })])),
-        directory: directory.clone(),
+        handle: node.raft.clone(),
+        storage: node.storage.clone(),
+        clock: Clock::Wall,
         network: IrohNetwork::new(
             iroh::Endpoint::builder(iroh::endpoint::presets::Minimal)
                 .clear_ip_transports()
@@ -33,15 +49,15 @@ async fn start(dir: &std::path::Path, directory: &Directory) -> ActorRef<RaftMsg
                 .bind()
                 .await
                 .unwrap(),
-            directory.peer_health(),
+            node.raft.peer_health(),
         )
         .into(),
     };
-    if directory.stores().is_none() {
-        directory.set_stores(storage::open(dir).unwrap());
+    if node.storage.stores().is_err() {
+        node.storage.publish(storage::open(dir).unwrap());
     }
     let (actor, _) = Actor::spawn(None, RaftActor, args).await.unwrap();
-    let raft = directory.raft().unwrap().raft;
+    let raft = node.raft.core().unwrap().raft;
     raft.wait(Some(Duration::from_secs(10))).current_leader(1, "single node elects itself").await.unwrap();
     actor
 }
@@ -49,8 +65,8 @@ async fn start(dir: &std::path::Path, directory: &Directory) -> ActorRef<RaftMsg
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_proposals_share_batches_and_each_gets_its_result() {
     let dir = tempfile::tempdir().unwrap();
-    let directory = Directory::default();
-    let actor = start(dir.path(), &directory).await;
+    let node = Node::new();
+    let actor = start(dir.path(), &node).await;
     let mut calls = Vec::new();
     for index in 0..PROPOSALS_COUNT {
         let actor = actor.clone();
@@ -81,13 +97,13 @@ async fn concurrent_proposals_share_batches_and_each_gets_its_result() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_actor_takes_over_after_a_panic_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
-    let directory = Directory::default();
-    let first = start(dir.path(), &directory).await;
+    let node = Node::new();
+    let first = start(dir.path(), &node).await;
     let command = Command::Kv(put_request(b"before", b"1"));
     ractor::call_t!(first, |reply| RaftMsg::Propose { command, reply }, 10_000).unwrap().unwrap();
     // Kill without post_stop, as a panic would: the next instance must shut the old Raft down itself.
     first.kill_and_wait(Some(Duration::from_secs(5))).await.unwrap();
-    let second = start(dir.path(), &directory).await;
+    let second = start(dir.path(), &node).await;
     let command = Command::Kv(put_request(b"after", b"2"));
     let result = ractor::call_t!(second, |reply| RaftMsg::Propose { command, reply }, 10_000).unwrap();
     assert_eq!(result, Ok(CommandOutput::Kv(KvResponse::Written { revision: 2 })));

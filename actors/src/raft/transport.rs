@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tokio::sync::Mutex;
 
+use super::handle::{PeerHealth, RaftHandle};
 use super::type_config::{NodeId, TypeConfig};
-use crate::directory::Directory;
 
 /// How long dialling a peer may take.
 pub const RAFT_CONNECT_TIMEOUT_MS: u64 = 3_000;
@@ -59,12 +59,12 @@ type PeerSlot = Arc<Mutex<Option<Connection>>>;
 pub struct IrohNetwork {
     endpoint: Endpoint,
     pool: Arc<std::sync::Mutex<BTreeMap<NodeId, PeerSlot>>>,
-    /// Stamped with every answer a peer gives (see [`Directory::peer_heard_within`]).
-    health: crate::directory::PeerHealth,
+    /// Stamped with every answer a peer gives (see [`RaftHandle::peer_heard_within`]).
+    health: PeerHealth,
 }
 
 impl IrohNetwork {
-    pub fn new(endpoint: Endpoint, health: crate::directory::PeerHealth) -> IrohNetwork {
+    pub fn new(endpoint: Endpoint, health: PeerHealth) -> IrohNetwork {
         IrohNetwork { endpoint, pool: Arc::default(), health }
     }
 }
@@ -250,29 +250,14 @@ pub(crate) fn endpoint_addr(node_id: NodeId, node: &MemberNode) -> Result<Endpoi
     Ok(node.addrs.iter().fold(EndpointAddr::new(key), |addr, socket| addr.with_ip_addr(*socket)))
 }
 
-/// The current members (voters and learners) as this node's Raft sees them; empty while Raft is not running.
-pub(crate) fn members(directory: &Directory) -> BTreeMap<NodeId, MemberNode> {
-    let Some(handles) = directory.raft() else { return BTreeMap::new() };
-    let metrics = handles.raft.metrics().borrow().clone();
-    metrics.membership_config.membership().nodes().map(|(id, node)| (*id, node.clone())).collect()
-}
-
-/// Whether `remote` may send us Raft traffic: a node of the current membership, or a peer trusted since joining.
-pub fn is_authorised_peer(directory: &Directory, remote: &PublicKey) -> bool {
-    if directory.is_trusted_peer(remote.as_bytes()) {
-        return true;
-    }
-    members(directory).values().any(|node| node.public_key.as_slice() == remote.as_bytes())
-}
-
 /// Serves one Raft request frame on this node: decodes it, hands it to the local Raft, answers the encoded response
 /// (`None` if the response cannot be encoded within the frame limit).
-pub async fn dispatch(directory: &Directory, body: &[u8]) -> Option<Vec<u8>> {
+pub async fn dispatch(raft: &RaftHandle, body: &[u8]) -> Option<Vec<u8>> {
     let response = match frame::decode::<RaftRequest>(body) {
         Err(error) => RaftResponse::Refused(format!("malformed raft request: {error}")),
-        Ok(request) => match directory.raft() {
-            None => RaftResponse::Refused("raft is not running".into()),
-            Some(handles) => match request {
+        Ok(request) => match raft.core() {
+            Err(unavailable) => RaftResponse::Refused(unavailable.to_string()),
+            Ok(handles) => match request {
                 RaftRequest::AppendEntries(rpc) => RaftResponse::AppendEntries(handles.raft.append_entries(rpc).await),
                 RaftRequest::Vote(rpc) => RaftResponse::Vote(handles.raft.vote(rpc).await),
                 RaftRequest::InstallSnapshot(rpc) => {
@@ -285,9 +270,9 @@ pub async fn dispatch(directory: &Directory, body: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Serves Raft RPCs from one peer connection until it closes.
-pub async fn serve_peer(connection: Connection, directory: Directory) {
+pub async fn serve_peer(connection: Connection, raft: RaftHandle) {
     let remote = connection.remote_id();
-    if !is_authorised_peer(&directory, &remote) {
+    if !raft.is_authorised_peer(remote.as_bytes()) {
         tracing::warn!(%remote, "refusing raft traffic from a node that is not a member");
         connection.close(5u32.into(), b"not a member");
         return;
@@ -299,23 +284,23 @@ pub async fn serve_peer(connection: Connection, directory: Directory) {
             Err(_) => return,
         };
         let Ok(permit) = streams.clone().acquire_owned().await else { return };
-        let directory = directory.clone();
+        let raft = raft.clone();
         tokio::spawn(async move {
-            serve_rpc(send, recv, &directory, &remote).await;
+            serve_rpc(send, recv, &raft, &remote).await;
             drop(permit);
         });
     }
 }
 
-async fn serve_rpc(mut send: SendStream, mut recv: RecvStream, directory: &Directory, remote: &PublicKey) {
+async fn serve_rpc(mut send: SendStream, mut recv: RecvStream, raft: &RaftHandle, remote: &PublicKey) {
     let read = tokio::time::timeout(Duration::from_millis(RAFT_RPC_TIMEOUT_MS_DEFAULT * 2), read_frame(&mut recv));
     let body = match read.await {
         Ok(Ok(body)) => body,
         _ => return,
     };
     // Membership can change while a connection lives: a removed node loses access at once.
-    let bytes = if is_authorised_peer(directory, remote) {
-        dispatch(directory, &body).await
+    let bytes = if raft.is_authorised_peer(remote.as_bytes()) {
+        dispatch(raft, &body).await
     } else {
         frame::encode_within(&RaftResponse::Refused("not a member".into()), RAFT_FRAME_SIZE_BYTES_MAX).ok()
     };

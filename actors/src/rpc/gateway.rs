@@ -181,11 +181,11 @@ async fn serve_offered(connection: &ClientConnection, shared: Arc<Shared>) {
     let ClientConnection::Iroh(peer) = connection else {
         return serve_connection(connection, shared).await;
     };
-    let directory = shared.context.directory.clone();
+    let peers = &shared.context.peers;
     match peer.alpn() {
-        alpn::RAFT => serve_peer(peer.clone(), directory).await,
-        alpn::ACTORS => accept_peer(peer.clone(), directory).await,
-        alpn::BLOBS => crate::blobs::serve_members(peer.clone(), directory).await,
+        alpn::RAFT => serve_peer(peer.clone(), peers.raft.clone()).await,
+        alpn::ACTORS => accept_peer(peer.clone(), peers.raft.clone(), peers.mesh.clone()).await,
+        alpn::BLOBS => crate::blobs::serve_members(peer.clone(), peers.raft.clone(), peers.blobs.clone()).await,
         alpn::RPC => serve_connection(connection, shared).await,
         _ => connection.close(1, b"unsupported alpn"),
     }

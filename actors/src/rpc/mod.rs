@@ -1,17 +1,17 @@
 //! The RPC gateway: accepts client connections (ALPN `pando/rpc/1`), reads one framed request per bi-stream,
-//! authenticates it, routes it with its deadline, and writes the response.
+//! authenticates it, checks it against one access table, hands it to a [service](crate::services) with its deadline,
+//! and writes the response.
 
+mod access;
 mod blobs;
-pub(crate) mod cluster;
 mod gateway;
 mod handler;
 mod link;
-mod plugins;
 pub mod sim_link;
 mod stream;
 
 pub use gateway::{RpcArgs, RpcGateway, RpcGatewayStatus, RpcMsg};
-pub use handler::RpcContext;
+pub use handler::{PeerHandles, RpcContext};
 pub use link::{Outgoing, RpcListener, StreamRecv, StreamSend};
 
 /// Requests served at once by one node; beyond this a request is answered `BUSY` without being executed.

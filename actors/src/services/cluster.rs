@@ -1,89 +1,111 @@
-//! Cluster requests: status, join, add-learner, promote, remove, address refresh, metrics. Membership changes run on
-//! the leader (others answer `NOT_LEADER` with the leader's address, and the client follows).
+//! The cluster service: status, join, add-learner, promote, remove, address refresh, metrics, the supervision tree and
+//! panic injection, the actor mesh. Membership changes run on the leader (others answer `NOT_LEADER` with the
+//! leader's address, and the client follows).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ChangeMembers;
-use openraft::error::{CheckIsLeaderError, RaftError};
-use pando_protocol::cluster::{ActorReport, ClusterResponse, ClusterStatus, MemberNode, MemberStatus, MeshReport, hex};
+use pando_protocol::cluster::{
+    ActorReport, ClusterRequest, ClusterResponse, ClusterStatus, MemberNode, MemberStatus, MeshReport, hex,
+};
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::kv::Bytes;
 use pando_protocol::ticket::TicketNode;
 
-use super::handler::RpcContext;
-use crate::directory::RaftHandles;
-use crate::mesh::MeshMsg;
-use crate::raft::RaftMsg;
-use crate::raft::raft_actor::{is_member, not_leader, write_error};
+use crate::mesh::{MeshHandle, MeshMsg};
+use crate::plugins::PluginsHandle;
+use crate::raft::raft_actor::write_error;
 use crate::raft::type_config::NodeId;
+use crate::raft::{RaftCore, RaftHandle, RaftMsg};
 use crate::rpc::RpcMsg;
-use crate::storage_actor::StorageMsg;
-use crate::supervision::SupervisorMsg;
+use crate::storage_actor::{StorageHandle, StorageMsg};
+use crate::supervision::{SupervisorMsg, TreeHandle};
+
+#[derive(Clone)]
+pub struct ClusterService {
+    node_id: NodeId,
+    cluster_id: Vec<u8>,
+    /// Handed to nodes that join, so every member can issue client tickets.
+    cluster_secret_key: [u8; 32],
+    /// Serialises membership changes made through this node.
+    membership_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Whether `InjectPanic` is served (`--enable-fault-injection`).
+    fault_injection: bool,
+    raft: RaftHandle,
+    storage: StorageHandle,
+    mesh: MeshHandle,
+    plugins: PluginsHandle,
+    tree: TreeHandle,
+}
+
+impl ClusterService {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        node_id: NodeId,
+        cluster_id: Vec<u8>,
+        cluster_secret_key: [u8; 32],
+        fault_injection: bool,
+        raft: RaftHandle,
+        storage: StorageHandle,
+        mesh: MeshHandle,
+        plugins: PluginsHandle,
+        tree: TreeHandle,
+    ) -> ClusterService {
+        ClusterService {
+            node_id,
+            cluster_id,
+            cluster_secret_key,
+            membership_lock: Arc::default(),
+            fault_injection,
+            raft,
+            storage,
+            mesh,
+            plugins,
+            tree,
+        }
+    }
+
+    /// Serves one cluster request (its caller authorised it).
+    pub async fn execute(&self, request: ClusterRequest) -> Result<ClusterResponse, WireError> {
+        Ok(match request {
+            ClusterRequest::Status => ClusterResponse::Status(status(self)?),
+            ClusterRequest::Metrics => metrics(self)?,
+            ClusterRequest::Join { node } => join(self, node).await?,
+            ClusterRequest::AddLearner { node_id, node } => add_learner(self, node_id, node).await?,
+            ClusterRequest::Promote { node_id } => promote(self, node_id).await?,
+            ClusterRequest::Remove { node_id } => remove(self, node_id).await?,
+            ClusterRequest::Actors => actors(self).await?,
+            ClusterRequest::InjectPanic { actor } => inject_panic(self, &actor).await?,
+            ClusterRequest::Mesh => mesh(self).await?,
+            ClusterRequest::UpdateAddress { node_id, node } => update_address(self, node_id, node).await?,
+        })
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> Result<ClusterStatus, WireError> {
+        status(self)
+    }
+}
 
 /// A learner this far behind the leader's log is not promoted yet (the caller retries).
 pub const PROMOTE_LAG_COUNT_MAX: u64 = 64;
 
-fn raft(context: &RpcContext) -> Result<RaftHandles, WireError> {
-    context.directory.raft().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "raft is not running"))
-}
-
-/// Fails with `NOT_LEADER` (naming the leader) unless this node is the leader with a quorum (a read-index round: once
-/// it returns, this node has applied everything committed before the call).
-pub(crate) async fn ensure_leader(handles: &RaftHandles) -> Result<(), WireError> {
-    leader_answer(handles, handles.raft.ensure_linearizable().await)
-}
-
-/// [`ensure_leader`], except that a leader that cannot reach a quorum yet (its peers restarting, a partition healing)
-/// is asked again until the caller's deadline cuts it off: a linearizable read waits for the cluster, as etcd's do,
-/// instead of failing at once. Reads are idempotent, so asking again is safe.
-pub(crate) async fn ensure_leader_waiting_for_quorum(handles: &RaftHandles) -> Result<(), WireError> {
-    loop {
-        match handles.raft.ensure_linearizable().await {
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
-                tracing::debug!(%error, "linearizable read waiting for a quorum");
-                tokio::time::sleep(Duration::from_millis(QUORUM_RETRY_MS)).await;
-            }
-            other => return leader_answer(handles, other),
-        }
-    }
-}
-
-/// How long a linearizable read waits before asking its leader again to confirm a quorum.
-const QUORUM_RETRY_MS: u64 = 100;
-
-fn leader_answer<T>(
-    handles: &RaftHandles,
-    checked: Result<T, RaftError<NodeId, CheckIsLeaderError<NodeId, MemberNode>>>,
-) -> Result<(), WireError> {
-    match checked {
-        // A leader outside its own membership (openraft keeps it leading after its removal) leads nobody.
-        Ok(_) if !is_member(&handles.raft.metrics().borrow()) => Err(not_leader(None, None)),
-        Ok(_) => Ok(()),
-        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
-            Err(not_leader(forward.leader_id, forward.leader_node))
-        }
-        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
-            Err(WireError::new(ErrorCode::Unavailable, format!("no quorum: {error}")))
-        }
-        Err(RaftError::Fatal(fatal)) => Err(WireError::new(ErrorCode::Unavailable, format!("raft stopped: {fatal}"))),
-    }
-}
-
 /// What every membership change starts with: this node is the leader, holds the membership lock, and reads the
 /// membership as it is.
 struct LeaderView<'a> {
-    handles: RaftHandles,
+    handles: RaftCore,
     membership: openraft::Membership<NodeId, MemberNode>,
     _guard: tokio::sync::MutexGuard<'a, ()>,
 }
 
-async fn leader_view(context: &RpcContext) -> Result<LeaderView<'_>, WireError> {
-    let handles = raft(context)?;
+async fn leader_view(context: &ClusterService) -> Result<LeaderView<'_>, WireError> {
+    let handles = context.raft.core()?;
     // One membership change at a time, so two joiners never get the same id.
     let guard = context.membership_lock.lock().await;
-    ensure_leader(&handles).await?;
+    handles.ensure_leader().await?;
     let membership = handles.raft.metrics().borrow().membership_config.membership().clone();
     Ok(LeaderView { handles, membership, _guard: guard })
 }
@@ -98,8 +120,8 @@ fn validate_node(node: &MemberNode) -> Result<(), WireError> {
     Ok(())
 }
 
-pub(crate) fn status(context: &RpcContext) -> Result<ClusterStatus, WireError> {
-    let handles = raft(context)?;
+fn status(context: &ClusterService) -> Result<ClusterStatus, WireError> {
+    let handles = context.raft.core()?;
     let metrics = handles.raft.metrics().borrow().clone();
     let membership = metrics.membership_config.membership();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -121,8 +143,7 @@ pub(crate) fn status(context: &RpcContext) -> Result<ClusterStatus, WireError> {
             }
         })
         .collect();
-    let reader =
-        context.directory.stores().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "storage is not open"))?.reader;
+    let reader = context.storage.reader()?;
     let revision = reader.revision().map_err(|fault| WireError::internal(fault.to_string()))?;
     let (digest_at, applied_digest) = reader.applied().map_err(|fault| WireError::internal(fault.to_string()))?;
     Ok(ClusterStatus {
@@ -142,7 +163,7 @@ pub(crate) fn status(context: &RpcContext) -> Result<ClusterStatus, WireError> {
     })
 }
 
-pub(crate) async fn join(context: &RpcContext, node: MemberNode) -> Result<ClusterResponse, WireError> {
+async fn join(context: &ClusterService, node: MemberNode) -> Result<ClusterResponse, WireError> {
     validate_node(&node)?;
     let LeaderView { handles, membership, _guard } = leader_view(context).await?;
     let existing = membership.nodes().find(|(_, member)| member.public_key == node.public_key).map(|(id, _)| *id);
@@ -178,8 +199,8 @@ pub(crate) async fn join(context: &RpcContext, node: MemberNode) -> Result<Clust
     })
 }
 
-pub(crate) async fn add_learner(
-    context: &RpcContext,
+async fn add_learner(
+    context: &ClusterService,
     node_id: NodeId,
     node: MemberNode,
 ) -> Result<ClusterResponse, WireError> {
@@ -195,7 +216,7 @@ pub(crate) async fn add_learner(
     Ok(ClusterResponse::MembershipChanged { log_index: response.log_id.index })
 }
 
-pub(crate) async fn promote(context: &RpcContext, node_id: NodeId) -> Result<ClusterResponse, WireError> {
+async fn promote(context: &ClusterService, node_id: NodeId) -> Result<ClusterResponse, WireError> {
     let LeaderView { handles, membership, _guard } = leader_view(context).await?;
     let metrics = handles.raft.metrics().borrow().clone();
     if membership.get_node(&node_id).is_none() {
@@ -223,7 +244,7 @@ pub(crate) async fn promote(context: &RpcContext, node_id: NodeId) -> Result<Clu
     Ok(ClusterResponse::MembershipChanged { log_index: response.log_id.index })
 }
 
-pub(crate) async fn remove(context: &RpcContext, node_id: NodeId) -> Result<ClusterResponse, WireError> {
+async fn remove(context: &ClusterService, node_id: NodeId) -> Result<ClusterResponse, WireError> {
     let LeaderView { handles, membership, _guard } = leader_view(context).await?;
     if membership.get_node(&node_id).is_none() {
         return Err(WireError::new(ErrorCode::NotFound, format!("node {node_id} is not a member")));
@@ -243,8 +264,8 @@ pub(crate) async fn remove(context: &RpcContext, node_id: NodeId) -> Result<Clus
     Ok(ClusterResponse::MembershipChanged { log_index: response.log_id.index })
 }
 
-pub(crate) async fn update_address(
-    context: &RpcContext,
+async fn update_address(
+    context: &ClusterService,
     node_id: NodeId,
     node: MemberNode,
 ) -> Result<ClusterResponse, WireError> {
@@ -270,7 +291,7 @@ pub(crate) async fn update_address(
 }
 
 /// Prometheus text exposition (version 0.0.4) of this node's Raft metrics.
-pub(crate) fn metrics(context: &RpcContext) -> Result<ClusterResponse, WireError> {
+fn metrics(context: &ClusterService) -> Result<ClusterResponse, WireError> {
     let status = status(context)?;
     let mut text = String::new();
     let node = status.node_id;
@@ -307,8 +328,8 @@ pub const ACTOR_REPORTS_COUNT_MAX: usize = 1_024;
 const SUPERVISOR_STATUS_TIMEOUT_MS: u64 = 2_000;
 
 /// The supervision tree, from the root down (nested supervisors included).
-pub(crate) async fn actors(context: &RpcContext) -> Result<ClusterResponse, WireError> {
-    let root = context.directory.root().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "node is starting"))?;
+async fn actors(context: &ClusterService) -> Result<ClusterResponse, WireError> {
+    let root = context.tree.root()?;
     let mut reports = Vec::new();
     let mut queue = std::collections::VecDeque::from([("node".to_string(), root)]);
     while let Some((path, supervisor)) = queue.pop_front() {
@@ -342,7 +363,7 @@ pub(crate) async fn actors(context: &RpcContext) -> Result<ClusterResponse, Wire
             // The plugin supervisor's children come and go with the registry: it lists them itself.
             if child.id == "plugins"
                 && child.alive
-                && let Some(plugins) = crate::plugins::local_status(&context.directory).await
+                && let Some(plugins) = context.plugins.status().await
             {
                 for plugin in plugins {
                     let plugin_path = format!("{child_path}/{}", plugin.name);
@@ -383,7 +404,7 @@ pub(crate) async fn actors(context: &RpcContext) -> Result<ClusterResponse, Wire
 /// Actors a panic can be injected into.
 const PANIC_TARGETS: &str = "storage, raft, rpc, mesh";
 
-pub(crate) async fn inject_panic(context: &RpcContext, actor: &str) -> Result<ClusterResponse, WireError> {
+async fn inject_panic(context: &ClusterService, actor: &str) -> Result<ClusterResponse, WireError> {
     if !context.fault_injection {
         return Err(WireError::invalid("fault injection is off; start the node with --enable-fault-injection"));
     }
@@ -391,14 +412,8 @@ pub(crate) async fn inject_panic(context: &RpcContext, actor: &str) -> Result<Cl
         WireError::new(ErrorCode::Unavailable, format!("the {actor} actor is gone: {error}"))
     };
     match actor {
-        "raft" => raft(context)?.actor.cast(RaftMsg::InjectPanic).map_err(|error| gone(&error))?,
-        "mesh" => {
-            let mesh = context
-                .directory
-                .mesh()
-                .ok_or_else(|| WireError::new(ErrorCode::Unavailable, "the actor mesh is not running"))?;
-            mesh.cast(MeshMsg::InjectPanic).map_err(|error| gone(&error))?;
-        }
+        "raft" => context.raft.core()?.actor.cast(RaftMsg::InjectPanic).map_err(|error| gone(&error))?,
+        "mesh" => context.mesh.actor()?.cast(MeshMsg::InjectPanic).map_err(|error| gone(&error))?,
         "storage" => {
             let cell = root_child(context, actor).await?;
             ractor::ActorRef::<StorageMsg>::from(cell).cast(StorageMsg::InjectPanic).map_err(|error| gone(&error))?;
@@ -416,30 +431,19 @@ pub(crate) async fn inject_panic(context: &RpcContext, actor: &str) -> Result<Cl
 }
 
 /// The live instance of the root supervisor's child `id`.
-async fn root_child(context: &RpcContext, id: &str) -> Result<ractor::ActorCell, WireError> {
+async fn root_child(context: &ClusterService, id: &str) -> Result<ractor::ActorCell, WireError> {
     let unavailable = || WireError::new(ErrorCode::Unavailable, format!("the {id} actor is not running"));
-    let root = context.directory.root().ok_or_else(unavailable)?;
+    let root = context.tree.root().map_err(|_| unavailable())?;
     match root.call(|reply| SupervisorMsg::Child(id.to_string(), reply), Some(Duration::from_secs(5))).await {
         Ok(ractor::rpc::CallResult::Success(Some(cell))) => Ok(cell),
         _ => Err(unavailable()),
     }
 }
 
-/// How long the mesh may take to list its sessions.
-const MESH_STATUS_TIMEOUT_MS: u64 = 5_000;
-
 /// The mesh's sessions, and a ping from this node to every node agent in the cluster-wide process group.
-pub(crate) async fn mesh(context: &RpcContext) -> Result<ClusterResponse, WireError> {
-    let mesh = context
-        .directory
-        .mesh()
-        .ok_or_else(|| WireError::new(ErrorCode::Unavailable, "the actor mesh is not running"))?;
-    let status = match mesh.call(MeshMsg::Status, Some(Duration::from_millis(MESH_STATUS_TIMEOUT_MS))).await {
-        Ok(ractor::rpc::CallResult::Success(status)) => status,
-        _ => return Err(WireError::new(ErrorCode::Unavailable, "the actor mesh did not answer")),
-    };
-    let scope = context.directory.mesh_scope().unwrap_or_default();
-    let pings = crate::mesh::agent::ping_group(&scope, context.node_id).await;
+async fn mesh(context: &ClusterService) -> Result<ClusterResponse, WireError> {
+    let status = context.mesh.status().await?;
+    let pings = context.mesh.ping_all(context.node_id).await?;
     Ok(ClusterResponse::Mesh(MeshReport {
         node_id: context.node_id,
         sessions: status.sessions,

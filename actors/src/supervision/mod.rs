@@ -8,11 +8,13 @@
 //! A child is described by a [`ChildSpec`] whose start function captures the child's arguments, so a restart starts
 //! the child exactly as it was first started.
 
+mod intensity;
 mod spec;
 mod supervisor;
 
+pub use intensity::{Intensity, RestartWindow};
 pub use spec::{ChildSpec, Restart, StartFn, Strategy, SupervisorOptions};
-pub use supervisor::{ChildStatus, Supervisor, SupervisorArgs, SupervisorMsg, SupervisorStatus};
+pub use supervisor::{ChildStatus, Supervisor, SupervisorArgs, SupervisorMsg, SupervisorStatus, TreeHandle};
 
 #[cfg(test)]
 mod tests;

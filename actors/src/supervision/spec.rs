@@ -95,4 +95,8 @@ impl SupervisorOptions {
     pub fn new(strategy: Strategy, restarts_max: u32, period: Duration) -> SupervisorOptions {
         SupervisorOptions { strategy, restarts_max, period }
     }
+
+    pub fn intensity(&self) -> super::Intensity {
+        super::Intensity { restarts_max: self.restarts_max, period: self.period }
+    }
 }

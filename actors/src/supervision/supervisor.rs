@@ -1,12 +1,12 @@
 //! The supervisor actor: starts children in order, applies the restart strategy, escalates past the intensity.
 
-use std::collections::VecDeque;
-
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::intensity::RestartWindow;
 use super::spec::{ChildSpec, Restart, Strategy, SupervisorOptions};
+use crate::live::{Live, Unavailable};
 
 /// Reason given to children stopped by their supervisor (a restart of a sibling, or shutdown).
 const SHUTDOWN_REASON: &str = "shutdown";
@@ -52,11 +52,34 @@ pub struct SupervisorStatus {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Supervisor;
 
+/// The node's root supervisor once the tree runs: where status trees and panic injection start.
+#[derive(Clone)]
+pub struct TreeHandle {
+    root: Live<ActorRef<SupervisorMsg>>,
+}
+
+impl Default for TreeHandle {
+    fn default() -> TreeHandle {
+        TreeHandle { root: Live::new("supervision tree") }
+    }
+}
+
+impl TreeHandle {
+    pub fn root(&self) -> Result<ActorRef<SupervisorMsg>, Unavailable> {
+        self.root.get()
+    }
+
+    /// Called by whoever spawned the root (the node, the simulator) once it runs.
+    pub fn set_root(&self, root: ActorRef<SupervisorMsg>) {
+        self.root.publish(root);
+    }
+}
+
 pub struct SupervisorState {
     name: String,
     options: SupervisorOptions,
     children: Vec<Child>,
-    restarts: VecDeque<Instant>,
+    restarts: RestartWindow,
 }
 
 struct Child {
@@ -84,7 +107,7 @@ impl Actor for Supervisor {
             name: args.name,
             options: args.options,
             children: args.children.into_iter().map(|spec| Child { spec, cell: None, restarts: 0 }).collect(),
-            restarts: VecDeque::new(),
+            restarts: RestartWindow::new(args.options.intensity()),
         };
         for index in 0..state.children.len() {
             if let Err(error) = start_child(&myself, &mut state, index).await {
@@ -187,12 +210,7 @@ async fn restart_from(
     index: usize,
     strategy: Strategy,
 ) -> Result<(), ActorProcessingErr> {
-    let now = Instant::now();
-    while state.restarts.front().is_some_and(|at| now.duration_since(*at) >= state.options.period) {
-        state.restarts.pop_front();
-    }
-    state.restarts.push_back(now);
-    if state.restarts.len() > state.options.restarts_max as usize {
+    if !state.restarts.record(Instant::now()) {
         tracing::error!(
             supervisor = %state.name,
             child = %state.children[index].spec.id,
@@ -261,7 +279,7 @@ async fn stop_children(state: &mut SupervisorState, range: std::ops::Range<usize
     }
 }
 
-fn status(state: &SupervisorState) -> SupervisorStatus {
+fn status(state: &mut SupervisorState) -> SupervisorStatus {
     SupervisorStatus {
         name: state.name.clone(),
         options: state.options,
@@ -276,6 +294,6 @@ fn status(state: &SupervisorState) -> SupervisorStatus {
                 restarts: child.restarts,
             })
             .collect(),
-        recent_restarts: state.restarts.len(),
+        recent_restarts: state.restarts.recent(Instant::now()),
     }
 }

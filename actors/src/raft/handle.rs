@@ -1,0 +1,205 @@
+//! The node's Raft as the other subsystems reach it: propose a command, confirm leadership for a linearizable read,
+//! read the membership and the leader. Valid across the RaftActor's restarts (each new Raft core is published here).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, RaftError};
+use pando_protocol::cluster::MemberNode;
+use pando_protocol::command::{Command, CommandOutput};
+use pando_protocol::error::{ErrorCode, WireError};
+use ractor::ActorRef;
+
+use super::raft_actor::{RaftMsg, is_member, not_leader};
+use super::type_config::{NodeId, Raft};
+use crate::live::{Live, Unavailable};
+
+/// The live Raft core and the actor that owns it.
+#[derive(Clone)]
+pub struct RaftCore {
+    pub raft: Raft,
+    pub actor: ActorRef<RaftMsg>,
+}
+
+/// When each peer last answered one of this node's Raft RPCs (the leader's view of who is alive).
+pub type PeerHealth = Arc<Mutex<BTreeMap<NodeId, tokio::time::Instant>>>;
+
+/// How long a linearizable read waits before asking its leader again to confirm a quorum.
+const QUORUM_RETRY_MS: u64 = 100;
+
+#[derive(Clone)]
+pub struct RaftHandle {
+    node_id: NodeId,
+    live: Live<RaftCore>,
+    peer_health: PeerHealth,
+    /// Public keys allowed to send Raft traffic besides the members in the log (the peers named when joining).
+    trusted_peers: Arc<BTreeSet<[u8; 32]>>,
+}
+
+impl RaftHandle {
+    pub fn new(node_id: NodeId, trusted_peers: impl IntoIterator<Item = [u8; 32]>) -> RaftHandle {
+        RaftHandle {
+            node_id,
+            live: Live::new("raft"),
+            peer_health: PeerHealth::default(),
+            trusted_peers: Arc::new(trusted_peers.into_iter().collect()),
+        }
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The running Raft core, or [`Unavailable`] while the RaftActor restarts.
+    pub fn core(&self) -> Result<RaftCore, Unavailable> {
+        self.live.get()
+    }
+
+    /// The running Raft core, waiting up to `within` for a restarting RaftActor.
+    pub async fn core_within(&self, within: Duration) -> Result<RaftCore, Unavailable> {
+        self.live.wait(within).await
+    }
+
+    /// Wakes on every new Raft core (and when one stops).
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<Option<RaftCore>> {
+        self.live.watch()
+    }
+
+    /// openraft's metrics, while Raft runs.
+    pub fn metrics(&self) -> Option<openraft::RaftMetrics<NodeId, MemberNode>> {
+        self.live.current().map(|core| core.raft.metrics().borrow().clone())
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.live.current().and_then(|core| core.raft.metrics().borrow().current_leader)
+    }
+
+    /// Whether this node names itself leader.
+    pub fn leads(&self) -> bool {
+        self.leader() == Some(self.node_id)
+    }
+
+    /// The current members (voters and learners) as this node's Raft sees them; empty while Raft is not running.
+    pub fn members(&self) -> BTreeMap<NodeId, MemberNode> {
+        let Some(core) = self.live.current() else { return BTreeMap::new() };
+        let metrics = core.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.membership_config.membership().nodes().map(|(id, node)| (*id, node.clone())).collect()
+    }
+
+    /// Whether `node` is a voter in the membership this node knows.
+    pub fn is_voter(&self, node: NodeId) -> bool {
+        self.live.current().is_some_and(|core| {
+            core.raft.metrics().borrow().membership_config.membership().voter_ids().any(|id| id == node)
+        })
+    }
+
+    /// Whether the holder of `public_key` may send this node Raft, mesh and blob traffic: a node of the current
+    /// membership, or a peer trusted since joining (a joiner's log holds no membership until the leader replicates
+    /// it).
+    pub fn is_authorised_peer(&self, public_key: &[u8; 32]) -> bool {
+        self.trusted_peers.contains(public_key)
+            || self.members().values().any(|node| node.public_key.as_slice() == public_key)
+    }
+
+    /// Where the Raft network stamps each answer a peer gives.
+    pub fn peer_health(&self) -> PeerHealth {
+        self.peer_health.clone()
+    }
+
+    /// Whether `node` answered a Raft RPC of this node within `within`.
+    pub fn peer_heard_within(&self, node: NodeId, within: Duration) -> bool {
+        let heard = self.peer_health.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&node).copied();
+        heard.is_some_and(|at| at.elapsed() <= within)
+    }
+
+    /// Proposes one command through this node's RaftActor and answers its result once applied, within `timeout`
+    /// (which also bounds the wait for a restarting RaftActor). A follower answers `NOT_LEADER`.
+    pub async fn propose(&self, command: Command, timeout: Duration) -> Result<CommandOutput, WireError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let core = self.live.wait(timeout).await?;
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
+        let outcome = core
+            .actor
+            .call(|reply: ractor::RpcReplyPort<_>| RaftMsg::Propose { command, reply }, Some(remaining))
+            .await;
+        match outcome {
+            Ok(ractor::rpc::CallResult::Success(result)) => result,
+            Ok(ractor::rpc::CallResult::Timeout) => Err(WireError::new(
+                ErrorCode::Timeout,
+                "write not committed before the deadline; it may or may not have been applied",
+            )),
+            Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err(WireError::new(
+                ErrorCode::Unavailable,
+                "raft stopped before answering; the write may or may not have been applied",
+            )),
+        }
+    }
+
+    /// Waits until this node knows it is leader and has applied everything committed before the call (a read-index
+    /// round), for a linearizable read. A leader that cannot reach a quorum yet (its peers restarting, a partition
+    /// healing) is asked again until `timeout` cuts it off: a read waits for the cluster, as etcd's do, instead of
+    /// failing at once. Reads are idempotent, so asking again is safe.
+    pub async fn linearize(&self, timeout: Duration) -> Result<(), WireError> {
+        if crate::sim::planted_bug(crate::sim::PlantedBug::LocalReads) {
+            // The planted bug: whatever this node applied is taken as current.
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let core = self.live.wait(timeout).await?;
+        let waiting = async {
+            loop {
+                match core.raft.ensure_linearizable().await {
+                    Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
+                        tracing::debug!(%error, "linearizable read waiting for a quorum");
+                        tokio::time::sleep(Duration::from_millis(QUORUM_RETRY_MS)).await;
+                    }
+                    other => return core.leader_answer(other),
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline, waiting).await {
+            Ok(answer) => answer,
+            Err(_) => Err(WireError::new(ErrorCode::Timeout, "no quorum confirmed this node's leadership in time")),
+        }
+    }
+
+    pub(crate) fn publish(&self, core: RaftCore) {
+        self.live.publish(core);
+    }
+
+    /// Takes the published core away (a restarting RaftActor shuts the previous one down before starting its own).
+    pub(crate) fn take(&self) -> Option<RaftCore> {
+        self.live.retract()
+    }
+}
+
+impl RaftCore {
+    /// Fails with `NOT_LEADER` (naming the leader) unless this node is the leader with a quorum (a read-index round:
+    /// once it returns, this node has applied everything committed before the call).
+    pub async fn ensure_leader(&self) -> Result<(), WireError> {
+        self.leader_answer(self.raft.ensure_linearizable().await)
+    }
+
+    fn leader_answer<T>(
+        &self,
+        checked: Result<T, RaftError<NodeId, CheckIsLeaderError<NodeId, MemberNode>>>,
+    ) -> Result<(), WireError> {
+        match checked {
+            // A leader outside its own membership (openraft keeps it leading after its removal) leads nobody.
+            Ok(_) if !is_member(&self.raft.metrics().borrow()) => Err(not_leader(None, None)),
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(not_leader(forward.leader_id, forward.leader_node))
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
+                Err(WireError::new(ErrorCode::Unavailable, format!("no quorum: {error}")))
+            }
+            Err(RaftError::Fatal(fatal)) => {
+                Err(WireError::new(ErrorCode::Unavailable, format!("raft stopped: {fatal}")))
+            }
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! One table from a request to what it requires: the checks a request passes before any service sees it. Every kind
+//! of request is here, so a new request cannot slip through unauthorised (the match is exhaustive).
+
+use pando_protocol::blob::BlobRequest;
+use pando_protocol::cluster::ClusterRequest;
+use pando_protocol::coord::CoordRequest;
+use pando_protocol::envelope::Request;
+use pando_protocol::error::WireError;
+use pando_protocol::kv::KvRequest;
+use pando_protocol::plugin::PluginRequest;
+use pando_protocol::token::Access;
+
+/// The input checks of a request: a caller's mistake is answered before authorisation and changes nothing.
+pub(crate) fn validate(request: &Request) -> Result<(), WireError> {
+    match request {
+        Request::Kv(request) => request.validate(),
+        Request::Blob(BlobRequest::Get { .. }) => Ok(()),
+        Request::Blob(request) => request.validate(),
+        Request::Plugin(request) => request.validate(),
+        Request::Coord(CoordRequest::Tick) => Err(WireError::invalid("ticks are proposed by the leader only")),
+        Request::Coord(request) => request.validate(),
+        Request::Cluster(_) => Ok(()),
+    }
+}
+
+/// Everything `request` needs its token to allow.
+pub(crate) fn required(request: &Request) -> Vec<Access<'_>> {
+    match request {
+        Request::Kv(request) => {
+            let write = request.is_write();
+            let mut needs: Vec<Access<'_>> = request
+                .keys()
+                .into_iter()
+                .map(|key| if write { Access::KvWrite(key) } else { Access::KvRead(key) })
+                .collect();
+            // Pointing a key at a blob reads the blob through the key later: it needs the blob capability too.
+            if matches!(request, KvRequest::PutBlob { .. }) {
+                needs.push(Access::BlobWrite);
+            }
+            needs
+        }
+        Request::Blob(BlobRequest::Add { attach, .. }) => {
+            let mut needs = vec![Access::BlobWrite];
+            needs.extend(attach.as_ref().map(|attach| Access::KvWrite(&attach.key)));
+            needs
+        }
+        // Reading a KV value stored as a blob needs the key, not the blob capability.
+        Request::Blob(BlobRequest::Get { key: Some(key), .. }) => vec![Access::KvRead(key)],
+        Request::Blob(request) => vec![if request.is_write() { Access::BlobWrite } else { Access::BlobRead }],
+        Request::Plugin(PluginRequest::Call { name, .. }) => vec![Access::PluginCall(name)],
+        Request::Plugin(PluginRequest::List | PluginRequest::Info { .. }) => vec![Access::ClusterRead],
+        Request::Plugin(_) => vec![Access::PluginAdmin],
+        Request::Coord(request) => {
+            // Leases name no resource: they need access to every key (the empty prefix).
+            let name = request.name().unwrap_or_default();
+            vec![if request.is_write() { Access::KvWrite(name) } else { Access::KvRead(name) }]
+        }
+        Request::Cluster(request) => vec![match request {
+            ClusterRequest::Status | ClusterRequest::Metrics | ClusterRequest::Actors | ClusterRequest::Mesh => {
+                Access::ClusterRead
+            }
+            ClusterRequest::Join { .. } => Access::ClusterJoin,
+            ClusterRequest::AddLearner { .. }
+            | ClusterRequest::Promote { .. }
+            | ClusterRequest::Remove { .. }
+            | ClusterRequest::InjectPanic { .. }
+            | ClusterRequest::UpdateAddress { .. } => Access::ClusterAdmin,
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pando_protocol::kv::{Consistency, bytes};
+
+    use super::*;
+
+    #[test]
+    fn a_kv_write_needs_write_access_to_every_key_it_touches() {
+        let request = Request::Kv(KvRequest::Cas { key: bytes("a"), expected: None, value: bytes("1") });
+        assert_eq!(required(&request), vec![Access::KvWrite(b"a".as_slice())]);
+        let read = Request::Kv(KvRequest::Get { key: bytes("a"), consistency: Consistency::Stale });
+        assert_eq!(required(&read), vec![Access::KvRead(b"a".as_slice())]);
+    }
+
+    #[test]
+    fn membership_changes_need_the_admin_capability_and_joining_only_the_join_one() {
+        assert_eq!(required(&Request::Cluster(ClusterRequest::Remove { node_id: 2 })), vec![Access::ClusterAdmin]);
+        assert_eq!(required(&Request::Cluster(ClusterRequest::Status)), vec![Access::ClusterRead]);
+    }
+
+    #[test]
+    fn a_client_cannot_propose_a_tick() {
+        let error = validate(&Request::Coord(CoordRequest::Tick)).unwrap_err();
+        assert_eq!(error.code, pando_protocol::error::ErrorCode::InvalidArgument);
+    }
+}

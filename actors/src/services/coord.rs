@@ -1,0 +1,166 @@
+//! The coordination service: leases, locks, semaphores, elections, queues, barriers and the rest, served from the
+//! replicated state machine. A request that may wait (an acquisition, a dequeue, a barrier enter, an election
+//! observation) is parked on this node and woken by the commit stream, never by polling, with at most
+//! [`LOCK_WAITERS_PER_NAME_MAX`] waiters per resource on one node.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pando_protocol::command::{Command, CommandOutput};
+use pando_protocol::coord::{CoordRequest, CoordResponse};
+use pando_protocol::error::{ErrorCode, WireError};
+
+use crate::raft::RaftHandle;
+use crate::storage_actor::StorageHandle;
+
+/// The requests parked on this node, per resource name.
+type Waiters = Arc<Mutex<std::collections::BTreeMap<Vec<u8>, ResourceWaiters>>>;
+
+#[derive(Clone)]
+pub struct CoordService {
+    raft: RaftHandle,
+    storage: StorageHandle,
+    waiters: Waiters,
+}
+
+impl CoordService {
+    pub fn new(raft: RaftHandle, storage: StorageHandle) -> CoordService {
+        CoordService { raft, storage, waiters: Waiters::default() }
+    }
+
+    /// Serves one request: validated, a write through the log, a read linearizably from the applied state, a
+    /// request with a wait parked until it is satisfied or its wait (at most `timeout`) passes.
+    pub async fn execute(&self, request: CoordRequest, timeout: Duration) -> Result<CoordResponse, WireError> {
+        request.validate()?;
+        if matches!(request, CoordRequest::Tick) {
+            return Err(WireError::invalid("ticks are proposed by the leader only"));
+        }
+        if request.wait_ms() > 0 {
+            let wait = Duration::from_millis(u64::from(request.wait_ms())).min(timeout);
+            return self.serve_waiting(request, wait).await;
+        }
+        self.once(&request, timeout).await
+    }
+
+    /// Serves a coordination request once: a write through the log, a read linearizably from the applied state.
+    async fn once(&self, request: &CoordRequest, timeout: Duration) -> Result<CoordResponse, WireError> {
+        if !request.is_write() {
+            self.raft.linearize(timeout).await?;
+            let request = request.clone();
+            return self.storage.read(timeout, move |reader| reader.read_coord(&request)).await?;
+        }
+        match self.raft.propose(Command::Coord(request.without_wait()), timeout).await? {
+            CommandOutput::Coord(response) => Ok(response),
+            other => Err(WireError::internal(format!("a coordination write produced {other:?}"))),
+        }
+    }
+
+    /// Serves a request that may be parked (an acquisition, a dequeue, a barrier enter, an election observation) while
+    /// what it waits for is not there (the answer is `CONFLICT`, or one that does not [satisfy](CoordRequest::satisfied_by)
+    /// it): every event on the commit stream that may have brought it (a release, an enqueue, a barrier opening, a new
+    /// leader) wakes the waiter for another attempt, until it is satisfied or `wait` passes. The client never polls; the
+    /// answer after the wait is the last one.
+    async fn serve_waiting(&self, request: CoordRequest, wait: Duration) -> Result<CoordResponse, WireError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let attempt = |remaining: Duration| self.once(&request, remaining);
+        // A dequeue first tries at once, beside any parked consumers: while the queue has messages nobody waits.
+        if matches!(request, CoordRequest::QueueDequeue { .. }) {
+            let response = attempt(wait).await?;
+            if request.satisfied_by(&response) {
+                return Ok(response);
+            }
+        }
+        let slot = WaiterSlot::take(&self.waiters, request.name().unwrap_or_default())?;
+        let subscribe = || self.storage.subscribe().map_err(WireError::from);
+        let _turn = if request.takes_turns() {
+            match tokio::time::timeout_at(deadline, slot.turnstile.lock()).await {
+                Ok(turn) => Some(turn),
+                Err(_) => {
+                    return Err(WireError::new(
+                        ErrorCode::Conflict,
+                        format!("still waiting after {wait:?} behind earlier requests on this node"),
+                    ));
+                }
+            }
+        } else {
+            None
+        };
+        // Subscribed (once it is this request's turn) before the first attempt, so a release between the attempt and the
+        // wait is not missed, and releases from before the turn are not replayed.
+        let mut events = subscribe()?;
+        loop {
+            let remaining =
+                deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
+            let last = match attempt(remaining).await {
+                Ok(response) if request.satisfied_by(&response) => return Ok(response),
+                Ok(response) => Ok(response),
+                Err(error) if error.code == ErrorCode::Conflict => Err(error),
+                Err(error) => return Err(error),
+            };
+            loop {
+                match tokio::time::timeout_at(deadline, events.recv()).await {
+                    Err(_) => return last,
+                    Ok(Ok(batch)) => {
+                        if batch.iter().any(|event| request.woken_by(event)) {
+                            break;
+                        }
+                    }
+                    // Missed events: try again rather than risk sleeping through the release.
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => break,
+                    // Storage restarted under us: a fresh stream, and another attempt.
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
+                        events = subscribe()?;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Most requests one node parks waiting for the same lock; more are answered `BUSY`.
+pub const LOCK_WAITERS_PER_NAME_MAX: usize = 64;
+
+/// Holds one waiter slot of a lock for as long as a request waits.
+/// The requests of one node parked on one resource.
+#[derive(Default)]
+pub struct ResourceWaiters {
+    count: usize,
+    /// Waiters take turns (first come, first served): only the head proposes and listens for releases, so a release
+    /// wakes one retry instead of a herd of them.
+    turnstile: Arc<tokio::sync::Mutex<()>>,
+}
+
+struct WaiterSlot {
+    waiters: Waiters,
+    name: Vec<u8>,
+    turnstile: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl WaiterSlot {
+    fn take(all: &Waiters, name: &[u8]) -> Result<WaiterSlot, WireError> {
+        let mut waiters = all.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let resource = waiters.entry(name.to_vec()).or_default();
+        if resource.count >= LOCK_WAITERS_PER_NAME_MAX {
+            return Err(WireError::new(
+                ErrorCode::Busy,
+                format!("{LOCK_WAITERS_PER_NAME_MAX} requests already wait for this resource on this node"),
+            ));
+        }
+        resource.count += 1;
+        let turnstile = resource.turnstile.clone();
+        Ok(WaiterSlot { waiters: all.clone(), name: name.to_vec(), turnstile })
+    }
+}
+
+impl Drop for WaiterSlot {
+    fn drop(&mut self) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(resource) = waiters.get_mut(&self.name) {
+            resource.count -= 1;
+            if resource.count == 0 {
+                waiters.remove(&self.name);
+            }
+        }
+    }
+}

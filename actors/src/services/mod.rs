@@ -1,0 +1,30 @@
+//! The node's services: typed, in-process APIs over the subsystems' handles. The RPC layer decodes, authenticates,
+//! authorises and calls one of them; the plugin host functions call them on a plugin's behalf; hooks, jobs and the
+//! FUSE mount are their next callers. A service validates its input (a caller's mistake is an answer that changes
+//! nothing), bounds every wait by the caller's deadline, and answers [`WireError`](pando_protocol::error::WireError)s
+//! with stable codes.
+//!
+//! **Layering:** services sit above every subsystem (storage, raft, mesh, blobs, plugins) and below the RPC layer;
+//! no subsystem imports a service.
+
+pub mod blobs;
+pub mod cluster;
+pub mod coord;
+pub mod kv;
+pub mod plugins;
+
+pub use blobs::BlobService;
+pub use cluster::ClusterService;
+pub use coord::CoordService;
+pub use kv::{KvService, ScanPage};
+pub use plugins::PluginService;
+
+/// One node's services, built once by the tree.
+#[derive(Clone)]
+pub struct Services {
+    pub kv: KvService,
+    pub coord: CoordService,
+    pub blobs: BlobService,
+    pub plugins: PluginService,
+    pub cluster: ClusterService,
+}

@@ -1,0 +1,81 @@
+//! The plugin service: calls run on this node's instances of a plugin; lifecycle changes go through the log; the
+//! registry is read linearizably.
+
+use std::time::Duration;
+
+use pando_protocol::command::{Command, CommandOutput};
+use pando_protocol::error::{ErrorCode, WireError};
+use pando_protocol::kv::Bytes;
+use pando_protocol::plugin::{PluginCommand, PluginRequest, PluginResponse};
+use pando_protocol::state_machine::StorageFault;
+
+use super::kv::unexpected;
+use crate::plugins::PluginsHandle;
+use crate::raft::RaftHandle;
+use crate::storage::StateReader;
+use crate::storage_actor::StorageHandle;
+
+#[derive(Clone)]
+pub struct PluginService {
+    node_id: u64,
+    raft: RaftHandle,
+    storage: StorageHandle,
+    plugins: PluginsHandle,
+}
+
+impl PluginService {
+    pub fn new(node_id: u64, raft: RaftHandle, storage: StorageHandle, plugins: PluginsHandle) -> PluginService {
+        PluginService { node_id, raft, storage, plugins }
+    }
+
+    /// Calls `function` of plugin `name` on this node, answering the output and the generation that produced it.
+    pub async fn call(
+        &self,
+        name: &str,
+        function: &str,
+        input: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(Vec<u8>, u64), WireError> {
+        self.plugins.call(name, function, input, timeout).await
+    }
+
+    /// Serves one validated plugin request.
+    pub async fn execute(&self, request: PluginRequest, timeout: Duration) -> Result<PluginResponse, WireError> {
+        request.validate()?;
+        let command = match request {
+            PluginRequest::Call { name, function, input } => {
+                let (output, generation) = self.call(&name, &function, input.to_vec(), timeout).await?;
+                return Ok(PluginResponse::Output { output: Bytes::from(output), node: self.node_id, generation });
+            }
+            PluginRequest::List => {
+                return self.read_registry(timeout, |reader| reader.plugin_infos()).await.map(PluginResponse::List);
+            }
+            PluginRequest::Info { name } => {
+                let lookup = name.clone();
+                return self
+                    .read_registry(timeout, move |reader| reader.plugin_info(&lookup))
+                    .await?
+                    .map(PluginResponse::Info)
+                    .ok_or_else(|| WireError::new(ErrorCode::NotFound, format!("no plugin `{name}` is installed")));
+            }
+            PluginRequest::Install { manifest, wasm } => PluginCommand::Install { manifest, wasm },
+            PluginRequest::Enable { name } => PluginCommand::SetEnabled { name, enabled: true },
+            PluginRequest::Disable { name } => PluginCommand::SetEnabled { name, enabled: false },
+            PluginRequest::Remove { name } => PluginCommand::Remove { name },
+        };
+        match self.raft.propose(Command::Plugin(command), timeout).await? {
+            CommandOutput::Plugin(response) => Ok(response),
+            other => Err(unexpected("plugin command", &other)),
+        }
+    }
+
+    /// Reads the plugin registry linearizably (after a read-index round), off the async threads.
+    async fn read_registry<T: Send + 'static>(
+        &self,
+        timeout: Duration,
+        work: impl FnOnce(&StateReader) -> Result<T, StorageFault> + Send + 'static,
+    ) -> Result<T, WireError> {
+        self.raft.linearize(timeout).await?;
+        self.storage.read(timeout, work).await
+    }
+}
