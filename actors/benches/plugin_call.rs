@@ -86,7 +86,7 @@ fn main() {
             };
             let loading = Instant::now();
             supervisor.cast(PluginsMsg::Preload { record, wasm: wasm.clone() }).unwrap();
-            let routes = handles.plugins.clone();
+            let routes = handles.plugins.routes().clone();
             while routes.call("echo", "echo", input.clone(), Duration::from_secs(5)).await.is_err() {
                 tokio::task::yield_now().await;
             }

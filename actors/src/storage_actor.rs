@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::live::{Live, Unavailable};
 use crate::storage::{self, LogStore, StateMachineStore, StateReader, Stores};
+use crate::supervision::{ActorDetail, Control};
 
 /// How long a starting storage actor keeps trying to open the database (the previous instance may still hold it).
 pub const STORAGE_REOPEN_WAIT_MS: u64 = 5_000;
@@ -97,11 +98,18 @@ pub struct StorageArgs {
 
 pub enum StorageMsg {
     Status(RpcReplyPort<StorageStatus>),
-    /// Fault injection: the actor panics; its supervisor restarts it and everything started after it.
-    InjectPanic,
+    /// Status for `pando actors`, and fault injection (the actor panics; its supervisor restarts it and everything
+    /// started after it).
+    Control(Control),
 }
 
 impl ractor::Message for StorageMsg {}
+
+impl From<Control> for StorageMsg {
+    fn from(control: Control) -> StorageMsg {
+        StorageMsg::Control(control)
+    }
+}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct StorageStatus {
@@ -164,7 +172,12 @@ impl Actor for StorageActor {
         state: &mut StorageArgs,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            StorageMsg::InjectPanic => panic!("fault injection: storage actor panics on request"),
+            StorageMsg::Control(Control::InjectPanic) => panic!("fault injection: storage actor panics on request"),
+            StorageMsg::Control(Control::Status(reply)) => {
+                let database_bytes =
+                    std::fs::metadata(state.dir.join("pando.redb")).map(|meta| meta.len()).unwrap_or(0);
+                let _ = reply.send(ActorDetail::line(format!("database {database_bytes} bytes")));
+            }
             StorageMsg::Status(reply) => {
                 let database_bytes =
                     std::fs::metadata(state.dir.join("pando.redb")).map(|meta| meta.len()).unwrap_or(0);

@@ -1,5 +1,5 @@
-//! The node's supervision tree: storage, then raft, then the RPC gateway, then the actor mesh, then blobs, then
-//! plugins, under a rest_for_one root. The mesh, the blob store and the plugins come last: their restarts never
+//! The node's supervision tree: the endpoint's protocol router, then storage, raft, the RPC gateway, the actor mesh,
+//! blobs and plugins, under a rest_for_one root (the node adds its membership duties at run time, last). The mesh, the blob store and the plugins come last: their restarts never
 //! disturb client connections, and a plugin supervisor that gives up takes nothing else down with it.
 //!
 //! The simulator builds the same tree in a [simulated world](World::Simulated): storage on a simulated disk, clients
@@ -16,13 +16,14 @@ use pando_protocol::cluster::MemberNode;
 
 use crate::blobs::{BlobActor, BlobArgs, BlobConfig, BlobsHandle};
 use crate::clock::Clock;
+use crate::endpoint::{EndpointActor, EndpointArgs};
 use crate::mesh::{MeshActor, MeshArgs, MeshHandle, MeshNet, Proposer};
 use crate::plugins::{PluginConfig, PluginSupervisor, PluginsArgs, PluginsHandle};
 use crate::raft::sim_network::SimNet;
 use crate::raft::transport::RaftTransport;
 use crate::raft::{RaftActor, RaftArgs, RaftHandle};
 use crate::rpc::sim_link::SimRpcListener;
-use crate::rpc::{PeerHandles, RpcArgs, RpcContext, RpcGateway, RpcListener};
+use crate::rpc::{GatewayHandle, RpcArgs, RpcContext, RpcGateway, RpcListener};
 use crate::services::{BlobService, ClusterService, CoordService, KvService, PluginService, Services};
 use crate::storage::SimDisk;
 use crate::storage_actor::{StorageActor, StorageArgs, StorageHandle};
@@ -41,6 +42,7 @@ pub struct Handles {
     pub mesh: MeshHandle,
     pub blobs: BlobsHandle,
     pub plugins: PluginsHandle,
+    pub gateway: GatewayHandle,
     pub tree: TreeHandle,
 }
 
@@ -53,6 +55,7 @@ impl Handles {
             mesh: MeshHandle::default(),
             blobs: BlobsHandle::default(),
             plugins: PluginsHandle::default(),
+            gateway: GatewayHandle::default(),
             tree: TreeHandle::default(),
         }
     }
@@ -78,7 +81,6 @@ impl Handles {
                 self.raft.clone(),
                 self.storage.clone(),
                 self.mesh.clone(),
-                self.plugins.clone(),
                 self.tree.clone(),
             ),
             blobs,
@@ -180,7 +182,7 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
     )
     .with_shutdown_timeout(Duration::from_secs(10));
     let listener = match &config.world {
-        World::Iroh { endpoint, .. } => RpcListener::Iroh(endpoint.clone()),
+        World::Iroh { .. } => RpcListener::Router(handles.gateway.clone()),
         World::Simulated { listener, .. } => RpcListener::Simulated(listener.clone()),
     };
     let node_id = config.node_id;
@@ -191,10 +193,21 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
         cluster_key: config.keys.cluster_key,
         clock: config.clock,
         services: services.clone(),
-        peers: PeerHandles { raft: handles.raft.clone(), mesh: handles.mesh.clone(), blobs: handles.blobs.clone() },
     };
     let rpc = ChildSpec::new("rpc", Restart::Permanent, RpcGateway, RpcArgs { listener, context });
-    let mut children = vec![storage, raft, rpc];
+    let mut children = Vec::new();
+    if let World::Iroh { endpoint, .. } = &config.world {
+        // First: a restart of any other subsystem leaves the router, and the other protocols' connections, alone.
+        let args = EndpointArgs {
+            endpoint: endpoint.clone(),
+            gateway: handles.gateway.clone(),
+            raft: handles.raft.clone(),
+            mesh: handles.mesh.clone(),
+            blobs: handles.blobs.clone(),
+        };
+        children.push(ChildSpec::new("endpoint", Restart::Permanent, EndpointActor, args));
+    }
+    children.extend([storage, raft, rpc]);
     let mesh_net = match &config.world {
         World::Iroh { endpoint, .. } => MeshNet::Iroh(endpoint.clone()),
         World::Simulated { net, .. } => MeshNet::Simulated(net.clone()),

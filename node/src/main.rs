@@ -19,7 +19,7 @@ use iroh::{Endpoint, SecretKey};
 use pando_actors::clock::Clock;
 use pando_actors::raft::RaftHandle;
 use pando_actors::raft::transport::IrohNetwork;
-use pando_actors::supervision::Supervisor;
+use pando_actors::supervision::{ChildSpec, Restart, Supervisor, SupervisorMsg};
 use pando_actors::tree::{self, ClusterKeys, Handles};
 use pando_protocol::alpn;
 use pando_protocol::cluster::MemberNode;
@@ -31,6 +31,8 @@ use crate::identity::NodeRecord;
 
 /// How long a starting node waits to learn a leader before it reports ready anyway.
 const LEADER_WAIT_MS_MAX: u64 = 10_000;
+/// How long the tree may take to start a child added at run time.
+const CHILD_START_TIMEOUT_MS: u64 = 10_000;
 /// How long an orderly shutdown may take before the process exits anyway.
 const SHUTDOWN_TIMEOUT_MS: u64 = 20_000;
 /// Log filter when `PANDO_LOG` is unset: openraft narrates every election at info level.
@@ -217,12 +219,19 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         me,
     };
     let ticket = membership::write_tickets(&args.data_dir, &cluster_identity, &handles.raft)?;
-    let duties = tokio::spawn(membership::duties(
-        args.data_dir.clone(),
-        cluster_identity,
-        handles.raft.clone(),
-        !record.founder,
-    ));
+    // Under the tree, started now that the tickets exist: a child added at run time, restarted like the others.
+    let duties = membership::DutiesArgs {
+        data_dir: args.data_dir.clone(),
+        identity: cluster_identity,
+        raft: handles.raft.clone(),
+        wants_promotion: !record.founder,
+    };
+    let spec = ChildSpec::new("membership", Restart::Permanent, membership::DutiesActor, duties);
+    match ractor::call_t!(root, SupervisorMsg::StartChild, CHILD_START_TIMEOUT_MS, spec) {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => anyhow::bail!("cannot start the membership duties: {error}"),
+        Err(error) => anyhow::bail!("the supervision tree did not start the membership duties: {error}"),
+    }
     tracing::info!(node_id = record.node_id, addr = %bound, ticket = %identity::ticket_path(&args.data_dir).display(), "node ready");
     println!("{ticket}");
 
@@ -242,7 +251,6 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             tracing::warn!("supervision tree did not stop within {SHUTDOWN_TIMEOUT_MS} ms");
         }
     }
-    duties.abort();
     endpoint.close().await;
     tracing::info!("stopped");
     Ok(code)

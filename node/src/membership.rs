@@ -1,18 +1,23 @@
-//! What a node does about membership outside the supervision tree: join an existing cluster, promote itself once it
-//! has caught up, announce a changed address, and keep its ticket files in step with the membership.
+//! What a node does about membership: join an existing cluster (before the supervision tree starts), and, under the
+//! tree as the `membership` actor, promote itself once it has caught up, announce a changed address, and keep its
+//! ticket files in step with the membership.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use ed25519_dalek::SigningKey;
 use pando_actors::raft::RaftHandle;
+use pando_actors::supervision::{ActorDetail, Control};
 use pando_client::{Client, ClientError, ClientOptions};
 use pando_protocol::cluster::{ClusterRequest, ClusterResponse, MemberNode};
 use pando_protocol::error::ErrorCode;
 use pando_protocol::kv::Bytes;
 use pando_protocol::ticket::{Ticket, TicketNode};
 use pando_protocol::token::{Capability, CapabilityToken, TokenClaims};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::identity;
 
@@ -116,7 +121,8 @@ pub fn write_tickets(data_dir: &Path, identity: &ClusterIdentity, raft: &RaftHan
 
 /// Runs for the node's lifetime: rewrites the tickets when the membership changes, announces this node's address when
 /// the membership has an old one, and (for a node that joined) asks to be promoted until it is a voter.
-pub async fn duties(data_dir: PathBuf, identity: ClusterIdentity, raft: RaftHandle, wants_promotion: bool) {
+async fn duties(args: DutiesArgs, voter: Arc<AtomicBool>) {
+    let DutiesArgs { data_dir, identity, raft, wants_promotion } = args;
     let mut promoted = !wants_promotion;
     let started = tokio::time::Instant::now();
     let mut last_members = Vec::new();
@@ -144,6 +150,7 @@ pub async fn duties(data_dir: PathBuf, identity: ClusterIdentity, raft: RaftHand
             if raft.is_voter(identity.node_id) {
                 tracing::info!(node_id = identity.node_id, "this node is a voter");
                 promoted = true;
+                voter.store(true, Ordering::Relaxed);
             } else if started.elapsed() < Duration::from_millis(PROMOTE_WAIT_MS_MAX) {
                 match ask(&identity, &current, ClusterRequest::Promote { node_id: identity.node_id }).await {
                     Ok(_) => {}
@@ -155,6 +162,78 @@ pub async fn duties(data_dir: PathBuf, identity: ClusterIdentity, raft: RaftHand
             }
         }
         tokio::time::sleep(Duration::from_millis(PROMOTE_RETRY_MS)).await;
+    }
+}
+
+/// The membership duties as a supervised actor: the loop runs in a task the actor owns (aborted when it stops, also
+/// after a panic), so the node's tree restarts it like any other child.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DutiesActor;
+
+#[derive(Clone)]
+pub struct DutiesArgs {
+    pub data_dir: PathBuf,
+    pub identity: ClusterIdentity,
+    /// The membership, and whether this node is a voter yet.
+    pub raft: RaftHandle,
+    /// Whether this node joined and should ask to become a voter.
+    pub wants_promotion: bool,
+}
+
+pub enum DutiesMsg {
+    Control(Control),
+}
+
+impl ractor::Message for DutiesMsg {}
+
+impl From<Control> for DutiesMsg {
+    fn from(control: Control) -> DutiesMsg {
+        DutiesMsg::Control(control)
+    }
+}
+
+pub struct DutiesState {
+    task: tokio::task::JoinHandle<()>,
+    voter: Arc<AtomicBool>,
+    wants_promotion: bool,
+}
+
+impl Drop for DutiesState {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Actor for DutiesActor {
+    type Msg = DutiesMsg;
+    type State = DutiesState;
+    type Arguments = DutiesArgs;
+
+    async fn pre_start(&self, _: ActorRef<DutiesMsg>, args: DutiesArgs) -> Result<DutiesState, ActorProcessingErr> {
+        let voter = Arc::new(AtomicBool::new(args.raft.is_voter(args.identity.node_id)));
+        let wants_promotion = args.wants_promotion;
+        let task = tokio::spawn(duties(args, voter.clone()));
+        Ok(DutiesState { task, voter, wants_promotion })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<DutiesMsg>,
+        message: DutiesMsg,
+        state: &mut DutiesState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            DutiesMsg::Control(Control::InjectPanic) => panic!("fault injection: membership duties panic on request"),
+            DutiesMsg::Control(Control::Status(reply)) => {
+                let line = match (state.voter.load(Ordering::Relaxed), state.wants_promotion) {
+                    (true, _) => "a voter; keeping the tickets in step with the membership",
+                    (false, true) => "a learner asking to be promoted",
+                    (false, false) => "keeping the tickets in step with the membership",
+                };
+                let _ = reply.send(ActorDetail::line(line));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -41,6 +41,7 @@ use crate::live::{Live, Unavailable};
 use crate::mesh::Proposer;
 use crate::raft::RaftHandle;
 use crate::storage_actor::StorageHandle;
+use crate::supervision::{ActorDetail, Control};
 
 pub use repair::PEER_LIVE_WINDOW_MS;
 pub use transfer::{TransferError, fetch_deadline, serve_members};
@@ -212,9 +213,17 @@ pub enum BlobMsg {
     /// Delete the tags of blobs this node should no longer keep.
     Sweep,
     Status(RpcReplyPort<BlobStatusReport>),
+    /// Status for `pando actors`, and fault injection.
+    Control(Control),
 }
 
 impl ractor::Message for BlobMsg {}
+
+impl From<Control> for BlobMsg {
+    fn from(control: Control) -> BlobMsg {
+        BlobMsg::Control(control)
+    }
+}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct BlobStatusReport {
@@ -309,6 +318,17 @@ impl Actor for BlobActor {
                 if let Err(error) = sweep(&state.node, &mut state.held).await {
                     tracing::warn!(%error, "blob sweep failed");
                 }
+            }
+            BlobMsg::Control(Control::InjectPanic) => panic!("fault injection: blob actor panics on request"),
+            BlobMsg::Control(Control::Status(reply)) => {
+                let counters = &state.node.counters;
+                let _ = reply.send(ActorDetail::line(format!(
+                    "{} fetched ({} bytes), {} fetch failures, {} held ahead of their record",
+                    counters.fetches_ok.load(Ordering::Relaxed),
+                    counters.bytes_fetched.load(Ordering::Relaxed),
+                    counters.fetch_failures.load(Ordering::Relaxed),
+                    state.held.len()
+                )));
             }
             BlobMsg::Status(reply) => {
                 let counters = &state.node.counters;

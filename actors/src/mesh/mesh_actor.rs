@@ -25,6 +25,7 @@ use super::{
 };
 use crate::raft::RaftHandle;
 use crate::raft::transport::endpoint_addr;
+use crate::supervision::{ActorDetail, Control};
 
 /// How long the mesh waits for the NodeServer to list its sessions.
 const SESSIONS_QUERY_TIMEOUT_MS: u64 = 2_000;
@@ -105,11 +106,17 @@ pub enum MeshMsg {
         stream: PeerStream,
     },
     Status(RpcReplyPort<MeshStatus>),
-    /// Fault injection: panic in the handler.
-    InjectPanic,
+    /// Status for `pando actors`, and fault injection (a panic in the handler).
+    Control(Control),
 }
 
 impl ractor::Message for MeshMsg {}
+
+impl From<Control> for MeshMsg {
+    fn from(control: Control) -> MeshMsg {
+        MeshMsg::Control(control)
+    }
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct MeshStatus {
@@ -270,7 +277,15 @@ impl Actor for MeshActor {
                     let _ = reply.send(MeshStatus { sessions: report, unconnected });
                 });
             }
-            MeshMsg::InjectPanic => panic!("fault injection: mesh actor told to panic"),
+            MeshMsg::Control(Control::InjectPanic) => panic!("fault injection: mesh actor told to panic"),
+            MeshMsg::Control(Control::Status(reply)) => {
+                let sessions: usize = state.sessions_per_peer.values().sum();
+                let _ = reply.send(ActorDetail::line(format!(
+                    "{sessions} sessions to {} members, {} dials in progress",
+                    state.sessions_per_peer.len(),
+                    state.dials.len()
+                )));
+            }
         }
         Ok(())
     }

@@ -42,7 +42,7 @@ use crate::mesh::Proposer;
 use crate::raft::RaftHandle;
 use crate::services::{BlobService, KvService};
 use crate::storage_actor::StorageHandle;
-use crate::supervision::{Intensity, RestartWindow};
+use crate::supervision::{ActorDetail, ActorNode, Control, Intensity, RestartWindow};
 
 /// Node-wide plugin settings.
 #[derive(Clone, Debug)]
@@ -228,15 +228,9 @@ impl Default for PluginsHandle {
 }
 
 impl PluginsHandle {
-    /// Calls `function` of plugin `name` on this node, within `timeout` (see [`PluginRoutes::call`]).
-    pub async fn call(
-        &self,
-        name: &str,
-        function: &str,
-        input: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<(Vec<u8>, u64), WireError> {
-        self.routes.call(name, function, input, timeout).await
+    /// Where calls to this node's plugins go.
+    pub fn routes(&self) -> &PluginRoutes {
+        &self.routes
     }
 
     /// What this node runs of each plugin, from its supervisor (`None` while it is not running or does not answer).
@@ -282,6 +276,8 @@ pub enum PluginsMsg {
         result: Result<Compiled, LoadError>,
     },
     Status(RpcReplyPort<Vec<LocalPluginStatus>>),
+    /// Status for `pando actors` (each plugin and its instances as children), and fault injection.
+    Control(Control),
     /// Tests and benchmarks: run a generation from local wasm bytes, as if the registry named it. On a node the next
     /// reconcile stops it again (the registry does not name it).
     #[doc(hidden)]
@@ -292,6 +288,12 @@ pub enum PluginsMsg {
 }
 
 impl ractor::Message for PluginsMsg {}
+
+impl From<Control> for PluginsMsg {
+    fn from(control: Control) -> PluginsMsg {
+        PluginsMsg::Control(control)
+    }
+}
 
 pub struct Compiled {
     compiled: Arc<CompiledPlugin>,
@@ -412,6 +414,11 @@ impl Actor for PluginSupervisor {
         match message {
             PluginsMsg::Reconcile => state.reconcile(&myself),
             PluginsMsg::Compiled { record, result } => state.compiled(&myself, record, result).await,
+            PluginsMsg::Control(Control::InjectPanic) => panic!("fault injection: plugin supervisor panics on request"),
+            PluginsMsg::Control(Control::Status(reply)) => {
+                let _ =
+                    reply.send(ActorDetail { detail: None, children: state.status().into_iter().map(node).collect() });
+            }
             PluginsMsg::Status(reply) => {
                 let _ = reply.send(state.status());
             }
@@ -759,6 +766,39 @@ impl PluginsState {
                 }
             })
             .collect()
+    }
+}
+
+/// One plugin as `pando actors` shows it: its state, generation and counters, and its instances under it.
+fn node(plugin: LocalPluginStatus) -> ActorNode {
+    let mut detail = format!(
+        "{} generation {} calls {} queued {}",
+        plugin.state.as_str(),
+        plugin.generation,
+        plugin.calls,
+        plugin.queued
+    );
+    if let Some(error) = &plugin.last_error {
+        detail.push_str(&format!(" last error: {error}"));
+    }
+    ActorNode {
+        id: plugin.name,
+        alive: !plugin.instances.is_empty(),
+        restarts: plugin.restarts,
+        actor_id: None,
+        detail: Some(detail),
+        children: plugin
+            .instances
+            .into_iter()
+            .map(|instance| ActorNode {
+                id: instance.index.to_string(),
+                alive: true,
+                restarts: 0,
+                actor_id: Some(instance.actor_id),
+                detail: None,
+                children: Vec::new(),
+            })
+            .collect(),
     }
 }
 

@@ -56,7 +56,7 @@ impl Node {
     }
 
     async fn call(&self, name: &str, function: &str, input: &[u8]) -> Result<(Vec<u8>, u64), WireError> {
-        self.handle.call(name, function, input.to_vec(), Duration::from_secs(10)).await
+        self.handle.routes.call(name, function, input.to_vec(), Duration::from_secs(10)).await
     }
 }
 

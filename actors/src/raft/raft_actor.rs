@@ -23,6 +23,7 @@ use super::transport::RaftTransport;
 use super::type_config::{NodeId, Raft};
 use crate::clock::Clock;
 use crate::storage_actor::StorageHandle;
+use crate::supervision::{ActorDetail, Control};
 
 /// Batches written concurrently; more proposals wait and join the next batch.
 pub const PROPOSALS_IN_FLIGHT_MAX: usize = 2;
@@ -69,13 +70,19 @@ pub enum RaftMsg {
     Status(RpcReplyPort<RaftActorStatus>),
     /// openraft stopped with a fatal error.
     Fatal(String),
-    /// Fault injection: panic inside the handler, as a bug would.
-    InjectPanic,
+    /// Status for `pando actors`, and fault injection (a panic inside the handler, as a bug would).
+    Control(Control),
     /// On the leader: propose a tick if a lease deadline has passed, so leases expire on a quiet cluster too.
     ExpiryCheck,
 }
 
 impl ractor::Message for RaftMsg {}
+
+impl From<Control> for RaftMsg {
+    fn from(control: Control) -> RaftMsg {
+        RaftMsg::Control(control)
+    }
+}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct RaftActorStatus {
@@ -196,7 +203,16 @@ impl Actor for RaftActor {
                 flush(&myself, state);
             }
             RaftMsg::Fatal(error) => return Err(format!("raft stopped: {error}").into()),
-            RaftMsg::InjectPanic => panic!("fault injection: raft actor panics on request"),
+            RaftMsg::Control(Control::InjectPanic) => panic!("fault injection: raft actor panics on request"),
+            RaftMsg::Control(Control::Status(reply)) => {
+                let _ = reply.send(ActorDetail::line(format!(
+                    "{} waiting, {} batches in flight, {} batches and {} commands so far",
+                    state.pending.len(),
+                    state.in_flight_count,
+                    state.batches_total,
+                    state.commands_total
+                )));
+            }
             RaftMsg::ExpiryCheck => expiry_check(&myself, state),
             RaftMsg::Status(reply) => {
                 let _ = reply.send(RaftActorStatus {

@@ -1,10 +1,13 @@
-//! The RpcGateway actor: owns the accept loop for client connections and bounds what clients can make it hold.
+//! The RpcGateway actor: serves client connections (ALPN `pando/rpc/1`) and bounds what clients can make it hold.
+//!
+//! On iroh, the node's protocol router ([`crate::endpoint`]) accepts every connection and hands the clients' to the
+//! running gateway through its [`GatewayHandle`], so a gateway restart drops client connections only, never the
+//! peers'. In the simulator the gateway runs its own accept loop on the simulated network.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use pando_protocol::alpn;
 use pando_protocol::envelope::{RequestEnvelope, ResponseEnvelope};
 use pando_protocol::error::{ErrorCode, WireError};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -15,14 +18,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::handler::{RpcContext, TokenCache, handle};
 use super::link::{ClientConnection, RpcListener, StreamRecv, StreamSend};
-use super::sim_link::SimServerConnection;
+use super::sim_link::SimRpcListener;
 use super::stream::{ReadFailure, read_request, write_response};
 use super::{
     RPC_CONNECTION_AUTH_TIMEOUT_MS, RPC_CONNECTION_CHECK_INTERVAL_MS, RPC_CONNECTION_IDLE_TIMEOUT_MS,
     RPC_CONNECTIONS_MAX, RPC_REQUESTS_IN_FLIGHT_MAX,
 };
-use crate::mesh::accept_peer;
-use crate::raft::transport::serve_peer;
+use crate::live::Live;
+use crate::supervision::{ActorDetail, Control};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RpcGateway;
@@ -35,11 +38,18 @@ pub struct RpcArgs {
 
 pub enum RpcMsg {
     Status(RpcReplyPort<RpcGatewayStatus>),
-    /// Fault injection: the gateway panics (its supervisor restarts it; open connections break).
-    InjectPanic,
+    /// Status for `pando actors`, and fault injection (the gateway panics; its supervisor restarts it and open
+    /// connections break).
+    Control(Control),
 }
 
 impl ractor::Message for RpcMsg {}
+
+impl From<Control> for RpcMsg {
+    fn from(control: Control) -> RpcMsg {
+        RpcMsg::Control(control)
+    }
+}
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RpcGatewayStatus {
@@ -66,15 +76,52 @@ struct Shared {
     counters: Counters,
 }
 
+/// Where the protocol router hands the running gateway its client connections.
+#[derive(Clone)]
+pub struct GatewayHandle {
+    live: Live<Arc<Shared>>,
+}
+
+impl Default for GatewayHandle {
+    fn default() -> GatewayHandle {
+        GatewayHandle { live: Live::new("rpc gateway") }
+    }
+}
+
+impl GatewayHandle {
+    /// Serves one client connection the router accepted, within the running gateway's limits, until the client
+    /// closes it, it idles, it never authenticates, or the gateway stops.
+    pub async fn serve(&self, connection: iroh::endpoint::Connection) {
+        let Ok(shared) = self.live.get() else {
+            connection.close(2u32.into(), b"rpc gateway restarting");
+            return;
+        };
+        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+            tracing::warn!("connection limit of {RPC_CONNECTIONS_MAX} reached, refusing a client");
+            connection.close(5u32.into(), b"too many connections");
+            return;
+        };
+        serve_client(ClientConnection::Iroh(connection), shared, permit).await;
+    }
+}
+
 pub struct RpcState {
     shared: Arc<Shared>,
-    accept_loop: JoinHandle<()>,
+    /// The simulator's accept loop; on iroh the router accepts.
+    accept_loop: Option<JoinHandle<()>>,
+    /// Where this instance is published (on iroh).
+    handle: Option<GatewayHandle>,
 }
 
 impl RpcState {
     fn shutdown(&self) {
+        if let Some(handle) = &self.handle {
+            handle.live.retract_if(|shared| Arc::ptr_eq(shared, &self.shared));
+        }
         self.shared.shutdown.cancel();
-        self.accept_loop.abort();
+        if let Some(accept_loop) = &self.accept_loop {
+            accept_loop.abort();
+        }
     }
 }
 
@@ -98,8 +145,16 @@ impl Actor for RpcGateway {
             requests: Arc::new(Semaphore::new(RPC_REQUESTS_IN_FLIGHT_MAX)),
             counters: Counters::default(),
         });
-        let accept_loop = tokio::spawn(accept_loop(args.listener, shared.clone()));
-        Ok(RpcState { shared, accept_loop })
+        match args.listener {
+            RpcListener::Router(handle) => {
+                handle.live.publish(shared.clone());
+                Ok(RpcState { shared, accept_loop: None, handle: Some(handle) })
+            }
+            RpcListener::Simulated(listener) => {
+                let accept_loop = tokio::spawn(accept_loop(listener, shared.clone()));
+                Ok(RpcState { shared, accept_loop: Some(accept_loop), handle: None })
+            }
+        }
     }
 
     async fn post_stop(&self, _myself: ActorRef<RpcMsg>, state: &mut RpcState) -> Result<(), ActorProcessingErr> {
@@ -114,7 +169,17 @@ impl Actor for RpcGateway {
         state: &mut RpcState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            RpcMsg::InjectPanic => panic!("fault injection: rpc gateway panics on request"),
+            RpcMsg::Control(Control::InjectPanic) => panic!("fault injection: rpc gateway panics on request"),
+            RpcMsg::Control(Control::Status(reply)) => {
+                let shared = &state.shared;
+                let _ = reply.send(ActorDetail::line(format!(
+                    "{} connections, {} requests in flight, {} served, {} refused busy",
+                    RPC_CONNECTIONS_MAX - shared.connections.available_permits(),
+                    RPC_REQUESTS_IN_FLIGHT_MAX - shared.requests.available_permits(),
+                    shared.counters.requests_total.load(Ordering::Relaxed),
+                    shared.counters.requests_refused_busy.load(Ordering::Relaxed)
+                )));
+            }
             RpcMsg::Status(reply) => {
                 let shared = &state.shared;
                 let _ = reply.send(RpcGatewayStatus {
@@ -130,64 +195,26 @@ impl Actor for RpcGateway {
     }
 }
 
-/// A connection offered to the gateway, not yet served.
-enum Offered {
-    Iroh(iroh::endpoint::Incoming),
-    Simulated(SimServerConnection),
-}
-
-/// Takes connections while the listener lives; each is served in its own task holding one connection slot.
-async fn accept_loop(listener: RpcListener, shared: Arc<Shared>) {
-    loop {
-        let offered = match &listener {
-            RpcListener::Iroh(endpoint) => endpoint.accept().await.map(Offered::Iroh),
-            RpcListener::Simulated(listener) => listener.accept().await.map(Offered::Simulated),
-        };
-        let Some(offered) = offered else { return };
+/// Takes simulated connections while the listener lives; each is served in its own task holding one connection slot.
+async fn accept_loop(listener: SimRpcListener, shared: Arc<Shared>) {
+    while let Some(connection) = listener.accept().await {
         let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
             tracing::warn!("connection limit of {RPC_CONNECTIONS_MAX} reached, refusing a client");
-            match offered {
-                Offered::Iroh(incoming) => incoming.refuse(),
-                Offered::Simulated(connection) => connection.close(),
-            }
+            connection.close();
             continue;
         };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let connection = match offered {
-                Offered::Simulated(connection) => ClientConnection::Simulated(connection),
-                Offered::Iroh(incoming) => match incoming.await {
-                    Ok(connection) => ClientConnection::Iroh(connection),
-                    Err(error) => {
-                        tracing::debug!(%error, "client handshake failed");
-                        return;
-                    }
-                },
-            };
-            let shutdown = shared.shutdown.clone();
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => connection.close(2, b"node stopping"),
-                () = serve_offered(&connection, shared) => {}
-            }
-        });
+        tokio::spawn(serve_client(ClientConnection::Simulated(connection), shared.clone(), permit));
     }
 }
 
-/// Hands a connection to whoever serves its protocol: peers' Raft, mesh and blob connections arrive on the node's
-/// endpoint too.
-async fn serve_offered(connection: &ClientConnection, shared: Arc<Shared>) {
-    let ClientConnection::Iroh(peer) = connection else {
-        return serve_connection(connection, shared).await;
-    };
-    let peers = &shared.context.peers;
-    match peer.alpn() {
-        alpn::RAFT => serve_peer(peer.clone(), peers.raft.clone()).await,
-        alpn::ACTORS => accept_peer(peer.clone(), peers.raft.clone(), peers.mesh.clone()).await,
-        alpn::BLOBS => crate::blobs::serve_members(peer.clone(), peers.raft.clone(), peers.blobs.clone()).await,
-        alpn::RPC => serve_connection(connection, shared).await,
-        _ => connection.close(1, b"unsupported alpn"),
+/// Serves one client connection holding one connection slot, until it ends or the gateway stops.
+async fn serve_client(connection: ClientConnection, shared: Arc<Shared>, permit: tokio::sync::OwnedSemaphorePermit) {
+    let _permit = permit;
+    let shutdown = shared.shutdown.clone();
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => connection.close(2, b"node stopping"),
+        () = serve_connection(&connection, shared) => {}
     }
 }
 

@@ -11,14 +11,10 @@ use pando_protocol::limits::{REQUEST_TIMEOUT_MS_DEFAULT, REQUEST_TIMEOUT_MS_MAX}
 use pando_protocol::token::{Access, CapabilityToken, TokenClaims};
 
 use super::access;
-use crate::blobs::BlobsHandle;
 use crate::clock::Clock;
-use crate::mesh::MeshHandle;
-use crate::raft::RaftHandle;
 use crate::services::Services;
 
-/// What the gateway needs to serve requests: how to check tokens, the services requests go to, and (until each
-/// subsystem serves its own protocol) the handles of the peer protocols arriving on the node's endpoint.
+/// What the gateway needs to serve requests: how to check tokens, and the services requests go to.
 #[derive(Clone)]
 pub struct RpcContext {
     pub cluster_id: Vec<u8>,
@@ -27,15 +23,6 @@ pub struct RpcContext {
     /// Token expiry is judged by it.
     pub clock: Clock,
     pub services: Services,
-    pub peers: PeerHandles,
-}
-
-/// Who serves the members' own protocols: Raft, the actor mesh, blob transfers.
-#[derive(Clone)]
-pub struct PeerHandles {
-    pub raft: RaftHandle,
-    pub mesh: MeshHandle,
-    pub blobs: BlobsHandle,
 }
 
 /// The last token a connection presented and its verified claims, so a client reusing its token is verified once.

@@ -2,7 +2,6 @@
 //! ([`SimNet`](crate::raft::sim_network::SimNet)). Either way a connection hands out bi-streams as plain byte streams,
 //! so everything past the accept loop (limits, token cache, framing, handlers) is the same code.
 
-use iroh::Endpoint;
 use iroh::endpoint::Connection;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -23,12 +22,12 @@ impl Outgoing for iroh::endpoint::SendStream {
 pub type StreamSend = Box<dyn Outgoing>;
 pub type StreamRecv = Box<dyn AsyncRead + Send + Unpin>;
 
-/// What the gateway accepts client connections from.
+/// What the gateway takes client connections from.
 #[derive(Clone)]
 pub enum RpcListener {
-    /// The node's endpoint (the gateway accepts on it but does not own it: closing it is the node's job). Peer
-    /// connections for Raft, the actor mesh and blobs arrive here too and are handed to their owners.
-    Iroh(Endpoint),
+    /// The node's protocol router ([`crate::endpoint`]), which hands client connections to the gateway published in
+    /// this handle.
+    Router(super::GatewayHandle),
     /// The simulated network's port for this node.
     Simulated(SimRpcListener),
 }

@@ -10,8 +10,8 @@ mod link;
 pub mod sim_link;
 mod stream;
 
-pub use gateway::{RpcArgs, RpcGateway, RpcGatewayStatus, RpcMsg};
-pub use handler::{PeerHandles, RpcContext};
+pub use gateway::{GatewayHandle, RpcArgs, RpcGateway, RpcGatewayStatus, RpcMsg};
+pub use handler::RpcContext;
 pub use link::{Outgoing, RpcListener, StreamRecv, StreamSend};
 
 /// Requests served at once by one node; beyond this a request is answered `BUSY` without being executed.

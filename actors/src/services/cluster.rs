@@ -15,14 +15,12 @@ use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::kv::Bytes;
 use pando_protocol::ticket::TicketNode;
 
-use crate::mesh::{MeshHandle, MeshMsg};
-use crate::plugins::PluginsHandle;
+use crate::mesh::MeshHandle;
 use crate::raft::raft_actor::write_error;
 use crate::raft::type_config::NodeId;
-use crate::raft::{RaftCore, RaftHandle, RaftMsg};
-use crate::rpc::RpcMsg;
-use crate::storage_actor::{StorageHandle, StorageMsg};
-use crate::supervision::{SupervisorMsg, TreeHandle};
+use crate::raft::{RaftCore, RaftHandle};
+use crate::storage_actor::StorageHandle;
+use crate::supervision::{ActorNode, Control, SupervisorMsg, TreeHandle};
 
 #[derive(Clone)]
 pub struct ClusterService {
@@ -37,7 +35,6 @@ pub struct ClusterService {
     raft: RaftHandle,
     storage: StorageHandle,
     mesh: MeshHandle,
-    plugins: PluginsHandle,
     tree: TreeHandle,
 }
 
@@ -51,7 +48,6 @@ impl ClusterService {
         raft: RaftHandle,
         storage: StorageHandle,
         mesh: MeshHandle,
-        plugins: PluginsHandle,
         tree: TreeHandle,
     ) -> ClusterService {
         ClusterService {
@@ -63,7 +59,6 @@ impl ClusterService {
             raft,
             storage,
             mesh,
-            plugins,
             tree,
         }
     }
@@ -322,122 +317,104 @@ fn metrics(context: &ClusterService) -> Result<ClusterResponse, WireError> {
     Ok(ClusterResponse::Metrics { text })
 }
 
-/// Most actors one `Actors` answer lists (the tree is walked breadth-first and cut there).
+/// Most actors one `Actors` answer lists (the tree is walked depth first and cut there).
 pub const ACTOR_REPORTS_COUNT_MAX: usize = 1_024;
-/// How long one supervisor gets to report its children.
-const SUPERVISOR_STATUS_TIMEOUT_MS: u64 = 2_000;
+/// How long the whole tree gets to report (each actor has its own, shorter, deadline).
+const TREE_STATUS_TIMEOUT_MS: u64 = 10_000;
 
-/// The supervision tree, from the root down (nested supervisors included).
-async fn actors(context: &ClusterService) -> Result<ClusterResponse, WireError> {
+/// The supervision tree as every actor in it reports itself (the control message's status), from the root down.
+async fn tree(context: &ClusterService) -> Result<Vec<ActorNode>, WireError> {
     let root = context.tree.root()?;
-    let mut reports = Vec::new();
-    let mut queue = std::collections::VecDeque::from([("node".to_string(), root)]);
-    while let Some((path, supervisor)) = queue.pop_front() {
-        let status =
-            ractor::call_t!(supervisor, SupervisorMsg::Status, SUPERVISOR_STATUS_TIMEOUT_MS).map_err(|error| {
-                WireError::new(ErrorCode::Unavailable, format!("supervisor {path} did not answer: {error}"))
-            })?;
-        for child in status.children {
-            let child_path = format!("{path}/{}", child.id);
-            if child.alive && reports.len() < ACTOR_REPORTS_COUNT_MAX {
-                let cell =
-                    ractor::call_t!(supervisor, SupervisorMsg::Child, SUPERVISOR_STATUS_TIMEOUT_MS, child.id.clone())
-                        .ok()
-                        .flatten();
-                // A child that is itself a supervisor answers the same question one level down.
-                if let Some(cell) = cell
-                    && cell.is_message_type_of::<SupervisorMsg>().unwrap_or(false)
-                {
-                    queue.push_back((child_path.clone(), ractor::ActorRef::from(cell)));
-                }
-            }
-            if reports.len() < ACTOR_REPORTS_COUNT_MAX {
-                reports.push(ActorReport {
-                    path: child_path.clone(),
-                    alive: child.alive,
-                    restarts: child.restarts,
-                    actor_id: child.actor_id,
-                    detail: None,
-                });
-            }
-            // The plugin supervisor's children come and go with the registry: it lists them itself.
-            if child.id == "plugins"
-                && child.alive
-                && let Some(plugins) = context.plugins.status().await
-            {
-                for plugin in plugins {
-                    let plugin_path = format!("{child_path}/{}", plugin.name);
-                    let mut detail = format!(
-                        "{} generation {} calls {} queued {}",
-                        plugin.state.as_str(),
-                        plugin.generation,
-                        plugin.calls,
-                        plugin.queued
-                    );
-                    if let Some(error) = &plugin.last_error {
-                        detail.push_str(&format!(" last error: {error}"));
-                    }
-                    reports.push(ActorReport {
-                        path: plugin_path.clone(),
-                        alive: !plugin.instances.is_empty(),
-                        restarts: plugin.restarts,
-                        actor_id: None,
-                        detail: Some(detail),
-                    });
-                    for instance in plugin.instances {
-                        reports.push(ActorReport {
-                            path: format!("{plugin_path}/{}", instance.index),
-                            alive: true,
-                            restarts: 0,
-                            actor_id: Some(instance.actor_id),
-                            detail: None,
-                        });
-                    }
-                }
-                reports.truncate(ACTOR_REPORTS_COUNT_MAX);
-            }
-        }
+    let asked = root
+        .call(
+            |reply| SupervisorMsg::Control(Control::Status(reply)),
+            Some(Duration::from_millis(TREE_STATUS_TIMEOUT_MS)),
+        )
+        .await;
+    match asked {
+        Ok(ractor::rpc::CallResult::Success(detail)) => Ok(detail.children),
+        _ => Err(WireError::new(ErrorCode::Unavailable, "the supervision tree did not answer")),
     }
+}
+
+/// Depth first, each actor before its children, paths from `prefix`.
+fn flatten(prefix: &str, nodes: Vec<ActorNode>, reports: &mut Vec<ActorReport>) {
+    for node in nodes {
+        if reports.len() >= ACTOR_REPORTS_COUNT_MAX {
+            return;
+        }
+        let path = format!("{prefix}/{}", node.id);
+        reports.push(ActorReport {
+            path: path.clone(),
+            alive: node.alive,
+            restarts: node.restarts,
+            actor_id: node.actor_id,
+            detail: node.detail,
+        });
+        flatten(&path, node.children, reports);
+    }
+}
+
+/// Every actor of the tree, from the root down (nested supervisors and the children actors run themselves included).
+async fn actors(context: &ClusterService) -> Result<ClusterResponse, WireError> {
+    let mut reports = Vec::new();
+    flatten(ROOT, tree(context).await?, &mut reports);
     Ok(ClusterResponse::Actors { actors: reports })
 }
 
-/// Actors a panic can be injected into.
-const PANIC_TARGETS: &str = "storage, raft, rpc, mesh";
+/// The root supervisor's name: every path starts with it.
+const ROOT: &str = "node";
 
+/// Panics the actor at `actor`: a path such as `node/raft` (or `raft`), or a bare name found anywhere in the tree.
+/// Every supervisor child answers the control message, so no actor needs a case of its own here.
 async fn inject_panic(context: &ClusterService, actor: &str) -> Result<ClusterResponse, WireError> {
     if !context.fault_injection {
         return Err(WireError::invalid("fault injection is off; start the node with --enable-fault-injection"));
     }
-    let gone = |error: &dyn std::fmt::Display| {
-        WireError::new(ErrorCode::Unavailable, format!("the {actor} actor is gone: {error}"))
+    let mut reports = Vec::new();
+    flatten(ROOT, tree(context).await?, &mut reports);
+    let wanted = format!("{ROOT}/{}", actor.trim_start_matches(&format!("{ROOT}/")));
+    let path = reports
+        .iter()
+        .map(|report| report.path.as_str())
+        .find(|path| *path == wanted || (!actor.contains('/') && path.rsplit('/').next() == Some(actor)))
+        .map(str::to_string);
+    let unknown = || {
+        let known: Vec<&str> = reports.iter().map(|report| report.path.as_str()).collect();
+        WireError::invalid(format!("no actor `{actor}` in this node's tree; known: {}", known.join(", ")))
     };
-    match actor {
-        "raft" => context.raft.core()?.actor.cast(RaftMsg::InjectPanic).map_err(|error| gone(&error))?,
-        "mesh" => context.mesh.actor()?.cast(MeshMsg::InjectPanic).map_err(|error| gone(&error))?,
-        "storage" => {
-            let cell = root_child(context, actor).await?;
-            ractor::ActorRef::<StorageMsg>::from(cell).cast(StorageMsg::InjectPanic).map_err(|error| gone(&error))?;
-        }
-        "rpc" => {
-            let cell = root_child(context, actor).await?;
-            ractor::ActorRef::<RpcMsg>::from(cell).cast(RpcMsg::InjectPanic).map_err(|error| gone(&error))?;
-        }
-        other => {
-            return Err(WireError::invalid(format!("cannot inject a panic into `{other}`; known: {PANIC_TARGETS}")));
-        }
+    let path = path.ok_or_else(unknown)?;
+    let mut segments: Vec<&str> = path.split('/').skip(1).collect();
+    let child = segments.pop().ok_or_else(unknown)?.to_string();
+    let mut supervisor = context.tree.root()?;
+    for segment in segments {
+        let cell = supervisor
+            .call(|reply| SupervisorMsg::Child(segment.to_string(), reply), Some(Duration::from_secs(5)))
+            .await;
+        supervisor = match cell {
+            Ok(ractor::rpc::CallResult::Success(Some(cell)))
+                if cell.is_message_type_of::<SupervisorMsg>() == Some(true) =>
+            {
+                ractor::ActorRef::from(cell)
+            }
+            _ => {
+                return Err(WireError::invalid(format!(
+                    "`{path}` is run by `{segment}` itself, not by a supervisor; a panic reaches supervised actors only"
+                )));
+            }
+        };
     }
-    tracing::warn!(actor, "fault injection: actor told to panic");
+    let delivered = supervisor
+        .call(
+            |reply| SupervisorMsg::ControlChild { id: child.clone(), control: Control::InjectPanic, reply },
+            Some(Duration::from_secs(5)),
+        )
+        .await;
+    if !matches!(delivered, Ok(ractor::rpc::CallResult::Success(true))) {
+        return Err(WireError::new(ErrorCode::Unavailable, format!("the actor `{path}` is not running")));
+    }
+    tracing::warn!(actor = %path, "fault injection: actor told to panic");
     Ok(ClusterResponse::Injected)
-}
-
-/// The live instance of the root supervisor's child `id`.
-async fn root_child(context: &ClusterService, id: &str) -> Result<ractor::ActorCell, WireError> {
-    let unavailable = || WireError::new(ErrorCode::Unavailable, format!("the {id} actor is not running"));
-    let root = context.tree.root().map_err(|_| unavailable())?;
-    match root.call(|reply| SupervisorMsg::Child(id.to_string(), reply), Some(Duration::from_secs(5))).await {
-        Ok(ractor::rpc::CallResult::Success(Some(cell))) => Ok(cell),
-        _ => Err(unavailable()),
-    }
 }
 
 /// The mesh's sessions, and a ping from this node to every node agent in the cluster-wide process group.

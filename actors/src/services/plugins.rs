@@ -36,7 +36,7 @@ impl PluginService {
         input: Vec<u8>,
         timeout: Duration,
     ) -> Result<(Vec<u8>, u64), WireError> {
-        self.plugins.call(name, function, input, timeout).await
+        self.plugins.routes().call(name, function, input, timeout).await
     }
 
     /// Serves one validated plugin request.

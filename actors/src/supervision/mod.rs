@@ -8,13 +8,17 @@
 //! A child is described by a [`ChildSpec`] whose start function captures the child's arguments, so a restart starts
 //! the child exactly as it was first started.
 
+pub mod control;
 mod intensity;
 mod spec;
 mod supervisor;
 
+pub use control::{ActorDetail, ActorNode, Control};
 pub use intensity::{Intensity, RestartWindow};
 pub use spec::{ChildSpec, Restart, StartFn, Strategy, SupervisorOptions};
-pub use supervisor::{ChildStatus, Supervisor, SupervisorArgs, SupervisorMsg, SupervisorStatus, TreeHandle};
+pub use supervisor::{
+    ChildError, ChildStatus, Supervisor, SupervisorArgs, SupervisorMsg, SupervisorStatus, TreeHandle,
+};
 
 #[cfg(test)]
 mod tests;

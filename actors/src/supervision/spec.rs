@@ -8,6 +8,8 @@ use futures::future::BoxFuture;
 use ractor::{Actor, ActorCell, SpawnErr};
 use serde::Serialize;
 
+use super::control::{self, Control, ControlFn};
+
 /// Which children restart when one exits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Strategy {
@@ -42,6 +44,8 @@ pub struct ChildSpec {
     /// How long a graceful stop may take before the child is killed.
     pub shutdown_timeout: Duration,
     pub start: StartFn,
+    /// Delivers the [`Control`] message to a running instance.
+    pub control: ControlFn,
 }
 
 impl fmt::Debug for ChildSpec {
@@ -59,6 +63,7 @@ impl ChildSpec {
     where
         A: Actor + Clone,
         A::Arguments: Clone + Sync,
+        A::Msg: From<Control>,
     {
         let start: StartFn = Arc::new(move |supervisor: ActorCell| {
             let handler = handler.clone();
@@ -73,6 +78,7 @@ impl ChildSpec {
             restart,
             shutdown_timeout: Duration::from_millis(CHILD_SHUTDOWN_TIMEOUT_MS_DEFAULT),
             start,
+            control: Arc::new(control::send::<A::Msg>),
         }
     }
 

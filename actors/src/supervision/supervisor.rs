@@ -4,6 +4,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, Super
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::control::{self, ActorDetail, ActorNode, Control};
 use super::intensity::RestartWindow;
 use super::spec::{ChildSpec, Restart, Strategy, SupervisorOptions};
 use crate::live::{Live, Unavailable};
@@ -26,9 +27,39 @@ pub enum SupervisorMsg {
     Child(String, RpcReplyPort<Option<ActorCell>>),
     /// Try again to start a child whose restart failed.
     RetryStart(usize),
+    /// The control message every supervised actor answers; a supervisor's status holds its children's answers.
+    Control(Control),
+    /// Delivers `control` to the running child `id`; answers whether it was delivered.
+    ControlChild {
+        id: String,
+        control: Control,
+        reply: RpcReplyPort<bool>,
+    },
+    /// Starts a child at run time, after the others; it restarts by the same strategy and intensity. Refused when its
+    /// id is taken.
+    StartChild(ChildSpec, RpcReplyPort<Result<(), ChildError>>),
+    /// Stops the child `id` (within its shutdown timeout) and forgets it.
+    StopChild(String, RpcReplyPort<Result<(), ChildError>>),
 }
 
 impl ractor::Message for SupervisorMsg {}
+
+impl From<Control> for SupervisorMsg {
+    fn from(control: Control) -> SupervisorMsg {
+        SupervisorMsg::Control(control)
+    }
+}
+
+/// Why a child could not be started or stopped at run time.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChildError {
+    #[error("a child `{0}` already exists")]
+    Duplicate(String),
+    #[error("no child `{0}`")]
+    NotFound(String),
+    #[error("child `{id}` did not start: {reason}")]
+    StartFailed { id: String, reason: String },
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ChildStatus {
@@ -149,6 +180,42 @@ impl Actor for Supervisor {
                 if index < state.children.len() && state.children[index].cell.is_none() {
                     restart_from(&myself, state, index, state.options.strategy).await?;
                 }
+            }
+            SupervisorMsg::Control(Control::Status(reply)) => report(state, reply),
+            SupervisorMsg::Control(Control::InjectPanic) => {
+                panic!("fault injection: supervisor {} panics on request", state.name)
+            }
+            SupervisorMsg::ControlChild { id, control, reply } => {
+                let child = state.children.iter().find(|child| child.spec.id == id);
+                let delivered = child
+                    .and_then(|child| child.cell.as_ref().map(|cell| (child.spec.control)(cell, control)))
+                    .unwrap_or(false);
+                let _ = reply.send(delivered);
+            }
+            SupervisorMsg::StartChild(spec, reply) => {
+                if state.children.iter().any(|child| child.spec.id == spec.id) {
+                    let _ = reply.send(Err(ChildError::Duplicate(spec.id)));
+                    return Ok(());
+                }
+                let id = spec.id.clone();
+                state.children.push(Child { spec, cell: None, restarts: 0 });
+                let index = state.children.len() - 1;
+                let started = start_child(&myself, state, index).await;
+                if let Err(error) = &started {
+                    state.children.pop();
+                    tracing::warn!(supervisor = %state.name, child = %id, %error, "dynamic child did not start");
+                }
+                let _ = reply.send(started.map_err(|error| ChildError::StartFailed { id, reason: error.to_string() }));
+            }
+            SupervisorMsg::StopChild(id, reply) => {
+                let Some(index) = state.children.iter().position(|child| child.spec.id == id) else {
+                    let _ = reply.send(Err(ChildError::NotFound(id)));
+                    return Ok(());
+                };
+                // Taken out of the list first: its exit is then an event about a child this supervisor no longer has.
+                stop_children(state, index..index + 1).await;
+                state.children.remove(index);
+                let _ = reply.send(Ok(()));
             }
         }
         Ok(())
@@ -277,6 +344,42 @@ async fn stop_children(state: &mut SupervisorState, range: std::ops::Range<usize
             let _ = cell.kill_and_wait(Some(timeout)).await;
         }
     }
+}
+
+/// Answers a status control message: this supervisor's strategy and intensity, and each child's own answer (asked
+/// off the mailbox, so a slow child never holds up restarts).
+fn report(state: &mut SupervisorState, reply: RpcReplyPort<ActorDetail>) {
+    let intensity = state.restarts.intensity();
+    let detail = format!(
+        "{:?}, {} of at most {} restarts within {:?}",
+        state.options.strategy,
+        state.restarts.recent(Instant::now()),
+        intensity.restarts_max,
+        intensity.period
+    );
+    let children: Vec<_> = state
+        .children
+        .iter()
+        .map(|child| (child.spec.id.clone(), child.restarts, child.cell.clone(), child.spec.control.clone()))
+        .collect();
+    tokio::spawn(async move {
+        let mut nodes = Vec::with_capacity(children.len());
+        for (id, restarts, cell, send) in children {
+            let answer = match &cell {
+                Some(cell) => control::ask_status(cell, &send).await.unwrap_or_default(),
+                None => ActorDetail::default(),
+            };
+            nodes.push(ActorNode {
+                id,
+                alive: cell.is_some(),
+                restarts,
+                actor_id: cell.map(|cell| cell.get_id().to_string()),
+                detail: answer.detail,
+                children: answer.children,
+            });
+        }
+        let _ = reply.send(ActorDetail { detail: Some(detail), children: nodes });
+    });
 }
 
 fn status(state: &mut SupervisorState) -> SupervisorStatus {

@@ -24,9 +24,16 @@ enum TestMsg {
     Fail,
     Exit,
     ExitAbnormally,
+    Control(Control),
 }
 
 impl ractor::Message for TestMsg {}
+
+impl From<Control> for TestMsg {
+    fn from(control: Control) -> TestMsg {
+        TestMsg::Control(control)
+    }
+}
 
 impl Actor for TestChild {
     type Msg = TestMsg;
@@ -47,9 +54,13 @@ impl Actor for TestChild {
         &self,
         myself: ActorRef<TestMsg>,
         msg: TestMsg,
-        _: &mut TestChildArgs,
+        state: &mut TestChildArgs,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            TestMsg::Control(Control::Status(reply)) => {
+                let _ = reply.send(ActorDetail::line(format!("test child {}", state.name)));
+            }
+            TestMsg::Control(Control::InjectPanic) => panic!("test child told to panic"),
             TestMsg::Panic => panic!("test child panics on purpose"),
             TestMsg::Fail => return Err("test child fails on purpose".into()),
             TestMsg::Exit => myself.stop(None),
@@ -274,4 +285,58 @@ async fn a_nested_supervisor_escalation_is_a_restart_of_the_parent_child() {
     child_ref(&inner_ref, "leaf").await.cast(TestMsg::Panic).unwrap();
     wait_for(&outer, |s| s.children[0].restarts == 1 && s.children[0].alive).await;
     assert_eq!(log.lock().unwrap().iter().filter(|line| *line == "start leaf").count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn children_started_at_run_time_restart_like_the_others_and_stop_for_good() {
+    let log = Log::default();
+    let supervisor = start(Strategy::OneForOne, vec![child("a", Restart::Permanent, &log)]).await;
+    let added = ractor::call_t!(supervisor, SupervisorMsg::StartChild, 1_000, child("b", Restart::Permanent, &log));
+    assert_eq!(added.unwrap(), Ok(()));
+    let again = ractor::call_t!(supervisor, SupervisorMsg::StartChild, 1_000, child("b", Restart::Permanent, &log));
+    assert_eq!(again.unwrap(), Err(ChildError::Duplicate("b".into())));
+    child_ref(&supervisor, "b").await.cast(TestMsg::Panic).unwrap();
+    wait_for(&supervisor, |s| s.children.len() == 2 && s.children[1].restarts == 1 && s.children[1].alive).await;
+    let stopped = ractor::call_t!(supervisor, SupervisorMsg::StopChild, 1_000, "b".to_string()).unwrap();
+    assert_eq!(stopped, Ok(()));
+    assert_eq!(status(&supervisor).await.children.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), vec!["a"]);
+    let missing = ractor::call_t!(supervisor, SupervisorMsg::StopChild, 1_000, "b".to_string()).unwrap();
+    assert_eq!(missing, Err(ChildError::NotFound("b".into())));
+    assert_eq!(*log.lock().unwrap(), vec!["start a", "start b", "start b", "stop b"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_control_status_reports_the_whole_tree_and_reaches_any_child() {
+    let log = Log::default();
+    let inner = SupervisorArgs {
+        name: "inner".into(),
+        options: SupervisorOptions::new(Strategy::OneForOne, 3, Duration::from_secs(5)),
+        children: vec![child("leaf", Restart::Permanent, &log)],
+    };
+    let outer = start(
+        Strategy::OneForOne,
+        vec![child("a", Restart::Permanent, &log), ChildSpec::new("inner", Restart::Permanent, Supervisor, inner)],
+    )
+    .await;
+    let tree = ractor::call_t!(outer, |reply| SupervisorMsg::Control(Control::Status(reply)), 5_000).unwrap();
+    let ids: Vec<&str> = tree.children.iter().map(|child| child.id.as_str()).collect();
+    assert_eq!(ids, vec!["a", "inner"]);
+    assert_eq!(tree.children[0].detail.as_deref(), Some("test child a"));
+    assert_eq!(tree.children[1].children[0].id, "leaf");
+    assert_eq!(tree.children[1].children[0].detail.as_deref(), Some("test child leaf"));
+    let delivered = ractor::call_t!(
+        outer,
+        |reply| SupervisorMsg::ControlChild { id: "a".into(), control: Control::InjectPanic, reply },
+        1_000
+    )
+    .unwrap();
+    assert!(delivered);
+    wait_for(&outer, |s| s.children[0].restarts == 1 && s.children[0].alive).await;
+    let nobody = ractor::call_t!(
+        outer,
+        |reply| SupervisorMsg::ControlChild { id: "ghost".into(), control: Control::InjectPanic, reply },
+        1_000
+    )
+    .unwrap();
+    assert!(!nobody);
 }
