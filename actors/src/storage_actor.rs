@@ -22,6 +22,8 @@ use crate::supervision::{ActorDetail, Control};
 pub const STORAGE_REOPEN_WAIT_MS: u64 = 5_000;
 /// Pause between those attempts.
 pub const STORAGE_REOPEN_RETRY_MS: u64 = 20;
+/// Longest wait between two looks at the applied state while a caller waits for its write to apply here.
+pub const APPLIED_POLL_MS_MAX: u64 = 10;
 
 /// Clones of the open stores (they share one database handle).
 #[derive(Clone)]
@@ -71,6 +73,20 @@ impl StorageHandle {
             .await
             .map_err(|error| WireError::internal(format!("read task failed: {error}")))?
             .map_err(|fault| WireError::internal(fault.to_string()))
+    }
+
+    /// Waits until `applied` holds of this node's applied state, or `deadline` passes (read-your-writes for callers
+    /// whose write may have committed on another node first). Looks again after 0.2 ms, doubling up to
+    /// [`APPLIED_POLL_MS_MAX`].
+    pub async fn wait_until(&self, deadline: tokio::time::Instant, applied: impl Fn(&StateReader) -> bool) {
+        let mut pause = Duration::from_micros(200);
+        while tokio::time::Instant::now() < deadline {
+            if self.live.current().is_some_and(|stores| applied(&stores.reader)) {
+                return;
+            }
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(tokio::time::Instant::now()))).await;
+            pause = (pause * 2).min(Duration::from_millis(APPLIED_POLL_MS_MAX));
+        }
     }
 
     pub(crate) fn publish(&self, stores: Stores) {

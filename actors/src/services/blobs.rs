@@ -289,15 +289,7 @@ impl BlobService {
         };
         self.proposer.propose_anywhere(Command::Blob(added), timeout).await?;
         drop(tag);
-        let mut pause = Duration::from_micros(200);
-        while tokio::time::Instant::now() < deadline {
-            let recorded = self.storage.reader().ok().and_then(|reader| reader.blob(&hash).ok()).flatten();
-            if recorded.is_some() {
-                break;
-            }
-            tokio::time::sleep(pause.min(deadline.saturating_duration_since(tokio::time::Instant::now()))).await;
-            pause = (pause * 2).min(Duration::from_millis(10));
-        }
+        self.storage.wait_until(deadline, |reader| reader.blob(&hash).is_ok_and(|record| record.is_some())).await;
         Ok(hash)
     }
 

@@ -17,9 +17,6 @@ use crate::mesh::Proposer;
 use crate::raft::RaftHandle;
 use crate::storage_actor::StorageHandle;
 
-/// Longest wait between two looks at the applied revision while a plugin's write catches up on this node.
-const APPLIED_POLL_MS_MAX: u64 = 10;
-
 #[derive(Clone)]
 pub struct KvService {
     raft: RaftHandle,
@@ -181,23 +178,10 @@ impl KvService {
             },
             _ => 0,
         };
-        self.wait_applied(seen, deadline).await;
+        self.storage.wait_until(deadline, |reader| reader.revision().is_ok_and(|applied| applied >= seen)).await;
         match outcome? {
             CommandOutput::Kv(response) => Ok(response),
             other => Err(WireError::internal(format!("a plugin KV write produced {other:?}"))),
-        }
-    }
-
-    /// Waits until this node applied `revision`, or `deadline` passes.
-    async fn wait_applied(&self, revision: u64, deadline: tokio::time::Instant) {
-        let mut pause = Duration::from_micros(200);
-        while tokio::time::Instant::now() < deadline {
-            let applied = self.storage.reader().ok().and_then(|reader| reader.revision().ok());
-            if applied.is_some_and(|applied| applied >= revision) {
-                return;
-            }
-            tokio::time::sleep(pause.min(deadline.saturating_duration_since(tokio::time::Instant::now()))).await;
-            pause = (pause * 2).min(Duration::from_millis(APPLIED_POLL_MS_MAX));
         }
     }
 }
