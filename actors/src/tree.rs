@@ -17,14 +17,14 @@ use pando_protocol::cluster::MemberNode;
 use crate::blobs::{BlobActor, BlobArgs, BlobConfig, BlobsHandle};
 use crate::clock::Clock;
 use crate::endpoint::{EndpointActor, EndpointArgs};
-use crate::mesh::{MeshActor, MeshArgs, MeshHandle, MeshNet, Proposer};
+use crate::mesh::{MeshArgs, MeshHandle, MeshNet, Proposer};
 use crate::plugins::{PluginConfig, PluginSupervisor, PluginsArgs, PluginsHandle};
 use crate::raft::sim_network::SimNet;
 use crate::raft::transport::RaftTransport;
 use crate::raft::{RaftActor, RaftArgs, RaftHandle};
 use crate::rpc::sim_link::SimRpcListener;
 use crate::rpc::{GatewayHandle, RpcArgs, RpcContext, RpcGateway, RpcListener};
-use crate::services::{BlobService, ClusterService, CoordService, KvService, PluginService, Services};
+use crate::services::{BlobService, ClusterService, CoordService, KvService, PluginService, Services, ServicesHost};
 use crate::storage::SimDisk;
 use crate::storage_actor::{StorageActor, StorageArgs, StorageHandle};
 use crate::supervision::{ChildSpec, Restart, Strategy, SupervisorArgs, SupervisorOptions, TreeHandle};
@@ -109,8 +109,8 @@ impl Handles {
             storage: self.storage.clone(),
             raft: self.raft.clone(),
             proposer: self.proposer(),
-            kv,
-            blobs,
+            host: Arc::new(ServicesHost::new(kv, blobs)),
+            blobs: self.blobs.clone(),
             handle: self.plugins.clone(),
             config,
             cluster_secret,
@@ -231,7 +231,7 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
 fn mesh(node_id: u64, handles: &Handles, cluster_secret: [u8; 32], net: MeshNet) -> ChildSpec {
     let cookie = crate::mesh::cookie(&cluster_secret);
     let args = MeshArgs { node_id, net, raft: handles.raft.clone(), handle: handles.mesh.clone(), cookie };
-    ChildSpec::new("mesh", Restart::Permanent, MeshActor, args)
+    crate::mesh::child_spec("mesh", args)
 }
 
 /// The children that need iroh: the blob store, and the plugins (their wasm comes from blobs).

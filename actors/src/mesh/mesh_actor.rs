@@ -1,4 +1,11 @@
-//! The MeshActor: keeps one ractor_cluster session open to every other member, and none to anyone else.
+//! The mesh as one supervised unit, and its MeshActor, which keeps one ractor_cluster session open to every other
+//! member and none to anyone else.
+//!
+//! The unit ([`child_spec`]) is a generic one_for_all supervisor over three children, started in this order:
+//! `node-server` (ractor_cluster's NodeServer, which owns the sessions), `agent` (this node's
+//! [`NodeAgent`]) and `sessions` (the MeshActor, which dials, accepts and prunes sessions through the NodeServer).
+//! If any of them ends, all three restart: a new NodeServer holds no sessions, a new agent must rejoin the groups,
+//! and the MeshActor caches the NodeServer it was started with. The sessions come back on the next reconcile.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -10,22 +17,28 @@ use iroh::Endpoint;
 use iroh::endpoint::Connection;
 use pando_protocol::alpn;
 use pando_protocol::cluster::{MemberNode, MeshSession};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use std::sync::Arc;
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
 use ractor_cluster::{NodeServer, NodeServerMessage};
 use tokio::task::JoinHandle;
 
-use super::agent::{AgentMsg, NodeAgent};
+use super::agent::NodeAgent;
 use super::handle::MeshHandle;
 use super::sim_link::SimMeshStream;
 use super::stream::MeshStream;
 use super::{
     MESH_CONNECT_TIMEOUT_MS, MESH_FRAME_BYTES_MAX, MESH_PREAMBLE, MESH_PREAMBLE_TIMEOUT_MS, MESH_RECONCILE_INTERVAL_MS,
-    MESH_REDIAL_BACKOFF_MS_MAX, MESH_REDIAL_BACKOFF_MS_MIN, MESH_SESSIONS_PER_PEER_MAX, node_of_label, session_label,
+    MESH_REDIAL_BACKOFF_MS_MAX, MESH_REDIAL_BACKOFF_MS_MIN, MESH_RESTART_PERIOD_MS, MESH_RESTARTS_MAX,
+    MESH_SESSIONS_PER_PEER_MAX, node_of_label, session_label,
 };
+use crate::live::Live;
 use crate::raft::RaftHandle;
 use crate::raft::transport::endpoint_addr;
-use crate::supervision::{ActorDetail, Control};
+use crate::supervision::{
+    ActorDetail, ChildSpec, Control, Restart, StartFn, Strategy, Supervisor, SupervisorArgs, SupervisorOptions,
+};
 
 /// How long the mesh waits for the NodeServer to list its sessions.
 const SESSIONS_QUERY_TIMEOUT_MS: u64 = 2_000;
@@ -38,6 +51,64 @@ pub fn cookie(cluster_secret_key: &[u8; 32]) -> String {
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MeshActor;
+
+/// The mesh of node `args.node_id` as a child `id` of the node's tree: the one_for_all supervisor of its NodeServer,
+/// its agent and its MeshActor.
+pub fn child_spec(id: &str, args: MeshArgs) -> ChildSpec {
+    let node_server = Live::new("actor mesh NodeServer");
+    let children = vec![
+        ChildSpec::uncontrolled("node-server", Restart::Permanent, start_node_server(&args, node_server.clone())),
+        ChildSpec::uncontrolled("agent", Restart::Permanent, start_agent(&args)),
+        ChildSpec::new("sessions", Restart::Permanent, MeshActor, SessionsArgs { mesh: args, node_server }),
+    ];
+    let options =
+        SupervisorOptions::new(Strategy::OneForAll, MESH_RESTARTS_MAX, Duration::from_millis(MESH_RESTART_PERIOD_MS));
+    ChildSpec::new(id, Restart::Permanent, Supervisor, SupervisorArgs { name: "mesh".into(), options, children })
+}
+
+/// Starts ractor_cluster's NodeServer and publishes it for the MeshActor started after it.
+fn start_node_server(args: &MeshArgs, published: Live<ActorRef<NodeServerMessage>>) -> StartFn {
+    let (node_id, cookie, scope) = (args.node_id, args.cookie.clone(), args.scope());
+    Arc::new(move |supervisor: ActorCell| {
+        // ractor_cluster always opens a TCP listener; it is bound to loopback and every session it would accept still
+        // needs the cookie. Pando's sessions all arrive over iroh (or the simulated network).
+        let server = NodeServer::new(
+            0,
+            cookie.clone(),
+            session_label(node_id),
+            "pando".into(),
+            None,
+            Some(NodeConnectionMode::Isolated),
+        )
+        .with_listen_addr(Ipv4Addr::LOCALHOST.into())
+        .with_max_inbound_frame_size(MESH_FRAME_BYTES_MAX)
+        .with_scope(scope.clone());
+        let published = published.clone();
+        Box::pin(async move {
+            let (node_server, _) = Actor::spawn_linked(None, server, (), supervisor).await?;
+            published.publish(node_server.clone());
+            Ok(node_server.get_cell())
+        })
+    })
+}
+
+fn start_agent(args: &MeshArgs) -> StartFn {
+    let (node_id, scope, raft) = (args.node_id, args.scope(), args.raft.clone());
+    Arc::new(move |supervisor: ActorCell| {
+        let agent = NodeAgent { node_id, scope: scope.clone(), raft: raft.clone() };
+        Box::pin(async move {
+            let (agent, _) = Actor::spawn_linked(None, agent, (), supervisor).await?;
+            Ok(agent.get_cell())
+        })
+    })
+}
+
+/// The MeshActor's arguments: the mesh's, and the NodeServer its sibling published.
+#[derive(Clone)]
+pub struct SessionsArgs {
+    mesh: MeshArgs,
+    node_server: Live<ActorRef<NodeServerMessage>>,
+}
 
 #[derive(Clone)]
 pub struct MeshArgs {
@@ -128,7 +199,6 @@ pub struct MeshStatus {
 pub struct MeshState {
     args: MeshArgs,
     node_server: ActorRef<NodeServerMessage>,
-    agent: ActorRef<AgentMsg>,
     dials: BTreeMap<u64, JoinHandle<()>>,
     /// Per member: when it may be dialled next, and the wait after the next failure.
     backoff: BTreeMap<u64, (Instant, Duration)>,
@@ -141,8 +211,8 @@ pub struct MeshState {
 }
 
 impl Drop for MeshState {
-    /// A panicking mesh skips `post_stop`: its sessions, dials and timer must end with it all the same, or a
-    /// restarted mesh would find a second NodeServer holding the old sessions.
+    /// A panicking MeshActor skips `post_stop`: its dials and timer must end with it all the same. (Its siblings,
+    /// the NodeServer with the sessions and the agent, are restarted with it by their one_for_all supervisor.)
     fn drop(&mut self) {
         self.reconcile_timer.abort();
         if let Some(acceptor) = &self.sim_acceptor {
@@ -151,8 +221,6 @@ impl Drop for MeshState {
         for dial in self.dials.values() {
             dial.abort();
         }
-        self.node_server.kill();
-        self.agent.kill();
         self.args.handle.retract(&self.me);
     }
 }
@@ -160,37 +228,12 @@ impl Drop for MeshState {
 impl Actor for MeshActor {
     type Msg = MeshMsg;
     type State = MeshState;
-    type Arguments = MeshArgs;
+    type Arguments = SessionsArgs;
 
-    async fn pre_start(&self, myself: ActorRef<MeshMsg>, args: MeshArgs) -> Result<MeshState, ActorProcessingErr> {
-        // ractor_cluster always opens a TCP listener; it is bound to loopback and every session it would accept still
-        // needs the cookie. Pando's sessions all arrive over iroh.
-        let server = NodeServer::new(
-            0,
-            args.cookie.clone(),
-            session_label(args.node_id),
-            "pando".into(),
-            None,
-            Some(NodeConnectionMode::Isolated),
-        )
-        .with_listen_addr(Ipv4Addr::LOCALHOST.into())
-        .with_max_inbound_frame_size(MESH_FRAME_BYTES_MAX)
-        .with_scope(args.scope());
-        let (node_server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
-        let agent = match Actor::spawn_linked(
-            None,
-            NodeAgent { node_id: args.node_id, scope: args.scope(), raft: args.raft.clone() },
-            (),
-            myself.get_cell(),
-        )
-        .await
-        {
-            Ok((agent, _)) => agent,
-            Err(error) => {
-                node_server.kill();
-                return Err(error.into());
-            }
-        };
+    async fn pre_start(&self, myself: ActorRef<MeshMsg>, args: SessionsArgs) -> Result<MeshState, ActorProcessingErr> {
+        let SessionsArgs { mesh: args, node_server } = args;
+        // Started after it by a one_for_all supervisor: the NodeServer published here is the live one.
+        let node_server = node_server.get()?;
         let reconcile_timer =
             myself.send_interval(Duration::from_millis(MESH_RECONCILE_INTERVAL_MS), || MeshMsg::Reconcile);
         args.handle.publish(myself.clone(), args.scope());
@@ -206,7 +249,6 @@ impl Actor for MeshActor {
         Ok(MeshState {
             args,
             node_server,
-            agent,
             dials: BTreeMap::new(),
             backoff: BTreeMap::new(),
             sessions_per_peer: BTreeMap::new(),
@@ -288,26 +330,6 @@ impl Actor for MeshActor {
             }
         }
         Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        _myself: ActorRef<MeshMsg>,
-        event: SupervisionEvent,
-        state: &mut MeshState,
-    ) -> Result<(), ActorProcessingErr> {
-        let ours = |cell: &ractor::ActorCell| {
-            cell.get_id() == state.node_server.get_id() || cell.get_id() == state.agent.get_id()
-        };
-        match event {
-            SupervisionEvent::ActorFailed(cell, error) if ours(&cell) => {
-                Err(format!("mesh child {:?} failed: {error}", cell.get_id()).into())
-            }
-            SupervisionEvent::ActorTerminated(cell, _, reason) if ours(&cell) => {
-                Err(format!("mesh child {:?} stopped: {reason:?}", cell.get_id()).into())
-            }
-            _ => Ok(()),
-        }
     }
 }
 

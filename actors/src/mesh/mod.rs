@@ -11,9 +11,10 @@
 //! can share one process, each with its own view of the groups. In the simulator the session streams run over the
 //! simulated network ([`sim_link`]) instead of iroh; everything else is the same code.
 //!
-//! Each pair of members holds one session; the member with the lower id dials. [`MeshActor`] owns the
-//! ractor_cluster `NodeServer` and this node's [`agent::NodeAgent`]; if either dies the mesh fails and its supervisor
-//! restarts the whole mesh, and the sessions come back on the next reconcile.
+//! Each pair of members holds one session; the member with the lower id dials. The mesh is one supervised unit
+//! ([`child_spec`]): a generic one_for_all supervisor over ractor_cluster's `NodeServer`, this node's
+//! [`agent::NodeAgent`] and the [`MeshActor`] that keeps the sessions; if any of them dies all three restart, and the
+//! sessions come back on the next reconcile.
 
 pub mod agent;
 mod handle;
@@ -24,7 +25,9 @@ mod stream;
 pub use handle::{MeshHandle, Proposer};
 pub use stream::MeshStream;
 
-pub use mesh_actor::{MeshActor, MeshArgs, MeshMsg, MeshNet, MeshStatus, PeerStream, accept_peer, cookie};
+pub use mesh_actor::{
+    MeshActor, MeshArgs, MeshMsg, MeshNet, MeshStatus, PeerStream, SessionsArgs, accept_peer, child_spec, cookie,
+};
 
 /// How long dialling a member and opening the session stream may take.
 pub const MESH_CONNECT_TIMEOUT_MS: u64 = 3_000;
@@ -45,6 +48,10 @@ pub const MESH_PREAMBLE_TIMEOUT_MS: u64 = 5_000;
 pub const MESH_PING_TIMEOUT_MS: u64 = 2_000;
 /// Most group members one ping round contacts.
 pub const MESH_PING_TARGETS_MAX: usize = 64;
+/// Restarts of the mesh's children (all three restart together) tolerated within [`MESH_RESTART_PERIOD_MS`]; one more
+/// and the mesh fails to the node's root supervisor, which restarts it under its own intensity.
+pub const MESH_RESTARTS_MAX: u32 = 5;
+pub const MESH_RESTART_PERIOD_MS: u64 = 30_000;
 /// The process group every node's agent joins.
 pub const NODES_GROUP: &str = "pando.nodes";
 

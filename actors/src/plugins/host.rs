@@ -24,7 +24,30 @@ use super::instance::Job;
 use super::{PluginRoutes, PluginsArgs};
 use crate::clock::Clock;
 use crate::raft::RaftHandle;
-use crate::services::{BlobService, KvService};
+
+/// What a plugin's host functions reach in the rest of the node: KV and blobs, on the plugin's behalf. The node's
+/// services implement it (`services::plugins::ServicesHost`), so this subsystem imports no service: the services sit
+/// above the plugins (calls go through them) and the host functions reach back only through this trait.
+pub trait PluginHost: Send + Sync + 'static {
+    /// A read as plugin `plugin`, checked against its prefixes by the read path.
+    fn kv_read(&self, plugin: &str, request: &KvRequest) -> Result<KvResponse, WireError>;
+    /// A write as plugin `plugin`, checked by the state machine, answered once this node applied it.
+    fn kv_write(
+        &self,
+        plugin: String,
+        request: KvRequest,
+        timeout: Duration,
+    ) -> BoxFuture<Result<KvResponse, WireError>>;
+    /// A blob's bytes, at most `size_max` of them, fetched from a holder if this node has no copy.
+    fn blob_get(&self, hash: BlobHash, size_max: u64, timeout: Duration) -> BoxFuture<Result<Vec<u8>, WireError>>;
+    /// Adds bytes as a blob, answered once this node recorded it.
+    fn blob_add(&self, data: Vec<u8>, timeout: Duration) -> BoxFuture<Result<BlobHash, WireError>>;
+    /// Whether the cluster holds a blob.
+    fn blob_has(&self, hash: &BlobHash) -> Result<bool, WireError>;
+}
+
+/// A future a [`PluginHost`] answers with.
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 /// Longest a host function waits on the rest of the node (a commit, a blob fetch); never beyond the call's own
 /// remaining time.
@@ -50,8 +73,7 @@ pub struct HostContext {
     pub node_id: u64,
     clock: Clock,
     raft: RaftHandle,
-    kv: KvService,
-    blobs: BlobService,
+    services: Arc<dyn PluginHost>,
     pub runtime: tokio::runtime::Handle,
     signing_key: SigningKey,
     pub(crate) timers: Mutex<Timers>,
@@ -86,8 +108,7 @@ impl HostContext {
             node_id: args.node_id,
             clock: args.clock,
             raft: args.raft.clone(),
-            kv: args.kv.clone(),
-            blobs: args.blobs.clone(),
+            services: args.host.clone(),
             runtime: tokio::runtime::Handle::current(),
             timers: Mutex::new(Timers::default()),
             hooks: Mutex::new(BTreeSet::new()),
@@ -205,7 +226,7 @@ fn log(context: &HostContext, args: abi::LogArgs) -> HostResult<()> {
 /// A read, checked by the read path against the registry in the same snapshot.
 fn kv_read(context: &HostContext, request: KvRequest) -> HostResult<KvResponse> {
     context.require(Permission::KvRead).or_else(|refusal| context.require(Permission::KvWrite).map_err(|_| refusal))?;
-    context.kv.read_as_plugin(&context.plugin, &request).map_err(|error| {
+    context.services.kv_read(&context.plugin, &request).map_err(|error| {
         if error.code != ErrorCode::InvalidArgument {
             tracing::warn!(plugin = %context.plugin, %error, "plugin KV read refused");
         }
@@ -217,10 +238,7 @@ fn kv_read(context: &HostContext, request: KvRequest) -> HostResult<KvResponse> 
 /// until this node applied it (read-your-writes), within the call's budget.
 fn kv_write(context: &HostContext, request: KvRequest) -> HostResult<KvResponse> {
     context.require(Permission::KvWrite)?;
-    let kv = context.kv.clone();
-    let plugin = context.plugin.clone();
-    let budget = budget();
-    let outcome = context.runtime.block_on(async move { kv.write_as_plugin(&plugin, request, budget).await });
+    let outcome = context.runtime.block_on(context.services.kv_write(context.plugin.clone(), request, budget()));
     outcome.map_err(|error| {
         if error.code == ErrorCode::Unauthorized {
             tracing::warn!(plugin = %context.plugin, %error, "plugin KV write refused");
@@ -309,10 +327,8 @@ fn parse_hash(text: &str) -> HostResult<BlobHash> {
 fn blob_get(context: &HostContext, args: abi::BlobArgs) -> HostResult<abi::BlobData> {
     context.require(Permission::BlobRead)?;
     let hash = parse_hash(&args.hash)?;
-    let blobs = context.blobs.clone();
-    let budget = budget();
-    let data = context.runtime.block_on(async move { blobs.get_bytes(hash, abi::BLOB_BYTES_MAX as u64, budget).await });
-    Ok(abi::BlobData { data: data.map_err(wire)?.to_vec() })
+    let data = context.runtime.block_on(context.services.blob_get(hash, abi::BLOB_BYTES_MAX as u64, budget()));
+    Ok(abi::BlobData { data: data.map_err(wire)? })
 }
 
 fn blob_put(context: &HostContext, args: abi::BlobData) -> HostResult<abi::BlobArgs> {
@@ -323,17 +339,15 @@ fn blob_put(context: &HostContext, args: abi::BlobData) -> HostResult<abi::BlobA
             format!("a plugin adds at most {} bytes at once", abi::BLOB_BYTES_MAX),
         ));
     }
-    let blobs = context.blobs.clone();
-    let budget = budget();
     // As for KV writes: the plugin finds what it added on this node.
-    let hash = context.runtime.block_on(async move { blobs.add_bytes(args.data, budget).await }).map_err(wire)?;
+    let hash = context.runtime.block_on(context.services.blob_add(args.data, budget())).map_err(wire)?;
     Ok(abi::BlobArgs { hash: hash.to_hex() })
 }
 
 fn blob_has(context: &HostContext, args: abi::BlobArgs) -> HostResult<bool> {
     context.require(Permission::BlobRead)?;
     let hash = parse_hash(&args.hash)?;
-    context.blobs.has(&hash).map_err(wire)
+    context.services.blob_has(&hash).map_err(wire)
 }
 
 fn node_info(context: &HostContext, (): ()) -> HostResult<abi::NodeInfo> {

@@ -4,8 +4,9 @@
 //! The wasm never runs on an actor's mailbox: the instance's worker thread takes calls from the generation's bounded
 //! queue (shared by every instance of that generation) and answers each caller directly. The actor owns the thread's
 //! lifetime and is the unit of failure: a call that traps, times out or runs out of fuel or memory is answered with
-//! its error, then the worker reports the failure and the actor fails, so the PluginSupervisor replaces the instance
+//! its error, then the worker reports the failure and the actor fails, so its generation's pool replaces the instance
 //! (a fresh `Plugin` from the same compiled module) and counts the failure against the plugin's restart intensity.
+//! Once the generation's queue is closed and empty the actor stops normally, which ends it for good (it is transient).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,6 +17,8 @@ use extism::{CompiledPlugin, Plugin};
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::plugin_abi::exports;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::supervision::{ActorDetail, Control};
 
 /// One call waiting for an instance.
 pub struct Job {
@@ -46,15 +49,32 @@ pub enum InstanceMsg {
     Failed(String),
     /// The generation's queue closed and emptied: a newer generation (or nothing) serves now.
     Drained,
+    /// Status for `pando actors`, and fault injection.
+    Control(Control),
 }
 
 impl ractor::Message for InstanceMsg {}
+
+impl From<Control> for InstanceMsg {
+    fn from(control: Control) -> InstanceMsg {
+        InstanceMsg::Control(control)
+    }
+}
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PluginActor;
 
 pub struct InstanceState {
     stop: Arc<AtomicBool>,
+    generation: u64,
+}
+
+impl Drop for InstanceState {
+    /// However the actor ends (stopped, failed, panicked or killed, the last two skipping `post_stop`), its worker
+    /// finishes the call it is in (bounded by the plugin's timeout) and exits.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
 }
 
 impl Actor for PluginActor {
@@ -78,27 +98,27 @@ impl Actor for PluginActor {
             .name(format!("plugin-{}-{}", args.plugin, args.index))
             .spawn(move || worker.run())
             .map_err(|error| format!("cannot start the instance's thread: {error}"))?;
-        Ok(InstanceState { stop })
-    }
-
-    async fn post_stop(&self, _: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
-        // The worker finishes the call it is in (bounded by the plugin's timeout) and exits.
-        state.stop.store(true, Ordering::Release);
-        Ok(())
+        Ok(InstanceState { stop, generation: args.generation })
     }
 
     async fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
         message: Self::Msg,
-        _: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
             InstanceMsg::Failed(reason) => Err(reason.into()),
             InstanceMsg::Drained => {
-                myself.stop(Some("drained".into()));
+                // A normal stop: the pool does not replace it.
+                myself.stop(None);
                 Ok(())
             }
+            InstanceMsg::Control(Control::Status(reply)) => {
+                let _ = reply.send(ActorDetail::line(format!("generation {}", state.generation)));
+                Ok(())
+            }
+            InstanceMsg::Control(Control::InjectPanic) => panic!("fault injection: plugin instance panics on request"),
         }
     }
 }

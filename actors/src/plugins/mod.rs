@@ -8,41 +8,49 @@
 //! stop: no call is lost and none is answered by a half-loaded plugin. A generation that fails to load here is
 //! reported (through the log) and the node keeps serving the previous one.
 //!
-//! **Failures.** A call that traps, times out or exhausts its fuel or memory fails alone; its instance is replaced.
-//! More than `restart_intensity` replacements within `restart_period` quarantine the plugin on this node: calls are
-//! refused with the reason until an operator enables it again (a new generation).
+//! **Failures.** A generation's instances are a [`Pool`] on the generic supervisor, linked to the PluginSupervisor. A
+//! call that traps, times out or exhausts its fuel or memory fails alone; its instance fails and the pool replaces it.
+//! More than `restart_intensity` replacements within `restart_period` and the pool gives up (fails): the
+//! PluginSupervisor then quarantines the plugin on this node, and calls are refused with the reason until an operator
+//! enables it again (a new generation). A draining generation's instances end normally once its queue is empty, and
+//! its pool stops with the last of them.
 
 mod host;
 mod instance;
+mod load;
+mod routes;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
-use extism::CompiledPlugin;
+use crossbeam_channel::Receiver;
 use pando_protocol::command::Command;
 use pando_protocol::coord::CoordEvent;
-use pando_protocol::error::{ErrorCode, WireError};
-use pando_protocol::plugin::{NodePluginState, NodePluginStatus, PluginCommand, PluginManifest, PluginRecord};
+use pando_protocol::error::ErrorCode;
+use pando_protocol::plugin::{NodePluginState, NodePluginStatus, PluginCommand, PluginRecord};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use serde::Serialize;
 use tokio::time::Instant;
 
-pub use host::plugin_signing_key;
+pub use host::{BoxFuture, PluginHost, plugin_signing_key};
 pub use instance::Job;
-use instance::{InstanceArgs, InstanceMsg, PluginActor};
+use instance::{InstanceArgs, PluginActor};
+pub use load::{Compiled, LoadError};
+use load::{check_caps, compile, load};
+pub use routes::PluginRoutes;
+use routes::Route;
 
+use crate::blobs::BlobsHandle;
 use crate::clock::Clock;
 use crate::live::Live;
 use crate::mesh::Proposer;
 use crate::raft::RaftHandle;
-use crate::services::{BlobService, KvService};
 use crate::storage_actor::StorageHandle;
-use crate::supervision::{ActorDetail, ActorNode, Control, Intensity, RestartWindow};
+use crate::supervision::{ActorDetail, ActorNode, ChildSpec, Control, Intensity, Pool, Restart, SupervisorMsg, pool};
 
 /// Node-wide plugin settings.
 #[derive(Clone, Debug)]
@@ -68,125 +76,6 @@ impl Default for PluginConfig {
             memory_pages_max: pando_protocol::plugin::PLUGIN_MEMORY_PAGES_MAX,
             timeout_ms_max: pando_protocol::plugin::PLUGIN_TIMEOUT_MS_MAX,
             fetch_retry: Duration::from_secs(5),
-        }
-    }
-}
-
-/// Where calls go: the generation serving each plugin on this node, or why none does.
-#[derive(Clone)]
-enum Route {
-    Serving { generation: u64, queue: Sender<Job> },
-    Quarantined { generation: u64, reason: String },
-    Disabled { generation: u64 },
-}
-
-/// The call routes of one node, shared by the RPC gateway, timers and the supervisor (which alone changes them).
-#[derive(Clone, Default)]
-pub struct PluginRoutes(Arc<RwLock<BTreeMap<String, Route>>>);
-
-impl PluginRoutes {
-    fn set(&self, name: &str, route: Option<Route>) {
-        let mut routes = self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        match route {
-            Some(route) => routes.insert(name.to_string(), route),
-            None => routes.remove(name),
-        };
-    }
-
-    fn clear(&self) {
-        self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
-    }
-
-    fn route(&self, name: &str) -> Option<Route> {
-        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(name).cloned()
-    }
-
-    /// Queues a job on the generation serving `name` (only on `generation` when given), answering which one.
-    pub(crate) fn submit_to(&self, name: &str, generation: Option<u64>, job: Job) -> Result<u64, Refused> {
-        let refused = |code, message: String| Err(Refused::Error(WireError::new(code, message)));
-        match self.route(name) {
-            Some(Route::Serving { generation: serving, queue }) if generation.is_none_or(|g| g == serving) => {
-                match queue.try_send(job) {
-                    Ok(()) => Ok(serving),
-                    Err(TrySendError::Full(_)) => refused(
-                        ErrorCode::Busy,
-                        format!("plugin `{name}` has {} calls queued on this node; retry with backoff", queue.len()),
-                    ),
-                    // The route was read just before an upgrade closed its queue.
-                    Err(TrySendError::Disconnected(job)) => Err(Refused::Switching(job)),
-                }
-            }
-            Some(Route::Serving { .. }) => {
-                refused(ErrorCode::Unavailable, format!("plugin `{name}` moved to another generation"))
-            }
-            Some(Route::Quarantined { generation, reason }) => refused(
-                ErrorCode::Unavailable,
-                format!(
-                    "plugin `{name}` (generation {generation}) is quarantined on this node: {reason}; \
-                     `pando plugin enable {name}` lifts it"
-                ),
-            ),
-            Some(Route::Disabled { generation }) => {
-                refused(ErrorCode::Unavailable, format!("plugin `{name}` is disabled (generation {generation})"))
-            }
-            None => refused(ErrorCode::NotFound, format!("no plugin `{name}` runs on this node")),
-        }
-    }
-
-    /// Calls `function` of plugin `name` on this node, within `timeout`; answers the output and the generation that
-    /// produced it. A call that finds its generation's queue closed (an upgrade switched it in between) goes to the
-    /// new one.
-    pub async fn call(
-        &self,
-        name: &str,
-        function: &str,
-        input: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<(Vec<u8>, u64), WireError> {
-        let deadline = std::time::Instant::now() + timeout;
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let mut job = Job { function: function.to_string(), input, deadline, reply: Some(reply) };
-        let mut attempts = 0;
-        let generation = loop {
-            attempts += 1;
-            match self.submit_to(name, None, job) {
-                Ok(generation) => break generation,
-                Err(Refused::Switching(returned)) if attempts < 3 => {
-                    job = returned;
-                    tokio::task::yield_now().await;
-                }
-                Err(refused) => return Err(refused.into_error(name)),
-            }
-        };
-        match tokio::time::timeout_at(deadline.into(), answer).await {
-            Ok(Ok(result)) => result.map(|output| (output, generation)),
-            // The instance was stopped with the call queued (the plugin was disabled or removed).
-            Ok(Err(_)) => Err(WireError::new(
-                ErrorCode::Unavailable,
-                format!("plugin `{name}` stopped before running the call; it was not run"),
-            )),
-            Err(_) => Err(WireError::new(
-                ErrorCode::Timeout,
-                format!("plugin `{name}` did not answer within {} ms", timeout.as_millis()),
-            )),
-        }
-    }
-}
-
-/// Why a job was not queued.
-pub(crate) enum Refused {
-    /// The generation's queue closed under the caller; the job comes back for the next one.
-    Switching(Job),
-    Error(WireError),
-}
-
-impl Refused {
-    pub(crate) fn into_error(self, name: &str) -> WireError {
-        match self {
-            Refused::Switching(_) => {
-                WireError::new(ErrorCode::Unavailable, format!("plugin `{name}` is switching generations; retry"))
-            }
-            Refused::Error(error) => error,
         }
     }
 }
@@ -256,10 +145,10 @@ pub struct PluginsArgs {
     pub raft: RaftHandle,
     /// This node's state reports, from any member.
     pub proposer: Proposer,
-    /// Plugin KV reads and writes (the host functions).
-    pub kv: KvService,
-    /// Wasm modules, and plugin blob reads and writes.
-    pub blobs: BlobService,
+    /// What the host functions reach: KV and blobs on a plugin's behalf (the node's services).
+    pub host: Arc<dyn PluginHost>,
+    /// Where wasm modules are fetched from.
+    pub blobs: BlobsHandle,
     /// Where the routes and the running supervisor are published.
     pub handle: PluginsHandle,
     pub config: PluginConfig,
@@ -295,29 +184,16 @@ impl From<Control> for PluginsMsg {
     }
 }
 
-pub struct Compiled {
-    compiled: Arc<CompiledPlugin>,
-    host: Arc<host::HostContext>,
-}
-
-pub struct LoadError {
-    message: String,
-    /// Worth another try later (the wasm could not be fetched), as opposed to a module that will never load.
-    transient: bool,
-}
-
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PluginSupervisor;
 
 /// One running generation of a plugin.
 struct Generation {
     generation: u64,
-    manifest: PluginManifest,
-    compiled: Arc<CompiledPlugin>,
     host: Arc<host::HostContext>,
     queue: Receiver<Job>,
-    /// Instance index to its actor.
-    instances: BTreeMap<usize, ActorRef<InstanceMsg>>,
+    /// The supervisor of its instances.
+    pool: ActorRef<SupervisorMsg>,
     calls: Arc<AtomicU64>,
 }
 
@@ -332,17 +208,14 @@ struct LocalPlugin {
     failed: Option<(u64, String, Option<Instant>)>,
     quarantined: Option<(u64, String)>,
     disabled: Option<u64>,
-    /// Instance replacements within the plugin's restart intensity (created at the first).
-    failures: Option<RestartWindow>,
-    restarts: u64,
     last_error: Option<String>,
 }
 
 pub struct PluginsState {
     args: PluginsArgs,
     plugins: BTreeMap<String, LocalPlugin>,
-    /// Every live instance: its plugin, generation and index.
-    instances: HashMap<ActorId, (String, u64, usize)>,
+    /// Every live pool: its plugin and generation.
+    pools: HashMap<ActorId, (String, u64)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -392,14 +265,14 @@ impl Actor for PluginSupervisor {
                 tokio::time::sleep(interval).await;
             }
         }));
-        Ok(PluginsState { args, plugins: BTreeMap::new(), instances: HashMap::new(), tasks })
+        Ok(PluginsState { args, plugins: BTreeMap::new(), pools: HashMap::new(), tasks })
     }
 
     async fn post_stop(&self, myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         for task in state.tasks.drain(..) {
             task.abort();
         }
-        // The instances are linked children: they stop with the supervisor. Calls find no route meanwhile.
+        // The pools are linked children: they stop with the supervisor. Calls find no route meanwhile.
         state.args.handle.routes.clear();
         state.args.handle.supervisor.retract_if(|supervisor| supervisor.get_id() == myself.get_id());
         Ok(())
@@ -416,11 +289,17 @@ impl Actor for PluginSupervisor {
             PluginsMsg::Compiled { record, result } => state.compiled(&myself, record, result).await,
             PluginsMsg::Control(Control::InjectPanic) => panic!("fault injection: plugin supervisor panics on request"),
             PluginsMsg::Control(Control::Status(reply)) => {
-                let _ =
-                    reply.send(ActorDetail { detail: None, children: state.status().into_iter().map(node).collect() });
+                // Answered from a task: each pool is asked in turn, and reconciles go on meanwhile.
+                let snapshot = state.snapshot();
+                tokio::spawn(async move {
+                    let _ = reply.send(ActorDetail { detail: None, children: nodes(snapshot).await });
+                });
             }
             PluginsMsg::Status(reply) => {
-                let _ = reply.send(state.status());
+                let snapshot = state.snapshot();
+                tokio::spawn(async move {
+                    let _ = reply.send(statuses(snapshot).await);
+                });
             }
             PluginsMsg::Preload { record, wasm } => {
                 state.plugins.entry(record.manifest.name.clone()).or_default().loading = Some(record.generation);
@@ -440,15 +319,10 @@ impl Actor for PluginSupervisor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let _ = myself;
         match event {
-            SupervisionEvent::ActorTerminated(cell, _, _) => {
-                state.forget(cell.get_id());
-            }
-            SupervisionEvent::ActorFailed(cell, error) => {
-                if let Some((name, generation, index)) = state.forget(cell.get_id()) {
-                    state.instance_failed(&myself, &name, generation, index, error.to_string()).await;
-                }
-            }
+            SupervisionEvent::ActorTerminated(cell, _, _) => state.pool_ended(cell.get_id(), None),
+            SupervisionEvent::ActorFailed(cell, error) => state.pool_ended(cell.get_id(), Some(error.to_string())),
             _ => {}
         }
         Ok(())
@@ -547,30 +421,42 @@ impl PluginsState {
         };
         let manifest = record.manifest.clone();
         let (sender, queue) = crossbeam_channel::bounded(manifest.queue as usize);
-        let mut serving = Generation {
+        let calls = Arc::new(AtomicU64::new(0));
+        let instance = InstanceArgs {
+            plugin: name.clone(),
             generation,
-            manifest,
+            index: 0,
             compiled: compiled.compiled,
-            host: compiled.host,
-            queue,
-            instances: BTreeMap::new(),
-            calls: Arc::new(AtomicU64::new(0)),
+            queue: queue.clone(),
+            timeout_ms: manifest.timeout_ms,
+            fuel: manifest.fuel,
+            memory_pages: manifest.memory_pages,
+            calls: calls.clone(),
         };
-        for index in 0..serving.manifest.instances as usize {
-            match self.start_instance(myself, &name, &serving, index).await {
-                Ok(actor) => {
-                    serving.instances.insert(index, actor);
+        let config = &self.args.config;
+        let intensity = Intensity { restarts_max: config.restart_intensity, period: config.restart_period };
+        // Transient: an instance that ends normally (its queue closed and emptied) is done; one that fails is replaced.
+        let pool =
+            Pool::new(format!("plugin {name} generation {generation}"), manifest.instances as usize, intensity, {
+                move |index| {
+                    ChildSpec::new(
+                        "instance",
+                        Restart::Transient,
+                        PluginActor,
+                        InstanceArgs { index, ..instance.clone() },
+                    )
                 }
-                Err(message) => {
-                    for actor in serving.instances.values() {
-                        self.instances.remove(&actor.get_id());
-                        actor.stop(Some("generation failed to load".into()));
-                    }
-                    self.load_failed(&name, generation, LoadError { message, transient: false });
-                    return;
-                }
+            });
+        let pool = match pool.spawn_linked(myself.get_cell()).await {
+            Ok(pool) => pool,
+            Err(error) => {
+                let message = crate::supervision::spawn_error_text(&error);
+                self.load_failed(&name, generation, LoadError { message, transient: false });
+                return;
             }
-        }
+        };
+        self.pools.insert(pool.get_id(), (name.clone(), generation));
+        let serving = Generation { generation, host: compiled.host, queue, pool, calls };
         // Every instance is up: switch calls over. Dropping the old route closes the old queue; its instances drain.
         self.routes().set(&name, Some(Route::Serving { generation, queue: sender }));
         let local = self.plugins.entry(name.clone()).or_default();
@@ -579,7 +465,6 @@ impl PluginsState {
         }
         local.failed = None;
         local.quarantined = None;
-        local.failures = None;
         tracing::info!(plugin = %name, generation, "plugin generation serving");
         self.report(&name, generation, NodePluginState::Running, None);
     }
@@ -595,44 +480,29 @@ impl PluginsState {
         }
     }
 
-    async fn start_instance(
-        &mut self,
-        myself: &ActorRef<PluginsMsg>,
-        name: &str,
-        generation: &Generation,
-        index: usize,
-    ) -> Result<ActorRef<InstanceMsg>, String> {
-        let args = InstanceArgs {
-            plugin: name.to_string(),
-            generation: generation.generation,
-            index,
-            compiled: generation.compiled.clone(),
-            queue: generation.queue.clone(),
-            timeout_ms: generation.manifest.timeout_ms,
-            fuel: generation.manifest.fuel,
-            memory_pages: generation.manifest.memory_pages,
-            calls: generation.calls.clone(),
-        };
-        let (actor, _) =
-            Actor::spawn_linked(None, PluginActor, args, myself.get_cell()).await.map_err(|error| match error {
-                // The instance's own words (`init failed: ...`), not ractor's wrapping of them.
-                ractor::SpawnErr::StartupFailed(inner) => format!("instance {index}: {inner}"),
-                other => format!("instance {index} did not start: {other}"),
-            })?;
-        self.instances.insert(actor.get_id(), (name.to_string(), generation.generation, index));
-        Ok(actor)
-    }
-
-    /// Forgets a stopped instance, answering whose it was.
-    fn forget(&mut self, id: ActorId) -> Option<(String, u64, usize)> {
-        let (name, generation, index) = self.instances.remove(&id)?;
-        if let Some(local) = self.plugins.get_mut(&name) {
-            for running in local.serving.iter_mut().chain(local.draining.iter_mut()) {
-                if running.generation == generation {
-                    running.instances.remove(&index);
+    /// A generation's pool ended: normally once its instances drained (or it was stopped), with `failure` when its
+    /// instances failed past the restart intensity, which quarantines the plugin if that generation was serving.
+    fn pool_ended(&mut self, id: ActorId, failure: Option<String>) {
+        let Some((name, generation)) = self.pools.remove(&id) else { return };
+        let routes = self.routes();
+        let Some(local) = self.plugins.get_mut(&name) else { return };
+        local.draining.retain(|draining| draining.pool.get_id() != id);
+        let was_serving = local.serving.as_ref().is_some_and(|serving| serving.pool.get_id() == id);
+        if was_serving {
+            local.serving = None;
+            routes.set(&name, None);
+            match failure {
+                Some(error) => {
+                    let reason = format!("its instances failed too often ({error})");
+                    tracing::error!(plugin = %name, generation, %reason, "plugin quarantined");
+                    local.last_error = Some(error);
+                    local.quarantined = Some((generation, reason.clone()));
+                    routes.set(&name, Some(Route::Quarantined { generation, reason: reason.clone() }));
+                    self.report(&name, generation, NodePluginState::Quarantined, Some(reason));
                 }
+                // Not expected while the route holds its queue open; the next reconcile loads the generation again.
+                None => tracing::warn!(plugin = %name, generation, "a serving plugin generation's pool stopped"),
             }
-            local.draining.retain(|draining| !draining.instances.is_empty());
         }
         self.plugins.retain(|_, local| {
             local.serving.is_some()
@@ -642,61 +512,14 @@ impl PluginsState {
                 || local.quarantined.is_some()
                 || local.disabled.is_some()
         });
-        Some((name, generation, index))
-    }
-
-    /// An instance failed: replace it, or quarantine the plugin past the restart intensity.
-    async fn instance_failed(
-        &mut self,
-        myself: &ActorRef<PluginsMsg>,
-        name: &str,
-        generation: u64,
-        index: usize,
-        error: String,
-    ) {
-        let config = self.args.config.clone();
-        let Some(local) = self.plugins.get_mut(name) else { return };
-        let Some(serving) = local.serving.as_ref() else { return };
-        if serving.generation != generation {
-            return;
-        }
-        let now = Instant::now();
-        let intensity = Intensity { restarts_max: config.restart_intensity, period: config.restart_period };
-        let failures = local.failures.get_or_insert_with(|| RestartWindow::new(intensity));
-        let tolerated = failures.record(now);
-        local.last_error = Some(error.clone());
-        if !tolerated {
-            let reason =
-                format!("{} instance failures within {:?}; last: {error}", failures.recent(now), config.restart_period);
-            tracing::error!(plugin = %name, generation, %reason, "plugin quarantined");
-            local.quarantined = Some((generation, reason.clone()));
-            self.stop_serving(name);
-            self.routes().set(name, Some(Route::Quarantined { generation, reason: reason.clone() }));
-            self.report(name, generation, NodePluginState::Quarantined, Some(reason));
-            return;
-        }
-        local.restarts += 1;
-        let serving = local.serving.take().expect("checked above");
-        let started = self.start_instance(myself, name, &serving, index).await;
-        let local = self.plugins.entry(name.to_string()).or_default();
-        let mut serving = serving;
-        match started {
-            Ok(actor) => {
-                serving.instances.insert(index, actor);
-            }
-            Err(error) => tracing::error!(plugin = %name, generation, %error, "cannot replace a plugin instance"),
-        }
-        local.serving = Some(serving);
     }
 
     /// Stops the serving generation's instances and drops its route (the caller sets the new one).
     fn stop_serving(&mut self, name: &str) {
         let Some(local) = self.plugins.get_mut(name) else { return };
         if let Some(serving) = local.serving.take() {
-            for actor in serving.instances.values() {
-                actor.stop(Some("plugin stopped".into()));
-            }
-            // Its instances are forgotten as they terminate.
+            serving.pool.stop(Some("plugin stopped".into()));
+            // Forgotten once its pool has stopped.
             local.draining.push(serving);
         }
         self.routes().set(name, None);
@@ -725,7 +548,8 @@ impl PluginsState {
         });
     }
 
-    fn status(&self) -> Vec<LocalPluginStatus> {
+    /// What this node runs of each plugin, as far as the supervisor knows without asking the pools.
+    fn snapshot(&self) -> Vec<(LocalPluginStatus, Option<ActorRef<SupervisorMsg>>)> {
         self.plugins
             .iter()
             .map(|(name, local)| {
@@ -741,138 +565,82 @@ impl PluginsState {
                     NodePluginState::Stopped
                 };
                 let serving = local.serving.as_ref();
-                LocalPluginStatus {
+                let status = LocalPluginStatus {
                     name: name.clone(),
                     state,
                     generation: serving.map_or(0, |serving| serving.generation),
-                    instances: serving
-                        .map(|serving| {
-                            serving
-                                .instances
-                                .iter()
-                                .map(|(index, actor)| InstanceStatus {
-                                    index: *index,
-                                    actor_id: actor.get_id().to_string(),
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    restarts: local.restarts,
+                    instances: Vec::new(),
+                    restarts: 0,
                     calls: serving.map_or(0, |serving| serving.calls.load(Ordering::Relaxed)),
                     queued: serving.map_or(0, |serving| serving.queue.len()),
                     last_error: local.last_error.clone(),
                     hooks: serving.map(|serving| serving.host.hook_subscriptions()).unwrap_or_default(),
                     timers: serving.map_or(0, |serving| serving.host.pending_timers()),
-                }
+                };
+                (status, serving.map(|serving| serving.pool.clone()))
             })
             .collect()
     }
 }
 
-/// One plugin as `pando actors` shows it: its state, generation and counters, and its instances under it.
-fn node(plugin: LocalPluginStatus) -> ActorNode {
-    let mut detail = format!(
-        "{} generation {} calls {} queued {}",
-        plugin.state.as_str(),
-        plugin.generation,
-        plugin.calls,
-        plugin.queued
-    );
-    if let Some(error) = &plugin.last_error {
-        detail.push_str(&format!(" last error: {error}"));
-    }
-    ActorNode {
-        id: plugin.name,
-        alive: !plugin.instances.is_empty(),
-        restarts: plugin.restarts,
-        actor_id: None,
-        detail: Some(detail),
-        children: plugin
-            .instances
-            .into_iter()
-            .map(|instance| ActorNode {
-                id: instance.index.to_string(),
-                alive: true,
-                restarts: 0,
-                actor_id: Some(instance.actor_id),
-                detail: None,
-                children: Vec::new(),
-            })
-            .collect(),
-    }
-}
-
-/// The import module of WASI preview 1.
-const WASI_MODULE: &[u8] = b"wasi_snapshot_preview1";
-
-/// Fetches a generation's wasm (from the cluster when this node has no copy) and compiles it.
-async fn load(record: &PluginRecord, args: &PluginsArgs) -> Result<Compiled, LoadError> {
-    check_caps(&record.manifest, &args.config)?;
-    let wasm = fetch_wasm(record, args).await.map_err(|message| LoadError { message, transient: true })?;
-    compile(record, wasm, args).await
-}
-
-fn check_caps(manifest: &PluginManifest, config: &PluginConfig) -> Result<(), LoadError> {
-    let caps = [
-        ("memory pages", manifest.memory_pages, config.memory_pages_max),
-        ("ms of timeout", manifest.timeout_ms, config.timeout_ms_max),
-    ];
-    for (what, asked, allowed) in caps {
-        if asked > allowed {
-            return Err(LoadError {
-                message: format!("the manifest asks for {asked} {what}; this node allows {allowed}"),
-                transient: false,
-            });
+/// Completes a snapshot with what each serving generation's pool says: its live instances, their restarts and the
+/// last failure.
+async fn statuses(snapshot: Vec<(LocalPluginStatus, Option<ActorRef<SupervisorMsg>>)>) -> Vec<LocalPluginStatus> {
+    let mut statuses = Vec::with_capacity(snapshot.len());
+    for (mut status, pool) in snapshot {
+        if let Some(pool) = pool.as_ref()
+            && let Some(workers) = pool::status(pool).await
+        {
+            status.restarts = workers.children.iter().map(|child| child.restarts).sum();
+            status.instances = workers
+                .children
+                .iter()
+                .filter_map(|child| {
+                    Some(InstanceStatus { index: child.id.parse().ok()?, actor_id: child.actor_id.clone()? })
+                })
+                .collect();
+            if workers.last_failure.is_some() {
+                status.last_error = workers.last_failure;
+            }
         }
+        statuses.push(status);
     }
-    Ok(())
+    statuses
 }
 
-/// Compiles a generation once, with the manifest's limits and the host functions bound to the plugin.
-async fn compile(record: &PluginRecord, wasm: Vec<u8>, args: &PluginsArgs) -> Result<Compiled, LoadError> {
-    let manifest = &record.manifest;
-    let fatal = |message: String| LoadError { message, transient: false };
-    let host = Arc::new(host::HostContext::new(manifest.clone(), record.generation, args));
-    // A module built for wasm32-wasip1 imports WASI: it gets extism's WASI context, which has a clock and randomness
-    // but no files, environment, network or output. Modules without WASI imports run without it.
-    let wasi = wasm.windows(WASI_MODULE.len()).any(|window| window == WASI_MODULE);
-    let extism_manifest = extism::Manifest::new([extism::Wasm::data(wasm)])
-        .with_memory_max(manifest.memory_pages)
-        .with_timeout(Duration::from_millis(manifest.timeout_ms.into()));
-    let functions = host::functions(host.clone());
-    let fuel = manifest.fuel;
-    let compiled = tokio::task::spawn_blocking(move || {
-        let mut builder =
-            extism::PluginBuilder::new(extism_manifest).with_wasi(wasi).with_cache_disabled().with_functions(functions);
-        if fuel > 0 {
-            builder = builder.with_fuel_limit(fuel);
+/// Each plugin as `pando actors` shows it: its state, generation and counters, and its pool's instances under it.
+async fn nodes(snapshot: Vec<(LocalPluginStatus, Option<ActorRef<SupervisorMsg>>)>) -> Vec<ActorNode> {
+    let pools: Vec<_> = snapshot.iter().map(|(_, pool)| pool.clone()).collect();
+    let mut nodes = Vec::with_capacity(pools.len());
+    for (plugin, pool) in statuses(snapshot).await.into_iter().zip(pools) {
+        let instances = match &pool {
+            Some(pool) => ractor::call_t!(
+                pool,
+                |reply| SupervisorMsg::Control(Control::Status(reply)),
+                crate::supervision::control::CONTROL_STATUS_TIMEOUT_MS
+            )
+            .map(|detail| detail.children)
+            .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let mut detail = format!(
+            "{} generation {} calls {} queued {}",
+            plugin.state.as_str(),
+            plugin.generation,
+            plugin.calls,
+            plugin.queued
+        );
+        if let Some(error) = &plugin.last_error {
+            detail.push_str(&format!(" last error: {error}"));
         }
-        builder.compile()
-    })
-    .await
-    .map_err(|error| fatal(format!("compiling panicked: {error}")))?
-    .map_err(|error| fatal(format!("the wasm does not compile: {error:#}")))?;
-    Ok(Compiled { compiled: Arc::new(compiled), host })
-}
-
-/// The wasm bytes of a generation, verified against the hash the log names.
-async fn fetch_wasm(record: &PluginRecord, args: &PluginsArgs) -> Result<Vec<u8>, String> {
-    let node = args.blobs.node().map_err(|unavailable| unavailable.to_string())?;
-    let reader = args.storage.reader().map_err(|unavailable| unavailable.to_string())?;
-    let holders =
-        reader.blob(&record.wasm).map_err(|fault| fault.to_string())?.map(|blob| blob.holders).unwrap_or_default();
-    let _pin = node
-        .ensure_local(&record.wasm, record.wasm_size, &holders)
-        .await
-        .map_err(|error| format!("cannot fetch the wasm blob {}: {error}", record.wasm))?;
-    let bytes = node
-        .store
-        .blobs()
-        .get_bytes(crate::blobs::iroh_hash(&record.wasm))
-        .await
-        .map_err(|error| format!("cannot read the wasm blob {}: {error}", record.wasm))?;
-    if blake3::hash(&bytes).as_bytes() != record.wasm.as_bytes() {
-        return Err(format!("the wasm blob {} does not match its hash", record.wasm));
+        nodes.push(ActorNode {
+            id: plugin.name,
+            alive: !plugin.instances.is_empty(),
+            restarts: plugin.restarts,
+            actor_id: pool.map(|pool| pool.get_id().to_string()),
+            detail: Some(detail),
+            children: instances,
+        });
     }
-    Ok(bytes.to_vec())
+    nodes
 }

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use pando_protocol::blob::BlobHash;
+use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::plugin::{Permission, PluginManifest, PluginRecord};
 
 use super::*;
@@ -271,12 +272,16 @@ async fn an_upgrade_under_a_stream_of_calls_loses_none_and_never_goes_back() {
     let status = node.plugin("echo").await;
     assert_eq!((status.state, status.generation), (NodePluginState::LoadFailed, 2));
     assert!(status.last_error.unwrap().contains("init"));
-    // The old generation's instances drained and stopped.
+    // The old generation's instances drained and stopped, and its pool with them: one pool is left, generation 2's,
+    // with its two instances.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while node.supervisor.get_children().len() != 2 {
-        assert!(Instant::now() < deadline, "old instances still alive: {}", node.supervisor.get_children().len());
+    while node.supervisor.get_children().len() != 1 {
+        assert!(Instant::now() < deadline, "old pools still alive: {}", node.supervisor.get_children().len());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let pool = node.supervisor.get_children().pop().unwrap();
+    assert_eq!(pool.get_children().len(), 2);
+    assert_eq!(node.plugin("echo").await.instances.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

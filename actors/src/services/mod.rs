@@ -5,7 +5,8 @@
 //! with stable codes.
 //!
 //! **Layering:** services sit above every subsystem (storage, raft, mesh, blobs, plugins) and below the RPC layer;
-//! no subsystem imports a service.
+//! no subsystem imports a service. The plugins' host functions reach KV and blobs through the
+//! [`PluginHost`](crate::plugins::PluginHost) trait, which [`ServicesHost`] implements over these services.
 
 pub mod blobs;
 pub mod cluster;
@@ -17,7 +18,7 @@ pub use blobs::BlobService;
 pub use cluster::ClusterService;
 pub use coord::CoordService;
 pub use kv::{KvService, ScanPage};
-pub use plugins::PluginService;
+pub use plugins::{PluginService, ServicesHost};
 
 /// One node's services, built once by the tree.
 #[derive(Clone)]

@@ -9,8 +9,12 @@ use pando_protocol::kv::Bytes;
 use pando_protocol::plugin::{PluginCommand, PluginRequest, PluginResponse};
 use pando_protocol::state_machine::StorageFault;
 
+use pando_protocol::blob::BlobHash;
+use pando_protocol::kv::{KvRequest, KvResponse};
+
 use super::kv::unexpected;
-use crate::plugins::PluginsHandle;
+use super::{BlobService, KvService};
+use crate::plugins::{BoxFuture, PluginHost, PluginsHandle};
 use crate::raft::RaftHandle;
 use crate::storage::StateReader;
 use crate::storage_actor::StorageHandle;
@@ -77,5 +81,48 @@ impl PluginService {
     ) -> Result<T, WireError> {
         self.raft.linearize(timeout).await?;
         self.storage.read(timeout, work).await
+    }
+}
+
+/// The plugins' host functions' way into the node: KV and blobs through the services, on a plugin's behalf.
+#[derive(Clone)]
+pub struct ServicesHost {
+    kv: KvService,
+    blobs: BlobService,
+}
+
+impl ServicesHost {
+    pub fn new(kv: KvService, blobs: BlobService) -> ServicesHost {
+        ServicesHost { kv, blobs }
+    }
+}
+
+impl PluginHost for ServicesHost {
+    fn kv_read(&self, plugin: &str, request: &KvRequest) -> Result<KvResponse, WireError> {
+        self.kv.read_as_plugin(plugin, request)
+    }
+
+    fn kv_write(
+        &self,
+        plugin: String,
+        request: KvRequest,
+        timeout: Duration,
+    ) -> BoxFuture<Result<KvResponse, WireError>> {
+        let kv = self.kv.clone();
+        Box::pin(async move { kv.write_as_plugin(&plugin, request, timeout).await })
+    }
+
+    fn blob_get(&self, hash: BlobHash, size_max: u64, timeout: Duration) -> BoxFuture<Result<Vec<u8>, WireError>> {
+        let blobs = self.blobs.clone();
+        Box::pin(async move { blobs.get_bytes(hash, size_max, timeout).await.map(|bytes| bytes.to_vec()) })
+    }
+
+    fn blob_add(&self, data: Vec<u8>, timeout: Duration) -> BoxFuture<Result<BlobHash, WireError>> {
+        let blobs = self.blobs.clone();
+        Box::pin(async move { blobs.add_bytes(data, timeout).await })
+    }
+
+    fn blob_has(&self, hash: &BlobHash) -> Result<bool, WireError> {
+        self.blobs.has(hash)
     }
 }

@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use ractor::{Actor, ActorCell, SpawnErr};
 use serde::Serialize;
 
-use super::control::{self, Control, ControlFn};
+use super::control::{self, ActorDetail, Control, ControlFn};
 
 /// Which children restart when one exits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -82,6 +82,26 @@ impl ChildSpec {
         }
     }
 
+    /// A child whose actor takes no [`Control`] (a library's actor, such as ractor_cluster's NodeServer), started by
+    /// `start`. It is listed in status trees with nothing to say; a panic request kills it, which its supervisor
+    /// treats as the failure a panic would be.
+    pub fn uncontrolled(id: impl Into<String>, restart: Restart, start: StartFn) -> ChildSpec {
+        let control: ControlFn = Arc::new(|cell: &ActorCell, control: Control| match control {
+            Control::Status(reply) => reply.send(ActorDetail::default()).is_ok(),
+            Control::InjectPanic => {
+                cell.kill();
+                true
+            }
+        });
+        ChildSpec {
+            id: id.into(),
+            restart,
+            shutdown_timeout: Duration::from_millis(CHILD_SHUTDOWN_TIMEOUT_MS_DEFAULT),
+            start,
+            control,
+        }
+    }
+
     pub fn with_shutdown_timeout(mut self, timeout: Duration) -> ChildSpec {
         self.shutdown_timeout = timeout;
         self
@@ -95,11 +115,19 @@ pub struct SupervisorOptions {
     /// Most restarts tolerated within `period`; one more and the supervisor escalates.
     pub restarts_max: u32,
     pub period: Duration,
+    /// Stop (normally) once every child has ended for good, as OTP's `auto_shutdown => all_significant`: a pool whose
+    /// workers all finished has nothing left to supervise. Children stopped through `StopChild` do not count.
+    pub auto_shutdown: bool,
 }
 
 impl SupervisorOptions {
     pub fn new(strategy: Strategy, restarts_max: u32, period: Duration) -> SupervisorOptions {
-        SupervisorOptions { strategy, restarts_max, period }
+        SupervisorOptions { strategy, restarts_max, period, auto_shutdown: false }
+    }
+
+    pub fn with_auto_shutdown(mut self) -> SupervisorOptions {
+        self.auto_shutdown = true;
+        self
     }
 
     pub fn intensity(&self) -> super::Intensity {

@@ -78,6 +78,8 @@ pub struct SupervisorStatus {
     pub children: Vec<ChildStatus>,
     /// Restarts inside the current intensity window.
     pub recent_restarts: usize,
+    /// The last child that failed, and why: `child ID: REASON`.
+    pub last_failure: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -111,6 +113,8 @@ pub struct SupervisorState {
     options: SupervisorOptions,
     children: Vec<Child>,
     restarts: RestartWindow,
+    /// `child ID: REASON` of the last abnormal exit, for status and for the escalation's error.
+    last_failure: Option<String>,
 }
 
 struct Child {
@@ -139,13 +143,16 @@ impl Actor for Supervisor {
             options: args.options,
             children: args.children.into_iter().map(|spec| Child { spec, cell: None, restarts: 0 }).collect(),
             restarts: RestartWindow::new(args.options.intensity()),
+            last_failure: None,
         };
         for index in 0..state.children.len() {
             if let Err(error) = start_child(&myself, &mut state, index).await {
                 stop_children(&mut state, 0..index).await;
                 return Err(format!(
-                    "supervisor {}: cannot start child {}: {error}",
-                    state.name, state.children[index].spec.id
+                    "supervisor {}: cannot start child {}: {}",
+                    state.name,
+                    state.children[index].spec.id,
+                    spawn_error_text(&error)
                 )
                 .into());
             }
@@ -205,7 +212,8 @@ impl Actor for Supervisor {
                     state.children.pop();
                     tracing::warn!(supervisor = %state.name, child = %id, %error, "dynamic child did not start");
                 }
-                let _ = reply.send(started.map_err(|error| ChildError::StartFailed { id, reason: error.to_string() }));
+                let _ = reply
+                    .send(started.map_err(|error| ChildError::StartFailed { id, reason: spawn_error_text(&error) }));
             }
             SupervisorMsg::StopChild(id, reply) => {
                 let Some(index) = state.children.iter().position(|child| child.spec.id == id) else {
@@ -259,10 +267,15 @@ impl Actor for Supervisor {
                 tracing::info!(supervisor = %state.name, child = %child_id, restart, "child stopped")
             }
             Exit::Abnormal(reason) => {
-                tracing::warn!(supervisor = %state.name, child = %child_id, %reason, restart, "child failed")
+                tracing::warn!(supervisor = %state.name, child = %child_id, %reason, restart, "child failed");
+                state.last_failure = Some(format!("child {child_id}: {reason}"));
             }
         }
         if !restart {
+            if state.options.auto_shutdown && state.children.iter().all(|child| child.cell.is_none()) {
+                tracing::debug!(supervisor = %state.name, "every child ended; stopping");
+                myself.stop(None);
+            }
             return Ok(());
         }
         restart_from(&myself, state, index, state.options.strategy).await
@@ -286,9 +299,10 @@ async fn restart_from(
             "restart intensity exceeded, escalating"
         );
         stop_children(state, 0..state.children.len()).await;
+        let last = state.last_failure.clone().unwrap_or_else(|| format!("child {}", state.children[index].spec.id));
         return Err(format!(
-            "supervisor {}: more than {} restarts within {:?} (last: child {})",
-            state.name, state.options.restarts_max, state.options.period, state.children[index].spec.id
+            "supervisor {}: more than {} restarts within {:?} (last: {last})",
+            state.name, state.options.restarts_max, state.options.period
         )
         .into());
     }
@@ -310,7 +324,10 @@ async fn restart_from(
         }
         state.children[position].restarts += 1;
         if let Err(error) = start_child(myself, state, position).await {
-            tracing::warn!(supervisor = %state.name, child = %state.children[position].spec.id, %error, "restart failed");
+            let reason = spawn_error_text(&error);
+            let id = state.children[position].spec.id.clone();
+            tracing::warn!(supervisor = %state.name, child = %id, %reason, "restart failed");
+            state.last_failure = Some(format!("child {id} did not restart: {reason}"));
             // Retrying through the mailbox counts against the intensity again, so a child that can never start
             // escalates instead of looping.
             let _ = myself.cast(SupervisorMsg::RetryStart(position));
@@ -350,13 +367,16 @@ async fn stop_children(state: &mut SupervisorState, range: std::ops::Range<usize
 /// off the mailbox, so a slow child never holds up restarts).
 fn report(state: &mut SupervisorState, reply: RpcReplyPort<ActorDetail>) {
     let intensity = state.restarts.intensity();
-    let detail = format!(
+    let mut detail = format!(
         "{:?}, {} of at most {} restarts within {:?}",
         state.options.strategy,
         state.restarts.recent(Instant::now()),
         intensity.restarts_max,
         intensity.period
     );
+    if let Some(failure) = &state.last_failure {
+        detail.push_str(&format!("; last failure: {failure}"));
+    }
     let children: Vec<_> = state
         .children
         .iter()
@@ -398,5 +418,14 @@ fn status(state: &mut SupervisorState) -> SupervisorStatus {
             })
             .collect(),
         recent_restarts: state.restarts.recent(Instant::now()),
+        last_failure: state.last_failure.clone(),
+    }
+}
+
+/// What went wrong in a spawn, in the child's own words when its `pre_start` failed (ractor wraps them).
+pub(crate) fn spawn_error_text(error: &ractor::SpawnErr) -> String {
+    match error {
+        ractor::SpawnErr::StartupFailed(inner) => inner.to_string(),
+        other => other.to_string(),
     }
 }

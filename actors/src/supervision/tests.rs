@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, ActorStatus};
+use ractor::{Actor, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort};
 
 use super::*;
 
@@ -339,4 +339,151 @@ async fn the_control_status_reports_the_whole_tree_and_reaches_any_child() {
     )
     .unwrap();
     assert!(!nobody);
+}
+
+fn pool(size: usize, restarts_max: u32, log: &Log) -> Pool {
+    let log = log.clone();
+    Pool::new("pool", size, Intensity { restarts_max, period: Duration::from_secs(5) }, move |index| {
+        child(&format!("w{index}"), Restart::Transient, &log)
+    })
+}
+
+async fn spawn_pool(pool: &Pool) -> (ActorRef<SupervisorMsg>, ractor::concurrency::JoinHandle<()>) {
+    Actor::spawn(None, Supervisor, pool.supervisor_args()).await.expect("pool starts")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_names_its_workers_by_index_and_replaces_a_failed_one_alone() {
+    let log = Log::default();
+    let (workers, _) = spawn_pool(&pool(3, 3, &log)).await;
+    let before = status(&workers).await;
+    let names: Vec<&str> = before.children.iter().map(|child| child.id.as_str()).collect();
+    assert_eq!(names, vec!["0", "1", "2"]);
+    child_ref(&workers, "1").await.cast(TestMsg::Panic).unwrap();
+    let after = wait_for(&workers, |s| s.children[1].restarts == 1 && s.children[1].alive).await;
+    assert_eq!(ids(&after)[0], ids(&before)[0]);
+    assert_eq!(ids(&after)[2], ids(&before)[2]);
+    assert!(after.last_failure.as_deref().unwrap().starts_with("child 1: "), "{after:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_fails_past_its_intensity_naming_the_last_failure() {
+    let log = Log::default();
+    let (parent, _) = Actor::spawn(None, Watcher, ()).await.unwrap();
+    let workers = pool(2, 1, &log).spawn_linked(parent.get_cell()).await.unwrap();
+    child_ref(&workers, "0").await.cast(TestMsg::Panic).unwrap();
+    wait_for(&workers, |s| s.children[0].restarts == 1 && s.children[0].alive).await;
+    child_ref(&workers, "1").await.cast(TestMsg::Fail).unwrap();
+    let exit = wait_exit(&parent).await;
+    assert!(exit.contains("more than 1 restarts") && exit.contains("child 1: test child fails on purpose"), "{exit}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_stops_normally_once_every_worker_ended_for_good() {
+    let log = Log::default();
+    let (parent, _) = Actor::spawn(None, Watcher, ()).await.unwrap();
+    let workers = pool(2, 3, &log).spawn_linked(parent.get_cell()).await.unwrap();
+    child_ref(&workers, "0").await.cast(TestMsg::Exit).unwrap();
+    wait_for(&workers, |s| !s.children[0].alive).await;
+    assert_eq!(workers.get_status(), ActorStatus::Running, "one worker still runs");
+    child_ref(&workers, "1").await.cast(TestMsg::Exit).unwrap();
+    assert_eq!(wait_exit(&parent).await, "terminated normally");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_grows_and_shrinks_at_run_time() {
+    let log = Log::default();
+    let spec = pool(2, 3, &log);
+    let (workers, _) = spawn_pool(&spec).await;
+    spec.resize(&workers, 4).await.unwrap();
+    let names = |s: &SupervisorStatus| s.children.iter().map(|child| child.id.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&status(&workers).await), vec!["0", "1", "2", "3"]);
+    spec.resize(&workers, 1).await.unwrap();
+    assert_eq!(names(&status(&workers).await), vec!["0"]);
+    assert_eq!(
+        log.lock().unwrap().iter().filter(|line| line.starts_with("stop")).cloned().collect::<Vec<_>>(),
+        vec!["stop w3", "stop w2", "stop w1"]
+    );
+    workers.stop(None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_child_without_a_control_message_is_listed_and_a_panic_request_kills_it() {
+    let log = Log::default();
+    let spawn: StartFn = {
+        let log = log.clone();
+        std::sync::Arc::new(move |supervisor: ractor::ActorCell| {
+            let args = TestChildArgs { name: "opaque".into(), log: log.clone() };
+            Box::pin(async move { Ok(Actor::spawn_linked(None, TestChild, args, supervisor).await?.0.get_cell()) })
+        })
+    };
+    let supervisor =
+        start(Strategy::OneForOne, vec![ChildSpec::uncontrolled("opaque", Restart::Permanent, spawn)]).await;
+    let tree = ractor::call_t!(supervisor, |reply| SupervisorMsg::Control(Control::Status(reply)), 5_000).unwrap();
+    assert_eq!((tree.children[0].id.as_str(), tree.children[0].alive), ("opaque", true));
+    assert_eq!(tree.children[0].detail, None);
+    let delivered = ractor::call_t!(
+        supervisor,
+        |reply| SupervisorMsg::ControlChild { id: "opaque".into(), control: Control::InjectPanic, reply },
+        1_000
+    )
+    .unwrap();
+    assert!(delivered);
+    wait_for(&supervisor, |s| s.children[0].restarts == 1 && s.children[0].alive).await;
+}
+
+/// A parent that records how its linked child ended: "terminated normally" or the failure's text.
+struct Watcher;
+
+enum WatcherMsg {
+    Exit(RpcReplyPort<Option<String>>),
+}
+
+impl ractor::Message for WatcherMsg {}
+
+impl Actor for Watcher {
+    type Msg = WatcherMsg;
+    type State = Option<String>;
+    type Arguments = ();
+
+    async fn pre_start(&self, _: ActorRef<WatcherMsg>, _: ()) -> Result<Option<String>, ActorProcessingErr> {
+        Ok(None)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<WatcherMsg>,
+        WatcherMsg::Exit(reply): WatcherMsg,
+        exit: &mut Option<String>,
+    ) -> Result<(), ActorProcessingErr> {
+        let _ = reply.send(exit.clone());
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _: ActorRef<WatcherMsg>,
+        event: ractor::SupervisionEvent,
+        exit: &mut Option<String>,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            ractor::SupervisionEvent::ActorTerminated(_, _, None) => *exit = Some("terminated normally".into()),
+            ractor::SupervisionEvent::ActorTerminated(_, _, Some(reason)) => *exit = Some(reason),
+            ractor::SupervisionEvent::ActorFailed(_, error) => *exit = Some(error.to_string()),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Waits (ten simulated seconds at most) until the watcher saw its child end.
+async fn wait_exit(watcher: &ActorRef<WatcherMsg>) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(exit) = ractor::call_t!(watcher, WatcherMsg::Exit, 1_000).unwrap() {
+            return exit;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the child never ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

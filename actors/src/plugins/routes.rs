@@ -1,0 +1,131 @@
+//! Where a plugin call goes on this node: the generation serving each plugin, with its bounded queue, or why none
+//! does (quarantined, disabled, unknown). The supervisor alone changes the routes; the RPC gateway, the services,
+//! timers and hooks read them.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
+use pando_protocol::error::{ErrorCode, WireError};
+
+use super::instance::Job;
+
+/// Where calls go: the generation serving each plugin on this node, or why none does.
+#[derive(Clone)]
+pub(super) enum Route {
+    Serving { generation: u64, queue: Sender<Job> },
+    Quarantined { generation: u64, reason: String },
+    Disabled { generation: u64 },
+}
+
+/// The call routes of one node, shared by the RPC gateway, timers and the supervisor (which alone changes them).
+#[derive(Clone, Default)]
+pub struct PluginRoutes(Arc<RwLock<BTreeMap<String, Route>>>);
+
+impl PluginRoutes {
+    pub(super) fn set(&self, name: &str, route: Option<Route>) {
+        let mut routes = self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match route {
+            Some(route) => routes.insert(name.to_string(), route),
+            None => routes.remove(name),
+        };
+    }
+
+    pub(super) fn clear(&self) {
+        self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+    }
+
+    fn route(&self, name: &str) -> Option<Route> {
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(name).cloned()
+    }
+
+    /// Queues a job on the generation serving `name` (only on `generation` when given), answering which one.
+    pub(crate) fn submit_to(&self, name: &str, generation: Option<u64>, job: Job) -> Result<u64, Refused> {
+        let refused = |code, message: String| Err(Refused::Error(WireError::new(code, message)));
+        match self.route(name) {
+            Some(Route::Serving { generation: serving, queue }) if generation.is_none_or(|g| g == serving) => {
+                match queue.try_send(job) {
+                    Ok(()) => Ok(serving),
+                    Err(TrySendError::Full(_)) => refused(
+                        ErrorCode::Busy,
+                        format!("plugin `{name}` has {} calls queued on this node; retry with backoff", queue.len()),
+                    ),
+                    // The route was read just before an upgrade closed its queue.
+                    Err(TrySendError::Disconnected(job)) => Err(Refused::Switching(job)),
+                }
+            }
+            Some(Route::Serving { .. }) => {
+                refused(ErrorCode::Unavailable, format!("plugin `{name}` moved to another generation"))
+            }
+            Some(Route::Quarantined { generation, reason }) => refused(
+                ErrorCode::Unavailable,
+                format!(
+                    "plugin `{name}` (generation {generation}) is quarantined on this node: {reason}; \
+                     `pando plugin enable {name}` lifts it"
+                ),
+            ),
+            Some(Route::Disabled { generation }) => {
+                refused(ErrorCode::Unavailable, format!("plugin `{name}` is disabled (generation {generation})"))
+            }
+            None => refused(ErrorCode::NotFound, format!("no plugin `{name}` runs on this node")),
+        }
+    }
+
+    /// Calls `function` of plugin `name` on this node, within `timeout`; answers the output and the generation that
+    /// produced it. A call that finds its generation's queue closed (an upgrade switched it in between) goes to the
+    /// new one.
+    pub async fn call(
+        &self,
+        name: &str,
+        function: &str,
+        input: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(Vec<u8>, u64), WireError> {
+        let deadline = std::time::Instant::now() + timeout;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let mut job = Job { function: function.to_string(), input, deadline, reply: Some(reply) };
+        let mut attempts = 0;
+        let generation = loop {
+            attempts += 1;
+            match self.submit_to(name, None, job) {
+                Ok(generation) => break generation,
+                Err(Refused::Switching(returned)) if attempts < 3 => {
+                    job = returned;
+                    tokio::task::yield_now().await;
+                }
+                Err(refused) => return Err(refused.into_error(name)),
+            }
+        };
+        match tokio::time::timeout_at(deadline.into(), answer).await {
+            Ok(Ok(result)) => result.map(|output| (output, generation)),
+            // The instance was stopped with the call queued (the plugin was disabled or removed).
+            Ok(Err(_)) => Err(WireError::new(
+                ErrorCode::Unavailable,
+                format!("plugin `{name}` stopped before running the call; it was not run"),
+            )),
+            Err(_) => Err(WireError::new(
+                ErrorCode::Timeout,
+                format!("plugin `{name}` did not answer within {} ms", timeout.as_millis()),
+            )),
+        }
+    }
+}
+
+/// Why a job was not queued.
+pub(crate) enum Refused {
+    /// The generation's queue closed under the caller; the job comes back for the next one.
+    Switching(Job),
+    Error(WireError),
+}
+
+impl Refused {
+    pub(crate) fn into_error(self, name: &str) -> WireError {
+        match self {
+            Refused::Switching(_) => {
+                WireError::new(ErrorCode::Unavailable, format!("plugin `{name}` is switching generations; retry"))
+            }
+            Refused::Error(error) => error,
+        }
+    }
+}
