@@ -242,7 +242,35 @@ pub struct BlobState {
     stop: CancellationToken,
     /// Blobs held ahead of the record that places them here, and until when the sweep spares them.
     held: BTreeMap<BlobHash, tokio::time::Instant>,
+    /// Whether `post_stop` shut the store down already.
+    closed: bool,
 }
+
+impl Drop for BlobState {
+    /// A panicking BlobActor skips `post_stop`: its repair worker, its published node and its store must go all the
+    /// same, or the store's database stays locked and the restarted actor can never open it again. (Found by
+    /// injecting a panic into `node/blobs` of a three-node cluster: every restart failed with "Database already open"
+    /// until the root supervisor gave up and the node exited.)
+    fn drop(&mut self) {
+        self.stop.cancel();
+        let actor = self.node.actor.get_id();
+        self.handle.live.retract_if(|node| node.actor.get_id() == actor);
+        if !self.closed {
+            let store = self.node.store.clone();
+            tokio::spawn(async move {
+                if let Err(error) = store.shutdown().await {
+                    tracing::warn!(%error, "the blob store of a failed blob actor did not shut down cleanly");
+                }
+            });
+        }
+    }
+}
+
+/// How long a starting blob actor keeps trying to open the store (its failed predecessor's store may still be
+/// shutting down).
+pub const BLOB_STORE_REOPEN_WAIT_MS: u64 = 5_000;
+/// Pause between those attempts.
+pub const BLOB_STORE_REOPEN_RETRY_MS: u64 = 20;
 
 /// How long the sweep spares a blob held ahead of its record: far longer than any proposal takes to apply.
 pub const HOLD_GRACE: Duration = Duration::from_secs(600);
@@ -259,11 +287,24 @@ impl Actor for BlobActor {
 
     async fn pre_start(&self, myself: ActorRef<BlobMsg>, args: BlobArgs) -> Result<BlobState, ActorProcessingErr> {
         std::fs::create_dir_all(&args.config.dir)?;
-        let mut options = Options::new(&args.config.dir);
-        options.gc = Some(GcConfig { interval: args.config.store_gc_interval, add_protected: None });
-        let store = FsStore::load_with_opts(args.config.dir.join("blobs.db"), options)
-            .await
-            .map_err(|error| format!("cannot open the blob store in {}: {error}", args.config.dir.display()))?;
+        let waited = tokio::time::Instant::now();
+        let store = loop {
+            let mut options = Options::new(&args.config.dir);
+            options.gc = Some(GcConfig { interval: args.config.store_gc_interval, add_protected: None });
+            match FsStore::load_with_opts(args.config.dir.join("blobs.db"), options).await {
+                Ok(store) => break store,
+                Err(error)
+                    if format!("{error:#}").contains("already open")
+                        && waited.elapsed() < Duration::from_millis(BLOB_STORE_REOPEN_WAIT_MS) =>
+                {
+                    tracing::debug!(%error, "the previous blob store is not closed yet, retrying");
+                    tokio::time::sleep(Duration::from_millis(BLOB_STORE_REOPEN_RETRY_MS)).await;
+                }
+                Err(error) => {
+                    return Err(format!("cannot open the blob store in {}: {error}", args.config.dir.display()).into());
+                }
+            }
+        };
         let node = BlobNode {
             node_id: args.node_id,
             store,
@@ -280,12 +321,13 @@ impl Actor for BlobActor {
         let stop = CancellationToken::new();
         tokio::spawn(repair::run(node.clone(), myself, stop.clone()));
         tracing::info!(dir = %node.config.dir.display(), "blob store open");
-        Ok(BlobState { node, handle: args.handle, stop, held: BTreeMap::new() })
+        Ok(BlobState { node, handle: args.handle, stop, held: BTreeMap::new(), closed: false })
     }
 
     async fn post_stop(&self, _myself: ActorRef<BlobMsg>, state: &mut BlobState) -> Result<(), ActorProcessingErr> {
         state.stop.cancel();
         state.handle.live.retract();
+        state.closed = true;
         if let Err(error) = state.node.store.shutdown().await {
             tracing::warn!(%error, "blob store did not shut down cleanly");
         }

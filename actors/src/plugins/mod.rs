@@ -219,6 +219,16 @@ pub struct PluginsState {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+impl Drop for PluginsState {
+    /// A panicking supervisor skips `post_stop`: its commit-stream follower and reconcile timer end with it all the
+    /// same (its pools are linked children, stopped by ractor).
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
 impl Actor for PluginSupervisor {
     type Msg = PluginsMsg;
     type State = PluginsState;
