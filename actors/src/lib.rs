@@ -3,6 +3,7 @@
 
 pub mod blobs;
 pub mod clock;
+pub mod commit_stream;
 pub mod endpoint;
 pub mod live;
 pub mod mesh;

@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pando_protocol::coord::CoordEvent;
 use pando_protocol::error::WireError;
 use pando_protocol::state_machine::StorageFault;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 
+use crate::commit_stream::{CommitStream, Committed, KvFeed};
 use crate::live::{Live, Unavailable};
 use crate::storage::{self, LogStore, StateMachineStore, StateReader, Stores};
 use crate::supervision::{ActorDetail, Control};
@@ -33,15 +33,17 @@ pub struct StoreHandles {
     pub reader: StateReader,
 }
 
-/// The node's storage as the other subsystems reach it: valid across the StorageActor's restarts.
+/// The node's storage as the other subsystems reach it: valid across the StorageActor's restarts, as is the node's
+/// commit stream it holds.
 #[derive(Clone)]
 pub struct StorageHandle {
     live: Live<StoreHandles>,
+    stream: CommitStream,
 }
 
 impl Default for StorageHandle {
     fn default() -> StorageHandle {
-        StorageHandle { live: Live::new("storage") }
+        StorageHandle { live: Live::new("storage"), stream: CommitStream::default() }
     }
 }
 
@@ -56,9 +58,16 @@ impl StorageHandle {
         self.live.get().map(|stores| stores.reader)
     }
 
-    /// The commit stream of the open database. It ends when storage restarts: subscribe again then.
-    pub fn subscribe(&self) -> Result<tokio::sync::broadcast::Receiver<Arc<[CoordEvent]>>, Unavailable> {
-        self.live.get().map(|stores| stores.state_machine.subscribe())
+    /// The node's commit stream from now on (it lives through storage restarts; an entry applied while nobody
+    /// listened is in the history, not here). A subscriber more than
+    /// [`COMMIT_STREAM_CAPACITY`](crate::commit_stream::COMMIT_STREAM_CAPACITY) entries behind is told it lagged.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Committed>> {
+        self.stream.subscribe()
+    }
+
+    /// The KV changes from revision `from` on (history, then live), with no gap and no repeat.
+    pub fn feed(&self, from: u64) -> KvFeed {
+        KvFeed::new(self.clone(), from)
     }
 
     /// Runs `work` on the applied state off the async threads, waiting up to `within` for storage to be open. A
@@ -90,7 +99,8 @@ impl StorageHandle {
     }
 
     pub(crate) fn publish(&self, stores: Stores) {
-        let Stores { log, state_machine, reader } = stores;
+        let Stores { log, mut state_machine, reader } = stores;
+        state_machine.publish_to(self.stream.clone());
         self.live.publish(StoreHandles { log, state_machine, reader });
     }
 

@@ -352,6 +352,15 @@ impl Client {
         }
     }
 
+    /// Drops the change history below `revision` on every member; answers where the history now starts and the
+    /// current revision. Compacting to or below the compacted revision changes nothing.
+    pub async fn compact(&self, revision: u64) -> Result<(u64, u64), ClientError> {
+        match self.kv(KvRequest::Compact { revision }).await? {
+            KvResponse::Compacted { compacted, revision } => Ok((compacted, revision)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// One page of keys starting with `prefix`, after `after`; the second value continues the scan.
     pub async fn scan(
         &self,

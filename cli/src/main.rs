@@ -158,6 +158,9 @@ enum KvCommand {
         #[arg(long)]
         expect: String,
     },
+    /// Drop the change history below REVISION on every member (watches from an older revision get COMPACTED).
+    /// Needs write access to the whole keyspace.
+    Compact { revision: u64 },
     /// List keys starting with a prefix, one page at a time.
     Scan {
         #[arg(default_value = "")]
@@ -309,6 +312,9 @@ fn report(error: &anyhow::Error, json_output: bool) {
             Some(ClientError::Wire(wire)) => match &wire.detail {
                 Some(ErrorDetail::Current { entry }) => json!({ "current": entry.as_ref().map(entry_json) }),
                 Some(ErrorDetail::Leader { node_id, addrs, .. }) => json!({ "leader": node_id, "addrs": addrs }),
+                Some(ErrorDetail::Compacted { compacted, current }) => {
+                    json!({ "compacted": compacted, "current": current })
+                }
                 None => serde_json::Value::Null,
             },
             _ => serde_json::Value::Null,
@@ -639,6 +645,14 @@ async fn kv(client: &Client, command: KvCommand, json_output: bool) -> anyhow::R
             let value = read_value(value, file)?;
             let revision = client.cas(key.as_bytes(), expect.as_deref().map(str::as_bytes), &value).await?;
             written(json_output, revision);
+        }
+        KvCommand::Compact { revision } => {
+            let (compacted, current) = client.compact(revision).await?;
+            if json_output {
+                print_json(&json!({ "compacted": compacted, "revision": current }));
+            } else {
+                println!("history starts at revision {compacted} (current revision {current})");
+            }
         }
         KvCommand::Cad { key, expect } => {
             let revision = client.cad(key.as_bytes(), expect.as_bytes()).await?;

@@ -36,6 +36,9 @@ pub enum ErrorCode {
     Internal,
     /// A plugin call trapped, ran out of fuel or memory, or the plugin returned an error; the message says which.
     PluginFailed,
+    /// A watch or history read asked for a revision the history no longer holds; the detail names the oldest
+    /// revision still held and the current one.
+    Compacted,
 }
 
 impl ErrorCode {
@@ -56,6 +59,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
             ErrorCode::PluginFailed => "PLUGIN_FAILED",
+            ErrorCode::Compacted => "COMPACTED",
         }
     }
 }
@@ -79,6 +83,8 @@ pub enum ErrorDetail {
     },
     /// With [`ErrorCode::Conflict`]: the entry as it is now (`None` when the key does not exist).
     Current { entry: Option<KvEntry> },
+    /// With [`ErrorCode::Compacted`]: the history starts at `compacted`; the store is at `current`.
+    Compacted { compacted: u64, current: u64 },
 }
 
 /// An error as it travels on the wire.

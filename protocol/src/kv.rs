@@ -168,6 +168,12 @@ pub enum KvRequest {
         success: Vec<TxnOp>,
         failure: Vec<TxnOp>,
     },
+    /// Drops the change history below `revision` on every replica: a watch from an older revision is then refused
+    /// with `COMPACTED`. At most the current revision; compacting to or below the compacted revision changes nothing.
+    /// It touches every key's history, so it needs write access to the whole keyspace.
+    Compact {
+        revision: u64,
+    },
 }
 
 /// KV responses.
@@ -197,6 +203,11 @@ pub enum KvResponse {
         succeeded: bool,
         revision: u64,
         results: Vec<TxnOpResult>,
+    },
+    /// The history now starts at `compacted`; `revision` is the current revision.
+    Compacted {
+        compacted: u64,
+        revision: u64,
     },
 }
 
@@ -369,6 +380,12 @@ impl KvRequest {
                 }
                 validate_payload(bytes)
             }
+            KvRequest::Compact { revision } => {
+                if *revision == 0 {
+                    return Err(WireError::invalid("compaction needs a revision of at least 1"));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -395,6 +412,7 @@ impl KvRequest {
                 compares.iter().map(|compare| compare.key.len() + compare_operand_bytes(&compare.target)).sum::<usize>()
                     + success.iter().chain(failure).map(TxnOp::payload_bytes).sum::<usize>()
             }
+            KvRequest::Compact { .. } => 8,
         }
     }
 
@@ -408,7 +426,8 @@ impl KvRequest {
             | KvRequest::Delete { .. }
             | KvRequest::Cas { .. }
             | KvRequest::Cad { .. }
-            | KvRequest::BatchWrite { .. } => true,
+            | KvRequest::BatchWrite { .. }
+            | KvRequest::Compact { .. } => true,
         }
     }
 
@@ -434,6 +453,8 @@ impl KvRequest {
                 .map(|compare| compare.key.as_slice())
                 .chain(success.iter().chain(failure).map(TxnOp::key))
                 .collect(),
+            // The empty prefix: every key.
+            KvRequest::Compact { .. } => vec![b"".as_slice()],
         }
     }
 }

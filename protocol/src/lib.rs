@@ -20,6 +20,7 @@ pub mod state_machine;
 pub mod stored_value;
 pub mod ticket;
 pub mod token;
+pub mod watch;
 
 pub use envelope::{PROTOCOL_VERSION, Request, RequestEnvelope, Response, ResponseEnvelope};
 pub use error::{ErrorCode, ErrorDetail, WireError};

@@ -6,6 +6,7 @@ use std::ops::{Bound, ControlFlow};
 use crate::coord::{CoordEvent, CoordRead, CoordWrite, RowVisitor};
 use crate::state_machine::{KvRead, KvWrite, StorageFault, scan_start};
 use crate::stored_value::StoredValue;
+use crate::watch::KvEvent;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MemoryTables {
@@ -14,6 +15,8 @@ pub struct MemoryTables {
     pub coord: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Events emitted since the last `take_events`.
     pub events: Vec<CoordEvent>,
+    /// The change history: (revision, position within it) to the event.
+    pub history: BTreeMap<(u64, u32), KvEvent>,
 }
 
 impl CoordRead for MemoryTables {
@@ -55,6 +58,15 @@ impl KvRead for MemoryTables {
         Ok(self.rows.get(key).cloned())
     }
 
+    fn history(&self, from: u64, visit: &mut dyn FnMut(KvEvent) -> ControlFlow<()>) -> Result<(), StorageFault> {
+        for event in self.history.range((from, 0)..).map(|(_, event)| event) {
+            if visit(event.clone()).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn scan(
         &self,
         prefix: &[u8],
@@ -79,5 +91,19 @@ impl KvWrite for MemoryTables {
 
     fn delete(&mut self, key: &[u8]) -> Result<bool, StorageFault> {
         Ok(self.rows.remove(key).is_some())
+    }
+
+    fn record(&mut self, event: &KvEvent) -> Result<(), StorageFault> {
+        let revision = event.revision();
+        let index = self.history.range((revision, 0)..=(revision, u32::MAX)).next_back().map_or(0, |((_, i), _)| i + 1);
+        self.history.insert((revision, index), event.clone());
+        Ok(())
+    }
+
+    fn forget_history(&mut self, below: u64) -> Result<u64, StorageFault> {
+        let kept = self.history.split_off(&(below, 0));
+        let dropped = self.history.len() as u64;
+        self.history = kept;
+        Ok(dropped)
     }
 }

@@ -14,6 +14,7 @@ use crate::kv::{
 };
 use crate::limits::SCAN_RESPONSE_BYTES_MAX;
 use crate::stored_value::StoredValue;
+use crate::watch::{self, EventKind, KvEvent};
 
 /// A storage failure while reading or writing rows. The state machine cannot continue after one: the caller must stop
 /// applying (crashing beats corrupting).
@@ -21,9 +22,13 @@ use crate::stored_value::StoredValue;
 #[error("state machine storage fault: {0}")]
 pub struct StorageFault(pub String);
 
-/// Read access to the KV rows.
+/// Read access to the KV rows and their change history.
 pub trait KvRead {
     fn get(&self, key: &[u8]) -> Result<Option<StoredValue>, StorageFault>;
+
+    /// Visits the history's events from revision `from` on, in order (revision, then position within it), until
+    /// `visit` breaks.
+    fn history(&self, from: u64, visit: &mut dyn FnMut(KvEvent) -> ControlFlow<()>) -> Result<(), StorageFault>;
 
     /// Visits rows whose key starts with `prefix`, in byte order, strictly after `after` when given, until `visit`
     /// breaks.
@@ -35,11 +40,16 @@ pub trait KvRead {
     ) -> Result<(), StorageFault>;
 }
 
-/// Write access to the KV rows.
+/// Write access to the KV rows and their change history.
 pub trait KvWrite: KvRead {
     fn put(&mut self, key: &[u8], value: &StoredValue) -> Result<(), StorageFault>;
     /// Removes a row, saying whether it existed.
     fn delete(&mut self, key: &[u8]) -> Result<bool, StorageFault>;
+    /// Appends `event` to the history after the events already recorded at its revision (in the transaction that
+    /// changed the row).
+    fn record(&mut self, event: &KvEvent) -> Result<(), StorageFault>;
+    /// Drops every history event of a revision below `revision`, answering how many went.
+    fn forget_history(&mut self, below: u64) -> Result<u64, StorageFault>;
 }
 
 /// Where a scan of `prefix` that continues after `after` (a continuation token) starts.
@@ -130,7 +140,7 @@ fn apply_kv(
             KvResponse::Written { revision: next }
         }
         KvRequest::Delete { key } => {
-            let existed = remove(tables, key)?;
+            let existed = remove(tables, key, next)?;
             if existed {
                 *revision = next;
             }
@@ -154,7 +164,7 @@ fn apply_kv(
             let current = tables.get(key)?;
             match &current {
                 Some(row) if row.blob.is_none() && row.value == expected.as_slice() => {
-                    remove(tables, key)?;
+                    remove(tables, key, next)?;
                     *revision = next;
                     KvResponse::Deleted { revision: next, existed: true }
                 }
@@ -162,16 +172,23 @@ fn apply_kv(
             }
         }
         KvRequest::BatchWrite { ops } => {
+            let mut changed = false;
             for op in ops {
                 match op {
-                    WriteOp::Put { key, value } => put(tables, key, value, next)?,
-                    WriteOp::Delete { key } => {
-                        remove(tables, key)?;
+                    WriteOp::Put { key, value } => {
+                        put(tables, key, value, next)?;
+                        changed = true;
                     }
+                    WriteOp::Delete { key } => changed |= remove(tables, key, next)?,
                 }
             }
-            *revision = next;
-            KvResponse::Written { revision: next }
+            // As for a delete and a transaction: a batch that changed nothing (deletes of missing keys only) takes
+            // no revision, so every revision holds at least one event and a watcher can tell a gap from a quiet
+            // spell (found by the history's replay property test).
+            if changed {
+                *revision = next;
+            }
+            KvResponse::Written { revision: *revision }
         }
         KvRequest::Txn { compares, success, failure } => {
             let succeeded = compares_hold(tables, compares)?;
@@ -186,7 +203,7 @@ fn apply_kv(
                         TxnOpResult::Put
                     }
                     TxnOp::Delete { key } => {
-                        let existed = remove(tables, key)?;
+                        let existed = remove(tables, key, next)?;
                         changed |= existed;
                         TxnOpResult::Delete { existed }
                     }
@@ -197,6 +214,19 @@ fn apply_kv(
                 *revision = next;
             }
             KvResponse::Txn { succeeded, revision: *revision, results }
+        }
+        KvRequest::Compact { revision: target } => {
+            if *target > *revision {
+                return Ok(Err(WireError::invalid(format!(
+                    "cannot compact to revision {target}: the current revision is {revision}"
+                ))));
+            }
+            let compacted = watch::compacted_revision(tables)?;
+            if *target > compacted {
+                tables.forget_history(*target)?;
+                watch::set_compacted_revision(tables, *target)?;
+            }
+            KvResponse::Compacted { compacted: compacted.max(*target), revision: *revision }
         }
     };
     Ok(Ok(response))
@@ -254,18 +284,23 @@ fn scan(tables: &impl KvRead, prefix: &[u8], limit: u32, after: Option<&[u8]>) -
     Ok(KvResponse::ScanPage { entries, next })
 }
 
-/// Deletes a row and unties it from any lease.
-fn remove(tables: &mut (impl KvWrite + CoordWrite), key: &[u8]) -> Result<bool, StorageFault> {
+/// Deletes a row (at `revision`, if it exists) and unties it from any lease.
+fn remove(tables: &mut (impl KvWrite + CoordWrite), key: &[u8], revision: u64) -> Result<bool, StorageFault> {
     coord::lease::detach_key(tables, key)?;
-    delete_row(tables, key)
+    delete_row(tables, key, revision)
 }
 
-/// Deletes a row, dropping the blob reference it held.
-pub(crate) fn delete_row(tables: &mut (impl KvWrite + CoordWrite), key: &[u8]) -> Result<bool, StorageFault> {
+/// Deletes a row at `revision`, dropping the blob reference it held, and records the deletion in the history.
+pub(crate) fn delete_row(
+    tables: &mut (impl KvWrite + CoordWrite),
+    key: &[u8],
+    revision: u64,
+) -> Result<bool, StorageFault> {
     let Some(old) = tables.get(key)? else { return Ok(false) };
     if old.blob.is_some() {
         crate::blob::replace_reference(tables, old.blob, None)?;
     }
+    tables.record(&KvEvent::delete(key, revision, old.mod_revision, coord::clock(tables)?))?;
     tables.delete(key)
 }
 
@@ -296,6 +331,7 @@ fn write_row(
     if old_blob.is_some() || blob.is_some() {
         crate::blob::replace_reference(tables, old_blob, blob)?;
     }
+    let prev_revision = old.as_ref().map_or(0, |old| old.mod_revision);
     let row = match old {
         Some(old) => StoredValue {
             create_revision: old.create_revision,
@@ -306,7 +342,9 @@ fn write_row(
         },
         None => StoredValue { create_revision: revision, mod_revision: revision, version: 1, value, blob },
     };
-    tables.put(key, &row)
+    tables.put(key, &row)?;
+    let time_ms = coord::clock(tables)?;
+    tables.record(&KvEvent { kind: EventKind::Put, entry: row.into_entry(key), prev_revision, time_ms })
 }
 
 fn conflict(key: &[u8], current: Option<StoredValue>) -> WireError {

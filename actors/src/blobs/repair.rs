@@ -42,13 +42,13 @@ pub(super) async fn run(node: BlobNode, actor: ActorRef<BlobMsg>, stop: Cancella
     let mut cursors = Cursors::default();
     loop {
         if events.is_none() {
-            events = node.storage.subscribe().ok();
+            events = Some(node.storage.subscribe());
         }
         let wake = async {
             match events.as_mut() {
                 Some(events) => loop {
                     match events.recv().await {
-                        Ok(batch) if batch.iter().any(wakes_repair) => return,
+                        Ok(committed) if committed.coord.iter().any(wakes_repair) => return,
                         Ok(_) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => {

@@ -246,23 +246,18 @@ impl Actor for PluginSupervisor {
         let storage = args.storage.clone();
         let actor = myself.clone();
         tasks.push(tokio::spawn(async move {
+            let mut events = storage.subscribe();
             loop {
-                let Ok(mut events) = storage.subscribe() else {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                };
-                loop {
-                    match events.recv().await {
-                        Ok(batch) => {
-                            if batch.iter().any(|event| matches!(event, CoordEvent::PluginChanged { .. })) {
-                                let _ = actor.cast(PluginsMsg::Reconcile);
-                            }
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                match events.recv().await {
+                    Ok(committed) => {
+                        if committed.coord.iter().any(|event| matches!(event, CoordEvent::PluginChanged { .. })) {
                             let _ = actor.cast(PluginsMsg::Reconcile);
                         }
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                     }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let _ = actor.cast(PluginsMsg::Reconcile);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
             }
         }));

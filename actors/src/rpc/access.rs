@@ -84,6 +84,12 @@ mod tests {
     }
 
     #[test]
+    fn compaction_needs_write_access_to_the_whole_keyspace() {
+        let request = Request::Kv(KvRequest::Compact { revision: 5 });
+        assert_eq!(required(&request), vec![Access::KvWrite(b"".as_slice())]);
+    }
+
+    #[test]
     fn membership_changes_need_the_admin_capability_and_joining_only_the_join_one() {
         assert_eq!(required(&Request::Cluster(ClusterRequest::Remove { node_id: 2 })), vec![Access::ClusterAdmin]);
         assert_eq!(required(&Request::Cluster(ClusterRequest::Status)), vec![Access::ClusterRead]);

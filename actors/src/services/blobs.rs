@@ -90,7 +90,7 @@ impl BlobService {
         };
         // Kept before it is recorded: once the record names this node, the copy must already be safe from a sweep.
         node.hold(blob.hash).await?;
-        let mut events = self.storage.subscribe().ok();
+        let mut events = Some(self.storage.subscribe());
         let mut record = match self.proposer.propose_anywhere(Command::Blob(added), RECORD_TIMEOUT).await? {
             CommandOutput::Blob(BlobResponse::Record { record, .. }) => record,
             other => return Err(unexpected("blob add", &other)),

@@ -71,7 +71,6 @@ impl CoordService {
             }
         }
         let slot = WaiterSlot::take(&self.waiters, request.name().unwrap_or_default())?;
-        let subscribe = || self.storage.subscribe().map_err(WireError::from);
         let _turn = if request.takes_turns() {
             match tokio::time::timeout_at(deadline, slot.turnstile.lock()).await {
                 Ok(turn) => Some(turn),
@@ -87,7 +86,7 @@ impl CoordService {
         };
         // Subscribed (once it is this request's turn) before the first attempt, so a release between the attempt and the
         // wait is not missed, and releases from before the turn are not replayed.
-        let mut events = subscribe()?;
+        let mut events = self.storage.subscribe();
         loop {
             let remaining =
                 deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
@@ -100,18 +99,15 @@ impl CoordService {
             loop {
                 match tokio::time::timeout_at(deadline, events.recv()).await {
                     Err(_) => return last,
-                    Ok(Ok(batch)) => {
-                        if batch.iter().any(|event| request.woken_by(event)) {
+                    Ok(Ok(committed)) => {
+                        if committed.coord.iter().any(|event| request.woken_by(event)) {
                             break;
                         }
                     }
                     // Missed events: try again rather than risk sleeping through the release.
                     Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => break,
-                    // Storage restarted under us: a fresh stream, and another attempt.
-                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
-                        events = subscribe()?;
-                        break;
-                    }
+                    // The node is shutting down (the stream lives as long as the node's storage handle).
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return last,
                 }
             }
         }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use redb::{Database, TableDefinition};
 
 pub use log_store::LogStore;
-pub use redb_tables::StateReader;
+pub use redb_tables::{HistoryPage, StateReader};
 pub use sim_disk::SimDisk;
 pub use state_machine_store::StateMachineStore;
 
@@ -32,6 +32,8 @@ pub(crate) const RAFT_META_TABLE: TableDefinition<&str, &[u8]> = TableDefinition
 pub(crate) const KV_TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sm_kv");
 /// Coordination rows (leases, locks, counters, sequences, the log clock), see `pando_protocol::coord`.
 pub(crate) const COORD_TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sm_coord");
+/// The KV change history: revision and position (`pando_protocol::watch::history_key`) to the event.
+pub(crate) const HISTORY_TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sm_history");
 /// Last applied log id, membership and store revision.
 pub(crate) const SM_META_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 
@@ -135,6 +137,7 @@ fn open_database(dir: &Path, database: Database) -> Result<Stores, StorageError>
         write.open_table(RAFT_META_TABLE).map_err(|error| write_error(&error))?;
         write.open_table(KV_TABLE).map_err(|error| write_error(&error))?;
         write.open_table(COORD_TABLE).map_err(|error| write_error(&error))?;
+        write.open_table(HISTORY_TABLE).map_err(|error| write_error(&error))?;
         write.open_table(SM_META_TABLE).map_err(|error| write_error(&error))?;
     }
     write.commit().map_err(|error| write_error(&error))?;

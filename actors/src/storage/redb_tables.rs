@@ -10,9 +10,10 @@ use pando_protocol::error::WireError;
 use pando_protocol::kv::KvRequest;
 use pando_protocol::state_machine::{self, KvRead, KvWrite, StorageFault};
 use pando_protocol::stored_value::StoredValue;
+use pando_protocol::watch::{self, KvEvent};
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-use super::{COORD_TABLE, KV_TABLE, META_REVISION, SM_META_TABLE};
+use super::{COORD_TABLE, HISTORY_TABLE, KV_TABLE, META_REVISION, SM_META_TABLE};
 
 fn fault(error: impl std::fmt::Display) -> StorageFault {
     StorageFault(error.to_string())
@@ -52,14 +53,58 @@ fn scan_rows(
     Ok(())
 }
 
-/// The KV table as the state machine core sees it: read-only inside a read transaction, writable inside a write one.
-pub(crate) struct Rows<T> {
-    pub(crate) table: T,
+/// The history table (`HISTORY_TABLE`) of a transaction.
+pub(crate) struct History<T>(pub(crate) T);
+
+/// What a view of the KV offers of the history: nothing (reads of rows only), or the history table.
+pub(crate) trait HistoryView {
+    fn visit(&self, from: u64, visit: &mut dyn FnMut(KvEvent) -> ControlFlow<()>) -> Result<(), StorageFault>;
 }
 
-impl<T: ReadableTable<&'static [u8], &'static [u8]>> KvRead for Rows<T> {
+impl HistoryView for () {
+    fn visit(&self, _: u64, _: &mut dyn FnMut(KvEvent) -> ControlFlow<()>) -> Result<(), StorageFault> {
+        Err(fault("this view of the KV has no history table open"))
+    }
+}
+
+impl<T: ReadableTable<&'static [u8], &'static [u8]>> HistoryView for History<T> {
+    fn visit(&self, from: u64, visit: &mut dyn FnMut(KvEvent) -> ControlFlow<()>) -> Result<(), StorageFault> {
+        let start = watch::history_key(from, 0);
+        for row in self.0.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded)).map_err(fault)? {
+            let (key, value) = row.map_err(fault)?;
+            let event = watch::decode_event(value.value())
+                .ok_or_else(|| fault(format!("corrupt history row {:?}", watch::parse_history_key(key.value()))))?;
+            if visit(event).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The KV table as the state machine core sees it (read-only inside a read transaction, writable inside a write one),
+/// with the history table when the view needs it.
+pub(crate) struct Rows<T, H = ()> {
+    pub(crate) table: T,
+    pub(crate) history: H,
+    /// What this write transaction recorded in the history so far, for the commit stream.
+    pub(crate) recorded: Vec<KvEvent>,
+}
+
+impl<T> Rows<T> {
+    /// Rows without the history.
+    pub(crate) fn plain(table: T) -> Rows<T> {
+        Rows { table, history: (), recorded: Vec::new() }
+    }
+}
+
+impl<T: ReadableTable<&'static [u8], &'static [u8]>, H: HistoryView> KvRead for Rows<T, H> {
     fn get(&self, key: &[u8]) -> Result<Option<StoredValue>, StorageFault> {
         get_row(&self.table, key)
+    }
+
+    fn history(&self, from: u64, visit: &mut dyn FnMut(KvEvent) -> ControlFlow<()>) -> Result<(), StorageFault> {
+        self.history.visit(from, visit)
     }
 
     fn scan(
@@ -72,10 +117,48 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> KvRead for Rows<T> {
     }
 }
 
-impl KvWrite for Rows<redb::Table<'_, &'static [u8], &'static [u8]>> {
+type WriteTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+
+impl KvWrite for Rows<WriteTable<'_>, History<WriteTable<'_>>> {
     fn put(&mut self, key: &[u8], value: &StoredValue) -> Result<(), StorageFault> {
         self.table.insert(key, value.encode().as_slice()).map_err(fault)?;
         Ok(())
+    }
+
+    fn record(&mut self, event: &KvEvent) -> Result<(), StorageFault> {
+        let revision = event.revision();
+        let (first, next) = (watch::history_key(revision, 0), watch::history_key(revision + 1, 0));
+        let index = {
+            let last = self.history.0.range::<&[u8]>(first.as_slice()..next.as_slice()).map_err(fault)?.next_back();
+            match last {
+                Some(row) => {
+                    let (key, _) = row.map_err(fault)?;
+                    let (_, index) =
+                        watch::parse_history_key(key.value()).ok_or_else(|| fault("corrupt history key"))?;
+                    index + 1
+                }
+                None => 0,
+            }
+        };
+        self.history
+            .0
+            .insert(watch::history_key(revision, index).as_slice(), watch::encode_event(event).as_slice())
+            .map_err(fault)?;
+        self.recorded.push(event.clone());
+        Ok(())
+    }
+
+    fn forget_history(&mut self, below: u64) -> Result<u64, StorageFault> {
+        let end = watch::history_key(below, 0);
+        let mut dropped = 0;
+        self.history
+            .0
+            .retain_in::<&[u8], _>(..end.as_slice(), |_, _| {
+                dropped += 1;
+                false
+            })
+            .map_err(fault)?;
+        Ok(dropped)
     }
 
     fn delete(&mut self, key: &[u8]) -> Result<bool, StorageFault> {
@@ -84,15 +167,19 @@ impl KvWrite for Rows<redb::Table<'_, &'static [u8], &'static [u8]>> {
 }
 
 /// Both state-machine tables of one transaction, as the core sees them.
-pub(crate) struct Tables<K, C> {
-    pub(crate) kv: Rows<K>,
+pub(crate) struct Tables<R, C> {
+    pub(crate) kv: R,
     pub(crate) coord: C,
     pub(crate) events: Vec<CoordEvent>,
 }
 
-impl<K: ReadableTable<&'static [u8], &'static [u8]>, C> KvRead for Tables<K, C> {
+impl<R: KvRead, C> KvRead for Tables<R, C> {
     fn get(&self, key: &[u8]) -> Result<Option<StoredValue>, StorageFault> {
         self.kv.get(key)
+    }
+
+    fn history(&self, from: u64, visit: &mut dyn FnMut(KvEvent) -> ControlFlow<()>) -> Result<(), StorageFault> {
+        self.kv.history(from, visit)
     }
 
     fn scan(
@@ -105,13 +192,21 @@ impl<K: ReadableTable<&'static [u8], &'static [u8]>, C> KvRead for Tables<K, C> 
     }
 }
 
-impl<C> KvWrite for Tables<redb::Table<'_, &'static [u8], &'static [u8]>, C> {
+impl<R: KvWrite, C> KvWrite for Tables<R, C> {
     fn put(&mut self, key: &[u8], value: &StoredValue) -> Result<(), StorageFault> {
         self.kv.put(key, value)
     }
 
     fn delete(&mut self, key: &[u8]) -> Result<bool, StorageFault> {
         self.kv.delete(key)
+    }
+
+    fn record(&mut self, event: &KvEvent) -> Result<(), StorageFault> {
+        self.kv.record(event)
+    }
+
+    fn forget_history(&mut self, below: u64) -> Result<u64, StorageFault> {
+        self.kv.forget_history(below)
     }
 }
 
@@ -188,7 +283,7 @@ impl StateReader {
         let read = self.database.begin_read().map_err(fault)?;
         let revision = read_revision(&read.open_table(SM_META_TABLE).map_err(fault)?)?;
         let tables = Tables {
-            kv: Rows { table: read.open_table(KV_TABLE).map_err(fault)? },
+            kv: Rows::plain(read.open_table(KV_TABLE).map_err(fault)?),
             coord: read.open_table(COORD_TABLE).map_err(fault)?,
             events: Vec::new(),
         };
@@ -226,16 +321,14 @@ impl StateReader {
     /// Answers a read-only coordination request from the state as last applied.
     pub fn read_coord(&self, request: &CoordRequest) -> Result<Result<CoordResponse, WireError>, StorageFault> {
         let read = self.database.begin_read().map_err(fault)?;
-        let tables =
-            Tables { kv: Rows { table: () }, coord: read.open_table(COORD_TABLE).map_err(fault)?, events: Vec::new() };
+        let tables = Tables { kv: (), coord: read.open_table(COORD_TABLE).map_err(fault)?, events: Vec::new() };
         coord::read(&tables, request)
     }
 
     /// The earliest lease deadline and the state machine's clock, for the leader's expiry ticks.
     pub fn lease_deadline(&self) -> Result<Option<u64>, StorageFault> {
         let read = self.database.begin_read().map_err(fault)?;
-        let tables =
-            Tables { kv: Rows { table: () }, coord: read.open_table(COORD_TABLE).map_err(fault)?, events: Vec::new() };
+        let tables = Tables { kv: (), coord: read.open_table(COORD_TABLE).map_err(fault)?, events: Vec::new() };
         coord::next_deadline(&tables)
     }
 
@@ -244,11 +337,7 @@ impl StateReader {
         read: impl FnOnce(&Tables<(), redb::ReadOnlyTable<&'static [u8], &'static [u8]>>) -> Result<R, StorageFault>,
     ) -> Result<R, StorageFault> {
         let transaction = self.database.begin_read().map_err(fault)?;
-        let tables = Tables {
-            kv: Rows { table: () },
-            coord: transaction.open_table(COORD_TABLE).map_err(fault)?,
-            events: Vec::new(),
-        };
+        let tables = Tables { kv: (), coord: transaction.open_table(COORD_TABLE).map_err(fault)?, events: Vec::new() };
         read(&tables)
     }
 
@@ -272,11 +361,44 @@ impl StateReader {
         self.with_coord(|tables| blob::placed_on(tables, node, after, limit))
     }
 
+    /// Whole revisions of the history from `from` on, about `events_max` events (a revision is never cut, so a page
+    /// may hold one revision's worth more), with the compacted and current revisions, all from one read.
+    pub fn history(&self, from: u64, events_max: usize) -> Result<HistoryPage, StorageFault> {
+        let read = self.database.begin_read().map_err(fault)?;
+        let current = read_revision(&read.open_table(SM_META_TABLE).map_err(fault)?)?;
+        let coord = Tables { kv: (), coord: read.open_table(COORD_TABLE).map_err(fault)?, events: Vec::new() };
+        let compacted = watch::compacted_revision(&coord)?;
+        let history = History(read.open_table(HISTORY_TABLE).map_err(fault)?);
+        let mut events: Vec<KvEvent> = Vec::new();
+        let mut complete = true;
+        history.visit(from, &mut |event| {
+            if events.len() >= events_max && events.last().is_some_and(|last| last.revision() != event.revision()) {
+                complete = false;
+                return ControlFlow::Break(());
+            }
+            events.push(event);
+            ControlFlow::Continue(())
+        })?;
+        Ok(HistoryPage { events, compacted, current, complete })
+    }
+
     /// The store revision as last applied.
     pub fn revision(&self) -> Result<u64, StorageFault> {
         let read = self.database.begin_read().map_err(fault)?;
         read_revision(&read.open_table(SM_META_TABLE).map_err(fault)?)
     }
+}
+
+/// Whole revisions of the history, read at one point in time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HistoryPage {
+    pub events: Vec<KvEvent>,
+    /// The history starts at this revision.
+    pub compacted: u64,
+    /// The store revision when the page was read.
+    pub current: u64,
+    /// Whether the page reaches the end of the history (else read on from after its last revision).
+    pub complete: bool,
 }
 
 pub(crate) fn read_revision(table: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<u64, StorageFault> {

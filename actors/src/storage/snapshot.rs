@@ -13,8 +13,11 @@ use super::{read_error, write_error};
 use crate::raft::type_config::{SnapshotMeta, StorageError};
 
 /// Version of the snapshot file layout. 2 added the coordination table (`Rows` records name their table); the
-/// header's applied digest is optional within 2 (absent: all zeros).
-pub(crate) const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+/// header's applied digest is optional within 2 (absent: all zeros). 3 added the KV change history (a node that
+/// installs an older snapshot holds no history below the snapshot's revision).
+pub(crate) const SNAPSHOT_FORMAT_VERSION: u32 = 3;
+/// The first format that carries the KV change history.
+pub(crate) const SNAPSHOT_FORMAT_WITH_HISTORY: u32 = 3;
 /// A row chunk is flushed once its keys and values reach this size.
 pub(crate) const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1024 * 1024;
 /// Name of the latest complete snapshot inside the snapshot directory.
@@ -26,6 +29,8 @@ pub(crate) enum SnapshotTable {
     #[default]
     Kv,
     Coord,
+    /// The KV change history (`pando_protocol::watch`).
+    History,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -125,6 +130,7 @@ pub(crate) type TableRows = (SnapshotTable, Vec<(Bytes, Bytes)>);
 
 /// What a snapshot's header says.
 pub(crate) struct SnapshotHeader {
+    pub(crate) format_version: u32,
     pub(crate) meta: SnapshotMeta,
     pub(crate) revision: u64,
     pub(crate) applied_digest: super::AppliedDigest,
@@ -141,9 +147,15 @@ impl<R: Read> SnapshotReader<R> {
     pub(crate) fn open(input: R) -> Result<(SnapshotReader<R>, SnapshotHeader), StorageError> {
         let mut reader = SnapshotReader { input: BufReader::new(input), rows_seen: 0 };
         match reader.next_record()? {
-            SnapshotRecord::Header { format_version: 1..=SNAPSHOT_FORMAT_VERSION, meta, revision, applied_digest } => {
-                Ok((reader, SnapshotHeader { meta, revision, applied_digest: applied_digest.unwrap_or_default() }))
-            }
+            SnapshotRecord::Header {
+                format_version: format_version @ 1..=SNAPSHOT_FORMAT_VERSION,
+                meta,
+                revision,
+                applied_digest,
+            } => Ok((
+                reader,
+                SnapshotHeader { format_version, meta, revision, applied_digest: applied_digest.unwrap_or_default() },
+            )),
             SnapshotRecord::Header { format_version, .. } => {
                 Err(corrupt(format!("unknown snapshot format {format_version}")))
             }

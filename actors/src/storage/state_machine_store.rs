@@ -9,20 +9,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftLogId, RaftSnapshotBuilder};
 use pando_protocol::command::ProposalOutcome;
-use pando_protocol::coord::CoordEvent;
 use pando_protocol::state_machine::apply_proposal;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
-use super::redb_tables::{Rows, Tables, read_revision};
-use super::snapshot::{CURRENT_SNAPSHOT_FILE, SnapshotHeader, SnapshotReader, SnapshotTable, SnapshotWriter};
-use super::{
-    AppliedDigest, COORD_TABLE, KV_TABLE, META_APPLIED_DIGEST, META_LAST_APPLIED, META_MEMBERSHIP, META_REVISION,
-    SM_META_TABLE, applied_digest, blocking, decode, encode, read_applied_digest, read_error, write_error,
+use super::redb_tables::{History, Rows, Tables, read_revision};
+use super::snapshot::{
+    CURRENT_SNAPSHOT_FILE, SNAPSHOT_FORMAT_WITH_HISTORY, SnapshotHeader, SnapshotReader, SnapshotTable, SnapshotWriter,
 };
+use super::{
+    AppliedDigest, COORD_TABLE, HISTORY_TABLE, KV_TABLE, META_APPLIED_DIGEST, META_LAST_APPLIED, META_MEMBERSHIP,
+    META_REVISION, SM_META_TABLE, applied_digest, blocking, decode, encode, read_applied_digest, read_error,
+    write_error,
+};
+use crate::commit_stream::{CommitStream, Committed};
 use crate::raft::type_config::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-
-/// Proposals' events the commit stream buffers for slow subscribers.
-pub const COMMIT_STREAM_CAPACITY: usize = 1024;
 
 #[derive(Clone)]
 pub struct StateMachineStore {
@@ -32,8 +32,9 @@ pub struct StateMachineStore {
     file_counter: Arc<AtomicU64>,
     /// Orders the publication of builds and installs (openraft may run a build concurrently with an install).
     snapshot_lock: Arc<std::sync::Mutex<()>>,
-    /// The commit stream: each applied proposal's coordination events, after its transaction committed.
-    events: tokio::sync::broadcast::Sender<Arc<[CoordEvent]>>,
+    /// The node's commit stream: what each applied entry changed, published after its transaction committed. The
+    /// storage handle gives every store it publishes the node's one stream ([`StateMachineStore::publish_to`]).
+    stream: CommitStream,
 }
 
 impl StateMachineStore {
@@ -51,14 +52,13 @@ impl StateMachineStore {
             snapshot_dir,
             file_counter: Arc::new(AtomicU64::new(0)),
             snapshot_lock: Arc::new(std::sync::Mutex::new(())),
-            events: tokio::sync::broadcast::channel(COMMIT_STREAM_CAPACITY).0,
+            stream: CommitStream::default(),
         })
     }
 
-    /// Subscribes to the commit stream. A subscriber that falls more than [`COMMIT_STREAM_CAPACITY`] proposals behind
-    /// is told it lagged and must re-read the state it cares about.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<[CoordEvent]>> {
-        self.events.subscribe()
+    /// Publishes what this store applies on `stream` (the node's one commit stream) from now on.
+    pub(crate) fn publish_to(&mut self, stream: CommitStream) {
+        self.stream = stream;
     }
 
     fn temporary_path(&self, what: &str) -> PathBuf {
@@ -123,12 +123,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             // Durable with the next log append or purge; until then the log can replay these entries.
             write.set_durability(Durability::None).map_err(|error| write_error(&error))?;
             let mut outcomes = Vec::with_capacity(entries.len());
+            let mut committed = Vec::with_capacity(entries.len());
             {
                 let mut meta = write.open_table(SM_META_TABLE).map_err(|error| write_error(&error))?;
                 let mut revision = read_revision(&meta).map_err(|error| write_error(&error))?;
                 let mut digest = read_applied_digest(&meta)?;
                 let mut tables = Tables {
-                    kv: Rows { table: write.open_table(KV_TABLE).map_err(|error| write_error(&error))? },
+                    kv: Rows {
+                        table: write.open_table(KV_TABLE).map_err(|error| write_error(&error))?,
+                        history: History(write.open_table(HISTORY_TABLE).map_err(|error| write_error(&error))?),
+                        recorded: Vec::new(),
+                    },
                     coord: write.open_table(COORD_TABLE).map_err(|error| write_error(&error))?,
                     events: Vec::new(),
                 };
@@ -141,6 +146,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         EntryPayload::Normal(proposal) => {
                             let outcome = apply_proposal(&mut tables, &mut revision, proposal)
                                 .map_err(|fault| openraft::StorageIOError::apply(*entry.get_log_id(), &fault))?;
+                            committed.push(Committed {
+                                index: entry.get_log_id().index,
+                                revision,
+                                kv: std::mem::take(&mut tables.kv.recorded),
+                                coord: outcome.events.clone(),
+                            });
                             outcomes.push(outcome);
                         }
                         EntryPayload::Membership(membership) => {
@@ -159,14 +170,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 meta.insert(META_REVISION, revision.to_be_bytes().as_slice()).map_err(|error| write_error(&error))?;
             }
             write.commit().map_err(|error| write_error(&error))?;
-            Ok(outcomes)
+            Ok((outcomes, committed))
         })
         .await
-        .inspect(|outcomes: &Vec<ProposalOutcome>| {
-            for outcome in outcomes.iter().filter(|outcome| !outcome.events.is_empty()) {
-                // Nobody listening is fine; the events are also derivable from the log.
-                let _ = self.events.send(Arc::from(outcome.events.as_slice()));
+        .map(|(outcomes, committed)| {
+            for entry in committed {
+                self.stream.publish(entry);
             }
+            outcomes
         })
     }
 
@@ -208,7 +219,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
             let _guard = store.snapshot_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let file = std::fs::File::open(&copy_path).map_err(|error| read_error(&error))?;
-            let (mut reader, SnapshotHeader { meta: file_meta, revision, applied_digest }) =
+            let (mut reader, SnapshotHeader { format_version, meta: file_meta, revision, applied_digest }) =
                 SnapshotReader::open(file)?;
             if file_meta.last_log_id != meta.last_log_id {
                 return Err(read_error(&std::io::Error::new(
@@ -222,14 +233,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 kv.retain(|_, _| false).map_err(|error| write_error(&error))?;
                 let mut coord = write.open_table(COORD_TABLE).map_err(|error| write_error(&error))?;
                 coord.retain(|_, _| false).map_err(|error| write_error(&error))?;
+                let mut history = write.open_table(HISTORY_TABLE).map_err(|error| write_error(&error))?;
+                history.retain(|_, _| false).map_err(|error| write_error(&error))?;
                 while let Some((table, rows)) = reader.next_rows()? {
                     let target = match table {
                         SnapshotTable::Kv => &mut kv,
                         SnapshotTable::Coord => &mut coord,
+                        SnapshotTable::History => &mut history,
                     };
                     for (key, value) in rows {
                         target.insert(key.as_slice(), value.as_slice()).map_err(|error| write_error(&error))?;
                     }
+                }
+                if format_version < SNAPSHOT_FORMAT_WITH_HISTORY {
+                    // The snapshot carries no history: this node holds none up to the snapshot's revision.
+                    let mut tables = Tables { kv: (), coord, events: Vec::new() };
+                    pando_protocol::watch::set_compacted_revision(&mut tables, revision + 1)
+                        .map_err(|fault| write_error(&std::io::Error::other(fault.0)))?;
                 }
                 let mut sm_meta = write.open_table(SM_META_TABLE).map_err(|error| write_error(&error))?;
                 sm_meta
@@ -286,7 +306,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             let path = store.temporary_path("building");
             let mut writer = SnapshotWriter::create(&path, &meta, revision, digest)?;
             // Every state-machine table, each in its own run of chunks.
-            for (definition, table) in [(KV_TABLE, SnapshotTable::Kv), (COORD_TABLE, SnapshotTable::Coord)] {
+            let tables = [
+                (KV_TABLE, SnapshotTable::Kv),
+                (COORD_TABLE, SnapshotTable::Coord),
+                (HISTORY_TABLE, SnapshotTable::History),
+            ];
+            for (definition, table) in tables {
                 let rows = read.open_table(definition).map_err(|error| read_error(&error))?;
                 for row in rows.iter().map_err(|error| read_error(&error))? {
                     let (key, value) = row.map_err(|error| read_error(&error))?;

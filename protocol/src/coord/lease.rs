@@ -153,7 +153,7 @@ pub(crate) fn revoke(
     let mut deleted = false;
     for key in &lease.keys {
         store.coord_delete(&with(keys::KEY_LEASE, key))?;
-        deleted |= crate::state_machine::delete_row(store, key)?;
+        deleted |= crate::state_machine::delete_row(store, key, *revision + 1)?;
     }
     if deleted {
         *revision += 1;

@@ -1,0 +1,217 @@
+//! The node's commit stream: what every applied entry changed, in log order, for the coordination waiters, the
+//! plugins, the blob repair, watches and next the hook router.
+//!
+//! There is one stream per node, held by the [`StorageHandle`], so subscribers live through storage and raft restarts:
+//! the state machine of whichever database is open publishes on it. Each item is one applied entry ([`Committed`]):
+//! its log index, the KV revision after it, its KV events (every event of a revision comes from one command, so one
+//! item holds whole revisions) and its coordination events.
+//!
+//! A live subscription is a bounded broadcast: a subscriber that falls more than [`COMMIT_STREAM_CAPACITY`] entries
+//! behind is told it lagged. A [`KvFeed`] (a subscription from a revision) never loses an event that way: it reads
+//! whatever it missed from the history (`pando_protocol::watch`), so it replays, then follows live, and catches up
+//! from the history again after a lag, a storage restart, or an idle spell in which the store moved on without it.
+//! Revisions are consecutive, so a gap is always noticed: a feed either delivers every revision from its start, in
+//! order, each whole and once, or answers [`FeedError::Compacted`] when the history no longer holds the next one.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pando_protocol::coord::CoordEvent;
+use pando_protocol::error::{ErrorCode, ErrorDetail, WireError};
+use pando_protocol::state_machine::StorageFault;
+use pando_protocol::watch::KvEvent;
+use tokio::sync::broadcast;
+
+use crate::storage::HistoryPage;
+use crate::storage_actor::StorageHandle;
+
+/// Applied entries the live stream buffers for a slow subscriber before it is told it lagged.
+pub const COMMIT_STREAM_CAPACITY: usize = 1024;
+/// Events one catch-up read takes from the history (whole revisions: it may take one revision's worth more).
+pub const FEED_CATCH_UP_EVENTS_MAX: usize = 1024;
+/// How long a feed waits on the live stream before it looks whether the store moved on without telling it (an entry
+/// applied by a storage instance that stopped before publishing).
+pub const FEED_IDLE_CHECK_MS: u64 = 1_000;
+
+/// What one applied entry changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// The entry's log index.
+    pub index: u64,
+    /// The KV revision once the entry is applied.
+    pub revision: u64,
+    /// Its KV changes, in order (whole revisions).
+    pub kv: Vec<KvEvent>,
+    /// Its coordination events, in order.
+    pub coord: Vec<CoordEvent>,
+}
+
+/// The sending side, shared by every state machine the node opens.
+#[derive(Clone)]
+pub struct CommitStream {
+    sender: broadcast::Sender<Arc<Committed>>,
+}
+
+impl Default for CommitStream {
+    fn default() -> CommitStream {
+        CommitStream { sender: broadcast::channel(COMMIT_STREAM_CAPACITY).0 }
+    }
+}
+
+impl CommitStream {
+    /// Follows the stream from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Committed>> {
+        self.sender.subscribe()
+    }
+
+    /// Publishes one applied entry (nobody listening is fine: the history and the log hold it too).
+    pub(crate) fn publish(&self, committed: Committed) {
+        if committed.kv.is_empty() && committed.coord.is_empty() {
+            return;
+        }
+        let _ = self.sender.send(Arc::new(committed));
+    }
+}
+
+/// Every event of one revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevisionEvents {
+    pub revision: u64,
+    pub events: Vec<KvEvent>,
+}
+
+/// Why a feed cannot go on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FeedError {
+    /// The history no longer holds `requested`: it starts at `compacted`; the store is at `current`.
+    #[error("revision {requested} is compacted: the history starts at revision {compacted} (current {current})")]
+    Compacted { requested: u64, compacted: u64, current: u64 },
+    #[error("storage is not available: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Storage(StorageFault),
+}
+
+impl From<FeedError> for WireError {
+    fn from(error: FeedError) -> WireError {
+        match &error {
+            FeedError::Compacted { compacted, current, .. } => WireError::new(ErrorCode::Compacted, error.to_string())
+                .with_detail(ErrorDetail::Compacted { compacted: *compacted, current: *current }),
+            FeedError::Unavailable(_) => WireError::new(ErrorCode::Unavailable, error.to_string()),
+            FeedError::Storage(fault) => WireError::internal(fault.to_string()),
+        }
+    }
+}
+
+/// The KV changes from one revision on: history first, then live, with no gap and no repeat.
+pub struct KvFeed {
+    storage: StorageHandle,
+    live: broadcast::Receiver<Arc<Committed>>,
+    /// The next revision to deliver: every revision before it was delivered (or skipped as empty of matches by the
+    /// caller, who sees each one).
+    next: u64,
+    /// Revisions read ahead, in order.
+    pending: VecDeque<RevisionEvents>,
+    /// Whether the history may hold revisions at or after `next` that the live stream will not bring.
+    behind: bool,
+}
+
+impl KvFeed {
+    /// A feed starting at `from` (which may be in the future: it then waits for it). Subscribes before it reads
+    /// anything, so nothing committed from now on can slip between the history and the live stream.
+    pub fn new(storage: StorageHandle, from: u64) -> KvFeed {
+        let live = storage.subscribe();
+        KvFeed { storage, live, next: from.max(1), pending: VecDeque::new(), behind: true }
+    }
+
+    /// The next revision this feed will deliver: every change before it has been delivered.
+    pub fn next_revision(&self) -> u64 {
+        self.next
+    }
+
+    /// The next revision's events, all of them, waiting as long as it takes (bound it with a timeout).
+    pub async fn next(&mut self) -> Result<RevisionEvents, FeedError> {
+        loop {
+            if let Some(revision) = self.pending.pop_front() {
+                self.next = revision.revision + 1;
+                return Ok(revision);
+            }
+            if self.behind {
+                self.catch_up()?;
+                continue;
+            }
+            match tokio::time::timeout(Duration::from_millis(FEED_IDLE_CHECK_MS), self.live.recv()).await {
+                Ok(Ok(committed)) => self.take_live(&committed),
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => self.behind = true,
+                Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    return Err(FeedError::Unavailable("the commit stream closed".into()));
+                }
+                Err(_) => {
+                    let current = self.reader()?.revision().map_err(FeedError::Storage)?;
+                    self.behind = current >= self.next;
+                }
+            }
+        }
+    }
+
+    /// Queues the live entry's revisions this feed has not delivered; a revision after a missing one means the
+    /// history must fill the gap first (it holds the entry too, so the entry itself is dropped here).
+    fn take_live(&mut self, committed: &Committed) {
+        let mut expected = self.next;
+        let mut taken = Vec::new();
+        for (revision, events) in by_revision(&committed.kv) {
+            if revision < expected {
+                continue;
+            }
+            if revision > expected {
+                self.behind = true;
+                return;
+            }
+            taken.push(RevisionEvents { revision, events });
+            expected = revision + 1;
+        }
+        self.pending.extend(taken);
+    }
+
+    /// Reads whole revisions from `next` on from the history.
+    fn catch_up(&mut self) -> Result<(), FeedError> {
+        let page = self.reader()?.history(self.next, FEED_CATCH_UP_EVENTS_MAX).map_err(FeedError::Storage)?;
+        let HistoryPage { events, compacted, current, complete } = page;
+        if self.next < compacted && self.next <= current {
+            return Err(FeedError::Compacted { requested: self.next, compacted, current });
+        }
+        let mut expected = self.next;
+        for (revision, events) in by_revision(&events) {
+            if revision != expected {
+                // Revisions are consecutive from the compacted one: a hole is a bug or corruption, never skipped.
+                return Err(FeedError::Storage(StorageFault(format!(
+                    "the history jumps from revision {expected} to {revision}"
+                ))));
+            }
+            self.pending.push_back(RevisionEvents { revision, events });
+            expected = revision + 1;
+        }
+        self.behind = !complete;
+        Ok(())
+    }
+
+    fn reader(&self) -> Result<crate::storage::StateReader, FeedError> {
+        self.storage.reader().map_err(|unavailable| FeedError::Unavailable(unavailable.to_string()))
+    }
+}
+
+/// Events grouped by revision, in order.
+fn by_revision(events: &[KvEvent]) -> Vec<(u64, Vec<KvEvent>)> {
+    let mut groups: Vec<(u64, Vec<KvEvent>)> = Vec::new();
+    for event in events {
+        match groups.last_mut() {
+            Some((revision, group)) if *revision == event.revision() => group.push(event.clone()),
+            _ => groups.push((event.revision(), vec![event.clone()])),
+        }
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests;
