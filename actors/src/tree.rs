@@ -24,7 +24,9 @@ use crate::raft::transport::RaftTransport;
 use crate::raft::{RaftActor, RaftArgs, RaftHandle};
 use crate::rpc::sim_link::SimRpcListener;
 use crate::rpc::{GatewayHandle, RpcArgs, RpcContext, RpcGateway, RpcListener};
-use crate::services::{BlobService, ClusterService, CoordService, KvService, PluginService, Services, ServicesHost};
+use crate::services::{
+    BlobService, ClusterService, CoordService, KvService, PluginService, Services, ServicesHost, WatchService,
+};
 use crate::storage::SimDisk;
 use crate::storage_actor::{StorageActor, StorageArgs, StorageHandle};
 use crate::supervision::{ChildSpec, Restart, Strategy, SupervisorArgs, SupervisorOptions, TreeHandle};
@@ -72,6 +74,7 @@ impl Handles {
         Services {
             kv,
             coord: CoordService::new(self.raft.clone(), self.storage.clone()),
+            watch: WatchService::new(self.storage.clone(), self.raft.clone()),
             plugins: PluginService::new(node_id, self.raft.clone(), self.storage.clone(), self.plugins.clone()),
             cluster: ClusterService::new(
                 node_id,

@@ -5,9 +5,11 @@ mod blob_client;
 mod client;
 mod error;
 mod transport;
+mod watch;
 
 pub use blob_client::BLOB_COMMIT_TIMEOUT_MS;
 pub use client::{Client, ClientOptions, quic_transport_config};
 pub use error::ClientError;
 pub use pando_protocol;
 pub use transport::{IrohTransport, Link, RecvHalf, SendHalf, Transport};
+pub use watch::{WATCH_RESUME_ATTEMPTS_MAX, WATCH_RESUME_BACKOFF_MS, Watch, WatchItem};

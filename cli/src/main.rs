@@ -20,7 +20,8 @@ use pando_client::pando_protocol::cluster::{ClusterRequest, ClusterResponse, Mem
 use pando_client::pando_protocol::error::{ErrorCode, ErrorDetail, WireError};
 use pando_client::pando_protocol::kv::{Compare, CompareOp, CompareTarget, Consistency, FenceKind, TxnOp, WriteOp};
 use pando_client::pando_protocol::limits::VALUE_SIZE_BYTES_MAX;
-use pando_client::{Client, ClientError, ClientOptions};
+use pando_client::pando_protocol::watch::{EventKind, WatchEvent, WatchRange, WatchRequest};
+use pando_client::{Client, ClientError, ClientOptions, WatchItem};
 use serde_json::json;
 
 use crate::output::{entry_json, hex, print_json};
@@ -96,6 +97,12 @@ enum Command {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum FilterArg {
+    Put,
+    Delete,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum ConsistencyArg {
     Linearizable,
     Stale,
@@ -161,6 +168,29 @@ enum KvCommand {
     /// Drop the change history below REVISION on every member (watches from an older revision get COMPACTED).
     /// Needs write access to the whole keyspace.
     Compact { revision: u64 },
+    /// Print each change of KEY (or of every key under it, with --prefix) as it commits: revision, PUT or DELETE,
+    /// key, value. Resumes on another member, without a gap or a repeat, if its member is lost.
+    Watch {
+        key: String,
+        /// Watch every key starting with KEY.
+        #[arg(long)]
+        prefix: bool,
+        /// Start at this revision (its history must not be compacted); default: the next change.
+        #[arg(long, default_value_t = 0)]
+        from_revision: u64,
+        /// Print each key's previous value too.
+        #[arg(long)]
+        prev_kv: bool,
+        /// Only changes of this kind.
+        #[arg(long, value_enum)]
+        filter: Option<FilterArg>,
+        /// Print a progress line (the revision everything before was delivered) after this many ms without events.
+        #[arg(long, default_value_t = 0)]
+        progress_ms: u32,
+        /// Stop after this many revisions with events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// List keys starting with a prefix, one page at a time.
     Scan {
         #[arg(default_value = "")]
@@ -646,6 +676,33 @@ async fn kv(client: &Client, command: KvCommand, json_output: bool) -> anyhow::R
             let revision = client.cas(key.as_bytes(), expect.as_deref().map(str::as_bytes), &value).await?;
             written(json_output, revision);
         }
+        KvCommand::Watch { key, prefix, from_revision, prev_kv, filter, progress_ms, count } => {
+            let range = if prefix {
+                WatchRange::Prefix(key.into_bytes().into())
+            } else {
+                WatchRange::Key(key.into_bytes().into())
+            };
+            let only = filter.map(|filter| match filter {
+                FilterArg::Put => EventKind::Put,
+                FilterArg::Delete => EventKind::Delete,
+            });
+            let request = WatchRequest { range, start_revision: from_revision, prev_kv, only, progress_ms };
+            let mut watch = client.watch(request);
+            let mut revisions = 0;
+            while count.is_none_or(|count| revisions < count) {
+                match watch.next().await? {
+                    WatchItem::Events { revision, events } => {
+                        revisions += 1;
+                        print_watch_events(json_output, revision, &events)?;
+                    }
+                    WatchItem::Progress { next_revision } if json_output => {
+                        print_json(&json!({ "progress": next_revision }));
+                    }
+                    WatchItem::Progress { next_revision } => println!("progress {next_revision}"),
+                }
+            }
+            watch.cancel().await;
+        }
         KvCommand::Compact { revision } => {
             let (compacted, current) = client.compact(revision).await?;
             if json_output {
@@ -741,4 +798,31 @@ fn written(json_output: bool, revision: u64) {
     } else {
         println!("OK revision {revision}");
     }
+}
+
+/// One revision of a watch: a line per event (`REVISION PUT|DELETE KEY VALUE`, then `  was PREVIOUS` with
+/// --prev-kv), or with --json an object per event.
+fn print_watch_events(json_output: bool, revision: u64, events: &[WatchEvent]) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    for watched in events {
+        let event = &watched.event;
+        if json_output {
+            let mut line = json!({ "revision": revision, "type": event.kind.as_str(), "kv": entry_json(&event.entry) });
+            if let Some(prev) = &watched.prev {
+                line["prev_kv"] = entry_json(prev);
+            }
+            writeln!(stdout, "{line}")?;
+            continue;
+        }
+        let key = String::from_utf8_lossy(event.key());
+        match event.kind {
+            EventKind::Put => writeln!(stdout, "{revision} PUT {key} {}", String::from_utf8_lossy(&event.entry.value))?,
+            EventKind::Delete => writeln!(stdout, "{revision} DELETE {key}")?,
+        }
+        if let Some(prev) = &watched.prev {
+            writeln!(stdout, "  was {}", String::from_utf8_lossy(&prev.value))?;
+        }
+    }
+    stdout.flush()?;
+    Ok(())
 }

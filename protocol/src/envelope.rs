@@ -32,6 +32,8 @@ pub enum Request {
     Coord(CoordRequest),
     Blob(crate::blob::BlobRequest),
     Plugin(crate::plugin::PluginRequest),
+    /// Opens a watch on the request's stream (answered with a stream of [`Response::Watch`] frames).
+    Watch(crate::watch::WatchRequest),
 }
 
 /// A response to the request with the same id.
@@ -48,6 +50,7 @@ pub enum Response {
     Coord(CoordResponse),
     Blob(crate::blob::BlobResponse),
     Plugin(crate::plugin::PluginResponse),
+    Watch(crate::watch::WatchResponse),
 }
 
 /// The first two fields of an envelope, decoded on their own when the full envelope does not decode, so the error

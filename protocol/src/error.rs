@@ -39,6 +39,11 @@ pub enum ErrorCode {
     /// A watch or history read asked for a revision the history no longer holds; the detail names the oldest
     /// revision still held and the current one.
     Compacted,
+    /// A watcher stopped reading for too long; its watch was cancelled (resume from the revision the cancellation
+    /// names).
+    SlowConsumer,
+    /// The node lost its leader (it may be cut off from the majority); resume the watch on another member.
+    NoLeader,
 }
 
 impl ErrorCode {
@@ -60,6 +65,8 @@ impl ErrorCode {
             ErrorCode::Internal => "INTERNAL",
             ErrorCode::PluginFailed => "PLUGIN_FAILED",
             ErrorCode::Compacted => "COMPACTED",
+            ErrorCode::SlowConsumer => "SLOW_CONSUMER",
+            ErrorCode::NoLeader => "NO_LEADER",
         }
     }
 }

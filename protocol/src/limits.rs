@@ -46,3 +46,18 @@ pub const PROPOSAL_BYTES_MAX: usize = 1024 * 1024;
 pub const BLOB_DATA_FRAME_BYTES_MAX: usize = 1024 * 1024;
 /// Longest pause between two data frames of a streamed blob before the node gives up on the transfer.
 pub const BLOB_DATA_FRAME_TIMEOUT_MS: u64 = 30_000;
+/// Shortest interval between a watch's progress notifications.
+pub const WATCH_PROGRESS_MS_MIN: u32 = 100;
+/// A watch frame of events is cut (the revision continues in the next frame) once its keys and values pass this.
+pub const WATCH_FRAME_EVENTS_BYTES_MAX: usize = 1024 * 1024;
+/// How long one frame to a watcher may wait for the watcher to read before the watch is cancelled `SLOW_CONSUMER`.
+pub const WATCH_SEND_STALL_MS_MAX: u64 = 30_000;
+/// Watches one node serves at once; more are answered `BUSY`.
+pub const WATCHES_PER_NODE_MAX: usize = 10_000;
+/// How long a watch's node may be without a leader before the watch is cancelled `NO_LEADER`.
+pub const WATCH_NO_LEADER_MS: u64 = 3_000;
+
+// One event with its previous entry always fits a frame on its own, whatever the cut.
+const _: () = assert!(
+    WATCH_FRAME_EVENTS_BYTES_MAX + 2 * (KEY_SIZE_BYTES_MAX + VALUE_SIZE_BYTES_MAX) + 64 * 1024 <= FRAME_SIZE_BYTES_MAX
+);

@@ -6,11 +6,19 @@
 //! All events of one revision come from one command (a transaction, a batch, a lease's end) and are delivered
 //! together. `KvRequest::Compact` drops the history below a revision on every replica at the same log position; a
 //! watch asking for less is answered `COMPACTED`, naming the oldest revision still held and the current one.
+//!
+//! A watch ([`WatchRequest`]) runs on its own stream: the request, then [`WatchResponse`] frames until either side
+//! ends it. Many watches share one connection, each on its own stream, so a watcher that stops reading holds up only
+//! its own stream; the node catches it up from the history when it reads again, or cancels it with `SLOW_CONSUMER`
+//! once it stalled too long. A watch on a node that lost its leader is cancelled with `NO_LEADER` (resume elsewhere,
+//! from the `next_revision` the cancellation names).
 
 use serde::{Deserialize, Serialize};
 
 use crate::coord::{CoordRead, CoordWrite};
+use crate::error::WireError;
 use crate::kv::{Bytes, KvEntry};
+use crate::limits::{KEY_SIZE_BYTES_MAX, WATCH_PROGRESS_MS_MIN};
 use crate::state_machine::StorageFault;
 
 /// The coordination row holding the compacted revision: the oldest revision whose events the history still holds.
@@ -117,6 +125,86 @@ pub fn encode_event(event: &KvEvent) -> Vec<u8> {
 /// Decodes a history row; `None` means the row is corrupt.
 pub fn decode_event(bytes: &[u8]) -> Option<KvEvent> {
     rmp_serde::from_slice(bytes).ok()
+}
+
+/// Which keys a watch sees.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WatchRange {
+    /// Exactly this key.
+    Key(Bytes),
+    /// Every key starting with this prefix (the empty prefix: every key).
+    Prefix(Bytes),
+}
+
+impl WatchRange {
+    pub fn contains(&self, key: &[u8]) -> bool {
+        match self {
+            WatchRange::Key(wanted) => key == wanted.as_slice(),
+            WatchRange::Prefix(prefix) => key.starts_with(prefix),
+        }
+    }
+
+    /// The key or prefix the watch needs read access to: every key it can see starts with it.
+    pub fn access_prefix(&self) -> &[u8] {
+        match self {
+            WatchRange::Key(key) | WatchRange::Prefix(key) => key,
+        }
+    }
+}
+
+/// A watch: which keys, from which revision, with what.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchRequest {
+    pub range: WatchRange,
+    /// The first revision to deliver; 0: the next one to commit.
+    pub start_revision: u64,
+    /// Each event carries the key's previous entry, while the history still holds it.
+    pub prev_kv: bool,
+    /// Only events of this kind (`None`: both).
+    pub only: Option<EventKind>,
+    /// A progress notification after this many ms without a delivered revision (0: none).
+    pub progress_ms: u32,
+}
+
+impl WatchRequest {
+    pub fn validate(&self) -> Result<(), WireError> {
+        match &self.range {
+            WatchRange::Key(key) => crate::kv::validate_key(key)?,
+            WatchRange::Prefix(prefix) if prefix.len() > KEY_SIZE_BYTES_MAX => {
+                return Err(WireError::too_large(format!("prefix is longer than {KEY_SIZE_BYTES_MAX} bytes")));
+            }
+            WatchRange::Prefix(_) => {}
+        }
+        if self.progress_ms != 0 && self.progress_ms < WATCH_PROGRESS_MS_MIN {
+            return Err(WireError::invalid(format!(
+                "progress notifications come at most every {WATCH_PROGRESS_MS_MIN} ms, asked every {} ms",
+                self.progress_ms
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One event as a watch delivers it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    pub event: KvEvent,
+    /// The key's entry before this change (asked for with `prev_kv`; `None` when the key did not exist, or when the
+    /// history no longer holds it).
+    pub prev: Option<KvEntry>,
+}
+
+/// The frames a watch answers with on its stream, after its request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WatchResponse {
+    /// The watch runs: revisions from `start_revision` on follow; the store is at `current`.
+    Created { start_revision: u64, current: u64 },
+    /// Matching events of one revision. With `more`, the revision did not fit one frame: the rest follows.
+    Events { revision: u64, events: Vec<WatchEvent>, more: bool },
+    /// Every revision before `next_revision` was delivered or held nothing this watch matches.
+    Progress { next_revision: u64 },
+    /// The watch ended: why (`COMPACTED`, `SLOW_CONSUMER`, `NO_LEADER`, `UNAVAILABLE`), and where to resume.
+    Canceled { error: WireError, next_revision: u64 },
 }
 
 #[cfg(test)]

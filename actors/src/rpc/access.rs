@@ -20,6 +20,7 @@ pub(crate) fn validate(request: &Request) -> Result<(), WireError> {
         Request::Coord(CoordRequest::Tick) => Err(WireError::invalid("ticks are proposed by the leader only")),
         Request::Coord(request) => request.validate(),
         Request::Cluster(_) => Ok(()),
+        Request::Watch(request) => request.validate(),
     }
 }
 
@@ -47,6 +48,8 @@ pub(crate) fn required(request: &Request) -> Vec<Access<'_>> {
         // Reading a KV value stored as a blob needs the key, not the blob capability.
         Request::Blob(BlobRequest::Get { key: Some(key), .. }) => vec![Access::KvRead(key)],
         Request::Blob(request) => vec![if request.is_write() { Access::BlobWrite } else { Access::BlobRead }],
+        // A watch sees every key under its key or prefix: it needs read access to all of them.
+        Request::Watch(request) => vec![Access::KvRead(request.range.access_prefix())],
         Request::Plugin(PluginRequest::Call { name, .. }) => vec![Access::PluginCall(name)],
         Request::Plugin(PluginRequest::List | PluginRequest::Info { .. }) => vec![Access::ClusterRead],
         Request::Plugin(_) => vec![Access::PluginAdmin],
@@ -81,6 +84,17 @@ mod tests {
         assert_eq!(required(&request), vec![Access::KvWrite(b"a".as_slice())]);
         let read = Request::Kv(KvRequest::Get { key: bytes("a"), consistency: Consistency::Stale });
         assert_eq!(required(&read), vec![Access::KvRead(b"a".as_slice())]);
+    }
+
+    #[test]
+    fn a_watch_needs_read_access_to_every_key_it_can_see() {
+        use pando_protocol::watch::{WatchRange, WatchRequest};
+        let watch = |range| {
+            Request::Watch(WatchRequest { range, start_revision: 0, prev_kv: false, only: None, progress_ms: 0 })
+        };
+        assert_eq!(required(&watch(WatchRange::Prefix(bytes("app/")))), vec![Access::KvRead(b"app/".as_slice())]);
+        assert_eq!(required(&watch(WatchRange::Prefix(bytes("")))), vec![Access::KvRead(b"".as_slice())]);
+        assert_eq!(required(&watch(WatchRange::Key(bytes("cfg")))), vec![Access::KvRead(b"cfg".as_slice())]);
     }
 
     #[test]

@@ -277,19 +277,20 @@ async fn serve_connection(connection: &ClientConnection, shared: Arc<Shared>) {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {}
-                () = serve_stream(send, recv, shared, cache) => {}
+                () = serve_stream(send, recv, shared, cache, permit) => {}
             }
             streams_open.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
         });
     }
 }
 
+/// Serves one stream; `permit` is its request slot, held until the answer went out.
 async fn serve_stream(
     mut send: StreamSend,
     mut recv: StreamRecv,
     shared: Arc<Shared>,
     cache: Arc<std::sync::Mutex<TokenCache>>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let body = match read_request(&mut recv).await {
         Ok(body) => body,
@@ -310,6 +311,12 @@ async fn serve_stream(
         }
     };
     shared.counters.requests_total.fetch_add(1, Ordering::Relaxed);
+    if super::watch::is_watch(&envelope) {
+        // A watch lives long: it holds one of the watch service's slots, not one of the node's request slots.
+        drop(permit);
+        super::watch::serve_stream(&shared.context, &cache, envelope, send, recv).await;
+        return;
+    }
     if super::blobs::is_streamed(&envelope) {
         super::blobs::serve_stream(&shared.context, &cache, envelope, send, recv).await;
         return;

@@ -130,5 +130,7 @@ async fn execute(
         Request::Plugin(request) => services.plugins.execute(request, timeout).await.map(Response::Plugin),
         Request::Coord(request) => services.coord.execute(request, timeout).await.map(Response::Coord),
         Request::Cluster(request) => services.cluster.execute(request).await.map(Response::Cluster),
+        // Served on its own stream (`rpc::watch`), never as one request and one answer.
+        Request::Watch(_) => Err(WireError::internal("a watch was routed to the single-answer path")),
     }
 }

@@ -9,6 +9,7 @@ mod handler;
 mod link;
 pub mod sim_link;
 mod stream;
+mod watch;
 
 pub use gateway::{GatewayHandle, RpcArgs, RpcGateway, RpcGatewayStatus, RpcMsg};
 pub use handler::RpcContext;

@@ -13,12 +13,14 @@ pub mod cluster;
 pub mod coord;
 pub mod kv;
 pub mod plugins;
+pub mod watch;
 
 pub use blobs::BlobService;
 pub use cluster::ClusterService;
 pub use coord::CoordService;
 pub use kv::{KvService, ScanPage};
 pub use plugins::{PluginService, ServicesHost};
+pub use watch::{WatchService, Watcher};
 
 /// One node's services, built once by the tree.
 #[derive(Clone)]
@@ -28,4 +30,5 @@ pub struct Services {
     pub blobs: BlobService,
     pub plugins: PluginService,
     pub cluster: ClusterService,
+    pub watch: WatchService,
 }

@@ -382,6 +382,27 @@ impl StateReader {
         Ok(HistoryPage { events, compacted, current, complete })
     }
 
+    /// `key`'s entry as revision `revision` left it, from the history (`None`: the key did not exist then, or the
+    /// history no longer holds that revision).
+    pub fn entry_at(&self, revision: u64, key: &[u8]) -> Result<Option<pando_protocol::kv::KvEntry>, StorageFault> {
+        let read = self.database.begin_read().map_err(fault)?;
+        let history = History(read.open_table(HISTORY_TABLE).map_err(fault)?);
+        let mut found = None;
+        history.visit(revision, &mut |event| {
+            if event.revision() != revision {
+                return ControlFlow::Break(());
+            }
+            if event.key().as_slice() == key {
+                found = match event.kind {
+                    watch::EventKind::Put => Some(event.entry),
+                    watch::EventKind::Delete => None,
+                };
+            }
+            ControlFlow::Continue(())
+        })?;
+        Ok(found)
+    }
+
     /// The store revision as last applied.
     pub fn revision(&self) -> Result<u64, StorageFault> {
         let read = self.database.begin_read().map_err(fault)?;

@@ -1,0 +1,154 @@
+//! Watches over a real redb state machine (entries applied directly, no Raft), on paused time: only the watched keys
+//! and kinds, previous entries from the history, a large revision cut into frames, progress that never runs ahead of
+//! the events, and `NO_LEADER` on a node without a leader.
+
+use openraft::storage::RaftStateMachine;
+use openraft::{CommittedLeaderId, EntryPayload};
+use pando_protocol::command::{Command, Proposal};
+use pando_protocol::kv::{Bytes, KvRequest, WriteOp, bytes};
+use pando_protocol::state_machine::put_request;
+use pando_protocol::watch::{EventKind, WatchRange};
+
+use super::*;
+use crate::raft::type_config::Entry;
+use crate::storage::{self, StateMachineStore};
+
+/// A node's storage over a fresh database, its state machine, and a watch service whose node has no leader.
+fn open(dir: &std::path::Path) -> (WatchService, StateMachineStore) {
+    let storage = StorageHandle::default();
+    storage.publish(storage::open(dir).unwrap());
+    let state_machine = storage.stores().unwrap().state_machine;
+    (WatchService::new(storage, RaftHandle::new(1, [])), state_machine)
+}
+
+async fn apply(state_machine: &mut StateMachineStore, index: u64, requests: Vec<KvRequest>) {
+    let entry = Entry {
+        log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Proposal {
+            stamp_ms: index,
+            commands: requests.into_iter().map(Command::Kv).collect(),
+        }),
+    };
+    let outcomes = state_machine.apply(vec![entry]).await.unwrap();
+    assert!(outcomes[0].results.iter().all(Result::is_ok), "{outcomes:?}");
+}
+
+fn watch(range: WatchRange, start_revision: u64) -> WatchRequest {
+    WatchRequest { range, start_revision, prev_kv: false, only: None, progress_ms: 0 }
+}
+
+/// The events of an `Events` frame as (revision, kind, key, value, previous value).
+fn events(frame: WatchResponse) -> Vec<(u64, EventKind, String, String, Option<String>)> {
+    let text = |bytes: &Bytes| String::from_utf8(bytes.to_vec()).unwrap();
+    match frame {
+        WatchResponse::Events { revision, events, more: false } => events
+            .into_iter()
+            .map(|watched| {
+                let event = watched.event;
+                (
+                    revision,
+                    event.kind,
+                    text(event.key()),
+                    text(&event.entry.value),
+                    watched.prev.map(|p| text(&p.value)),
+                )
+            })
+            .collect(),
+        other => panic!("expected one whole revision, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watch_sees_only_its_keys_and_kinds_with_their_previous_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (service, mut state_machine) = open(dir.path());
+    apply(&mut state_machine, 1, vec![put_request(b"a/1", b"one")]).await;
+    apply(&mut state_machine, 2, vec![put_request(b"b/1", b"other")]).await;
+    apply(&mut state_machine, 3, vec![put_request(b"a/1", b"two")]).await;
+    apply(&mut state_machine, 4, vec![KvRequest::Delete { key: bytes("a/1") }]).await;
+
+    let mut watcher =
+        service.open(WatchRequest { prev_kv: true, ..watch(WatchRange::Prefix(bytes("a/")), 1) }).unwrap();
+    assert_eq!(watcher.next().await, Some(WatchResponse::Created { start_revision: 1, current: 4 }));
+    assert_eq!(events(watcher.next().await.unwrap()), vec![(1, EventKind::Put, "a/1".into(), "one".into(), None)]);
+    assert_eq!(
+        events(watcher.next().await.unwrap()),
+        vec![(3, EventKind::Put, "a/1".into(), "two".into(), Some("one".into()))]
+    );
+    assert_eq!(
+        events(watcher.next().await.unwrap()),
+        vec![(4, EventKind::Delete, "a/1".into(), "".into(), Some("two".into()))]
+    );
+    assert_eq!(watcher.next_revision(), 5);
+
+    let mut deletes = service
+        .open(WatchRequest { only: Some(EventKind::Delete), ..watch(WatchRange::Key(bytes("a/1")), 1) })
+        .unwrap();
+    deletes.next().await;
+    assert_eq!(events(deletes.next().await.unwrap()), vec![(4, EventKind::Delete, "a/1".into(), "".into(), None)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revision_larger_than_a_frame_is_cut_and_progress_follows_the_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let (service, mut state_machine) = open(dir.path());
+    let mut watcher =
+        service.open(WatchRequest { progress_ms: 500, ..watch(WatchRange::Prefix(bytes("")), 0) }).unwrap();
+    assert_eq!(watcher.next().await, Some(WatchResponse::Created { start_revision: 1, current: 0 }));
+    // A quiet store: progress names the revision the watch waits for.
+    assert_eq!(watcher.next().await, Some(WatchResponse::Progress { next_revision: 1 }));
+    let value = vec![b'v'; 512 * 1024];
+    let ops = (0..5).map(|i| WriteOp::Put { key: bytes(format!("big/{i}")), value: bytes(value.clone()) }).collect();
+    apply(&mut state_machine, 1, vec![KvRequest::BatchWrite { ops }]).await;
+    let mut keys = Vec::new();
+    loop {
+        match watcher.next().await.unwrap() {
+            WatchResponse::Events { revision: 1, events, more } => {
+                keys.extend(events.iter().map(|watched| watched.event.key().to_vec()));
+                if !more {
+                    break;
+                }
+                assert!(events.len() < 5, "a frame holds at most about a megabyte of values");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(keys.len(), 5, "every event of the revision, once");
+    assert_eq!(watcher.next().await, Some(WatchResponse::Progress { next_revision: 2 }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watch_on_a_node_without_a_leader_is_cancelled_with_where_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let (service, mut state_machine) = open(dir.path());
+    apply(&mut state_machine, 1, vec![put_request(b"k", b"v")]).await;
+    let mut watcher = service.open(watch(WatchRange::Key(bytes("k")), 1)).unwrap();
+    watcher.next().await;
+    watcher.next().await;
+    let started = tokio::time::Instant::now();
+    match watcher.next().await {
+        Some(WatchResponse::Canceled { error, next_revision: 2 }) => assert_eq!(error.code, ErrorCode::NoLeader),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(WATCH_NO_LEADER_MS));
+    assert_eq!(watcher.next().await, None, "a cancelled watch says nothing more");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watch_from_a_compacted_revision_is_cancelled_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (service, mut state_machine) = open(dir.path());
+    for index in 1..=3 {
+        apply(&mut state_machine, index, vec![put_request(b"k", b"v")]).await;
+    }
+    apply(&mut state_machine, 4, vec![KvRequest::Compact { revision: 3 }]).await;
+    let mut watcher = service.open(watch(WatchRange::Key(bytes("k")), 1)).unwrap();
+    watcher.next().await;
+    match watcher.next().await {
+        Some(WatchResponse::Canceled { error, next_revision: 1 }) => {
+            assert_eq!(error.code, ErrorCode::Compacted);
+            assert!(error.message.contains("starts at revision 3"), "{error}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
