@@ -33,6 +33,8 @@ pub enum PlantedBug {
     AckBeforeCommit = 2,
     /// An unconditional transaction's writes are proposed one by one, each committed on its own.
     TornTxns = 4,
+    /// A commit-stream feed skips every revision divisible by 7 that reaches it live (watchers see a gap).
+    SkipRevision = 8,
 }
 
 thread_local! {

@@ -12,4 +12,7 @@ pub use client::{Client, ClientOptions, quic_transport_config};
 pub use error::ClientError;
 pub use pando_protocol;
 pub use transport::{IrohTransport, Link, RecvHalf, SendHalf, Transport};
-pub use watch::{WATCH_RESUME_ATTEMPTS_MAX, WATCH_RESUME_BACKOFF_MS, Watch, WatchItem};
+pub use watch::{
+    WATCH_HEARTBEAT_MS, WATCH_RESUME_ATTEMPTS_MAX, WATCH_RESUME_BACKOFF_MS, WATCH_SILENT_INTERVALS_MAX, Watch,
+    WatchItem,
+};

@@ -2,6 +2,8 @@
 //! connection breaks, or the node cancels with `NO_LEADER`, `SLOW_CONSUMER` or `UNAVAILABLE`) the watch opens again on
 //! another member from the first revision it has not delivered. Revisions come exactly once and in order, each whole
 //! (fragments of a large revision are put back together; a revision cut by a lost node is asked for again).
+//! A member that says nothing for a few progress intervals (the watch asks for progress, as a heartbeat, when its
+//! caller did not) is lost too: a partition between the client and the member shows as silence, not as an error.
 //! `COMPACTED` is final here: the caller re-reads what it watches and starts a new watch from the revision that read
 //! answered (the error's detail names the oldest revision held and the current one).
 
@@ -24,6 +26,12 @@ use crate::transport::{RecvHalf, SendHalf};
 pub const WATCH_RESUME_ATTEMPTS_MAX: u32 = 20;
 /// Pause before opening the watch again after losing a member (doubles, up to a second).
 pub const WATCH_RESUME_BACKOFF_MS: u64 = 100;
+/// How often the member must say something when the caller asked for no progress notifications: the watch asks for
+/// them at this interval and keeps them to itself.
+pub const WATCH_HEARTBEAT_MS: u32 = 5_000;
+/// Progress intervals a member may stay silent before the watch counts it lost (a partition between the client and
+/// the member shows as silence: no frame, no error) and resumes on another one.
+pub const WATCH_SILENT_INTERVALS_MAX: u32 = 3;
 
 /// What a watch delivers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +79,7 @@ impl Watch<'_> {
     /// The next revision's events, or a progress notification; waits as long as it takes.
     pub async fn next(&mut self) -> Result<WatchItem, ClientError> {
         loop {
+            let silence = Duration::from_millis(u64::from(self.heartbeat_ms() * WATCH_SILENT_INTERVALS_MAX));
             let (_, recv, request_id) = match self.stream.as_mut() {
                 Some(stream) => stream,
                 None => {
@@ -78,7 +87,16 @@ impl Watch<'_> {
                     continue;
                 }
             };
-            let frame = match read_response(recv, *request_id).await {
+            // Silence past a few progress intervals: the member is cut off from us (read_response is not cancel-safe,
+            // so the stream is dropped, never read again).
+            let read = match tokio::time::timeout(silence, read_response(recv, *request_id)).await {
+                Ok(read) => read,
+                Err(_) => {
+                    self.lost("the member said nothing for several progress intervals").await?;
+                    continue;
+                }
+            };
+            let frame = match read {
                 Ok(Ok(Response::Watch(frame))) => frame,
                 Ok(Ok(other)) => return Err(ClientError::Protocol(format!("unexpected answer to a watch: {other:?}"))),
                 Ok(Err(error)) if movable(&error) => {
@@ -121,7 +139,10 @@ impl Watch<'_> {
                     // A member that lags behind the one the watch left may name an earlier revision: never go back.
                     if self.partial.is_none() && next_revision >= self.next_revision {
                         self.next_revision = next_revision;
-                        return Ok(WatchItem::Progress { next_revision });
+                        // Heartbeats the caller did not ask for stay here.
+                        if self.request.progress_ms > 0 {
+                            return Ok(WatchItem::Progress { next_revision });
+                        }
                     }
                 }
                 WatchResponse::Canceled { error, .. } if movable(&error) => self.lost(&error.to_string()).await?,
@@ -143,7 +164,11 @@ impl Watch<'_> {
     /// Opens the watch on the client's current member, from the first revision not delivered.
     async fn open(&mut self) -> Result<(), ClientError> {
         let request_id = self.client.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let request = WatchRequest { start_revision: self.next_revision, ..self.request.clone() };
+        let request = WatchRequest {
+            start_revision: self.next_revision,
+            progress_ms: self.heartbeat_ms(),
+            ..self.request.clone()
+        };
         let envelope = RequestEnvelope {
             version: PROTOCOL_VERSION,
             request_id,
@@ -155,6 +180,8 @@ impl Watch<'_> {
         let opened = async {
             let (mut send, recv) = self.client.open().await?;
             send.write_all(&frame).await.map_err(|error| ClientError::Transport(error.to_string()))?;
+            // The stream stays open (finishing it cancels the watch): the request goes out now.
+            send.flush().await.map_err(|error| ClientError::Transport(error.to_string()))?;
             Ok::<_, ClientError>((send, recv))
         };
         match opened.await {
@@ -163,6 +190,14 @@ impl Watch<'_> {
                 Ok(())
             }
             Err(error) => self.lost(&error.to_string()).await,
+        }
+    }
+
+    /// The progress interval asked of members: the caller's, or a heartbeat.
+    fn heartbeat_ms(&self) -> u32 {
+        match self.request.progress_ms {
+            0 => WATCH_HEARTBEAT_MS,
+            asked => asked,
         }
     }
 

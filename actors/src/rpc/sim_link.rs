@@ -182,9 +182,14 @@ impl SimNet {
     }
 }
 
-/// A stream's sending half: buffers what is written and hands it over, delayed, when the stream is finished.
+/// A stream's sending half: buffers what is written and hands it over, delayed, when it is flushed or finished.
+/// Segments of one stream arrive in order (one delivery task per stream carries them one after the other), so a
+/// stream of frames (a watch) flows as it would over QUIC; a request written and finished at once is one segment.
 struct SimOutgoing {
     buffer: Vec<u8>,
+    /// Where flushed segments go (`None` once finished or aborted); the delivery task starts with the first.
+    segments: Option<tokio::sync::mpsc::UnboundedSender<Vec<u8>>>,
+    /// The pipe, until the delivery task takes it.
     pipe: Option<DuplexStream>,
     from: u64,
     to: u64,
@@ -194,14 +199,43 @@ struct SimOutgoing {
 
 impl SimOutgoing {
     fn new(pipe: DuplexStream, from: u64, to: u64, shared: &Arc<Shared>, net: &SimNet) -> SimOutgoing {
-        SimOutgoing { buffer: Vec::new(), pipe: Some(pipe), from, to, shared: shared.clone(), net: net.clone() }
+        SimOutgoing {
+            buffer: Vec::new(),
+            segments: None,
+            pipe: Some(pipe),
+            from,
+            to,
+            shared: shared.clone(),
+            net: net.clone(),
+        }
+    }
+
+    /// Hands the buffered bytes to the delivery task (started on first use).
+    fn send_segment(&mut self) {
+        if self.segments.is_none()
+            && let Some(pipe) = self.pipe.take()
+        {
+            let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(deliver(self.net.clone(), self.from, self.to, self.shared.clone(), receiver, pipe));
+            self.segments = Some(sender);
+        }
+        let bytes = std::mem::take(&mut self.buffer);
+        if !bytes.is_empty()
+            && let Some(segments) = &self.segments
+        {
+            let _ = segments.send(bytes);
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.pipe.is_some() || self.segments.is_some()
     }
 }
 
 impl AsyncWrite for SimOutgoing {
     fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.pipe.is_none() || this.shared.closed.is_cancelled() {
+        if !this.is_open() || this.shared.closed.is_cancelled() {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "stream closed")));
         }
         this.buffer.extend_from_slice(data);
@@ -209,14 +243,19 @@ impl AsyncWrite for SimOutgoing {
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.buffer.is_empty() {
+            this.send_segment();
+        }
         Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Some(pipe) = this.pipe.take() {
-            let bytes = std::mem::take(&mut this.buffer);
-            tokio::spawn(deliver(this.net.clone(), this.from, this.to, this.shared.clone(), bytes, pipe));
+        if this.is_open() {
+            this.send_segment();
+            // Dropping the sender finishes the stream once every segment arrived.
+            this.segments = None;
         }
         Poll::Ready(Ok(()))
     }
@@ -224,34 +263,42 @@ impl AsyncWrite for SimOutgoing {
 
 impl Outgoing for SimOutgoing {
     fn abort(&mut self) {
-        // The reader sees the stream end without the bytes it waits for.
+        // The reader sees the stream end without the bytes it waits for (segments already handed over still arrive).
         self.pipe = None;
+        self.segments = None;
         self.buffer = Vec::new();
     }
 }
 
-async fn deliver(net: SimNet, from: u64, to: u64, shared: Arc<Shared>, bytes: Vec<u8>, mut pipe: DuplexStream) {
-    let what = format!("rpc {} {} bytes", shared.id, bytes.len());
-    let Some(delay) = net.stream_delay(from, to, shared.node, &what) else {
-        return cut_noticed(&shared.closed).await;
-    };
-    tokio::time::sleep(delay).await;
-    if !net.link_up(from, to, shared.node) {
-        return cut_noticed(&shared.closed).await;
+/// Carries one stream's segments in order, each after its own delay; finishes the stream when the sender is gone.
+async fn deliver(
+    net: SimNet,
+    from: u64,
+    to: u64,
+    shared: Arc<Shared>,
+    mut segments: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    mut pipe: DuplexStream,
+) {
+    while let Some(bytes) = segments.recv().await {
+        let what = format!("rpc {} {} bytes", shared.id, bytes.len());
+        let Some(delay) = net.stream_delay(from, to, shared.node, &what) else {
+            return cut_noticed(&shared.closed).await;
+        };
+        tokio::time::sleep(delay).await;
+        if !net.link_up(from, to, shared.node) {
+            return cut_noticed(&shared.closed).await;
+        }
+        if shared.closed.is_cancelled() {
+            return;
+        }
+        // A reader that went away (a client that gave up) makes the write fail; a connection closing stops it.
+        tokio::select! {
+            biased;
+            () = shared.closed.cancelled() => return,
+            written = pipe.write_all(&bytes) => if written.is_err() { return },
+        }
     }
-    if shared.closed.is_cancelled() {
-        return;
-    }
-    // A reader that went away (a client that gave up) makes the write fail; a connection closing stops it.
-    let write = async {
-        pipe.write_all(&bytes).await?;
-        pipe.shutdown().await
-    };
-    tokio::select! {
-        biased;
-        () = shared.closed.cancelled() => {}
-        _ = write => {}
-    }
+    let _ = pipe.shutdown().await;
 }
 
 /// A connection over a cut link breaks once an idle timeout would notice: `closed` is cancelled after
