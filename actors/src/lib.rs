@@ -9,6 +9,7 @@ pub mod live;
 pub mod mesh;
 pub mod plugins;
 pub mod raft;
+pub mod retention;
 pub mod rpc;
 pub mod seeded_rng;
 pub mod services;

@@ -172,6 +172,7 @@ impl SimNode {
                 listener: self.net.rpc_listener(self.id),
                 net: self.net.clone(),
             },
+            retention: crate::retention::RetentionConfig::default(),
         };
         let (root, _) = Actor::spawn(None, Supervisor, tree::root(config)).await.map_err(|error| error.to_string())?;
         handles.tree.set_root(root.clone());

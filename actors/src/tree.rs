@@ -22,6 +22,7 @@ use crate::plugins::{PluginConfig, PluginSupervisor, PluginsArgs, PluginsHandle}
 use crate::raft::sim_network::SimNet;
 use crate::raft::transport::RaftTransport;
 use crate::raft::{RaftActor, RaftArgs, RaftHandle};
+use crate::retention::{RetentionActor, RetentionArgs, RetentionConfig};
 use crate::rpc::sim_link::SimRpcListener;
 use crate::rpc::{GatewayHandle, RpcArgs, RpcContext, RpcGateway, RpcListener};
 use crate::services::{
@@ -144,6 +145,8 @@ pub struct TreeConfig {
     pub clock: Clock,
     pub handles: Handles,
     pub world: World,
+    /// What the KV change history keeps (the leader compacts the rest).
+    pub retention: RetentionConfig,
 }
 
 /// What the node runs on.
@@ -216,6 +219,13 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
         World::Simulated { net, .. } => MeshNet::Simulated(net.clone()),
     };
     children.push(mesh(node_id, &handles, cluster_secret, mesh_net));
+    let retention = RetentionArgs {
+        config: config.retention,
+        raft: handles.raft.clone(),
+        storage: handles.storage.clone(),
+        clock: config.clock,
+    };
+    children.push(ChildSpec::new("retention", Restart::Permanent, RetentionActor, retention));
     if let World::Iroh { endpoint, blobs, plugins } = config.world {
         let plugins_args = handles.plugins_args(node_id, config.clock, plugins, cluster_secret);
         children.extend(blobs_and_plugins(node_id, &handles, endpoint, blobs, plugins_args));

@@ -42,6 +42,9 @@ pub enum BenchCommand {
     Blob(crate::bench_blob::BlobBenchArgs),
     /// A plugin's install-to-first-call time, warm call latency and calls/s with 1 and 4 instances.
     Plugin(crate::bench_plugin::PluginBenchArgs),
+    /// `--watchers` watches on one prefix while `--concurrency` writers put to it: events/s delivered,
+    /// commit-to-delivery latency, and the writes' latency (run with `--watchers 0` for the baseline).
+    Watch(crate::bench_watch::WatchBenchArgs),
 }
 
 /// How long a bench consumer's dequeue may wait on the node for a message.
@@ -88,6 +91,7 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
             client.close().await;
             return result;
         }
+        BenchCommand::Watch(args) => return crate::bench_watch::run(ticket, options, args, json_output).await,
         BenchCommand::Put(args) => ("put", args),
         BenchCommand::Get(args) => ("get", args),
         BenchCommand::Counter(args) => ("counter", args),

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_blob;
 mod bench_plugin;
+mod bench_watch;
 mod blob;
 mod coord;
 mod output;

@@ -84,6 +84,12 @@ struct Args {
     plugin_restart_intensity: u32,
     #[arg(long, default_value_t = 60)]
     plugin_restart_period_secs: u64,
+    /// Revisions of KV change history kept for watches (0: no limit by count); the leader compacts the rest.
+    #[arg(long, default_value_t = pando_actors::retention::HISTORY_KEEP_REVISIONS_DEFAULT)]
+    history_keep_revisions: u64,
+    /// Seconds of KV change history kept for watches (0: no limit by age); a revision goes once either limit says so.
+    #[arg(long, default_value_t = 0)]
+    history_keep_secs: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -187,6 +193,10 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         fault_injection: args.enable_fault_injection,
         clock: Clock::Wall,
         handles: handles.clone(),
+        retention: pando_actors::retention::RetentionConfig {
+            keep_revisions: args.history_keep_revisions,
+            keep_age: (args.history_keep_secs > 0).then(|| Duration::from_secs(args.history_keep_secs)),
+        },
         world: tree::World::Iroh {
             endpoint: endpoint.clone(),
             blobs: pando_actors::blobs::BlobConfig {

@@ -403,6 +403,11 @@ impl StateReader {
         Ok(found)
     }
 
+    /// The oldest revision the history holds events for.
+    pub fn compacted_revision(&self) -> Result<u64, StorageFault> {
+        self.with_coord(watch::compacted_revision)
+    }
+
     /// The store revision as last applied.
     pub fn revision(&self) -> Result<u64, StorageFault> {
         let read = self.database.begin_read().map_err(fault)?;
