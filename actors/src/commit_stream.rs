@@ -4,7 +4,8 @@
 //! There is one stream per node, held by the [`StorageHandle`], so subscribers live through storage and raft restarts:
 //! the state machine of whichever database is open publishes on it. Each item is one applied entry ([`Committed`]):
 //! its log index, the KV revision after it, its KV events (every event of a revision comes from one command, so one
-//! item holds whole revisions) and its coordination events.
+//! item holds whole revisions), its coordination events (plugin lifecycle changes among them) and, for a membership
+//! change, the new voters and learners.
 //!
 //! A live subscription is a bounded broadcast: a subscriber that falls more than [`COMMIT_STREAM_CAPACITY`] entries
 //! behind is told it lagged. A [`KvFeed`] (a subscription from a revision) never loses an event that way: it reads
@@ -43,8 +44,17 @@ pub struct Committed {
     pub revision: u64,
     /// Its KV changes, in order (whole revisions).
     pub kv: Vec<KvEvent>,
-    /// Its coordination events, in order.
+    /// Its coordination events, in order (plugin lifecycle changes among them: `CoordEvent::PluginChanged`).
     pub coord: Vec<CoordEvent>,
+    /// The membership the entry committed, when it is a membership change.
+    pub membership: Option<MembershipChange>,
+}
+
+/// A membership change as committed: who votes and who learns from then on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MembershipChange {
+    pub voters: std::collections::BTreeSet<u64>,
+    pub learners: std::collections::BTreeSet<u64>,
 }
 
 /// The sending side, shared by every state machine the node opens.
@@ -67,7 +77,7 @@ impl CommitStream {
 
     /// Publishes one applied entry (nobody listening is fine: the history and the log hold it too).
     pub(crate) fn publish(&self, committed: Committed) {
-        if committed.kv.is_empty() && committed.coord.is_empty() {
+        if committed.kv.is_empty() && committed.coord.is_empty() && committed.membership.is_none() {
             return;
         }
         let _ = self.sender.send(Arc::new(committed));

@@ -145,3 +145,22 @@ async fn a_snapshot_carries_the_history_and_its_compaction_point() {
     assert_eq!((page.compacted, page.current, page.complete), (3, 5, true));
     assert_eq!(page.events.iter().map(|event| event.revision()).collect::<Vec<_>>(), vec![3, 4, 5]);
 }
+
+#[tokio::test]
+async fn the_commit_stream_carries_membership_changes_with_their_log_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, mut state_machine) = open(dir.path());
+    let mut live = storage.subscribe();
+    let nodes = std::collections::BTreeMap::from([(1, crate::sim::member(1)), (2, crate::sim::member(2))]);
+    let membership = openraft::Membership::new(vec![std::collections::BTreeSet::from([1])], nodes);
+    let entry = Entry {
+        log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), 1),
+        payload: EntryPayload::Membership(membership),
+    };
+    state_machine.apply(vec![entry]).await.unwrap();
+    let committed = live.recv().await.unwrap();
+    assert_eq!(committed.index, 1);
+    let change = committed.membership.clone().expect("a membership change");
+    assert_eq!(change.voters.into_iter().collect::<Vec<_>>(), vec![1]);
+    assert_eq!(change.learners.into_iter().collect::<Vec<_>>(), vec![2]);
+}

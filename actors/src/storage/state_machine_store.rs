@@ -21,7 +21,7 @@ use super::{
     META_REVISION, SM_META_TABLE, applied_digest, blocking, decode, encode, read_applied_digest, read_error,
     write_error,
 };
-use crate::commit_stream::{CommitStream, Committed};
+use crate::commit_stream::{CommitStream, Committed, MembershipChange};
 use crate::raft::type_config::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 #[derive(Clone)]
@@ -151,6 +151,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                                 revision,
                                 kv: std::mem::take(&mut tables.kv.recorded),
                                 coord: outcome.events.clone(),
+                                membership: None,
                             });
                             outcomes.push(outcome);
                         }
@@ -159,6 +160,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             meta.insert(META_MEMBERSHIP, encode(&stored)?.as_slice())
                                 .map_err(|error| write_error(&error))?;
                             outcomes.push(ProposalOutcome::default());
+                            committed.push(Committed {
+                                index: entry.get_log_id().index,
+                                revision,
+                                membership: Some(MembershipChange {
+                                    voters: membership.voter_ids().collect(),
+                                    learners: membership.learner_ids().collect(),
+                                }),
+                                ..Committed::default()
+                            });
                         }
                     }
                 }
