@@ -88,7 +88,8 @@ pub async fn run(ticket: &str, options: ClientOptions, args: WatchBenchArgs, jso
                         let micros = at.map_or(1, |at| now.saturating_duration_since(at).as_micros() as u64);
                         latency.saturating_record(micros.max(1));
                     }
-                    Ok(WatchItem::Progress { .. }) => {}
+                    // Progress, and re-reads (not asked for here).
+                    Ok(WatchItem::Progress { .. } | WatchItem::Reread { .. }) => {}
                     Err(error) => return Err(error),
                 }
             }

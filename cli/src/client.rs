@@ -19,6 +19,16 @@ use tokio::sync::Mutex;
 use crate::error::ClientError;
 use crate::transport::{IrohTransport, Link, RecvHalf, SendHalf, Transport};
 
+/// One page of a scan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanPage {
+    pub entries: Vec<KvEntry>,
+    /// Where the next page starts (pass it as `after`) when more keys may follow.
+    pub next: Option<Vec<u8>>,
+    /// The store's revision the page was read at.
+    pub revision: u64,
+}
+
 /// How long establishing a connection to one node may take.
 pub const CONNECT_TIMEOUT_MS: u64 = 1_500;
 /// How long each node of the ticket is dialled alone before the next one is dialled too.
@@ -361,17 +371,19 @@ impl Client {
         }
     }
 
-    /// One page of keys starting with `prefix`, after `after`; the second value continues the scan.
+    /// One page of keys starting with `prefix`, after `after` (see [`ScanPage`]).
     pub async fn scan(
         &self,
         prefix: &[u8],
         limit: u32,
         after: Option<&[u8]>,
         consistency: Consistency,
-    ) -> Result<(Vec<KvEntry>, Option<Vec<u8>>), ClientError> {
+    ) -> Result<ScanPage, ClientError> {
         let request = KvRequest::Scan { prefix: bytes(prefix), limit, after: after.map(bytes), consistency };
         match self.kv(request).await? {
-            KvResponse::ScanPage { entries, next } => Ok((entries, next.map(Bytes::into_vec))),
+            KvResponse::ScanPage { entries, next, revision } => {
+                Ok(ScanPage { entries, next: next.map(Bytes::into_vec), revision })
+            }
             other => Err(unexpected(&other)),
         }
     }

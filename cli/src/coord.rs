@@ -123,7 +123,8 @@ pub enum ElectionCommand {
         #[arg(long)]
         lease: u64,
     },
-    /// Print the leader now and every time it changes (a line each; parked on the node between changes).
+    /// Print the leader now and every time it changes (a line each), from one stream that moves to another member
+    /// when its node is lost.
     Observe {
         name: String,
         /// Stop after this many lines (default: run until interrupted).
@@ -578,26 +579,16 @@ fn print_election(election: &ElectionInfo, json: bool) {
     }
 }
 
-/// Prints the election, then each change: every request is parked on the node until the election differs from what
-/// was printed last (or the request's deadline nears, when it is asked again).
+/// Prints the election, then each change, from one observation stream (it moves to another member when its own is
+/// lost, and never goes back to a state it printed before).
 async fn observe(client: &Client, name: String, count: Option<u64>, json: bool) -> anyhow::Result<()> {
-    let wait_ms =
-        u32::try_from(client.options().timeout.as_millis().saturating_sub(1_000).max(100)).unwrap_or(u32::MAX);
-    let mut seen: Option<(u64, bool)> = None;
+    let mut observation = client.observe_election(name.as_bytes());
     let mut printed = 0;
     while count.is_none_or(|count| printed < count) {
-        let (last_token, leading) = seen.unwrap_or((u64::MAX, false));
-        let request = CoordRequest::ElectionObserve { name: bytes(name.clone()), last_token, leading, wait_ms };
-        let CoordResponse::Election { election } = client.coord(request).await? else {
-            anyhow::bail!("unexpected response to an observation");
-        };
-        let now = (election.last_token, election.leader.is_some());
-        if seen != Some(now) {
-            print_election(&election, json);
-            printed += 1;
-            seen = Some(now);
-        }
+        print_election(&observation.next().await?, json);
+        printed += 1;
     }
+    observation.cancel().await;
     Ok(())
 }
 

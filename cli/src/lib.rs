@@ -4,15 +4,16 @@
 mod blob_client;
 mod client;
 mod error;
+mod observe;
+mod stream;
 mod transport;
 mod watch;
 
 pub use blob_client::BLOB_COMMIT_TIMEOUT_MS;
-pub use client::{Client, ClientOptions, quic_transport_config};
+pub use client::{Client, ClientOptions, ScanPage, quic_transport_config};
 pub use error::ClientError;
+pub use observe::Observation;
 pub use pando_protocol;
+pub use stream::{WATCH_RESUME_ATTEMPTS_MAX, WATCH_RESUME_BACKOFF_MS};
 pub use transport::{IrohTransport, Link, RecvHalf, SendHalf, Transport};
-pub use watch::{
-    WATCH_HEARTBEAT_MS, WATCH_RESUME_ATTEMPTS_MAX, WATCH_RESUME_BACKOFF_MS, WATCH_SILENT_INTERVALS_MAX, Watch,
-    WatchItem,
-};
+pub use watch::{WATCH_HEARTBEAT_MS, WATCH_REREAD_PAGE_KEYS, WATCH_SILENT_INTERVALS_MAX, Watch, WatchItem};

@@ -19,7 +19,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use pando_client::pando_protocol::blob::{BlobAttach, BlobRequest, BlobResponse};
 use pando_client::pando_protocol::cluster::{ClusterRequest, ClusterResponse, MemberNode};
 use pando_client::pando_protocol::error::{ErrorCode, ErrorDetail, WireError};
-use pando_client::pando_protocol::kv::{Compare, CompareOp, CompareTarget, Consistency, FenceKind, TxnOp, WriteOp};
+use pando_client::pando_protocol::kv::{
+    Compare, CompareOp, CompareTarget, Consistency, FenceKind, KvEntry, TxnOp, WriteOp,
+};
 use pando_client::pando_protocol::limits::VALUE_SIZE_BYTES_MAX;
 use pando_client::pando_protocol::watch::{EventKind, WatchEvent, WatchRange, WatchRequest};
 use pando_client::{Client, ClientError, ClientOptions, WatchItem};
@@ -174,8 +176,11 @@ enum KvCommand {
     Watch {
         key: String,
         /// Watch every key starting with KEY.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "range_end")]
         prefix: bool,
+        /// Watch the keys from KEY (included) to this key (excluded); an empty one: every key from KEY on.
+        #[arg(long)]
+        range_end: Option<String>,
         /// Start at this revision (its history must not be compacted); default: the next change.
         #[arg(long, default_value_t = 0)]
         from_revision: u64,
@@ -191,6 +196,10 @@ enum KvCommand {
         /// Stop after this many revisions with events.
         #[arg(long)]
         count: Option<u64>,
+        /// When the history the watch needs was compacted, print every watched key as it is now ("REREAD" lines,
+        /// then "REREAD-END REVISION") and go on with the changes after that read, instead of failing COMPACTED.
+        #[arg(long)]
+        reread_on_compacted: bool,
     },
     /// List keys starting with a prefix, one page at a time.
     Scan {
@@ -677,18 +686,30 @@ async fn kv(client: &Client, command: KvCommand, json_output: bool) -> anyhow::R
             let revision = client.cas(key.as_bytes(), expect.as_deref().map(str::as_bytes), &value).await?;
             written(json_output, revision);
         }
-        KvCommand::Watch { key, prefix, from_revision, prev_kv, filter, progress_ms, count } => {
-            let range = if prefix {
-                WatchRange::Prefix(key.into_bytes().into())
-            } else {
-                WatchRange::Key(key.into_bytes().into())
+        KvCommand::Watch {
+            key,
+            prefix,
+            range_end,
+            from_revision,
+            prev_kv,
+            filter,
+            progress_ms,
+            count,
+            reread_on_compacted,
+        } => {
+            let range = match (prefix, range_end) {
+                (true, _) => WatchRange::Prefix(key.into_bytes().into()),
+                (false, Some(end)) => {
+                    WatchRange::Range { start: key.into_bytes().into(), end: end.into_bytes().into() }
+                }
+                (false, None) => WatchRange::Key(key.into_bytes().into()),
             };
             let only = filter.map(|filter| match filter {
                 FilterArg::Put => EventKind::Put,
                 FilterArg::Delete => EventKind::Delete,
             });
             let request = WatchRequest { range, start_revision: from_revision, prev_kv, only, progress_ms };
-            let mut watch = client.watch(request);
+            let mut watch = client.watch(request).reread_on_compacted(reread_on_compacted);
             let mut revisions = 0;
             while count.is_none_or(|count| revisions < count) {
                 match watch.next().await? {
@@ -700,6 +721,9 @@ async fn kv(client: &Client, command: KvCommand, json_output: bool) -> anyhow::R
                         print_json(&json!({ "progress": next_revision }));
                     }
                     WatchItem::Progress { next_revision } => println!("progress {next_revision}"),
+                    WatchItem::Reread { revision, entries, last } => {
+                        print_reread(json_output, revision, &entries, last)?
+                    }
                 }
             }
             watch.cancel().await;
@@ -725,11 +749,13 @@ async fn kv(client: &Client, command: KvCommand, json_output: bool) -> anyhow::R
                 after.map(|token| data_encoding::HEXLOWER.decode(token.as_bytes())).transpose().map_err(|_| {
                     anyhow::anyhow!("--after takes the hex continuation token printed by the previous page")
                 })?;
-            let (entries, next) = client.scan(prefix.as_bytes(), limit, after.as_deref(), consistency.into()).await?;
+            let page = client.scan(prefix.as_bytes(), limit, after.as_deref(), consistency.into()).await?;
+            let (entries, next) = (page.entries, page.next);
             if json_output {
                 print_json(&json!({
                     "entries": entries.iter().map(entry_json).collect::<Vec<_>>(),
                     "next": next.as_deref().map(hex),
+                    "revision": page.revision,
                 }));
             } else {
                 let mut stdout = std::io::stdout().lock();
@@ -803,6 +829,32 @@ fn written(json_output: bool, revision: u64) {
 
 /// One revision of a watch: a line per event (`REVISION PUT|DELETE KEY VALUE`, then `  was PREVIOUS` with
 /// --prev-kv), or with --json an object per event.
+/// One page of a watch's re-read after `COMPACTED`: the watched keys as they are.
+fn print_reread(json_output: bool, revision: u64, entries: &[KvEntry], last: bool) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    for entry in entries {
+        if json_output {
+            writeln!(stdout, "{}", json!({ "reread": revision, "entry": entry_json(entry) }))?;
+        } else {
+            writeln!(
+                stdout,
+                "REREAD {} {} {}",
+                entry.mod_revision,
+                String::from_utf8_lossy(&entry.key),
+                String::from_utf8_lossy(&entry.value)
+            )?;
+        }
+    }
+    if last {
+        if json_output {
+            writeln!(stdout, "{}", json!({ "reread_end": revision }))?;
+        } else {
+            writeln!(stdout, "REREAD-END {revision}")?;
+        }
+    }
+    Ok(())
+}
+
 fn print_watch_events(json_output: bool, revision: u64, events: &[WatchEvent]) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     for watched in events {

@@ -4,34 +4,31 @@
 //! (fragments of a large revision are put back together; a revision cut by a lost node is asked for again).
 //! A member that says nothing for a few progress intervals (the watch asks for progress, as a heartbeat, when its
 //! caller did not) is lost too: a partition between the client and the member shows as silence, not as an error.
-//! `COMPACTED` is final here: the caller re-reads what it watches and starts a new watch from the revision that read
-//! answered (the error's detail names the oldest revision held and the current one).
+//!
+//! `COMPACTED` (the history the watch needs is gone) ends the watch with an error naming the oldest revision held and
+//! the current one, unless the caller asked for [`Watch::reread_on_compacted`]: then the watch reads every key it
+//! watches as it is now ([`WatchItem::Reread`] pages, the state a cache of the range starts over from) and continues
+//! with the events after that read, the way an informer relists and watches again.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use pando_protocol::PROTOCOL_VERSION;
-use pando_protocol::envelope::{Request, RequestEnvelope, Response};
+use pando_protocol::envelope::{Request, Response};
 use pando_protocol::error::{ErrorCode, WireError};
-use pando_protocol::frame;
-use pando_protocol::limits::REQUEST_TIMEOUT_MS_MAX;
-use pando_protocol::watch::{WatchEvent, WatchRequest, WatchResponse};
-use tokio::io::AsyncWriteExt;
+use pando_protocol::kv::{Consistency, KvEntry};
+use pando_protocol::watch::{WatchEvent, WatchRange, WatchRequest, WatchResponse};
 
 use crate::client::{Client, read_response};
 use crate::error::ClientError;
-use crate::transport::{RecvHalf, SendHalf};
+use crate::stream::{Mover, OpenStream, movable};
 
-/// Opens in a row that may fail (no member reachable, each refusing) before the watch gives up.
-pub const WATCH_RESUME_ATTEMPTS_MAX: u32 = 20;
-/// Pause before opening the watch again after losing a member (doubles, up to a second).
-pub const WATCH_RESUME_BACKOFF_MS: u64 = 100;
 /// How often the member must say something when the caller asked for no progress notifications: the watch asks for
 /// them at this interval and keeps them to itself.
 pub const WATCH_HEARTBEAT_MS: u32 = 5_000;
 /// Progress intervals a member may stay silent before the watch counts it lost (a partition between the client and
 /// the member shows as silence: no frame, no error) and resumes on another one.
 pub const WATCH_SILENT_INTERVALS_MAX: u32 = 3;
+/// Keys one page of a re-read asks for.
+pub const WATCH_REREAD_PAGE_KEYS: u32 = 1_000;
 
 /// What a watch delivers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,32 +37,54 @@ pub enum WatchItem {
     Events { revision: u64, events: Vec<WatchEvent> },
     /// Every revision before `next_revision` was delivered (or held nothing this watch matches).
     Progress { next_revision: u64 },
+    /// The history the watch needed was compacted, so it read what it watches again (only with
+    /// [`Watch::reread_on_compacted`]): one page of the keys in its range, in key order; `last` on the final page.
+    /// A cache of the range drops what it held at the first page and starts over from these entries. They are as of
+    /// `revision` or a little later (pages are read one after another); the events from `revision + 1` follow, and
+    /// applying them in order (a put replaces the entry, a delete removes it) makes the cache exact again.
+    Reread { revision: u64, entries: Vec<KvEntry>, last: bool },
 }
 
 /// A watch in progress (see the module's documentation).
 pub struct Watch<'a> {
     client: &'a Client,
     request: WatchRequest,
-    stream: Option<(SendHalf, RecvHalf, u64)>,
+    stream: Option<OpenStream>,
     /// The first revision not delivered yet (0: not known until the first member says where the watch starts).
     next_revision: u64,
     /// Events of a revision whose last fragment has not arrived.
     partial: Option<(u64, Vec<WatchEvent>)>,
-    /// Opens and losses in a row without a frame in between.
-    failures: u32,
-    /// How many times the watch moved to another member.
-    resumes: u64,
+    mover: Mover,
+    reread_on_compacted: bool,
+    /// A re-read under way: the revision of its first page (0 before it), and where the next page starts.
+    reread: Option<(u64, Option<Vec<u8>>)>,
 }
 
 impl Client {
     /// Opens a watch (see [`Watch`]); the first member is reached when [`Watch::next`] is first called.
     pub fn watch(&self, request: WatchRequest) -> Watch<'_> {
         let next_revision = request.start_revision;
-        Watch { client: self, request, stream: None, next_revision, partial: None, failures: 0, resumes: 0 }
+        Watch {
+            client: self,
+            request,
+            stream: None,
+            next_revision,
+            partial: None,
+            mover: Mover::default(),
+            reread_on_compacted: false,
+            reread: None,
+        }
     }
 }
 
 impl Watch<'_> {
+    /// On `COMPACTED`, read what the watch covers again and continue from there (see [`WatchItem::Reread`]) instead
+    /// of ending with the error.
+    pub fn reread_on_compacted(mut self, reread: bool) -> Self {
+        self.reread_on_compacted = reread;
+        self
+    }
+
     /// The first revision not delivered yet.
     pub fn next_revision(&self) -> u64 {
         self.next_revision
@@ -73,23 +92,26 @@ impl Watch<'_> {
 
     /// How many times the watch resumed on another member.
     pub fn resumes(&self) -> u64 {
-        self.resumes
+        self.mover.resumes
     }
 
-    /// The next revision's events, or a progress notification; waits as long as it takes.
+    /// The next revision's events, a progress notification, or a page of a re-read; waits as long as it takes.
     pub async fn next(&mut self) -> Result<WatchItem, ClientError> {
         loop {
-            let silence = Duration::from_millis(u64::from(self.heartbeat_ms() * WATCH_SILENT_INTERVALS_MAX));
-            let (_, recv, request_id) = match self.stream.as_mut() {
-                Some(stream) => stream,
-                None => {
-                    self.open().await?;
-                    continue;
+            if self.reread.is_some() {
+                if let Some(page) = self.reread_page().await? {
+                    return Ok(page);
                 }
+                continue;
+            }
+            let silence = Duration::from_millis(u64::from(self.heartbeat_ms() * WATCH_SILENT_INTERVALS_MAX));
+            let Some(stream) = self.stream.as_mut() else {
+                self.open().await?;
+                continue;
             };
             // Silence past a few progress intervals: the member is cut off from us (read_response is not cancel-safe,
             // so the stream is dropped, never read again).
-            let read = match tokio::time::timeout(silence, read_response(recv, *request_id)).await {
+            let read = match tokio::time::timeout(silence, read_response(&mut stream.recv, stream.request_id)).await {
                 Ok(read) => read,
                 Err(_) => {
                     self.lost("the member said nothing for several progress intervals").await?;
@@ -99,17 +121,16 @@ impl Watch<'_> {
             let frame = match read {
                 Ok(Ok(Response::Watch(frame))) => frame,
                 Ok(Ok(other)) => return Err(ClientError::Protocol(format!("unexpected answer to a watch: {other:?}"))),
-                Ok(Err(error)) if movable(&error) => {
-                    self.lost(&error.to_string()).await?;
+                Ok(Err(error)) => {
+                    self.refused(error).await?;
                     continue;
                 }
-                Ok(Err(error)) => return Err(ClientError::Wire(error)),
                 Err(error) => {
                     self.lost(&error.to_string()).await?;
                     continue;
                 }
             };
-            self.failures = 0;
+            self.mover.served();
             match frame {
                 WatchResponse::Created { start_revision, .. } => {
                     if self.next_revision == 0 {
@@ -145,52 +166,67 @@ impl Watch<'_> {
                         }
                     }
                 }
-                WatchResponse::Canceled { error, .. } if movable(&error) => self.lost(&error.to_string()).await?,
-                WatchResponse::Canceled { error, .. } => {
-                    self.stream = None;
-                    return Err(ClientError::Wire(error));
-                }
+                WatchResponse::Canceled { error, .. } => self.refused(error).await?,
             }
         }
     }
 
     /// Ends the watch: the member stops serving it.
     pub async fn cancel(mut self) {
-        if let Some((mut send, _, _)) = self.stream.take() {
-            let _ = send.shutdown().await;
+        if let Some(stream) = self.stream.take() {
+            stream.close().await;
         }
     }
 
     /// Opens the watch on the client's current member, from the first revision not delivered.
     async fn open(&mut self) -> Result<(), ClientError> {
-        let request_id = self.client.next_request_id.fetch_add(1, Ordering::Relaxed);
         let request = WatchRequest {
             start_revision: self.next_revision,
             progress_ms: self.heartbeat_ms(),
             ..self.request.clone()
         };
-        let envelope = RequestEnvelope {
-            version: PROTOCOL_VERSION,
-            request_id,
-            timeout_ms: REQUEST_TIMEOUT_MS_MAX,
-            token: self.client.ticket().token.clone(),
-            body: Request::Watch(request),
-        };
-        let frame = frame::encode(&envelope).map_err(|error| ClientError::Invalid(error.to_string()))?;
-        let opened = async {
-            let (mut send, recv) = self.client.open().await?;
-            send.write_all(&frame).await.map_err(|error| ClientError::Transport(error.to_string()))?;
-            // The stream stays open (finishing it cancels the watch): the request goes out now.
-            send.flush().await.map_err(|error| ClientError::Transport(error.to_string()))?;
-            Ok::<_, ClientError>((send, recv))
-        };
-        match opened.await {
-            Ok((send, recv)) => {
-                self.stream = Some((send, recv, request_id));
+        match OpenStream::open(self.client, Request::Watch(request)).await {
+            Ok(stream) => {
+                self.stream = Some(stream);
                 Ok(())
             }
             Err(error) => self.lost(&error.to_string()).await,
         }
+    }
+
+    /// The member refused or cancelled the watch: another member may serve it, a re-read may continue it, or the
+    /// error is the caller's.
+    async fn refused(&mut self, error: WireError) -> Result<(), ClientError> {
+        if movable(&error) {
+            return self.lost(&error.to_string()).await;
+        }
+        self.stream = None;
+        self.partial = None;
+        if error.code == ErrorCode::Compacted && self.reread_on_compacted {
+            self.reread = Some((0, None));
+            return Ok(());
+        }
+        Err(ClientError::Wire(error))
+    }
+
+    /// Reads the next page of a re-read (`None`: a page with nothing in the range, or the read failed over to
+    /// another member). After the last page the watch continues from the revision after the first.
+    async fn reread_page(&mut self) -> Result<Option<WatchItem>, ClientError> {
+        let Some((first_revision, after)) = self.reread.clone() else { return Ok(None) };
+        let (prefix, range) = (self.request.range.access_prefix().to_vec(), &self.request.range);
+        let page =
+            self.client.scan(&prefix, WATCH_REREAD_PAGE_KEYS, after.as_deref(), Consistency::Linearizable).await?;
+        let revision = if first_revision == 0 { page.revision } else { first_revision };
+        let entries: Vec<KvEntry> = page.entries.into_iter().filter(|entry| range.contains(&entry.key)).collect();
+        let last = page.next.is_none() || beyond(range, page.next.as_deref());
+        if last {
+            self.reread = None;
+            self.next_revision = revision + 1;
+        } else {
+            self.reread = Some((revision, page.next));
+        }
+        let first = first_revision == 0;
+        Ok((first || last || !entries.is_empty()).then_some(WatchItem::Reread { revision, entries, last }))
     }
 
     /// The progress interval asked of members: the caller's, or a heartbeat.
@@ -205,21 +241,15 @@ impl Watch<'_> {
     async fn lost(&mut self, why: &str) -> Result<(), ClientError> {
         self.stream = None;
         self.partial = None;
-        self.failures += 1;
-        if self.failures > WATCH_RESUME_ATTEMPTS_MAX {
-            return Err(ClientError::Transport(format!(
-                "the watch could not be resumed on any member after {WATCH_RESUME_ATTEMPTS_MAX} attempts; last: {why}"
-            )));
-        }
-        self.resumes += 1;
-        self.client.drop_connection().await;
-        let backoff = (WATCH_RESUME_BACKOFF_MS << self.failures.min(4)).min(1_000);
-        tokio::time::sleep(Duration::from_millis(backoff)).await;
-        Ok(())
+        self.mover.lost(self.client, why).await
     }
 }
 
-/// Whether an error means "this member cannot serve the watch now" (another may), rather than a final answer.
-fn movable(error: &WireError) -> bool {
-    matches!(error.code, ErrorCode::NoLeader | ErrorCode::SlowConsumer | ErrorCode::Unavailable | ErrorCode::Busy)
+/// Whether a scan that would continue after `next` has left the range (its keys only grow from there).
+fn beyond(range: &WatchRange, next: Option<&[u8]>) -> bool {
+    match (range, next) {
+        (WatchRange::Key(key), Some(next)) => next >= key.as_slice(),
+        (WatchRange::Range { end, .. }, Some(next)) => !end.is_empty() && next >= end.as_slice(),
+        _ => false,
+    }
 }

@@ -34,6 +34,8 @@ pub enum Request {
     Plugin(crate::plugin::PluginRequest),
     /// Opens a watch on the request's stream (answered with a stream of [`Response::Watch`] frames).
     Watch(crate::watch::WatchRequest),
+    /// Observes a coordination resource on the request's stream (answered with [`Response::Observe`] frames).
+    Observe(crate::observe::ObserveRequest),
 }
 
 /// A response to the request with the same id.
@@ -51,6 +53,7 @@ pub enum Response {
     Blob(crate::blob::BlobResponse),
     Plugin(crate::plugin::PluginResponse),
     Watch(crate::watch::WatchResponse),
+    Observe(crate::observe::ObserveResponse),
 }
 
 /// The first two fields of an envelope, decoded on their own when the full envelope does not decode, so the error

@@ -194,10 +194,14 @@ pub enum KvResponse {
         revision: u64,
         existed: bool,
     },
-    /// One scan page; `next` is the continuation token (the last key returned) when more keys may follow.
+    /// One scan page; `next` is the continuation token (the last key returned) when more keys may follow. `revision`
+    /// is the store's revision the page was read at (every entry is as of it; a watch from `revision + 1` misses no
+    /// change after the page).
     ScanPage {
         entries: Vec<KvEntry>,
         next: Option<Bytes>,
+        #[serde(default)]
+        revision: u64,
     },
     Txn {
         succeeded: bool,

@@ -14,6 +14,7 @@ pub mod frame;
 pub mod kv;
 pub mod limits;
 pub mod memory_tables;
+pub mod observe;
 pub mod plugin;
 pub mod plugin_abi;
 pub mod state_machine;

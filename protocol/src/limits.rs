@@ -56,6 +56,8 @@ pub const WATCH_SEND_STALL_MS_MAX: u64 = 30_000;
 pub const WATCHES_PER_NODE_MAX: usize = 10_000;
 /// How long a watch's node may be without a leader before the watch is cancelled `NO_LEADER`.
 pub const WATCH_NO_LEADER_MS: u64 = 3_000;
+/// How often a node repeats an observed state that did not change, as a heartbeat.
+pub const OBSERVE_HEARTBEAT_MS: u64 = 5_000;
 
 // One event with its previous entry always fits a frame on its own, whatever the cut.
 const _: () = assert!(

@@ -247,7 +247,7 @@ pub fn read(tables: &(impl KvRead + CoordRead), revision: u64, request: &KvReque
             KvResponse::Entries { entries }
         }
         KvRequest::Scan { prefix, limit, after, .. } => {
-            scan(tables, prefix, *limit, after.as_ref().map(|after| after.as_slice()))?
+            scan(tables, revision, prefix, *limit, after.as_ref().map(|after| after.as_slice()))?
         }
         KvRequest::Txn { compares, success, failure } if !request.is_write() => {
             let succeeded = compares_hold(tables, compares)?;
@@ -266,7 +266,13 @@ pub fn read(tables: &(impl KvRead + CoordRead), revision: u64, request: &KvReque
     Ok(Ok(response))
 }
 
-fn scan(tables: &impl KvRead, prefix: &[u8], limit: u32, after: Option<&[u8]>) -> Result<KvResponse, StorageFault> {
+fn scan(
+    tables: &impl KvRead,
+    revision: u64,
+    prefix: &[u8],
+    limit: u32,
+    after: Option<&[u8]>,
+) -> Result<KvResponse, StorageFault> {
     let limit = limit as usize;
     let mut entries: Vec<KvEntry> = Vec::with_capacity(limit.min(256));
     let mut bytes = 0usize;
@@ -281,7 +287,7 @@ fn scan(tables: &impl KvRead, prefix: &[u8], limit: u32, after: Option<&[u8]>) -
         ControlFlow::Continue(())
     })?;
     let next = if more { entries.last().map(|entry| entry.key.clone()) } else { None };
-    Ok(KvResponse::ScanPage { entries, next })
+    Ok(KvResponse::ScanPage { entries, next, revision })
 }
 
 /// Deletes a row (at `revision`, if it exists) and unties it from any lease.

@@ -134,6 +134,8 @@ pub enum WatchRange {
     Key(Bytes),
     /// Every key starting with this prefix (the empty prefix: every key).
     Prefix(Bytes),
+    /// Keys from `start` (included) to `end` (excluded) in byte order; an empty `end` has no upper bound.
+    Range { start: Bytes, end: Bytes },
 }
 
 impl WatchRange {
@@ -141,13 +143,20 @@ impl WatchRange {
         match self {
             WatchRange::Key(wanted) => key == wanted.as_slice(),
             WatchRange::Prefix(prefix) => key.starts_with(prefix),
+            WatchRange::Range { start, end } => key >= start.as_slice() && (end.is_empty() || key < end.as_slice()),
         }
     }
 
-    /// The key or prefix the watch needs read access to: every key it can see starts with it.
+    /// What the watch needs read access to: a prefix every key it can see starts with (for a range, the longest prefix
+    /// its two ends share, since every key between them shares it; an open-ended range needs the whole keyspace).
     pub fn access_prefix(&self) -> &[u8] {
         match self {
             WatchRange::Key(key) | WatchRange::Prefix(key) => key,
+            WatchRange::Range { end, .. } if end.is_empty() => &[],
+            WatchRange::Range { start, end } => {
+                let shared = start.iter().zip(end.iter()).take_while(|(a, b)| a == b).count();
+                &start[..shared]
+            }
         }
     }
 }
@@ -174,6 +183,14 @@ impl WatchRequest {
                 return Err(WireError::too_large(format!("prefix is longer than {KEY_SIZE_BYTES_MAX} bytes")));
             }
             WatchRange::Prefix(_) => {}
+            WatchRange::Range { start, end } => {
+                if start.len() > KEY_SIZE_BYTES_MAX || end.len() > KEY_SIZE_BYTES_MAX {
+                    return Err(WireError::too_large(format!("a range end is longer than {KEY_SIZE_BYTES_MAX} bytes")));
+                }
+                if !end.is_empty() && start >= end {
+                    return Err(WireError::invalid("a watch range needs its start before its end"));
+                }
+            }
         }
         if self.progress_ms != 0 && self.progress_ms < WATCH_PROGRESS_MS_MIN {
             return Err(WireError::invalid(format!(

@@ -272,7 +272,7 @@ fn kv_scan(context: &HostContext, args: abi::ScanArgs) -> HostResult<abi::ScanPa
         consistency: Consistency::Stale,
     };
     match kv_read(context, request)? {
-        KvResponse::ScanPage { entries, next } => Ok(abi::ScanPage {
+        KvResponse::ScanPage { entries, next, .. } => Ok(abi::ScanPage {
             entries: entries.into_iter().map(entry).collect(),
             next: next.map(|next| next.to_vec()),
         }),

@@ -7,6 +7,7 @@ use pando_protocol::coord::CoordRequest;
 use pando_protocol::envelope::Request;
 use pando_protocol::error::WireError;
 use pando_protocol::kv::KvRequest;
+use pando_protocol::observe::ObserveRequest;
 use pando_protocol::plugin::PluginRequest;
 use pando_protocol::token::Access;
 
@@ -21,6 +22,7 @@ pub(crate) fn validate(request: &Request) -> Result<(), WireError> {
         Request::Coord(request) => request.validate(),
         Request::Cluster(_) => Ok(()),
         Request::Watch(request) => request.validate(),
+        Request::Observe(request) => request.validate(),
     }
 }
 
@@ -50,6 +52,8 @@ pub(crate) fn required(request: &Request) -> Vec<Access<'_>> {
         Request::Blob(request) => vec![if request.is_write() { Access::BlobWrite } else { Access::BlobRead }],
         // A watch sees every key under its key or prefix: it needs read access to all of them.
         Request::Watch(request) => vec![Access::KvRead(request.range.access_prefix())],
+        // An observation reads its resource as often as it changes: what a read of it needs.
+        Request::Observe(ObserveRequest::Election { name }) => vec![Access::KvRead(name)],
         Request::Plugin(PluginRequest::Call { name, .. }) => vec![Access::PluginCall(name)],
         Request::Plugin(PluginRequest::List | PluginRequest::Info { .. }) => vec![Access::ClusterRead],
         Request::Plugin(_) => vec![Access::PluginAdmin],
@@ -95,6 +99,10 @@ mod tests {
         assert_eq!(required(&watch(WatchRange::Prefix(bytes("app/")))), vec![Access::KvRead(b"app/".as_slice())]);
         assert_eq!(required(&watch(WatchRange::Prefix(bytes("")))), vec![Access::KvRead(b"".as_slice())]);
         assert_eq!(required(&watch(WatchRange::Key(bytes("cfg")))), vec![Access::KvRead(b"cfg".as_slice())]);
+        let range = WatchRange::Range { start: bytes("app/b"), end: bytes("app/d") };
+        assert_eq!(required(&watch(range)), vec![Access::KvRead(b"app/".as_slice())]);
+        let observe = Request::Observe(ObserveRequest::Election { name: bytes("leader") });
+        assert_eq!(required(&observe), vec![Access::KvRead(b"leader".as_slice())]);
     }
 
     #[test]

@@ -17,8 +17,7 @@ use pando_protocol::kv::{Bytes, Consistency, KvRequest, KvResponse};
 use pando_protocol::limits::{BLOB_DATA_FRAME_BYTES_MAX, BLOB_DATA_FRAME_TIMEOUT_MS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::access;
-use super::handler::{RpcContext, TokenCache, authenticate, authorise};
+use super::handler::{RpcContext, TokenCache, check};
 use super::link::{StreamRecv, StreamSend};
 use super::stream::write_response;
 use crate::blobs::iroh_hash;
@@ -38,10 +37,7 @@ pub(crate) async fn serve_stream(
     mut recv: StreamRecv,
 ) {
     let request_id = envelope.request_id;
-    let checked = authenticate(context, cache, envelope.token.as_ref()).and_then(|claims| {
-        access::validate(&envelope.body)?;
-        access::required(&envelope.body).into_iter().try_for_each(|needed| authorise(&claims, needed))
-    });
+    let checked = check(context, cache, &envelope).map(|_| ());
     if let Err(error) = checked {
         write_response(&mut send, &ResponseEnvelope { request_id, body: Err(error) }).await;
         return;

@@ -48,9 +48,9 @@ pub(crate) async fn handle(
         0 => REQUEST_TIMEOUT_MS_DEFAULT,
         requested => requested.min(REQUEST_TIMEOUT_MS_MAX),
     };
-    let body = match authenticate(context, cache, envelope.token.as_ref()) {
-        Ok(claims) => {
-            let work = execute(context, &claims, envelope.body, Duration::from_millis(timeout_ms.into()));
+    let body = match check(context, cache, &envelope) {
+        Ok(_) => {
+            let work = execute(context, envelope.body, Duration::from_millis(timeout_ms.into()));
             match tokio::time::timeout(Duration::from_millis(timeout_ms.into()), work).await {
                 Ok(result) => result,
                 Err(_) => Err(WireError::new(
@@ -62,6 +62,21 @@ pub(crate) async fn handle(
         Err(error) => Err(error),
     };
     ResponseEnvelope { request_id, body }
+}
+
+/// Everything a request passes before a service sees it, whichever way it is served (one answer, or a stream of its
+/// own): a token that verifies, valid input, and every access the request needs.
+pub(crate) fn check(
+    context: &RpcContext,
+    cache: &Mutex<TokenCache>,
+    envelope: &RequestEnvelope,
+) -> Result<Arc<TokenClaims>, WireError> {
+    let claims = authenticate(context, cache, envelope.token.as_ref())?;
+    access::validate(&envelope.body)?;
+    for needed in access::required(&envelope.body) {
+        authorise(&claims, needed)?;
+    }
+    Ok(claims)
 }
 
 pub(crate) fn authenticate(
@@ -113,16 +128,8 @@ pub(crate) fn authorise(claims: &TokenClaims, access: Access<'_>) -> Result<(), 
     Err(WireError::new(ErrorCode::Unauthorized, format!("token of `{}` may not {what}", claims.subject)))
 }
 
-async fn execute(
-    context: &RpcContext,
-    claims: &TokenClaims,
-    body: Request,
-    timeout: Duration,
-) -> Result<Response, WireError> {
-    access::validate(&body)?;
-    for needed in access::required(&body) {
-        authorise(claims, needed)?;
-    }
+/// Calls the service that serves a checked request.
+async fn execute(context: &RpcContext, body: Request, timeout: Duration) -> Result<Response, WireError> {
     let services = &context.services;
     match body {
         Request::Kv(request) => services.kv.execute(request, timeout).await.map(Response::Kv),
@@ -131,6 +138,8 @@ async fn execute(
         Request::Coord(request) => services.coord.execute(request, timeout).await.map(Response::Coord),
         Request::Cluster(request) => services.cluster.execute(request).await.map(Response::Cluster),
         // Served on its own stream (`rpc::watch`), never as one request and one answer.
-        Request::Watch(_) => Err(WireError::internal("a watch was routed to the single-answer path")),
+        Request::Watch(_) | Request::Observe(_) => {
+            Err(WireError::internal("a watch was routed to the single-answer path"))
+        }
     }
 }

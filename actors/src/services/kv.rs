@@ -25,11 +25,13 @@ pub struct KvService {
     blobs: BlobService,
 }
 
-/// A page of a scan: the entries, and where the next page starts when more keys may follow.
+/// A page of a scan: the entries, where the next page starts when more keys may follow, and the revision it was
+/// read at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScanPage {
     pub entries: Vec<KvEntry>,
     pub next: Option<Bytes>,
+    pub revision: u64,
 }
 
 impl KvService {
@@ -105,7 +107,7 @@ impl KvService {
     ) -> Result<ScanPage, WireError> {
         let request = KvRequest::Scan { prefix: prefix.into(), limit, after, consistency };
         match self.execute(request, timeout).await? {
-            KvResponse::ScanPage { entries, next } => Ok(ScanPage { entries, next }),
+            KvResponse::ScanPage { entries, next, revision } => Ok(ScanPage { entries, next, revision }),
             other => Err(unexpected("scan", &other)),
         }
     }

@@ -20,7 +20,7 @@ pub use cluster::ClusterService;
 pub use coord::CoordService;
 pub use kv::{KvService, ScanPage};
 pub use plugins::{PluginService, ServicesHost};
-pub use watch::{WatchService, Watcher};
+pub use watch::{Observer, WatchService, Watcher};
 
 /// One node's services, built once by the tree.
 #[derive(Clone)]

@@ -1,7 +1,7 @@
 //! The watch service: a KV feed narrowed to the keys and kinds one watch asked for, with previous entries, progress
 //! notifications that never run ahead of the events, and the cancellations a watcher acts on (`COMPACTED`: re-read
 //! and continue; `NO_LEADER`: resume on another member). The RPC layer frames what it answers; the hook router and
-//! the FUSE cache are its next callers.
+//! the FUSE cache are its next callers. Observations of coordination resources ([`Observer`]) share its slots.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::limits::{WATCH_FRAME_EVENTS_BYTES_MAX, WATCH_NO_LEADER_MS, WATCHES_PER_NODE_MAX};
+use pando_protocol::observe::ObserveRequest;
 use pando_protocol::watch::{WatchEvent, WatchRequest, WatchResponse};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -16,6 +17,9 @@ use tokio::time::Instant;
 use crate::commit_stream::{KvFeed, RevisionEvents};
 use crate::raft::RaftHandle;
 use crate::storage_actor::StorageHandle;
+
+mod observe;
+pub use observe::Observer;
 
 /// How often a watch looks whether its node still has a leader.
 const LEADER_CHECK_MS: u64 = 250;
@@ -37,12 +41,7 @@ impl WatchService {
     /// serves [`WATCHES_PER_NODE_MAX`].
     pub fn open(&self, request: WatchRequest) -> Result<Watcher, WireError> {
         request.validate()?;
-        let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
-            WireError::new(
-                ErrorCode::Busy,
-                format!("this node serves {WATCHES_PER_NODE_MAX} watches already; retry with backoff or elsewhere"),
-            )
-        })?;
+        let slot = self.slot()?;
         let current = self.storage.reader()?.revision().map_err(|fault| WireError::internal(fault.to_string()))?;
         let start = match request.start_revision {
             0 => current + 1,
@@ -51,14 +50,29 @@ impl WatchService {
         Ok(Watcher {
             feed: self.storage.feed(start),
             storage: self.storage.clone(),
-            raft: self.raft.clone(),
             request,
             created: Some(WatchResponse::Created { start_revision: start, current }),
             frames: VecDeque::new(),
             ended: false,
             last_frame: Instant::now(),
-            leaderless_since: None,
+            leader: LeaderLoss::new(self.raft.clone()),
             _slot: slot,
+        })
+    }
+
+    /// Opens an observation (the caller checked the observer may read the resource); `BUSY` like a watch.
+    pub fn observe(&self, request: ObserveRequest) -> Result<Observer, WireError> {
+        request.validate()?;
+        let slot = self.slot()?;
+        Ok(Observer::new(self.storage.clone(), request, LeaderLoss::new(self.raft.clone()), slot))
+    }
+
+    fn slot(&self) -> Result<OwnedSemaphorePermit, WireError> {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            WireError::new(
+                ErrorCode::Busy,
+                format!("this node serves {WATCHES_PER_NODE_MAX} watches already; retry with backoff or elsewhere"),
+            )
         })
     }
 }
@@ -67,14 +81,13 @@ impl WatchService {
 pub struct Watcher {
     feed: KvFeed,
     storage: StorageHandle,
-    raft: RaftHandle,
     request: WatchRequest,
     created: Option<WatchResponse>,
     /// Frames of a revision cut into several.
     frames: VecDeque<WatchResponse>,
     ended: bool,
     last_frame: Instant,
-    leaderless_since: Option<Instant>,
+    leader: LeaderLoss,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -119,7 +132,7 @@ impl Watcher {
                     return Some(self.sent(WatchResponse::Progress { next_revision }));
                 }
                 () = tokio::time::sleep(Duration::from_millis(LEADER_CHECK_MS)) => {
-                    if let Some(error) = self.leaderless() {
+                    if let Some(error) = self.leader.check() {
                         return Some(self.cancel(error));
                     }
                 }
@@ -136,22 +149,6 @@ impl Watcher {
         self.ended = true;
         self.frames.clear();
         WatchResponse::Canceled { error, next_revision: self.feed.next_revision() }
-    }
-
-    /// `NO_LEADER` once the node has known no leader for [`WATCH_NO_LEADER_MS`]: cut off from the majority, it would
-    /// otherwise serve a watch that silently stops (etcd's watches hang there).
-    fn leaderless(&mut self) -> Option<WireError> {
-        if self.raft.leader().is_some() {
-            self.leaderless_since = None;
-            return None;
-        }
-        let since = *self.leaderless_since.get_or_insert_with(Instant::now);
-        (since.elapsed() >= Duration::from_millis(WATCH_NO_LEADER_MS)).then(|| {
-            WireError::new(
-                ErrorCode::NoLeader,
-                format!("this node has had no leader for {WATCH_NO_LEADER_MS} ms; resume the watch on another member"),
-            )
-        })
     }
 
     /// Queues the frames of one revision's matching events (none: nothing queued); `true` when some were.
@@ -191,6 +188,34 @@ impl Watcher {
         }
         self.frames.push_back(WatchResponse::Events { revision, events: frame, more: false });
         true
+    }
+}
+
+/// Tells when a node has been without a leader for too long to keep serving a watch.
+pub(crate) struct LeaderLoss {
+    raft: RaftHandle,
+    since: Option<Instant>,
+}
+
+impl LeaderLoss {
+    fn new(raft: RaftHandle) -> LeaderLoss {
+        LeaderLoss { raft, since: None }
+    }
+
+    /// `NO_LEADER` once the node has known no leader for [`WATCH_NO_LEADER_MS`]: cut off from the majority, it would
+    /// otherwise serve a watch that silently stops (etcd's watches hang there).
+    fn check(&mut self) -> Option<WireError> {
+        if self.raft.leader().is_some() {
+            self.since = None;
+            return None;
+        }
+        let since = *self.since.get_or_insert_with(Instant::now);
+        (since.elapsed() >= Duration::from_millis(WATCH_NO_LEADER_MS)).then(|| {
+            WireError::new(
+                ErrorCode::NoLeader,
+                format!("this node has had no leader for {WATCH_NO_LEADER_MS} ms; resume the watch on another member"),
+            )
+        })
     }
 }
 

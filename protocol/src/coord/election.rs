@@ -61,7 +61,9 @@ pub(crate) fn campaign(
         // Campaigning again as the leader updates the proclaimed value, keeping the term's token.
         Some(leader) if leader.lease == lease_id => {
             leader.value = Bytes::from(value.to_vec());
+            let token = leader.token;
             save(store, &election_key(name), &election)?;
+            store.emit(CoordEvent::LeaderProclaimed { name: Bytes::from(name.to_vec()), lease: lease_id, token });
             return Ok(Ok(CoordResponse::Election { election }));
         }
         Some(leader) => {

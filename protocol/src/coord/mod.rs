@@ -111,6 +111,12 @@ pub enum CoordEvent {
         lease: u64,
         token: u64,
     },
+    /// The leader campaigned again: its proclaimed value changed, its token did not.
+    LeaderProclaimed {
+        name: Bytes,
+        lease: u64,
+        token: u64,
+    },
     SemaphoreAcquired {
         name: Bytes,
         lease: u64,

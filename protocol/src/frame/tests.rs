@@ -170,8 +170,8 @@ fn any_kv_response() -> impl Strategy<Value = KvResponse> {
             .prop_map(|entries| KvResponse::Entries { entries }),
         any::<u64>().prop_map(|revision| KvResponse::Written { revision }),
         (any::<u64>(), any::<bool>()).prop_map(|(revision, existed)| KvResponse::Deleted { revision, existed }),
-        (proptest::collection::vec(any_entry(), 0..3), proptest::option::of(any_bytes()))
-            .prop_map(|(entries, next)| KvResponse::ScanPage { entries, next }),
+        (proptest::collection::vec(any_entry(), 0..3), proptest::option::of(any_bytes()), any::<u64>())
+            .prop_map(|(entries, next, revision)| KvResponse::ScanPage { entries, next, revision }),
         (any::<bool>(), any::<u64>(), proptest::collection::vec(result, 0..3))
             .prop_map(|(succeeded, revision, results)| KvResponse::Txn { succeeded, revision, results }),
     ]

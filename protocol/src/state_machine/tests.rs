@@ -95,7 +95,7 @@ fn scan_paginates_with_prefix_and_continuation() {
             consistency: Consistency::Stale,
         };
         match read(&tables, revision, &request).unwrap().unwrap() {
-            KvResponse::ScanPage { entries, next } => (
+            KvResponse::ScanPage { entries, next, .. } => (
                 entries.into_iter().map(|e| String::from_utf8(e.key.into_vec()).unwrap()).collect::<Vec<_>>(),
                 next.map(|n| String::from_utf8(n.into_vec()).unwrap()),
             ),

@@ -204,3 +204,19 @@ proptest! {
         prop_assert_eq!(revisions.into_iter().collect::<Vec<_>>(), (1..=revision).collect::<Vec<_>>());
     }
 }
+
+#[test]
+fn a_range_sees_keys_between_its_ends_and_needs_access_to_their_shared_prefix() {
+    let range = |start: &str, end: &str| WatchRange::Range { start: bytes(start), end: bytes(end) };
+    let app = range("app/b", "app/d");
+    assert!(app.contains(b"app/b") && app.contains(b"app/c/x") && !app.contains(b"app/d") && !app.contains(b"app/a"));
+    assert_eq!(app.access_prefix(), b"app/");
+    assert_eq!(range("m", "").access_prefix(), b"", "an open end needs the whole keyspace");
+    assert!(range("m", "").contains(b"zzz") && !range("m", "").contains(b"a"));
+    let request = |range| WatchRequest { range, start_revision: 0, prev_kv: false, only: None, progress_ms: 0 };
+    assert_eq!(request(range("b", "a")).validate().unwrap_err().code, ErrorCode::InvalidArgument);
+    assert_eq!(request(range("a", "a")).validate().unwrap_err().code, ErrorCode::InvalidArgument);
+    assert!(request(range("", "")).validate().is_ok(), "every key");
+    let progress = WatchRequest { progress_ms: 10, ..request(WatchRange::Prefix(bytes(""))) };
+    assert_eq!(progress.validate().unwrap_err().code, ErrorCode::InvalidArgument, "progress too often");
+}

@@ -22,12 +22,13 @@ fn open(dir: &std::path::Path) -> (WatchService, StateMachineStore) {
 }
 
 async fn apply(state_machine: &mut StateMachineStore, index: u64, requests: Vec<KvRequest>) {
+    apply_commands(state_machine, index, requests.into_iter().map(Command::Kv).collect()).await;
+}
+
+async fn apply_commands(state_machine: &mut StateMachineStore, index: u64, commands: Vec<Command>) {
     let entry = Entry {
         log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(Proposal {
-            stamp_ms: index,
-            commands: requests.into_iter().map(Command::Kv).collect(),
-        }),
+        payload: EntryPayload::Normal(Proposal { stamp_ms: index, commands }),
     };
     let outcomes = state_machine.apply(vec![entry]).await.unwrap();
     assert!(outcomes[0].results.iter().all(Result::is_ok), "{outcomes:?}");
@@ -151,4 +152,40 @@ async fn a_watch_from_a_compacted_revision_is_cancelled_compacted() {
         }
         other => panic!("unexpected {other:?}"),
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_election_observer_sees_the_state_then_each_change_then_no_leader() {
+    use pando_protocol::coord::CoordRequest;
+    use pando_protocol::observe::{ObserveRequest, ObserveResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let (service, mut state_machine) = open(dir.path());
+    let mut observer = service.observe(ObserveRequest::Election { name: bytes("e") }).unwrap();
+    let mut next = async || match observer.next().await {
+        Some(ObserveResponse::Election { election }) => {
+            (election.last_token, election.leader.map(|leader| String::from_utf8(leader.value.to_vec()).unwrap()))
+        }
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(next().await, (0, None), "the state as it is when the observation opens");
+    let coord = |request| vec![Command::Coord(request)];
+    let campaign =
+        |value: &str| CoordRequest::ElectionCampaign { name: bytes("e"), lease: 1, value: bytes(value), wait_ms: 0 };
+    apply_commands(&mut state_machine, 1, coord(CoordRequest::LeaseGrant { ttl_ms: 60_000 })).await;
+    apply_commands(&mut state_machine, 2, coord(campaign("a"))).await;
+    // Another election's change wakes nobody here.
+    let other = CoordRequest::ElectionCampaign { name: bytes("f"), lease: 1, value: bytes("x"), wait_ms: 0 };
+    apply_commands(&mut state_machine, 3, coord(other)).await;
+    apply_commands(&mut state_machine, 4, coord(campaign("b"))).await;
+    apply_commands(&mut state_machine, 5, coord(CoordRequest::ElectionResign { name: bytes("e"), lease: 1 })).await;
+    assert_eq!(next().await, (1, Some("a".into())), "elected");
+    assert_eq!(next().await, (1, Some("b".into())), "a proclaimed value is a change");
+    assert_eq!(next().await, (1, None), "resigned");
+    let started = tokio::time::Instant::now();
+    match observer.next().await {
+        Some(ObserveResponse::Canceled { error }) => assert_eq!(error.code, ErrorCode::NoLeader),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(started.elapsed() <= Duration::from_millis(WATCH_NO_LEADER_MS + 1_000));
+    assert_eq!(observer.next().await, None, "a cancelled observation says nothing more");
 }
