@@ -172,14 +172,15 @@ async fn an_election_observer_sees_the_state_then_each_change_then_no_leader() {
     let campaign =
         |value: &str| CoordRequest::ElectionCampaign { name: bytes("e"), lease: 1, value: bytes(value), wait_ms: 0 };
     apply_commands(&mut state_machine, 1, coord(CoordRequest::LeaseGrant { ttl_ms: 60_000 })).await;
+    // The observer reads the state when woken (level-triggered): each change is read before the next is applied.
     apply_commands(&mut state_machine, 2, coord(campaign("a"))).await;
+    assert_eq!(next().await, (1, Some("a".into())), "elected");
     // Another election's change wakes nobody here.
     let other = CoordRequest::ElectionCampaign { name: bytes("f"), lease: 1, value: bytes("x"), wait_ms: 0 };
     apply_commands(&mut state_machine, 3, coord(other)).await;
     apply_commands(&mut state_machine, 4, coord(campaign("b"))).await;
-    apply_commands(&mut state_machine, 5, coord(CoordRequest::ElectionResign { name: bytes("e"), lease: 1 })).await;
-    assert_eq!(next().await, (1, Some("a".into())), "elected");
     assert_eq!(next().await, (1, Some("b".into())), "a proclaimed value is a change");
+    apply_commands(&mut state_machine, 5, coord(CoordRequest::ElectionResign { name: bytes("e"), lease: 1 })).await;
     assert_eq!(next().await, (1, None), "resigned");
     let started = tokio::time::Instant::now();
     match observer.next().await {
