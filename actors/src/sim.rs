@@ -11,9 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pando_protocol::cluster::MemberNode;
+use pando_protocol::command::{Command, CommandOutput};
+use pando_protocol::error::WireError;
 use pando_protocol::kv::bytes;
 use pando_protocol::ticket::{Ticket, TicketNode};
-use pando_protocol::token::{Capability, CapabilityToken, TokenClaims};
+use pando_protocol::token::{ACCESSOR_BYTES, Capability, CapabilityToken, SECRET_BYTES};
+
+use crate::services::tokens::create_command;
 use ractor::{Actor, ActorRef};
 
 use crate::clock::Clock;
@@ -77,39 +81,45 @@ pub fn member(id: NodeId) -> MemberNode {
     MemberNode { public_key: bytes(vec![id as u8; 32]), addrs: vec![addr] }
 }
 
-/// The cluster's identity in a simulation: its id and the key that signs its tokens, both from the seed.
+/// The cluster's identity in a simulation: its id, the members' shared secret and the admin token, all from the seed.
 #[derive(Clone)]
 pub struct SimIdentity {
     pub cluster_id: Vec<u8>,
-    pub signing_key: ed25519_dalek::SigningKey,
+    pub member_secret: [u8; 32],
+    /// Recorded by [`SimIdentity::admin_command`] once the cluster has a leader.
+    pub admin: CapabilityToken,
 }
 
 impl SimIdentity {
     pub fn from_seed(seed: u64) -> SimIdentity {
-        let mut secret = [0u8; 32];
-        secret[..8].copy_from_slice(&seed.to_le_bytes());
-        secret[8..16].copy_from_slice(b"pandosim");
+        let mut material = [0u8; 16];
+        material[..8].copy_from_slice(&seed.to_le_bytes());
+        material[8..].copy_from_slice(b"pandosim");
+        let member_secret = blake3::derive_key("pando simulated member secret", &material);
+        let mut random = [0u8; ACCESSOR_BYTES + SECRET_BYTES];
+        blake3::Hasher::new_derive_key("pando simulated admin token")
+            .update(&material)
+            .finalize_xof()
+            .fill(&mut random);
         SimIdentity {
             cluster_id: format!("sim-{seed}").into_bytes(),
-            signing_key: ed25519_dalek::SigningKey::from_bytes(&secret),
+            member_secret,
+            admin: CapabilityToken::from_random(random),
         }
     }
 
-    /// A ticket for clients: every node of `members`, and a token with every capability that never expires.
+    /// A ticket for clients: every node of `members`, and the admin token.
     pub fn admin_ticket(&self, members: &BTreeMap<NodeId, MemberNode>) -> Ticket {
-        let claims = TokenClaims {
-            cluster_id: bytes(self.cluster_id.clone()),
-            subject: "simulated client".into(),
-            capabilities: vec![Capability::All],
-            issued_at_ms: 0,
-            expires_at_ms: None,
-        };
         Ticket {
             cluster_id: bytes(self.cluster_id.clone()),
-            cluster_key: bytes(self.signing_key.verifying_key().to_bytes().to_vec()),
             nodes: members.iter().map(|(node_id, node)| TicketNode { node_id: *node_id, node: node.clone() }).collect(),
-            token: Some(CapabilityToken::sign(&claims, &self.signing_key)),
+            token: Some(self.admin.clone()),
         }
+    }
+
+    /// The log command that records the admin token (every capability, no expiry).
+    pub fn admin_command(&self) -> Command {
+        Command::Token(create_command(&self.admin, "simulated admin".into(), vec![Capability::All], Some(0), None))
     }
 }
 
@@ -152,11 +162,8 @@ impl SimNode {
     async fn boot(&mut self, bootstrap: Option<BTreeMap<NodeId, MemberNode>>) -> Result<(), String> {
         let handles = Handles::new(self.id, []);
         self.net.attach(self.id, handles.raft.clone());
-        let keys = ClusterKeys {
-            cluster_id: self.identity.cluster_id.clone(),
-            cluster_key: self.identity.signing_key.verifying_key(),
-            cluster_secret_key: self.identity.signing_key.to_bytes(),
-        };
+        let keys =
+            ClusterKeys { cluster_id: self.identity.cluster_id.clone(), member_secret: self.identity.member_secret };
         let config = TreeConfig {
             data_dir: self.dir.clone(),
             node_id: self.id,
@@ -178,6 +185,14 @@ impl SimNode {
         handles.tree.set_root(root.clone());
         self.running = Some((handles, root));
         Ok(())
+    }
+
+    /// Proposes `command` through this node's Raft (answers `NOT_LEADER` unless it leads; `UNAVAILABLE` while down).
+    pub async fn propose(&self, command: Command, timeout: Duration) -> Result<CommandOutput, WireError> {
+        match self.handles() {
+            Some(handles) => handles.raft.propose(command, timeout).await,
+            None => Err(WireError::new(pando_protocol::error::ErrorCode::Unavailable, "node is down")),
+        }
     }
 
     pub fn is_up(&self) -> bool {

@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ed25519_dalek::VerifyingKey;
 use pando_protocol::cluster::MemberNode;
 
 use crate::blobs::{BlobActor, BlobArgs, BlobConfig, BlobsHandle};
@@ -26,7 +25,8 @@ use crate::retention::{RetentionActor, RetentionArgs, RetentionConfig};
 use crate::rpc::sim_link::SimRpcListener;
 use crate::rpc::{GatewayHandle, RpcArgs, RpcContext, RpcGateway, RpcListener};
 use crate::services::{
-    BlobService, ClusterService, CoordService, KvService, PluginService, Services, ServicesHost, WatchService,
+    BlobService, ClusterService, CoordService, KvService, PluginService, Services, ServicesHost, TokenService,
+    WatchService,
 };
 use crate::storage::SimDisk;
 use crate::storage_actor::{StorageActor, StorageArgs, StorageHandle};
@@ -72,6 +72,7 @@ impl Handles {
     /// whether panics may be injected).
     pub fn services(&self, node_id: u64, keys: &ClusterKeys, fault_injection: bool) -> Services {
         let (kv, blobs) = self.kv_and_blobs(node_id);
+        let tokens = TokenService::new(self.raft.clone(), self.storage.clone());
         Services {
             kv,
             coord: CoordService::new(self.raft.clone(), self.storage.clone()),
@@ -80,7 +81,8 @@ impl Handles {
             cluster: ClusterService::new(
                 node_id,
                 keys.cluster_id.clone(),
-                keys.cluster_secret_key,
+                keys.member_secret,
+                tokens.clone(),
                 fault_injection,
                 self.raft.clone(),
                 self.storage.clone(),
@@ -88,6 +90,7 @@ impl Handles {
                 self.tree.clone(),
             ),
             blobs,
+            tokens,
         }
     }
 
@@ -126,11 +129,9 @@ impl Handles {
 #[derive(Clone)]
 pub struct ClusterKeys {
     pub cluster_id: Vec<u8>,
-    /// Verifies capability tokens.
-    pub cluster_key: VerifyingKey,
-    /// Handed to nodes that join, so every member can issue client tickets; also derives the mesh cookie and the
-    /// plugins' signing keys.
-    pub cluster_secret_key: [u8; 32],
+    /// The secret every member shares to serve: the actor mesh's cookie and the plugins' signing keys derive from it.
+    /// It mints no credential (tokens are records in the replicated state).
+    pub member_secret: [u8; 32],
 }
 
 pub struct TreeConfig {
@@ -192,14 +193,9 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
         World::Simulated { listener, .. } => RpcListener::Simulated(listener.clone()),
     };
     let node_id = config.node_id;
-    let cluster_secret = config.keys.cluster_secret_key;
+    let cluster_secret = config.keys.member_secret;
     let services = handles.services(node_id, &config.keys, config.fault_injection);
-    let context = RpcContext {
-        cluster_id: config.keys.cluster_id,
-        cluster_key: config.keys.cluster_key,
-        clock: config.clock,
-        services: services.clone(),
-    };
+    let context = RpcContext { clock: config.clock, services: services.clone() };
     let rpc = ChildSpec::new("rpc", Restart::Permanent, RpcGateway, RpcArgs { listener, context });
     let mut children = Vec::new();
     if let World::Iroh { endpoint, .. } = &config.world {

@@ -99,7 +99,14 @@ impl Client {
     /// Creates a client for the cluster in `ticket`. Connects lazily, on the first request.
     pub async fn new(ticket: &str, options: ClientOptions) -> Result<Client, ClientError> {
         let ticket = Ticket::decode(ticket).map_err(|error| ClientError::Invalid(format!("bad ticket: {error}")))?;
-        Ok(Client::with_transport(ticket, options, Box::new(IrohTransport::bind().await?)))
+        Ok(Client::with_transport(ticket, options, Box::new(IrohTransport::bind(None).await?)))
+    }
+
+    /// A client whose connections authenticate with `secret_key` (a node calling its cluster as itself: the node's
+    /// key is its credential, and a joining node proves it holds the key it registers).
+    pub async fn new_as(ticket: &str, options: ClientOptions, secret_key: [u8; 32]) -> Result<Client, ClientError> {
+        let ticket = Ticket::decode(ticket).map_err(|error| ClientError::Invalid(format!("bad ticket: {error}")))?;
+        Ok(Client::with_transport(ticket, options, Box::new(IrohTransport::bind(Some(secret_key)).await?)))
     }
 
     /// A client that reaches the ticket's nodes through `transport` (the simulator's network, in tests).
@@ -451,7 +458,7 @@ fn written(response: KvResponse) -> Result<u64, ClientError> {
     }
 }
 
-fn unexpected(response: &impl std::fmt::Debug) -> ClientError {
+pub(crate) fn unexpected(response: &impl std::fmt::Debug) -> ClientError {
     ClientError::Protocol(format!("unexpected response {response:?}"))
 }
 

@@ -328,7 +328,8 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
         "" | "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
-        other => return Err(format!("unknown duration unit `{other}`; use ms, s, m or h")),
+        "d" => 86_400_000,
+        other => return Err(format!("unknown duration unit `{other}`; use ms, s, m, h or d")),
     };
     number.checked_mul(factor).ok_or_else(|| format!("`{text}` is too long"))
 }
@@ -887,7 +888,8 @@ mod tests {
         assert_eq!(parse_duration_ms("2m"), Ok(120_000));
         assert_eq!(parse_duration_ms("3"), Ok(3_000));
         assert!(parse_duration_ms("ten").is_err());
-        assert!(parse_duration_ms("5d").is_err());
+        assert_eq!(parse_duration_ms("5d"), Ok(5 * 86_400_000));
+        assert!(parse_duration_ms("5w").is_err());
         assert!(parse_duration_ms("99999999999999999999h").is_err());
     }
 }

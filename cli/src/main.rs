@@ -10,6 +10,7 @@ mod coord;
 mod output;
 mod plugin;
 mod queue;
+mod token;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -97,6 +98,9 @@ enum Command {
     /// WASM plugins: install, upgrade, enable, disable, remove, call.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Scoped tokens: create, list, show, revoke.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -265,6 +269,15 @@ enum ClusterCommand {
     /// The node's actor mesh: its sessions to other members, and a ping from it to every node agent in the
     /// cluster-wide process group.
     Mesh,
+    /// Join tokens: `join-token create [--ttl 1h] [--uses 1] [--as learner|voter]` prints a join ticket.
+    #[command(subcommand)]
+    JoinToken(JoinTokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum JoinTokenCommand {
+    /// Mint a join token and print the join ticket for `pando-node --join`.
+    Create(token::JoinTokenArgs),
 }
 
 /// A fencing condition: `token` must still be current at resource `name` of `kind`.
@@ -402,6 +415,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Service(command) => coord::service(&client, command, cli.json).await,
         Command::Blob(command) => blob::blob(&client, command, cli.json).await,
         Command::Plugin(command) => plugin::plugin(&client, command, cli.json).await,
+        Command::Token(command) => token::token(&client, command, cli.json).await,
+        Command::Cluster(ClusterCommand::JoinToken(JoinTokenCommand::Create(args))) => {
+            token::join_token(&client, args, cli.json).await
+        }
         Command::Actors => {
             match client.cluster(ClusterRequest::Actors).await? {
                 ClusterResponse::Actors { actors } => {

@@ -1,7 +1,10 @@
 //! The node's persistent identity and cluster membership facts, kept as small files in the data directory.
 //!
-//! `node.key` (the node's ed25519 secret, mode 0600) is its iroh identity; `cluster.key` (mode 0600) signs client
-//! tokens; `node.json` holds the node id, cluster id and the address the node listens on, so a restart reuses them.
+//! `node.key` (the node's ed25519 secret, mode 0600) is its iroh identity and its credential toward the cluster;
+//! `cluster.key` (mode 0600) is the members' shared secret (the actor mesh's cookie and plugins' signing keys derive
+//! from it; it mints no token); `node.json` holds the node id, cluster id, the address the node listens on and whether
+//! the founder recorded its admin token, so a restart reuses them; `ticket` (mode 0600) lists the members, and on the
+//! founder carries the admin token minted on its first start.
 
 use std::fs;
 use std::io::Write;
@@ -30,6 +33,8 @@ pub struct NodeRecord {
     /// Public keys of the members this node was told about when it joined: trusted for Raft traffic before its own
     /// log holds the membership.
     pub seeds: Vec<[u8; 32]>,
+    /// On the founder: the admin token of its first start is recorded in the cluster (never minted again).
+    pub admin_minted: bool,
 }
 
 pub struct Identity {
@@ -120,6 +125,8 @@ fn load_record(dir: &Path) -> anyhow::Result<Option<NodeRecord>> {
         .parse()
         .with_context(|| format!("{} has an invalid bind address", path.display()))?;
     let founder = value["founder"].as_bool().unwrap_or(true);
+    // A founder's data directory from before token records gets an admin token on its next start.
+    let admin_minted = value["admin_minted"].as_bool().unwrap_or(false);
     let mut seeds = Vec::new();
     for seed in value["seeds"].as_array().into_iter().flatten() {
         let bytes = data_encoding::HEXLOWER
@@ -129,7 +136,7 @@ fn load_record(dir: &Path) -> anyhow::Result<Option<NodeRecord>> {
             bytes.try_into().map_err(|_| anyhow::anyhow!("{} has a seed key that is not 32 bytes", path.display()))?,
         );
     }
-    Ok(Some(NodeRecord { node_id, cluster_id, bind, founder, seeds }))
+    Ok(Some(NodeRecord { node_id, cluster_id, bind, founder, seeds, admin_minted }))
 }
 
 pub fn save_record(dir: &Path, record: &NodeRecord) -> anyhow::Result<()> {
@@ -138,6 +145,7 @@ pub fn save_record(dir: &Path, record: &NodeRecord) -> anyhow::Result<()> {
         "cluster_id": data_encoding::HEXLOWER.encode(&record.cluster_id),
         "bind": record.bind.to_string(),
         "founder": record.founder,
+        "admin_minted": record.admin_minted,
         "seeds": record.seeds.iter().map(|seed| data_encoding::HEXLOWER.encode(seed)).collect::<Vec<_>>(),
     });
     write_private(&dir.join(NODE_FILE), serde_json::to_string_pretty(&value)?.as_bytes())
@@ -149,10 +157,6 @@ pub fn new_cluster_id() -> Vec<u8> {
 
 pub fn ticket_path(dir: &Path) -> PathBuf {
     dir.join("ticket")
-}
-
-pub fn join_ticket_path(dir: &Path) -> PathBuf {
-    dir.join("join-ticket")
 }
 
 pub fn cluster_key_path(dir: &Path) -> PathBuf {

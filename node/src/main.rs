@@ -1,6 +1,6 @@
 //! `pando-node`: the composition root. Reads the configuration and data directory, loads or creates the identity,
-//! binds the iroh endpoint, starts the supervision tree, writes the client ticket, and shuts down in order on
-//! SIGINT/SIGTERM.
+//! binds the iroh endpoint, starts the supervision tree, writes the ticket (on the founder's first start with an admin
+//! token, printed that once), and shuts down in order on SIGINT/SIGTERM.
 
 mod identity;
 mod membership;
@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use ed25519_dalek::SigningKey;
 use iroh::endpoint::presets;
 use iroh::{Endpoint, SecretKey};
 use pando_actors::clock::Clock;
@@ -49,9 +48,12 @@ struct Args {
     /// Socket address to listen on (UDP, QUIC). Remembered in the data directory; later starts reuse it.
     #[arg(long, env = "PANDO_BIND")]
     bind: Option<SocketAddr>,
-    /// Join the cluster of this join ticket (the `join-ticket` file of any member) on first start.
+    /// Join the cluster of this join ticket (from `pando cluster join-token create`) on first start.
     #[arg(long, env = "PANDO_JOIN", hide_env_values = true)]
     join: Option<String>,
+    /// Lifetime of the admin token the founding node mints on its first start, in seconds (0: never expires).
+    #[arg(long, default_value_t = 30 * 86_400)]
+    admin_token_ttl_secs: u64,
     /// Raft snapshot after this many log entries since the last one.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
@@ -118,7 +120,12 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         (None, None) => BIND_DEFAULT.parse().expect("default bind address parses"),
     };
     if !bind.ip().is_loopback() {
-        tracing::warn!(%bind, "listening beyond loopback: clients need the ticket's token, keep the ticket secret");
+        tracing::warn!(%bind, "listening beyond loopback: clients need a token, keep tickets that carry one secret");
+    }
+    if args.admin_token_ttl_secs == 0 && identity.record.is_none() && args.join.is_none() {
+        tracing::warn!(
+            "the admin token will never expire (--admin-token-ttl-secs 0); revoke it with `pando token revoke`"
+        );
     }
 
     let secret = SecretKey::from_bytes(&identity.node_key);
@@ -135,7 +142,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     let bound = *endpoint.bound_sockets().first().context("endpoint has no bound socket")?;
     let me = MemberNode { public_key: Bytes::from(secret.public().as_bytes().to_vec()), addrs: vec![bound] };
 
-    let (record, cluster_key) = match (identity.record, &args.join) {
+    let (mut record, member_secret) = match (identity.record, &args.join) {
         (Some(record), join) => {
             if join.is_some() {
                 tracing::warn!("--join ignored: this node already belongs to a cluster");
@@ -143,8 +150,8 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             (NodeRecord { bind: bound, ..record }, identity.cluster_key)
         }
         (None, Some(join_ticket)) => {
-            let joined = membership::join(join_ticket, me.clone()).await?;
-            identity::write_private(&identity::cluster_key_path(&args.data_dir), &joined.cluster_secret_key)?;
+            let joined = membership::join(join_ticket, me.clone(), identity.node_key).await?;
+            identity::write_private(&identity::cluster_key_path(&args.data_dir), &joined.member_secret)?;
             let seeds =
                 joined.members.iter().filter_map(|member| member.node.public_key.as_slice().try_into().ok()).collect();
             tracing::info!(node_id = joined.node_id, "joined the cluster as a learner");
@@ -154,8 +161,9 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                 bind: bound,
                 founder: false,
                 seeds,
+                admin_minted: false,
             };
-            (record, joined.cluster_secret_key)
+            (record, joined.member_secret)
         }
         (None, None) => {
             let record = NodeRecord {
@@ -164,6 +172,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                 bind: bound,
                 founder: true,
                 seeds: Vec::new(),
+                admin_minted: false,
             };
             (record, identity.cluster_key)
         }
@@ -171,7 +180,6 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     // Persist the actual port, so a restart listens where clients and peers already look.
     identity::save_record(&args.data_dir, &record)?;
 
-    let cluster_signing_key = SigningKey::from_bytes(&cluster_key);
     let handles = Handles::new(record.node_id, record.seeds.iter().copied());
     let mut raft_config = pando_actors::raft::default_config();
     raft_config.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(args.snapshot_every);
@@ -185,11 +193,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         // log holds a membership, so a crash before the first membership entry cannot leave it uninitialised.
         bootstrap: record.founder.then(|| BTreeMap::from([(record.node_id, me.clone())])),
         network: IrohNetwork::new(endpoint.clone(), handles.raft.peer_health()).into(),
-        keys: ClusterKeys {
-            cluster_id: record.cluster_id.clone(),
-            cluster_key: cluster_signing_key.verifying_key(),
-            cluster_secret_key: cluster_key,
-        },
+        keys: ClusterKeys { cluster_id: record.cluster_id.clone(), member_secret },
         fault_injection: args.enable_fault_injection,
         clock: Clock::Wall,
         handles: handles.clone(),
@@ -225,10 +229,26 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     let cluster_identity = membership::ClusterIdentity {
         node_id: record.node_id,
         cluster_id: record.cluster_id.clone(),
-        signing_key: cluster_signing_key,
         me,
+        node_key: identity.node_key,
     };
-    let ticket = membership::write_tickets(&args.data_dir, &cluster_identity, &handles.raft)?;
+    let address_book = membership::write_tickets(&args.data_dir, &cluster_identity, &handles.raft)?;
+    // The founder's first start (or its first since token records): mint the admin token, write it into the ticket
+    // file (mode 0600) and print that ticket this once. Every later start prints the address book only.
+    let printed = if record.founder && !record.admin_minted {
+        let ttl_ms = match args.admin_token_ttl_secs {
+            0 => Some(0),
+            secs => Some(secs.saturating_mul(1_000)),
+        };
+        let admin = mint_admin(&handles, ttl_ms).await?;
+        let ticket = pando_protocol::ticket::Ticket { token: Some(admin), ..address_book };
+        identity::write_private(&identity::ticket_path(&args.data_dir), ticket.encode().as_bytes())?;
+        record.admin_minted = true;
+        identity::save_record(&args.data_dir, &record)?;
+        ticket
+    } else {
+        address_book
+    };
     // Under the tree, started now that the tickets exist: a child added at run time, restarted like the others.
     let duties = membership::DutiesArgs {
         data_dir: args.data_dir.clone(),
@@ -243,7 +263,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         Err(error) => anyhow::bail!("the supervision tree did not start the membership duties: {error}"),
     }
     tracing::info!(node_id = record.node_id, addr = %bound, ticket = %identity::ticket_path(&args.data_dir).display(), "node ready");
-    println!("{ticket}");
+    println!("{}", printed.encode());
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let code = tokio::select! {
@@ -264,6 +284,32 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     endpoint.close().await;
     tracing::info!("stopped");
     Ok(code)
+}
+
+/// How long the founder's first start may take to record its admin token.
+const ADMIN_MINT_WAIT_MS_MAX: u64 = 60_000;
+
+/// Records a fresh admin token (every capability) through the log and answers it.
+async fn mint_admin(handles: &Handles, ttl_ms: Option<u64>) -> anyhow::Result<pando_protocol::token::CapabilityToken> {
+    use pando_actors::services::tokens::{create_command, fresh_token};
+    use pando_protocol::command::Command;
+    use pando_protocol::token::Capability;
+    let admin = fresh_token();
+    let command = Command::Token(create_command(&admin, "admin".into(), vec![Capability::All], ttl_ms, None));
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(ADMIN_MINT_WAIT_MS_MAX);
+    loop {
+        // On the founder's first start it leads alone; token commands never travel over the actor mesh.
+        match handles.raft.propose(command.clone(), Duration::from_secs(5)).await {
+            Ok(_) => return Ok(admin),
+            Err(error) if tokio::time::Instant::now() >= deadline => {
+                anyhow::bail!("cannot record the admin token: {error}")
+            }
+            Err(error) => {
+                tracing::debug!(%error, "admin token not recorded yet");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 }
 
 /// Waits (bounded) until this node knows a leader; says whether it does.

@@ -1,14 +1,16 @@
-//! What a node does about membership: join an existing cluster (before the supervision tree starts), and, under the
-//! tree as the `membership` actor, promote itself once it has caught up, announce a changed address, and keep its
-//! ticket files in step with the membership.
+//! What a node does about membership: join an existing cluster with a join ticket (before the supervision tree
+//! starts), and, under the tree as the `membership` actor, ask for its promotion once caught up (when its join token
+//! said voter), announce a changed address, and keep its ticket file in step with the membership.
+//!
+//! A node holds no token: it calls its cluster as itself, over connections that authenticate with its own key, and
+//! the membership says which key is which node.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use ed25519_dalek::SigningKey;
 use pando_actors::raft::RaftHandle;
 use pando_actors::supervision::{ActorDetail, Control};
 use pando_client::{Client, ClientError, ClientOptions};
@@ -16,7 +18,7 @@ use pando_protocol::cluster::{ClusterRequest, ClusterResponse, MemberNode};
 use pando_protocol::error::ErrorCode;
 use pando_protocol::kv::Bytes;
 use pando_protocol::ticket::{Ticket, TicketNode};
-use pando_protocol::token::{Capability, CapabilityToken, TokenClaims};
+use pando_protocol::token::CapabilityToken;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::identity;
@@ -25,55 +27,23 @@ use crate::identity;
 pub const PROMOTE_WAIT_MS_MAX: u64 = 10 * 60 * 1000;
 /// Pause between promotion attempts.
 pub const PROMOTE_RETRY_MS: u64 = 300;
-/// How long a join ticket's token stays valid.
-pub const JOIN_TOKEN_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 /// Timeout of the node's own cluster requests.
 const CLUSTER_REQUEST_TIMEOUT_MS: u64 = 10_000;
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
-}
-
-/// Everything a node needs to speak for the cluster.
+/// Everything a node needs to speak to its cluster as itself.
 #[derive(Clone)]
 pub struct ClusterIdentity {
     pub node_id: u64,
     pub cluster_id: Vec<u8>,
-    pub signing_key: SigningKey,
     pub me: MemberNode,
+    /// The node's own secret key: its credential when it calls the cluster.
+    pub node_key: [u8; 32],
 }
 
 impl ClusterIdentity {
-    fn token(&self, subject: &str, capabilities: Vec<Capability>, expires_at_ms: Option<u64>) -> CapabilityToken {
-        CapabilityToken::sign(
-            &TokenClaims {
-                cluster_id: Bytes::from(self.cluster_id.clone()),
-                subject: subject.into(),
-                capabilities,
-                issued_at_ms: now_ms(),
-                expires_at_ms,
-            },
-            &self.signing_key,
-        )
-    }
-
-    fn ticket(&self, nodes: Vec<TicketNode>, token: CapabilityToken) -> Ticket {
-        Ticket {
-            cluster_id: Bytes::from(self.cluster_id.clone()),
-            cluster_key: Bytes::from(self.signing_key.verifying_key().to_bytes().to_vec()),
-            nodes,
-            token: Some(token),
-        }
-    }
-
-    /// The client ticket (admin token) for these nodes.
-    pub fn client_ticket(&self, nodes: Vec<TicketNode>) -> Ticket {
-        self.ticket(nodes, self.token("admin", vec![Capability::All], None))
-    }
-
-    /// A ticket that only lets its holder join.
-    pub fn join_ticket(&self, nodes: Vec<TicketNode>) -> Ticket {
-        self.ticket(nodes, self.token("joiner", vec![Capability::ClusterJoin], Some(now_ms() + JOIN_TOKEN_TTL_MS)))
+    /// A ticket for `nodes` carrying `token` (`None`: an address book, which authenticates nobody).
+    pub fn ticket(&self, nodes: Vec<TicketNode>, token: Option<CapabilityToken>) -> Ticket {
+        Ticket { cluster_id: Bytes::from(self.cluster_id.clone()), nodes, token }
     }
 }
 
@@ -81,21 +51,24 @@ impl ClusterIdentity {
 pub struct Joined {
     pub node_id: u64,
     pub cluster_id: Vec<u8>,
-    pub cluster_secret_key: [u8; 32],
+    /// What members share to serve (the mesh cookie, plugins' signing keys); it mints no credential.
+    pub member_secret: [u8; 32],
     pub members: Vec<TicketNode>,
 }
 
-/// Asks the cluster in `join_ticket` to admit `me`; the leader assigns an id and adds it as a learner.
-pub async fn join(join_ticket: &str, me: MemberNode) -> anyhow::Result<Joined> {
+/// Asks the cluster in `join_ticket` to admit `me`, over a connection that authenticates with `node_key` (the key
+/// `me` registers): the leader spends one use of the ticket's join token, assigns an id and adds the node as a
+/// learner.
+pub async fn join(join_ticket: &str, me: MemberNode, node_key: [u8; 32]) -> anyhow::Result<Joined> {
     let options = ClientOptions { timeout: Duration::from_millis(CLUSTER_REQUEST_TIMEOUT_MS) };
-    let client = Client::new(join_ticket, options).await.context("bad join ticket")?;
+    let client = Client::new_as(join_ticket, options, node_key).await.context("bad join ticket")?;
     let response = client.cluster(ClusterRequest::Join { node: me }).await;
     client.close().await;
     match response.context("the cluster refused to let this node join")? {
-        ClusterResponse::Joined { node_id, cluster_id, cluster_secret_key, members } => {
-            let cluster_secret_key: [u8; 32] =
-                cluster_secret_key.as_slice().try_into().context("the cluster sent a malformed key")?;
-            Ok(Joined { node_id, cluster_id: cluster_id.into_vec(), cluster_secret_key, members })
+        ClusterResponse::Joined { node_id, cluster_id, member_secret, members } => {
+            let member_secret: [u8; 32] =
+                member_secret.as_slice().try_into().context("the cluster sent a malformed member secret")?;
+            Ok(Joined { node_id, cluster_id: cluster_id.into_vec(), member_secret, members })
         }
         other => bail!("unexpected answer to join: {other:?}"),
     }
@@ -106,17 +79,23 @@ fn members(raft: &RaftHandle) -> Vec<TicketNode> {
     raft.members().into_iter().map(|(node_id, node)| TicketNode { node_id, node }).collect()
 }
 
-/// Writes `ticket` and `join-ticket` for the current members (or just this node before it knows any).
-pub fn write_tickets(data_dir: &Path, identity: &ClusterIdentity, raft: &RaftHandle) -> anyhow::Result<String> {
+/// The token the node's `ticket` file carries, if any (the founder's admin token, written on its first start).
+pub fn ticket_token(data_dir: &Path) -> Option<CapabilityToken> {
+    let text = std::fs::read_to_string(identity::ticket_path(data_dir)).ok()?;
+    Ticket::decode(&text).ok()?.token
+}
+
+/// Rewrites the `ticket` file for the current members (or just this node before it knows any), keeping the token it
+/// carries; answers the ticket without its token (an address book, safe to print).
+pub fn write_tickets(data_dir: &Path, identity: &ClusterIdentity, raft: &RaftHandle) -> anyhow::Result<Ticket> {
     let mut nodes = members(raft);
     // This node first, as it listens now (a joiner's log may not list it yet): a client given this node's ticket
     // talks to this node first.
     nodes.retain(|node| node.node_id != identity.node_id);
     nodes.insert(0, TicketNode { node_id: identity.node_id, node: identity.me.clone() });
-    let ticket = identity.client_ticket(nodes.clone()).encode();
-    identity::write_private(&identity::ticket_path(data_dir), ticket.as_bytes())?;
-    identity::write_private(&identity::join_ticket_path(data_dir), identity.join_ticket(nodes).encode().as_bytes())?;
-    Ok(ticket)
+    let ticket = identity.ticket(nodes, ticket_token(data_dir));
+    identity::write_private(&identity::ticket_path(data_dir), ticket.encode().as_bytes())?;
+    Ok(Ticket { token: None, ..ticket })
 }
 
 /// Runs for the node's lifetime: rewrites the tickets when the membership changes, announces this node's address when
@@ -135,6 +114,7 @@ async fn duties(args: DutiesArgs, voter: Arc<AtomicBool>) {
             last_members = current.clone();
         }
         let mine = current.iter().find(|member| member.node_id == identity.node_id);
+        voter.store(raft.is_voter(identity.node_id), Ordering::Relaxed);
         if let Some(member) = mine
             && member.node.addrs != identity.me.addrs
             && let Err(error) = ask(
@@ -156,6 +136,11 @@ async fn duties(args: DutiesArgs, voter: Arc<AtomicBool>) {
                     Ok(_) => {}
                     Err(error) if matches!(&error, ClientError::Wire(wire) if wire.code == ErrorCode::Unavailable) => {
                         tracing::debug!(%error, "not caught up yet");
+                    }
+                    Err(ClientError::Wire(wire)) if wire.code == ErrorCode::Unauthorized => {
+                        // The join token made this node a learner: an admin promotes it (`pando cluster promote`).
+                        tracing::info!(node_id = identity.node_id, "a learner until an admin promotes it");
+                        promoted = true;
                     }
                     Err(error) => tracing::warn!(%error, "promotion refused"),
                 }
@@ -237,7 +222,7 @@ impl Actor for DutiesActor {
     }
 }
 
-/// Sends a cluster request with this node's own admin token, to whichever member leads.
+/// Sends a cluster request as this node (its key is its credential), to whichever member leads.
 async fn ask(
     identity: &ClusterIdentity,
     members: &[TicketNode],
@@ -245,9 +230,9 @@ async fn ask(
 ) -> Result<ClusterResponse, ClientError> {
     let others: Vec<TicketNode> = members.iter().filter(|member| member.node_id != identity.node_id).cloned().collect();
     let nodes = if others.is_empty() { members.to_vec() } else { others };
-    let ticket = identity.client_ticket(nodes).encode();
-    let client =
-        Client::new(&ticket, ClientOptions { timeout: Duration::from_millis(CLUSTER_REQUEST_TIMEOUT_MS) }).await?;
+    let ticket = identity.ticket(nodes, None).encode();
+    let options = ClientOptions { timeout: Duration::from_millis(CLUSTER_REQUEST_TIMEOUT_MS) };
+    let client = Client::new_as(&ticket, options, identity.node_key).await?;
     let response = client.cluster(request).await;
     client.close().await;
     response

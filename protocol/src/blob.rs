@@ -553,14 +553,41 @@ pub fn apply(
     Ok(Ok(BlobResponse::Record { hash, record }))
 }
 
-/// A KV row stopped or started pointing at a blob: counts the reference, arming or disarming collection.
+/// The row saying KV key `key` points at blob `hash`.
+fn key_reference(hash: &BlobHash, key: &[u8]) -> Vec<u8> {
+    let mut row = with(keys::BLOB_KEY, hash.as_bytes());
+    row.extend_from_slice(key);
+    row
+}
+
+/// Visits the KV keys that point at `hash`, in key order, until `visit` breaks.
+pub fn referencing_keys(
+    store: &impl CoordRead,
+    hash: &BlobHash,
+    visit: &mut dyn FnMut(&[u8]) -> ControlFlow<()>,
+) -> Result<(), StorageFault> {
+    let prefix = with(keys::BLOB_KEY, hash.as_bytes());
+    store.coord_scan(&prefix, &mut |row, _| visit(&row[prefix.len()..]))
+}
+
+/// A reference (KV row `key`, or a plugin's wasm when `None`) stopped or started pointing at a blob: counts it,
+/// arming or disarming collection, and keeps the key-to-blob index.
 pub(crate) fn replace_reference(
     store: &mut impl CoordWrite,
+    key: Option<&[u8]>,
     old: Option<BlobRef>,
     new: Option<BlobRef>,
 ) -> Result<(), StorageFault> {
     if old == new {
         return Ok(());
+    }
+    if let Some(key) = key {
+        if let Some(old) = old {
+            store.coord_delete(&key_reference(&old.hash, key))?;
+        }
+        if let Some(new) = new {
+            store.coord_put(&key_reference(&new.hash, key), &[])?;
+        }
     }
     let now = crate::coord::clock(store)?;
     for (blob, delta) in [(old, -1i64), (new, 1)] {

@@ -24,7 +24,8 @@ impl std::fmt::Display for MemberNode {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClusterRequest {
     Status,
-    /// A new node asks to join; needs a join token. The leader assigns an id and adds the node as a learner.
+    /// A new node asks to join; needs a join token, and `node.public_key` must be the key the node's connection
+    /// authenticated with. The leader spends one use of the token, assigns an id and adds the node as a learner.
     Join {
         node: MemberNode,
     },
@@ -114,8 +115,9 @@ pub enum ClusterResponse {
     Joined {
         node_id: u64,
         cluster_id: Bytes,
-        /// The cluster's token signing key (32 secret bytes), so every member can issue client tickets.
-        cluster_secret_key: Bytes,
+        /// The secret every member shares to serve (the actor mesh's cookie and plugins' signing keys derive from it);
+        /// it mints no credential: tokens are records in the replicated state.
+        member_secret: Bytes,
         /// Current members, which the joiner trusts for Raft traffic until its own log holds the membership.
         members: Vec<crate::ticket::TicketNode>,
     },

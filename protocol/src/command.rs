@@ -16,6 +16,7 @@ pub enum Command {
     Coord(CoordRequest),
     Blob(crate::blob::BlobCommand),
     Plugin(crate::plugin::PluginCommand),
+    Token(crate::token::records::TokenCommand),
 }
 
 impl Command {
@@ -27,6 +28,7 @@ impl Command {
             Command::Blob(_) => 128,
             Command::Plugin(crate::plugin::PluginCommand::Kv { request, .. }) => 64 + request.payload_bytes(),
             Command::Plugin(_) => 2048,
+            Command::Token(_) => 1024,
         }
     }
 }
@@ -38,6 +40,7 @@ pub enum CommandOutput {
     Coord(CoordResponse),
     Blob(crate::blob::BlobResponse),
     Plugin(crate::plugin::PluginResponse),
+    Token(crate::token::records::TokenOutput),
 }
 
 /// The result of one KV command.

@@ -36,6 +36,8 @@ pub enum Request {
     Watch(crate::watch::WatchRequest),
     /// Observes a coordination resource on the request's stream (answered with [`Response::Observe`] frames).
     Observe(crate::observe::ObserveRequest),
+    /// Minting, listing and revoking tokens.
+    Token(crate::token::TokenRequest),
 }
 
 /// A response to the request with the same id.
@@ -54,6 +56,7 @@ pub enum Response {
     Plugin(crate::plugin::PluginResponse),
     Watch(crate::watch::WatchResponse),
     Observe(crate::observe::ObserveResponse),
+    Token(crate::token::TokenResponse),
 }
 
 /// The first two fields of an envelope, decoded on their own when the full envelope does not decode, so the error

@@ -21,8 +21,28 @@ pub const SCAN_LIMIT_COUNT_MAX: u32 = 1_000;
 pub const SCAN_LIMIT_COUNT_DEFAULT: u32 = 100;
 /// A scan page stops early (with a continuation) once its keys and values exceed this.
 pub const SCAN_RESPONSE_BYTES_MAX: usize = 3 * 1024 * 1024;
-/// Most bytes of a capability token's subject.
-pub const TOKEN_SUBJECT_BYTES_MAX: usize = 256;
+/// Most bytes of a token's name.
+pub const TOKEN_NAME_BYTES_MAX: usize = 256;
+/// Most tokens the cluster records (expired ones are purged when a mint would pass it).
+pub const TOKENS_COUNT_MAX: usize = 10_000;
+/// Most tokens one `pando token list` page shows.
+pub const TOKEN_LIST_COUNT_MAX: usize = 500;
+/// Longest lifetime a token may be given (0 asks for no expiry, an admin's explicit choice).
+pub const TOKEN_TTL_MS_MAX: u64 = 10 * 365 * 86_400_000;
+/// Lifetime of a token when its creator does not say.
+pub const TOKEN_TTL_MS_DEFAULT: u64 = 30 * 86_400_000;
+/// Lifetime of a join token when its creator does not say.
+pub const JOIN_TOKEN_TTL_MS_DEFAULT: u64 = 3_600_000;
+/// Most joins one join token allows.
+pub const JOIN_TOKEN_USES_MAX: u32 = 100;
+/// How often a connection's cached token is checked against the node's state again (a revocation reaches every
+/// open connection within this, once the node applied it).
+pub const TOKEN_RECHECK_MS: u64 = 250;
+/// How long a node waits for a token it does not know yet to arrive through the log (minted on another node a moment
+/// ago) before refusing it.
+pub const TOKEN_PROPAGATION_WAIT_MS: u64 = 1_000;
+/// Most members a cluster admits (each must fit a ticket, so clients can reach every one of them).
+pub const CLUSTER_MEMBERS_MAX: usize = 64;
 /// Most capabilities in one token.
 pub const TOKEN_CAPABILITIES_COUNT_MAX: usize = 64;
 /// Longest request timeout a client may ask for.
@@ -30,9 +50,14 @@ pub const REQUEST_TIMEOUT_MS_MAX: u32 = 5 * 60 * 1000;
 /// Timeout used when a request does not carry one.
 pub const REQUEST_TIMEOUT_MS_DEFAULT: u32 = 10_000;
 /// Most nodes one ticket lists.
-pub const TICKET_NODES_COUNT_MAX: usize = 16;
+pub const TICKET_NODES_COUNT_MAX: usize = 64;
 /// Most characters of an encoded ticket we try to decode.
-pub const TICKET_TEXT_BYTES_MAX: usize = 16 * 1024;
+pub const TICKET_TEXT_BYTES_MAX: usize = 64 * 1024;
+/// Most addresses one member announces.
+pub const MEMBER_ADDRS_COUNT_MAX: usize = 8;
+/// Upper bound of one ticket node's MessagePack encoding: field names, id, a 32-byte key, and each address at most
+/// 16 bytes of IPv6, a port and framing.
+pub const TICKET_NODE_ENCODED_BYTES_MAX: usize = 64 + 34 + MEMBER_ADDRS_COUNT_MAX * 32;
 /// Largest Raft frame between members (a batch of log entries or a snapshot chunk).
 pub const RAFT_FRAME_SIZE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Largest snapshot chunk sent in one Raft frame.
@@ -46,6 +71,13 @@ pub const PROPOSAL_BYTES_MAX: usize = 1024 * 1024;
 pub const BLOB_DATA_FRAME_BYTES_MAX: usize = 1024 * 1024;
 /// Longest pause between two data frames of a streamed blob before the node gives up on the transfer.
 pub const BLOB_DATA_FRAME_TIMEOUT_MS: u64 = 30_000;
+/// Slowest average rate a streamed blob upload may keep once its grace period is over (a trickling client holds a
+/// transfer slot and a request slot).
+pub const BLOB_UPLOAD_RATE_BYTES_PER_S_MIN: u64 = 64 * 1024;
+/// How long an upload may run before the minimum rate applies.
+pub const BLOB_UPLOAD_RATE_GRACE_MS: u64 = 10_000;
+/// Longest any one streamed blob upload may take.
+pub const BLOB_UPLOAD_DEADLINE_MS: u64 = 60 * 60 * 1000;
 /// Shortest interval between a watch's progress notifications.
 pub const WATCH_PROGRESS_MS_MIN: u32 = 100;
 /// A watch frame of events is cut (the revision continues in the next frame) once its keys and values pass this.
@@ -63,3 +95,12 @@ pub const OBSERVE_HEARTBEAT_MS: u64 = 5_000;
 const _: () = assert!(
     WATCH_FRAME_EVENTS_BYTES_MAX + 2 * (KEY_SIZE_BYTES_MAX + VALUE_SIZE_BYTES_MAX) + 64 * 1024 <= FRAME_SIZE_BYTES_MAX
 );
+
+const _: () = assert!(JOIN_TOKEN_TTL_MS_DEFAULT <= TOKEN_TTL_MS_MAX && TOKEN_TTL_MS_DEFAULT <= TOKEN_TTL_MS_MAX);
+const _: () = assert!(TOKEN_LIST_COUNT_MAX <= TOKENS_COUNT_MAX);
+// A revocation must reach open connections well within the second the product promises.
+const _: () = assert!(TOKEN_RECHECK_MS < 1_000);
+// Every member fits in a ticket, so a ticket written from the membership never has to drop one.
+const _: () = assert!(CLUSTER_MEMBERS_MAX <= TICKET_NODES_COUNT_MAX);
+// A ticket listing the most members, plus a token and its framing, fits the text limit after base64 (4 chars per 3 bytes).
+const _: () = assert!((CLUSTER_MEMBERS_MAX * TICKET_NODE_ENCODED_BYTES_MAX + 1024) * 4 / 3 <= TICKET_TEXT_BYTES_MAX);

@@ -501,7 +501,7 @@ pub fn apply(
                 return Ok(Err(WireError::new(ErrorCode::TooLarge, format!("{PLUGINS_MAX} plugins are installed"))));
             }
             let old_blob = old.as_ref().map(|old| BlobRef { hash: old.wasm, size: old.wasm_size });
-            crate::blob::replace_reference(store, old_blob, Some(blob))?;
+            crate::blob::replace_reference(store, None, old_blob, Some(blob))?;
             let record = PluginRecord {
                 manifest: manifest.clone(),
                 wasm: *wasm,
@@ -525,7 +525,12 @@ pub fn apply(
         }
         PluginCommand::Remove { name } => {
             let Some(record) = load(store, name)? else { return Ok(Err(not_found(name))) };
-            crate::blob::replace_reference(store, Some(BlobRef { hash: record.wasm, size: record.wasm_size }), None)?;
+            crate::blob::replace_reference(
+                store,
+                None,
+                Some(BlobRef { hash: record.wasm, size: record.wasm_size }),
+                None,
+            )?;
             store.coord_delete(&record_key(name))?;
             let mut reports = Vec::new();
             store.coord_scan(&status_prefix(name), &mut |key, _| {

@@ -92,6 +92,7 @@ pub fn apply_command(
         Command::Coord(request) => coord::apply(tables, revision, now, request)?.map(CommandOutput::Coord),
         Command::Blob(command) => crate::blob::apply(tables, now, command)?.map(CommandOutput::Blob),
         Command::Plugin(command) => crate::plugin::apply(tables, revision, now, command)?,
+        Command::Token(command) => crate::token::records::apply(tables, now, command)?.map(CommandOutput::Token),
     })
 }
 
@@ -304,7 +305,7 @@ pub(crate) fn delete_row(
 ) -> Result<bool, StorageFault> {
     let Some(old) = tables.get(key)? else { return Ok(false) };
     if old.blob.is_some() {
-        crate::blob::replace_reference(tables, old.blob, None)?;
+        crate::blob::replace_reference(tables, Some(key), old.blob, None)?;
     }
     tables.record(&KvEvent::delete(key, revision, old.mod_revision, coord::clock(tables)?))?;
     tables.delete(key)
@@ -335,7 +336,7 @@ fn write_row(
     };
     let old_blob = old.as_ref().and_then(|old| old.blob);
     if old_blob.is_some() || blob.is_some() {
-        crate::blob::replace_reference(tables, old_blob, blob)?;
+        crate::blob::replace_reference(tables, Some(key), old_blob, blob)?;
     }
     let prev_revision = old.as_ref().map_or(0, |old| old.mod_revision);
     let row = match old {

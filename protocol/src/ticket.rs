@@ -1,6 +1,7 @@
 //! Tickets: everything a client needs to reach a cluster, as one copyable string.
 //!
-//! A ticket lists nodes (id, public key, addresses), the cluster id and key, and a capability token. Text form:
+//! A ticket lists nodes (id, public key, addresses), the cluster id and, for clients, a capability token (a ticket
+//! without one only says where the cluster is). Text form:
 //! `pando1` followed by unpadded base64url of the MessagePack encoding.
 
 use serde::{Deserialize, Serialize};
@@ -21,8 +22,6 @@ pub struct TicketNode {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ticket {
     pub cluster_id: Bytes,
-    /// The cluster's public key: it signs tokens, so clients can check what a node hands them.
-    pub cluster_key: Bytes,
     pub nodes: Vec<TicketNode>,
     pub token: Option<CapabilityToken>,
 }
@@ -78,7 +77,6 @@ mod tests {
     fn round_trips_and_rejects_garbage() {
         let ticket = Ticket {
             cluster_id: Bytes::from(vec![1; 16]),
-            cluster_key: Bytes::from(vec![2; 32]),
             nodes: vec![TicketNode {
                 node_id: 1,
                 node: MemberNode {
@@ -94,5 +92,31 @@ mod tests {
         assert_eq!(Ticket::decode("nope"), Err(TicketError::Prefix));
         assert!(matches!(Ticket::decode("pando1!!"), Err(TicketError::Encoding(_))));
         assert!(matches!(Ticket::decode("pando1AAAA"), Err(TicketError::Contents(_))));
+    }
+
+    #[test]
+    fn a_ticket_with_the_most_members_and_a_token_encodes_and_decodes() {
+        use crate::limits::{CLUSTER_MEMBERS_MAX, MEMBER_ADDRS_COUNT_MAX};
+        let nodes = (1..=CLUSTER_MEMBERS_MAX as u64)
+            .map(|node_id| TicketNode {
+                node_id: u64::MAX - node_id,
+                node: MemberNode {
+                    public_key: Bytes::from(vec![0xff; 32]),
+                    addrs: (0..MEMBER_ADDRS_COUNT_MAX)
+                        .map(|port| {
+                            format!("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:{}", 65_000 + port).parse().unwrap()
+                        })
+                        .collect(),
+                },
+            })
+            .collect();
+        let ticket = Ticket {
+            cluster_id: Bytes::from(vec![1; 16]),
+            nodes,
+            token: Some(crate::token::CapabilityToken::from_random([0xff; 48])),
+        };
+        let text = ticket.encode();
+        assert!(text.len() <= TICKET_TEXT_BYTES_MAX, "{} characters", text.len());
+        assert_eq!(Ticket::decode(&text), Ok(ticket));
     }
 }

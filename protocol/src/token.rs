@@ -1,36 +1,57 @@
-//! Capability tokens: claims signed by the cluster key, presented by clients with every request.
+//! Capability tokens: an accessor id and a secret, checked against token records in the replicated state.
 //!
-//! The signed message is a domain-separation context followed by the claims' exact bytes, so a signature made for a
-//! token can never be replayed as a signature over anything else, and re-encoding never changes what was signed.
+//! The model is Consul's ACL tokens and Vault's accessors. A token is two random strings: the **accessor** (16 bytes,
+//! public: it names the token in `pando token list`, in logs and in a revocation) and the **secret** (32 bytes, what
+//! proves possession). The replicated state keeps one [`TokenRecord`] per accessor: the token's name, capabilities,
+//! expiry and a keyed BLAKE3 hash of the secret, never the secret itself. So:
+//! - every node checks a token against its own applied state, with no key to hand around and none to steal;
+//! - a revocation is one log entry, effective on each node as soon as it applies it;
+//! - a copy of a node's disk or log gives away the token list, not a usable token.
+//!
+//! Nodes do not hold tokens: a member authenticates with its own iroh key (the QUIC handshake proves it), and the
+//! membership says which key is which node ([`Capability::Node`]).
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+pub mod records;
+#[cfg(test)]
+mod tests;
+
 use serde::{Deserialize, Serialize};
 
+use crate::error::WireError;
 use crate::kv::Bytes;
-use crate::limits::{TOKEN_CAPABILITIES_COUNT_MAX, TOKEN_SUBJECT_BYTES_MAX};
+use crate::limits::{
+    JOIN_TOKEN_USES_MAX, KEY_SIZE_BYTES_MAX, TOKEN_CAPABILITIES_COUNT_MAX, TOKEN_NAME_BYTES_MAX, TOKEN_TTL_MS_MAX,
+};
 
-/// Prefix of every signed token message.
-pub const TOKEN_SIGNING_CONTEXT: &[u8] = b"pando/capability-token/v1\0";
+/// Bytes of a token's accessor id.
+pub const ACCESSOR_BYTES: usize = 16;
+/// Bytes of a token's secret.
+pub const SECRET_BYTES: usize = 32;
+/// BLAKE3 key-derivation context of a secret's stored hash.
+const SECRET_HASH_CONTEXT: &str = "pando 2026-12-04 capability token secret hash v1";
 
-/// What a token lets its holder do.
+/// What a token (or a member's key) lets its holder do.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Capability {
-    /// Everything, including cluster administration.
+    /// Everything, including cluster administration and minting tokens.
     All,
-    /// Read keys starting with `prefix`.
+    /// Read keys starting with `prefix` (and the blobs, leases, locks and queues under it).
     KvRead { prefix: Bytes },
-    /// Read and write keys starting with `prefix`.
+    /// Read and write keys starting with `prefix` (and the blobs, leases, locks and queues under it).
     KvWrite { prefix: Bytes },
-    /// Read cluster status.
+    /// Read cluster status, metrics and the plugin registry.
     ClusterRead,
-    /// Join the cluster as a new node (what a join ticket carries).
+    /// Join the cluster as a new node (what a join token carries).
     ClusterJoin,
-    /// Read blobs by hash.
+    /// Read blobs that keys this token can read refer to.
     BlobRead,
-    /// Add, read, protect and delete blobs.
+    /// Add blobs, and protect or re-replicate those keys this token can write refer to (reading them too).
     BlobWrite,
     /// Call plugins: the one named, or any (`None`). Installing and managing plugins needs [`Capability::All`].
     PluginCall { plugin: Option<String> },
+    /// A member of the cluster, authenticated by its own key: it may read the cluster status, announce its own
+    /// address, and ask for its own promotion when the join token that admitted it said so.
+    Node { node_id: u64, promote: bool },
 }
 
 /// What a request needs.
@@ -48,154 +69,269 @@ pub enum Access<'a> {
     PluginCall(&'a str),
     /// Installing, upgrading, enabling, disabling and removing plugins.
     PluginAdmin,
+    /// Minting, listing and revoking tokens.
+    TokenAdmin,
+    /// Announcing the addresses of this node.
+    NodeAddress(u64),
+    /// Promoting this learner to a voter.
+    Promote(u64),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenClaims {
-    /// The cluster this token is for.
-    pub cluster_id: Bytes,
-    /// Who holds it (free text for audit logs).
-    pub subject: String,
-    pub capabilities: Vec<Capability>,
-    pub issued_at_ms: u64,
-    /// `None`: does not expire.
-    pub expires_at_ms: Option<u64>,
-}
-
-/// A token as it travels: encoded claims and the signature over them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A token as it travels: accessor and secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CapabilityToken {
-    pub claims: Bytes,
-    pub signature: Bytes,
+    pub accessor: Bytes,
+    pub secret: Bytes,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
-    #[error("token signature does not verify against the cluster key")]
-    BadSignature,
-    #[error("token claims cannot be decoded: {0}")]
-    Malformed(String),
-    #[error("token is for another cluster")]
-    WrongCluster,
-    #[error("token expired at {expires_at_ms} ms")]
-    Expired { expires_at_ms: u64 },
-    #[error("token claims exceed limits: {0}")]
-    TooLarge(&'static str),
+impl std::fmt::Debug for CapabilityToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CapabilityToken")
+            .field("accessor", &hex(&self.accessor))
+            .field("secret", &"<redacted>")
+            .finish()
+    }
 }
 
 impl CapabilityToken {
-    /// Signs `claims` with the cluster key.
-    pub fn sign(claims: &TokenClaims, cluster_key: &SigningKey) -> CapabilityToken {
-        // Claims are plain data: encoding cannot fail.
-        let encoded = rmp_serde::to_vec_named(claims).expect("token claims always encode");
-        let signature = cluster_key.sign(&signed_message(&encoded));
-        CapabilityToken { claims: Bytes::from(encoded), signature: Bytes::from(signature.to_bytes().to_vec()) }
+    /// A token from random bytes the caller drew (this crate draws no randomness: it runs inside the state machine).
+    pub fn from_random(random: [u8; ACCESSOR_BYTES + SECRET_BYTES]) -> CapabilityToken {
+        CapabilityToken {
+            accessor: Bytes::from(random[..ACCESSOR_BYTES].to_vec()),
+            secret: Bytes::from(random[ACCESSOR_BYTES..].to_vec()),
+        }
     }
 
-    /// Checks the signature, the cluster and the expiry, and returns the claims.
-    pub fn verify(
-        &self,
-        cluster_key: &VerifyingKey,
-        cluster_id: &[u8],
-        now_ms: u64,
-    ) -> Result<TokenClaims, TokenError> {
-        let signature = Signature::from_slice(&self.signature).map_err(|_| TokenError::BadSignature)?;
-        cluster_key.verify(&signed_message(&self.claims), &signature).map_err(|_| TokenError::BadSignature)?;
-        let claims: TokenClaims =
-            rmp_serde::from_slice(&self.claims).map_err(|error| TokenError::Malformed(error.to_string()))?;
-        if claims.cluster_id.as_slice() != cluster_id {
-            return Err(TokenError::WrongCluster);
-        }
-        if claims.subject.len() > TOKEN_SUBJECT_BYTES_MAX {
-            return Err(TokenError::TooLarge("subject"));
-        }
-        if claims.capabilities.len() > TOKEN_CAPABILITIES_COUNT_MAX {
-            return Err(TokenError::TooLarge("capabilities"));
-        }
-        if let Some(expires_at_ms) = claims.expires_at_ms
-            && now_ms >= expires_at_ms
-        {
-            return Err(TokenError::Expired { expires_at_ms });
-        }
-        Ok(claims)
+    /// The hash its record stores.
+    pub fn secret_hash(&self) -> [u8; 32] {
+        blake3::derive_key(SECRET_HASH_CONTEXT, &self.secret)
+    }
+
+    /// Whether both parts have their sizes.
+    pub fn is_well_formed(&self) -> bool {
+        self.accessor.len() == ACCESSOR_BYTES && self.secret.len() == SECRET_BYTES
+    }
+
+    pub fn accessor_hex(&self) -> String {
+        hex(&self.accessor)
     }
 }
 
-fn signed_message(claims: &[u8]) -> Vec<u8> {
-    let mut message = Vec::with_capacity(TOKEN_SIGNING_CONTEXT.len() + claims.len());
-    message.extend_from_slice(TOKEN_SIGNING_CONTEXT);
-    message.extend_from_slice(claims);
-    message
+/// What a join token admits, and whom it admitted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinGrant {
+    /// Joins left before the token is spent.
+    pub uses_left: u32,
+    /// Whether nodes it admits may promote themselves to voters once caught up (else an admin promotes them).
+    pub voter: bool,
+    /// The node ids it admitted, in order.
+    pub admitted: Vec<u64>,
 }
 
-impl TokenClaims {
+/// A token as `pando token list` shows it: everything but the secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub accessor: Bytes,
+    pub name: String,
+    pub capabilities: Vec<Capability>,
+    /// Log time of its creation.
+    pub created_ms: u64,
+    /// `None`: does not expire.
+    pub expires_ms: Option<u64>,
+    /// Set for join tokens.
+    pub join: Option<JoinGrant>,
+}
+
+impl TokenInfo {
+    /// Whether it has expired at `now_ms` (log time in the state machine, the node's clock when authenticating).
+    pub fn expired_at(&self, now_ms: u64) -> bool {
+        self.expires_ms.is_some_and(|expires_ms| now_ms >= expires_ms)
+    }
+
     /// Whether any capability grants `access`.
     pub fn allows(&self, access: Access<'_>) -> bool {
-        self.capabilities.iter().any(|capability| match (capability, access) {
-            (Capability::All, _) => true,
-            (Capability::KvWrite { prefix }, Access::KvRead(key) | Access::KvWrite(key)) => key.starts_with(prefix),
-            (Capability::KvRead { prefix }, Access::KvRead(key)) => key.starts_with(prefix),
-            (Capability::ClusterRead, Access::ClusterRead) => true,
-            (Capability::ClusterJoin, Access::ClusterJoin) => true,
-            (Capability::BlobWrite, Access::BlobRead | Access::BlobWrite) => true,
-            (Capability::BlobRead, Access::BlobRead) => true,
-            (Capability::PluginCall { plugin }, Access::PluginCall(name)) => {
-                plugin.as_deref().is_none_or(|plugin| plugin == name)
-            }
-            _ => false,
-        })
+        allows(&self.capabilities, access)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Whether any of `capabilities` grants `access`.
+pub fn allows(capabilities: &[Capability], access: Access<'_>) -> bool {
+    capabilities.iter().any(|capability| match (capability, access) {
+        (Capability::All, _) => true,
+        (Capability::KvWrite { prefix }, Access::KvRead(key) | Access::KvWrite(key)) => key.starts_with(prefix),
+        (Capability::KvRead { prefix }, Access::KvRead(key)) => key.starts_with(prefix),
+        (Capability::ClusterRead, Access::ClusterRead) => true,
+        (Capability::ClusterJoin, Access::ClusterJoin) => true,
+        (Capability::BlobWrite, Access::BlobRead | Access::BlobWrite) => true,
+        (Capability::BlobRead, Access::BlobRead) => true,
+        (Capability::PluginCall { plugin }, Access::PluginCall(name)) => {
+            plugin.as_deref().is_none_or(|plugin| plugin == name)
+        }
+        (Capability::Node { .. }, Access::ClusterRead) => true,
+        (Capability::Node { node_id, .. }, Access::NodeAddress(id)) => *node_id == id,
+        (Capability::Node { node_id, promote }, Access::Promote(id)) => *promote && *node_id == id,
+        _ => false,
+    })
+}
 
-    fn key(seed: u8) -> SigningKey {
-        SigningKey::from_bytes(&[seed; 32])
-    }
+/// What a token holder asks about tokens. Every variant needs [`Access::TokenAdmin`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenRequest {
+    /// Mints a token. The serving node draws the secret; the log carries only its hash.
+    Create {
+        name: String,
+        capabilities: Vec<Capability>,
+        /// Lifetime from creation; `None`: the default ([`crate::limits::TOKEN_TTL_MS_DEFAULT`], or
+        /// [`crate::limits::JOIN_TOKEN_TTL_MS_DEFAULT`] for a join token); `Some(0)`: never expires.
+        ttl_ms: Option<u64>,
+        /// Makes it a join token (its capabilities must then be exactly [`Capability::ClusterJoin`]).
+        join: Option<JoinSpec>,
+    },
+    Get {
+        accessor: Bytes,
+    },
+    /// One page of tokens in accessor order, strictly after `after`.
+    List {
+        after: Option<Bytes>,
+    },
+    Revoke {
+        accessor: Bytes,
+    },
+}
 
-    fn claims(capabilities: Vec<Capability>) -> TokenClaims {
-        TokenClaims {
-            cluster_id: Bytes::from(vec![7; 16]),
-            subject: "test".into(),
-            capabilities,
-            issued_at_ms: 1,
-            expires_at_ms: Some(1_000),
+/// How a join token may be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinSpec {
+    pub uses: u32,
+    pub voter: bool,
+}
+
+/// Answers to [`TokenRequest`]s.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenResponse {
+    /// The minted token, shown once.
+    Created {
+        info: TokenInfo,
+        token: CapabilityToken,
+    },
+    Token(TokenInfo),
+    Tokens {
+        tokens: Vec<TokenInfo>,
+        next: Option<Bytes>,
+    },
+    Revoked {
+        existed: bool,
+    },
+}
+
+impl TokenRequest {
+    /// Checks sizes and shapes: a caller's mistake is answered before anything is proposed.
+    pub fn validate(&self) -> Result<(), WireError> {
+        match self {
+            TokenRequest::Create { name, capabilities, ttl_ms, join } => {
+                validate_create(name, capabilities, *ttl_ms, join.as_ref())
+            }
+            TokenRequest::Get { accessor } | TokenRequest::Revoke { accessor } => validate_accessor(accessor),
+            TokenRequest::List { after: Some(after) } => validate_accessor(after),
+            TokenRequest::List { after: None } => Ok(()),
         }
     }
+}
 
-    #[test]
-    fn verifies_with_the_right_key_only() {
-        let token = CapabilityToken::sign(&claims(vec![Capability::All]), &key(1));
-        assert!(token.verify(&key(1).verifying_key(), &[7; 16], 10).is_ok());
-        assert_eq!(token.verify(&key(2).verifying_key(), &[7; 16], 10), Err(TokenError::BadSignature));
-        assert_eq!(token.verify(&key(1).verifying_key(), &[8; 16], 10), Err(TokenError::WrongCluster));
-        assert_eq!(
-            token.verify(&key(1).verifying_key(), &[7; 16], 1_000),
-            Err(TokenError::Expired { expires_at_ms: 1_000 })
-        );
+pub fn validate_accessor(accessor: &[u8]) -> Result<(), WireError> {
+    if accessor.len() != ACCESSOR_BYTES {
+        return Err(WireError::invalid(format!(
+            "an accessor id is {ACCESSOR_BYTES} bytes ({} hex digits)",
+            2 * ACCESSOR_BYTES
+        )));
     }
+    Ok(())
+}
 
-    #[test]
-    fn tampered_claims_do_not_verify() {
-        let mut token =
-            CapabilityToken::sign(&claims(vec![Capability::KvRead { prefix: Bytes::from(b"a/".to_vec()) }]), &key(1));
-        let mut forged = claims(vec![Capability::All]);
-        forged.subject = "test".into();
-        token.claims = Bytes::from(rmp_serde::to_vec_named(&forged).unwrap());
-        assert_eq!(token.verify(&key(1).verifying_key(), &[7; 16], 10), Err(TokenError::BadSignature));
+fn validate_create(
+    name: &str,
+    capabilities: &[Capability],
+    ttl_ms: Option<u64>,
+    join: Option<&JoinSpec>,
+) -> Result<(), WireError> {
+    validate_scope(name, capabilities, join)?;
+    if ttl_ms.is_some_and(|ttl| ttl > TOKEN_TTL_MS_MAX) {
+        return Err(WireError::invalid(format!(
+            "a token lives at most {} days (or pass 0 for no expiry)",
+            TOKEN_TTL_MS_MAX / 86_400_000
+        )));
     }
+    if join.is_some() && ttl_ms == Some(0) {
+        return Err(WireError::invalid("a join token always expires"));
+    }
+    Ok(())
+}
 
-    #[test]
-    fn capabilities_are_checked_by_prefix() {
-        let read_only = claims(vec![Capability::KvRead { prefix: Bytes::from(b"app/".to_vec()) }]);
-        assert!(read_only.allows(Access::KvRead(b"app/x")));
-        assert!(!read_only.allows(Access::KvRead(b"other")));
-        assert!(!read_only.allows(Access::KvWrite(b"app/x")));
-        assert!(!read_only.allows(Access::ClusterRead));
-        let writer = claims(vec![Capability::KvWrite { prefix: Bytes::from(b"app/".to_vec()) }]);
-        assert!(writer.allows(Access::KvWrite(b"app/x")));
-        assert!(writer.allows(Access::KvRead(b"app/x")));
+/// The checks of a token's name, capabilities and join spec (the request's and the log command's).
+pub(crate) fn validate_scope(
+    name: &str,
+    capabilities: &[Capability],
+    join: Option<&JoinSpec>,
+) -> Result<(), WireError> {
+    if name.len() > TOKEN_NAME_BYTES_MAX {
+        return Err(WireError::new(
+            crate::error::ErrorCode::TooLarge,
+            format!("a token name has at most {TOKEN_NAME_BYTES_MAX} bytes"),
+        ));
     }
+    if capabilities.is_empty() {
+        return Err(WireError::invalid("a token needs at least one capability"));
+    }
+    if capabilities.len() > TOKEN_CAPABILITIES_COUNT_MAX {
+        return Err(WireError::new(
+            crate::error::ErrorCode::TooLarge,
+            format!("a token has at most {TOKEN_CAPABILITIES_COUNT_MAX} capabilities"),
+        ));
+    }
+    for capability in capabilities {
+        match capability {
+            Capability::KvRead { prefix } | Capability::KvWrite { prefix } if prefix.len() > KEY_SIZE_BYTES_MAX => {
+                return Err(WireError::new(
+                    crate::error::ErrorCode::TooLarge,
+                    format!("a prefix has at most {KEY_SIZE_BYTES_MAX} bytes"),
+                ));
+            }
+            Capability::PluginCall { plugin: Some(plugin) } => crate::plugin::validate_name(plugin)?,
+            Capability::Node { .. } => {
+                return Err(WireError::invalid("the node capability belongs to members' keys, not to tokens"));
+            }
+            _ => {}
+        }
+    }
+    match join {
+        Some(spec) => {
+            if capabilities != [Capability::ClusterJoin] {
+                return Err(WireError::invalid("a join token carries the join capability and nothing else"));
+            }
+            if spec.uses == 0 || spec.uses > JOIN_TOKEN_USES_MAX {
+                return Err(WireError::invalid(format!("a join token has 1 to {JOIN_TOKEN_USES_MAX} uses")));
+            }
+        }
+        None if capabilities.contains(&Capability::ClusterJoin) => {
+            return Err(WireError::invalid(
+                "the join capability comes only with a join token (`pando cluster join-token create`)",
+            ));
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// Lowercase hex, for accessor ids shown to people.
+pub fn hex(bytes: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(bytes)
+}
+
+/// Parses an accessor id from its hex form.
+pub fn parse_accessor(text: &str) -> Result<Bytes, WireError> {
+    let bytes = data_encoding::HEXLOWER_PERMISSIVE
+        .decode(text.trim().as_bytes())
+        .map_err(|_| WireError::invalid(format!("`{text}` is not a hex accessor id")))?;
+    validate_accessor(&bytes)?;
+    Ok(Bytes::from(bytes))
 }

@@ -97,11 +97,20 @@ impl RaftHandle {
     }
 
     /// Whether the holder of `public_key` may send this node Raft, mesh and blob traffic: a node of the current
-    /// membership, or a peer trusted since joining (a joiner's log holds no membership until the leader replicates
-    /// it).
+    /// membership. Before this node's log holds any membership (a joiner waiting for the leader's first entries, or
+    /// Raft not started yet), the peers it was told about when it joined; once it holds one, only members, so a
+    /// removed node is refused also by the nodes that trusted it as a seed.
     pub fn is_authorised_peer(&self, public_key: &[u8; 32]) -> bool {
-        self.trusted_peers.contains(public_key)
-            || self.members().values().any(|node| node.public_key.as_slice() == public_key)
+        let members = self.members();
+        if members.is_empty() {
+            return self.trusted_peers.contains(public_key);
+        }
+        members.values().any(|node| node.public_key.as_slice() == public_key)
+    }
+
+    /// The member whose key is `public_key`, as this node's membership has it.
+    pub fn peer_id(&self, public_key: &[u8; 32]) -> Option<NodeId> {
+        self.members().into_iter().find(|(_, node)| node.public_key.as_slice() == public_key).map(|(id, _)| id)
     }
 
     /// Where the Raft network stamps each answer a peer gives.

@@ -284,12 +284,12 @@ impl SimRaftNetwork {
             return Err(lost());
         };
         if duplicate {
-            let (raft, bytes) = (raft.clone(), bytes.to_vec());
+            let (raft, bytes, from) = (raft.clone(), bytes.to_vec(), self.from);
             tokio::spawn(async move {
-                let _ = dispatch(&raft, &bytes).await;
+                let _ = dispatch(&raft, &bytes, Some(from)).await;
             });
         }
-        let response = match tokio::time::timeout_at(deadline, dispatch(&raft, bytes)).await {
+        let response = match tokio::time::timeout_at(deadline, dispatch(&raft, bytes, Some(self.from))).await {
             Ok(Some(response)) => response.get(LENGTH_PREFIX_BYTES..).unwrap_or_default().to_vec(),
             Ok(None) => return Err(TransportError("the response did not fit in a frame".into())),
             Err(_) => return Err(lost()),

@@ -250,11 +250,37 @@ pub(crate) fn endpoint_addr(node_id: NodeId, node: &MemberNode) -> Result<Endpoi
     Ok(node.addrs.iter().fold(EndpointAddr::new(key), |addr, socket| addr.with_ip_addr(*socket)))
 }
 
-/// Serves one Raft request frame on this node: decodes it, hands it to the local Raft, answers the encoded response
-/// (`None` if the response cannot be encoded within the frame limit).
-pub async fn dispatch(raft: &RaftHandle, body: &[u8]) -> Option<Vec<u8>> {
-    let response = match frame::decode::<RaftRequest>(body) {
-        Err(error) => RaftResponse::Refused(format!("malformed raft request: {error}")),
+/// The node a Raft request speaks for: the candidate of a vote, the leader of an append or a snapshot.
+fn speaks_for(request: &RaftRequest) -> Option<NodeId> {
+    match request {
+        RaftRequest::AppendEntries(rpc) => rpc.vote.leader_id().voted_for(),
+        RaftRequest::Vote(rpc) => rpc.vote.leader_id().voted_for(),
+        RaftRequest::InstallSnapshot(rpc) => rpc.vote.leader_id().voted_for(),
+    }
+}
+
+/// Refuses a request that speaks for another node than its sender (`sender`: the member its connection authenticated
+/// as; `None` before this node knows the membership, when only the peers it joined through reach it).
+fn check_sender(request: &RaftRequest, sender: Option<NodeId>) -> Result<(), String> {
+    match (sender, speaks_for(request)) {
+        (Some(sender), Some(claimed)) if sender != claimed => {
+            Err(format!("node {sender} sent a raft request in the name of node {claimed}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Serves one Raft request frame from `sender` on this node: decodes it, checks it speaks for its sender, hands it to
+/// the local Raft, answers the encoded response (`None` if the response cannot be encoded within the frame limit).
+pub async fn dispatch(raft: &RaftHandle, body: &[u8], sender: Option<NodeId>) -> Option<Vec<u8>> {
+    let decoded = frame::decode::<RaftRequest>(body)
+        .map_err(|error| format!("malformed raft request: {error}"))
+        .and_then(|request| check_sender(&request, sender).map(|()| request));
+    let response = match decoded {
+        Err(refusal) => {
+            tracing::warn!(%refusal, "raft request refused");
+            RaftResponse::Refused(refusal)
+        }
         Ok(request) => match raft.core() {
             Err(unavailable) => RaftResponse::Refused(unavailable.to_string()),
             Ok(handles) => match request {
@@ -300,7 +326,7 @@ async fn serve_rpc(mut send: SendStream, mut recv: RecvStream, raft: &RaftHandle
     };
     // Membership can change while a connection lives: a removed node loses access at once.
     let bytes = if raft.is_authorised_peer(remote.as_bytes()) {
-        dispatch(raft, &body).await
+        dispatch(raft, &body, raft.peer_id(remote.as_bytes())).await
     } else {
         frame::encode_within(&RaftResponse::Refused("not a member".into()), RAFT_FRAME_SIZE_BYTES_MAX).ok()
     };
@@ -310,4 +336,20 @@ async fn serve_rpc(mut send: SendStream, mut recv: RecvStream, raft: &RaftHandle
         send.finish().ok()
     };
     let _ = tokio::time::timeout(Duration::from_millis(RAFT_RPC_TIMEOUT_MS_DEFAULT), write).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::Vote;
+
+    use super::*;
+
+    #[test]
+    fn a_raft_request_is_refused_unless_it_speaks_for_its_sender() {
+        let vote = RaftRequest::Vote(VoteRequest::new(Vote::new(3, 2), None));
+        assert_eq!(check_sender(&vote, Some(2)), Ok(()));
+        assert!(check_sender(&vote, Some(3)).unwrap_err().contains("in the name of node 2"));
+        // Before the membership is known, only the seed peers reach this node: nothing to check against.
+        assert_eq!(check_sender(&vote, None), Ok(()));
+    }
 }

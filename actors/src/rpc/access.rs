@@ -23,6 +23,7 @@ pub(crate) fn validate(request: &Request) -> Result<(), WireError> {
         Request::Cluster(_) => Ok(()),
         Request::Watch(request) => request.validate(),
         Request::Observe(request) => request.validate(),
+        Request::Token(request) => request.validate(),
     }
 }
 
@@ -36,6 +37,11 @@ pub(crate) fn required(request: &Request) -> Vec<Access<'_>> {
                 .into_iter()
                 .map(|key| if write { Access::KvWrite(key) } else { Access::KvRead(key) })
                 .collect();
+            // A request naming no key (an empty transaction) still reads the store's revision: it needs read access
+            // to the whole keyspace, never nothing at all.
+            if needs.is_empty() {
+                needs.push(if write { Access::KvWrite(b"") } else { Access::KvRead(b"") });
+            }
             // Pointing a key at a blob reads the blob through the key later: it needs the blob capability too.
             if matches!(request, KvRequest::PutBlob { .. }) {
                 needs.push(Access::BlobWrite);
@@ -67,12 +73,15 @@ pub(crate) fn required(request: &Request) -> Vec<Access<'_>> {
                 Access::ClusterRead
             }
             ClusterRequest::Join { .. } => Access::ClusterJoin,
-            ClusterRequest::AddLearner { .. }
-            | ClusterRequest::Promote { .. }
-            | ClusterRequest::Remove { .. }
-            | ClusterRequest::InjectPanic { .. }
-            | ClusterRequest::UpdateAddress { .. } => Access::ClusterAdmin,
+            // An admin, or the learner itself when its join token said voter.
+            ClusterRequest::Promote { node_id } => Access::Promote(*node_id),
+            // An admin, or the member itself.
+            ClusterRequest::UpdateAddress { node_id, .. } => Access::NodeAddress(*node_id),
+            ClusterRequest::AddLearner { .. } | ClusterRequest::Remove { .. } | ClusterRequest::InjectPanic { .. } => {
+                Access::ClusterAdmin
+            }
         }],
+        Request::Token(_) => vec![Access::TokenAdmin],
     }
 }
 

@@ -14,10 +14,13 @@ use pando_protocol::envelope::{Request, RequestEnvelope, Response, ResponseEnvel
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::frame::LENGTH_PREFIX_BYTES;
 use pando_protocol::kv::{Bytes, Consistency, KvRequest, KvResponse};
-use pando_protocol::limits::{BLOB_DATA_FRAME_BYTES_MAX, BLOB_DATA_FRAME_TIMEOUT_MS};
+use pando_protocol::limits::{
+    BLOB_DATA_FRAME_BYTES_MAX, BLOB_DATA_FRAME_TIMEOUT_MS, BLOB_UPLOAD_DEADLINE_MS, BLOB_UPLOAD_RATE_BYTES_PER_S_MIN,
+    BLOB_UPLOAD_RATE_GRACE_MS,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::handler::{RpcContext, TokenCache, check};
+use super::handler::RpcContext;
 use super::link::{StreamRecv, StreamSend};
 use super::stream::write_response;
 use crate::blobs::iroh_hash;
@@ -28,20 +31,14 @@ pub(crate) fn is_streamed(envelope: &RequestEnvelope) -> bool {
     matches!(envelope.body, Request::Blob(BlobRequest::Add { .. } | BlobRequest::Get { .. }))
 }
 
-/// Serves a streamed add or get, then finishes the stream.
+/// Serves a checked streamed add or get, then finishes the stream.
 pub(crate) async fn serve_stream(
     context: &RpcContext,
-    cache: &std::sync::Mutex<TokenCache>,
     envelope: RequestEnvelope,
     mut send: StreamSend,
     mut recv: StreamRecv,
 ) {
     let request_id = envelope.request_id;
-    let checked = check(context, cache, &envelope).map(|_| ());
-    if let Err(error) = checked {
-        write_response(&mut send, &ResponseEnvelope { request_id, body: Err(error) }).await;
-        return;
-    }
     let blobs = &context.services.blobs;
     let result = match envelope.body {
         Request::Blob(request @ BlobRequest::Add { .. }) => add(blobs, request, &mut recv).await,
@@ -56,6 +53,28 @@ pub(crate) async fn serve_stream(
         _ => Err(WireError::internal("not a streamed request")),
     };
     write_response(&mut send, &ResponseEnvelope { request_id, body: result.map(Response::Blob) }).await;
+}
+
+/// Refuses an upload that passed its deadline, or that keeps a slower average rate than the minimum after its grace
+/// period: a trickling client must not hold a transfer slot for hours.
+fn upload_pace(elapsed: Duration, received: u64) -> Result<(), WireError> {
+    if elapsed > Duration::from_millis(BLOB_UPLOAD_DEADLINE_MS) {
+        return Err(WireError::new(ErrorCode::Timeout, format!("a blob upload may take {BLOB_UPLOAD_DEADLINE_MS} ms")));
+    }
+    let floor = (elapsed.as_millis() as u64).saturating_sub(BLOB_UPLOAD_RATE_GRACE_MS)
+        * BLOB_UPLOAD_RATE_BYTES_PER_S_MIN
+        / 1_000;
+    if received < floor {
+        return Err(WireError::new(
+            ErrorCode::Timeout,
+            format!(
+                "upload slower than {BLOB_UPLOAD_RATE_BYTES_PER_S_MIN} bytes/s after {BLOB_UPLOAD_RATE_GRACE_MS} ms \
+                 ({received} bytes in {} ms)",
+                elapsed.as_millis()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Reads one data frame: `Ok(None)` at the empty frame that ends the data.
@@ -103,7 +122,12 @@ async fn add(blobs: &BlobService, request: BlobRequest, recv: &mut StreamRecv) -
     });
     let mut size: u64 = 0;
     let size_max = node.config.max_blob_bytes;
+    let started = tokio::time::Instant::now();
     let read = loop {
+        if let Err(error) = upload_pace(started.elapsed(), size) {
+            let _ = sender.send(Err(std::io::Error::other(error.message.clone()))).await;
+            break Err(error);
+        }
         match read_data_frame(recv).await {
             Ok(Some(data)) if size + data.len() as u64 > size_max => {
                 let error = WireError::too_large(format!("blob exceeds this node's limit of {size_max} bytes"));
@@ -212,4 +236,20 @@ async fn get(
         send.abort();
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upload_must_keep_the_minimum_rate_after_its_grace_and_end_by_its_deadline() {
+        let at = |ms: u64| Duration::from_millis(ms);
+        assert!(upload_pace(at(BLOB_UPLOAD_RATE_GRACE_MS), 0).is_ok());
+        let one_second_late = BLOB_UPLOAD_RATE_GRACE_MS + 1_000;
+        assert!(upload_pace(at(one_second_late), BLOB_UPLOAD_RATE_BYTES_PER_S_MIN).is_ok());
+        let error = upload_pace(at(one_second_late), BLOB_UPLOAD_RATE_BYTES_PER_S_MIN - 1).unwrap_err();
+        assert_eq!(error.code, ErrorCode::Timeout);
+        assert!(upload_pace(at(BLOB_UPLOAD_DEADLINE_MS + 1), u64::MAX).is_err());
+    }
 }

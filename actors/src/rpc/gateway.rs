@@ -16,13 +16,13 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::handler::{RpcContext, TokenCache, handle};
+use super::handler::{RpcContext, TokenCache, check, serve};
 use super::link::{ClientConnection, RpcListener, StreamRecv, StreamSend};
 use super::sim_link::SimRpcListener;
 use super::stream::{ReadFailure, read_request, write_response};
 use super::{
     RPC_CONNECTION_AUTH_TIMEOUT_MS, RPC_CONNECTION_CHECK_INTERVAL_MS, RPC_CONNECTION_IDLE_TIMEOUT_MS,
-    RPC_CONNECTIONS_MAX, RPC_REQUESTS_IN_FLIGHT_MAX,
+    RPC_CONNECTIONS_MAX, RPC_REQUESTS_IN_FLIGHT_MAX, RPC_UNVERIFIED_STREAMS_PER_CONNECTION_MAX,
 };
 use crate::live::Live;
 use crate::supervision::{ActorDetail, Control};
@@ -223,7 +223,10 @@ async fn serve_connection(connection: &ClientConnection, shared: Arc<Shared>) {
     let remote = connection.remote();
     tracing::debug!(%remote, "client connected");
     // Streams of one connection share its token cache.
-    let cache = Arc::new(std::sync::Mutex::new(TokenCache::default()));
+    let cache = Arc::new(std::sync::Mutex::new(TokenCache::for_peer(connection.peer_key())));
+    // Streams still being read and authenticated, per connection: a client that opens streams and stalls them (or
+    // presents no valid token) holds these, never the node's request slots.
+    let unverified = Arc::new(Semaphore::new(RPC_UNVERIFIED_STREAMS_PER_CONNECTION_MAX));
     let streams_open = Arc::new(AtomicUsize::new(0));
     let connected_at = tokio::time::Instant::now();
     let mut last_stream_at = connected_at;
@@ -257,19 +260,9 @@ async fn serve_connection(connection: &ClientConnection, shared: Arc<Shared>) {
             }
         };
         last_stream_at = tokio::time::Instant::now();
-        // The permit is taken before the request is read, so unanswered streams cannot pile up buffers.
-        let Ok(permit) = shared.requests.clone().try_acquire_owned() else {
-            shared.counters.requests_refused_busy.fetch_add(1, Ordering::Relaxed);
-            let mut send = send;
-            let error = WireError::new(ErrorCode::Busy, "node is at its request limit, retry with backoff");
-            tokio::spawn(async move {
-                write_response(&mut send, &ResponseEnvelope { request_id: 0, body: Err(error) }).await
-            });
-            drop(recv);
-            continue;
-        };
         let shared = shared.clone();
         let cache = cache.clone();
+        let unverified = unverified.clone();
         let shutdown = shared.shutdown.clone();
         let streams_open = streams_open.clone();
         streams_open.fetch_add(1, Ordering::Relaxed);
@@ -277,21 +270,23 @@ async fn serve_connection(connection: &ClientConnection, shared: Arc<Shared>) {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {}
-                () = serve_stream(send, recv, shared, cache, permit) => {}
+                () = serve_stream(send, recv, shared, cache, unverified) => {}
             }
             streams_open.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
 
-/// Serves one stream; `permit` is its request slot, held until the answer went out.
+/// Serves one stream: reads and checks its request holding one of the connection's unverified slots, then serves it
+/// holding one of the node's request slots (a watch holds one of the watch service's instead).
 async fn serve_stream(
     mut send: StreamSend,
     mut recv: StreamRecv,
     shared: Arc<Shared>,
     cache: Arc<std::sync::Mutex<TokenCache>>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    unverified: Arc<Semaphore>,
 ) {
+    let Ok(slot) = unverified.acquire_owned().await else { return };
     let body = match read_request(&mut recv).await {
         Ok(body) => body,
         Err(ReadFailure::Gone) => return,
@@ -311,16 +306,31 @@ async fn serve_stream(
         }
     };
     shared.counters.requests_total.fetch_add(1, Ordering::Relaxed);
+    let request_id = envelope.request_id;
+    let caller = match check(&shared.context, &cache, &envelope).await {
+        Ok(caller) => caller,
+        Err(error) => {
+            write_response(&mut send, &ResponseEnvelope { request_id, body: Err(error) }).await;
+            return;
+        }
+    };
+    drop(slot);
     if super::watch::is_watch(&envelope) {
         // A watch lives long: it holds one of the watch service's slots, not one of the node's request slots.
-        drop(permit);
-        super::watch::serve_stream(&shared.context, &cache, envelope, send, recv).await;
+        super::watch::serve_stream(&shared.context, envelope, send, recv).await;
         return;
     }
+    let Ok(permit) = shared.requests.clone().try_acquire_owned() else {
+        shared.counters.requests_refused_busy.fetch_add(1, Ordering::Relaxed);
+        let error = WireError::new(ErrorCode::Busy, "node is at its request limit, retry with backoff");
+        write_response(&mut send, &ResponseEnvelope { request_id, body: Err(error) }).await;
+        return;
+    };
     if super::blobs::is_streamed(&envelope) {
-        super::blobs::serve_stream(&shared.context, &cache, envelope, send, recv).await;
+        super::blobs::serve_stream(&shared.context, envelope, send, recv).await;
         return;
     }
-    let response = handle(&shared.context, &cache, envelope).await;
-    write_response(&mut send, &response).await;
+    let body = serve(&shared.context, caller, envelope).await;
+    write_response(&mut send, &ResponseEnvelope { request_id, body }).await;
+    drop(permit);
 }

@@ -47,6 +47,15 @@ impl ClientConnection {
         }
     }
 
+    /// The key the client's QUIC handshake proved it holds (`None` over the simulated network, whose clients have
+    /// no keys).
+    pub(crate) fn peer_key(&self) -> Option<[u8; 32]> {
+        match self {
+            ClientConnection::Iroh(connection) => Some(*connection.remote_id().as_bytes()),
+            ClientConnection::Simulated(_) => None,
+        }
+    }
+
     /// The next stream the client opens; `Err` once the connection is closed.
     pub(crate) async fn accept_bi(&self) -> Result<(StreamSend, StreamRecv), String> {
         match self {

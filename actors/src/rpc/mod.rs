@@ -19,6 +19,9 @@ pub use link::{Outgoing, RpcListener, StreamRecv, StreamSend};
 pub const RPC_REQUESTS_IN_FLIGHT_MAX: usize = 4096;
 /// Client connections open at once; beyond this new connections are refused.
 pub const RPC_CONNECTIONS_MAX: usize = 1024;
+/// Streams of one connection read and authenticated at once; more wait for a slot (a client's first burst of
+/// requests waits on its first authentication, a flood of stalled streams holds only its own connection's slots).
+pub const RPC_UNVERIFIED_STREAMS_PER_CONNECTION_MAX: usize = 32;
 /// Time a client gets to send a whole request frame once it opened a stream.
 pub const RPC_REQUEST_READ_TIMEOUT_MS: u64 = 10_000;
 /// Time a client gets to take the response before the stream is dropped.

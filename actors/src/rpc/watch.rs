@@ -15,7 +15,7 @@ use pando_protocol::observe::ObserveResponse;
 use pando_protocol::watch::WatchResponse;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::handler::{RpcContext, TokenCache, check};
+use super::handler::RpcContext;
 use super::link::{StreamRecv, StreamSend};
 use super::stream::write_response;
 use crate::services::{Observer, Watcher};
@@ -68,17 +68,15 @@ impl Subscription {
     }
 }
 
-/// Serves one watch or observation until either side ends it, then finishes the stream.
+/// Serves one checked watch or observation until either side ends it, then finishes the stream.
 pub(crate) async fn serve_stream(
     context: &RpcContext,
-    cache: &std::sync::Mutex<TokenCache>,
     envelope: RequestEnvelope,
     mut send: StreamSend,
     mut recv: StreamRecv,
 ) {
     let request_id = envelope.request_id;
-    let checked = check(context, cache, &envelope).map(|_| ());
-    let mut subscription = match checked.and_then(|()| Subscription::open(context, envelope.body)) {
+    let mut subscription = match Subscription::open(context, envelope.body) {
         Ok(subscription) => subscription,
         Err(error) => {
             write_response(&mut send, &ResponseEnvelope { request_id, body: Err(error) }).await;

@@ -13,8 +13,10 @@ use pando_protocol::cluster::{
 };
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::kv::Bytes;
+use pando_protocol::limits::{CLUSTER_MEMBERS_MAX, MEMBER_ADDRS_COUNT_MAX};
 use pando_protocol::ticket::TicketNode;
 
+use super::TokenService;
 use crate::mesh::MeshHandle;
 use crate::raft::raft_actor::write_error;
 use crate::raft::type_config::NodeId;
@@ -26,8 +28,11 @@ use crate::supervision::{ActorNode, Control, SupervisorMsg, TreeHandle};
 pub struct ClusterService {
     node_id: NodeId,
     cluster_id: Vec<u8>,
-    /// Handed to nodes that join, so every member can issue client tickets.
-    cluster_secret_key: [u8; 32],
+    /// Handed to nodes that join: what a member needs to serve (the mesh cookie, plugins' signing keys). It mints no
+    /// credential.
+    member_secret: [u8; 32],
+    /// Join tokens are spent here; a removed node's grants are forgotten.
+    tokens: TokenService,
     /// Serialises membership changes made through this node.
     membership_lock: Arc<tokio::sync::Mutex<()>>,
     /// Whether `InjectPanic` is served (`--enable-fault-injection`).
@@ -43,7 +48,8 @@ impl ClusterService {
     pub fn new(
         node_id: NodeId,
         cluster_id: Vec<u8>,
-        cluster_secret_key: [u8; 32],
+        member_secret: [u8; 32],
+        tokens: TokenService,
         fault_injection: bool,
         raft: RaftHandle,
         storage: StorageHandle,
@@ -53,7 +59,8 @@ impl ClusterService {
         ClusterService {
             node_id,
             cluster_id,
-            cluster_secret_key,
+            member_secret,
+            tokens,
             membership_lock: Arc::default(),
             fault_injection,
             raft,
@@ -63,12 +70,15 @@ impl ClusterService {
         }
     }
 
-    /// Serves one cluster request (its caller authorised it).
+    /// Serves one cluster request (its caller authorised it). A join comes through [`ClusterService::join`], which
+    /// needs the caller's key and token.
     pub async fn execute(&self, request: ClusterRequest) -> Result<ClusterResponse, WireError> {
         Ok(match request {
             ClusterRequest::Status => ClusterResponse::Status(status(self)?),
             ClusterRequest::Metrics => metrics(self)?,
-            ClusterRequest::Join { node } => join(self, node).await?,
+            ClusterRequest::Join { .. } => {
+                return Err(WireError::new(ErrorCode::Unauthorized, "joining needs a join token"));
+            }
             ClusterRequest::AddLearner { node_id, node } => add_learner(self, node_id, node).await?,
             ClusterRequest::Promote { node_id } => promote(self, node_id).await?,
             ClusterRequest::Remove { node_id } => remove(self, node_id).await?,
@@ -82,6 +92,34 @@ impl ClusterService {
     /// This node's view of the cluster.
     pub fn status(&self) -> Result<ClusterStatus, WireError> {
         status(self)
+    }
+
+    /// The member whose key is `public_key`, as this node's membership has it.
+    pub fn member_id(&self, public_key: &[u8; 32]) -> Option<NodeId> {
+        self.raft.members().into_iter().find(|(_, node)| node.public_key.as_slice() == public_key).map(|(id, _)| id)
+    }
+
+    /// Admits `node` as a learner, spending one use of join token `accessor`. The node must have connected with the
+    /// key it registers (`peer_key`), so nobody registers a key they do not hold.
+    pub async fn join(
+        &self,
+        node: MemberNode,
+        peer_key: Option<[u8; 32]>,
+        accessor: Bytes,
+        timeout: Duration,
+    ) -> Result<ClusterResponse, WireError> {
+        validate_node(&node)?;
+        match peer_key {
+            Some(key) if key.as_slice() == node.public_key.as_slice() => {}
+            Some(_) => {
+                return Err(WireError::new(
+                    ErrorCode::Unauthorized,
+                    "a joining node must connect with the key it registers",
+                ));
+            }
+            None => return Err(WireError::new(ErrorCode::Unauthorized, "joining needs an authenticated connection")),
+        }
+        join(self, node, accessor, timeout).await
     }
 }
 
@@ -109,8 +147,8 @@ fn validate_node(node: &MemberNode) -> Result<(), WireError> {
     if node.public_key.len() != 32 {
         return Err(WireError::invalid("a node's public key is 32 bytes"));
     }
-    if node.addrs.is_empty() || node.addrs.len() > 8 {
-        return Err(WireError::invalid("a node needs between 1 and 8 addresses"));
+    if node.addrs.is_empty() || node.addrs.len() > MEMBER_ADDRS_COUNT_MAX {
+        return Err(WireError::invalid(format!("a node needs between 1 and {MEMBER_ADDRS_COUNT_MAX} addresses")));
     }
     Ok(())
 }
@@ -158,13 +196,19 @@ fn status(context: &ClusterService) -> Result<ClusterStatus, WireError> {
     })
 }
 
-async fn join(context: &ClusterService, node: MemberNode) -> Result<ClusterResponse, WireError> {
-    validate_node(&node)?;
+async fn join(
+    context: &ClusterService,
+    node: MemberNode,
+    accessor: Bytes,
+    timeout: Duration,
+) -> Result<ClusterResponse, WireError> {
     let LeaderView { handles, membership, _guard } = leader_view(context).await?;
     let existing = membership.nodes().find(|(_, member)| member.public_key == node.public_key).map(|(id, _)| *id);
     let node_id = match existing {
-        // The same identity joining again (a retry) keeps its id; its address may have changed.
+        // The same identity joining again (a retry) keeps its id; its address may have changed. Its token must
+        // still admit it (a second admission of the same node spends nothing).
         Some(node_id) => {
+            context.tokens.admit(accessor, node_id, timeout).await?;
             handles
                 .raft
                 .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(node_id, node.clone())])), true)
@@ -175,8 +219,16 @@ async fn join(context: &ClusterService, node: MemberNode) -> Result<ClusterRespo
         None => {
             // Ids are never reused: above every current id and above the log index, which only grows, so a removed
             // node's id never comes back for another node.
+            let members = membership.nodes().count();
+            if members >= CLUSTER_MEMBERS_MAX {
+                return Err(WireError::too_large(format!(
+                    "the cluster has {members} members, the most it admits ({CLUSTER_MEMBERS_MAX}); remove one first"
+                )));
+            }
             let last_log_index = handles.raft.metrics().borrow().last_log_index.unwrap_or(0);
             let node_id = membership.nodes().map(|(id, _)| *id).max().unwrap_or(0).max(last_log_index) + 1;
+            // Spent before the node is added: a failure after this costs the token a use, never admits for free.
+            context.tokens.admit(accessor, node_id, timeout).await?;
             handles.raft.add_learner(node_id, node.clone(), false).await.map_err(write_error)?;
             node_id
         }
@@ -189,7 +241,7 @@ async fn join(context: &ClusterService, node: MemberNode) -> Result<ClusterRespo
     Ok(ClusterResponse::Joined {
         node_id,
         cluster_id: Bytes::from(context.cluster_id.clone()),
-        cluster_secret_key: Bytes::from(context.cluster_secret_key.to_vec()),
+        member_secret: Bytes::from(context.member_secret.to_vec()),
         members,
     })
 }
@@ -255,6 +307,10 @@ async fn remove(context: &ClusterService, node_id: NodeId) -> Result<ClusterResp
         handles.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node_id])), false).await
     };
     let response = change.map_err(write_error)?;
+    // Its key stops authenticating once it is out of the membership; what its join token granted goes too.
+    if let Err(error) = context.tokens.forget_node(node_id, Duration::from_secs(5)).await {
+        tracing::warn!(node_id, %error, "removed node's grants not forgotten (harmless: ids are never reused)");
+    }
     tracing::info!(node_id, "node removed");
     Ok(ClusterResponse::MembershipChanged { log_index: response.log_id.index })
 }

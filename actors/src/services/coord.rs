@@ -21,21 +21,70 @@ pub struct CoordService {
     raft: RaftHandle,
     storage: StorageHandle,
     waiters: Waiters,
+    /// Requests parked on this node per caller (a token's accessor, a member's id).
+    parked: Arc<Mutex<std::collections::BTreeMap<String, usize>>>,
+}
+
+/// Most requests one caller may have parked on one node at once; more are answered `BUSY`.
+pub const PARKED_PER_CALLER_MAX: usize = 256;
+
+/// One parked request of a caller, counted while it lives.
+struct ParkedSlot {
+    parked: Arc<Mutex<std::collections::BTreeMap<String, usize>>>,
+    caller: String,
+}
+
+impl ParkedSlot {
+    fn take(
+        parked: &Arc<Mutex<std::collections::BTreeMap<String, usize>>>,
+        caller: &str,
+    ) -> Result<ParkedSlot, WireError> {
+        let mut counts = parked.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = counts.entry(caller.to_string()).or_default();
+        if *count >= PARKED_PER_CALLER_MAX {
+            return Err(WireError::new(
+                ErrorCode::Busy,
+                format!("{PARKED_PER_CALLER_MAX} requests of this caller already wait on this node"),
+            ));
+        }
+        *count += 1;
+        Ok(ParkedSlot { parked: parked.clone(), caller: caller.to_string() })
+    }
+}
+
+impl Drop for ParkedSlot {
+    fn drop(&mut self) {
+        let mut counts = self.parked.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = counts.get_mut(&self.caller) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.caller);
+            }
+        }
+    }
 }
 
 impl CoordService {
     pub fn new(raft: RaftHandle, storage: StorageHandle) -> CoordService {
-        CoordService { raft, storage, waiters: Waiters::default() }
+        CoordService { raft, storage, waiters: Waiters::default(), parked: Arc::default() }
     }
 
-    /// Serves one request: validated, a write through the log, a read linearizably from the applied state, a
-    /// request with a wait parked until it is satisfied or its wait (at most `timeout`) passes.
-    pub async fn execute(&self, request: CoordRequest, timeout: Duration) -> Result<CoordResponse, WireError> {
+    /// Serves one request of `caller` (who it is, for the bound on parked requests): validated, a write through the
+    /// log, a read linearizably from the applied state, a request with a wait parked until it is satisfied or its
+    /// wait (at most `timeout`) passes, with at most [`PARKED_PER_CALLER_MAX`] parked per caller and
+    /// [`LOCK_WAITERS_PER_NAME_MAX`] per resource.
+    pub async fn execute(
+        &self,
+        caller: &str,
+        request: CoordRequest,
+        timeout: Duration,
+    ) -> Result<CoordResponse, WireError> {
         request.validate()?;
         if matches!(request, CoordRequest::Tick) {
             return Err(WireError::invalid("ticks are proposed by the leader only"));
         }
         if request.wait_ms() > 0 {
+            let _parked = ParkedSlot::take(&self.parked, caller)?;
             let wait = Duration::from_millis(u64::from(request.wait_ms())).min(timeout);
             return self.serve_waiting(request, wait).await;
         }

@@ -15,6 +15,7 @@ use pando_protocol::plugin::PluginCommand;
 use super::blobs::BlobService;
 use crate::mesh::Proposer;
 use crate::raft::RaftHandle;
+use crate::storage::StateReader;
 use crate::storage_actor::StorageHandle;
 
 #[derive(Clone)]
@@ -42,6 +43,11 @@ impl KvService {
     /// Serves one request as a client's: a read at its consistency (a linearizable one after a read-index round), a
     /// write through this node's Raft (a follower answers `NOT_LEADER` naming the leader), a put above the inline
     /// threshold as a blob the key points at.
+    /// The state this node applied (a storage that is not open is `UNAVAILABLE`).
+    pub fn reader(&self) -> Result<StateReader, WireError> {
+        Ok(self.storage.reader()?)
+    }
+
     pub async fn execute(&self, request: KvRequest, timeout: Duration) -> Result<KvResponse, WireError> {
         request.validate()?;
         if !request.is_write() {

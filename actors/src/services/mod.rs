@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod coord;
 pub mod kv;
 pub mod plugins;
+pub mod tokens;
 pub mod watch;
 
 pub use blobs::BlobService;
@@ -20,7 +21,15 @@ pub use cluster::ClusterService;
 pub use coord::CoordService;
 pub use kv::{KvService, ScanPage};
 pub use plugins::{PluginService, ServicesHost};
+pub use tokens::TokenService;
 pub use watch::{Observer, WatchService, Watcher};
+
+impl Services {
+    /// The applied state of this node, for the RPC layer's scope checks.
+    pub fn kv_reader(&self) -> Result<crate::storage::StateReader, pando_protocol::error::WireError> {
+        self.kv.reader()
+    }
+}
 
 /// One node's services, built once by the tree.
 #[derive(Clone)]
@@ -31,4 +40,5 @@ pub struct Services {
     pub plugins: PluginService,
     pub cluster: ClusterService,
     pub watch: WatchService,
+    pub tokens: TokenService,
 }

@@ -318,6 +318,49 @@ impl StateReader {
         })
     }
 
+    /// Checks a token against the token records as last applied, at `now_ms` by this node's clock.
+    pub fn authenticate(
+        &self,
+        token: &pando_protocol::token::CapabilityToken,
+        now_ms: u64,
+    ) -> Result<Result<pando_protocol::token::TokenInfo, pando_protocol::token::records::Refused>, StorageFault> {
+        self.with_coord(|tables| pando_protocol::token::records::authenticate(tables, token, now_ms))
+    }
+
+    /// The token of `accessor` (never its secret), as last applied.
+    pub fn token(&self, accessor: &[u8]) -> Result<Option<pando_protocol::token::TokenInfo>, StorageFault> {
+        self.with_coord(|tables| Ok(pando_protocol::token::records::record(tables, accessor)?.map(|found| found.info)))
+    }
+
+    /// One page of tokens after `after`, as last applied.
+    pub fn tokens(
+        &self,
+        after: Option<&[u8]>,
+    ) -> Result<(Vec<pando_protocol::token::TokenInfo>, Option<pando_protocol::kv::Bytes>), StorageFault> {
+        self.with_coord(|tables| pando_protocol::token::records::list(tables, after))
+    }
+
+    /// Whether some KV key that points at blob `hash` passes `allowed` (a caller's scope over the blob).
+    pub fn blob_reachable(
+        &self,
+        hash: &pando_protocol::blob::BlobHash,
+        allowed: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<bool, StorageFault> {
+        self.with_coord(|tables| {
+            let mut reachable = false;
+            pando_protocol::blob::referencing_keys(tables, hash, &mut |key| {
+                reachable = allowed(key);
+                if reachable { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            })?;
+            Ok(reachable)
+        })
+    }
+
+    /// Whether member `node_id` may promote itself (its join token said voter).
+    pub fn node_may_promote(&self, node_id: u64) -> Result<bool, StorageFault> {
+        self.with_coord(|tables| pando_protocol::token::records::node_may_promote(tables, node_id))
+    }
+
     /// Answers a read-only coordination request from the state as last applied.
     pub fn read_coord(&self, request: &CoordRequest) -> Result<Result<CoordResponse, WireError>, StorageFault> {
         let read = self.database.begin_read().map_err(fault)?;

@@ -868,6 +868,8 @@ pub(crate) mod keys {
     pub const BLOB: &[u8] = b"B/";
     /// Which node holds or was assigned which blob: node id (8 bytes), then the hash.
     pub const BLOB_NODE: &[u8] = b"Bn/";
+    /// Which KV key points at which blob: the hash (32 bytes), then the key. Token scopes over blobs read it.
+    pub const BLOB_KEY: &[u8] = b"Bk/";
 
     pub fn with(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
         let mut key = Vec::with_capacity(prefix.len() + rest.len());

@@ -211,7 +211,7 @@ proptest! {
             version: PROTOCOL_VERSION,
             request_id,
             timeout_ms,
-            token: token.map(|(claims, signature)| CapabilityToken { claims, signature }),
+            token: token.map(|(accessor, secret)| CapabilityToken { accessor, secret }),
             body: Request::Kv(body),
         };
         let frame = encode(&envelope).unwrap();

@@ -1,0 +1,281 @@
+//! Token records in the replicated state: minting, revoking and spending join tokens as log commands, and the reads
+//! every node authenticates with.
+//!
+//! Rows (coordination table): `A/<accessor>` holds a [`TokenRecord`]; `An/<node id, 8 bytes big-endian>` holds
+//! whether the join token that admitted that node lets it promote itself. Expiry is judged by log time here and by the
+//! node's clock when authenticating, so a token is refused from the moment either says it expired.
+//!
+//! Invariants: a record is written only by [`TokenCommand::Create`], never overwritten with another secret hash
+//! (creating an existing accessor with a different record is a conflict); a join token's uses only go down; a
+//! revoked accessor has no row, so it authenticates nowhere once the revocation applied.
+
+use std::ops::ControlFlow;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Capability, CapabilityToken, JoinGrant, JoinSpec, TokenInfo};
+use crate::coord::{CoordRead, CoordWrite, keys::with};
+use crate::error::{ErrorCode, WireError};
+use crate::kv::Bytes;
+use crate::limits::{TOKEN_LIST_COUNT_MAX, TOKEN_TTL_MS_MAX, TOKENS_COUNT_MAX};
+use crate::state_machine::StorageFault;
+
+const RECORD: &[u8] = b"A/";
+const NODE: &[u8] = b"An/";
+
+/// What the state keeps per token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub info: TokenInfo,
+    /// [`CapabilityToken::secret_hash`] of its secret.
+    pub secret_hash: Bytes,
+}
+
+/// Token changes, as log commands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenCommand {
+    /// Records a token minted by the proposing node (which drew the secret and sends only its hash). Its creation
+    /// and expiry times come from the log's clock.
+    Create {
+        accessor: Bytes,
+        secret_hash: Bytes,
+        name: String,
+        capabilities: Vec<Capability>,
+        /// Lifetime from the log time of this entry; `None`: never expires.
+        ttl_ms: Option<u64>,
+        join: Option<JoinSpec>,
+    },
+    Revoke {
+        accessor: Bytes,
+    },
+    /// Spends one use of join token `accessor` on admitting `node_id` (refused when the token is unknown, expired or
+    /// spent). The same node admitted again spends nothing.
+    Admit {
+        accessor: Bytes,
+        node_id: u64,
+    },
+    /// Forgets what was granted to a removed node.
+    ForgetNode {
+        node_id: u64,
+    },
+}
+
+/// Results of [`TokenCommand`]s.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenOutput {
+    Created(TokenInfo),
+    Revoked {
+        existed: bool,
+    },
+    /// The node may promote itself when `voter`.
+    Admitted {
+        voter: bool,
+    },
+    Forgotten,
+}
+
+fn record_key(accessor: &[u8]) -> Vec<u8> {
+    with(RECORD, accessor)
+}
+
+fn node_key(node_id: u64) -> Vec<u8> {
+    with(NODE, &node_id.to_be_bytes())
+}
+
+/// The record of `accessor`, if any.
+pub fn record(store: &impl CoordRead, accessor: &[u8]) -> Result<Option<TokenRecord>, StorageFault> {
+    crate::coord::load(store, &record_key(accessor))
+}
+
+/// Whether the join token that admitted `node_id` lets it promote itself.
+pub fn node_may_promote(store: &impl CoordRead, node_id: u64) -> Result<bool, StorageFault> {
+    Ok(crate::coord::load::<bool>(store, &node_key(node_id))?.unwrap_or(false))
+}
+
+/// Why a token was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("malformed token: an accessor of 16 bytes and a secret of 32")]
+    Malformed,
+    #[error("unknown or revoked token")]
+    Unknown,
+    #[error("token secret does not match")]
+    WrongSecret,
+    #[error("token expired")]
+    Expired,
+}
+
+impl From<Refused> for WireError {
+    fn from(refused: Refused) -> WireError {
+        WireError::new(ErrorCode::Unauthorized, refused.to_string())
+    }
+}
+
+/// Checks `token` against the state at `now_ms`, answering what it is allowed.
+pub fn authenticate(
+    store: &impl CoordRead,
+    token: &CapabilityToken,
+    now_ms: u64,
+) -> Result<Result<TokenInfo, Refused>, StorageFault> {
+    if !token.is_well_formed() {
+        return Ok(Err(Refused::Malformed));
+    }
+    let Some(found) = record(store, &token.accessor)? else {
+        return Ok(Err(Refused::Unknown));
+    };
+    // blake3's Hash compares in constant time.
+    let presented = blake3::Hash::from_bytes(token.secret_hash());
+    let stored: [u8; 32] =
+        found.secret_hash.as_slice().try_into().map_err(|_| StorageFault("token hash size".into()))?;
+    if presented != blake3::Hash::from_bytes(stored) {
+        return Ok(Err(Refused::WrongSecret));
+    }
+    if found.info.expired_at(now_ms) {
+        return Ok(Err(Refused::Expired));
+    }
+    Ok(Ok(found.info))
+}
+
+/// One page of tokens in accessor order, strictly after `after`, and where the next page starts.
+pub fn list(store: &impl CoordRead, after: Option<&[u8]>) -> Result<(Vec<TokenInfo>, Option<Bytes>), StorageFault> {
+    let mut tokens = Vec::new();
+    let mut more = false;
+    let mut fault = None;
+    store.coord_scan(RECORD, &mut |key, bytes| {
+        if after.is_some_and(|after| &key[RECORD.len()..] <= after) {
+            return ControlFlow::Continue(());
+        }
+        if tokens.len() >= TOKEN_LIST_COUNT_MAX {
+            more = true;
+            return ControlFlow::Break(());
+        }
+        match crate::coord::decode::<TokenRecord>(key, bytes) {
+            Ok(found) => {
+                tokens.push(found.info);
+                ControlFlow::Continue(())
+            }
+            Err(error) => {
+                fault = Some(error);
+                ControlFlow::Break(())
+            }
+        }
+    })?;
+    if let Some(fault) = fault {
+        return Err(fault);
+    }
+    let next = if more { tokens.last().map(|info: &TokenInfo| info.accessor.clone()) } else { None };
+    Ok((tokens, next))
+}
+
+/// Applies a token command at log time `now`.
+pub fn apply(
+    store: &mut impl CoordWrite,
+    now: u64,
+    command: &TokenCommand,
+) -> Result<Result<TokenOutput, WireError>, StorageFault> {
+    match command {
+        TokenCommand::Create { accessor, secret_hash, name, capabilities, ttl_ms, join } => {
+            if let Err(error) = super::validate_scope(name, capabilities, join.as_ref())
+                .and_then(|()| super::validate_accessor(accessor))
+            {
+                return Ok(Err(error));
+            }
+            if join.is_some() && ttl_ms.is_none() {
+                return Ok(Err(WireError::invalid("a join token always expires")));
+            }
+            if ttl_ms.is_some_and(|ttl| ttl > TOKEN_TTL_MS_MAX) {
+                return Ok(Err(WireError::invalid("token lifetime above the limit")));
+            }
+            if secret_hash.len() != 32 {
+                return Ok(Err(WireError::invalid("a secret hash is 32 bytes")));
+            }
+            let info = TokenInfo {
+                accessor: accessor.clone(),
+                name: name.clone(),
+                capabilities: capabilities.clone(),
+                created_ms: now,
+                expires_ms: ttl_ms.map(|ttl| now.saturating_add(ttl)),
+                join: join.map(|spec| JoinGrant { uses_left: spec.uses, voter: spec.voter, admitted: Vec::new() }),
+            };
+            if let Some(existing) = record(store, accessor)? {
+                // A retried proposal of the same token (same secret) is answered as it was first.
+                if existing.secret_hash == *secret_hash {
+                    return Ok(Ok(TokenOutput::Created(existing.info)));
+                }
+                return Ok(Err(WireError::new(ErrorCode::Conflict, "a token with this accessor exists")));
+            }
+            if count(store)? >= TOKENS_COUNT_MAX && purge_expired(store, now)? == 0 {
+                return Ok(Err(WireError::too_large(format!(
+                    "the cluster holds {TOKENS_COUNT_MAX} tokens; revoke some first"
+                ))));
+            }
+            let saved = TokenRecord { info: info.clone(), secret_hash: secret_hash.clone() };
+            crate::coord::save(store, &record_key(accessor), &saved)?;
+            Ok(Ok(TokenOutput::Created(info)))
+        }
+        TokenCommand::Revoke { accessor } => {
+            Ok(Ok(TokenOutput::Revoked { existed: store.coord_delete(&record_key(accessor))? }))
+        }
+        TokenCommand::Admit { accessor, node_id } => {
+            let refuse = |message: &str| Ok(Err(WireError::new(ErrorCode::Unauthorized, message)));
+            let Some(mut found) = record(store, accessor)? else {
+                return refuse("unknown or revoked join token");
+            };
+            if found.info.expired_at(now) {
+                return refuse("join token expired");
+            }
+            let Some(grant) = found.info.join.as_mut() else {
+                return refuse("not a join token");
+            };
+            let voter = grant.voter;
+            if !grant.admitted.contains(node_id) {
+                if grant.uses_left == 0 {
+                    return refuse("join token already spent");
+                }
+                grant.uses_left -= 1;
+                grant.admitted.push(*node_id);
+                crate::coord::save(store, &record_key(accessor), &found)?;
+            }
+            crate::coord::save(store, &node_key(*node_id), &voter)?;
+            Ok(Ok(TokenOutput::Admitted { voter }))
+        }
+        TokenCommand::ForgetNode { node_id } => {
+            store.coord_delete(&node_key(*node_id))?;
+            Ok(Ok(TokenOutput::Forgotten))
+        }
+    }
+}
+
+fn count(store: &impl CoordRead) -> Result<usize, StorageFault> {
+    let mut count = 0;
+    store.coord_scan(RECORD, &mut |_, _| {
+        count += 1;
+        ControlFlow::Continue(())
+    })?;
+    Ok(count)
+}
+
+/// Deletes every expired token, answering how many went.
+fn purge_expired(store: &mut impl CoordWrite, now: u64) -> Result<usize, StorageFault> {
+    let mut expired = Vec::new();
+    let mut fault = None;
+    store.coord_scan(RECORD, &mut |key, bytes| match crate::coord::decode::<TokenRecord>(key, bytes) {
+        Ok(found) => {
+            if found.info.expired_at(now) {
+                expired.push(key.to_vec());
+            }
+            ControlFlow::Continue(())
+        }
+        Err(error) => {
+            fault = Some(error);
+            ControlFlow::Break(())
+        }
+    })?;
+    if let Some(fault) = fault {
+        return Err(fault);
+    }
+    for key in &expired {
+        store.coord_delete(key)?;
+    }
+    Ok(expired.len())
+}
