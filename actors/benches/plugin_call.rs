@@ -87,7 +87,7 @@ fn main() {
             let loading = Instant::now();
             supervisor.cast(PluginsMsg::Preload { record, wasm: wasm.clone() }).unwrap();
             let routes = handles.plugins.routes().clone();
-            while routes.call("echo", "echo", input.clone(), Duration::from_secs(5)).await.is_err() {
+            while routes.call("echo", "echo", input.clone(), Duration::from_secs(5), None).await.is_err() {
                 tokio::task::yield_now().await;
             }
             println!("{instances} instance(s): compile + start + first call {:?}", loading.elapsed());
@@ -96,7 +96,8 @@ fn main() {
             let started = Instant::now();
             for _ in 0..calls {
                 let call = Instant::now();
-                let (output, _) = routes.call("echo", "echo", input.clone(), Duration::from_secs(5)).await.unwrap();
+                let (output, _) =
+                    routes.call("echo", "echo", input.clone(), Duration::from_secs(5), None).await.unwrap();
                 histogram.record(call.elapsed().as_nanos() as u64).unwrap();
                 assert_eq!(output.len(), input.len());
             }
@@ -112,7 +113,7 @@ fn main() {
                 let done = done.clone();
                 callers.push(tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
-                        if routes.call("echo", "echo", input.clone(), Duration::from_secs(5)).await.is_ok() {
+                        if routes.call("echo", "echo", input.clone(), Duration::from_secs(5), None).await.is_ok() {
                             done.fetch_add(1, Ordering::Relaxed);
                         }
                     }

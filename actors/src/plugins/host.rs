@@ -17,6 +17,7 @@ use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::kv::{Bytes, Consistency, KvRequest, KvResponse, WriteOp};
 use pando_protocol::plugin::{Permission, PluginManifest};
 use pando_protocol::plugin_abi::{self as abi, HostError, HostResult, names};
+use pando_protocol::token::{Access, Capability, allows};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -56,6 +57,34 @@ const HOST_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 thread_local! {
     /// What is left of the running call's timeout, set on entry to every host function.
     static CALL_BUDGET: std::cell::Cell<Duration> = const { std::cell::Cell::new(HOST_CALL_TIMEOUT) };
+    /// The scope of the client whose call runs on this thread (`None`: the plugin's own scope only, as for a timer).
+    static CALL_SCOPE: std::cell::RefCell<Option<CallScope>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The capabilities of the client a call runs for: a plugin call runs with them intersected with the plugin's own
+/// manifest, so a token cannot reach through a plugin what it could not reach itself.
+pub type CallScope = Arc<[Capability]>;
+
+/// Runs `call` with `scope` as the running call's client scope (the instance's thread runs one call at a time).
+pub(crate) fn with_call_scope<T>(scope: Option<CallScope>, call: impl FnOnce() -> T) -> T {
+    CALL_SCOPE.with(|current| *current.borrow_mut() = scope);
+    let result = call();
+    CALL_SCOPE.with(|current| *current.borrow_mut() = None);
+    result
+}
+
+/// Refuses what the running call's client may not do.
+fn caller_allows(plugin: &str, needs: &[Access<'_>]) -> HostResult<()> {
+    CALL_SCOPE.with(|current| match current.borrow().as_ref() {
+        Some(scope) => match needs.iter().find(|access| !allows(scope, **access)) {
+            Some(refused) => {
+                tracing::debug!(plugin, ?refused, "plugin host call outside its caller's scope");
+                Err(refuse(ErrorCode::Unauthorized, format!("the caller of `{plugin}` may not do this: {refused:?}")))
+            }
+            None => Ok(()),
+        },
+        None => Ok(()),
+    })
 }
 
 /// How long a host function may wait on the rest of the node.
@@ -226,6 +255,8 @@ fn log(context: &HostContext, args: abi::LogArgs) -> HostResult<()> {
 /// A read, checked by the read path against the registry in the same snapshot.
 fn kv_read(context: &HostContext, request: KvRequest) -> HostResult<KvResponse> {
     context.require(Permission::KvRead).or_else(|refusal| context.require(Permission::KvWrite).map_err(|_| refusal))?;
+    let needs: Vec<Access<'_>> = request.keys().into_iter().map(Access::KvRead).collect();
+    caller_allows(&context.plugin, &needs)?;
     context.services.kv_read(&context.plugin, &request).map_err(|error| {
         if error.code != ErrorCode::InvalidArgument {
             tracing::warn!(plugin = %context.plugin, %error, "plugin KV read refused");
@@ -238,6 +269,8 @@ fn kv_read(context: &HostContext, request: KvRequest) -> HostResult<KvResponse> 
 /// until this node applied it (read-your-writes), within the call's budget.
 fn kv_write(context: &HostContext, request: KvRequest) -> HostResult<KvResponse> {
     context.require(Permission::KvWrite)?;
+    let needs: Vec<Access<'_>> = request.keys().into_iter().map(Access::KvWrite).collect();
+    caller_allows(&context.plugin, &needs)?;
     let outcome = context.runtime.block_on(context.services.kv_write(context.plugin.clone(), request, budget()));
     outcome.map_err(|error| {
         if error.code == ErrorCode::Unauthorized {
@@ -326,6 +359,7 @@ fn parse_hash(text: &str) -> HostResult<BlobHash> {
 
 fn blob_get(context: &HostContext, args: abi::BlobArgs) -> HostResult<abi::BlobData> {
     context.require(Permission::BlobRead)?;
+    caller_allows(&context.plugin, &[Access::BlobRead])?;
     let hash = parse_hash(&args.hash)?;
     let data = context.runtime.block_on(context.services.blob_get(hash, abi::BLOB_BYTES_MAX as u64, budget()));
     Ok(abi::BlobData { data: data.map_err(wire)? })
@@ -333,6 +367,7 @@ fn blob_get(context: &HostContext, args: abi::BlobArgs) -> HostResult<abi::BlobD
 
 fn blob_put(context: &HostContext, args: abi::BlobData) -> HostResult<abi::BlobArgs> {
     context.require(Permission::BlobWrite)?;
+    caller_allows(&context.plugin, &[Access::BlobWrite])?;
     if args.data.len() > abi::BLOB_BYTES_MAX {
         return Err(refuse(
             ErrorCode::TooLarge,
@@ -346,6 +381,7 @@ fn blob_put(context: &HostContext, args: abi::BlobData) -> HostResult<abi::BlobA
 
 fn blob_has(context: &HostContext, args: abi::BlobArgs) -> HostResult<bool> {
     context.require(Permission::BlobRead)?;
+    caller_allows(&context.plugin, &[Access::BlobRead])?;
     let hash = parse_hash(&args.hash)?;
     context.services.blob_has(&hash).map_err(wire)
 }
@@ -429,6 +465,7 @@ fn timer_schedule(context: &HostContext, args: abi::TimerArgs) -> HostResult<abi
             input: fired,
             deadline: std::time::Instant::now() + Duration::from_secs(60),
             reply: None,
+            scope: None,
         };
         if let Err(refused) = routes.submit_to(&plugin, Some(generation), job) {
             let error = refused.into_error(&plugin);

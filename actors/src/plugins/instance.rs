@@ -28,6 +28,8 @@ pub struct Job {
     pub deadline: Instant,
     /// `None`: nobody waits for the answer (a timer firing).
     pub reply: Option<tokio::sync::oneshot::Sender<Result<Vec<u8>, WireError>>>,
+    /// The scope of the client the call runs for (`None`: the plugin's own scope only).
+    pub scope: Option<super::host::CallScope>,
 }
 
 #[derive(Clone)]
@@ -159,7 +161,10 @@ impl Worker {
                 // The caller gave up while the job was queued: running it would only answer nobody.
                 continue;
             }
-            let outcome = self.plugin.call_get_error_code::<&[u8], Vec<u8>>(&job.function, &job.input);
+            let plugin = &mut self.plugin;
+            let outcome = super::host::with_call_scope(job.scope.clone(), || {
+                plugin.call_get_error_code::<&[u8], Vec<u8>>(&job.function, &job.input)
+            });
             self.args.calls.fetch_add(1, Ordering::Relaxed);
             let (answer, fatal) = match outcome {
                 Ok(output) => (Ok(output), None),

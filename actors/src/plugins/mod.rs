@@ -15,7 +15,7 @@
 //! enables it again (a new generation). A draining generation's instances end normally once its queue is empty, and
 //! its pool stops with the last of them.
 
-mod host;
+pub mod host;
 mod instance;
 mod load;
 mod routes;

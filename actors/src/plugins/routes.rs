@@ -75,16 +75,19 @@ impl PluginRoutes {
     /// Calls `function` of plugin `name` on this node, within `timeout`; answers the output and the generation that
     /// produced it. A call that finds its generation's queue closed (an upgrade switched it in between) goes to the
     /// new one.
+    /// `scope`: the capabilities of the client the call runs for, intersected with the plugin's own (`None`: the
+    /// plugin's own only).
     pub async fn call(
         &self,
         name: &str,
         function: &str,
         input: Vec<u8>,
         timeout: Duration,
+        scope: Option<super::host::CallScope>,
     ) -> Result<(Vec<u8>, u64), WireError> {
         let deadline = std::time::Instant::now() + timeout;
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let mut job = Job { function: function.to_string(), input, deadline, reply: Some(reply) };
+        let mut job = Job { function: function.to_string(), input, deadline, reply: Some(reply), scope };
         let mut attempts = 0;
         let generation = loop {
             attempts += 1;

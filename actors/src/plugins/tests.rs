@@ -57,7 +57,7 @@ impl Node {
     }
 
     async fn call(&self, name: &str, function: &str, input: &[u8]) -> Result<(Vec<u8>, u64), WireError> {
-        self.handle.routes.call(name, function, input.to_vec(), Duration::from_secs(10)).await
+        self.handle.routes.call(name, function, input.to_vec(), Duration::from_secs(10), None).await
     }
 }
 
@@ -213,7 +213,7 @@ async fn a_full_queue_answers_busy_without_running_the_call() {
     let job = |function: &str| {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        (Job { function: function.into(), input: Vec::new(), deadline, reply: Some(reply) }, answer)
+        (Job { function: function.into(), input: Vec::new(), deadline, reply: Some(reply), scope: None }, answer)
     };
     // One call occupies the only instance (it left the queue), one waits in the queue; the next finds it full.
     let (spin, first) = job("spin");
@@ -221,7 +221,7 @@ async fn a_full_queue_answers_busy_without_running_the_call() {
     wait_until(&node, "narrow", |status| status.queued == 0).await;
     let (ok, second) = job("ok");
     assert!(routes.submit_to("narrow", None, ok).is_ok());
-    let third = routes.call("narrow", "ok", Vec::new(), Duration::from_secs(5)).await.unwrap_err();
+    let third = routes.call("narrow", "ok", Vec::new(), Duration::from_secs(5), None).await.unwrap_err();
     assert_eq!(third.code, ErrorCode::Busy, "{third}");
     assert_eq!(first.await.unwrap().unwrap_err().code, ErrorCode::Timeout);
     // The queued call runs on the replacement instance.
@@ -245,7 +245,7 @@ async fn an_upgrade_under_a_stream_of_calls_loses_none_and_never_goes_back() {
                 n += 1;
                 let input = format!("{{\"caller\":{caller},\"n\":{n}}}");
                 let (output, generation) = routes
-                    .call("echo", "tagged", input.clone().into_bytes(), Duration::from_secs(10))
+                    .call("echo", "tagged", input.clone().into_bytes(), Duration::from_secs(10), None)
                     .await
                     .unwrap_or_else(|error| panic!("call {n} of caller {caller} failed: {error}"));
                 let output: serde_json::Value = serde_json::from_slice(&output).unwrap();

@@ -260,7 +260,11 @@ async fn execute(
             filter_blob_page(context, caller, &mut response)?;
             Ok(Response::Blob(response))
         }
-        Request::Plugin(request) => services.plugins.execute(request, timeout).await.map(Response::Plugin),
+        Request::Plugin(request) => {
+            // A call runs with the caller's scope intersected with the plugin's own.
+            let scope = (!caller.capabilities.contains(&Capability::All)).then(|| caller.capabilities.clone().into());
+            services.plugins.execute(request, timeout, scope).await.map(Response::Plugin)
+        }
         Request::Coord(request) => {
             let who = caller
                 .accessor

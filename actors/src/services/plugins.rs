@@ -14,6 +14,7 @@ use pando_protocol::kv::{KvRequest, KvResponse};
 
 use super::kv::unexpected;
 use super::{BlobService, KvService};
+use crate::plugins::host::CallScope;
 use crate::plugins::{BoxFuture, PluginHost, PluginsHandle};
 use crate::raft::RaftHandle;
 use crate::storage::StateReader;
@@ -39,16 +40,22 @@ impl PluginService {
         function: &str,
         input: Vec<u8>,
         timeout: Duration,
+        scope: Option<CallScope>,
     ) -> Result<(Vec<u8>, u64), WireError> {
-        self.plugins.routes().call(name, function, input, timeout).await
+        self.plugins.routes().call(name, function, input, timeout, scope).await
     }
 
-    /// Serves one validated plugin request.
-    pub async fn execute(&self, request: PluginRequest, timeout: Duration) -> Result<PluginResponse, WireError> {
+    /// Serves one validated plugin request of a client whose capabilities are `scope` (`None`: every capability).
+    pub async fn execute(
+        &self,
+        request: PluginRequest,
+        timeout: Duration,
+        scope: Option<CallScope>,
+    ) -> Result<PluginResponse, WireError> {
         request.validate()?;
         let command = match request {
             PluginRequest::Call { name, function, input } => {
-                let (output, generation) = self.call(&name, &function, input.to_vec(), timeout).await?;
+                let (output, generation) = self.call(&name, &function, input.to_vec(), timeout, scope).await?;
                 return Ok(PluginResponse::Output { output: Bytes::from(output), node: self.node_id, generation });
             }
             PluginRequest::List => {
