@@ -37,55 +37,86 @@ impl Rng {
     }
 }
 
-/// One valid request of every domain and most shapes.
-fn corpus() -> Vec<Request> {
-    let key = || bytes("app/key");
+/// Bytes of a length at or around the limits, or short and random.
+fn any_bytes(rng: &mut Rng) -> Bytes {
+    let length =
+        [0, 1, 16, 4_096, 4_097, 300_000][rng.below(6)].min(rng.below(64) + if rng.below(8) == 0 { 5_000 } else { 0 });
+    Bytes::from((0..length).map(|_| rng.next() as u8).collect::<Vec<u8>>())
+}
+
+/// A number at an edge, or random.
+fn any_u64(rng: &mut Rng) -> u64 {
+    [0, 1, u64::MAX, u64::from(u32::MAX) + 1, rng.next() % 100_000, rng.next()][rng.below(6)]
+}
+
+/// One request of every domain and most shapes: `valid` ones as a well-behaved client sends them, otherwise with
+/// fields drawn at and around the limits.
+fn corpus(rng: &mut Rng, valid: bool) -> Vec<Request> {
+    let key = |rng: &mut Rng| if valid { bytes(format!("app/{}", rng.below(8))) } else { any_bytes(rng) };
+    let number = |rng: &mut Rng, usual: u64| if valid { usual } else { any_u64(rng) };
     vec![
-        Request::Kv(KvRequest::Get { key: key(), consistency: Consistency::Linearizable }),
-        Request::Kv(KvRequest::Put { key: key(), value: bytes("value"), lease: Some(7) }),
-        Request::Kv(KvRequest::Delete { key: key() }),
-        Request::Kv(KvRequest::Cas { key: key(), expected: Some(bytes("a")), value: bytes("b") }),
-        Request::Kv(KvRequest::Scan { prefix: bytes("app/"), limit: 10, after: None, consistency: Consistency::Stale }),
+        Request::Kv(KvRequest::Get { key: key(rng), consistency: Consistency::Linearizable }),
+        Request::Kv(KvRequest::Put {
+            key: key(rng),
+            value: key(rng),
+            lease: (rng.below(2) == 0).then(|| number(rng, 7)),
+        }),
+        Request::Kv(KvRequest::Delete { key: key(rng) }),
+        Request::Kv(KvRequest::Cas { key: key(rng), expected: Some(key(rng)), value: key(rng) }),
+        Request::Kv(KvRequest::Scan {
+            prefix: key(rng),
+            limit: number(rng, 10) as u32,
+            after: None,
+            consistency: Consistency::Stale,
+        }),
         Request::Kv(KvRequest::BatchWrite {
-            ops: vec![WriteOp::Put { key: key(), value: bytes("v") }, WriteOp::Delete { key: bytes("k2") }],
+            ops: vec![WriteOp::Put { key: key(rng), value: key(rng) }, WriteOp::Delete { key: key(rng) }],
         }),
         Request::Kv(KvRequest::Txn {
-            compares: vec![Compare { key: key(), op: CompareOp::Equal, target: CompareTarget::Version(0) }],
-            success: vec![TxnOp::Put { key: key(), value: bytes("v") }],
-            failure: vec![TxnOp::Get { key: key() }],
+            compares: vec![Compare {
+                key: key(rng),
+                op: CompareOp::Equal,
+                target: CompareTarget::Version(number(rng, 0)),
+            }],
+            success: vec![TxnOp::Put { key: key(rng), value: key(rng) }],
+            failure: vec![TxnOp::Get { key: key(rng) }],
         }),
-        Request::Kv(KvRequest::Compact { revision: 5 }),
+        Request::Kv(KvRequest::Compact { revision: number(rng, 5) }),
         Request::Cluster(ClusterRequest::Status),
         Request::Cluster(ClusterRequest::Join {
-            node: MemberNode { public_key: Bytes::from(vec![1; 32]), addrs: vec!["127.0.0.1:1".parse().unwrap()] },
+            node: MemberNode { public_key: key(rng), addrs: vec!["127.0.0.1:1".parse().unwrap()] },
         }),
-        Request::Cluster(ClusterRequest::Promote { node_id: 2 }),
-        Request::Coord(CoordRequest::LeaseGrant { ttl_ms: 5_000 }),
-        Request::Coord(CoordRequest::LockAcquire { name: bytes("app/lock"), lease: 1, wait_ms: 100 }),
-        Request::Plugin(PluginRequest::Call { name: "echo".into(), function: "run".into(), input: bytes("x") }),
+        Request::Cluster(ClusterRequest::Promote { node_id: number(rng, 2) }),
+        Request::Coord(CoordRequest::LeaseGrant { ttl_ms: number(rng, 5_000) }),
+        Request::Coord(CoordRequest::LockAcquire {
+            name: key(rng),
+            lease: number(rng, 1),
+            wait_ms: number(rng, 100) as u32,
+        }),
+        Request::Plugin(PluginRequest::Call { name: "echo".into(), function: "run".into(), input: key(rng) }),
         Request::Plugin(PluginRequest::List),
         Request::Watch(WatchRequest {
-            range: WatchRange::Prefix(bytes("app/")),
-            start_revision: 3,
+            range: WatchRange::Prefix(key(rng)),
+            start_revision: number(rng, 3),
             prev_kv: true,
             only: None,
-            progress_ms: 500,
+            progress_ms: number(rng, 500) as u32,
         }),
-        Request::Observe(ObserveRequest::Election { name: bytes("leader") }),
+        Request::Observe(ObserveRequest::Election { name: key(rng) }),
         Request::Token(TokenRequest::Create {
             name: "n".into(),
-            capabilities: vec![Capability::KvRead { prefix: bytes("app/") }, Capability::PluginCall { plugin: None }],
-            ttl_ms: Some(1_000),
+            capabilities: vec![Capability::KvRead { prefix: key(rng) }, Capability::PluginCall { plugin: None }],
+            ttl_ms: Some(number(rng, 1_000)),
             join: None,
         }),
         Request::Token(TokenRequest::Create {
             name: "j".into(),
             capabilities: vec![Capability::ClusterJoin],
             ttl_ms: None,
-            join: Some(JoinSpec { uses: 2, voter: true }),
+            join: Some(JoinSpec { uses: number(rng, 2) as u32, voter: true }),
         }),
         Request::Token(TokenRequest::List { after: None }),
-        Request::Token(TokenRequest::Revoke { accessor: Bytes::from(vec![3; 16]) }),
+        Request::Token(TokenRequest::Revoke { accessor: key(rng) }),
     ]
 }
 
@@ -97,7 +128,7 @@ fn encoded(request: Request, rng: &mut Rng) -> Vec<u8> {
 }
 
 fn mutate(mut bytes: Vec<u8>, rng: &mut Rng, donor: &[u8]) -> Vec<u8> {
-    for _ in 0..=rng.below(4) {
+    for _ in 0..=rng.below(2) {
         match rng.below(6) {
             0 if !bytes.is_empty() => {
                 let at = rng.below(bytes.len());
@@ -137,14 +168,26 @@ fn checked_only(validated: Result<(), pando_protocol::error::WireError>) -> Opti
     None
 }
 
+/// How far the cases got.
+#[derive(Debug, Default)]
+struct Reached {
+    too_short: u64,
+    refused_prefix: u64,
+    refused_envelope: u64,
+    decoded: u64,
+    applied: u64,
+}
+
 /// Runs one frame through everything a node does with a frame before a service, and the state machine after.
-fn exercise(frame_bytes: &[u8], tables: &mut MemoryTables, revision: &mut u64) {
+fn exercise(frame_bytes: &[u8], tables: &mut MemoryTables, revision: &mut u64, reached: &mut Reached) {
     if frame_bytes.len() < frame::LENGTH_PREFIX_BYTES {
+        reached.too_short += 1;
         return;
     }
     let prefix: [u8; 4] = frame_bytes[..4].try_into().unwrap();
     if let Err(error) = frame::body_length(prefix) {
         assert!(matches!(error, frame::FrameError::TooLarge { .. }), "{error:?}");
+        reached.refused_prefix += 1;
         return;
     }
     let envelope = match RequestEnvelope::decode(&frame_bytes[4..]) {
@@ -155,9 +198,11 @@ fn exercise(frame_bytes: &[u8], tables: &mut MemoryTables, revision: &mut u64) {
                 matches!(code, ErrorCode::Malformed | ErrorCode::UnknownRequest | ErrorCode::UnsupportedVersion),
                 "{rejected:?}"
             );
+            reached.refused_envelope += 1;
             return;
         }
     };
+    reached.decoded += 1;
     let command = match envelope.body {
         Request::Kv(request) => request.validate().ok().map(|()| Command::Kv(request)),
         Request::Coord(request) => request.validate().ok().map(|()| Command::Coord(request.without_wait())),
@@ -184,6 +229,7 @@ fn exercise(frame_bytes: &[u8], tables: &mut MemoryTables, revision: &mut u64) {
         }),
     };
     if let Some(command) = command {
+        reached.applied += 1;
         let proposal = Proposal { stamp_ms: 1_000, commands: vec![command] };
         let outcome = apply_proposal(tables, revision, &proposal).expect("memory tables never fault");
         for result in outcome.results {
@@ -199,30 +245,40 @@ fn random_and_mutated_frames_of_every_request_type_never_panic_and_are_answered_
     let cases: u64 = std::env::var("PANDO_FUZZ_CASES").ok().and_then(|text| text.parse().ok()).unwrap_or(20_000);
     let seed: u64 = std::env::var("PANDO_FUZZ_SEED").ok().and_then(|text| text.parse().ok()).unwrap_or(0x5eed);
     let mut rng = Rng(seed | 1);
-    let corpus: Vec<Vec<u8>> = corpus().into_iter().map(|request| encoded(request, &mut rng)).collect();
+    let valid: Vec<Vec<u8>> = corpus(&mut rng, true).into_iter().map(|request| encoded(request, &mut rng)).collect();
     let mut tables = MemoryTables::default();
     let mut revision = 0;
+    let mut reached = Reached::default();
+    let started = std::time::Instant::now();
     for case in 0..cases {
-        let frame_bytes = if case % 10 == 0 {
+        let frame_bytes = if case % 10 < 4 {
+            // A request of every kind with fields at and around the limits.
+            let requests = corpus(&mut rng, false);
+            let request = requests[rng.below(requests.len())].clone();
+            encoded(request, &mut rng)
+        } else if case % 10 == 4 {
             // Pure noise behind a plausible length prefix.
             let length = rng.below(256);
             let mut bytes = (length as u32).to_be_bytes().to_vec();
             bytes.extend((0..length).map(|_| rng.next() as u8));
             bytes
         } else {
-            let original = &corpus[rng.below(corpus.len())];
-            let donor = &corpus[rng.below(corpus.len())];
+            let original = &valid[rng.below(valid.len())];
+            let donor = &valid[rng.below(valid.len())];
             mutate(original.clone(), &mut rng, donor)
         };
-        exercise(&frame_bytes, &mut tables, &mut revision);
+        exercise(&frame_bytes, &mut tables, &mut revision, &mut reached);
         // Keep the state small, so a long run measures the decoder and not an ever-growing table.
         if case % 10_000 == 9_999 {
             tables = MemoryTables::default();
             revision = 0;
         }
     }
+    println!("{cases} cases (seed {seed}) in {:?}: {reached:?}", started.elapsed());
+    // Mutations must leave enough requests whole to reach the state machine, or the test only exercises the decoder.
+    assert!(reached.applied * 20 >= cases, "only {} of {cases} cases reached the state machine", reached.applied);
     // The unmutated corpus decodes: the test mutates valid requests, not garbage from the start.
-    for original in &corpus {
+    for original in &valid {
         assert!(RequestEnvelope::decode(&original[4..]).is_ok());
     }
 }
