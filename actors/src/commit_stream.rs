@@ -61,11 +61,14 @@ pub struct MembershipChange {
 #[derive(Clone)]
 pub struct CommitStream {
     sender: broadcast::Sender<Arc<Committed>>,
+    /// Counts applied entries that took a grant away (a token revoked, a membership change): a connection that
+    /// verified its caller before the count moved checks again before its next request.
+    grants_epoch: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Default for CommitStream {
     fn default() -> CommitStream {
-        CommitStream { sender: broadcast::channel(COMMIT_STREAM_CAPACITY).0 }
+        CommitStream { sender: broadcast::channel(COMMIT_STREAM_CAPACITY).0, grants_epoch: Arc::default() }
     }
 }
 
@@ -75,10 +78,22 @@ impl CommitStream {
         self.sender.subscribe()
     }
 
+    /// How many applied entries took a grant away so far (see the field).
+    pub fn grants_epoch(&self) -> u64 {
+        self.grants_epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Publishes one applied entry (nobody listening is fine: the history and the log hold it too).
     pub(crate) fn publish(&self, committed: Committed) {
         if committed.kv.is_empty() && committed.coord.is_empty() && committed.membership.is_none() {
             return;
+        }
+        // Before anyone hears of the entry (and so before the proposer's answer): once a revocation is acknowledged,
+        // no connection of this node serves the token on what it verified earlier.
+        if committed.membership.is_some()
+            || committed.coord.iter().any(|event| matches!(event, CoordEvent::TokenRevoked { .. }))
+        {
+            self.grants_epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         let _ = self.sender.send(Arc::new(committed));
     }

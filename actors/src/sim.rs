@@ -39,6 +39,9 @@ pub enum PlantedBug {
     TornTxns = 4,
     /// A commit-stream feed skips every revision divisible by 7 that reaches it live (watchers see a gap).
     SkipRevision = 8,
+    /// A connection trusts the token it verified once for good, never checking it against the records again (a
+    /// revoked token keeps working on connections opened before the revocation).
+    TokenCachedForever = 16,
 }
 
 thread_local! {

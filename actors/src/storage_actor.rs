@@ -65,6 +65,11 @@ impl StorageHandle {
         self.stream.subscribe()
     }
 
+    /// How many applied entries took a grant away (a revoked token, a membership change) since the node started.
+    pub fn grants_epoch(&self) -> u64 {
+        self.stream.grants_epoch()
+    }
+
     /// The KV changes from revision `from` on (history, then live), with no gap and no repeat.
     pub fn feed(&self, from: u64) -> KvFeed {
         KvFeed::new(self.clone(), from)

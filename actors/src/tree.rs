@@ -24,6 +24,7 @@ use crate::raft::{RaftActor, RaftArgs, RaftHandle};
 use crate::retention::{RetentionActor, RetentionArgs, RetentionConfig};
 use crate::rpc::sim_link::SimRpcListener;
 use crate::rpc::{GatewayHandle, RpcArgs, RpcContext, RpcGateway, RpcListener};
+use crate::services::tokens::TokenRandomness;
 use crate::services::{
     BlobService, ClusterService, CoordService, KvService, PluginService, Services, ServicesHost, TokenService,
     WatchService,
@@ -70,9 +71,15 @@ impl Handles {
 
     /// The services of node `node_id` over these handles (`cluster` is the cluster's identity, `fault_injection`
     /// whether panics may be injected).
-    pub fn services(&self, node_id: u64, keys: &ClusterKeys, fault_injection: bool) -> Services {
+    pub fn services(
+        &self,
+        node_id: u64,
+        keys: &ClusterKeys,
+        fault_injection: bool,
+        randomness: TokenRandomness,
+    ) -> Services {
         let (kv, blobs) = self.kv_and_blobs(node_id);
-        let tokens = TokenService::new(self.raft.clone(), self.storage.clone());
+        let tokens = TokenService::new(self.raft.clone(), self.storage.clone(), randomness);
         Services {
             kv,
             coord: CoordService::new(self.raft.clone(), self.storage.clone()),
@@ -194,7 +201,11 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
     };
     let node_id = config.node_id;
     let cluster_secret = config.keys.member_secret;
-    let services = handles.services(node_id, &config.keys, config.fault_injection);
+    let randomness = match &config.world {
+        World::Iroh { .. } => TokenRandomness::Os,
+        World::Simulated { .. } => TokenRandomness::Seeded,
+    };
+    let services = handles.services(node_id, &config.keys, config.fault_injection, randomness);
     let context = RpcContext { clock: config.clock, services: services.clone() };
     let rpc = ChildSpec::new("rpc", Restart::Permanent, RpcGateway, RpcArgs { listener, context });
     let mut children = Vec::new();

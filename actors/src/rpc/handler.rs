@@ -59,6 +59,9 @@ struct Granted {
     token: Option<CapabilityToken>,
     caller: Arc<Caller>,
     checked_at: tokio::time::Instant,
+    /// The node's grants epoch read before the check: once it moves (a revocation or membership change applied
+    /// here), the next request checks again.
+    epoch: u64,
 }
 
 impl TokenCache {
@@ -72,10 +75,13 @@ impl TokenCache {
         self.ever_authenticated
     }
 
-    fn fresh(&self, token: Option<&CapabilityToken>, now_ms: u64) -> Option<Arc<Caller>> {
+    fn fresh(&self, token: Option<&CapabilityToken>, now_ms: u64, epoch: u64) -> Option<Arc<Caller>> {
         let granted = self.granted.as_ref()?;
+        let recheck_due = (granted.epoch != epoch
+            || granted.checked_at.elapsed() >= Duration::from_millis(TOKEN_RECHECK_MS))
+            && !crate::sim::planted_bug(crate::sim::PlantedBug::TokenCachedForever);
         let fresh = granted.token.as_ref() == token
-            && granted.checked_at.elapsed() < Duration::from_millis(TOKEN_RECHECK_MS)
+            && !recheck_due
             && granted.caller.expires_ms.is_none_or(|expires_ms| now_ms < expires_ms);
         fresh.then(|| granted.caller.clone())
     }
@@ -177,9 +183,10 @@ pub(crate) async fn authenticate(
     token: Option<&CapabilityToken>,
 ) -> Result<Arc<Caller>, WireError> {
     let now_ms = context.clock.now_ms();
+    let epoch = context.services.tokens.grants_epoch();
     let (peer_key, known) = {
         let cache = lock(cache);
-        if let Some(caller) = cache.fresh(token, now_ms) {
+        if let Some(caller) = cache.fresh(token, now_ms, epoch) {
             return Ok(caller);
         }
         // A token this connection was granted before and that is gone now was revoked: no wait for it to arrive.
@@ -219,7 +226,7 @@ pub(crate) async fn authenticate(
     let caller = Arc::new(caller);
     let mut cache = lock(cache);
     cache.granted =
-        Some(Granted { token: token.cloned(), caller: caller.clone(), checked_at: tokio::time::Instant::now() });
+        Some(Granted { token: token.cloned(), caller: caller.clone(), checked_at: tokio::time::Instant::now(), epoch });
     cache.ever_authenticated = true;
     Ok(caller)
 }

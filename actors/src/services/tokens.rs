@@ -30,6 +30,7 @@ pub const TOKEN_PROPAGATION_WAITERS_MAX: usize = 64;
 pub struct TokenService {
     raft: RaftHandle,
     storage: StorageHandle,
+    randomness: TokenRandomness,
     propagation_waiters: Arc<Semaphore>,
 }
 
@@ -40,10 +41,29 @@ pub struct Minted {
     pub token: CapabilityToken,
 }
 
+/// Where a node draws token secrets from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenRandomness {
+    /// The operating system's: every real node.
+    Os,
+    /// The thread's seeded generator ([`crate::raft::runtime::seed_thread_rng`]): the simulator, so a run stays a
+    /// function of its seed. Never for a real node: its tokens would be guessable.
+    Seeded,
+}
+
 /// A fresh token from the operating system's randomness.
 pub fn fresh_token() -> CapabilityToken {
+    fresh_token_from(TokenRandomness::Os)
+}
+
+fn fresh_token_from(randomness: TokenRandomness) -> CapabilityToken {
     let mut random = [0u8; ACCESSOR_BYTES + SECRET_BYTES];
-    rand::fill(&mut random);
+    match randomness {
+        TokenRandomness::Os => rand::fill(&mut random),
+        TokenRandomness::Seeded => {
+            rand_core_06::RngCore::fill_bytes(&mut crate::raft::runtime::ThreadRng, &mut random);
+        }
+    }
     CapabilityToken::from_random(random)
 }
 
@@ -71,8 +91,9 @@ pub fn create_command(
 }
 
 impl TokenService {
-    pub fn new(raft: RaftHandle, storage: StorageHandle) -> TokenService {
-        TokenService { raft, storage, propagation_waiters: Arc::new(Semaphore::new(TOKEN_PROPAGATION_WAITERS_MAX)) }
+    pub fn new(raft: RaftHandle, storage: StorageHandle, randomness: TokenRandomness) -> TokenService {
+        let propagation_waiters = Arc::new(Semaphore::new(TOKEN_PROPAGATION_WAITERS_MAX));
+        TokenService { raft, storage, randomness, propagation_waiters }
     }
 
     /// Serves one token request (its caller holds [`pando_protocol::token::Access::TokenAdmin`]).
@@ -117,7 +138,7 @@ impl TokenService {
         join: Option<JoinSpec>,
         timeout: Duration,
     ) -> Result<Minted, WireError> {
-        let token = fresh_token();
+        let token = fresh_token_from(self.randomness);
         match self.propose(create_command(&token, name, capabilities, ttl_ms, join), timeout).await? {
             TokenOutput::Created(info) => Ok(Minted { info, token }),
             other => Err(unexpected("token mint", &other)),
@@ -177,6 +198,12 @@ impl TokenService {
             other => other,
         };
         checked.map_err(WireError::from)
+    }
+
+    /// Moves whenever this node applies an entry that takes a grant away; read it before a check, and check again
+    /// once it moved.
+    pub fn grants_epoch(&self) -> u64 {
+        self.storage.grants_epoch()
     }
 
     /// Whether member `node_id` may promote itself, as this node applied it.

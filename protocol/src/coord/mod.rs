@@ -200,6 +200,10 @@ pub enum CoordEvent {
         name: Bytes,
         generation: u64,
     },
+    /// A token was revoked: connections that verified it must check it again.
+    TokenRevoked {
+        accessor: Bytes,
+    },
     /// A plugin was installed, upgraded, enabled, disabled or removed; `generation` is the new one.
     PluginChanged {
         name: String,

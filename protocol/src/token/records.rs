@@ -214,7 +214,11 @@ pub fn apply(
             Ok(Ok(TokenOutput::Created(info)))
         }
         TokenCommand::Revoke { accessor } => {
-            Ok(Ok(TokenOutput::Revoked { existed: store.coord_delete(&record_key(accessor))? }))
+            let existed = store.coord_delete(&record_key(accessor))?;
+            if existed {
+                store.emit(crate::coord::CoordEvent::TokenRevoked { accessor: accessor.clone() });
+            }
+            Ok(Ok(TokenOutput::Revoked { existed }))
         }
         TokenCommand::Admit { accessor, node_id } => {
             let refuse = |message: &str| Ok(Err(WireError::new(ErrorCode::Unauthorized, message)));
