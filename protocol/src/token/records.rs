@@ -140,31 +140,35 @@ pub fn authenticate(
 pub fn list(store: &impl CoordRead, after: Option<&[u8]>) -> Result<(Vec<TokenInfo>, Option<Bytes>), StorageFault> {
     let mut tokens = Vec::new();
     let mut more = false;
-    let mut fault = None;
-    store.coord_scan(RECORD, &mut |key, bytes| {
-        if after.is_some_and(|after| &key[RECORD.len()..] <= after) {
+    visit_records(store, &mut |accessor, found| {
+        if after.is_some_and(|after| accessor <= after) {
             return ControlFlow::Continue(());
         }
         if tokens.len() >= TOKEN_LIST_COUNT_MAX {
             more = true;
             return ControlFlow::Break(());
         }
-        match crate::coord::decode::<TokenRecord>(key, bytes) {
-            Ok(found) => {
-                tokens.push(found.info);
-                ControlFlow::Continue(())
-            }
-            Err(error) => {
-                fault = Some(error);
-                ControlFlow::Break(())
-            }
-        }
+        tokens.push(found.info);
+        ControlFlow::Continue(())
     })?;
-    if let Some(fault) = fault {
-        return Err(fault);
-    }
     let next = if more { tokens.last().map(|info: &TokenInfo| info.accessor.clone()) } else { None };
     Ok((tokens, next))
+}
+
+/// Visits every token record in accessor order, decoded, until `visit` breaks; a row that does not decode is a fault.
+fn visit_records(
+    store: &impl CoordRead,
+    visit: &mut dyn FnMut(&[u8], TokenRecord) -> ControlFlow<()>,
+) -> Result<(), StorageFault> {
+    let mut fault = None;
+    store.coord_scan(RECORD, &mut |key, bytes| match crate::coord::decode::<TokenRecord>(key, bytes) {
+        Ok(found) => visit(&key[RECORD.len()..], found),
+        Err(error) => {
+            fault = Some(error);
+            ControlFlow::Break(())
+        }
+    })?;
+    fault.map_or(Ok(()), Err)
 }
 
 /// Applies a token command at log time `now`.
@@ -262,22 +266,12 @@ fn count(store: &impl CoordRead) -> Result<usize, StorageFault> {
 /// Deletes every expired token, answering how many went.
 fn purge_expired(store: &mut impl CoordWrite, now: u64) -> Result<usize, StorageFault> {
     let mut expired = Vec::new();
-    let mut fault = None;
-    store.coord_scan(RECORD, &mut |key, bytes| match crate::coord::decode::<TokenRecord>(key, bytes) {
-        Ok(found) => {
-            if found.info.expired_at(now) {
-                expired.push(key.to_vec());
-            }
-            ControlFlow::Continue(())
+    visit_records(store, &mut |accessor, found| {
+        if found.info.expired_at(now) {
+            expired.push(record_key(accessor));
         }
-        Err(error) => {
-            fault = Some(error);
-            ControlFlow::Break(())
-        }
+        ControlFlow::Continue(())
     })?;
-    if let Some(fault) = fault {
-        return Err(fault);
-    }
     for key in &expired {
         store.coord_delete(key)?;
     }
