@@ -81,7 +81,15 @@ pub fn members(count: u64) -> BTreeMap<NodeId, MemberNode> {
 pub fn member(id: NodeId) -> MemberNode {
     // The address is never dialled (the simulated network routes by id), but membership changes want one.
     let addr = std::net::SocketAddr::from(([10, 0, (id >> 8) as u8, id as u8], 7000));
-    MemberNode { public_key: bytes(vec![id as u8; 32]), addrs: vec![addr] }
+    MemberNode { public_key: bytes(node_key(id).public().as_bytes().to_vec()), addrs: vec![addr] }
+}
+
+/// The node key of simulated node `id` (made up, as its address is): what it signs its forwarded proposals with.
+pub fn node_key(id: NodeId) -> iroh::SecretKey {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&id.to_le_bytes());
+    seed[8..].copy_from_slice(b"pando simulated node key");
+    iroh::SecretKey::from_bytes(&seed)
 }
 
 /// The cluster's identity in a simulation: its id, the members' shared secret and the admin token, all from the seed.

@@ -126,7 +126,7 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
     if operation == "lock" {
         for worker in 0..args.concurrency {
             let ttl_ms = (args.duration + 60) * 1000;
-            match clients[worker % connections].coord(CoordRequest::LeaseGrant { ttl_ms }).await? {
+            match clients[worker % connections].coord(CoordRequest::lease_grant(ttl_ms)).await? {
                 CoordResponse::Lease { lease } => leases.push(lease.id),
                 other => anyhow::bail!("unexpected response {other:?}"),
             }

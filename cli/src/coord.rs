@@ -20,18 +20,31 @@ pub enum LeaseCommand {
         /// Time to live: `10s`, `500ms`, `2m` (a bare number is seconds).
         #[arg(long, value_parser = parse_duration_ms)]
         ttl: u64,
+        /// The part of the keyspace the lease belongs to: it holds only keys and names under it, and granting,
+        /// keeping alive or revoking it needs write access there (default: all of it, an admin's lease).
+        #[arg(long, default_value = "")]
+        prefix: String,
     },
     /// Push the lease's deadline one TTL ahead.
     Keepalive {
         lease: u64,
+        /// The prefix the lease belongs under (one your token may write; default: the whole keyspace).
+        #[arg(long, default_value = "")]
+        prefix: String,
     },
     /// Revoke the lease, releasing everything attached to it.
     Revoke {
         lease: u64,
+        /// The prefix the lease belongs under (one your token may write; default: the whole keyspace).
+        #[arg(long, default_value = "")]
+        prefix: String,
     },
     /// The lease's TTL, deadline and what it holds.
     Ttl {
         lease: u64,
+        /// The prefix the lease belongs under (one your token may read; default: the whole keyspace).
+        #[arg(long, default_value = "")]
+        prefix: String,
     },
     List,
 }
@@ -62,7 +75,8 @@ pub struct HolderArgs {
     /// Hold it with this lease (kept alive by you).
     #[arg(long, conflicts_with = "ttl")]
     lease: Option<u64>,
-    /// Hold it with a new lease of this TTL, granted for it.
+    /// Hold it with a new lease of this TTL, granted for it (the lease belongs to the name, so a token that may write
+    /// the name may keep it alive and revoke it with `--prefix NAME`).
     #[arg(long, value_parser = parse_duration_ms, default_value = "30s")]
     ttl: u64,
     /// Wait up to this long while it is taken (the node parks the request until a release; bounded by --timeout-ms).
@@ -349,6 +363,7 @@ fn kind(unsigned: bool) -> CounterValue {
 fn lease_json(lease: &LeaseInfo) -> serde_json::Value {
     json!({
         "id": lease.id,
+        "prefix": String::from_utf8_lossy(&lease.prefix),
         "ttl_ms": lease.ttl_ms,
         "deadline_ms": lease.deadline_ms,
         "locks": lease.locks.iter().map(|name| String::from_utf8_lossy(name).into_owned()).collect::<Vec<_>>(),
@@ -383,8 +398,13 @@ fn print_lease(lease: &LeaseInfo, json: bool) {
         print_json(&lease_json(lease));
     } else {
         println!(
-            "lease {} ttl {} ms deadline {} ms, {} locks, {} keys, {} other attachments",
+            "lease {}{} ttl {} ms deadline {} ms, {} locks, {} keys, {} other attachments",
             lease.id,
+            if lease.prefix.is_empty() {
+                String::new()
+            } else {
+                format!(" under {}", String::from_utf8_lossy(&lease.prefix))
+            },
             lease.ttl_ms,
             lease.deadline_ms,
             lease.locks.len(),
@@ -404,10 +424,10 @@ pub(crate) fn unexpected(response: &CoordResponse) -> anyhow::Error {
 
 pub async fn lease(client: &Client, command: LeaseCommand, json: bool) -> anyhow::Result<()> {
     let request = match command {
-        LeaseCommand::Grant { ttl } => CoordRequest::LeaseGrant { ttl_ms: ttl },
-        LeaseCommand::Keepalive { lease } => CoordRequest::LeaseKeepAlive { lease },
-        LeaseCommand::Revoke { lease } => CoordRequest::LeaseRevoke { lease },
-        LeaseCommand::Ttl { lease } => CoordRequest::LeaseGet { lease },
+        LeaseCommand::Grant { ttl, prefix } => CoordRequest::LeaseGrant { ttl_ms: ttl, prefix: bytes(prefix) },
+        LeaseCommand::Keepalive { lease, prefix } => CoordRequest::LeaseKeepAlive { lease, prefix: bytes(prefix) },
+        LeaseCommand::Revoke { lease, prefix } => CoordRequest::LeaseRevoke { lease, prefix: bytes(prefix) },
+        LeaseCommand::Ttl { lease, prefix } => CoordRequest::LeaseGet { lease, prefix: bytes(prefix) },
         LeaseCommand::List => CoordRequest::LeaseList,
     };
     match client.coord(request).await? {
@@ -444,7 +464,7 @@ pub async fn lock(client: &Client, command: LockCommand, json: bool) -> anyhow::
     let request = match command {
         LockCommand::Acquire { name, holder } => {
             let wait_ms = holder.wait_ms()?;
-            let lease = lease_or_grant(client, holder).await?;
+            let lease = lease_or_grant(client, holder, &name).await?;
             CoordRequest::LockAcquire { name: bytes(name), lease, wait_ms }
         }
         LockCommand::Release { name, lease, token } => CoordRequest::LockRelease { name: bytes(name), lease, token },
@@ -472,10 +492,10 @@ pub async fn lock(client: &Client, command: LockCommand, json: bool) -> anyhow::
     Ok(())
 }
 
-async fn lease_or_grant(client: &Client, holder: HolderArgs) -> anyhow::Result<u64> {
+async fn lease_or_grant(client: &Client, holder: HolderArgs, name: &str) -> anyhow::Result<u64> {
     match holder.lease {
         Some(lease) => Ok(lease),
-        None => match client.coord(CoordRequest::LeaseGrant { ttl_ms: holder.ttl }).await? {
+        None => match client.coord(CoordRequest::LeaseGrant { ttl_ms: holder.ttl, prefix: bytes(name) }).await? {
             CoordResponse::Lease { lease } => Ok(lease.id),
             other => Err(unexpected(&other)),
         },
@@ -486,12 +506,12 @@ pub async fn rwlock(client: &Client, command: RwLockCommand, json: bool) -> anyh
     let request = match command {
         RwLockCommand::Read { name, holder } => {
             let wait_ms = holder.wait_ms()?;
-            let lease = lease_or_grant(client, holder).await?;
+            let lease = lease_or_grant(client, holder, &name).await?;
             CoordRequest::RwLockAcquire { name: bytes(name), lease, mode: RwMode::Read, wait_ms }
         }
         RwLockCommand::Write { name, holder } => {
             let wait_ms = holder.wait_ms()?;
-            let lease = lease_or_grant(client, holder).await?;
+            let lease = lease_or_grant(client, holder, &name).await?;
             CoordRequest::RwLockAcquire { name: bytes(name), lease, mode: RwMode::Write, wait_ms }
         }
         RwLockCommand::Downgrade { name, lease } => CoordRequest::RwLockDowngrade { name: bytes(name), lease },
@@ -539,7 +559,7 @@ pub async fn election(client: &Client, command: ElectionCommand, json: bool) -> 
     let request = match command {
         ElectionCommand::Campaign { name, value, holder } => {
             let wait_ms = holder.wait_ms()?;
-            let lease = lease_or_grant(client, holder).await?;
+            let lease = lease_or_grant(client, holder, &name).await?;
             CoordRequest::ElectionCampaign { name: bytes(name), lease, value: bytes(value), wait_ms }
         }
         ElectionCommand::Leader { name } => CoordRequest::ElectionGet { name: bytes(name) },
@@ -598,7 +618,7 @@ pub async fn barrier(client: &Client, command: BarrierCommand, json: bool) -> an
     let (request, lease) = match command {
         BarrierCommand::Enter { name, parties, holder } => {
             waited_ms = holder.wait_ms()?;
-            let lease = lease_or_grant(client, holder).await?;
+            let lease = lease_or_grant(client, holder, &name).await?;
             (CoordRequest::BarrierEnter { name: bytes(name), lease, parties, wait_ms: waited_ms }, Some(lease))
         }
         BarrierCommand::Leave { name, lease } => (CoordRequest::BarrierLeave { name: bytes(name), lease }, None),
@@ -777,7 +797,7 @@ pub async fn semaphore(client: &Client, command: SemaphoreCommand, json: bool) -
     let request = match command {
         SemaphoreCommand::Acquire { name, permits, capacity, holder } => {
             let wait_ms = holder.wait_ms()?;
-            let lease = lease_or_grant(client, holder).await?;
+            let lease = lease_or_grant(client, holder, &name).await?;
             CoordRequest::SemaphoreAcquire { name: bytes(name), lease, permits, capacity, wait_ms }
         }
         SemaphoreCommand::Release { name, lease } => CoordRequest::SemaphoreRelease { name: bytes(name), lease },

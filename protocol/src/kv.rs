@@ -11,6 +11,11 @@ use crate::limits::{
 /// Raw bytes of a key or value, encoded as MessagePack `bin`.
 pub type Bytes = serde_bytes::ByteBuf;
 
+/// Whether `bytes` is empty (for `skip_serializing_if`, which cannot see through `Bytes`' deref).
+pub(crate) fn no_bytes(bytes: &Bytes) -> bool {
+    bytes.is_empty()
+}
+
 /// One key with its value and revisions, as a reader sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvEntry {

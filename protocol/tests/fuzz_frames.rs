@@ -87,7 +87,7 @@ fn corpus(rng: &mut Rng, valid: bool) -> Vec<Request> {
             node: MemberNode { public_key: key(rng), addrs: vec!["127.0.0.1:1".parse().unwrap()] },
         }),
         Request::Cluster(ClusterRequest::Promote { node_id: number(rng, 2) }),
-        Request::Coord(CoordRequest::LeaseGrant { ttl_ms: number(rng, 5_000) }),
+        Request::Coord(CoordRequest::LeaseGrant { ttl_ms: number(rng, 5_000), prefix: key(rng) }),
         Request::Coord(CoordRequest::LockAcquire {
             name: key(rng),
             lease: number(rng, 1),

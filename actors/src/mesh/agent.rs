@@ -1,11 +1,13 @@
 //! The node agent: one per node, joined to [`NODES_GROUP`](super::NODES_GROUP), answering pings from any node.
 //! It is the smallest user of the mesh and the proof that process groups span the cluster.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use pando_protocol::cluster::MeshPing;
+use pando_protocol::blob::BlobCommand;
+use pando_protocol::cluster::{MemberNode, MeshPing};
 use pando_protocol::command::{Command, CommandOutput};
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::kv::KvRequest;
@@ -27,13 +29,87 @@ pub enum AgentMsg {
     Propose(Vec<u8>, RpcReplyPort<Vec<u8>>),
 }
 
-/// A proposal handed to the leader's agent by another member. Only blob commands are accepted (a blob's bytes arrive
-/// at whichever node a client or a repair chose, which then records them): the member that forwards a client's
-/// command has checked the client's token.
+/// A proposal handed to the leader's agent by another member, signed with the sender's node key: the mesh
+/// authenticates sessions, not messages, so the signature is what says which member asks (a learner cannot speak for a
+/// voter). The command travels as MessagePack bytes, signed as they are.
 #[derive(Debug, Serialize, Deserialize)]
 struct Forward {
     to: u64,
-    command: Command,
+    from: u64,
+    #[serde(with = "serde_bytes")]
+    command: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    signature: Vec<u8>,
+}
+
+/// What a forward's signature covers: a domain tag, the addressee, the sender and the command's bytes.
+fn signed_bytes(to: u64, from: u64, command: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(FORWARD_DOMAIN.len() + 16 + command.len());
+    bytes.extend_from_slice(FORWARD_DOMAIN);
+    bytes.extend_from_slice(&to.to_be_bytes());
+    bytes.extend_from_slice(&from.to_be_bytes());
+    bytes.extend_from_slice(command);
+    bytes
+}
+
+const FORWARD_DOMAIN: &[u8] = b"pando 2026-12 forwarded proposal v1\0";
+
+impl Forward {
+    fn sign(to: u64, from: u64, command: &Command, key: &iroh::SecretKey) -> Result<Forward, WireError> {
+        let command = rmp_serde::to_vec_named(command)
+            .map_err(|error| WireError::internal(format!("cannot encode a proposal: {error}")))?;
+        let signature = key.sign(&signed_bytes(to, from, &command)).to_bytes().to_vec();
+        Ok(Forward { to, from, command, signature })
+    }
+
+    /// The command, if the sender is a member of `members` whose key signed it. Who may ask for what is
+    /// [`admit`]'s to say.
+    fn open(&self, members: &BTreeMap<u64, MemberNode>) -> Result<Command, WireError> {
+        let refused = |why: &str| WireError::new(ErrorCode::Unauthorized, format!("forwarded proposal refused: {why}"));
+        let member = members.get(&self.from).ok_or_else(|| refused("the sender is not a member"))?;
+        let key = <[u8; 32]>::try_from(member.public_key.as_slice())
+            .ok()
+            .and_then(|key| iroh::PublicKey::from_bytes(&key).ok())
+            .ok_or_else(|| refused("the sender's key in the membership is not an ed25519 key"))?;
+        let signature = <[u8; 64]>::try_from(self.signature.as_slice())
+            .map(|bytes| iroh::Signature::from_bytes(&bytes))
+            .map_err(|_| refused("malformed signature"))?;
+        key.verify(&signed_bytes(self.to, self.from, &self.command), &signature)
+            .map_err(|_| refused("the signature is not the sender's"))?;
+        rmp_serde::from_slice(&self.command)
+            .map_err(|error| WireError::invalid(format!("malformed forwarded command: {error}")))
+    }
+}
+
+/// Whether member `from` (a voter or not) may have the leader propose `command`. Voters may forward blob bookkeeping,
+/// plugin reports and plugin KV writes (they serve clients, whose tokens they checked). A learner serves no writes
+/// (like etcd's learners): it may only say what it holds of a blob and what it runs of a plugin, about itself.
+pub(crate) fn admit(command: &Command, from: u64, voter: bool) -> Result<(), WireError> {
+    let forwardable = matches!(
+        command,
+        Command::Blob(_)
+            | Command::Kv(KvRequest::PutBlob { .. })
+            | Command::Plugin(PluginCommand::Report { .. } | PluginCommand::Kv { .. })
+    );
+    if !forwardable {
+        return Err(WireError::invalid("only blob bookkeeping, plugin reports and plugin KV writes are forwarded"));
+    }
+    let about_itself = match command {
+        Command::Blob(BlobCommand::Held { node, .. } | BlobCommand::Release { node, .. }) => *node == from,
+        Command::Plugin(PluginCommand::Report { status, .. }) => status.node == from,
+        _ => false,
+    };
+    if voter || about_itself {
+        Ok(())
+    } else {
+        Err(WireError::new(
+            ErrorCode::Unauthorized,
+            format!(
+                "node {from} is a learner: it serves no writes (blob adds, keys pointing at blobs, plugin writes); send \
+                 them to a voter, or promote the node"
+            ),
+        ))
+    }
 }
 
 type Forwarded = Result<CommandOutput, WireError>;
@@ -99,22 +175,21 @@ impl Actor for NodeAgent {
                     let _ = reply.send(answer(&Err(WireError::invalid("addressed to another node"))));
                     return Ok(());
                 }
-                let forwardable = matches!(
-                    forward.command,
-                    Command::Blob(_)
-                        | Command::Kv(KvRequest::PutBlob { .. })
-                        | Command::Plugin(PluginCommand::Report { .. } | PluginCommand::Kv { .. })
-                );
-                if !forwardable {
-                    let _ = reply.send(answer(&Err(WireError::invalid(
-                        "only blob bookkeeping, plugin reports and plugin KV writes are forwarded",
-                    ))));
-                    return Ok(());
-                }
+                let admitted = forward.open(&self.raft.members()).and_then(|command| {
+                    admit(&command, forward.from, self.raft.is_voter(forward.from)).map(|()| command)
+                });
+                let command = match admitted {
+                    Ok(command) => command,
+                    Err(error) => {
+                        tracing::warn!(from = forward.from, %error, "refused a forwarded proposal");
+                        let _ = reply.send(answer(&Err(error)));
+                        return Ok(());
+                    }
+                };
                 // Proposed off the mailbox, so a slow commit never holds up pings.
                 let raft = self.raft.clone();
                 tokio::spawn(async move {
-                    let result = raft.propose(forward.command, Duration::from_millis(FORWARD_TIMEOUT_MS)).await;
+                    let result = raft.propose(command, Duration::from_millis(FORWARD_TIMEOUT_MS)).await;
                     let _ = reply.send(answer(&result));
                 });
             }
@@ -129,16 +204,39 @@ const SESSION_POLL_MS: u64 = 50;
 /// Longest a forwarded proposal may take on the leader.
 pub const FORWARD_TIMEOUT_MS: u64 = 10_000;
 
-/// The process group holding one node's agent (and nothing else), so a message can be addressed to a node.
+/// Who forwards a proposal: this node's id, its node key, and its mesh's process-group scope.
+pub(crate) struct Sender<'a> {
+    pub node_id: u64,
+    pub key: &'a iroh::SecretKey,
+    pub scope: &'a str,
+}
+
+/// The process group holding one node's agent (and nothing else), so a message can be addressed to a node. Groups
+/// under this name are bound to their node: only the session authenticated as that node may join actors to them
+/// ([`peer_may_join`]).
 pub fn node_group(node_id: u64) -> String {
-    format!("pando.node.{node_id}")
+    format!("{NODE_GROUP_PREFIX}{node_id}")
+}
+
+const NODE_GROUP_PREFIX: &str = "pando.node.";
+
+/// The mesh's group filter (a patch of ractor_cluster): a peer whose session is labelled `peer_label` may join actors
+/// to a node-bound group (`pando.node.<id>`, or anything under `pando.node.<id>.`) only if it is that node; every
+/// other group is open to every member.
+pub fn peer_may_join(peer_label: &str, group: &str) -> bool {
+    let Some(rest) = group.strip_prefix(NODE_GROUP_PREFIX) else { return true };
+    let node = rest.split('.').next().unwrap_or_default();
+    super::node_of_label(peer_label).is_some_and(|peer| peer.to_string() == node)
 }
 
 /// Proposes `command` on node `leader` through its agent, found in the leader's own process group as this node's
-/// mesh (whose process-group scope is `scope`) sees it.
-pub(crate) async fn propose_on(scope: &str, leader: u64, command: &Command, timeout: Duration) -> Forwarded {
-    let payload = rmp_serde::to_vec_named(&Forward { to: leader, command: command.clone() })
+/// mesh (whose process-group scope is `scope`) sees it; signed as node `from` with its node key. Only the leader's
+/// own session may stand in its group (the mesh's group filter), so the proposal reaches the leader or nobody.
+pub(crate) async fn propose_on(sender: &Sender<'_>, leader: u64, command: &Command, timeout: Duration) -> Forwarded {
+    let forward = Forward::sign(leader, sender.node_id, command, sender.key)?;
+    let payload = rmp_serde::to_vec_named(&forward)
         .map_err(|error| WireError::internal(format!("cannot encode a proposal: {error}")))?;
+    let scope = sender.scope;
     // A session to the leader may still be opening (a node just started, a leader just elected): wait for it, within
     // the caller's deadline.
     let deadline = tokio::time::Instant::now() + timeout;
@@ -200,4 +298,95 @@ pub async fn ping_group(scope: &str, from: u64) -> Vec<MeshPing> {
     let mut answers = futures::future::join_all(pings).await;
     answers.sort_by_key(|ping| (ping.node_id.is_none(), ping.node_id));
     answers
+}
+
+#[cfg(test)]
+mod tests {
+    use pando_protocol::blob::BlobHash;
+    use pando_protocol::kv::bytes;
+
+    use super::*;
+    use crate::sim::{member, node_key};
+
+    fn members() -> BTreeMap<u64, MemberNode> {
+        (1..=3).map(|id| (id, member(id))).collect()
+    }
+
+    fn held(node: u64) -> Command {
+        Command::Blob(BlobCommand::Held { hash: BlobHash([7; 32]), node })
+    }
+
+    #[test]
+    fn a_forward_signed_by_its_sender_opens_to_its_command() {
+        let forward = Forward::sign(1, 2, &held(2), &node_key(2)).unwrap();
+        assert_eq!(forward.open(&members()).unwrap(), held(2));
+    }
+
+    #[test]
+    fn a_member_cannot_forward_in_another_members_name() {
+        // Node 3 signs with its own key but claims to be node 2.
+        let forged = Forward::sign(1, 2, &held(2), &node_key(3)).unwrap();
+        let error = forged.open(&members()).unwrap_err();
+        assert_eq!(error.code, ErrorCode::Unauthorized);
+        assert!(error.message.contains("not the sender's"), "{error}");
+    }
+
+    #[test]
+    fn a_forward_whose_command_was_changed_after_signing_is_refused() {
+        let mut forward = Forward::sign(1, 2, &held(2), &node_key(2)).unwrap();
+        forward.command = rmp_serde::to_vec_named(&held(3)).unwrap();
+        assert_eq!(forward.open(&members()).unwrap_err().code, ErrorCode::Unauthorized);
+        // Nor can it be readdressed: the addressee is signed too.
+        let mut forward = Forward::sign(1, 2, &held(2), &node_key(2)).unwrap();
+        forward.to = 3;
+        assert_eq!(forward.open(&members()).unwrap_err().code, ErrorCode::Unauthorized);
+    }
+
+    #[test]
+    fn a_node_outside_the_membership_cannot_forward() {
+        let forward = Forward::sign(1, 9, &held(9), &node_key(9)).unwrap();
+        let error = forward.open(&members()).unwrap_err();
+        assert!(error.message.contains("not a member"), "{error}");
+    }
+
+    #[test]
+    fn a_learner_forwards_only_what_it_says_about_itself() {
+        let learner = 4;
+        assert!(admit(&held(learner), learner, false).is_ok());
+        let release = Command::Blob(BlobCommand::Release { hash: BlobHash([7; 32]), node: learner });
+        assert!(admit(&release, learner, false).is_ok());
+        // About another node, or a write a client asked for: refused.
+        assert_eq!(admit(&held(2), learner, false).unwrap_err().code, ErrorCode::Unauthorized);
+        let put = Command::Kv(KvRequest::PutBlob { key: bytes("secret/x"), hash: BlobHash([7; 32]), lease: None });
+        assert_eq!(admit(&put, learner, false).unwrap_err().code, ErrorCode::Unauthorized);
+        let plugin_write = Command::Plugin(PluginCommand::Kv {
+            plugin: "kv-counter".into(),
+            request: KvRequest::Delete { key: bytes("counter/x") },
+        });
+        assert_eq!(admit(&plugin_write, learner, false).unwrap_err().code, ErrorCode::Unauthorized);
+        let unpin = Command::Blob(BlobCommand::Unpin { hash: BlobHash([7; 32]) });
+        assert_eq!(admit(&unpin, learner, false).unwrap_err().code, ErrorCode::Unauthorized);
+        // A voter serves clients: it forwards all of these.
+        for command in [held(3), put, plugin_write, unpin] {
+            assert!(admit(&command, 2, true).is_ok(), "{command:?}");
+        }
+    }
+
+    #[test]
+    fn nobody_forwards_what_is_not_node_bookkeeping() {
+        let put = Command::Kv(KvRequest::Put { key: bytes("a"), value: bytes("1"), lease: None });
+        assert_eq!(admit(&put, 2, true).unwrap_err().code, ErrorCode::InvalidArgument);
+    }
+
+    #[test]
+    fn only_a_node_itself_stands_in_its_own_groups() {
+        use super::super::session_label;
+        assert!(peer_may_join(&session_label(2), &node_group(2)));
+        assert!(peer_may_join(&session_label(2), "pando.node.2.hooks"));
+        assert!(!peer_may_join(&session_label(2), &node_group(1)));
+        assert!(!peer_may_join(&session_label(2), &node_group(21)));
+        assert!(!peer_may_join(&session_label(21), &node_group(2)));
+        assert!(!peer_may_join("external", &node_group(2)));
+        assert!(peer_may_join(&session_label(2), NODES_GROUP));
+    }
 }

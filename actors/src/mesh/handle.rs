@@ -21,6 +21,8 @@ const MESH_STATUS_TIMEOUT_MS: u64 = 5_000;
 struct LiveMesh {
     actor: ActorRef<MeshMsg>,
     scope: String,
+    /// The node's key, which signs what this node forwards to the leader.
+    node_key: iroh::SecretKey,
 }
 
 #[derive(Clone)]
@@ -59,8 +61,8 @@ impl MeshHandle {
         Ok(super::agent::ping_group(&self.scope()?, from).await)
     }
 
-    pub(crate) fn publish(&self, actor: ActorRef<MeshMsg>, scope: String) {
-        self.live.publish(LiveMesh { actor, scope });
+    pub(crate) fn publish(&self, actor: ActorRef<MeshMsg>, scope: String, node_key: iroh::SecretKey) {
+        self.live.publish(LiveMesh { actor, scope, node_key });
     }
 
     /// Forgets `actor` if it is still the published one (a restarted mesh may have published already).
@@ -87,7 +89,10 @@ impl Proposer {
         match self.raft.propose(command.clone(), timeout).await {
             Err(error) if error.code == ErrorCode::NotLeader => match error.detail {
                 Some(ErrorDetail::Leader { node_id, .. }) => {
-                    super::agent::propose_on(&self.mesh.scope()?, node_id, &command, timeout).await
+                    let mesh = self.mesh.live.get()?;
+                    let sender =
+                        super::agent::Sender { node_id: self.raft.node_id(), key: &mesh.node_key, scope: &mesh.scope };
+                    super::agent::propose_on(&sender, node_id, &command, timeout).await
                 }
                 _ => Err(error),
             },

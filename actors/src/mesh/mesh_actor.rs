@@ -82,7 +82,8 @@ fn start_node_server(args: &MeshArgs, published: Live<ActorRef<NodeServerMessage
         )
         .with_listen_addr(Ipv4Addr::LOCALHOST.into())
         .with_max_inbound_frame_size(MESH_FRAME_BYTES_MAX)
-        .with_scope(scope.clone());
+        .with_scope(scope.clone())
+        .with_remote_group_filter(super::agent::peer_may_join);
         let published = published.clone();
         Box::pin(async move {
             let (node_server, _) = Actor::spawn_linked(None, server, (), supervisor).await?;
@@ -128,6 +129,14 @@ impl MeshArgs {
             MeshNet::Simulated(net) => Some(net.id()),
         };
         super::scope(self.node_id, simulation)
+    }
+
+    /// The node's key: its endpoint's, or in the simulator the one [`crate::sim::node_key`] derives.
+    fn node_key(&self) -> iroh::SecretKey {
+        match &self.net {
+            MeshNet::Iroh(endpoint) => endpoint.secret_key().clone(),
+            MeshNet::Simulated(_) => crate::sim::node_key(self.node_id),
+        }
     }
 }
 
@@ -236,7 +245,7 @@ impl Actor for MeshActor {
         let node_server = node_server.get()?;
         let reconcile_timer =
             myself.send_interval(Duration::from_millis(MESH_RECONCILE_INTERVAL_MS), || MeshMsg::Reconcile);
-        args.handle.publish(myself.clone(), args.scope());
+        args.handle.publish(myself.clone(), args.scope(), args.node_key());
         let sim_acceptor = match &args.net {
             MeshNet::Iroh(_) => None,
             MeshNet::Simulated(net) => Some(tokio::spawn(accept_simulated(

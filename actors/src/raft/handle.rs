@@ -108,6 +108,30 @@ impl RaftHandle {
         members.values().any(|node| node.public_key.as_slice() == public_key)
     }
 
+    /// Waits, at most `within`, until this node either does not lead or has applied an entry of its own term: from then
+    /// on its applied state holds everything committed before it led (a revocation the previous leader committed
+    /// included), so checks against that state are as current as the leader's answers.
+    pub async fn settled_as_leader(&self, within: Duration) {
+        let Some(core) = self.live.current() else { return };
+        let mut metrics = core.raft.metrics();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let settled = {
+                let metrics = metrics.borrow();
+                metrics.current_leader != Some(self.node_id)
+                    || metrics.last_applied.is_some_and(|applied| applied.leader_id.term >= metrics.current_term)
+            };
+            if settled {
+                return;
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                // Raft stopped, or no quorum in time: the request goes on and meets that on its own.
+                Ok(Err(_)) | Err(_) => return,
+            }
+        }
+    }
+
     /// The member whose key is `public_key`, as this node's membership has it.
     pub fn peer_id(&self, public_key: &[u8; 32]) -> Option<NodeId> {
         self.members().into_iter().find(|(_, node)| node.public_key.as_slice() == public_key).map(|(id, _)| id)

@@ -64,7 +64,7 @@ pub(crate) fn required(request: &Request) -> Vec<Access<'_>> {
         Request::Plugin(PluginRequest::List | PluginRequest::Info { .. }) => vec![Access::ClusterRead],
         Request::Plugin(_) => vec![Access::PluginAdmin],
         Request::Coord(request) => {
-            // Leases name no resource: they need access to every key (the empty prefix).
+            // A lease's name is the prefix it belongs to; one that names none needs access to every key.
             let name = request.name().unwrap_or_default();
             vec![if request.is_write() { Access::KvWrite(name) } else { Access::KvRead(name) }]
         }

@@ -112,6 +112,7 @@ async fn add(blobs: &BlobService, request: BlobRequest, recv: &mut StreamRecv) -
     let BlobRequest::Add { replicas, pin, expected, attach, ack_copies } = request else {
         return Err(WireError::internal("not an add"));
     };
+    blobs.check_takes_writes()?;
     let node = blobs.node()?;
     let _permit = BlobService::transfer_permit(&node)?;
     // The import pulls from a small channel while this task reads frames into it: a few frames in memory at most.

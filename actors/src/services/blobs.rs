@@ -59,6 +59,19 @@ impl BlobService {
         Ok(self.node()?.read(move |reader| reader.blob(&hash)).await?)
     }
 
+    /// Refuses a write on a learner, pointing at the leader: like etcd's learners, a learner serves no writes (the
+    /// leader would refuse what it forwards anyway; this spares the upload).
+    pub(crate) fn check_takes_writes(&self) -> Result<(), WireError> {
+        let members = self.raft.members();
+        if members.is_empty() || self.raft.is_voter(self.node_id) {
+            return Ok(());
+        }
+        let leader = self.raft.leader();
+        let mut error = crate::raft::raft_actor::not_leader(leader, leader.and_then(|id| members.get(&id).cloned()));
+        error.message = format!("node {} is a learner and takes no writes; {}", self.node_id, error.message);
+        Err(error)
+    }
+
     /// A client transfer slot of this node's store.
     pub fn transfer_permit(node: &BlobNode) -> Result<tokio::sync::OwnedSemaphorePermit, WireError> {
         node.transfers.clone().try_acquire_owned().map_err(|_| {

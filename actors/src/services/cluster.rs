@@ -219,12 +219,7 @@ async fn join(
         None => {
             // Ids are never reused: above every current id and above the log index, which only grows, so a removed
             // node's id never comes back for another node.
-            let members = membership.nodes().count();
-            if members >= CLUSTER_MEMBERS_MAX {
-                return Err(WireError::too_large(format!(
-                    "the cluster has {members} members, the most it admits ({CLUSTER_MEMBERS_MAX}); remove one first"
-                )));
-            }
+            check_room(&membership)?;
             let last_log_index = handles.raft.metrics().borrow().last_log_index.unwrap_or(0);
             let node_id = membership.nodes().map(|(id, _)| *id).max().unwrap_or(0).max(last_log_index) + 1;
             // Spent before the node is added: a failure after this costs the token a use, never admits for free.
@@ -246,6 +241,17 @@ async fn join(
     })
 }
 
+/// Refuses a new member once the cluster has [`CLUSTER_MEMBERS_MAX`] (so every ticket can list every member).
+fn check_room(membership: &openraft::Membership<NodeId, MemberNode>) -> Result<(), WireError> {
+    let members = membership.nodes().count();
+    if members >= CLUSTER_MEMBERS_MAX {
+        return Err(WireError::too_large(format!(
+            "the cluster has {members} members, the most it admits ({CLUSTER_MEMBERS_MAX}); remove one first"
+        )));
+    }
+    Ok(())
+}
+
 async fn add_learner(
     context: &ClusterService,
     node_id: NodeId,
@@ -259,6 +265,7 @@ async fn add_learner(
     if let Some((other, _)) = membership.nodes().find(|(_, member)| member.public_key == node.public_key) {
         return Err(WireError::new(ErrorCode::Conflict, format!("node {other} already has this public key")));
     }
+    check_room(&membership)?;
     let response = handles.raft.add_learner(node_id, node, false).await.map_err(write_error)?;
     Ok(ClusterResponse::MembershipChanged { log_index: response.log_id.index })
 }
@@ -484,4 +491,20 @@ async fn mesh(context: &ClusterService) -> Result<ClusterResponse, WireError> {
         group: crate::mesh::NODES_GROUP.to_string(),
         pings,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_at_its_member_limit_admits_nobody_more() {
+        let membership = |count: u64| {
+            let nodes: BTreeMap<NodeId, MemberNode> = (1..=count).map(|id| (id, crate::sim::member(id))).collect();
+            openraft::Membership::new(vec![BTreeSet::from([1])], nodes)
+        };
+        let full = membership(CLUSTER_MEMBERS_MAX as u64);
+        assert_eq!(check_room(&full).unwrap_err().code, ErrorCode::TooLarge);
+        assert!(check_room(&membership(CLUSTER_MEMBERS_MAX as u64 - 1)).is_ok());
+    }
 }

@@ -180,6 +180,9 @@ impl TokenService {
         wait_if_unknown: bool,
     ) -> Result<TokenInfo, WireError> {
         let wait = Duration::from_millis(TOKEN_READ_WAIT_MS);
+        // A leader that has not applied an entry of its own term may not have applied a revocation its predecessor
+        // committed (and acknowledged): it checks once it has.
+        self.raft.settled_as_leader(wait).await;
         let checked = {
             let token = token.clone();
             self.storage.read(wait, move |reader| reader.authenticate(&token, now_ms)).await?

@@ -33,7 +33,7 @@ async fn snapshots_carry_the_coordination_table() {
     let source_dir = tempfile::tempdir().unwrap();
     let source = super::open(source_dir.path()).unwrap();
     let commands = vec![
-        Command::Coord(CoordRequest::LeaseGrant { ttl_ms: 60_000 }),
+        Command::Coord(CoordRequest::lease_grant(60_000)),
         Command::Coord(CoordRequest::LockAcquire { name: bytes("jobs/main"), lease: 1, wait_ms: 0 }),
         Command::Coord(CoordRequest::CounterAdd { name: bytes("hits"), delta: 15, initial: CounterValue::Signed(0) }),
         Command::Kv(pando_protocol::state_machine::put_request(b"k", b"v")),

@@ -188,7 +188,7 @@ fn kv_values_hold_references_until_overwritten_deleted_or_their_lease_ends() {
         &mut tables,
         &mut revision,
         50_000,
-        Command::Coord(crate::coord::CoordRequest::LeaseGrant { ttl_ms: 1_000 }),
+        Command::Coord(crate::coord::CoordRequest::lease_grant(1_000)),
     )
     .results
     .remove(0)

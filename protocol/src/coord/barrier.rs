@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::keys::{self, with};
-use super::lease::{Held, LEASE_ATTACHMENTS_COUNT_MAX, attachments, forget, load_lease, not_found, save_lease};
+use super::lease::{Held, LEASE_ATTACHMENTS_COUNT_MAX, attachments, forget, load_for, save_lease};
 use super::{CoordEvent, CoordRead, CoordResponse, CoordWrite, load, save};
 use crate::error::{ErrorCode, WireError};
 use crate::kv::Bytes;
@@ -64,7 +64,10 @@ pub(crate) fn enter(
     lease_id: u64,
     parties: u32,
 ) -> Result<Result<CoordResponse, WireError>, StorageFault> {
-    let Some(mut lease) = load_lease(store, lease_id)? else { return Ok(Err(not_found(lease_id))) };
+    let mut lease = match load_for(store, lease_id, name)? {
+        Ok(lease) => lease,
+        Err(error) => return Ok(Err(error)),
+    };
     let mut barrier = load_barrier(store, name)?;
     if barrier.members.contains(&lease_id) {
         return Ok(Ok(CoordResponse::Barrier { barrier }));

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::keys::{self, with};
-use super::lease::{Held, LEASE_ATTACHMENTS_COUNT_MAX, attachments, forget, load_lease, not_found, save_lease};
+use super::lease::{Held, LEASE_ATTACHMENTS_COUNT_MAX, attachments, forget, load_for, save_lease};
 use super::{CoordEvent, CoordRead, CoordResponse, CoordWrite, load, save};
 use crate::error::{ErrorCode, WireError};
 use crate::kv::Bytes;
@@ -55,7 +55,10 @@ pub(crate) fn campaign(
     lease_id: u64,
     value: &[u8],
 ) -> Result<Result<CoordResponse, WireError>, StorageFault> {
-    let Some(mut lease) = load_lease(store, lease_id)? else { return Ok(Err(not_found(lease_id))) };
+    let mut lease = match load_for(store, lease_id, name)? {
+        Ok(lease) => lease,
+        Err(error) => return Ok(Err(error)),
+    };
     let mut election = load_election(store, name)?;
     match &mut election.leader {
         // Campaigning again as the leader updates the proclaimed value, keeping the term's token.

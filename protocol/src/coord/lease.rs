@@ -26,6 +26,10 @@ pub const EXPIRIES_PER_PROPOSAL_MAX: u32 = 1_024;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseInfo {
     pub id: u64,
+    /// The part of the keyspace the lease belongs to (empty: all of it): it holds only keys and names under it, and
+    /// keeping it alive, revoking or reading it needs access to it.
+    #[serde(default, skip_serializing_if = "crate::kv::no_bytes")]
+    pub prefix: Bytes,
     pub ttl_ms: u64,
     /// The log-clock time (ms since the Unix epoch) at which the lease lapses unless kept alive.
     pub deadline_ms: u64,
@@ -86,6 +90,7 @@ pub(crate) fn grant(
     store: &mut impl CoordWrite,
     now: u64,
     ttl_ms: u64,
+    prefix: &[u8],
 ) -> Result<Result<CoordResponse, WireError>, StorageFault> {
     let id = match store.coord_get(keys::NEXT_LEASE)? {
         Some(bytes) => u64::from_be_bytes(
@@ -96,6 +101,7 @@ pub(crate) fn grant(
     store.coord_put(keys::NEXT_LEASE, &(id + 1).to_be_bytes())?;
     let lease = LeaseInfo {
         id,
+        prefix: Bytes::from(prefix.to_vec()),
         ttl_ms,
         deadline_ms: now.saturating_add(ttl_ms),
         locks: Vec::new(),
@@ -112,12 +118,36 @@ pub(crate) fn grant(
     Ok(Ok(CoordResponse::Lease { lease }))
 }
 
+/// Lease `id` as a caller with access to `prefix` may see it: one that belongs under `prefix`. Any other answers
+/// as a lease that does not exist, so a caller learns nothing of leases outside its prefix.
+pub(crate) fn load_under(store: &impl CoordRead, id: u64, prefix: &[u8]) -> Result<Option<LeaseInfo>, StorageFault> {
+    Ok(load_lease(store, id)?.filter(|lease| lease.prefix.starts_with(prefix)))
+}
+
+/// Lease `id`, to attach `name` to it: refused when the lease does not exist or `name` is outside its prefix.
+pub(crate) fn load_for(
+    store: &impl CoordRead,
+    id: u64,
+    name: &[u8],
+) -> Result<Result<LeaseInfo, WireError>, StorageFault> {
+    let Some(lease) = load_lease(store, id)? else { return Ok(Err(not_found(id))) };
+    if !name.starts_with(&lease.prefix) {
+        return Ok(Err(WireError::invalid(format!(
+            "lease {id} belongs to `{}`; `{}` is outside it",
+            String::from_utf8_lossy(&lease.prefix),
+            String::from_utf8_lossy(name)
+        ))));
+    }
+    Ok(Ok(lease))
+}
+
 pub(crate) fn keep_alive(
     store: &mut impl CoordWrite,
     now: u64,
     id: u64,
+    prefix: &[u8],
 ) -> Result<Result<CoordResponse, WireError>, StorageFault> {
-    let Some(mut lease) = load_lease(store, id)? else { return Ok(Err(not_found(id))) };
+    let Some(mut lease) = load_under(store, id, prefix)? else { return Ok(Err(not_found(id))) };
     store.coord_delete(&expiry_key(lease.deadline_ms, id))?;
     lease.deadline_ms = now.saturating_add(lease.ttl_ms);
     store.coord_put(&expiry_key(lease.deadline_ms, id), &[])?;
@@ -168,8 +198,9 @@ pub(crate) fn revoke_request(
     store: &mut (impl KvWrite + CoordWrite),
     revision: &mut u64,
     id: u64,
+    prefix: &[u8],
 ) -> Result<Result<CoordResponse, WireError>, StorageFault> {
-    let Some(lease) = load_lease(store, id)? else { return Ok(Err(not_found(id))) };
+    let Some(lease) = load_under(store, id, prefix)? else { return Ok(Err(not_found(id))) };
     revoke(store, revision, &lease, false)?;
     Ok(Ok(CoordResponse::Revoked { released_locks: lease.locks, deleted_keys: lease.keys }))
 }
@@ -180,7 +211,10 @@ pub(crate) fn check_attachable(
     key: &[u8],
     id: u64,
 ) -> Result<Result<(), WireError>, StorageFault> {
-    let Some(lease) = load_lease(store, id)? else { return Ok(Err(not_found(id))) };
+    let lease = match load_for(store, id, key)? {
+        Ok(lease) => lease,
+        Err(error) => return Ok(Err(error)),
+    };
     if lease.keys.iter().all(|held| held.as_slice() != key) && attachments(&lease) >= LEASE_ATTACHMENTS_COUNT_MAX {
         return Ok(Err(WireError::too_large(format!("lease {id} already holds {LEASE_ATTACHMENTS_COUNT_MAX} things"))));
     }
@@ -286,8 +320,12 @@ fn be_u64(bytes: Option<&[u8]>) -> Option<u64> {
     Some(u64::from_be_bytes(bytes?.try_into().ok()?))
 }
 
-pub(crate) fn get(store: &impl CoordRead, id: u64) -> Result<Result<CoordResponse, WireError>, StorageFault> {
-    Ok(load_lease(store, id)?.map(|lease| CoordResponse::Lease { lease }).ok_or_else(|| not_found(id)))
+pub(crate) fn get(
+    store: &impl CoordRead,
+    id: u64,
+    prefix: &[u8],
+) -> Result<Result<CoordResponse, WireError>, StorageFault> {
+    Ok(load_under(store, id, prefix)?.map(|lease| CoordResponse::Lease { lease }).ok_or_else(|| not_found(id)))
 }
 
 pub(crate) fn list(store: &impl CoordRead) -> Result<Result<CoordResponse, WireError>, StorageFault> {

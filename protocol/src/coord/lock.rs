@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::keys::{self, with};
-use super::lease::{LEASE_ATTACHMENTS_COUNT_MAX, load_lease, not_found, save_lease};
+use super::lease::{LEASE_ATTACHMENTS_COUNT_MAX, load_for, save_lease};
 use super::{CoordEvent, CoordRead, CoordResponse, CoordWrite, load, save};
 use crate::error::{ErrorCode, WireError};
 use crate::kv::Bytes;
@@ -42,7 +42,10 @@ pub(crate) fn acquire(
     name: &[u8],
     lease_id: u64,
 ) -> Result<Result<CoordResponse, WireError>, StorageFault> {
-    let Some(mut lease) = load_lease(store, lease_id)? else { return Ok(Err(not_found(lease_id))) };
+    let mut lease = match load_for(store, lease_id, name)? {
+        Ok(lease) => lease,
+        Err(error) => return Ok(Err(error)),
+    };
     let mut lock = load_lock(store, name)?;
     if let Some(holder) = &lock.holder {
         if holder.lease == lease_id {

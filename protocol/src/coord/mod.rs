@@ -248,20 +248,31 @@ pub enum CoordEvent {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CoordRequest {
     /// Grants a lease that expires `ttl_ms` after the proposal's time unless kept alive.
+    /// The lease belongs to `prefix` (empty: the whole keyspace): it holds only keys and names under it, and granting
+    /// it needs write access to `prefix`, so a token scoped to `jobs/` can take the lock `jobs/main`.
     LeaseGrant {
         ttl_ms: u64,
+        #[serde(default, skip_serializing_if = "crate::kv::no_bytes")]
+        prefix: Bytes,
     },
-    /// Pushes a lease's deadline to `ttl_ms` (its own TTL) after now.
+    /// Pushes a lease's deadline to `ttl_ms` (its own TTL) after now. `prefix` is what the caller has access to: a
+    /// lease that does not belong under it answers as one that does not exist (as do `LeaseRevoke` and `LeaseGet`).
     LeaseKeepAlive {
         lease: u64,
+        #[serde(default, skip_serializing_if = "crate::kv::no_bytes")]
+        prefix: Bytes,
     },
     /// Revokes a lease and releases everything attached to it, in one entry.
     LeaseRevoke {
         lease: u64,
+        #[serde(default, skip_serializing_if = "crate::kv::no_bytes")]
+        prefix: Bytes,
     },
     /// Reads one lease.
     LeaseGet {
         lease: u64,
+        #[serde(default, skip_serializing_if = "crate::kv::no_bytes")]
+        prefix: Bytes,
     },
     /// Reads every lease (at most [`LEASE_LIST_COUNT_MAX`](lease::LEASE_LIST_COUNT_MAX)).
     LeaseList,
@@ -592,12 +603,32 @@ pub enum CoordResponse {
 }
 
 impl CoordRequest {
+    /// A lease of the whole keyspace (what an admin grants; a scoped token names its prefix in `LeaseGrant`).
+    pub fn lease_grant(ttl_ms: u64) -> CoordRequest {
+        CoordRequest::LeaseGrant { ttl_ms, prefix: Bytes::new() }
+    }
+
+    /// Keeps lease `lease` alive, as a caller with access to the whole keyspace.
+    pub fn lease_keep_alive(lease: u64) -> CoordRequest {
+        CoordRequest::LeaseKeepAlive { lease, prefix: Bytes::new() }
+    }
+
+    /// Revokes lease `lease`, as a caller with access to the whole keyspace.
+    pub fn lease_revoke(lease: u64) -> CoordRequest {
+        CoordRequest::LeaseRevoke { lease, prefix: Bytes::new() }
+    }
+
+    /// Reads lease `lease`, as a caller with access to the whole keyspace.
+    pub fn lease_get(lease: u64) -> CoordRequest {
+        CoordRequest::LeaseGet { lease, prefix: Bytes::new() }
+    }
+
     pub fn validate(&self) -> Result<(), WireError> {
         if let Some(name) = self.name() {
             validate_name(name)?;
         }
         match self {
-            CoordRequest::LeaseGrant { ttl_ms } => lease::validate_ttl(*ttl_ms),
+            CoordRequest::LeaseGrant { ttl_ms, .. } => lease::validate_ttl(*ttl_ms),
             CoordRequest::LockAcquire { .. } | CoordRequest::RwLockAcquire { .. } => self.validate_wait(),
             CoordRequest::ElectionCampaign { value, .. } => {
                 election::validate_value(value)?;
@@ -796,13 +827,12 @@ impl CoordRequest {
             | CoordRequest::ServiceHealth { service: name, .. }
             | CoordRequest::ServiceDeregister { service: name, .. }
             | CoordRequest::ServiceDiscover { service: name, .. } => Some(name),
-            CoordRequest::LeaseGrant { .. }
-            | CoordRequest::LeaseKeepAlive { .. }
-            | CoordRequest::LeaseRevoke { .. }
-            | CoordRequest::LeaseGet { .. }
-            | CoordRequest::LeaseList
-            | CoordRequest::QueueList
-            | CoordRequest::Tick => None,
+            // A lease's name is its prefix; the whole keyspace when it has none.
+            CoordRequest::LeaseGrant { prefix, .. }
+            | CoordRequest::LeaseKeepAlive { prefix, .. }
+            | CoordRequest::LeaseRevoke { prefix, .. }
+            | CoordRequest::LeaseGet { prefix, .. } => (!prefix.is_empty()).then_some(prefix.as_slice()),
+            CoordRequest::LeaseList | CoordRequest::QueueList | CoordRequest::Tick => None,
         }
     }
 
@@ -996,9 +1026,9 @@ pub fn apply(
         return Ok(Err(error));
     }
     match request {
-        CoordRequest::LeaseGrant { ttl_ms } => lease::grant(store, now, *ttl_ms),
-        CoordRequest::LeaseKeepAlive { lease } => lease::keep_alive(store, now, *lease),
-        CoordRequest::LeaseRevoke { lease } => lease::revoke_request(store, revision, *lease),
+        CoordRequest::LeaseGrant { ttl_ms, prefix } => lease::grant(store, now, *ttl_ms, prefix),
+        CoordRequest::LeaseKeepAlive { lease, prefix } => lease::keep_alive(store, now, *lease, prefix),
+        CoordRequest::LeaseRevoke { lease, prefix } => lease::revoke_request(store, revision, *lease, prefix),
         CoordRequest::LockAcquire { name, lease, .. } => lock::acquire(store, now, name, *lease),
         CoordRequest::LockRelease { name, lease, token } => lock::release(store, name, *lease, *token),
         CoordRequest::SemaphoreAcquire { name, lease, permits, capacity, .. } => {
@@ -1080,7 +1110,7 @@ pub fn read(store: &impl CoordRead, request: &CoordRequest) -> Result<Result<Coo
         return Ok(Err(error));
     }
     match request {
-        CoordRequest::LeaseGet { lease } => lease::get(store, *lease),
+        CoordRequest::LeaseGet { lease, prefix } => lease::get(store, *lease, prefix),
         CoordRequest::LeaseList => lease::list(store),
         CoordRequest::LockGet { name } => lock::get(store, name),
         CoordRequest::SemaphoreGet { name } => semaphore::get(store, name),

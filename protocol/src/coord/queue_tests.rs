@@ -320,7 +320,7 @@ fn a_barrier_opens_when_every_party_entered_and_closes_when_all_left() {
     run(&mut tables, 2, CoordRequest::BarrierLeave { name: bytes("b"), lease: leases[0] }).unwrap();
     run(&mut tables, 2, CoordRequest::BarrierLeave { name: bytes("b"), lease: leases[1] }).unwrap();
     // The last party's lease ends: it counts as having left, and the next round may start.
-    run(&mut tables, 3, CoordRequest::LeaseRevoke { lease: leases[2] }).unwrap();
+    run(&mut tables, 3, CoordRequest::lease_revoke(leases[2])).unwrap();
     assert_eq!(open(enter(&mut tables, leases[3])), Ok(false));
     let CoordResponse::Barrier { barrier } =
         read(&tables, &CoordRequest::BarrierGet { name: bytes("b") }).unwrap().unwrap()
@@ -465,7 +465,7 @@ fn every_primitive_with_tokens_fences_writes() {
     let kind = FenceKind::QueueMessage(delivery.id);
     assert!(write(&mut tables, "work", kind, delivery.token().unwrap()));
     // Every hold ends (the lease with the locks, the delivery by timing out): the same writes are fenced off.
-    run(&mut tables, 5_000, CoordRequest::LeaseRevoke { lease }).unwrap();
+    run(&mut tables, 5_000, CoordRequest::lease_revoke(lease)).unwrap();
     for (name, kind) in
         [("l", FenceKind::Lock), ("r", FenceKind::RwLock), ("s", FenceKind::Semaphore), ("e", FenceKind::Election)]
     {
@@ -567,7 +567,7 @@ proptest! {
                 }
                 BarrierOp::Revoke { lease } => {
                     let Some(&id) = leases.get(lease) else { continue };
-                    let result = run(&mut tables, now, CoordRequest::LeaseRevoke { lease: id });
+                    let result = run(&mut tables, now, CoordRequest::lease_revoke(id));
                     prop_assert_eq!(result.is_ok(), deadlines.remove(&id).is_some());
                     members.retain(|member| *member != id);
                     if members.is_empty() {
@@ -785,7 +785,7 @@ proptest! {
                 }
                 ElectionOp::Revoke { lease } => {
                     let Some(&id) = leases.get(lease) else { continue };
-                    let result = run(&mut tables, now, CoordRequest::LeaseRevoke { lease: id });
+                    let result = run(&mut tables, now, CoordRequest::lease_revoke(id));
                     prop_assert_eq!(result.is_ok(), deadlines.remove(&id).is_some());
                     leader = leader.filter(|current| *current != id);
                 }

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::keys::{self, with};
-use super::lease::{LEASE_ATTACHMENTS_COUNT_MAX, attachments, load_lease, not_found, save_lease};
+use super::lease::{LEASE_ATTACHMENTS_COUNT_MAX, attachments, load_for, save_lease};
 use super::{CoordEvent, CoordRead, CoordResponse, CoordWrite, load, save};
 use crate::error::{ErrorCode, WireError};
 use crate::kv::Bytes;
@@ -72,7 +72,10 @@ pub(crate) fn acquire(
     permits: u32,
     capacity: u32,
 ) -> Result<Result<CoordResponse, WireError>, StorageFault> {
-    let Some(mut lease) = load_lease(store, lease_id)? else { return Ok(Err(not_found(lease_id))) };
+    let mut lease = match load_for(store, lease_id, name)? {
+        Ok(lease) => lease,
+        Err(error) => return Ok(Err(error)),
+    };
     let mut semaphore = load_semaphore(store, name)?;
     if semaphore.capacity != 0 && semaphore.capacity != capacity {
         return Ok(Err(WireError::new(

@@ -11,7 +11,7 @@ use std::ops::ControlFlow;
 use serde::{Deserialize, Serialize};
 
 use super::keys::{self, scoped, unscope};
-use super::lease::{LEASE_ATTACHMENTS_COUNT_MAX, attachments, load_lease, not_found, save_lease};
+use super::lease::{LEASE_ATTACHMENTS_COUNT_MAX, attachments, load_lease, save_lease};
 use super::timer::{self, TimerKind};
 use super::{CoordEvent, CoordRead, CoordResponse, CoordWrite, load, save};
 use crate::error::{ErrorCode, WireError};
@@ -171,7 +171,10 @@ pub(crate) fn register(
     }
     let reference = ServiceRef { service: Bytes::from(service.to_vec()), instance: Bytes::from(instance.to_vec()) };
     if let Some(id) = lease_id {
-        let Some(mut lease) = load_lease(store, id)? else { return Ok(Err(not_found(id))) };
+        let mut lease = match super::lease::load_for(store, id, service)? {
+            Ok(lease) => lease,
+            Err(error) => return Ok(Err(error)),
+        };
         if !lease.services.contains(&reference) {
             if attachments(&lease) >= LEASE_ATTACHMENTS_COUNT_MAX {
                 return Ok(Err(WireError::too_large(format!("lease {id} holds {LEASE_ATTACHMENTS_COUNT_MAX} things"))));

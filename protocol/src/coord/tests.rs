@@ -21,7 +21,7 @@ pub(super) fn run(tables: &mut MemoryTables, stamp_ms: u64, request: CoordReques
 }
 
 pub(super) fn grant(tables: &mut MemoryTables, now: u64, ttl_ms: u64) -> u64 {
-    match run(tables, now, CoordRequest::LeaseGrant { ttl_ms }).unwrap() {
+    match run(tables, now, CoordRequest::lease_grant(ttl_ms)).unwrap() {
         CoordResponse::Lease { lease } => lease.id,
         other => panic!("unexpected {other:?}"),
     }
@@ -54,17 +54,49 @@ fn a_lock_is_exclusive_and_its_tokens_only_grow() {
 }
 
 #[test]
+fn a_lease_holds_only_what_is_under_its_prefix_and_answers_only_callers_there() {
+    let mut tables = MemoryTables::default();
+    let granted = run(&mut tables, 1_000, CoordRequest::LeaseGrant { ttl_ms: 5_000, prefix: bytes("jobs/") }).unwrap();
+    let CoordResponse::Lease { lease } = granted else { panic!("unexpected {granted:?}") };
+    assert_eq!(lease.prefix, bytes("jobs/"));
+    assert_eq!(acquire(&mut tables, 1_100, "jobs/main", lease.id).unwrap(), 1);
+    let outside = acquire(&mut tables, 1_100, "app/main", lease.id).unwrap_err();
+    assert_eq!(outside.code, crate::error::ErrorCode::InvalidArgument);
+    assert!(outside.message.contains("outside"), "{outside:?}");
+    let key = |key: &str| {
+        Command::Kv(crate::kv::KvRequest::Put { key: bytes(key), value: bytes("v"), lease: Some(lease.id) })
+    };
+    let proposal = Proposal { stamp_ms: 1_200, commands: vec![key("jobs/k"), key("app/k")] };
+    let outcome = apply_proposal(&mut tables, &mut 0, &proposal).unwrap();
+    assert!(outcome.results[0].is_ok());
+    assert_eq!(outcome.results[1].as_ref().unwrap_err().code, crate::error::ErrorCode::InvalidArgument);
+    // A caller names the prefix it may access; a lease not under it answers as absent, one under it as itself.
+    for claim in ["app/", "jobs/main"] {
+        let request = CoordRequest::LeaseKeepAlive { lease: lease.id, prefix: bytes(claim) };
+        assert_eq!(run(&mut tables, 1_300, request).unwrap_err().code, crate::error::ErrorCode::NotFound, "{claim}");
+        let request = CoordRequest::LeaseRevoke { lease: lease.id, prefix: bytes(claim) };
+        assert_eq!(run(&mut tables, 1_300, request).unwrap_err().code, crate::error::ErrorCode::NotFound, "{claim}");
+    }
+    for claim in ["", "jo", "jobs/"] {
+        assert!(run(&mut tables, 1_300, CoordRequest::LeaseGet { lease: lease.id, prefix: bytes(claim) }).is_ok());
+    }
+    let revoked = run(&mut tables, 1_400, CoordRequest::LeaseRevoke { lease: lease.id, prefix: bytes("jobs/") });
+    assert!(matches!(revoked.unwrap(), CoordResponse::Revoked { released_locks, deleted_keys }
+        if released_locks == vec![bytes("jobs/main")] && deleted_keys == vec![bytes("jobs/k")]));
+}
+
+#[test]
 fn a_lapsed_lease_releases_its_locks_by_log_time() {
     let mut tables = MemoryTables::default();
     let lease = grant(&mut tables, 10_000, 2_000);
     assert_eq!(acquire(&mut tables, 10_000, "l", lease).unwrap(), 1);
     // Keep-alive at 11 s pushes the deadline to 13 s.
-    run(&mut tables, 11_000, CoordRequest::LeaseKeepAlive { lease }).unwrap();
+    run(&mut tables, 11_000, CoordRequest::lease_keep_alive(lease)).unwrap();
     assert!(run(&mut tables, 12_999, CoordRequest::Tick).is_ok());
-    assert!(run(&mut tables, 12_999, CoordRequest::LeaseGet { lease }).is_ok(), "alive before its deadline");
+    assert!(run(&mut tables, 12_999, CoordRequest::lease_get(lease)).is_ok(), "alive before its deadline");
     // A proposal stamped earlier (a new leader with a slower clock) does not move time back.
     run(&mut tables, 13_000, CoordRequest::Tick).unwrap();
-    let gone = run(&mut tables, 5_000, CoordRequest::LeaseGet { lease }).unwrap_err();
+    let gone = run(&mut tables, 5_000, CoordRequest::lease_get(lease)).unwrap_err();
     assert_eq!(gone.code, crate::error::ErrorCode::NotFound);
     let other = grant(&mut tables, 5_000, 2_000);
     assert_eq!(acquire(&mut tables, 5_000, "l", other).unwrap(), 2, "the next holder's token is larger");
@@ -78,7 +110,7 @@ fn revoking_a_lease_releases_everything_in_one_entry() {
     for name in ["a", "b", "c"] {
         acquire(&mut tables, 0, name, lease).unwrap();
     }
-    match run(&mut tables, 1, CoordRequest::LeaseRevoke { lease }).unwrap() {
+    match run(&mut tables, 1, CoordRequest::lease_revoke(lease)).unwrap() {
         CoordResponse::Revoked { released_locks, .. } => {
             assert_eq!(released_locks, vec![bytes("a"), bytes("b"), bytes("c")])
         }
@@ -97,7 +129,7 @@ fn revoking_a_lease_releases_everything_in_one_entry() {
 fn bad_arguments_are_refused_and_change_nothing() {
     let mut tables = MemoryTables::default();
     let before = tables.coord.clone();
-    assert!(run(&mut tables, 0, CoordRequest::LeaseGrant { ttl_ms: 10 }).is_err());
+    assert!(run(&mut tables, 0, CoordRequest::lease_grant(10)).is_err());
     assert!(run(&mut tables, 0, CoordRequest::LockAcquire { name: bytes(""), lease: 1, wait_ms: 0 }).is_err());
     assert!(run(&mut tables, 0, CoordRequest::LockAcquire { name: bytes("x"), lease: 99, wait_ms: 0 }).is_err());
     assert!(run(&mut tables, 0, CoordRequest::SequenceNext { name: bytes("s"), count: 0 }).is_err());
@@ -174,7 +206,7 @@ proptest! {
                 }
                 LockOp::KeepAlive { lease } => {
                     let Some(&id) = leases.get(lease) else { continue };
-                    let result = run(&mut tables, now, CoordRequest::LeaseKeepAlive { lease: id });
+                    let result = run(&mut tables, now, CoordRequest::lease_keep_alive(id));
                     prop_assert_eq!(result.is_ok(), deadlines.contains_key(&id));
                     if let Some((deadline, ttl)) = deadlines.get_mut(&id) {
                         *deadline = now + *ttl;
@@ -182,7 +214,7 @@ proptest! {
                 }
                 LockOp::Revoke { lease } => {
                     let Some(&id) = leases.get(lease) else { continue };
-                    let result = run(&mut tables, now, CoordRequest::LeaseRevoke { lease: id });
+                    let result = run(&mut tables, now, CoordRequest::lease_revoke(id));
                     prop_assert_eq!(result.is_ok(), deadlines.remove(&id).is_some());
                     holders.retain(|_, (holder, _)| *holder != id);
                 }
@@ -379,7 +411,7 @@ proptest! {
                 }
                 SemaphoreOp::Revoke { lease } => {
                     let Some(&id) = leases.get(lease) else { continue };
-                    let result = run(&mut tables, now, CoordRequest::LeaseRevoke { lease: id });
+                    let result = run(&mut tables, now, CoordRequest::lease_revoke(id));
                     prop_assert_eq!(result.is_ok(), deadlines.remove(&id).is_some());
                     held.remove(&id);
                 }
@@ -462,7 +494,7 @@ proptest! {
                     readers.remove(&lease);
                 }
                 RwOp::Revoke { lease } => {
-                    let result = run(&mut tables, 1, CoordRequest::LeaseRevoke { lease: leases[lease] });
+                    let result = run(&mut tables, 1, CoordRequest::lease_revoke(leases[lease]));
                     prop_assert_eq!(result.is_ok(), alive[lease]);
                     alive[lease] = false;
                     if writer == Some(lease) { writer = None; }

@@ -98,8 +98,7 @@ fn every_change_is_recorded_once_at_its_revision_and_refusals_record_nothing() {
 #[test]
 fn a_lapsed_lease_deletes_its_keys_at_one_revision_of_the_history() {
     let (mut tables, mut revision) = (MemoryTables::default(), 0);
-    let lease = match apply(&mut tables, &mut revision, 0, Command::Coord(CoordRequest::LeaseGrant { ttl_ms: 10_000 }))
-    {
+    let lease = match apply(&mut tables, &mut revision, 0, Command::Coord(CoordRequest::lease_grant(10_000))) {
         Ok(CommandOutput::Coord(CoordResponse::Lease { lease })) => lease.id,
         other => panic!("unexpected {other:?}"),
     };

@@ -84,6 +84,7 @@ pub use node::client::connect_external as client_connect_external;
 pub use node::client::ClientConnectErr;
 pub use node::NodeEventSubscription;
 pub use node::NodeServer;
+pub use node::RemoteGroupFilter;
 pub use node::NodeServerMessage;
 pub use node::NodeSession;
 pub use node::NodeSessionMessage;

@@ -223,7 +223,11 @@ pub struct NodeServer {
     listen_addr: Option<IpAddr>,
     max_inbound_frame_size: u64,
     scope: Option<String>,
+    remote_groups: Option<RemoteGroupFilter>,
 }
+
+/// (Pando patch) Whether a peer whose session carries `peer_label` may put its actors in process group `group`.
+pub type RemoteGroupFilter = fn(peer_label: &str, group: &str) -> bool;
 
 impl NodeServer {
     /// Create a new node server instance
@@ -252,7 +256,18 @@ impl NodeServer {
             listen_addr: None,
             max_inbound_frame_size: DEFAULT_MAX_INBOUND_FRAME_SIZE,
             scope: None,
+            remote_groups: None,
         }
+    }
+
+    /// (Pando patch) Admit a peer's advertised actors only into the process groups `filter` allows for that peer's
+    /// session label (an external stream's `peer_label`; empty when it has none). Upstream, a peer may join its actors
+    /// to any group, so one peer can stand in a group that names another (and receive what is sent to it); with a
+    /// filter the application binds groups to the identities its transport authenticated. A refused join is logged
+    /// and dropped; the session stays up.
+    pub fn with_remote_group_filter(mut self, filter: RemoteGroupFilter) -> Self {
+        self.remote_groups = Some(filter);
+        self
     }
 
     /// (Pando patch) Confine this node's sessions to one process-group scope.
@@ -665,7 +680,8 @@ impl Actor for NodeServer {
                         self.connection_mode,
                     )
                     .with_max_inbound_frame_size(self.max_inbound_frame_size)
-                    .with_scope(self.scope.clone()),
+                    .with_scope(self.scope.clone())
+                    .with_remote_groups(peer_addr.clone(), self.remote_groups),
                     *stream,
                     myself.get_cell(),
                 )
@@ -715,7 +731,8 @@ impl Actor for NodeServer {
                         self.connection_mode,
                     )
                     .with_max_inbound_frame_size(self.max_inbound_frame_size)
-                    .with_scope(self.scope.clone()),
+                    .with_scope(self.scope.clone())
+                    .with_remote_groups(peer_addr.clone(), self.remote_groups),
                     *external_stream,
                     myself.get_cell(),
                 )

@@ -171,7 +171,7 @@ async fn an_election_observer_sees_the_state_then_each_change_then_no_leader() {
     let coord = |request| vec![Command::Coord(request)];
     let campaign =
         |value: &str| CoordRequest::ElectionCampaign { name: bytes("e"), lease: 1, value: bytes(value), wait_ms: 0 };
-    apply_commands(&mut state_machine, 1, coord(CoordRequest::LeaseGrant { ttl_ms: 60_000 })).await;
+    apply_commands(&mut state_machine, 1, coord(CoordRequest::lease_grant(60_000))).await;
     // The observer reads the state when woken (level-triggered): each change is read before the next is applied.
     apply_commands(&mut state_machine, 2, coord(campaign("a"))).await;
     assert_eq!(next().await, (1, Some("a".into())), "elected");

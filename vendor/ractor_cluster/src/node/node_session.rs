@@ -116,6 +116,8 @@ pub struct NodeSession {
     connection_id: u64,
     /// (Pando patch) The process-group scope this session is confined to; see `NodeServer::with_scope`.
     scope: Option<String>,
+    /// (Pando patch) The peer's label and the groups it may join; see `NodeServer::with_remote_group_filter`.
+    remote_groups: Option<(String, super::RemoteGroupFilter)>,
 }
 
 impl NodeSession {
@@ -145,6 +147,7 @@ impl NodeSession {
             connection_mode,
             max_inbound_frame_size: super::DEFAULT_MAX_INBOUND_FRAME_SIZE,
             scope: None,
+            remote_groups: None,
             connection_id: if is_server {
                 0
             } else {
@@ -175,6 +178,18 @@ impl NodeSession {
     pub fn with_scope(mut self, scope: Option<String>) -> Self {
         self.scope = scope;
         self
+    }
+
+    /// (Pando patch) Admit the peer (labelled `peer_label`) only into the groups `filter` allows; see
+    /// `NodeServer::with_remote_group_filter`.
+    pub fn with_remote_groups(mut self, peer_label: String, filter: Option<super::RemoteGroupFilter>) -> Self {
+        self.remote_groups = filter.map(|filter| (peer_label, filter));
+        self
+    }
+
+    /// Whether the peer may put its actors in `group`.
+    fn admits_remote_group(&self, group: &str) -> bool {
+        self.remote_groups.as_ref().is_none_or(|(label, filter)| filter(label, group))
     }
 
     /// Whether a local group change or group in `scope` is this session's to advertise.
@@ -590,6 +605,15 @@ impl NodeSession {
                 }
                 control_protocol::control_message::Msg::Pong(pong) => {
                     state.handle_pong(pong);
+                }
+                control_protocol::control_message::Msg::PgJoin(join)
+                    if !self.admits_remote_group(&join.group) =>
+                {
+                    // (Pando patch) A group this peer may not stand in: nothing is spawned or joined.
+                    tracing::warn!(
+                        "refusing the peer's join of process group '{}' (not a group it may stand in)",
+                        join.group
+                    );
                 }
                 control_protocol::control_message::Msg::PgJoin(join) => {
                     let mut cells = vec![];
