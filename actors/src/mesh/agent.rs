@@ -229,19 +229,18 @@ pub fn peer_may_join(peer_label: &str, group: &str) -> bool {
     super::node_of_label(peer_label).is_some_and(|peer| peer.to_string() == node)
 }
 
-/// Proposes `command` on node `leader` through its agent, found in the leader's own process group as this node's
-/// mesh (whose process-group scope is `scope`) sees it; signed as node `from` with its node key. Only the leader's
-/// own session may stand in its group (the mesh's group filter), so the proposal reaches the leader or nobody.
+/// Proposes `command` on node `leader` through its agent, found in the leader's own process group as `sender`'s mesh
+/// scope sees it, signed with `sender`'s node key. Only the leader's own session may stand in its group (the mesh's
+/// group filter), so the proposal reaches the leader or nobody.
 pub(crate) async fn propose_on(sender: &Sender<'_>, leader: u64, command: &Command, timeout: Duration) -> Forwarded {
     let forward = Forward::sign(leader, sender.node_id, command, sender.key)?;
     let payload = rmp_serde::to_vec_named(&forward)
         .map_err(|error| WireError::internal(format!("cannot encode a proposal: {error}")))?;
-    let scope = sender.scope;
     // A session to the leader may still be opening (a node just started, a leader just elected): wait for it, within
     // the caller's deadline.
     let deadline = tokio::time::Instant::now() + timeout;
     let cell = loop {
-        let members = ractor::pg::get_scoped_members(&scope.to_string(), &node_group(leader));
+        let members = ractor::pg::get_scoped_members(&sender.scope.to_string(), &node_group(leader));
         if let Some(cell) = members.into_iter().find(|cell| !cell.get_id().is_local()) {
             break cell;
         }
