@@ -10,12 +10,18 @@
 //!
 //! **Invariant:** only the owning actor publishes or retracts its slot (`pub(crate)`, called from its `pre_start` and
 //! `post_stop`); everyone else reads.
+//!
+//! **Invariant:** waiters wake in the order they started waiting. They wait on one `tokio::sync::Notify`, not on the
+//! `watch` channel that holds the value: tokio spreads a watch channel's waiters over eight notifiers picked from a
+//! per-process random seed, so several waiters woke in an order that changed from run to run, and a simulated run did
+//! not replay from its seed (seed 11). The same holds for every wait on a Raft core's metrics
+//! ([`RaftCore::wait_metrics`](crate::raft::RaftCore::wait_metrics)).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use pando_protocol::error::{ErrorCode, WireError};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// A subsystem is not running on this node right now (it is starting, restarting or stopped).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -34,18 +40,20 @@ impl From<Unavailable> for WireError {
 pub struct Live<T> {
     subsystem: &'static str,
     slot: Arc<watch::Sender<Option<T>>>,
+    /// Notified on every publication and retraction; waiters wait here, in arrival order.
+    changed: Arc<Notify>,
 }
 
 impl<T> Clone for Live<T> {
     fn clone(&self) -> Live<T> {
-        Live { subsystem: self.subsystem, slot: self.slot.clone() }
+        Live { subsystem: self.subsystem, slot: self.slot.clone(), changed: self.changed.clone() }
     }
 }
 
 impl<T: Clone> Live<T> {
     /// An empty slot for `subsystem` (named in [`Unavailable`]).
     pub fn new(subsystem: &'static str) -> Live<T> {
-        Live { subsystem, slot: Arc::new(watch::Sender::new(None)) }
+        Live { subsystem, slot: Arc::new(watch::Sender::new(None)), changed: Arc::default() }
     }
 
     pub fn subsystem(&self) -> &'static str {
@@ -67,37 +75,46 @@ impl<T: Clone> Live<T> {
         if let Some(value) = self.current() {
             return Ok(value);
         }
-        let mut receiver = self.slot.subscribe();
         let published = tokio::time::timeout(within, async {
-            receiver.wait_for(Option::is_some).await.ok().and_then(|value| value.clone())
+            loop {
+                // Registered before the check, so a publication between the two is not missed.
+                let changed = self.changed.notified();
+                let mut changed = std::pin::pin!(changed);
+                changed.as_mut().enable();
+                if let Some(value) = self.current() {
+                    return value;
+                }
+                changed.await;
+            }
         });
-        published.await.ok().flatten().ok_or(Unavailable { subsystem: self.subsystem })
-    }
-
-    /// Wakes on every publication and retraction.
-    pub fn watch(&self) -> watch::Receiver<Option<T>> {
-        self.slot.subscribe()
+        published.await.map_err(|_| Unavailable { subsystem: self.subsystem })
     }
 
     /// The owner started: callers get `value` from now on.
     pub(crate) fn publish(&self, value: T) {
         self.slot.send_replace(Some(value));
+        self.changed.notify_waiters();
     }
 
     /// The owner stopped: callers wait (or get [`Unavailable`]) until the next publication. Answers what was there.
     pub(crate) fn retract(&self) -> Option<T> {
-        self.slot.send_replace(None)
+        let previous = self.slot.send_replace(None);
+        self.changed.notify_waiters();
+        previous
     }
 
     /// Retracts only what `is_mine` recognises: a successor may already have published its own value.
     pub(crate) fn retract_if(&self, is_mine: impl FnOnce(&T) -> bool) {
-        self.slot.send_if_modified(|slot| {
+        let retracted = self.slot.send_if_modified(|slot| {
             if slot.as_ref().is_some_and(is_mine) {
                 *slot = None;
                 return true;
             }
             false
         });
+        if retracted {
+            self.changed.notify_waiters();
+        }
     }
 }
 

@@ -50,6 +50,16 @@ pub struct Handles {
     pub tree: TreeHandle,
 }
 
+/// What differs between the services of a real node and a simulated one.
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceOptions {
+    /// Whether panics may be injected (`--enable-fault-injection`).
+    pub fault_injection: bool,
+    pub randomness: TokenRandomness,
+    /// The node process's CPU time for the status (nothing in the simulator, whose nodes share a process).
+    pub process_cpu_ms: fn() -> Option<u64>,
+}
+
 impl Handles {
     /// The handles of node `node_id`, whose Raft also serves `trusted_peers` (the members named when it joined).
     pub fn new(node_id: u64, trusted_peers: impl IntoIterator<Item = [u8; 32]>) -> Handles {
@@ -69,17 +79,10 @@ impl Handles {
         Proposer::new(self.raft.clone(), self.mesh.clone())
     }
 
-    /// The services of node `node_id` over these handles (`cluster` is the cluster's identity, `fault_injection`
-    /// whether panics may be injected).
-    pub fn services(
-        &self,
-        node_id: u64,
-        keys: &ClusterKeys,
-        fault_injection: bool,
-        randomness: TokenRandomness,
-    ) -> Services {
+    /// The services of node `node_id` over these handles (`keys` are the cluster's identity).
+    pub fn services(&self, node_id: u64, keys: &ClusterKeys, options: ServiceOptions) -> Services {
         let (kv, blobs) = self.kv_and_blobs(node_id);
-        let tokens = TokenService::new(self.raft.clone(), self.storage.clone(), randomness);
+        let tokens = TokenService::new(self.raft.clone(), self.storage.clone(), options.randomness);
         Services {
             kv,
             coord: CoordService::new(self.raft.clone(), self.storage.clone()),
@@ -90,7 +93,8 @@ impl Handles {
                 keys.cluster_id.clone(),
                 keys.member_secret,
                 tokens.clone(),
-                fault_injection,
+                options.fault_injection,
+                options.process_cpu_ms,
                 self.raft.clone(),
                 self.storage.clone(),
                 self.mesh.clone(),
@@ -201,11 +205,12 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
     };
     let node_id = config.node_id;
     let cluster_secret = config.keys.member_secret;
-    let randomness = match &config.world {
-        World::Iroh { .. } => TokenRandomness::Os,
-        World::Simulated { .. } => TokenRandomness::Seeded,
+    let (randomness, process_cpu_ms): (_, fn() -> Option<u64>) = match &config.world {
+        World::Iroh { .. } => (TokenRandomness::Os, crate::services::cluster::own_process_cpu_ms),
+        World::Simulated { .. } => (TokenRandomness::Seeded, || None),
     };
-    let services = handles.services(node_id, &config.keys, config.fault_injection, randomness);
+    let options = ServiceOptions { fault_injection: config.fault_injection, randomness, process_cpu_ms };
+    let services = handles.services(node_id, &config.keys, options);
     let context = RpcContext { clock: config.clock, services: services.clone() };
     let rpc = ChildSpec::new("rpc", Restart::Permanent, RpcGateway, RpcArgs { listener, context });
     let mut children = Vec::new();

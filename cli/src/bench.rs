@@ -67,6 +67,21 @@ pub struct BenchArgs {
     /// Key prefix, so a bench run does not touch application keys.
     #[arg(long, default_value = "bench/")]
     prefix: String,
+    /// `get`: serializable reads, served from the applied state of whichever member a connection is on (they may
+    /// lag the leader), instead of linearizable ones.
+    #[arg(long)]
+    stale: bool,
+    /// Which members the connections go to: `leader` (every connection starts at the ticket's first node and follows
+    /// the leader), or `all` (connection i starts at member i mod n; stale reads stay there, writes and linearizable
+    /// reads are redirected to the leader).
+    #[arg(long, value_enum, default_value_t = Endpoints::Leader)]
+    endpoints: Endpoints,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Endpoints {
+    Leader,
+    All,
 }
 
 struct WorkerResult {
@@ -109,9 +124,14 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
     anyhow::ensure!(args.keys >= 1, "--keys must be at least 1");
     let workers_count = if operation == "queue" { args.concurrency * 2 } else { args.concurrency };
     let connections = workers_count.div_ceil(WORKERS_PER_CONNECTION_MAX);
+    let members = Members::discover(ticket, &options).await?;
     let mut clients = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        clients.push(Arc::new(Client::new(ticket, options.clone()).await?));
+    for connection in 0..connections {
+        let client = match args.endpoints {
+            Endpoints::Leader => Client::new(ticket, options.clone()).await?,
+            Endpoints::All => members.client_starting_at(connection, &options).await?,
+        };
+        clients.push(Arc::new(client));
     }
     let value = vec![b'x'; args.value_size];
     if operation == "get" {
@@ -137,8 +157,12 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
         let create = CoordRequest::QueueCreate { name: bytes(queue.clone()), visibility_ms: 30_000, max_deliveries: 5 };
         clients[0].coord(create).await?;
     }
+    let nodes_cpu_before = members.cpu_ms(&options).await;
+    let client_cpu_before = client_cpu_ms();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration);
+    let acks = Arc::new(AckGaps::default());
+    let consistency = if args.stale { Consistency::Stale } else { Consistency::Linearizable };
     let mut workers = Vec::with_capacity(workers_count);
     for worker in 0..workers_count {
         let client = clients[worker % connections].clone();
@@ -148,6 +172,7 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
         let lease = leases.get(worker).copied().unwrap_or(0);
         let producer = operation == "queue" && worker < args.concurrency;
         let queue = bytes(queue.clone());
+        let acks = acks.clone();
         workers.push(tokio::spawn(async move {
             let mut result = WorkerResult {
                 producer,
@@ -162,7 +187,7 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
                 let begun = Instant::now();
                 let outcome = match operation {
                     "put" => client.put(key.as_bytes(), &value).await.map(|_| true),
-                    "get" => client.get(key.as_bytes(), Consistency::Linearizable).await.map(|_| true),
+                    "get" => client.get(key.as_bytes(), consistency).await.map(|_| true),
                     "counter" => {
                         let request =
                             CoordRequest::CounterAdd { name: bytes(key), delta: 1, initial: CounterValue::Unsigned(0) };
@@ -186,6 +211,7 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
                     Ok(true) => {
                         let micros = begun.elapsed().as_micros() as u64;
                         result.histogram.saturating_record(micros.max(1));
+                        acks.record(started.elapsed());
                     }
                     Err(error) => {
                         result.errors += 1;
@@ -213,6 +239,15 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let client_cpu_cores = client_cpu_ms().zip(client_cpu_before).map(|(after, before)| cores(after - before, elapsed));
+    let nodes_cpu_after = members.cpu_ms(&options).await;
+    let node_cpu_cores: serde_json::Map<String, serde_json::Value> = nodes_cpu_after
+        .iter()
+        .filter_map(|(node_id, after)| {
+            let before = nodes_cpu_before.get(node_id)?;
+            Some((node_id.to_string(), json!(cores(after.saturating_sub(*before), elapsed))))
+        })
+        .collect();
     for client in &clients {
         client.close().await;
     }
@@ -231,6 +266,11 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
         "p99_ms": ms(0.99),
         "p999_ms": ms(0.999),
         "max_ms": histogram.max() as f64 / 1000.0,
+        "max_gap_ms": acks.longest_gap(started.elapsed()).as_secs_f64() * 1000.0,
+        "stale": args.stale,
+        "endpoints": format!("{:?}", args.endpoints).to_lowercase(),
+        "client_cpu_cores": client_cpu_cores,
+        "node_cpu_cores": node_cpu_cores,
         "first_error": first_error,
     });
     let enqueues = (operation == "queue").then(|| {
@@ -269,6 +309,20 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
                 enqueues["p99_ms"].as_f64().unwrap_or_default(),
             );
         }
+        println!(
+            "  longest time without an acknowledgement: {:.1} ms; CPU cores used: client {}, {}",
+            report["max_gap_ms"].as_f64().unwrap_or_default(),
+            client_cpu_cores.map_or("unknown".to_string(), |cores| format!("{cores:.2}")),
+            if node_cpu_cores.is_empty() {
+                "nodes unknown".to_string()
+            } else {
+                node_cpu_cores
+                    .iter()
+                    .map(|(node_id, cores)| format!("node {node_id} {:.2}", cores.as_f64().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
         if let Some(error) = &first_error {
             println!("first error: {error}");
         }
@@ -319,4 +373,93 @@ async fn consume(
 
 fn key(prefix: &str, index: u64) -> String {
     format!("{prefix}{index:016x}")
+}
+
+/// The longest stretch of a run without an acknowledged operation (across all workers): after `kill -9` of the leader,
+/// the time until the first write acknowledged through the new one.
+#[derive(Default)]
+struct AckGaps {
+    /// Microseconds from the start of the run to the latest acknowledgement.
+    last_us: std::sync::atomic::AtomicU64,
+    longest_us: std::sync::atomic::AtomicU64,
+}
+
+impl AckGaps {
+    fn record(&self, since_start: Duration) {
+        use std::sync::atomic::Ordering;
+        let now = since_start.as_micros() as u64;
+        let previous = self.last_us.fetch_max(now, Ordering::AcqRel);
+        self.longest_us.fetch_max(now.saturating_sub(previous), Ordering::AcqRel);
+    }
+
+    /// The longest gap, the one from the last acknowledgement to the end of the run included.
+    fn longest_gap(&self, run: Duration) -> Duration {
+        use std::sync::atomic::Ordering;
+        let tail = (run.as_micros() as u64).saturating_sub(self.last_us.load(Ordering::Acquire));
+        Duration::from_micros(self.longest_us.load(Ordering::Acquire).max(tail))
+    }
+}
+
+/// The cluster's members as the ticket's node sees them, to spread connections over and to ask for their CPU time.
+struct Members {
+    ticket: pando_client::pando_protocol::ticket::Ticket,
+    nodes: Vec<pando_client::pando_protocol::ticket::TicketNode>,
+}
+
+impl Members {
+    async fn discover(ticket: &str, options: &ClientOptions) -> anyhow::Result<Members> {
+        let client = Client::new(ticket, options.clone()).await?;
+        let status = client.cluster_status().await;
+        let ticket = client.ticket().clone();
+        client.close().await;
+        let mut nodes = Vec::new();
+        // A token that may not read the cluster status still benches: without members, nodes' CPU is unknown.
+        for member in status.map(|status| status.members).unwrap_or_default() {
+            let Ok(public_key) = data_encoding::HEXLOWER.decode(member.public_key.as_bytes()) else { continue };
+            let node = pando_client::pando_protocol::cluster::MemberNode {
+                public_key: public_key.into(),
+                addrs: member.addrs,
+            };
+            nodes.push(pando_client::pando_protocol::ticket::TicketNode { node_id: member.node_id, node });
+        }
+        Ok(Members { ticket, nodes })
+    }
+
+    /// A client whose first node is member `index` mod n (the others follow, for failover).
+    async fn client_starting_at(&self, index: usize, options: &ClientOptions) -> anyhow::Result<Client> {
+        let mut ticket = self.ticket.clone();
+        if !self.nodes.is_empty() {
+            let mut nodes = self.nodes.clone();
+            nodes.rotate_left(index % self.nodes.len());
+            ticket.nodes = nodes;
+        }
+        Ok(Client::new(&ticket.encode(), options.clone()).await?)
+    }
+
+    /// Each member's process CPU time in milliseconds, for the members that answer and report it.
+    async fn cpu_ms(&self, options: &ClientOptions) -> std::collections::BTreeMap<u64, u64> {
+        let mut cpu = std::collections::BTreeMap::new();
+        for node in &self.nodes {
+            let mut ticket = self.ticket.clone();
+            ticket.nodes = vec![node.clone()];
+            let Ok(client) = Client::new(&ticket.encode(), options.clone()).await else { continue };
+            if let Ok(status) = client.cluster_status().await
+                && let Some(ms) = status.process_cpu_ms
+            {
+                cpu.insert(node.node_id, ms);
+            }
+            client.close().await;
+        }
+        cpu
+    }
+}
+
+/// This process's CPU time in milliseconds, where the platform says (Linux).
+fn client_cpu_ms() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    pando_client::pando_protocol::cluster::cpu_ms_from_proc_stat(&stat)
+}
+
+fn cores(cpu_ms: u64, elapsed_s: f64) -> f64 {
+    cpu_ms as f64 / 1000.0 / elapsed_s.max(f64::EPSILON)
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use pando_client::pando_protocol::blob::{BlobHash, BlobRequest, BlobResponse};
-use pando_client::{Client, quic_transport_config};
+use pando_client::{Client, node_quic_transport_config};
 use serde_json::json;
 
 /// Longest the bench waits for the second copy.
@@ -116,7 +116,7 @@ async fn raw_iroh_stream(size: u64) -> anyhow::Result<Duration> {
     let bind = |alpns: Vec<Vec<u8>>| async move {
         iroh::Endpoint::builder(presets::Minimal)
             .alpns(alpns)
-            .transport_config(quic_transport_config())
+            .transport_config(node_quic_transport_config())
             .clear_ip_transports()
             .bind_addr("127.0.0.1:0")?
             .bind()

@@ -56,18 +56,38 @@ impl Default for ClientOptions {
     }
 }
 
-/// Keep-alive on every connection, so a silent peer is noticed within [`QUIC_IDLE_TIMEOUT_MS`].
-pub const QUIC_KEEP_ALIVE_MS: u64 = 500;
-/// A connection that hears nothing for this long is closed (a killed node is detected this fast).
-pub const QUIC_IDLE_TIMEOUT_MS: u64 = 3_000;
+/// Keep-alive on a node's connections (Raft, the actor mesh, blob copies, and its side of client connections).
+pub const NODE_QUIC_KEEP_ALIVE_MS: u64 = 500;
+/// A node closes a connection that heard nothing for this long: a killed peer is noticed within seconds (Raft's own
+/// timeouts act sooner), and a node that a loaded machine stalls for a second keeps its sessions.
+pub const NODE_QUIC_IDLE_TIMEOUT_MS: u64 = 3_000;
+/// Keep-alive on a client's connections.
+pub const CLIENT_QUIC_KEEP_ALIVE_MS: u64 = 250;
+/// A client's connection closes after this long without a word from its node (QUIC takes the lower of the two
+/// sides' idle timeouts). It is about the Raft election timeout: by the time a client notices a killed leader, a new
+/// one is usually elected (failover from `kill -9` to the first write through the new leader within 1.5 s).
+pub const CLIENT_QUIC_IDLE_TIMEOUT_MS: u64 = 1_000;
+// Several keep-alives fit in each idle timeout, so one lost or late keep-alive closes nothing.
+const _: () = assert!(CLIENT_QUIC_IDLE_TIMEOUT_MS >= 4 * CLIENT_QUIC_KEEP_ALIVE_MS);
+const _: () = assert!(NODE_QUIC_IDLE_TIMEOUT_MS >= 4 * NODE_QUIC_KEEP_ALIVE_MS);
+const _: () = assert!(CLIENT_QUIC_IDLE_TIMEOUT_MS <= NODE_QUIC_IDLE_TIMEOUT_MS);
 
-/// QUIC settings shared by clients and nodes: keep-alives and a short idle timeout, so a peer that died without
-/// closing its connections (`kill -9`, a cut cable) is noticed in seconds rather than QUIC's default half a minute.
-pub fn quic_transport_config() -> iroh::endpoint::QuicTransportConfig {
-    let idle = iroh::endpoint::IdleTimeout::try_from(Duration::from_millis(QUIC_IDLE_TIMEOUT_MS))
+/// QUIC settings of a node's endpoint: keep-alives and a short idle timeout, so a peer that died without closing its
+/// connections (`kill -9`, a cut cable) is noticed in seconds rather than QUIC's default half a minute.
+pub fn node_quic_transport_config() -> iroh::endpoint::QuicTransportConfig {
+    quic_transport_config(NODE_QUIC_KEEP_ALIVE_MS, NODE_QUIC_IDLE_TIMEOUT_MS)
+}
+
+/// QUIC settings of a client's endpoint: a killed node is noticed within a second.
+pub fn client_quic_transport_config() -> iroh::endpoint::QuicTransportConfig {
+    quic_transport_config(CLIENT_QUIC_KEEP_ALIVE_MS, CLIENT_QUIC_IDLE_TIMEOUT_MS)
+}
+
+fn quic_transport_config(keep_alive_ms: u64, idle_timeout_ms: u64) -> iroh::endpoint::QuicTransportConfig {
+    let idle = iroh::endpoint::IdleTimeout::try_from(Duration::from_millis(idle_timeout_ms))
         .expect("a few seconds is a valid idle timeout");
     iroh::endpoint::QuicTransportConfig::builder()
-        .keep_alive_interval(Duration::from_millis(QUIC_KEEP_ALIVE_MS))
+        .keep_alive_interval(Duration::from_millis(keep_alive_ms))
         .max_idle_timeout(Some(idle))
         .build()
 }
@@ -187,6 +207,22 @@ impl Client {
         }
     }
 
+    /// Forgets a connection a request failed on. A closed one means its node died or cannot be reached (a killed
+    /// leader is noticed by the QUIC idle timeout): the node is then tried last and not followed as leader for
+    /// [`UNREACHABLE_BACKOFF_MS`], so a follower that still names it sends the client into a short election backoff
+    /// instead of a connect timeout.
+    async fn drop_failed_connection(&self) {
+        let closed = {
+            let cached = self.connection.lock().await;
+            cached.as_ref().filter(|(_, link)| link.is_closed()).map(|(node, _)| node.node_id)
+        };
+        if let Some(node_id) = closed {
+            let mut unreachable = self.unreachable.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            unreachable.insert(node_id, tokio::time::Instant::now());
+        }
+        self.drop_connection().await;
+    }
+
     async fn use_node(&self, node: TicketNode) -> Result<(), ClientError> {
         let connection = self.connect(&node).await?;
         if let Some(index) = self.ticket.nodes.iter().position(|known| known.node_id == node.node_id) {
@@ -228,7 +264,7 @@ impl Client {
         match connection.open_bi().await {
             Ok(streams) => Ok(streams),
             Err(error) => {
-                self.drop_connection().await;
+                self.drop_failed_connection().await;
                 Err(ClientError::Transport(format!("cannot open a stream: {error}")))
             }
         }
@@ -309,7 +345,7 @@ impl Client {
         match response.await {
             Err(error) => {
                 // The connection may be dead: the next request dials again.
-                self.drop_connection().await;
+                self.drop_failed_connection().await;
                 Attempt::Done(Err(error))
             }
             Ok(Ok(response)) => Attempt::Done(Ok(response)),

@@ -11,7 +11,7 @@ mod transport;
 mod watch;
 
 pub use blob_client::BLOB_COMMIT_TIMEOUT_MS;
-pub use client::{Client, ClientOptions, ScanPage, quic_transport_config};
+pub use client::{Client, ClientOptions, ScanPage, client_quic_transport_config, node_quic_transport_config};
 pub use error::ClientError;
 pub use observe::Observation;
 pub use pando_protocol;

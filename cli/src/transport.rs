@@ -41,7 +41,8 @@ pub struct IrohTransport {
 impl IrohTransport {
     /// Binds a local endpoint with the shared QUIC settings, under `secret_key` (a fresh key when `None`).
     pub async fn bind(secret_key: Option<[u8; 32]>) -> Result<IrohTransport, ClientError> {
-        let mut builder = Endpoint::builder(presets::Minimal).transport_config(crate::client::quic_transport_config());
+        let mut builder =
+            Endpoint::builder(presets::Minimal).transport_config(crate::client::client_quic_transport_config());
         if let Some(secret_key) = secret_key {
             builder = builder.secret_key(iroh::SecretKey::from_bytes(&secret_key));
         }

@@ -132,7 +132,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     let endpoint = Endpoint::builder(presets::Minimal)
         .secret_key(secret.clone())
         .alpns(vec![alpn::RPC.to_vec(), alpn::RAFT.to_vec(), alpn::ACTORS.to_vec(), alpn::BLOBS.to_vec()])
-        .transport_config(pando_client::quic_transport_config())
+        .transport_config(pando_client::node_quic_transport_config())
         .clear_ip_transports()
         .bind_addr(bind)
         .with_context(|| format!("invalid bind address {bind}"))?

@@ -177,6 +177,21 @@ pub struct ClusterStatus {
     pub applied_digest: String,
     #[serde(default)]
     pub applied_digest_index: Option<u64>,
+    /// CPU time (user and system) the answering node's process has used since it started, in milliseconds, where the
+    /// platform says (Linux): `pando bench` shows each member's CPU beside its ops/s.
+    #[serde(default)]
+    pub process_cpu_ms: Option<u64>,
+}
+
+/// User plus system CPU time in milliseconds from the text of a Linux `/proc/<pid>/stat` (fields 14 and 15, in
+/// clock ticks of 1/100 s, the `USER_HZ` every Linux architecture reports). `None` when the text is not one.
+pub fn cpu_ms_from_proc_stat(stat: &str) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may hold spaces or parentheses itself: count after the last.
+    let (_, after_name) = stat.rsplit_once(')')?;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some((user + system) * 10)
 }
 
 /// Lowercase hex of bytes, for ids and keys shown to people.

@@ -11,7 +11,7 @@ use pando_protocol::command::{Command, CommandOutput};
 use pando_protocol::error::{ErrorCode, WireError};
 use ractor::ActorRef;
 
-use super::raft_actor::{RaftMsg, is_member, not_leader};
+use super::raft_actor::{RaftMsg, forward_to, is_member, known_leader, not_leader};
 use super::type_config::{NodeId, Raft};
 use crate::live::{Live, Unavailable};
 
@@ -20,6 +20,23 @@ use crate::live::{Live, Unavailable};
 pub struct RaftCore {
     pub raft: Raft,
     pub actor: ActorRef<RaftMsg>,
+    /// What the log held when this core started.
+    pub started_with: StartupLog,
+    /// Notified each time openraft publishes new metrics (by the RaftActor's one watcher of them): every wait on the
+    /// metrics waits here, so waiters wake in arrival order (see `live.rs`).
+    pub(crate) metrics_changed: Arc<tokio::sync::Notify>,
+}
+
+/// Longest `RaftCore::ensure_leader` waits for a restored leader to apply the log it started with.
+const STARTUP_APPLY_WAIT_MS: u64 = 5_000;
+
+/// The term and the last log index a Raft core found on disk. A node restored as leader (openraft 0.9 resumes the
+/// leadership of its vote) may have acknowledged writes past its durable commit index (which is saved unsynced); until
+/// it has applied its whole startup log, in that term, its answers could miss them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StartupLog {
+    pub term: u64,
+    pub last_index: Option<u64>,
 }
 
 /// When each peer last answered one of this node's Raft RPCs (the leader's view of who is alive).
@@ -61,19 +78,16 @@ impl RaftHandle {
         self.live.wait(within).await
     }
 
-    /// Wakes on every new Raft core (and when one stops).
-    pub fn watch(&self) -> tokio::sync::watch::Receiver<Option<RaftCore>> {
-        self.live.watch()
-    }
-
     /// openraft's metrics, while Raft runs.
     pub fn metrics(&self) -> Option<openraft::RaftMetrics<NodeId, MemberNode>> {
         self.live.current().map(|core| core.raft.metrics().borrow().clone())
     }
 
-    /// The leader this node knows of.
+    /// The leader this node knows of. Never this node unless it leads: openraft 0.9 names the node of the last
+    /// committed vote, so a leader restarted as a learner (it had removed itself) names itself for good; nobody
+    /// contacts a non-member, so it never learns better (simulator seed 1369).
     pub fn leader(&self) -> Option<NodeId> {
-        self.live.current().and_then(|core| core.raft.metrics().borrow().current_leader)
+        self.live.current().and_then(|core| known_leader(&core.raft.metrics().borrow()))
     }
 
     /// Whether this node names itself leader.
@@ -113,23 +127,13 @@ impl RaftHandle {
     /// included), so checks against that state are as current as the leader's answers.
     pub async fn settled_as_leader(&self, within: Duration) {
         let Some(core) = self.live.current() else { return };
-        let mut metrics = core.raft.metrics();
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let settled = {
-                let metrics = metrics.borrow();
-                metrics.current_leader != Some(self.node_id)
-                    || metrics.last_applied.is_some_and(|applied| applied.leader_id.term >= metrics.current_term)
-            };
-            if settled {
-                return;
-            }
-            match tokio::time::timeout_at(deadline, metrics.changed()).await {
-                Ok(Ok(())) => {}
-                // Raft stopped, or no quorum in time: the request goes on and meets that on its own.
-                Ok(Err(_)) | Err(_) => return,
-            }
-        }
+        let settled = core.wait_metrics(|metrics| {
+            metrics.state != openraft::ServerState::Leader
+                || (metrics.last_applied.is_some_and(|applied| applied.leader_id.term >= metrics.current_term)
+                    && core.started_with.applied(metrics))
+        });
+        // Raft stopped, or no quorum in time: the request goes on and meets that on its own.
+        let _ = tokio::time::timeout(within, settled).await;
     }
 
     /// The member whose key is `public_key`, as this node's membership has it.
@@ -189,7 +193,10 @@ impl RaftHandle {
                         tracing::debug!(%error, "linearizable read waiting for a quorum");
                         tokio::time::sleep(Duration::from_millis(QUORUM_RETRY_MS)).await;
                     }
-                    other => return core.leader_answer(other),
+                    other => {
+                        core.leader_answer(other)?;
+                        return core.applied_startup_log().await;
+                    }
                 }
             }
         };
@@ -209,11 +216,55 @@ impl RaftHandle {
     }
 }
 
+impl StartupLog {
+    /// Whether a node whose metrics are `metrics` is past its startup log (applied it, or in a later term).
+    pub fn applied(&self, metrics: &openraft::RaftMetrics<NodeId, MemberNode>) -> bool {
+        metrics.current_term != self.term
+            || self.last_index.is_none_or(|last| metrics.last_applied.is_some_and(|applied| applied.index >= last))
+    }
+}
+
 impl RaftCore {
     /// Fails with `NOT_LEADER` (naming the leader) unless this node is the leader with a quorum (a read-index round:
     /// once it returns, this node has applied everything committed before the call).
     pub async fn ensure_leader(&self) -> Result<(), WireError> {
-        self.leader_answer(self.raft.ensure_linearizable().await)
+        self.leader_answer(self.raft.ensure_linearizable().await)?;
+        let wait = Duration::from_millis(STARTUP_APPLY_WAIT_MS);
+        tokio::time::timeout(wait, self.applied_startup_log()).await.unwrap_or_else(|_| {
+            Err(WireError::new(ErrorCode::Unavailable, "this leader is still applying the log it restarted with"))
+        })
+    }
+
+    /// Waits until this node has applied everything its log held when this core started, or has left the term it
+    /// started in (a later leadership reads from its own first entry, which follows that log). Callers bound the wait.
+    async fn applied_startup_log(&self) -> Result<(), WireError> {
+        if self.wait_metrics(|metrics| self.started_with.applied(metrics)).await {
+            Ok(())
+        } else {
+            Err(WireError::new(ErrorCode::Unavailable, "raft stopped"))
+        }
+    }
+
+    /// Waits until `done` holds of this core's metrics (`true`), or the core stopped (`false`). Unbounded: callers
+    /// put a deadline around it.
+    pub(crate) async fn wait_metrics(&self, done: impl Fn(&openraft::RaftMetrics<NodeId, MemberNode>) -> bool) -> bool {
+        loop {
+            // Registered before the check, so new metrics between the two are not missed.
+            let changed = self.metrics_changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let metrics = self.raft.metrics();
+                let metrics = metrics.borrow();
+                if done(&metrics) {
+                    return true;
+                }
+                if metrics.running_state.is_err() {
+                    return false;
+                }
+            }
+            changed.await;
+        }
     }
 
     fn leader_answer<T>(
@@ -225,7 +276,7 @@ impl RaftCore {
             Ok(_) if !is_member(&self.raft.metrics().borrow()) => Err(not_leader(None, None)),
             Ok(_) => Ok(()),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
-                Err(not_leader(forward.leader_id, forward.leader_node))
+                Err(forward_to(&self.raft.metrics().borrow(), forward.leader_id, forward.leader_node))
             }
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
                 Err(WireError::new(ErrorCode::Unavailable, format!("no quorum: {error}")))

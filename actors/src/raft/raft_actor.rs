@@ -18,7 +18,7 @@ use pando_protocol::limits::{PROPOSAL_BYTES_MAX, REQUEST_TIMEOUT_MS_MAX};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 
-use super::handle::{RaftCore, RaftHandle};
+use super::handle::{RaftCore, RaftHandle, StartupLog};
 use super::transport::RaftTransport;
 use super::type_config::{NodeId, Raft};
 use crate::clock::Clock;
@@ -103,6 +103,7 @@ pub struct RaftState {
     storage: StorageHandle,
     clock: Clock,
     last_tick_at: Option<tokio::time::Instant>,
+    joint: super::joint::JointWatch,
 }
 
 impl Actor for RaftActor {
@@ -120,6 +121,13 @@ impl Actor for RaftActor {
             }
         }
         let stores = args.storage.stores()?;
+        let started_with = {
+            use openraft::storage::RaftLogStorage as _;
+            let mut log = stores.log.clone();
+            let state = log.get_log_state().await?;
+            let term = log.read_vote().await?.map_or(0, |vote| vote.leader_id().term);
+            StartupLog { term, last_index: state.last_log_id.map(|id| id.index) }
+        };
         let raft = Raft::new(args.node_id, args.config.clone(), args.network.clone(), stores.log, stores.state_machine)
             .await?;
         if let Some(members) = &args.bootstrap {
@@ -131,13 +139,18 @@ impl Actor for RaftActor {
                 Err(error) => return Err(error.into()),
             }
         }
-        args.handle.publish(RaftCore { raft: raft.clone(), actor: myself.clone() });
+        let metrics_changed = Arc::new(tokio::sync::Notify::new());
+        let core = RaftCore { raft: raft.clone(), actor: myself.clone(), started_with, metrics_changed };
+        let metrics_changed = core.metrics_changed.clone();
+        args.handle.publish(core);
         let myself_for_ticks = myself.clone();
-        // openraft stops by itself on a fatal error (a storage failure, a panic in its core); turn that into a
-        // failure of this actor so the supervisor restarts it instead of leaving a node that answers UNAVAILABLE.
+        // The one watcher of openraft's metrics: it wakes every `RaftCore::wait_metrics` in arrival order. openraft
+        // stops by itself on a fatal error (a storage failure, a panic in its core); that becomes a failure of this
+        // actor, so the supervisor restarts it instead of leaving a node that answers UNAVAILABLE.
         let mut metrics = raft.metrics();
         tokio::spawn(async move {
             loop {
+                metrics_changed.notify_waiters();
                 if let Err(fatal) = &metrics.borrow().running_state {
                     let _ = myself.cast(RaftMsg::Fatal(fatal.to_string()));
                     return;
@@ -158,6 +171,7 @@ impl Actor for RaftActor {
             storage: args.storage.clone(),
             clock: args.clock,
             last_tick_at: None,
+            joint: Default::default(),
         })
     }
 
@@ -213,7 +227,10 @@ impl Actor for RaftActor {
                     state.commands_total
                 )));
             }
-            RaftMsg::ExpiryCheck => expiry_check(&myself, state),
+            RaftMsg::ExpiryCheck => {
+                expiry_check(&myself, state);
+                state.joint.check(&state.raft);
+            }
             RaftMsg::Status(reply) => {
                 let _ = reply.send(RaftActorStatus {
                     node_id: state.node_id,
@@ -378,6 +395,25 @@ pub fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>
 /// only voters counted).
 pub(crate) fn is_member(metrics: &openraft::RaftMetrics<NodeId, MemberNode>) -> bool {
     metrics.membership_config.membership().get_node(&metrics.id).is_some()
+}
+
+/// The leader `metrics` name, except this node when it does not lead (openraft 0.9 names the node of the last
+/// committed vote, whatever this node's state: a leader that removed itself and restarted as a learner names itself).
+pub(crate) fn known_leader(metrics: &openraft::RaftMetrics<NodeId, MemberNode>) -> Option<NodeId> {
+    let leads = metrics.state == openraft::ServerState::Leader;
+    metrics.current_leader.filter(|leader| *leader != metrics.id || leads)
+}
+
+/// `NOT_LEADER` for openraft's forward to `leader_id`: no leader when that is this node (see [`known_leader`]).
+pub(crate) fn forward_to(
+    metrics: &openraft::RaftMetrics<NodeId, MemberNode>,
+    leader_id: Option<NodeId>,
+    leader_node: Option<MemberNode>,
+) -> WireError {
+    match leader_id {
+        Some(leader) if leader == metrics.id => not_leader(None, None),
+        _ => not_leader(leader_id, leader_node),
+    }
 }
 
 /// `NOT_LEADER`, naming the leader when known.

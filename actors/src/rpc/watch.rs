@@ -86,6 +86,8 @@ pub(crate) async fn serve_stream(
     let mut closed = [0u8; 1];
     loop {
         let next = tokio::select! {
+            // Biased: the same order every run (the simulator replays a seed exactly).
+            biased;
             next = subscription.next() => next,
             // The watcher finished or reset its side: it cancelled the watch.
             _ = recv.read(&mut closed) => return,

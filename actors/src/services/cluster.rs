@@ -37,6 +37,9 @@ pub struct ClusterService {
     membership_lock: Arc<tokio::sync::Mutex<()>>,
     /// Whether `InjectPanic` is served (`--enable-fault-injection`).
     fault_injection: bool,
+    /// The process's CPU time for the status ([`own_process_cpu_ms`]; in the simulator, where nodes share a process
+    /// and a seed must replay exactly, nothing).
+    process_cpu_ms: fn() -> Option<u64>,
     raft: RaftHandle,
     storage: StorageHandle,
     mesh: MeshHandle,
@@ -51,6 +54,7 @@ impl ClusterService {
         member_secret: [u8; 32],
         tokens: TokenService,
         fault_injection: bool,
+        process_cpu_ms: fn() -> Option<u64>,
         raft: RaftHandle,
         storage: StorageHandle,
         mesh: MeshHandle,
@@ -63,6 +67,7 @@ impl ClusterService {
             tokens,
             membership_lock: Arc::default(),
             fault_injection,
+            process_cpu_ms,
             raft,
             storage,
             mesh,
@@ -183,7 +188,7 @@ fn status(context: &ClusterService) -> Result<ClusterStatus, WireError> {
         cluster_id: hex(&context.cluster_id),
         node_id: context.node_id,
         role: format!("{:?}", metrics.state),
-        leader_id: metrics.current_leader,
+        leader_id: crate::raft::raft_actor::known_leader(&metrics),
         term: metrics.current_term,
         last_log_index: metrics.last_log_index,
         last_applied_index: metrics.last_applied.map(|log_id| log_id.index),
@@ -193,7 +198,14 @@ fn status(context: &ClusterService) -> Result<ClusterStatus, WireError> {
         members,
         applied_digest: hex(&applied_digest),
         applied_digest_index: digest_at.map(|log_id| log_id.index),
+        process_cpu_ms: (context.process_cpu_ms)(),
     })
+}
+
+/// This process's CPU time in milliseconds, where the platform says (Linux's `/proc/self/stat`).
+pub fn own_process_cpu_ms() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    pando_protocol::cluster::cpu_ms_from_proc_stat(&stat)
 }
 
 async fn join(

@@ -118,6 +118,9 @@ impl Watcher {
                 }
             };
             tokio::select! {
+                // Biased: the same order every run (the simulator replays a seed exactly); a revision before a
+                // progress notice that falls due at the same instant.
+                biased;
                 revision = self.feed.next() => match revision {
                     Ok(revision) => {
                         if self.frame(revision) {

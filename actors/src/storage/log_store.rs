@@ -106,11 +106,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Durable before anything is applied (openraft saves it, then applies): openraft 0.9 restores a node that
-        // was leader as leader at startup and computes its read index from this value, so it must never fall behind
-        // a write that was acknowledged. Found by the simulator (seed 20386): with a non-durable commit index, a
-        // leader that crashed and came back served a linearizable read that missed an acknowledged write.
-        self.write_meta(META_COMMITTED, &committed, Durability::Immediate).await
+        // Not synced (Raft's commit index is volatile state): it becomes durable with the next log append, so a batch
+        // costs one fsync instead of two, on the leader and on every follower. Nothing acknowledged depends on it: an acknowledged write is in the synced log,
+        // and is committed again after a restart. But openraft 0.9 restores a node that was leader as leader at
+        // startup and takes max(first entry of its term, this value) as its read index, so a commit index that lags
+        // would let it serve a linearizable read that misses an acknowledged write (found by the simulator, seed
+        // 20386, when this value was unsynced without more): its reads wait until everything its log held at
+        // startup is applied (`RaftCore::applied_startup_log`).
+        self.write_meta(META_COMMITTED, &committed, Durability::None).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

@@ -269,7 +269,17 @@ fn cluster_messages_round_trip() {
         purged_index: None,
         applied_digest: "00".repeat(32),
         applied_digest_index: Some(3),
+        process_cpu_ms: Some(1_230),
     };
     let response = ResponseEnvelope { request_id: 1, body: Ok(Response::Cluster(ClusterResponse::Status(status))) };
     assert_eq!(decode::<ResponseEnvelope>(&encode(&response).unwrap()[4..]).unwrap(), response);
+}
+
+#[test]
+fn the_cpu_time_of_a_process_is_read_from_its_proc_stat_line() {
+    // A command name with a space and a parenthesis, as the kernel writes it; utime 150 and stime 23 ticks.
+    let stat = "4242 (pando (x) y) S 1 4242 4242 0 -1 4194560 2047 0 0 0 150 23 0 0 20 0 9 0 123 456 789";
+    assert_eq!(crate::cluster::cpu_ms_from_proc_stat(stat), Some(1_730));
+    assert_eq!(crate::cluster::cpu_ms_from_proc_stat("4242 (short) S 1"), None);
+    assert_eq!(crate::cluster::cpu_ms_from_proc_stat("not a stat line"), None);
 }

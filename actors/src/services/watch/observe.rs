@@ -79,6 +79,8 @@ impl Observer {
             }
             let wake = (self.last_frame + heartbeat).min(Instant::now() + Duration::from_millis(FEED_IDLE_CHECK_MS));
             tokio::select! {
+                // Biased: the same order every run (the simulator replays a seed exactly).
+                biased;
                 committed = self.events.recv() => match committed {
                     Ok(committed) => {
                         self.stale = committed.coord.iter().any(|event| self.request.concerns(event));

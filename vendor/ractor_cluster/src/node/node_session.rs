@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::collections::HashSet;
 use std::convert::TryInto;
 use std::net::SocketAddr;
-use std::time::Instant;
+// Pando patch: tokio's clock, which the simulator pauses, so a ping's timestamp (its size on the wire included) is a
+// function of the seed; outside a paused runtime it is the monotonic clock, as upstream's std Instant.
+use tokio::time::Instant;
 use std::time::SystemTime;
 
 use ractor::message::SerializedMessage;
@@ -808,7 +810,10 @@ impl NodeSession {
         }
 
         // Scan all scopes with their PG groups + synchronize them
-        let scopes_and_groups = which_scopes_and_groups();
+        // Pando patch: in a stable order (ractor's registry is a hash map with a random seed per process), so the
+        // peer learns the groups in the same order every run and a simulated run replays from its seed.
+        let mut scopes_and_groups = which_scopes_and_groups();
+        scopes_and_groups.sort_by_key(|key| (key.get_scope(), key.get_group()));
         for key in scopes_and_groups {
             if !self.advertises_scope(&key.get_scope()) {
                 continue;
@@ -821,6 +826,8 @@ impl NodeSession {
                     pid: act.get_id().pid(),
                 })
                 .collect::<Vec<_>>();
+            let mut local_members = local_members;
+            local_members.sort_by_key(|actor| actor.pid);
             if !local_members.is_empty() {
                 state
                     .advertised_local_pids
