@@ -266,11 +266,11 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
         "p99_ms": ms(0.99),
         "p999_ms": ms(0.999),
         "max_ms": histogram.max() as f64 / 1000.0,
-        "max_gap_ms": acks.longest_gap(started.elapsed()).as_secs_f64() * 1000.0,
+        "max_gap_ms": acks.longest_gap(Duration::from_secs_f64(elapsed)).as_secs_f64() * 1000.0,
         "stale": args.stale,
         "endpoints": format!("{:?}", args.endpoints).to_lowercase(),
         "client_cpu_cores": client_cpu_cores,
-        "node_cpu_cores": node_cpu_cores,
+        "member_cpu_cores": node_cpu_cores,
         "first_error": first_error,
     });
     let enqueues = (operation == "queue").then(|| {

@@ -30,12 +30,13 @@ pub struct RaftCore {
 /// Longest `RaftCore::ensure_leader` waits for a restored leader to apply the log it started with.
 const STARTUP_APPLY_WAIT_MS: u64 = 5_000;
 
-/// The term and the last log index a Raft core found on disk. A node restored as leader (openraft 0.9 resumes the
+/// The vote and the last log index a Raft core found on disk. A node restored as leader (openraft 0.9 resumes the
 /// leadership of its vote) may have acknowledged writes past its durable commit index (which is saved unsynced); until
-/// it has applied its whole startup log, in that term, its answers could miss them.
+/// it has applied its whole startup log, under that leadership, its answers could miss them.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StartupLog {
-    pub term: u64,
+    /// The leader the stored vote named (term and node: openraft may elect two leaders in one term).
+    pub leader: openraft::LeaderId<NodeId>,
     pub last_index: Option<u64>,
 }
 
@@ -129,7 +130,9 @@ impl RaftHandle {
         let Some(core) = self.live.current() else { return };
         let settled = core.wait_metrics(|metrics| {
             metrics.state != openraft::ServerState::Leader
-                || (metrics.last_applied.is_some_and(|applied| applied.leader_id.term >= metrics.current_term)
+                // Its own leadership, not just its term: openraft 0.9 (without `single-term-leader`) may elect two
+                // leaders in one term, the later one with the greater node id (simulator seed 95).
+                || (metrics.last_applied.is_some_and(|applied| applied.leader_id >= *metrics.vote.leader_id())
                     && core.started_with.applied(metrics))
         });
         // Raft stopped, or no quorum in time: the request goes on and meets that on its own.
@@ -217,9 +220,9 @@ impl RaftHandle {
 }
 
 impl StartupLog {
-    /// Whether a node whose metrics are `metrics` is past its startup log (applied it, or in a later term).
+    /// Whether a node whose metrics are `metrics` is past its startup log (applied it, or under a later leadership).
     pub fn applied(&self, metrics: &openraft::RaftMetrics<NodeId, MemberNode>) -> bool {
-        metrics.current_term != self.term
+        *metrics.vote.leader_id() != self.leader
             || self.last_index.is_none_or(|last| metrics.last_applied.is_some_and(|applied| applied.index >= last))
     }
 }

@@ -14,14 +14,17 @@ pub use raft_actor::{RaftActor, RaftArgs, RaftMsg};
 /// How often a leader tells its followers it is alive. openraft's tick (which also checks election timeouts) fires
 /// every 1.5 heartbeats, so this also bounds how soon a follower notices a dead leader.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
-/// A follower that hears no leader for a random time in [min, max) stands for election. A killed leader is replaced
-/// within about max + one tick; the client notices it within its QUIC idle timeout, of the same order. An
-/// AppendEntries may take up to the minimum (openraft patch, `vendor/openraft/PANDO-PATCH.md`).
-pub const ELECTION_TIMEOUT_MIN_MS: u64 = 500;
-pub const ELECTION_TIMEOUT_MAX_MS: u64 = 1_000;
-// Several heartbeats fit in the shortest election timeout, so a loaded leader's late heartbeat starts no election;
-// and the timeouts stay well apart, so two followers rarely stand at once.
-const _: () = assert!(ELECTION_TIMEOUT_MIN_MS >= 5 * HEARTBEAT_INTERVAL_MS);
+/// openraft's election timeout is drawn from [min, max). A follower that knew a leader stands for election once it
+/// heard nothing for the leader lease (openraft makes that the max) plus its timeout: 0.9-1.2 s here, plus up to one
+/// tick. A killed leader is replaced in about a second, when a client notices it too (its QUIC idle timeout), so
+/// failover from `kill -9` to the first write through the new leader stays within 1.5 s. An AppendEntries may take
+/// up to the max (openraft patch, `vendor/openraft/PANDO-PATCH.md`).
+pub const ELECTION_TIMEOUT_MIN_MS: u64 = 300;
+pub const ELECTION_TIMEOUT_MAX_MS: u64 = 600;
+// Many heartbeats fit in the shortest silence that starts an election, so a loaded leader's late heartbeats start
+// none; and the timeouts stay well apart, so two followers rarely stand at once.
+const _: () = assert!(ELECTION_TIMEOUT_MAX_MS + ELECTION_TIMEOUT_MIN_MS >= 8 * HEARTBEAT_INTERVAL_MS);
+const _: () = assert!(ELECTION_TIMEOUT_MIN_MS >= 3 * HEARTBEAT_INTERVAL_MS);
 const _: () = assert!(ELECTION_TIMEOUT_MAX_MS >= 2 * ELECTION_TIMEOUT_MIN_MS);
 
 /// Raft timing for real nodes.

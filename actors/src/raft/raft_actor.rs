@@ -125,8 +125,8 @@ impl Actor for RaftActor {
             use openraft::storage::RaftLogStorage as _;
             let mut log = stores.log.clone();
             let state = log.get_log_state().await?;
-            let term = log.read_vote().await?.map_or(0, |vote| vote.leader_id().term);
-            StartupLog { term, last_index: state.last_log_id.map(|id| id.index) }
+            let leader = log.read_vote().await?.map(|vote| *vote.leader_id()).unwrap_or_default();
+            StartupLog { leader, last_index: state.last_log_id.map(|id| id.index) }
         };
         let raft = Raft::new(args.node_id, args.config.clone(), args.network.clone(), stores.log, stores.state_machine)
             .await?;

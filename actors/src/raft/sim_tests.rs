@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use pando_protocol::cluster::MemberNode;
 use pando_protocol::command::{Command, CommandOutput};
+use pando_protocol::error::ErrorCode;
 use pando_protocol::kv::{Consistency, KvRequest, KvResponse, bytes};
 use pando_protocol::state_machine::put_request;
 use ractor::{Actor, ActorRef};
@@ -138,9 +139,16 @@ async fn short_run(seed: u64) -> Vec<String> {
     let net = SimNet::new(seed);
     net.set_faults(NetFaults { drop_per_mille: 50, duplicate_per_mille: 20, delay_ms_min: 1, delay_ms_max: 20 });
     let nodes = start_cluster(&net, dir.path(), 3).await;
-    let leader = agreed_leader(&net, &nodes, &[1, 2, 3], Duration::from_secs(30)).await;
+    let mut leader = agreed_leader(&net, &nodes, &[1, 2, 3], Duration::from_secs(30)).await;
     for index in 0..5 {
-        put(&nodes[&leader], &format!("k{index}")).await.unwrap();
+        // Leadership may move under these faults (a lost heartbeat or two is an election at a 100 ms heartbeat):
+        // follow it, a bounded number of times.
+        let mut attempts = 0;
+        while let Err(error) = put(&nodes[&leader], &format!("k{index}")).await {
+            attempts += 1;
+            assert!(error.code == ErrorCode::NotLeader && attempts < 10, "{error:?}");
+            leader = agreed_leader(&net, &nodes, &[1, 2, 3], Duration::from_secs(30)).await;
+        }
     }
     for node in nodes.values() {
         node.actor.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();

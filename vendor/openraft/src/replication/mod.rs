@@ -449,12 +449,12 @@ where
             payload=%payload.summary(),
             now = debug(leader_time),
             "start sending append_entries, timeout: {:?}",
-            self.config.election_timeout_min.max(self.config.heartbeat_interval)
+            self.config.election_timeout_max.max(self.config.heartbeat_interval)
         );
 
-        // Pando patch: an AppendEntries may take up to the election timeout, not one heartbeat interval (upstream),
+        // Pando patch: an AppendEntries may take up to the longest election timeout, not one heartbeat interval (upstream),
         // so a short heartbeat (fast failover) does not fail batches of large entries on a busy follower.
-        let the_timeout = Duration::from_millis(self.config.election_timeout_min.max(self.config.heartbeat_interval));
+        let the_timeout = Duration::from_millis(self.config.election_timeout_max.max(self.config.heartbeat_interval));
         let option = RPCOption::new(the_timeout);
         let res = C::timeout(the_timeout, self.network.append_entries(payload, option)).await;
 
