@@ -31,8 +31,9 @@ pub struct RaftCore {
 const STARTUP_APPLY_WAIT_MS: u64 = 5_000;
 
 /// The vote and the last log index a Raft core found on disk. A node restored as leader (openraft 0.9 resumes the
-/// leadership of its vote) may have acknowledged writes past its durable commit index (which is saved unsynced); until
-/// it has applied its whole startup log, under that leadership, its answers could miss them.
+/// leadership of its vote; the RaftActor now prevents that, this is the second line) may have acknowledged writes past
+/// its durable commit index (which is saved unsynced); until it has applied its whole startup log, under that
+/// leadership, its answers could miss them.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StartupLog {
     /// The leader the stored vote named (term and node: openraft may elect two leaders in one term).

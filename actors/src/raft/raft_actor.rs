@@ -125,7 +125,18 @@ impl Actor for RaftActor {
             use openraft::storage::RaftLogStorage as _;
             let mut log = stores.log.clone();
             let state = log.get_log_state().await?;
-            let leader = log.read_vote().await?.map(|vote| *vote.leader_id()).unwrap_or_default();
+            let vote = log.read_vote().await?;
+            // A leader never resumes its leadership after a restart (openraft 0.9 would, from a committed vote of its
+            // own): a leader's entries are replicated before its own copy is durable, so a crash may take entries
+            // from its log that followers hold under the same leader id, and a resumed leadership would write other
+            // entries under those ids. Forgetting that the vote was granted makes this node a follower that stands
+            // for a new term; it grants no vote it would have refused (see `storage::log_store`).
+            if let Some(vote) = vote.filter(|vote| vote.is_committed() && vote.leader_id().node_id == args.node_id) {
+                let demoted = openraft::Vote::new(vote.leader_id().term, args.node_id);
+                log.save_vote(&demoted).await?;
+                tracing::info!(term = vote.leader_id().term, "restarted as a follower of the leadership it held");
+            }
+            let leader = vote.map(|vote| *vote.leader_id()).unwrap_or_default();
             StartupLog { leader, last_index: state.last_log_id.map(|id| id.index) }
         };
         let raft = Raft::new(args.node_id, args.config.clone(), args.network.clone(), stores.log, stores.state_machine)

@@ -1,12 +1,21 @@
 //! The Raft log and vote in redb, implementing openraft's `RaftLogStorage`.
+//!
+//! An append commits its entries unsynced, so they are readable at once, and returns; one syncer task per store
+//! then makes them durable (a synced empty commit, which persists every unsynced one before it: several appends
+//! waiting at once share one fsync) and reports each append flushed, in order. With the vendored openraft's patch a
+//! leader replicates its entries while its own fsync runs, instead of after (`vendor/openraft/PANDO-PATCH.md`); a
+//! follower still answers only once its copy is durable, since openraft waits for the report before it does.
+//!
+//! **Invariant:** an append is reported flushed only after a synced commit that began after its own commit.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogId, RaftLogReader};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use tokio::sync::mpsc;
 
 use super::{
     LOG_TABLE, META_COMMITTED, META_LAST_PURGED, META_VOTE, RAFT_META_TABLE, blocking, decode, encode, read_error,
@@ -17,11 +26,22 @@ use crate::raft::type_config::{Entry, LogId, StorageError, TypeConfig, Vote};
 #[derive(Clone)]
 pub struct LogStore {
     database: Arc<Database>,
+    /// Appends committed unsynced, in order, for the syncer (started by the first append, which runs on the runtime;
+    /// it ends when every clone of this store is gone).
+    unsynced: Arc<OnceLock<mpsc::UnboundedSender<LogFlushed<TypeConfig>>>>,
 }
 
 impl LogStore {
     pub(crate) fn new(database: Arc<Database>) -> LogStore {
-        LogStore { database }
+        LogStore { database, unsynced: Arc::default() }
+    }
+
+    fn syncer(&self) -> &mpsc::UnboundedSender<LogFlushed<TypeConfig>> {
+        self.unsynced.get_or_init(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            tokio::spawn(sync_appends(self.database.clone(), receiver));
+            sender
+        })
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
@@ -106,13 +126,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not synced (Raft's commit index is volatile state): it becomes durable with the next log append, so a batch
-        // costs one fsync instead of two, on the leader and on every follower. Nothing acknowledged depends on it: an acknowledged write is in the synced log,
-        // and is committed again after a restart. But openraft 0.9 restores a node that was leader as leader at
-        // startup and takes max(first entry of its term, this value) as its read index, so a commit index that lags
-        // would let it serve a linearizable read that misses an acknowledged write (found by the simulator, seed
-        // 20386, when this value was unsynced without more): its reads wait until everything its log held at
-        // startup is applied (`RaftCore::applied_startup_log`).
+        // Not synced (Raft's commit index is volatile state): it becomes durable with the next log sync, so a batch
+        // costs one fsync instead of two, on the leader and on every follower. Nothing acknowledged depends on it: an
+        // acknowledged write is in a quorum's synced logs and is committed again after a restart. openraft 0.9 would
+        // restore a node that was leader as leader and take max(first entry of its term, this value) as its read
+        // index, which with a lagging value misses acknowledged writes (simulator seed 20386, when this value was
+        // first unsynced): a leader no longer resumes its leadership (`RaftActor::pre_start`), and a node's reads
+        // also wait until everything its log held at startup is applied (`RaftCore::applied_startup_log`).
         self.write_meta(META_COMMITTED, &committed, Durability::None).await
     }
 
@@ -131,7 +151,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let database = self.database.clone();
         let result = blocking(move || {
-            let write = database.begin_write().map_err(|error| write_error(&error))?;
+            let mut write = database.begin_write().map_err(|error| write_error(&error))?;
+            // Readable at once; the syncer makes it durable.
+            write.set_durability(Durability::None).map_err(|error| write_error(&error))?;
             {
                 let mut table = write.open_table(LOG_TABLE).map_err(|error| write_error(&error))?;
                 for (index, bytes) in &rows {
@@ -142,7 +164,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await;
         match &result {
-            Ok(()) => callback.log_io_completed(Ok(())),
+            Ok(()) => {
+                if let Err(mpsc::error::SendError(callback)) = self.syncer().send(callback) {
+                    callback.log_io_completed(Err(std::io::Error::other("the log syncer stopped")));
+                }
+            }
             Err(error) => callback.log_io_completed(Err(std::io::Error::other(error.to_string()))),
         }
         result
@@ -176,5 +202,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             write.commit().map_err(|error| write_error(&error))
         })
         .await
+    }
+}
+
+/// The syncer: for each wait, one synced empty commit (it persists every unsynced commit before it), then every append
+/// that was queued before it began is reported flushed, in order.
+async fn sync_appends(database: Arc<Database>, mut unsynced: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
+    while let Some(first) = unsynced.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(next) = unsynced.try_recv() {
+            waiting.push(next);
+        }
+        let database = database.clone();
+        let synced = blocking(move || {
+            let mut write = database.begin_write().map_err(|error| write_error(&error))?;
+            write.set_durability(Durability::Immediate).map_err(|error| write_error(&error))?;
+            write.commit().map_err(|error| write_error(&error))
+        })
+        .await;
+        for callback in waiting {
+            let outcome = synced.as_ref().map(|_| ()).map_err(|error| std::io::Error::other(error.to_string()));
+            callback.log_io_completed(outcome);
+        }
     }
 }

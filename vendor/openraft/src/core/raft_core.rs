@@ -730,6 +730,38 @@ where
         Ok(())
     }
 
+    /// Pando patch: appends the leader's own entries without waiting for their flush. Upstream's core waits for every
+    /// flush before it runs its next command, so a leader sends an entry to its followers only once its own fsync is
+    /// done, and the follower's fsync comes after it: two fsyncs in series per commit. Here the storage returns once
+    /// the entries are readable (not yet durable), the core goes on (the replication that follows sends them), and the
+    /// flush arrives later as `Notify::LocalLogFlushed`, which counts this node's own copy toward the quorum, as the
+    /// synchronous path did. A follower's appends stay synchronous: it answers an AppendEntries only once its copy is
+    /// durable. The vote this leader was elected with was saved (synced) before any of its entries were appended.
+    async fn submit_own_entries(
+        &mut self,
+        entries: Vec<C::Entry>,
+        vote: Vote<C::NodeId>,
+        last_log_id: LogId<C::NodeId>,
+    ) -> Result<(), StorageError<C::NodeId>> {
+        let (tx, rx) = C::AsyncRuntime::oneshot();
+        let callback = LogFlushed::new(LogIOId::new(vote.clone(), Some(last_log_id.clone())), tx);
+        self.log_store.append(entries, callback).await?;
+        let tx_notify = self.tx_notify.clone();
+        let _ = C::AsyncRuntime::spawn(async move {
+            let flushed = match rx.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(error)) => Err(StorageIOError::write_logs(AnyError::error(error)).into()),
+                Err(error) => Err(StorageIOError::write_logs(AnyError::error(error)).into()),
+            };
+            let _ = tx_notify.send(Notify::LocalLogFlushed {
+                vote,
+                log_id: last_log_id,
+                flushed,
+            });
+        });
+        Ok(())
+    }
+
     #[tracing::instrument(level = "debug", skip_all)]
     pub(crate) async fn apply_to_state_machine(
         &mut self,
@@ -1278,6 +1310,16 @@ where
                 }
             }
 
+            Notify::LocalLogFlushed { vote, log_id, flushed } => {
+                // Pando patch: see `submit_own_entries`. A failed flush is fatal, as in the synchronous path.
+                flushed?;
+                if let Ok(mut lh) = self.engine.leader_handler() {
+                    if lh.leader.vote == vote {
+                        lh.replication_handler().update_local_progress(Some(log_id));
+                    }
+                }
+            }
+
             Notify::Tick { i } => {
                 // check every timer
 
@@ -1636,6 +1678,14 @@ where
             Command::AppendInputEntries { vote, entries } => {
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
+
+                // Pando patch: the leader's own entries are replicated while its own flush runs. See
+                // `submit_own_entries`.
+                let own = self.engine.leader.as_ref().is_some_and(|leader| leader.vote == vote);
+                if own {
+                    self.submit_own_entries(entries, vote, last_log_id).await?;
+                    return Ok(None);
+                }
 
                 self.append_to_log(entries, vote, last_log_id.clone()).await?;
 
