@@ -7,10 +7,8 @@
 # acknowledged write through the new leader. Prints each trial and the median. Then (unless LOAD_SECONDS=0) it runs
 # 256 clients for LOAD_SECONDS on a fresh cluster and prints how many elections happened (the term's growth).
 set -euo pipefail
-BIN=${BIN:?set BIN to the directory holding pando-node and pando}
 BASE=${BASE:-${TMPDIR:-/tmp}/pandofailover}
 TRIALS=${TRIALS:-10}
-NICE=${NICE:-10}
 LOAD_SECONDS=${LOAD_SECONDS:-60}
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"

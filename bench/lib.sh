@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Shared by bench/matrix.sh and bench/failover.sh: start a fresh cluster of pando-node processes on loopback (member 1
 # founds it; the others join with single-use voter join tokens minted through it), stop it, and count its CPU ticks.
-# Expects BIN, BASE and NICE; sets PANDO_TICKET (the founder's admin ticket, listing every member once they joined),
+# Expects BASE (set by the caller) and BIN; NICE defaults to 10. Sets PANDO_TICKET (the founder's admin ticket, listing every member once they joined),
 # PIDS (one per member, in start order) and PORT (member i listens on PORT + i - 1).
+BIN=${BIN:?set BIN to the directory holding pando-node and pando}
+NICE=${NICE:-10}
 mkdir -p "$BASE"
 PIDS=()
 stop() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && { kill -9 "$p" 2>/dev/null || true; }; done; PIDS=(); sleep 0.3; }

@@ -5,11 +5,9 @@
 #   BIN=target/release DURATION=10 REPS=2 OUT=/tmp/pando.jsonl bench/matrix.sh
 # Members 2 and 3 join with single-use voter join tokens minted through member 1 (a join ticket only joins).
 set -euo pipefail
-BIN=${BIN:?set BIN to the directory holding pando-node and pando}
 BASE=${BASE:-${TMPDIR:-/tmp}/pandobench}
 DURATION=${DURATION:-10}
 REPS=${REPS:-2}
-NICE=${NICE:-10}
 OUT=${OUT:-$BASE/results.jsonl}
 SCENARIOS=${SCENARIOS:-"put-c1 put-c16 put-c64k8 put-c256k16 put-c64k8-all get-lin-c64k8 get-ser-c64k8 single-put-c64k8"}
 # shellcheck source=bench/lib.sh
