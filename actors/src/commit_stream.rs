@@ -15,7 +15,8 @@
 //! order, each whole and once, or answers [`FeedError::Compacted`] when the history no longer holds the next one.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use pando_protocol::coord::CoordEvent;
@@ -23,6 +24,7 @@ use pando_protocol::error::{ErrorCode, ErrorDetail, WireError};
 use pando_protocol::state_machine::StorageFault;
 use pando_protocol::watch::KvEvent;
 use tokio::sync::broadcast;
+use tokio::time::{Instant, Sleep};
 
 use crate::storage::HistoryPage;
 use crate::storage_actor::StorageHandle;
@@ -42,8 +44,9 @@ pub struct Committed {
     pub index: u64,
     /// The KV revision once the entry is applied.
     pub revision: u64,
-    /// Its KV changes, in order (whole revisions).
-    pub kv: Vec<KvEvent>,
+    /// Its KV changes, revision by revision, in order: shared by every feed that delivers them, so a revision's events
+    /// are built (and framed for a watch) once per node, not once per watcher.
+    pub kv: Vec<Arc<RevisionEvents>>,
     /// Its coordination events, in order (plugin lifecycle changes among them: `CoordEvent::PluginChanged`).
     pub coord: Vec<CoordEvent>,
     /// The membership the entry committed, when it is a membership change.
@@ -100,11 +103,42 @@ impl CommitStream {
 }
 
 /// Every event of one revision.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct RevisionEvents {
     pub revision: u64,
     pub events: Vec<KvEvent>,
+    /// The revision as one watch frame body (every event, no previous entries), encoded by the first watch that sends
+    /// it whole and shared by every other: with a thousand watchers on a prefix, a revision is encoded once, not a
+    /// thousand times. Filled and read only by the watch stream (`rpc::watch`).
+    pub whole_frame: OnceLock<Arc<[u8]>>,
 }
+
+impl RevisionEvents {
+    pub fn new(revision: u64, events: Vec<KvEvent>) -> RevisionEvents {
+        RevisionEvents { revision, events, whole_frame: OnceLock::new() }
+    }
+
+    /// Events (in order, whole revisions) grouped by revision, moved, not copied.
+    pub fn group(events: Vec<KvEvent>) -> Vec<Arc<RevisionEvents>> {
+        let mut groups: Vec<RevisionEvents> = Vec::new();
+        for event in events {
+            match groups.last_mut() {
+                Some(group) if group.revision == event.revision() => group.events.push(event),
+                _ => groups.push(RevisionEvents::new(event.revision(), vec![event])),
+            }
+        }
+        groups.into_iter().map(Arc::new).collect()
+    }
+}
+
+/// Two revisions are equal when their events are (the encoding cache is not part of what they are).
+impl PartialEq for RevisionEvents {
+    fn eq(&self, other: &RevisionEvents) -> bool {
+        self.revision == other.revision && self.events == other.events
+    }
+}
+
+impl Eq for RevisionEvents {}
 
 /// Why a feed cannot go on.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -137,17 +171,31 @@ pub struct KvFeed {
     /// caller, who sees each one).
     next: u64,
     /// Revisions read ahead, in order.
-    pending: VecDeque<RevisionEvents>,
+    pending: VecDeque<Arc<RevisionEvents>>,
     /// Whether the history may hold revisions at or after `next` that the live stream will not bring.
     behind: bool,
+    /// When the feed last heard from the live stream (or looked at the store): after [`FEED_IDLE_CHECK_MS`] of quiet
+    /// it looks whether the store moved on without telling it.
+    heard: Instant,
+    idle_check: Option<Pin<Box<Sleep>>>,
 }
+
+const IDLE_CHECK: Duration = Duration::from_millis(FEED_IDLE_CHECK_MS);
 
 impl KvFeed {
     /// A feed starting at `from` (which may be in the future: it then waits for it). Subscribes before it reads
     /// anything, so nothing committed from now on can slip between the history and the live stream.
     pub fn new(storage: StorageHandle, from: u64) -> KvFeed {
         let live = storage.subscribe();
-        KvFeed { storage, live, next: from.max(1), pending: VecDeque::new(), behind: true }
+        KvFeed {
+            storage,
+            live,
+            next: from.max(1),
+            pending: VecDeque::new(),
+            behind: true,
+            heard: Instant::now(),
+            idle_check: None,
+        }
     }
 
     /// The next revision this feed will deliver: every change before it has been delivered.
@@ -156,25 +204,68 @@ impl KvFeed {
     }
 
     /// The next revision's events, all of them, waiting as long as it takes (bound it with a timeout).
-    pub async fn next(&mut self) -> Result<RevisionEvents, FeedError> {
+    pub async fn next(&mut self) -> Result<Arc<RevisionEvents>, FeedError> {
+        loop {
+            if let Some(revision) = self.try_next()? {
+                return Ok(revision);
+            }
+            // One timer for the feed's whole life, re-armed only when it fires: a busy feed (woken by the live stream
+            // for every revision) does not set and clear a timer per revision.
+            let idle = self.idle_check.get_or_insert_with(|| Box::pin(tokio::time::sleep(IDLE_CHECK)));
+            tokio::select! {
+                // Biased: the same order every run (the simulator replays a seed exactly).
+                biased;
+                live = self.live.recv() => {
+                    self.heard = Instant::now();
+                    match live {
+                        Ok(committed) => self.take_live(&committed),
+                        Err(broadcast::error::RecvError::Lagged(_)) => self.behind = true,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            return Err(FeedError::Unavailable("the commit stream closed".into()));
+                        }
+                    }
+                }
+                () = idle.as_mut() => {
+                    let quiet_until = self.heard + IDLE_CHECK;
+                    if Instant::now() < quiet_until {
+                        idle.as_mut().reset(quiet_until);
+                    } else {
+                        idle.as_mut().reset(Instant::now() + IDLE_CHECK);
+                        self.heard = Instant::now();
+                        let current = self.reader()?.revision().map_err(FeedError::Storage)?;
+                        self.behind = current >= self.next;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next revision if one is at hand without waiting: read ahead, in the history, or on the live stream already.
+    pub fn try_next(&mut self) -> Result<Option<Arc<RevisionEvents>>, FeedError> {
         loop {
             if let Some(revision) = self.pending.pop_front() {
                 self.next = revision.revision + 1;
-                return Ok(revision);
+                return Ok(Some(revision));
             }
             if self.behind {
                 self.catch_up()?;
+                if self.pending.is_empty() && self.behind {
+                    return Err(FeedError::Storage(StorageFault(format!(
+                        "the history holds nothing at revision {} but says it is incomplete",
+                        self.next
+                    ))));
+                }
                 continue;
             }
-            match tokio::time::timeout(Duration::from_millis(FEED_IDLE_CHECK_MS), self.live.recv()).await {
-                Ok(Ok(committed)) => self.take_live(&committed),
-                Ok(Err(broadcast::error::RecvError::Lagged(_))) => self.behind = true,
-                Ok(Err(broadcast::error::RecvError::Closed)) => {
-                    return Err(FeedError::Unavailable("the commit stream closed".into()));
+            match self.live.try_recv() {
+                Ok(committed) => {
+                    self.heard = Instant::now();
+                    self.take_live(&committed);
                 }
-                Err(_) => {
-                    let current = self.reader()?.revision().map_err(FeedError::Storage)?;
-                    self.behind = current >= self.next;
+                Err(broadcast::error::TryRecvError::Lagged(_)) => self.behind = true,
+                Err(broadcast::error::TryRecvError::Empty) => return Ok(None),
+                Err(broadcast::error::TryRecvError::Closed) => {
+                    return Err(FeedError::Unavailable("the commit stream closed".into()));
                 }
             }
         }
@@ -185,7 +276,8 @@ impl KvFeed {
     fn take_live(&mut self, committed: &Committed) {
         let mut expected = self.next;
         let mut taken = Vec::new();
-        for (revision, events) in by_revision(&committed.kv) {
+        for events in &committed.kv {
+            let revision = events.revision;
             if revision < expected {
                 continue;
             }
@@ -197,7 +289,7 @@ impl KvFeed {
                 self.behind = true;
                 return;
             }
-            taken.push(RevisionEvents { revision, events });
+            taken.push(events.clone());
             expected = revision + 1;
         }
         self.pending.extend(taken);
@@ -211,14 +303,15 @@ impl KvFeed {
             return Err(FeedError::Compacted { requested: self.next, compacted, current });
         }
         let mut expected = self.next;
-        for (revision, events) in by_revision(&events) {
+        for events in RevisionEvents::group(events) {
+            let revision = events.revision;
             if revision != expected {
                 // Revisions are consecutive from the compacted one: a hole is a bug or corruption, never skipped.
                 return Err(FeedError::Storage(StorageFault(format!(
                     "the history jumps from revision {expected} to {revision}"
                 ))));
             }
-            self.pending.push_back(RevisionEvents { revision, events });
+            self.pending.push_back(events);
             expected = revision + 1;
         }
         self.behind = !complete;
@@ -228,18 +321,6 @@ impl KvFeed {
     fn reader(&self) -> Result<crate::storage::StateReader, FeedError> {
         self.storage.reader().map_err(|unavailable| FeedError::Unavailable(unavailable.to_string()))
     }
-}
-
-/// Events grouped by revision, in order.
-fn by_revision(events: &[KvEvent]) -> Vec<(u64, Vec<KvEvent>)> {
-    let mut groups: Vec<(u64, Vec<KvEvent>)> = Vec::new();
-    for event in events {
-        match groups.last_mut() {
-            Some((revision, group)) if *revision == event.revision() => group.push(event.clone()),
-            _ => groups.push((event.revision(), vec![event.clone()])),
-        }
-    }
-    groups
 }
 
 #[cfg(test)]

@@ -455,7 +455,7 @@ impl Members {
 }
 
 /// This process's CPU time in milliseconds, where the platform says (Linux).
-fn client_cpu_ms() -> Option<u64> {
+pub(crate) fn client_cpu_ms() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     pando_client::pando_protocol::cluster::cpu_ms_from_proc_stat(&stat)
 }

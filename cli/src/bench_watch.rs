@@ -167,6 +167,8 @@ pub async fn run(ticket: &str, options: ClientOptions, args: WatchBenchArgs, jso
         "delivery_p99_ms": ms(&delivery, 0.99),
         "delivery_max_ms": delivery.max() as f64 / 1000.0,
         "watch_errors": watch_errors,
+        // The whole process's CPU (watchers and writers alike), as bench/etcd-watch reports its own.
+        "loadgen_cpu_s": crate::bench::client_cpu_ms().map(|ms| ms as f64 / 1000.0),
     });
     if json_output {
         println!("{report}");

@@ -38,7 +38,7 @@ async fn puts(state_machine: &mut crate::storage::StateMachineStore, first: u64,
     state_machine.apply(entries).await.unwrap();
 }
 
-async fn next(feed: &mut KvFeed) -> RevisionEvents {
+async fn next(feed: &mut KvFeed) -> Arc<RevisionEvents> {
     tokio::time::timeout(Duration::from_secs(5), feed.next()).await.expect("a revision within 5 s").unwrap()
 }
 

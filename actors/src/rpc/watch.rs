@@ -5,6 +5,7 @@
 //! revision to resume from). Until then the watcher holds up only its own stream: QUIC flow control stops this task,
 //! not the node, and the feed behind it catches up from the history once the watcher reads again.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pando_protocol::envelope::{Request, RequestEnvelope, Response, ResponseEnvelope};
@@ -18,7 +19,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::handler::RpcContext;
 use super::link::{StreamRecv, StreamSend};
 use super::stream::write_response;
-use crate::services::{Observer, Watcher};
+use crate::commit_stream::RevisionEvents;
+use crate::services::watch::whole_response;
+use crate::services::{Observer, WatchFrame, Watcher};
 
 /// How long the last frame (a cancellation) may take to go out.
 const CANCEL_WRITE_MS: u64 = 1_000;
@@ -34,6 +37,22 @@ enum Subscription {
     Observe(Observer),
 }
 
+/// One frame to send.
+enum Frame {
+    Response(Response),
+    /// A whole revision, encoded once for every watch that sends it ([`RevisionEvents::whole_frame`]).
+    Whole(Arc<RevisionEvents>),
+}
+
+impl From<WatchFrame> for Frame {
+    fn from(frame: WatchFrame) -> Frame {
+        match frame {
+            WatchFrame::Own(response) => Frame::Response(Response::Watch(response)),
+            WatchFrame::Whole(revision) => Frame::Whole(revision),
+        }
+    }
+}
+
 impl Subscription {
     fn open(context: &RpcContext, body: Request) -> Result<Subscription, WireError> {
         match body {
@@ -44,16 +63,27 @@ impl Subscription {
     }
 
     /// The next frame, and whether it is the last (a cancellation).
-    async fn next(&mut self) -> Option<(Response, bool)> {
+    async fn next(&mut self) -> Option<(Frame, bool)> {
         match self {
-            Subscription::Watch(watcher) => watcher.next().await.map(|frame| {
-                let last = matches!(frame, WatchResponse::Canceled { .. });
-                (Response::Watch(frame), last)
+            Subscription::Watch(watcher) => watcher.next_frame().await.map(|frame| {
+                let last = frame.is_last();
+                (frame.into(), last)
             }),
             Subscription::Observe(observer) => observer.next().await.map(|frame| {
                 let last = matches!(frame, ObserveResponse::Canceled { .. });
-                (Response::Observe(frame), last)
+                (Frame::Response(Response::Observe(frame)), last)
             }),
+        }
+    }
+
+    /// The next frame if one is ready now (observations send one frame at a time).
+    fn try_next(&mut self) -> Option<(Frame, bool)> {
+        match self {
+            Subscription::Watch(watcher) => watcher.try_next_frame().map(|frame| {
+                let last = frame.is_last();
+                (frame.into(), last)
+            }),
+            Subscription::Observe(_) => None,
         }
     }
 
@@ -92,14 +122,46 @@ pub(crate) async fn serve_stream(
             // The watcher finished or reset its side: it cancelled the watch.
             _ = recv.read(&mut closed) => return,
         };
-        let Some((frame, last)) = next else { break };
-        match send_frame(&mut send, request_id, frame, |error| subscription.canceled(error)).await {
+        let Some((frame, mut last)) = next else { break };
+        // What else is ready goes out in the same write: a watcher that fell behind, or a burst of revisions, costs
+        // one write (and one wake-up of the connection) instead of one per frame.
+        let Ok(mut bytes) = encode(request_id, frame) else { return };
+        while !last && bytes.len() < WATCH_WRITE_BYTES_MAX {
+            let Some((frame, is_last)) = subscription.try_next() else { break };
+            let Ok(more) = encode(request_id, frame) else { return };
+            bytes.extend_from_slice(&more);
+            last = is_last;
+        }
+        match send_frames(&mut send, request_id, &bytes, |error| subscription.canceled(error)).await {
             Sent::Taken if !last => {}
             Sent::Taken | Sent::Stalled => break,
             Sent::Gone => return,
         }
     }
     let _ = tokio::time::timeout(Duration::from_millis(CANCEL_WRITE_MS), send.shutdown()).await;
+}
+
+/// Bytes of ready frames gathered into one write.
+const WATCH_WRITE_BYTES_MAX: usize = 64 * 1024;
+
+/// One frame's bytes, prefix included.
+fn encode(request_id: u64, frame: Frame) -> Result<Vec<u8>, ()> {
+    let encoded = match frame {
+        Frame::Response(response) => frame::encode(&ResponseEnvelope { request_id, body: Ok(response) }),
+        Frame::Whole(revision) => {
+            whole_body(&revision).and_then(|body| frame::encode_response_around(request_id, &body))
+        }
+    };
+    encoded.map_err(|error| tracing::error!(%error, "cannot encode a watch frame"))
+}
+
+/// The body of a whole revision's frame, encoded by the first watch that sends it.
+fn whole_body(revision: &RevisionEvents) -> Result<Arc<[u8]>, frame::FrameError> {
+    if let Some(body) = revision.whole_frame.get() {
+        return Ok(body.clone());
+    }
+    let body = frame::encode_response_body(&Ok(Response::Watch(whole_response(revision))))?;
+    Ok(revision.whole_frame.get_or_init(|| body.into()).clone())
 }
 
 /// What became of a frame.
@@ -112,15 +174,15 @@ enum Sent {
     Stalled,
 }
 
-/// Sends one frame within the stall bound; past it, sends the cancellation `canceled` makes of `SLOW_CONSUMER`.
-async fn send_frame(
+/// Sends encoded frames within the stall bound; past it, sends the cancellation `canceled` makes of `SLOW_CONSUMER`.
+async fn send_frames(
     send: &mut StreamSend,
     request_id: u64,
-    frame: Response,
+    bytes: &[u8],
     canceled: impl FnOnce(WireError) -> Response,
 ) -> Sent {
     let stall = Duration::from_millis(WATCH_SEND_STALL_MS_MAX);
-    match tokio::time::timeout(stall, write_frame(send, request_id, frame)).await {
+    match tokio::time::timeout(stall, write_bytes(send, bytes)).await {
         Ok(Ok(())) => Sent::Taken,
         Ok(Err(())) => Sent::Gone,
         Err(_) => {
@@ -128,19 +190,17 @@ async fn send_frame(
                 ErrorCode::SlowConsumer,
                 format!("the watcher took no frame for {WATCH_SEND_STALL_MS_MAX} ms; resume where it stopped"),
             );
-            let cancel = canceled(error);
-            let _ = tokio::time::timeout(Duration::from_millis(CANCEL_WRITE_MS), write_frame(send, request_id, cancel))
-                .await;
+            if let Ok(cancel) = encode(request_id, Frame::Response(canceled(error))) {
+                let _ = tokio::time::timeout(Duration::from_millis(CANCEL_WRITE_MS), write_bytes(send, &cancel)).await;
+            }
             Sent::Stalled
         }
     }
 }
 
-/// Writes one frame, keeping the stream open.
-async fn write_frame(send: &mut StreamSend, request_id: u64, frame: Response) -> Result<(), ()> {
-    let response = ResponseEnvelope { request_id, body: Ok(frame) };
-    let bytes = frame::encode(&response).map_err(|error| tracing::error!(%error, "cannot encode a watch frame"))?;
-    send.write_all(&bytes).await.map_err(|_| ())?;
+/// Writes encoded frames, keeping the stream open.
+async fn write_bytes(send: &mut StreamSend, bytes: &[u8]) -> Result<(), ()> {
+    send.write_all(bytes).await.map_err(|_| ())?;
     send.flush().await.map_err(|_| ())
 }
 
@@ -171,13 +231,40 @@ mod tests {
         fn abort(&mut self) {}
     }
 
+    #[test]
+    fn a_whole_revision_is_encoded_once_into_the_frame_its_response_makes() {
+        let event = |key: &str| pando_protocol::watch::KvEvent {
+            kind: pando_protocol::watch::EventKind::Put,
+            entry: pando_protocol::kv::KvEntry {
+                key: pando_protocol::kv::bytes(key),
+                value: pando_protocol::kv::bytes("v"),
+                create_revision: 9,
+                mod_revision: 9,
+                version: 1,
+                blob: None,
+            },
+            prev_revision: 0,
+            time_ms: 1,
+        };
+        let revision = Arc::new(RevisionEvents::new(9, vec![event("a"), event("b")]));
+        let expected = |request_id| {
+            let body = Ok(Response::Watch(whole_response(&revision)));
+            frame::encode(&ResponseEnvelope { request_id, body }).unwrap()
+        };
+        assert!(revision.whole_frame.get().is_none());
+        assert_eq!(encode(5, Frame::Whole(revision.clone())).unwrap(), expected(5));
+        let cached = revision.whole_frame.get().unwrap().clone();
+        assert_eq!(encode(300, Frame::Whole(revision.clone())).unwrap(), expected(300));
+        assert!(Arc::ptr_eq(&cached, revision.whole_frame.get().unwrap()), "the second stream reused the body");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_watcher_that_takes_no_frame_within_the_bound_is_cancelled_slow_consumer() {
         let mut send: StreamSend = Box::new(Stuck);
         let started = tokio::time::Instant::now();
-        let frame = Response::Watch(WatchResponse::Progress { next_revision: 7 });
+        let frame = encode(1, Frame::Response(Response::Watch(WatchResponse::Progress { next_revision: 7 }))).unwrap();
         let canceled = |error| Response::Watch(WatchResponse::Canceled { error, next_revision: 7 });
-        assert_eq!(send_frame(&mut send, 1, frame, canceled).await, Sent::Stalled);
+        assert_eq!(send_frames(&mut send, 1, &frame, canceled).await, Sent::Stalled);
         assert!(started.elapsed() >= Duration::from_millis(WATCH_SEND_STALL_MS_MAX));
     }
 
@@ -200,13 +287,14 @@ mod tests {
             fn abort(&mut self) {}
         }
         let mut send: StreamSend = Box::new(Pipe(near));
-        let progress = || Response::Watch(WatchResponse::Progress { next_revision: 3 });
+        let progress =
+            encode(1, Frame::Response(Response::Watch(WatchResponse::Progress { next_revision: 3 }))).unwrap();
         let canceled = |error| Response::Watch(WatchResponse::Canceled { error, next_revision: 3 });
-        assert_eq!(send_frame(&mut send, 1, progress(), canceled).await, Sent::Taken);
+        assert_eq!(send_frames(&mut send, 1, &progress, canceled).await, Sent::Taken);
         let mut prefix = [0u8; 4];
         tokio::io::AsyncReadExt::read_exact(&mut far, &mut prefix).await.unwrap();
         assert!(u32::from_be_bytes(prefix) > 0, "a framed response arrived");
         drop(far);
-        assert_eq!(send_frame(&mut send, 1, progress(), canceled).await, Sent::Gone);
+        assert_eq!(send_frames(&mut send, 1, &progress, canceled).await, Sent::Gone);
     }
 }

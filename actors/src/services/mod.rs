@@ -22,7 +22,7 @@ pub use coord::CoordService;
 pub use kv::{KvService, ScanPage};
 pub use plugins::{PluginService, ServicesHost};
 pub use tokens::TokenService;
-pub use watch::{Observer, WatchService, Watcher};
+pub use watch::{Observer, WatchFrame, WatchService, Watcher};
 
 impl Services {
     /// The applied state of this node, for the RPC layer's scope checks.

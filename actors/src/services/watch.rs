@@ -4,15 +4,16 @@
 //! the FUSE cache are its next callers. Observations of coordination resources ([`Observer`]) share its slots.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::limits::{WATCH_FRAME_EVENTS_BYTES_MAX, WATCH_NO_LEADER_MS, WATCHES_PER_NODE_MAX};
 use pando_protocol::observe::ObserveRequest;
-use pando_protocol::watch::{WatchEvent, WatchRequest, WatchResponse};
+use pando_protocol::watch::{KvEvent, WatchEvent, WatchRequest, WatchResponse};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::commit_stream::{KvFeed, RevisionEvents};
 use crate::raft::RaftHandle;
@@ -47,17 +48,22 @@ impl WatchService {
             0 => current + 1,
             start => start,
         };
-        Ok(Watcher {
+        let now = Instant::now();
+        let mut watcher = Watcher {
             feed: self.storage.feed(start),
             storage: self.storage.clone(),
             request,
             created: Some(WatchResponse::Created { start_revision: start, current }),
             frames: VecDeque::new(),
             ended: false,
-            last_frame: Instant::now(),
+            last_frame: now,
             leader: LeaderLoss::new(self.raft.clone()),
+            leader_check_at: now + Duration::from_millis(LEADER_CHECK_MS),
+            tick: Box::pin(tokio::time::sleep_until(now)),
             _slot: slot,
-        })
+        };
+        watcher.rearm();
+        Ok(watcher)
     }
 
     /// Opens an observation (the caller checked the observer may read the resource); `BUSY` like a watch.
@@ -83,12 +89,48 @@ pub struct Watcher {
     storage: StorageHandle,
     request: WatchRequest,
     created: Option<WatchResponse>,
-    /// Frames of a revision cut into several.
-    frames: VecDeque<WatchResponse>,
+    /// Frames queued: the fragments of a revision cut into several, or a revision taken whole.
+    frames: VecDeque<WatchFrame>,
     ended: bool,
     last_frame: Instant,
     leader: LeaderLoss,
+    /// When the node's leadership is looked at next.
+    leader_check_at: Instant,
+    /// One timer for the watch's whole life (progress and the leader check), re-armed only when it fires: a busy
+    /// watch does not set and clear timers for every revision it sends.
+    tick: Pin<Box<Sleep>>,
     _slot: OwnedSemaphorePermit,
+}
+
+/// A frame of a watch, as the watch stream sends it.
+#[derive(Debug)]
+pub enum WatchFrame {
+    /// A frame made for this watch alone.
+    Own(WatchResponse),
+    /// A whole revision: every event of it, without previous entries, in one frame. It is the same frame for every
+    /// watch that takes the revision whole, so the stream encodes it once (`RevisionEvents::whole_frame`).
+    Whole(Arc<RevisionEvents>),
+}
+
+impl WatchFrame {
+    /// The frame as a response (a whole revision's events copied out).
+    pub fn into_response(self) -> WatchResponse {
+        match self {
+            WatchFrame::Own(response) => response,
+            WatchFrame::Whole(revision) => whole_response(&revision),
+        }
+    }
+
+    /// Whether the frame ends the watch.
+    pub fn is_last(&self) -> bool {
+        matches!(self, WatchFrame::Own(WatchResponse::Canceled { .. }))
+    }
+}
+
+/// The frame that carries every event of `revision` and nothing more.
+pub fn whole_response(revision: &RevisionEvents) -> WatchResponse {
+    let events = revision.events.iter().map(|event| WatchEvent { event: event.clone(), prev: None }).collect();
+    WatchResponse::Events { revision: revision.revision, events, more: false }
 }
 
 impl Watcher {
@@ -99,24 +141,18 @@ impl Watcher {
 
     /// The next frame: `Created`, then `Events` and `Progress` as they come; `Canceled` ends the watch (then `None`).
     pub async fn next(&mut self) -> Option<WatchResponse> {
-        if let Some(created) = self.created.take() {
-            return Some(self.sent(created));
-        }
-        if let Some(frame) = self.frames.pop_front() {
-            return Some(self.sent(frame));
+        self.next_frame().await.map(WatchFrame::into_response)
+    }
+
+    /// [`Watcher::next`] as the watch stream sends it.
+    pub async fn next_frame(&mut self) -> Option<WatchFrame> {
+        if let Some(frame) = self.try_next_frame() {
+            return Some(frame);
         }
         if self.ended {
             return None;
         }
         loop {
-            let progress = (self.request.progress_ms > 0)
-                .then(|| self.last_frame + Duration::from_millis(self.request.progress_ms.into()));
-            let progress_due = async {
-                match progress {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 // Biased: the same order every run (the simulator replays a seed exactly); a revision before a
                 // progress notice that falls due at the same instant.
@@ -130,45 +166,100 @@ impl Watcher {
                     }
                     Err(error) => return Some(self.cancel(error.into())),
                 },
-                () = progress_due => {
-                    let next_revision = self.feed.next_revision();
-                    return Some(self.sent(WatchResponse::Progress { next_revision }));
-                }
-                () = tokio::time::sleep(Duration::from_millis(LEADER_CHECK_MS)) => {
-                    if let Some(error) = self.leader.check() {
-                        return Some(self.cancel(error));
+                () = self.tick.as_mut() => {
+                    if let Some(frame) = self.ticked() {
+                        return Some(frame);
                     }
                 }
             }
         }
     }
 
-    fn sent(&mut self, frame: WatchResponse) -> WatchResponse {
+    /// The next frame if one is at hand without waiting (queued, or a revision the feed holds already): the stream
+    /// sends what is ready in one write.
+    pub fn try_next_frame(&mut self) -> Option<WatchFrame> {
+        if let Some(created) = self.created.take() {
+            return Some(self.sent(WatchFrame::Own(created)));
+        }
+        if let Some(frame) = self.frames.pop_front() {
+            return Some(self.sent(frame));
+        }
+        if self.ended {
+            return None;
+        }
+        loop {
+            match self.feed.try_next() {
+                Ok(Some(revision)) => {
+                    if self.frame(revision) {
+                        let frame = self.frames.pop_front()?;
+                        return Some(self.sent(frame));
+                    }
+                }
+                Ok(None) => return None,
+                Err(error) => return Some(self.cancel(error.into())),
+            }
+        }
+    }
+
+    /// The timer fired: looks at the leadership and sends progress when either is due, and re-arms the timer.
+    fn ticked(&mut self) -> Option<WatchFrame> {
+        let now = Instant::now();
+        if now >= self.leader_check_at {
+            self.leader_check_at = now + Duration::from_millis(LEADER_CHECK_MS);
+            if let Some(error) = self.leader.check() {
+                return Some(self.cancel(error));
+            }
+        }
+        let progress_at = self.progress_at();
+        if progress_at.is_some_and(|at| now >= at) {
+            let next_revision = self.feed.next_revision();
+            let frame = self.sent(WatchFrame::Own(WatchResponse::Progress { next_revision }));
+            self.rearm();
+            return Some(frame);
+        }
+        self.rearm();
+        None
+    }
+
+    /// When progress falls due (`None`: the watch asked for none).
+    fn progress_at(&self) -> Option<Instant> {
+        (self.request.progress_ms > 0).then(|| self.last_frame + Duration::from_millis(self.request.progress_ms.into()))
+    }
+
+    fn rearm(&mut self) {
+        let at = self.progress_at().map_or(self.leader_check_at, |at| at.min(self.leader_check_at));
+        self.tick.as_mut().reset(at);
+    }
+
+    fn sent(&mut self, frame: WatchFrame) -> WatchFrame {
         self.last_frame = Instant::now();
         frame
     }
 
-    fn cancel(&mut self, error: WireError) -> WatchResponse {
+    fn cancel(&mut self, error: WireError) -> WatchFrame {
         self.ended = true;
         self.frames.clear();
-        WatchResponse::Canceled { error, next_revision: self.feed.next_revision() }
+        WatchFrame::Own(WatchResponse::Canceled { error, next_revision: self.feed.next_revision() })
     }
 
     /// Queues the frames of one revision's matching events (none: nothing queued); `true` when some were.
-    fn frame(&mut self, revision: RevisionEvents) -> bool {
-        let RevisionEvents { revision, events } = revision;
+    fn frame(&mut self, revision: Arc<RevisionEvents>) -> bool {
         let request = &self.request;
-        let matching: Vec<_> = events
-            .into_iter()
-            .filter(|event| request.range.contains(event.key()) && request.only.is_none_or(|kind| kind == event.kind))
-            .collect();
-        if matching.is_empty() {
+        let matches =
+            |event: &KvEvent| request.range.contains(event.key()) && request.only.is_none_or(|kind| kind == event.kind);
+        let matching = revision.events.iter().filter(|event| matches(event)).count();
+        if matching == 0 {
             return false;
+        }
+        let values: usize = revision.events.iter().map(|event| event.key().len() + event.entry.value.len()).sum();
+        if matching == revision.events.len() && !request.prev_kv && values <= WATCH_FRAME_EVENTS_BYTES_MAX {
+            self.frames.push_back(WatchFrame::Whole(revision));
+            return true;
         }
         let reader = if request.prev_kv { self.storage.reader().ok() } else { None };
         let mut frame = Vec::new();
         let mut bytes = 0;
-        for event in matching {
+        for event in revision.events.iter().filter(|event| matches(event)) {
             let prev = match (&reader, event.prev_revision) {
                 (Some(reader), prev_revision) if prev_revision > 0 => {
                     reader.entry_at(prev_revision, event.key()).ok().flatten()
@@ -179,17 +270,21 @@ impl Watcher {
                 + event.entry.value.len()
                 + prev.as_ref().map_or(0, |prev| prev.key.len() + prev.value.len());
             if !frame.is_empty() && bytes + size > WATCH_FRAME_EVENTS_BYTES_MAX {
-                self.frames.push_back(WatchResponse::Events {
-                    revision,
+                self.frames.push_back(WatchFrame::Own(WatchResponse::Events {
+                    revision: revision.revision,
                     events: std::mem::take(&mut frame),
                     more: true,
-                });
+                }));
                 bytes = 0;
             }
             bytes += size;
-            frame.push(WatchEvent { event, prev });
+            frame.push(WatchEvent { event: event.clone(), prev });
         }
-        self.frames.push_back(WatchResponse::Events { revision, events: frame, more: false });
+        self.frames.push_back(WatchFrame::Own(WatchResponse::Events {
+            revision: revision.revision,
+            events: frame,
+            more: false,
+        }));
         true
     }
 }

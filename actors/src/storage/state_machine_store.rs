@@ -21,7 +21,7 @@ use super::{
     META_REVISION, SM_META_TABLE, applied_digest, blocking, decode, encode, read_applied_digest, read_error,
     write_error,
 };
-use crate::commit_stream::{CommitStream, Committed, MembershipChange};
+use crate::commit_stream::{CommitStream, Committed, MembershipChange, RevisionEvents};
 use crate::raft::type_config::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 #[derive(Clone)]
@@ -149,7 +149,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             committed.push(Committed {
                                 index: entry.get_log_id().index,
                                 revision,
-                                kv: std::mem::take(&mut tables.kv.recorded),
+                                kv: RevisionEvents::group(std::mem::take(&mut tables.kv.recorded)),
                                 coord: outcome.events.clone(),
                                 membership: None,
                             });

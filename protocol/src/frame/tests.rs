@@ -229,6 +229,18 @@ proptest! {
     }
 
     #[test]
+    fn a_body_encoded_once_makes_the_same_frame_as_the_whole_envelope(
+        request_id in prop_oneof![Just(0u64), Just(0x7f), Just(0x80), Just(0xff), Just(0x100), Just(0xffff),
+            Just(0x1_0000), Just(0xffff_ffff), Just(0x1_0000_0000), Just(u64::MAX), any::<u64>()],
+        ok in any_kv_response(), error in any_error(), pick in any::<bool>(),
+    ) {
+        let body = if pick { Ok(Response::Kv(ok)) } else { Err(error) };
+        let shared = encode_response_body(&body).unwrap();
+        let envelope = ResponseEnvelope { request_id, body };
+        prop_assert_eq!(encode_response_around(request_id, &shared).unwrap(), encode(&envelope).unwrap());
+    }
+
+    #[test]
     fn truncated_frames_never_decode_to_something_else(body in any_kv_request(), cut in any::<prop::sample::Index>()) {
         let envelope = RequestEnvelope { version: PROTOCOL_VERSION, request_id: 1, timeout_ms: 1, token: None, body: Request::Kv(body) };
         let frame = encode(&envelope).unwrap();

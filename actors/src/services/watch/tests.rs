@@ -190,3 +190,65 @@ async fn an_election_observer_sees_the_state_then_each_change_then_no_leader() {
     assert!(started.elapsed() <= Duration::from_millis(WATCH_NO_LEADER_MS + 1_000));
     assert_eq!(observer.next().await, None, "a cancelled observation says nothing more");
 }
+
+#[tokio::test(start_paused = true)]
+async fn watches_that_take_a_revision_whole_share_one_frame_and_the_others_get_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (service, mut state_machine) = open(dir.path());
+    let mut first = service.open(watch(WatchRange::Prefix(bytes("a/")), 0)).unwrap();
+    let mut second = service.open(watch(WatchRange::Prefix(bytes("")), 0)).unwrap();
+    let mut with_prev =
+        service.open(WatchRequest { prev_kv: true, ..watch(WatchRange::Prefix(bytes("")), 0) }).unwrap();
+    let mut narrower = service.open(watch(WatchRange::Key(bytes("a/1")), 0)).unwrap();
+    for watcher in [&mut first, &mut second, &mut with_prev, &mut narrower] {
+        assert!(matches!(watcher.next().await, Some(WatchResponse::Created { .. })));
+        // Caught up with the (empty) history: from here on the watch follows the live stream.
+        assert!(watcher.try_next_frame().is_none());
+    }
+    let ops = vec![
+        WriteOp::Put { key: bytes("a/1"), value: bytes("1") },
+        WriteOp::Put { key: bytes("a/2"), value: bytes("2") },
+    ];
+    apply(&mut state_machine, 1, vec![KvRequest::BatchWrite { ops }]).await;
+    let (Some(WatchFrame::Whole(a)), Some(WatchFrame::Whole(b))) =
+        (first.next_frame().await, second.next_frame().await)
+    else {
+        panic!("both watches see every event of the revision and ask for nothing more");
+    };
+    assert!(Arc::ptr_eq(&a, &b), "one live revision, shared: encoded once for both");
+    assert_eq!(events(whole_response(&a)).len(), 2);
+    assert!(matches!(with_prev.next_frame().await, Some(WatchFrame::Own(_))), "previous entries are its own");
+    match narrower.next_frame().await {
+        Some(WatchFrame::Own(frame)) => {
+            assert_eq!(events(frame), vec![(1, EventKind::Put, "a/1".into(), "1".into(), None)], "one event of two")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_is_ready_is_taken_without_waiting_and_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let (service, mut state_machine) = open(dir.path());
+    for index in 1..=3 {
+        apply(&mut state_machine, index, vec![put_request(format!("k{index}").as_bytes(), b"v")]).await;
+    }
+    let mut watcher = service.open(watch(WatchRange::Prefix(bytes("k")), 2)).unwrap();
+    let mut ready = Vec::new();
+    while let Some(frame) = watcher.try_next_frame() {
+        ready.push(frame.into_response());
+    }
+    assert!(matches!(ready[0], WatchResponse::Created { start_revision: 2, current: 3 }));
+    let revisions: Vec<_> = ready[1..]
+        .iter()
+        .map(|frame| match frame {
+            WatchResponse::Events { revision, .. } => *revision,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(revisions, vec![2, 3], "the history's revisions, in order");
+    assert_eq!(watcher.next_revision(), 4);
+    apply(&mut state_machine, 4, vec![put_request(b"k4", b"v")]).await;
+    assert!(matches!(watcher.try_next_frame(), Some(WatchFrame::Whole(revision)) if revision.revision == 4), "live");
+    assert!(watcher.try_next_frame().is_none(), "nothing more is at hand");
+}
