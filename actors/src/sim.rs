@@ -42,6 +42,9 @@ pub enum PlantedBug {
     /// A connection trusts the token it verified once for good, never checking it against the records again (a
     /// revoked token keeps working on connections opened before the revocation).
     TokenCachedForever = 16,
+    /// An election observer reads the election once, when it opens, and never again (it only repeats that state as
+    /// its heartbeat).
+    ObserveStale = 32,
 }
 
 thread_local! {

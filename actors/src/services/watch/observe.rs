@@ -66,6 +66,9 @@ impl Observer {
         loop {
             if self.stale {
                 self.stale = false;
+                if crate::sim::planted_bug(crate::sim::PlantedBug::ObserveStale) && self.last.is_some() {
+                    continue;
+                }
                 let state = match self.read() {
                     Ok(state) => state,
                     Err(error) => return Some(self.cancel(error)),
