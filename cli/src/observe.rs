@@ -13,7 +13,7 @@ use pando_protocol::kv::Bytes;
 use pando_protocol::limits::OBSERVE_HEARTBEAT_MS;
 use pando_protocol::observe::{ObserveRequest, ObserveResponse, election_order};
 
-use crate::client::{Client, read_response};
+use crate::client::Client;
 use crate::error::ClientError;
 use crate::stream::{Mover, OpenStream, movable};
 
@@ -56,8 +56,8 @@ impl Observation<'_> {
                 }
                 continue;
             };
-            // read_response is not cancel-safe: a silent member's stream is dropped, never read again.
-            let read = match tokio::time::timeout(silence, read_response(&mut stream.recv, stream.request_id)).await {
+            // A member silent for several heartbeats is lost: its stream is dropped and the observation moves on.
+            let read = match tokio::time::timeout(silence, stream.next_response()).await {
                 Ok(read) => read,
                 Err(_) => {
                     self.lost("the member said nothing for several heartbeats").await?;

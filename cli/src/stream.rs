@@ -5,11 +5,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use pando_protocol::PROTOCOL_VERSION;
-use pando_protocol::envelope::{Request, RequestEnvelope};
+use pando_protocol::envelope::{Request, RequestEnvelope, Response, ResponseEnvelope};
 use pando_protocol::error::{ErrorCode, WireError};
-use pando_protocol::frame;
+use pando_protocol::frame::{self, LENGTH_PREFIX_BYTES};
 use pando_protocol::limits::REQUEST_TIMEOUT_MS_MAX;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::client::Client;
 use crate::error::ClientError;
@@ -20,11 +20,17 @@ pub const WATCH_RESUME_ATTEMPTS_MAX: u32 = 20;
 /// Pause before opening a watch again after losing a member (doubles, up to a second).
 pub const WATCH_RESUME_BACKOFF_MS: u64 = 100;
 
-/// An open long-lived stream: its halves and its request's id.
+/// Bytes a long-lived stream reads at a time (a member sends what is ready in one write, up to 64 KiB).
+const STREAM_READ_BYTES: usize = 64 * 1024;
+
+/// An open long-lived stream: its halves, its request's id, and what arrived but was not read as a frame yet.
 pub(crate) struct OpenStream {
     pub send: SendHalf,
-    pub recv: RecvHalf,
+    recv: RecvHalf,
     pub request_id: u64,
+    /// Bytes received; frames before `consumed` were handed out.
+    received: Vec<u8>,
+    consumed: usize,
 }
 
 impl OpenStream {
@@ -44,7 +50,60 @@ impl OpenStream {
         send.write_all(&frame).await.map_err(|error| ClientError::Transport(error.to_string()))?;
         // The request goes out now, not when the stream finishes.
         send.flush().await.map_err(|error| ClientError::Transport(error.to_string()))?;
-        Ok(OpenStream { send, recv, request_id })
+        Ok(OpenStream { send, recv, request_id, received: Vec::new(), consumed: 0 })
+    }
+
+    /// The next response on the stream. Cancel-safe: what a cancelled call read stays in the stream's buffer, and the
+    /// next call goes on from there (so a caller may race it against a timer). Reads in chunks of up to 64 KiB, so a
+    /// burst of frames costs one read.
+    pub async fn next_response(&mut self) -> Result<Result<Response, WireError>, ClientError> {
+        loop {
+            if let Some(response) = self.take_frame()? {
+                return Ok(response);
+            }
+            if self.received.capacity() - self.received.len() < STREAM_READ_BYTES / 4 {
+                self.received.reserve(STREAM_READ_BYTES);
+            }
+            let read = self
+                .recv
+                .read_buf(&mut self.received)
+                .await
+                .map_err(|error| ClientError::Transport(format!("the stream broke: {error}")))?;
+            if read == 0 {
+                return Err(ClientError::Transport("the member ended the stream".into()));
+            }
+        }
+    }
+
+    /// A whole frame from the buffer, decoded (`None`: it has not all arrived yet).
+    fn take_frame(&mut self) -> Result<Option<Result<Response, WireError>>, ClientError> {
+        let available = &self.received[self.consumed..];
+        let Some(prefix) = available.first_chunk::<LENGTH_PREFIX_BYTES>() else {
+            return Ok(None);
+        };
+        let length = frame::body_length(*prefix).map_err(|error| ClientError::Protocol(error.to_string()))?;
+        let Some(body) = available.get(LENGTH_PREFIX_BYTES..LENGTH_PREFIX_BYTES + length) else {
+            // A frame larger than the buffer: room for all of it, so it arrives in a few reads.
+            self.received.reserve(LENGTH_PREFIX_BYTES + length - available.len());
+            return Ok(None);
+        };
+        let response: ResponseEnvelope =
+            frame::decode(body).map_err(|error| ClientError::Protocol(error.to_string()))?;
+        self.consumed += LENGTH_PREFIX_BYTES + length;
+        if self.consumed == self.received.len() {
+            self.received.clear();
+            self.consumed = 0;
+        } else if self.consumed >= STREAM_READ_BYTES {
+            self.received.drain(..self.consumed);
+            self.consumed = 0;
+        }
+        if response.request_id != self.request_id && response.request_id != 0 {
+            return Err(ClientError::Protocol(format!(
+                "response for request {} arrived on the stream of request {}",
+                response.request_id, self.request_id
+            )));
+        }
+        Ok(Some(response.body))
     }
 
     /// Ends the stream: the member stops serving it.
@@ -88,4 +147,69 @@ impl Mover {
 /// Whether an error means "this member cannot serve the stream now" (another may), rather than a final answer.
 pub(crate) fn movable(error: &WireError) -> bool {
     matches!(error.code, ErrorCode::NoLeader | ErrorCode::SlowConsumer | ErrorCode::Unavailable | ErrorCode::Busy)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use pando_protocol::watch::WatchResponse;
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    fn progress(request_id: u64, next_revision: u64) -> Vec<u8> {
+        let body = Ok(Response::Watch(WatchResponse::Progress { next_revision }));
+        frame::encode(&ResponseEnvelope { request_id, body }).unwrap()
+    }
+
+    /// A stream whose member side is `far`.
+    fn open_pair(request_id: u64) -> (OpenStream, tokio::io::DuplexStream) {
+        let (near, far) = tokio::io::duplex(1024 * 1024);
+        let open = OpenStream {
+            send: Box::new(tokio::io::sink()),
+            recv: Box::new(near),
+            request_id,
+            received: Vec::new(),
+            consumed: 0,
+        };
+        (open, far)
+    }
+
+    async fn next_revision(stream: &mut OpenStream) -> u64 {
+        match stream.next_response().await {
+            Ok(Ok(Response::Watch(WatchResponse::Progress { next_revision }))) => next_revision,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_that_arrive_together_or_in_pieces_come_out_whole_and_a_cancelled_read_loses_nothing() {
+        let (mut stream, mut far) = open_pair(7);
+        let third = progress(7, 3);
+        let mut burst = [progress(7, 1), progress(7, 2)].concat();
+        burst.extend_from_slice(&third[..5]);
+        far.write_all(&burst).await.unwrap();
+        assert_eq!(next_revision(&mut stream).await, 1);
+        assert_eq!(next_revision(&mut stream).await, 2);
+        // Only part of the third frame is there: a read raced against a timer gives up, and keeps what it read.
+        let cancelled = tokio::time::timeout(Duration::from_millis(50), stream.next_response()).await;
+        assert!(cancelled.is_err(), "no whole frame yet");
+        for byte in &third[5..] {
+            far.write_all(&[*byte]).await.unwrap();
+        }
+        assert_eq!(next_revision(&mut stream).await, 3);
+        drop(far);
+        assert!(matches!(stream.next_response().await, Err(ClientError::Transport(_))), "the member ended it");
+    }
+
+    #[tokio::test]
+    async fn a_frame_of_another_request_or_an_oversized_one_is_refused() {
+        let (mut stream, mut far) = open_pair(7);
+        far.write_all(&progress(8, 1)).await.unwrap();
+        assert!(matches!(stream.next_response().await, Err(ClientError::Protocol(_))));
+        let (mut stream, mut far) = open_pair(7);
+        far.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        assert!(matches!(stream.next_response().await, Err(ClientError::Protocol(_))), "refused before it is read");
+    }
 }

@@ -10,6 +10,7 @@
 //! watches as it is now ([`WatchItem::Reread`] pages, the state a cache of the range starts over from) and continues
 //! with the events after that read, the way an informer relists and watches again.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use pando_protocol::envelope::{Request, Response};
@@ -17,7 +18,9 @@ use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::kv::{Consistency, KvEntry};
 use pando_protocol::watch::{WatchEvent, WatchRange, WatchRequest, WatchResponse};
 
-use crate::client::{Client, read_response};
+use tokio::time::{Instant, Sleep};
+
+use crate::client::Client;
 use crate::error::ClientError;
 use crate::stream::{Mover, OpenStream, movable};
 
@@ -58,6 +61,9 @@ pub struct Watch<'a> {
     reread_on_compacted: bool,
     /// A re-read under way: the revision of its first page (0 before it), and where the next page starts.
     reread: Option<(u64, Option<Vec<u8>>)>,
+    /// When the member last said something, and the timer that looks whether it went silent.
+    heard: Instant,
+    silence: Option<Pin<Box<Sleep>>>,
 }
 
 impl Client {
@@ -73,6 +79,8 @@ impl Client {
             mover: Mover::default(),
             reread_on_compacted: false,
             reread: None,
+            heard: Instant::now(),
+            silence: None,
         }
     }
 }
@@ -107,17 +115,29 @@ impl Watch<'_> {
             let silence = Duration::from_millis(u64::from(self.heartbeat_ms() * WATCH_SILENT_INTERVALS_MAX));
             let Some(stream) = self.stream.as_mut() else {
                 self.open().await?;
+                self.heard = Instant::now();
                 continue;
             };
-            // Silence past a few progress intervals: the member is cut off from us (read_response is not cancel-safe,
-            // so the stream is dropped, never read again).
-            let read = match tokio::time::timeout(silence, read_response(&mut stream.recv, stream.request_id)).await {
-                Ok(read) => read,
-                Err(_) => {
-                    self.lost("the member said nothing for several progress intervals").await?;
-                    continue;
-                }
+            // Silence past a few progress intervals: the member is cut off from us, and the watch moves on. One
+            // timer for the watch's life, re-armed when it fires (not set and cleared for every frame);
+            // `next_response` is cancel-safe, so racing it loses nothing.
+            let timer = self.silence.get_or_insert_with(|| Box::pin(tokio::time::sleep(silence)));
+            let read = tokio::select! {
+                biased;
+                read = stream.next_response() => Some(read),
+                () = timer.as_mut() => None,
             };
+            let Some(read) = read else {
+                let quiet_until = self.heard + silence;
+                if Instant::now() < quiet_until {
+                    timer.as_mut().reset(quiet_until);
+                } else {
+                    timer.as_mut().reset(Instant::now() + silence);
+                    self.lost("the member said nothing for several progress intervals").await?;
+                }
+                continue;
+            };
+            self.heard = Instant::now();
             let frame = match read {
                 Ok(Ok(Response::Watch(frame))) => frame,
                 Ok(Ok(other)) => return Err(ClientError::Protocol(format!("unexpected answer to a watch: {other:?}"))),
