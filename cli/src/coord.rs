@@ -46,7 +46,12 @@ pub enum LeaseCommand {
         #[arg(long, default_value = "")]
         prefix: String,
     },
-    List,
+    /// The leases under a prefix (their own prefix starts with it; default: every lease, which needs read access to
+    /// the whole keyspace).
+    List {
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -428,7 +433,7 @@ pub async fn lease(client: &Client, command: LeaseCommand, json: bool) -> anyhow
         LeaseCommand::Keepalive { lease, prefix } => CoordRequest::LeaseKeepAlive { lease, prefix: bytes(prefix) },
         LeaseCommand::Revoke { lease, prefix } => CoordRequest::LeaseRevoke { lease, prefix: bytes(prefix) },
         LeaseCommand::Ttl { lease, prefix } => CoordRequest::LeaseGet { lease, prefix: bytes(prefix) },
-        LeaseCommand::List => CoordRequest::LeaseList,
+        LeaseCommand::List { prefix } => CoordRequest::LeaseList { prefix: bytes(prefix.as_str()) },
     };
     match client.coord(request).await? {
         CoordResponse::Lease { lease } => print_lease(&lease, json),

@@ -16,6 +16,6 @@ pub use error::ClientError;
 pub use observe::Observation;
 pub use pando_protocol;
 pub use stream::{WATCH_RESUME_ATTEMPTS_MAX, WATCH_RESUME_BACKOFF_MS};
-pub use tokens::{MintedToken, TokenPage};
+pub use tokens::{MemberSecretRotation, MintedToken, TokenPage};
 pub use transport::{IrohTransport, Link, RecvHalf, SendHalf, Transport};
 pub use watch::{WATCH_HEARTBEAT_MS, WATCH_REREAD_PAGE_KEYS, WATCH_SILENT_INTERVALS_MAX, Watch, WatchItem};

@@ -272,6 +272,9 @@ enum ClusterCommand {
     /// Join tokens: `join-token create [--ttl 1h] [--uses 1] [--as learner|voter]` prints a join ticket.
     #[command(subcommand)]
     JoinToken(JoinTokenCommand),
+    /// Replace the member secret (the root of the plugins' signing keys) with a fresh one: every member signs with
+    /// the new keys once it applied the change; a removed member's copy of the old secret signs nothing current.
+    RotateSecret,
 }
 
 #[derive(Debug, Subcommand)]
@@ -418,6 +421,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(command) => token::token(&client, command, cli.json).await,
         Command::Cluster(ClusterCommand::JoinToken(JoinTokenCommand::Create(args))) => {
             token::join_token(&client, args, cli.json).await
+        }
+        Command::Cluster(ClusterCommand::RotateSecret) => {
+            let rotated = client.rotate_member_secret().await?;
+            if cli.json {
+                print_json(&json!({ "epoch": rotated.epoch, "rotated_ms": rotated.rotated_ms }));
+            } else {
+                println!("OK member secret rotated: epoch {}", rotated.epoch);
+            }
+            Ok(())
         }
         Command::Actors => {
             match client.cluster(ClusterRequest::Actors).await? {

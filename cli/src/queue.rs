@@ -81,9 +81,7 @@ pub enum QueueCommand {
         count: u32,
     },
     /// Counts and settings.
-    Status {
-        name: String,
-    },
+    Status { name: String },
     /// The dead letters.
     Dlq {
         name: String,
@@ -97,10 +95,13 @@ pub enum QueueCommand {
         count: u32,
     },
     /// Delete the queue and every message in it.
-    Delete {
-        name: String,
+    Delete { name: String },
+    /// The queues whose names start with a prefix (default: every queue, which needs read access to the whole
+    /// keyspace).
+    List {
+        #[arg(long, default_value = "")]
+        prefix: String,
     },
-    List,
 }
 
 fn queue_json(queue: &QueueInfo) -> serde_json::Value {
@@ -212,7 +213,7 @@ pub async fn queue(client: &Client, command: QueueCommand, json: bool) -> anyhow
         QueueCommand::Dlq { name, count } => CoordRequest::QueueDeadLetters { name: bytes(name), count },
         QueueCommand::Redrive { name, count } => CoordRequest::QueueRedrive { name: bytes(name), count },
         QueueCommand::Delete { name } => CoordRequest::QueueDelete { name: bytes(name) },
-        QueueCommand::List => CoordRequest::QueueList,
+        QueueCommand::List { prefix } => CoordRequest::QueueList { prefix: bytes(prefix.as_str()) },
     };
     let deleting = matches!(request, CoordRequest::QueueDelete { .. });
     match client.coord(request).await? {

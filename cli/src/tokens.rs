@@ -25,6 +25,13 @@ pub struct TokenPage {
     pub next: Option<Bytes>,
 }
 
+/// A rotation of the member secret: its new epoch, and the log time it took effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberSecretRotation {
+    pub epoch: u64,
+    pub rotated_ms: u64,
+}
+
 impl Client {
     async fn token_request(&self, request: TokenRequest) -> Result<TokenResponse, ClientError> {
         match self.request(Request::Token(request)).await? {
@@ -89,6 +96,14 @@ impl Client {
     pub async fn revoke_token(&self, accessor: Bytes) -> Result<bool, ClientError> {
         match self.token_request(TokenRequest::Revoke { accessor }).await? {
             TokenResponse::Revoked { existed } => Ok(existed),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Replaces the member secret with a fresh one the serving node draws (needs the token capability).
+    pub async fn rotate_member_secret(&self) -> Result<MemberSecretRotation, ClientError> {
+        match self.token_request(TokenRequest::RotateMemberSecret).await? {
+            TokenResponse::MemberSecretRotated { epoch, rotated_ms } => Ok(MemberSecretRotation { epoch, rotated_ms }),
             other => Err(unexpected(&other)),
         }
     }

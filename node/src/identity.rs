@@ -4,7 +4,9 @@
 //! `cluster.key` (mode 0600) is the members' shared secret (the actor mesh's cookie and plugins' signing keys derive
 //! from it; it mints no token); `node.json` holds the node id, cluster id, the address the node listens on and whether
 //! the founder recorded its admin token, so a restart reuses them; `ticket` (mode 0600) lists the members, and on the
-//! founder carries the admin token minted on its first start.
+//! founder carries the admin token minted on its first start. `node.key.next` (mode 0600) exists only while a key
+//! rotation is pending (`pando-node --rotate-key`): the running node registers it with the cluster, then renames it
+//! over `node.key` and restarts itself with it.
 
 use std::fs;
 use std::io::Write;
@@ -16,6 +18,7 @@ use anyhow::{Context, bail};
 use serde_json::json;
 
 const NODE_KEY_FILE: &str = "node.key";
+const NEXT_NODE_KEY_FILE: &str = "node.key.next";
 const CLUSTER_KEY_FILE: &str = "cluster.key";
 const NODE_FILE: &str = "node.json";
 const SECRET_KEY_BYTES: usize = 32;
@@ -66,25 +69,63 @@ pub fn load_or_create(dir: &Path) -> anyhow::Result<Identity> {
     Ok(Identity { node_key, cluster_key, record })
 }
 
-fn load_or_create_key(path: &Path) -> anyhow::Result<[u8; SECRET_KEY_BYTES]> {
-    match fs::read(path) {
-        Ok(bytes) => {
-            let mode = fs::metadata(path)?.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                bail!("{} is readable by others (mode {mode:o}); run `chmod 600 {}`", path.display(), path.display());
-            }
-            bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("{} must hold exactly {SECRET_KEY_BYTES} bytes", path.display()))
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let key = random_bytes::<SECRET_KEY_BYTES>();
-            write_private(path, &key)?;
-            Ok(key)
-        }
-        Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
+/// Starts a key rotation: writes a new key beside the current one, or keeps the one a pending rotation already wrote.
+/// Answers the new key and whether it was just made.
+pub fn begin_key_rotation(dir: &Path) -> anyhow::Result<([u8; SECRET_KEY_BYTES], bool)> {
+    if let Some(pending) = pending_key(dir)? {
+        return Ok((pending, false));
     }
+    let key = random_bytes::<SECRET_KEY_BYTES>();
+    write_private(&dir.join(NEXT_NODE_KEY_FILE), &key)?;
+    Ok((key, true))
+}
+
+/// The key of a pending rotation, if one is pending.
+pub fn pending_key(dir: &Path) -> anyhow::Result<Option<[u8; SECRET_KEY_BYTES]>> {
+    let path = dir.join(NEXT_NODE_KEY_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    load_key(&path).map(Some)
+}
+
+/// Ends a rotation the cluster registered: the pending key becomes the node's key (an atomic rename, made durable).
+pub fn finish_key_rotation(dir: &Path) -> anyhow::Result<()> {
+    let (next, current) = (dir.join(NEXT_NODE_KEY_FILE), dir.join(NODE_KEY_FILE));
+    fs::rename(&next, &current).with_context(|| format!("cannot move {} to {}", next.display(), current.display()))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    fs::File::open(dir)
+        .and_then(|directory| directory.sync_all())
+        .with_context(|| format!("cannot sync directory {}", dir.display()))
+}
+
+fn load_key(path: &Path) -> anyhow::Result<[u8; SECRET_KEY_BYTES]> {
+    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    check_private(path)?;
+    bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("{} must hold exactly {SECRET_KEY_BYTES} bytes", path.display()))
+}
+
+fn check_private(path: &Path) -> anyhow::Result<()> {
+    let mode = fs::metadata(path)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!("{} is readable by others (mode {mode:o}); run `chmod 600 {}`", path.display(), path.display());
+    }
+    Ok(())
+}
+
+fn load_or_create_key(path: &Path) -> anyhow::Result<[u8; SECRET_KEY_BYTES]> {
+    if path.exists() {
+        return load_key(path);
+    }
+    let key = random_bytes::<SECRET_KEY_BYTES>();
+    write_private(path, &key)?;
+    Ok(key)
 }
 
 /// Writes a file readable only by its owner, atomically (temporary file, fsync, rename).
@@ -100,7 +141,8 @@ pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     file.write_all(contents)?;
     file.sync_all()?;
     fs::rename(&temporary, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    // The rename itself survives a crash only once the directory is synced.
+    path.parent().map_or(Ok(()), sync_dir)
 }
 
 fn load_record(dir: &Path) -> anyhow::Result<Option<NodeRecord>> {

@@ -4,6 +4,7 @@
 
 mod identity;
 mod membership;
+mod rotation;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -92,6 +93,19 @@ struct Args {
     /// Seconds of KV change history kept for watches (0: no limit by age); a revision goes once either limit says so.
     #[arg(long, default_value_t = 0)]
     history_keep_secs: u64,
+    /// Rotate this node's key, then exit: writes a new key into the data directory (mode 0600). The running node
+    /// registers it with the cluster within a second and restarts itself with it (same process); a stopped node does
+    /// so on its next start. The old key is refused from then on.
+    #[arg(long)]
+    rotate_key: bool,
+}
+
+/// How `run` ended.
+enum Outcome {
+    /// Exit with this code.
+    Exit(i32),
+    /// The cluster registered this node's new key: restart in place with it.
+    Restart,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -101,12 +115,47 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(EnvFilter::try_from_env("PANDO_LOG").unwrap_or_else(|_| EnvFilter::new(LOG_FILTER_DEFAULT)))
         .init();
+    if args.rotate_key {
+        return begin_rotation(&args.data_dir);
+    }
+    let data_dir = args.data_dir.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let code = runtime.block_on(run(args))?;
-    std::process::exit(code);
+    let outcome = runtime.block_on(run(args))?;
+    runtime.shutdown_timeout(Duration::from_millis(SHUTDOWN_TIMEOUT_MS));
+    match outcome {
+        Outcome::Exit(code) => std::process::exit(code),
+        Outcome::Restart => restart_with_new_key(&data_dir),
+    }
 }
 
-async fn run(args: Args) -> anyhow::Result<i32> {
+/// `--rotate-key`: writes the new key (or reports the pending one) and says what happens next.
+fn begin_rotation(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        data_dir.join("node.json").exists(),
+        "{} holds no node that belongs to a cluster: there is no key to rotate",
+        data_dir.display()
+    );
+    let (key, fresh) = identity::begin_key_rotation(data_dir)?;
+    let public = SecretKey::from_bytes(&key).public();
+    if fresh {
+        println!("OK new node key {public}: the running node registers it and restarts with it within seconds");
+    } else {
+        println!("OK a rotation to key {public} is already pending; the node finishes it while it runs");
+    }
+    Ok(())
+}
+
+/// Makes the registered key the node's own and replaces this process with a fresh start of the same command line.
+fn restart_with_new_key(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    identity::finish_key_rotation(data_dir)?;
+    tracing::info!("node key rotated; restarting with the new key");
+    let executable = std::env::current_exe().context("cannot find this executable to restart it")?;
+    let error = std::process::Command::new(executable).args(std::env::args_os().skip(1)).exec();
+    Err(anyhow::anyhow!("cannot restart with the new key: {error}"))
+}
+
+async fn run(args: Args) -> anyhow::Result<Outcome> {
     identity::prepare_data_dir(&args.data_dir)?;
     if args.enable_fault_injection {
         tracing::warn!(
@@ -232,6 +281,8 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         me,
         node_key: identity.node_key,
     };
+    let mut rotation =
+        tokio::spawn(rotation::register_pending(args.data_dir.clone(), cluster_identity.clone(), handles.raft.clone()));
     let address_book = membership::write_tickets(&args.data_dir, &cluster_identity, &handles.raft)?;
     // The founder's first start (or its first since token records): mint the admin token, write it into the ticket
     // file (mode 0600) and print that ticket this once. Every later start prints the address book only.
@@ -266,16 +317,18 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     println!("{}", printed.encode());
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let code = tokio::select! {
-        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT received, shutting down"); 0 }
-        _ = terminate.recv() => { tracing::info!("SIGTERM received, shutting down"); 0 }
+    let outcome = tokio::select! {
+        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT received, shutting down"); Outcome::Exit(0) }
+        _ = terminate.recv() => { tracing::info!("SIGTERM received, shutting down"); Outcome::Exit(0) }
+        Ok(()) = &mut rotation => { tracing::info!("the cluster registered this node's new key; stopping to restart"); Outcome::Restart }
         result = root_handle => {
             // The root only exits by itself when a restart storm escalated past it.
             tracing::error!(?result, "supervision tree gave up");
-            1
+            Outcome::Exit(1)
         }
     };
-    if code == 0 {
+    rotation.abort();
+    if !matches!(outcome, Outcome::Exit(1)) {
         let stop = root.stop_and_wait(Some("shutdown".into()), Some(Duration::from_millis(SHUTDOWN_TIMEOUT_MS)));
         if stop.await.is_err() {
             tracing::warn!("supervision tree did not stop within {SHUTDOWN_TIMEOUT_MS} ms");
@@ -283,7 +336,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     }
     endpoint.close().await;
     tracing::info!("stopped");
-    Ok(code)
+    Ok(outcome)
 }
 
 /// How long the founder's first start may take to record its admin token.

@@ -75,7 +75,7 @@ pub async fn join(join_ticket: &str, me: MemberNode, node_key: [u8; 32]) -> anyh
 }
 
 /// The members as this node's log has them.
-fn members(raft: &RaftHandle) -> Vec<TicketNode> {
+pub(crate) fn members(raft: &RaftHandle) -> Vec<TicketNode> {
     raft.members().into_iter().map(|(node_id, node)| TicketNode { node_id, node }).collect()
 }
 
@@ -228,11 +228,22 @@ async fn ask(
     members: &[TicketNode],
     request: ClusterRequest,
 ) -> Result<ClusterResponse, ClientError> {
+    ask_as(identity, members, request, identity.node_key).await
+}
+
+/// Sends a cluster request over connections that authenticate with `key`, to whichever member leads (other members
+/// first: this node may be the one whose key is changing).
+pub(crate) async fn ask_as(
+    identity: &ClusterIdentity,
+    members: &[TicketNode],
+    request: ClusterRequest,
+    key: [u8; 32],
+) -> Result<ClusterResponse, ClientError> {
     let others: Vec<TicketNode> = members.iter().filter(|member| member.node_id != identity.node_id).cloned().collect();
     let nodes = if others.is_empty() { members.to_vec() } else { others };
     let ticket = identity.ticket(nodes, None).encode();
     let options = ClientOptions { timeout: Duration::from_millis(CLUSTER_REQUEST_TIMEOUT_MS) };
-    let client = Client::new_as(&ticket, options, identity.node_key).await?;
+    let client = Client::new_as(&ticket, options, key).await?;
     let response = client.cluster(request).await;
     client.close().await;
     response

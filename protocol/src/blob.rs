@@ -553,8 +553,12 @@ pub fn apply(
     Ok(Ok(BlobResponse::Record { hash, record }))
 }
 
+/// The coordination row that says the key-to-blob index is complete: set once a store written before the index
+/// existed had it rebuilt ([`key_reference`] rows for every KV row that points at a blob), and carried by snapshots.
+pub const KEY_INDEX_COMPLETE: &[u8] = b"m/blob-key-index";
+
 /// The row saying KV key `key` points at blob `hash`.
-fn key_reference(hash: &BlobHash, key: &[u8]) -> Vec<u8> {
+pub fn key_reference(hash: &BlobHash, key: &[u8]) -> Vec<u8> {
     let mut row = with(keys::BLOB_KEY, hash.as_bytes());
     row.extend_from_slice(key);
     row

@@ -47,6 +47,15 @@ pub enum ClusterRequest {
         node_id: u64,
         node: MemberNode,
     },
+    /// Replaces member `node_id`'s key (its iroh identity and credential) with `public_key`. Asked by the member
+    /// over its current key, or by an admin; `proof` is the new key's signature over
+    /// [`node_key_rotation_message`], so nobody registers a key they do not hold. From the commit on, the old key
+    /// is refused on every protocol and the node serves under the new one.
+    RotateNodeKey {
+        node_id: u64,
+        public_key: Bytes,
+        proof: Bytes,
+    },
     /// Prometheus text exposition of this node's metrics.
     Metrics,
     /// The node's supervision tree: each child, whether it runs, how often it restarted.
@@ -59,6 +68,17 @@ pub enum ClusterRequest {
     /// The node's actor mesh: its ractor_cluster sessions to other members, and a ping of every node agent in the
     /// cluster-wide process group, sent from this node.
     Mesh,
+}
+
+/// What a node's new key signs to prove it holds the key it asks to be registered under (the cluster and the node are
+/// in it, so a proof cannot be replayed for another node or cluster).
+pub fn node_key_rotation_message(cluster_id: &[u8], node_id: u64, public_key: &[u8]) -> Vec<u8> {
+    let mut message = b"pando node key rotation v1\0".to_vec();
+    message.extend_from_slice(&(cluster_id.len() as u64).to_be_bytes());
+    message.extend_from_slice(cluster_id);
+    message.extend_from_slice(&node_id.to_be_bytes());
+    message.extend_from_slice(public_key);
+    message
 }
 
 /// One ractor_cluster session as the mesh report shows it.

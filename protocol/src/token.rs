@@ -73,6 +73,8 @@ pub enum Access<'a> {
     TokenAdmin,
     /// Announcing the addresses of this node.
     NodeAddress(u64),
+    /// Replacing this node's key.
+    NodeKey(u64),
     /// Promoting this learner to a voter.
     Promote(u64),
 }
@@ -168,7 +170,7 @@ pub fn allows(capabilities: &[Capability], access: Access<'_>) -> bool {
             plugin.as_deref().is_none_or(|plugin| plugin == name)
         }
         (Capability::Node { .. }, Access::ClusterRead) => true,
-        (Capability::Node { node_id, .. }, Access::NodeAddress(id)) => *node_id == id,
+        (Capability::Node { node_id, .. }, Access::NodeAddress(id) | Access::NodeKey(id)) => *node_id == id,
         (Capability::Node { node_id, promote }, Access::Promote(id)) => *promote && *node_id == id,
         _ => false,
     })
@@ -197,6 +199,9 @@ pub enum TokenRequest {
     Revoke {
         accessor: Bytes,
     },
+    /// Replaces the member secret (the root of the plugins' signing keys) with a fresh one the serving node draws.
+    /// Members switch as they apply it; a removed member's copy of the old one signs nothing the cluster still signs.
+    RotateMemberSecret,
 }
 
 /// How a join token may be used.
@@ -222,6 +227,11 @@ pub enum TokenResponse {
     Revoked {
         existed: bool,
     },
+    /// The member secret's new epoch (the secret itself never leaves the members).
+    MemberSecretRotated {
+        epoch: u64,
+        rotated_ms: u64,
+    },
 }
 
 impl TokenRequest {
@@ -233,7 +243,7 @@ impl TokenRequest {
             }
             TokenRequest::Get { accessor } | TokenRequest::Revoke { accessor } => validate_accessor(accessor),
             TokenRequest::List { after: Some(after) } => validate_accessor(after),
-            TokenRequest::List { after: None } => Ok(()),
+            TokenRequest::List { after: None } | TokenRequest::RotateMemberSecret => Ok(()),
         }
     }
 }

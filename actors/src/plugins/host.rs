@@ -104,7 +104,9 @@ pub struct HostContext {
     raft: RaftHandle,
     services: Arc<dyn PluginHost>,
     pub runtime: tokio::runtime::Handle,
-    signing_key: SigningKey,
+    signing: SigningRoot,
+    /// The signing key of the member secret's epoch it was last derived for.
+    signing_key: Mutex<Option<(u64, SigningKey)>>,
     pub(crate) timers: Mutex<Timers>,
     pub(crate) hooks: Mutex<BTreeSet<String>>,
     routes: PluginRoutes,
@@ -132,7 +134,8 @@ impl HostContext {
         HostContext {
             plugin: manifest.name.clone(),
             generation,
-            signing_key: plugin_signing_key(&args.cluster_secret, &manifest.name),
+            signing: SigningRoot { founding: args.cluster_secret, storage: args.storage.clone() },
+            signing_key: Mutex::new(None),
             manifest,
             node_id: args.node_id,
             clock: args.clock,
@@ -162,6 +165,39 @@ impl HostContext {
 
     pub(crate) fn pending_timers(&self) -> usize {
         self.timers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pending.len()
+    }
+}
+
+/// Where a plugin's signing key comes from: the member secret of the latest rotation this node applied, or the
+/// secret the node was founded or joined with until the first rotation.
+#[derive(Clone)]
+pub struct SigningRoot {
+    pub founding: [u8; 32],
+    pub storage: crate::storage_actor::StorageHandle,
+}
+
+impl SigningRoot {
+    /// The member secret's current epoch and secret, as this node last applied.
+    pub fn current(&self) -> Result<(u64, [u8; 32]), WireError> {
+        let reader = self.storage.reader().map_err(|_| WireError::new(ErrorCode::Unavailable, "storage restarting"))?;
+        let rotated = reader.member_secret().map_err(|fault| WireError::new(ErrorCode::Internal, fault.to_string()))?;
+        Ok(rotated.map_or((0, self.founding), |record| (record.epoch, record.key())))
+    }
+}
+
+impl HostContext {
+    /// The plugin's signing key for the member secret as last applied here (derived again only after a rotation).
+    fn signing_key(&self) -> HostResult<SigningKey> {
+        let (epoch, secret) = self.signing.current().map_err(wire)?;
+        let mut cached = self.signing_key.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &*cached {
+            Some((derived_for, key)) if *derived_for == epoch => Ok(key.clone()),
+            _ => {
+                let key = plugin_signing_key(&secret, &self.plugin);
+                *cached = Some((epoch, key.clone()));
+                Ok(key)
+            }
+        }
     }
 }
 
@@ -412,11 +448,9 @@ fn sign(context: &HostContext, args: abi::SignArgs) -> HostResult<abi::Signed> {
     if args.message.len() > abi::SIGN_MESSAGE_BYTES_MAX {
         return Err(refuse(ErrorCode::TooLarge, format!("messages are at most {} bytes", abi::SIGN_MESSAGE_BYTES_MAX)));
     }
-    let signature = context.signing_key.sign(&args.message);
-    Ok(abi::Signed {
-        signature: signature.to_bytes().to_vec(),
-        public_key: context.signing_key.verifying_key().to_bytes().to_vec(),
-    })
+    let key = context.signing_key()?;
+    let signature = key.sign(&args.message);
+    Ok(abi::Signed { signature: signature.to_bytes().to_vec(), public_key: key.verifying_key().to_bytes().to_vec() })
 }
 
 fn verify(context: &HostContext, args: abi::VerifyArgs) -> HostResult<bool> {
@@ -425,7 +459,7 @@ fn verify(context: &HostContext, args: abi::VerifyArgs) -> HostResult<bool> {
         return Err(refuse(ErrorCode::TooLarge, format!("messages are at most {} bytes", abi::SIGN_MESSAGE_BYTES_MAX)));
     }
     let key = match args.public_key {
-        None => context.signing_key.verifying_key(),
+        None => context.signing_key()?.verifying_key(),
         Some(bytes) => {
             let bytes: [u8; 32] =
                 bytes.try_into().map_err(|_| refuse(ErrorCode::InvalidArgument, "a public key is 32 bytes"))?;

@@ -77,6 +77,7 @@ pub(crate) fn required(request: &Request) -> Vec<Access<'_>> {
             ClusterRequest::Promote { node_id } => Access::Promote(*node_id),
             // An admin, or the member itself.
             ClusterRequest::UpdateAddress { node_id, .. } => Access::NodeAddress(*node_id),
+            ClusterRequest::RotateNodeKey { node_id, .. } => Access::NodeKey(*node_id),
             ClusterRequest::AddLearner { .. } | ClusterRequest::Remove { .. } | ClusterRequest::InjectPanic { .. } => {
                 Access::ClusterAdmin
             }
@@ -112,6 +113,14 @@ mod tests {
         assert_eq!(required(&watch(range)), vec![Access::KvRead(b"app/".as_slice())]);
         let observe = Request::Observe(ObserveRequest::Election { name: bytes("leader") });
         assert_eq!(required(&observe), vec![Access::KvRead(b"leader".as_slice())]);
+    }
+
+    #[test]
+    fn listing_leases_or_queues_needs_read_access_to_the_prefix_listed() {
+        let leases = Request::Coord(CoordRequest::LeaseList { prefix: bytes("app/") });
+        assert_eq!(required(&leases), vec![Access::KvRead(b"app/".as_slice())]);
+        let queues = Request::Coord(CoordRequest::QueueList { prefix: bytes("") });
+        assert_eq!(required(&queues), vec![Access::KvRead(b"".as_slice())]);
     }
 
     #[test]

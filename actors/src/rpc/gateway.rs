@@ -16,13 +16,14 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::admission::{Unverified, UnverifiedSlot};
 use super::handler::{RpcContext, TokenCache, check, serve};
 use super::link::{ClientConnection, RpcListener, StreamRecv, StreamSend};
 use super::sim_link::SimRpcListener;
 use super::stream::{ReadFailure, read_request, write_response};
 use super::{
     RPC_CONNECTION_AUTH_TIMEOUT_MS, RPC_CONNECTION_CHECK_INTERVAL_MS, RPC_CONNECTION_IDLE_TIMEOUT_MS,
-    RPC_CONNECTIONS_MAX, RPC_REQUESTS_IN_FLIGHT_MAX, RPC_UNVERIFIED_STREAMS_PER_CONNECTION_MAX,
+    RPC_CONNECTIONS_MAX, RPC_EVICTION_WAIT_MS, RPC_REQUESTS_IN_FLIGHT_MAX, RPC_UNVERIFIED_STREAMS_PER_CONNECTION_MAX,
 };
 use crate::live::Live;
 use crate::supervision::{ActorDetail, Control};
@@ -54,6 +55,10 @@ impl From<Control> for RpcMsg {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RpcGatewayStatus {
     pub connections_open: usize,
+    /// Connections that have not presented a valid token yet.
+    pub connections_unverified: usize,
+    /// Unauthenticated connections closed to make room for newer ones.
+    pub connections_evicted: u64,
     pub requests_in_flight: usize,
     pub requests_total: u64,
     pub requests_refused_busy: u64,
@@ -72,8 +77,25 @@ struct Shared {
     /// Cancelled when the gateway stops: ends every connection and stream task of this instance.
     shutdown: CancellationToken,
     connections: Arc<Semaphore>,
+    /// The connections that have not authenticated yet, with limits of their own.
+    unverified: Arc<Unverified>,
     requests: Arc<Semaphore>,
     counters: Counters,
+}
+
+impl Shared {
+    /// A connection slot: a free one, else the slot of the oldest unauthenticated connection, closed to make room.
+    async fn connection_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(permit) = self.connections.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        if !self.unverified.evict_oldest() {
+            tracing::warn!("connection limit of {RPC_CONNECTIONS_MAX} reached, refusing a client");
+            return None;
+        }
+        let wait = Duration::from_millis(RPC_EVICTION_WAIT_MS);
+        tokio::time::timeout(wait, self.connections.clone().acquire_owned()).await.ok()?.ok()
+    }
 }
 
 /// Where the protocol router hands the running gateway its client connections.
@@ -96,8 +118,7 @@ impl GatewayHandle {
             connection.close(2u32.into(), b"rpc gateway restarting");
             return;
         };
-        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
-            tracing::warn!("connection limit of {RPC_CONNECTIONS_MAX} reached, refusing a client");
+        let Some(permit) = shared.connection_slot().await else {
             connection.close(5u32.into(), b"too many connections");
             return;
         };
@@ -142,6 +163,7 @@ impl Actor for RpcGateway {
             context: args.context,
             shutdown: CancellationToken::new(),
             connections: Arc::new(Semaphore::new(RPC_CONNECTIONS_MAX)),
+            unverified: Arc::default(),
             requests: Arc::new(Semaphore::new(RPC_REQUESTS_IN_FLIGHT_MAX)),
             counters: Counters::default(),
         });
@@ -182,8 +204,11 @@ impl Actor for RpcGateway {
             }
             RpcMsg::Status(reply) => {
                 let shared = &state.shared;
+                let (connections_unverified, connections_evicted) = shared.unverified.counts();
                 let _ = reply.send(RpcGatewayStatus {
                     connections_open: RPC_CONNECTIONS_MAX - shared.connections.available_permits(),
+                    connections_unverified,
+                    connections_evicted,
                     requests_in_flight: RPC_REQUESTS_IN_FLIGHT_MAX - shared.requests.available_permits(),
                     requests_total: shared.counters.requests_total.load(Ordering::Relaxed),
                     requests_refused_busy: shared.counters.requests_refused_busy.load(Ordering::Relaxed),
@@ -198,8 +223,7 @@ impl Actor for RpcGateway {
 /// Takes simulated connections while the listener lives; each is served in its own task holding one connection slot.
 async fn accept_loop(listener: SimRpcListener, shared: Arc<Shared>) {
     while let Some(connection) = listener.accept().await {
-        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
-            tracing::warn!("connection limit of {RPC_CONNECTIONS_MAX} reached, refusing a client");
+        let Some(permit) = shared.connection_slot().await else {
             connection.close();
             continue;
         };
@@ -222,6 +246,10 @@ async fn serve_client(connection: ClientConnection, shared: Arc<Shared>, permit:
 async fn serve_connection(connection: &ClientConnection, shared: Arc<Shared>) {
     let remote = connection.remote();
     tracing::debug!(%remote, "client connected");
+    // Until its first token verifies, the connection is one of the unauthenticated ones: it may be closed to make
+    // room for a newer connection (see `admission`).
+    let (slot, evicted) = shared.unverified.admit(connection.source());
+    let slot = Arc::new(std::sync::Mutex::new(Some(slot)));
     // Streams of one connection share its token cache.
     let cache = Arc::new(std::sync::Mutex::new(TokenCache::for_peer(connection.peer_key())));
     // Streams still being read and authenticated, per connection: a client that opens streams and stalls them (or
@@ -233,6 +261,11 @@ async fn serve_connection(connection: &ClientConnection, shared: Arc<Shared>) {
     loop {
         let accepted = tokio::select! {
             biased;
+            () = evicted.cancelled() => {
+                tracing::debug!(%remote, "closing an unauthenticated connection to make room for a newer one");
+                connection.close(7, b"unauthenticated connections at their limit");
+                return;
+            }
             accepted = connection.accept_bi() => accepted,
             () = tokio::time::sleep(Duration::from_millis(RPC_CONNECTION_CHECK_INTERVAL_MS)) => {
                 // A slot held by a client that never proves who it is, or that went quiet, is a slot another client lacks.
@@ -263,6 +296,7 @@ async fn serve_connection(connection: &ClientConnection, shared: Arc<Shared>) {
         let shared = shared.clone();
         let cache = cache.clone();
         let unverified = unverified.clone();
+        let slot = slot.clone();
         let shutdown = shared.shutdown.clone();
         let streams_open = streams_open.clone();
         streams_open.fetch_add(1, Ordering::Relaxed);
@@ -270,7 +304,7 @@ async fn serve_connection(connection: &ClientConnection, shared: Arc<Shared>) {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {}
-                () = serve_stream(send, recv, shared, cache, unverified) => {}
+                () = serve_stream(send, recv, shared, cache, unverified, slot) => {}
             }
             streams_open.fetch_sub(1, Ordering::Relaxed);
         });
@@ -285,6 +319,7 @@ async fn serve_stream(
     shared: Arc<Shared>,
     cache: Arc<std::sync::Mutex<TokenCache>>,
     unverified: Arc<Semaphore>,
+    connection_slot: Arc<std::sync::Mutex<Option<UnverifiedSlot>>>,
 ) {
     let Ok(slot) = unverified.acquire_owned().await else { return };
     let body = match read_request(&mut recv).await {
@@ -315,6 +350,8 @@ async fn serve_stream(
         }
     };
     drop(slot);
+    // The connection proved who it is: it is no longer one of the unauthenticated ones.
+    drop(connection_slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take());
     if super::watch::is_watch(&envelope) {
         // A watch lives long: it holds one of the watch service's slots, not one of the node's request slots.
         super::watch::serve_stream(&shared.context, envelope, send, recv).await;

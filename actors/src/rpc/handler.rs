@@ -247,6 +247,7 @@ pub(crate) fn authorise(caller: &Caller, access: Access<'_>) -> Result<(), WireE
         Access::PluginAdmin => "install or manage plugins",
         Access::TokenAdmin => "mint, list or revoke tokens",
         Access::NodeAddress(_) => "announce this node's address",
+        Access::NodeKey(_) => "replace this node's key (only the node itself, over its current key, or an admin)",
         Access::Promote(_) => "promote this node (an admin promotes learners, unless their join token said voter)",
     };
     Err(WireError::new(ErrorCode::Unauthorized, format!("`{}` may not {what}", caller.name)))

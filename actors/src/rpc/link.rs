@@ -39,6 +39,23 @@ pub(crate) enum ClientConnection {
 }
 
 impl ClientConnection {
+    /// Where the connection comes from, for the limits on unauthenticated connections: the address of the path it
+    /// uses (the client's key over a relay), or the simulated client.
+    pub(crate) fn source(&self) -> super::admission::Source {
+        use super::admission::Source;
+        match self {
+            ClientConnection::Iroh(connection) => {
+                let paths = connection.paths();
+                let path = paths.iter().find(|path| path.is_selected()).or_else(|| paths.iter().next());
+                match path.as_ref().map(|path| path.remote_addr()) {
+                    Some(iroh::TransportAddr::Ip(addr)) => Source::ip(addr.ip()),
+                    _ => Source::Key(*connection.remote_id().as_bytes()),
+                }
+            }
+            ClientConnection::Simulated(connection) => Source::Simulated(connection.client()),
+        }
+    }
+
     /// Who is on the other end, for logs.
     pub(crate) fn remote(&self) -> String {
         match self {

@@ -91,6 +91,9 @@ impl ClusterService {
             ClusterRequest::InjectPanic { actor } => inject_panic(self, &actor).await?,
             ClusterRequest::Mesh => mesh(self).await?,
             ClusterRequest::UpdateAddress { node_id, node } => update_address(self, node_id, node).await?,
+            ClusterRequest::RotateNodeKey { node_id, public_key, proof } => {
+                rotate_node_key(self, node_id, public_key, proof).await?
+            }
         })
     }
 
@@ -357,6 +360,57 @@ async fn update_address(
         .await
         .map_err(write_error)?;
     tracing::info!(node_id, "member address updated");
+    Ok(ClusterResponse::MembershipChanged { log_index: response.log_id.index })
+}
+
+/// Registers `public_key` as member `node_id`'s key once `proof` shows the caller holds it. Asking again after the
+/// change committed answers at once (a node that crashed before it switched keys asks again).
+async fn rotate_node_key(
+    context: &ClusterService,
+    node_id: NodeId,
+    public_key: Bytes,
+    proof: Bytes,
+) -> Result<ClusterResponse, WireError> {
+    let _guard = context.membership_lock.lock().await;
+    register_node_key(&context.raft, &context.cluster_id, node_id, public_key, proof).await
+}
+
+/// The leader's part of a key rotation, also called in-process by a leader that rotates its own key (it cannot call
+/// itself over the network as its own key): checks the proof, then commits the member's new key with its addresses.
+pub async fn register_node_key(
+    raft: &RaftHandle,
+    cluster_id: &[u8],
+    node_id: NodeId,
+    public_key: Bytes,
+    proof: Bytes,
+) -> Result<ClusterResponse, WireError> {
+    let key: [u8; 32] =
+        public_key.as_slice().try_into().map_err(|_| WireError::invalid("a node's public key is 32 bytes"))?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&key).map_err(|_| WireError::invalid("not an ed25519 key"))?;
+    let signature = ed25519_dalek::Signature::from_slice(&proof)
+        .map_err(|_| WireError::invalid("a proof is a 64-byte signature"))?;
+    let message = pando_protocol::cluster::node_key_rotation_message(cluster_id, node_id, &public_key);
+    key.verify_strict(&message, &signature)
+        .map_err(|_| WireError::new(ErrorCode::Unauthorized, "the proof is not the new key's signature"))?;
+    let handles = raft.core()?;
+    handles.ensure_leader().await?;
+    let membership = handles.raft.metrics().borrow().membership_config.membership().clone();
+    let Some(current) = membership.get_node(&node_id) else {
+        return Err(WireError::new(ErrorCode::NotFound, format!("node {node_id} is not a member")));
+    };
+    if current.public_key == public_key {
+        return Ok(ClusterResponse::MembershipChanged { log_index: 0 });
+    }
+    if membership.nodes().any(|(other, node)| *other != node_id && node.public_key == public_key) {
+        return Err(WireError::new(ErrorCode::Conflict, "another member has this key"));
+    }
+    let node = MemberNode { public_key, addrs: current.addrs.clone() };
+    let response = handles
+        .raft
+        .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(node_id, node)])), true)
+        .await
+        .map_err(write_error)?;
+    tracing::info!(node_id, "member key replaced");
     Ok(ClusterResponse::MembershipChanged { log_index: response.log_id.index })
 }
 

@@ -11,7 +11,7 @@ use pando_protocol::command::{Command, CommandOutput};
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::kv::Bytes;
 use pando_protocol::limits::{JOIN_TOKEN_TTL_MS_DEFAULT, TOKEN_PROPAGATION_WAIT_MS, TOKEN_TTL_MS_DEFAULT};
-use pando_protocol::token::records::{Refused, TokenCommand, TokenOutput};
+use pando_protocol::token::records::{MEMBER_SECRET_BYTES, Refused, SecretBytes, TokenCommand, TokenOutput};
 use pando_protocol::token::{
     ACCESSOR_BYTES, Capability, CapabilityToken, JoinSpec, SECRET_BYTES, TokenInfo, TokenRequest, TokenResponse,
 };
@@ -58,13 +58,15 @@ pub fn fresh_token() -> CapabilityToken {
 
 fn fresh_token_from(randomness: TokenRandomness) -> CapabilityToken {
     let mut random = [0u8; ACCESSOR_BYTES + SECRET_BYTES];
-    match randomness {
-        TokenRandomness::Os => rand::fill(&mut random),
-        TokenRandomness::Seeded => {
-            rand_core_06::RngCore::fill_bytes(&mut crate::raft::runtime::ThreadRng, &mut random);
-        }
-    }
+    fill_random(randomness, &mut random);
     CapabilityToken::from_random(random)
+}
+
+fn fill_random(randomness: TokenRandomness, bytes: &mut [u8]) {
+    match randomness {
+        TokenRandomness::Os => rand::fill(bytes),
+        TokenRandomness::Seeded => rand_core_06::RngCore::fill_bytes(&mut crate::raft::runtime::ThreadRng, bytes),
+    }
 }
 
 /// The log command that records `token` (the lifetime as a request gives it: `None` the default, `Some(0)` never).
@@ -124,6 +126,18 @@ impl TokenService {
                 match self.propose(TokenCommand::Revoke { accessor }, timeout).await? {
                     TokenOutput::Revoked { existed } => Ok(TokenResponse::Revoked { existed }),
                     other => Err(unexpected("token revocation", &other)),
+                }
+            }
+            TokenRequest::RotateMemberSecret => {
+                let mut secret = [0u8; MEMBER_SECRET_BYTES];
+                fill_random(self.randomness, &mut secret);
+                let command = TokenCommand::RotateMemberSecret { secret: SecretBytes(Bytes::from(secret.to_vec())) };
+                match self.propose(command, timeout).await? {
+                    TokenOutput::MemberSecretRotated { epoch, rotated_ms } => {
+                        tracing::info!(epoch, "member secret rotated");
+                        Ok(TokenResponse::MemberSecretRotated { epoch, rotated_ms })
+                    }
+                    other => Err(unexpected("member secret rotation", &other)),
                 }
             }
         }

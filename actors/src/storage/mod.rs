@@ -15,7 +15,7 @@ mod state_machine_store;
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 
 pub use log_store::LogStore;
 pub use redb_tables::{HistoryPage, StateReader};
@@ -135,14 +135,49 @@ fn open_database(dir: &Path, database: Database) -> Result<Stores, StorageError>
         // Create every table up front so readers never meet a missing table.
         write.open_table(LOG_TABLE).map_err(|error| write_error(&error))?;
         write.open_table(RAFT_META_TABLE).map_err(|error| write_error(&error))?;
-        write.open_table(KV_TABLE).map_err(|error| write_error(&error))?;
-        write.open_table(COORD_TABLE).map_err(|error| write_error(&error))?;
+        let kv = write.open_table(KV_TABLE).map_err(|error| write_error(&error))?;
+        let mut coord = write.open_table(COORD_TABLE).map_err(|error| write_error(&error))?;
         write.open_table(HISTORY_TABLE).map_err(|error| write_error(&error))?;
         write.open_table(SM_META_TABLE).map_err(|error| write_error(&error))?;
+        complete_blob_key_index(&kv, &mut coord)?;
     }
     write.commit().map_err(|error| write_error(&error))?;
     let state_machine = StateMachineStore::new(database.clone(), dir.join("snapshots"))?;
     Ok(Stores { log: LogStore::new(database.clone()), reader: StateReader::new(database), state_machine })
+}
+
+/// Completes the key-to-blob index (`Bk/` rows, which token scopes over blobs read) of a state written before the
+/// index existed: every KV row that points at a blob gets its row, then [`KEY_INDEX_COMPLETE`] says so. The rows are
+/// a function of the KV rows alone, so every member computes the same ones. Runs when a store opens and after a
+/// snapshot install (a snapshot from before the index has neither rows nor marker); answers the rows added.
+///
+/// [`KEY_INDEX_COMPLETE`]: pando_protocol::blob::KEY_INDEX_COMPLETE
+pub(crate) fn complete_blob_key_index(
+    kv: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    coord: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+) -> Result<usize, StorageError> {
+    use pando_protocol::blob::{KEY_INDEX_COMPLETE, key_reference};
+    if coord.get(KEY_INDEX_COMPLETE).map_err(|error| read_error(&error))?.is_some() {
+        return Ok(0);
+    }
+    let mut added = 0;
+    for row in kv.iter().map_err(|error| read_error(&error))? {
+        let (key, value) = row.map_err(|error| read_error(&error))?;
+        let Some(blob) =
+            pando_protocol::stored_value::StoredValue::decode(value.value()).and_then(|stored| stored.blob)
+        else {
+            continue;
+        };
+        let reference = key_reference(&blob.hash, key.value());
+        if coord.insert(reference.as_slice(), [].as_slice()).map_err(|error| write_error(&error))?.is_none() {
+            added += 1;
+        }
+    }
+    coord.insert(KEY_INDEX_COMPLETE, [].as_slice()).map_err(|error| write_error(&error))?;
+    if added > 0 {
+        tracing::info!(added, "completed the key-to-blob index of blobs recorded before it existed");
+    }
+    Ok(added)
 }
 
 pub(crate) fn read_error(error: &(impl std::error::Error + 'static)) -> StorageError {

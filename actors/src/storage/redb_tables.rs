@@ -340,6 +340,11 @@ impl StateReader {
         self.with_coord(|tables| pando_protocol::token::records::list(tables, after))
     }
 
+    /// The member secret of the latest rotation, as last applied (`None`: never rotated).
+    pub fn member_secret(&self) -> Result<Option<pando_protocol::token::records::MemberSecretRecord>, StorageFault> {
+        self.with_coord(pando_protocol::token::records::member_secret)
+    }
+
     /// Whether some KV key that points at blob `hash` passes `allowed` (a caller's scope over the blob).
     pub fn blob_reachable(
         &self,

@@ -255,6 +255,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         target.insert(key.as_slice(), value.as_slice()).map_err(|error| write_error(&error))?;
                     }
                 }
+                super::complete_blob_key_index(&kv, &mut coord)?;
                 if format_version < SNAPSHOT_FORMAT_WITH_HISTORY {
                     // The snapshot carries no history: this node holds none up to the snapshot's revision.
                     let mut tables = Tables { kv: (), coord, events: Vec::new() };

@@ -245,3 +245,51 @@ async fn the_applied_digest_follows_the_entries_and_travels_with_snapshots() {
     }
     assert_eq!(stores[3].reader.applied().unwrap(), stores[0].reader.applied().unwrap());
 }
+
+/// A store written before the key-to-blob index existed (a KV row pointing at a blob, no `Bk/` row) gets the index
+/// rows on its next open, once: the marker says the index is complete from then on.
+#[test]
+fn a_store_from_before_the_key_index_gets_its_rows_when_it_opens() {
+    use pando_protocol::blob::{BlobHash, BlobRef, KEY_INDEX_COMPLETE, key_reference};
+    use pando_protocol::stored_value::StoredValue;
+    use redb::{ReadableDatabase, ReadableTable};
+
+    let dir = tempfile::tempdir().unwrap();
+    let hash = BlobHash::from_slice(&[9; 32]).unwrap();
+    drop(super::open(dir.path()).unwrap());
+    {
+        // Rewind the store to its old shape: a blob-valued row, an inline row, and no index or marker.
+        let database = redb::Database::create(dir.path().join("pando.redb")).unwrap();
+        let write = database.begin_write().unwrap();
+        {
+            let mut kv = write.open_table(super::KV_TABLE).unwrap();
+            let blob = StoredValue {
+                create_revision: 1,
+                mod_revision: 1,
+                version: 1,
+                value: Vec::new(),
+                blob: Some(BlobRef { hash, size: 5 }),
+            };
+            kv.insert(b"secret/big".as_slice(), blob.encode().as_slice()).unwrap();
+            let inline =
+                StoredValue { create_revision: 2, mod_revision: 2, version: 1, value: b"v".to_vec(), blob: None };
+            kv.insert(b"small".as_slice(), inline.encode().as_slice()).unwrap();
+            let mut coord = write.open_table(super::COORD_TABLE).unwrap();
+            coord.remove(KEY_INDEX_COMPLETE).unwrap();
+        }
+        write.commit().unwrap();
+    }
+    let stores = super::open(dir.path()).unwrap();
+    let reachable = |allowed: &'static [u8]| {
+        stores.reader.blob_reachable(&hash, &move |key: &[u8]| key.starts_with(allowed)).unwrap()
+    };
+    assert!(reachable(b"secret/"), "the index row was rebuilt");
+    assert!(!reachable(b"public/"));
+    drop(stores);
+    let database = redb::Database::create(dir.path().join("pando.redb")).unwrap();
+    let read = database.begin_read().unwrap();
+    let coord = read.open_table(super::COORD_TABLE).unwrap();
+    assert!(coord.get(KEY_INDEX_COMPLETE).unwrap().is_some());
+    assert!(coord.get(key_reference(&hash, b"secret/big").as_slice()).unwrap().is_some());
+    assert!(coord.iter().unwrap().filter(|row| row.as_ref().unwrap().0.value().starts_with(b"Bk/")).count() == 1);
+}

@@ -20,6 +20,9 @@ pub const LEASE_TTL_MS_MAX: u64 = 24 * 60 * 60 * 1000;
 pub const LEASE_ATTACHMENTS_COUNT_MAX: usize = 1_024;
 /// Most leases one `LeaseList` answer carries.
 pub const LEASE_LIST_COUNT_MAX: usize = 1_000;
+/// Most lease rows one listing reads while looking for those of its prefix.
+pub const LEASE_LIST_SCAN_ROWS_MAX: usize = 100_000;
+const _: () = assert!(LEASE_LIST_COUNT_MAX <= LEASE_LIST_SCAN_ROWS_MAX);
 /// Most leases one proposal expires; the rest expire with the next one.
 pub const EXPIRIES_PER_PROPOSAL_MAX: u32 = 1_024;
 
@@ -328,7 +331,32 @@ pub(crate) fn get(
     Ok(load_under(store, id, prefix)?.map(|lease| CoordResponse::Lease { lease }).ok_or_else(|| not_found(id)))
 }
 
-pub(crate) fn list(store: &impl CoordRead) -> Result<Result<CoordResponse, WireError>, StorageFault> {
-    let (leases, truncated) = super::load_under(store, keys::LEASE, LEASE_LIST_COUNT_MAX)?;
-    Ok(Ok(CoordResponse::Leases { leases, truncated }))
+/// The leases that belong to `prefix`, in id order. Leases are keyed by id, so a listing for a prefix reads them
+/// all: it stops after [`LEASE_LIST_SCAN_ROWS_MAX`] rows and says the answer is truncated.
+pub(crate) fn list(store: &impl CoordRead, prefix: &[u8]) -> Result<Result<CoordResponse, WireError>, StorageFault> {
+    let mut leases = Vec::new();
+    let (mut scanned, mut truncated, mut fault) = (0usize, false, None);
+    store.coord_scan(keys::LEASE, &mut |key, bytes| {
+        if leases.len() >= LEASE_LIST_COUNT_MAX || scanned >= LEASE_LIST_SCAN_ROWS_MAX {
+            truncated = true;
+            return ControlFlow::Break(());
+        }
+        scanned += 1;
+        match super::decode::<LeaseInfo>(key, bytes) {
+            Ok(lease) => {
+                if lease.prefix.starts_with(prefix) {
+                    leases.push(lease);
+                }
+                ControlFlow::Continue(())
+            }
+            Err(error) => {
+                fault = Some(error);
+                ControlFlow::Break(())
+            }
+        }
+    })?;
+    match fault {
+        Some(fault) => Err(fault),
+        None => Ok(Ok(CoordResponse::Leases { leases, truncated })),
+    }
 }

@@ -274,8 +274,12 @@ pub enum CoordRequest {
         #[serde(default, skip_serializing_if = "crate::kv::no_bytes")]
         prefix: Bytes,
     },
-    /// Reads every lease (at most [`LEASE_LIST_COUNT_MAX`](lease::LEASE_LIST_COUNT_MAX)).
-    LeaseList,
+    /// Reads the leases that belong to `prefix` (their own prefix starts with it; empty: every lease), at most
+    /// [`LEASE_LIST_COUNT_MAX`](lease::LEASE_LIST_COUNT_MAX), so a scoped token lists only its own part.
+    LeaseList {
+        #[serde(default, skip_serializing_if = "crate::kv::no_bytes")]
+        prefix: Bytes,
+    },
     /// Takes `name` for `lease` if it is free; answers `CONFLICT` naming the holder if not. Taking a lock the lease
     /// already holds answers the same token again.
     LockAcquire {
@@ -470,8 +474,12 @@ pub enum CoordRequest {
     QueueDelete {
         name: Bytes,
     },
-    /// Every queue (at most [`QUEUE_LIST_COUNT_MAX`](queue::QUEUE_LIST_COUNT_MAX)).
-    QueueList,
+    /// The queues whose names start with `prefix` (empty: every queue), at most
+    /// [`QUEUE_LIST_COUNT_MAX`](queue::QUEUE_LIST_COUNT_MAX).
+    QueueList {
+        #[serde(default, skip_serializing_if = "crate::kv::no_bytes")]
+        prefix: Bytes,
+    },
     /// Enters `lease` into barrier `name` of `parties`; the answer says whether the round is open. With `wait_ms` the
     /// node parks the request until it opens.
     BarrierEnter {
@@ -766,7 +774,7 @@ impl CoordRequest {
         !matches!(
             self,
             CoordRequest::LeaseGet { .. }
-                | CoordRequest::LeaseList
+                | CoordRequest::LeaseList { .. }
                 | CoordRequest::LockGet { .. }
                 | CoordRequest::SemaphoreGet { .. }
                 | CoordRequest::RwLockGet { .. }
@@ -777,7 +785,7 @@ impl CoordRequest {
                 | CoordRequest::QueuePeek { .. }
                 | CoordRequest::QueueDeadLetters { .. }
                 | CoordRequest::QueueGet { .. }
-                | CoordRequest::QueueList
+                | CoordRequest::QueueList { .. }
                 | CoordRequest::BarrierGet { .. }
                 | CoordRequest::ServiceDiscover { .. }
         )
@@ -827,12 +835,14 @@ impl CoordRequest {
             | CoordRequest::ServiceHealth { service: name, .. }
             | CoordRequest::ServiceDeregister { service: name, .. }
             | CoordRequest::ServiceDiscover { service: name, .. } => Some(name),
-            // A lease's name is its prefix; the whole keyspace when it has none.
+            // A lease's name is its prefix, a listing's the prefix it lists; the whole keyspace when there is none.
             CoordRequest::LeaseGrant { prefix, .. }
             | CoordRequest::LeaseKeepAlive { prefix, .. }
             | CoordRequest::LeaseRevoke { prefix, .. }
-            | CoordRequest::LeaseGet { prefix, .. } => (!prefix.is_empty()).then_some(prefix.as_slice()),
-            CoordRequest::LeaseList | CoordRequest::QueueList | CoordRequest::Tick => None,
+            | CoordRequest::LeaseGet { prefix, .. }
+            | CoordRequest::LeaseList { prefix }
+            | CoordRequest::QueueList { prefix } => (!prefix.is_empty()).then_some(prefix.as_slice()),
+            CoordRequest::Tick => None,
         }
     }
 
@@ -1111,7 +1121,7 @@ pub fn read(store: &impl CoordRead, request: &CoordRequest) -> Result<Result<Coo
     }
     match request {
         CoordRequest::LeaseGet { lease, prefix } => lease::get(store, *lease, prefix),
-        CoordRequest::LeaseList => lease::list(store),
+        CoordRequest::LeaseList { prefix } => lease::list(store, prefix),
         CoordRequest::LockGet { name } => lock::get(store, name),
         CoordRequest::SemaphoreGet { name } => semaphore::get(store, name),
         CoordRequest::RwLockGet { name } => rwlock::get(store, name),
@@ -1121,7 +1131,7 @@ pub fn read(store: &impl CoordRead, request: &CoordRequest) -> Result<Result<Coo
         CoordRequest::QueuePeek { name, count } => queue::list_messages(store, name, *count, false),
         CoordRequest::QueueDeadLetters { name, count } => queue::list_messages(store, name, *count, true),
         CoordRequest::QueueGet { name } => queue::get(store, name),
-        CoordRequest::QueueList => queue::list(store),
+        CoordRequest::QueueList { prefix } => queue::list(store, prefix),
         CoordRequest::BarrierGet { name } => barrier::get(store, name),
         CoordRequest::ServiceDiscover { service, passing_only } => service::discover(store, service, *passing_only),
         _ => Ok(Err(WireError::invalid("not a read request"))),

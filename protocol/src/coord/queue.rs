@@ -682,7 +682,8 @@ pub(crate) fn list_messages(
     Ok(Ok(CoordResponse::QueueMessages { messages, truncated }))
 }
 
-pub(crate) fn list(store: &impl CoordRead) -> Result<Result<CoordResponse, WireError>, StorageFault> {
-    let (queues, truncated) = super::load_under(store, keys::QUEUE, QUEUE_LIST_COUNT_MAX as usize)?;
+/// The queues whose names start with `prefix`, in name order.
+pub(crate) fn list(store: &impl CoordRead, prefix: &[u8]) -> Result<Result<CoordResponse, WireError>, StorageFault> {
+    let (queues, truncated) = super::load_under(store, &queue_key(prefix), QUEUE_LIST_COUNT_MAX as usize)?;
     Ok(Ok(CoordResponse::Queues { queues, truncated }))
 }

@@ -801,3 +801,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_queue_listing_shows_only_the_queues_whose_names_start_with_its_prefix() {
+    let mut tables = MemoryTables::default();
+    for name in ["app/a", "app/b", "jobs/x"] {
+        let request = CoordRequest::QueueCreate { name: bytes(name), visibility_ms: 1_000, max_deliveries: 3 };
+        run(&mut tables, 1, request).unwrap();
+    }
+    let names = |tables: &mut MemoryTables, prefix: &str| match run(
+        tables,
+        2,
+        CoordRequest::QueueList { prefix: bytes(prefix) },
+    ) {
+        Ok(CoordResponse::Queues { queues, truncated: false }) => {
+            queues.into_iter().map(|queue| String::from_utf8(queue.name.into_vec()).unwrap()).collect::<Vec<_>>()
+        }
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(names(&mut tables, ""), ["app/a", "app/b", "jobs/x"]);
+    assert_eq!(names(&mut tables, "app/"), ["app/a", "app/b"]);
+    assert_eq!(names(&mut tables, "nothing/"), Vec::<String>::new());
+}

@@ -80,6 +80,21 @@ fn a_lease_holds_only_what_is_under_its_prefix_and_answers_only_callers_there() 
     for claim in ["", "jo", "jobs/"] {
         assert!(run(&mut tables, 1_300, CoordRequest::LeaseGet { lease: lease.id, prefix: bytes(claim) }).is_ok());
     }
+    // A listing shows the leases under the prefix it names: the whole keyspace's lease only to a whole-keyspace list.
+    let whole = grant(&mut tables, 1_300, 5_000);
+    let listed = |tables: &mut MemoryTables, claim: &str| match run(
+        tables,
+        1_300,
+        CoordRequest::LeaseList { prefix: bytes(claim) },
+    ) {
+        Ok(CoordResponse::Leases { leases, truncated: false }) => {
+            leases.iter().map(|lease| lease.id).collect::<Vec<_>>()
+        }
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(listed(&mut tables, ""), vec![lease.id, whole]);
+    assert_eq!(listed(&mut tables, "jo"), vec![lease.id]);
+    assert_eq!(listed(&mut tables, "app/"), Vec::<u64>::new());
     let revoked = run(&mut tables, 1_400, CoordRequest::LeaseRevoke { lease: lease.id, prefix: bytes("jobs/") });
     assert!(matches!(revoked.unwrap(), CoordResponse::Revoked { released_locks, deleted_keys }
         if released_locks == vec![bytes("jobs/main")] && deleted_keys == vec![bytes("jobs/k")]));

@@ -2,7 +2,9 @@
 //! every node authenticates with.
 //!
 //! Rows (coordination table): `A/<accessor>` holds a [`TokenRecord`]; `An/<node id, 8 bytes big-endian>` holds
-//! whether the join token that admitted that node lets it promote itself. Expiry is judged by log time here and by the
+//! whether the join token that admitted that node lets it promote itself; `Am` holds the member secret of the latest
+//! rotation ([`MemberSecretRecord`]; absent until the first, when every member uses the secret it was founded or
+//! joined with). Expiry is judged by log time here and by the
 //! node's clock when authenticating, so a token is refused from the moment either says it expired.
 //!
 //! Invariants: a record is written only by [`TokenCommand::Create`], never overwritten with another secret hash
@@ -22,6 +24,42 @@ use crate::state_machine::StorageFault;
 
 const RECORD: &[u8] = b"A/";
 const NODE: &[u8] = b"An/";
+const MEMBER_SECRET: &[u8] = b"Am";
+
+/// Bytes of a member secret.
+pub const MEMBER_SECRET_BYTES: usize = 32;
+
+/// A secret carried through the log: serialised as bytes, never printed (`Debug` shows only its length), so a traced
+/// command or record cannot leak it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretBytes(pub Bytes);
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretBytes({} bytes, redacted)", self.0.len())
+    }
+}
+
+/// The member secret of the latest rotation: what members derive the plugins' signing keys from from the moment
+/// they apply it. Epoch 0 is the secret the cluster was founded with (kept in each member's `cluster.key`, never in
+/// the log).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberSecretRecord {
+    pub epoch: u64,
+    pub secret: SecretBytes,
+    /// Log time of the rotation.
+    pub rotated_ms: u64,
+}
+
+impl MemberSecretRecord {
+    /// The secret as a key (the record was checked to hold [`MEMBER_SECRET_BYTES`] bytes when it was applied).
+    pub fn key(&self) -> [u8; MEMBER_SECRET_BYTES] {
+        let mut key = [0u8; MEMBER_SECRET_BYTES];
+        key.copy_from_slice(&self.secret.0[..MEMBER_SECRET_BYTES]);
+        key
+    }
+}
 
 /// What the state keeps per token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +96,11 @@ pub enum TokenCommand {
     ForgetNode {
         node_id: u64,
     },
+    /// Replaces the member secret with one the proposing node drew: the next epoch. Members that apply it sign for
+    /// plugins with keys derived from it; a node removed before it never learns it.
+    RotateMemberSecret {
+        secret: SecretBytes,
+    },
 }
 
 /// Results of [`TokenCommand`]s.
@@ -72,6 +115,10 @@ pub enum TokenOutput {
         voter: bool,
     },
     Forgotten,
+    MemberSecretRotated {
+        epoch: u64,
+        rotated_ms: u64,
+    },
 }
 
 fn record_key(accessor: &[u8]) -> Vec<u8> {
@@ -85,6 +132,11 @@ fn node_key(node_id: u64) -> Vec<u8> {
 /// The record of `accessor`, if any.
 pub fn record(store: &impl CoordRead, accessor: &[u8]) -> Result<Option<TokenRecord>, StorageFault> {
     crate::coord::load(store, &record_key(accessor))
+}
+
+/// The member secret of the latest rotation (`None`: never rotated, the founding secret holds).
+pub fn member_secret(store: &impl CoordRead) -> Result<Option<MemberSecretRecord>, StorageFault> {
+    crate::coord::load(store, MEMBER_SECRET)
 }
 
 /// Whether the join token that admitted `node_id` lets it promote itself.
@@ -250,6 +302,15 @@ pub fn apply(
         TokenCommand::ForgetNode { node_id } => {
             store.coord_delete(&node_key(*node_id))?;
             Ok(Ok(TokenOutput::Forgotten))
+        }
+        TokenCommand::RotateMemberSecret { secret } => {
+            if secret.0.len() != MEMBER_SECRET_BYTES {
+                return Ok(Err(WireError::invalid(format!("a member secret is {MEMBER_SECRET_BYTES} bytes"))));
+            }
+            let epoch = member_secret(store)?.map_or(0, |current| current.epoch) + 1;
+            let record = MemberSecretRecord { epoch, secret: secret.clone(), rotated_ms: now };
+            crate::coord::save(store, MEMBER_SECRET, &record)?;
+            Ok(Ok(TokenOutput::MemberSecretRotated { epoch, rotated_ms: now }))
         }
     }
 }

@@ -234,3 +234,27 @@ fn a_token_debug_print_shows_the_accessor_and_hides_the_secret() {
     assert!(!printed.contains(&hex(&token(11).secret)));
     assert!(printed.contains("redacted"));
 }
+
+#[test]
+fn each_member_secret_rotation_is_the_next_epoch_and_a_malformed_secret_changes_nothing() {
+    let mut tables = MemoryTables::default();
+    assert_eq!(records::member_secret(&tables).unwrap(), None, "never rotated: the founding secret holds");
+    let rotate = |byte: u8, len: usize| TokenCommand::RotateMemberSecret {
+        secret: records::SecretBytes(Bytes::from(vec![byte; len])),
+    };
+    let short = run(&mut tables, 5, rotate(1, 31)).unwrap_err();
+    assert_eq!(short.code, ErrorCode::InvalidArgument);
+    assert_eq!(records::member_secret(&tables).unwrap(), None);
+    assert_eq!(
+        run(&mut tables, 10, rotate(1, 32)).unwrap(),
+        TokenOutput::MemberSecretRotated { epoch: 1, rotated_ms: 10 }
+    );
+    assert_eq!(
+        run(&mut tables, 20, rotate(2, 32)).unwrap(),
+        TokenOutput::MemberSecretRotated { epoch: 2, rotated_ms: 20 }
+    );
+    let current = records::member_secret(&tables).unwrap().unwrap();
+    assert_eq!((current.epoch, current.key(), current.rotated_ms), (2, [2; 32], 20));
+    // A traced command or record never shows the secret.
+    assert!(!format!("{:?} {current:?}", rotate(7, 32)).contains("7, 7"));
+}
