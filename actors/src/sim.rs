@@ -45,6 +45,9 @@ pub enum PlantedBug {
     /// An election observer reads the election once, when it opens, and never again (it only repeats that state as
     /// its heartbeat).
     ObserveStale = 32,
+    /// The KV service drops the fencing conditions of a transaction before proposing it (a write fenced by a lock
+    /// token lands whoever holds the lock).
+    FenceDropped = 64,
 }
 
 thread_local! {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use pando_protocol::command::{Command, CommandOutput};
 use pando_protocol::error::{ErrorDetail, WireError};
-use pando_protocol::kv::{Bytes, Consistency, KvEntry, KvRequest, KvResponse, TxnOp};
+use pando_protocol::kv::{Bytes, CompareTarget, Consistency, KvEntry, KvRequest, KvResponse, TxnOp};
 use pando_protocol::plugin::PluginCommand;
 
 use super::blobs::BlobService;
@@ -57,6 +57,15 @@ impl KvService {
             && self.blobs.stores_as_blob(value.len())
         {
             return self.blobs.put_large(key, value, *lease, timeout).await;
+        }
+        if crate::sim::planted_bug(crate::sim::PlantedBug::FenceDropped)
+            && let KvRequest::Txn { compares, success, failure } = &request
+            && compares.iter().any(|compare| matches!(compare.target, CompareTarget::Fence { .. }))
+        {
+            let compares = compares.iter().filter(|c| !matches!(c.target, CompareTarget::Fence { .. })).cloned();
+            let request =
+                KvRequest::Txn { compares: compares.collect(), success: success.clone(), failure: failure.clone() };
+            return self.write(request, timeout).await;
         }
         if crate::sim::planted_bug(crate::sim::PlantedBug::TornTxns)
             && let KvRequest::Txn { compares, success, .. } = &request
