@@ -48,6 +48,9 @@ pub enum PlantedBug {
     /// The KV service drops the fencing conditions of a transaction before proposing it (a write fenced by a lock
     /// token lands whoever holds the lock).
     FenceDropped = 64,
+    /// The coordination service replaces a queue ack's delivery token with the message's current one (a late ack from
+    /// a consumer whose delivery timed out takes the message from the consumer that holds it now).
+    StaleAckAccepted = 128,
 }
 
 thread_local! {

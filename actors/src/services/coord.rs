@@ -98,7 +98,14 @@ impl CoordService {
             let request = request.clone();
             return self.storage.read(timeout, move |reader| reader.read_coord(&request)).await?;
         }
-        match self.raft.propose(Command::Coord(request.without_wait()), timeout).await? {
+        let mut request = request.without_wait();
+        if crate::sim::planted_bug(crate::sim::PlantedBug::StaleAckAccepted)
+            && let CoordRequest::QueueAck { name, id, token } = &mut request
+            && let Ok(Some(current)) = self.storage.reader()?.queue_delivery_token(name, *id)
+        {
+            *token = current;
+        }
+        match self.raft.propose(Command::Coord(request), timeout).await? {
             CommandOutput::Coord(response) => Ok(response),
             other => Err(WireError::internal(format!("a coordination write produced {other:?}"))),
         }

@@ -340,6 +340,11 @@ impl StateReader {
         self.with_coord(|tables| pando_protocol::token::records::list(tables, after))
     }
 
+    /// The token of message `id`'s current delivery from queue `name`, as last applied.
+    pub fn queue_delivery_token(&self, name: &[u8], id: u64) -> Result<Option<u64>, StorageFault> {
+        self.with_coord(|tables| pando_protocol::coord::queue_delivery_token(tables, name, id))
+    }
+
     /// The member secret of the latest rotation, as last applied (`None`: never rotated).
     pub fn member_secret(&self) -> Result<Option<pando_protocol::token::records::MemberSecretRecord>, StorageFault> {
         self.with_coord(pando_protocol::token::records::member_secret)

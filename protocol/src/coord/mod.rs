@@ -1114,6 +1114,11 @@ pub fn fence_holds(
     })
 }
 
+/// The token of message `id`'s current delivery from queue `name`, if it is in flight.
+pub fn queue_delivery_token(store: &impl CoordRead, name: &[u8], id: u64) -> Result<Option<u64>, StorageFault> {
+    queue::delivery_token(store, name, id)
+}
+
 /// Answers a read-only coordination request from the applied state.
 pub fn read(store: &impl CoordRead, request: &CoordRequest) -> Result<Result<CoordResponse, WireError>, StorageFault> {
     if let Err(error) = request.validate() {
