@@ -51,6 +51,8 @@ pub enum PlantedBug {
     /// The coordination service replaces a queue ack's delivery token with the message's current one (a late ack from
     /// a consumer whose delivery timed out takes the message from the consumer that holds it now).
     StaleAckAccepted = 128,
+    /// The coordination service asks for one permit more of capacity than a semaphore acquisition names.
+    SemaphoreOverCapacity = 256,
 }
 
 thread_local! {

@@ -105,6 +105,11 @@ impl CoordService {
         {
             *token = current;
         }
+        if crate::sim::planted_bug(crate::sim::PlantedBug::SemaphoreOverCapacity)
+            && let CoordRequest::SemaphoreAcquire { capacity, .. } = &mut request
+        {
+            *capacity += 1;
+        }
         match self.raft.propose(Command::Coord(request), timeout).await? {
             CommandOutput::Coord(response) => Ok(response),
             other => Err(WireError::internal(format!("a coordination write produced {other:?}"))),
