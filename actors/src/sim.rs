@@ -53,6 +53,9 @@ pub enum PlantedBug {
     StaleAckAccepted = 128,
     /// The coordination service asks for one permit more of capacity than a semaphore acquisition names.
     SemaphoreOverCapacity = 256,
+    /// The coordination service answers a sequence reservation with the number it read before proposing, not the one
+    /// the log gave (two reservations on one leader can get the same numbers).
+    SequenceReadBeforeWrite = 512,
 }
 
 thread_local! {

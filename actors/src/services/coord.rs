@@ -110,7 +110,18 @@ impl CoordService {
         {
             *capacity += 1;
         }
+        let read_before = match &request {
+            CoordRequest::SequenceNext { name, .. }
+                if crate::sim::planted_bug(crate::sim::PlantedBug::SequenceReadBeforeWrite) =>
+            {
+                Some(self.storage.reader()?.sequence_peek(name).map_err(|fault| WireError::internal(fault.0))?)
+            }
+            _ => None,
+        };
         match self.raft.propose(Command::Coord(request), timeout).await? {
+            CommandOutput::Coord(CoordResponse::Sequence { count, .. }) if let Some(first) = read_before => {
+                Ok(CoordResponse::Sequence { first, count })
+            }
             CommandOutput::Coord(response) => Ok(response),
             other => Err(WireError::internal(format!("a coordination write produced {other:?}"))),
         }

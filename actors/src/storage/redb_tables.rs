@@ -340,6 +340,11 @@ impl StateReader {
         self.with_coord(|tables| pando_protocol::token::records::list(tables, after))
     }
 
+    /// The number sequence `name` hands out next, as last applied.
+    pub fn sequence_peek(&self, name: &[u8]) -> Result<u64, StorageFault> {
+        self.with_coord(|tables| pando_protocol::coord::sequence_peek(tables, name))
+    }
+
     /// The token of message `id`'s current delivery from queue `name`, as last applied.
     pub fn queue_delivery_token(&self, name: &[u8], id: u64) -> Result<Option<u64>, StorageFault> {
         self.with_coord(|tables| pando_protocol::coord::queue_delivery_token(tables, name, id))

@@ -1114,6 +1114,11 @@ pub fn fence_holds(
     })
 }
 
+/// The number sequence `name` hands out next.
+pub fn sequence_peek(store: &impl CoordRead, name: &[u8]) -> Result<u64, StorageFault> {
+    sequence::peek(store, name)
+}
+
 /// The token of message `id`'s current delivery from queue `name`, if it is in flight.
 pub fn queue_delivery_token(store: &impl CoordRead, name: &[u8], id: u64) -> Result<Option<u64>, StorageFault> {
     queue::delivery_token(store, name, id)
