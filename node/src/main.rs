@@ -314,7 +314,12 @@ async fn run(args: Args) -> anyhow::Result<Outcome> {
         Err(error) => anyhow::bail!("the supervision tree did not start the membership duties: {error}"),
     }
     tracing::info!(node_id = record.node_id, addr = %bound, ticket = %identity::ticket_path(&args.data_dir).display(), "node ready");
-    println!("{}", printed.encode());
+    // A launcher that read the first line and closed the pipe (or a restart with a new key, which prints again) must
+    // not take the node down: a failed print is ignored.
+    {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{}", printed.encode());
+    }
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let outcome = tokio::select! {

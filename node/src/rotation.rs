@@ -27,23 +27,35 @@ use crate::membership::{ClusterIdentity, ask_as, members};
 pub const KEY_ROTATION_POLL_MS: u64 = 1_000;
 
 /// Runs for the node's life; returns once a pending key is registered with the cluster (the node then restarts with
-/// it).
+/// it). A refusal that asking again cannot change (another member has the key, the node is no member) ends the attempts
+/// until the node restarts, with an error saying so; anything else is retried every [`KEY_ROTATION_POLL_MS`], each
+/// distinct problem logged once.
 pub async fn register_pending(data_dir: PathBuf, identity: ClusterIdentity, raft: RaftHandle) {
-    let mut announced = false;
+    let mut last_problem = String::new();
+    let mut report = |problem: String| {
+        if problem != last_problem {
+            tracing::warn!(%problem, "the new node key is not registered yet; retrying");
+            last_problem = problem;
+        }
+    };
     loop {
         match identity::pending_key(&data_dir) {
-            Ok(Some(next)) => {
-                if !announced {
-                    tracing::info!(node_id = identity.node_id, "a key rotation is pending; registering the new key");
-                    announced = true;
+            Ok(Some(next)) => match register(&identity, &raft, next).await {
+                Ok(()) => return,
+                Err(ClientError::Wire(wire))
+                    if matches!(wire.code, ErrorCode::Conflict | ErrorCode::NotFound | ErrorCode::InvalidArgument) =>
+                {
+                    tracing::error!(
+                        error = %wire,
+                        "the cluster refused this node's new key; the rotation stops until the node restarts \
+                         (remove node.key.next from the data directory to give it up)"
+                    );
+                    std::future::pending::<()>().await;
                 }
-                match register(&identity, &raft, next).await {
-                    Ok(()) => return,
-                    Err(error) => tracing::warn!(%error, "the new node key is not registered yet"),
-                }
-            }
+                Err(error) => report(error.to_string()),
+            },
             Ok(None) => {}
-            Err(error) => tracing::warn!(%error, "cannot read the pending node key"),
+            Err(error) => report(format!("{error:#}")),
         }
         tokio::time::sleep(Duration::from_millis(KEY_ROTATION_POLL_MS)).await;
     }

@@ -181,7 +181,13 @@ impl SigningRoot {
     pub fn current(&self) -> Result<(u64, [u8; 32]), WireError> {
         let reader = self.storage.reader().map_err(|_| WireError::new(ErrorCode::Unavailable, "storage restarting"))?;
         let rotated = reader.member_secret().map_err(|fault| WireError::new(ErrorCode::Internal, fault.to_string()))?;
-        Ok(rotated.map_or((0, self.founding), |record| (record.epoch, record.key())))
+        match rotated {
+            None => Ok((0, self.founding)),
+            Some(record) => {
+                let key = record.key().map_err(|fault| WireError::new(ErrorCode::Internal, fault.to_string()))?;
+                Ok((record.epoch, key))
+            }
+        }
     }
 }
 

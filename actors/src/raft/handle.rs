@@ -54,6 +54,9 @@ pub struct RaftHandle {
     peer_health: PeerHealth,
     /// Public keys allowed to send Raft traffic besides the members in the log (the peers named when joining).
     trusted_peers: Arc<BTreeSet<[u8; 32]>>,
+    /// Held by whoever reads the membership to change it on this node (the cluster service, a leader rotating its own
+    /// key), so two read-modify-write changes never interleave: one membership change at a time.
+    membership_changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl RaftHandle {
@@ -63,7 +66,14 @@ impl RaftHandle {
             live: Live::new("raft"),
             peer_health: PeerHealth::default(),
             trusted_peers: Arc::new(trusted_peers.into_iter().collect()),
+            membership_changes: Arc::default(),
         }
+    }
+
+    /// Waits for this node's membership-change lock (see the field): hold it from reading the membership to the
+    /// change's commit.
+    pub async fn lock_membership(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.membership_changes.lock().await
     }
 
     pub fn node_id(&self) -> NodeId {

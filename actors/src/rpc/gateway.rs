@@ -249,6 +249,7 @@ async fn serve_connection(connection: &ClientConnection, shared: Arc<Shared>) {
     // Until its first token verifies, the connection is one of the unauthenticated ones: it may be closed to make
     // room for a newer connection (see `admission`).
     let (slot, evicted) = shared.unverified.admit(connection.source());
+    let mut evicted = Some(evicted);
     let slot = Arc::new(std::sync::Mutex::new(Some(slot)));
     // Streams of one connection share its token cache.
     let cache = Arc::new(std::sync::Mutex::new(TokenCache::for_peer(connection.peer_key())));
@@ -261,7 +262,12 @@ async fn serve_connection(connection: &ClientConnection, shared: Arc<Shared>) {
     loop {
         let accepted = tokio::select! {
             biased;
-            () = evicted.cancelled() => {
+            () = async { match &evicted { Some(evicted) => evicted.cancelled().await, None => std::future::pending().await } } => {
+                // Picked in the moment it authenticated: it keeps its place (and is no longer evictable).
+                if cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_authenticated() {
+                    evicted = None;
+                    continue;
+                }
                 tracing::debug!(%remote, "closing an unauthenticated connection to make room for a newer one");
                 connection.close(7, b"unauthenticated connections at their limit");
                 return;
@@ -342,7 +348,13 @@ async fn serve_stream(
     };
     shared.counters.requests_total.fetch_add(1, Ordering::Relaxed);
     let request_id = envelope.request_id;
-    let caller = match check(&shared.context, &cache, &envelope).await {
+    let checked = check(&shared.context, &cache, &envelope).await;
+    // A connection that proved who it is (even if this request is not allowed) is no longer one of the
+    // unauthenticated ones.
+    if cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_authenticated() {
+        drop(connection_slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take());
+    }
+    let caller = match checked {
         Ok(caller) => caller,
         Err(error) => {
             write_response(&mut send, &ResponseEnvelope { request_id, body: Err(error) }).await;
@@ -350,8 +362,6 @@ async fn serve_stream(
         }
     };
     drop(slot);
-    // The connection proved who it is: it is no longer one of the unauthenticated ones.
-    drop(connection_slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take());
     if super::watch::is_watch(&envelope) {
         // A watch lives long: it holds one of the watch service's slots, not one of the node's request slots.
         super::watch::serve_stream(&shared.context, envelope, send, recv).await;

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
-use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ChangeMembers;
@@ -33,8 +32,6 @@ pub struct ClusterService {
     member_secret: [u8; 32],
     /// Join tokens are spent here; a removed node's grants are forgotten.
     tokens: TokenService,
-    /// Serialises membership changes made through this node.
-    membership_lock: Arc<tokio::sync::Mutex<()>>,
     /// Whether `InjectPanic` is served (`--enable-fault-injection`).
     fault_injection: bool,
     /// The process's CPU time for the status ([`own_process_cpu_ms`]; in the simulator, where nodes share a process
@@ -65,7 +62,6 @@ impl ClusterService {
             cluster_id,
             member_secret,
             tokens,
-            membership_lock: Arc::default(),
             fault_injection,
             process_cpu_ms,
             raft,
@@ -145,7 +141,7 @@ struct LeaderView<'a> {
 async fn leader_view(context: &ClusterService) -> Result<LeaderView<'_>, WireError> {
     let handles = context.raft.core()?;
     // One membership change at a time, so two joiners never get the same id.
-    let guard = context.membership_lock.lock().await;
+    let guard = context.raft.lock_membership().await;
     handles.ensure_leader().await?;
     let membership = handles.raft.metrics().borrow().membership_config.membership().clone();
     Ok(LeaderView { handles, membership, _guard: guard })
@@ -354,12 +350,18 @@ async fn update_address(
         }
         Some(_) => {}
     }
+    let changed = set_node(&handles, node_id, node).await?;
+    tracing::info!(node_id, "member address updated");
+    Ok(changed)
+}
+
+/// Replaces what the membership says about member `node_id` (its key or addresses; not its role).
+async fn set_node(handles: &RaftCore, node_id: NodeId, node: MemberNode) -> Result<ClusterResponse, WireError> {
     let response = handles
         .raft
         .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(node_id, node)])), true)
         .await
         .map_err(write_error)?;
-    tracing::info!(node_id, "member address updated");
     Ok(ClusterResponse::MembershipChanged { log_index: response.log_id.index })
 }
 
@@ -371,7 +373,6 @@ async fn rotate_node_key(
     public_key: Bytes,
     proof: Bytes,
 ) -> Result<ClusterResponse, WireError> {
-    let _guard = context.membership_lock.lock().await;
     register_node_key(&context.raft, &context.cluster_id, node_id, public_key, proof).await
 }
 
@@ -393,6 +394,7 @@ pub async fn register_node_key(
     key.verify_strict(&message, &signature)
         .map_err(|_| WireError::new(ErrorCode::Unauthorized, "the proof is not the new key's signature"))?;
     let handles = raft.core()?;
+    let _guard = raft.lock_membership().await;
     handles.ensure_leader().await?;
     let membership = handles.raft.metrics().borrow().membership_config.membership().clone();
     let Some(current) = membership.get_node(&node_id) else {
@@ -404,14 +406,9 @@ pub async fn register_node_key(
     if membership.nodes().any(|(other, node)| *other != node_id && node.public_key == public_key) {
         return Err(WireError::new(ErrorCode::Conflict, "another member has this key"));
     }
-    let node = MemberNode { public_key, addrs: current.addrs.clone() };
-    let response = handles
-        .raft
-        .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(node_id, node)])), true)
-        .await
-        .map_err(write_error)?;
+    let changed = set_node(&handles, node_id, MemberNode { public_key, addrs: current.addrs.clone() }).await?;
     tracing::info!(node_id, "member key replaced");
-    Ok(ClusterResponse::MembershipChanged { log_index: response.log_id.index })
+    Ok(changed)
 }
 
 /// Prometheus text exposition (version 0.0.4) of this node's Raft metrics.

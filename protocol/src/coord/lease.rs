@@ -20,8 +20,9 @@ pub const LEASE_TTL_MS_MAX: u64 = 24 * 60 * 60 * 1000;
 pub const LEASE_ATTACHMENTS_COUNT_MAX: usize = 1_024;
 /// Most leases one `LeaseList` answer carries.
 pub const LEASE_LIST_COUNT_MAX: usize = 1_000;
-/// Most lease rows one listing reads while looking for those of its prefix.
-pub const LEASE_LIST_SCAN_ROWS_MAX: usize = 100_000;
+/// Most lease rows one listing reads while looking for those of its prefix (leases are keyed by id, so a listing for
+/// a prefix reads from the first lease on; past this it answers what it found, marked truncated).
+pub const LEASE_LIST_SCAN_ROWS_MAX: usize = 10_000;
 const _: () = assert!(LEASE_LIST_COUNT_MAX <= LEASE_LIST_SCAN_ROWS_MAX);
 /// Most leases one proposal expires; the rest expire with the next one.
 pub const EXPIRIES_PER_PROPOSAL_MAX: u32 = 1_024;
@@ -334,29 +335,12 @@ pub(crate) fn get(
 /// The leases that belong to `prefix`, in id order. Leases are keyed by id, so a listing for a prefix reads them
 /// all: it stops after [`LEASE_LIST_SCAN_ROWS_MAX`] rows and says the answer is truncated.
 pub(crate) fn list(store: &impl CoordRead, prefix: &[u8]) -> Result<Result<CoordResponse, WireError>, StorageFault> {
-    let mut leases = Vec::new();
-    let (mut scanned, mut truncated, mut fault) = (0usize, false, None);
-    store.coord_scan(keys::LEASE, &mut |key, bytes| {
-        if leases.len() >= LEASE_LIST_COUNT_MAX || scanned >= LEASE_LIST_SCAN_ROWS_MAX {
-            truncated = true;
-            return ControlFlow::Break(());
-        }
-        scanned += 1;
-        match super::decode::<LeaseInfo>(key, bytes) {
-            Ok(lease) => {
-                if lease.prefix.starts_with(prefix) {
-                    leases.push(lease);
-                }
-                ControlFlow::Continue(())
-            }
-            Err(error) => {
-                fault = Some(error);
-                ControlFlow::Break(())
-            }
-        }
-    })?;
-    match fault {
-        Some(fault) => Err(fault),
-        None => Ok(Ok(CoordResponse::Leases { leases, truncated })),
-    }
+    let (leases, truncated) = super::load_under_where(
+        store,
+        keys::LEASE,
+        LEASE_LIST_COUNT_MAX,
+        LEASE_LIST_SCAN_ROWS_MAX,
+        |lease: &LeaseInfo| lease.prefix.starts_with(prefix),
+    )?;
+    Ok(Ok(CoordResponse::Leases { leases, truncated }))
 }

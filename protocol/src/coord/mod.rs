@@ -957,17 +957,31 @@ pub(crate) fn load_under<T: DeserializeOwned>(
     prefix: &[u8],
     most: usize,
 ) -> Result<(Vec<T>, bool), StorageFault> {
+    load_under_where(store, prefix, most, usize::MAX, |_| true)
+}
+
+/// The rows under `prefix` that `keep` takes, decoded, in key order: at most `most` of them, reading at most
+/// `scan_max` rows, and whether more were left out (by either limit).
+pub(crate) fn load_under_where<T: DeserializeOwned>(
+    store: &impl CoordRead,
+    prefix: &[u8],
+    most: usize,
+    scan_max: usize,
+    keep: impl Fn(&T) -> bool,
+) -> Result<(Vec<T>, bool), StorageFault> {
     let mut rows = Vec::new();
-    let mut truncated = false;
-    let mut fault = None;
+    let (mut scanned, mut truncated, mut fault) = (0usize, false, None);
     store.coord_scan(prefix, &mut |key, bytes| {
-        if rows.len() >= most {
+        if rows.len() >= most || scanned >= scan_max {
             truncated = true;
             return ControlFlow::Break(());
         }
+        scanned += 1;
         match decode(key, bytes) {
             Ok(row) => {
-                rows.push(row);
+                if keep(&row) {
+                    rows.push(row);
+                }
                 ControlFlow::Continue(())
             }
             Err(error) => {

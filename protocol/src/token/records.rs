@@ -53,11 +53,9 @@ pub struct MemberSecretRecord {
 }
 
 impl MemberSecretRecord {
-    /// The secret as a key (the record was checked to hold [`MEMBER_SECRET_BYTES`] bytes when it was applied).
-    pub fn key(&self) -> [u8; MEMBER_SECRET_BYTES] {
-        let mut key = [0u8; MEMBER_SECRET_BYTES];
-        key.copy_from_slice(&self.secret.0[..MEMBER_SECRET_BYTES]);
-        key
+    /// The secret as a key (applying the rotation checked its size; a record of another size is a damaged store).
+    pub fn key(&self) -> Result<[u8; MEMBER_SECRET_BYTES], StorageFault> {
+        self.secret.0.as_slice().try_into().map_err(|_| StorageFault("member secret record is not 32 bytes".into()))
     }
 }
 
