@@ -56,6 +56,8 @@ pub enum PlantedBug {
     /// The coordination service answers a sequence reservation with the number it read before proposing, not the one
     /// the log gave (two reservations on one leader can get the same numbers).
     SequenceReadBeforeWrite = 512,
+    /// The coordination service asks for twice the burst a rate-limit acquisition names.
+    RateLimitBurstDoubled = 1024,
 }
 
 thread_local! {

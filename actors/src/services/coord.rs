@@ -105,6 +105,11 @@ impl CoordService {
         {
             *token = current;
         }
+        if crate::sim::planted_bug(crate::sim::PlantedBug::RateLimitBurstDoubled)
+            && let CoordRequest::RateLimitAcquire { burst, .. } = &mut request
+        {
+            *burst *= 2;
+        }
         if crate::sim::planted_bug(crate::sim::PlantedBug::SemaphoreOverCapacity)
             && let CoordRequest::SemaphoreAcquire { capacity, .. } = &mut request
         {
