@@ -87,6 +87,13 @@ fn corpus(rng: &mut Rng, valid: bool) -> Vec<Request> {
             node: MemberNode { public_key: key(rng), addrs: vec!["127.0.0.1:1".parse().unwrap()] },
         }),
         Request::Cluster(ClusterRequest::Promote { node_id: number(rng, 2) }),
+        Request::Cluster(ClusterRequest::RotateNodeKey {
+            node_id: number(rng, 2),
+            public_key: key(rng),
+            proof: key(rng),
+        }),
+        Request::Coord(CoordRequest::LeaseList { prefix: key(rng) }),
+        Request::Coord(CoordRequest::QueueList { prefix: key(rng) }),
         Request::Coord(CoordRequest::LeaseGrant { ttl_ms: number(rng, 5_000), prefix: key(rng) }),
         Request::Coord(CoordRequest::LockAcquire {
             name: key(rng),
@@ -117,6 +124,7 @@ fn corpus(rng: &mut Rng, valid: bool) -> Vec<Request> {
         }),
         Request::Token(TokenRequest::List { after: None }),
         Request::Token(TokenRequest::Revoke { accessor: key(rng) }),
+        Request::Token(TokenRequest::RotateMemberSecret),
     ]
 }
 
@@ -224,6 +232,11 @@ fn exercise(frame_bytes: &[u8], tables: &mut MemoryTables, revision: &mut u64, r
             }
             TokenRequest::Revoke { accessor } => {
                 Some(Command::Token(pando_protocol::token::records::TokenCommand::Revoke { accessor }))
+            }
+            TokenRequest::RotateMemberSecret => {
+                Some(Command::Token(pando_protocol::token::records::TokenCommand::RotateMemberSecret {
+                    secret: pando_protocol::token::records::SecretBytes(Bytes::from(vec![3; 32])),
+                }))
             }
             _ => None,
         }),
