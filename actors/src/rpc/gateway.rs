@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::admission::{Unverified, UnverifiedSlot};
+use super::admission::Unverified;
 use super::handler::{RpcContext, TokenCache, check, serve};
 use super::link::{ClientConnection, RpcListener, StreamRecv, StreamSend};
 use super::sim_link::SimRpcListener;
@@ -250,9 +250,8 @@ async fn serve_connection(connection: &ClientConnection, shared: Arc<Shared>) {
     // room for a newer connection (see `admission`).
     let (slot, evicted) = shared.unverified.admit(connection.source());
     let mut evicted = Some(evicted);
-    let slot = Arc::new(std::sync::Mutex::new(Some(slot)));
-    // Streams of one connection share its token cache.
-    let cache = Arc::new(std::sync::Mutex::new(TokenCache::for_peer(connection.peer_key())));
+    // Streams of one connection share its token cache, which gives the slot back once a token verifies.
+    let cache = Arc::new(std::sync::Mutex::new(TokenCache::for_peer(connection.peer_key(), slot)));
     // Streams still being read and authenticated, per connection: a client that opens streams and stalls them (or
     // presents no valid token) holds these, never the node's request slots.
     let unverified = Arc::new(Semaphore::new(RPC_UNVERIFIED_STREAMS_PER_CONNECTION_MAX));
@@ -302,7 +301,6 @@ async fn serve_connection(connection: &ClientConnection, shared: Arc<Shared>) {
         let shared = shared.clone();
         let cache = cache.clone();
         let unverified = unverified.clone();
-        let slot = slot.clone();
         let shutdown = shared.shutdown.clone();
         let streams_open = streams_open.clone();
         streams_open.fetch_add(1, Ordering::Relaxed);
@@ -310,7 +308,7 @@ async fn serve_connection(connection: &ClientConnection, shared: Arc<Shared>) {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {}
-                () = serve_stream(send, recv, shared, cache, unverified, slot) => {}
+                () = serve_stream(send, recv, shared, cache, unverified) => {}
             }
             streams_open.fetch_sub(1, Ordering::Relaxed);
         });
@@ -325,7 +323,6 @@ async fn serve_stream(
     shared: Arc<Shared>,
     cache: Arc<std::sync::Mutex<TokenCache>>,
     unverified: Arc<Semaphore>,
-    connection_slot: Arc<std::sync::Mutex<Option<UnverifiedSlot>>>,
 ) {
     let Ok(slot) = unverified.acquire_owned().await else { return };
     let body = match read_request(&mut recv).await {
@@ -348,13 +345,7 @@ async fn serve_stream(
     };
     shared.counters.requests_total.fetch_add(1, Ordering::Relaxed);
     let request_id = envelope.request_id;
-    let checked = check(&shared.context, &cache, &envelope).await;
-    // A connection that proved who it is (even if this request is not allowed) is no longer one of the
-    // unauthenticated ones.
-    if cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_authenticated() {
-        drop(connection_slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take());
-    }
-    let caller = match checked {
+    let caller = match check(&shared.context, &cache, &envelope).await {
         Ok(caller) => caller,
         Err(error) => {
             write_response(&mut send, &ResponseEnvelope { request_id, body: Err(error) }).await;

@@ -53,6 +53,8 @@ pub(crate) struct TokenCache {
     peer_key: Option<[u8; 32]>,
     granted: Option<Granted>,
     ever_authenticated: bool,
+    /// The connection's place among the unauthenticated ones, given back when it first authenticates.
+    unverified: Option<super::admission::UnverifiedSlot>,
 }
 
 struct Granted {
@@ -65,9 +67,10 @@ struct Granted {
 }
 
 impl TokenCache {
-    /// The cache of a connection whose peer authenticated with `peer_key`.
-    pub(crate) fn for_peer(peer_key: Option<[u8; 32]>) -> TokenCache {
-        TokenCache { peer_key, granted: None, ever_authenticated: false }
+    /// The cache of a connection whose peer authenticated with `peer_key`, holding its place among the
+    /// unauthenticated connections until a token (or member key) verifies.
+    pub(crate) fn for_peer(peer_key: Option<[u8; 32]>, unverified: super::admission::UnverifiedSlot) -> TokenCache {
+        TokenCache { peer_key, granted: None, ever_authenticated: false, unverified: Some(unverified) }
     }
 
     /// Whether the connection ever presented a token (or a member key) that verified.
@@ -228,6 +231,7 @@ pub(crate) async fn authenticate(
     cache.granted =
         Some(Granted { token: token.cloned(), caller: caller.clone(), checked_at: tokio::time::Instant::now(), epoch });
     cache.ever_authenticated = true;
+    cache.unverified = None;
     Ok(caller)
 }
 
