@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use pando_protocol::coord::CoordEvent;
 use pando_protocol::error::{ErrorCode, ErrorDetail, WireError};
+use pando_protocol::hook::HookEvent;
 use pando_protocol::state_machine::StorageFault;
 use pando_protocol::watch::KvEvent;
 use tokio::sync::broadcast;
@@ -51,6 +52,9 @@ pub struct Committed {
     pub coord: Vec<CoordEvent>,
     /// The membership the entry committed, when it is a membership change.
     pub membership: Option<MembershipChange>,
+    /// Everything above as the hook log recorded it (plus user events and hook notices), in sequence order: what the
+    /// hook router delivers.
+    pub hooks: Vec<Arc<HookEvent>>,
 }
 
 /// A membership change as committed: who votes and who learns from then on.
@@ -88,7 +92,11 @@ impl CommitStream {
 
     /// Publishes one applied entry (nobody listening is fine: the history and the log hold it too).
     pub(crate) fn publish(&self, committed: Committed) {
-        if committed.kv.is_empty() && committed.coord.is_empty() && committed.membership.is_none() {
+        if committed.kv.is_empty()
+            && committed.coord.is_empty()
+            && committed.membership.is_none()
+            && committed.hooks.is_empty()
+        {
             return;
         }
         // Before anyone hears of the entry (and so before the proposer's answer): once a revocation is acknowledged,

@@ -5,6 +5,7 @@ pub mod blobs;
 pub mod clock;
 pub mod commit_stream;
 pub mod endpoint;
+pub mod hooks;
 pub mod live;
 pub mod mesh;
 pub mod plugins;

@@ -5,8 +5,10 @@
 
 use std::time::Duration;
 
-use pando_protocol::command::Command;
+use pando_protocol::command::{Command, CommandOutput};
+use pando_protocol::hook::durable::{HookCommand, HookResponse};
 use pando_protocol::kv::KvRequest;
+use pando_protocol::limits::{HOOK_LOG_KEEP_EVENTS_DEFAULT, HOOK_TRIM_ROWS_PER_PROPOSAL_MAX};
 use pando_protocol::state_machine::StorageFault;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -95,7 +97,15 @@ pub struct RetentionState {
     args: RetentionArgs,
     compactions: u64,
     last: Option<String>,
+    /// The hook log's next sequence when a trim last dropped nothing (a durable hook holds the log): no new trim
+    /// until the log grew by [`HOOK_TRIM_SLACK`] more.
+    hook_trim_blocked_at: Option<u64>,
 }
+
+/// Trims one check proposes at most.
+const HOOK_TRIMS_PER_CHECK_MAX: usize = 16;
+/// Events the hook log may hold past its policy before the leader trims it (so a trim drops many rows at once).
+const HOOK_TRIM_SLACK: u64 = 1_000;
 
 impl Actor for RetentionActor {
     type Msg = RetentionMsg;
@@ -108,7 +118,7 @@ impl Actor for RetentionActor {
         args: RetentionArgs,
     ) -> Result<RetentionState, ActorProcessingErr> {
         myself.send_interval(Duration::from_millis(RETENTION_CHECK_MS), || RetentionMsg::Check);
-        Ok(RetentionState { args, compactions: 0, last: None })
+        Ok(RetentionState { args, compactions: 0, last: None, hook_trim_blocked_at: None })
     }
 
     async fn handle(
@@ -146,6 +156,7 @@ impl RetentionState {
         if !self.args.raft.leads() {
             return;
         }
+        self.trim_hook_log().await;
         let Ok(reader) = self.args.storage.reader() else { return };
         let target = match self.args.config.target(&reader, self.args.clock.now_ms()) {
             Ok(Some(target)) => target,
@@ -165,6 +176,39 @@ impl RetentionState {
             Err(error) => {
                 self.last = Some(format!("compaction to {target} failed: {error}"));
                 tracing::debug!(target, %error, "history compaction not done; the next check tries again");
+            }
+        }
+    }
+}
+
+impl RetentionState {
+    /// Trims the hook log to the last [`HOOK_LOG_KEEP_EVENTS_DEFAULT`] events (the state machine keeps what a durable
+    /// hook has yet to begin).
+    async fn trim_hook_log(&mut self) {
+        let Ok(reader) = self.args.storage.reader() else { return };
+        let Ok(log) = reader.hook_log(u64::MAX, 0) else { return };
+        let keep = HOOK_LOG_KEEP_EVENTS_DEFAULT;
+        if log.next.saturating_sub(log.floor) <= keep + HOOK_TRIM_SLACK
+            || self.hook_trim_blocked_at.is_some_and(|at| log.next < at + HOOK_TRIM_SLACK)
+        {
+            return;
+        }
+        // A trim drops a bounded number of rows; a busy cluster may need several per check.
+        for _ in 0..HOOK_TRIMS_PER_CHECK_MAX {
+            let command = Command::Hook(HookCommand::Trim { keep_events: keep });
+            match self.args.raft.propose(command, Duration::from_millis(COMPACT_TIMEOUT_MS)).await {
+                Ok(CommandOutput::Hook(HookResponse::Trimmed { dropped, floor })) => {
+                    self.hook_trim_blocked_at = (dropped == 0).then_some(log.next);
+                    tracing::debug!(dropped, floor, "hook log trimmed");
+                    if dropped < HOOK_TRIM_ROWS_PER_PROPOSAL_MAX {
+                        return;
+                    }
+                }
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::debug!(%error, "hook log trim not done; the next check tries again");
+                    return;
+                }
             }
         }
     }

@@ -75,6 +75,79 @@ pub(crate) fn planted_bug(bug: PlantedBug) -> bool {
     PLANTED_BUGS.with(|bugs| bugs.get() & bug as u32 != 0)
 }
 
+/// One delivery attempt a simulated hook ran, as the stand-in runner saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimHookRun {
+    pub hook: String,
+    pub seq: u64,
+    pub attempt: u32,
+    pub fence: u64,
+    /// The event's subject.
+    pub subject: String,
+    /// What the runner answered: `true` ack, `false` nack (a stall answers nothing within the ack wait).
+    pub acked: Option<bool>,
+}
+
+thread_local! {
+    /// The hook runs of the simulation on this thread, in the order they started.
+    static HOOK_RUNS: std::cell::RefCell<Vec<SimHookRun>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per mille of runs that fail, and of runs that stall past their ack wait; the generator that decides.
+    static HOOK_FAILURES: std::cell::Cell<(u64, u64, u64)> = const { std::cell::Cell::new((0, 0, 1)) };
+}
+
+/// Sets how the simulated hook runner behaves on this thread: `fail` and `stall` per mille of runs, decided by a
+/// generator seeded with `seed`; clears the recorded runs.
+pub fn configure_hook_runs(fail: u64, stall: u64, seed: u64) {
+    HOOK_FAILURES.with(|failures| failures.set((fail, stall, crate::seeded_rng::mix_seed(seed) | 1)));
+    HOOK_RUNS.with(|runs| runs.borrow_mut().clear());
+}
+
+/// The hook runs recorded on this thread so far.
+pub fn hook_runs() -> Vec<SimHookRun> {
+    HOOK_RUNS.with(|runs| runs.borrow().clone())
+}
+
+/// The simulator's stand-in for commands and plugins: records every attempt, then acks, fails or stalls as the
+/// seeded generator says (deterministic: the simulation runs on one thread).
+pub struct SimHookRunner;
+
+impl crate::hooks::delivery::Runner for SimHookRunner {
+    fn run(
+        &self,
+        _target: &pando_protocol::hook::durable::HookTarget,
+        delivery: &pando_protocol::hook::durable::Delivery,
+        limit: Duration,
+    ) -> futures::future::BoxFuture<'static, crate::hooks::exec::Outcome> {
+        use crate::hooks::exec::Outcome;
+        let (fail, stall) = HOOK_FAILURES.with(|failures| {
+            let (fail, stall, mut state) = failures.get();
+            let mut rng = crate::seeded_rng::SeededRng::from_state(state);
+            let decided = (rng.per_mille(fail), rng.per_mille(stall));
+            state = rng.next_u64() | 1;
+            failures.set((fail, stall, state));
+            decided
+        });
+        let index = HOOK_RUNS.with(|runs| {
+            let mut runs = runs.borrow_mut();
+            runs.push(SimHookRun {
+                hook: delivery.hook.clone(),
+                seq: delivery.event.seq,
+                attempt: delivery.attempt,
+                fence: delivery.fence,
+                subject: delivery.event.subject.clone(),
+                acked: None,
+            });
+            runs.len() - 1
+        });
+        Box::pin(async move {
+            // Some work takes time; a stall takes longer than the attempt may.
+            tokio::time::sleep(if stall { limit + Duration::from_millis(50) } else { Duration::from_millis(5) }).await;
+            HOOK_RUNS.with(|runs| runs.borrow_mut()[index].acked = Some(!fail));
+            if fail { Outcome::Nack("simulated failure".into()) } else { Outcome::Ack }
+        })
+    }
+}
+
 /// How long a crashed node's Raft core gets to stop (it can no longer write: its disk handles are dead).
 const CRASH_SHUTDOWN_MS: u64 = 5_000;
 

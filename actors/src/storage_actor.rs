@@ -58,6 +58,11 @@ impl StorageHandle {
         self.live.get().map(|stores| stores.reader)
     }
 
+    /// A reader of the applied state, waiting up to `within` while storage (re)starts.
+    pub async fn reader_within(&self, within: Duration) -> Result<StateReader, Unavailable> {
+        self.live.wait(within).await.map(|stores| stores.reader)
+    }
+
     /// The node's commit stream from now on (it lives through storage restarts; an entry applied while nobody
     /// listened is in the history, not here). A subscriber more than
     /// [`COMMIT_STREAM_CAPACITY`](crate::commit_stream::COMMIT_STREAM_CAPACITY) entries behind is told it lagged.

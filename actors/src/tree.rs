@@ -16,6 +16,9 @@ use pando_protocol::cluster::MemberNode;
 use crate::blobs::{BlobActor, BlobArgs, BlobConfig, BlobsHandle};
 use crate::clock::Clock;
 use crate::endpoint::{EndpointActor, EndpointArgs};
+use crate::hooks::delivery::{NodeRunner, Runner};
+use crate::hooks::exec::ExecConfig;
+use crate::hooks::{HookRouterActor, HookRouterArgs, HooksHandle};
 use crate::mesh::{MeshArgs, MeshHandle, MeshNet, Proposer};
 use crate::plugins::{PluginConfig, PluginSupervisor, PluginsArgs, PluginsHandle};
 use crate::raft::sim_network::SimNet;
@@ -26,8 +29,8 @@ use crate::rpc::sim_link::SimRpcListener;
 use crate::rpc::{GatewayHandle, RpcArgs, RpcContext, RpcGateway, RpcListener};
 use crate::services::tokens::TokenRandomness;
 use crate::services::{
-    BlobService, ClusterService, CoordService, KvService, PluginService, Services, ServicesHost, TokenService,
-    WatchService,
+    BlobService, ClusterService, CoordService, HookService, KvService, PluginService, Services, ServicesHost,
+    TokenService, WatchService,
 };
 use crate::storage::SimDisk;
 use crate::storage_actor::{StorageActor, StorageArgs, StorageHandle};
@@ -48,6 +51,7 @@ pub struct Handles {
     pub plugins: PluginsHandle,
     pub gateway: GatewayHandle,
     pub tree: TreeHandle,
+    pub hooks: HooksHandle,
 }
 
 /// What differs between the services of a real node and a simulated one.
@@ -71,6 +75,7 @@ impl Handles {
             plugins: PluginsHandle::default(),
             gateway: GatewayHandle::default(),
             tree: TreeHandle::default(),
+            hooks: HooksHandle::default(),
         }
     }
 
@@ -83,10 +88,12 @@ impl Handles {
     pub fn services(&self, node_id: u64, keys: &ClusterKeys, options: ServiceOptions) -> Services {
         let (kv, blobs) = self.kv_and_blobs(node_id);
         let tokens = TokenService::new(self.raft.clone(), self.storage.clone(), options.randomness);
+        let watch = WatchService::new(self.storage.clone(), self.raft.clone());
         Services {
             kv,
             coord: CoordService::new(self.raft.clone(), self.storage.clone()),
-            watch: WatchService::new(self.storage.clone(), self.raft.clone()),
+            hooks: HookService::new(self.raft.clone(), self.storage.clone(), self.hooks.clone(), watch.clone()),
+            watch,
             plugins: PluginService::new(node_id, self.raft.clone(), self.storage.clone(), self.plugins.clone()),
             cluster: ClusterService::new(
                 node_id,
@@ -238,10 +245,29 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
         clock: config.clock,
     };
     children.push(ChildSpec::new("retention", Restart::Permanent, RetentionActor, retention));
+    let runner: Arc<dyn Runner> = match &config.world {
+        World::Iroh { .. } => {
+            Arc::new(NodeRunner { exec: ExecConfig::default(), plugins: Some(handles.plugins.clone()) })
+        }
+        World::Simulated { .. } => Arc::new(crate::sim::SimHookRunner),
+    };
+    let hooks = HookRouterArgs {
+        node_id,
+        handle: handles.hooks.clone(),
+        storage: handles.storage.clone(),
+        raft: handles.raft.clone(),
+        proposer: handles.proposer(),
+        clock: config.clock,
+        runner,
+    };
+    let hooks = ChildSpec::new("hooks", Restart::Permanent, HookRouterActor, hooks)
+        .with_shutdown_timeout(Duration::from_secs(5));
     if let World::Iroh { endpoint, blobs, plugins } = config.world {
         let plugins_args = handles.plugins_args(node_id, config.clock, plugins, cluster_secret);
         children.extend(blobs_and_plugins(node_id, &handles, endpoint, blobs, plugins_args));
     }
+    // Last: its restarts touch nothing else, and it calls plugins, which start before it.
+    children.push(hooks);
     SupervisorArgs {
         name: "node".into(),
         options: SupervisorOptions::new(

@@ -4,6 +4,7 @@
 mod blob_client;
 mod client;
 mod error;
+mod hooks;
 mod observe;
 mod stream;
 mod tokens;
@@ -13,6 +14,7 @@ mod watch;
 pub use blob_client::BLOB_COMMIT_TIMEOUT_MS;
 pub use client::{Client, ClientOptions, ScanPage, client_quic_transport_config, node_quic_transport_config};
 pub use error::ClientError;
+pub use hooks::HookWatch;
 pub use observe::Observation;
 pub use pando_protocol;
 pub use stream::{WATCH_RESUME_ATTEMPTS_MAX, WATCH_RESUME_BACKOFF_MS};

@@ -7,6 +7,7 @@ mod bench_plugin;
 mod bench_watch;
 mod blob;
 mod coord;
+mod hook;
 mod output;
 mod plugin;
 mod queue;
@@ -101,6 +102,9 @@ enum Command {
     /// Scoped tokens: create, list, show, revoke.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Events by subject: live streams, user events, durable hooks with retries and dead letters.
+    #[command(subcommand)]
+    Hook(hook::HookCommand),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -419,6 +423,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Blob(command) => blob::blob(&client, command, cli.json).await,
         Command::Plugin(command) => plugin::plugin(&client, command, cli.json).await,
         Command::Token(command) => token::token(&client, command, cli.json).await,
+        Command::Hook(command) => hook::hook(&client, command, cli.json).await,
         Command::Cluster(ClusterCommand::JoinToken(JoinTokenCommand::Create(args))) => {
             token::join_token(&client, args, cli.json).await
         }

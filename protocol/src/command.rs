@@ -17,6 +17,7 @@ pub enum Command {
     Blob(crate::blob::BlobCommand),
     Plugin(crate::plugin::PluginCommand),
     Token(crate::token::records::TokenCommand),
+    Hook(crate::hook::durable::HookCommand),
 }
 
 impl Command {
@@ -29,6 +30,7 @@ impl Command {
             Command::Plugin(crate::plugin::PluginCommand::Kv { request, .. }) => 64 + request.payload_bytes(),
             Command::Plugin(_) => 2048,
             Command::Token(_) => 1024,
+            Command::Hook(command) => command.payload_bytes(),
         }
     }
 }
@@ -41,6 +43,7 @@ pub enum CommandOutput {
     Blob(crate::blob::BlobResponse),
     Plugin(crate::plugin::PluginResponse),
     Token(crate::token::records::TokenOutput),
+    Hook(crate::hook::durable::HookResponse),
 }
 
 /// The result of one KV command.
@@ -64,4 +67,7 @@ pub struct ProposalOutcome {
     pub results: Vec<CommandResult>,
     /// What the proposal changed in the coordination state, in order (the commit stream's content).
     pub events: Vec<crate::coord::CoordEvent>,
+    /// The proposal's events as the hook log recorded them, in order (for the hook router's live subscribers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<crate::hook::HookEvent>,
 }

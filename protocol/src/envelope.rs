@@ -38,6 +38,10 @@ pub enum Request {
     Observe(crate::observe::ObserveRequest),
     /// Minting, listing and revoking tokens.
     Token(crate::token::TokenRequest),
+    /// Durable hooks and user events.
+    Hook(crate::hook::api::HookRequest),
+    /// Opens a hook stream on the request's stream (answered with [`Response::HookStream`] frames).
+    HookWatch(crate::hook::api::HookWatchRequest),
 }
 
 /// A response to the request with the same id.
@@ -57,6 +61,8 @@ pub enum Response {
     Watch(crate::watch::WatchResponse),
     Observe(crate::observe::ObserveResponse),
     Token(crate::token::TokenResponse),
+    Hook(crate::hook::api::HookReply),
+    HookStream(crate::hook::api::HookStreamResponse),
 }
 
 /// The first two fields of an envelope, decoded on their own when the full envelope does not decode, so the error

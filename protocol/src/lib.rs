@@ -11,6 +11,7 @@ pub mod coord;
 pub mod envelope;
 pub mod error;
 pub mod frame;
+pub mod hook;
 pub mod kv;
 pub mod limits;
 pub mod memory_tables;

@@ -104,3 +104,78 @@ const _: () = assert!(TOKEN_RECHECK_MS < 1_000);
 const _: () = assert!(CLUSTER_MEMBERS_MAX <= TICKET_NODES_COUNT_MAX);
 // A ticket listing the most members, plus a token and its framing, fits the text limit after base64 (4 chars per 3 bytes).
 const _: () = assert!((CLUSTER_MEMBERS_MAX * TICKET_NODE_ENCODED_BYTES_MAX + 1024) * 4 / 3 <= TICKET_TEXT_BYTES_MAX);
+
+/// Longest subject or subscription pattern.
+pub const HOOK_PATTERN_BYTES_MAX: usize = 1024;
+/// Most tokens of a subject or pattern.
+pub const HOOK_PATTERN_TOKENS_MAX: usize = 256;
+/// Largest payload of a user event (`pando hook publish`).
+pub const HOOK_PAYLOAD_BYTES_MAX: usize = 64 * 1024;
+/// Most hook-log rows one trim drops (the next trim goes on).
+pub const HOOK_TRIM_ROWS_PER_PROPOSAL_MAX: u64 = 10_000;
+/// Events the hook log keeps when the node is not told otherwise (a durable hook holds older ones it still has to
+/// begin, up to [`HOOK_LOG_EVENTS_MAX`]).
+pub const HOOK_LOG_KEEP_EVENTS_DEFAULT: u64 = 100_000;
+/// Most events the hook log holds, whatever durable hooks still need: past it, a hook that lags that far skips the
+/// oldest (and counts them as skipped) rather than the log growing without bound.
+pub const HOOK_LOG_EVENTS_MAX: u64 = 1_000_000;
+/// Most durable hooks in the cluster.
+pub const HOOKS_COUNT_MAX: usize = 1_000;
+/// Longest hook name.
+pub const HOOK_NAME_BYTES_MAX: usize = 128;
+/// Most deliveries of one event to a durable hook.
+pub const HOOK_MAX_DELIVER_MAX: u32 = 100;
+/// Deliveries of one event when the hook's creator does not say.
+pub const HOOK_MAX_DELIVER_DEFAULT: u32 = 5;
+/// Shortest and longest ack wait (how long one delivery attempt may run before it counts as failed).
+pub const HOOK_ACK_WAIT_MS_MIN: u64 = 100;
+pub const HOOK_ACK_WAIT_MS_MAX: u64 = 12 * 3_600_000;
+/// Ack wait when the hook's creator does not say.
+pub const HOOK_ACK_WAIT_MS_DEFAULT: u64 = 30_000;
+/// Longest backoff step before a redelivery.
+pub const HOOK_BACKOFF_MS_MAX: u64 = 24 * 3_600_000;
+/// Most deliveries of one durable hook in flight at once (1, the default, delivers strictly in order).
+pub const HOOK_IN_FLIGHT_MAX: u32 = 256;
+/// Most events one hook's dead-letter list holds: a hook whose list is full pauses instead of dropping anything.
+pub const HOOK_DLQ_COUNT_MAX: usize = 10_000;
+/// Most log rows one delivery request reads looking for the hook's next matching event (it moves the hook's position
+/// past what it read; the next request reads on).
+pub const HOOK_SCAN_ROWS_MAX: usize = 10_000;
+/// Most events one delivery request begins.
+pub const HOOK_BEGIN_COUNT_MAX: u32 = 64;
+/// Most dead letters one redrive moves back (the next redrive takes the rest).
+pub const HOOK_REDRIVE_COUNT_MAX: usize = 1_000;
+/// How long a node's claim on a durable hook lasts without renewal: after the delivering node dies, another takes
+/// over within this (plus one renewal interval).
+pub const HOOK_CLAIM_TTL_MS: u64 = 3_000;
+/// Most bytes of a shell hook's command line (all arguments together).
+pub const HOOK_EXEC_ARGV_BYTES_MAX: usize = 16 * 1024;
+/// Longest a shell hook's command may run before its process group is killed.
+pub const HOOK_EXEC_TIMEOUT_MS_MAX: u64 = HOOK_ACK_WAIT_MS_MAX;
+/// Most bytes of an error a hook records with a failed attempt.
+pub const HOOK_ERROR_BYTES_MAX: usize = 4 * 1024;
+
+// A delivery request may begin as many events as may be in flight.
+const _: () = assert!(HOOK_BEGIN_COUNT_MAX <= HOOK_IN_FLIGHT_MAX);
+// A trim keeps up with the most events one proposal can record (a batch of the largest size, each a KV event).
+const _: () = assert!(HOOK_TRIM_ROWS_PER_PROPOSAL_MAX as usize >= BATCH_OPS_COUNT_MAX * 4);
+const _: () = assert!(HOOK_LOG_KEEP_EVENTS_DEFAULT <= HOOK_LOG_EVENTS_MAX);
+// A claim is renewed every third of its lifetime, at most every 500 ms: two renewals may fail before it lapses.
+const _: () = assert!(HOOK_CLAIM_TTL_MS >= 3 * 500);
+const _: () =
+    assert!(HOOK_ACK_WAIT_MS_DEFAULT <= HOOK_ACK_WAIT_MS_MAX && HOOK_ACK_WAIT_MS_MIN <= HOOK_ACK_WAIT_MS_DEFAULT);
+const _: () = assert!(HOOK_MAX_DELIVER_DEFAULT <= HOOK_MAX_DELIVER_MAX);
+/// Most hooks or dead letters one page lists.
+pub const HOOK_LIST_COUNT_MAX: usize = 1_000;
+/// Events a hook stream's catch-up reads from the log at once.
+pub const HOOK_STREAM_CATCH_UP_MAX: usize = 1_024;
+/// Events a node buffers for one hook stream before the stream falls back to reading the log.
+pub const HOOK_STREAM_BUFFER_MAX: usize = 1_024;
+/// How often a quiet hook stream sends its progress, as a heartbeat.
+pub const HOOK_STREAM_PROGRESS_MS: u64 = 5_000;
+const _: () = assert!(HOOK_LIST_COUNT_MAX <= HOOK_DLQ_COUNT_MAX);
+/// Shell hooks one node runs at once (the rest wait their turn within their ack wait).
+pub const HOOK_EXEC_CONCURRENCY_DEFAULT: usize = 16;
+/// Most bytes of a failed command's stderr kept as its error.
+pub const HOOK_EXEC_STDERR_BYTES_MAX: usize = 2 * 1024;
+const _: () = assert!(HOOK_EXEC_STDERR_BYTES_MAX + 256 <= HOOK_ERROR_BYTES_MAX);

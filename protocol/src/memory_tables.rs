@@ -24,8 +24,8 @@ impl CoordRead for MemoryTables {
         Ok(self.coord.get(key).cloned())
     }
 
-    fn coord_scan(&self, prefix: &[u8], visit: &mut RowVisitor<'_>) -> Result<(), StorageFault> {
-        for (key, value) in self.coord.range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded)) {
+    fn coord_scan_from(&self, prefix: &[u8], start: &[u8], visit: &mut RowVisitor<'_>) -> Result<(), StorageFault> {
+        for (key, value) in self.coord.range::<[u8], _>((Bound::Included(start.max(prefix)), Bound::Unbounded)) {
             if !key.starts_with(prefix) || visit(key, value).is_break() {
                 break;
             }

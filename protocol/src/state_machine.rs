@@ -9,6 +9,7 @@ use std::ops::ControlFlow;
 use crate::command::{Command, CommandOutput, CommandResult, KvResult, Proposal, ProposalOutcome};
 use crate::coord::{self, CoordRead, CoordWrite};
 use crate::error::{ErrorCode, ErrorDetail, WireError};
+use crate::hook;
 use crate::kv::{
     Bytes, Compare, CompareOp, CompareTarget, KvEntry, KvRequest, KvResponse, TxnOp, TxnOpResult, WriteOp,
 };
@@ -72,12 +73,50 @@ pub fn apply_proposal(
 ) -> Result<ProposalOutcome, StorageFault> {
     let _ = tables.take_events();
     let now = coord::advance_clock(tables, proposal.stamp_ms)?;
+    let mut events = Vec::new();
+    let mut hooks = Vec::new();
+    let before = *revision;
     coord::expire_due(tables, revision, now)?;
+    record_hook_events(tables, now, before, *revision, &mut events, &mut hooks)?;
     let mut results = Vec::with_capacity(proposal.commands.len());
     for command in &proposal.commands {
-        results.push(apply_command(tables, revision, now, command)?);
+        let before = *revision;
+        let result = match command {
+            Command::Hook(command) => {
+                hook::durable::apply(tables, now, *revision, command, &mut hooks)?.map(CommandOutput::Hook)
+            }
+            command => apply_command(tables, revision, now, command)?,
+        };
+        results.push(result);
+        record_hook_events(tables, now, before, *revision, &mut events, &mut hooks)?;
     }
-    Ok(ProposalOutcome { results, events: tables.take_events() })
+    Ok(ProposalOutcome { results, events, hooks })
+}
+
+/// Records in the hook log what one command (or the expiries before the commands) changed: its KV events (revisions
+/// after `before`, read back from the history) and its coordination events, which it also moves into `events`.
+fn record_hook_events(
+    tables: &mut (impl KvWrite + CoordWrite),
+    now: u64,
+    before: u64,
+    after: u64,
+    events: &mut Vec<coord::CoordEvent>,
+    hooks: &mut Vec<hook::HookEvent>,
+) -> Result<(), StorageFault> {
+    let coord_events = tables.take_events();
+    let mut kv = Vec::new();
+    if after > before {
+        tables.history(before + 1, &mut |event| {
+            kv.push(event);
+            ControlFlow::Continue(())
+        })?;
+    }
+    if kv.is_empty() && coord_events.is_empty() {
+        return Ok(());
+    }
+    hooks.extend(hook::record(tables, now, after, hook::bodies_of(kv, &coord_events))?);
+    events.extend(coord_events);
+    Ok(())
 }
 
 /// Applies one command at log time `now`. Invalid commands are answered with an error and change nothing.
@@ -93,6 +132,10 @@ pub fn apply_command(
         Command::Blob(command) => crate::blob::apply(tables, now, command)?.map(CommandOutput::Blob),
         Command::Plugin(command) => crate::plugin::apply(tables, revision, now, command)?,
         Command::Token(command) => crate::token::records::apply(tables, now, command)?.map(CommandOutput::Token),
+        Command::Hook(command) => {
+            // Outside a proposal, what the command publishes is recorded in the log but not reported.
+            hook::durable::apply(tables, now, *revision, command, &mut Vec::new())?.map(CommandOutput::Hook)
+        }
     })
 }
 

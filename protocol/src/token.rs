@@ -71,6 +71,11 @@ pub enum Access<'a> {
     PluginAdmin,
     /// Minting, listing and revoking tokens.
     TokenAdmin,
+    /// Durable hooks and user events.
+    HookAdmin,
+    /// A hook stream of this pattern: read access to the key prefix it is confined to
+    /// ([`kv_scope`](crate::hook::api::kv_scope)), or [`Access::HookAdmin`] when it may match anything else.
+    HookStream(&'a str),
     /// Announcing the addresses of this node.
     NodeAddress(u64),
     /// Replacing this node's key.
@@ -168,6 +173,9 @@ pub fn allows(capabilities: &[Capability], access: Access<'_>) -> bool {
         (Capability::BlobRead, Access::BlobRead) => true,
         (Capability::PluginCall { plugin }, Access::PluginCall(name)) => {
             plugin.as_deref().is_none_or(|plugin| plugin == name)
+        }
+        (Capability::KvRead { prefix } | Capability::KvWrite { prefix }, Access::HookStream(pattern)) => {
+            crate::hook::api::kv_scope(pattern).is_some_and(|scope| scope.starts_with(prefix))
         }
         (Capability::Node { .. }, Access::ClusterRead) => true,
         (Capability::Node { node_id, .. }, Access::NodeAddress(id) | Access::NodeKey(id)) => *node_id == id,

@@ -13,6 +13,8 @@ use pando_protocol::coord::CoordRequest;
 use pando_protocol::envelope::{PROTOCOL_VERSION, Request, RequestEnvelope};
 use pando_protocol::error::ErrorCode;
 use pando_protocol::frame;
+use pando_protocol::hook::api::{HookRequest, HookWatchRequest};
+use pando_protocol::hook::durable::{HookSpec, HookTarget, StartAt};
 use pando_protocol::kv::{Bytes, Compare, CompareOp, CompareTarget, Consistency, KvRequest, TxnOp, WriteOp, bytes};
 use pando_protocol::memory_tables::MemoryTables;
 use pando_protocol::observe::ObserveRequest;
@@ -110,6 +112,34 @@ fn corpus(rng: &mut Rng, valid: bool) -> Vec<Request> {
             progress_ms: number(rng, 500) as u32,
         }),
         Request::Observe(ObserveRequest::Election { name: key(rng) }),
+        Request::Hook(HookRequest::Create {
+            name: if valid { format!("h{}", rng.below(3)) } else { String::from_utf8_lossy(&any_bytes(rng)).into() },
+            spec: HookSpec {
+                pattern: if valid { "kv.put.app.>".into() } else { String::from_utf8_lossy(&any_bytes(rng)).into() },
+                target: HookTarget::Exec {
+                    argv: vec!["/bin/true".into()],
+                    shell: false,
+                    timeout_ms: number(rng, 1_000),
+                },
+                ack_wait_ms: number(rng, 1_000),
+                max_deliver: number(rng, 3) as u32,
+                backoff_ms: vec![number(rng, 10)],
+                max_in_flight: number(rng, 1) as u32,
+            },
+            start: StartAt::Seq(number(rng, 1)),
+        }),
+        Request::Hook(HookRequest::Publish { subject: "deploy.started".into(), data: key(rng) }),
+        Request::Hook(HookRequest::Replay { name: "h1".into(), from: number(rng, 2) }),
+        Request::Hook(HookRequest::Redrive { name: "h1".into() }),
+        Request::Hook(HookRequest::DeadLetters {
+            name: "h1".into(),
+            after: number(rng, 0),
+            limit: number(rng, 10) as u32,
+        }),
+        Request::HookWatch(HookWatchRequest {
+            pattern: if valid { "kv.>".into() } else { String::from_utf8_lossy(&any_bytes(rng)).into() },
+            from_seq: number(rng, 1),
+        }),
         Request::Token(TokenRequest::Create {
             name: "n".into(),
             capabilities: vec![Capability::KvRead { prefix: key(rng) }, Capability::PluginCall { plugin: None }],
@@ -219,6 +249,11 @@ fn exercise(frame_bytes: &[u8], tables: &mut MemoryTables, revision: &mut u64, r
         Request::Watch(request) => checked_only(request.validate()),
         Request::Observe(request) => checked_only(request.validate()),
         Request::Cluster(_) => None,
+        Request::HookWatch(request) => checked_only(request.validate()),
+        Request::Hook(request) => match request.command() {
+            Some(command) => request.validate().ok().map(|()| Command::Hook(command)),
+            None => checked_only(request.validate()),
+        },
         Request::Token(request) => request.validate().ok().and_then(|()| match request {
             TokenRequest::Create { name, capabilities, ttl_ms, join } => {
                 Some(Command::Token(pando_protocol::token::records::TokenCommand::Create {

@@ -10,6 +10,7 @@ use pando_protocol::blob::BlobCommand;
 use pando_protocol::cluster::{MemberNode, MeshPing};
 use pando_protocol::command::{Command, CommandOutput};
 use pando_protocol::error::{ErrorCode, WireError};
+use pando_protocol::hook::durable::HookCommand;
 use pando_protocol::kv::KvRequest;
 use pando_protocol::plugin::PluginCommand;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -90,9 +91,28 @@ pub(crate) fn admit(command: &Command, from: u64, voter: bool) -> Result<(), Wir
         Command::Blob(_)
             | Command::Kv(KvRequest::PutBlob { .. })
             | Command::Plugin(PluginCommand::Report { .. } | PluginCommand::Kv { .. })
+            | Command::Hook(
+                HookCommand::Claim { .. }
+                    | HookCommand::Release { .. }
+                    | HookCommand::Begin { .. }
+                    | HookCommand::Ack { .. }
+                    | HookCommand::Nack { .. }
+                    | HookCommand::Term { .. }
+            )
     );
     if !forwardable {
-        return Err(WireError::invalid("only blob bookkeeping, plugin reports and plugin KV writes are forwarded"));
+        return Err(WireError::invalid(
+            "only blob bookkeeping, plugin reports, plugin KV writes and hook deliveries are forwarded",
+        ));
+    }
+    // A node claims hook deliveries for itself only (and only a voter delivers at all, below).
+    if let Command::Hook(HookCommand::Claim { node, .. }) = command
+        && *node != from
+    {
+        return Err(WireError::new(
+            ErrorCode::Unauthorized,
+            format!("node {from} may not claim a hook for node {node}"),
+        ));
     }
     let about_itself = match command {
         Command::Blob(BlobCommand::Held { node, .. } | BlobCommand::Release { node, .. }) => *node == from,
@@ -369,6 +389,19 @@ mod tests {
         for command in [held(3), put, plugin_write, unpin] {
             assert!(admit(&command, 2, true).is_ok(), "{command:?}");
         }
+    }
+
+    #[test]
+    fn a_voter_forwards_hook_deliveries_and_claims_only_for_itself() {
+        let claim = |node| Command::Hook(HookCommand::Claim { name: "audit".into(), node, fence: 0 });
+        assert!(admit(&claim(2), 2, true).is_ok());
+        assert_eq!(admit(&claim(3), 2, true).unwrap_err().code, ErrorCode::Unauthorized);
+        assert_eq!(admit(&claim(4), 4, false).unwrap_err().code, ErrorCode::Unauthorized, "learners deliver nothing");
+        let ack = Command::Hook(HookCommand::Ack { name: "audit".into(), seq: 1, attempt: 1, fence: 1 });
+        assert!(admit(&ack, 2, true).is_ok());
+        // What a client asks for goes through the client's own request, never a node's forward.
+        let create = Command::Hook(HookCommand::Delete { name: "audit".into() });
+        assert_eq!(admit(&create, 2, true).unwrap_err().code, ErrorCode::InvalidArgument);
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub(crate) fn validate(request: &Request) -> Result<(), WireError> {
         Request::Watch(request) => request.validate(),
         Request::Observe(request) => request.validate(),
         Request::Token(request) => request.validate(),
+        Request::Hook(request) => request.validate(),
+        Request::HookWatch(request) => request.validate(),
     }
 }
 
@@ -83,6 +85,10 @@ pub(crate) fn required(request: &Request) -> Vec<Access<'_>> {
             }
         }],
         Request::Token(_) => vec![Access::TokenAdmin],
+        Request::Hook(_) => vec![Access::HookAdmin],
+        // A stream of KV events under a prefix needs what a watch of that prefix needs; anything else the hooks
+        // capability (it may see every key, lock and lease).
+        Request::HookWatch(request) => vec![Access::HookStream(&request.pattern)],
     }
 }
 

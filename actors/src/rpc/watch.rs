@@ -11,6 +11,7 @@ use std::time::Duration;
 use pando_protocol::envelope::{Request, RequestEnvelope, Response, ResponseEnvelope};
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::frame;
+use pando_protocol::hook::api::HookStreamResponse;
 use pando_protocol::limits::WATCH_SEND_STALL_MS_MAX;
 use pando_protocol::observe::ObserveResponse;
 use pando_protocol::watch::WatchResponse;
@@ -21,20 +22,21 @@ use super::link::{StreamRecv, StreamSend};
 use super::stream::write_response;
 use crate::commit_stream::RevisionEvents;
 use crate::services::watch::whole_response;
-use crate::services::{Observer, WatchFrame, Watcher};
+use crate::services::{HookWatcher, Observer, WatchFrame, Watcher};
 
 /// How long the last frame (a cancellation) may take to go out.
 const CANCEL_WRITE_MS: u64 = 1_000;
 
 /// Whether a request opens a watch or an observation (served by [`serve_stream`]).
 pub(crate) fn is_watch(envelope: &RequestEnvelope) -> bool {
-    matches!(envelope.body, Request::Watch(_) | Request::Observe(_))
+    matches!(envelope.body, Request::Watch(_) | Request::Observe(_) | Request::HookWatch(_))
 }
 
 /// A long-lived answer on one stream.
 enum Subscription {
     Watch(Watcher),
     Observe(Observer),
+    Hooks(HookWatcher),
 }
 
 /// One frame to send.
@@ -58,6 +60,7 @@ impl Subscription {
         match body {
             Request::Watch(request) => context.services.watch.open(request).map(Subscription::Watch),
             Request::Observe(request) => context.services.watch.observe(request).map(Subscription::Observe),
+            Request::HookWatch(request) => context.services.hooks.open(request).map(Subscription::Hooks),
             _ => Err(WireError::internal("not a watch request")),
         }
     }
@@ -73,6 +76,10 @@ impl Subscription {
                 let last = matches!(frame, ObserveResponse::Canceled { .. });
                 (Frame::Response(Response::Observe(frame)), last)
             }),
+            Subscription::Hooks(watcher) => watcher.next_frame().await.map(|frame| {
+                let last = matches!(frame, HookStreamResponse::Canceled { .. });
+                (Frame::Response(Response::HookStream(frame)), last)
+            }),
         }
     }
 
@@ -83,7 +90,7 @@ impl Subscription {
                 let last = frame.is_last();
                 (frame.into(), last)
             }),
-            Subscription::Observe(_) => None,
+            Subscription::Observe(_) | Subscription::Hooks(_) => None,
         }
     }
 
@@ -94,6 +101,9 @@ impl Subscription {
                 Response::Watch(WatchResponse::Canceled { error, next_revision: watcher.next_revision() })
             }
             Subscription::Observe(_) => Response::Observe(ObserveResponse::Canceled { error }),
+            Subscription::Hooks(watcher) => {
+                Response::HookStream(HookStreamResponse::Canceled { error, next_seq: watcher.next_seq() })
+            }
         }
     }
 }

@@ -11,6 +11,7 @@
 pub mod blobs;
 pub mod cluster;
 pub mod coord;
+pub mod hooks;
 pub mod kv;
 pub mod plugins;
 pub mod tokens;
@@ -19,6 +20,7 @@ pub mod watch;
 pub use blobs::BlobService;
 pub use cluster::ClusterService;
 pub use coord::CoordService;
+pub use hooks::{HookService, HookWatcher};
 pub use kv::{KvService, ScanPage};
 pub use plugins::{PluginService, ServicesHost};
 pub use tokens::TokenService;
@@ -41,4 +43,5 @@ pub struct Services {
     pub cluster: ClusterService,
     pub watch: WatchService,
     pub tokens: TokenService,
+    pub hooks: HookService,
 }

@@ -73,7 +73,8 @@ impl WatchService {
         Ok(Observer::new(self.storage.clone(), request, LeaderLoss::new(self.raft.clone()), slot))
     }
 
-    fn slot(&self) -> Result<OwnedSemaphorePermit, WireError> {
+    /// One of the node's watch slots (hook streams take them too).
+    pub(crate) fn slot(&self) -> Result<OwnedSemaphorePermit, WireError> {
         self.slots.clone().try_acquire_owned().map_err(|_| {
             WireError::new(
                 ErrorCode::Busy,

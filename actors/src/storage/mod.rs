@@ -18,7 +18,7 @@ use std::sync::Arc;
 use redb::{Database, ReadableTable, TableDefinition};
 
 pub use log_store::LogStore;
-pub use redb_tables::{HistoryPage, StateReader};
+pub use redb_tables::{HistoryPage, HookDetail, HookLogPage, StateReader};
 pub use sim_disk::SimDisk;
 pub use state_machine_store::StateMachineStore;
 

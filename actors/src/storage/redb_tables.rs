@@ -7,6 +7,7 @@ use std::sync::Arc;
 use pando_protocol::command::KvResult;
 use pando_protocol::coord::{self, CoordEvent, CoordRead, CoordRequest, CoordResponse, CoordWrite, RowVisitor};
 use pando_protocol::error::WireError;
+use pando_protocol::hook::{self, HookEvent};
 use pando_protocol::kv::KvRequest;
 use pando_protocol::state_machine::{self, KvRead, KvWrite, StorageFault};
 use pando_protocol::stored_value::StoredValue;
@@ -215,8 +216,8 @@ impl<K, C: ReadableTable<&'static [u8], &'static [u8]>> CoordRead for Tables<K, 
         Ok(self.coord.get(key).map_err(fault)?.map(|value| value.value().to_vec()))
     }
 
-    fn coord_scan(&self, prefix: &[u8], visit: &mut RowVisitor<'_>) -> Result<(), StorageFault> {
-        for row in self.coord.range::<&[u8]>((Bound::Included(prefix), Bound::Unbounded)).map_err(fault)? {
+    fn coord_scan_from(&self, prefix: &[u8], start: &[u8], visit: &mut RowVisitor<'_>) -> Result<(), StorageFault> {
+        for row in self.coord.range::<&[u8]>((Bound::Included(start.max(prefix)), Bound::Unbounded)).map_err(fault)? {
             let (key, value) = row.map_err(fault)?;
             if !key.value().starts_with(prefix) || visit(key.value(), value.value()).is_break() {
                 break;
@@ -399,6 +400,48 @@ impl StateReader {
         read(&tables)
     }
 
+    /// Events of the hook log from `from` on (at most `most`), with the log's floor and next sequence, from one read.
+    pub fn hook_log(&self, from: u64, most: usize) -> Result<HookLogPage, StorageFault> {
+        self.with_coord(|tables| {
+            Ok(HookLogPage {
+                events: hook::read_log(tables, from, most)?,
+                floor: hook::floor(tables)?,
+                next: hook::next_seq(tables)?,
+            })
+        })
+    }
+
+    /// A durable hook with its ack floor, pending events (at most `pending_most`) and dead-letter count.
+    pub fn hook(&self, name: &str, pending_most: usize) -> Result<Option<HookDetail>, StorageFault> {
+        self.with_coord(|tables| {
+            let Some(record) = hook::durable::get(tables, name)? else { return Ok(None) };
+            Ok(Some(HookDetail {
+                ack_floor: hook::durable::ack_floor(tables, &record)?,
+                pending: hook::durable::pending(tables, name, pending_most)?,
+                record,
+            }))
+        })
+    }
+
+    /// Durable hooks in name order after `after`: at most `most`, and whether more follow.
+    pub fn hooks(
+        &self,
+        after: Option<&str>,
+        most: usize,
+    ) -> Result<(Vec<hook::durable::HookRecord>, bool), StorageFault> {
+        self.with_coord(|tables| hook::durable::list(tables, after, most))
+    }
+
+    /// A hook's dead letters after sequence `after`: at most `most`, and whether more follow.
+    pub fn hook_dead_letters(
+        &self,
+        name: &str,
+        after: u64,
+        most: usize,
+    ) -> Result<(Vec<hook::durable::DeadLetter>, bool), StorageFault> {
+        self.with_coord(|tables| hook::durable::dead_letters(tables, name, after, most))
+    }
+
     /// What the cluster knows about one blob, as last applied.
     pub fn blob(&self, hash: &BlobHash) -> Result<Option<BlobRecord>, StorageFault> {
         self.with_coord(|tables| blob::load(tables, hash))
@@ -471,6 +514,24 @@ impl StateReader {
         let read = self.database.begin_read().map_err(fault)?;
         read_revision(&read.open_table(SM_META_TABLE).map_err(fault)?)
     }
+}
+
+/// Events of the hook log, read at one point in time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HookLogPage {
+    pub events: Vec<HookEvent>,
+    /// The oldest sequence the log may hold.
+    pub floor: u64,
+    /// The sequence the next event will take.
+    pub next: u64,
+}
+
+/// A durable hook as `pando hook info` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookDetail {
+    pub record: hook::durable::HookRecord,
+    pub ack_floor: u64,
+    pub pending: Vec<hook::durable::Pending>,
 }
 
 /// Whole revisions of the history, read at one point in time.

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftLogId, RaftSnapshotBuilder};
 use pando_protocol::command::ProposalOutcome;
+use pando_protocol::hook::{ClusterEvent, EventBody};
 use pando_protocol::state_machine::apply_proposal;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
@@ -23,6 +24,20 @@ use super::{
 };
 use crate::commit_stream::{CommitStream, Committed, MembershipChange, RevisionEvents};
 use crate::raft::type_config::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+/// Records a cluster event in the hook log at the state machine's clock.
+fn record_cluster_event(
+    tables: &mut impl pando_protocol::coord::CoordWrite,
+    revision: u64,
+    event: ClusterEvent,
+) -> Result<Vec<Arc<pando_protocol::hook::HookEvent>>, StorageError> {
+    let fault = |fault: pando_protocol::state_machine::StorageFault| write_error(&std::io::Error::other(fault.0));
+    let now = pando_protocol::coord::clock(tables).map_err(fault)?;
+    let subject = pando_protocol::hook::cluster_subject(&event);
+    let events =
+        pando_protocol::hook::record(tables, now, revision, [(subject, EventBody::Cluster(event))]).map_err(fault)?;
+    Ok(events.into_iter().map(Arc::new).collect())
+}
 
 #[derive(Clone)]
 pub struct StateMachineStore {
@@ -142,9 +157,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     last_applied = Some(*entry.get_log_id());
                     digest = applied_digest(&digest, entry)?;
                     match &entry.payload {
-                        EntryPayload::Blank => outcomes.push(ProposalOutcome::default()),
+                        EntryPayload::Blank => {
+                            // A leader's first entry of its term.
+                            let leader = entry.get_log_id().leader_id;
+                            let event = ClusterEvent::LeaderElected { node: leader.node_id, term: leader.term };
+                            let hooks = record_cluster_event(&mut tables, revision, event)?;
+                            outcomes.push(ProposalOutcome::default());
+                            committed.push(Committed {
+                                index: entry.get_log_id().index,
+                                revision,
+                                hooks,
+                                ..Committed::default()
+                            });
+                        }
                         EntryPayload::Normal(proposal) => {
-                            let outcome = apply_proposal(&mut tables, &mut revision, proposal)
+                            let mut outcome = apply_proposal(&mut tables, &mut revision, proposal)
                                 .map_err(|fault| openraft::StorageIOError::apply(*entry.get_log_id(), &fault))?;
                             committed.push(Committed {
                                 index: entry.get_log_id().index,
@@ -152,6 +179,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                                 kv: RevisionEvents::group(std::mem::take(&mut tables.kv.recorded)),
                                 coord: outcome.events.clone(),
                                 membership: None,
+                                hooks: std::mem::take(&mut outcome.hooks).into_iter().map(Arc::new).collect(),
                             });
                             outcomes.push(outcome);
                         }
@@ -160,13 +188,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             meta.insert(META_MEMBERSHIP, encode(&stored)?.as_slice())
                                 .map_err(|error| write_error(&error))?;
                             outcomes.push(ProposalOutcome::default());
+                            let change = MembershipChange {
+                                voters: membership.voter_ids().collect(),
+                                learners: membership.learner_ids().collect(),
+                            };
+                            let event = ClusterEvent::MembershipChanged {
+                                voters: change.voters.iter().copied().collect(),
+                                learners: change.learners.iter().copied().collect(),
+                            };
+                            let hooks = record_cluster_event(&mut tables, revision, event)?;
                             committed.push(Committed {
                                 index: entry.get_log_id().index,
                                 revision,
-                                membership: Some(MembershipChange {
-                                    voters: membership.voter_ids().collect(),
-                                    learners: membership.learner_ids().collect(),
-                                }),
+                                membership: Some(change),
+                                hooks,
                                 ..Committed::default()
                             });
                         }

@@ -53,7 +53,11 @@ pub type RowVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'a;
 pub trait CoordRead {
     fn coord_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageFault>;
     /// Visits rows whose key starts with `prefix`, in byte order, until `visit` breaks.
-    fn coord_scan(&self, prefix: &[u8], visit: &mut RowVisitor<'_>) -> Result<(), StorageFault>;
+    fn coord_scan(&self, prefix: &[u8], visit: &mut RowVisitor<'_>) -> Result<(), StorageFault> {
+        self.coord_scan_from(prefix, prefix, visit)
+    }
+    /// Visits rows whose key starts with `prefix` and is at or after `start`, in byte order, until `visit` breaks.
+    fn coord_scan_from(&self, prefix: &[u8], start: &[u8], visit: &mut RowVisitor<'_>) -> Result<(), StorageFault>;
 }
 
 /// Write access to the coordination rows, and the sink for what changed.

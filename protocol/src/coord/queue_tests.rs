@@ -101,7 +101,8 @@ fn nack_extend_dedup_and_delete() {
     // The deduplication id is forgotten after its window.
     assert_eq!(enqueue(&mut tables, QUEUE_DEDUP_WINDOW_MS + 1, "b", Some("order-7"), None), (2, false));
     run(&mut tables, QUEUE_DEDUP_WINDOW_MS + 2, CoordRequest::QueueDelete { name: bytes("work") }).unwrap();
-    let leftovers: Vec<_> = tables.coord.keys().filter(|key| !key.starts_with(b"m/")).collect();
+    let leftovers: Vec<_> =
+        tables.coord.keys().filter(|key| !key.starts_with(b"m/") && !key.starts_with(b"h/")).collect();
     assert!(leftovers.is_empty(), "deleting a queue leaves nothing behind: {leftovers:?}");
     let missing = run(&mut tables, QUEUE_DEDUP_WINDOW_MS + 3, CoordRequest::QueueGet { name: bytes("work") });
     assert_eq!(missing.unwrap_err().code, ErrorCode::NotFound);
@@ -381,7 +382,8 @@ fn services_turn_critical_without_heartbeats_and_go_after_their_grace() {
     let left = instances(&tables, false);
     assert_eq!(left.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), vec!["w1"], "w1 critical since 35 s");
     run(&mut tables, 76_000, CoordRequest::ServiceDeregister { service: bytes("web"), instance: bytes("w1") }).unwrap();
-    let leftovers: Vec<_> = tables.coord.keys().filter(|key| !key.starts_with(b"m/")).collect();
+    let leftovers: Vec<_> =
+        tables.coord.keys().filter(|key| !key.starts_with(b"m/") && !key.starts_with(b"h/")).collect();
     assert!(leftovers.is_empty(), "nothing left behind: {leftovers:?}");
 }
 
