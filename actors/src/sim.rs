@@ -58,6 +58,8 @@ pub enum PlantedBug {
     SequenceReadBeforeWrite = 512,
     /// The coordination service asks for twice the burst a rate-limit acquisition names.
     RateLimitBurstDoubled = 1024,
+    /// A hook worker answers every attempt with an ack, whatever its run said.
+    HookAckIgnoresOutcome = 2048,
 }
 
 thread_local! {

@@ -116,6 +116,11 @@ pub struct PluginManifest {
     pub instances: u32,
     #[serde(default = "default_queue")]
     pub queue: u32,
+    /// Subject patterns whose events the plugin's `on_hook` export receives, each through a durable hook
+    /// (`plugin-<name>-<i>`): once per event cluster-wide, with retries and a dead-letter list. Needs the `hooks`
+    /// permission.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<String>,
 }
 
 fn default_memory_pages() -> u32 {
@@ -148,6 +153,7 @@ impl PluginManifest {
             fuel: PLUGIN_FUEL_DEFAULT,
             instances: 1,
             queue: PLUGIN_QUEUE_DEFAULT,
+            hooks: Vec::new(),
         }
     }
 
@@ -197,6 +203,18 @@ impl PluginManifest {
         }
         if !(1..=PLUGIN_QUEUE_MAX).contains(&self.queue) {
             return Err(field("queue", format!("must be 1 to {PLUGIN_QUEUE_MAX}, got {}", self.queue)));
+        }
+        if !self.hooks.is_empty() && !self.allows(Permission::Hooks) {
+            return Err(field("hooks", "subscribing to hook events needs the `hooks` permission".into()));
+        }
+        if self.hooks.len() > crate::plugin_abi::HOOK_SUBSCRIPTIONS_MAX {
+            return Err(field("hooks", format!("more than {} patterns", crate::plugin_abi::HOOK_SUBSCRIPTIONS_MAX)));
+        }
+        for (index, pattern) in self.hooks.iter().enumerate() {
+            if self.hooks[..index].contains(pattern) {
+                return Err(field("hooks", format!("{pattern:?} is listed twice")));
+            }
+            crate::hook::subject::validate_pattern(pattern).map_err(|error| field("hooks", error.message))?;
         }
         Ok(())
     }
@@ -500,6 +518,12 @@ pub fn apply(
             if old.is_none() && list(store)?.len() >= PLUGINS_MAX {
                 return Ok(Err(WireError::new(ErrorCode::TooLarge, format!("{PLUGINS_MAX} plugins are installed"))));
             }
+            let hooks = &manifest.hooks;
+            if let Err(error) =
+                crate::hook::durable::sync_plugin(store, now, &manifest.name, hooks, manifest.timeout_ms, true)?
+            {
+                return Ok(Err(error));
+            }
             let old_blob = old.as_ref().map(|old| BlobRef { hash: old.wasm, size: old.wasm_size });
             crate::blob::replace_reference(store, None, old_blob, Some(blob))?;
             let record = PluginRecord {
@@ -520,6 +544,12 @@ pub fn apply(
             record.enabled = *enabled;
             record.generation = next_generation(store)?;
             record.updated_ms = now;
+            let manifest = &record.manifest;
+            if let Err(error) =
+                crate::hook::durable::sync_plugin(store, now, name, &manifest.hooks, manifest.timeout_ms, *enabled)?
+            {
+                return Ok(Err(error));
+            }
             save(store, &record)?;
             PluginResponse::Record(record)
         }
@@ -532,6 +562,8 @@ pub fn apply(
                 None,
             )?;
             store.coord_delete(&record_key(name))?;
+            // Its hooks go with it (their dead letters too).
+            let _ = crate::hook::durable::sync_plugin(store, now, name, &[], record.manifest.timeout_ms, false)?;
             let mut reports = Vec::new();
             store.coord_scan(&status_prefix(name), &mut |key, _| {
                 reports.push(key.to_vec());

@@ -335,7 +335,10 @@ async fn deliver_while_claimed(
 /// after that is refused anyway, and the attempt counts as failed).
 async fn attempt(context: Arc<Context>, target: HookTarget, delivery: Delivery) {
     let limit = Duration::from_millis(delivery.ack_by_ms.saturating_sub(context.clock.now_ms()));
-    let outcome = context.runner.run(&target, &delivery, limit).await;
+    let mut outcome = context.runner.run(&target, &delivery, limit).await;
+    if crate::sim::planted_bug(crate::sim::PlantedBug::HookAckIgnoresOutcome) {
+        outcome = Outcome::Ack;
+    }
     let (name, seq, attempt, fence) = (delivery.hook.clone(), delivery.event.seq, delivery.attempt, delivery.fence);
     let command = match outcome {
         Outcome::Ack => HookCommand::Ack { name, seq, attempt, fence },

@@ -539,17 +539,7 @@ pub fn apply(
             if get(store, name)?.is_none() {
                 return Ok(Err(not_found(name)));
             }
-            for prefix in [scoped(PENDING, name.as_bytes()), scoped(DEAD, name.as_bytes())] {
-                let mut keys = Vec::new();
-                store.coord_scan(&prefix, &mut |key, _| {
-                    keys.push(key.to_vec());
-                    std::ops::ControlFlow::Continue(())
-                })?;
-                for key in keys {
-                    store.coord_delete(&key)?;
-                }
-            }
-            store.coord_delete(&hook_key(name))?;
+            delete(store, name)?;
             Ok(Ok(HookResponse::Deleted))
         }
         command => {
@@ -576,6 +566,91 @@ pub fn apply(
         }
     }
 }
+
+/// Removes a hook with its pending events and dead letters.
+fn delete(store: &mut impl CoordWrite, name: &str) -> Result<(), StorageFault> {
+    for prefix in [scoped(PENDING, name.as_bytes()), scoped(DEAD, name.as_bytes())] {
+        let mut keys = Vec::new();
+        store.coord_scan(&prefix, &mut |key, _| {
+            keys.push(key.to_vec());
+            std::ops::ControlFlow::Continue(())
+        })?;
+        for key in keys {
+            store.coord_delete(&key)?;
+        }
+    }
+    store.coord_delete(&hook_key(name))?;
+    Ok(())
+}
+
+/// The durable hook of a plugin's `index`th declared pattern.
+pub fn plugin_hook_name(plugin: &str, index: usize) -> String {
+    format!("plugin-{plugin}-{index}")
+}
+
+/// Makes the durable hooks of plugin `plugin` what its manifest declares: one per pattern (`plugin-<name>-<i>`),
+/// calling its `on_hook` export, paused while the plugin is disabled; hooks of patterns no longer declared go. A
+/// changed pattern keeps its hook's position. Refused (before anything changes) when the cluster's hook limit would
+/// be passed.
+pub(crate) fn sync_plugin(
+    store: &mut impl CoordWrite,
+    now: u64,
+    plugin: &str,
+    patterns: &[String],
+    timeout_ms: u32,
+    enabled: bool,
+) -> Result<Result<(), WireError>, StorageFault> {
+    let missing = (0..patterns.len())
+        .filter(|index| !matches!(get(store, &plugin_hook_name(plugin, *index)), Ok(Some(_))))
+        .count();
+    if missing > 0 {
+        let (hooks, _) = load_under::<HookRecord>(store, HOOK, HOOKS_COUNT_MAX + 1)?;
+        if hooks.len() + missing > HOOKS_COUNT_MAX {
+            return Ok(Err(WireError::too_large(format!(
+                "the plugin declares {missing} new hooks; the cluster has {} of at most {HOOKS_COUNT_MAX}",
+                hooks.len()
+            ))));
+        }
+    }
+    for (index, pattern) in patterns.iter().enumerate() {
+        let name = plugin_hook_name(plugin, index);
+        let spec = HookSpec {
+            pattern: pattern.clone(),
+            target: HookTarget::Plugin {
+                plugin: plugin.to_string(),
+                function: crate::plugin_abi::exports::ON_HOOK.to_string(),
+            },
+            ack_wait_ms: (u64::from(timeout_ms) * 2).clamp(HOOK_ACK_WAIT_MS_MIN, HOOK_ACK_WAIT_MS_MAX),
+            max_deliver: HOOK_MAX_DELIVER_DEFAULT,
+            backoff_ms: vec![1_000],
+            max_in_flight: 1,
+        };
+        let mut record = match get(store, &name)? {
+            Some(record) => record,
+            None => match create(store, now, &name, &spec, StartAt::New)? {
+                Ok(_) => get(store, &name)?.ok_or_else(|| StorageFault(format!("hook {name} vanished")))?,
+                Err(error) => return Ok(Err(error)),
+            },
+        };
+        record.spec = spec;
+        record.paused = match (&record.paused, enabled) {
+            (_, false) => Some(PLUGIN_DISABLED.into()),
+            (Some(reason), true) if reason == PLUGIN_DISABLED => None,
+            (paused, true) => paused.clone(),
+        };
+        save(store, &hook_key(&name), &record)?;
+    }
+    for index in patterns.len()..crate::plugin_abi::HOOK_SUBSCRIPTIONS_MAX {
+        let name = plugin_hook_name(plugin, index);
+        if get(store, &name)?.is_some() {
+            delete(store, &name)?;
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Why a plugin's hooks do not deliver while it is disabled.
+const PLUGIN_DISABLED: &str = "its plugin is disabled";
 
 struct Context<'a> {
     now: u64,
