@@ -45,6 +45,9 @@ pub enum BenchCommand {
     /// `--watchers` watches on one prefix while `--concurrency` writers put to it: events/s delivered,
     /// commit-to-delivery latency, and the writes' latency (run with `--watchers 0` for the baseline).
     Watch(crate::bench_watch::WatchBenchArgs),
+    /// Hook streams (`--target stream --streams N`) or a durable shell hook (`--target exec`) on the `kv.put` subjects
+    /// of a prefix while writers put to it: events/s, commit-to-delivery latency, and the writes' latency.
+    Hook(crate::bench_hook::HookBenchArgs),
 }
 
 /// How long a bench consumer's dequeue may wait on the node for a message.
@@ -107,6 +110,7 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
             return result;
         }
         BenchCommand::Watch(args) => return crate::bench_watch::run(ticket, options, args, json_output).await,
+        BenchCommand::Hook(args) => return crate::bench_hook::run(ticket, options, args, json_output).await,
         BenchCommand::Put(args) => ("put", args),
         BenchCommand::Get(args) => ("get", args),
         BenchCommand::Counter(args) => ("counter", args),

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_blob;
+mod bench_hook;
 mod bench_plugin;
 mod bench_watch;
 mod blob;

@@ -136,8 +136,9 @@ impl HooksHandle {
         }
     }
 
-    /// A router starts dispatching after `through`: streams registered before it must read what they missed.
-    fn start(&self, through: u64) {
+    /// A router starts dispatching after `through`: streams registered before it must read what they missed. Only the
+    /// router calls it (and the router's benchmark).
+    pub fn start(&self, through: u64) {
         let mut registry = self.lock();
         registry.streams = SubjectTrie::new();
         registry.senders.clear();
@@ -154,8 +155,8 @@ impl HooksHandle {
     }
 
     /// Routes one event: into every matching stream's channel (a full or closed one is dropped: it catches up from
-    /// the log), and wakes every matching durable hook.
-    fn dispatch(&self, event: &Arc<HookEvent>) {
+    /// the log), and wakes every matching durable hook. Only the router calls it (and the router's benchmark).
+    pub fn dispatch(&self, event: &Arc<HookEvent>) {
         let mut registry = self.lock();
         let mut lagging = Vec::new();
         registry.streams.matching(&event.subject, &mut |id| lagging.push(*id));

@@ -1,0 +1,264 @@
+//! `pando bench hook`: commit-to-delivery latency and throughput of hooks while writers put under a prefix.
+//!
+//! - `--target stream`: `--streams` hook streams (`pando hook watch`) on the prefix's `kv.put` subjects; events/s
+//!   delivered (all streams together) and the latency from each write's acknowledgement to each stream's delivery.
+//! - `--target exec`: one durable shell hook on those subjects whose command appends its event's revision and the
+//!   wall clock to a file; the latency from each write's acknowledgement to its command's run, and the events/s the
+//!   hook acked (begin, run, ack: two log entries and a process per event, strictly in order).
+//!
+//! The writes' own latency is reported too, so a run with `--streams 0` is the baseline of what hooks cost writers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use pando_client::pando_protocol::hook::durable::{HookSpec, HookTarget, StartAt};
+use pando_client::pando_protocol::hook::subject::encode_key;
+use pando_client::{Client, ClientOptions};
+use serde_json::json;
+
+const STREAMS_PER_CONNECTION_MAX: usize = 64;
+const WRITERS_PER_CONNECTION_MAX: usize = 32;
+const BENCH_STREAMS_MAX: usize = 10_000;
+const LATENCY_US_MAX: u64 = 600_000_000;
+const DRAIN_MS: u64 = 2_000;
+/// How long a shell hook may take to catch up after the writes.
+const EXEC_SETTLE_MS: u64 = 300_000;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum HookBenchTarget {
+    Stream,
+    Exec,
+}
+
+#[derive(Debug, Args)]
+pub struct HookBenchArgs {
+    #[arg(long, value_enum, default_value = "stream")]
+    target: HookBenchTarget,
+    /// Hook streams (with `--target stream`).
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
+    /// Concurrent writers, each with one put outstanding.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Pause between a writer's puts, in ms (0: closed loop). A shell hook runs one event at a time: pace the
+    /// writers below its rate to measure latency rather than a queue.
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Seconds of writing.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// The key prefix written (its `kv.put` subjects are what the hooks match).
+    #[arg(long, default_value = "bench/hook/")]
+    prefix: String,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds")
+}
+
+fn wall_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_micros() as u64)
+}
+
+fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
+    histogram.value_at_quantile(quantile) as f64 / 1000.0
+}
+
+pub async fn run(ticket: &str, options: ClientOptions, args: HookBenchArgs, json_output: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(args.streams <= BENCH_STREAMS_MAX, "--streams must be 0..={BENCH_STREAMS_MAX}");
+    anyhow::ensure!((1..=4_096).contains(&args.concurrency), "--concurrency must be 1..=4096");
+    anyhow::ensure!((1..=3_600).contains(&args.duration), "--duration must be 1..=3600 seconds");
+    anyhow::ensure!(args.prefix.ends_with('/') && args.prefix.len() > 1, "--prefix must end with `/`");
+    let pattern = format!("kv.put.{}.>", encode_key(args.prefix.trim_end_matches('/').as_bytes()));
+    // When each revision was acknowledged: a monotonic instant (streams, same process) and the wall clock (shell
+    // hooks, another process).
+    let acked: Arc<Mutex<HashMap<u64, (Instant, u64)>>> = Arc::default();
+    let admin = Client::new(ticket, options.clone()).await?;
+    let first = admin.hook_publish("bench.hook.start", b"{}").await? + 1;
+    let writing = Duration::from_secs(args.duration);
+    let stop_at = Instant::now() + writing + Duration::from_millis(DRAIN_MS);
+    let scratch = std::env::temp_dir().join(format!("pando-bench-hook-{}", std::process::id()));
+    let hook_name = format!("bench-exec-{}", std::process::id());
+    let mut stream_clients = Vec::new();
+    let mut streams = Vec::new();
+    match args.target {
+        HookBenchTarget::Stream => {
+            for _ in 0..args.streams.div_ceil(STREAMS_PER_CONNECTION_MAX) {
+                stream_clients.push(Arc::new(Client::new(ticket, options.clone()).await?));
+            }
+            for index in 0..args.streams {
+                let client = stream_clients[index / STREAMS_PER_CONNECTION_MAX].clone();
+                let (acked, pattern) = (acked.clone(), pattern.clone());
+                streams.push(tokio::spawn(async move {
+                    let mut latency = histogram();
+                    let mut events = 0u64;
+                    let mut watch = client.hook_watch(&pattern, first);
+                    loop {
+                        let remaining = stop_at.saturating_duration_since(Instant::now());
+                        let Ok(next) = tokio::time::timeout(remaining, watch.next()).await else { break };
+                        let event = next?;
+                        let now = Instant::now();
+                        events += 1;
+                        let at =
+                            acked.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&event.revision).copied();
+                        let micros = at.map_or(1, |(at, _)| now.saturating_duration_since(at).as_micros() as u64);
+                        latency.saturating_record(micros.max(1));
+                    }
+                    watch.cancel().await;
+                    Ok::<_, pando_client::ClientError>((events, latency))
+                }));
+            }
+        }
+        HookBenchTarget::Exec => {
+            let _ = std::fs::remove_file(&scratch);
+            let line = format!("echo \"$PANDO_REVISION $(date +%s%N)\" >> {}", scratch.display());
+            let spec = HookSpec {
+                pattern: pattern.clone(),
+                target: HookTarget::Exec { argv: vec![line], shell: true, timeout_ms: 30_000 },
+                ack_wait_ms: 30_000,
+                max_deliver: 3,
+                backoff_ms: Vec::new(),
+                max_in_flight: 1,
+            };
+            admin.hook_create(&hook_name, spec, StartAt::Seq(first)).await?;
+        }
+    }
+    let mut write_clients = Vec::new();
+    for _ in 0..args.concurrency.div_ceil(WRITERS_PER_CONNECTION_MAX) {
+        write_clients.push(Arc::new(Client::new(ticket, options.clone()).await?));
+    }
+    let value = vec![b'x'; args.value_size];
+    let started = Instant::now();
+    let deadline = started + writing;
+    let mut writers = Vec::new();
+    for writer in 0..args.concurrency {
+        let client = write_clients[writer / WRITERS_PER_CONNECTION_MAX].clone();
+        let (acked, value, prefix, pause) = (acked.clone(), value.clone(), args.prefix.clone(), args.pause_ms);
+        writers.push(tokio::spawn(async move {
+            let mut latency = histogram();
+            let mut errors = 0u64;
+            let mut sequence = 0u64;
+            while Instant::now() < deadline {
+                sequence += 1;
+                let key = format!("{prefix}{writer}/{}", sequence % 1_000);
+                let begun = Instant::now();
+                match client.put(key.as_bytes(), &value).await {
+                    Ok(revision) => {
+                        let now = Instant::now();
+                        acked
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .insert(revision, (now, wall_us()));
+                        latency.saturating_record((now - begun).as_micros().max(1) as u64);
+                    }
+                    Err(_) => errors += 1,
+                }
+                if pause > 0 {
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+            }
+            (latency, errors)
+        }));
+    }
+    let mut writes = histogram();
+    let mut write_errors = 0;
+    for writer in writers {
+        let (latency, errors) = writer.await?;
+        writes.add(&latency)?;
+        write_errors += errors;
+    }
+    let written = started.elapsed().as_secs_f64();
+    let mut delivery = histogram();
+    let mut delivered = 0u64;
+    let mut errors = Vec::new();
+    let delivered_over;
+    match args.target {
+        HookBenchTarget::Stream => {
+            for stream in streams {
+                match stream.await? {
+                    Ok((events, latency)) => {
+                        delivered += events;
+                        delivery.add(&latency)?;
+                    }
+                    Err(error) => errors.push(error.to_string()),
+                }
+            }
+            delivered_over = written;
+        }
+        HookBenchTarget::Exec => {
+            // Wait for the hook to run everything written, then read what the command recorded.
+            let settle = Instant::now() + Duration::from_millis(EXEC_SETTLE_MS);
+            loop {
+                let info = admin.hook_info(&hook_name).await?;
+                if info.record.position + 1 >= info.log_next && info.record.pending == 0 {
+                    break;
+                }
+                anyhow::ensure!(Instant::now() < settle, "the shell hook did not catch up: {:?}", info.record);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            delivered_over = started.elapsed().as_secs_f64();
+            let acked = acked.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+            for line in std::fs::read_to_string(&scratch).unwrap_or_default().lines() {
+                let mut parts = line.split_whitespace();
+                let (Some(revision), Some(nanos)) = (parts.next(), parts.next()) else { continue };
+                let (Ok(revision), Ok(nanos)) = (revision.parse::<u64>(), nanos.parse::<u64>()) else { continue };
+                delivered += 1;
+                if let Some((_, at)) = acked.get(&revision) {
+                    delivery.saturating_record((nanos / 1_000).saturating_sub(*at).max(1));
+                }
+            }
+            admin.hook_delete(&hook_name).await?;
+            let _ = std::fs::remove_file(&scratch);
+        }
+    }
+    for client in stream_clients.iter().chain(&write_clients) {
+        client.close().await;
+    }
+    admin.close().await;
+    let report = json!({
+        "op": "hook",
+        "target": format!("{:?}", args.target).to_lowercase(),
+        "streams": args.streams,
+        "writers": args.concurrency,
+        "duration_s": written,
+        "writes_per_s": writes.len() as f64 / written,
+        "write_p50_ms": ms(&writes, 0.5),
+        "write_p99_ms": ms(&writes, 0.99),
+        "write_errors": write_errors,
+        "events_delivered": delivered,
+        "events_per_s": delivered as f64 / delivered_over,
+        "delivery_p50_ms": ms(&delivery, 0.5),
+        "delivery_p99_ms": ms(&delivery, 0.99),
+        "delivery_max_ms": delivery.max() as f64 / 1000.0,
+        "errors": errors,
+    });
+    if json_output {
+        println!("{report}");
+    } else {
+        println!(
+            "hook {:?}: {} streams, {} writers, {written:.1} s: {:.0} writes/s (p50 {:.2} ms, p99 {:.2} ms, {write_errors} \
+             errors); {delivered} events delivered, {:.0} events/s, commit-to-delivery p50 {:.2} ms p99 {:.2} ms max \
+             {:.2} ms",
+            args.target,
+            args.streams,
+            args.concurrency,
+            writes.len() as f64 / written,
+            ms(&writes, 0.5),
+            ms(&writes, 0.99),
+            delivered as f64 / delivered_over,
+            ms(&delivery, 0.5),
+            ms(&delivery, 0.99),
+            delivery.max() as f64 / 1000.0,
+        );
+        for error in &errors {
+            eprintln!("stream failed: {error}");
+        }
+    }
+    anyhow::ensure!(errors.is_empty(), "{} streams failed", errors.len());
+    Ok(())
+}
