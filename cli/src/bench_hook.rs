@@ -14,8 +14,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
+use pando_client::pando_protocol::blob::{BlobRequest, BlobResponse};
 use pando_client::pando_protocol::hook::durable::{HookSpec, HookTarget, StartAt};
 use pando_client::pando_protocol::hook::subject::encode_key;
+use pando_client::pando_protocol::plugin::{Permission, PluginManifest, PluginRequest};
 use pando_client::{Client, ClientOptions};
 use serde_json::json;
 
@@ -31,6 +33,7 @@ const EXEC_SETTLE_MS: u64 = 300_000;
 pub enum HookBenchTarget {
     Stream,
     Exec,
+    Plugin,
 }
 
 #[derive(Debug, Args)]
@@ -55,6 +58,37 @@ pub struct HookBenchArgs {
     /// The key prefix written (its `kv.put` subjects are what the hooks match).
     #[arg(long, default_value = "bench/hook/")]
     prefix: String,
+    /// The `kv-counter` plugin's wasm (with `--target plugin`: installed subscribed to the prefix; its `on_hook`
+    /// records each event under `plugin/kv-counter/seen/`, and the latency runs to that record's commit).
+    #[arg(long, default_value = "fixtures/wasm/kv-counter.wasm")]
+    wasm: std::path::PathBuf,
+}
+
+/// How long the plugin's streams wait past the writes for the plugin to catch up.
+const PLUGIN_DRAIN: Duration = Duration::from_secs(20);
+
+/// Installs `kv-counter` subscribed to `pattern` and waits until it answers here.
+async fn install_counter(admin: &Client, wasm: &std::path::Path, pattern: &str) -> anyhow::Result<()> {
+    let add = BlobRequest::Add { replicas: None, pin: false, expected: None, attach: None, ack_copies: None };
+    let hash = match crate::blob::upload(admin, wasm, add).await? {
+        BlobResponse::Added { hash, .. } => hash,
+        other => anyhow::bail!("unexpected response {other:?}"),
+    };
+    let manifest = PluginManifest {
+        permissions: vec![Permission::KvRead, Permission::KvWrite, Permission::Hooks],
+        hooks: vec![pattern.to_string()],
+        timeout_ms: 10_000,
+        ..PluginManifest::new("kv-counter", "bench")
+    };
+    admin.plugin(PluginRequest::Install { manifest, wasm: hash }).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while admin.plugin_call("kv-counter", "get", br#"{"name":"x"}"#).await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "kv-counter did not start within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every node loads it; the node that delivers the hook may be another.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(())
 }
 
 fn histogram() -> Histogram<u64> {
@@ -114,6 +148,8 @@ pub async fn run(ticket: &str, options: ClientOptions, args: HookBenchArgs, json
                 }));
             }
         }
+        // Installed right after this match, before the writers start.
+        HookBenchTarget::Plugin => {}
         HookBenchTarget::Exec => {
             let _ = std::fs::remove_file(&scratch);
             let line = format!("echo \"$PANDO_REVISION $(date +%s%N)\" >> {}", scratch.display());
@@ -127,6 +163,47 @@ pub async fn run(ticket: &str, options: ClientOptions, args: HookBenchArgs, json
             };
             admin.hook_create(&hook_name, spec, StartAt::Seq(first)).await?;
         }
+    }
+    // With a plugin: every event's sequence and revision (stream A), and when the plugin's record of each arrived
+    // (stream B).
+    let mut plugin_streams = None;
+    if let HookBenchTarget::Plugin = args.target {
+        install_counter(&admin, &args.wasm, &pattern).await?;
+        let seen_pattern = "kv.put.plugin.kv-counter.seen.>".to_string();
+        let events = {
+            let (client, pattern) = (Arc::new(Client::new(ticket, options.clone()).await?), pattern.clone());
+            stream_clients.push(client.clone());
+            tokio::spawn(async move {
+                let mut revisions = HashMap::new();
+                let mut watch = client.hook_watch(&pattern, first);
+                while let Ok(Ok(event)) =
+                    tokio::time::timeout(stop_at.saturating_duration_since(Instant::now()) + PLUGIN_DRAIN, watch.next())
+                        .await
+                {
+                    revisions.insert(event.seq, event.revision);
+                }
+                revisions
+            })
+        };
+        let records = {
+            let client = Arc::new(Client::new(ticket, options.clone()).await?);
+            stream_clients.push(client.clone());
+            tokio::spawn(async move {
+                let mut arrived = Vec::new();
+                let mut watch = client.hook_watch(&seen_pattern, first);
+                while let Ok(Ok(event)) =
+                    tokio::time::timeout(stop_at.saturating_duration_since(Instant::now()) + PLUGIN_DRAIN, watch.next())
+                        .await
+                {
+                    let seq = event.subject.rsplit('.').next().and_then(|seq| seq.parse::<u64>().ok());
+                    if let Some(seq) = seq {
+                        arrived.push((seq, Instant::now()));
+                    }
+                }
+                arrived
+            })
+        };
+        plugin_streams = Some((events, records));
     }
     let mut write_clients = Vec::new();
     for _ in 0..args.concurrency.div_ceil(WRITERS_PER_CONNECTION_MAX) {
@@ -189,6 +266,19 @@ pub async fn run(ticket: &str, options: ClientOptions, args: HookBenchArgs, json
                 }
             }
             delivered_over = written;
+        }
+        HookBenchTarget::Plugin => {
+            let (events, records) = plugin_streams.take().expect("started above");
+            let (revisions, arrived) = (events.await?, records.await?);
+            let acked = acked.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+            for (seq, at) in &arrived {
+                delivered += 1;
+                if let Some((acked_at, _)) = revisions.get(seq).and_then(|revision| acked.get(revision)) {
+                    delivery.saturating_record(at.saturating_duration_since(*acked_at).as_micros().max(1) as u64);
+                }
+            }
+            delivered_over = started.elapsed().as_secs_f64();
+            admin.plugin(PluginRequest::Remove { name: "kv-counter".into() }).await?;
         }
         HookBenchTarget::Exec => {
             // Wait for the hook to run everything written, then read what the command recorded.
