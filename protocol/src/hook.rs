@@ -265,11 +265,12 @@ pub fn bodies_of(kv: Vec<KvEvent>, coord: &[CoordEvent]) -> Vec<(String, EventBo
     bodies
 }
 
-/// Visits the log's events from `from` on, in order, until `visit` breaks.
+/// Visits the log's events from `from` on, in order, until `visit` breaks; `visit` also gets the row's size, so a
+/// reader can bound the bytes it takes ([`HOOK_LOG_READ_BYTES_MAX`](crate::limits::HOOK_LOG_READ_BYTES_MAX)).
 pub fn scan_log(
     store: &impl CoordRead,
     from: u64,
-    visit: &mut dyn FnMut(HookEvent) -> std::ops::ControlFlow<()>,
+    visit: &mut dyn FnMut(HookEvent, usize) -> std::ops::ControlFlow<()>,
 ) -> Result<(), StorageFault> {
     // Rows are keyed by sequence, so a scan of the prefix from `from` is in order; skip what comes before it.
     let mut fault = None;
@@ -283,7 +284,7 @@ pub fn scan_log(
             return std::ops::ControlFlow::Continue(());
         }
         match decode::<HookEvent>(key, bytes) {
-            Ok(event) => visit(event),
+            Ok(event) => visit(event, bytes.len()),
             Err(error) => {
                 fault = Some(error);
                 std::ops::ControlFlow::Break(())
@@ -294,12 +295,23 @@ pub fn scan_log(
     fault.map_or(Ok(()), Err)
 }
 
-/// Reads at most `most` events from `from` on.
+/// Reads at most `most` events from `from` on, and about [`HOOK_LOG_READ_BYTES_MAX`] bytes of them (at least one).
+///
+/// [`HOOK_LOG_READ_BYTES_MAX`]: crate::limits::HOOK_LOG_READ_BYTES_MAX
 pub fn read_log(store: &impl CoordRead, from: u64, most: usize) -> Result<Vec<HookEvent>, StorageFault> {
     let mut events = Vec::new();
-    scan_log(store, from, &mut |event| {
+    let mut bytes = 0;
+    if most == 0 {
+        return Ok(events);
+    }
+    scan_log(store, from, &mut |event, size| {
         events.push(event);
-        if events.len() >= most { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) }
+        bytes += size;
+        if events.len() >= most || bytes >= crate::limits::HOOK_LOG_READ_BYTES_MAX {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
     })?;
     Ok(events)
 }

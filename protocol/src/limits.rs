@@ -179,3 +179,12 @@ pub const HOOK_EXEC_CONCURRENCY_DEFAULT: usize = 16;
 /// Most bytes of a failed command's stderr kept as its error.
 pub const HOOK_EXEC_STDERR_BYTES_MAX: usize = 2 * 1024;
 const _: () = assert!(HOOK_EXEC_STDERR_BYTES_MAX + 256 <= HOOK_ERROR_BYTES_MAX);
+/// Most bytes of hook-log rows one read takes (a delivery request's scan, a stream's catch-up page): at least one
+/// event, however large.
+pub const HOOK_LOG_READ_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// A hook stream's frame of events is cut once its keys, values and payloads pass this.
+pub const HOOK_STREAM_FRAME_BYTES_MAX: usize = 1024 * 1024;
+// One event with the largest value always fits a frame on its own.
+const _: () = assert!(
+    HOOK_STREAM_FRAME_BYTES_MAX + KEY_SIZE_BYTES_MAX + VALUE_SIZE_BYTES_MAX + 64 * 1024 <= FRAME_SIZE_BYTES_MAX
+);

@@ -8,6 +8,8 @@ use pando_protocol::command::{Command, CommandOutput};
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::hook::api::{HookInfo, HookReply, HookRequest, HookStreamResponse, HookWatchRequest};
 use pando_protocol::hook::durable::HookResponse;
+use pando_protocol::hook::{EventBody, HookEvent};
+use pando_protocol::limits::HOOK_STREAM_FRAME_BYTES_MAX;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::WatchService;
@@ -107,6 +109,19 @@ impl HookService {
     }
 }
 
+/// Events one stream frame carries at most.
+const FRAME_EVENTS_MAX: usize = 64;
+
+/// What an event weighs in a frame: its key and value (or payload), and its subject.
+fn event_bytes(event: &HookEvent) -> usize {
+    let body = match &event.body {
+        EventBody::Kv(change) => change.entry.key.len() + change.entry.value.len(),
+        EventBody::User { data } => data.len(),
+        _ => 256,
+    };
+    body + event.subject.len() + 64
+}
+
 /// One open hook stream: its frames until it ends.
 pub struct HookWatcher {
     stream: HookStream,
@@ -126,11 +141,15 @@ impl HookWatcher {
         }
         Some(match self.stream.next().await {
             Ok(StreamItem::Event(event)) => {
+                let mut bytes = event_bytes(&event);
                 let mut events = vec![event.as_ref().clone()];
-                // What else is ready goes in the same frame (bounded, so a frame stays small).
-                while events.len() < 64 {
+                // What else is ready goes in the same frame, up to a bound (one large event always fits alone).
+                while events.len() < FRAME_EVENTS_MAX && bytes < HOOK_STREAM_FRAME_BYTES_MAX {
                     match futures::FutureExt::now_or_never(self.stream.next()) {
-                        Some(Ok(StreamItem::Event(event))) => events.push(event.as_ref().clone()),
+                        Some(Ok(StreamItem::Event(event))) => {
+                            bytes += event_bytes(&event);
+                            events.push(event.as_ref().clone());
+                        }
                         _ => break,
                     }
                 }

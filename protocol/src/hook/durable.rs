@@ -30,8 +30,8 @@ use crate::kv::Bytes;
 use crate::limits::{
     HOOK_ACK_WAIT_MS_DEFAULT, HOOK_ACK_WAIT_MS_MAX, HOOK_ACK_WAIT_MS_MIN, HOOK_BACKOFF_MS_MAX, HOOK_BEGIN_COUNT_MAX,
     HOOK_CLAIM_TTL_MS, HOOK_DLQ_COUNT_MAX, HOOK_ERROR_BYTES_MAX, HOOK_EXEC_ARGV_BYTES_MAX, HOOK_EXEC_TIMEOUT_MS_MAX,
-    HOOK_IN_FLIGHT_MAX, HOOK_LOG_EVENTS_MAX, HOOK_MAX_DELIVER_DEFAULT, HOOK_MAX_DELIVER_MAX, HOOK_NAME_BYTES_MAX,
-    HOOK_REDRIVE_COUNT_MAX, HOOK_SCAN_ROWS_MAX, HOOKS_COUNT_MAX,
+    HOOK_IN_FLIGHT_MAX, HOOK_LOG_EVENTS_MAX, HOOK_LOG_READ_BYTES_MAX, HOOK_MAX_DELIVER_DEFAULT, HOOK_MAX_DELIVER_MAX,
+    HOOK_NAME_BYTES_MAX, HOOK_REDRIVE_COUNT_MAX, HOOK_SCAN_ROWS_MAX, HOOKS_COUNT_MAX,
 };
 use crate::state_machine::StorageFault;
 
@@ -987,14 +987,15 @@ fn begin(
         record.spec.max_in_flight.saturating_sub(record.pending).min(most.saturating_sub(deliveries.len() as u32));
     if room > 0 {
         let mut found = Vec::new();
-        let mut scanned = 0usize;
+        let (mut scanned, mut bytes) = (0usize, 0usize);
         let mut last = record.position;
-        super::scan_log(store, record.position + 1, &mut |event| {
-            if found.len() as u32 >= room || scanned >= HOOK_SCAN_ROWS_MAX {
+        super::scan_log(store, record.position + 1, &mut |event, size| {
+            if found.len() as u32 >= room || scanned >= HOOK_SCAN_ROWS_MAX || bytes >= HOOK_LOG_READ_BYTES_MAX {
                 more = true;
                 return std::ops::ControlFlow::Break(());
             }
             scanned += 1;
+            bytes += size;
             last = event.seq;
             if wants(record, &event) {
                 found.push(event);

@@ -413,3 +413,24 @@ proptest! {
         prop_assert_eq!(record.dead_letters as usize, letters.len());
     }
 }
+
+#[test]
+fn a_read_of_the_log_is_bounded_in_bytes_and_takes_at_least_one_event() {
+    let mut tables = MemoryTables::default();
+    let mut revision = 0;
+    let value = crate::kv::Bytes::from(vec![b'v'; crate::limits::VALUE_SIZE_BYTES_MAX]);
+    for index in 0..6 {
+        let proposal = Proposal {
+            stamp_ms: 1,
+            commands: vec![Command::Kv(KvRequest::Put {
+                key: bytes(format!("big/{index}")),
+                value: value.clone(),
+                lease: None,
+            })],
+        };
+        apply_proposal(&mut tables, &mut revision, &proposal).unwrap();
+    }
+    let page = read_log(&tables, 1, 100).unwrap();
+    assert!((1..=4).contains(&page.len()), "{} events of 1 MiB in one read", page.len());
+    assert_eq!(read_log(&tables, 6, 100).unwrap().len(), 1);
+}
