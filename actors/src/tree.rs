@@ -246,9 +246,11 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
     };
     children.push(ChildSpec::new("retention", Restart::Permanent, RetentionActor, retention));
     let runner: Arc<dyn Runner> = match &config.world {
-        World::Iroh { .. } => {
-            Arc::new(NodeRunner { exec: ExecConfig::default(), plugins: Some(handles.plugins.clone()) })
-        }
+        World::Iroh { .. } => Arc::new(NodeRunner {
+            exec: ExecConfig::default(),
+            plugins: Some(handles.plugins.clone()),
+            mesh: handles.mesh.clone(),
+        }),
         World::Simulated { .. } => Arc::new(crate::sim::SimHookRunner),
     };
     let hooks = HookRouterArgs {

@@ -87,8 +87,11 @@ pub struct CreateArgs {
     #[arg(long, requires = "exec")]
     shell: bool,
     /// Plugin whose function receives the events.
-    #[arg(long, requires = "function")]
+    #[arg(long, requires = "function", conflicts_with = "group")]
     plugin: Option<String>,
+    /// Process group (`pando.hooks.<group>`) whose actors, on any node of the mesh, receive the events.
+    #[arg(long, conflicts_with = "exec")]
+    group: Option<String>,
     #[arg(long, requires = "plugin")]
     function: Option<String>,
     /// Attempts per event before it goes to the dead-letter list.
@@ -118,6 +121,9 @@ fn duration(text: &str) -> anyhow::Result<u64> {
 fn spec(args: &CreateArgs) -> anyhow::Result<HookSpec> {
     let ack_wait_ms = args.ack_wait.as_deref().map(duration).transpose()?.unwrap_or(HOOK_ACK_WAIT_MS_DEFAULT);
     let target = match (&args.exec, &args.plugin, &args.function) {
+        (None, None, None) if args.group.is_some() => {
+            HookTarget::Group { group: args.group.clone().unwrap_or_default() }
+        }
         (Some(command), None, None) => {
             let mut argv = vec![command.clone()];
             if args.shell && !args.args.is_empty() {
@@ -130,7 +136,7 @@ fn spec(args: &CreateArgs) -> anyhow::Result<HookSpec> {
         (None, Some(plugin), Some(function)) => {
             HookTarget::Plugin { plugin: plugin.clone(), function: function.clone() }
         }
-        _ => anyhow::bail!("a hook needs --exec COMMAND, or --plugin NAME with --function NAME"),
+        _ => anyhow::bail!("a hook needs --exec COMMAND, --plugin NAME with --function NAME, or --group NAME"),
     };
     let backoff_ms = args.backoff.iter().map(|step| duration(step)).collect::<anyhow::Result<Vec<_>>>()?;
     Ok(HookSpec {
@@ -148,6 +154,7 @@ fn target_text(target: &HookTarget) -> String {
         HookTarget::Exec { argv, shell: true, .. } => format!("sh -c {:?}", argv[0]),
         HookTarget::Exec { argv, .. } => argv.join(" "),
         HookTarget::Plugin { plugin, function } => format!("plugin {plugin}.{function}"),
+        HookTarget::Group { group } => format!("group pando.hooks.{group}"),
     }
 }
 

@@ -35,6 +35,10 @@ pub const MANAGER_TICK_MS: u64 = 500;
 const IDLE_LAG_EVENTS_MAX: u64 = 1_000;
 /// How often an idle hook moves its position past events that match nothing.
 const IDLE_BEGIN_EVERY: Duration = Duration::from_secs(5);
+/// The least pause after a Begin that found nothing due, before the next.
+const EMPTY_BEGIN_PAUSE_MS: u64 = 200;
+/// Of an attempt's ack wait, what is kept for its answer to reach the log.
+const ANSWER_MARGIN_MS: u64 = 50;
 /// How long one proposal of a worker may take.
 const PROPOSE_TIMEOUT_MS: u64 = 5_000;
 /// How long a stopping node gives its workers to release their claims.
@@ -45,16 +49,18 @@ pub trait Runner: Send + Sync + 'static {
     fn run(&self, target: &HookTarget, delivery: &Delivery, limit: Duration) -> BoxFuture<'static, Outcome>;
 }
 
-/// Commands on this machine and plugins of this node.
+/// Commands on this machine, plugins of this node, and actors in process groups across the mesh.
 pub struct NodeRunner {
     pub exec: ExecConfig,
     pub plugins: Option<PluginsHandle>,
+    pub mesh: crate::mesh::MeshHandle,
 }
 
 impl Runner for NodeRunner {
     fn run(&self, target: &HookTarget, delivery: &Delivery, limit: Duration) -> BoxFuture<'static, Outcome> {
         let (target, delivery, exec, plugins) =
             (target.clone(), delivery.clone(), self.exec.clone(), self.plugins.clone());
+        let mesh = self.mesh.clone();
         Box::pin(async move {
             match target {
                 HookTarget::Exec { argv, shell, timeout_ms } => {
@@ -68,6 +74,10 @@ impl Runner for NodeRunner {
                         Err(error) => Outcome::Nack(error.to_string()),
                     }
                 }
+                HookTarget::Group { group } => match mesh.scope() {
+                    Ok(scope) => super::group::deliver(&scope, &group, &delivery, limit).await,
+                    Err(unavailable) => Outcome::Nack(unavailable.to_string()),
+                },
             }
         })
     }
@@ -90,6 +100,14 @@ pub struct Deliveries {
     manager: tokio::task::JoinHandle<()>,
     shutdown: watch::Sender<bool>,
     context: Arc<Context>,
+}
+
+/// A router that panicked (or was killed) never runs `post_stop`: dropping its state ends the manager, and with it
+/// every worker and the commands they run.
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        self.manager.abort();
+    }
 }
 
 impl Deliveries {
@@ -259,7 +277,7 @@ async fn deliver_while_claimed(
                         claimed_until = Instant::now() + Duration::from_millis(HOOK_CLAIM_TTL_MS);
                     }
                     Ok(other) => return Err(format!("the claim moved on: {other:?}")),
-                    Err(error) if matches!(error.code, ErrorCode::Busy | ErrorCode::NotFound) => {
+                    Err(error) if matches!(error.code, ErrorCode::Busy | ErrorCode::NotFound | ErrorCode::Conflict) => {
                         return Err(format!("lost the claim: {error}"));
                     }
                     Err(error) => {
@@ -277,7 +295,8 @@ async fn deliver_while_claimed(
             () = waker.notify.notified() => begin_at = Instant::now(),
             () = tokio::time::sleep_until(look_at) => {
                 look_at = Instant::now() + Duration::from_millis(MANAGER_TICK_MS);
-                if begin_at > Instant::now() + Duration::from_millis(MANAGER_TICK_MS)
+                // Only while nothing is scheduled: a retry waiting out its backoff has its Begin set already.
+                if begin_at > Instant::now() + far / 2
                     && let Ok(reader) = context.storage.reader()
                     && let Ok(Some(detail)) = reader.hook(name, 0)
                 {
@@ -306,16 +325,23 @@ async fn deliver_while_claimed(
                 last_begin = Instant::now();
                 match context.propose(begin).await {
                     Ok(HookResponse::Deliveries { deliveries, next_due_ms, more }) => {
+                        // An attempt may run for the ack wait from now, by this node's clock (the log's times are
+                        // the leader's, and clocks differ).
+                        let until = Instant::now() + Duration::from_millis(spec.ack_wait_ms);
+                        let began = deliveries.len();
                         for delivery in deliveries {
                             delivered += 1;
-                            running.spawn(attempt(context.clone(), spec.target.clone(), delivery));
+                            running.spawn(attempt(context.clone(), spec.target.clone(), delivery, until));
                         }
                         begin_at = if more {
                             Instant::now()
                         } else if let Some(due) = next_due_ms {
                             // A retry's delay or an ack wait, by the log's clock; a little late beats a Begin too
-                            // early that finds nothing due.
-                            Instant::now() + Duration::from_millis(due.saturating_sub(context.clock.now_ms()) + 20)
+                            // early that finds nothing due. A Begin that found nothing waits a while whatever the
+                            // clocks say (this node's may run ahead of the leader's).
+                            let wait = due.saturating_sub(context.clock.now_ms()) + 20;
+                            let floor = if began == 0 { EMPTY_BEGIN_PAUSE_MS } else { 0 };
+                            Instant::now() + Duration::from_millis(wait.max(floor))
                         } else {
                             Instant::now() + far
                         };
@@ -333,8 +359,9 @@ async fn deliver_while_claimed(
 
 /// Runs one attempt and answers it (a few tries while the log is unreachable, never past its ack wait: an answer
 /// after that is refused anyway, and the attempt counts as failed).
-async fn attempt(context: Arc<Context>, target: HookTarget, delivery: Delivery) {
-    let limit = Duration::from_millis(delivery.ack_by_ms.saturating_sub(context.clock.now_ms()));
+async fn attempt(context: Arc<Context>, target: HookTarget, delivery: Delivery, until: Instant) {
+    // A little of the ack wait is kept for the answer to reach the log.
+    let limit = until.saturating_duration_since(Instant::now()).saturating_sub(Duration::from_millis(ANSWER_MARGIN_MS));
     let mut outcome = context.runner.run(&target, &delivery, limit).await;
     if crate::sim::planted_bug(crate::sim::PlantedBug::HookAckIgnoresOutcome) {
         outcome = Outcome::Ack;
@@ -352,7 +379,7 @@ async fn attempt(context: Arc<Context>, target: HookTarget, delivery: Delivery) 
                 tracing::debug!(hook = %delivery.hook, seq, attempt, %error, "an answer came too late");
                 return;
             }
-            Err(_) if context.clock.now_ms() >= delivery.ack_by_ms => return,
+            Err(_) if Instant::now() >= until => return,
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }

@@ -18,6 +18,9 @@ use pando_protocol::limits::{HOOK_EXEC_CONCURRENCY_DEFAULT, HOOK_EXEC_STDERR_BYT
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
+/// How long stderr may stay open after the command exited (a child it left behind may hold it).
+const STDERR_GRACE_MS: u64 = 100;
+
 /// The exit status with which a command terminates its event (like sysexits' `EX_DATAERR`, 65).
 pub const EXIT_TERM: i32 = 65;
 
@@ -85,16 +88,20 @@ pub async fn run(config: &ExecConfig, argv: &[String], shell: bool, delivery: &D
     let group = child.id();
     let guard = GroupGuard(group);
     let input = pando_protocol::hook::json::to_json_line(event);
-    let mut stdin = child.stdin.take();
-    let mut stderr = child.stderr.take();
-    let run = async {
-        if let Some(stdin) = stdin.as_mut() {
+    let stdin = child.stdin.take();
+    let stderr = child.stderr.take();
+    // Input, stderr and the exit run at once: a command that writes much before it reads cannot block on us, and a
+    // command that leaves a child holding stderr open is judged by its own exit (stderr gets a short grace after).
+    let feed = async move {
+        if let Some(mut stdin) = stdin {
             // A command that does not read its input is fine.
             let _ = stdin.write_all(&input).await;
         }
-        drop(stdin.take());
+    };
+    let (tail_sender, tail) = tokio::sync::oneshot::channel();
+    let drain = tokio::spawn(async move {
         let mut tail = Vec::new();
-        if let Some(stderr) = stderr.as_mut() {
+        if let Some(mut stderr) = stderr {
             let mut chunk = [0u8; 4096];
             while let Ok(read) = stderr.read(&mut chunk).await {
                 if read == 0 {
@@ -106,7 +113,12 @@ pub async fn run(config: &ExecConfig, argv: &[String], shell: bool, delivery: &D
                 }
             }
         }
-        (child.wait().await, tail)
+        let _ = tail_sender.send(tail);
+    });
+    let run = async {
+        let ((), status) = tokio::join!(feed, child.wait());
+        let tail = tokio::time::timeout(Duration::from_millis(STDERR_GRACE_MS), tail).await.ok().and_then(Result::ok);
+        (status, tail.unwrap_or_default())
     };
     let outcome = match tokio::time::timeout(limit, run).await {
         Ok((Ok(status), tail)) => {
@@ -123,6 +135,7 @@ pub async fn run(config: &ExecConfig, argv: &[String], shell: bool, delivery: &D
         Err(_) => Outcome::Nack(format!("ran past {} ms; its process group was killed", limit.as_millis())),
     };
     drop(guard);
+    drain.abort();
     outcome
 }
 
@@ -135,5 +148,75 @@ impl Drop for GroupGuard {
             // The group may be gone already; nothing else to do then.
             let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pando_protocol::hook::{EventBody, HookEvent};
+
+    use super::*;
+
+    fn delivery(data: &[u8]) -> Delivery {
+        Delivery {
+            hook: "audit".into(),
+            attempt: 2,
+            fence: 7,
+            ack_by_ms: 0,
+            event: HookEvent {
+                seq: 42,
+                subject: "deploy.started".into(),
+                time_ms: 1,
+                revision: 3,
+                body: EventBody::User { data: data.to_vec().into() },
+            },
+        }
+    }
+
+    async fn sh(line: &str, limit_ms: u64) -> (Outcome, Duration) {
+        let started = tokio::time::Instant::now();
+        let outcome =
+            run(&ExecConfig::default(), &[line.to_string()], true, &delivery(b"{}"), Duration::from_millis(limit_ms))
+                .await;
+        (outcome, started.elapsed())
+    }
+
+    #[tokio::test]
+    async fn the_event_arrives_on_stdin_and_in_the_environment_and_the_exit_status_decides() {
+        let check = r#"read line; case "$line" in *'"seq":42'*'"type":"user"'*) ;; *) exit 9;; esac; [ "$PANDO_SEQ" = 42 ] && [ "$PANDO_ATTEMPT" = 2 ] && [ "$PANDO_FENCE" = 7 ] && [ "$PANDO_HOOK" = audit ] && [ "$PANDO_SUBJECT" = deploy.started ]"#;
+        assert_eq!(sh(check, 5_000).await.0, Outcome::Ack);
+        assert_eq!(sh("echo why >&2; exit 3", 5_000).await.0, Outcome::Nack("exit status 3: why".into()));
+        assert!(matches!(sh("exit 65", 5_000).await.0, Outcome::Term(_)));
+        let missing =
+            run(&ExecConfig::default(), &["/nonexistent/hook".into()], false, &delivery(b"{}"), Duration::from_secs(5))
+                .await;
+        assert!(matches!(missing, Outcome::Nack(error) if error.contains("cannot start")));
+    }
+
+    #[tokio::test]
+    async fn an_overrunning_command_has_its_process_group_killed() {
+        let marker = tempfile::NamedTempFile::new().unwrap();
+        let path = marker.path().display().to_string();
+        let line = format!("(sleep 1; echo child-outlived >> {path}) & sleep 30");
+        let (outcome, took) = sh(&line, 300).await;
+        assert!(matches!(outcome, Outcome::Nack(error) if error.contains("killed")), "took {took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert_eq!(std::fs::read_to_string(marker.path()).unwrap(), "", "the background child was killed too");
+    }
+
+    #[tokio::test]
+    async fn a_command_that_leaves_stderr_open_or_floods_it_before_reading_is_judged_by_its_exit() {
+        // A child keeps stderr open after the command exits 0.
+        let (outcome, took) = sh("sleep 5 >&2 & exit 0", 3_000).await;
+        assert_eq!(outcome, Outcome::Ack);
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        // 200 KiB of stderr before the input is read: no deadlock, and only the tail is kept.
+        let big = vec![b'x'; 100 * 1024];
+        let line = "head -c 204800 /dev/zero | tr '\\0' e >&2; cat > /dev/null; exit 1";
+        let outcome =
+            run(&ExecConfig::default(), &[line.to_string()], true, &delivery(&big), Duration::from_secs(10)).await;
+        let Outcome::Nack(error) = outcome else { panic!("{outcome:?}") };
+        assert!(error.len() <= HOOK_EXEC_STDERR_BYTES_MAX + 64, "{} bytes", error.len());
     }
 }

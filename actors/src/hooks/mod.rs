@@ -16,6 +16,7 @@
 pub mod delivery;
 pub mod exec;
 pub mod feed;
+pub mod group;
 pub mod stream;
 
 use std::collections::HashMap;
@@ -215,6 +216,14 @@ pub struct HookRouterState {
     args: HookRouterArgs,
     dispatcher: tokio::task::JoinHandle<()>,
     deliveries: delivery::Deliveries,
+}
+
+/// A router that panicked (or was killed) never runs `post_stop`: its dispatcher must not outlive it, or two would
+/// dispatch every event.
+impl Drop for HookRouterState {
+    fn drop(&mut self) {
+        self.dispatcher.abort();
+    }
 }
 
 /// How long a router waits for storage when it starts before it fails (and is restarted).

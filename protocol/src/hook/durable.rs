@@ -41,6 +41,15 @@ const HOOK: &[u8] = b"H/";
 const PENDING: &[u8] = b"Hp/";
 /// Dead letters, keyed by scoped hook name, then sequence.
 const DEAD: &[u8] = b"Hd/";
+/// The last fence given out, cluster-wide: a hook deleted and created again never hands out a fence of its past.
+const LAST_FENCE: &[u8] = b"m/hook_fence";
+
+/// The next fence (every claim and replay of every hook takes one).
+fn next_fence(store: &mut impl CoordWrite) -> Result<u64, StorageFault> {
+    let next = load::<u64>(store, LAST_FENCE)?.unwrap_or(0) + 1;
+    save(store, LAST_FENCE, &next)?;
+    Ok(next)
+}
 
 /// Where a durable hook's events go.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +60,9 @@ pub enum HookTarget {
     Exec { argv: Vec<String>, shell: bool, timeout_ms: u64 },
     /// A function of an installed plugin, called with the event as JSON; `Ok` acks, an error nacks.
     Plugin { plugin: String, function: String },
+    /// An actor of the ractor process group `pando.hooks.<group>`, on any node of the actor mesh (members take
+    /// turns), called with the event as JSON.
+    Group { group: String },
 }
 
 /// What a durable hook is: its pattern, where it delivers, and its retry policy.
@@ -144,6 +156,11 @@ impl HookSpec {
                 if function.is_empty() || function.len() > 128 {
                     return Err(WireError::invalid("a plugin hook needs a function name of at most 128 bytes"));
                 }
+            }
+            HookTarget::Group { group } => {
+                validate_name(group).map_err(|_| {
+                    WireError::invalid(format!("group {group:?}: 1 to {HOOK_NAME_BYTES_MAX} letters, digits, `_`, `-`"))
+                })?;
             }
         }
         Ok(())
@@ -380,7 +397,7 @@ impl HookCommand {
                 1024 + spec.pattern.len()
                     + match &spec.target {
                         HookTarget::Exec { argv, .. } => argv.iter().map(String::len).sum(),
-                        HookTarget::Plugin { .. } => 256,
+                        HookTarget::Plugin { .. } | HookTarget::Group { .. } => 256,
                     }
             }
             HookCommand::Nack { error, .. } | HookCommand::Term { error, .. } => 256 + error.len(),
@@ -751,8 +768,16 @@ fn on_record(
                 Some(claim) if claim.until_ms > now && claim.fence == *fence => {
                     record.claim = Some(Claim { until_ms: now + HOOK_CLAIM_TTL_MS, ..claim });
                 }
+                // A renewal of a claim that is gone (lapsed and taken, released, replayed, or of a hook deleted and
+                // created again): the claimant must stop, not carry on under a new fence.
+                _ if *fence != 0 => {
+                    return Ok(Err(WireError::new(
+                        ErrorCode::Conflict,
+                        format!("fence {fence} of hook {:?} is no longer current; claim it afresh", record.name),
+                    )));
+                }
                 _ => {
-                    record.fence += 1;
+                    record.fence = next_fence(store)?;
                     record.claim = Some(Claim { node: *node, fence: record.fence, until_ms: now + HOOK_CLAIM_TTL_MS });
                 }
             }
@@ -813,6 +838,12 @@ fn on_record(
             let (letters, more) = dead_letters(store, name, 0, HOOK_REDRIVE_COUNT_MAX)?;
             for letter in &letters {
                 store.coord_delete(&dead_key(name, letter.event.seq))?;
+                record.dead_letters -= 1;
+                if load::<Pending>(store, &pending_key(name, letter.event.seq))?.is_some() {
+                    // Already on its way again (a replay began it): it is delivered once, not twice.
+                    continue;
+                }
+                record.pending += 1;
                 let pending = Pending {
                     event: letter.event.clone(),
                     attempt: 0,
@@ -823,8 +854,6 @@ fn on_record(
                 };
                 save(store, &pending_key(name, letter.event.seq), &pending)?;
             }
-            record.dead_letters -= letters.len() as u32;
-            record.pending += letters.len() as u32;
             if record.paused.as_deref() == Some(DLQ_FULL) {
                 record.paused = None;
             }
@@ -835,20 +864,32 @@ fn on_record(
             if *from > next {
                 return Ok(Err(WireError::invalid(format!("sequence {from} is in the future (the next is {next})"))));
             }
-            let mut keys = Vec::new();
-            store.coord_scan(&scoped(PENDING, name.as_bytes()), &mut |key, _| {
-                keys.push(key.to_vec());
-                std::ops::ControlFlow::Continue(())
-            })?;
-            for key in keys {
-                store.coord_delete(&key)?;
-            }
-            record.pending = 0;
             let from = (*from).max(super::floor(store)?);
+            // What is pending or dead from `from` on is delivered again by the replay; what comes before stays owed.
+            for prefix in [scoped(PENDING, name.as_bytes()), scoped(DEAD, name.as_bytes())] {
+                let mut start = prefix.clone();
+                start.extend_from_slice(&from.to_be_bytes());
+                let mut keys = Vec::new();
+                store.coord_scan_from(&prefix, &start, &mut |key, _| {
+                    keys.push(key.to_vec());
+                    std::ops::ControlFlow::Continue(())
+                })?;
+                for key in &keys {
+                    store.coord_delete(key)?;
+                }
+                if prefix.starts_with(PENDING) {
+                    record.pending -= keys.len() as u32;
+                } else {
+                    record.dead_letters -= keys.len() as u32;
+                }
+            }
             record.position = from - 1;
             // Deliveries under the old fence can no longer be acked; the claimant claims again.
-            record.fence += 1;
+            record.fence = next_fence(store)?;
             record.claim = None;
+            if record.paused.as_deref() == Some(DLQ_FULL) && (record.dead_letters as usize) < HOOK_DLQ_COUNT_MAX {
+                record.paused = None;
+            }
             HookResponse::Replayed { from }
         }
         HookCommand::Create { .. }
@@ -859,6 +900,10 @@ fn on_record(
 }
 
 const DLQ_FULL: &str = "the dead-letter list is full";
+
+/// Pending events one delivery request looks at for retries (the oldest first; a redrive of thousands is worked
+/// through a page at a time).
+const PENDING_SCAN_MAX: usize = 1_024;
 
 /// The pending attempt `(seq, attempt, fence)` names, if it is the current one.
 fn attempt_is_current(
@@ -910,9 +955,11 @@ fn bury(
     store.coord_delete(&pending_key(&record.name, seq))?;
     let letter =
         DeadLetter { event: pending.event, attempts: pending.attempt, error: error.clone(), time_ms: context.now };
+    if load::<DeadLetter>(store, &dead_key(&record.name, seq))?.is_none() {
+        record.dead_letters += 1;
+    }
     save(store, &dead_key(&record.name, seq), &letter)?;
     record.pending -= 1;
-    record.dead_letters += 1;
     record.stats.dead += 1;
     let notice = HookNotice::DeadLettered { hook: record.name.clone(), seq, attempts: pending.attempt, error };
     let events =
@@ -940,7 +987,7 @@ fn begin(
         return Ok(HookResponse::Deliveries { deliveries, next_due_ms: None, more: false });
     }
     // Retries first, oldest event first: what is due, and every attempt of an older fence (its node lost the claim).
-    let waiting = pending(store, &record.name, usize::MAX)?;
+    let waiting = pending(store, &record.name, PENDING_SCAN_MAX)?;
     let mut next_due: Option<u64> = None;
     for mut pending in waiting {
         if deliveries.len() as u32 >= most {
@@ -983,8 +1030,12 @@ fn begin(
         record.position = floor - 1;
     }
     let mut more = false;
-    let room =
-        record.spec.max_in_flight.saturating_sub(record.pending).min(most.saturating_sub(deliveries.len() as u32));
+    // A dead letter that found the list full paused the hook just now: nothing new begins.
+    let room = if record.paused.is_some() {
+        0
+    } else {
+        record.spec.max_in_flight.saturating_sub(record.pending).min(most.saturating_sub(deliveries.len() as u32))
+    };
     if room > 0 {
         let mut found = Vec::new();
         let (mut scanned, mut bytes) = (0usize, 0usize);

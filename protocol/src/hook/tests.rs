@@ -434,3 +434,154 @@ fn a_read_of_the_log_is_bounded_in_bytes_and_takes_at_least_one_event() {
     assert!((1..=4).contains(&page.len()), "{} events of 1 MiB in one read", page.len());
     assert_eq!(read_log(&tables, 6, 100).unwrap().len(), 1);
 }
+
+fn rows(tables: &MemoryTables, prefix: &[u8]) -> u32 {
+    let mut key = prefix.to_vec();
+    key.extend_from_slice(&1u16.to_be_bytes());
+    key.push(b'h');
+    tables.coord.keys().filter(|row| row.starts_with(&key)).count() as u32
+}
+
+#[derive(Clone, Debug)]
+enum Churn {
+    Write,
+    Claim(u64),
+    Begin(u64),
+    Answer(u8),
+    Advance(u64),
+    Redrive,
+    Replay(u64),
+}
+
+fn churn() -> impl Strategy<Value = Churn> {
+    prop_oneof![
+        3 => Just(Churn::Write),
+        1 => (1..3u64).prop_map(Churn::Claim),
+        3 => (1..3u64).prop_map(Churn::Begin),
+        4 => (0..8u8).prop_map(Churn::Answer),
+        2 => (1..2_000u64).prop_map(Churn::Advance),
+        1 => Just(Churn::Redrive),
+        1 => (1..12u64).prop_map(Churn::Replay),
+    ]
+}
+
+proptest! {
+    /// Replays and redrives among claims, failures and crashes: the hook's counters always equal its rows, and once
+    /// one node delivers everything the hook settles with nothing pending (it never stalls on a phantom count).
+    #[test]
+    fn counters_match_the_rows_through_replays_and_redrives(steps in proptest::collection::vec(churn(), 1..100)) {
+        let mut tables = MemoryTables::default();
+        let mut revision = 0;
+        let mut spec = exec_spec("kv.>");
+        spec.max_deliver = 2;
+        spec.ack_wait_ms = 500;
+        spec.max_in_flight = 2;
+        create(&mut tables, "h", spec);
+        let mut now = 10;
+        let mut written = 0;
+        let mut fences: std::collections::BTreeMap<u64, u64> = Default::default();
+        let mut outstanding: Vec<Delivery> = Vec::new();
+        for step in steps {
+            match step {
+                Churn::Write => {
+                    put(&mut tables, &mut revision, now, &format!("k{written}"));
+                    written += 1;
+                }
+                Churn::Claim(node) => {
+                    if let (Ok(HookResponse::Claimed { fence, .. }), _) =
+                        hook(&mut tables, now, HookCommand::Claim { name: "h".into(), node, fence: 0 })
+                    {
+                        fences.insert(node, fence);
+                    }
+                }
+                Churn::Begin(node) => {
+                    let fence = fences.get(&node).copied().unwrap_or(0);
+                    if let (Ok(HookResponse::Deliveries { deliveries, .. }), _) =
+                        hook(&mut tables, now, HookCommand::Begin { name: "h".into(), fence, most: 2 })
+                    {
+                        outstanding.extend(deliveries);
+                    }
+                }
+                Churn::Answer(how) => {
+                    if outstanding.is_empty() {
+                        continue;
+                    }
+                    let delivery = outstanding.remove(0);
+                    let (name, seq, attempt, fence) = ("h".to_string(), delivery.event.seq, delivery.attempt, delivery.fence);
+                    let command = match how {
+                        0..=3 => HookCommand::Ack { name, seq, attempt, fence },
+                        4 | 5 => HookCommand::Nack { name, seq, attempt, fence, error: "failed".into() },
+                        6 => HookCommand::Term { name, seq, attempt, fence, error: "bad".into() },
+                        _ => continue,
+                    };
+                    let _ = hook(&mut tables, now, command);
+                }
+                Churn::Advance(ms) => now += ms,
+                Churn::Redrive => {
+                    let _ = hook(&mut tables, now, HookCommand::Redrive { name: "h".into() });
+                }
+                Churn::Replay(from) => {
+                    let _ = hook(&mut tables, now, HookCommand::Replay { name: "h".into(), from });
+                }
+            }
+            let record = get(&tables, "h").unwrap().unwrap();
+            prop_assert_eq!(record.pending, rows(&tables, b"Hp/"), "pending count and rows");
+            prop_assert_eq!(record.dead_letters, rows(&tables, b"Hd/"), "dead-letter count and rows");
+        }
+        now += 10_000;
+        let fence = match hook(&mut tables, now, HookCommand::Claim { name: "h".into(), node: 9, fence: 0 }).0 {
+            Ok(HookResponse::Claimed { fence, .. }) => fence,
+            other => panic!("unexpected {other:?}"),
+        };
+        for _ in 0..(written * 4 + 20) {
+            now += 1_000;
+            let _ = hook(&mut tables, now, HookCommand::Claim { name: "h".into(), node: 9, fence });
+            for delivery in begin(&mut tables, now, "h", fence, 8) {
+                ack(&mut tables, now, &delivery).unwrap();
+            }
+        }
+        let record = get(&tables, "h").unwrap().unwrap();
+        prop_assert_eq!(record.pending, 0, "settled: {:?}", record);
+        prop_assert_eq!(record.pending, rows(&tables, b"Hp/"));
+        prop_assert_eq!(record.dead_letters, rows(&tables, b"Hd/"));
+    }
+}
+
+#[test]
+fn a_replay_over_a_dead_event_takes_it_off_the_dead_letter_list_and_delivers_it_once() {
+    let mut tables = MemoryTables::default();
+    let mut revision = 0;
+    let mut spec = exec_spec("kv.>");
+    spec.max_deliver = 1;
+    create(&mut tables, "r", spec);
+    put(&mut tables, &mut revision, 10, "a");
+    let fence = claim(&mut tables, 20, "r", 1);
+    let first = begin(&mut tables, 20, "r", fence, 1).remove(0);
+    assert_eq!(nack(&mut tables, 30, &first, "no"), HookResponse::Nacked { dead: true });
+    ok(&mut tables, 40, HookCommand::Replay { name: "r".into(), from: first.event.seq });
+    let record = get(&tables, "r").unwrap().unwrap();
+    assert_eq!((record.dead_letters, record.pending), (0, 0));
+    assert_eq!(
+        ok(&mut tables, 41, HookCommand::Redrive { name: "r".into() }),
+        HookResponse::Redriven { count: 0, more: false }
+    );
+    let fence = claim(&mut tables, 50, "r", 1);
+    let again = begin(&mut tables, 50, "r", fence, 1);
+    assert_eq!(again.iter().map(|delivery| delivery.event.seq).collect::<Vec<_>>(), [first.event.seq]);
+    ack(&mut tables, 60, &again[0]).unwrap();
+    put(&mut tables, &mut revision, 70, "b");
+    assert_eq!(begin(&mut tables, 80, "r", fence, 1).len(), 1, "the hook goes on");
+}
+
+#[test]
+fn a_hook_created_again_hands_out_new_fences_and_refuses_the_old_claimant() {
+    let mut tables = MemoryTables::default();
+    create(&mut tables, "x", exec_spec("kv.>"));
+    let old = claim(&mut tables, 10, "x", 1);
+    ok(&mut tables, 20, HookCommand::Delete { name: "x".into() });
+    create(&mut tables, "x", exec_spec("kv.>"));
+    let (renewal, _) = hook(&mut tables, 30, HookCommand::Claim { name: "x".into(), node: 1, fence: old });
+    assert_eq!(renewal.unwrap_err().code, ErrorCode::Conflict, "the old claimant stops");
+    let new = claim(&mut tables, 40, "x", 2);
+    assert!(new > old, "fences never repeat: {old} then {new}");
+}
