@@ -261,6 +261,7 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
         proposer: handles.proposer(),
         clock: config.clock,
         runner,
+        followers_deliver: matches!(config.world, World::Iroh { .. }),
     };
     let hooks = ChildSpec::new("hooks", Restart::Permanent, HookRouterActor, hooks)
         .with_shutdown_timeout(Duration::from_secs(5));

@@ -9,8 +9,8 @@
 //! The writes' own latency is reported too, so a run with `--streams 0` is the baseline of what hooks cost writers.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
@@ -19,10 +19,11 @@ use pando_client::pando_protocol::hook::durable::{HookSpec, HookTarget, StartAt}
 use pando_client::pando_protocol::hook::subject::encode_key;
 use pando_client::pando_protocol::plugin::{Permission, PluginManifest, PluginRequest};
 use pando_client::{Client, ClientOptions};
+
+use crate::bench_watch::{Acked, write_until};
 use serde_json::json;
 
 const STREAMS_PER_CONNECTION_MAX: usize = 64;
-const WRITERS_PER_CONNECTION_MAX: usize = 32;
 const BENCH_STREAMS_MAX: usize = 10_000;
 const LATENCY_US_MAX: u64 = 600_000_000;
 const DRAIN_MS: u64 = 2_000;
@@ -95,10 +96,6 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds")
 }
 
-fn wall_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_micros() as u64)
-}
-
 fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
     histogram.value_at_quantile(quantile) as f64 / 1000.0
 }
@@ -111,7 +108,7 @@ pub async fn run(ticket: &str, options: ClientOptions, args: HookBenchArgs, json
     let pattern = format!("kv.put.{}.>", encode_key(args.prefix.trim_end_matches('/').as_bytes()));
     // When each revision was acknowledged: a monotonic instant (streams, same process) and the wall clock (shell
     // hooks, another process).
-    let acked: Arc<Mutex<HashMap<u64, (Instant, u64)>>> = Arc::default();
+    let acked: Acked = Arc::default();
     let admin = Client::new(ticket, options.clone()).await?;
     let first = admin.hook_publish("bench.hook.start", b"{}").await? + 1;
     let writing = Duration::from_secs(args.duration);
@@ -205,50 +202,18 @@ pub async fn run(ticket: &str, options: ClientOptions, args: HookBenchArgs, json
         };
         plugin_streams = Some((events, records));
     }
-    let mut write_clients = Vec::new();
-    for _ in 0..args.concurrency.div_ceil(WRITERS_PER_CONNECTION_MAX) {
-        write_clients.push(Arc::new(Client::new(ticket, options.clone()).await?));
-    }
-    let value = vec![b'x'; args.value_size];
     let started = Instant::now();
-    let deadline = started + writing;
-    let mut writers = Vec::new();
-    for writer in 0..args.concurrency {
-        let client = write_clients[writer / WRITERS_PER_CONNECTION_MAX].clone();
-        let (acked, value, prefix, pause) = (acked.clone(), value.clone(), args.prefix.clone(), args.pause_ms);
-        writers.push(tokio::spawn(async move {
-            let mut latency = histogram();
-            let mut errors = 0u64;
-            let mut sequence = 0u64;
-            while Instant::now() < deadline {
-                sequence += 1;
-                let key = format!("{prefix}{writer}/{}", sequence % 1_000);
-                let begun = Instant::now();
-                match client.put(key.as_bytes(), &value).await {
-                    Ok(revision) => {
-                        let now = Instant::now();
-                        acked
-                            .lock()
-                            .unwrap_or_else(|poisoned| poisoned.into_inner())
-                            .insert(revision, (now, wall_us()));
-                        latency.saturating_record((now - begun).as_micros().max(1) as u64);
-                    }
-                    Err(_) => errors += 1,
-                }
-                if pause > 0 {
-                    tokio::time::sleep(Duration::from_millis(pause)).await;
-                }
-            }
-            (latency, errors)
-        }));
-    }
-    let mut writes = histogram();
-    let mut write_errors = 0;
-    for writer in writers {
-        let (latency, errors) = writer.await?;
-        writes.add(&latency)?;
-        write_errors += errors;
-    }
+    let (writes, write_errors, write_clients) = write_until(
+        ticket,
+        &options,
+        args.concurrency,
+        &args.prefix,
+        args.value_size,
+        started + writing,
+        Duration::from_millis(args.pause_ms),
+        acked.clone(),
+    )
+    .await?;
     let written = started.elapsed().as_secs_f64();
     let mut delivery = histogram();
     let mut delivered = 0u64;

@@ -43,6 +43,69 @@ pub struct WatchBenchArgs {
     prefix: String,
 }
 
+/// When each revision was acknowledged to its writer: a monotonic instant (for readers in this process) and the wall
+/// clock in microseconds (for what another process records).
+pub(crate) type Acked = Arc<Mutex<HashMap<u64, (Instant, u64)>>>;
+
+/// `concurrency` writers putting `value_size`-byte values under `prefix` (a thousand keys each) until `deadline`,
+/// each pausing `pause` between puts, recording every acknowledged revision in `acked`. Answers the writes' latency,
+/// their errors, and the writers' clients (to close once the caller is done).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn write_until(
+    ticket: &str,
+    options: &ClientOptions,
+    concurrency: usize,
+    prefix: &str,
+    value_size: usize,
+    deadline: Instant,
+    pause: Duration,
+    acked: Acked,
+) -> anyhow::Result<(Histogram<u64>, u64, Vec<Arc<Client>>)> {
+    let mut clients = Vec::new();
+    for _ in 0..concurrency.div_ceil(WRITERS_PER_CONNECTION_MAX) {
+        clients.push(Arc::new(Client::new(ticket, options.clone()).await?));
+    }
+    let value = vec![b'x'; value_size];
+    let mut writers = Vec::new();
+    for writer in 0..concurrency {
+        let client = clients[writer / WRITERS_PER_CONNECTION_MAX].clone();
+        let (acked, value, prefix) = (acked.clone(), value.clone(), prefix.to_string());
+        writers.push(tokio::spawn(async move {
+            let mut latency = histogram();
+            let mut errors = 0u64;
+            let mut sequence = 0u64;
+            while Instant::now() < deadline {
+                sequence += 1;
+                let key = format!("{prefix}{writer}/{}", sequence % 1_000);
+                let begun = Instant::now();
+                match client.put(key.as_bytes(), &value).await {
+                    Ok(revision) => {
+                        let now = Instant::now();
+                        let wall = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |since| since.as_micros() as u64);
+                        acked.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(revision, (now, wall));
+                        latency.saturating_record((now - begun).as_micros().max(1) as u64);
+                    }
+                    Err(_) => errors += 1,
+                }
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            (latency, errors)
+        }));
+    }
+    let mut writes = histogram();
+    let mut write_errors = 0;
+    for writer in writers {
+        let (latency, errors) = writer.await?;
+        writes.add(&latency)?;
+        write_errors += errors;
+    }
+    Ok((writes, write_errors, clients))
+}
+
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds")
 }
@@ -52,7 +115,7 @@ pub async fn run(ticket: &str, options: ClientOptions, args: WatchBenchArgs, jso
     anyhow::ensure!((1..=4_096).contains(&args.concurrency), "--concurrency must be 1..=4096");
     anyhow::ensure!((1..=3_600).contains(&args.duration), "--duration must be 1..=3600 seconds");
     // When each revision was acknowledged to its writer.
-    let acked: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let acked: Acked = Arc::default();
     let mut watch_clients = Vec::new();
     for _ in 0..args.watchers.div_ceil(WATCHES_PER_CONNECTION_MAX) {
         watch_clients.push(Arc::new(Client::new(ticket, options.clone()).await?));
@@ -85,7 +148,7 @@ pub async fn run(ticket: &str, options: ClientOptions, args: WatchBenchArgs, jso
                         let now = Instant::now();
                         events += delivered.len() as u64;
                         let at = acked.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&revision).copied();
-                        let micros = at.map_or(1, |at| now.saturating_duration_since(at).as_micros() as u64);
+                        let micros = at.map_or(1, |(at, _)| now.saturating_duration_since(at).as_micros() as u64);
                         latency.saturating_record(micros.max(1));
                     }
                     // Progress, and re-reads (not asked for here).
@@ -97,44 +160,18 @@ pub async fn run(ticket: &str, options: ClientOptions, args: WatchBenchArgs, jso
             Ok((events, latency))
         }));
     }
-    let mut write_clients = Vec::new();
-    for _ in 0..args.concurrency.div_ceil(WRITERS_PER_CONNECTION_MAX) {
-        write_clients.push(Arc::new(Client::new(ticket, options.clone()).await?));
-    }
-    let value = vec![b'x'; args.value_size];
     let started = Instant::now();
-    let deadline = started + writing;
-    let mut writers = Vec::new();
-    for writer in 0..args.concurrency {
-        let client = write_clients[writer / WRITERS_PER_CONNECTION_MAX].clone();
-        let (acked, value, prefix) = (acked.clone(), value.clone(), args.prefix.clone());
-        writers.push(tokio::spawn(async move {
-            let mut latency = histogram();
-            let mut errors = 0u64;
-            let mut sequence = 0u64;
-            while Instant::now() < deadline {
-                sequence += 1;
-                let key = format!("{prefix}{writer}/{}", sequence % 1_000);
-                let begun = Instant::now();
-                match client.put(key.as_bytes(), &value).await {
-                    Ok(revision) => {
-                        let now = Instant::now();
-                        acked.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(revision, now);
-                        latency.saturating_record((now - begun).as_micros().max(1) as u64);
-                    }
-                    Err(_) => errors += 1,
-                }
-            }
-            (latency, errors)
-        }));
-    }
-    let mut writes = histogram();
-    let mut write_errors = 0;
-    for writer in writers {
-        let (latency, errors) = writer.await?;
-        writes.add(&latency)?;
-        write_errors += errors;
-    }
+    let (writes, write_errors, write_clients) = write_until(
+        ticket,
+        &options,
+        args.concurrency,
+        &args.prefix,
+        args.value_size,
+        started + writing,
+        Duration::ZERO,
+        acked.clone(),
+    )
+    .await?;
     let elapsed = started.elapsed().as_secs_f64();
     let mut delivery = histogram();
     let mut delivered = 0u64;

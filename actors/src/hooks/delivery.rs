@@ -122,7 +122,7 @@ impl Deliveries {
             status: Mutex::new(BTreeMap::new()),
         });
         let (shutdown, stopping) = watch::channel(false);
-        let manager = tokio::spawn(manage(context.clone(), args.raft.clone(), stopping));
+        let manager = tokio::spawn(manage(context.clone(), args.raft.clone(), args.followers_deliver, stopping));
         Deliveries { manager, shutdown, context }
     }
 
@@ -160,7 +160,12 @@ impl Context {
     }
 }
 
-async fn manage(context: Arc<Context>, raft: crate::raft::RaftHandle, mut stopping: watch::Receiver<bool>) {
+async fn manage(
+    context: Arc<Context>,
+    raft: crate::raft::RaftHandle,
+    followers_deliver: bool,
+    mut stopping: watch::Receiver<bool>,
+) {
     let mut workers: BTreeMap<String, tokio::task::AbortHandle> = BTreeMap::new();
     let mut running: JoinSet<String> = JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(MANAGER_TICK_MS));
@@ -182,6 +187,10 @@ async fn manage(context: Arc<Context>, raft: crate::raft::RaftHandle, mut stoppi
                         worker.abort();
                         context.set_status(&name, None);
                     }
+                    continue;
+                }
+                // In the simulator only the leader takes hooks on (`followers_deliver`: see `HookRouterArgs`).
+                if !followers_deliver && !raft.leads() {
                     continue;
                 }
                 let Ok(reader) = context.storage.reader() else { continue };

@@ -288,6 +288,7 @@ fn the_log_is_trimmed_only_past_what_every_hook_began() {
     assert_eq!(read_log(&tables, 1, 100).unwrap().iter().map(|event| event.seq).collect::<Vec<_>>(), [9, 10]);
 }
 
+/// What happens to a hook, step by step, as nodes and the clock would make it happen.
 #[derive(Clone, Debug)]
 enum Step {
     Write,
@@ -297,8 +298,11 @@ enum Step {
     /// The node answers its oldest outstanding delivery: ack, nack, term, or lose it (the node crashed).
     Answer(u8),
     Advance(u64),
+    Redrive,
+    Replay(u64),
 }
 
+/// Claims, deliveries, failures and the clock, without operators' redrives and replays.
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         3 => Just(Step::Write),
@@ -309,108 +313,182 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// All of it, operators included.
+fn churn() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => Just(Step::Write),
+        1 => (1..3u64).prop_map(Step::Claim),
+        3 => (1..3u64).prop_map(Step::Begin),
+        4 => (0..8u8).prop_map(Step::Answer),
+        2 => (1..2_000u64).prop_map(Step::Advance),
+        1 => Just(Step::Redrive),
+        1 => (1..12u64).prop_map(Step::Replay),
+    ]
+}
+
+/// An answer the state machine took.
+enum Taken {
+    Ack(u64),
+    Term(u64),
+    Other,
+}
+
+/// One hook `h` driven by [`Step`]s: what the property tests share.
+struct Driver {
+    tables: MemoryTables,
+    revision: u64,
+    now: u64,
+    /// Sequences of the writes' events.
+    written: Vec<u64>,
+    fences: std::collections::BTreeMap<u64, u64>,
+    outstanding: Vec<Delivery>,
+}
+
+impl Driver {
+    fn new(spec: HookSpec) -> Driver {
+        let mut tables = MemoryTables::default();
+        create(&mut tables, "h", spec);
+        Driver {
+            tables,
+            revision: 0,
+            now: 10,
+            written: Vec::new(),
+            fences: Default::default(),
+            outstanding: Vec::new(),
+        }
+    }
+
+    fn apply(&mut self, step: Step) -> Option<Taken> {
+        let now = self.now;
+        match step {
+            Step::Write => {
+                let events = put(&mut self.tables, &mut self.revision, now, &format!("k{}", self.written.len()));
+                self.written.extend(events.iter().map(|event| event.seq));
+            }
+            Step::Claim(node) => {
+                if let (Ok(HookResponse::Claimed { fence, .. }), _) =
+                    hook(&mut self.tables, now, HookCommand::Claim { name: "h".into(), node, fence: 0 })
+                {
+                    self.fences.insert(node, fence);
+                }
+            }
+            Step::Begin(node) => {
+                let fence = self.fences.get(&node).copied().unwrap_or(0);
+                if let (Ok(HookResponse::Deliveries { deliveries, .. }), _) =
+                    hook(&mut self.tables, now, HookCommand::Begin { name: "h".into(), fence, most: 2 })
+                {
+                    self.outstanding.extend(deliveries);
+                }
+            }
+            Step::Answer(how) => {
+                if self.outstanding.is_empty() {
+                    return None;
+                }
+                let delivery = self.outstanding.remove(0);
+                let (name, seq, attempt, fence) =
+                    ("h".to_string(), delivery.event.seq, delivery.attempt, delivery.fence);
+                let (command, taken) = match how {
+                    0..=3 => (HookCommand::Ack { name, seq, attempt, fence }, Taken::Ack(seq)),
+                    4 | 5 => (HookCommand::Nack { name, seq, attempt, fence, error: "failed".into() }, Taken::Other),
+                    6 => (HookCommand::Term { name, seq, attempt, fence, error: "bad input".into() }, Taken::Term(seq)),
+                    _ => return None,
+                };
+                return hook(&mut self.tables, now, command).0.is_ok().then_some(taken);
+            }
+            Step::Advance(ms) => self.now += ms,
+            Step::Redrive => {
+                let _ = hook(&mut self.tables, now, HookCommand::Redrive { name: "h".into() });
+            }
+            Step::Replay(from) => {
+                let _ = hook(&mut self.tables, now, HookCommand::Replay { name: "h".into(), from });
+            }
+        }
+        None
+    }
+
+    /// Much later, node 9 claims the hook and acks everything it is given, reporting each ack.
+    fn settle(&mut self, mut acked: impl FnMut(u64)) {
+        self.now += 10_000;
+        let fence = match hook(&mut self.tables, self.now, HookCommand::Claim { name: "h".into(), node: 9, fence: 0 }).0
+        {
+            Ok(HookResponse::Claimed { fence, .. }) => fence,
+            other => panic!("unexpected {other:?}"),
+        };
+        for _ in 0..(self.written.len() * 4 + 20) {
+            self.now += 1_000;
+            let _ = hook(&mut self.tables, self.now, HookCommand::Claim { name: "h".into(), node: 9, fence });
+            for delivery in begin(&mut self.tables, self.now, "h", fence, 8) {
+                ack(&mut self.tables, self.now, &delivery).unwrap();
+                acked(delivery.event.seq);
+            }
+        }
+    }
+
+    fn record(&self) -> HookRecord {
+        get(&self.tables, "h").unwrap().unwrap()
+    }
+}
+
 proptest! {
     /// Whatever the claims, crashes, failures and clock: an event is acked at most once, never after it died, and in
     /// sequence order; once everything settles, every written event was acked or is a dead letter, and the dead ones
     /// failed `max_deliver` attempts (or were terminated).
     #[test]
     fn every_event_is_acked_once_in_order_or_dead(steps in proptest::collection::vec(step(), 1..120)) {
-        let mut tables = MemoryTables::default();
-        let mut revision = 0;
         let mut spec = exec_spec("kv.>");
         spec.max_deliver = 3;
         spec.ack_wait_ms = 500;
         spec.backoff_ms = vec![100];
-        create(&mut tables, "h", spec);
-        let mut now = 10;
-        let mut written = 0u64;
-        let mut written_seqs: Vec<u64> = Vec::new();
-        let mut fences: std::collections::BTreeMap<u64, u64> = Default::default();
-        let mut outstanding: Vec<Delivery> = Vec::new();
+        let mut driver = Driver::new(spec);
         let mut acked: Vec<u64> = Vec::new();
         let mut terminated = std::collections::BTreeSet::new();
         for step in steps {
-            match step {
-                Step::Write => {
-                    let events = put(&mut tables, &mut revision, now, &format!("k{written}"));
-                    written_seqs.extend(events.iter().map(|event| event.seq));
-                    written += 1;
+            match driver.apply(step) {
+                Some(Taken::Ack(seq)) => acked.push(seq),
+                Some(Taken::Term(seq)) => {
+                    terminated.insert(seq);
                 }
-                Step::Claim(node) => {
-                    if let (Ok(HookResponse::Claimed { fence, .. }), _) =
-                        hook(&mut tables, now, HookCommand::Claim { name: "h".into(), node, fence: 0 })
-                    {
-                        fences.insert(node, fence);
-                    }
-                }
-                Step::Begin(node) => {
-                    let fence = fences.get(&node).copied().unwrap_or(0);
-                    if let (Ok(HookResponse::Deliveries { deliveries, .. }), _) =
-                        hook(&mut tables, now, HookCommand::Begin { name: "h".into(), fence, most: 2 })
-                    {
-                        outstanding.extend(deliveries);
-                    }
-                }
-                Step::Answer(how) => {
-                    if outstanding.is_empty() {
-                        continue;
-                    }
-                    let delivery = outstanding.remove(0);
-                    let (name, seq, attempt, fence) = ("h".to_string(), delivery.event.seq, delivery.attempt, delivery.fence);
-                    let command = match how {
-                        0..=3 => HookCommand::Ack { name, seq, attempt, fence },
-                        4 | 5 => HookCommand::Nack { name, seq, attempt, fence, error: "failed".into() },
-                        6 => HookCommand::Term { name, seq, attempt, fence, error: "bad input".into() },
-                        _ => continue,
-                    };
-                    let is_ack = matches!(command, HookCommand::Ack { .. });
-                    let is_term = matches!(command, HookCommand::Term { .. });
-                    if let (Ok(_), _) = hook(&mut tables, now, command) {
-                        if is_ack {
-                            prop_assert!(!acked.contains(&seq), "event {} acked twice", seq);
-                            if let Some(last) = acked.last() {
-                                prop_assert!(seq > *last, "event {} acked after {}", seq, last);
-                            }
-                            acked.push(seq);
-                        }
-                        if is_term {
-                            terminated.insert(seq);
-                        }
-                    }
-                }
-                Step::Advance(ms) => now += ms,
+                _ => {}
             }
         }
-        // Settle: one node claims and acks everything from now on.
-        now += 10_000;
-        let fence = match hook(&mut tables, now, HookCommand::Claim { name: "h".into(), node: 9, fence: 0 }).0 {
-            Ok(HookResponse::Claimed { fence, .. }) => fence,
-            other => panic!("unexpected {other:?}"),
-        };
-        for _ in 0..(written * 4 + 10) {
-            now += 1_000;
-            let _ = hook(&mut tables, now, HookCommand::Claim { name: "h".into(), node: 9, fence });
-            let deliveries = begin(&mut tables, now, "h", fence, 8);
-            for delivery in deliveries {
-                ack(&mut tables, now, &delivery).unwrap();
-                prop_assert!(!acked.contains(&delivery.event.seq), "event {} acked twice", delivery.event.seq);
-                if let Some(last) = acked.last() {
-                    prop_assert!(delivery.event.seq > *last, "event {} acked after {}", delivery.event.seq, last);
-                }
-                acked.push(delivery.event.seq);
-            }
-        }
-        let (letters, _) = dead_letters(&tables, "h", 0, 1_000).unwrap();
+        driver.settle(|seq| acked.push(seq));
+        let mut sorted = acked.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        prop_assert_eq!(&sorted, &acked, "acked once each, in sequence order");
+        let (letters, _) = dead_letters(&driver.tables, "h", 0, 1_000).unwrap();
         let mut settled: Vec<u64> = acked.clone();
         settled.extend(letters.iter().map(|letter| letter.event.seq));
         settled.sort_unstable();
-        prop_assert_eq!(settled, written_seqs, "every event acked or dead, once");
+        prop_assert_eq!(&settled, &driver.written, "every event acked or dead, once");
         for letter in &letters {
             prop_assert!(letter.attempts == 3 || terminated.contains(&letter.event.seq), "{:?}", letter);
         }
-        let record = get(&tables, "h").unwrap().unwrap();
+        let record = driver.record();
         prop_assert_eq!(record.pending, 0);
         prop_assert_eq!(record.dead_letters as usize, letters.len());
+    }
+
+    /// Replays and redrives among claims, failures and crashes: the hook's counters always equal its rows, and once
+    /// one node delivers everything the hook settles with nothing pending (it never stalls on a phantom count).
+    #[test]
+    fn counters_match_the_rows_through_replays_and_redrives(steps in proptest::collection::vec(churn(), 1..100)) {
+        let mut spec = exec_spec("kv.>");
+        spec.max_deliver = 2;
+        spec.ack_wait_ms = 500;
+        spec.max_in_flight = 2;
+        let mut driver = Driver::new(spec);
+        for step in steps {
+            driver.apply(step);
+            let record = driver.record();
+            prop_assert_eq!(record.pending, rows(&driver.tables, b"Hp/"), "pending count and rows");
+            prop_assert_eq!(record.dead_letters, rows(&driver.tables, b"Hd/"), "dead-letter count and rows");
+        }
+        driver.settle(|_| {});
+        let record = driver.record();
+        prop_assert_eq!(record.pending, 0, "settled: {:?}", record);
+        prop_assert_eq!(record.pending, rows(&driver.tables, b"Hp/"));
+        prop_assert_eq!(record.dead_letters, rows(&driver.tables, b"Hd/"));
     }
 }
 
@@ -440,111 +518,6 @@ fn rows(tables: &MemoryTables, prefix: &[u8]) -> u32 {
     key.extend_from_slice(&1u16.to_be_bytes());
     key.push(b'h');
     tables.coord.keys().filter(|row| row.starts_with(&key)).count() as u32
-}
-
-#[derive(Clone, Debug)]
-enum Churn {
-    Write,
-    Claim(u64),
-    Begin(u64),
-    Answer(u8),
-    Advance(u64),
-    Redrive,
-    Replay(u64),
-}
-
-fn churn() -> impl Strategy<Value = Churn> {
-    prop_oneof![
-        3 => Just(Churn::Write),
-        1 => (1..3u64).prop_map(Churn::Claim),
-        3 => (1..3u64).prop_map(Churn::Begin),
-        4 => (0..8u8).prop_map(Churn::Answer),
-        2 => (1..2_000u64).prop_map(Churn::Advance),
-        1 => Just(Churn::Redrive),
-        1 => (1..12u64).prop_map(Churn::Replay),
-    ]
-}
-
-proptest! {
-    /// Replays and redrives among claims, failures and crashes: the hook's counters always equal its rows, and once
-    /// one node delivers everything the hook settles with nothing pending (it never stalls on a phantom count).
-    #[test]
-    fn counters_match_the_rows_through_replays_and_redrives(steps in proptest::collection::vec(churn(), 1..100)) {
-        let mut tables = MemoryTables::default();
-        let mut revision = 0;
-        let mut spec = exec_spec("kv.>");
-        spec.max_deliver = 2;
-        spec.ack_wait_ms = 500;
-        spec.max_in_flight = 2;
-        create(&mut tables, "h", spec);
-        let mut now = 10;
-        let mut written = 0;
-        let mut fences: std::collections::BTreeMap<u64, u64> = Default::default();
-        let mut outstanding: Vec<Delivery> = Vec::new();
-        for step in steps {
-            match step {
-                Churn::Write => {
-                    put(&mut tables, &mut revision, now, &format!("k{written}"));
-                    written += 1;
-                }
-                Churn::Claim(node) => {
-                    if let (Ok(HookResponse::Claimed { fence, .. }), _) =
-                        hook(&mut tables, now, HookCommand::Claim { name: "h".into(), node, fence: 0 })
-                    {
-                        fences.insert(node, fence);
-                    }
-                }
-                Churn::Begin(node) => {
-                    let fence = fences.get(&node).copied().unwrap_or(0);
-                    if let (Ok(HookResponse::Deliveries { deliveries, .. }), _) =
-                        hook(&mut tables, now, HookCommand::Begin { name: "h".into(), fence, most: 2 })
-                    {
-                        outstanding.extend(deliveries);
-                    }
-                }
-                Churn::Answer(how) => {
-                    if outstanding.is_empty() {
-                        continue;
-                    }
-                    let delivery = outstanding.remove(0);
-                    let (name, seq, attempt, fence) = ("h".to_string(), delivery.event.seq, delivery.attempt, delivery.fence);
-                    let command = match how {
-                        0..=3 => HookCommand::Ack { name, seq, attempt, fence },
-                        4 | 5 => HookCommand::Nack { name, seq, attempt, fence, error: "failed".into() },
-                        6 => HookCommand::Term { name, seq, attempt, fence, error: "bad".into() },
-                        _ => continue,
-                    };
-                    let _ = hook(&mut tables, now, command);
-                }
-                Churn::Advance(ms) => now += ms,
-                Churn::Redrive => {
-                    let _ = hook(&mut tables, now, HookCommand::Redrive { name: "h".into() });
-                }
-                Churn::Replay(from) => {
-                    let _ = hook(&mut tables, now, HookCommand::Replay { name: "h".into(), from });
-                }
-            }
-            let record = get(&tables, "h").unwrap().unwrap();
-            prop_assert_eq!(record.pending, rows(&tables, b"Hp/"), "pending count and rows");
-            prop_assert_eq!(record.dead_letters, rows(&tables, b"Hd/"), "dead-letter count and rows");
-        }
-        now += 10_000;
-        let fence = match hook(&mut tables, now, HookCommand::Claim { name: "h".into(), node: 9, fence: 0 }).0 {
-            Ok(HookResponse::Claimed { fence, .. }) => fence,
-            other => panic!("unexpected {other:?}"),
-        };
-        for _ in 0..(written * 4 + 20) {
-            now += 1_000;
-            let _ = hook(&mut tables, now, HookCommand::Claim { name: "h".into(), node: 9, fence });
-            for delivery in begin(&mut tables, now, "h", fence, 8) {
-                ack(&mut tables, now, &delivery).unwrap();
-            }
-        }
-        let record = get(&tables, "h").unwrap().unwrap();
-        prop_assert_eq!(record.pending, 0, "settled: {:?}", record);
-        prop_assert_eq!(record.pending, rows(&tables, b"Hp/"));
-        prop_assert_eq!(record.dead_letters, rows(&tables, b"Hd/"));
-    }
 }
 
 #[test]
