@@ -174,32 +174,25 @@ impl HookWatch<'_> {
                 }
             };
             let error = match read {
-                Ok(Ok(Response::HookStream(frame))) => {
+                Ok(Ok(Response::HookStream(HookStreamResponse::Canceled { error, .. }))) | Ok(Err(error)) => error,
+                Ok(Ok(Response::HookStream(
+                    HookStreamResponse::Created { next_seq } | HookStreamResponse::Progress { next_seq },
+                ))) => {
                     self.mover.served();
-                    match frame {
-                        HookStreamResponse::Created { next_seq } | HookStreamResponse::Progress { next_seq } => {
-                            self.next = self.next.max(next_seq);
-                        }
-                        HookStreamResponse::Events { events } => {
-                            for event in events {
-                                // A member that resumed from an older point repeats nothing delivered.
-                                if event.seq >= self.next {
-                                    self.next = event.seq + 1;
-                                    self.ready.push_back(event);
-                                }
-                            }
-                        }
-                        HookStreamResponse::Canceled { error, .. } => {
-                            if !movable(&error) {
-                                self.stream = None;
-                                return Err(ClientError::Wire(error));
-                            }
-                            self.lost(&error.to_string()).await?;
+                    self.next = self.next.max(next_seq);
+                    continue;
+                }
+                Ok(Ok(Response::HookStream(HookStreamResponse::Events { events }))) => {
+                    self.mover.served();
+                    for event in events {
+                        // A member that resumed from an older point repeats nothing delivered.
+                        if event.seq >= self.next {
+                            self.next = event.seq + 1;
+                            self.ready.push_back(event);
                         }
                     }
                     continue;
                 }
-                Ok(Err(error)) => error,
                 Ok(Ok(other)) => return Err(unexpected(&other)),
                 Err(error) => {
                     self.lost(&error.to_string()).await?;
