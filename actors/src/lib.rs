@@ -9,6 +9,7 @@ pub mod hooks;
 pub mod live;
 pub mod mesh;
 pub mod plugins;
+pub mod process;
 pub mod raft;
 pub mod retention;
 pub mod rpc;

@@ -171,7 +171,7 @@ pub struct TreeConfig {
 /// What the node runs on.
 pub enum World {
     /// Production: redb on the data directory, one iroh endpoint for clients and peers.
-    Iroh { endpoint: iroh::Endpoint, blobs: BlobConfig, plugins: PluginConfig },
+    Iroh { endpoint: iroh::Endpoint, blobs: BlobConfig, plugins: PluginConfig, exec: ExecConfig },
     /// The simulator: redb on a simulated disk, clients and mesh sessions over the simulated network.
     Simulated { disk: SimDisk, listener: SimRpcListener, net: SimNet },
 }
@@ -246,8 +246,8 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
     };
     children.push(ChildSpec::new("retention", Restart::Permanent, RetentionActor, retention));
     let runner: Arc<dyn Runner> = match &config.world {
-        World::Iroh { .. } => Arc::new(NodeRunner {
-            exec: ExecConfig::default(),
+        World::Iroh { exec, .. } => Arc::new(NodeRunner {
+            exec: exec.clone(),
             plugins: Some(handles.plugins.clone()),
             mesh: handles.mesh.clone(),
         }),
@@ -265,7 +265,7 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
     };
     let hooks = ChildSpec::new("hooks", Restart::Permanent, HookRouterActor, hooks)
         .with_shutdown_timeout(Duration::from_secs(5));
-    if let World::Iroh { endpoint, blobs, plugins } = config.world {
+    if let World::Iroh { endpoint, blobs, plugins, .. } = config.world {
         let plugins_args = handles.plugins_args(node_id, config.clock, plugins, cluster_secret);
         children.extend(blobs_and_plugins(node_id, &handles, endpoint, blobs, plugins_args));
     }

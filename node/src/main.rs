@@ -93,6 +93,10 @@ struct Args {
     /// Seconds of KV change history kept for watches (0: no limit by age); a revision goes once either limit says so.
     #[arg(long, default_value_t = 0)]
     history_keep_secs: u64,
+    /// Shell hooks this node runs at once (0: none; its deliveries then fail and another node's claim runs them).
+    #[arg(long, default_value_t = pando_protocol::limits::HOOK_EXEC_CONCURRENCY_DEFAULT as u64,
+          value_parser = clap::value_parser!(u64).range(0..=pando_protocol::limits::HOOK_EXEC_CONCURRENCY_MAX as u64))]
+    shell_hooks: u64,
     /// Rotate this node's key, then exit: writes a new key into the data directory (mode 0600). The running node
     /// registers it with the cluster within a second and restarts itself with it (same process); a stopped node does
     /// so on its next start. The old key is refused from then on.
@@ -109,6 +113,11 @@ enum Outcome {
 }
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == pando_actors::process::REAPER_ARG) {
+        // The reaper of a node that started this binary (see `pando_actors::process`).
+        pando_actors::process::serve(std::io::stdin().lock(), pando_actors::process::REAPER_GRACE);
+        return Ok(());
+    }
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -230,6 +239,13 @@ async fn run(args: Args) -> anyhow::Result<Outcome> {
     identity::save_record(&args.data_dir, &record)?;
 
     let handles = Handles::new(record.node_id, record.seeds.iter().copied());
+    let reaper = match args.shell_hooks {
+        0 => pando_actors::process::Reaper::none(),
+        _ => pando_actors::process::Reaper::start_own().unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot start the process reaper: shell hooks may outlive a crash of this node");
+            pando_actors::process::Reaper::none()
+        }),
+    };
     let mut raft_config = pando_actors::raft::default_config();
     raft_config.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(args.snapshot_every);
     raft_config.max_in_snapshot_log_to_keep = args.snapshot_keep_log;
@@ -266,6 +282,7 @@ async fn run(args: Args) -> anyhow::Result<Outcome> {
                 restart_period: Duration::from_secs(args.plugin_restart_period_secs.max(1)),
                 ..pando_actors::plugins::PluginConfig::default()
             },
+            exec: pando_actors::hooks::exec::ExecConfig::new(args.shell_hooks as usize, reaper),
         },
     });
     let (root, root_handle) =

@@ -176,6 +176,9 @@ pub const HOOK_STREAM_PROGRESS_MS: u64 = 5_000;
 const _: () = assert!(HOOK_LIST_COUNT_MAX <= HOOK_DLQ_COUNT_MAX);
 /// Shell hooks one node runs at once (the rest wait their turn within their ack wait).
 pub const HOOK_EXEC_CONCURRENCY_DEFAULT: usize = 16;
+/// The most shell hooks a node may be configured to run at once (`--shell-hooks`).
+pub const HOOK_EXEC_CONCURRENCY_MAX: usize = 1_024;
+const _: () = assert!(HOOK_EXEC_CONCURRENCY_DEFAULT <= HOOK_EXEC_CONCURRENCY_MAX);
 /// Most bytes of a failed command's stderr kept as its error.
 pub const HOOK_EXEC_STDERR_BYTES_MAX: usize = 2 * 1024;
 const _: () = assert!(HOOK_EXEC_STDERR_BYTES_MAX + 256 <= HOOK_ERROR_BYTES_MAX);

@@ -6,7 +6,8 @@
 //! to the dead-letter list at once: the command says it can never succeed); any other status, a signal, or a run
 //! past the hook's timeout (or the attempt's ack wait, whichever comes first) nacks, with the tail of stderr as the
 //! error. The command runs in a process group of its own, and the whole group is killed when it overruns or the node
-//! gives the delivery up, so a hook's children never outlive it. At most
+//! gives the delivery up, so a hook's children never outlive it; the node's [`Reaper`] kills it if the node dies
+//! first (`kill -9` included), so a command never runs on beside the attempt another node takes over. At most
 //! [`ExecConfig::concurrency`] commands run at once per node; the rest wait their turn within their ack wait.
 
 use std::process::Stdio;
@@ -17,6 +18,8 @@ use pando_protocol::hook::durable::Delivery;
 use pando_protocol::limits::{HOOK_EXEC_CONCURRENCY_DEFAULT, HOOK_EXEC_STDERR_BYTES_MAX};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
+
+use crate::process::Reaper;
 
 /// How long stderr may stay open after the command exited (a child it left behind may hold it).
 const STDERR_GRACE_MS: u64 = 100;
@@ -31,11 +34,20 @@ pub struct ExecConfig {
     /// claim comes next runs them).
     pub enabled: bool,
     pub concurrency: Arc<Semaphore>,
+    /// Ends the commands still running when the node dies.
+    pub reaper: Reaper,
+}
+
+impl ExecConfig {
+    /// Runs at most `concurrency` commands at once (0: none at all).
+    pub fn new(concurrency: usize, reaper: Reaper) -> ExecConfig {
+        ExecConfig { enabled: concurrency > 0, concurrency: Arc::new(Semaphore::new(concurrency)), reaper }
+    }
 }
 
 impl Default for ExecConfig {
     fn default() -> ExecConfig {
-        ExecConfig { enabled: true, concurrency: Arc::new(Semaphore::new(HOOK_EXEC_CONCURRENCY_DEFAULT)) }
+        ExecConfig::new(HOOK_EXEC_CONCURRENCY_DEFAULT, Reaper::none())
     }
 }
 
@@ -85,8 +97,7 @@ pub async fn run(config: &ExecConfig, argv: &[String], shell: bool, delivery: &D
         Ok(child) => child,
         Err(error) => return Outcome::Nack(format!("cannot start {:?}: {error}", argv[0])),
     };
-    let group = child.id();
-    let guard = GroupGuard(group);
+    let guard = child.id().map(|group| config.reaper.guard(group));
     let input = pando_protocol::hook::json::to_json_line(event);
     let stdin = child.stdin.take();
     let stderr = child.stderr.take();
@@ -137,18 +148,6 @@ pub async fn run(config: &ExecConfig, argv: &[String], shell: bool, delivery: &D
     drop(guard);
     drain.abort();
     outcome
-}
-
-/// Kills a command's process group when dropped (it ended, overran, or the delivery was given up).
-struct GroupGuard(Option<u32>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0.and_then(|pid| rustix::process::Pid::from_raw(pid as i32)) {
-            // The group may be gone already; nothing else to do then.
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-        }
-    }
 }
 
 #[cfg(test)]

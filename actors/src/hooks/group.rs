@@ -76,28 +76,38 @@ pub async fn deliver(scope: &str, group: &str, delivery: &Delivery, limit: Durat
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use ractor::{Actor, ActorProcessingErr};
 
     use super::*;
+    use crate::mesh::test_support::{connected_pair, remote_members};
 
+    /// Acks every event but `deploy.bad` (terminated), and counts what it was given.
     struct Subscriber;
 
     impl Actor for Subscriber {
         type Msg = HookSubscriberMsg;
-        type State = ();
-        type Arguments = GroupAnswer;
+        type State = Arc<AtomicU64>;
+        type Arguments = Arc<AtomicU64>;
 
-        async fn pre_start(&self, _: ActorRef<HookSubscriberMsg>, _: GroupAnswer) -> Result<(), ActorProcessingErr> {
-            Ok(())
+        async fn pre_start(
+            &self,
+            _: ActorRef<HookSubscriberMsg>,
+            count: Arc<AtomicU64>,
+        ) -> Result<Arc<AtomicU64>, ActorProcessingErr> {
+            Ok(count)
         }
 
         async fn handle(
             &self,
             _: ActorRef<HookSubscriberMsg>,
             message: HookSubscriberMsg,
-            _: &mut (),
+            count: &mut Arc<AtomicU64>,
         ) -> Result<(), ActorProcessingErr> {
             let HookSubscriberMsg::Deliver(input, reply) = message;
+            count.fetch_add(1, Ordering::SeqCst);
             let event: serde_json::Value = serde_json::from_slice(&input)?;
             let answer =
                 if event["subject"] == "deploy.bad" { GroupAnswer::Term("bad".into()) } else { GroupAnswer::Ack };
@@ -106,14 +116,14 @@ mod tests {
         }
     }
 
-    fn delivery(subject: &str) -> Delivery {
+    fn delivery(subject: &str, seq: u64) -> Delivery {
         Delivery {
             hook: "h".into(),
             attempt: 1,
             fence: 1,
             ack_by_ms: 0,
             event: pando_protocol::hook::HookEvent {
-                seq: 7,
+                seq,
                 subject: subject.into(),
                 time_ms: 0,
                 revision: 0,
@@ -122,17 +132,66 @@ mod tests {
         }
     }
 
+    async fn subscriber() -> (ActorRef<HookSubscriberMsg>, Arc<AtomicU64>) {
+        let count = Arc::new(AtomicU64::new(0));
+        let (actor, _) = Actor::spawn(None, Subscriber, count.clone()).await.unwrap();
+        (actor, count)
+    }
+
+    async fn until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(tokio::time::Instant::now() < deadline, "{what} never happened");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     #[tokio::test]
     async fn a_group_member_answers_and_an_empty_group_fails_the_attempt() {
         let scope = "pando.test.hooks";
         let limit = Duration::from_secs(1);
-        let outcome = deliver(scope, "audit", &delivery("deploy.ok"), limit).await;
+        let outcome = deliver(scope, "audit", &delivery("deploy.ok", 7), limit).await;
         assert!(matches!(outcome, Outcome::Nack(error) if error.contains("no member")));
-        let (actor, handle) = Actor::spawn(None, Subscriber, GroupAnswer::Ack).await.unwrap();
+        let (actor, count) = subscriber().await;
         join(scope, "audit", &actor);
-        assert_eq!(deliver(scope, "audit", &delivery("deploy.ok"), limit).await, Outcome::Ack);
-        assert_eq!(deliver(scope, "audit", &delivery("deploy.bad"), limit).await, Outcome::Term("bad".into()));
+        assert_eq!(deliver(scope, "audit", &delivery("deploy.ok", 7), limit).await, Outcome::Ack);
+        assert_eq!(deliver(scope, "audit", &delivery("deploy.bad", 8), limit).await, Outcome::Term("bad".into()));
+        assert_eq!(count.load(Ordering::SeqCst), 2);
         actor.stop(None);
-        handle.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_member_on_another_node_answers_through_the_mesh_and_takes_turns_with_a_local_one() {
+        let (scope_1, scope_2) = ("pando.test.hooks.cross.1", "pando.test.hooks.cross.2");
+        let limit = Duration::from_secs(5);
+        let [server_1, server_2] = connected_pair((scope_1, scope_2)).await;
+        let (remote, remote_count) = subscriber().await;
+        join(scope_2, "audit", &remote);
+        until("the remote join", || remote_members(scope_1, &group_name("audit")) == 1).await;
+
+        // Only the remote member: each delivery crosses the session, and its answer comes back.
+        assert_eq!(deliver(scope_1, "audit", &delivery("deploy.ok", 7), limit).await, Outcome::Ack);
+        assert_eq!(deliver(scope_1, "audit", &delivery("deploy.bad", 8), limit).await, Outcome::Term("bad".into()));
+        assert_eq!(remote_count.load(Ordering::SeqCst), 2);
+
+        // A member on the delivering node joins: the two take turns by sequence.
+        let (local, local_count) = subscriber().await;
+        join(scope_1, "audit", &local);
+        for seq in 10..20 {
+            assert_eq!(deliver(scope_1, "audit", &delivery("deploy.ok", seq), limit).await, Outcome::Ack);
+        }
+        assert_eq!((local_count.load(Ordering::SeqCst), remote_count.load(Ordering::SeqCst)), (5, 7));
+
+        // The remote node goes: its member leaves node 1's view, and the local member takes every event.
+        server_2.stop(None);
+        until("the remote member's departure", || remote_members(scope_1, &group_name("audit")) == 0).await;
+        for seq in 20..24 {
+            assert_eq!(deliver(scope_1, "audit", &delivery("deploy.ok", seq), limit).await, Outcome::Ack);
+        }
+        assert_eq!((local_count.load(Ordering::SeqCst), remote_count.load(Ordering::SeqCst)), (9, 7));
+        for actor in [local, remote] {
+            actor.stop(None);
+        }
+        server_1.stop(None);
     }
 }

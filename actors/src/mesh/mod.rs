@@ -75,4 +75,6 @@ pub(crate) fn node_of_label(label: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
+pub(crate) mod test_support;
+#[cfg(test)]
 mod tests;

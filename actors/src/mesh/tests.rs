@@ -1,3 +1,4 @@
+use super::test_support::{connected_pair, remote_members};
 use super::*;
 
 #[test]
@@ -19,66 +20,12 @@ fn the_cookie_is_a_keyed_derivation_of_the_cluster_key() {
     assert!(!first.contains(&"01".repeat(32)));
 }
 
-/// A session stream over an in-memory pipe, labelled as the mesh labels an authenticated member's stream.
-struct Pipe {
-    stream: tokio::io::DuplexStream,
-    peer: u64,
-    me: u64,
-}
-
-impl ractor_cluster::ClusterBidiStream for Pipe {
-    fn split(self: Box<Self>) -> (ractor_cluster::BoxRead, ractor_cluster::BoxWrite) {
-        let (reader, writer) = tokio::io::split(self.stream);
-        (Box::new(reader), Box::new(writer))
-    }
-
-    fn peer_label(&self) -> Option<String> {
-        Some(session_label(self.peer))
-    }
-
-    fn local_label(&self) -> Option<String> {
-        Some(session_label(self.me))
-    }
-}
-
-async fn node_server(node_id: u64, scope: &str) -> ractor::ActorRef<ractor_cluster::NodeServerMessage> {
-    let server = ractor_cluster::NodeServer::new(
-        0,
-        "cookie".into(),
-        session_label(node_id),
-        "pando".into(),
-        None,
-        Some(ractor_cluster::node::NodeConnectionMode::Isolated),
-    )
-    .with_listen_addr(std::net::Ipv4Addr::LOCALHOST.into())
-    .with_scope(scope.to_string())
-    .with_remote_group_filter(agent::peer_may_join);
-    ractor::Actor::spawn(None, server, ()).await.expect("a node server starts").0
-}
-
-/// The remote members of `group` as the node of `scope` sees them.
-fn remote_members(scope: &str, group: &str) -> usize {
-    ractor::pg::get_scoped_members(&scope.to_string(), &group.to_string())
-        .iter()
-        .filter(|cell| !cell.get_id().is_local())
-        .count()
-}
-
 #[tokio::test]
 async fn a_member_cannot_stand_in_another_members_group() {
-    use ractor_cluster::NodeServerMessage::ConnectionOpenedExternal;
     let (scope_1, scope_2) = ("pando.test.impersonation.1", "pando.test.impersonation.2");
-    let (server_1, server_2) = (node_server(1, scope_1).await, node_server(2, scope_2).await);
     let agent = agent::NodeAgent { node_id: 2, scope: scope_2.into(), raft: crate::raft::RaftHandle::new(2, []) };
     let (agent, _) = ractor::Actor::spawn(None, agent, ()).await.expect("the agent starts");
-
-    let (one, two) = tokio::io::duplex(64 * 1024);
-    server_1
-        .cast(ConnectionOpenedExternal { stream: Box::new(Pipe { stream: one, peer: 2, me: 1 }), is_server: true })
-        .unwrap();
-    server_2
-        .cast(ConnectionOpenedExternal { stream: Box::new(Pipe { stream: two, peer: 1, me: 2 }), is_server: false })
-        .unwrap();
+    let [server_1, server_2] = connected_pair((scope_1, scope_2)).await;
 
     let arrived = |groups: &'static [&'static str]| async move {
         tokio::time::timeout(std::time::Duration::from_secs(10), async {
