@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use pando_client::pando_protocol::blob::{BlobRequest, BlobResponse};
 use pando_client::pando_protocol::hook::durable::{HookSpec, HookTarget, StartAt};
 use pando_client::pando_protocol::hook::subject::encode_key;
-use pando_client::pando_protocol::plugin::{Permission, PluginManifest, PluginRequest};
+use pando_client::pando_protocol::plugin::{Permission, PluginManifest, PluginRequest, PluginResponse};
 use pando_client::{Client, ClientOptions};
 
 use crate::bench_watch::{Acked, write_until};
@@ -82,14 +82,18 @@ async fn install_counter(admin: &Client, wasm: &std::path::Path, pattern: &str) 
         ..PluginManifest::new("kv-counter", "bench")
     };
     admin.plugin(PluginRequest::Install { manifest, wasm: hash }).await?;
+    // Every member must run it: the node that delivers the hook may be any of them.
+    let members = admin.cluster_status().await?.members.len();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while admin.plugin_call("kv-counter", "get", br#"{"name":"x"}"#).await.is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "kv-counter did not start within 60 s");
+    loop {
+        if let PluginResponse::Info(info) = admin.plugin(PluginRequest::Info { name: "kv-counter".into() }).await?
+            && info.nodes.iter().filter(|node| node.running == info.record.generation).count() >= members
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "kv-counter did not start on all {members} members within 60 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Every node loads it; the node that delivers the hook may be another.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    Ok(())
 }
 
 fn histogram() -> Histogram<u64> {
