@@ -18,6 +18,7 @@ pub enum Command {
     Plugin(crate::plugin::PluginCommand),
     Token(crate::token::records::TokenCommand),
     Hook(crate::hook::durable::HookCommand),
+    Job(crate::job::JobCommand),
 }
 
 impl Command {
@@ -31,6 +32,7 @@ impl Command {
             Command::Plugin(_) => 2048,
             Command::Token(_) => 1024,
             Command::Hook(command) => command.payload_bytes(),
+            Command::Job(command) => command.payload_bytes(),
         }
     }
 }
@@ -44,6 +46,7 @@ pub enum CommandOutput {
     Plugin(crate::plugin::PluginResponse),
     Token(crate::token::records::TokenOutput),
     Hook(crate::hook::durable::HookResponse),
+    Job(crate::job::JobResponse),
 }
 
 /// The result of one KV command.

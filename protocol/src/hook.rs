@@ -165,6 +165,7 @@ pub fn coord_subject(event: &CoordEvent) -> String {
         E::ServiceRegistered { service, .. } => named("service", "registered", service),
         E::ServiceHealthChanged { service, .. } => named("service", "health", service),
         E::ServiceDeregistered { service, .. } => named("service", "deregistered", service),
+        E::Job { queue, kind, .. } => named("job", kind.as_str(), queue.as_bytes()),
     }
 }
 

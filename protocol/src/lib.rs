@@ -12,6 +12,7 @@ pub mod envelope;
 pub mod error;
 pub mod frame;
 pub mod hook;
+pub mod job;
 pub mod kv;
 pub mod limits;
 pub mod memory_tables;

@@ -191,3 +191,57 @@ pub const HOOK_STREAM_FRAME_BYTES_MAX: usize = 1024 * 1024;
 const _: () = assert!(
     HOOK_STREAM_FRAME_BYTES_MAX + KEY_SIZE_BYTES_MAX + VALUE_SIZE_BYTES_MAX + 64 * 1024 <= FRAME_SIZE_BYTES_MAX
 );
+
+// Jobs (see `crate::job`).
+/// Most jobs the cluster keeps (every state, finished ones too, until purged); a submit past it is `BUSY`.
+pub const JOBS_COUNT_MAX: u64 = 1_000_000;
+/// Largest payload of a job (a shell job's stdin, a plugin job's input).
+pub const JOB_PAYLOAD_BYTES_MAX: usize = 256 * 1024;
+/// Most bytes of a shell job's command line and environment, all together.
+pub const JOB_ARGV_BYTES_MAX: usize = 16 * 1024;
+/// Longest queue name, unique key, cron name or plugin function name.
+pub const JOB_NAME_BYTES_MAX: usize = 128;
+/// Priorities run from 0 (first) to this (last), as Oban orders them.
+pub const JOB_PRIORITY_MAX: u8 = 9;
+pub const JOB_MAX_ATTEMPTS_DEFAULT: u32 = 20;
+pub const JOB_MAX_ATTEMPTS_MAX: u32 = 1_000;
+pub const JOB_TIMEOUT_MS_DEFAULT: u64 = 15 * 60 * 1000;
+pub const JOB_TIMEOUT_MS_MAX: u64 = 24 * 60 * 60 * 1000;
+/// Longest a job may be scheduled ahead (`--not-before`).
+pub const JOB_DELAY_MS_MAX: u64 = 366 * 24 * 60 * 60 * 1000;
+pub const JOB_BACKOFF_MS_MIN: u64 = 100;
+pub const JOB_BACKOFF_MS_MAX: u64 = 24 * 60 * 60 * 1000;
+/// How long a claim lasts without a heartbeat: after a worker's node dies, its job is claimable again within this
+/// plus one tick of the log clock.
+pub const JOB_LEASE_MS_MIN: u64 = 500;
+pub const JOB_LEASE_MS_DEFAULT: u64 = 10_000;
+pub const JOB_LEASE_MS_MAX: u64 = 10 * 60 * 1000;
+/// How long past its timeout a running attempt may still heartbeat (the worker kills it at the timeout; this is the
+/// state machine's backstop for a worker that does not).
+pub const JOB_TIMEOUT_GRACE_MS: u64 = 30_000;
+/// Most jobs one job may depend on, and most jobs that may depend on one job.
+pub const JOB_DEPENDENCIES_MAX: usize = 64;
+pub const JOB_DEPENDENTS_MAX: u64 = 10_000;
+/// Most jobs one claim hands out.
+pub const JOB_CLAIM_COUNT_MAX: u32 = 64;
+/// Most queues one claim looks in.
+pub const JOB_CLAIM_QUEUES_MAX: usize = 16;
+/// Attempts a job's history keeps (the oldest go first; the counts stay).
+pub const JOB_HISTORY_MAX: usize = 32;
+/// Most bytes of an attempt's error, and of the output tail a finished attempt keeps inline.
+pub const JOB_ERROR_BYTES_MAX: usize = 4 * 1024;
+pub const JOB_OUTPUT_TAIL_BYTES_MAX: usize = 16 * 1024;
+/// Most jobs one listing, redrive or purge takes (the next takes the rest).
+pub const JOB_LIST_COUNT_MAX: u32 = 1_000;
+/// Most cron schedules the cluster keeps.
+pub const JOB_CRON_COUNT_MAX: usize = 1_000;
+/// A cron instant that fires at most this late is on time; later ones were missed and follow the missed-run policy.
+pub const JOB_CRON_ON_TIME_MS: u64 = 10_000;
+/// Most missed instants of one schedule that `--missed all` inserts when it fires (the rest are skipped).
+pub const JOB_CRON_CATCH_UP_MAX: usize = 100;
+const _: () = assert!(JOB_MAX_ATTEMPTS_DEFAULT <= JOB_MAX_ATTEMPTS_MAX);
+const _: () = assert!(JOB_TIMEOUT_MS_DEFAULT <= JOB_TIMEOUT_MS_MAX);
+const _: () = assert!(JOB_LEASE_MS_MIN <= JOB_LEASE_MS_DEFAULT && JOB_LEASE_MS_DEFAULT <= JOB_LEASE_MS_MAX);
+const _: () = assert!(JOB_BACKOFF_MS_MIN <= JOB_BACKOFF_MS_MAX);
+// A listing of jobs with the largest payloads still fits a response frame (listings leave payloads out past this).
+const _: () = assert!(JOB_PAYLOAD_BYTES_MAX * 8 <= SCAN_RESPONSE_BYTES_MAX);

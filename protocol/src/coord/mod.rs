@@ -46,6 +46,48 @@ pub use rwlock::{RwLockInfo, RwMode};
 pub use semaphore::SemaphoreInfo;
 pub use service::{Health, ServiceInstance, ServiceRef};
 
+/// What happened to a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobEventKind {
+    Submitted,
+    /// It became claimable (its start came, its dependencies completed, its retry came, or it was retried).
+    Ready,
+    Started {
+        attempt: u32,
+        node: u64,
+    },
+    Completed {
+        attempt: u32,
+    },
+    /// An attempt failed; it runs again at `retry_at_ms`, or (`None`) it is dead.
+    Failed {
+        attempt: u32,
+        retry_at_ms: Option<u64>,
+    },
+    /// An attempt's lease lapsed (its worker's node died or stalled); the job was taken back.
+    Rescued {
+        attempt: u32,
+        node: u64,
+    },
+    Dead,
+    Cancelled,
+}
+
+impl JobEventKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JobEventKind::Submitted => "submitted",
+            JobEventKind::Ready => "ready",
+            JobEventKind::Started { .. } => "started",
+            JobEventKind::Completed { .. } => "completed",
+            JobEventKind::Failed { .. } => "failed",
+            JobEventKind::Rescued { .. } => "rescued",
+            JobEventKind::Dead => "dead",
+            JobEventKind::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// Called with each row of a scan (key, value); breaks to stop.
 pub type RowVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'a;
 
@@ -244,6 +286,12 @@ pub enum CoordEvent {
     ServiceDeregistered {
         service: Bytes,
         instance: Bytes,
+    },
+    /// A job changed (see [`crate::job`]); its queue names the subject `job.<kind>.<queue>`.
+    Job {
+        id: u64,
+        queue: String,
+        kind: JobEventKind,
     },
 }
 

@@ -1,5 +1,6 @@
 //! Timers of the log clock, for everything but lease deadlines (which have their own index): a queue delivery's
-//! visibility timeout, a queue's memory of a deduplication id, a service registration's TTL.
+//! visibility timeout, a queue's memory of a deduplication id, a service registration's TTL, a blob's grace, a job's
+//! start or lease, a cron schedule's next instant.
 //!
 //! A timer is one row `w/<deadline><kind><subject>`; rows sort by deadline, so the due ones are a prefix of the index
 //! and the earliest one is what the leader waits for before proposing a tick. Whoever arms a timer remembers its
@@ -25,6 +26,12 @@ pub(crate) enum TimerKind {
     Service = 3,
     /// An unreferenced blob's grace period ends: subject is the hash.
     BlobCollect = 4,
+    /// A scheduled or retrying job's start: subject is the job id (8 bytes, big-endian).
+    JobDue = 5,
+    /// A running job attempt's lease: subject is the job id.
+    JobLease = 6,
+    /// A cron schedule's next instant: subject is the schedule's name.
+    Cron = 7,
 }
 
 impl TimerKind {
@@ -34,6 +41,9 @@ impl TimerKind {
             2 => Some(TimerKind::Dedup),
             3 => Some(TimerKind::Service),
             4 => Some(TimerKind::BlobCollect),
+            5 => Some(TimerKind::JobDue),
+            6 => Some(TimerKind::JobLease),
+            7 => Some(TimerKind::Cron),
             _ => None,
         }
     }
@@ -88,6 +98,9 @@ pub(crate) fn fire_due(store: &mut impl CoordWrite, now: u64) -> Result<usize, S
             Some(TimerKind::Dedup) => super::queue::dedup_lapsed(store, deadline, subject)?,
             Some(TimerKind::Service) => super::service::ttl_lapsed(store, deadline, subject)?,
             Some(TimerKind::BlobCollect) => crate::blob::collect_lapsed(store, deadline, subject)?,
+            Some(TimerKind::JobDue) => crate::job::apply::due(store, now, deadline, subject)?,
+            Some(TimerKind::JobLease) => crate::job::apply::lapsed(store, now, deadline, subject)?,
+            Some(TimerKind::Cron) => crate::job::apply::cron_fire(store, now, deadline, subject)?,
             None => return Err(StorageFault(format!("timer row of unknown kind: {key:?}"))),
         }
     }
