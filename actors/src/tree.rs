@@ -93,6 +93,7 @@ impl Handles {
             kv,
             coord: CoordService::new(self.raft.clone(), self.storage.clone()),
             hooks: HookService::new(self.raft.clone(), self.storage.clone(), self.hooks.clone(), watch.clone()),
+            jobs: crate::services::JobService::new(self.raft.clone(), self.storage.clone()),
             watch,
             plugins: PluginService::new(node_id, self.raft.clone(), self.storage.clone(), self.plugins.clone()),
             cluster: ClusterService::new(

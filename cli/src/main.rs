@@ -9,6 +9,7 @@ mod bench_watch;
 mod blob;
 mod coord;
 mod hook;
+mod job;
 mod output;
 mod plugin;
 mod queue;
@@ -106,6 +107,10 @@ enum Command {
     /// Events by subject: live streams, user events, durable hooks with retries and dead letters.
     #[command(subcommand)]
     Hook(hook::HookCommand),
+    /// Durable jobs: shell commands and plugin functions run by the nodes' workers, with retries, dependencies,
+    /// dead letters and cron.
+    #[command(subcommand)]
+    Job(job::JobCommandArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -425,6 +430,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin(command) => plugin::plugin(&client, command, cli.json).await,
         Command::Token(command) => token::token(&client, command, cli.json).await,
         Command::Hook(command) => hook::hook(&client, command, cli.json).await,
+        Command::Job(command) => job::job(&client, command, cli.json).await,
         Command::Cluster(ClusterCommand::JoinToken(JoinTokenCommand::Create(args))) => {
             token::join_token(&client, args, cli.json).await
         }

@@ -39,6 +39,9 @@ pub struct CreateArgs {
     /// Plugin the token may call (repeatable); `*` for any.
     #[arg(long = "plugin-call")]
     plugin_calls: Vec<String>,
+    /// Queue the token may submit plugin jobs to and read jobs of (repeatable); `*` for any.
+    #[arg(long = "jobs")]
+    jobs: Vec<String>,
     /// Read blobs that keys under the token's prefixes refer to.
     #[arg(long, conflicts_with = "blob_write")]
     blob_read: bool,
@@ -49,7 +52,7 @@ pub struct CreateArgs {
     #[arg(long)]
     cluster_read: bool,
     /// Everything: cluster administration and minting tokens included.
-    #[arg(long, conflicts_with_all = ["prefixes", "plugin_calls", "blob_read", "blob_write", "cluster_read"])]
+    #[arg(long, conflicts_with_all = ["prefixes", "plugin_calls", "jobs", "blob_read", "blob_write", "cluster_read"])]
     admin: bool,
     /// Lifetime such as 1h, 30d; 0 for no expiry (default 30 days).
     #[arg(long)]
@@ -103,6 +106,9 @@ fn capabilities(args: &CreateArgs) -> anyhow::Result<Vec<Capability>> {
     for plugin in &args.plugin_calls {
         capabilities.push(Capability::PluginCall { plugin: (plugin != "*").then(|| plugin.clone()) });
     }
+    for queue in &args.jobs {
+        capabilities.push(Capability::Jobs { queue: (queue != "*").then(|| queue.clone()) });
+    }
     if args.blob_read {
         capabilities.push(Capability::BlobRead);
     }
@@ -114,7 +120,7 @@ fn capabilities(args: &CreateArgs) -> anyhow::Result<Vec<Capability>> {
     }
     anyhow::ensure!(
         !capabilities.is_empty(),
-        "a token needs a scope: --prefix, --plugin-call, --blob-*, --cluster-read or --admin"
+        "a token needs a scope: --prefix, --plugin-call, --jobs, --blob-*, --cluster-read or --admin"
     );
     Ok(capabilities)
 }
@@ -205,6 +211,8 @@ fn describe(capability: &Capability) -> String {
         Capability::PluginCall { plugin: Some(plugin) } => format!("plugin-call:{plugin}"),
         Capability::PluginCall { plugin: None } => "plugin-call:*".into(),
         Capability::Node { node_id, .. } => format!("node:{node_id}"),
+        Capability::Jobs { queue: Some(queue) } => format!("jobs:{queue}"),
+        Capability::Jobs { queue: None } => "jobs:*".into(),
     }
 }
 

@@ -42,6 +42,8 @@ pub enum Request {
     Hook(crate::hook::api::HookRequest),
     /// Opens a hook stream on the request's stream (answered with [`Response::HookStream`] frames).
     HookWatch(crate::hook::api::HookWatchRequest),
+    /// Jobs: submits, reads, the admin's commands.
+    Job(crate::job::JobRequest),
 }
 
 /// A response to the request with the same id.
@@ -63,6 +65,7 @@ pub enum Response {
     Token(crate::token::TokenResponse),
     Hook(crate::hook::api::HookReply),
     HookStream(crate::hook::api::HookStreamResponse),
+    Job(crate::job::JobReply),
 }
 
 /// The first two fields of an envelope, decoded on their own when the full envelope does not decode, so the error

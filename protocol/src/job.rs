@@ -682,3 +682,43 @@ pub enum JobQueryResponse {
     Stats(Vec<QueueStats>),
     Crons(Vec<CronRecord>),
 }
+
+/// A client's job request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobRequest {
+    Command(JobCommand),
+    Query(JobQuery),
+}
+
+impl JobRequest {
+    pub fn validate(&self) -> Result<(), WireError> {
+        match self {
+            JobRequest::Command(command) => command.validate(),
+            JobRequest::Query(query) => query.validate(),
+        }
+    }
+
+    /// What the request needs its token to allow.
+    pub fn required(&self) -> Vec<crate::token::Access<'_>> {
+        use crate::token::Access;
+        match self {
+            JobRequest::Command(JobCommand::Submit { spec }) => match &spec.kind {
+                JobKind::Shell { .. } => vec![Access::JobShell],
+                JobKind::Plugin { plugin, .. } => vec![Access::JobSubmit(&spec.queue), Access::PluginCall(plugin)],
+            },
+            JobRequest::Command(JobCommand::CronCreate { spec, .. }) => match &spec.kind {
+                JobKind::Shell { .. } => vec![Access::JobAdmin, Access::JobShell],
+                JobKind::Plugin { .. } => vec![Access::JobAdmin],
+            },
+            JobRequest::Command(_) => vec![Access::JobAdmin],
+            JobRequest::Query(_) => vec![Access::JobRead],
+        }
+    }
+}
+
+/// What a job request answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobReply {
+    Command(JobResponse),
+    Query(JobQueryResponse),
+}

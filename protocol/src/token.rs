@@ -52,6 +52,9 @@ pub enum Capability {
     /// A member of the cluster, authenticated by its own key: it may read the cluster status, announce its own
     /// address, and ask for its own promotion when the join token that admitted it said so.
     Node { node_id: u64, promote: bool },
+    /// Submit plugin jobs to the queue named (or any, `None`) and read jobs. Shell jobs, cancelling, retrying,
+    /// purging and cron need [`Capability::All`]: a shell job runs a command as the node's user.
+    Jobs { queue: Option<String> },
 }
 
 /// What a request needs.
@@ -76,6 +79,14 @@ pub enum Access<'a> {
     /// A hook stream of this pattern: read access to the key prefix it is confined to
     /// ([`kv_scope`](crate::hook::api::kv_scope)), or [`Access::HookAdmin`] when it may match anything else.
     HookStream(&'a str),
+    /// Submitting a plugin job to this queue.
+    JobSubmit(&'a str),
+    /// Submitting a shell job (a command the node runs as its own user).
+    JobShell,
+    /// Reading jobs, their counts and cron schedules.
+    JobRead,
+    /// Cancelling, retrying, redriving and purging jobs, cron schedules, and a worker's claims and results.
+    JobAdmin,
     /// Announcing the addresses of this node.
     NodeAddress(u64),
     /// Replacing this node's key.
@@ -177,6 +188,8 @@ pub fn allows(capabilities: &[Capability], access: Access<'_>) -> bool {
         (Capability::KvRead { prefix } | Capability::KvWrite { prefix }, Access::HookStream(pattern)) => {
             crate::hook::api::kv_scope(pattern).is_some_and(|scope| scope.starts_with(prefix))
         }
+        (Capability::Jobs { queue }, Access::JobSubmit(name)) => queue.as_deref().is_none_or(|queue| queue == name),
+        (Capability::Jobs { .. }, Access::JobRead) => true,
         (Capability::Node { .. }, Access::ClusterRead) => true,
         (Capability::Node { node_id, .. }, Access::NodeAddress(id) | Access::NodeKey(id)) => *node_id == id,
         (Capability::Node { node_id, promote }, Access::Promote(id)) => *promote && *node_id == id,

@@ -15,6 +15,7 @@ use pando_protocol::error::ErrorCode;
 use pando_protocol::frame;
 use pando_protocol::hook::api::{HookRequest, HookWatchRequest};
 use pando_protocol::hook::durable::{HookSpec, HookTarget, StartAt};
+use pando_protocol::job::{JobCommand, JobKind, JobOutput, JobQuery, JobRequest, JobSpec, Missed, StateName};
 use pando_protocol::kv::{Bytes, Compare, CompareOp, CompareTarget, Consistency, KvRequest, TxnOp, WriteOp, bytes};
 use pando_protocol::memory_tables::MemoryTables;
 use pando_protocol::observe::ObserveRequest;
@@ -155,6 +156,41 @@ fn corpus(rng: &mut Rng, valid: bool) -> Vec<Request> {
         Request::Token(TokenRequest::List { after: None }),
         Request::Token(TokenRequest::Revoke { accessor: key(rng) }),
         Request::Token(TokenRequest::RotateMemberSecret),
+        Request::Job(JobRequest::Command(JobCommand::Submit {
+            spec: JobSpec {
+                payload: key(rng),
+                priority: number(rng, 1) as u8,
+                delay_ms: number(rng, 0),
+                timeout_ms: number(rng, 60_000),
+                depends_on: if valid { Vec::new() } else { vec![any_u64(rng)] },
+                unique_key: Some(String::from_utf8_lossy(&key(rng)).into_owned()),
+                ..JobSpec::new(JobKind::Shell { argv: vec!["true".into()], env: Vec::new(), cwd: None })
+            },
+        })),
+        Request::Job(JobRequest::Command(JobCommand::Claim {
+            node: 1,
+            worker: 0,
+            queues: vec!["default".into()],
+            most: number(rng, 4) as u32,
+            lease_ms: number(rng, 5_000),
+        })),
+        Request::Job(JobRequest::Command(JobCommand::Complete {
+            id: number(rng, 1),
+            fence: number(rng, 1),
+            output: JobOutput { exit_code: Some(0), tail: key(rng), blob: None },
+        })),
+        Request::Job(JobRequest::Command(JobCommand::CronCreate {
+            name: "nightly".into(),
+            schedule: if valid { "0 3 * * *".into() } else { String::from_utf8_lossy(&any_bytes(rng)).into_owned() },
+            missed: Missed::Once,
+            spec: JobSpec::new(JobKind::Plugin { plugin: "thumbs".into(), function: "resize".into() }),
+        })),
+        Request::Job(JobRequest::Query(JobQuery::List {
+            state: Some(StateName::Dead),
+            queue: None,
+            after: number(rng, 0),
+            limit: number(rng, 100) as u32,
+        })),
     ]
 }
 
@@ -250,6 +286,8 @@ fn exercise(frame_bytes: &[u8], tables: &mut MemoryTables, revision: &mut u64, r
         Request::Observe(request) => checked_only(request.validate()),
         Request::Cluster(_) => None,
         Request::HookWatch(request) => checked_only(request.validate()),
+        Request::Job(JobRequest::Command(command)) => command.validate().ok().map(|()| Command::Job(command)),
+        Request::Job(request) => checked_only(request.validate()),
         Request::Hook(request) => match request.command() {
             Some(command) => request.validate().ok().map(|()| Command::Hook(command)),
             None => checked_only(request.validate()),

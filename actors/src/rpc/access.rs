@@ -26,6 +26,7 @@ pub(crate) fn validate(request: &Request) -> Result<(), WireError> {
         Request::Token(request) => request.validate(),
         Request::Hook(request) => request.validate(),
         Request::HookWatch(request) => request.validate(),
+        Request::Job(request) => request.validate(),
     }
 }
 
@@ -89,6 +90,7 @@ pub(crate) fn required(request: &Request) -> Vec<Access<'_>> {
         // A stream of KV events under a prefix needs what a watch of that prefix needs; anything else the hooks
         // capability (it may see every key, lock and lease).
         Request::HookWatch(request) => vec![Access::HookStream(&request.pattern)],
+        Request::Job(request) => request.required(),
     }
 }
 

@@ -254,6 +254,10 @@ pub(crate) fn authorise(caller: &Caller, access: Access<'_>) -> Result<(), WireE
         Access::HookStream(_) => {
             "see every event this pattern matches (KV events under a prefix need read access to it)"
         }
+        Access::JobSubmit(_) => "submit jobs to this queue",
+        Access::JobShell => "submit shell jobs (they run commands as the node's user: admin only)",
+        Access::JobRead => "read jobs",
+        Access::JobAdmin => "cancel, retry, purge or schedule jobs",
         Access::NodeAddress(_) => "announce this node's address",
         Access::NodeKey(_) => "replace this node's key (only the node itself, over its current key, or an admin)",
         Access::Promote(_) => "promote this node (an admin promotes learners, unless their join token said voter)",
@@ -298,6 +302,7 @@ async fn execute(
         Request::Cluster(request) => services.cluster.execute(request).await.map(Response::Cluster),
         Request::Token(request) => services.tokens.execute(request, timeout).await.map(Response::Token),
         Request::Hook(request) => services.hooks.execute(request, timeout).await.map(Response::Hook),
+        Request::Job(request) => services.jobs.execute(request, timeout).await.map(Response::Job),
         // Served on its own stream (`rpc::watch`), never as one request and one answer.
         Request::Watch(_) | Request::Observe(_) | Request::HookWatch(_) => {
             Err(WireError::internal("a watch was routed to the single-answer path"))

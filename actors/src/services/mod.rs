@@ -12,6 +12,7 @@ pub mod blobs;
 pub mod cluster;
 pub mod coord;
 pub mod hooks;
+pub mod jobs;
 pub mod kv;
 pub mod plugins;
 pub mod tokens;
@@ -21,6 +22,7 @@ pub use blobs::BlobService;
 pub use cluster::ClusterService;
 pub use coord::CoordService;
 pub use hooks::{HookService, HookWatcher};
+pub use jobs::JobService;
 pub use kv::{KvService, ScanPage};
 pub use plugins::{PluginService, ServicesHost};
 pub use tokens::TokenService;
@@ -44,4 +46,5 @@ pub struct Services {
     pub watch: WatchService,
     pub tokens: TokenService,
     pub hooks: HookService,
+    pub jobs: JobService,
 }

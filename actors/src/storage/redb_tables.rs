@@ -442,6 +442,14 @@ impl StateReader {
         self.with_coord(|tables| hook::durable::dead_letters(tables, name, after, most))
     }
 
+    /// A job read, as last applied.
+    pub fn jobs(
+        &self,
+        query: &pando_protocol::job::JobQuery,
+    ) -> Result<Result<pando_protocol::job::JobQueryResponse, pando_protocol::error::WireError>, StorageFault> {
+        self.with_coord(|tables| pando_protocol::job::apply::query(tables, query))
+    }
+
     /// What the cluster knows about one blob, as last applied.
     pub fn blob(&self, hash: &BlobHash) -> Result<Option<BlobRecord>, StorageFault> {
         self.with_coord(|tables| blob::load(tables, hash))

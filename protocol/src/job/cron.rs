@@ -188,7 +188,7 @@ fn parse_field(spec: &str, low: u32, high: u32, names: &[&str]) -> Result<u64, S
 }
 
 /// (year, month 1..=12, day 1..=31) of a day counted from 1970-01-01 (Howard Hinnant's `civil_from_days`).
-pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -1,0 +1,48 @@
+//! The job service: job commands through the log, job reads from the applied state after a read index. Clients reach
+//! it through the RPC layer; the node's job workers claim, heartbeat and finish through it too.
+
+use std::time::Duration;
+
+use pando_protocol::command::{Command, CommandOutput};
+use pando_protocol::error::WireError;
+use pando_protocol::job::{JobCommand, JobQuery, JobQueryResponse, JobReply, JobRequest, JobResponse};
+
+use crate::raft::RaftHandle;
+use crate::storage_actor::StorageHandle;
+
+#[derive(Clone)]
+pub struct JobService {
+    raft: RaftHandle,
+    storage: StorageHandle,
+}
+
+impl JobService {
+    pub fn new(raft: RaftHandle, storage: StorageHandle) -> JobService {
+        JobService { raft, storage }
+    }
+
+    /// Serves one request (already authorised).
+    pub async fn execute(&self, request: JobRequest, timeout: Duration) -> Result<JobReply, WireError> {
+        request.validate()?;
+        match request {
+            JobRequest::Command(command) => self.command(command, timeout).await.map(JobReply::Command),
+            JobRequest::Query(query) => self.query(query, timeout).await.map(JobReply::Query),
+        }
+    }
+
+    /// Proposes one job command and answers its result.
+    pub async fn command(&self, command: JobCommand, timeout: Duration) -> Result<JobResponse, WireError> {
+        command.validate()?;
+        match self.raft.propose(Command::Job(command), timeout).await? {
+            CommandOutput::Job(response) => Ok(response),
+            other => Err(WireError::internal(format!("a job command answered {other:?}"))),
+        }
+    }
+
+    /// A linearizable read of the jobs.
+    pub async fn query(&self, query: JobQuery, timeout: Duration) -> Result<JobQueryResponse, WireError> {
+        query.validate()?;
+        self.raft.linearize(timeout).await?;
+        self.storage.read(timeout, move |reader| reader.jobs(&query)).await?
+    }
+}
