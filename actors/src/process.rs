@@ -147,6 +147,148 @@ pub fn serve(input: impl BufRead, grace: Duration) -> BTreeSet<u32> {
     groups
 }
 
+/// How long output pipes may stay open after the command exited (a child it left behind may hold them).
+const OUTPUT_GRACE_MS: u64 = 100;
+
+/// A command to run: `argv[0]` with the rest as arguments (no shell), `env` added to the node's environment.
+#[derive(Clone, Debug, Default)]
+pub struct Spawn {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<std::path::PathBuf>,
+    /// Written to stdin (a command that does not read it is fine).
+    pub stdin: Vec<u8>,
+    /// Whether stdout is kept with stderr (else it goes nowhere).
+    pub capture_stdout: bool,
+    /// The last bytes of output kept.
+    pub tail_max: usize,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ended {
+    Exited(i32),
+    /// Killed by a signal it did not get from us.
+    Signalled,
+    /// It ran past its limit: `SIGTERM`, then `SIGKILL` after the grace, to its whole group.
+    Overran,
+    /// The caller gave it up (a cancelled job): ended like an overrun.
+    Stopped,
+    CannotStart(String),
+    CannotWait(String),
+}
+
+/// What a run left.
+#[derive(Clone, Debug)]
+pub struct Ran {
+    pub ended: Ended,
+    /// The last [`Spawn::tail_max`] bytes of its output, as they came.
+    pub tail: Vec<u8>,
+    /// Bytes of output in all.
+    pub output_bytes: u64,
+}
+
+/// Runs `spawn` in a process group of its own registered with `reaper`, feeding stdin, keeping the tail of its
+/// output and waiting for its exit at once (a command that writes much before it reads cannot block on us). Past
+/// `limit`, or once `stop` resolves, the group gets `SIGTERM` and, `grace` later, `SIGKILL`; the group is killed
+/// when the run ends in any case, so nothing it started outlives it.
+pub async fn run(
+    spawn: Spawn,
+    reaper: &Reaper,
+    limit: Duration,
+    grace: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) -> Ran {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(program) = spawn.argv.first() else {
+        return Ran { ended: Ended::CannotStart("no command".into()), tail: Vec::new(), output_bytes: 0 };
+    };
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(&spawn.argv[1..])
+        .envs(spawn.env.iter().map(|(name, value)| (name, value)))
+        .stdin(std::process::Stdio::piped())
+        .stdout(if spawn.capture_stdout { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(cwd) = &spawn.cwd {
+        command.current_dir(cwd);
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            let ended = Ended::CannotStart(format!("cannot start {program:?}: {error}"));
+            return Ran { ended, tail: Vec::new(), output_bytes: 0 };
+        }
+    };
+    let guard = child.id().map(|group| reaper.guard(group));
+    let output = Arc::new(Mutex::new((Vec::<u8>::new(), 0u64)));
+    let drain = |pipe: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| {
+        let output = output.clone();
+        let tail_max = spawn.tail_max;
+        tokio::spawn(async move {
+            let Some(mut pipe) = pipe else { return };
+            let mut chunk = [0u8; 8192];
+            while let Ok(read) = pipe.read(&mut chunk).await {
+                if read == 0 {
+                    break;
+                }
+                let Ok(mut output) = output.lock() else { break };
+                output.0.extend_from_slice(&chunk[..read]);
+                output.1 += read as u64;
+                if output.0.len() > tail_max {
+                    let excess = output.0.len() - tail_max;
+                    output.0.drain(..excess);
+                }
+            }
+        })
+    };
+    let readers = [
+        drain(child.stdout.take().map(|pipe| Box::new(pipe) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)),
+        drain(child.stderr.take().map(|pipe| Box::new(pipe) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)),
+    ];
+    let stdin = child.stdin.take();
+    let input = spawn.stdin;
+    let feed = async move {
+        if let Some(mut stdin) = stdin {
+            let _ = stdin.write_all(&input).await;
+        }
+    };
+    let waited = async { tokio::join!(feed, child.wait()).1 };
+    tokio::pin!(waited);
+    enum Wake {
+        Exit(std::io::Result<std::process::ExitStatus>),
+        Overrun,
+        Stop,
+    }
+    let wake = tokio::select! {
+        status = &mut waited => Wake::Exit(status),
+        () = tokio::time::sleep(limit) => Wake::Overrun,
+        () = stop => Wake::Stop,
+    };
+    let ended = match wake {
+        Wake::Exit(Ok(status)) => status.code().map_or(Ended::Signalled, Ended::Exited),
+        Wake::Exit(Err(error)) => Ended::CannotWait(error.to_string()),
+        Wake::Overrun | Wake::Stop => {
+            // Ask the whole group to stop, then wait out the grace before the guard kills it.
+            if let Some(guard) = &guard {
+                guard.signal(Signal::TERM);
+            }
+            let _ = tokio::time::timeout(grace, &mut waited).await;
+            if matches!(wake, Wake::Stop) { Ended::Stopped } else { Ended::Overran }
+        }
+    };
+    drop(guard);
+    for mut reader in readers {
+        if tokio::time::timeout(Duration::from_millis(OUTPUT_GRACE_MS), &mut reader).await.is_err() {
+            reader.abort();
+        }
+    }
+    let (tail, output_bytes) = output.lock().map(|output| output.clone()).unwrap_or_default();
+    Ran { ended, tail, output_bytes }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::process::CommandExt;

@@ -10,19 +10,14 @@
 //! first (`kill -9` included), so a command never runs on beside the attempt another node takes over. At most
 //! [`ExecConfig::concurrency`] commands run at once per node; the rest wait their turn within their ack wait.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pando_protocol::hook::durable::Delivery;
 use pando_protocol::limits::{HOOK_EXEC_CONCURRENCY_DEFAULT, HOOK_EXEC_STDERR_BYTES_MAX};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
-use crate::process::Reaper;
-
-/// How long stderr may stay open after the command exited (a child it left behind may hold it).
-const STDERR_GRACE_MS: u64 = 100;
+use crate::process::{self, Ended, Reaper, Spawn};
 
 /// The exit status with which a command terminates its event (like sysexits' `EX_DATAERR`, 65).
 pub const EXIT_TERM: i32 = 65;
@@ -70,84 +65,40 @@ pub async fn run(config: &ExecConfig, argv: &[String], shell: bool, delivery: &D
     };
     let Ok(_permit) = _permit else { return Outcome::Nack("the node is stopping".into()) };
     let limit = limit.saturating_sub(started.elapsed());
-    let mut command = if shell {
-        let mut command = tokio::process::Command::new("/bin/sh");
-        command.arg("-c").arg(&argv[0]);
-        command
-    } else {
-        let mut command = tokio::process::Command::new(&argv[0]);
-        command.args(&argv[1..]);
-        command
-    };
+    let argv = if shell { vec!["/bin/sh".into(), "-c".into(), argv[0].clone()] } else { argv.to_vec() };
     let event = &delivery.event;
-    command
-        .env("PANDO_HOOK", &delivery.hook)
-        .env("PANDO_SUBJECT", &event.subject)
-        .env("PANDO_SEQ", event.seq.to_string())
-        .env("PANDO_ATTEMPT", delivery.attempt.to_string())
-        .env("PANDO_FENCE", delivery.fence.to_string())
-        .env("PANDO_REVISION", event.revision.to_string())
-        .env("PANDO_TIME_MS", event.time_ms.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(error) => return Outcome::Nack(format!("cannot start {:?}: {error}", argv[0])),
+    let env = [
+        ("PANDO_HOOK", delivery.hook.clone()),
+        ("PANDO_SUBJECT", event.subject.clone()),
+        ("PANDO_SEQ", event.seq.to_string()),
+        ("PANDO_ATTEMPT", delivery.attempt.to_string()),
+        ("PANDO_FENCE", delivery.fence.to_string()),
+        ("PANDO_REVISION", event.revision.to_string()),
+        ("PANDO_TIME_MS", event.time_ms.to_string()),
+    ];
+    let spawn = Spawn {
+        argv,
+        env: env.into_iter().map(|(name, value)| (name.to_string(), value)).collect(),
+        cwd: None,
+        stdin: pando_protocol::hook::json::to_json_line(event),
+        capture_stdout: false,
+        tail_max: HOOK_EXEC_STDERR_BYTES_MAX,
     };
-    let guard = child.id().map(|group| config.reaper.guard(group));
-    let input = pando_protocol::hook::json::to_json_line(event);
-    let stdin = child.stdin.take();
-    let stderr = child.stderr.take();
-    // Input, stderr and the exit run at once: a command that writes much before it reads cannot block on us, and a
-    // command that leaves a child holding stderr open is judged by its own exit (stderr gets a short grace after).
-    let feed = async move {
-        if let Some(mut stdin) = stdin {
-            // A command that does not read its input is fine.
-            let _ = stdin.write_all(&input).await;
+    // The attempt's time is up when the limit passes: no grace, the group is killed at once.
+    let ran = process::run(spawn, &config.reaper, limit, Duration::ZERO, std::future::pending()).await;
+    let stderr = String::from_utf8_lossy(&ran.tail).trim().to_string();
+    let said = if stderr.is_empty() { String::new() } else { format!(": {stderr}") };
+    match ran.ended {
+        Ended::Exited(0) => Outcome::Ack,
+        Ended::Exited(EXIT_TERM) => Outcome::Term(format!("exit status {EXIT_TERM} (terminate){said}")),
+        Ended::Exited(code) => Outcome::Nack(format!("exit status {code}{said}")),
+        Ended::Signalled => Outcome::Nack(format!("killed by a signal{said}")),
+        Ended::Overran | Ended::Stopped => {
+            Outcome::Nack(format!("ran past {} ms; its process group was killed", limit.as_millis()))
         }
-    };
-    let (tail_sender, tail) = tokio::sync::oneshot::channel();
-    let drain = tokio::spawn(async move {
-        let mut tail = Vec::new();
-        if let Some(mut stderr) = stderr {
-            let mut chunk = [0u8; 4096];
-            while let Ok(read) = stderr.read(&mut chunk).await {
-                if read == 0 {
-                    break;
-                }
-                tail.extend_from_slice(&chunk[..read]);
-                if tail.len() > HOOK_EXEC_STDERR_BYTES_MAX {
-                    tail.drain(..tail.len() - HOOK_EXEC_STDERR_BYTES_MAX);
-                }
-            }
-        }
-        let _ = tail_sender.send(tail);
-    });
-    let run = async {
-        let ((), status) = tokio::join!(feed, child.wait());
-        let tail = tokio::time::timeout(Duration::from_millis(STDERR_GRACE_MS), tail).await.ok().and_then(Result::ok);
-        (status, tail.unwrap_or_default())
-    };
-    let outcome = match tokio::time::timeout(limit, run).await {
-        Ok((Ok(status), tail)) => {
-            let stderr = String::from_utf8_lossy(&tail).trim().to_string();
-            let said = if stderr.is_empty() { String::new() } else { format!(": {stderr}") };
-            match status.code() {
-                Some(0) => Outcome::Ack,
-                Some(EXIT_TERM) => Outcome::Term(format!("exit status {EXIT_TERM} (terminate){said}")),
-                Some(code) => Outcome::Nack(format!("exit status {code}{said}")),
-                None => Outcome::Nack(format!("killed by a signal{said}")),
-            }
-        }
-        Ok((Err(error), _)) => Outcome::Nack(format!("cannot wait for the command: {error}")),
-        Err(_) => Outcome::Nack(format!("ran past {} ms; its process group was killed", limit.as_millis())),
-    };
-    drop(guard);
-    drain.abort();
-    outcome
+        Ended::CannotStart(error) => Outcome::Nack(error),
+        Ended::CannotWait(error) => Outcome::Nack(format!("cannot wait for the command: {error}")),
+    }
 }
 
 #[cfg(test)]
