@@ -6,6 +6,7 @@ pub mod clock;
 pub mod commit_stream;
 pub mod endpoint;
 pub mod hooks;
+pub mod jobs;
 pub mod live;
 pub mod mesh;
 pub mod plugins;

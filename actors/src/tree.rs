@@ -172,7 +172,13 @@ pub struct TreeConfig {
 /// What the node runs on.
 pub enum World {
     /// Production: redb on the data directory, one iroh endpoint for clients and peers.
-    Iroh { endpoint: iroh::Endpoint, blobs: BlobConfig, plugins: PluginConfig, exec: ExecConfig },
+    Iroh {
+        endpoint: iroh::Endpoint,
+        blobs: BlobConfig,
+        plugins: PluginConfig,
+        exec: ExecConfig,
+        jobs: crate::jobs::JobsConfig,
+    },
     /// The simulator: redb on a simulated disk, clients and mesh sessions over the simulated network.
     Simulated { disk: SimDisk, listener: SimRpcListener, net: SimNet },
 }
@@ -264,14 +270,31 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
         runner,
         followers_deliver: matches!(config.world, World::Iroh { .. }),
     };
+    let jobs = match &config.world {
+        World::Iroh { exec, jobs, .. } => Some(crate::jobs::JobsArgs {
+            node_id,
+            config: jobs.clone(),
+            proposer: handles.proposer(),
+            storage: handles.storage.clone(),
+            runner: Arc::new(crate::jobs::NodeJobRunner {
+                reaper: exec.reaper.clone(),
+                plugins: Some(handles.plugins.clone()),
+            }),
+            dispatch: Default::default(),
+        }),
+        World::Simulated { .. } => None,
+    };
     let hooks = ChildSpec::new("hooks", Restart::Permanent, HookRouterActor, hooks)
         .with_shutdown_timeout(Duration::from_secs(5));
     if let World::Iroh { endpoint, blobs, plugins, .. } = config.world {
         let plugins_args = handles.plugins_args(node_id, config.clock, plugins, cluster_secret);
         children.extend(blobs_and_plugins(node_id, &handles, endpoint, blobs, plugins_args));
     }
-    // Last: its restarts touch nothing else, and it calls plugins, which start before it.
+    // After the plugins, which hooks and jobs call; their restarts touch nothing else.
     children.push(hooks);
+    if let Some(jobs) = jobs {
+        children.extend(crate::jobs::child_spec(jobs));
+    }
     SupervisorArgs {
         name: "node".into(),
         options: SupervisorOptions::new(

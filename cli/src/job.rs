@@ -344,7 +344,12 @@ pub async fn job(client: &Client, command: JobCommandArgs, json_output: bool) ->
                     "state": submitted.state.as_str(),
                 }));
             } else if submitted.duplicate {
-                println!("{} (a duplicate: job {} holds the key, {})", submitted.id, submitted.id, submitted.state.as_str());
+                println!(
+                    "{} (a duplicate: job {} holds the key, {})",
+                    submitted.id,
+                    submitted.id,
+                    submitted.state.as_str()
+                );
             } else {
                 println!("{}", submitted.id);
             }

@@ -97,6 +97,16 @@ struct Args {
     #[arg(long, default_value_t = pando_protocol::limits::HOOK_EXEC_CONCURRENCY_DEFAULT as u64,
           value_parser = clap::value_parser!(u64).range(0..=pando_protocol::limits::HOOK_EXEC_CONCURRENCY_MAX as u64))]
     shell_hooks: u64,
+    /// Job workers this node runs (0: none; it still serves job requests).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(0..=pando_actors::jobs::JOB_WORKERS_MAX as u64))]
+    job_workers: u64,
+    /// Queues this node's workers claim from, in order (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "default")]
+    job_queues: Vec<String>,
+    /// Seconds a job's claim lasts without a heartbeat (its worker renews it every third of that): after this node
+    /// dies, its jobs run elsewhere within this plus one tick.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    job_lease_secs: u64,
     /// Rotate this node's key, then exit: writes a new key into the data directory (mode 0600). The running node
     /// registers it with the cluster within a second and restarts itself with it (same process); a stopped node does
     /// so on its next start. The old key is refused from then on.
@@ -239,10 +249,14 @@ async fn run(args: Args) -> anyhow::Result<Outcome> {
     identity::save_record(&args.data_dir, &record)?;
 
     let handles = Handles::new(record.node_id, record.seeds.iter().copied());
-    let reaper = match args.shell_hooks {
+    for queue in &args.job_queues {
+        pando_protocol::job::validate_name("queue", queue)
+            .map_err(|error| anyhow::anyhow!("--job-queues: {}", error.message))?;
+    }
+    let reaper = match args.shell_hooks + args.job_workers {
         0 => pando_actors::process::Reaper::none(),
         _ => pando_actors::process::Reaper::start_own().unwrap_or_else(|error| {
-            tracing::warn!(%error, "cannot start the process reaper: shell hooks may outlive a crash of this node");
+            tracing::warn!(%error, "cannot start the process reaper: commands may outlive a crash of this node");
             pando_actors::process::Reaper::none()
         }),
     };
@@ -283,6 +297,11 @@ async fn run(args: Args) -> anyhow::Result<Outcome> {
                 ..pando_actors::plugins::PluginConfig::default()
             },
             exec: pando_actors::hooks::exec::ExecConfig::new(args.shell_hooks as usize, reaper),
+            jobs: pando_actors::jobs::JobsConfig {
+                workers: args.job_workers as usize,
+                queues: args.job_queues.clone(),
+                lease_ms: (args.job_lease_secs * 1000).max(pando_protocol::limits::JOB_LEASE_MS_MIN),
+            },
         },
     });
     let (root, root_handle) =

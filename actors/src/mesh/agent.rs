@@ -11,6 +11,7 @@ use pando_protocol::cluster::{MemberNode, MeshPing};
 use pando_protocol::command::{Command, CommandOutput};
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::hook::durable::HookCommand;
+use pando_protocol::job::JobCommand;
 use pando_protocol::kv::KvRequest;
 use pando_protocol::plugin::PluginCommand;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -99,10 +100,17 @@ pub(crate) fn admit(command: &Command, from: u64, voter: bool) -> Result<(), Wir
                     | HookCommand::Nack { .. }
                     | HookCommand::Term { .. }
             )
+            | Command::Job(
+                JobCommand::Claim { .. }
+                    | JobCommand::Heartbeat { .. }
+                    | JobCommand::Complete { .. }
+                    | JobCommand::Fail { .. }
+            )
     );
     if !forwardable {
         return Err(WireError::invalid(
-            "only blob bookkeeping, plugin reports, plugin KV writes and hook deliveries are forwarded",
+            "only blob bookkeeping, plugin reports, plugin KV writes, hook deliveries and job workers' claims and \
+             results are forwarded",
         ));
     }
     // A node claims hook deliveries for itself only (and only a voter delivers at all, below).
@@ -114,8 +122,15 @@ pub(crate) fn admit(command: &Command, from: u64, voter: bool) -> Result<(), Wir
             format!("node {from} may not claim a hook for node {node}"),
         ));
     }
+    if let Command::Job(JobCommand::Claim { node, .. }) = command
+        && *node != from
+    {
+        return Err(WireError::new(ErrorCode::Unauthorized, format!("node {from} may not claim jobs for node {node}")));
+    }
     let about_itself = match command {
         Command::Blob(BlobCommand::Held { node, .. } | BlobCommand::Release { node, .. }) => *node == from,
+        // A learner may run jobs: what it claims is for itself, and its results are fenced.
+        Command::Job(_) => true,
         Command::Plugin(PluginCommand::Report { status, .. }) => status.node == from,
         _ => false,
     };
@@ -402,6 +417,26 @@ mod tests {
         // What a client asks for goes through the client's own request, never a node's forward.
         let create = Command::Hook(HookCommand::Delete { name: "audit".into() });
         assert_eq!(admit(&create, 2, true).unwrap_err().code, ErrorCode::InvalidArgument);
+    }
+
+    #[test]
+    fn a_member_forwards_job_claims_for_itself_and_fenced_results_but_no_client_command() {
+        let claim = |node| {
+            Command::Job(JobCommand::Claim {
+                node,
+                worker: 0,
+                queues: vec!["default".into()],
+                most: 1,
+                lease_ms: 5_000,
+            })
+        };
+        assert!(admit(&claim(2), 2, true).is_ok());
+        assert!(admit(&claim(4), 4, false).is_ok(), "a learner may run jobs");
+        assert_eq!(admit(&claim(3), 2, true).unwrap_err().code, ErrorCode::Unauthorized);
+        let heartbeat = Command::Job(JobCommand::Heartbeat { id: 1, fence: 1, lease_ms: 5_000 });
+        assert!(admit(&heartbeat, 2, true).is_ok());
+        let cancel = Command::Job(JobCommand::Cancel { id: 1 });
+        assert_eq!(admit(&cancel, 2, true).unwrap_err().code, ErrorCode::InvalidArgument);
     }
 
     #[test]

@@ -1,0 +1,255 @@
+//! Job workers: a pool of [`JobWorkerActor`]s on every node (a `supervision::Pool`, child `jobs` of the root), each
+//! claiming one job at a time from the node's queues through the log, running it, heartbeating its lease while it
+//! runs, and reporting its result under its fence.
+//!
+//! - **Woken, not polling.** A worker claims when it starts, when the commit stream shows a job of its queues became
+//!   claimable (`job.submitted`, `job.ready`, `job.rescued`), when its own job ended, and after a failed claim. A
+//!   backstop claim every [`IDLE_CLAIM_MS`] covers a wake-up lost to a storage restart.
+//! - **Fenced.** Heartbeats, completions and failures carry the claim's fence; the state machine refuses them once
+//!   the attempt is over (the job was cancelled, or its lease lapsed and it was rescued), and a refused heartbeat, a
+//!   cancellation seen on the commit stream, or a lease this node could not renew in time stops the run at once
+//!   (`SIGTERM` to its process group, `SIGKILL` after [`STOP_GRACE_MS`]), so a job rarely runs twice at once and
+//!   never records two results.
+//! - **Supervised.** A worker that panics is replaced by the pool; its run is dropped with it (its process group is
+//!   killed), and its job is claimed again once the lease lapses. A node that dies takes its commands with it (the
+//!   [reaper](crate::process)), and its jobs are claimable again within their lease plus one tick.
+
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use pando_protocol::job::{Claimed, JobKind, JobOutput};
+use pando_protocol::limits::JOB_OUTPUT_TAIL_BYTES_MAX;
+
+use crate::mesh::Proposer;
+use crate::plugins::PluginsHandle;
+use crate::process::{self, Ended, Reaper, Spawn};
+use crate::storage_actor::StorageHandle;
+use crate::supervision::{
+    ChildSpec, Intensity, Pool, Restart, Strategy, Supervisor, SupervisorArgs, SupervisorOptions,
+};
+pub use worker::{Dispatch, JobDispatcherActor, JobWorkerActor, JobWorkerArgs, JobWorkerMsg};
+
+/// A claim every this long when nothing woke a worker (a backstop, not the way work arrives).
+pub const IDLE_CLAIM_MS: u64 = 30_000;
+/// How long a stopped job's process group has between `SIGTERM` and `SIGKILL`.
+pub const STOP_GRACE_MS: u64 = 5_000;
+/// The exit status with which a shell job says it can never succeed: dead at once, no retry (sysexits' `EX_DATAERR`,
+/// as shell hooks use it).
+pub const EXIT_DISCARD: i32 = 65;
+/// The most workers a node may run (`--job-workers`).
+pub const JOB_WORKERS_MAX: usize = 256;
+/// Worker restarts the pool takes within [`POOL_RESTART_PERIOD`] before it fails (and the root restarts it).
+const POOL_RESTARTS_MAX: u32 = 10;
+const POOL_RESTART_PERIOD: Duration = Duration::from_secs(30);
+
+/// How this node runs jobs.
+#[derive(Clone)]
+pub struct JobsConfig {
+    /// Workers in the pool (0: this node runs no jobs).
+    pub workers: usize,
+    /// Queues the workers claim from, in order.
+    pub queues: Vec<String>,
+    /// The lease each claim asks for (renewed every third of it).
+    pub lease_ms: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> JobsConfig {
+        JobsConfig {
+            workers: 4,
+            queues: vec!["default".into()],
+            lease_ms: pando_protocol::limits::JOB_LEASE_MS_DEFAULT,
+        }
+    }
+}
+
+/// How one run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunResult {
+    Completed(JobOutput),
+    Failed { error: String, output: JobOutput, retryable: bool },
+}
+
+/// Runs one claimed job until it ends or `stop` resolves.
+pub trait JobRunner: Send + Sync + 'static {
+    fn run(&self, job: &Claimed, stop: BoxFuture<'static, ()>) -> BoxFuture<'static, RunResult>;
+}
+
+/// Commands on this machine and plugins of this node.
+pub struct NodeJobRunner {
+    pub reaper: Reaper,
+    pub plugins: Option<PluginsHandle>,
+}
+
+impl JobRunner for NodeJobRunner {
+    fn run(&self, job: &Claimed, stop: BoxFuture<'static, ()>) -> BoxFuture<'static, RunResult> {
+        let (job, reaper, plugins) = (job.clone(), self.reaper.clone(), self.plugins.clone());
+        Box::pin(async move {
+            let limit = Duration::from_millis(job.spec.timeout_ms);
+            match &job.spec.kind {
+                JobKind::Shell { argv, env, cwd } => {
+                    let mut env = env.clone();
+                    env.extend([
+                        ("PANDO_JOB_ID".to_string(), job.id.to_string()),
+                        ("PANDO_JOB_ATTEMPT".to_string(), job.attempt.to_string()),
+                        ("PANDO_JOB_FENCE".to_string(), job.fence.to_string()),
+                        ("PANDO_JOB_QUEUE".to_string(), job.spec.queue.clone()),
+                    ]);
+                    let spawn = Spawn {
+                        argv: argv.clone(),
+                        env,
+                        cwd: cwd.as_ref().map(Into::into),
+                        stdin: job.spec.payload.to_vec(),
+                        capture_stdout: true,
+                        tail_max: JOB_OUTPUT_TAIL_BYTES_MAX,
+                    };
+                    let ran = process::run(spawn, &reaper, limit, Duration::from_millis(STOP_GRACE_MS), stop).await;
+                    shell_result(ran)
+                }
+                JobKind::Plugin { plugin, function } => {
+                    let Some(plugins) = plugins else {
+                        return failed("this node runs no plugins", JobOutput::default(), true);
+                    };
+                    let call = plugins.routes().call(plugin, function, job.spec.payload.to_vec(), limit, None);
+                    tokio::select! {
+                        answer = call => match answer {
+                            Ok((output, _generation)) => RunResult::Completed(JobOutput {
+                                exit_code: None,
+                                tail: tail(&output).into(),
+                                blob: None,
+                            }),
+                            Err(error) => failed(&error.to_string(), JobOutput::default(), true),
+                        },
+                        () = stop => failed("stopped: cancelled, or its lease was lost", JobOutput::default(), true),
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn tail(bytes: &[u8]) -> Vec<u8> {
+    bytes[bytes.len().saturating_sub(JOB_OUTPUT_TAIL_BYTES_MAX)..].to_vec()
+}
+
+fn failed(error: &str, output: JobOutput, retryable: bool) -> RunResult {
+    RunResult::Failed { error: error.to_string(), output, retryable }
+}
+
+fn shell_result(ran: process::Ran) -> RunResult {
+    let exit_code = match ran.ended {
+        Ended::Exited(code) => Some(code),
+        _ => None,
+    };
+    let output = JobOutput { exit_code, tail: ran.tail.into(), blob: None };
+    match ran.ended {
+        Ended::Exited(0) => RunResult::Completed(output),
+        Ended::Exited(EXIT_DISCARD) => failed(&format!("exit status {EXIT_DISCARD} (discard)"), output, false),
+        Ended::Exited(code) => failed(&format!("exit status {code}"), output, true),
+        Ended::Signalled => failed("killed by a signal", output, true),
+        Ended::Overran => failed("ran past its timeout; its process group was killed", output, true),
+        Ended::Stopped => failed("stopped: cancelled, or its lease was lost", output, true),
+        Ended::CannotStart(error) | Ended::CannotWait(error) => failed(&error, output, true),
+    }
+}
+
+/// What the pool's workers share.
+#[derive(Clone)]
+pub struct JobsArgs {
+    pub node_id: u64,
+    pub config: JobsConfig,
+    pub proposer: Proposer,
+    pub storage: StorageHandle,
+    pub runner: Arc<dyn JobRunner>,
+    /// The node's idle workers, for its dispatcher.
+    pub dispatch: Arc<Dispatch>,
+}
+
+/// The node's job subsystem as a child of the root (`None` when the node runs no workers): a supervisor
+/// (rest_for_one) of the worker pool, then the dispatcher that claims for it.
+pub fn child_spec(args: JobsArgs) -> Option<ChildSpec> {
+    if args.config.workers == 0 {
+        return None;
+    }
+    let intensity = Intensity { restarts_max: POOL_RESTARTS_MAX, period: POOL_RESTART_PERIOD };
+    let size = args.config.workers.min(JOB_WORKERS_MAX);
+    let shared = args.clone();
+    let pool = Pool::new("workers", size, intensity, move |index| {
+        let args = JobWorkerArgs { index: index as u32, shared: shared.clone() };
+        ChildSpec::new(index.to_string(), Restart::Permanent, JobWorkerActor, args)
+    });
+    let children = vec![
+        pool.child_spec("workers", Restart::Permanent),
+        ChildSpec::new("dispatcher", Restart::Permanent, JobDispatcherActor, args),
+    ];
+    let options = SupervisorOptions::new(Strategy::RestForOne, intensity.restarts_max, intensity.period);
+    Some(ChildSpec::new(
+        "jobs",
+        Restart::Permanent,
+        Supervisor,
+        SupervisorArgs { name: "jobs".into(), options, children },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claimed(kind: JobKind, timeout_ms: u64) -> Claimed {
+        let spec = pando_protocol::job::JobSpec {
+            timeout_ms,
+            payload: b"hello".to_vec().into(),
+            ..pando_protocol::job::JobSpec::new(kind)
+        };
+        Claimed { id: 42, attempt: 2, fence: 9, until_ms: 0, spec }
+    }
+
+    fn sh(line: &str) -> JobKind {
+        JobKind::Shell {
+            argv: vec!["/bin/sh".into(), "-c".into(), line.into()],
+            env: vec![("MODE".into(), "x".into())],
+            cwd: Some("/".into()),
+        }
+    }
+
+    async fn run(kind: JobKind, timeout_ms: u64, stop: BoxFuture<'static, ()>) -> RunResult {
+        NodeJobRunner { reaper: Reaper::none(), plugins: None }.run(&claimed(kind, timeout_ms), stop).await
+    }
+
+    #[tokio::test]
+    async fn a_shell_job_gets_its_payload_environment_and_directory_and_its_output_is_kept() {
+        let line =
+            r#"read input; echo "$input $PANDO_JOB_ID $PANDO_JOB_ATTEMPT $PANDO_JOB_FENCE $MODE $(pwd)"; echo err >&2"#;
+        let RunResult::Completed(output) = run(sh(line), 5_000, Box::pin(std::future::pending())).await else {
+            panic!("the job completes")
+        };
+        assert_eq!(output.exit_code, Some(0));
+        let text = String::from_utf8_lossy(&output.tail);
+        assert!(text.contains("hello 42 2 9 x /"), "{text}");
+        assert!(text.contains("err"), "stderr is kept with stdout: {text}");
+    }
+
+    #[tokio::test]
+    async fn exit_statuses_timeouts_and_stops_fail_the_attempt_as_they_should() {
+        let pending = || -> BoxFuture<'static, ()> { Box::pin(std::future::pending()) };
+        let RunResult::Failed { error, retryable: true, output } = run(sh("exit 3"), 5_000, pending()).await else {
+            panic!()
+        };
+        assert_eq!((error.as_str(), output.exit_code), ("exit status 3", Some(3)));
+        assert!(matches!(run(sh("exit 65"), 5_000, pending()).await, RunResult::Failed { retryable: false, .. }));
+        let overran = run(sh("sleep 30"), 200, pending()).await;
+        assert!(matches!(overran, RunResult::Failed { ref error, .. } if error.contains("timeout")), "{overran:?}");
+        let stop: BoxFuture<'static, ()> = Box::pin(tokio::time::sleep(Duration::from_millis(100)));
+        let started = std::time::Instant::now();
+        let stopped = run(sh("sleep 30"), 60_000, stop).await;
+        assert!(matches!(stopped, RunResult::Failed { ref error, .. } if error.contains("stopped")), "{stopped:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "SIGTERM ended it within the grace");
+        let missing = JobKind::Shell { argv: vec!["/nonexistent/job".into()], env: vec![], cwd: None };
+        assert!(
+            matches!(run(missing, 5_000, pending()).await, RunResult::Failed { ref error, .. } if error.contains("cannot start"))
+        );
+    }
+}
