@@ -52,6 +52,8 @@ pub struct Handles {
     pub gateway: GatewayHandle,
     pub tree: TreeHandle,
     pub hooks: HooksHandle,
+    /// This node's job counters (its workers count, the metrics read).
+    pub jobs: Arc<crate::jobs::JobCounters>,
 }
 
 /// What differs between the services of a real node and a simulated one.
@@ -76,6 +78,7 @@ impl Handles {
             gateway: GatewayHandle::default(),
             tree: TreeHandle::default(),
             hooks: HooksHandle::default(),
+            jobs: Arc::default(),
         }
     }
 
@@ -107,7 +110,8 @@ impl Handles {
                 self.storage.clone(),
                 self.mesh.clone(),
                 self.tree.clone(),
-            ),
+            )
+            .with_job_counters(self.jobs.clone()),
             blobs,
             tokens,
         }
@@ -281,6 +285,7 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
                 plugins: Some(handles.plugins.clone()),
             }),
             dispatch: Default::default(),
+            counters: handles.jobs.clone(),
         }),
         World::Simulated { .. } => None,
     };

@@ -156,6 +156,30 @@ fn shell_result(ran: process::Ran) -> RunResult {
     }
 }
 
+/// This node's job counters, for `pando cluster metrics` (the queues' own counts come from the applied state).
+#[derive(Debug, Default)]
+pub struct JobCounters {
+    /// Claims the dispatcher proposed, and the jobs they took.
+    pub claims: std::sync::atomic::AtomicU64,
+    pub claimed: std::sync::atomic::AtomicU64,
+    pub completed: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Heartbeats and results refused because the attempt was over (its lease lapsed, or it was cancelled).
+    pub stale_refusals: std::sync::atomic::AtomicU64,
+    /// Runs stopped before they ended (cancelled, or a lease this node could not keep).
+    pub stopped: std::sync::atomic::AtomicU64,
+}
+
+impl JobCounters {
+    pub fn add(counter: &std::sync::atomic::AtomicU64, count: u64) {
+        counter.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &std::sync::atomic::AtomicU64) -> u64 {
+        counter.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// What the pool's workers share.
 #[derive(Clone)]
 pub struct JobsArgs {
@@ -166,6 +190,7 @@ pub struct JobsArgs {
     pub runner: Arc<dyn JobRunner>,
     /// The node's idle workers, for its dispatcher.
     pub dispatch: Arc<Dispatch>,
+    pub counters: Arc<JobCounters>,
 }
 
 /// The node's job subsystem as a child of the root (`None` when the node runs no workers): a supervisor

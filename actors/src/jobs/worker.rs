@@ -20,7 +20,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{IDLE_CLAIM_MS, JobsArgs, RunResult};
+use super::{IDLE_CLAIM_MS, JobCounters, JobsArgs, RunResult};
 use crate::supervision::{ActorDetail, Control};
 
 /// How long one proposal of a worker or the dispatcher may take.
@@ -239,6 +239,7 @@ async fn run(shared: JobsArgs, claimed: Claimed, stop: CancellationToken, worker
                     Ok(_) => lease_end = sent + Duration::from_millis(lease_ms),
                     Err(error) if error.code == ErrorCode::Conflict || error.code == ErrorCode::NotFound => {
                         tracing::info!(id, fence, %error, "job attempt is over: stopping its run");
+                        JobCounters::add(&shared.counters.stale_refusals, 1);
                         stop.cancel();
                     }
                     Err(error) if tokio::time::Instant::now() >= lease_end => {
@@ -250,6 +251,11 @@ async fn run(shared: JobsArgs, claimed: Claimed, stop: CancellationToken, worker
             }
         }
     };
+    if stop.is_cancelled() {
+        JobCounters::add(&shared.counters.stopped, 1);
+    }
+    let counters = &shared.counters;
+    JobCounters::add(if matches!(result, RunResult::Completed(_)) { &counters.completed } else { &counters.failed }, 1);
     let (command, completed, summary) = match result {
         RunResult::Completed(output) => (JobCommand::Complete { id, fence, output }, true, "completed".to_string()),
         RunResult::Failed { error, output, retryable } => {
@@ -263,6 +269,7 @@ async fn run(shared: JobsArgs, claimed: Claimed, stop: CancellationToken, worker
             Ok(_) => break,
             Err(error) if matches!(error.code, ErrorCode::Conflict | ErrorCode::NotFound) => {
                 line = format!("job {id} attempt {} {summary}, but its result was refused: {error}", claimed.attempt);
+                JobCounters::add(&shared.counters.stale_refusals, 1);
                 break;
             }
             Err(error) if attempt == REPORT_ATTEMPTS_MAX => {
@@ -379,6 +386,10 @@ async fn dispatch(args: JobsArgs, stats: Arc<Mutex<DispatchStats>>) {
                 lease_ms: args.config.lease_ms,
             };
             let answer = propose(&args, command).await;
+            JobCounters::add(&args.counters.claims, 1);
+            if let Ok(JobResponse::Claimed(jobs)) = &answer {
+                JobCounters::add(&args.counters.claimed, jobs.len() as u64);
+            }
             if let Ok(mut stats) = stats.lock() {
                 stats.claims += 1;
                 match &answer {

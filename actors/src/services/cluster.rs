@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ChangeMembers;
@@ -41,6 +42,7 @@ pub struct ClusterService {
     storage: StorageHandle,
     mesh: MeshHandle,
     tree: TreeHandle,
+    jobs: Arc<crate::jobs::JobCounters>,
 }
 
 impl ClusterService {
@@ -68,7 +70,14 @@ impl ClusterService {
             storage,
             mesh,
             tree,
+            jobs: Arc::default(),
         }
+    }
+
+    /// Reads this node's job workers' counters for the metrics.
+    pub fn with_job_counters(mut self, jobs: Arc<crate::jobs::JobCounters>) -> ClusterService {
+        self.jobs = jobs;
+        self
     }
 
     /// Serves one cluster request (its caller authorised it). A join comes through [`ClusterService::join`], which
@@ -440,7 +449,70 @@ fn metrics(context: &ClusterService) -> Result<ClusterResponse, WireError> {
             let _ = writeln!(text, "pando_raft_member_lag{{node=\"{node}\",member=\"{}\"}} {lag}", member.node_id);
         }
     }
+    job_metrics(context, &mut text)?;
     Ok(ClusterResponse::Metrics { text })
+}
+
+/// The jobs of every queue by state (`pando_jobs{state="dead"}` is the dead-letter list's depth), their totals, and
+/// this node's worker counters.
+fn job_metrics(context: &ClusterService, text: &mut String) -> Result<(), WireError> {
+    use pando_protocol::job::{JobQuery, JobQueryResponse, StateName};
+    let node = context.node_id;
+    let reader = context.storage.reader()?;
+    let stats = reader.jobs(&JobQuery::Stats).map_err(|fault| WireError::internal(fault.to_string()))?;
+    let Ok(JobQueryResponse::Stats(queues)) = stats else {
+        return Err(WireError::internal("job stats answered something else"));
+    };
+    let _ = writeln!(text, "# HELP pando_jobs Jobs in each state, per queue.\n# TYPE pando_jobs gauge");
+    for queue in &queues {
+        for state in StateName::ALL {
+            let _ = writeln!(
+                text,
+                "pando_jobs{{node=\"{node}\",queue=\"{}\",state=\"{}\"}} {}",
+                queue.queue,
+                state.as_str(),
+                queue.count(state)
+            );
+        }
+    }
+    for (name, help, value) in [
+        (
+            "pando_job_attempts_total",
+            "Attempts begun.",
+            &(|queue: &pando_protocol::job::QueueStats| queue.attempts_total)
+                as &dyn Fn(&pando_protocol::job::QueueStats) -> u64,
+        ),
+        ("pando_job_failed_attempts_total", "Attempts that failed.", &|queue| queue.failed_attempts_total),
+        ("pando_job_lease_expiries_total", "Attempts rescued after their lease lapsed.", &|queue| {
+            queue.lease_expiries_total
+        }),
+    ] {
+        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} counter");
+        for queue in &queues {
+            let _ = writeln!(text, "{name}{{node=\"{node}\",queue=\"{}\"}} {}", queue.queue, value(queue));
+        }
+    }
+    let counters = &context.jobs;
+    let get = crate::jobs::JobCounters::get;
+    for (name, help, value) in [
+        ("pando_job_claims_total", "Claims this node's dispatcher proposed.", get(&counters.claims)),
+        ("pando_job_claimed_total", "Jobs this node's claims took.", get(&counters.claimed)),
+        ("pando_job_completed_total", "Runs on this node that completed.", get(&counters.completed)),
+        ("pando_job_run_failures_total", "Runs on this node that failed.", get(&counters.failed)),
+        (
+            "pando_job_stale_fence_refusals_total",
+            "Heartbeats and results of this node refused because their attempt was over.",
+            get(&counters.stale_refusals),
+        ),
+        (
+            "pando_job_runs_stopped_total",
+            "Runs this node stopped (cancelled, or a lease it could not keep).",
+            get(&counters.stopped),
+        ),
+    ] {
+        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{node=\"{node}\"}} {value}");
+    }
+    Ok(())
 }
 
 /// Most actors one `Actors` answer lists (the tree is walked depth first and cut there).
