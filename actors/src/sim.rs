@@ -60,6 +60,8 @@ pub enum PlantedBug {
     RateLimitBurstDoubled = 1024,
     /// A hook worker answers every attempt with an ack, whatever its run said.
     HookAckIgnoresOutcome = 2048,
+    /// A job worker reports every run as completed, whatever it said.
+    JobCompleteIgnoresOutcome = 4096,
 }
 
 thread_local! {
@@ -146,6 +148,88 @@ impl crate::hooks::delivery::Runner for SimHookRunner {
             tokio::time::sleep(if stall { limit + Duration::from_millis(50) } else { Duration::from_millis(5) }).await;
             HOOK_RUNS.with(|runs| runs.borrow_mut()[index].acked = Some(!fail));
             if fail { Outcome::Nack("simulated failure".into()) } else { Outcome::Ack }
+        })
+    }
+}
+
+/// One job run the simulated job runner made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimJobRun {
+    pub id: u64,
+    pub attempt: u32,
+    pub fence: u64,
+    /// What the runner answered (`None`: the run was stopped, or its worker went, before it ended).
+    pub succeeded: Option<bool>,
+}
+
+thread_local! {
+    /// The job runs of the simulation on this thread, in the order they started.
+    static JOB_RUNS: std::cell::RefCell<Vec<SimJobRun>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per mille of job runs that fail, and the generator that decides, and the workers per node (0: none).
+    static JOB_BEHAVIOUR: std::cell::Cell<(u64, u64, usize)> = const { std::cell::Cell::new((0, 1, 0)) };
+}
+
+/// Sets how simulated job workers behave on this thread: `workers` per node (0: the nodes run no jobs), `fail` per
+/// mille of runs failing, decided by a generator seeded with `seed`; clears the recorded runs. Takes effect for
+/// nodes (re)started after the call.
+pub fn configure_job_runs(workers: usize, fail: u64, seed: u64) {
+    JOB_BEHAVIOUR.with(|behaviour| behaviour.set((fail, crate::seeded_rng::mix_seed(seed) | 1, workers)));
+    JOB_RUNS.with(|runs| runs.borrow_mut().clear());
+}
+
+/// The job runs recorded on this thread so far.
+pub fn job_runs() -> Vec<SimJobRun> {
+    JOB_RUNS.with(|runs| runs.borrow().clone())
+}
+
+/// The job workers of a simulated node: as configured, leader-only, with one-second leases.
+pub fn job_config() -> crate::jobs::JobsConfig {
+    crate::jobs::JobsConfig {
+        workers: JOB_BEHAVIOUR.with(|behaviour| behaviour.get().2),
+        queues: vec!["default".into()],
+        lease_ms: 1_000,
+        followers_claim: false,
+    }
+}
+
+/// The simulator's stand-in for job commands and plugins: records every run, then succeeds or fails after a few
+/// milliseconds as the seeded generator says.
+pub struct SimJobRunner;
+
+impl crate::jobs::JobRunner for SimJobRunner {
+    fn run(
+        &self,
+        job: &pando_protocol::job::Claimed,
+        stop: futures::future::BoxFuture<'static, ()>,
+    ) -> futures::future::BoxFuture<'static, crate::jobs::RunResult> {
+        use crate::jobs::RunResult;
+        let (fail, took) = JOB_BEHAVIOUR.with(|behaviour| {
+            let (fail, state, workers) = behaviour.get();
+            let mut rng = crate::seeded_rng::SeededRng::from_state(state);
+            let decided = (rng.per_mille(fail), 5 + rng.below(50));
+            behaviour.set((fail, rng.next_u64() | 1, workers));
+            decided
+        });
+        let index = JOB_RUNS.with(|runs| {
+            let mut runs = runs.borrow_mut();
+            runs.push(SimJobRun { id: job.id, attempt: job.attempt, fence: job.fence, succeeded: None });
+            runs.len() - 1
+        });
+        Box::pin(async move {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(took)) => {}
+                () = stop => return RunResult::Failed {
+                    error: "stopped".into(),
+                    output: Default::default(),
+                    retryable: true,
+                },
+            }
+            JOB_RUNS.with(|runs| runs.borrow_mut()[index].succeeded = Some(!fail));
+            if fail {
+                RunResult::Failed { error: "simulated failure".into(), output: Default::default(), retryable: true }
+            } else {
+                RunResult::Completed(Default::default())
+            }
         })
     }
 }

@@ -274,20 +274,25 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
         runner,
         followers_deliver: matches!(config.world, World::Iroh { .. }),
     };
-    let jobs = match &config.world {
-        World::Iroh { exec, jobs, .. } => Some(crate::jobs::JobsArgs {
-            node_id,
-            config: jobs.clone(),
-            proposer: handles.proposer(),
-            storage: handles.storage.clone(),
-            runner: Arc::new(crate::jobs::NodeJobRunner {
+    let (jobs_config, job_runner): (_, Arc<dyn crate::jobs::JobRunner>) = match &config.world {
+        World::Iroh { exec, jobs, .. } => (
+            jobs.clone(),
+            Arc::new(crate::jobs::NodeJobRunner {
                 reaper: exec.reaper.clone(),
                 plugins: Some(handles.plugins.clone()),
             }),
-            dispatch: Default::default(),
-            counters: handles.jobs.clone(),
-        }),
-        World::Simulated { .. } => None,
+        ),
+        World::Simulated { .. } => (crate::sim::job_config(), Arc::new(crate::sim::SimJobRunner)),
+    };
+    let jobs = crate::jobs::JobsArgs {
+        node_id,
+        config: jobs_config,
+        proposer: handles.proposer(),
+        raft: handles.raft.clone(),
+        storage: handles.storage.clone(),
+        runner: job_runner,
+        dispatch: Default::default(),
+        counters: handles.jobs.clone(),
     };
     let hooks = ChildSpec::new("hooks", Restart::Permanent, HookRouterActor, hooks)
         .with_shutdown_timeout(Duration::from_secs(5));
@@ -297,9 +302,7 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
     }
     // After the plugins, which hooks and jobs call; their restarts touch nothing else.
     children.push(hooks);
-    if let Some(jobs) = jobs {
-        children.extend(crate::jobs::child_spec(jobs));
-    }
+    children.extend(crate::jobs::child_spec(jobs));
     SupervisorArgs {
         name: "node".into(),
         options: SupervisorOptions::new(

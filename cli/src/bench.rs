@@ -48,6 +48,9 @@ pub enum BenchCommand {
     /// Hook streams (`--target stream --streams N`) or a durable shell hook (`--target exec`) on the `kv.put` subjects
     /// of a prefix while writers put to it: events/s, commit-to-delivery latency, and the writes' latency.
     Hook(crate::bench_hook::HookBenchArgs),
+    /// `--count` no-op jobs (`true` shell jobs, or `--kind plugin`) through the nodes' workers: submits/s, completed/s,
+    /// and each job's wait for a claim and its claim-to-completion time.
+    Job(crate::bench_job::JobBenchArgs),
 }
 
 /// How long a bench consumer's dequeue may wait on the node for a message.
@@ -111,6 +114,7 @@ pub async fn run(ticket: &str, options: ClientOptions, command: BenchCommand, js
         }
         BenchCommand::Watch(args) => return crate::bench_watch::run(ticket, options, args, json_output).await,
         BenchCommand::Hook(args) => return crate::bench_hook::run(ticket, options, args, json_output).await,
+        BenchCommand::Job(args) => return crate::bench_job::run(ticket, options, args, json_output).await,
         BenchCommand::Put(args) => ("put", args),
         BenchCommand::Get(args) => ("get", args),
         BenchCommand::Counter(args) => ("counter", args),

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_blob;
 mod bench_hook;
+mod bench_job;
 mod bench_plugin;
 mod bench_watch;
 mod blob;

@@ -301,6 +301,7 @@ async fn run(args: Args) -> anyhow::Result<Outcome> {
                 workers: args.job_workers as usize,
                 queues: args.job_queues.clone(),
                 lease_ms: (args.job_lease_secs * 1000).max(pando_protocol::limits::JOB_LEASE_MS_MIN),
+                followers_claim: true,
             },
         },
     });

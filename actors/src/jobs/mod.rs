@@ -54,6 +54,10 @@ pub struct JobsConfig {
     pub queues: Vec<String>,
     /// The lease each claim asks for (renewed every third of it).
     pub lease_ms: u64,
+    /// Whether a follower claims too (its claims and reports travel to the leader as signed forwards over the actor
+    /// mesh). `false` in the simulator, where forwards over the simulated mesh do not replay exactly under load (as
+    /// for hooks, see `HookRouterArgs::followers_deliver`): there the leader alone claims, and proposes locally.
+    pub followers_claim: bool,
 }
 
 impl Default for JobsConfig {
@@ -62,6 +66,7 @@ impl Default for JobsConfig {
             workers: 4,
             queues: vec!["default".into()],
             lease_ms: pando_protocol::limits::JOB_LEASE_MS_DEFAULT,
+            followers_claim: true,
         }
     }
 }
@@ -186,6 +191,7 @@ pub struct JobsArgs {
     pub node_id: u64,
     pub config: JobsConfig,
     pub proposer: Proposer,
+    pub raft: crate::raft::RaftHandle,
     pub storage: StorageHandle,
     pub runner: Arc<dyn JobRunner>,
     /// The node's idle workers, for its dispatcher.

@@ -212,7 +212,13 @@ impl Actor for JobWorkerActor {
 }
 
 async fn propose(shared: &JobsArgs, command: JobCommand) -> Result<JobResponse, WireError> {
-    match shared.proposer.propose_anywhere(Command::Job(command), PROPOSE_TIMEOUT).await? {
+    let command = Command::Job(command);
+    let output = if shared.config.followers_claim {
+        shared.proposer.propose_anywhere(command, PROPOSE_TIMEOUT).await?
+    } else {
+        shared.raft.propose(command, PROPOSE_TIMEOUT).await?
+    };
+    match output {
         CommandOutput::Job(response) => Ok(response),
         other => Err(WireError::internal(format!("a job command answered {other:?}"))),
     }
@@ -254,6 +260,11 @@ async fn run(shared: JobsArgs, claimed: Claimed, stop: CancellationToken, worker
     if stop.is_cancelled() {
         JobCounters::add(&shared.counters.stopped, 1);
     }
+    let result = if crate::sim::planted_bug(crate::sim::PlantedBug::JobCompleteIgnoresOutcome) {
+        RunResult::Completed(Default::default())
+    } else {
+        result
+    };
     let counters = &shared.counters;
     JobCounters::add(if matches!(result, RunResult::Completed(_)) { &counters.completed } else { &counters.failed }, 1);
     let (command, completed, summary) = match result {
@@ -372,7 +383,8 @@ async fn dispatch(args: JobsArgs, stats: Arc<Mutex<DispatchStats>>) {
     let mut backstop = tokio::time::interval(Duration::from_millis(IDLE_CLAIM_MS));
     let mut maybe_more = true;
     loop {
-        if maybe_more && args.dispatch.idle_count() > 0 {
+        let may_claim = args.config.followers_claim || args.raft.leads();
+        if maybe_more && may_claim && args.dispatch.idle_count() > 0 {
             let workers = args.dispatch.take_idle(JOB_CLAIM_COUNT_MAX as usize);
             if workers.is_empty() {
                 continue;
