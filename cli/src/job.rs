@@ -66,6 +66,9 @@ pub enum JobCommandArgs {
     },
     /// Per queue: jobs in each state, attempts, failures, lease expiries.
     Stats,
+    /// Per node: the jobs its workers hold now, with their attempts, fences and lease deadlines (renewed by each
+    /// heartbeat). Each node's pool size and idle workers show in `pando actors` on that node.
+    Workers,
     /// Schedules that submit a job at each instant of a cron expression (UTC).
     #[command(subcommand)]
     Cron(CronCommand),
@@ -489,6 +492,65 @@ pub async fn job(client: &Client, command: JobCommandArgs, json_output: bool) ->
                         queue.failed_attempts_total,
                         queue.lease_expiries_total
                     );
+                }
+            }
+        }
+        JobCommandArgs::Workers => {
+            let mut by_node: std::collections::BTreeMap<u64, Vec<Job>> = std::collections::BTreeMap::new();
+            let mut after = 0;
+            loop {
+                let (jobs, more) = client.job_list(Some(StateName::Running), None, after, JOB_LIST_COUNT_MAX).await?;
+                for job in &jobs {
+                    if let JobState::Running { node, .. } = job.state {
+                        by_node.entry(node).or_default().push(job.clone());
+                    }
+                }
+                match jobs.last() {
+                    Some(last) if more => after = last.id,
+                    _ => break,
+                }
+            }
+            if json_output {
+                let nodes: Vec<Value> = by_node
+                    .iter()
+                    .map(|(node, jobs)| {
+                        let running: Vec<Value> = jobs
+                            .iter()
+                            .filter_map(|job| match job.state {
+                                JobState::Running { worker, fence, started_ms, until_ms, .. } => Some(json!({
+                                    "id": job.id,
+                                    "queue": job.spec.queue,
+                                    "attempt": job.attempt,
+                                    "worker": worker,
+                                    "fence": fence,
+                                    "started_ms": started_ms,
+                                    "lease_until_ms": until_ms,
+                                })),
+                                _ => None,
+                            })
+                            .collect();
+                        json!({ "node": node, "running": running })
+                    })
+                    .collect();
+                print_json(&Value::Array(nodes));
+            } else if by_node.is_empty() {
+                println!("no job is running");
+            } else {
+                for (node, jobs) in &by_node {
+                    println!("node {node}: {} running", jobs.len());
+                    for job in jobs {
+                        if let JobState::Running { fence, started_ms, until_ms, .. } = job.state {
+                            println!(
+                                "  job {} ({}) attempt {} fence {}, since {}, lease until {}",
+                                job.id,
+                                job.spec.queue,
+                                job.attempt,
+                                fence,
+                                time(started_ms),
+                                time(until_ms)
+                            );
+                        }
+                    }
                 }
             }
         }

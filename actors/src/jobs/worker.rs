@@ -116,6 +116,14 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A worker's run ends with it, however the worker ends (a panic included, where no `post_stop` runs): dropping the
+/// run kills its process group, and the job is claimed again once its lease lapses.
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 pub struct WorkerState {
     args: JobWorkerArgs,
     running: Option<Running>,
@@ -137,14 +145,6 @@ impl Actor for JobWorkerActor {
         args.shared.dispatch.join(&myself);
         args.shared.dispatch.idle(myself);
         Ok(WorkerState { args, running: None, completed: 0, failed: 0, last: None })
-    }
-
-    async fn post_stop(&self, _: ActorRef<JobWorkerMsg>, state: &mut WorkerState) -> Result<(), ActorProcessingErr> {
-        // Dropping the run kills its process group; the job is claimed again once its lease lapses.
-        if let Some(running) = state.running.take() {
-            running.task.abort();
-        }
-        Ok(())
     }
 
     async fn handle(
@@ -178,6 +178,7 @@ impl Actor for JobWorkerActor {
             }
             JobWorkerMsg::Finished { id, line, completed } => {
                 if state.running.as_ref().is_some_and(|running| running.id == id) {
+                    // The task ended already (it sent this); dropping aborts nothing.
                     state.running = None;
                 }
                 if completed {
