@@ -314,6 +314,14 @@ pub struct DispatcherState {
     stats: Arc<Mutex<DispatchStats>>,
 }
 
+/// The claiming task ends with the dispatcher however it ends (a panic runs no `post_stop`), so a restarted
+/// dispatcher never claims beside its predecessor.
+impl Drop for DispatcherState {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 #[derive(Default)]
 struct DispatchStats {
     claims: u64,
@@ -334,15 +342,6 @@ impl Actor for JobDispatcherActor {
         let stats = Arc::new(Mutex::new(DispatchStats::default()));
         let task = tokio::spawn(dispatch(args, stats.clone()));
         Ok(DispatcherState { task, stats })
-    }
-
-    async fn post_stop(
-        &self,
-        _: ActorRef<DispatcherMsg>,
-        state: &mut DispatcherState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.task.abort();
-        Ok(())
     }
 
     async fn handle(
