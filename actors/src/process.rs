@@ -162,6 +162,8 @@ pub struct Spawn {
     pub capture_stdout: bool,
     /// The last bytes of output kept.
     pub tail_max: usize,
+    /// The first bytes of output kept whole (0: none).
+    pub keep_max: usize,
 }
 
 /// How a run ended.
@@ -186,6 +188,8 @@ pub struct Ran {
     pub tail: Vec<u8>,
     /// Bytes of output in all.
     pub output_bytes: u64,
+    /// The first [`Spawn::keep_max`] bytes of its output.
+    pub kept: Vec<u8>,
 }
 
 /// Runs `spawn` in a process group of its own registered with `reaper`, feeding stdin, keeping the tail of its
@@ -201,7 +205,12 @@ pub async fn run(
 ) -> Ran {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Some(program) = spawn.argv.first() else {
-        return Ran { ended: Ended::CannotStart("no command".into()), tail: Vec::new(), output_bytes: 0 };
+        return Ran {
+            ended: Ended::CannotStart("no command".into()),
+            tail: Vec::new(),
+            output_bytes: 0,
+            kept: Vec::new(),
+        };
     };
     let mut command = tokio::process::Command::new(program);
     command
@@ -219,14 +228,14 @@ pub async fn run(
         Ok(child) => child,
         Err(error) => {
             let ended = Ended::CannotStart(format!("cannot start {program:?}: {error}"));
-            return Ran { ended, tail: Vec::new(), output_bytes: 0 };
+            return Ran { ended, tail: Vec::new(), output_bytes: 0, kept: Vec::new() };
         }
     };
     let guard = child.id().map(|group| reaper.guard(group));
-    let output = Arc::new(Mutex::new((Vec::<u8>::new(), 0u64)));
+    let output = Arc::new(Mutex::new((Vec::<u8>::new(), 0u64, Vec::<u8>::new())));
     let drain = |pipe: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| {
         let output = output.clone();
-        let tail_max = spawn.tail_max;
+        let (tail_max, keep_max) = (spawn.tail_max, spawn.keep_max);
         tokio::spawn(async move {
             let Some(mut pipe) = pipe else { return };
             let mut chunk = [0u8; 8192];
@@ -237,6 +246,8 @@ pub async fn run(
                 let Ok(mut output) = output.lock() else { break };
                 output.0.extend_from_slice(&chunk[..read]);
                 output.1 += read as u64;
+                let room = keep_max.saturating_sub(output.2.len()).min(read);
+                output.2.extend_from_slice(&chunk[..room]);
                 if output.0.len() > tail_max {
                     let excess = output.0.len() - tail_max;
                     output.0.drain(..excess);
@@ -285,8 +296,8 @@ pub async fn run(
             reader.abort();
         }
     }
-    let (tail, output_bytes) = output.lock().map(|output| output.clone()).unwrap_or_default();
-    Ran { ended, tail, output_bytes }
+    let (tail, output_bytes, kept) = output.lock().map(|output| output.clone()).unwrap_or_default();
+    Ran { ended, tail, output_bytes, kept }
 }
 
 #[cfg(test)]

@@ -280,6 +280,10 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
             Arc::new(crate::jobs::NodeJobRunner {
                 reaper: exec.reaper.clone(),
                 plugins: Some(handles.plugins.clone()),
+                outputs: Some(Arc::new(crate::services::jobs::BlobOutputs {
+                    blobs: services.blobs.clone(),
+                    timeout: Duration::from_secs(60),
+                })),
             }),
         ),
         World::Simulated { .. } => (crate::sim::job_config(), Arc::new(crate::sim::SimJobRunner)),

@@ -286,6 +286,8 @@ fn job_json(job: &Job) -> Value {
             "outcome": outcome_text(&attempt.outcome),
         })).collect::<Vec<_>>(),
         "exit_code": job.output.as_ref().and_then(|output| output.exit_code),
+        "output_bytes": job.output.as_ref().map(|output| output.bytes),
+        "output_blob": job.output.as_ref().and_then(|output| output.blob.map(|blob| blob.to_hex())),
         "output": job.output.as_ref().map(|output| String::from_utf8_lossy(&output.tail).into_owned()),
     })
 }
@@ -405,6 +407,14 @@ pub async fn job(client: &Client, command: JobCommandArgs, json_output: bool) ->
                 Some(output) => {
                     use std::io::Write;
                     std::io::stdout().write_all(&output.tail)?;
+                    if let Some(blob) = &output.blob {
+                        eprintln!(
+                            "(the last {} of {} bytes; the whole output: pando blob get {})",
+                            output.tail.len(),
+                            output.bytes,
+                            blob.to_hex()
+                        );
+                    }
                 }
                 None if json_output => print_json(&json!({ "id": id, "output": null })),
                 None => eprintln!("job {id} has no output yet ({})", job.state.name().as_str()),

@@ -344,8 +344,14 @@ pub struct JobOutput {
     pub exit_code: Option<i32>,
     /// The last bytes of its output (stdout and stderr as they came), or a plugin's answer.
     pub tail: Bytes,
-    /// The whole output as a blob, when it was larger than the tail.
+    /// The output (up to [`JOB_OUTPUT_BYTES_MAX`](crate::limits::JOB_OUTPUT_BYTES_MAX)) as a blob, when it was
+    /// larger than the tail. The state machine protects it once the result is recorded, and releases it when the
+    /// job is purged or a later attempt's output replaces it; a blob of a refused result is collected after the
+    /// grace.
     pub blob: Option<crate::blob::BlobHash>,
+    /// Bytes of output the attempt wrote in all (the blob holds the first of them, the tail the last).
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 impl JobOutput {

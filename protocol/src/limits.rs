@@ -231,6 +231,9 @@ pub const JOB_HISTORY_MAX: usize = 32;
 /// Most bytes of an attempt's error, and of the output tail a finished attempt keeps inline.
 pub const JOB_ERROR_BYTES_MAX: usize = 4 * 1024;
 pub const JOB_OUTPUT_TAIL_BYTES_MAX: usize = 16 * 1024;
+/// Most bytes of a job attempt's output kept as a blob (the first of them; the tail keeps the last).
+pub const JOB_OUTPUT_BYTES_MAX: usize = 16 * 1024 * 1024;
+const _: () = assert!(JOB_OUTPUT_TAIL_BYTES_MAX <= JOB_OUTPUT_BYTES_MAX);
 /// Most jobs one listing, redrive or purge takes (the next takes the rest).
 pub const JOB_LIST_COUNT_MAX: u32 = 1_000;
 /// Most cron schedules the cluster keeps.

@@ -177,7 +177,7 @@ fn corpus(rng: &mut Rng, valid: bool) -> Vec<Request> {
         Request::Job(JobRequest::Command(JobCommand::Complete {
             id: number(rng, 1),
             fence: number(rng, 1),
-            output: JobOutput { exit_code: Some(0), tail: key(rng), blob: None },
+            output: JobOutput { exit_code: Some(0), tail: key(rng), blob: None, bytes: 0 },
         })),
         Request::Job(JobRequest::Command(JobCommand::CronCreate {
             name: "nightly".into(),

@@ -83,6 +83,7 @@ pub async fn run(config: &ExecConfig, argv: &[String], shell: bool, delivery: &D
         stdin: pando_protocol::hook::json::to_json_line(event),
         capture_stdout: false,
         tail_max: HOOK_EXEC_STDERR_BYTES_MAX,
+        keep_max: 0,
     };
     // The attempt's time is up when the limit passes: no grace, the group is killed at once.
     let ran = process::run(spawn, &config.reaper, limit, Duration::ZERO, std::future::pending()).await;

@@ -20,8 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use pando_protocol::error::WireError;
 use pando_protocol::job::{Claimed, JobKind, JobOutput};
-use pando_protocol::limits::JOB_OUTPUT_TAIL_BYTES_MAX;
+use pando_protocol::limits::{JOB_OUTPUT_BYTES_MAX, JOB_OUTPUT_TAIL_BYTES_MAX};
 
 use crate::mesh::Proposer;
 use crate::plugins::PluginsHandle;
@@ -83,15 +84,23 @@ pub trait JobRunner: Send + Sync + 'static {
     fn run(&self, job: &Claimed, stop: BoxFuture<'static, ()>) -> BoxFuture<'static, RunResult>;
 }
 
+/// Where a job's whole output goes when it is larger than its tail: a blob (the services layer adds it).
+pub trait OutputStore: Send + Sync + 'static {
+    fn put(&self, bytes: Vec<u8>) -> BoxFuture<'static, Result<pando_protocol::blob::BlobHash, WireError>>;
+}
+
 /// Commands on this machine and plugins of this node.
 pub struct NodeJobRunner {
     pub reaper: Reaper,
     pub plugins: Option<PluginsHandle>,
+    /// Where outputs larger than the tail go (`None`: only the tail is kept).
+    pub outputs: Option<Arc<dyn OutputStore>>,
 }
 
 impl JobRunner for NodeJobRunner {
     fn run(&self, job: &Claimed, stop: BoxFuture<'static, ()>) -> BoxFuture<'static, RunResult> {
-        let (job, reaper, plugins) = (job.clone(), self.reaper.clone(), self.plugins.clone());
+        let (job, reaper, plugins, outputs) =
+            (job.clone(), self.reaper.clone(), self.plugins.clone(), self.outputs.clone());
         Box::pin(async move {
             let limit = Duration::from_millis(job.spec.timeout_ms);
             match &job.spec.kind {
@@ -110,9 +119,19 @@ impl JobRunner for NodeJobRunner {
                         stdin: job.spec.payload.to_vec(),
                         capture_stdout: true,
                         tail_max: JOB_OUTPUT_TAIL_BYTES_MAX,
+                        keep_max: if outputs.is_some() { JOB_OUTPUT_BYTES_MAX } else { 0 },
                     };
-                    let ran = process::run(spawn, &reaper, limit, Duration::from_millis(STOP_GRACE_MS), stop).await;
-                    shell_result(ran)
+                    let mut ran = process::run(spawn, &reaper, limit, Duration::from_millis(STOP_GRACE_MS), stop).await;
+                    let mut blob = None;
+                    if let Some(outputs) = outputs
+                        && ran.output_bytes > JOB_OUTPUT_TAIL_BYTES_MAX as u64
+                    {
+                        match outputs.put(std::mem::take(&mut ran.kept)).await {
+                            Ok(hash) => blob = Some(hash),
+                            Err(error) => tracing::warn!(id = job.id, %error, "cannot keep a job's output as a blob"),
+                        }
+                    }
+                    shell_result(ran, blob)
                 }
                 JobKind::Plugin { plugin, function } => {
                     let Some(plugins) = plugins else {
@@ -125,6 +144,7 @@ impl JobRunner for NodeJobRunner {
                                 exit_code: None,
                                 tail: tail(&output).into(),
                                 blob: None,
+                                bytes: output.len() as u64,
                             }),
                             Err(error) => failed(&error.to_string(), JobOutput::default(), true),
                         },
@@ -144,12 +164,12 @@ fn failed(error: &str, output: JobOutput, retryable: bool) -> RunResult {
     RunResult::Failed { error: error.to_string(), output, retryable }
 }
 
-fn shell_result(ran: process::Ran) -> RunResult {
+fn shell_result(ran: process::Ran, blob: Option<pando_protocol::blob::BlobHash>) -> RunResult {
     let exit_code = match ran.ended {
         Ended::Exited(code) => Some(code),
         _ => None,
     };
-    let output = JobOutput { exit_code, tail: ran.tail.into(), blob: None };
+    let output = JobOutput { exit_code, tail: ran.tail.into(), blob, bytes: ran.output_bytes };
     match ran.ended {
         Ended::Exited(0) => RunResult::Completed(output),
         Ended::Exited(EXIT_DISCARD) => failed(&format!("exit status {EXIT_DISCARD} (discard)"), output, false),
@@ -247,7 +267,9 @@ mod tests {
     }
 
     async fn run(kind: JobKind, timeout_ms: u64, stop: BoxFuture<'static, ()>) -> RunResult {
-        NodeJobRunner { reaper: Reaper::none(), plugins: None }.run(&claimed(kind, timeout_ms), stop).await
+        NodeJobRunner { reaper: Reaper::none(), plugins: None, outputs: None }
+            .run(&claimed(kind, timeout_ms), stop)
+            .await
     }
 
     #[tokio::test]

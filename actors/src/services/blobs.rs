@@ -281,6 +281,12 @@ impl BlobService {
     /// Adds `data` as a pinned blob held by this node with the default replica count, and answers once this node
     /// applied its record (so the caller finds it here at once).
     pub async fn add_bytes(&self, data: Vec<u8>, timeout: Duration) -> Result<BlobHash, WireError> {
+        self.add_bytes_with(data, true, timeout).await
+    }
+
+    /// [`BlobService::add_bytes`], pinned or not: an unpinned blob nothing refers to is collected after the grace,
+    /// unless the state machine protects it first (a job's output, once its result is recorded).
+    pub async fn add_bytes_with(&self, data: Vec<u8>, pin: bool, timeout: Duration) -> Result<BlobHash, WireError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let node = self.node()?;
         let size = data.len() as u64;
@@ -297,7 +303,7 @@ impl BlobService {
             blob: BlobRef { hash, size },
             holder: self.node_id,
             replicas: node.config.default_replicas,
-            pin: true,
+            pin,
             gc_grace_ms: u64::try_from(node.config.gc_grace.as_millis()).unwrap_or(u64::MAX),
         };
         self.proposer.propose_anywhere(Command::Blob(added), timeout).await?;

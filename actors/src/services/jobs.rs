@@ -46,3 +46,20 @@ impl JobService {
         self.storage.read(timeout, move |reader| reader.jobs(&query)).await?
     }
 }
+
+/// Job outputs larger than their tail, as blobs added by this node (unpinned: the state machine protects one once its
+/// result is recorded, so the output of a refused result is collected after the grace).
+pub struct BlobOutputs {
+    pub blobs: super::BlobService,
+    pub timeout: Duration,
+}
+
+impl crate::jobs::OutputStore for BlobOutputs {
+    fn put(
+        &self,
+        bytes: Vec<u8>,
+    ) -> futures::future::BoxFuture<'static, Result<pando_protocol::blob::BlobHash, WireError>> {
+        let (blobs, timeout) = (self.blobs.clone(), self.timeout);
+        Box::pin(async move { blobs.add_bytes_with(bytes, false, timeout).await })
+    }
+}

@@ -254,6 +254,20 @@ fn ready_state(job: &Job, now: u64) -> JobState {
     if at_ms > now { JobState::Scheduled { at_ms } } else { JobState::Available }
 }
 
+/// Keeps `output` as the job's last output: its blob is protected from collection, the blob of the output it
+/// replaces released (an unknown blob is no fault: it may have been collected already).
+fn keep_output(store: &mut impl CoordWrite, now: u64, job: &mut Job, output: JobOutput) -> Result<(), StorageFault> {
+    let old = job.output.as_ref().and_then(|output| output.blob);
+    if let Some(hash) = output.blob {
+        let _ = crate::blob::apply(store, now, &crate::blob::BlobCommand::Protect { hash, protected: true })?;
+    }
+    if let Some(hash) = old.filter(|old| Some(*old) != output.blob) {
+        let _ = crate::blob::apply(store, now, &crate::blob::BlobCommand::Protect { hash, protected: false })?;
+    }
+    job.output = Some(output);
+    Ok(())
+}
+
 fn record_attempt(job: &mut Job, now: u64, outcome: AttemptOutcome) {
     if let JobState::Running { node, fence, started_ms, .. } = job.state {
         job.history.push(Attempt { attempt: job.attempt, fence, node, started_ms, ended_ms: now, outcome });
@@ -468,14 +482,14 @@ fn finish(
     match outcome {
         Ok(output) => {
             record_attempt(&mut job, now, AttemptOutcome::Completed);
-            job.output = Some(output);
+            keep_output(store, now, &mut job, output)?;
             emit(store, &job, JobEventKind::Completed { attempt: job.attempt });
             set_state(store, &mut job, JobState::Completed { ended_ms: now }, now)?;
         }
         Err((error, output, retryable)) => {
             let error = cut(&error, JOB_ERROR_BYTES_MAX);
             record_attempt(&mut job, now, AttemptOutcome::Failed { error: error.clone() });
-            job.output = Some(output);
+            keep_output(store, now, &mut job, output)?;
             update_stats(store, &job.spec.queue, |stats| stats.failed_attempts_total += 1)?;
             let reason = if retryable { format!("failed {} attempts: {error}", job.attempt) } else { error };
             fail_or_retry(store, now, &mut job, fence, retryable, reason)?;
@@ -615,6 +629,9 @@ fn purge(
     let old_enough = |job: &Job| job.state.ended_ms().is_some_and(|ended| ended.saturating_add(older_than_ms) <= now);
     let (jobs, more) = jobs_in(store, state, queue, most, old_enough)?;
     for job in &jobs {
+        if let Some(hash) = job.output.as_ref().and_then(|output| output.blob) {
+            let _ = crate::blob::apply(store, now, &crate::blob::BlobCommand::Protect { hash, protected: false })?;
+        }
         store.coord_delete(&state_key(state, job.id))?;
         store.coord_delete(&job_key(job.id))?;
         update_stats(store, &job.spec.queue, |stats| *stats.count_mut(state) = stats.count(state).saturating_sub(1))?;

@@ -475,3 +475,40 @@ fn a_cron_schedule_submits_one_job_per_instant_and_follows_its_missed_run_policy
     jobs.tick(T0 + 20_000);
     assert_eq!(cron_instants(&jobs).len(), 10, "the instant of the delete's own time fired first, then no more");
 }
+
+#[test]
+fn an_output_blob_is_protected_while_its_job_keeps_it_and_released_when_replaced_or_purged() {
+    use crate::blob::{BlobCommand, BlobHash, BlobRef};
+    let mut jobs = Jobs::default();
+    let add = |jobs: &mut Jobs, byte: u8| {
+        let hash = BlobHash([byte; 32]);
+        let added = BlobCommand::Added {
+            blob: BlobRef { hash, size: 100_000 },
+            holder: 1,
+            replicas: 1,
+            pin: false,
+            gc_grace_ms: 60_000,
+        };
+        let proposal = Proposal { stamp_ms: T0, commands: vec![Command::Blob(added)] };
+        apply_proposal(&mut jobs.tables, &mut 0, &proposal).unwrap().results.remove(0).unwrap();
+        hash
+    };
+    let protected =
+        |jobs: &Jobs, hash| crate::blob::load(&jobs.tables, &hash).unwrap().is_some_and(|record| record.protected);
+    let (first, second) = (add(&mut jobs, 1), add(&mut jobs, 2));
+    let id = jobs.submit(T0, shell());
+    let claim = jobs.claim(T0, 1, 1).remove(0);
+    let output = |blob| JobOutput { blob: Some(blob), bytes: 100_000, ..JobOutput::default() };
+    let fail = JobCommand::Fail { id, fence: claim.fence, error: "e".into(), output: output(first), retryable: true };
+    jobs.run(T0 + 1, fail).unwrap();
+    assert!(protected(&jobs, first), "the failed attempt's output is kept");
+    let JobState::Retrying { at_ms } = jobs.job(id).state else { panic!() };
+    jobs.tick(at_ms);
+    let again = jobs.claim(at_ms, 1, 1).remove(0);
+    jobs.run(at_ms, JobCommand::Complete { id, fence: again.fence, output: output(second) }).unwrap();
+    assert!(!protected(&jobs, first), "a replaced output is released");
+    assert!(protected(&jobs, second));
+    let purge = JobCommand::Purge { state: StateName::Completed, older_than_ms: 0, queue: None, most: 10 };
+    jobs.run(at_ms + 1, purge).unwrap();
+    assert!(!protected(&jobs, second), "a purged job's output is released");
+}
