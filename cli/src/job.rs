@@ -439,30 +439,15 @@ pub async fn job(client: &Client, command: JobCommandArgs, json_output: bool) ->
             done(json_output, &job, &format!("job {id} runs again"));
         }
         JobCommandArgs::Redrive { queue } => {
-            let mut total = 0;
-            loop {
-                let command = JobCommand::Redrive { queue: queue.clone(), most: JOB_LIST_COUNT_MAX };
-                let (count, more) = client.job_sweep(command).await?;
-                total += count;
-                if !more || count == 0 {
-                    break;
-                }
-            }
+            let total =
+                sweep(client, || JobCommand::Redrive { queue: queue.clone(), most: JOB_LIST_COUNT_MAX }).await?;
             counted(json_output, total, "redriven");
         }
         JobCommandArgs::Purge { state: name, older_than, queue } => {
             let state = state(&name)?;
             let older_than_ms = duration(&older_than)?;
-            let mut total = 0;
-            loop {
-                let command =
-                    JobCommand::Purge { state, older_than_ms, queue: queue.clone(), most: JOB_LIST_COUNT_MAX };
-                let (count, more) = client.job_sweep(command).await?;
-                total += count;
-                if !more || count == 0 {
-                    break;
-                }
-            }
+            let purge = || JobCommand::Purge { state, older_than_ms, queue: queue.clone(), most: JOB_LIST_COUNT_MAX };
+            let total = sweep(client, purge).await?;
             counted(json_output, total, "purged");
         }
         JobCommandArgs::Stats => {
@@ -607,6 +592,18 @@ pub async fn job(client: &Client, command: JobCommandArgs, json_output: bool) ->
         }
     }
     Ok(())
+}
+
+/// Repeats a redrive or purge (each takes at most a page of jobs) until nothing is left; answers how many it took.
+async fn sweep(client: &Client, command: impl Fn() -> JobCommand) -> anyhow::Result<u64> {
+    let mut total = 0;
+    loop {
+        let (count, more) = client.job_sweep(command()).await?;
+        total += count;
+        if !more || count == 0 {
+            return Ok(total);
+        }
+    }
 }
 
 fn done(json_output: bool, job: &Job, text: &str) {
