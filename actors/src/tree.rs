@@ -96,7 +96,7 @@ impl Handles {
             kv,
             coord: CoordService::new(self.raft.clone(), self.storage.clone()),
             hooks: HookService::new(self.raft.clone(), self.storage.clone(), self.hooks.clone(), watch.clone()),
-            jobs: crate::services::JobService::new(self.raft.clone(), self.storage.clone()),
+            jobs: crate::services::JobService::new(self.raft.clone(), self.storage.clone(), self.proposer()),
             watch,
             plugins: PluginService::new(node_id, self.raft.clone(), self.storage.clone(), self.plugins.clone()),
             cluster: ClusterService::new(
@@ -290,8 +290,11 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
     };
     let jobs = crate::jobs::JobsArgs {
         node_id,
+        log: Arc::new(crate::services::jobs::WorkerLog {
+            service: services.jobs.clone(),
+            forward: jobs_config.followers_claim,
+        }),
         config: jobs_config,
-        proposer: handles.proposer(),
         raft: handles.raft.clone(),
         storage: handles.storage.clone(),
         runner: job_runner,
@@ -306,7 +309,7 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
     }
     // After the plugins, which hooks and jobs call; their restarts touch nothing else.
     children.push(hooks);
-    children.extend(crate::jobs::child_spec(jobs));
+    children.push(crate::jobs::child_spec(jobs));
     SupervisorArgs {
         name: "node".into(),
         options: SupervisorOptions::new(

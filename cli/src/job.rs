@@ -3,7 +3,7 @@
 use clap::{Args, Subcommand, ValueEnum};
 use pando_client::Client;
 use pando_client::pando_protocol::job::{
-    AttemptOutcome, Backoff, CronRecord, Job, JobCommand, JobKind, JobSpec, JobState, Missed, StateName,
+    AttemptOutcome, Backoff, CronRecord, Job, JobCommand, JobKind, JobSpec, JobState, Missed, StateName, WorkerPool,
 };
 use pando_client::pando_protocol::limits::{JOB_LIST_COUNT_MAX, JOB_MAX_ATTEMPTS_DEFAULT, JOB_TIMEOUT_MS_DEFAULT};
 use serde_json::{Value, json};
@@ -66,8 +66,8 @@ pub enum JobCommandArgs {
     },
     /// Per queue: jobs in each state, attempts, failures, lease expiries.
     Stats,
-    /// Per node: the jobs its workers hold now, with their attempts, fences and lease deadlines (renewed by each
-    /// heartbeat). Each node's pool size and idle workers show in `pando actors` on that node.
+    /// Per node: its pool (workers, queues, lease, as the node reported it when it started), busy and idle workers,
+    /// and the jobs its workers hold now with their attempts, fences, last heartbeats and lease deadlines.
     Workers,
     /// Schedules that submit a job at each instant of a cron expression (UTC).
     #[command(subcommand)]
@@ -238,6 +238,100 @@ fn state_text(state: &JobState) -> String {
 }
 
 /// A log-clock time as UTC, to the millisecond.
+/// One node's line of `pando job workers`: its reported pool (if any) and the jobs it holds.
+struct PoolRow<'a> {
+    node: u64,
+    pool: Option<&'a WorkerPool>,
+    jobs: &'a [Job],
+}
+
+fn pool_rows<'a>(pools: &'a [WorkerPool], running: &'a std::collections::BTreeMap<u64, Vec<Job>>) -> Vec<PoolRow<'a>> {
+    let mut nodes: std::collections::BTreeSet<u64> = pools.iter().map(|pool| pool.node).collect();
+    nodes.extend(running.keys());
+    nodes
+        .into_iter()
+        .map(|node| PoolRow {
+            node,
+            pool: pools.iter().find(|pool| pool.node == node),
+            jobs: running.get(&node).map(Vec::as_slice).unwrap_or_default(),
+        })
+        .collect()
+}
+
+impl PoolRow<'_> {
+    /// When the running attempt's lease was last renewed (its start or its last heartbeat), given the pool's lease.
+    fn heartbeat_ms(&self, started_ms: u64, until_ms: u64) -> Option<u64> {
+        self.pool.map(|pool| until_ms.saturating_sub(pool.lease_ms).max(started_ms))
+    }
+
+    fn json(&self) -> Value {
+        let running: Vec<Value> = self
+            .jobs
+            .iter()
+            .filter_map(|job| match job.state {
+                JobState::Running { worker, fence, started_ms, until_ms, .. } => Some(json!({
+                    "id": job.id,
+                    "queue": job.spec.queue,
+                    "attempt": job.attempt,
+                    "worker": worker,
+                    "fence": fence,
+                    "started_ms": started_ms,
+                    "heartbeat_ms": self.heartbeat_ms(started_ms, until_ms),
+                    "lease_until_ms": until_ms,
+                })),
+                _ => None,
+            })
+            .collect();
+        json!({
+            "node": self.node,
+            "workers": self.pool.map(|pool| pool.workers),
+            "queues": self.pool.map(|pool| pool.queues.clone()),
+            "lease_ms": self.pool.map(|pool| pool.lease_ms),
+            "reported_ms": self.pool.map(|pool| pool.reported_ms),
+            "busy": self.jobs.len(),
+            "idle": self.pool.map(|pool| (pool.workers as usize).saturating_sub(self.jobs.len())),
+            "running": running,
+        })
+    }
+
+    fn print(&self) {
+        match self.pool {
+            Some(pool) if pool.workers == 0 => {
+                println!("node {}: runs no job workers (reported {})", self.node, time(pool.reported_ms))
+            }
+            Some(pool) => println!(
+                "node {}: {} worker{} on {}, {} busy, {} idle; lease {} ms; reported {}",
+                self.node,
+                pool.workers,
+                if pool.workers == 1 { "" } else { "s" },
+                pool.queues.join(", "),
+                self.jobs.len(),
+                (pool.workers as usize).saturating_sub(self.jobs.len()),
+                pool.lease_ms,
+                time(pool.reported_ms)
+            ),
+            None => println!("node {}: no pool reported; {} busy", self.node, self.jobs.len()),
+        }
+        for job in self.jobs {
+            if let JobState::Running { fence, started_ms, until_ms, .. } = job.state {
+                let heartbeat = match self.heartbeat_ms(started_ms, until_ms) {
+                    Some(at) => format!(", last heartbeat {}", time(at)),
+                    None => String::new(),
+                };
+                println!(
+                    "  job {} ({}) attempt {} fence {}, since {}{heartbeat}, lease until {}",
+                    job.id,
+                    job.spec.queue,
+                    job.attempt,
+                    fence,
+                    time(started_ms),
+                    time(until_ms)
+                );
+            }
+        }
+    }
+}
+
 fn time(ms: u64) -> String {
     let seconds = ms / 1000;
     let (days, in_day) = ((seconds / 86_400) as i64, seconds % 86_400);
@@ -491,13 +585,14 @@ pub async fn job(client: &Client, command: JobCommandArgs, json_output: bool) ->
             }
         }
         JobCommandArgs::Workers => {
-            let mut by_node: std::collections::BTreeMap<u64, Vec<Job>> = std::collections::BTreeMap::new();
+            let pools = client.job_pools().await?;
+            let mut running: std::collections::BTreeMap<u64, Vec<Job>> = std::collections::BTreeMap::new();
             let mut after = 0;
             loop {
                 let (jobs, more) = client.job_list(Some(StateName::Running), None, after, JOB_LIST_COUNT_MAX).await?;
                 for job in &jobs {
                     if let JobState::Running { node, .. } = job.state {
-                        by_node.entry(node).or_default().push(job.clone());
+                        running.entry(node).or_default().push(job.clone());
                     }
                 }
                 match jobs.last() {
@@ -505,47 +600,14 @@ pub async fn job(client: &Client, command: JobCommandArgs, json_output: bool) ->
                     _ => break,
                 }
             }
+            let nodes = pool_rows(&pools, &running);
             if json_output {
-                let nodes: Vec<Value> = by_node
-                    .iter()
-                    .map(|(node, jobs)| {
-                        let running: Vec<Value> = jobs
-                            .iter()
-                            .filter_map(|job| match job.state {
-                                JobState::Running { worker, fence, started_ms, until_ms, .. } => Some(json!({
-                                    "id": job.id,
-                                    "queue": job.spec.queue,
-                                    "attempt": job.attempt,
-                                    "worker": worker,
-                                    "fence": fence,
-                                    "started_ms": started_ms,
-                                    "lease_until_ms": until_ms,
-                                })),
-                                _ => None,
-                            })
-                            .collect();
-                        json!({ "node": node, "running": running })
-                    })
-                    .collect();
-                print_json(&Value::Array(nodes));
-            } else if by_node.is_empty() {
-                println!("no job is running");
+                print_json(&Value::Array(nodes.iter().map(PoolRow::json).collect()));
+            } else if nodes.is_empty() {
+                println!("no node has reported job workers and no job is running");
             } else {
-                for (node, jobs) in &by_node {
-                    println!("node {node}: {} running", jobs.len());
-                    for job in jobs {
-                        if let JobState::Running { fence, started_ms, until_ms, .. } = job.state {
-                            println!(
-                                "  job {} ({}) attempt {} fence {}, since {}, lease until {}",
-                                job.id,
-                                job.spec.queue,
-                                job.attempt,
-                                fence,
-                                time(started_ms),
-                                time(until_ms)
-                            );
-                        }
-                    }
+                for node in &nodes {
+                    node.print();
                 }
             }
         }

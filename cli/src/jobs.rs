@@ -3,7 +3,7 @@
 use pando_protocol::envelope::{Request, Response};
 use pando_protocol::job::{
     CronRecord, Job, JobCommand, JobQuery, JobQueryResponse, JobReply, JobRequest, JobResponse, JobSpec, Missed,
-    QueueStats, StateName,
+    QueueStats, StateName, WorkerPool,
 };
 
 use crate::client::{Client, unexpected};
@@ -58,6 +58,14 @@ impl Client {
     ) -> Result<(Vec<Job>, bool), ClientError> {
         match self.job_query(JobQuery::List { state, queue, after, limit }).await? {
             JobQueryResponse::List { jobs, more } => Ok((jobs, more)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Every node's worker pool as the node last reported it.
+    pub async fn job_pools(&self) -> Result<Vec<WorkerPool>, ClientError> {
+        match self.job_query(JobQuery::Pools).await? {
+            JobQueryResponse::Pools(pools) => Ok(pools),
             other => Err(unexpected(&other)),
         }
     }

@@ -32,7 +32,7 @@ use crate::limits::{
     JOB_ARGV_BYTES_MAX, JOB_BACKOFF_MS_MAX, JOB_BACKOFF_MS_MIN, JOB_CLAIM_COUNT_MAX, JOB_CLAIM_QUEUES_MAX,
     JOB_DELAY_MS_MAX, JOB_DEPENDENCIES_MAX, JOB_ERROR_BYTES_MAX, JOB_LEASE_MS_MAX, JOB_LEASE_MS_MIN,
     JOB_LIST_COUNT_MAX, JOB_MAX_ATTEMPTS_MAX, JOB_NAME_BYTES_MAX, JOB_OUTPUT_TAIL_BYTES_MAX, JOB_PAYLOAD_BYTES_MAX,
-    JOB_PRIORITY_MAX, JOB_TIMEOUT_MS_MAX,
+    JOB_PRIORITY_MAX, JOB_TIMEOUT_MS_MAX, JOB_WORKERS_MAX,
 };
 
 /// What a job runs.
@@ -541,6 +541,14 @@ pub enum JobCommand {
     CronDelete {
         name: String,
     },
+    /// Node `node` runs `workers` job workers claiming from `queues` under leases of `lease_ms` (its dispatcher says
+    /// so when it starts; what `pando job workers` lists). Only nodes propose it.
+    Pool {
+        node: u64,
+        workers: u32,
+        queues: Vec<String>,
+        lease_ms: u64,
+    },
 }
 
 impl JobCommand {
@@ -603,6 +611,18 @@ impl JobCommand {
                 spec.validate()
             }
             JobCommand::CronDelete { name } => validate_name("cron name", name),
+            JobCommand::Pool { workers, queues, lease_ms, .. } => {
+                if *workers > JOB_WORKERS_MAX {
+                    return Err(WireError::invalid(format!("a node runs at most {JOB_WORKERS_MAX} job workers")));
+                }
+                if queues.len() > JOB_CLAIM_QUEUES_MAX || (*workers > 0 && queues.is_empty()) {
+                    return Err(WireError::invalid(format!("workers claim from 1 to {JOB_CLAIM_QUEUES_MAX} queues")));
+                }
+                for queue in queues {
+                    validate_name("queue", queue)?;
+                }
+                validate_lease(*lease_ms)
+            }
         }
     }
 }
@@ -660,6 +680,8 @@ pub enum JobQuery {
     },
     Stats,
     CronList,
+    /// The nodes' worker pools, as each last reported it.
+    Pools,
 }
 
 impl JobQuery {
@@ -687,6 +709,19 @@ pub enum JobQueryResponse {
     },
     Stats(Vec<QueueStats>),
     Crons(Vec<CronRecord>),
+    Pools(Vec<WorkerPool>),
+}
+
+/// A node's job workers, as its dispatcher last reported them (a node's running jobs are in the jobs' states).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerPool {
+    pub node: u64,
+    pub workers: u32,
+    pub queues: Vec<String>,
+    /// The lease each claim asks for, renewed every third of it.
+    pub lease_ms: u64,
+    /// When the report was applied (log time): the node's last start.
+    pub reported_ms: u64,
 }
 
 /// A client's job request.
@@ -699,6 +734,9 @@ pub enum JobRequest {
 impl JobRequest {
     pub fn validate(&self) -> Result<(), WireError> {
         match self {
+            JobRequest::Command(JobCommand::Pool { .. }) => {
+                Err(WireError::invalid("a worker pool is reported by its node, not by a client"))
+            }
             JobRequest::Command(command) => command.validate(),
             JobRequest::Query(query) => query.validate(),
         }

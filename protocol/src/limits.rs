@@ -224,8 +224,13 @@ pub const JOB_DEPENDENCIES_MAX: usize = 64;
 pub const JOB_DEPENDENTS_MAX: u64 = 10_000;
 /// Most jobs one claim hands out.
 pub const JOB_CLAIM_COUNT_MAX: u32 = 64;
-/// Most queues one claim looks in.
+/// Most queues one claim looks in (and one node's workers claim from).
 pub const JOB_CLAIM_QUEUES_MAX: usize = 16;
+/// Most job workers one node runs (`pando-node --job-workers`).
+pub const JOB_WORKERS_MAX: u32 = 256;
+/// Most nodes whose worker pools the cluster keeps a report of (a node past it still runs jobs; it is not listed).
+pub const JOB_POOLS_MAX: usize = 1_024;
+const _: () = assert!(JOB_CLAIM_COUNT_MAX <= JOB_WORKERS_MAX);
 /// Attempts a job's history keeps (the oldest go first; the counts stay).
 pub const JOB_HISTORY_MAX: usize = 32;
 /// Most bytes of an attempt's error, and of the output tail a finished attempt keeps inline.

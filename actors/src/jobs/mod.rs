@@ -1,6 +1,7 @@
 //! Job workers: a pool of [`JobWorkerActor`]s on every node (a `supervision::Pool`, child `jobs` of the root), each
-//! claiming one job at a time from the node's queues through the log, running it, heartbeating its lease while it
-//! runs, and reporting its result under its fence.
+//! running one job at a time from the node's queues, heartbeating its lease while it runs, and reporting its result
+//! under its fence. Claims, heartbeats and results go through the services layer ([`JobLog`], implemented by the
+//! job service), which proposes them on the leader or forwards them to it; this subsystem imports no service.
 //!
 //! - **Woken, not polling.** A worker claims when it starts, when the commit stream shows a job of its queues became
 //!   claimable (`job.submitted`, `job.ready`, `job.rescued`), when its own job ended, and after a failed claim. A
@@ -21,10 +22,9 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use pando_protocol::error::WireError;
-use pando_protocol::job::{Claimed, JobKind, JobOutput};
+use pando_protocol::job::{Claimed, JobCommand, JobKind, JobOutput, JobResponse};
 use pando_protocol::limits::{JOB_OUTPUT_BYTES_MAX, JOB_OUTPUT_TAIL_BYTES_MAX};
 
-use crate::mesh::Proposer;
 use crate::plugins::PluginsHandle;
 use crate::process::{self, Ended, Reaper, Spawn};
 use crate::storage_actor::StorageHandle;
@@ -41,7 +41,7 @@ pub const STOP_GRACE_MS: u64 = 5_000;
 /// as shell hooks use it).
 pub const EXIT_DISCARD: i32 = 65;
 /// The most workers a node may run (`--job-workers`).
-pub const JOB_WORKERS_MAX: usize = 256;
+pub const JOB_WORKERS_MAX: usize = pando_protocol::limits::JOB_WORKERS_MAX as usize;
 /// Worker restarts the pool takes within [`POOL_RESTART_PERIOD`] before it fails (and the root restarts it).
 const POOL_RESTARTS_MAX: u32 = 10;
 const POOL_RESTART_PERIOD: Duration = Duration::from_secs(30);
@@ -82,6 +82,12 @@ pub enum RunResult {
 /// Runs one claimed job until it ends or `stop` resolves.
 pub trait JobRunner: Send + Sync + 'static {
     fn run(&self, job: &Claimed, stop: BoxFuture<'static, ()>) -> BoxFuture<'static, RunResult>;
+}
+
+/// How the workers' claims, heartbeats, results and pool reports reach the log: the services layer's job service
+/// (proposed here when this node leads, else forwarded to the leader when the node's workers claim as followers).
+pub trait JobLog: Send + Sync + 'static {
+    fn propose(&self, command: JobCommand, timeout: Duration) -> BoxFuture<'static, Result<JobResponse, WireError>>;
 }
 
 /// Where a job's whole output goes when it is larger than its tail: a blob (the services layer adds it).
@@ -210,7 +216,9 @@ impl JobCounters {
 pub struct JobsArgs {
     pub node_id: u64,
     pub config: JobsConfig,
-    pub proposer: Proposer,
+    /// Claims, heartbeats, results and pool reports go through it.
+    pub log: Arc<dyn JobLog>,
+    /// Whether this node leads (in the simulator only the leader claims).
     pub raft: crate::raft::RaftHandle,
     pub storage: StorageHandle,
     pub runner: Arc<dyn JobRunner>,
@@ -219,30 +227,24 @@ pub struct JobsArgs {
     pub counters: Arc<JobCounters>,
 }
 
-/// The node's job subsystem as a child of the root (`None` when the node runs no workers): a supervisor
-/// (rest_for_one) of the worker pool, then the dispatcher that claims for it.
-pub fn child_spec(args: JobsArgs) -> Option<ChildSpec> {
-    if args.config.workers == 0 {
-        return None;
-    }
+/// The node's job subsystem as a child of the root: a supervisor (rest_for_one) of the worker pool, then the
+/// dispatcher that claims for it. A node that runs no workers has the dispatcher alone, which reports the empty pool
+/// (so `pando job workers` does not show an earlier start's).
+pub fn child_spec(mut args: JobsArgs) -> ChildSpec {
     let intensity = Intensity { restarts_max: POOL_RESTARTS_MAX, period: POOL_RESTART_PERIOD };
-    let size = args.config.workers.min(JOB_WORKERS_MAX);
-    let shared = args.clone();
-    let pool = Pool::new("workers", size, intensity, move |index| {
-        let args = JobWorkerArgs { index: index as u32, shared: shared.clone() };
-        ChildSpec::new(index.to_string(), Restart::Permanent, JobWorkerActor, args)
-    });
-    let children = vec![
-        pool.child_spec("workers", Restart::Permanent),
-        ChildSpec::new("dispatcher", Restart::Permanent, JobDispatcherActor, args),
-    ];
+    args.config.workers = args.config.workers.min(JOB_WORKERS_MAX);
+    let mut children = Vec::with_capacity(2);
+    if args.config.workers > 0 {
+        let shared = args.clone();
+        let pool = Pool::new("workers", args.config.workers, intensity, move |index| {
+            let args = JobWorkerArgs { index: index as u32, shared: shared.clone() };
+            ChildSpec::new(index.to_string(), Restart::Permanent, JobWorkerActor, args)
+        });
+        children.push(pool.child_spec("workers", Restart::Permanent));
+    }
+    children.push(ChildSpec::new("dispatcher", Restart::Permanent, JobDispatcherActor, args));
     let options = SupervisorOptions::new(Strategy::RestForOne, intensity.restarts_max, intensity.period);
-    Some(ChildSpec::new(
-        "jobs",
-        Restart::Permanent,
-        Supervisor,
-        SupervisorArgs { name: "jobs".into(), options, children },
-    ))
+    ChildSpec::new("jobs", Restart::Permanent, Supervisor, SupervisorArgs { name: "jobs".into(), options, children })
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pando_protocol::command::{Command, CommandOutput};
 use pando_protocol::coord::{CoordEvent, JobEventKind};
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::job::{Claimed, JobCommand, JobResponse};
@@ -213,16 +212,7 @@ impl Actor for JobWorkerActor {
 }
 
 async fn propose(shared: &JobsArgs, command: JobCommand) -> Result<JobResponse, WireError> {
-    let command = Command::Job(command);
-    let output = if shared.config.followers_claim {
-        shared.proposer.propose_anywhere(command, PROPOSE_TIMEOUT).await?
-    } else {
-        shared.raft.propose(command, PROPOSE_TIMEOUT).await?
-    };
-    match output {
-        CommandOutput::Job(response) => Ok(response),
-        other => Err(WireError::internal(format!("a job command answered {other:?}"))),
-    }
+    shared.log.propose(command, PROPOSE_TIMEOUT).await
 }
 
 /// Runs one job: the run, its heartbeats, and its report.
@@ -382,8 +372,22 @@ async fn dispatch(args: JobsArgs, stats: Arc<Mutex<DispatchStats>>) {
     let mut commits = args.storage.subscribe();
     let mut backstop = tokio::time::interval(Duration::from_millis(IDLE_CLAIM_MS));
     let mut maybe_more = true;
+    let mut reported = false;
     loop {
         let may_claim = args.config.followers_claim || args.raft.leads();
+        if !reported && may_claim {
+            // The pool's report, once per start; a failed one is tried again at the next wake-up.
+            let report = JobCommand::Pool {
+                node: args.node_id,
+                workers: args.config.workers as u32,
+                queues: args.config.queues.clone(),
+                lease_ms: args.config.lease_ms,
+            };
+            match propose(&args, report).await {
+                Ok(_) => reported = true,
+                Err(error) => tracing::debug!(%error, "the job pool's report failed; trying again"),
+            }
+        }
         if maybe_more && may_claim && args.dispatch.idle_count() > 0 {
             let workers = args.dispatch.take_idle(JOB_CLAIM_COUNT_MAX as usize);
             if workers.is_empty() {

@@ -105,6 +105,7 @@ pub(crate) fn admit(command: &Command, from: u64, voter: bool) -> Result<(), Wir
                     | JobCommand::Heartbeat { .. }
                     | JobCommand::Complete { .. }
                     | JobCommand::Fail { .. }
+                    | JobCommand::Pool { .. }
             )
     );
     if !forwardable {
@@ -122,10 +123,13 @@ pub(crate) fn admit(command: &Command, from: u64, voter: bool) -> Result<(), Wir
             format!("node {from} may not claim a hook for node {node}"),
         ));
     }
-    if let Command::Job(JobCommand::Claim { node, .. }) = command
+    if let Command::Job(JobCommand::Claim { node, .. } | JobCommand::Pool { node, .. }) = command
         && *node != from
     {
-        return Err(WireError::new(ErrorCode::Unauthorized, format!("node {from} may not claim jobs for node {node}")));
+        return Err(WireError::new(
+            ErrorCode::Unauthorized,
+            format!("node {from} may not claim jobs or report a worker pool for node {node}"),
+        ));
     }
     let about_itself = match command {
         Command::Blob(BlobCommand::Held { node, .. } | BlobCommand::Release { node, .. }) => *node == from,
@@ -435,6 +439,10 @@ mod tests {
         assert_eq!(admit(&claim(3), 2, true).unwrap_err().code, ErrorCode::Unauthorized);
         let heartbeat = Command::Job(JobCommand::Heartbeat { id: 1, fence: 1, lease_ms: 5_000 });
         assert!(admit(&heartbeat, 2, true).is_ok());
+        let pool =
+            |node| Command::Job(JobCommand::Pool { node, workers: 4, queues: vec!["default".into()], lease_ms: 5_000 });
+        assert!(admit(&pool(4), 4, false).is_ok(), "a node reports its own pool");
+        assert_eq!(admit(&pool(3), 2, true).unwrap_err().code, ErrorCode::Unauthorized);
         let cancel = Command::Job(JobCommand::Cancel { id: 1 });
         assert_eq!(admit(&cancel, 2, true).unwrap_err().code, ErrorCode::InvalidArgument);
     }

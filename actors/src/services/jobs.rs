@@ -7,6 +7,7 @@ use pando_protocol::command::{Command, CommandOutput};
 use pando_protocol::error::WireError;
 use pando_protocol::job::{JobCommand, JobQuery, JobQueryResponse, JobReply, JobRequest, JobResponse};
 
+use crate::mesh::Proposer;
 use crate::raft::RaftHandle;
 use crate::storage_actor::StorageHandle;
 
@@ -14,11 +15,13 @@ use crate::storage_actor::StorageHandle;
 pub struct JobService {
     raft: RaftHandle,
     storage: StorageHandle,
+    /// For this node's workers: their commands reach the leader from any member.
+    proposer: Proposer,
 }
 
 impl JobService {
-    pub fn new(raft: RaftHandle, storage: StorageHandle) -> JobService {
-        JobService { raft, storage }
+    pub fn new(raft: RaftHandle, storage: StorageHandle, proposer: Proposer) -> JobService {
+        JobService { raft, storage, proposer }
     }
 
     /// Serves one request (already authorised).
@@ -39,11 +42,50 @@ impl JobService {
         }
     }
 
+    /// Proposes one command of this node's workers: here when this node leads, else forwarded to the leader over the
+    /// actor mesh as the node's own (`forward`), or answered `NOT_LEADER`.
+    pub async fn worker_command(
+        &self,
+        command: JobCommand,
+        forward: bool,
+        timeout: Duration,
+    ) -> Result<JobResponse, WireError> {
+        command.validate()?;
+        let command = Command::Job(command);
+        let output = if forward {
+            self.proposer.propose_anywhere(command, timeout).await?
+        } else {
+            self.raft.propose(command, timeout).await?
+        };
+        match output {
+            CommandOutput::Job(response) => Ok(response),
+            other => Err(WireError::internal(format!("a job command answered {other:?}"))),
+        }
+    }
+
     /// A linearizable read of the jobs.
     pub async fn query(&self, query: JobQuery, timeout: Duration) -> Result<JobQueryResponse, WireError> {
         query.validate()?;
         self.raft.linearize(timeout).await?;
         self.storage.read(timeout, move |reader| reader.jobs(&query)).await?
+    }
+}
+
+/// The job service as this node's workers reach the log.
+pub struct WorkerLog {
+    pub service: JobService,
+    /// Whether a follower's workers forward to the leader (not in the simulator: see `JobsConfig::followers_claim`).
+    pub forward: bool,
+}
+
+impl crate::jobs::JobLog for WorkerLog {
+    fn propose(
+        &self,
+        command: JobCommand,
+        timeout: Duration,
+    ) -> futures::future::BoxFuture<'static, Result<JobResponse, WireError>> {
+        let (service, forward) = (self.service.clone(), self.forward);
+        Box::pin(async move { service.worker_command(command, forward, timeout).await })
     }
 }
 

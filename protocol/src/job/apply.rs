@@ -6,6 +6,7 @@
 //!   `Ja/<queue><priority><id>` the available jobs a claim takes, in order;
 //! - `Ju/<key>` a unique key, pointing at the job that holds it while it has not finished;
 //! - `Jd/<dependency><dependent>` who waits for whom; `Jq/<queue>` a queue's counts; `Jc/<name>` cron schedules;
+//!   `Jw/<node>` a node's worker pool as it last reported it;
 //! - `m/job_next`, `m/job_fence`, `m/job_count`: the next id, the last fence, the jobs kept.
 //!
 //! Deadlines run on [timers](crate::coord::timer) of the log clock: a scheduled or retrying job's start, a running
@@ -16,7 +17,7 @@ use std::ops::ControlFlow;
 use super::cron::Schedule;
 use super::{
     Attempt, AttemptOutcome, Claimed, CronRecord, Job, JobCommand, JobOutput, JobQuery, JobQueryResponse, JobResponse,
-    JobSpec, JobState, Missed, QueueStats, StateName,
+    JobSpec, JobState, Missed, QueueStats, StateName, WorkerPool,
 };
 use crate::coord::keys::{scoped, with};
 use crate::coord::timer::{self, TimerKind};
@@ -24,7 +25,7 @@ use crate::coord::{CoordEvent, CoordRead, CoordWrite, JobEventKind, decode, load
 use crate::error::{ErrorCode, WireError};
 use crate::limits::{
     JOB_CRON_CATCH_UP_MAX, JOB_CRON_COUNT_MAX, JOB_CRON_ON_TIME_MS, JOB_DEPENDENTS_MAX, JOB_ERROR_BYTES_MAX,
-    JOB_HISTORY_MAX, JOB_TIMEOUT_GRACE_MS, JOBS_COUNT_MAX, SCAN_RESPONSE_BYTES_MAX,
+    JOB_HISTORY_MAX, JOB_POOLS_MAX, JOB_TIMEOUT_GRACE_MS, JOBS_COUNT_MAX, SCAN_RESPONSE_BYTES_MAX,
 };
 use crate::state_machine::StorageFault;
 
@@ -35,6 +36,7 @@ const UNIQUE: &[u8] = b"Ju/";
 const DEPENDENTS: &[u8] = b"Jd/";
 const QUEUE: &[u8] = b"Jq/";
 const CRON: &[u8] = b"Jc/";
+const POOL: &[u8] = b"Jw/";
 const NEXT_ID: &[u8] = b"m/job_next";
 const LAST_FENCE: &[u8] = b"m/job_fence";
 const COUNT: &[u8] = b"m/job_count";
@@ -315,6 +317,25 @@ pub fn apply(
             };
             timer::disarm(store, record.next_ms, TimerKind::Cron, name.as_bytes())?;
             store.coord_delete(&key)?;
+            Ok(Ok(JobResponse::Done))
+        }
+        JobCommand::Pool { node, workers, queues, lease_ms } => {
+            let key = with(POOL, &node.to_be_bytes());
+            if load::<WorkerPool>(store, &key)?.is_none() && load_under::<WorkerPool>(store, POOL, JOB_POOLS_MAX - 1)?.1
+            {
+                return Ok(Err(WireError::new(
+                    ErrorCode::TooLarge,
+                    format!("the cluster keeps the worker pools of at most {JOB_POOLS_MAX} nodes"),
+                )));
+            }
+            let pool = WorkerPool {
+                node: *node,
+                workers: *workers,
+                queues: queues.clone(),
+                lease_ms: *lease_ms,
+                reported_ms: now,
+            };
+            save(store, &key, &pool)?;
             Ok(Ok(JobResponse::Done))
         }
     }
@@ -847,6 +868,7 @@ pub fn query(store: &impl CoordRead, query: &JobQuery) -> Result<Result<JobQuery
         }
         JobQuery::Stats => JobQueryResponse::Stats(load_under(store, QUEUE, usize::MAX)?.0),
         JobQuery::CronList => JobQueryResponse::Crons(load_under(store, CRON, JOB_CRON_COUNT_MAX)?.0),
+        JobQuery::Pools => JobQueryResponse::Pools(load_under(store, POOL, JOB_POOLS_MAX)?.0),
     }))
 }
 

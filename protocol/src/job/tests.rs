@@ -512,3 +512,35 @@ fn an_output_blob_is_protected_while_its_job_keeps_it_and_released_when_replaced
     jobs.run(at_ms + 1, purge).unwrap();
     assert!(!protected(&jobs, second), "a purged job's output is released");
 }
+
+#[test]
+fn a_nodes_pool_report_replaces_its_last_one_and_the_reports_are_bounded() {
+    let mut jobs = Jobs::default();
+    let pool = |node, workers| JobCommand::Pool { node, workers, queues: vec!["default".into()], lease_ms: 10_000 };
+    let pools = |jobs: &Jobs| match query(&jobs.tables, &JobQuery::Pools).unwrap() {
+        Ok(JobQueryResponse::Pools(pools)) => pools,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(jobs.run(T0, pool(7, 4)), Ok(JobResponse::Done));
+    assert_eq!(jobs.run(T0 + 5, pool(3, 2)), Ok(JobResponse::Done));
+    assert_eq!(jobs.run(T0 + 9, pool(7, 0)), Ok(JobResponse::Done), "a restart with no workers replaces the report");
+    let listed = pools(&jobs);
+    assert_eq!(
+        listed.iter().map(|pool| (pool.node, pool.workers, pool.reported_ms)).collect::<Vec<_>>(),
+        [(3, 2, T0 + 5), (7, 0, T0 + 9)]
+    );
+
+    let too_many = JobCommand::Pool { node: 1, workers: JOB_WORKERS_MAX + 1, queues: vec![], lease_ms: 10_000 };
+    assert_eq!(jobs.run(T0, too_many).unwrap_err().code, ErrorCode::InvalidArgument);
+    let no_queue = JobCommand::Pool { node: 1, workers: 1, queues: vec![], lease_ms: 10_000 };
+    assert_eq!(jobs.run(T0, no_queue).unwrap_err().code, ErrorCode::InvalidArgument);
+    let from_client = JobRequest::Command(pool(1, 1));
+    assert_eq!(from_client.validate().unwrap_err().code, ErrorCode::InvalidArgument, "only nodes report pools");
+
+    for node in 100..(100 + crate::limits::JOB_POOLS_MAX as u64 - 2) {
+        jobs.run(T0, pool(node, 1)).unwrap();
+    }
+    assert_eq!(pools(&jobs).len(), crate::limits::JOB_POOLS_MAX);
+    assert_eq!(jobs.run(T0, pool(99, 1)).unwrap_err().code, ErrorCode::TooLarge, "a new node past the bound");
+    assert_eq!(jobs.run(T0 + 20, pool(7, 8)), Ok(JobResponse::Done), "a known node still reports");
+}
