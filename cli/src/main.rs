@@ -382,6 +382,7 @@ fn report(error: &anyhow::Error, json_output: bool) {
                 Some(ErrorDetail::Compacted { compacted, current }) => {
                     json!({ "compacted": compacted, "current": current })
                 }
+                Some(ErrorDetail::Errno { errno }) => json!({ "errno": errno }),
                 None => serde_json::Value::Null,
             },
             _ => serde_json::Value::Null,

@@ -19,6 +19,7 @@ pub enum Command {
     Token(crate::token::records::TokenCommand),
     Hook(crate::hook::durable::HookCommand),
     Job(crate::job::JobCommand),
+    Fs(crate::fs::FsCommand),
 }
 
 impl Command {
@@ -33,6 +34,7 @@ impl Command {
             Command::Token(_) => 1024,
             Command::Hook(command) => command.payload_bytes(),
             Command::Job(command) => command.payload_bytes(),
+            Command::Fs(command) => command.payload_bytes(),
         }
     }
 }
@@ -47,6 +49,7 @@ pub enum CommandOutput {
     Token(crate::token::records::TokenOutput),
     Hook(crate::hook::durable::HookResponse),
     Job(crate::job::JobResponse),
+    Fs(crate::fs::FsResponse),
 }
 
 /// The result of one KV command.

@@ -92,6 +92,8 @@ pub enum ErrorDetail {
     Current { entry: Option<KvEntry> },
     /// With [`ErrorCode::Compacted`]: the history starts at `compacted`; the store is at `current`.
     Compacted { compacted: u64, current: u64 },
+    /// A file-system refusal: the `errno` a Linux file system answers (see [`crate::fs::Errno`]).
+    Errno { errno: i32 },
 }
 
 /// An error as it travels on the wire.

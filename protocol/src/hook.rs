@@ -50,8 +50,9 @@ const NEXT_SEQ: &[u8] = b"m/hook_seq";
 const FLOOR: &[u8] = b"m/hook_floor";
 
 /// First tokens the cluster publishes on; a user event may not use them.
-pub const RESERVED_ROOTS: [&str; 17] = [
+pub const RESERVED_ROOTS: [&str; 18] = [
     "kv",
+    "fs",
     "lease",
     "lock",
     "rwlock",
@@ -166,6 +167,7 @@ pub fn coord_subject(event: &CoordEvent) -> String {
         E::ServiceHealthChanged { service, .. } => named("service", "health", service),
         E::ServiceDeregistered { service, .. } => named("service", "deregistered", service),
         E::Job { queue, kind, .. } => named("job", kind.as_str(), queue.as_bytes()),
+        E::FsChanged { .. } => "fs.changed".to_string(),
     }
 }
 

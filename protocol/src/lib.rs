@@ -11,6 +11,7 @@ pub mod coord;
 pub mod envelope;
 pub mod error;
 pub mod frame;
+pub mod fs;
 pub mod hook;
 pub mod job;
 pub mod kv;

@@ -253,3 +253,32 @@ const _: () = assert!(JOB_LEASE_MS_MIN <= JOB_LEASE_MS_DEFAULT && JOB_LEASE_MS_D
 const _: () = assert!(JOB_BACKOFF_MS_MIN <= JOB_BACKOFF_MS_MAX);
 // A listing of jobs with the largest payloads still fits a response frame (listings leave payloads out past this).
 const _: () = assert!(JOB_PAYLOAD_BYTES_MAX * 8 <= SCAN_RESPONSE_BYTES_MAX);
+
+// The file system (see `crate::fs`).
+/// Longest name in a directory, and longest symlink target (Linux's `NAME_MAX` and `PATH_MAX - 1`).
+pub const FS_NAME_BYTES_MAX: usize = 255;
+pub const FS_SYMLINK_BYTES_MAX: usize = 4_095;
+/// A file up to this size keeps its bytes in its own row; a larger one is chunked into blobs.
+pub const FS_INLINE_BYTES_MAX: usize = 64 * 1024;
+/// Bytes of one chunk of a large file (each chunk is one blob).
+pub const FS_CHUNK_BYTES: u64 = 1024 * 1024;
+/// The largest file.
+pub const FS_FILE_BYTES_MAX: u64 = 1 << 40;
+/// Chunks one command replaces, and one read returns.
+pub const FS_CHUNKS_PER_COMMAND_MAX: usize = 256;
+pub const FS_READ_CHUNKS_MAX: u32 = 1_024;
+/// Entries one directory listing returns.
+pub const FS_LIST_COUNT_MAX: u32 = 1_024;
+/// Hard links to one inode, and subdirectories of one directory (`EMLINK` past it).
+pub const FS_LINKS_MAX: u32 = 65_000;
+/// Inodes the file system holds (`ENOSPC` past it).
+pub const FS_INODES_MAX: u64 = 1 << 26;
+/// An extended attribute's name and value, and all values of one inode together.
+pub const FS_XATTR_NAME_BYTES_MAX: usize = 255;
+pub const FS_XATTR_VALUE_BYTES_MAX: usize = 64 * 1024;
+pub const FS_XATTR_TOTAL_BYTES_MAX: usize = 128 * 1024;
+const _: () = assert!(FS_XATTR_VALUE_BYTES_MAX <= FS_XATTR_TOTAL_BYTES_MAX);
+const _: () = assert!((FS_INLINE_BYTES_MAX as u64) < FS_CHUNK_BYTES);
+const _: () = assert!(FS_INLINE_BYTES_MAX + 4 * 1024 <= PROPOSAL_BYTES_MAX);
+const _: () = assert!(FS_XATTR_VALUE_BYTES_MAX + 4 * 1024 <= PROPOSAL_BYTES_MAX);
+const _: () = assert!(FS_FILE_BYTES_MAX / FS_CHUNK_BYTES <= u32::MAX as u64);

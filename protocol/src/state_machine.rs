@@ -133,6 +133,7 @@ pub fn apply_command(
         Command::Plugin(command) => crate::plugin::apply(tables, revision, now, command)?,
         Command::Token(command) => crate::token::records::apply(tables, now, command)?.map(CommandOutput::Token),
         Command::Job(command) => crate::job::apply::apply(tables, now, command)?.map(CommandOutput::Job),
+        Command::Fs(command) => crate::fs::apply::apply(tables, now, command)?.map(CommandOutput::Fs),
         Command::Hook(command) => {
             // Outside a proposal, what the command publishes is recorded in the log but not reported.
             hook::durable::apply(tables, now, *revision, command, &mut Vec::new())?.map(CommandOutput::Hook)

@@ -293,6 +293,11 @@ pub enum CoordEvent {
         queue: String,
         kind: JobEventKind,
     },
+    /// File-system inodes and directory entries (parent, name) changed: the mounts drop what they cached of them.
+    FsChanged {
+        inodes: Vec<u64>,
+        entries: Vec<(u64, String)>,
+    },
 }
 
 /// Coordination requests. Names share the key namespace for access control: a token that may write `jobs/` may take
