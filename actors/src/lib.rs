@@ -5,6 +5,7 @@ pub mod blobs;
 pub mod clock;
 pub mod commit_stream;
 pub mod endpoint;
+pub mod fuse;
 pub mod hooks;
 pub mod jobs;
 pub mod live;

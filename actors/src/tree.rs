@@ -112,6 +112,7 @@ impl Handles {
                 self.tree.clone(),
             )
             .with_job_counters(self.jobs.clone()),
+            fs: crate::services::FsService::new(self.storage.clone(), self.proposer(), blobs.clone()),
             blobs,
             tokens,
         }
@@ -182,6 +183,8 @@ pub enum World {
         plugins: PluginConfig,
         exec: ExecConfig,
         jobs: crate::jobs::JobsConfig,
+        /// The file system's mount on this node (`--mount`), if any.
+        mount: Option<crate::fuse::MountConfig>,
     },
     /// The simulator: redb on a simulated disk, clients and mesh sessions over the simulated network.
     Simulated { disk: SimDisk, listener: SimRpcListener, net: SimNet },
@@ -303,13 +306,20 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
     };
     let hooks = ChildSpec::new("hooks", Restart::Permanent, HookRouterActor, hooks)
         .with_shutdown_timeout(Duration::from_secs(5));
-    if let World::Iroh { endpoint, blobs, plugins, .. } = config.world {
+    let mut mount = None;
+    if let World::Iroh { endpoint, blobs, plugins, mount: mount_config, .. } = config.world {
+        mount = mount_config;
         let plugins_args = handles.plugins_args(node_id, config.clock, plugins, cluster_secret);
         children.extend(blobs_and_plugins(node_id, &handles, endpoint, blobs, plugins_args));
     }
     // After the plugins, which hooks and jobs call; their restarts touch nothing else.
     children.push(hooks);
     children.push(crate::jobs::child_spec(jobs));
+    if let Some(config) = mount {
+        // Last: it stops first, so its buffered writes are flushed while everything it needs still runs.
+        let fs = services.fs.clone();
+        children.push(crate::fuse::child_spec(crate::fuse::FuseArgs { config, fs, storage: handles.storage.clone() }));
+    }
     SupervisorArgs {
         name: "node".into(),
         options: SupervisorOptions::new(

@@ -112,6 +112,45 @@ struct Args {
     /// so on its next start. The old key is refused from then on.
     #[arg(long)]
     rotate_key: bool,
+    /// Mount the cluster's file system at this directory (a FUSE mount, unmounted when the node stops; a mount a
+    /// crashed node left there is cleared first).
+    #[arg(long)]
+    mount: Option<PathBuf>,
+    /// Let other users use the mount (FUSE's allow_other: root, or user_allow_other in /etc/fuse.conf).
+    #[arg(long, requires = "mount")]
+    mount_allow_other: bool,
+    /// Mount read-only.
+    #[arg(long, requires = "mount")]
+    mount_read_only: bool,
+    /// Milliseconds the kernel trusts a file's attributes and a name's lookup (changes anywhere drop them sooner).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    mount_cache_ms: u64,
+    /// Commit every write before it returns, instead of buffering writes until close, fsync or 8 MiB.
+    #[arg(long, requires = "mount")]
+    mount_write_through: bool,
+    /// Map a local uid to the uid the file system stores, LOCAL:STORED (repeatable).
+    #[arg(long = "mount-uid-map", value_name = "LOCAL:STORED", requires = "mount")]
+    mount_uid_map: Vec<String>,
+    /// Map a local gid to the gid the file system stores, LOCAL:STORED (repeatable).
+    #[arg(long = "mount-gid-map", value_name = "LOCAL:STORED", requires = "mount")]
+    mount_gid_map: Vec<String>,
+}
+
+/// The `--mount` configuration, checked before the node starts (a clear error when FUSE or the mount point is not
+/// usable, rather than a child that fails after the node came up).
+fn mount_config(args: &Args) -> anyhow::Result<Option<pando_actors::fuse::MountConfig>> {
+    use pando_actors::fuse::{IdMap, MountConfig};
+    let Some(path) = &args.mount else { return Ok(None) };
+    let path = pando_actors::fuse::check_mount_point(path).context("--mount")?;
+    let pairs = |texts: &[String]| texts.iter().map(|text| IdMap::parse_pair(text)).collect::<Result<Vec<_>, _>>();
+    let mut config = MountConfig::new(path, args.data_dir.clone());
+    config.allow_other = args.mount_allow_other;
+    config.read_only = args.mount_read_only;
+    config.attr_ttl = Duration::from_millis(args.mount_cache_ms);
+    config.entry_ttl = config.attr_ttl;
+    config.write_back = !args.mount_write_through;
+    config.ids = IdMap { uids: pairs(&args.mount_uid_map)?, gids: pairs(&args.mount_gid_map)? };
+    Ok(Some(config))
 }
 
 /// How `run` ended.
@@ -260,6 +299,7 @@ async fn run(args: Args) -> anyhow::Result<Outcome> {
             pando_actors::process::Reaper::none()
         }),
     };
+    let mount = mount_config(&args)?;
     let mut raft_config = pando_actors::raft::default_config();
     raft_config.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(args.snapshot_every);
     raft_config.max_in_snapshot_log_to_keep = args.snapshot_keep_log;
@@ -303,6 +343,7 @@ async fn run(args: Args) -> anyhow::Result<Outcome> {
                 lease_ms: (args.job_lease_secs * 1000).max(pando_protocol::limits::JOB_LEASE_MS_MIN),
                 followers_claim: true,
             },
+            mount,
         },
     });
     let (root, root_handle) =

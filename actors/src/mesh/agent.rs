@@ -29,7 +29,14 @@ pub enum AgentMsg {
     /// A [`Forward`]: propose a command on this node (the leader) for a member that is not the leader.
     #[rpc]
     Propose(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    /// A read index for a member that is not the leader: once this node (the leader) confirmed with a quorum that it
+    /// still leads, the log index it has applied ([`ReadIndex`]). It reveals nothing, so any member may ask.
+    #[rpc]
+    ReadIndex(Vec<u8>, RpcReplyPort<Vec<u8>>),
 }
+
+/// The answer to [`AgentMsg::ReadIndex`]: the index to apply before reading.
+type ReadIndex = Result<u64, WireError>;
 
 /// A proposal handed to the leader's agent by another member, signed with the sender's node key: the mesh
 /// authenticates sessions, not messages, so the signature is what says which member asks (a learner cannot speak for a
@@ -107,11 +114,13 @@ pub(crate) fn admit(command: &Command, from: u64, voter: bool) -> Result<(), Wir
                     | JobCommand::Fail { .. }
                     | JobCommand::Pool { .. }
             )
+            // A member's FUSE mount, on behalf of its local callers (the state machine checks their permissions).
+            | Command::Fs(_)
     );
     if !forwardable {
         return Err(WireError::invalid(
-            "only blob bookkeeping, plugin reports, plugin KV writes, hook deliveries and job workers' claims and \
-             results are forwarded",
+            "only blob bookkeeping, plugin reports, plugin KV writes, hook deliveries, job workers' claims and \
+             results, and file-system commands of a member's mount are forwarded",
         ));
     }
     // A node claims hook deliveries for itself only (and only a voter delivers at all, below).
@@ -232,6 +241,16 @@ impl Actor for NodeAgent {
                     let _ = reply.send(answer(&result));
                 });
             }
+            AgentMsg::ReadIndex(_, reply) => {
+                let raft = self.raft.clone();
+                tokio::spawn(async move {
+                    let index: ReadIndex = match raft.linearize(Duration::from_millis(FORWARD_TIMEOUT_MS)).await {
+                        Ok(()) => Ok(raft.applied_index()),
+                        Err(error) => Err(error),
+                    };
+                    let _ = reply.send(rmp_serde::to_vec_named(&index).unwrap_or_default());
+                });
+            }
         }
         Ok(())
     }
@@ -278,24 +297,50 @@ pub(crate) async fn propose_on(sender: &Sender<'_>, leader: u64, command: &Comma
     // A session to the leader may still be opening (a node just started, a leader just elected): wait for it, within
     // the caller's deadline.
     let deadline = tokio::time::Instant::now() + timeout;
-    let cell = loop {
-        let members = ractor::pg::get_scoped_members(&sender.scope.to_string(), &node_group(leader));
-        if let Some(cell) = members.into_iter().find(|cell| !cell.get_id().is_local()) {
-            break cell;
-        }
-        if tokio::time::Instant::now() + Duration::from_millis(SESSION_POLL_MS) >= deadline {
-            let message = format!("no mesh session to the leader (node {leader}) within {} ms", timeout.as_millis());
-            return Err(WireError::new(ErrorCode::Unavailable, message));
-        }
-        tokio::time::sleep(Duration::from_millis(SESSION_POLL_MS)).await;
-    };
+    let agent = leader_agent(sender.scope, leader, deadline).await?;
     let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
-    let agent = ActorRef::<AgentMsg>::from(cell);
     match agent.call(|reply| AgentMsg::Propose(payload, reply), Some(timeout)).await {
         Ok(ractor::rpc::CallResult::Success(bytes)) => rmp_serde::from_slice::<Forwarded>(&bytes)
             .unwrap_or_else(|error| Err(WireError::internal(format!("malformed answer: {error}")))),
         Ok(ractor::rpc::CallResult::Timeout) => {
             Err(WireError::new(ErrorCode::Timeout, "the leader did not answer; it may or may not have applied"))
+        }
+        _ => Err(WireError::new(ErrorCode::Unavailable, format!("cannot reach the agent of node {leader}"))),
+    }
+}
+
+/// The agent of node `leader`, found in its own process group as `scope` sees it. A session to the leader may still
+/// be opening (a node just started, a leader just elected): waits for it until `deadline`.
+async fn leader_agent(
+    scope: &str,
+    leader: u64,
+    deadline: tokio::time::Instant,
+) -> Result<ActorRef<AgentMsg>, WireError> {
+    let started = tokio::time::Instant::now();
+    loop {
+        let members = ractor::pg::get_scoped_members(&scope.to_string(), &node_group(leader));
+        if let Some(cell) = members.into_iter().find(|cell| !cell.get_id().is_local()) {
+            return Ok(ActorRef::<AgentMsg>::from(cell));
+        }
+        if tokio::time::Instant::now() + Duration::from_millis(SESSION_POLL_MS) >= deadline {
+            let waited = started.elapsed().as_millis();
+            let message = format!("no mesh session to the leader (node {leader}) within {waited} ms");
+            return Err(WireError::new(ErrorCode::Unavailable, message));
+        }
+        tokio::time::sleep(Duration::from_millis(SESSION_POLL_MS)).await;
+    }
+}
+
+/// Asks node `leader` for a read index ([`AgentMsg::ReadIndex`]) as `scope` sees it.
+pub(crate) async fn read_index_on(scope: &str, leader: u64, timeout: Duration) -> ReadIndex {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let agent = leader_agent(scope, leader, deadline).await?;
+    let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+    match agent.call(|reply| AgentMsg::ReadIndex(Vec::new(), reply), Some(timeout)).await {
+        Ok(ractor::rpc::CallResult::Success(bytes)) => rmp_serde::from_slice::<ReadIndex>(&bytes)
+            .unwrap_or_else(|error| Err(WireError::internal(format!("malformed answer: {error}")))),
+        Ok(ractor::rpc::CallResult::Timeout) => {
+            Err(WireError::new(ErrorCode::Timeout, "the leader gave no read index"))
         }
         _ => Err(WireError::new(ErrorCode::Unavailable, format!("cannot reach the agent of node {leader}"))),
     }

@@ -99,4 +99,32 @@ impl Proposer {
             other => other,
         }
     }
+
+    /// Waits until this node has applied everything committed anywhere before the call: a read-index round here when
+    /// this node leads, else one on the leader (asked over the mesh for the index it has applied once a quorum
+    /// confirmed it still leads), then this node's apply catching up to that index: etcd's read index from a
+    /// follower. While no leader is known (an election), it asks again until `timeout`.
+    pub async fn linearize_anywhere(&self, timeout: Duration) -> Result<(), WireError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let error = match self.raft.linearize(left).await {
+                Err(error) if error.code == ErrorCode::NotLeader => error,
+                other => return other,
+            };
+            if let Some(ErrorDetail::Leader { node_id, .. }) = error.detail {
+                let mesh = self.mesh.live.get()?;
+                let index = super::agent::read_index_on(&mesh.scope, node_id, left).await?;
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                return self.raft.wait_applied(index, left).await;
+            }
+            if tokio::time::Instant::now() + Duration::from_millis(LEADER_POLL_MS) >= deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
+        }
+    }
 }
+
+/// How often a read waiting out an election asks again.
+const LEADER_POLL_MS: u64 = 50;

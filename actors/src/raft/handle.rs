@@ -220,6 +220,22 @@ impl RaftHandle {
         }
     }
 
+    /// Waits until this node has applied log index `index` (a follower serving a read at the leader's read index).
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), WireError> {
+        let core = self.live.wait(timeout).await?;
+        let applied = core.wait_metrics(|metrics| metrics.last_applied.is_some_and(|applied| applied.index >= index));
+        match tokio::time::timeout(timeout, applied).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(WireError::new(ErrorCode::Unavailable, "raft stopped")),
+            Err(_) => Err(WireError::new(ErrorCode::Timeout, format!("this node did not apply index {index} in time"))),
+        }
+    }
+
+    /// The last log index this node applied.
+    pub fn applied_index(&self) -> u64 {
+        self.metrics().and_then(|metrics| metrics.last_applied.map(|applied| applied.index)).unwrap_or(0)
+    }
+
     pub(crate) fn publish(&self, core: RaftCore) {
         self.live.publish(core);
     }

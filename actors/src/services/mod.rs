@@ -11,6 +11,7 @@
 pub mod blobs;
 pub mod cluster;
 pub mod coord;
+pub mod fs;
 pub mod hooks;
 pub mod jobs;
 pub mod kv;
@@ -21,6 +22,7 @@ pub mod watch;
 pub use blobs::BlobService;
 pub use cluster::ClusterService;
 pub use coord::CoordService;
+pub use fs::FsService;
 pub use hooks::{HookService, HookWatcher};
 pub use jobs::JobService;
 pub use kv::{KvService, ScanPage};
@@ -47,4 +49,5 @@ pub struct Services {
     pub tokens: TokenService,
     pub hooks: HookService,
     pub jobs: JobService,
+    pub fs: FsService,
 }

@@ -450,6 +450,14 @@ impl StateReader {
         self.with_coord(|tables| pando_protocol::job::apply::query(tables, query))
     }
 
+    /// A file-system read, as last applied.
+    pub fn fs(
+        &self,
+        query: &pando_protocol::fs::FsQuery,
+    ) -> Result<Result<pando_protocol::fs::FsQueryResponse, pando_protocol::error::WireError>, StorageFault> {
+        self.with_coord(|tables| pando_protocol::fs::query::query(tables, query))
+    }
+
     /// What the cluster knows about one blob, as last applied.
     pub fn blob(&self, hash: &BlobHash) -> Result<Option<BlobRecord>, StorageFault> {
         self.with_coord(|tables| blob::load(tables, hash))

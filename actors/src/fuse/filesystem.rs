@@ -1,0 +1,993 @@
+//! The kernel's requests, served from the file-system service: each handler reads what it needs from the request,
+//! hands the work to a task on the node's runtime and returns (at most [`FUSE_INFLIGHT_MAX`] at once), and the task
+//! answers the kernel.
+//!
+//! The caller is the requesting process's uid, gid and supplementary groups (from `/proc/<pid>/status`), mapped by
+//! the mount's [`IdMap`]; the state machine checks every permission, so the mount does not ask the kernel to
+//! (`default_permissions` would judge by attributes up to a TTL old).
+//!
+//! What the mount keeps per inode ([`Buffer`]): the buffered writes of its open handles, flushed on `flush` (every
+//! `close`), `fsync`, `release`, a read of the inode, a truncate, another caller's write, or the buffer's bound;
+//! and per inode the kernel knows (looked up and not forgotten): the version (mtime and size) its pages were cached
+//! at, so `open` keeps the page cache only when the file did not change since (close-to-open).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, BsdFileFlags, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use pando_protocol::error::WireError;
+use pando_protocol::fs::{
+    Attr, Caller, Errno, FileKind, FsCommandKind, FsQueryKind, FsQueryResponse, FsResponse, RenameMode, SetAttr,
+    SetTime, Time, XattrMode,
+};
+use pando_protocol::limits::{FS_INODES_MAX, FS_LIST_COUNT_MAX, FS_NAME_BYTES_MAX};
+use tokio::sync::Semaphore;
+
+use super::buffer::Buffer;
+use super::convert::{self, errno, file_attr, file_type};
+use super::{FUSE_INFLIGHT_MAX, FUSE_LIST_ENTRIES_MAX, FUSE_OP_TIMEOUT_MS, FUSE_WRITE_BUFFER_BYTES_MAX, MountConfig};
+use crate::services::FsService;
+
+const O_APPEND: i32 = 0o2000;
+const O_EXCL: i32 = 0o200;
+const O_TRUNC: i32 = 0o1000;
+const XATTR_CREATE: i32 = 1;
+const XATTR_REPLACE: i32 = 2;
+/// Statfs's block size.
+const STATFS_BLOCK: u64 = 4096;
+/// The largest request the kernel sends (it caps this by its own limit).
+const MAX_WRITE: u32 = 1024 * 1024;
+
+/// The mount's file system (cheap to clone: the session, the tasks and the invalidation thread share it).
+#[derive(Clone)]
+pub struct PandoFs(Arc<Shared>);
+
+struct Shared {
+    fs: FsService,
+    config: MountConfig,
+    runtime: tokio::runtime::Handle,
+    inflight: Arc<Semaphore>,
+    next_handle: AtomicU64,
+    files: Mutex<HashMap<u64, OpenFile>>,
+    dirs: Mutex<HashMap<u64, Listing>>,
+    buffers: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Buffer>>>>,
+    known: Mutex<HashMap<u64, Known>>,
+    served: AtomicU64,
+    failed: AtomicU64,
+}
+
+struct OpenFile {
+    ino: u64,
+    append: bool,
+}
+
+/// One directory handle's listing, read whole at its first `readdir` (so offsets stay stable under changes).
+type Listing = Arc<tokio::sync::Mutex<Option<Arc<Vec<Row>>>>>;
+
+struct Row {
+    ino: u64,
+    kind: FileType,
+    name: String,
+}
+
+/// An inode the kernel holds (looked up, not yet forgotten).
+#[derive(Default)]
+struct Known {
+    lookups: u64,
+    /// The version (mtime, size) of the pages the kernel may cache for it.
+    version: Option<(Time, u64)>,
+}
+
+impl PandoFs {
+    pub fn new(fs: FsService, config: MountConfig, runtime: tokio::runtime::Handle) -> PandoFs {
+        PandoFs(Arc::new(Shared {
+            fs,
+            config,
+            runtime,
+            inflight: Arc::new(Semaphore::new(FUSE_INFLIGHT_MAX)),
+            next_handle: AtomicU64::new(1),
+            files: Mutex::default(),
+            dirs: Mutex::default(),
+            buffers: Mutex::default(),
+            known: Mutex::default(),
+            served: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }))
+    }
+
+    /// One line for `pando actors`.
+    pub fn summary(&self) -> String {
+        let open = lock(&self.0.files).len();
+        let buffered: usize =
+            lock(&self.0.buffers).values().filter_map(|buffer| buffer.try_lock().ok().map(|b| b.bytes())).sum();
+        format!(
+            "{open} open files, {buffered} bytes buffered, {} requests served, {} failed",
+            self.0.served.load(Ordering::Relaxed),
+            self.0.failed.load(Ordering::Relaxed)
+        )
+    }
+
+    /// Flushes every buffered write (before an unmount).
+    pub async fn flush_all(&self) {
+        let inodes: Vec<u64> = lock(&self.0.buffers).keys().copied().collect();
+        for ino in inodes {
+            if let Err(error) = self.0.flush(ino).await {
+                tracing::error!(ino, %error, "buffered writes lost at unmount");
+            }
+        }
+    }
+
+    pub(super) fn known_inodes(&self) -> Vec<u64> {
+        lock(&self.0.known).keys().copied().collect()
+    }
+
+    pub(super) fn is_known(&self, ino: u64) -> bool {
+        lock(&self.0.known).contains_key(&ino)
+    }
+
+    /// Forgets the cached version of `ino` (it changed); answers whether the kernel knows it.
+    pub(super) fn forget_version(&self, ino: u64) -> bool {
+        match lock(&self.0.known).get_mut(&ino) {
+            Some(known) => {
+                known.version = None;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The caller behind a request, as the file system stores ids.
+    fn caller(&self, req: &Request) -> Caller {
+        let ids = &self.0.config.ids;
+        let groups = supplementary_groups(req.pid()).into_iter().map(|gid| ids.gid_to_stored(gid)).collect();
+        Caller { uid: ids.uid_to_stored(req.uid()), gid: ids.gid_to_stored(req.gid()), groups }
+    }
+
+    /// Runs `work` on the runtime once a slot is free (this thread, the session's, waits for it).
+    fn spawn<Fut>(&self, work: impl FnOnce(Arc<Shared>) -> Fut)
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let permit = self.0.runtime.block_on(self.0.inflight.clone().acquire_owned());
+        let task = work(self.0.clone());
+        self.0.runtime.spawn(async move {
+            task.await;
+            drop(permit);
+        });
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The supplementary groups of process `pid` (none when it is gone or `/proc` says nothing).
+fn supplementary_groups(pid: u32) -> Vec<u32> {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return Vec::new() };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Groups:"))
+        .map(|groups| groups.split_whitespace().filter_map(|gid| gid.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// A name from the kernel: UTF-8 (the state machine keeps names as strings), within the bound.
+fn name_of(name: &OsStr) -> Result<String, fuser::Errno> {
+    let name = name.to_str().ok_or(fuser::Errno::EINVAL)?;
+    if name.len() > FS_NAME_BYTES_MAX {
+        return Err(fuser::Errno::ENAMETOOLONG);
+    }
+    Ok(name.to_string())
+}
+
+fn set_time(time: TimeOrNow) -> SetTime {
+    match time {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(at) => SetTime::At(convert::time_of(at)),
+    }
+}
+
+fn wrong(response: impl std::fmt::Debug) -> WireError {
+    WireError::internal(format!("the file-system service answered {response:?}"))
+}
+
+impl Shared {
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(FUSE_OP_TIMEOUT_MS)
+    }
+
+    fn counted<T>(&self, result: Result<T, WireError>) -> Result<T, fuser::Errno> {
+        self.served.fetch_add(1, Ordering::Relaxed);
+        result.map_err(|error| {
+            if Errno::of(&error) == Errno::EIO.code() {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "a file-system request failed");
+            }
+            errno(&error)
+        })
+    }
+
+    async fn command(&self, caller: &Caller, kind: FsCommandKind) -> Result<FsResponse, WireError> {
+        self.fs.command(caller, kind, self.timeout()).await
+    }
+
+    async fn changed(&self, caller: &Caller, kind: FsCommandKind) -> Result<Attr, WireError> {
+        match self.command(caller, kind).await? {
+            FsResponse::Attr(attr) => Ok(attr),
+            other => Err(wrong(other)),
+        }
+    }
+
+    async fn query(&self, caller: &Caller, kind: FsQueryKind) -> Result<FsQueryResponse, WireError> {
+        self.fs.query(caller, kind, self.timeout()).await
+    }
+
+    async fn looked_up(&self, caller: &Caller, kind: FsQueryKind) -> Result<Attr, WireError> {
+        match self.query(caller, kind).await? {
+            FsQueryResponse::Attr(attr) => Ok(attr),
+            other => Err(wrong(other)),
+        }
+    }
+
+    fn buffer(&self, ino: u64) -> Option<Arc<tokio::sync::Mutex<Buffer>>> {
+        lock(&self.buffers).get(&ino).cloned()
+    }
+
+    fn buffer_or_new(&self, ino: u64, size: u64) -> Arc<tokio::sync::Mutex<Buffer>> {
+        lock(&self.buffers).entry(ino).or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Buffer::new(size)))).clone()
+    }
+
+    /// The kernel's view of `attr`: its size grown by what this mount buffered for it.
+    async fn kernel_attr(&self, attr: &Attr) -> fuser::FileAttr {
+        let mut size = attr.size;
+        if let Some(buffer) = self.buffer(attr.ino) {
+            let buffer = buffer.lock().await;
+            if !buffer.is_empty() {
+                size = size.max(buffer.size());
+            }
+        }
+        file_attr(attr, size, &self.config.ids)
+    }
+
+    async fn reply_entry(&self, reply: ReplyEntry, attr: Attr) {
+        lock(&self.known).entry(attr.ino).or_default().lookups += 1;
+        let kernel = self.kernel_attr(&attr).await;
+        reply.entry_with_ttls(&self.config.attr_ttl, &self.config.entry_ttl, &kernel, Generation(0));
+    }
+
+    /// Records the version the kernel's pages of `attr.ino` now match; answers whether it is the one they had.
+    fn same_version(&self, attr: &Attr) -> bool {
+        let version = (attr.mtime, attr.size);
+        let mut known = lock(&self.known);
+        let known = known.entry(attr.ino).or_default();
+        let same = known.version == Some(version);
+        known.version = Some(version);
+        same
+    }
+
+    /// Commits the buffered writes of `ino`.
+    async fn flush(&self, ino: u64) -> Result<(), WireError> {
+        let Some(buffer) = self.buffer(ino) else { return Ok(()) };
+        let mut buffer = buffer.lock().await;
+        self.flush_locked(ino, &mut buffer).await
+    }
+
+    async fn flush_locked(&self, ino: u64, buffer: &mut Buffer) -> Result<(), WireError> {
+        if buffer.is_empty() {
+            return Ok(());
+        }
+        let caller = buffer.caller.clone().unwrap_or_default();
+        let extents = buffer.take();
+        match self.fs.write_extents(&caller, ino, &extents, self.timeout()).await {
+            Ok(attr) => {
+                buffer.committed(attr.size);
+                self.same_version(&attr);
+                Ok(())
+            }
+            Err(error) => {
+                let code = Errno::of(&error);
+                if code == Errno::ENOENT.code() || code == Errno::ESTALE.code() {
+                    // The file is gone: its buffered bytes have nowhere to go.
+                    buffer.committed(0);
+                } else {
+                    buffer.restore(extents);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn write(
+        &self,
+        caller: Caller,
+        ino: u64,
+        append: bool,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<u32, WireError> {
+        let written = data.len() as u32;
+        if !self.config.write_back {
+            let offset = if append { self.fs.attr(&caller, ino, self.timeout()).await?.size } else { offset };
+            let attr = self.fs.write_extents(&caller, ino, &[(offset, data)], self.timeout()).await?;
+            self.same_version(&attr);
+            return Ok(written);
+        }
+        let buffer = self.buffer_or_new(ino, 0);
+        let mut buffer = buffer.lock().await;
+        if buffer.caller.as_ref().is_some_and(|writer| *writer != caller) {
+            self.flush_locked(ino, &mut buffer).await?;
+        }
+        let offset = if append { buffer.size() } else { offset };
+        buffer.add(&caller, offset, &data);
+        if buffer.bytes() >= FUSE_WRITE_BUFFER_BYTES_MAX {
+            self.flush_locked(ino, &mut buffer).await?;
+        }
+        Ok(written)
+    }
+
+    async fn open_handle(&self, ino: u64, append: bool, size: u64) -> u64 {
+        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        lock(&self.files).insert(handle, OpenFile { ino, append });
+        let buffer = self.buffer_or_new(ino, size);
+        let mut buffer = buffer.lock().await;
+        buffer.open += 1;
+        if buffer.is_empty() {
+            buffer.committed_size = size;
+        }
+        handle
+    }
+
+    async fn release(&self, handle: u64) -> Result<(), WireError> {
+        let Some(file) = lock(&self.files).remove(&handle) else { return Ok(()) };
+        let Some(buffer) = self.buffer(file.ino) else { return Ok(()) };
+        let mut guard = buffer.lock().await;
+        let flushed = self.flush_locked(file.ino, &mut guard).await;
+        guard.open = guard.open.saturating_sub(1);
+        if guard.open == 0 && guard.is_empty() {
+            drop(guard);
+            lock(&self.buffers).remove(&file.ino);
+        }
+        flushed
+    }
+
+    async fn listing(&self, caller: &Caller, ino: u64) -> Result<Vec<Row>, WireError> {
+        let attr = self.looked_up(caller, FsQueryKind::GetAttr { ino }).await?;
+        let mut rows = vec![
+            Row { ino, kind: FileType::Directory, name: ".".into() },
+            Row { ino: attr.parent.max(1), kind: FileType::Directory, name: "..".into() },
+        ];
+        let mut after = None;
+        loop {
+            let read = FsQueryKind::ReadDir { ino, after: after.take(), limit: FS_LIST_COUNT_MAX };
+            let FsQueryResponse::Entries { entries, more } = self.query(caller, read).await? else {
+                return Err(WireError::internal("a listing answered something else"));
+            };
+            after = entries.last().map(|entry| entry.name.clone());
+            rows.extend(entries.into_iter().map(|entry| Row {
+                ino: entry.ino,
+                kind: file_type(entry.kind),
+                name: entry.name,
+            }));
+            if !more || after.is_none() {
+                return Ok(rows);
+            }
+            if rows.len() >= FUSE_LIST_ENTRIES_MAX {
+                tracing::warn!(
+                    ino,
+                    "a directory lists only its first {FUSE_LIST_ENTRIES_MAX} entries through the mount"
+                );
+                return Ok(rows);
+            }
+        }
+    }
+
+    async fn statfs(&self, caller: &Caller) -> Result<[u64; 5], WireError> {
+        let FsQueryResponse::StatFs(totals) = self.query(caller, FsQueryKind::StatFs).await? else {
+            return Err(WireError::internal("statfs answered something else"));
+        };
+        let free = match rustix::fs::statvfs(self.config.capacity_of.as_path()) {
+            Ok(disk) => disk.f_bavail.saturating_mul(disk.f_frsize) / STATFS_BLOCK,
+            Err(_) => 0,
+        };
+        let used = totals.bytes.div_ceil(STATFS_BLOCK);
+        let ffree = FS_INODES_MAX.saturating_sub(totals.inodes);
+        Ok([used + free, free, free, totals.inodes + ffree, ffree])
+    }
+}
+
+/// Answers an xattr read: its size when asked for 0 bytes, `ERANGE` when it does not fit, else the bytes.
+fn reply_sized(reply: ReplyXattr, size: u32, bytes: &[u8]) {
+    if size == 0 {
+        reply.size(bytes.len() as u32);
+    } else if bytes.len() > size as usize {
+        reply.error(fuser::Errno::ERANGE);
+    } else {
+        reply.data(bytes);
+    }
+}
+
+impl Filesystem for PandoFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE);
+        // The state machine clears set-uid and set-gid on a write, truncate or chown by its caller; without this the
+        // kernel would send a chmod on the writer's behalf, which a writer who is not the owner may not make.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV) {
+            tracing::warn!(?missing, "the kernel cannot leave set-uid clearing to the file system");
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = match name_of(name) {
+            Ok(name) => name,
+            Err(fuser::Errno::EINVAL) => return reply.error(fuser::Errno::ENOENT),
+            Err(error) => return reply.error(error),
+        };
+        let caller = self.caller(req);
+        self.spawn(move |s| async move {
+            let found = s.looked_up(&caller, FsQueryKind::Lookup { parent: parent.0, name }).await;
+            match s.counted(found) {
+                Ok(attr) => s.reply_entry(reply, attr).await,
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let mut known = lock(&self.0.known);
+        if let Some(entry) = known.get_mut(&ino.0) {
+            entry.lookups = entry.lookups.saturating_sub(nlookup);
+            if entry.lookups == 0 {
+                known.remove(&ino.0);
+            }
+        }
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let caller = self.caller(req);
+        self.spawn(move |s| async move {
+            let attr = s.looked_up(&caller, FsQueryKind::GetAttr { ino: ino.0 }).await;
+            match s.counted(attr) {
+                Ok(attr) => reply.attr(&s.config.attr_ttl, &s.kernel_attr(&attr).await),
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let caller = self.caller(req);
+        let ids = &self.0.config.ids;
+        let set = SetAttr {
+            perm: mode.map(|mode| mode & pando_protocol::fs::mode::PERMISSIONS),
+            uid: uid.map(|uid| ids.uid_to_stored(uid)),
+            gid: gid.map(|gid| ids.gid_to_stored(gid)),
+            size: None,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+            through_open_file: fh.is_some(),
+        };
+        let ino = ino.0;
+        self.spawn(move |s| async move {
+            let result = async {
+                let mut attr = None;
+                if let Some(size) = size {
+                    s.flush(ino).await?;
+                    let after = s.fs.truncate(&caller, ino, size, fh.is_some(), s.timeout()).await?;
+                    if let Some(buffer) = s.buffer(ino) {
+                        buffer.lock().await.committed(after.size);
+                    }
+                    attr = Some(after);
+                }
+                let changes = set.perm.is_some()
+                    || set.uid.is_some()
+                    || set.gid.is_some()
+                    || set.atime.is_some()
+                    || set.mtime.is_some();
+                if changes {
+                    attr = Some(s.changed(&caller, FsCommandKind::SetAttr { ino, set }).await?);
+                }
+                match attr {
+                    Some(attr) => Ok(attr),
+                    None => s.looked_up(&caller, FsQueryKind::GetAttr { ino }).await,
+                }
+            }
+            .await;
+            match s.counted(result) {
+                Ok(attr) => reply.attr(&s.config.attr_ttl, &s.kernel_attr(&attr).await),
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let caller = self.caller(req);
+        self.spawn(move |s| async move {
+            let target = s.query(&caller, FsQueryKind::ReadLink { ino: ino.0 }).await;
+            match s.counted(target) {
+                Ok(FsQueryResponse::Target(target)) => reply.data(target.as_bytes()),
+                Ok(other) => reply.error(errno(&wrong(other))),
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let name = match name_of(name) {
+            Ok(name) => name,
+            Err(error) => return reply.error(error),
+        };
+        let Some(kind) = convert::kind_of_mode(mode) else { return reply.error(fuser::Errno::EINVAL) };
+        let caller = self.caller(req);
+        let perm = mode & !umask & pando_protocol::fs::mode::PERMISSIONS;
+        let create = FsCommandKind::Create { parent: parent.0, name, kind, perm, rdev, exclusive: true };
+        self.spawn(move |s| async move {
+            let made = s.changed(&caller, create).await;
+            match s.counted(made) {
+                Ok(attr) => s.reply_entry(reply, attr).await,
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let name = match name_of(name) {
+            Ok(name) => name,
+            Err(error) => return reply.error(error),
+        };
+        let caller = self.caller(req);
+        let perm = mode & !umask & pando_protocol::fs::mode::PERMISSIONS;
+        self.spawn(move |s| async move {
+            let made = s.changed(&caller, FsCommandKind::Mkdir { parent: parent.0, name, perm }).await;
+            match s.counted(made) {
+                Ok(attr) => s.reply_entry(reply, attr).await,
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove(req, parent, name, reply, false);
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove(req, parent, name, reply, true);
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let name = match name_of(link_name) {
+            Ok(name) => name,
+            Err(error) => return reply.error(error),
+        };
+        let Some(target) = target.to_str().map(str::to_string) else { return reply.error(fuser::Errno::EINVAL) };
+        let caller = self.caller(req);
+        self.spawn(move |s| async move {
+            let made = s.changed(&caller, FsCommandKind::Symlink { parent: parent.0, name, target }).await;
+            match s.counted(made) {
+                Ok(attr) => s.reply_entry(reply, attr).await,
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (name, new_name) = match (name_of(name), name_of(newname)) {
+            (Ok(name), Ok(new_name)) => (name, new_name),
+            (Err(error), _) | (_, Err(error)) => return reply.error(error),
+        };
+        let mode = if flags.is_empty() {
+            RenameMode::Replace
+        } else if flags == RenameFlags::RENAME_NOREPLACE {
+            RenameMode::NoReplace
+        } else if flags == RenameFlags::RENAME_EXCHANGE {
+            RenameMode::Exchange
+        } else {
+            return reply.error(fuser::Errno::EINVAL);
+        };
+        let caller = self.caller(req);
+        let rename = FsCommandKind::Rename { parent: parent.0, name, new_parent: newparent.0, new_name, mode };
+        self.spawn(move |s| async move {
+            let done = s.command(&caller, rename).await;
+            match s.counted(done) {
+                Ok(_) => reply.ok(),
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+
+    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let name = match name_of(newname) {
+            Ok(name) => name,
+            Err(error) => return reply.error(error),
+        };
+        let caller = self.caller(req);
+        self.spawn(move |s| async move {
+            let linked = s.changed(&caller, FsCommandKind::Link { ino: ino.0, parent: newparent.0, name }).await;
+            match s.counted(linked) {
+                Ok(attr) => s.reply_entry(reply, attr).await,
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let mask = match flags.acc_mode() {
+            fuser::OpenAccMode::O_RDONLY => 4,
+            fuser::OpenAccMode::O_WRONLY => 2,
+            fuser::OpenAccMode::O_RDWR => 6,
+        } | if flags.0 & O_TRUNC != 0 { 2 } else { 0 };
+        let append = flags.0 & O_APPEND != 0;
+        let caller = self.caller(req);
+        self.spawn(move |s| async move {
+            let opened = async {
+                s.query(&caller, FsQueryKind::Access { ino: ino.0, mask }).await?;
+                let attr = s.looked_up(&caller, FsQueryKind::GetAttr { ino: ino.0 }).await?;
+                if attr.kind == FileKind::Dir && mask & 2 != 0 {
+                    return Err(Errno::EISDIR.error("a directory is not opened for writing"));
+                }
+                let keep = s.same_version(&attr);
+                Ok((s.open_handle(ino.0, append, attr.size).await, keep))
+            }
+            .await;
+            match s.counted(opened) {
+                Ok((handle, keep)) => {
+                    let flags = if keep { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                    reply.opened(FileHandle(handle), flags)
+                }
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let caller = self.caller(req);
+        self.spawn(move |s| async move {
+            let read = async {
+                s.flush(ino.0).await?;
+                s.fs.read(&caller, ino.0, offset, size, s.timeout()).await
+            }
+            .await;
+            match s.counted(read) {
+                Ok(bytes) => reply.data(&bytes),
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        if self.0.config.read_only {
+            return reply.error(fuser::Errno::EROFS);
+        }
+        let append = lock(&self.0.files).get(&fh.0).is_some_and(|file| file.append);
+        let caller = self.caller(req);
+        let data = data.to_vec();
+        self.spawn(move |s| async move {
+            let written = s.write(caller, ino.0, append, offset, data).await;
+            match s.counted(written) {
+                Ok(written) => reply.written(written),
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+
+    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        self.spawn(move |s| async move {
+            let flushed = s.flush(ino.0).await;
+            match s.counted(flushed) {
+                Ok(()) => reply.ok(),
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(move |s| async move {
+            if let Err(error) = s.release(fh.0).await {
+                tracing::error!(%error, "buffered writes could not be committed when their file was released");
+            }
+            reply.ok();
+        });
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.spawn(move |s| async move {
+            let flushed = s.flush(ino.0).await;
+            match s.counted(flushed) {
+                Ok(()) => reply.ok(),
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let caller = self.caller(req);
+        self.spawn(move |s| async move {
+            let attr = async {
+                let attr = s.looked_up(&caller, FsQueryKind::GetAttr { ino: ino.0 }).await?;
+                if attr.kind == FileKind::Dir {
+                    s.query(&caller, FsQueryKind::Access { ino: ino.0, mask: 4 }).await?;
+                }
+                Ok(attr)
+            }
+            .await;
+            match s.counted(attr) {
+                Ok(attr) if attr.kind != FileKind::Dir => reply.error(fuser::Errno::ENOTDIR),
+                Ok(_) => {
+                    let handle = s.next_handle.fetch_add(1, Ordering::Relaxed);
+                    lock(&s.dirs).insert(handle, Listing::default());
+                    reply.opened(FileHandle(handle), FopenFlags::empty());
+                }
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+
+    fn readdir(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let caller = self.caller(req);
+        let Some(listing) = lock(&self.0.dirs).get(&fh.0).cloned() else { return reply.error(fuser::Errno::EBADF) };
+        self.spawn(move |s| async move {
+            let mut held = listing.lock().await;
+            let rows = match held.as_ref() {
+                Some(rows) if offset > 0 => rows.clone(),
+                _ => match s.counted(s.listing(&caller, ino.0).await) {
+                    Ok(rows) => {
+                        let rows = Arc::new(rows);
+                        *held = Some(rows.clone());
+                        rows
+                    }
+                    Err(error) => return reply.error(error),
+                },
+            };
+            drop(held);
+            for (at, row) in rows.iter().enumerate().skip(offset as usize) {
+                if reply.add(INodeNo(row.ino), at as u64 + 1, row.kind, &row.name) {
+                    break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        lock(&self.0.dirs).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // Every namespace change was committed on a quorum before it was answered.
+        reply.ok();
+    }
+
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let caller = self.caller(req);
+        self.spawn(move |s| async move {
+            let totals = s.statfs(&caller).await;
+            match s.counted(totals) {
+                Ok([blocks, bfree, bavail, files, ffree]) => reply.statfs(
+                    blocks,
+                    bfree,
+                    bavail,
+                    files,
+                    ffree,
+                    STATFS_BLOCK as u32,
+                    FS_NAME_BYTES_MAX as u32,
+                    STATFS_BLOCK as u32,
+                ),
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(name) = name.to_str().map(str::to_string) else { return reply.error(fuser::Errno::EINVAL) };
+        let mode = match flags {
+            0 => XattrMode::Either,
+            XATTR_CREATE => XattrMode::Create,
+            XATTR_REPLACE => XattrMode::Replace,
+            _ => return reply.error(fuser::Errno::EINVAL),
+        };
+        let caller = self.caller(req);
+        let set = FsCommandKind::SetXattr { ino: ino.0, name, value: value.to_vec().into(), mode };
+        self.spawn(move |s| async move {
+            let done = s.command(&caller, set).await;
+            match s.counted(done) {
+                Ok(_) => reply.ok(),
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let Some(name) = name.to_str().map(str::to_string) else { return reply.error(fuser::Errno::ENODATA) };
+        let caller = self.caller(req);
+        self.spawn(move |s| async move {
+            let value = s.query(&caller, FsQueryKind::GetXattr { ino: ino.0, name }).await;
+            match s.counted(value) {
+                Ok(FsQueryResponse::Xattr(value)) => reply_sized(reply, size, &value),
+                Ok(other) => reply.error(errno(&wrong(other))),
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let caller = self.caller(req);
+        self.spawn(move |s| async move {
+            let names = s.query(&caller, FsQueryKind::ListXattr { ino: ino.0 }).await;
+            match s.counted(names) {
+                Ok(FsQueryResponse::XattrNames(names)) => {
+                    let mut bytes = Vec::new();
+                    for name in names {
+                        bytes.extend_from_slice(name.as_bytes());
+                        bytes.push(0);
+                    }
+                    reply_sized(reply, size, &bytes)
+                }
+                Ok(other) => reply.error(errno(&wrong(other))),
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = name.to_str().map(str::to_string) else { return reply.error(fuser::Errno::ENODATA) };
+        let caller = self.caller(req);
+        self.spawn(move |s| async move {
+            let done = s.command(&caller, FsCommandKind::RemoveXattr { ino: ino.0, name }).await;
+            match s.counted(done) {
+                Ok(_) => reply.ok(),
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let caller = self.caller(req);
+        let mask = (mask.bits() & 7) as u32;
+        self.spawn(move |s| async move {
+            let allowed = s.query(&caller, FsQueryKind::Access { ino: ino.0, mask }).await;
+            match s.counted(allowed) {
+                Ok(_) => reply.ok(),
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = match name_of(name) {
+            Ok(name) => name,
+            Err(error) => return reply.error(error),
+        };
+        let Some(kind) = convert::kind_of_mode(mode) else { return reply.error(fuser::Errno::EINVAL) };
+        let caller = self.caller(req);
+        let perm = mode & !umask & pando_protocol::fs::mode::PERMISSIONS;
+        let exclusive = flags & O_EXCL != 0;
+        let append = flags & O_APPEND != 0;
+        let truncate = flags & O_TRUNC != 0;
+        let create = FsCommandKind::Create { parent: parent.0, name, kind, perm, rdev: 0, exclusive };
+        self.spawn(move |s| async move {
+            let created = async {
+                let mut attr = s.changed(&caller, create).await?;
+                if truncate && attr.size > 0 {
+                    attr = s.fs.truncate(&caller, attr.ino, 0, true, s.timeout()).await?;
+                }
+                s.same_version(&attr);
+                let handle = s.open_handle(attr.ino, append, attr.size).await;
+                Ok((attr, handle))
+            }
+            .await;
+            match s.counted(created) {
+                Ok((attr, handle)) => {
+                    lock(&s.known).entry(attr.ino).or_default().lookups += 1;
+                    let kernel = s.kernel_attr(&attr).await;
+                    reply.created(&s.config.entry_ttl, &kernel, Generation(0), FileHandle(handle), FopenFlags::empty());
+                }
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+}
+
+impl PandoFs {
+    fn remove(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty, directory: bool) {
+        let name = match name_of(name) {
+            Ok(name) => name,
+            Err(error) => return reply.error(error),
+        };
+        let caller = self.caller(req);
+        let remove = if directory {
+            FsCommandKind::Rmdir { parent: parent.0, name }
+        } else {
+            FsCommandKind::Unlink { parent: parent.0, name }
+        };
+        self.spawn(move |s| async move {
+            let done = s.command(&caller, remove).await;
+            match s.counted(done) {
+                Ok(_) => reply.ok(),
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+}

@@ -1,0 +1,223 @@
+//! The FUSE mount: the cluster's file system (the `fs` state machine, through the [`FsService`]) as a POSIX file
+//! system on this node, when it runs with `--mount PATH`.
+//!
+//! - **One actor per mount.** The [`FuseActor`] (child `fuse` of the root) owns the kernel session: it clears a mount
+//!   a crashed node left behind, mounts, runs the session's request loop on threads of its own, and unmounts when it
+//!   stops (node shutdown, SIGTERM). A session that ends under it (an outside `umount`, a kernel error) fails the
+//!   actor, and its supervisor mounts again.
+//! - **Handlers never wait.** The kernel's requests arrive on the session's threads; each handler hands its request
+//!   to a task on the node's runtime and returns ([`filesystem`]), with at most [`FUSE_INFLIGHT_MAX`] in flight (the
+//!   session's threads wait beyond that, so the kernel queues instead of the node's memory).
+//! - **Coherence.** Every read goes through a read index (a mount sees every write acknowledged anywhere before it
+//!   asked); `open` compares the file's version with what the kernel cached and keeps the page cache only when it
+//!   did not change (close-to-open); `flush` (every `close`) and `fsync` return once the buffered writes are
+//!   committed on a quorum. The kernel's attribute, entry and page caches are dropped from the commit stream by a
+//!   thread of their own ([`invalidate`]), never from inside a handler (where a notification can deadlock on a lock
+//!   the kernel holds for the very request being served).
+
+mod buffer;
+mod convert;
+pub mod filesystem;
+mod invalidate;
+mod mountpoint;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::services::FsService;
+use crate::storage_actor::StorageHandle;
+use crate::supervision::{ActorDetail, ChildSpec, Control, Restart};
+pub use filesystem::PandoFs;
+pub use mountpoint::{MountError, check as check_mount_point};
+
+/// Kernel requests served at once; the session's threads wait for a slot beyond that.
+pub const FUSE_INFLIGHT_MAX: usize = 256;
+/// Bytes one open inode buffers before a write flushes them (with `--mount-write-back`).
+pub const FUSE_WRITE_BUFFER_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Entries one directory listing holds (a larger directory lists its first this many and says so in the log).
+pub const FUSE_LIST_ENTRIES_MAX: usize = 1_000_000;
+/// Threads reading the kernel's requests.
+const SESSION_THREADS: usize = 2;
+/// How long one file-system operation may take before the caller sees `EIO`.
+pub const FUSE_OP_TIMEOUT_MS: u64 = 30_000;
+const _: () = assert!(FUSE_WRITE_BUFFER_BYTES_MAX as u64 >= pando_protocol::limits::FS_CHUNK_BYTES);
+
+/// One uid or gid mapping: `local` (as processes on this machine see it) is stored as `stored`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdPair {
+    pub local: u32,
+    pub stored: u32,
+}
+
+/// How local uids and gids map to the ones the file system stores (identity where no pair names them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdMap {
+    pub uids: Vec<IdPair>,
+    pub gids: Vec<IdPair>,
+}
+
+impl IdMap {
+    pub fn uid_to_stored(&self, uid: u32) -> u32 {
+        map(&self.uids, uid, |pair| (pair.local, pair.stored))
+    }
+    pub fn gid_to_stored(&self, gid: u32) -> u32 {
+        map(&self.gids, gid, |pair| (pair.local, pair.stored))
+    }
+    pub fn uid_to_local(&self, uid: u32) -> u32 {
+        map(&self.uids, uid, |pair| (pair.stored, pair.local))
+    }
+    pub fn gid_to_local(&self, gid: u32) -> u32 {
+        map(&self.gids, gid, |pair| (pair.stored, pair.local))
+    }
+
+    /// Parses `LOCAL:STORED`.
+    pub fn parse_pair(text: &str) -> Result<IdPair, MountError> {
+        let bad = || MountError::Option(format!("{text:?} is not LOCAL:STORED (two numeric ids)"));
+        let (local, stored) = text.split_once(':').ok_or_else(bad)?;
+        Ok(IdPair {
+            local: local.trim().parse().map_err(|_| bad())?,
+            stored: stored.trim().parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+fn map(pairs: &[IdPair], id: u32, sides: impl Fn(&IdPair) -> (u32, u32)) -> u32 {
+    pairs.iter().map(sides).find(|(from, _)| *from == id).map_or(id, |(_, to)| to)
+}
+
+/// How this node mounts the file system (`--mount` and its options).
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    pub path: PathBuf,
+    /// Other users may use the mount (`allow_other`; needs root or `user_allow_other` in `/etc/fuse.conf`).
+    pub allow_other: bool,
+    pub read_only: bool,
+    /// How long the kernel trusts an inode's attributes and a name's lookup without asking again (the commit stream
+    /// drops them sooner when they change).
+    pub attr_ttl: Duration,
+    pub entry_ttl: Duration,
+    /// Buffer writes per inode until `close`, `fsync`, a read of the same inode, or the buffer's bound; without it
+    /// every `write` is committed before it returns.
+    pub write_back: bool,
+    pub ids: IdMap,
+    /// A directory on the disk whose free space `statfs` reports (the node's data directory).
+    pub capacity_of: PathBuf,
+}
+
+impl MountConfig {
+    pub fn new(path: PathBuf, capacity_of: PathBuf) -> MountConfig {
+        MountConfig {
+            path,
+            capacity_of,
+            allow_other: false,
+            read_only: false,
+            attr_ttl: Duration::from_secs(1),
+            entry_ttl: Duration::from_secs(1),
+            write_back: true,
+            ids: IdMap::default(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct FuseArgs {
+    pub config: MountConfig,
+    pub fs: FsService,
+    pub storage: StorageHandle,
+}
+
+pub fn child_spec(args: FuseArgs) -> ChildSpec {
+    ChildSpec::new("fuse", Restart::Permanent, FuseActor, args).with_shutdown_timeout(Duration::from_secs(10))
+}
+
+pub enum FuseMsg {
+    /// The session's request loop returned (the mount is gone).
+    Ended(String),
+    Control(Control),
+}
+impl ractor::Message for FuseMsg {}
+impl From<Control> for FuseMsg {
+    fn from(control: Control) -> FuseMsg {
+        FuseMsg::Control(control)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FuseActor;
+
+pub struct FuseState {
+    mounted: mountpoint::Mounted,
+    invalidator: invalidate::Invalidator,
+    fs: PandoFs,
+}
+
+impl Actor for FuseActor {
+    type Msg = FuseMsg;
+    type State = FuseState;
+    type Arguments = FuseArgs;
+
+    async fn pre_start(&self, myself: ActorRef<FuseMsg>, args: FuseArgs) -> Result<FuseState, ActorProcessingErr> {
+        let fs = PandoFs::new(args.fs, args.config.clone(), tokio::runtime::Handle::current());
+        let ended = myself.clone();
+        let mounted = mountpoint::mount(&args.config, fs.clone(), move |outcome| {
+            let _ = ended.cast(FuseMsg::Ended(outcome));
+        })
+        .await?;
+        let invalidator = invalidate::Invalidator::start(mounted.notifier(), args.storage.subscribe(), fs.clone());
+        tracing::info!(path = %args.config.path.display(), "file system mounted");
+        Ok(FuseState { mounted, invalidator, fs })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<FuseMsg>,
+        message: FuseMsg,
+        state: &mut FuseState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            FuseMsg::Ended(outcome) => {
+                return Err(format!("the FUSE session at {} ended: {outcome}", state.mounted.path().display()).into());
+            }
+            FuseMsg::Control(Control::InjectPanic) => panic!("fault injection: FUSE actor panics on request"),
+            FuseMsg::Control(Control::Status(reply)) => {
+                let detail = format!(
+                    "{} mounted; {}; {} invalidations",
+                    state.mounted.path().display(),
+                    state.fs.summary(),
+                    state.invalidator.sent()
+                );
+                let _ = reply.send(ActorDetail::line(detail));
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<FuseMsg>, state: &mut FuseState) -> Result<(), ActorProcessingErr> {
+        state.invalidator.stop();
+        state.fs.flush_all().await;
+        state.mounted.unmount().await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_maps_translate_both_ways_and_leave_other_ids_alone() {
+        let ids = IdMap {
+            uids: vec![IdMap::parse_pair("1000:0").unwrap()],
+            gids: vec![IdMap::parse_pair(" 100 : 5 ").unwrap()],
+        };
+        assert_eq!(ids.uid_to_stored(1000), 0);
+        assert_eq!(ids.uid_to_local(0), 1000);
+        assert_eq!(ids.uid_to_stored(7), 7);
+        assert_eq!(ids.gid_to_stored(100), 5);
+        assert_eq!(ids.gid_to_local(5), 100);
+        assert!(IdMap::parse_pair("1000").is_err());
+        assert!(IdMap::parse_pair("a:b").is_err());
+    }
+}
