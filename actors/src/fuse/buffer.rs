@@ -26,6 +26,11 @@ impl Buffer {
         self.extents.is_empty()
     }
 
+    /// The buffered extents, in the order they were written.
+    pub fn extents(&self) -> &[(u64, Vec<u8>)] {
+        &self.extents
+    }
+
     pub fn bytes(&self) -> usize {
         self.bytes
     }

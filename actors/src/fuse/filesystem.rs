@@ -6,8 +6,9 @@
 //! the mount's [`IdMap`]; the state machine checks every permission, so the mount does not ask the kernel to
 //! (`default_permissions` would judge by attributes up to a TTL old).
 //!
-//! What the mount keeps per inode ([`Buffer`]): the buffered writes of its open handles, flushed on `flush` (every
-//! `close`), `fsync`, `release`, a read of the inode, a truncate, another caller's write, or the buffer's bound;
+//! What the mount keeps per inode ([`Buffer`]): the buffered writes of its open handles (a read of the inode sees them
+//! over the committed bytes), flushed on `flush` (every `close`), `fsync`, `release`, a truncate, another caller's
+//! write, or the buffer's bound;
 //! and per inode the kernel knows (looked up and not forgotten): the version (mtime and size) its pages were cached
 //! at, so `open` keeps the page cache only when the file did not change since (close-to-open).
 
@@ -686,11 +687,14 @@ impl Filesystem for PandoFs {
     ) {
         let caller = self.caller(req);
         self.spawn(move |s| async move {
-            let read = async {
-                s.flush(ino.0).await?;
-                s.fs.read(&caller, ino.0, offset, size, s.timeout()).await
-            }
-            .await;
+            // What this mount buffered reads as written (read-your-writes without a commit).
+            let read = match s.buffer(ino.0) {
+                Some(buffer) => {
+                    let buffer = buffer.lock().await;
+                    s.fs.read_over(&caller, ino.0, offset, size, buffer.extents(), s.timeout()).await
+                }
+                None => s.fs.read(&caller, ino.0, offset, size, s.timeout()).await,
+            };
             match s.counted(read) {
                 Ok(bytes) => reply.data(&bytes),
                 Err(error) => reply.error(error),

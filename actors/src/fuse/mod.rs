@@ -98,7 +98,7 @@ pub struct MountConfig {
     /// drops them sooner when they change).
     pub attr_ttl: Duration,
     pub entry_ttl: Duration,
-    /// Buffer writes per inode until `close`, `fsync`, a read of the same inode, or the buffer's bound; without it
+    /// Buffer writes per inode until `close`, `fsync`, a truncate, or the buffer's bound (reads see them); without it
     /// every `write` is committed before it returns.
     pub write_back: bool,
     pub ids: IdMap,

@@ -6,12 +6,13 @@
 //!
 //! The FUSE mount calls it from its handlers; nothing here knows of FUSE.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pando_protocol::blob::BlobRef;
+use pando_protocol::blob::{BlobHash, BlobRef};
 use pando_protocol::command::{Command, CommandOutput};
-use pando_protocol::error::WireError;
+use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::fs::{
     Attr, Caller, Chunk, Errno, FileData, FsCommand, FsCommandKind, FsQuery, FsQueryKind, FsQueryResponse, FsResponse,
     chunk_start,
@@ -27,6 +28,50 @@ pub struct FsService {
     storage: StorageHandle,
     proposer: Proposer,
     blobs: BlobService,
+    chunks: Arc<Mutex<ChunkCache>>,
+}
+
+/// How often a command refused for want of a leader asks again.
+const LEADER_RETRY_MS: u64 = 50;
+
+/// Bytes of chunk blobs the service keeps in memory (the read cache of the mounts on this node).
+pub const FS_CHUNK_CACHE_BYTES: usize = 64 * 1024 * 1024;
+const _: () = assert!(FS_CHUNK_CACHE_BYTES as u64 >= 8 * FS_CHUNK_BYTES);
+
+/// Recently read or written chunk blobs by hash, least recently used out first. A blob's bytes never change, so the
+/// cache needs no invalidation: which blob a file's chunk is comes from the chunk map, read through a read index.
+#[derive(Default)]
+struct ChunkCache {
+    blobs: HashMap<BlobHash, (Arc<Vec<u8>>, u64)>,
+    by_use: BTreeMap<u64, BlobHash>,
+    bytes: usize,
+    tick: u64,
+}
+
+impl ChunkCache {
+    fn get(&mut self, hash: &BlobHash) -> Option<Arc<Vec<u8>>> {
+        self.tick += 1;
+        let (bytes, used) = self.blobs.get_mut(hash)?;
+        self.by_use.remove(used);
+        *used = self.tick;
+        self.by_use.insert(self.tick, *hash);
+        Some(bytes.clone())
+    }
+
+    fn put(&mut self, hash: BlobHash, bytes: Arc<Vec<u8>>) {
+        if self.get(&hash).is_some() || bytes.len() > FS_CHUNK_CACHE_BYTES {
+            return;
+        }
+        self.bytes += bytes.len();
+        self.blobs.insert(hash, (bytes, self.tick));
+        self.by_use.insert(self.tick, hash);
+        while self.bytes > FS_CHUNK_CACHE_BYTES {
+            let Some((_, oldest)) = self.by_use.pop_first() else { break };
+            if let Some((bytes, _)) = self.blobs.remove(&oldest) {
+                self.bytes -= bytes.len();
+            }
+        }
+    }
 }
 
 /// A file's bytes as one read of the state found them.
@@ -37,7 +82,7 @@ enum Stored {
 
 impl FsService {
     pub fn new(storage: StorageHandle, proposer: Proposer, blobs: BlobService) -> FsService {
-        FsService { storage, proposer, blobs }
+        FsService { storage, proposer, blobs, chunks: Arc::default() }
     }
 
     /// Proposes one command (validated first: a caller's mistake is answered here, with its `errno`).
@@ -49,9 +94,22 @@ impl FsService {
     ) -> Result<FsResponse, WireError> {
         let command = FsCommand { caller: caller.clone(), kind };
         command.validate()?;
-        match self.proposer.propose_anywhere(Command::Fs(command), timeout).await? {
-            CommandOutput::Fs(response) => Ok(response),
-            other => Err(WireError::internal(format!("a file-system command answered {other:?}"))),
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.proposer.propose_anywhere(Command::Fs(command.clone()), left).await {
+                Ok(CommandOutput::Fs(response)) => return Ok(response),
+                Ok(other) => return Err(WireError::internal(format!("a file-system command answered {other:?}"))),
+                // Refused before it was proposed (an election, or leadership moved under a forward): asking again
+                // cannot apply it twice.
+                Err(error)
+                    if error.code == ErrorCode::NotLeader
+                        && tokio::time::Instant::now() + Duration::from_millis(LEADER_RETRY_MS) < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(LEADER_RETRY_MS)).await;
+                }
+                Err(error) => return Err(error),
+            }
         }
     }
 
@@ -107,11 +165,24 @@ impl FsService {
         }
     }
 
-    /// The valid bytes of one chunk.
-    async fn chunk_bytes(&self, chunk: &Chunk, timeout: Duration) -> Result<Vec<u8>, WireError> {
-        let bytes = self.blobs.get_bytes(chunk.blob.hash, FS_CHUNK_BYTES, timeout).await?;
-        let len = (chunk.len as usize).min(bytes.len());
-        Ok(bytes[..len].to_vec())
+    /// The valid bytes of one chunk (from the cache when it holds the blob).
+    async fn chunk_bytes(&self, chunk: &Chunk, timeout: Duration) -> Result<Arc<Vec<u8>>, WireError> {
+        let cached = self.chunks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&chunk.blob.hash);
+        let blob = match cached {
+            Some(blob) => blob,
+            None => {
+                let bytes = self.blobs.get_bytes(chunk.blob.hash, FS_CHUNK_BYTES, timeout).await?;
+                let blob = Arc::new(bytes.to_vec());
+                self.remember(chunk.blob.hash, blob.clone());
+                blob
+            }
+        };
+        let len = (chunk.len as usize).min(blob.len());
+        if len == blob.len() { Ok(blob) } else { Ok(Arc::new(blob[..len].to_vec())) }
+    }
+
+    fn remember(&self, hash: BlobHash, bytes: Arc<Vec<u8>>) {
+        self.chunks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).put(hash, bytes);
     }
 
     /// Up to `len` bytes of file `ino` from `offset` (fewer at its end; holes read as zeros).
@@ -123,20 +194,35 @@ impl FsService {
         len: u32,
         timeout: Duration,
     ) -> Result<Vec<u8>, WireError> {
+        self.read_over(caller, ino, offset, len, &[], timeout).await
+    }
+
+    /// [`FsService::read`] of the file as if `overlay` (extents not yet written back: offset, bytes, a later one over
+    /// an earlier one) were written: a mount's reads of what it buffered.
+    pub async fn read_over(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        offset: u64,
+        len: u32,
+        overlay: &[(u64, Vec<u8>)],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, WireError> {
         if len == 0 {
             return Ok(Vec::new());
         }
         let first = offset / FS_CHUNK_BYTES;
         let last = (offset + len as u64 - 1) / FS_CHUNK_BYTES;
         let (size, stored) = self.stored(caller, ino, first, last, timeout).await?;
-        let end = size.min(offset + len as u64);
+        let written = overlay.iter().map(|(at, data)| at + data.len() as u64).max().unwrap_or(0);
+        let end = size.max(written).min(offset + len as u64);
         if offset >= end {
             return Ok(Vec::new());
         }
         let mut out = vec![0u8; (end - offset) as usize];
         match stored {
             Stored::Inline(bytes) => {
-                let have = (bytes.len() as u64).min(end);
+                let have = (bytes.len() as u64).min(end).min(size);
                 if offset < have {
                     out[..(have - offset) as usize].copy_from_slice(&bytes[offset as usize..have as usize]);
                 }
@@ -145,9 +231,14 @@ impl FsService {
                 for (index, chunk) in &chunks {
                     let start = chunk_start(*index);
                     let bytes = self.chunk_bytes(chunk, timeout).await?;
-                    copy_overlap(&mut out, offset, &bytes, start);
+                    // Never past the committed size (a chunk keeps bytes a truncate cut off until it is rewritten).
+                    let valid = (size.saturating_sub(start) as usize).min(bytes.len());
+                    copy_overlap(&mut out, offset, &bytes[..valid], start);
                 }
             }
+        }
+        for (at, data) in overlay {
+            patch(&mut out, offset, *at, data);
         }
         Ok(out)
     }
@@ -195,23 +286,33 @@ impl FsService {
             }
             Stored::Chunks(chunks) => (touched, chunks, None),
         };
-        let mut changes = Vec::with_capacity(touched.len());
+        let mut patched = Vec::with_capacity(touched.len());
         for index in std::mem::take(&mut touched) {
             let start = chunk_start(index);
             let chunk_end = (start + FS_CHUNK_BYTES).min(end);
             let mut bytes = match (&inline_bytes, old_chunks.get(&index)) {
                 (Some(inline), _) if index == 0 => inline.clone(),
-                (_, Some(chunk)) => self.chunk_bytes(chunk, timeout).await?,
+                (_, Some(chunk)) => self.chunk_bytes(chunk, timeout).await?.as_ref().clone(),
                 _ => Vec::new(),
             };
             bytes.resize((chunk_end - start) as usize, 0);
             for (offset, data) in extents {
                 patch(&mut bytes, start, *offset, data);
             }
+            patched.push((index, bytes));
+        }
+        // Added at once, so their bookkeeping shares the log's group commits.
+        let added = futures::future::join_all(patched.into_iter().map(|(index, bytes)| async move {
             let len = bytes.len() as u32;
+            let kept = Arc::new(bytes.clone());
             let hash = self.blobs.add_bytes_with(bytes, false, timeout).await?;
-            let blob = BlobRef { hash, size: len as u64 };
-            changes.push((index, Some(Chunk { blob, len })));
+            self.remember(hash, kept);
+            Ok::<_, WireError>((index, Some(Chunk { blob: BlobRef { hash, size: len as u64 }, len })))
+        }))
+        .await;
+        let mut changes = Vec::with_capacity(added.len());
+        for chunk in added {
+            changes.push(chunk?);
         }
         let mut attr = None;
         for batch in changes.chunks(FS_CHUNKS_PER_COMMAND_MAX) {
