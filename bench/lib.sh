@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Shared by bench/matrix.sh and bench/failover.sh: start a fresh cluster of pando-node processes on loopback (member 1
 # founds it; the others join with single-use voter join tokens minted through it), stop it, and count its CPU ticks.
-# Expects BASE (set by the caller) and BIN; NICE defaults to 10. Sets PANDO_TICKET (the founder's admin ticket, listing every member once they joined),
+# Expects BASE (set by the caller) and BIN; NICE defaults to 10; NODE1_ARGS adds flags to member 1. Sets PANDO_TICKET (the founder's admin ticket, listing every member once they joined),
 # PIDS (one per member, in start order) and PORT (member i listens on PORT + i - 1).
 BIN=${BIN:?set BIN to the directory holding pando-node and pando}
 NICE=${NICE:-10}
@@ -12,7 +12,8 @@ trap stop EXIT
 
 start() { # members
   stop; rm -rf "$BASE"/d*; PORT=$((27100 + RANDOM % 2000))
-  nice -n "$NICE" "$BIN/pando-node" --data-dir "$BASE/d1" --bind 127.0.0.1:$PORT >"$BASE/n1.log" 2>&1 & PIDS+=($!)
+  # shellcheck disable=SC2086 # NODE1_ARGS: extra flags for member 1 (bench/fuse.sh mounts through it), split on spaces
+  nice -n "$NICE" "$BIN/pando-node" --data-dir "$BASE/d1" --bind 127.0.0.1:$PORT ${NODE1_ARGS:-} >"$BASE/n1.log" 2>&1 & PIDS+=($!)
   for _ in $(seq 1 100); do [ -s "$BASE/d1/ticket" ] && break; sleep 0.1; done
   export PANDO_TICKET; PANDO_TICKET=$(cat "$BASE/d1/ticket")
   for _ in $(seq 1 100); do "$BIN/pando" kv set warm up >/dev/null 2>&1 && break; sleep 0.1; done

@@ -62,6 +62,8 @@ pub enum PlantedBug {
     HookAckIgnoresOutcome = 2048,
     /// A job worker reports every run as completed, whatever it said.
     JobCompleteIgnoresOutcome = 4096,
+    /// The file-system service proposes a `RENAME_EXCHANGE` as a rename over its target (the target is destroyed).
+    FsExchangeAsReplace = 8192,
 }
 
 thread_local! {

@@ -112,10 +112,16 @@ impl Handles {
                 self.tree.clone(),
             )
             .with_job_counters(self.jobs.clone()),
-            fs: crate::services::FsService::new(self.storage.clone(), self.proposer(), blobs.clone()),
+            fs: self.fs(node_id),
             blobs,
             tokens,
         }
+    }
+
+    /// The file-system service (its chunk cache is its own: the mount uses the one in [`Handles::services`]).
+    pub fn fs(&self, node_id: u64) -> crate::services::FsService {
+        let (_, blobs) = self.kv_and_blobs(node_id);
+        crate::services::FsService::new(self.storage.clone(), self.proposer(), blobs)
     }
 
     /// The KV and blob services (stateless: every pair built from the same handles serves the same node).

@@ -266,6 +266,10 @@ pub const FS_CHUNK_BYTES: u64 = 1024 * 1024;
 pub const FS_FILE_BYTES_MAX: u64 = 1 << 40;
 /// Chunks one command replaces, and one read returns.
 pub const FS_CHUNKS_PER_COMMAND_MAX: usize = 256;
+/// How long a chunk blob the file system added survives unreferenced before it is collected: long enough for the
+/// command that references it to commit, short, so the chunks a rewrite replaces do not pile up on disk (a file
+/// rewritten at 100 MiB/s leaves about this long's worth of garbage, plus the store's collection interval).
+pub const FS_CHUNK_GC_GRACE_MS: u64 = 60_000;
 pub const FS_READ_CHUNKS_MAX: u32 = 1_024;
 /// Entries one directory listing returns.
 pub const FS_LIST_COUNT_MAX: u32 = 1_024;

@@ -287,8 +287,22 @@ impl BlobService {
     /// [`BlobService::add_bytes`], pinned or not: an unpinned blob nothing refers to is collected after the grace,
     /// unless the state machine protects it first (a job's output, once its result is recorded).
     pub async fn add_bytes_with(&self, data: Vec<u8>, pin: bool, timeout: Duration) -> Result<BlobHash, WireError> {
+        self.add_bytes_graced(data, pin, None, timeout).await
+    }
+
+    /// [`BlobService::add_bytes_with`] with a grace of its own before the blob, once unreferenced, is collected
+    /// (`None`: the node's): a caller that references the blob at once (the file system's chunks) keeps the garbage
+    /// its rewrites leave short-lived.
+    pub async fn add_bytes_graced(
+        &self,
+        data: Vec<u8>,
+        pin: bool,
+        gc_grace: Option<Duration>,
+        timeout: Duration,
+    ) -> Result<BlobHash, WireError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let node = self.node()?;
+        let gc_grace = gc_grace.unwrap_or(node.config.gc_grace).min(node.config.gc_grace);
         let size = data.len() as u64;
         let tag = node
             .store
@@ -304,7 +318,7 @@ impl BlobService {
             holder: self.node_id,
             replicas: node.config.default_replicas,
             pin,
-            gc_grace_ms: u64::try_from(node.config.gc_grace.as_millis()).unwrap_or(u64::MAX),
+            gc_grace_ms: u64::try_from(gc_grace.as_millis()).unwrap_or(u64::MAX),
         };
         self.proposer.propose_anywhere(Command::Blob(added), timeout).await?;
         drop(tag);

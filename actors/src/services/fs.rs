@@ -17,7 +17,9 @@ use pando_protocol::fs::{
     Attr, Caller, Chunk, Errno, FileData, FsCommand, FsCommandKind, FsQuery, FsQueryKind, FsQueryResponse, FsResponse,
     chunk_start,
 };
-use pando_protocol::limits::{FS_CHUNK_BYTES, FS_CHUNKS_PER_COMMAND_MAX, FS_INLINE_BYTES_MAX, FS_READ_CHUNKS_MAX};
+use pando_protocol::limits::{
+    FS_CHUNK_BYTES, FS_CHUNK_GC_GRACE_MS, FS_CHUNKS_PER_COMMAND_MAX, FS_INLINE_BYTES_MAX, FS_READ_CHUNKS_MAX,
+};
 
 use super::BlobService;
 use crate::mesh::Proposer;
@@ -92,6 +94,19 @@ impl FsService {
         kind: FsCommandKind,
         timeout: Duration,
     ) -> Result<FsResponse, WireError> {
+        let kind = match kind {
+            FsCommandKind::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                mode: pando_protocol::fs::RenameMode::Exchange,
+            } if crate::sim::planted_bug(crate::sim::PlantedBug::FsExchangeAsReplace) => {
+                let mode = pando_protocol::fs::RenameMode::Replace;
+                FsCommandKind::Rename { parent, name, new_parent, new_name, mode }
+            }
+            kind => kind,
+        };
         let command = FsCommand { caller: caller.clone(), kind };
         command.validate()?;
         let deadline = tokio::time::Instant::now() + timeout;
@@ -305,7 +320,8 @@ impl FsService {
         let added = futures::future::join_all(patched.into_iter().map(|(index, bytes)| async move {
             let len = bytes.len() as u32;
             let kept = Arc::new(bytes.clone());
-            let hash = self.blobs.add_bytes_with(bytes, false, timeout).await?;
+            let grace = Some(Duration::from_millis(FS_CHUNK_GC_GRACE_MS));
+            let hash = self.blobs.add_bytes_graced(bytes, false, grace, timeout).await?;
             self.remember(hash, kept);
             Ok::<_, WireError>((index, Some(Chunk { blob: BlobRef { hash, size: len as u64 }, len })))
         }))
@@ -348,7 +364,8 @@ impl FsService {
                 let chunk = match stored {
                     Stored::Inline(bytes) if !bytes.is_empty() => {
                         let len = bytes.len() as u32;
-                        let hash = self.blobs.add_bytes_with(bytes, false, timeout).await?;
+                        let grace = Some(Duration::from_millis(FS_CHUNK_GC_GRACE_MS));
+                        let hash = self.blobs.add_bytes_graced(bytes, false, grace, timeout).await?;
                         Some(Chunk { blob: BlobRef { hash, size: len as u64 }, len })
                     }
                     _ => None,
