@@ -247,22 +247,34 @@ impl Shared {
         lock(&self.buffers).entry(ino).or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Buffer::new(size)))).clone()
     }
 
-    /// The kernel's view of `attr`: its size grown by what this mount buffered for it.
-    async fn kernel_attr(&self, attr: &Attr) -> fuser::FileAttr {
-        let mut size = attr.size;
-        if let Some(buffer) = self.buffer(attr.ino) {
-            let buffer = buffer.lock().await;
-            if !buffer.is_empty() {
-                size = size.max(buffer.size());
-            }
-        }
-        file_attr(attr, size, &self.config.ids)
+    /// The kernel's view of `attr`: its size grown by what this mount buffered for it. An inode with a buffer here is
+    /// read again under the buffer's lock: a flush that ran between the caller's read and the lock would otherwise
+    /// leave a size from before the flush with nothing buffered to make up for it (an fsx run caught a stat that
+    /// went back that way).
+    async fn kernel_attr(&self, caller: &Caller, attr: Attr) -> Result<fuser::FileAttr, WireError> {
+        let Some(buffer) = self.buffer(attr.ino) else { return Ok(file_attr(&attr, attr.size, &self.config.ids)) };
+        let buffer = buffer.lock().await;
+        let attr = self.looked_up(caller, FsQueryKind::GetAttr { ino: attr.ino }).await?;
+        let size = if buffer.is_empty() { attr.size } else { attr.size.max(buffer.size()) };
+        Ok(file_attr(&attr, size, &self.config.ids))
     }
 
-    async fn reply_entry(&self, reply: ReplyEntry, attr: Attr) {
-        lock(&self.known).entry(attr.ino).or_default().lookups += 1;
-        let kernel = self.kernel_attr(&attr).await;
-        reply.entry_with_ttls(&self.config.attr_ttl, &self.config.entry_ttl, &kernel, Generation(0));
+    async fn reply_entry(&self, reply: ReplyEntry, caller: &Caller, attr: Attr) {
+        let ino = attr.ino;
+        match self.counted(self.kernel_attr(caller, attr).await) {
+            Ok(kernel) => {
+                lock(&self.known).entry(ino).or_default().lookups += 1;
+                reply.entry_with_ttls(&self.config.attr_ttl, &self.config.entry_ttl, &kernel, Generation(0));
+            }
+            Err(error) => reply.error(error),
+        }
+    }
+
+    async fn reply_attr(&self, reply: ReplyAttr, caller: &Caller, attr: Attr) {
+        match self.counted(self.kernel_attr(caller, attr).await) {
+            Ok(kernel) => reply.attr(&self.config.attr_ttl, &kernel),
+            Err(error) => reply.error(error),
+        }
     }
 
     /// Records the version the kernel's pages of `attr.ino` now match; answers whether it is the one they had.
@@ -437,7 +449,7 @@ impl Filesystem for PandoFs {
         self.spawn(move |s| async move {
             let found = s.looked_up(&caller, FsQueryKind::Lookup { parent: parent.0, name }).await;
             match s.counted(found) {
-                Ok(attr) => s.reply_entry(reply, attr).await,
+                Ok(attr) => s.reply_entry(reply, &caller, attr).await,
                 Err(error) => reply.error(error),
             }
         });
@@ -458,7 +470,7 @@ impl Filesystem for PandoFs {
         self.spawn(move |s| async move {
             let attr = s.looked_up(&caller, FsQueryKind::GetAttr { ino: ino.0 }).await;
             match s.counted(attr) {
-                Ok(attr) => reply.attr(&s.config.attr_ttl, &s.kernel_attr(&attr).await),
+                Ok(attr) => s.reply_attr(reply, &caller, attr).await,
                 Err(error) => reply.error(error),
             }
         });
@@ -520,7 +532,7 @@ impl Filesystem for PandoFs {
             }
             .await;
             match s.counted(result) {
-                Ok(attr) => reply.attr(&s.config.attr_ttl, &s.kernel_attr(&attr).await),
+                Ok(attr) => s.reply_attr(reply, &caller, attr).await,
                 Err(error) => reply.error(error),
             }
         });
@@ -550,7 +562,7 @@ impl Filesystem for PandoFs {
         self.spawn(move |s| async move {
             let made = s.changed(&caller, create).await;
             match s.counted(made) {
-                Ok(attr) => s.reply_entry(reply, attr).await,
+                Ok(attr) => s.reply_entry(reply, &caller, attr).await,
                 Err(error) => reply.error(error),
             }
         });
@@ -566,7 +578,7 @@ impl Filesystem for PandoFs {
         self.spawn(move |s| async move {
             let made = s.changed(&caller, FsCommandKind::Mkdir { parent: parent.0, name, perm }).await;
             match s.counted(made) {
-                Ok(attr) => s.reply_entry(reply, attr).await,
+                Ok(attr) => s.reply_entry(reply, &caller, attr).await,
                 Err(error) => reply.error(error),
             }
         });
@@ -590,7 +602,7 @@ impl Filesystem for PandoFs {
         self.spawn(move |s| async move {
             let made = s.changed(&caller, FsCommandKind::Symlink { parent: parent.0, name, target }).await;
             match s.counted(made) {
-                Ok(attr) => s.reply_entry(reply, attr).await,
+                Ok(attr) => s.reply_entry(reply, &caller, attr).await,
                 Err(error) => reply.error(error),
             }
         });
@@ -639,7 +651,7 @@ impl Filesystem for PandoFs {
         self.spawn(move |s| async move {
             let linked = s.changed(&caller, FsCommandKind::Link { ino: ino.0, parent: newparent.0, name }).await;
             match s.counted(linked) {
-                Ok(attr) => s.reply_entry(reply, attr).await,
+                Ok(attr) => s.reply_entry(reply, &caller, attr).await,
                 Err(error) => reply.error(error),
             }
         });
@@ -963,11 +975,17 @@ impl Filesystem for PandoFs {
             }
             .await;
             match s.counted(created) {
-                Ok((attr, handle)) => {
-                    lock(&s.known).entry(attr.ino).or_default().lookups += 1;
-                    let kernel = s.kernel_attr(&attr).await;
-                    reply.created(&s.config.entry_ttl, &kernel, Generation(0), FileHandle(handle), FopenFlags::empty());
-                }
+                Ok((attr, handle)) => match s.counted(s.kernel_attr(&caller, attr).await) {
+                    Ok(kernel) => {
+                        lock(&s.known).entry(kernel.ino.0).or_default().lookups += 1;
+                        let (fh, flags) = (FileHandle(handle), FopenFlags::empty());
+                        reply.created(&s.config.entry_ttl, &kernel, Generation(0), fh, flags);
+                    }
+                    Err(error) => {
+                        let _ = s.release(handle).await;
+                        reply.error(error);
+                    }
+                },
                 Err(error) => reply.error(error),
             }
         });
