@@ -323,8 +323,15 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
     children.push(crate::jobs::child_spec(jobs));
     if let Some(config) = mount {
         // Last: it stops first, so its buffered writes are flushed while everything it needs still runs.
+        let view = crate::fuse::view::ViewSources {
+            coord: services.coord.clone(),
+            jobs: services.jobs.clone(),
+            plugins: services.plugins.clone(),
+            cluster: services.cluster.clone(),
+        };
         let fs = services.fs.clone();
-        children.push(crate::fuse::child_spec(crate::fuse::FuseArgs { config, fs, storage: handles.storage.clone() }));
+        let storage = handles.storage.clone();
+        children.push(crate::fuse::child_spec(crate::fuse::FuseArgs { config, fs, view, storage }));
     }
     SupervisorArgs {
         name: "node".into(),

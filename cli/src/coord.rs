@@ -72,6 +72,11 @@ pub enum LockCommand {
     },
     /// The holder and the last token.
     Status { name: String },
+    /// The locks and read-write locks held now whose names start with `--prefix` (a line each).
+    List {
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
 }
 
 /// Who holds what is acquired: an existing lease, or a new one of `--ttl` granted for it.
@@ -474,6 +479,7 @@ pub async fn lock(client: &Client, command: LockCommand, json: bool) -> anyhow::
         }
         LockCommand::Release { name, lease, token } => CoordRequest::LockRelease { name: bytes(name), lease, token },
         LockCommand::Status { name } => CoordRequest::LockGet { name: bytes(name) },
+        LockCommand::List { prefix } => CoordRequest::LockList { prefix: bytes(prefix) },
     };
     let acquiring = matches!(request, CoordRequest::LockAcquire { .. });
     match client.coord(request).await? {
@@ -488,6 +494,40 @@ pub async fn lock(client: &Client, command: LockCommand, json: bool) -> anyhow::
                         holder.lease, holder.token, holder.acquired_ms, lock.last_token
                     ),
                     (None, _) => println!("free; last token {}", lock.last_token),
+                }
+            }
+        }
+        CoordResponse::Locks { locks, rwlocks, truncated } => {
+            let name = |name: &[u8]| String::from_utf8_lossy(name).into_owned();
+            if json {
+                let rwlocks: Vec<_> = rwlocks
+                    .iter()
+                    .map(|rwlock| {
+                        let writer = rwlock.writer.as_ref().map(|w| json!({"lease": w.lease, "token": w.token}));
+                        json!({"name": name(&rwlock.name), "writer": writer, "readers": rwlock.readers})
+                    })
+                    .collect();
+                let locks: Vec<_> = locks.iter().map(lock_json).collect();
+                print_json(&json!({"locks": locks, "rwlocks": rwlocks, "truncated": truncated}));
+            } else {
+                for lock in &locks {
+                    if let Some(holder) = &lock.holder {
+                        println!("lock {} lease {} token {}", name(&lock.name), holder.lease, holder.token);
+                    }
+                }
+                for rwlock in &rwlocks {
+                    match &rwlock.writer {
+                        Some(writer) => println!(
+                            "rwlock {} written by lease {} token {}",
+                            name(&rwlock.name),
+                            writer.lease,
+                            writer.token
+                        ),
+                        None => println!("rwlock {} read by {} leases", name(&rwlock.name), rwlock.readers.len()),
+                    }
+                }
+                if truncated {
+                    eprintln!("(more locks not shown)");
                 }
             }
         }

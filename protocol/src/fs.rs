@@ -26,6 +26,7 @@ macro_rules! refuse {
 
 pub mod apply;
 mod data;
+pub mod locks;
 mod perm;
 pub mod query;
 mod rows;
@@ -41,6 +42,7 @@ use crate::limits::{
     FS_CHUNK_BYTES, FS_CHUNKS_PER_COMMAND_MAX, FS_FILE_BYTES_MAX, FS_INLINE_BYTES_MAX, FS_LIST_COUNT_MAX,
     FS_NAME_BYTES_MAX, FS_SYMLINK_BYTES_MAX, FS_XATTR_NAME_BYTES_MAX, FS_XATTR_VALUE_BYTES_MAX,
 };
+pub use locks::{FileLock, LockMode, LockOwner};
 
 /// The root directory's inode number (as FUSE expects).
 pub const ROOT_INO: u64 = 1;
@@ -51,9 +53,12 @@ pub const ROOT_INO: u64 = 1;
 pub enum Errno {
     EPERM = 1,
     ENOENT = 2,
+    EINTR = 4,
     EIO = 5,
+    EAGAIN = 11,
     E2BIG = 7,
     EACCES = 13,
+    EBUSY = 16,
     EEXIST = 17,
     EXDEV = 18,
     ENOTDIR = 20,
@@ -65,6 +70,7 @@ pub enum Errno {
     EMLINK = 31,
     ERANGE = 34,
     ENAMETOOLONG = 36,
+    ENOLCK = 37,
     ENOTEMPTY = 39,
     ELOOP = 40,
     ENODATA = 61,
@@ -81,9 +87,12 @@ impl Errno {
         match self {
             Errno::EPERM => "EPERM",
             Errno::ENOENT => "ENOENT",
+            Errno::EINTR => "EINTR",
             Errno::EIO => "EIO",
+            Errno::EAGAIN => "EAGAIN",
             Errno::E2BIG => "E2BIG",
             Errno::EACCES => "EACCES",
+            Errno::EBUSY => "EBUSY",
             Errno::EEXIST => "EEXIST",
             Errno::EXDEV => "EXDEV",
             Errno::ENOTDIR => "ENOTDIR",
@@ -95,6 +104,7 @@ impl Errno {
             Errno::EMLINK => "EMLINK",
             Errno::ERANGE => "ERANGE",
             Errno::ENAMETOOLONG => "ENAMETOOLONG",
+            Errno::ENOLCK => "ENOLCK",
             Errno::ENOTEMPTY => "ENOTEMPTY",
             Errno::ELOOP => "ELOOP",
             Errno::ENODATA => "ENODATA",
@@ -108,10 +118,14 @@ impl Errno {
         match self {
             Errno::ENOENT | Errno::ENODATA | Errno::ESTALE => ErrorCode::NotFound,
             Errno::EPERM | Errno::EACCES | Errno::EROFS => ErrorCode::Unauthorized,
-            Errno::EEXIST | Errno::ENOTEMPTY | Errno::EXDEV => ErrorCode::Conflict,
-            Errno::E2BIG | Errno::EFBIG | Errno::ENOSPC | Errno::EMLINK | Errno::ENAMETOOLONG | Errno::ERANGE => {
-                ErrorCode::TooLarge
-            }
+            Errno::EEXIST | Errno::ENOTEMPTY | Errno::EXDEV | Errno::EAGAIN | Errno::EBUSY => ErrorCode::Conflict,
+            Errno::E2BIG
+            | Errno::EFBIG
+            | Errno::ENOSPC
+            | Errno::EMLINK
+            | Errno::ENAMETOOLONG
+            | Errno::ERANGE
+            | Errno::ENOLCK => ErrorCode::TooLarge,
             Errno::EIO => ErrorCode::Internal,
             _ => ErrorCode::InvalidArgument,
         }
@@ -345,6 +359,17 @@ pub enum FsCommandKind {
         ino: u64,
         name: String,
     },
+    /// Sets or unlocks a byte range for `lock.owner` (`fcntl`'s `F_SETLK`, or `flock`): `EAGAIN` while another
+    /// owner's lock is in the way. Not a change of the inode (no times move).
+    SetLock {
+        ino: u64,
+        lock: FileLock,
+    },
+    /// Drops every lock `owner` holds on `ino` (its process closed the file, or its open file was released).
+    ReleaseLocks {
+        ino: u64,
+        owner: LockOwner,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -404,6 +429,11 @@ pub enum FsQueryKind {
         mask: u32,
     },
     StatFs,
+    /// The first lock of another owner in the way of `lock` (`F_GETLK`).
+    TestLock {
+        ino: u64,
+        lock: FileLock,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -431,13 +461,21 @@ pub struct FsTotals {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FsQueryResponse {
     Attr(Attr),
-    Entries { entries: Vec<DirEntry>, more: bool },
+    Entries {
+        entries: Vec<DirEntry>,
+        more: bool,
+    },
     Target(String),
-    Data { size: u64, data: FileData },
+    Data {
+        size: u64,
+        data: FileData,
+    },
     Xattr(Bytes),
     XattrNames(Vec<String>),
     Allowed,
     StatFs(FsTotals),
+    /// What [`FsQueryKind::TestLock`] found in the way, if anything.
+    Lock(Option<FileLock>),
 }
 
 /// A name in a directory: not empty, not `.` or `..`, no `/` or NUL, at most [`FS_NAME_BYTES_MAX`] bytes.
@@ -447,6 +485,13 @@ pub fn validate_name(name: &str) -> Result<(), WireError> {
     }
     if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
         return Err(Errno::EINVAL.error(format!("{name:?} is not a name")));
+    }
+    Ok(())
+}
+
+fn validate_range(lock: &FileLock) -> Result<(), WireError> {
+    if lock.start > lock.end {
+        return Err(Errno::EINVAL.error(format!("a lock's range {}..={} ends before it starts", lock.start, lock.end)));
     }
     Ok(())
 }
@@ -541,6 +586,8 @@ impl FsCommand {
                 Ok(())
             }
             FsCommandKind::RemoveXattr { name, .. } => validate_xattr_name(name),
+            FsCommandKind::SetLock { lock, .. } => validate_range(lock),
+            FsCommandKind::ReleaseLocks { .. } => Ok(()),
         }
     }
 }
@@ -553,6 +600,10 @@ impl FsQuery {
                 Err(Errno::EINVAL.error(format!("a listing takes 1 to {FS_LIST_COUNT_MAX} entries")))
             }
             FsQueryKind::GetXattr { name, .. } => validate_xattr_name(name),
+            FsQueryKind::TestLock { lock, .. } if lock.mode == LockMode::Unlock => {
+                Err(Errno::EINVAL.error("a lock test asks for a read or a write lock"))
+            }
+            FsQueryKind::TestLock { lock, .. } => validate_range(lock),
             _ => Ok(()),
         }
     }

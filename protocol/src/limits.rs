@@ -281,6 +281,8 @@ pub const FS_INODES_MAX: u64 = 1 << 26;
 pub const FS_XATTR_NAME_BYTES_MAX: usize = 255;
 pub const FS_XATTR_VALUE_BYTES_MAX: usize = 64 * 1024;
 pub const FS_XATTR_TOTAL_BYTES_MAX: usize = 128 * 1024;
+/// Byte-range locks (fcntl and flock) held on one inode by every owner together (`ENOLCK` past it).
+pub const FS_LOCKS_PER_INODE_MAX: usize = 1_024;
 const _: () = assert!(FS_XATTR_VALUE_BYTES_MAX <= FS_XATTR_TOTAL_BYTES_MAX);
 const _: () = assert!((FS_INLINE_BYTES_MAX as u64) < FS_CHUNK_BYTES);
 const _: () = assert!(FS_INLINE_BYTES_MAX + 4 * 1024 <= PROPOSAL_BYTES_MAX);

@@ -23,18 +23,20 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     AccessFlags, BsdFileFlags, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use pando_protocol::error::WireError;
 use pando_protocol::fs::{
-    Attr, Caller, Errno, FileKind, FsCommandKind, FsQueryKind, FsQueryResponse, FsResponse, RenameMode, SetAttr,
-    SetTime, Time, XattrMode,
+    Attr, Caller, DirEntry, Errno, FileKind, FsCommandKind, FsQueryKind, FsQueryResponse, FsResponse, LockMode,
+    ROOT_INO, RenameMode, SetAttr, SetTime, Time, XattrMode,
 };
 use pando_protocol::limits::{FS_INODES_MAX, FS_LIST_COUNT_MAX, FS_NAME_BYTES_MAX};
 use tokio::sync::Semaphore;
 
 use super::buffer::Buffer;
 use super::convert::{self, errno, file_attr, file_type};
+use super::locks::{LockCall, LockSession};
+use super::view::{View, ViewSources, is_view};
 use super::{FUSE_INFLIGHT_MAX, FUSE_LIST_ENTRIES_MAX, FUSE_OP_TIMEOUT_MS, FUSE_WRITE_BUFFER_BYTES_MAX, MountConfig};
 use crate::services::FsService;
 
@@ -64,6 +66,8 @@ struct Shared {
     known: Mutex<HashMap<u64, Known>>,
     served: AtomicU64,
     failed: AtomicU64,
+    locks: LockSession,
+    view: View,
 }
 
 struct OpenFile {
@@ -89,9 +93,8 @@ struct Known {
 }
 
 impl PandoFs {
-    pub fn new(fs: FsService, config: MountConfig, runtime: tokio::runtime::Handle) -> PandoFs {
+    pub fn new(fs: FsService, config: MountConfig, runtime: tokio::runtime::Handle, view: ViewSources) -> PandoFs {
         PandoFs(Arc::new(Shared {
-            fs,
             config,
             runtime,
             inflight: Arc::new(Semaphore::new(FUSE_INFLIGHT_MAX)),
@@ -102,7 +105,20 @@ impl PandoFs {
             known: Mutex::default(),
             served: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            locks: LockSession::new(fs.clone(), Duration::from_millis(FUSE_OP_TIMEOUT_MS)),
+            view: View::new(view, Duration::from_millis(FUSE_OP_TIMEOUT_MS)),
+            fs,
         }))
+    }
+
+    /// Keeps the mount's lock lease alive while it holds locks (run by the actor until the mount stops).
+    pub async fn renew_locks(&self) {
+        self.0.locks.renew_forever().await
+    }
+
+    /// Releases every lock taken through the mount (at unmount).
+    pub async fn end_locks(&self) {
+        self.0.locks.end().await
     }
 
     /// One line for `pando actors`.
@@ -190,6 +206,28 @@ fn name_of(name: &OsStr) -> Result<String, fuser::Errno> {
     Ok(name.to_string())
 }
 
+/// `F_RDLCK`, `F_WRLCK` and `F_UNLCK` as Linux numbers them.
+const F_RDLCK: i32 = 0;
+const F_WRLCK: i32 = 1;
+const F_UNLCK: i32 = 2;
+
+fn lock_mode(typ: i32) -> Option<LockMode> {
+    match typ {
+        F_RDLCK => Some(LockMode::Read),
+        F_WRLCK => Some(LockMode::Write),
+        F_UNLCK => Some(LockMode::Unlock),
+        _ => None,
+    }
+}
+
+fn lock_type(mode: LockMode) -> i32 {
+    match mode {
+        LockMode::Read => F_RDLCK,
+        LockMode::Write => F_WRLCK,
+        LockMode::Unlock => F_UNLCK,
+    }
+}
+
 fn set_time(time: TimeOrNow) -> SetTime {
     match time {
         TimeOrNow::Now => SetTime::Now,
@@ -218,6 +256,9 @@ impl Shared {
     }
 
     async fn command(&self, caller: &Caller, kind: FsCommandKind) -> Result<FsResponse, WireError> {
+        if let Some(refused) = super::view::refusal(&kind) {
+            return Err(refused);
+        }
         self.fs.command(caller, kind, self.timeout()).await
     }
 
@@ -229,6 +270,9 @@ impl Shared {
     }
 
     async fn query(&self, caller: &Caller, kind: FsQueryKind) -> Result<FsQueryResponse, WireError> {
+        if let Some(answer) = self.view.query(caller, &kind).await {
+            return answer;
+        }
         self.fs.query(caller, kind, self.timeout()).await
     }
 
@@ -378,6 +422,10 @@ impl Shared {
             Row { ino, kind: FileType::Directory, name: ".".into() },
             Row { ino: attr.parent.max(1), kind: FileType::Directory, name: "..".into() },
         ];
+        if ino == ROOT_INO {
+            let view = self.view.root_entry();
+            rows.push(Row { ino: view.ino, kind: FileType::Directory, name: view.name });
+        }
         let mut after = None;
         loop {
             let read = FsQueryKind::ReadDir { ino, after: after.take(), limit: FS_LIST_COUNT_MAX };
@@ -385,7 +433,9 @@ impl Shared {
                 return Err(WireError::internal("a listing answered something else"));
             };
             after = entries.last().map(|entry| entry.name.clone());
-            rows.extend(entries.into_iter().map(|entry| Row {
+            // A file the file system holds as `.pando` in the root is hidden by the view.
+            let hidden = |entry: &DirEntry| ino == ROOT_INO && entry.name == super::view::VIEW_NAME;
+            rows.extend(entries.into_iter().filter(|entry| !hidden(entry)).map(|entry| Row {
                 ino: entry.ino,
                 kind: file_type(entry.kind),
                 name: entry.name,
@@ -435,6 +485,10 @@ impl Filesystem for PandoFs {
         // kernel would send a chmod on the writer's behalf, which a writer who is not the owner may not make.
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV) {
             tracing::warn!(?missing, "the kernel cannot leave set-uid clearing to the file system");
+        }
+        // fcntl and flock locks are the cluster's (without these the kernel keeps them on this machine only).
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS) {
+            tracing::warn!(?missing, "the kernel keeps file locks on this machine only");
         }
         Ok(())
     }
@@ -494,6 +548,9 @@ impl Filesystem for PandoFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        if is_view(ino.0) {
+            return reply.error(fuser::Errno::EROFS);
+        }
         let caller = self.caller(req);
         let ids = &self.0.config.ids;
         let set = SetAttr {
@@ -672,13 +729,21 @@ impl Filesystem for PandoFs {
                 if attr.kind == FileKind::Dir && mask & 2 != 0 {
                     return Err(Errno::EISDIR.error("a directory is not opened for writing"));
                 }
+                if is_view(ino.0) {
+                    // No buffer, no page cache: every read renders the view as it is.
+                    return Ok((s.next_handle.fetch_add(1, Ordering::Relaxed), None));
+                }
                 let keep = s.same_version(&attr);
-                Ok((s.open_handle(ino.0, append, attr.size).await, keep))
+                Ok((s.open_handle(ino.0, append, attr.size).await, Some(keep)))
             }
             .await;
             match s.counted(opened) {
                 Ok((handle, keep)) => {
-                    let flags = if keep { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                    let flags = match keep {
+                        Some(true) => FopenFlags::FOPEN_KEEP_CACHE,
+                        Some(false) => FopenFlags::empty(),
+                        None => FopenFlags::FOPEN_DIRECT_IO,
+                    };
                     reply.opened(FileHandle(handle), flags)
                 }
                 Err(error) => reply.error(error),
@@ -701,6 +766,7 @@ impl Filesystem for PandoFs {
         self.spawn(move |s| async move {
             // What this mount buffered reads as written (read-your-writes without a commit).
             let read = match s.buffer(ino.0) {
+                _ if is_view(ino.0) => s.view.read(&caller, ino.0, offset, size).await,
                 Some(buffer) => {
                     let buffer = buffer.lock().await;
                     s.fs.read_over(&caller, ino.0, offset, size, buffer.extents(), s.timeout()).await
@@ -741,9 +807,13 @@ impl Filesystem for PandoFs {
         });
     }
 
-    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
         self.spawn(move |s| async move {
-            let flushed = s.flush(ino.0).await;
+            // A close drops the closing process's fcntl locks on the file (POSIX), after its writes are committed.
+            let flushed = match s.flush(ino.0).await {
+                Ok(()) => s.locks.release(ino.0, lock_owner.0).await,
+                Err(error) => Err(error),
+            };
             match s.counted(flushed) {
                 Ok(()) => reply.ok(),
                 Err(error) => reply.error(error),
@@ -754,16 +824,22 @@ impl Filesystem for PandoFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         self.spawn(move |s| async move {
             if let Err(error) = s.release(fh.0).await {
                 tracing::error!(%error, "buffered writes could not be committed when their file was released");
+            }
+            // The last close of an open file drops its flock.
+            if let Some(owner) = lock_owner
+                && let Err(error) = s.locks.release(ino.0, owner.0).await
+            {
+                tracing::warn!(%error, "a flock could not be released at close; it goes with the mount's lease");
             }
             reply.ok();
         });
@@ -925,6 +1001,57 @@ impl Filesystem for PandoFs {
             let done = s.command(&caller, FsCommandKind::RemoveXattr { ino: ino.0, name }).await;
             match s.counted(done) {
                 Ok(_) => reply.ok(),
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let Some(mode) = lock_mode(typ).filter(|mode| *mode != LockMode::Unlock) else {
+            return reply.error(fuser::Errno::EINVAL);
+        };
+        let call = LockCall { ino: ino.0, owner: lock_owner.0, pid, start, end, mode };
+        self.spawn(move |s| async move {
+            let found = s.locks.test(call).await;
+            match s.counted(found) {
+                Ok(Some(holder)) => reply.locked(holder.start, holder.end, lock_type(holder.mode), holder.pid),
+                Ok(None) => reply.locked(start, end, F_UNLCK, 0),
+                Err(error) => reply.error(error),
+            }
+        });
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(mode) = lock_mode(typ) else { return reply.error(fuser::Errno::EINVAL) };
+        let call = LockCall { ino: ino.0, owner: lock_owner.0, pid, start, end, mode };
+        let waiter = req.pid();
+        self.spawn(move |s| async move {
+            let set = s.locks.set(call, sleep, waiter).await;
+            match s.counted(set) {
+                Ok(()) => reply.ok(),
                 Err(error) => reply.error(error),
             }
         });

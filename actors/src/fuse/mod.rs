@@ -14,12 +14,17 @@
 //!   committed on a quorum. The kernel's attribute, entry and page caches are dropped from the commit stream by a
 //!   thread of their own ([`invalidate`]), never from inside a handler (where a notification can deadlock on a lock
 //!   the kernel holds for the very request being served).
+//! - **`.pando/`** at the root is a read-only view of the coordination state ([`view`]).
+//! - **Locks** (`fcntl` and `flock`) are the cluster's, held through a lease of the mount's ([`locks`]): a node that
+//!   dies takes its locks with it when the lease lapses.
 
 mod buffer;
 mod convert;
 pub mod filesystem;
 mod invalidate;
+mod locks;
 mod mountpoint;
+pub mod view;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -125,6 +130,8 @@ impl MountConfig {
 pub struct FuseArgs {
     pub config: MountConfig,
     pub fs: FsService,
+    /// What the `.pando/` view reads from.
+    pub view: view::ViewSources,
     pub storage: StorageHandle,
 }
 
@@ -151,6 +158,8 @@ pub struct FuseState {
     mounted: mountpoint::Mounted,
     invalidator: invalidate::Invalidator,
     fs: PandoFs,
+    /// Keeps the mount's lock lease alive.
+    renewer: tokio::task::JoinHandle<()>,
 }
 
 impl Actor for FuseActor {
@@ -159,15 +168,19 @@ impl Actor for FuseActor {
     type Arguments = FuseArgs;
 
     async fn pre_start(&self, myself: ActorRef<FuseMsg>, args: FuseArgs) -> Result<FuseState, ActorProcessingErr> {
-        let fs = PandoFs::new(args.fs, args.config.clone(), tokio::runtime::Handle::current());
+        let fs = PandoFs::new(args.fs, args.config.clone(), tokio::runtime::Handle::current(), args.view);
         let ended = myself.clone();
         let mounted = mountpoint::mount(&args.config, fs.clone(), move |outcome| {
             let _ = ended.cast(FuseMsg::Ended(outcome));
         })
         .await?;
         let invalidator = invalidate::Invalidator::start(mounted.notifier(), args.storage.subscribe(), fs.clone());
+        let renewer = tokio::spawn({
+            let fs = fs.clone();
+            async move { fs.renew_locks().await }
+        });
         tracing::info!(path = %args.config.path.display(), "file system mounted");
-        Ok(FuseState { mounted, invalidator, fs })
+        Ok(FuseState { mounted, invalidator, fs, renewer })
     }
 
     async fn handle(
@@ -196,7 +209,9 @@ impl Actor for FuseActor {
 
     async fn post_stop(&self, _myself: ActorRef<FuseMsg>, state: &mut FuseState) -> Result<(), ActorProcessingErr> {
         state.invalidator.stop();
+        state.renewer.abort();
         state.fs.flush_all().await;
+        state.fs.end_locks().await;
         state.mounted.unmount().await;
         Ok(())
     }

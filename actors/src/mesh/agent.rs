@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use pando_protocol::blob::BlobCommand;
 use pando_protocol::cluster::{MemberNode, MeshPing};
 use pando_protocol::command::{Command, CommandOutput};
+use pando_protocol::coord::CoordRequest;
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::hook::durable::HookCommand;
 use pando_protocol::job::JobCommand;
@@ -114,13 +115,19 @@ pub(crate) fn admit(command: &Command, from: u64, voter: bool) -> Result<(), Wir
                     | JobCommand::Fail { .. }
                     | JobCommand::Pool { .. }
             )
-            // A member's FUSE mount, on behalf of its local callers (the state machine checks their permissions).
+            // A member's FUSE mount, on behalf of its local callers (the state machine checks their permissions),
+            // and the lease its file locks hang on.
             | Command::Fs(_)
+            | Command::Coord(
+                CoordRequest::LeaseGrant { .. }
+                    | CoordRequest::LeaseKeepAlive { .. }
+                    | CoordRequest::LeaseRevoke { .. }
+            )
     );
     if !forwardable {
         return Err(WireError::invalid(
             "only blob bookkeeping, plugin reports, plugin KV writes, hook deliveries, job workers' claims and \
-             results, and file-system commands of a member's mount are forwarded",
+             results, and file-system commands and lock leases of a member's mount are forwarded",
         ));
     }
     // A node claims hook deliveries for itself only (and only a voter delivers at all, below).

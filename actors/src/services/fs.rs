@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use pando_protocol::blob::{BlobHash, BlobRef};
 use pando_protocol::command::{Command, CommandOutput};
+use pando_protocol::coord::{CoordRequest, CoordResponse, LeaseInfo};
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::fs::{
     Attr, Caller, Chunk, Errno, FileData, FsCommand, FsCommandKind, FsQuery, FsQueryKind, FsQueryResponse, FsResponse,
@@ -24,6 +25,14 @@ use pando_protocol::limits::{
 use super::BlobService;
 use crate::mesh::Proposer;
 use crate::storage_actor::StorageHandle;
+
+/// What a mount asks of its lock session's lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionRequest {
+    Grant { ttl_ms: u64 },
+    KeepAlive { lease: u64 },
+    End { lease: u64 },
+}
 
 #[derive(Clone)]
 pub struct FsService {
@@ -109,12 +118,35 @@ impl FsService {
         };
         let command = FsCommand { caller: caller.clone(), kind };
         command.validate()?;
+        match self.propose(Command::Fs(command), timeout).await? {
+            CommandOutput::Fs(response) => Ok(response),
+            other => Err(WireError::internal(format!("a file-system command answered {other:?}"))),
+        }
+    }
+
+    /// Grants, keeps alive or revokes the lease a mount's file locks hang on (its session with the cluster: when it
+    /// lapses, every lock it holds goes with it). A member's mount forwards these like its file-system commands.
+    pub async fn session(&self, request: SessionRequest, timeout: Duration) -> Result<Option<LeaseInfo>, WireError> {
+        let request = match request {
+            SessionRequest::Grant { ttl_ms } => CoordRequest::LeaseGrant { ttl_ms, prefix: Default::default() },
+            SessionRequest::KeepAlive { lease } => CoordRequest::LeaseKeepAlive { lease, prefix: Default::default() },
+            SessionRequest::End { lease } => CoordRequest::LeaseRevoke { lease, prefix: Default::default() },
+        };
+        request.validate()?;
+        match self.propose(Command::Coord(request), timeout).await? {
+            CommandOutput::Coord(CoordResponse::Lease { lease }) => Ok(Some(lease)),
+            CommandOutput::Coord(CoordResponse::Revoked { .. }) => Ok(None),
+            other => Err(WireError::internal(format!("a lock session request answered {other:?}"))),
+        }
+    }
+
+    /// Proposes through the leader (forwarded when this node follows), asking again while no leader takes it.
+    async fn propose(&self, command: Command, timeout: Duration) -> Result<CommandOutput, WireError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.proposer.propose_anywhere(Command::Fs(command.clone()), left).await {
-                Ok(CommandOutput::Fs(response)) => return Ok(response),
-                Ok(other) => return Err(WireError::internal(format!("a file-system command answered {other:?}"))),
+            match self.proposer.propose_anywhere(command.clone(), left).await {
+                Ok(output) => return Ok(output),
                 // Refused before it was proposed (an election, or leadership moved under a forward): asking again
                 // cannot apply it twice.
                 Err(error)

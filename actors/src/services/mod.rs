@@ -22,7 +22,7 @@ pub mod watch;
 pub use blobs::BlobService;
 pub use cluster::ClusterService;
 pub use coord::CoordService;
-pub use fs::FsService;
+pub use fs::{FsService, SessionRequest};
 pub use hooks::{HookService, HookWatcher};
 pub use jobs::JobService;
 pub use kv::{KvService, ScanPage};

@@ -57,6 +57,9 @@ pub struct LeaseInfo {
     /// Service registrations tied to the lease.
     #[serde(default)]
     pub services: Vec<super::service::ServiceRef>,
+    /// Inodes the lease holds file locks on (a FUSE mount's session: see `crate::fs::locks`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<u64>,
 }
 
 pub(crate) fn validate_ttl(ttl_ms: u64) -> Result<(), WireError> {
@@ -115,6 +118,7 @@ pub(crate) fn grant(
         elections: Vec::new(),
         barriers: Vec::new(),
         services: Vec::new(),
+        files: Vec::new(),
     };
     save_lease(store, &lease)?;
     store.coord_put(&expiry_key(lease.deadline_ms, id), &[])?;
@@ -183,6 +187,9 @@ pub(crate) fn revoke(
     }
     for reference in &lease.services {
         super::service::remove_by_lease(store, reference)?;
+    }
+    for ino in &lease.files {
+        crate::fs::locks::release_lease(store, *ino, lease.id)?;
     }
     let mut deleted = false;
     for key in &lease.keys {
@@ -258,6 +265,7 @@ pub(crate) fn attachments(lease: &LeaseInfo) -> usize {
         + lease.elections.len()
         + lease.barriers.len()
         + lease.services.len()
+        + lease.files.len()
 }
 
 /// Ties `key` to lease `id` (checked by [`check_attachable`] first).

@@ -27,6 +27,12 @@ pub struct LockInfo {
     pub last_token: u64,
 }
 
+/// Most locks (and, apart, read-write locks) one `LockList` answer carries.
+pub const LOCK_LIST_COUNT_MAX: usize = 1_000;
+/// Most rows one listing reads looking for held locks (released locks keep their row, for their last token).
+pub const LOCK_LIST_SCAN_ROWS_MAX: usize = 10_000;
+const _: () = assert!(LOCK_LIST_COUNT_MAX <= LOCK_LIST_SCAN_ROWS_MAX);
+
 fn lock_key(name: &[u8]) -> Vec<u8> {
     with(keys::LOCK, name)
 }
@@ -120,4 +126,23 @@ pub(crate) fn get(store: &impl CoordRead, name: &[u8]) -> Result<Result<CoordRes
 /// The token `name` is held with now, if held: what a fencing condition compares against.
 pub fn current_token(store: &impl CoordRead, name: &[u8]) -> Result<Option<u64>, StorageFault> {
     Ok(load_lock(store, name)?.holder.map(|holder| holder.token))
+}
+
+/// The locks and read-write locks held now whose names start with `prefix`, in name order.
+pub(crate) fn list(store: &impl CoordRead, prefix: &[u8]) -> Result<Result<CoordResponse, WireError>, StorageFault> {
+    let (locks, locks_cut) = super::load_under_where(
+        store,
+        &lock_key(prefix),
+        LOCK_LIST_COUNT_MAX,
+        LOCK_LIST_SCAN_ROWS_MAX,
+        |lock: &LockInfo| lock.holder.is_some(),
+    )?;
+    let (rwlocks, rwlocks_cut) = super::load_under_where(
+        store,
+        &with(keys::RWLOCK, prefix),
+        LOCK_LIST_COUNT_MAX,
+        LOCK_LIST_SCAN_ROWS_MAX,
+        |rwlock: &super::RwLockInfo| rwlock.writer.is_some() || !rwlock.readers.is_empty(),
+    )?;
+    Ok(Ok(CoordResponse::Locks { locks, rwlocks, truncated: locks_cut || rwlocks_cut }))
 }

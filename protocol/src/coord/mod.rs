@@ -531,6 +531,12 @@ pub enum CoordRequest {
     QueueDelete {
         name: Bytes,
     },
+    /// The locks and read-write locks held now whose names start with `prefix` (empty: all of them), at most
+    /// [`LOCK_LIST_COUNT_MAX`](lock::LOCK_LIST_COUNT_MAX) of each.
+    LockList {
+        #[serde(default, skip_serializing_if = "crate::kv::no_bytes")]
+        prefix: Bytes,
+    },
     /// The queues whose names start with `prefix` (empty: every queue), at most
     /// [`QUEUE_LIST_COUNT_MAX`](queue::QUEUE_LIST_COUNT_MAX).
     QueueList {
@@ -631,6 +637,12 @@ pub enum CoordResponse {
     },
     Queues {
         queues: Vec<QueueInfo>,
+        truncated: bool,
+    },
+    /// The held locks and read-write locks of a [`CoordRequest::LockList`].
+    Locks {
+        locks: Vec<LockInfo>,
+        rwlocks: Vec<RwLockInfo>,
         truncated: bool,
     },
     Enqueued {
@@ -843,6 +855,7 @@ impl CoordRequest {
                 | CoordRequest::QueueDeadLetters { .. }
                 | CoordRequest::QueueGet { .. }
                 | CoordRequest::QueueList { .. }
+                | CoordRequest::LockList { .. }
                 | CoordRequest::BarrierGet { .. }
                 | CoordRequest::ServiceDiscover { .. }
         )
@@ -898,7 +911,8 @@ impl CoordRequest {
             | CoordRequest::LeaseRevoke { prefix, .. }
             | CoordRequest::LeaseGet { prefix, .. }
             | CoordRequest::LeaseList { prefix }
-            | CoordRequest::QueueList { prefix } => (!prefix.is_empty()).then_some(prefix.as_slice()),
+            | CoordRequest::QueueList { prefix }
+            | CoordRequest::LockList { prefix } => (!prefix.is_empty()).then_some(prefix.as_slice()),
             CoordRequest::Tick => None,
         }
     }
@@ -1213,6 +1227,7 @@ pub fn read(store: &impl CoordRead, request: &CoordRequest) -> Result<Result<Coo
         CoordRequest::QueueDeadLetters { name, count } => queue::list_messages(store, name, *count, true),
         CoordRequest::QueueGet { name } => queue::get(store, name),
         CoordRequest::QueueList { prefix } => queue::list(store, prefix),
+        CoordRequest::LockList { prefix } => lock::list(store, prefix),
         CoordRequest::BarrierGet { name } => barrier::get(store, name),
         CoordRequest::ServiceDiscover { service, passing_only } => service::discover(store, service, *passing_only),
         _ => Ok(Err(WireError::invalid("not a read request"))),

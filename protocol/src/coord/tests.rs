@@ -37,6 +37,28 @@ fn acquire(tables: &mut MemoryTables, now: u64, name: &str, lease: u64) -> Resul
 }
 
 #[test]
+fn a_lock_listing_shows_the_held_locks_under_its_prefix_only() {
+    let mut tables = MemoryTables::default();
+    let lease = grant(&mut tables, 1_000, 5_000);
+    let main = acquire(&mut tables, 1_100, "jobs/main", lease).unwrap();
+    acquire(&mut tables, 1_100, "jobs/other", lease).unwrap();
+    acquire(&mut tables, 1_100, "web/x", lease).unwrap();
+    run(&mut tables, 1_200, CoordRequest::LockRelease { name: bytes("jobs/main"), lease, token: main }).unwrap();
+    let rwlock = CoordRequest::RwLockAcquire { name: bytes("jobs/cfg"), lease, mode: RwMode::Read, wait_ms: 0 };
+    run(&mut tables, 1_200, rwlock).unwrap();
+    match run(&mut tables, 1_300, CoordRequest::LockList { prefix: bytes("jobs/") }).unwrap() {
+        CoordResponse::Locks { locks, rwlocks, truncated } => {
+            let names: Vec<&[u8]> = locks.iter().map(|lock| lock.name.as_slice()).collect();
+            assert_eq!(names, [b"jobs/other".as_slice()], "released and other prefixes' locks are not listed");
+            assert_eq!(rwlocks.len(), 1);
+            assert_eq!(rwlocks[0].readers, [lease]);
+            assert!(!truncated);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
 fn a_lock_is_exclusive_and_its_tokens_only_grow() {
     let mut tables = MemoryTables::default();
     let (a, b) = (grant(&mut tables, 1_000, 5_000), grant(&mut tables, 1_000, 5_000));

@@ -42,6 +42,9 @@ pub fn apply(store: &mut impl CoordWrite, now: u64, command: &FsCommand) -> Answ
         FsCommandKind::SetChunks { ino, chunks, size } => set_chunks(&mut tx, *ino, chunks, *size)?,
         FsCommandKind::SetXattr { ino, name, value, mode } => set_xattr(&mut tx, *ino, name, value, *mode)?,
         FsCommandKind::RemoveXattr { ino, name } => remove_xattr(&mut tx, *ino, name)?,
+        // Locks change no inode: the transaction commits nothing of its own for them.
+        FsCommandKind::SetLock { ino, lock } => super::locks::set(tx.store, *ino, lock)?,
+        FsCommandKind::ReleaseLocks { ino, owner } => super::locks::release_owner(tx.store, *ino, *owner)?,
     };
     if response.is_ok() {
         tx.commit()?;

@@ -126,5 +126,6 @@ pub fn query(store: &impl CoordRead, query: &FsQuery) -> Answer<FsQueryResponse>
         FsQueryKind::StatFs => {
             FsQueryResponse::StatFs(load(store, TOTALS)?.unwrap_or(FsTotals { inodes: 1, bytes: 0 }))
         }
+        FsQueryKind::TestLock { ino, lock } => FsQueryResponse::Lock(refuse!(super::locks::test(store, *ino, lock)?)),
     }))
 }

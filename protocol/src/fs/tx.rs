@@ -159,6 +159,7 @@ impl<'a, S: CoordWrite> Tx<'a, S> {
             self.drop_chunks_from(ino, 0)?;
         }
         self.store.coord_delete(&data_key(ino))?;
+        super::locks::destroyed(self.store, ino)?;
         for key in scan_keys(self.store, &with(XATTR, &ino.to_be_bytes()))? {
             self.store.coord_delete(&key)?;
         }
