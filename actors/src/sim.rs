@@ -64,6 +64,8 @@ pub enum PlantedBug {
     JobCompleteIgnoresOutcome = 4096,
     /// The file-system service proposes a `RENAME_EXCHANGE` as a rename over its target (the target is destroyed).
     FsExchangeAsReplace = 8192,
+    /// The file-system service answers a lock request the state machine refused (`EAGAIN`) as granted.
+    FileLockConflictIgnored = 16384,
 }
 
 thread_local! {

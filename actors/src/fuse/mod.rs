@@ -24,6 +24,7 @@ pub mod filesystem;
 mod invalidate;
 mod locks;
 mod mountpoint;
+mod shared;
 pub mod view;
 
 use std::path::PathBuf;
