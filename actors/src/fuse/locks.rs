@@ -46,6 +46,19 @@ pub(super) struct LockCall {
     pub mode: LockMode,
 }
 
+impl LockCall {
+    /// The request as the file system takes it, owned by `lease` and the kernel's owner.
+    fn lock(&self, lease: u64) -> FileLock {
+        FileLock {
+            owner: LockOwner { lease, owner: self.owner },
+            pid: self.pid,
+            start: self.start,
+            end: self.end,
+            mode: self.mode,
+        }
+    }
+}
+
 pub(super) struct LockSession {
     fs: FsService,
     timeout: Duration,
@@ -115,13 +128,7 @@ impl LockSession {
         if *guard != Some(lease) {
             return Err(lease_ended(lease));
         }
-        let lock = FileLock {
-            owner: LockOwner { lease, owner: call.owner },
-            pid: call.pid,
-            start: call.start,
-            end: call.end,
-            mode: call.mode,
-        };
+        let lock = call.lock(lease);
         self.fs.command(&Caller::ROOT, FsCommandKind::SetLock { ino: call.ino, lock }, self.timeout).await?;
         drop(guard);
         Ok(())
@@ -147,13 +154,7 @@ impl LockSession {
     /// process elsewhere has no number here: 0).
     pub(super) async fn test(&self, call: LockCall) -> Result<Option<FileLock>, WireError> {
         let lease = (*self.lease.read().await).unwrap_or(0);
-        let lock = FileLock {
-            owner: LockOwner { lease, owner: call.owner },
-            pid: call.pid,
-            start: call.start,
-            end: call.end,
-            mode: call.mode,
-        };
+        let lock = call.lock(lease);
         match self.fs.query(&Caller::ROOT, FsQueryKind::TestLock { ino: call.ino, lock }, self.timeout).await? {
             FsQueryResponse::Lock(found) => Ok(found
                 .map(|holder| FileLock { pid: if holder.owner.lease == lease { holder.pid } else { 0 }, ..holder })),

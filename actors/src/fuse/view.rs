@@ -212,18 +212,12 @@ fn rwlock_document(rwlock: &RwLockInfo) -> Value {
 }
 
 fn queue_document(queue: &QueueInfo) -> Value {
-    json!({
-        "name": text(&queue.name),
-        "visibility_ms": queue.visibility_ms,
-        "max_deliveries": queue.max_deliveries,
-        "ready": queue.ready,
-        "in_flight": queue.in_flight,
-        "waiting": queue.waiting,
-        "dead": queue.dead,
-        "enqueued_total": queue.enqueued_total,
-        "acked_total": queue.acked_total,
-        "dead_lettered_total": queue.dead_lettered_total,
-    })
+    // Every field as it is, but the name as text (it serializes as bytes).
+    let mut document = serde_json::to_value(queue).unwrap_or(Value::Null);
+    if let Some(fields) = document.as_object_mut() {
+        fields.insert("name".into(), Value::String(text(&queue.name)));
+    }
+    document
 }
 
 fn job_queue_document(stats: &QueueStats) -> Value {
