@@ -35,7 +35,7 @@ use super::convert::{self, errno};
 use super::locks::{LockCall, LockSession};
 use super::shared::{Listing, STATFS_BLOCK, Shared, lock, wrong};
 use super::view::{View, ViewSources, is_view};
-use super::{FUSE_INFLIGHT_MAX, FUSE_OP_TIMEOUT_MS, MountConfig};
+use super::{FUSE_INFLIGHT_MAX, FUSE_LOCK_WAITERS_MAX, FUSE_OP_TIMEOUT_MS, MountConfig};
 use crate::services::FsService;
 
 const O_APPEND: i32 = 0o2000;
@@ -56,6 +56,7 @@ impl PandoFs {
             config,
             runtime,
             inflight: Arc::new(Semaphore::new(FUSE_INFLIGHT_MAX)),
+            waiters: Arc::new(Semaphore::new(FUSE_LOCK_WAITERS_MAX)),
             next_handle: AtomicU64::new(1),
             files: Mutex::default(),
             dirs: Mutex::default(),
@@ -133,6 +134,14 @@ impl PandoFs {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let permit = self.0.runtime.block_on(self.0.inflight.clone().acquire_owned());
+        self.run(permit, work);
+    }
+
+    /// Runs `work` on the runtime, holding `permit` until it is done.
+    fn run<Fut>(&self, permit: impl Send + 'static, work: impl FnOnce(Arc<Shared>) -> Fut)
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let task = work(self.0.clone());
         self.0.runtime.spawn(async move {
             task.await;
@@ -532,10 +541,10 @@ impl Filesystem for PandoFs {
     fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
         self.spawn(move |s| async move {
             // A close drops the closing process's fcntl locks on the file (POSIX), after its writes are committed.
-            let flushed = match s.flush(ino.0).await {
-                Ok(()) => s.locks.release(ino.0, lock_owner.0).await,
-                Err(error) => Err(error),
-            };
+            // Both happen whatever the other answers: a failed flush must not leave the locks behind.
+            let flushed = s.flush(ino.0).await;
+            let released = s.locks.release(ino.0, lock_owner.0).await;
+            let flushed = flushed.and(released);
             match s.counted(flushed) {
                 Ok(()) => reply.ok(),
                 Err(error) => reply.error(error),
@@ -743,6 +752,9 @@ impl Filesystem for PandoFs {
         let Some(mode) = lock_mode(typ).filter(|mode| *mode != LockMode::Unlock) else {
             return reply.error(fuser::Errno::EINVAL);
         };
+        if is_view(ino.0) {
+            return reply.error(fuser::Errno::ENOLCK);
+        }
         let call = LockCall { ino: ino.0, owner: lock_owner.0, pid, start, end, mode };
         self.spawn(move |s| async move {
             let found = s.locks.test(call).await;
@@ -768,15 +780,35 @@ impl Filesystem for PandoFs {
         reply: ReplyEmpty,
     ) {
         let Some(mode) = lock_mode(typ) else { return reply.error(fuser::Errno::EINVAL) };
+        if is_view(ino.0) {
+            // The view's files are generated here and lock nothing anywhere.
+            return reply.error(fuser::Errno::ENOLCK);
+        }
         let call = LockCall { ino: ino.0, owner: lock_owner.0, pid, start, end, mode };
+        // A request that may wait for as long as it takes runs outside the slots of `spawn` (waiters holding them
+        // would leave none for the unlock they wait for), at most FUSE_LOCK_WAITERS_MAX at once: nothing here may
+        // block the session's thread.
+        let permit = if sleep && mode != LockMode::Unlock {
+            let Ok(permit) = self.0.waiters.clone().try_acquire_owned() else {
+                tracing::warn!("{FUSE_LOCK_WAITERS_MAX} lock requests wait already; another is refused");
+                return reply.error(fuser::Errno::ENOLCK);
+            };
+            Some(permit)
+        } else {
+            None
+        };
         let waiter = req.pid();
-        self.spawn(move |s| async move {
+        let work = move |s: Arc<Shared>| async move {
             let set = s.locks.set(call, sleep, waiter).await;
             match s.counted(set) {
                 Ok(()) => reply.ok(),
                 Err(error) => reply.error(error),
             }
-        });
+        };
+        match permit {
+            Some(permit) => self.run(permit, work),
+            None => self.spawn(work),
+        }
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {

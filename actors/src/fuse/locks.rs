@@ -3,13 +3,20 @@
 //! alive while it holds any. When this node stops renewing it (a crash, a partition) the lease lapses
 //! [`LOCK_LEASE_TTL_MS`] later and every lock of the mount goes with it, in one entry; an unmount revokes it at once.
 //!
-//! - `F_SETLKW` (and a `flock` without `LOCK_NB`) asks again, backing off, while another owner holds the range: until
-//!   it gets it, the process has a signal pending (`EINTR`: the kernel cannot take back a request it passed on, and
-//!   fuser does not forward its interrupts, so the mount looks for the signal itself), the process is gone, or the
-//!   mount closes.
+//! - `F_SETLKW` (and a `flock` without `LOCK_NB`) looks again (a read: no log entry), backing off, while another
+//!   owner holds the range, and asks again once it looks free: until it gets it, the process has a signal pending
+//!   (`EINTR`: the kernel cannot take back a request it passed on, and fuser does not forward its interrupts, so the
+//!   mount looks for the signal itself), the process is gone, or the mount closes. Waiters run outside the mount's request slots, at most `FUSE_LOCK_WAITERS_MAX` (`ENOLCK` beyond).
+//! - The lease is renewed without waiting for lock commands under way (a renewal that waited behind a slow one
+//!   could let the lease lapse), and ended only when the cluster says it holds nothing, no lock command ran since
+//!   it asked, and nothing waits.
 //! - A `close` releases the closing process's `fcntl` locks (`flush` carries its lock owner) and the last close of an
 //!   open file its `flock` (`release`), each only where this mount took a lock with that owner, so closing a file
-//!   that was never locked costs no command.
+//!   that was never locked costs no command. A release that fails is asked again by the renewer, and before the
+//!   same owner locks the file again (so the late release cannot drop the new lock); the lease's end releases
+//!   everything at the latest.
+//! - One lease lists at most `LEASE_ATTACHMENTS_COUNT_MAX` (1,024) files: a mount holds locks on that many files at
+//!   once (`ENOLCK` beyond).
 //! - `flock` reaches the mount as a whole-file lock owned by the open file (fuser does not pass the kernel's flag that
 //!   tells the two apart), so `flock` and `fcntl` locks on one file exclude each other, as on NFS.
 //! - Not detected: deadlocks between waiters (`EDEADLK`); two waiters that wait on each other wait until one is
@@ -17,7 +24,7 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use pando_protocol::error::{ErrorCode, WireError};
@@ -30,10 +37,14 @@ use crate::services::{FsService, SessionRequest};
 pub const LOCK_LEASE_TTL_MS: u64 = 10_000;
 /// How often the mount renews its lease (a third of its TTL: two renewals may fail before the locks go).
 const RENEW_MS: u64 = LOCK_LEASE_TTL_MS / 3;
-const _: () = assert!(RENEW_MS * 2 < LOCK_LEASE_TTL_MS);
+/// How long one renewal may take: well under the TTL, so a slow one is followed by another before the lease lapses.
+const RENEW_TIMEOUT_MS: u64 = 2_000;
+const _: () = assert!(RENEW_MS * 2 + RENEW_TIMEOUT_MS < LOCK_LEASE_TTL_MS);
 /// The first and the longest pause between two attempts of a blocking lock.
 const RETRY_FIRST_MS: u64 = 5;
 const RETRY_MAX_MS: u64 = 200;
+/// Fresh sessions one lock request may begin after its lease lapsed under it (each lapse takes a TTL).
+const SESSIONS_PER_CALL_MAX: u32 = 3;
 
 /// One lock request from the kernel.
 #[derive(Clone, Copy, Debug)]
@@ -57,16 +68,34 @@ impl LockCall {
             mode: self.mode,
         }
     }
+
+    fn key(&self) -> Pair {
+        (self.ino, self.owner)
+    }
 }
+
+/// An inode and a kernel lock owner on it.
+type Pair = (u64, u64);
 
 pub(super) struct LockSession {
     fs: FsService,
     timeout: Duration,
-    /// The session's lease, once a lock was asked for (write-locked while it is granted, renewed or ended, so no lock
-    /// command runs against a lease being revoked for want of locks).
+    /// The session's lease, once a lock was asked for. A lock command runs under a read guard, so the lease is
+    /// never ended for want of locks while one is under way; granting, forgetting and ending take the write guard.
+    /// Renewals take neither: a renewal never waits behind a slow command (the lease would lapse meanwhile).
     lease: RwLock<Option<u64>>,
-    /// (inode, kernel lock owner) pairs this mount took a lock for: a close of one of them releases its locks.
-    held: Mutex<HashSet<(u64, u64)>>,
+    /// Pairs this mount may hold locks for, added before the lock is asked (a lock that commits after its caller
+    /// gave up is still released at close): a close of one of them releases its locks.
+    held: Mutex<HashSet<Pair>>,
+    /// Pairs whose release at a close failed: asked again by the renewer, and before any new lock of the pair.
+    unreleased: Mutex<HashSet<Pair>>,
+    /// Orders asking again for an unreleased pair before a new lock of it (taken after a read guard of `lease`).
+    settling: tokio::sync::Mutex<()>,
+    /// Counts the starts and ends of lock commands: the renewer ends an idle lease only if nothing ran since it
+    /// asked the cluster what the lease holds.
+    activity: AtomicU64,
+    /// Requests waiting for a lock (between attempts they hold no guard, and the lease must outlive them).
+    waiters: AtomicUsize,
     closing: AtomicBool,
 }
 
@@ -74,19 +103,46 @@ fn lease_gone(error: &WireError) -> bool {
     error.code == ErrorCode::NotFound && error.detail.is_none()
 }
 
+fn locked<T>(set: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    set.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Counts a waiting request while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(waiters: &'a AtomicUsize) -> Waiting<'a> {
+        waiters.fetch_add(1, Ordering::SeqCst);
+        Waiting(waiters)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl LockSession {
     pub(super) fn new(fs: FsService, timeout: Duration) -> LockSession {
-        LockSession { fs, timeout, lease: RwLock::new(None), held: Mutex::default(), closing: AtomicBool::new(false) }
-    }
-
-    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<(u64, u64)>> {
-        self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        LockSession {
+            fs,
+            timeout,
+            lease: RwLock::new(None),
+            held: Mutex::default(),
+            unreleased: Mutex::default(),
+            settling: tokio::sync::Mutex::new(()),
+            activity: AtomicU64::new(0),
+            waiters: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
+        }
     }
 
     /// Sets or unlocks a range; with `wait`, asks again until it is free (see the module's notes).
     pub(super) async fn set(&self, call: LockCall, wait: bool, waiter_tid: u32) -> Result<(), WireError> {
+        let _waiting = wait.then(|| Waiting::new(&self.waiters));
         let mut pause = RETRY_FIRST_MS;
-        let mut renewed = false;
+        let mut sessions = 0;
         loop {
             let lease = match call.mode {
                 LockMode::Unlock => match *self.lease.read().await {
@@ -96,26 +152,27 @@ impl LockSession {
                 LockMode::Read | LockMode::Write => self.session().await?,
             };
             match self.try_set(lease, call).await {
-                Ok(()) => {
-                    if call.mode != LockMode::Unlock {
-                        self.held().insert((call.ino, call.owner));
-                    }
-                    return Ok(());
-                }
+                Ok(()) => return Ok(()),
                 // Whatever the lease held went with it.
                 Err(error) if lease_gone(&error) && call.mode == LockMode::Unlock => return Ok(()),
-                Err(error) if lease_gone(&error) && !renewed => {
+                Err(error) if lease_gone(&error) && sessions < SESSIONS_PER_CALL_MAX => {
                     // The lease lapsed under us (this node was cut off longer than its TTL): its locks are gone
                     // already; a new session serves this request.
-                    renewed = true;
+                    sessions += 1;
                     self.forget_lease(lease).await;
                 }
                 Err(error) if wait && Errno::of(&error) == Errno::EAGAIN.code() => {
-                    if self.closing.load(Ordering::Relaxed) || interrupted(waiter_tid) {
-                        return Err(Errno::EINTR.error("the wait for a lock was interrupted"));
+                    // Waits by reading (no log entry per look) until the range looks free, then asks again.
+                    loop {
+                        if self.closing.load(Ordering::SeqCst) || interrupted(waiter_tid) {
+                            return Err(Errno::EINTR.error("the wait for a lock was interrupted"));
+                        }
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                        pause = (pause * 2).min(RETRY_MAX_MS);
+                        if self.holder(lease, call).await?.is_none() {
+                            break;
+                        }
                     }
-                    tokio::time::sleep(Duration::from_millis(pause)).await;
-                    pause = (pause * 2).min(RETRY_MAX_MS);
                 }
                 Err(error) => return Err(error),
             }
@@ -128,9 +185,27 @@ impl LockSession {
         if *guard != Some(lease) {
             return Err(lease_ended(lease));
         }
+        if call.mode != LockMode::Unlock {
+            self.settle(lease, call.key()).await?;
+            locked(&self.held).insert(call.key());
+        }
         let lock = call.lock(lease);
-        self.fs.command(&Caller::ROOT, FsCommandKind::SetLock { ino: call.ino, lock }, self.timeout).await?;
+        self.activity.fetch_add(1, Ordering::SeqCst);
+        let set = self.fs.command(&Caller::ROOT, FsCommandKind::SetLock { ino: call.ino, lock }, self.timeout).await;
+        self.activity.fetch_add(1, Ordering::SeqCst);
         drop(guard);
+        set.map(|_| ())
+    }
+
+    /// Asks again for a release of `pair` that failed at a close, before a new lock of the pair (so the late
+    /// release cannot drop the new lock). The caller holds a read guard of the lease.
+    async fn settle(&self, lease: u64, pair: Pair) -> Result<(), WireError> {
+        let _order = self.settling.lock().await;
+        if !locked(&self.unreleased).contains(&pair) {
+            return Ok(());
+        }
+        self.release_with(lease, pair).await?;
+        locked(&self.unreleased).remove(&pair);
         Ok(())
     }
 
@@ -143,6 +218,9 @@ impl LockSession {
         if let Some(lease) = *lease {
             return Ok(lease);
         }
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(Errno::ENOLCK.error("the mount is closing"));
+        }
         let granted = self.fs.session(SessionRequest::Grant { ttl_ms: LOCK_LEASE_TTL_MS }, self.timeout).await?;
         let granted = granted.ok_or_else(|| WireError::internal("a lease grant answered no lease"))?;
         *lease = Some(granted.id);
@@ -154,62 +232,103 @@ impl LockSession {
     /// process elsewhere has no number here: 0).
     pub(super) async fn test(&self, call: LockCall) -> Result<Option<FileLock>, WireError> {
         let lease = (*self.lease.read().await).unwrap_or(0);
+        let found = self.holder(lease, call).await?;
+        Ok(found.map(|holder| FileLock { pid: if holder.owner.lease == lease { holder.pid } else { 0 }, ..holder }))
+    }
+
+    /// The lock of another owner than (`lease`, the call's owner) in the way of `call`, if any.
+    async fn holder(&self, lease: u64, call: LockCall) -> Result<Option<FileLock>, WireError> {
         let lock = call.lock(lease);
         match self.fs.query(&Caller::ROOT, FsQueryKind::TestLock { ino: call.ino, lock }, self.timeout).await? {
-            FsQueryResponse::Lock(found) => Ok(found
-                .map(|holder| FileLock { pid: if holder.owner.lease == lease { holder.pid } else { 0 }, ..holder })),
+            FsQueryResponse::Lock(found) => Ok(found),
             other => Err(WireError::internal(format!("a lock test answered {other:?}"))),
         }
     }
 
-    /// Releases the locks `owner` holds on `ino`, if this mount took any for it.
+    /// Releases the locks `owner` holds on `ino`, if this mount took any for it. One that fails is asked again by
+    /// the renewer (and before the pair locks again), so a failed close never leaves a lock behind for good.
     pub(super) async fn release(&self, ino: u64, owner: u64) -> Result<(), WireError> {
-        if !self.held().remove(&(ino, owner)) {
+        let pair = (ino, owner);
+        if !locked(&self.held).remove(&pair) {
             return Ok(());
         }
         let guard = self.lease.read().await;
         let Some(lease) = *guard else { return Ok(()) };
+        let released = self.release_with(lease, pair).await;
+        if released.is_err() {
+            locked(&self.unreleased).insert(pair);
+        }
+        released
+    }
+
+    /// Drops `pair`'s locks held with `lease` (the caller holds a read guard of it).
+    async fn release_with(&self, lease: u64, (ino, owner): Pair) -> Result<(), WireError> {
         let owner = LockOwner { lease, owner };
         match self.fs.command(&Caller::ROOT, FsCommandKind::ReleaseLocks { ino, owner }, self.timeout).await {
             Err(error) if lease_gone(&error) => Ok(()),
-            Err(error) => {
-                // Kept, so the next close asks again; the lease's end releases them at the latest.
-                self.held().insert((ino, owner.owner));
-                Err(error)
-            }
+            Err(error) => Err(error),
             Ok(_) => Ok(()),
         }
     }
 
-    /// Renews the lease while the mount holds locks, and ends it once it holds none (an idle mount costs the log
-    /// nothing). Runs until the mount stops.
+    /// Renews the lease while the mount holds locks, asks again for releases that failed, and ends the lease once
+    /// it holds none and nothing waits (an idle mount costs the log nothing). Runs until the mount stops.
     pub(super) async fn renew_forever(&self) {
+        let mut ticks = tokio::time::interval(Duration::from_millis(RENEW_MS));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
         loop {
-            tokio::time::sleep(Duration::from_millis(RENEW_MS)).await;
-            let mut lease = self.lease.write().await;
-            let Some(id) = *lease else { continue };
-            match self.fs.session(SessionRequest::KeepAlive { lease: id }, self.timeout).await {
-                Ok(Some(info)) if info.files.is_empty() => {
-                    if self.fs.session(SessionRequest::End { lease: id }, self.timeout).await.is_ok() {
-                        *lease = None;
-                        self.held().clear();
+            ticks.tick().await;
+            let Some(id) = *self.lease.read().await else { continue };
+            let seen = self.activity.load(Ordering::SeqCst);
+            let renewal = SessionRequest::KeepAlive { lease: id };
+            match self.fs.session(renewal, Duration::from_millis(RENEW_TIMEOUT_MS)).await {
+                Ok(info) => {
+                    self.retry_releases(id).await;
+                    if info.is_some_and(|info| info.files.is_empty()) {
+                        self.end_if_idle(id, seen).await;
                     }
                 }
-                Ok(_) => {}
-                Err(error) if lease_gone(&error) => {
-                    *lease = None;
-                    let lost = std::mem::take(&mut *self.held());
-                    if !lost.is_empty() {
-                        tracing::warn!(
-                            lease = id,
-                            files = lost.len(),
-                            "the mount's lock lease lapsed (this node was cut off for {LOCK_LEASE_TTL_MS} ms): the \
-                             cluster released every lock taken through this mount"
-                        );
-                    }
-                }
+                Err(error) if lease_gone(&error) => self.forget_lease(id).await,
                 Err(error) => tracing::warn!(lease = id, %error, "the mount's lock lease could not be renewed"),
             }
+        }
+    }
+
+    /// Asks again for the releases that failed at a close.
+    async fn retry_releases(&self, id: u64) {
+        if locked(&self.unreleased).is_empty() {
+            return;
+        }
+        let guard = self.lease.read().await;
+        if *guard != Some(id) {
+            return;
+        }
+        let _order = self.settling.lock().await;
+        let pairs: Vec<Pair> = locked(&self.unreleased).iter().copied().collect();
+        for pair in pairs {
+            match self.release_with(id, pair).await {
+                Ok(()) => {
+                    locked(&self.unreleased).remove(&pair);
+                }
+                Err(error) => tracing::warn!(lease = id, ino = pair.0, %error, "a file lock is still not released"),
+            }
+        }
+    }
+
+    /// Ends lease `id`, which held no locks when the cluster was asked, if no lock command ran since (`seen`), none
+    /// is under way and nothing waits.
+    async fn end_if_idle(&self, id: u64, seen: u64) {
+        let Ok(mut lease) = self.lease.try_write() else { return };
+        let idle = self.waiters.load(Ordering::SeqCst) == 0 && self.activity.load(Ordering::SeqCst) == seen;
+        if *lease != Some(id) || !idle {
+            return;
+        }
+        let end = SessionRequest::End { lease: id };
+        if self.fs.session(end, Duration::from_millis(RENEW_TIMEOUT_MS)).await.is_ok() {
+            *lease = None;
+            locked(&self.held).clear();
+            locked(&self.unreleased).clear();
         }
     }
 
@@ -218,14 +337,21 @@ impl LockSession {
         let mut lease = self.lease.write().await;
         if *lease == Some(lapsed) {
             *lease = None;
-            self.held().clear();
-            tracing::warn!(lease = lapsed, "the mount's lock lease lapsed; the cluster released its locks");
+            locked(&self.unreleased).clear();
+            let lost = std::mem::take(&mut *locked(&self.held));
+            tracing::warn!(
+                lease = lapsed,
+                pairs = lost.len(),
+                "the mount's lock lease lapsed (this node was cut off for {LOCK_LEASE_TTL_MS} ms): the cluster \
+                 released every lock taken through this mount"
+            );
         }
     }
 
-    /// Ends the session at unmount: every lock of the mount is released at once, and waiters give up.
+    /// Ends the session at unmount: every lock of the mount is released at once, waiters give up, and no new
+    /// session begins.
     pub(super) async fn end(&self) {
-        self.closing.store(true, Ordering::Relaxed);
+        self.closing.store(true, Ordering::SeqCst);
         let mut lease = self.lease.write().await;
         if let Some(id) = lease.take()
             && let Err(error) = self.fs.session(SessionRequest::End { lease: id }, self.timeout).await
@@ -240,7 +366,11 @@ fn lease_ended(lease: u64) -> WireError {
 }
 
 /// Whether thread `tid` (the one blocked in the lock call) is gone or has a signal pending that it does not block.
+/// Thread 0 is the kernel's own request, never interrupted.
 fn interrupted(tid: u32) -> bool {
+    if tid == 0 {
+        return false;
+    }
     let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else { return true };
     let mask = |name: &str| {
         status
@@ -261,5 +391,6 @@ mod tests {
     fn a_process_that_is_gone_counts_as_interrupted() {
         assert!(interrupted(u32::MAX - 1));
         assert!(!interrupted(std::process::id()), "this test process has no signal pending");
+        assert!(!interrupted(0), "the kernel's own requests come from no process");
     }
 }

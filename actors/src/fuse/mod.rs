@@ -40,6 +40,9 @@ pub use mountpoint::{MountError, check as check_mount_point};
 
 /// Kernel requests served at once; the session's threads wait for a slot beyond that.
 pub const FUSE_INFLIGHT_MAX: usize = 256;
+/// Lock requests that wait for a lock at once (`F_SETLKW`, `flock` without `LOCK_NB`), outside the slots of
+/// [`FUSE_INFLIGHT_MAX`]; one more is refused with `ENOLCK`.
+pub const FUSE_LOCK_WAITERS_MAX: usize = 1024;
 /// Bytes one open inode buffers before a write flushes them (with `--mount-write-back`).
 pub const FUSE_WRITE_BUFFER_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Entries one directory listing holds (a larger directory lists its first this many and says so in the log).
@@ -210,9 +213,11 @@ impl Actor for FuseActor {
 
     async fn post_stop(&self, _myself: ActorRef<FuseMsg>, state: &mut FuseState) -> Result<(), ActorProcessingErr> {
         state.invalidator.stop();
-        state.renewer.abort();
         state.fs.flush_all().await;
+        // The lease is renewed until it is revoked: a long flush must not let the locks lapse while their
+        // processes still run.
         state.fs.end_locks().await;
+        state.renewer.abort();
         state.mounted.unmount().await;
         Ok(())
     }

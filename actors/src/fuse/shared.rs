@@ -31,6 +31,8 @@ pub(super) struct Shared {
     pub(super) config: MountConfig,
     pub(super) runtime: tokio::runtime::Handle,
     pub(super) inflight: Arc<Semaphore>,
+    /// Slots of lock requests that wait (outside `inflight`).
+    pub(super) waiters: Arc<Semaphore>,
     pub(super) next_handle: AtomicU64,
     pub(super) files: Mutex<HashMap<u64, OpenFile>>,
     pub(super) dirs: Mutex<HashMap<u64, Listing>>,

@@ -18,8 +18,8 @@
 //! sees the current rendering rather than pages from an earlier one.
 //!
 //! The view's inode numbers start at [`VIEW_INO_BASE`], far above any the file system hands out, and are given out
-//! per path as paths are seen (at most [`VIEW_INODES_MAX`]; then the numbering starts again and the kernel's older
-//! numbers answer `ESTALE`).
+//! per path as paths are seen (at most [`VIEW_INODES_MAX`] remembered; then the memory starts again, numbers are never reused, and
+//! the kernel's older numbers answer `ESTALE`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -141,6 +141,8 @@ impl Tree {
 struct Inodes {
     by_path: HashMap<String, u64>,
     by_ino: HashMap<u64, String>,
+    /// Paths numbered so far (never reused: a number the kernel kept from before a reset answers `ESTALE`).
+    numbered: u64,
 }
 
 impl Inodes {
@@ -153,7 +155,12 @@ impl Inodes {
             self.by_ino.clear();
         }
         // The root is always the base; the others follow in the order they are seen.
-        let ino = if path.is_empty() { VIEW_INO_BASE } else { VIEW_INO_BASE + 1 + self.by_path.len() as u64 };
+        let ino = if path.is_empty() {
+            VIEW_INO_BASE
+        } else {
+            self.numbered += 1;
+            VIEW_INO_BASE + self.numbered
+        };
         self.by_path.insert(path.to_string(), ino);
         self.by_ino.insert(ino, path.to_string());
         ino

@@ -124,6 +124,11 @@ pub(super) fn conflict(locks: &[FileLock], request: &FileLock) -> Option<FileLoc
 /// Sets or unlocks a range for its owner: `EAGAIN` when another owner's lock stands in the way (the mount waits and
 /// asks again for `F_SETLKW`), `ENOLCK` past the bounds, `NOT_FOUND` (no `errno`) when the owner's lease is gone.
 pub(super) fn set(store: &mut impl CoordWrite, ino: u64, request: &FileLock) -> Answer<FsResponse> {
+    if request.mode == LockMode::Unlock && load_attr(store, ino)?.is_none() {
+        // The inode went away and took its locks with it ([`destroyed`]): a close of a removed file that was
+        // locked must not fail.
+        return Ok(Ok(FsResponse::Done));
+    }
     refuse!(existing(store, ino)?);
     let Some(mut lease) = load_lease(store, request.owner.lease)? else {
         if request.mode == LockMode::Unlock {
@@ -287,6 +292,10 @@ mod tests {
         machine.fs(FsCommandKind::Unlink { parent: ROOT_INO, name: "g".into() }).unwrap();
         assert_eq!(machine.files_of(long), vec![f], "a removed file leaves its holders' lists");
         assert!(machine.tables.coord_get(&locks_key(g)).unwrap().is_none(), "and its locks row goes");
+        let closed = FsCommandKind::ReleaseLocks { ino: g, owner: LockOwner { lease: long, owner: 7 } };
+        assert_eq!(machine.fs(closed), Ok(FsResponse::Done), "a close of the removed file that was locked succeeds");
+        let relocked = machine.take(g, long, 0, 0).unwrap_err();
+        assert_eq!(Errno::of(&relocked), Errno::ENOENT.code(), "but it cannot be locked again: {relocked}");
 
         let owner = LockOwner { lease: long, owner: 7 };
         assert_eq!(machine.fs(FsCommandKind::ReleaseLocks { ino: f, owner }), Ok(FsResponse::Done));
