@@ -237,7 +237,8 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
         World::Simulated { .. } => (TokenRandomness::Seeded, || None),
     };
     let options = ServiceOptions { fault_injection: config.fault_injection, randomness, process_cpu_ms };
-    let services = handles.services(node_id, &config.keys, options);
+    let mut services = handles.services(node_id, &config.keys, options);
+    services.fs = services.fs.with_capacity_of(&config.data_dir);
     let context = RpcContext { clock: config.clock, services: services.clone() };
     let rpc = ChildSpec::new("rpc", Restart::Permanent, RpcGateway, RpcArgs { listener, context });
     let mut children = Vec::new();

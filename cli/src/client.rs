@@ -273,7 +273,11 @@ impl Client {
     /// Sends one request and waits for its response, within the client's deadline. Follows `NOT_LEADER` to the
     /// leader and moves to another node when one cannot be reached; never resends a request that may have been applied.
     pub async fn request(&self, body: Request) -> Result<Response, ClientError> {
-        let timeout = self.options.timeout;
+        self.request_within(body, self.options.timeout).await
+    }
+
+    /// [`Client::request`] with a deadline of its own instead of the client's.
+    pub async fn request_within(&self, body: Request, timeout: Duration) -> Result<Response, ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let attempts = async {
             let mut last_error = None;

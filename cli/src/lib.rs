@@ -4,6 +4,7 @@
 mod blob_client;
 mod client;
 mod error;
+mod fs;
 mod hooks;
 mod jobs;
 mod observe;

@@ -112,6 +112,36 @@ enum Command {
     /// dead letters and cron.
     #[command(subcommand)]
     Job(job::JobCommandArgs),
+    /// Mount the cluster's file system at PATH through a node (FUSE), until SIGINT or SIGTERM; the ticket's token
+    /// needs the fs capability (`pando token create --fs read|write`). Runs `pando-node mount` (the mount is the
+    /// node's code); `pando mount --help` lists its options.
+    #[command(disable_help_flag = true)]
+    Mount(MountArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MountArgs {
+    /// PATH and the options, passed to `pando-node mount`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "PATH [OPTIONS]")]
+    args: Vec<std::ffi::OsString>,
+}
+
+/// `pando mount`: becomes `pando-node mount` (found beside this binary, else on `PATH`) with the same arguments and
+/// the ticket in its environment. Returns only when that cannot start.
+fn mount(ticket: Option<&str>, args: &[std::ffi::OsString]) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let beside = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.join("pando-node")));
+    let program = beside.filter(|path| path.is_file()).unwrap_or_else(|| PathBuf::from("pando-node"));
+    let mut command = std::process::Command::new(&program);
+    command.arg("mount").args(args);
+    if let Some(ticket) = ticket {
+        command.env("PANDO_TICKET", ticket);
+    }
+    let error = command.exec();
+    anyhow::anyhow!(
+        "cannot run {} for the mount: {error} (pando mount needs pando-node beside pando or on PATH)",
+        program.display()
+    )
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -410,6 +440,9 @@ fn report(error: &anyhow::Error, json_output: bool) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Mount(args) = &cli.command {
+        return Err(mount(cli.ticket.as_deref(), &args.args));
+    }
     let ticket = cli.ticket.clone().ok_or_else(|| {
         anyhow::anyhow!("no ticket: pass --ticket or set PANDO_TICKET (pando-node writes it to <data-dir>/ticket)")
     })?;
@@ -433,6 +466,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(command) => token::token(&client, command, cli.json).await,
         Command::Hook(command) => hook::hook(&client, command, cli.json).await,
         Command::Job(command) => job::job(&client, command, cli.json).await,
+        Command::Mount(_) => Err(anyhow::anyhow!("a mount runs on its own, above")),
         Command::Cluster(ClusterCommand::JoinToken(JoinTokenCommand::Create(args))) => {
             token::join_token(&client, args, cli.json).await
         }

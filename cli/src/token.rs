@@ -51,8 +51,15 @@ pub struct CreateArgs {
     /// Read cluster status and metrics.
     #[arg(long)]
     cluster_read: bool,
+    /// Use the file system through `pando mount`: `read` (and take file locks) or `write`. The holder names the
+    /// uid each request runs as, so it is trusted with every file.
+    #[arg(long, value_enum)]
+    fs: Option<FsAccess>,
     /// Everything: cluster administration and minting tokens included.
-    #[arg(long, conflicts_with_all = ["prefixes", "plugin_calls", "jobs", "blob_read", "blob_write", "cluster_read"])]
+    #[arg(
+        long,
+        conflicts_with_all = ["prefixes", "plugin_calls", "jobs", "blob_read", "blob_write", "cluster_read", "fs"]
+    )]
     admin: bool,
     /// Lifetime such as 1h, 30d; 0 for no expiry (default 30 days).
     #[arg(long)]
@@ -75,6 +82,12 @@ pub struct JoinTokenArgs {
     role: JoinRole,
     #[arg(long, default_value = "join")]
     name: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FsAccess {
+    Read,
+    Write,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -118,9 +131,12 @@ fn capabilities(args: &CreateArgs) -> anyhow::Result<Vec<Capability>> {
     if args.cluster_read {
         capabilities.push(Capability::ClusterRead);
     }
+    if let Some(access) = args.fs {
+        capabilities.push(Capability::Fs { write: access == FsAccess::Write });
+    }
     anyhow::ensure!(
         !capabilities.is_empty(),
-        "a token needs a scope: --prefix, --plugin-call, --jobs, --blob-*, --cluster-read or --admin"
+        "a token needs a scope: --prefix, --plugin-call, --jobs, --blob-*, --cluster-read, --fs or --admin"
     );
     Ok(capabilities)
 }
@@ -213,6 +229,8 @@ fn describe(capability: &Capability) -> String {
         Capability::Node { node_id, .. } => format!("node:{node_id}"),
         Capability::Jobs { queue: Some(queue) } => format!("jobs:{queue}"),
         Capability::Jobs { queue: None } => "jobs:*".into(),
+        Capability::Fs { write: false } => "fs-read".into(),
+        Capability::Fs { write: true } => "fs-write".into(),
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod identity;
 mod membership;
+mod mount;
 mod rotation;
 
 use std::collections::BTreeMap;
@@ -143,7 +144,7 @@ fn mount_config(args: &Args) -> anyhow::Result<Option<pando_actors::fuse::MountC
     let Some(path) = &args.mount else { return Ok(None) };
     let path = pando_actors::fuse::check_mount_point(path).context("--mount")?;
     let pairs = |texts: &[String]| texts.iter().map(|text| IdMap::parse_pair(text)).collect::<Result<Vec<_>, _>>();
-    let mut config = MountConfig::new(path, args.data_dir.clone());
+    let mut config = MountConfig::new(path);
     config.allow_other = args.mount_allow_other;
     config.read_only = args.mount_read_only;
     config.attr_ttl = Duration::from_millis(args.mount_cache_ms);
@@ -166,6 +167,17 @@ fn main() -> anyhow::Result<()> {
         // The reaper of a node that started this binary (see `pando_actors::process`).
         pando_actors::process::serve(std::io::stdin().lock(), pando_actors::process::REAPER_GRACE);
         return Ok(());
+    }
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == mount::MOUNT_ARG) {
+        let args = <mount::MountArgs as Parser>::parse_from(std::env::args_os().skip(1));
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(EnvFilter::try_from_env("PANDO_LOG").unwrap_or_else(|_| EnvFilter::new("warn")))
+            .init();
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let mounted = runtime.block_on(mount::mount(args));
+        runtime.shutdown_timeout(Duration::from_millis(SHUTDOWN_TIMEOUT_MS));
+        return mounted;
     }
     let args = Args::parse();
     tracing_subscriber::fmt()

@@ -44,6 +44,8 @@ pub enum Request {
     HookWatch(crate::hook::api::HookWatchRequest),
     /// Jobs: submits, reads, the admin's commands.
     Job(crate::job::JobRequest),
+    /// The file system, for a mount on a machine that is not a member.
+    Fs(crate::fs::FsRequest),
 }
 
 /// A response to the request with the same id.
@@ -66,6 +68,7 @@ pub enum Response {
     Hook(crate::hook::api::HookReply),
     HookStream(crate::hook::api::HookStreamResponse),
     Job(crate::job::JobReply),
+    Fs(crate::fs::FsReply),
 }
 
 /// The first two fields of an envelope, decoded on their own when the full envelope does not decode, so the error

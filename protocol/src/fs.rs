@@ -24,6 +24,7 @@ macro_rules! refuse {
     };
 }
 
+pub mod api;
 pub mod apply;
 mod data;
 pub mod locks;
@@ -42,6 +43,7 @@ use crate::limits::{
     FS_CHUNK_BYTES, FS_CHUNKS_PER_COMMAND_MAX, FS_FILE_BYTES_MAX, FS_INLINE_BYTES_MAX, FS_LIST_COUNT_MAX,
     FS_NAME_BYTES_MAX, FS_SYMLINK_BYTES_MAX, FS_XATTR_NAME_BYTES_MAX, FS_XATTR_VALUE_BYTES_MAX,
 };
+pub use api::{FsReply, FsRequest, SessionRequest};
 pub use locks::{FileLock, LockMode, LockOwner};
 
 /// The root directory's inode number (as FUSE expects).

@@ -125,6 +125,9 @@ fn named(root: &str, what: &str, name: &[u8]) -> String {
     subject
 }
 
+/// The subject of every change to the file system (inodes and entries that changed, for the mounts' caches).
+pub const FS_CHANGED_SUBJECT: &str = "fs.changed";
+
 /// The subject of a coordination event.
 pub fn coord_subject(event: &CoordEvent) -> String {
     use CoordEvent as E;
@@ -167,7 +170,7 @@ pub fn coord_subject(event: &CoordEvent) -> String {
         E::ServiceHealthChanged { service, .. } => named("service", "health", service),
         E::ServiceDeregistered { service, .. } => named("service", "deregistered", service),
         E::Job { queue, kind, .. } => named("job", kind.as_str(), queue.as_bytes()),
-        E::FsChanged { .. } => "fs.changed".to_string(),
+        E::FsChanged { .. } => FS_CHANGED_SUBJECT.to_string(),
     }
 }
 

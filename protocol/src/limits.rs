@@ -283,6 +283,10 @@ pub const FS_XATTR_VALUE_BYTES_MAX: usize = 64 * 1024;
 pub const FS_XATTR_TOTAL_BYTES_MAX: usize = 128 * 1024;
 /// Byte-range locks (fcntl and flock) held on one inode by every owner together (`ENOLCK` past it).
 pub const FS_LOCKS_PER_INODE_MAX: usize = 1_024;
+/// Bytes one file-system read over the client protocol answers (a `pando mount` reads in pieces of this).
+pub const FS_REMOTE_READ_BYTES_MAX: usize = 1024 * 1024;
+/// Bytes one file-system write over the client protocol carries (a `pando mount` writes its buffer back in these).
+pub const FS_REMOTE_WRITE_BYTES_MAX: usize = 2 * 1024 * 1024;
 const _: () = assert!(FS_XATTR_VALUE_BYTES_MAX <= FS_XATTR_TOTAL_BYTES_MAX);
 const _: () = assert!((FS_INLINE_BYTES_MAX as u64) < FS_CHUNK_BYTES);
 const _: () = assert!(FS_INLINE_BYTES_MAX + 4 * 1024 <= PROPOSAL_BYTES_MAX);

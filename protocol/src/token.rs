@@ -55,6 +55,10 @@ pub enum Capability {
     /// Submit plugin jobs to the queue named (or any, `None`) and read jobs. Shell jobs, cancelling, retrying,
     /// purging and cron need [`Capability::All`]: a shell job runs a command as the node's user.
     Jobs { queue: Option<String> },
+    /// Use the cluster's file system through the client protocol (`pando mount`): read it (and take file locks),
+    /// or read and write it. Its holder names the uid and gid each request runs as (as an NFS client with
+    /// `AUTH_SYS` does), so it is trusted with every file; `.pando/` and the KV are not in it.
+    Fs { write: bool },
 }
 
 /// What a request needs.
@@ -93,6 +97,10 @@ pub enum Access<'a> {
     NodeKey(u64),
     /// Promoting this learner to a voter.
     Promote(u64),
+    /// Reading the file system and taking file locks in it.
+    FsRead,
+    /// Changing the file system.
+    FsWrite,
 }
 
 /// A token as it travels: accessor and secret.
@@ -190,6 +198,10 @@ pub fn allows(capabilities: &[Capability], access: Access<'_>) -> bool {
         }
         (Capability::Jobs { queue }, Access::JobSubmit(name)) => queue.as_deref().is_none_or(|queue| queue == name),
         (Capability::Jobs { .. }, Access::JobRead) => true,
+        (Capability::Fs { .. }, Access::FsRead) => true,
+        (Capability::Fs { write }, Access::FsWrite) => *write,
+        // A mount drops its caches of what changed from this stream.
+        (Capability::Fs { .. }, Access::HookStream(pattern)) => pattern == crate::hook::FS_CHANGED_SUBJECT,
         (Capability::Node { .. }, Access::ClusterRead) => true,
         (Capability::Node { node_id, .. }, Access::NodeAddress(id) | Access::NodeKey(id)) => *node_id == id,
         (Capability::Node { node_id, promote }, Access::Promote(id)) => *promote && *node_id == id,

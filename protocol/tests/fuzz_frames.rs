@@ -288,6 +288,11 @@ fn exercise(frame_bytes: &[u8], tables: &mut MemoryTables, revision: &mut u64, r
         Request::HookWatch(request) => checked_only(request.validate()),
         Request::Job(JobRequest::Command(command)) => command.validate().ok().map(|()| Command::Job(command)),
         Request::Job(request) => checked_only(request.validate()),
+        Request::Fs(pando_protocol::fs::FsRequest::Command { caller, kind }) => {
+            let command = pando_protocol::fs::FsCommand { caller, kind };
+            command.validate().ok().map(|()| Command::Fs(command))
+        }
+        Request::Fs(request) => checked_only(request.validate()),
         Request::Hook(request) => match request.command() {
             Some(command) => request.validate().ok().map(|()| Command::Hook(command)),
             None => checked_only(request.validate()),

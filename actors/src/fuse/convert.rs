@@ -99,6 +99,9 @@ pub fn errno(error: &WireError) -> fuser::Errno {
         ErrorCode::Busy => 11,         // EAGAIN
         ErrorCode::Timeout => 110,     // ETIMEDOUT
         ErrorCode::Unavailable => 107, // ENOTCONN: no leader reachable
+        // A `pando mount` whose token may not do this (a read-only token writing, or one revoked or expired).
+        ErrorCode::Unauthorized => 13, // EACCES
+        ErrorCode::TooLarge => 27,     // EFBIG
         _ => 5,                        // EIO
     })
 }

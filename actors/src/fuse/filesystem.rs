@@ -31,12 +31,12 @@ use pando_protocol::fs::{
 use pando_protocol::limits::FS_NAME_BYTES_MAX;
 use tokio::sync::Semaphore;
 
+use super::backend::FsBackend;
 use super::convert::{self, errno};
 use super::locks::{LockCall, LockSession};
 use super::shared::{Listing, STATFS_BLOCK, Shared, lock, wrong};
 use super::view::{View, ViewSources, is_view};
 use super::{FUSE_INFLIGHT_MAX, FUSE_LOCK_WAITERS_MAX, FUSE_OP_TIMEOUT_MS, MountConfig};
-use crate::services::FsService;
 
 const O_APPEND: i32 = 0o2000;
 const O_EXCL: i32 = 0o200;
@@ -51,7 +51,13 @@ const MAX_WRITE: u32 = 1024 * 1024;
 pub struct PandoFs(Arc<Shared>);
 
 impl PandoFs {
-    pub fn new(fs: FsService, config: MountConfig, runtime: tokio::runtime::Handle, view: ViewSources) -> PandoFs {
+    /// The mount's file system over `fs`, with the `.pando/` view when `view` names its sources.
+    pub fn new(
+        fs: Arc<dyn FsBackend>,
+        config: MountConfig,
+        runtime: tokio::runtime::Handle,
+        view: Option<ViewSources>,
+    ) -> PandoFs {
         PandoFs(Arc::new(Shared {
             config,
             runtime,
@@ -65,7 +71,7 @@ impl PandoFs {
             served: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             locks: LockSession::new(fs.clone(), Duration::from_millis(FUSE_OP_TIMEOUT_MS)),
-            view: View::new(view, Duration::from_millis(FUSE_OP_TIMEOUT_MS)),
+            view: view.map(|sources| View::new(sources, Duration::from_millis(FUSE_OP_TIMEOUT_MS))),
             fs,
         }))
     }
@@ -497,12 +503,15 @@ impl Filesystem for PandoFs {
         self.spawn(move |s| async move {
             // What this mount buffered reads as written (read-your-writes without a commit).
             let read = match s.buffer(ino.0) {
-                _ if is_view(ino.0) => s.view.read(&caller, ino.0, offset, size).await,
+                _ if is_view(ino.0) => match &s.view {
+                    Some(view) => view.read(&caller, ino.0, offset, size).await,
+                    None => Err(Errno::ENOENT.error("no such inode")),
+                },
                 Some(buffer) => {
                     let buffer = buffer.lock().await;
                     s.fs.read_over(&caller, ino.0, offset, size, buffer.extents(), s.timeout()).await
                 }
-                None => s.fs.read(&caller, ino.0, offset, size, s.timeout()).await,
+                None => s.fs.read_over(&caller, ino.0, offset, size, &[], s.timeout()).await,
             };
             match s.counted(read) {
                 Ok(bytes) => reply.data(&bytes),

@@ -1,5 +1,5 @@
 //! Drops what the kernel cached of inodes and names that changed, from the commit stream (`fs.changed` events,
-//! whichever member's write caused them): the attributes and pages of each changed inode the kernel knows, and each
+//! whichever member's write caused them; a mount that is not a member's hears them on a hook stream): the attributes and pages of each changed inode the kernel knows, and each
 //! changed name under a directory it knows. A subscriber that lagged behind the stream drops every inode the kernel
 //! knows (names then live at most their entry TTL).
 //!
@@ -12,11 +12,49 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use fuser::{INodeNo, Notifier};
+use futures::{Stream, StreamExt};
 use pando_protocol::coord::CoordEvent;
 use tokio::sync::broadcast;
 
 use super::PandoFs;
 use crate::commit_stream::Committed;
+
+/// What the feed hears of the file system's changes: inodes and entries (parent, name) that changed, or that it
+/// missed some (everything the kernel knows is dropped then).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FsFeed {
+    Changed { inodes: Vec<u64>, entries: Vec<(u64, String)> },
+    Lost,
+}
+
+/// The feed of a member's mount: its node's commit stream.
+pub fn commit_feed(events: broadcast::Receiver<Arc<Committed>>) -> impl Stream<Item = FsFeed> + Send + 'static {
+    futures::stream::unfold(events, |mut events| async move {
+        loop {
+            let feed = match events.recv().await {
+                Ok(committed) => {
+                    let mut changed = committed.coord.iter().filter_map(|event| match event {
+                        CoordEvent::FsChanged { inodes, entries } => Some((inodes, entries)),
+                        _ => None,
+                    });
+                    let Some((inodes, entries)) = changed.next() else { continue };
+                    let (mut inodes, mut entries) = (inodes.clone(), entries.clone());
+                    for (more_inodes, more_entries) in changed {
+                        inodes.extend_from_slice(more_inodes);
+                        entries.extend_from_slice(more_entries);
+                    }
+                    FsFeed::Changed { inodes, entries }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "the FUSE invalidation feed lagged; dropping every cached inode");
+                    FsFeed::Lost
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            return Some((feed, events));
+        }
+    })
+}
 
 /// Changes queued for the notifying thread before the feed drops every cached inode instead.
 const QUEUE: usize = 4096;
@@ -34,7 +72,7 @@ pub struct Invalidator {
 }
 
 impl Invalidator {
-    pub fn start(notifier: Notifier, mut events: broadcast::Receiver<Arc<Committed>>, fs: PandoFs) -> Invalidator {
+    pub fn start(notifier: Notifier, events: impl Stream<Item = FsFeed> + Send + 'static, fs: PandoFs) -> Invalidator {
         let (queue, changes) = mpsc::sync_channel::<Change>(QUEUE);
         let sent = Arc::new(AtomicU64::new(0));
         let counter = sent.clone();
@@ -67,14 +105,11 @@ impl Invalidator {
             tracing::error!(%error, "cannot start the FUSE invalidation thread: caches live their TTLs");
         }
         let feed = tokio::spawn(async move {
-            loop {
-                let changes = match events.recv().await {
-                    Ok(committed) => changes_of(&committed, &fs),
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::debug!(missed, "the FUSE invalidation feed lagged; dropping every cached inode");
-                        vec![Change::All]
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
+            let mut events = std::pin::pin!(events);
+            while let Some(feed) = events.next().await {
+                let changes = match feed {
+                    FsFeed::Changed { inodes, entries } => changes_of(&inodes, &entries, &fs),
+                    FsFeed::Lost => vec![Change::All],
                 };
                 for change in changes {
                     match queue.try_send(change) {
@@ -103,19 +138,16 @@ fn notify_inode(notifier: &Notifier, ino: u64) -> bool {
     notifier.inval_inode(INodeNo(ino), 0, 0).is_ok()
 }
 
-fn changes_of(committed: &Committed, fs: &PandoFs) -> Vec<Change> {
+fn changes_of(inodes: &[u64], entries: &[(u64, String)], fs: &PandoFs) -> Vec<Change> {
     let mut changes = Vec::new();
-    for event in &committed.coord {
-        let CoordEvent::FsChanged { inodes, entries } = event else { continue };
-        for ino in inodes {
-            if fs.forget_version(*ino) {
-                changes.push(Change::Inode(*ino));
-            }
+    for ino in inodes {
+        if fs.forget_version(*ino) {
+            changes.push(Change::Inode(*ino));
         }
-        for (parent, name) in entries {
-            if fs.is_known(*parent) {
-                changes.push(Change::Entry(*parent, name.clone()));
-            }
+    }
+    for (parent, name) in entries {
+        if fs.is_known(*parent) {
+            changes.push(Change::Entry(*parent, name.clone()));
         }
     }
     changes

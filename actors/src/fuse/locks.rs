@@ -23,15 +23,17 @@
 //!   interrupted.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::fs::{Caller, Errno, FileLock, FsCommandKind, FsQueryKind, FsQueryResponse, LockMode, LockOwner};
 use tokio::sync::RwLock;
 
-use crate::services::{FsService, SessionRequest};
+use pando_protocol::fs::SessionRequest;
+
+use super::backend::FsBackend;
 
 /// How long the cluster keeps a mount's locks after its node stops renewing them.
 pub const LOCK_LEASE_TTL_MS: u64 = 10_000;
@@ -78,7 +80,7 @@ impl LockCall {
 type Pair = (u64, u64);
 
 pub(super) struct LockSession {
-    fs: FsService,
+    fs: Arc<dyn FsBackend>,
     timeout: Duration,
     /// The session's lease, once a lock was asked for. A lock command runs under a read guard, so the lease is
     /// never ended for want of locks while one is under way; granting, forgetting and ending take the write guard.
@@ -124,7 +126,7 @@ impl Drop for Waiting<'_> {
 }
 
 impl LockSession {
-    pub(super) fn new(fs: FsService, timeout: Duration) -> LockSession {
+    pub(super) fn new(fs: Arc<dyn FsBackend>, timeout: Duration) -> LockSession {
         LockSession {
             fs,
             timeout,

@@ -18,6 +18,7 @@
 //! - **Locks** (`fcntl` and `flock`) are the cluster's, held through a lease of the mount's ([`locks`]): a node that
 //!   dies takes its locks with it when the lease lapses.
 
+pub mod backend;
 mod buffer;
 mod convert;
 pub mod filesystem;
@@ -28,6 +29,7 @@ mod shared;
 pub mod view;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -35,7 +37,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use crate::services::FsService;
 use crate::storage_actor::StorageHandle;
 use crate::supervision::{ActorDetail, ChildSpec, Control, Restart};
+pub use backend::FsBackend;
 pub use filesystem::PandoFs;
+pub use invalidate::FsFeed;
 pub use mountpoint::{MountError, check as check_mount_point};
 
 /// Kernel requests served at once; the session's threads wait for a slot beyond that.
@@ -111,15 +115,12 @@ pub struct MountConfig {
     /// every `write` is committed before it returns.
     pub write_back: bool,
     pub ids: IdMap,
-    /// A directory on the disk whose free space `statfs` reports (the node's data directory).
-    pub capacity_of: PathBuf,
 }
 
 impl MountConfig {
-    pub fn new(path: PathBuf, capacity_of: PathBuf) -> MountConfig {
+    pub fn new(path: PathBuf) -> MountConfig {
         MountConfig {
             path,
-            capacity_of,
             allow_other: false,
             read_only: false,
             attr_ttl: Duration::from_secs(1),
@@ -155,15 +156,64 @@ impl From<Control> for FuseMsg {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-pub struct FuseActor;
-
-pub struct FuseState {
+/// A mounted file system with what keeps it coherent: the kernel session, the invalidation feed and the lock
+/// lease's renewer. The node's [`FuseActor`] holds one, and so does `pando mount`.
+pub struct Mount {
     mounted: mountpoint::Mounted,
     invalidator: invalidate::Invalidator,
     fs: PandoFs,
     /// Keeps the mount's lock lease alive.
     renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Mount {
+    /// Mounts `fs` at `config.path` (clearing a mount a crash left there), with the `.pando/` view when `view`
+    /// names its sources, dropping the kernel's caches from `feed`. `ended` hears why the kernel session ended when
+    /// it ends on its own (an outside `umount`, a kernel error). Runs on the current tokio runtime.
+    pub async fn start(
+        config: MountConfig,
+        fs: Arc<dyn FsBackend>,
+        view: Option<view::ViewSources>,
+        feed: impl futures::Stream<Item = FsFeed> + Send + 'static,
+        ended: impl FnOnce(String) + Send + 'static,
+    ) -> Result<Mount, MountError> {
+        let fs = PandoFs::new(fs, config.clone(), tokio::runtime::Handle::current(), view);
+        let mounted = mountpoint::mount(&config, fs.clone(), ended).await?;
+        let invalidator = invalidate::Invalidator::start(mounted.notifier(), feed, fs.clone());
+        let renewer = tokio::spawn({
+            let fs = fs.clone();
+            async move { fs.renew_locks().await }
+        });
+        tracing::info!(path = %config.path.display(), "file system mounted");
+        Ok(Mount { mounted, invalidator, fs, renewer })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.mounted.path()
+    }
+
+    /// One line on the mount: its path, what it holds, and how many cache drops it sent.
+    pub fn summary(&self) -> String {
+        format!("{} mounted; {}; {} invalidations", self.path().display(), self.fs.summary(), self.invalidator.sent())
+    }
+
+    /// Writes back what the mount buffered, releases its locks, and unmounts.
+    pub async fn stop(&mut self) {
+        self.invalidator.stop();
+        self.fs.flush_all().await;
+        // The lease is renewed until it is revoked: a long flush must not let the locks lapse while their
+        // processes still run.
+        self.fs.end_locks().await;
+        self.renewer.abort();
+        self.mounted.unmount().await;
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FuseActor;
+
+pub struct FuseState {
+    mount: Mount,
 }
 
 impl Actor for FuseActor {
@@ -172,19 +222,12 @@ impl Actor for FuseActor {
     type Arguments = FuseArgs;
 
     async fn pre_start(&self, myself: ActorRef<FuseMsg>, args: FuseArgs) -> Result<FuseState, ActorProcessingErr> {
-        let fs = PandoFs::new(args.fs, args.config.clone(), tokio::runtime::Handle::current(), args.view);
-        let ended = myself.clone();
-        let mounted = mountpoint::mount(&args.config, fs.clone(), move |outcome| {
-            let _ = ended.cast(FuseMsg::Ended(outcome));
-        })
-        .await?;
-        let invalidator = invalidate::Invalidator::start(mounted.notifier(), args.storage.subscribe(), fs.clone());
-        let renewer = tokio::spawn({
-            let fs = fs.clone();
-            async move { fs.renew_locks().await }
-        });
-        tracing::info!(path = %args.config.path.display(), "file system mounted");
-        Ok(FuseState { mounted, invalidator, fs, renewer })
+        let feed = invalidate::commit_feed(args.storage.subscribe());
+        let ended = move |outcome| {
+            let _ = myself.cast(FuseMsg::Ended(outcome));
+        };
+        let mount = Mount::start(args.config, Arc::new(args.fs), Some(args.view), feed, ended).await?;
+        Ok(FuseState { mount })
     }
 
     async fn handle(
@@ -195,30 +238,18 @@ impl Actor for FuseActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             FuseMsg::Ended(outcome) => {
-                return Err(format!("the FUSE session at {} ended: {outcome}", state.mounted.path().display()).into());
+                return Err(format!("the FUSE session at {} ended: {outcome}", state.mount.path().display()).into());
             }
             FuseMsg::Control(Control::InjectPanic) => panic!("fault injection: FUSE actor panics on request"),
             FuseMsg::Control(Control::Status(reply)) => {
-                let detail = format!(
-                    "{} mounted; {}; {} invalidations",
-                    state.mounted.path().display(),
-                    state.fs.summary(),
-                    state.invalidator.sent()
-                );
-                let _ = reply.send(ActorDetail::line(detail));
+                let _ = reply.send(ActorDetail::line(state.mount.summary()));
             }
         }
         Ok(())
     }
 
     async fn post_stop(&self, _myself: ActorRef<FuseMsg>, state: &mut FuseState) -> Result<(), ActorProcessingErr> {
-        state.invalidator.stop();
-        state.fs.flush_all().await;
-        // The lease is renewed until it is revoked: a long flush must not let the locks lapse while their
-        // processes still run.
-        state.fs.end_locks().await;
-        state.renewer.abort();
-        state.mounted.unmount().await;
+        state.mount.stop().await;
         Ok(())
     }
 }

@@ -16,18 +16,18 @@ use pando_protocol::fs::{
 use pando_protocol::limits::{FS_INODES_MAX, FS_LIST_COUNT_MAX};
 use tokio::sync::Semaphore;
 
+use super::backend::FsBackend;
 use super::buffer::Buffer;
 use super::convert::{errno, file_attr, file_type};
 use super::locks::LockSession;
 use super::view::View;
 use super::{FUSE_LIST_ENTRIES_MAX, FUSE_OP_TIMEOUT_MS, FUSE_WRITE_BUFFER_BYTES_MAX, MountConfig};
-use crate::services::FsService;
 
 /// Statfs's block size.
 pub(super) const STATFS_BLOCK: u64 = 4096;
 
 pub(super) struct Shared {
-    pub(super) fs: FsService,
+    pub(super) fs: Arc<dyn FsBackend>,
     pub(super) config: MountConfig,
     pub(super) runtime: tokio::runtime::Handle,
     pub(super) inflight: Arc<Semaphore>,
@@ -41,7 +41,8 @@ pub(super) struct Shared {
     pub(super) served: AtomicU64,
     pub(super) failed: AtomicU64,
     pub(super) locks: LockSession,
-    pub(super) view: View,
+    /// The `.pando/` view (a mount that is not a member's has none).
+    pub(super) view: Option<View>,
 }
 
 pub(super) struct OpenFile {
@@ -91,7 +92,7 @@ impl Shared {
     }
 
     pub(super) async fn command(&self, caller: &Caller, kind: FsCommandKind) -> Result<FsResponse, WireError> {
-        if let Some(refused) = super::view::refusal(&kind) {
+        if let Some(refused) = self.view.as_ref().and_then(|_| super::view::refusal(&kind)) {
             return Err(refused);
         }
         self.fs.command(caller, kind, self.timeout()).await
@@ -105,7 +106,9 @@ impl Shared {
     }
 
     pub(super) async fn query(&self, caller: &Caller, kind: FsQueryKind) -> Result<FsQueryResponse, WireError> {
-        if let Some(answer) = self.view.query(caller, &kind).await {
+        if let Some(view) = &self.view
+            && let Some(answer) = view.query(caller, &kind).await
+        {
             return answer;
         }
         self.fs.query(caller, kind, self.timeout()).await
@@ -257,8 +260,10 @@ impl Shared {
             Row { ino, kind: FileType::Directory, name: ".".into() },
             Row { ino: attr.parent.max(1), kind: FileType::Directory, name: "..".into() },
         ];
-        if ino == ROOT_INO {
-            let view = self.view.root_entry();
+        if ino == ROOT_INO
+            && let Some(view) = &self.view
+        {
+            let view = view.root_entry();
             rows.push(Row { ino: view.ino, kind: FileType::Directory, name: view.name });
         }
         let mut after = None;
@@ -269,7 +274,8 @@ impl Shared {
             };
             after = entries.last().map(|entry| entry.name.clone());
             // A file the file system holds as `.pando` in the root is hidden by the view.
-            let hidden = |entry: &DirEntry| ino == ROOT_INO && entry.name == super::view::VIEW_NAME;
+            let hidden =
+                |entry: &DirEntry| self.view.is_some() && ino == ROOT_INO && entry.name == super::view::VIEW_NAME;
             rows.extend(entries.into_iter().filter(|entry| !hidden(entry)).map(|entry| Row {
                 ino: entry.ino,
                 kind: file_type(entry.kind),
@@ -292,10 +298,7 @@ impl Shared {
         let FsQueryResponse::StatFs(totals) = self.query(caller, FsQueryKind::StatFs).await? else {
             return Err(WireError::internal("statfs answered something else"));
         };
-        let free = match rustix::fs::statvfs(self.config.capacity_of.as_path()) {
-            Ok(disk) => disk.f_bavail.saturating_mul(disk.f_frsize) / STATFS_BLOCK,
-            Err(_) => 0,
-        };
+        let free = self.fs.free_bytes(self.timeout()).await?.unwrap_or(0) / STATFS_BLOCK;
         let used = totals.bytes.div_ceil(STATFS_BLOCK);
         let ffree = FS_INODES_MAX.saturating_sub(totals.inodes);
         Ok([used + free, free, free, totals.inodes + ffree, ffree])

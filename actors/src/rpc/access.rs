@@ -27,6 +27,7 @@ pub(crate) fn validate(request: &Request) -> Result<(), WireError> {
         Request::Hook(request) => request.validate(),
         Request::HookWatch(request) => request.validate(),
         Request::Job(request) => request.validate(),
+        Request::Fs(request) => request.validate(),
     }
 }
 
@@ -91,6 +92,7 @@ pub(crate) fn required(request: &Request) -> Vec<Access<'_>> {
         // capability (it may see every key, lock and lease).
         Request::HookWatch(request) => vec![Access::HookStream(&request.pattern)],
         Request::Job(request) => request.required(),
+        Request::Fs(request) => vec![request.required()],
     }
 }
 

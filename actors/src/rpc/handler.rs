@@ -261,6 +261,8 @@ pub(crate) fn authorise(caller: &Caller, access: Access<'_>) -> Result<(), WireE
         Access::NodeAddress(_) => "announce this node's address",
         Access::NodeKey(_) => "replace this node's key (only the node itself, over its current key, or an admin)",
         Access::Promote(_) => "promote this node (an admin promotes learners, unless their join token said voter)",
+        Access::FsRead => "use the file system (a token of --fs read or write)",
+        Access::FsWrite => "change the file system (a token of --fs write)",
     };
     Err(WireError::new(ErrorCode::Unauthorized, format!("`{}` may not {what}", caller.name)))
 }
@@ -303,6 +305,7 @@ async fn execute(
         Request::Token(request) => services.tokens.execute(request, timeout).await.map(Response::Token),
         Request::Hook(request) => services.hooks.execute(request, timeout).await.map(Response::Hook),
         Request::Job(request) => services.jobs.execute(request, timeout).await.map(Response::Job),
+        Request::Fs(request) => services.fs.execute(request, timeout).await.map(Response::Fs),
         // Served on its own stream (`rpc::watch`), never as one request and one answer.
         Request::Watch(_) | Request::Observe(_) | Request::HookWatch(_) => {
             Err(WireError::internal("a watch was routed to the single-answer path"))

@@ -14,9 +14,10 @@ use pando_protocol::blob::{BlobHash, BlobRef};
 use pando_protocol::command::{Command, CommandOutput};
 use pando_protocol::coord::{CoordRequest, CoordResponse, LeaseInfo};
 use pando_protocol::error::{ErrorCode, WireError};
+pub use pando_protocol::fs::SessionRequest;
 use pando_protocol::fs::{
-    Attr, Caller, Chunk, Errno, FileData, FsCommand, FsCommandKind, FsQuery, FsQueryKind, FsQueryResponse, FsResponse,
-    chunk_start,
+    Attr, Caller, Chunk, Errno, FileData, FsCommand, FsCommandKind, FsQuery, FsQueryKind, FsQueryResponse, FsReply,
+    FsRequest, FsResponse, chunk_start,
 };
 use pando_protocol::limits::{
     FS_CHUNK_BYTES, FS_CHUNK_GC_GRACE_MS, FS_CHUNKS_PER_COMMAND_MAX, FS_INLINE_BYTES_MAX, FS_READ_CHUNKS_MAX,
@@ -26,20 +27,14 @@ use super::BlobService;
 use crate::mesh::Proposer;
 use crate::storage_actor::StorageHandle;
 
-/// What a mount asks of its lock session's lease.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SessionRequest {
-    Grant { ttl_ms: u64 },
-    KeepAlive { lease: u64 },
-    End { lease: u64 },
-}
-
 #[derive(Clone)]
 pub struct FsService {
     storage: StorageHandle,
     proposer: Proposer,
     blobs: BlobService,
     chunks: Arc<Mutex<ChunkCache>>,
+    /// A directory on the disk holding the node's data, whose free space `statfs` reports.
+    capacity_of: Option<Arc<std::path::Path>>,
 }
 
 /// How often a command refused for want of a leader asks again.
@@ -93,7 +88,41 @@ enum Stored {
 
 impl FsService {
     pub fn new(storage: StorageHandle, proposer: Proposer, blobs: BlobService) -> FsService {
-        FsService { storage, proposer, blobs, chunks: Arc::default() }
+        FsService { storage, proposer, blobs, chunks: Arc::default(), capacity_of: None }
+    }
+
+    /// The service reporting the free space of the disk holding `dir` (the node's data directory).
+    pub fn with_capacity_of(self, dir: &std::path::Path) -> FsService {
+        FsService { capacity_of: Some(Arc::from(dir)), ..self }
+    }
+
+    /// Bytes free for unprivileged users on the disk holding the node's data (`None`: not known).
+    pub fn free_bytes(&self) -> Option<u64> {
+        let disk = rustix::fs::statvfs(self.capacity_of.as_deref()?).ok()?;
+        Some(disk.f_bavail.saturating_mul(disk.f_frsize))
+    }
+
+    /// A request of a mount elsewhere (`pando mount`), through the same paths as this node's own mount.
+    pub async fn execute(&self, request: FsRequest, timeout: Duration) -> Result<FsReply, WireError> {
+        request.validate()?;
+        match request {
+            FsRequest::Command { caller, kind } => self.command(&caller, kind, timeout).await.map(FsReply::Done),
+            FsRequest::Query { caller, kind } => self.query(&caller, kind, timeout).await.map(FsReply::Query),
+            FsRequest::Read { caller, ino, offset, len } => {
+                let (size, bytes) = self.read_committed(&caller, ino, offset, len, timeout).await?;
+                Ok(FsReply::Data { size, bytes: bytes.into() })
+            }
+            FsRequest::Write { caller, ino, extents } => {
+                let extents: Vec<(u64, Vec<u8>)> =
+                    extents.into_iter().map(|(offset, data)| (offset, data.into_vec())).collect();
+                self.write_extents(&caller, ino, &extents, timeout).await.map(FsReply::Attr)
+            }
+            FsRequest::Truncate { caller, ino, size, through_open_file } => {
+                self.truncate(&caller, ino, size, through_open_file, timeout).await.map(FsReply::Attr)
+            }
+            FsRequest::Session(request) => self.session(request, timeout).await.map(FsReply::Session),
+            FsRequest::FreeBytes => Ok(FsReply::FreeBytes(self.free_bytes())),
+        }
     }
 
     /// Proposes one command (validated first: a caller's mistake is answered here, with its `errno`).
@@ -264,16 +293,29 @@ impl FsService {
         overlay: &[(u64, Vec<u8>)],
         timeout: Duration,
     ) -> Result<Vec<u8>, WireError> {
+        let (size, committed) = self.read_committed(caller, ino, offset, len, timeout).await?;
+        Ok(overlaid(committed, size, offset, len, overlay))
+    }
+
+    /// The file's committed size, and its bytes from `offset` up to `len` of them, never past that size (holes as
+    /// zeros).
+    pub async fn read_committed(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        offset: u64,
+        len: u32,
+        timeout: Duration,
+    ) -> Result<(u64, Vec<u8>), WireError> {
         if len == 0 {
-            return Ok(Vec::new());
+            return Ok((self.attr(caller, ino, timeout).await?.size, Vec::new()));
         }
         let first = offset / FS_CHUNK_BYTES;
         let last = (offset + len as u64 - 1) / FS_CHUNK_BYTES;
         let (size, stored) = self.stored(caller, ino, first, last, timeout).await?;
-        let written = overlay.iter().map(|(at, data)| at + data.len() as u64).max().unwrap_or(0);
-        let end = size.max(written).min(offset + len as u64);
+        let end = size.min(offset.saturating_add(len as u64));
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok((size, Vec::new()));
         }
         let mut out = vec![0u8; (end - offset) as usize];
         match stored {
@@ -293,10 +335,7 @@ impl FsService {
                 }
             }
         }
-        for (at, data) in overlay {
-            patch(&mut out, offset, *at, data);
-        }
-        Ok(out)
+        Ok((size, out))
     }
 
     /// Writes `extents` (offset, bytes; a later one over an earlier one) to file `ino`: in place while the file stays
@@ -425,6 +464,25 @@ impl FsService {
 }
 
 /// Copies the part of `bytes` (file offset `start`) that falls in `out` (file offset `offset`).
+/// What a read of `len` bytes from `offset` sees when `overlay` (extents not yet written back: offset, bytes, a
+/// later one over an earlier one) lies over the `committed` bytes (from `offset`) of a file of `size`: the file
+/// grows to the overlay's end.
+pub fn overlaid(mut committed: Vec<u8>, size: u64, offset: u64, len: u32, overlay: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    if overlay.is_empty() {
+        return committed;
+    }
+    let written = overlay.iter().map(|(at, data)| at + data.len() as u64).max().unwrap_or(0);
+    let end = size.max(written).min(offset.saturating_add(len as u64));
+    if offset >= end {
+        return Vec::new();
+    }
+    committed.resize((end - offset) as usize, 0);
+    for (at, data) in overlay {
+        patch(&mut committed, offset, *at, data);
+    }
+    committed
+}
+
 fn copy_overlap(out: &mut [u8], offset: u64, bytes: &[u8], start: u64) {
     let from = offset.max(start);
     let to = (offset + out.len() as u64).min(start + bytes.len() as u64);

@@ -258,3 +258,16 @@ fn each_member_secret_rotation_is_the_next_epoch_and_a_malformed_secret_changes_
     // A traced command or record never shows the secret.
     assert!(!format!("{:?} {current:?}", rotate(7, 32)).contains("7, 7"));
 }
+
+#[test]
+fn a_file_system_token_reads_or_writes_the_file_system_and_hears_its_changes_only() {
+    let reader = [Capability::Fs { write: false }];
+    let writer = [Capability::Fs { write: true }];
+    assert!(allows(&reader, Access::FsRead) && !allows(&reader, Access::FsWrite));
+    assert!(allows(&writer, Access::FsRead) && allows(&writer, Access::FsWrite));
+    assert!(allows(&reader, Access::HookStream(crate::hook::FS_CHANGED_SUBJECT)));
+    assert!(!allows(&writer, Access::HookStream(">")), "no other events");
+    assert!(!allows(&writer, Access::KvRead(b"")), "no keys");
+    let prefix = [Capability::KvWrite { prefix: bytes("") }];
+    assert!(!allows(&prefix, Access::FsRead), "a KV token does not reach the file system");
+}

@@ -1,0 +1,139 @@
+//! The file system on the client protocol: what a mount on a machine that is not a member (`pando mount`) asks a
+//! node, mirroring what a member's own mount asks its node in-process. A token with [`Capability::Fs`] may send
+//! them, and its mount names the caller (uid, gid, groups) the state machine checks permissions for, as an NFS
+//! client with `AUTH_SYS` does: the token is trusted with every uid of the file system.
+//!
+//! Bytes travel in bounded requests: a read answers at most [`FS_REMOTE_READ_BYTES_MAX`], a write carries at most
+//! [`FS_REMOTE_WRITE_BYTES_MAX`] (the mount splits its write-back buffer across several, in order).
+//!
+//! [`Capability::Fs`]: crate::token::Capability::Fs
+
+use serde::{Deserialize, Serialize};
+
+use super::{Attr, Caller, FsCommand, FsCommandKind, FsQuery, FsQueryKind, FsQueryResponse, FsResponse};
+use crate::coord::LeaseInfo;
+use crate::error::WireError;
+use crate::kv::Bytes;
+use crate::limits::{FRAME_SIZE_BYTES_MAX, FS_REMOTE_READ_BYTES_MAX, FS_REMOTE_WRITE_BYTES_MAX};
+use crate::token::Access;
+
+/// What a mount asks of its lock session's lease (a coordination lease of no prefix: its end releases the mount's
+/// file locks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionRequest {
+    Grant { ttl_ms: u64 },
+    KeepAlive { lease: u64 },
+    End { lease: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FsRequest {
+    /// One replicated command (answered [`FsReply::Done`]).
+    Command { caller: Caller, kind: FsCommandKind },
+    /// One linearizable read (answered [`FsReply::Query`]).
+    Query { caller: Caller, kind: FsQueryKind },
+    /// Up to `len` committed bytes of a file from `offset`, holes as zeros (answered [`FsReply::Data`]).
+    Read { caller: Caller, ino: u64, offset: u64, len: u32 },
+    /// Extents (offset, bytes; a later one over an earlier one) written back to a file, inline or as chunks as its
+    /// size says (answered [`FsReply::Attr`]).
+    Write { caller: Caller, ino: u64, extents: Vec<(u64, Bytes)> },
+    /// A file's new size (answered [`FsReply::Attr`]).
+    Truncate { caller: Caller, ino: u64, size: u64, through_open_file: bool },
+    /// The mount's lock session (answered [`FsReply::Session`]).
+    Session(SessionRequest),
+    /// The free space of the disk holding the node's data, for `statfs` (answered [`FsReply::FreeBytes`]).
+    FreeBytes,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FsReply {
+    Done(FsResponse),
+    Query(FsQueryResponse),
+    /// The file's committed size and the bytes read (`offset` up to at most that size).
+    Data {
+        size: u64,
+        bytes: Bytes,
+    },
+    Attr(Attr),
+    /// The lease granted or kept alive; `None` once ended.
+    Session(Option<LeaseInfo>),
+    /// `None`: the node does not know it.
+    FreeBytes(Option<u64>),
+}
+
+const _: () = assert!(FS_REMOTE_READ_BYTES_MAX + 64 * 1024 <= FRAME_SIZE_BYTES_MAX);
+const _: () = assert!(FS_REMOTE_WRITE_BYTES_MAX + 64 * 1024 <= FRAME_SIZE_BYTES_MAX);
+
+impl FsRequest {
+    /// A caller's mistake, answered before anything runs.
+    pub fn validate(&self) -> Result<(), WireError> {
+        match self {
+            FsRequest::Command { caller, kind } => FsCommand { caller: caller.clone(), kind: kind.clone() }.validate(),
+            FsRequest::Query { caller, kind } => FsQuery { caller: caller.clone(), kind: kind.clone() }.validate(),
+            FsRequest::Read { len, .. } if *len as usize > FS_REMOTE_READ_BYTES_MAX => Err(WireError::too_large(
+                format!("a read of {len} bytes: at most {FS_REMOTE_READ_BYTES_MAX} per request"),
+            )),
+            FsRequest::Write { extents, .. } => {
+                let bytes: usize = extents.iter().map(|(_, data)| data.len()).sum();
+                if bytes > FS_REMOTE_WRITE_BYTES_MAX {
+                    return Err(WireError::too_large(format!(
+                        "a write of {bytes} bytes: at most {FS_REMOTE_WRITE_BYTES_MAX} per request"
+                    )));
+                }
+                if extents.iter().any(|(offset, data)| offset.checked_add(data.len() as u64).is_none()) {
+                    return Err(WireError::invalid("an extent ends past the largest offset"));
+                }
+                Ok(())
+            }
+            FsRequest::Read { .. } | FsRequest::Truncate { .. } | FsRequest::Session(_) | FsRequest::FreeBytes => {
+                Ok(())
+            }
+        }
+    }
+
+    /// What the token must allow: reads and the lock session (locks are for readers too) need
+    /// [`Access::FsRead`], every change [`Access::FsWrite`].
+    pub fn required(&self) -> Access<'static> {
+        match self {
+            FsRequest::Query { .. } | FsRequest::Read { .. } | FsRequest::Session(_) | FsRequest::FreeBytes => {
+                Access::FsRead
+            }
+            FsRequest::Command { kind: FsCommandKind::SetLock { .. } | FsCommandKind::ReleaseLocks { .. }, .. } => {
+                Access::FsRead
+            }
+            FsRequest::Command { .. } | FsRequest::Write { .. } | FsRequest::Truncate { .. } => Access::FsWrite,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use crate::fs::ROOT_INO;
+
+    #[test]
+    fn reads_and_locks_need_read_access_and_every_change_write_access() {
+        let caller = Caller::ROOT;
+        let query = FsRequest::Query { caller: caller.clone(), kind: FsQueryKind::GetAttr { ino: ROOT_INO } };
+        assert_eq!(query.required(), Access::FsRead);
+        let unlink = FsCommandKind::Unlink { parent: ROOT_INO, name: "a".into() };
+        assert_eq!(FsRequest::Command { caller: caller.clone(), kind: unlink }.required(), Access::FsWrite);
+        let truncate = FsRequest::Truncate { caller, ino: 2, size: 0, through_open_file: false };
+        assert_eq!(truncate.required(), Access::FsWrite);
+        assert_eq!(FsRequest::Session(SessionRequest::Grant { ttl_ms: 10_000 }).required(), Access::FsRead);
+    }
+
+    #[test]
+    fn oversized_reads_and_writes_are_refused_before_anything_runs() {
+        let read = FsRequest::Read { caller: Caller::ROOT, ino: 2, offset: 0, len: u32::MAX };
+        assert_eq!(read.validate().unwrap_err().code, ErrorCode::TooLarge);
+        let big = Bytes::from(vec![0u8; FS_REMOTE_WRITE_BYTES_MAX + 1]);
+        let write = FsRequest::Write { caller: Caller::ROOT, ino: 2, extents: vec![(0, big)] };
+        assert_eq!(write.validate().unwrap_err().code, ErrorCode::TooLarge);
+        let wraps = FsRequest::Write { caller: Caller::ROOT, ino: 2, extents: vec![(u64::MAX, Bytes::from(vec![1]))] };
+        assert_eq!(wraps.validate().unwrap_err().code, ErrorCode::InvalidArgument);
+        let bad_name = FsCommandKind::Unlink { parent: ROOT_INO, name: "a/b".into() };
+        assert!(FsRequest::Command { caller: Caller::ROOT, kind: bad_name }.validate().is_err());
+    }
+}
