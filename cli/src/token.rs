@@ -55,6 +55,10 @@ pub struct CreateArgs {
     /// uid each request runs as, so it is trusted with every file.
     #[arg(long, value_enum)]
     fs: Option<FsAccess>,
+    /// Run every file-system request of the token as this uid and gid (NFS's all_squash), whoever the mount says
+    /// the caller is: a mount on a machine the cluster does not trust with root.
+    #[arg(long, value_name = "UID:GID", requires = "fs", value_parser = parse_ids)]
+    fs_as: Option<(u32, u32)>,
     /// Everything: cluster administration and minting tokens included.
     #[arg(
         long,
@@ -132,13 +136,20 @@ fn capabilities(args: &CreateArgs) -> anyhow::Result<Vec<Capability>> {
         capabilities.push(Capability::ClusterRead);
     }
     if let Some(access) = args.fs {
-        capabilities.push(Capability::Fs { write: access == FsAccess::Write });
+        capabilities.push(Capability::Fs { write: access == FsAccess::Write, as_ids: args.fs_as });
     }
     anyhow::ensure!(
         !capabilities.is_empty(),
         "a token needs a scope: --prefix, --plugin-call, --jobs, --blob-*, --cluster-read, --fs or --admin"
     );
     Ok(capabilities)
+}
+
+/// `UID:GID`.
+fn parse_ids(text: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{text:?} is not UID:GID (two numeric ids)");
+    let (uid, gid) = text.split_once(':').ok_or_else(bad)?;
+    Ok((uid.trim().parse().map_err(|_| bad())?, gid.trim().parse().map_err(|_| bad())?))
 }
 
 fn ttl_ms(ttl: &Option<String>) -> anyhow::Result<Option<u64>> {
@@ -229,8 +240,13 @@ fn describe(capability: &Capability) -> String {
         Capability::Node { node_id, .. } => format!("node:{node_id}"),
         Capability::Jobs { queue: Some(queue) } => format!("jobs:{queue}"),
         Capability::Jobs { queue: None } => "jobs:*".into(),
-        Capability::Fs { write: false } => "fs-read".into(),
-        Capability::Fs { write: true } => "fs-write".into(),
+        Capability::Fs { write, as_ids } => {
+            let access = if *write { "fs-write" } else { "fs-read" };
+            match as_ids {
+                Some((uid, gid)) => format!("{access} as {uid}:{gid}"),
+                None => access.into(),
+            }
+        }
     }
 }
 

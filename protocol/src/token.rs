@@ -56,9 +56,10 @@ pub enum Capability {
     /// purging and cron need [`Capability::All`]: a shell job runs a command as the node's user.
     Jobs { queue: Option<String> },
     /// Use the cluster's file system through the client protocol (`pando mount`): read it (and take file locks),
-    /// or read and write it. Its holder names the uid and gid each request runs as (as an NFS client with
-    /// `AUTH_SYS` does), so it is trusted with every file; `.pando/` and the KV are not in it.
-    Fs { write: bool },
+    /// or read and write it. Without `as_ids` its holder names the uid and gid each request runs as (as an NFS
+    /// client with `AUTH_SYS` does), so it is trusted with every file; with them every request runs as that uid and
+    /// gid, whoever the holder says it is (NFS's `all_squash`). The KV and `.pando/` are not in it.
+    Fs { write: bool, as_ids: Option<(u32, u32)> },
 }
 
 /// What a request needs.
@@ -199,13 +200,28 @@ pub fn allows(capabilities: &[Capability], access: Access<'_>) -> bool {
         (Capability::Jobs { queue }, Access::JobSubmit(name)) => queue.as_deref().is_none_or(|queue| queue == name),
         (Capability::Jobs { .. }, Access::JobRead) => true,
         (Capability::Fs { .. }, Access::FsRead) => true,
-        (Capability::Fs { write }, Access::FsWrite) => *write,
+        (Capability::Fs { write, .. }, Access::FsWrite) => *write,
         // A mount drops its caches of what changed from this stream.
         (Capability::Fs { .. }, Access::HookStream(pattern)) => pattern == crate::hook::FS_CHANGED_SUBJECT,
         (Capability::Node { .. }, Access::ClusterRead) => true,
         (Capability::Node { node_id, .. }, Access::NodeAddress(id) | Access::NodeKey(id)) => *node_id == id,
         (Capability::Node { node_id, promote }, Access::Promote(id)) => *promote && *node_id == id,
         _ => false,
+    })
+}
+
+/// The uid and gid every file-system request of a holder of `capabilities` runs as, when its token fixes them
+/// (`None`: the requests name their caller; an admin's, or an `fs` capability without `as_ids`).
+pub fn fs_ids(capabilities: &[Capability]) -> Option<(u32, u32)> {
+    let trusted = capabilities
+        .iter()
+        .any(|capability| matches!(capability, Capability::All | Capability::Fs { as_ids: None, .. }));
+    if trusted {
+        return None;
+    }
+    capabilities.iter().find_map(|capability| match capability {
+        Capability::Fs { as_ids, .. } => *as_ids,
+        _ => None,
     })
 }
 

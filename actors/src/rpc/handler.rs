@@ -305,7 +305,14 @@ async fn execute(
         Request::Token(request) => services.tokens.execute(request, timeout).await.map(Response::Token),
         Request::Hook(request) => services.hooks.execute(request, timeout).await.map(Response::Hook),
         Request::Job(request) => services.jobs.execute(request, timeout).await.map(Response::Job),
-        Request::Fs(request) => services.fs.execute(request, timeout).await.map(Response::Fs),
+        Request::Fs(request) => {
+            // A token that fixes its uid and gid runs every request as them, whoever the request names.
+            let request = match pando_protocol::token::fs_ids(&caller.capabilities) {
+                Some((uid, gid)) => request.acting_as(&pando_protocol::fs::Caller::new(uid, gid)),
+                None => request,
+            };
+            services.fs.execute(request, timeout).await.map(Response::Fs)
+        }
         // Served on its own stream (`rpc::watch`), never as one request and one answer.
         Request::Watch(_) | Request::Observe(_) | Request::HookWatch(_) => {
             Err(WireError::internal("a watch was routed to the single-answer path"))

@@ -65,6 +65,21 @@ const _: () = assert!(FS_REMOTE_READ_BYTES_MAX + 64 * 1024 <= FRAME_SIZE_BYTES_M
 const _: () = assert!(FS_REMOTE_WRITE_BYTES_MAX + 64 * 1024 <= FRAME_SIZE_BYTES_MAX);
 
 impl FsRequest {
+    /// The request run as `acting` instead of the caller it names (a token that fixes its uid and gid).
+    pub fn acting_as(self, acting: &Caller) -> FsRequest {
+        let caller = acting.clone();
+        match self {
+            FsRequest::Command { kind, .. } => FsRequest::Command { caller, kind },
+            FsRequest::Query { kind, .. } => FsRequest::Query { caller, kind },
+            FsRequest::Read { ino, offset, len, .. } => FsRequest::Read { caller, ino, offset, len },
+            FsRequest::Write { ino, extents, .. } => FsRequest::Write { caller, ino, extents },
+            FsRequest::Truncate { ino, size, through_open_file, .. } => {
+                FsRequest::Truncate { caller, ino, size, through_open_file }
+            }
+            request @ (FsRequest::Session(_) | FsRequest::FreeBytes) => request,
+        }
+    }
+
     /// A caller's mistake, answered before anything runs.
     pub fn validate(&self) -> Result<(), WireError> {
         match self {

@@ -261,8 +261,8 @@ fn each_member_secret_rotation_is_the_next_epoch_and_a_malformed_secret_changes_
 
 #[test]
 fn a_file_system_token_reads_or_writes_the_file_system_and_hears_its_changes_only() {
-    let reader = [Capability::Fs { write: false }];
-    let writer = [Capability::Fs { write: true }];
+    let reader = [Capability::Fs { write: false, as_ids: None }];
+    let writer = [Capability::Fs { write: true, as_ids: None }];
     assert!(allows(&reader, Access::FsRead) && !allows(&reader, Access::FsWrite));
     assert!(allows(&writer, Access::FsRead) && allows(&writer, Access::FsWrite));
     assert!(allows(&reader, Access::HookStream(crate::hook::FS_CHANGED_SUBJECT)));
@@ -270,4 +270,13 @@ fn a_file_system_token_reads_or_writes_the_file_system_and_hears_its_changes_onl
     assert!(!allows(&writer, Access::KvRead(b"")), "no keys");
     let prefix = [Capability::KvWrite { prefix: bytes("") }];
     assert!(!allows(&prefix, Access::FsRead), "a KV token does not reach the file system");
+}
+
+#[test]
+fn a_file_system_token_with_fixed_ids_runs_every_request_as_them_unless_it_is_also_trusted() {
+    let squashed = Capability::Fs { write: true, as_ids: Some((1000, 100)) };
+    assert_eq!(fs_ids(std::slice::from_ref(&squashed)), Some((1000, 100)));
+    assert_eq!(fs_ids(&[squashed.clone(), Capability::All]), None, "an admin names its caller");
+    assert_eq!(fs_ids(&[squashed, Capability::Fs { write: false, as_ids: None }]), None);
+    assert_eq!(fs_ids(&[Capability::ClusterRead]), None);
 }
