@@ -43,7 +43,7 @@ use crate::limits::{
     FS_CHUNK_BYTES, FS_CHUNKS_PER_COMMAND_MAX, FS_FILE_BYTES_MAX, FS_INLINE_BYTES_MAX, FS_LIST_COUNT_MAX,
     FS_NAME_BYTES_MAX, FS_SYMLINK_BYTES_MAX, FS_XATTR_NAME_BYTES_MAX, FS_XATTR_VALUE_BYTES_MAX,
 };
-pub use api::{FsReply, FsRequest, SessionRequest};
+pub use api::{FsReply, FsRequest, SessionRequest, session_prefix};
 pub use locks::{FileLock, LockMode, LockOwner};
 
 /// The root directory's inode number (as FUSE expects).

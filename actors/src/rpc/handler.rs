@@ -311,7 +311,13 @@ async fn execute(
                 Some((uid, gid)) => request.acting_as(&pando_protocol::fs::Caller::new(uid, gid)),
                 None => request,
             };
-            services.fs.execute(request, timeout).await.map(Response::Fs)
+            // Its mounts' lock sessions are its own: no other token's mount renews, ends or locks with them.
+            let sessions = match &caller.accessor {
+                _ if caller.capabilities.contains(&Capability::All) => Bytes::new(),
+                Some(accessor) => pando_protocol::fs::session_prefix(accessor),
+                None => pando_protocol::fs::session_prefix(caller.name.as_bytes()),
+            };
+            services.fs.execute(request, sessions, timeout).await.map(Response::Fs)
         }
         // Served on its own stream (`rpc::watch`), never as one request and one answer.
         Request::Watch(_) | Request::Observe(_) | Request::HookWatch(_) => {

@@ -6,7 +6,7 @@
 //!
 //! The FUSE mount calls it from its handlers; nothing here knows of FUSE.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,9 +16,10 @@ use pando_protocol::coord::{CoordRequest, CoordResponse, LeaseInfo};
 use pando_protocol::error::{ErrorCode, WireError};
 pub use pando_protocol::fs::SessionRequest;
 use pando_protocol::fs::{
-    Attr, Caller, Chunk, Errno, FileData, FsCommand, FsCommandKind, FsQuery, FsQueryKind, FsQueryResponse, FsReply,
-    FsRequest, FsResponse, chunk_start,
+    Attr, Caller, Chunk, Errno, FileData, FileLock, FsCommand, FsCommandKind, FsQuery, FsQueryKind, FsQueryResponse,
+    FsReply, FsRequest, FsResponse, chunk_start,
 };
+use pando_protocol::kv::Bytes;
 use pando_protocol::limits::{
     FS_CHUNK_BYTES, FS_CHUNK_GC_GRACE_MS, FS_CHUNKS_PER_COMMAND_MAX, FS_INLINE_BYTES_MAX, FS_READ_CHUNKS_MAX,
 };
@@ -35,6 +36,15 @@ pub struct FsService {
     chunks: Arc<Mutex<ChunkCache>>,
     /// A directory on the disk holding the node's data, whose free space `statfs` reports.
     capacity_of: Option<Arc<std::path::Path>>,
+    /// Lock-session leases found under a token's prefix (lease, prefix).
+    sessions: Arc<Mutex<HashSet<(u64, Bytes)>>>,
+}
+
+/// Lock sessions of mounts elsewhere a node remembers it checked (then it forgets them all and checks again).
+const SESSIONS_REMEMBERED_MAX: usize = 4096;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// How often a command refused for want of a leader asks again.
@@ -88,7 +98,7 @@ enum Stored {
 
 impl FsService {
     pub fn new(storage: StorageHandle, proposer: Proposer, blobs: BlobService) -> FsService {
-        FsService { storage, proposer, blobs, chunks: Arc::default(), capacity_of: None }
+        FsService { storage, proposer, blobs, chunks: Arc::default(), capacity_of: None, sessions: Arc::default() }
     }
 
     /// The service reporting the free space of the disk holding `dir` (the node's data directory).
@@ -102,11 +112,20 @@ impl FsService {
         Some(disk.f_bavail.saturating_mul(disk.f_frsize))
     }
 
-    /// A request of a mount elsewhere (`pando mount`), through the same paths as this node's own mount.
-    pub async fn execute(&self, request: FsRequest, timeout: Duration) -> Result<FsReply, WireError> {
+    /// A request of a mount elsewhere (`pando mount`), through the same paths as this node's own mount. Its lock
+    /// sessions are leases under `sessions` (its token's own prefix: [`pando_protocol::fs::session_prefix`]; empty
+    /// for an admin), and a lock command naming a lease outside it answers as one naming a lease that is gone.
+    pub async fn execute(&self, request: FsRequest, sessions: Bytes, timeout: Duration) -> Result<FsReply, WireError> {
         request.validate()?;
         match request {
-            FsRequest::Command { caller, kind } => self.command(&caller, kind, timeout).await.map(FsReply::Done),
+            FsRequest::Command { caller, kind } => {
+                if let FsCommandKind::SetLock { lock: FileLock { owner, .. }, .. }
+                | FsCommandKind::ReleaseLocks { owner, .. } = &kind
+                {
+                    self.check_session(&sessions, owner.lease, timeout).await?;
+                }
+                self.command(&caller, kind, timeout).await.map(FsReply::Done)
+            }
             FsRequest::Query { caller, kind } => self.query(&caller, kind, timeout).await.map(FsReply::Query),
             FsRequest::Read { caller, ino, offset, len } => {
                 let (size, bytes) = self.read_committed(&caller, ino, offset, len, timeout).await?;
@@ -120,7 +139,7 @@ impl FsService {
             FsRequest::Truncate { caller, ino, size, through_open_file } => {
                 self.truncate(&caller, ino, size, through_open_file, timeout).await.map(FsReply::Attr)
             }
-            FsRequest::Session(request) => self.session(request, timeout).await.map(FsReply::Session),
+            FsRequest::Session(request) => self.session_under(sessions, request, timeout).await.map(FsReply::Session),
             FsRequest::FreeBytes => Ok(FsReply::FreeBytes(self.free_bytes())),
         }
     }
@@ -165,10 +184,20 @@ impl FsService {
     /// Grants, keeps alive or revokes the lease a mount's file locks hang on (its session with the cluster: when it
     /// lapses, every lock it holds goes with it). A member's mount forwards these like its file-system commands.
     pub async fn session(&self, request: SessionRequest, timeout: Duration) -> Result<Option<LeaseInfo>, WireError> {
+        self.session_under(Bytes::new(), request, timeout).await
+    }
+
+    /// [`FsService::session`] with leases under `prefix` (granted there; one outside it answers as gone).
+    async fn session_under(
+        &self,
+        prefix: Bytes,
+        request: SessionRequest,
+        timeout: Duration,
+    ) -> Result<Option<LeaseInfo>, WireError> {
         let request = match request {
-            SessionRequest::Grant { ttl_ms } => CoordRequest::LeaseGrant { ttl_ms, prefix: Default::default() },
-            SessionRequest::KeepAlive { lease } => CoordRequest::LeaseKeepAlive { lease, prefix: Default::default() },
-            SessionRequest::End { lease } => CoordRequest::LeaseRevoke { lease, prefix: Default::default() },
+            SessionRequest::Grant { ttl_ms } => CoordRequest::LeaseGrant { ttl_ms, prefix },
+            SessionRequest::KeepAlive { lease } => CoordRequest::LeaseKeepAlive { lease, prefix },
+            SessionRequest::End { lease } => CoordRequest::LeaseRevoke { lease, prefix },
         };
         request.validate()?;
         match self.propose(Command::Coord(request), timeout).await? {
@@ -176,6 +205,23 @@ impl FsService {
             CommandOutput::Coord(CoordResponse::Revoked { .. }) => Ok(None),
             other => Err(WireError::internal(format!("a lock session request answered {other:?}"))),
         }
+    }
+
+    /// Whether `lease` is a session under `sessions` (always, for an empty prefix); a lease outside it answers as one
+    /// that is gone. A lease's prefix never changes and its id is never reused, so one found is remembered.
+    async fn check_session(&self, sessions: &Bytes, lease: u64, timeout: Duration) -> Result<(), WireError> {
+        if sessions.is_empty() || lock(&self.sessions).contains(&(lease, sessions.clone())) {
+            return Ok(());
+        }
+        self.proposer.linearize_anywhere(timeout).await?;
+        let request = CoordRequest::LeaseGet { lease, prefix: sessions.clone() };
+        self.storage.read(timeout, move |reader| reader.read_coord(&request)).await??;
+        let mut known = lock(&self.sessions);
+        if known.len() >= SESSIONS_REMEMBERED_MAX {
+            known.clear();
+        }
+        known.insert((lease, sessions.clone()));
+        Ok(())
     }
 
     /// Proposes through the leader (forwarded when this node follows), asking again while no leader takes it.

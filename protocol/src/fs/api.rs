@@ -61,6 +61,14 @@ pub enum FsReply {
     FreeBytes(Option<u64>),
 }
 
+/// The prefix of the lock-session leases a token's mounts grant (`accessor`: the token's): only requests of that
+/// token reach them, so one mount cannot renew, end or lock with another's session. It starts with a NUL byte, so
+/// only a token of the whole keyspace reaches it through the coordination requests.
+pub fn session_prefix(accessor: &[u8]) -> Bytes {
+    let hex: String = accessor.iter().map(|byte| format!("{byte:02x}")).collect();
+    Bytes::from(format!("\0fs-session/{hex}/").into_bytes())
+}
+
 const _: () = assert!(FS_REMOTE_READ_BYTES_MAX + 64 * 1024 <= FRAME_SIZE_BYTES_MAX);
 const _: () = assert!(FS_REMOTE_WRITE_BYTES_MAX + 64 * 1024 <= FRAME_SIZE_BYTES_MAX);
 
