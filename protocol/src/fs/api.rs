@@ -91,6 +91,11 @@ impl FsRequest {
     /// A caller's mistake, answered before anything runs.
     pub fn validate(&self) -> Result<(), WireError> {
         match self {
+            // A chunk map names blobs by hash: one sent from outside could point a file at any blob of the cluster
+            // and read it without the blob capability. Chunks are made by the node's data path (`Write`) only.
+            FsRequest::Command { kind: FsCommandKind::SetChunks { .. }, .. } => Err(WireError::invalid(
+                "chunk maps are set by the node's data path: send the bytes as a file-system write",
+            )),
             FsRequest::Command { caller, kind } => FsCommand { caller: caller.clone(), kind: kind.clone() }.validate(),
             FsRequest::Query { caller, kind } => FsQuery { caller: caller.clone(), kind: kind.clone() }.validate(),
             FsRequest::Read { len, .. } if *len as usize > FS_REMOTE_READ_BYTES_MAX => Err(WireError::too_large(
@@ -148,7 +153,7 @@ mod tests {
     }
 
     #[test]
-    fn oversized_reads_and_writes_are_refused_before_anything_runs() {
+    fn oversized_reads_and_writes_and_chunk_maps_from_outside_are_refused_before_anything_runs() {
         let read = FsRequest::Read { caller: Caller::ROOT, ino: 2, offset: 0, len: u32::MAX };
         assert_eq!(read.validate().unwrap_err().code, ErrorCode::TooLarge);
         let big = Bytes::from(vec![0u8; FS_REMOTE_WRITE_BYTES_MAX + 1]);
@@ -156,6 +161,9 @@ mod tests {
         assert_eq!(write.validate().unwrap_err().code, ErrorCode::TooLarge);
         let wraps = FsRequest::Write { caller: Caller::ROOT, ino: 2, extents: vec![(u64::MAX, Bytes::from(vec![1]))] };
         assert_eq!(wraps.validate().unwrap_err().code, ErrorCode::InvalidArgument);
+        let chunks = FsCommandKind::SetChunks { ino: 2, chunks: Vec::new(), size: 0 };
+        let pointed = FsRequest::Command { caller: Caller::ROOT, kind: chunks }.validate().unwrap_err();
+        assert_eq!(pointed.code, ErrorCode::InvalidArgument, "a chunk map from outside could name any blob");
         let bad_name = FsCommandKind::Unlink { parent: ROOT_INO, name: "a/b".into() };
         assert!(FsRequest::Command { caller: Caller::ROOT, kind: bad_name }.validate().is_err());
     }
