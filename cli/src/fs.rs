@@ -63,7 +63,7 @@ impl Client {
         let mut out = Vec::new();
         loop {
             let at = offset + out.len() as u64;
-            let piece = (len as usize - out.len()).min(FS_REMOTE_READ_BYTES_MAX) as u32;
+            let piece = (len as usize).saturating_sub(out.len()).min(FS_REMOTE_READ_BYTES_MAX) as u32;
             let request = FsRequest::Read { caller: caller.clone(), ino, offset: at, len: piece };
             let (size, bytes) = match self.fs(request, timeout).await? {
                 FsReply::Data { size, bytes } => (size, bytes.into_vec()),

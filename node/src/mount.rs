@@ -123,24 +123,31 @@ impl FsBackend for RemoteFs {
     }
 }
 
-/// How long the feed waits before opening its stream again after it failed.
+/// How long the feed waits before opening its stream again after it failed: the first pause, doubling to the last.
 const FEED_RETRY_MS: u64 = 500;
+const FEED_RETRY_MAX_MS: u64 = 30_000;
 
-/// The file system's changes from a hook stream of `fs.changed` (it moves to another node when one goes); when the
-/// stream fails, [`FsFeed::Lost`] (every cached inode is dropped) and a new stream from then on.
+/// The file system's changes from a hook stream of `fs.changed` (it moves to another node when one goes). When the
+/// stream fails, [`FsFeed::Lost`] (every cached inode is dropped) and a new stream, from where the failed one
+/// stopped (no change missed), or from now when it made no progress there (the log no longer holds that point).
 fn hook_feed(client: Arc<Client>) -> impl futures::Stream<Item = FsFeed> + Send + 'static {
     let (sender, receiver) = tokio::sync::mpsc::channel(1024);
     tokio::spawn(async move {
+        let mut from = 0;
+        let mut pause = FEED_RETRY_MS;
         loop {
-            let mut watch = client.hook_watch(FS_CHANGED_SUBJECT, 0);
+            let mut watch = client.hook_watch(FS_CHANGED_SUBJECT, from);
             loop {
                 let feed = match watch.next().await {
-                    Ok(event) => match event.body {
-                        EventBody::Coord(CoordEvent::FsChanged { inodes, entries }) => {
-                            FsFeed::Changed { inodes, entries }
+                    Ok(event) => {
+                        pause = FEED_RETRY_MS;
+                        match event.body {
+                            EventBody::Coord(CoordEvent::FsChanged { inodes, entries }) => {
+                                FsFeed::Changed { inodes, entries }
+                            }
+                            _ => continue,
                         }
-                        _ => continue,
-                    },
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "the mount's change stream failed; dropping every cached inode");
                         if sender.send(FsFeed::Lost).await.is_err() {
@@ -153,7 +160,10 @@ fn hook_feed(client: Arc<Client>) -> impl futures::Stream<Item = FsFeed> + Send 
                     return;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(FEED_RETRY_MS)).await;
+            let next = watch.next_seq();
+            from = if next > from { next } else { 0 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            pause = (pause * 2).min(FEED_RETRY_MAX_MS);
         }
     });
     futures::stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|feed| (feed, receiver)) })

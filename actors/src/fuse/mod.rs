@@ -209,6 +209,14 @@ impl Mount {
     }
 }
 
+impl Drop for Mount {
+    /// A mount dropped without [`Mount::stop`] (its actor killed) stops renewing its lock lease, so its locks lapse.
+    fn drop(&mut self) {
+        self.renewer.abort();
+        self.invalidator.stop();
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FuseActor;
 

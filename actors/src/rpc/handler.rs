@@ -307,7 +307,8 @@ async fn execute(
         Request::Job(request) => services.jobs.execute(request, timeout).await.map(Response::Job),
         Request::Fs(request) => {
             // A token that fixes its uid and gid runs every request as them, whoever the request names.
-            let request = match pando_protocol::token::fs_ids(&caller.capabilities) {
+            let squashed = pando_protocol::token::fs_ids(&caller.capabilities);
+            let request = match squashed {
                 Some((uid, gid)) => request.acting_as(&pando_protocol::fs::Caller::new(uid, gid)),
                 None => request,
             };
@@ -317,7 +318,7 @@ async fn execute(
                 Some(accessor) => pando_protocol::fs::session_prefix(accessor),
                 None => pando_protocol::fs::session_prefix(caller.name.as_bytes()),
             };
-            services.fs.execute(request, sessions, timeout).await.map(Response::Fs)
+            services.fs.execute(request, sessions, squashed.is_some(), timeout).await.map(Response::Fs)
         }
         // Served on its own stream (`rpc::watch`), never as one request and one answer.
         Request::Watch(_) | Request::Observe(_) | Request::HookWatch(_) => {

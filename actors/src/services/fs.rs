@@ -40,6 +40,9 @@ pub struct FsService {
     sessions: Arc<Mutex<HashSet<(u64, Bytes)>>>,
 }
 
+/// The longest lock session a mount elsewhere may ask for (the node's own mounts take 10 s).
+const FS_SESSION_TTL_MS_MAX: u64 = 60_000;
+
 /// Lock sessions of mounts elsewhere a node remembers it checked (then it forgets them all and checks again).
 const SESSIONS_REMEMBERED_MAX: usize = 4096;
 
@@ -115,8 +118,19 @@ impl FsService {
     /// A request of a mount elsewhere (`pando mount`), through the same paths as this node's own mount. Its lock
     /// sessions are leases under `sessions` (its token's own prefix: [`pando_protocol::fs::session_prefix`]; empty
     /// for an admin), and a lock command naming a lease outside it answers as one naming a lease that is gone.
-    pub async fn execute(&self, request: FsRequest, sessions: Bytes, timeout: Duration) -> Result<FsReply, WireError> {
+    ///
+    /// With `checked` (a token that fixes its ids, whose mount is not trusted), reads and writes of a file's bytes
+    /// are checked against the caller's permissions on the file at each request (a trusted mount checked them at
+    /// `open`), and no truncate counts as through an open file.
+    pub async fn execute(
+        &self,
+        request: FsRequest,
+        sessions: Bytes,
+        checked: bool,
+        timeout: Duration,
+    ) -> Result<FsReply, WireError> {
         request.validate()?;
+        let request = if checked { self.checked(request, timeout).await? } else { request };
         match request {
             FsRequest::Command { caller, kind } => {
                 if let FsCommandKind::SetLock { lock: FileLock { owner, .. }, .. }
@@ -138,6 +152,11 @@ impl FsService {
             }
             FsRequest::Truncate { caller, ino, size, through_open_file } => {
                 self.truncate(&caller, ino, size, through_open_file, timeout).await.map(FsReply::Attr)
+            }
+            FsRequest::Session(SessionRequest::Grant { ttl_ms }) => {
+                // A mount elsewhere renews its session like this node's own does: its locks never outlive it long.
+                let grant = SessionRequest::Grant { ttl_ms: ttl_ms.min(FS_SESSION_TTL_MS_MAX) };
+                self.session_under(sessions, grant, timeout).await.map(FsReply::Session)
             }
             FsRequest::Session(request) => self.session_under(sessions, request, timeout).await.map(FsReply::Session),
             FsRequest::FreeBytes => Ok(FsReply::FreeBytes(self.free_bytes())),
@@ -205,6 +224,31 @@ impl FsService {
             CommandOutput::Coord(CoordResponse::Revoked { .. }) => Ok(None),
             other => Err(WireError::internal(format!("a lock session request answered {other:?}"))),
         }
+    }
+
+    /// `request` as an untrusted mount may make it: its reads and writes of bytes checked against the caller's
+    /// permissions on the file, its truncates never as through an open file.
+    async fn checked(&self, request: FsRequest, timeout: Duration) -> Result<FsRequest, WireError> {
+        const MAY_WRITE: u32 = 2;
+        const MAY_READ: u32 = 4;
+        let (caller, ino, mask) = match &request {
+            FsRequest::Read { caller, ino, .. } => (caller, *ino, MAY_READ),
+            FsRequest::Write { caller, ino, .. } => (caller, *ino, MAY_WRITE),
+            _ => {
+                return Ok(match request {
+                    FsRequest::Truncate { caller, ino, size, .. } => {
+                        FsRequest::Truncate { caller, ino, size, through_open_file: false }
+                    }
+                    FsRequest::Command { caller, kind: FsCommandKind::SetAttr { ino, mut set } } => {
+                        set.through_open_file = false;
+                        FsRequest::Command { caller, kind: FsCommandKind::SetAttr { ino, set } }
+                    }
+                    other => other,
+                });
+            }
+        };
+        self.query(caller, FsQueryKind::Access { ino, mask }, timeout).await?;
+        Ok(request)
     }
 
     /// Whether `lease` is a session under `sessions` (always, for an empty prefix); a lease outside it answers as one

@@ -14,7 +14,7 @@ use super::{Attr, Caller, FsCommand, FsCommandKind, FsQuery, FsQueryKind, FsQuer
 use crate::coord::LeaseInfo;
 use crate::error::WireError;
 use crate::kv::Bytes;
-use crate::limits::{FRAME_SIZE_BYTES_MAX, FS_REMOTE_READ_BYTES_MAX, FS_REMOTE_WRITE_BYTES_MAX};
+use crate::limits::{FRAME_SIZE_BYTES_MAX, FS_FILE_BYTES_MAX, FS_REMOTE_READ_BYTES_MAX, FS_REMOTE_WRITE_BYTES_MAX};
 use crate::token::Access;
 
 /// What a mount asks of its lock session's lease (a coordination lease of no prefix: its end releases the mount's
@@ -101,6 +101,9 @@ impl FsRequest {
             FsRequest::Read { len, .. } if *len as usize > FS_REMOTE_READ_BYTES_MAX => Err(WireError::too_large(
                 format!("a read of {len} bytes: at most {FS_REMOTE_READ_BYTES_MAX} per request"),
             )),
+            FsRequest::Read { offset, len, .. } if offset.saturating_add(*len as u64) > FS_FILE_BYTES_MAX => {
+                Err(WireError::invalid(format!("a read past the largest file ({FS_FILE_BYTES_MAX} bytes)")))
+            }
             FsRequest::Write { extents, .. } => {
                 let bytes: usize = extents.iter().map(|(_, data)| data.len()).sum();
                 if bytes > FS_REMOTE_WRITE_BYTES_MAX {
@@ -108,8 +111,10 @@ impl FsRequest {
                         "a write of {bytes} bytes: at most {FS_REMOTE_WRITE_BYTES_MAX} per request"
                     )));
                 }
-                if extents.iter().any(|(offset, data)| offset.checked_add(data.len() as u64).is_none()) {
-                    return Err(WireError::invalid("an extent ends past the largest offset"));
+                if extents.iter().any(|(offset, data)| offset.saturating_add(data.len() as u64) > FS_FILE_BYTES_MAX) {
+                    return Err(WireError::invalid(format!(
+                        "an extent ends past the largest file ({FS_FILE_BYTES_MAX} bytes)"
+                    )));
                 }
                 Ok(())
             }
@@ -156,6 +161,8 @@ mod tests {
     fn oversized_reads_and_writes_and_chunk_maps_from_outside_are_refused_before_anything_runs() {
         let read = FsRequest::Read { caller: Caller::ROOT, ino: 2, offset: 0, len: u32::MAX };
         assert_eq!(read.validate().unwrap_err().code, ErrorCode::TooLarge);
+        let far = FsRequest::Read { caller: Caller::ROOT, ino: 2, offset: u64::MAX, len: 1 };
+        assert_eq!(far.validate().unwrap_err().code, ErrorCode::InvalidArgument, "no offset overflows");
         let big = Bytes::from(vec![0u8; FS_REMOTE_WRITE_BYTES_MAX + 1]);
         let write = FsRequest::Write { caller: Caller::ROOT, ino: 2, extents: vec![(0, big)] };
         assert_eq!(write.validate().unwrap_err().code, ErrorCode::TooLarge);
