@@ -143,14 +143,13 @@ fn mount_config(args: &Args) -> anyhow::Result<Option<pando_actors::fuse::MountC
     use pando_actors::fuse::{IdMap, MountConfig};
     let Some(path) = &args.mount else { return Ok(None) };
     let path = pando_actors::fuse::check_mount_point(path).context("--mount")?;
-    let pairs = |texts: &[String]| texts.iter().map(|text| IdMap::parse_pair(text)).collect::<Result<Vec<_>, _>>();
     let mut config = MountConfig::new(path);
     config.allow_other = args.mount_allow_other;
     config.read_only = args.mount_read_only;
     config.attr_ttl = Duration::from_millis(args.mount_cache_ms);
     config.entry_ttl = config.attr_ttl;
     config.write_back = !args.mount_write_through;
-    config.ids = IdMap { uids: pairs(&args.mount_uid_map)?, gids: pairs(&args.mount_gid_map)? };
+    config.ids = IdMap::parse(&args.mount_uid_map, &args.mount_gid_map)?;
     Ok(Some(config))
 }
 

@@ -174,14 +174,13 @@ pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
     let path = pando_actors::fuse::check_mount_point(&args.path)?;
     let options = ClientOptions { timeout: Duration::from_millis(pando_actors::fuse::FUSE_OP_TIMEOUT_MS) };
     let client = Client::new(&args.ticket, options).await?;
-    let pairs = |texts: &[String]| texts.iter().map(|text| IdMap::parse_pair(text)).collect::<Result<Vec<_>, _>>();
     let mut config = MountConfig::new(path);
     config.allow_other = args.allow_other;
     config.read_only = args.read_only;
     config.attr_ttl = Duration::from_millis(args.cache_ms);
     config.entry_ttl = config.attr_ttl;
     config.write_back = !args.write_through;
-    config.ids = IdMap { uids: pairs(&args.uid_map)?, gids: pairs(&args.gid_map)? };
+    config.ids = IdMap::parse(&args.uid_map, &args.gid_map)?;
 
     let client = Arc::new(client);
     // Fail now, with the node's reason, when the ticket's token may not use the file system.

@@ -85,6 +85,12 @@ impl IdMap {
         map(&self.gids, gid, |pair| (pair.stored, pair.local))
     }
 
+    /// The maps of `--uid-map` and `--gid-map` pairs (`LOCAL:STORED` each).
+    pub fn parse(uids: &[String], gids: &[String]) -> Result<IdMap, MountError> {
+        let pairs = |texts: &[String]| texts.iter().map(|text| IdMap::parse_pair(text)).collect::<Result<Vec<_>, _>>();
+        Ok(IdMap { uids: pairs(uids)?, gids: pairs(gids)? })
+    }
+
     /// Parses `LOCAL:STORED`.
     pub fn parse_pair(text: &str) -> Result<IdPair, MountError> {
         let bad = || MountError::Option(format!("{text:?} is not LOCAL:STORED (two numeric ids)"));
