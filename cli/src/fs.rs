@@ -1,16 +1,26 @@
 //! The file system from the client's side: typed calls for what a mount elsewhere (`pando mount`) asks a node. A
 //! token with the `fs` capability may make them; each names the caller (uid, gid, groups) it runs as.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pando_protocol::coord::LeaseInfo;
 use pando_protocol::envelope::{Request, Response};
 use pando_protocol::fs::{
     Attr, Caller, FsCommandKind, FsQueryKind, FsQueryResponse, FsReply, FsRequest, FsResponse, SessionRequest,
 };
-use pando_protocol::limits::{FS_REMOTE_READ_BYTES_MAX, FS_REMOTE_WRITE_BYTES_MAX};
+use pando_protocol::limits::{FS_REMOTE_READ_BYTES_MAX, FS_REMOTE_WRITE_BYTES_MAX, FS_REMOTE_WRITE_EXTENTS_MAX};
 
 use crate::{Client, ClientError};
+
+/// What is left of an operation's time at its next request (several requests share one deadline: a large write is
+/// bounded as a whole, not per piece).
+fn left(deadline: Instant) -> Result<Duration, ClientError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(ClientError::Timeout("the file-system operation ran out of time between its requests".into()));
+    }
+    Ok(left)
+}
 
 fn unexpected(reply: &FsReply) -> ClientError {
     ClientError::Protocol(format!("a file-system request answered {reply:?}"))
@@ -60,12 +70,13 @@ impl Client {
         len: u32,
         timeout: Duration,
     ) -> Result<(u64, Vec<u8>), ClientError> {
+        let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
         loop {
             let at = offset + out.len() as u64;
             let piece = (len as usize).saturating_sub(out.len()).min(FS_REMOTE_READ_BYTES_MAX) as u32;
             let request = FsRequest::Read { caller: caller.clone(), ino, offset: at, len: piece };
-            let (size, bytes) = match self.fs(request, timeout).await? {
+            let (size, bytes) = match self.fs(request, left(deadline)?).await? {
                 FsReply::Data { size, bytes } => (size, bytes.into_vec()),
                 other => return Err(unexpected(&other)),
             };
@@ -86,6 +97,7 @@ impl Client {
         extents: &[(u64, Vec<u8>)],
         timeout: Duration,
     ) -> Result<Option<Attr>, ClientError> {
+        let deadline = Instant::now() + timeout;
         let mut attr = None;
         let mut batch = Vec::new();
         let mut bytes = 0;
@@ -97,15 +109,15 @@ impl Client {
             }
         }
         for (offset, piece) in pieces {
-            if bytes + piece.len() > FS_REMOTE_WRITE_BYTES_MAX {
-                attr = Some(self.fs_write_batch(caller, ino, std::mem::take(&mut batch), timeout).await?);
+            if bytes + piece.len() > FS_REMOTE_WRITE_BYTES_MAX || batch.len() == FS_REMOTE_WRITE_EXTENTS_MAX {
+                attr = Some(self.fs_write_batch(caller, ino, std::mem::take(&mut batch), left(deadline)?).await?);
                 bytes = 0;
             }
             bytes += piece.len();
             batch.push((offset, piece.to_vec().into()));
         }
         if !batch.is_empty() {
-            attr = Some(self.fs_write_batch(caller, ino, batch, timeout).await?);
+            attr = Some(self.fs_write_batch(caller, ino, batch, left(deadline)?).await?);
         }
         Ok(attr)
     }

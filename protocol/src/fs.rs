@@ -40,8 +40,8 @@ use crate::blob::BlobRef;
 use crate::error::{ErrorCode, WireError};
 use crate::kv::Bytes;
 use crate::limits::{
-    FS_CHUNK_BYTES, FS_CHUNKS_PER_COMMAND_MAX, FS_FILE_BYTES_MAX, FS_INLINE_BYTES_MAX, FS_LIST_COUNT_MAX,
-    FS_NAME_BYTES_MAX, FS_SYMLINK_BYTES_MAX, FS_XATTR_NAME_BYTES_MAX, FS_XATTR_VALUE_BYTES_MAX,
+    FS_CALLER_GROUPS_MAX, FS_CHUNK_BYTES, FS_CHUNKS_PER_COMMAND_MAX, FS_FILE_BYTES_MAX, FS_INLINE_BYTES_MAX,
+    FS_LIST_COUNT_MAX, FS_NAME_BYTES_MAX, FS_SYMLINK_BYTES_MAX, FS_XATTR_NAME_BYTES_MAX, FS_XATTR_VALUE_BYTES_MAX,
 };
 pub use api::{FsReply, FsRequest, SessionRequest, session_prefix};
 pub use locks::{FileLock, LockMode, LockOwner};
@@ -78,6 +78,8 @@ pub enum Errno {
     ENODATA = 61,
     EOPNOTSUPP = 95,
     ESTALE = 116,
+    // Added after the others: a variant's place is its number in serde's encodings.
+    EBADF = 9,
 }
 
 impl Errno {
@@ -91,6 +93,7 @@ impl Errno {
             Errno::ENOENT => "ENOENT",
             Errno::EINTR => "EINTR",
             Errno::EIO => "EIO",
+            Errno::EBADF => "EBADF",
             Errno::EAGAIN => "EAGAIN",
             Errno::E2BIG => "E2BIG",
             Errno::EACCES => "EACCES",
@@ -157,6 +160,17 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// A caller names at most [`FS_CALLER_GROUPS_MAX`] supplementary groups.
+    pub fn validate(&self) -> Result<(), WireError> {
+        if self.groups.len() > FS_CALLER_GROUPS_MAX {
+            return Err(Errno::EINVAL.error(format!(
+                "a caller with {} supplementary groups: at most {FS_CALLER_GROUPS_MAX}",
+                self.groups.len()
+            )));
+        }
+        Ok(())
+    }
+
     pub const ROOT: Caller = Caller { uid: 0, gid: 0, groups: Vec::new() };
 
     pub fn new(uid: u32, gid: u32) -> Caller {
@@ -436,6 +450,13 @@ pub enum FsQueryKind {
         ino: u64,
         lock: FileLock,
     },
+    /// [`FsQueryKind::ReadDir`] with each entry's attributes (a mount's `readdirplus`: `ls -l` of a directory costs
+    /// one read per this many entries, not one per entry).
+    ReadDirPlus {
+        ino: u64,
+        after: Option<String>,
+        limit: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -478,6 +499,11 @@ pub enum FsQueryResponse {
     StatFs(FsTotals),
     /// What [`FsQueryKind::TestLock`] found in the way, if anything.
     Lock(Option<FileLock>),
+    /// What [`FsQueryKind::ReadDirPlus`] listed.
+    EntriesPlus {
+        entries: Vec<(DirEntry, Attr)>,
+        more: bool,
+    },
 }
 
 /// A name in a directory: not empty, not `.` or `..`, no `/` or NUL, at most [`FS_NAME_BYTES_MAX`] bytes.
@@ -508,17 +534,19 @@ fn validate_xattr_name(name: &str) -> Result<(), WireError> {
 impl FsCommand {
     /// Bytes the command weighs in a log entry.
     pub fn payload_bytes(&self) -> usize {
-        256 + match &self.kind {
-            FsCommandKind::Write { data, .. } => data.len(),
-            FsCommandKind::SetXattr { value, .. } => value.len(),
-            FsCommandKind::SetChunks { chunks, .. } => chunks.len() * 64,
-            FsCommandKind::Symlink { target, .. } => target.len(),
-            _ => 0,
-        }
+        256 + self.caller.groups.len() * 5
+            + match &self.kind {
+                FsCommandKind::Write { data, .. } => data.len(),
+                FsCommandKind::SetXattr { value, .. } => value.len(),
+                FsCommandKind::SetChunks { chunks, .. } => chunks.len() * 64,
+                FsCommandKind::Symlink { target, .. } => target.len(),
+                _ => 0,
+            }
     }
 
     /// Checks what can be checked without the state.
     pub fn validate(&self) -> Result<(), WireError> {
+        self.caller.validate()?;
         match &self.kind {
             FsCommandKind::Create { name, kind, .. } => {
                 if *kind == FileKind::Dir || *kind == FileKind::Symlink {
@@ -596,9 +624,12 @@ impl FsCommand {
 
 impl FsQuery {
     pub fn validate(&self) -> Result<(), WireError> {
+        self.caller.validate()?;
         match &self.kind {
             FsQueryKind::Lookup { name, .. } => validate_name(name),
-            FsQueryKind::ReadDir { limit, .. } if !(1..=FS_LIST_COUNT_MAX).contains(limit) => {
+            FsQueryKind::ReadDir { limit, .. } | FsQueryKind::ReadDirPlus { limit, .. }
+                if !(1..=FS_LIST_COUNT_MAX).contains(limit) =>
+            {
                 Err(Errno::EINVAL.error(format!("a listing takes 1 to {FS_LIST_COUNT_MAX} entries")))
             }
             FsQueryKind::GetXattr { name, .. } => validate_xattr_name(name),

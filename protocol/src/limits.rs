@@ -287,6 +287,21 @@ pub const FS_LOCKS_PER_INODE_MAX: usize = 1_024;
 pub const FS_REMOTE_READ_BYTES_MAX: usize = 1024 * 1024;
 /// Bytes one file-system write over the client protocol carries (a `pando mount` writes its buffer back in these).
 pub const FS_REMOTE_WRITE_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// Extents one file-system write over the client protocol carries (each costs up to
+/// [`FS_EXTENT_ENCODED_BYTES_MAX`] beside its bytes, so many tiny ones cannot outgrow a frame).
+pub const FS_REMOTE_WRITE_EXTENTS_MAX: usize = 1024;
+/// What one extent's offset and length take encoded, at most (two varints).
+pub const FS_EXTENT_ENCODED_BYTES_MAX: usize = 16;
+/// Supplementary groups a file-system caller names (NFS's `AUTH_SYS` carries 16; a mount passes the first this
+/// many of a process's groups). Every command carries them into the log.
+pub const FS_CALLER_GROUPS_MAX: usize = 64;
+const _: () = assert!(
+    FS_REMOTE_WRITE_BYTES_MAX
+        + FS_REMOTE_WRITE_EXTENTS_MAX * FS_EXTENT_ENCODED_BYTES_MAX
+        + FS_CALLER_GROUPS_MAX * 5
+        + 4096
+        <= FRAME_SIZE_BYTES_MAX
+);
 const _: () = assert!(FS_XATTR_VALUE_BYTES_MAX <= FS_XATTR_TOTAL_BYTES_MAX);
 const _: () = assert!((FS_INLINE_BYTES_MAX as u64) < FS_CHUNK_BYTES);
 const _: () = assert!(FS_INLINE_BYTES_MAX + 4 * 1024 <= PROPOSAL_BYTES_MAX);

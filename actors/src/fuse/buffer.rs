@@ -1,6 +1,7 @@
 //! The write-back buffer of one inode on this mount: the extents written since the last flush (a later one over an
-//! earlier one), who wrote them, and the file's size as this mount sees it (the committed size grown by the buffered
-//! writes). A contiguous write extends the last extent, so a sequential writer buffers one extent per run.
+//! earlier one), who wrote them, and the committed size an append goes after (learned while something is buffered,
+//! forgotten when the buffer empties, so an append after a flush asks the cluster again). A contiguous write extends
+//! the last extent, so a sequential writer buffers one extent per run.
 
 use pando_protocol::fs::Caller;
 use pando_protocol::limits::FS_CHUNK_BYTES;
@@ -11,17 +12,12 @@ pub struct Buffer {
     bytes: usize,
     /// Whose writes these are (the flush commits them on their behalf).
     pub caller: Option<Caller>,
-    /// The size the file had when this mount last committed or read it.
-    pub committed_size: u64,
-    /// Handles open on the inode through this mount.
-    pub open: u32,
+    /// The file's committed size, as learned since the buffer last emptied (`None`: not asked yet). Only an append
+    /// needs it: a size kept from before a flush could be older than another handle's or another node's writes.
+    pub known_size: Option<u64>,
 }
 
 impl Buffer {
-    pub fn new(committed_size: u64) -> Buffer {
-        Buffer { committed_size, ..Default::default() }
-    }
-
     pub fn is_empty(&self) -> bool {
         self.extents.is_empty()
     }
@@ -35,10 +31,10 @@ impl Buffer {
         self.bytes
     }
 
-    /// The file's size with the buffered writes.
-    pub fn size(&self) -> u64 {
+    /// The file's size with the buffered writes, over a committed size of `committed`.
+    pub fn size_over(&self, committed: u64) -> u64 {
         let written = self.extents.iter().map(|(offset, data)| offset + data.len() as u64).max().unwrap_or(0);
-        self.committed_size.max(written)
+        committed.max(written)
     }
 
     /// Buffers `data` at `offset` for `caller` (a different caller's writes are flushed first by the caller of this).
@@ -68,11 +64,14 @@ impl Buffer {
         self.extents = extents;
     }
 
-    /// After a flush committed: nothing buffered, and the size the log answered.
+    /// After a flush or a truncate committed with the file at `size`: kept while something is buffered (written
+    /// since), forgotten otherwise.
     pub fn committed(&mut self, size: u64) {
-        self.committed_size = size;
         if self.extents.is_empty() {
             self.caller = None;
+            self.known_size = None;
+        } else {
+            self.known_size = Some(size);
         }
     }
 }
@@ -84,12 +83,13 @@ mod tests {
     #[test]
     fn contiguous_writes_share_one_extent_and_the_size_grows_with_them() {
         let caller = Caller::new(1, 1);
-        let mut buffer = Buffer::new(10);
+        let mut buffer = Buffer::default();
         buffer.add(&caller, 0, b"abc");
         buffer.add(&caller, 3, b"def");
         buffer.add(&caller, 100, b"x");
         assert_eq!(buffer.bytes(), 7);
-        assert_eq!(buffer.size(), 101);
+        assert_eq!(buffer.size_over(10), 101);
+        assert_eq!(buffer.size_over(1000), 1000);
         let extents = buffer.take();
         assert_eq!(extents, vec![(0, b"abcdef".to_vec()), (100, b"x".to_vec())]);
         assert!(buffer.is_empty());
@@ -97,5 +97,19 @@ mod tests {
         buffer.restore(extents);
         let order: Vec<u64> = buffer.take().iter().map(|(offset, _)| *offset).collect();
         assert_eq!(order, vec![0, 100, 5], "a failed flush's extents go back before later writes");
+    }
+
+    #[test]
+    fn a_committed_size_is_forgotten_when_the_buffer_empties_and_kept_while_writes_wait() {
+        let caller = Caller::new(1, 1);
+        let mut buffer = Buffer { known_size: Some(50), ..Buffer::default() };
+        buffer.add(&caller, 0, b"abc");
+        let _ = buffer.take();
+        buffer.committed(60);
+        assert_eq!(buffer.known_size, None, "an append after the flush asks the cluster for the size again");
+        assert!(buffer.caller.is_none());
+        buffer.add(&caller, 0, b"abc");
+        buffer.committed(70);
+        assert_eq!(buffer.known_size, Some(70), "a truncate under buffered writes leaves the size it made");
     }
 }

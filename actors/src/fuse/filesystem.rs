@@ -21,14 +21,14 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BsdFileFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use pando_protocol::fs::{
     Caller, Errno, FileKind, FsCommandKind, FsQueryKind, FsQueryResponse, LockMode, RenameMode, SetAttr, SetTime,
     XattrMode,
 };
-use pando_protocol::limits::FS_NAME_BYTES_MAX;
+use pando_protocol::limits::{FS_CALLER_GROUPS_MAX, FS_NAME_BYTES_MAX};
 use tokio::sync::Semaphore;
 
 use super::backend::FsBackend;
@@ -86,11 +86,16 @@ impl PandoFs {
         self.0.locks.end().await
     }
 
+    #[cfg(test)]
+    pub(super) fn shared(&self) -> &Shared {
+        &self.0
+    }
+
     /// One line for `pando actors`.
     pub fn summary(&self) -> String {
         let open = lock(&self.0.files).len();
         let buffered: usize =
-            lock(&self.0.buffers).values().filter_map(|buffer| buffer.try_lock().ok().map(|b| b.bytes())).sum();
+            lock(&self.0.buffers).values().filter_map(|entry| entry.buffer.try_lock().ok().map(|b| b.bytes())).sum();
         format!(
             "{open} open files, {buffered} bytes buffered, {} requests served, {} failed",
             self.0.served.load(Ordering::Relaxed),
@@ -98,13 +103,22 @@ impl PandoFs {
         )
     }
 
-    /// Flushes every buffered write (before an unmount).
-    pub async fn flush_all(&self) {
+    /// Flushes every buffered write (at an unmount), for at most `budget`.
+    pub async fn flush_all(&self, budget: Duration) {
         let inodes: Vec<u64> = lock(&self.0.buffers).keys().copied().collect();
-        for ino in inodes {
-            if let Err(error) = self.0.flush(ino).await {
-                tracing::error!(ino, %error, "buffered writes lost at unmount");
+        let flushed = tokio::time::timeout(budget, async {
+            for ino in &inodes {
+                if let Err(error) = self.0.flush(*ino).await {
+                    tracing::error!(ino, %error, "buffered writes lost at unmount");
+                }
             }
+        });
+        if flushed.await.is_err() {
+            let left = lock(&self.0.buffers).len();
+            tracing::error!(
+                inodes = left,
+                "the unmount's write-back ran out of time; buffered writes of these are lost"
+            );
         }
     }
 
@@ -156,13 +170,14 @@ impl PandoFs {
     }
 }
 
-/// The supplementary groups of process `pid` (none when it is gone or `/proc` says nothing).
+/// The supplementary groups of process `pid` (none when it is gone or `/proc` says nothing), the first
+/// [`FS_CALLER_GROUPS_MAX`] of them (as NFS passes the first 16): a group past those grants nothing through the mount.
 fn supplementary_groups(pid: u32) -> Vec<u32> {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return Vec::new() };
     status
         .lines()
         .find_map(|line| line.strip_prefix("Groups:"))
-        .map(|groups| groups.split_whitespace().filter_map(|gid| gid.parse().ok()).collect())
+        .map(|groups| groups.split_whitespace().filter_map(|gid| gid.parse().ok()).take(FS_CALLER_GROUPS_MAX).collect())
         .unwrap_or_default()
 }
 
@@ -226,6 +241,11 @@ impl Filesystem for PandoFs {
         // fcntl and flock locks are the cluster's (without these the kernel keeps them on this machine only).
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS) {
             tracing::warn!(?missing, "the kernel keeps file locks on this machine only");
+        }
+        // Listings carry attributes (the kernel asks for them when lookups follow a listing, as in `ls -l`).
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO)
+        {
+            tracing::debug!(?missing, "the kernel looks entries of a listing up one by one");
         }
         Ok(())
     }
@@ -471,7 +491,7 @@ impl Filesystem for PandoFs {
                     return Ok((s.next_handle.fetch_add(1, Ordering::Relaxed), None));
                 }
                 let keep = s.same_version(&attr);
-                Ok((s.open_handle(ino.0, append, attr.size).await, Some(keep)))
+                Ok((s.open_handle(ino.0, append), Some(keep)))
             }
             .await;
             match s.counted(opened) {
@@ -523,7 +543,7 @@ impl Filesystem for PandoFs {
     fn write(
         &self,
         req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -535,11 +555,10 @@ impl Filesystem for PandoFs {
         if self.0.config.read_only {
             return reply.error(fuser::Errno::EROFS);
         }
-        let append = lock(&self.0.files).get(&fh.0).is_some_and(|file| file.append);
         let caller = self.caller(req);
         let data = data.to_vec();
         self.spawn(move |s| async move {
-            let written = s.write(caller, ino.0, append, offset, data).await;
+            let written = s.write(caller, fh.0, offset, data).await;
             match s.counted(written) {
                 Ok(written) => reply.written(written),
                 Err(error) => reply.error(error),
@@ -622,22 +641,45 @@ impl Filesystem for PandoFs {
         let caller = self.caller(req);
         let Some(listing) = lock(&self.0.dirs).get(&fh.0).cloned() else { return reply.error(fuser::Errno::EBADF) };
         self.spawn(move |s| async move {
-            let mut held = listing.lock().await;
-            let rows = match held.as_ref() {
-                Some(rows) if offset > 0 => rows.clone(),
-                _ => match s.counted(s.listing(&caller, ino.0).await) {
-                    Ok(rows) => {
-                        let rows = Arc::new(rows);
-                        *held = Some(rows.clone());
-                        rows
-                    }
-                    Err(error) => return reply.error(error),
-                },
+            let listed = match s.counted(s.rows(&listing, &caller, ino.0, offset).await) {
+                Ok(listed) => listed,
+                Err(error) => return reply.error(error),
             };
-            drop(held);
-            for (at, row) in rows.iter().enumerate().skip(offset as usize) {
+            for (at, row) in listed.rows.iter().enumerate().skip(offset as usize) {
                 if reply.add(INodeNo(row.ino), at as u64 + 1, row.kind, &row.name) {
                     break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    /// A listing with each entry's attributes (`ls -l` costs one read per page of entries, not one per entry). Each
+    /// entry but `.` and `..` counts as a lookup the kernel later forgets; one gone since the listing is left out.
+    fn readdirplus(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let caller = self.caller(req);
+        let Some(listing) = lock(&self.0.dirs).get(&fh.0).cloned() else { return reply.error(fuser::Errno::EBADF) };
+        self.spawn(move |s| async move {
+            let listed = match s.counted(s.rows(&listing, &caller, ino.0, offset).await) {
+                Ok(listed) => listed,
+                Err(error) => return reply.error(error),
+            };
+            let ttl = s.config.attr_ttl;
+            let fresh = listed.at.elapsed() < ttl;
+            for (at, row) in listed.rows.iter().enumerate().skip(offset as usize) {
+                let kernel = match s.row_attr(&caller, row, fresh).await {
+                    Ok(kernel) => kernel,
+                    Err(error) if Errno::of(&error) == Errno::ENOENT.code() => continue,
+                    Err(error) => {
+                        let _ = s.counted::<()>(Err(error));
+                        break;
+                    }
+                };
+                if reply.add(INodeNo(row.ino), at as u64 + 1, &row.name, &ttl, &kernel, Generation(0)) {
+                    break;
+                }
+                if row.name != "." && row.name != ".." {
+                    lock(&s.known).entry(row.ino).or_default().lookups += 1;
                 }
             }
             reply.ok();
@@ -860,7 +902,7 @@ impl Filesystem for PandoFs {
                     attr = s.fs.truncate(&caller, attr.ino, 0, true, s.timeout()).await?;
                 }
                 s.same_version(&attr);
-                let handle = s.open_handle(attr.ino, append, attr.size).await;
+                let handle = s.open_handle(attr.ino, append);
                 Ok((attr, handle))
             }
             .await;

@@ -42,6 +42,9 @@ const RENEW_MS: u64 = LOCK_LEASE_TTL_MS / 3;
 /// How long one renewal may take: well under the TTL, so a slow one is followed by another before the lease lapses.
 const RENEW_TIMEOUT_MS: u64 = 2_000;
 const _: () = assert!(RENEW_MS * 2 + RENEW_TIMEOUT_MS < LOCK_LEASE_TTL_MS);
+/// How long an unmount waits for lock commands under way, and then for the lease's revoke (it lapses on its own
+/// otherwise).
+pub(super) const END_TIMEOUT_MS: u64 = RENEW_TIMEOUT_MS;
 /// The first and the longest pause between two attempts of a blocking lock.
 const RETRY_FIRST_MS: u64 = 5;
 const RETRY_MAX_MS: u64 = 200;
@@ -273,12 +276,16 @@ impl LockSession {
         }
     }
 
-    /// Renews the lease while the mount holds locks, asks again for releases that failed, and ends the lease once
-    /// it holds none and nothing waits (an idle mount costs the log nothing). Runs until the mount stops.
+    /// Renews the lease while the mount holds locks and ends it once it holds none and nothing waits (an idle mount
+    /// costs the log nothing); beside that, asks again for releases that failed. Runs until the mount stops. The
+    /// two loops run side by side: a retried release may take a command's whole timeout, longer than the lease's
+    /// TTL, and the renewals must not wait for it.
     pub(super) async fn renew_forever(&self) {
-        let mut ticks = tokio::time::interval(Duration::from_millis(RENEW_MS));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await;
+        tokio::join!(self.renew_loop(), self.retry_loop());
+    }
+
+    async fn renew_loop(&self) {
+        let mut ticks = ticker();
         loop {
             ticks.tick().await;
             let Some(id) = *self.lease.read().await else { continue };
@@ -286,13 +293,22 @@ impl LockSession {
             let renewal = SessionRequest::KeepAlive { lease: id };
             match self.fs.session(renewal, Duration::from_millis(RENEW_TIMEOUT_MS)).await {
                 Ok(info) => {
-                    self.retry_releases(id).await;
                     if info.is_some_and(|info| info.files.is_empty()) {
                         self.end_if_idle(id, seen).await;
                     }
                 }
                 Err(error) if lease_gone(&error) => self.forget_lease(id).await,
                 Err(error) => tracing::warn!(lease = id, %error, "the mount's lock lease could not be renewed"),
+            }
+        }
+    }
+
+    async fn retry_loop(&self) {
+        let mut ticks = ticker();
+        loop {
+            ticks.tick().await;
+            if let Some(id) = *self.lease.read().await {
+                self.retry_releases(id).await;
             }
         }
     }
@@ -351,16 +367,29 @@ impl LockSession {
     }
 
     /// Ends the session at unmount: every lock of the mount is released at once, waiters give up, and no new
-    /// session begins.
+    /// session begins. Takes at most twice [`END_TIMEOUT_MS`].
     pub(super) async fn end(&self) {
         self.closing.store(true, Ordering::SeqCst);
-        let mut lease = self.lease.write().await;
-        if let Some(id) = lease.take()
-            && let Err(error) = self.fs.session(SessionRequest::End { lease: id }, self.timeout).await
+        let wait = Duration::from_millis(END_TIMEOUT_MS);
+        let id = match tokio::time::timeout(wait, self.lease.write()).await {
+            Ok(mut lease) => lease.take(),
+            // A lock command still under way holds the lease: it is ended under it (the command fails with it).
+            Err(_) => self.lease.try_read().ok().and_then(|lease| *lease),
+        };
+        if let Some(id) = id
+            && let Err(error) = self.fs.session(SessionRequest::End { lease: id }, wait).await
         {
             tracing::warn!(lease = id, %error, "the mount's lock lease could not be revoked; it lapses on its own");
         }
     }
+}
+
+/// Ticks every [`RENEW_MS`], the first one a period from now; a late tick is not made up for.
+fn ticker() -> tokio::time::Interval {
+    let period = Duration::from_millis(RENEW_MS);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
 }
 
 fn lease_ended(lease: u64) -> WireError {

@@ -20,6 +20,8 @@
 
 pub mod backend;
 mod buffer;
+#[cfg(test)]
+mod buffering_tests;
 mod convert;
 pub mod filesystem;
 mod invalidate;
@@ -49,12 +51,23 @@ pub const FUSE_INFLIGHT_MAX: usize = 256;
 pub const FUSE_LOCK_WAITERS_MAX: usize = 1024;
 /// Bytes one open inode buffers before a write flushes them (with `--mount-write-back`).
 pub const FUSE_WRITE_BUFFER_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Separate extents one open inode buffers before a write flushes them (each costs an allocation and a place in
+/// the write-back's requests, so many tiny scattered writes are bounded too).
+pub const FUSE_WRITE_BUFFER_EXTENTS_MAX: usize = 4096;
 /// Entries one directory listing holds (a larger directory lists its first this many and says so in the log).
 pub const FUSE_LIST_ENTRIES_MAX: usize = 1_000_000;
 /// Threads reading the kernel's requests.
 const SESSION_THREADS: usize = 2;
 /// How long one file-system operation may take before the caller sees `EIO`.
 pub const FUSE_OP_TIMEOUT_MS: u64 = 30_000;
+/// How long an unmount spends writing back what the mount buffered, before and again after the kernel session ends.
+const FUSE_STOP_FLUSH_MS: u64 = 10_000;
+/// How long the FuseActor's stop may take: two write-backs, the unmount's wait for the session, the lease's revoke.
+const FUSE_STOP_MS: u64 = 30_000;
+const _: () = assert!(
+    2 * FUSE_STOP_FLUSH_MS + mountpoint::UNMOUNT_JOIN_TIMEOUT.as_millis() as u64 + 2 * locks::END_TIMEOUT_MS
+        < FUSE_STOP_MS
+);
 const _: () = assert!(FUSE_WRITE_BUFFER_BYTES_MAX as u64 >= pando_protocol::limits::FS_CHUNK_BYTES);
 
 /// One uid or gid mapping: `local` (as processes on this machine see it) is stored as `stored`.
@@ -147,7 +160,8 @@ pub struct FuseArgs {
 }
 
 pub fn child_spec(args: FuseArgs) -> ChildSpec {
-    ChildSpec::new("fuse", Restart::Permanent, FuseActor, args).with_shutdown_timeout(Duration::from_secs(10))
+    ChildSpec::new("fuse", Restart::Permanent, FuseActor, args)
+        .with_shutdown_timeout(Duration::from_millis(FUSE_STOP_MS))
 }
 
 pub enum FuseMsg {
@@ -203,15 +217,20 @@ impl Mount {
         format!("{} mounted; {}; {} invalidations", self.path().display(), self.fs.summary(), self.invalidator.sent())
     }
 
-    /// Writes back what the mount buffered, releases its locks, and unmounts.
+    /// Writes back what the mount buffered, unmounts, writes back what was written meanwhile, and releases the
+    /// mount's locks. Each write-back is bounded ([`FUSE_STOP_FLUSH_MS`]; what is left is logged as lost), so the
+    /// whole stop fits the actor's shutdown time.
     pub async fn stop(&mut self) {
         self.invalidator.stop();
-        self.fs.flush_all().await;
+        let budget = Duration::from_millis(FUSE_STOP_FLUSH_MS);
+        self.fs.flush_all(budget).await;
+        self.mounted.unmount().await;
+        // Writes that came in while the first write-back ran (no request comes once the session ended).
+        self.fs.flush_all(budget).await;
         // The lease is renewed until it is revoked: a long flush must not let the locks lapse while their
         // processes still run.
         self.fs.end_locks().await;
         self.renewer.abort();
-        self.mounted.unmount().await;
     }
 }
 

@@ -13,7 +13,7 @@ use fuser::{Config, MountOption, Notifier, Session, SessionACL, SessionUnmounter
 use super::{MountConfig, PandoFs, SESSION_THREADS};
 
 /// How long an unmount waits for the session's threads to return.
-const UNMOUNT_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const UNMOUNT_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a mount cannot be made.
 #[derive(Debug, thiserror::Error)]

@@ -21,7 +21,9 @@ use super::buffer::Buffer;
 use super::convert::{errno, file_attr, file_type};
 use super::locks::LockSession;
 use super::view::View;
-use super::{FUSE_LIST_ENTRIES_MAX, FUSE_OP_TIMEOUT_MS, FUSE_WRITE_BUFFER_BYTES_MAX, MountConfig};
+use super::{
+    FUSE_LIST_ENTRIES_MAX, FUSE_OP_TIMEOUT_MS, FUSE_WRITE_BUFFER_BYTES_MAX, FUSE_WRITE_BUFFER_EXTENTS_MAX, MountConfig,
+};
 
 /// Statfs's block size.
 pub(super) const STATFS_BLOCK: u64 = 4096;
@@ -36,7 +38,7 @@ pub(super) struct Shared {
     pub(super) next_handle: AtomicU64,
     pub(super) files: Mutex<HashMap<u64, OpenFile>>,
     pub(super) dirs: Mutex<HashMap<u64, Listing>>,
-    pub(super) buffers: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Buffer>>>>,
+    pub(super) buffers: Mutex<HashMap<u64, Buffered>>,
     pub(super) known: Mutex<HashMap<u64, Known>>,
     pub(super) served: AtomicU64,
     pub(super) failed: AtomicU64,
@@ -48,15 +50,37 @@ pub(super) struct Shared {
 pub(super) struct OpenFile {
     pub(super) ino: u64,
     pub(super) append: bool,
+    /// The inode's buffer (the one in `buffers` for as long as this handle is open).
+    pub(super) buffer: SharedBuffer,
+}
+
+pub(super) type SharedBuffer = Arc<tokio::sync::Mutex<Buffer>>;
+
+/// The write-back buffer of an inode and the handles open on it. An entry is removed only under the map's lock with
+/// no handle open and nothing buffered, so every open handle writes into the buffer that flushes and stats see (a
+/// release that removed the entry while an open was taking it left that open writing into a buffer nobody flushed,
+/// appending at offset 0: fsx seed 20261205 caught it at operation 86,381).
+pub(super) struct Buffered {
+    pub(super) buffer: SharedBuffer,
+    pub(super) handles: u32,
 }
 
 /// One directory handle's listing, read whole at its first `readdir` (so offsets stay stable under changes).
-pub(super) type Listing = Arc<tokio::sync::Mutex<Option<Arc<Vec<Row>>>>>;
+pub(super) type Listing = Arc<tokio::sync::Mutex<Option<Arc<Listed>>>>;
+
+/// A directory's rows and when they were read.
+pub(super) struct Listed {
+    pub(super) rows: Vec<Row>,
+    pub(super) at: std::time::Instant,
+}
 
 pub(super) struct Row {
     pub(super) ino: u64,
     pub(super) kind: FileType,
     pub(super) name: String,
+    /// Its attributes as listed (`None`: asked for when a `readdirplus` needs them). For `.` and `..` the listed
+    /// directory's own, which the kernel does not use.
+    pub(super) attr: Option<Attr>,
 }
 
 /// An inode the kernel holds (looked up, not yet forgotten).
@@ -121,12 +145,25 @@ impl Shared {
         }
     }
 
-    pub(super) fn buffer(&self, ino: u64) -> Option<Arc<tokio::sync::Mutex<Buffer>>> {
-        lock(&self.buffers).get(&ino).cloned()
+    pub(super) fn buffer(&self, ino: u64) -> Option<SharedBuffer> {
+        lock(&self.buffers).get(&ino).map(|buffered| buffered.buffer.clone())
     }
 
-    pub(super) fn buffer_or_new(&self, ino: u64, size: u64) -> Arc<tokio::sync::Mutex<Buffer>> {
-        lock(&self.buffers).entry(ino).or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Buffer::new(size)))).clone()
+    /// Removes the buffer of `ino` if it is `buffer`, no handle is open on it and nothing is buffered (`guard` is its
+    /// lock, so nothing is written into it meanwhile); `closing` counts one handle fewer first.
+    fn drop_if_idle(&self, ino: u64, buffer: &SharedBuffer, guard: &Buffer, closing: bool) {
+        let mut buffers = lock(&self.buffers);
+        let Some(entry) = buffers.get_mut(&ino) else { return };
+        debug_assert!(Arc::ptr_eq(&entry.buffer, buffer), "an open handle's buffer left the map");
+        if !Arc::ptr_eq(&entry.buffer, buffer) {
+            return;
+        }
+        if closing {
+            entry.handles = entry.handles.saturating_sub(1);
+        }
+        if entry.handles == 0 && guard.is_empty() {
+            buffers.remove(&ino);
+        }
     }
 
     /// The kernel's view of `attr`: its size grown by what this mount buffered for it. An inode with a buffer here is
@@ -137,8 +174,7 @@ impl Shared {
         let Some(buffer) = self.buffer(attr.ino) else { return Ok(file_attr(&attr, attr.size, &self.config.ids)) };
         let buffer = buffer.lock().await;
         let attr = self.looked_up(caller, FsQueryKind::GetAttr { ino: attr.ino }).await?;
-        let size = if buffer.is_empty() { attr.size } else { attr.size.max(buffer.size()) };
-        Ok(file_attr(&attr, size, &self.config.ids))
+        Ok(file_attr(&attr, buffer.size_over(attr.size), &self.config.ids))
     }
 
     pub(super) async fn reply_entry(&self, reply: ReplyEntry, caller: &Caller, attr: Attr) {
@@ -172,8 +208,11 @@ impl Shared {
     /// Commits the buffered writes of `ino`.
     pub(super) async fn flush(&self, ino: u64) -> Result<(), WireError> {
         let Some(buffer) = self.buffer(ino) else { return Ok(()) };
-        let mut buffer = buffer.lock().await;
-        self.flush_locked(ino, &mut buffer).await
+        let mut guard = buffer.lock().await;
+        self.flush_locked(ino, &mut guard).await?;
+        // A buffer left behind by a failed flush at release goes once it is committed.
+        self.drop_if_idle(ino, &buffer, &guard, false);
+        Ok(())
     }
 
     pub(super) async fn flush_locked(&self, ino: u64, buffer: &mut Buffer) -> Result<(), WireError> {
@@ -201,14 +240,20 @@ impl Shared {
         }
     }
 
+    /// Writes `data` through the open file `handle`: committed at once on a write-through mount, buffered otherwise.
+    /// An append goes after the committed size (asked of the cluster once per buffer fill) and what is buffered.
     pub(super) async fn write(
         &self,
         caller: Caller,
-        ino: u64,
-        append: bool,
+        handle: u64,
         offset: u64,
         data: Vec<u8>,
     ) -> Result<u32, WireError> {
+        let Some((ino, append, buffer)) =
+            lock(&self.files).get(&handle).map(|file| (file.ino, file.append, file.buffer.clone()))
+        else {
+            return Err(Errno::EBADF.error("no such open file"));
+        };
         let written = data.len() as u32;
         if !self.config.write_back {
             let offset = if append { self.fs.attr(&caller, ino, self.timeout()).await?.size } else { offset };
@@ -216,70 +261,88 @@ impl Shared {
             self.same_version(&attr);
             return Ok(written);
         }
-        let buffer = self.buffer_or_new(ino, 0);
         let mut buffer = buffer.lock().await;
         if buffer.caller.as_ref().is_some_and(|writer| *writer != caller) {
             self.flush_locked(ino, &mut buffer).await?;
         }
-        let offset = if append { buffer.size() } else { offset };
+        let offset = if append {
+            let committed = match buffer.known_size {
+                Some(size) => size,
+                None => self.fs.attr(&caller, ino, self.timeout()).await?.size,
+            };
+            buffer.known_size = Some(committed);
+            buffer.size_over(committed)
+        } else {
+            offset
+        };
         buffer.add(&caller, offset, &data);
-        if buffer.bytes() >= FUSE_WRITE_BUFFER_BYTES_MAX {
+        if buffer.bytes() >= FUSE_WRITE_BUFFER_BYTES_MAX || buffer.extents().len() >= FUSE_WRITE_BUFFER_EXTENTS_MAX {
             self.flush_locked(ino, &mut buffer).await?;
         }
         Ok(written)
     }
 
-    pub(super) async fn open_handle(&self, ino: u64, append: bool, size: u64) -> u64 {
+    /// A new handle on `ino`, counted on the inode's buffer (made if there is none).
+    pub(super) fn open_handle(&self, ino: u64, append: bool) -> u64 {
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        lock(&self.files).insert(handle, OpenFile { ino, append });
-        let buffer = self.buffer_or_new(ino, size);
-        let mut buffer = buffer.lock().await;
-        buffer.open += 1;
-        if buffer.is_empty() {
-            buffer.committed_size = size;
-        }
+        let buffer = {
+            let mut buffers = lock(&self.buffers);
+            let entry = buffers.entry(ino).or_insert_with(|| Buffered { buffer: SharedBuffer::default(), handles: 0 });
+            entry.handles += 1;
+            entry.buffer.clone()
+        };
+        lock(&self.files).insert(handle, OpenFile { ino, append, buffer });
         handle
     }
 
+    /// Closes `handle`: its inode's buffered writes are committed, and the buffer goes with the last handle.
     pub(super) async fn release(&self, handle: u64) -> Result<(), WireError> {
         let Some(file) = lock(&self.files).remove(&handle) else { return Ok(()) };
-        let Some(buffer) = self.buffer(file.ino) else { return Ok(()) };
-        let mut guard = buffer.lock().await;
+        let mut guard = file.buffer.lock().await;
         let flushed = self.flush_locked(file.ino, &mut guard).await;
-        guard.open = guard.open.saturating_sub(1);
-        if guard.open == 0 && guard.is_empty() {
-            drop(guard);
-            lock(&self.buffers).remove(&file.ino);
-        }
+        self.drop_if_idle(file.ino, &file.buffer, &guard, true);
         flushed
     }
 
+    /// Directory `ino`'s entries, with `.` and `..` (and the view in the root), each with its attributes when the
+    /// file system lists them (the view's are asked for one by one).
     pub(super) async fn listing(&self, caller: &Caller, ino: u64) -> Result<Vec<Row>, WireError> {
         let attr = self.looked_up(caller, FsQueryKind::GetAttr { ino }).await?;
         let mut rows = vec![
-            Row { ino, kind: FileType::Directory, name: ".".into() },
-            Row { ino: attr.parent.max(1), kind: FileType::Directory, name: "..".into() },
+            Row { ino, kind: FileType::Directory, name: ".".into(), attr: Some(attr.clone()) },
+            Row { ino: attr.parent.max(1), kind: FileType::Directory, name: "..".into(), attr: Some(attr) },
         ];
         if ino == ROOT_INO
             && let Some(view) = &self.view
         {
             let view = view.root_entry();
-            rows.push(Row { ino: view.ino, kind: FileType::Directory, name: view.name });
+            rows.push(Row { ino: view.ino, kind: FileType::Directory, name: view.name, attr: None });
         }
         let mut after = None;
         loop {
-            let read = FsQueryKind::ReadDir { ino, after: after.take(), limit: FS_LIST_COUNT_MAX };
-            let FsQueryResponse::Entries { entries, more } = self.query(caller, read).await? else {
-                return Err(WireError::internal("a listing answered something else"));
+            let (after_this, limit) = (after.take(), FS_LIST_COUNT_MAX);
+            let (entries, more): (Vec<(DirEntry, Option<Attr>)>, bool) = if super::view::is_view(ino) {
+                let read = FsQueryKind::ReadDir { ino, after: after_this, limit };
+                let FsQueryResponse::Entries { entries, more } = self.query(caller, read).await? else {
+                    return Err(WireError::internal("a listing answered something else"));
+                };
+                (entries.into_iter().map(|entry| (entry, None)).collect(), more)
+            } else {
+                let read = FsQueryKind::ReadDirPlus { ino, after: after_this, limit };
+                let FsQueryResponse::EntriesPlus { entries, more } = self.query(caller, read).await? else {
+                    return Err(WireError::internal("a listing answered something else"));
+                };
+                (entries.into_iter().map(|(entry, attr)| (entry, Some(attr))).collect(), more)
             };
-            after = entries.last().map(|entry| entry.name.clone());
+            after = entries.last().map(|(entry, _)| entry.name.clone());
             // A file the file system holds as `.pando` in the root is hidden by the view.
             let hidden =
                 |entry: &DirEntry| self.view.is_some() && ino == ROOT_INO && entry.name == super::view::VIEW_NAME;
-            rows.extend(entries.into_iter().filter(|entry| !hidden(entry)).map(|entry| Row {
+            rows.extend(entries.into_iter().filter(|(entry, _)| !hidden(entry)).map(|(entry, attr)| Row {
                 ino: entry.ino,
                 kind: file_type(entry.kind),
                 name: entry.name,
+                attr,
             }));
             if !more || after.is_none() {
                 return Ok(rows);
@@ -290,6 +353,42 @@ impl Shared {
                     "a directory lists only its first {FUSE_LIST_ENTRIES_MAX} entries through the mount"
                 );
                 return Ok(rows);
+            }
+        }
+    }
+
+    /// The rows of directory handle `listing` on `ino` for a read from `offset`: read whole at the first (offset 0),
+    /// the same rows after that.
+    pub(super) async fn rows(
+        &self,
+        listing: &Listing,
+        caller: &Caller,
+        ino: u64,
+        offset: u64,
+    ) -> Result<Arc<Listed>, WireError> {
+        let mut held = listing.lock().await;
+        if let Some(listed) = held.as_ref()
+            && offset > 0
+        {
+            return Ok(listed.clone());
+        }
+        let listed = Arc::new(Listed { rows: self.listing(caller, ino).await?, at: std::time::Instant::now() });
+        *held = Some(listed.clone());
+        Ok(listed)
+    }
+
+    /// What a `readdirplus` tells the kernel of `row`: the attributes listed with it while they are younger than the
+    /// kernel may keep them (else asked again), as [`Shared::kernel_attr`] gives them. `.` and `..` carry the
+    /// directory's own (the kernel skips both).
+    pub(super) async fn row_attr(&self, caller: &Caller, row: &Row, fresh: bool) -> Result<fuser::FileAttr, WireError> {
+        match &row.attr {
+            Some(attr) if row.name == "." || row.name == ".." => {
+                Ok(fuser::FileAttr { ino: fuser::INodeNo(row.ino), ..file_attr(attr, attr.size, &self.config.ids) })
+            }
+            Some(attr) if fresh => self.kernel_attr(caller, attr.clone()).await,
+            _ => {
+                let attr = self.looked_up(caller, FsQueryKind::GetAttr { ino: row.ino }).await?;
+                self.kernel_attr(caller, attr).await
             }
         }
     }

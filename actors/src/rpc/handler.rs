@@ -13,6 +13,7 @@ use pando_protocol::blob::{BlobRequest, BlobResponse};
 use pando_protocol::cluster::ClusterRequest;
 use pando_protocol::envelope::{Request, RequestEnvelope, Response};
 use pando_protocol::error::{ErrorCode, WireError};
+use pando_protocol::fs::{Errno, FsQueryKind, FsRequest};
 use pando_protocol::kv::Bytes;
 use pando_protocol::limits::{REQUEST_TIMEOUT_MS_DEFAULT, REQUEST_TIMEOUT_MS_MAX, TOKEN_RECHECK_MS};
 use pando_protocol::token::{Access, Capability, CapabilityToken, allows};
@@ -306,6 +307,14 @@ async fn execute(
         Request::Hook(request) => services.hooks.execute(request, timeout).await.map(Response::Hook),
         Request::Job(request) => services.jobs.execute(request, timeout).await.map(Response::Job),
         Request::Fs(request) => {
+            // A mount whose token may only read hears at `open` for writing that the file system is read-only (as
+            // a read-only mount answers), not at the `close` that writes its buffer back.
+            if let FsRequest::Query { kind: FsQueryKind::Access { mask, .. }, .. } = &request
+                && mask & 2 != 0
+                && !caller.allows(Access::FsWrite)
+            {
+                return Err(Errno::EROFS.error("this token may read the file system, not change it"));
+            }
             // A token that fixes its uid and gid runs every request as them, whoever the request names.
             let squashed = pando_protocol::token::fs_ids(&caller.capabilities);
             let request = match squashed {

@@ -14,7 +14,10 @@ use super::{Attr, Caller, FsCommand, FsCommandKind, FsQuery, FsQueryKind, FsQuer
 use crate::coord::LeaseInfo;
 use crate::error::WireError;
 use crate::kv::Bytes;
-use crate::limits::{FRAME_SIZE_BYTES_MAX, FS_FILE_BYTES_MAX, FS_REMOTE_READ_BYTES_MAX, FS_REMOTE_WRITE_BYTES_MAX};
+use crate::limits::{
+    FRAME_SIZE_BYTES_MAX, FS_FILE_BYTES_MAX, FS_REMOTE_READ_BYTES_MAX, FS_REMOTE_WRITE_BYTES_MAX,
+    FS_REMOTE_WRITE_EXTENTS_MAX,
+};
 use crate::token::Access;
 
 /// What a mount asks of its lock session's lease (a coordination lease of no prefix: its end releases the mount's
@@ -96,6 +99,11 @@ impl FsRequest {
             FsRequest::Command { kind: FsCommandKind::SetChunks { .. }, .. } => Err(WireError::invalid(
                 "chunk maps are set by the node's data path: send the bytes as a file-system write",
             )),
+            FsRequest::Read { caller, .. } | FsRequest::Write { caller, .. } | FsRequest::Truncate { caller, .. }
+                if caller.validate().is_err() =>
+            {
+                caller.validate()
+            }
             FsRequest::Command { caller, kind } => FsCommand { caller: caller.clone(), kind: kind.clone() }.validate(),
             FsRequest::Query { caller, kind } => FsQuery { caller: caller.clone(), kind: kind.clone() }.validate(),
             FsRequest::Read { len, .. } if *len as usize > FS_REMOTE_READ_BYTES_MAX => Err(WireError::too_large(
@@ -103,6 +111,12 @@ impl FsRequest {
             )),
             FsRequest::Read { offset, len, .. } if offset.saturating_add(*len as u64) > FS_FILE_BYTES_MAX => {
                 Err(WireError::invalid(format!("a read past the largest file ({FS_FILE_BYTES_MAX} bytes)")))
+            }
+            FsRequest::Write { extents, .. } if extents.len() > FS_REMOTE_WRITE_EXTENTS_MAX => {
+                Err(WireError::too_large(format!(
+                    "a write of {} extents: at most {FS_REMOTE_WRITE_EXTENTS_MAX} per request",
+                    extents.len()
+                )))
             }
             FsRequest::Write { extents, .. } => {
                 let bytes: usize = extents.iter().map(|(_, data)| data.len()).sum();
@@ -173,5 +187,28 @@ mod tests {
         assert_eq!(pointed.code, ErrorCode::InvalidArgument, "a chunk map from outside could name any blob");
         let bad_name = FsCommandKind::Unlink { parent: ROOT_INO, name: "a/b".into() };
         assert!(FsRequest::Command { caller: Caller::ROOT, kind: bad_name }.validate().is_err());
+    }
+
+    #[test]
+    fn a_write_of_many_tiny_extents_and_a_caller_of_too_many_groups_are_refused() {
+        let tiny: Vec<(u64, Bytes)> =
+            (0..=FS_REMOTE_WRITE_EXTENTS_MAX as u64).map(|at| (at * 2, Bytes::from(vec![1]))).collect();
+        let write = FsRequest::Write { caller: Caller::ROOT, ino: 2, extents: tiny };
+        assert_eq!(write.validate().unwrap_err().code, ErrorCode::TooLarge, "the extents would outgrow a frame");
+        let crowded = Caller { uid: 5, gid: 5, groups: (0..=crate::limits::FS_CALLER_GROUPS_MAX as u32).collect() };
+        let kinds = [
+            FsRequest::Query { caller: crowded.clone(), kind: FsQueryKind::GetAttr { ino: ROOT_INO } },
+            FsRequest::Truncate { caller: crowded.clone(), ino: 2, size: 0, through_open_file: false },
+            FsRequest::Command {
+                caller: crowded.clone(),
+                kind: FsCommandKind::Unlink { parent: ROOT_INO, name: "a".into() },
+            },
+        ];
+        for request in kinds {
+            assert_eq!(request.validate().unwrap_err().code, ErrorCode::InvalidArgument, "{request:?}");
+        }
+        let mut fine = crowded;
+        fine.groups.pop();
+        assert!(FsRequest::Query { caller: fine, kind: FsQueryKind::GetAttr { ino: ROOT_INO } }.validate().is_ok());
     }
 }

@@ -12,6 +12,46 @@ use crate::coord::{CoordRead, decode, load};
 use crate::kv::Bytes;
 use crate::limits::FS_READ_CHUNKS_MAX;
 
+/// Entries of directory `ino` after `after`, at most `limit`, and whether more follow.
+fn list(
+    store: &impl CoordRead,
+    caller: &super::Caller,
+    ino: u64,
+    after: Option<&str>,
+    limit: u32,
+) -> Answer<(Vec<DirEntry>, bool)> {
+    let dir = refuse!(directory(store, ino)?);
+    refuse!(perm::check(&dir, caller, MAY_READ, "list"));
+    let prefix = with(ENTRY, &ino.to_be_bytes());
+    let start = match after {
+        Some(after) => entry_key(ino, after),
+        None => prefix.clone(),
+    };
+    let (mut entries, mut more, mut fault) = (Vec::new(), false, None);
+    store.coord_scan_from(&prefix, &start, &mut |key, bytes| {
+        let name = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+        if after == Some(name.as_str()) {
+            return ControlFlow::Continue(());
+        }
+        if entries.len() >= limit as usize {
+            more = true;
+            return ControlFlow::Break(());
+        }
+        match decode::<Entry>(key, bytes) {
+            Ok(entry) => entries.push(DirEntry { name, ino: entry.ino, kind: entry.kind }),
+            Err(error) => {
+                fault = Some(error);
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    if let Some(fault) = fault {
+        return Err(fault);
+    }
+    Ok(Ok((entries, more)))
+}
+
 /// Serves one read from the applied state.
 pub fn query(store: &impl CoordRead, query: &FsQuery) -> Answer<FsQueryResponse> {
     if let Err(error) = query.validate() {
@@ -29,36 +69,24 @@ pub fn query(store: &impl CoordRead, query: &FsQuery) -> Answer<FsQueryResponse>
         }
         FsQueryKind::GetAttr { ino } => FsQueryResponse::Attr(refuse!(existing(store, *ino)?)),
         FsQueryKind::ReadDir { ino, after, limit } => {
-            let dir = refuse!(directory(store, *ino)?);
-            refuse!(perm::check(&dir, caller, MAY_READ, "list"));
-            let prefix = with(ENTRY, &ino.to_be_bytes());
-            let start = match after {
-                Some(after) => entry_key(*ino, after),
-                None => prefix.clone(),
-            };
-            let (mut entries, mut more, mut fault) = (Vec::new(), false, None);
-            store.coord_scan_from(&prefix, &start, &mut |key, bytes| {
-                let name = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-                if after.as_deref() == Some(name.as_str()) {
-                    return ControlFlow::Continue(());
-                }
-                if entries.len() >= *limit as usize {
-                    more = true;
-                    return ControlFlow::Break(());
-                }
-                match decode::<Entry>(key, bytes) {
-                    Ok(entry) => entries.push(DirEntry { name, ino: entry.ino, kind: entry.kind }),
-                    Err(error) => {
-                        fault = Some(error);
-                        return ControlFlow::Break(());
-                    }
-                }
-                ControlFlow::Continue(())
-            })?;
-            if let Some(fault) = fault {
-                return Err(fault);
-            }
+            let (entries, more) = refuse!(list(store, caller, *ino, after.as_deref(), *limit)?);
             FsQueryResponse::Entries { entries, more }
+        }
+        FsQueryKind::ReadDirPlus { ino, after, limit } => {
+            let (entries, more) = refuse!(list(store, caller, *ino, after.as_deref(), *limit)?);
+            let mut listed = Vec::with_capacity(entries.len());
+            for entry in entries {
+                // An entry names an inode that exists (commands keep the two together); one that does not is a
+                // fault of the store, not the caller's.
+                let attr = existing(store, entry.ino)?.map_err(|_| {
+                    crate::state_machine::StorageFault(format!(
+                        "entry {:?} of directory {ino} names no inode",
+                        entry.name
+                    ))
+                })?;
+                listed.push((entry, attr));
+            }
+            FsQueryResponse::EntriesPlus { entries: listed, more }
         }
         FsQueryKind::ReadLink { ino } => {
             let attr = refuse!(existing(store, *ino)?);

@@ -558,6 +558,32 @@ fn a_directory_listing_pages_by_name() {
 }
 
 #[test]
+fn a_listing_with_attributes_names_the_same_entries_with_what_getattr_answers_for_each() {
+    let mut fs = Fs::new();
+    for name in ["c", "a", "b"] {
+        fs.create(ROOT_INO, name);
+    }
+    fs.mkdir(ROOT_INO, "d");
+    let plain = match fs.ask_as(&alice(), FsQueryKind::ReadDir { ino: ROOT_INO, after: None, limit: 3 }) {
+        Ok(FsQueryResponse::Entries { entries, more }) => (entries, more),
+        other => panic!("unexpected {other:?}"),
+    };
+    let plus = match fs.ask_as(&alice(), FsQueryKind::ReadDirPlus { ino: ROOT_INO, after: None, limit: 3 }) {
+        Ok(FsQueryResponse::EntriesPlus { entries, more }) => (entries, more),
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(plus.1, plain.1, "both say more follow");
+    assert_eq!(plus.0.iter().map(|(entry, _)| entry.clone()).collect::<Vec<_>>(), plain.0);
+    for (entry, attr) in &plus.0 {
+        assert_eq!(*attr, fs.attr(entry.ino), "{}", entry.name);
+    }
+    let private = fs.mkdir(ROOT_INO, "private");
+    fs.set_as(&Caller::ROOT, private.ino, SetAttr { perm: Some(0o700), ..SetAttr::default() }).unwrap();
+    let refused = fs.ask_as(&alice(), FsQueryKind::ReadDirPlus { ino: private.ino, after: None, limit: 3 });
+    assert_eq!(errno(refused), Errno::EACCES.code(), "the same permission as a plain listing");
+}
+
+#[test]
 fn each_accepted_command_says_on_the_commit_stream_what_it_changed() {
     let mut fs = Fs::new();
     let dir = fs.mkdir(ROOT_INO, "d");

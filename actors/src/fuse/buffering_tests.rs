@@ -1,0 +1,195 @@
+//! The write-back path of the mount's handlers ([`Shared`]) over a one-file backend whose size can change behind the
+//! mount's back (as another node's writes change it): appends land at the end, and no open handle writes into a buffer
+//! that flushes and stats no longer see.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pando_protocol::coord::LeaseInfo;
+use pando_protocol::error::WireError;
+use pando_protocol::fs::{
+    Attr, Caller, FileKind, FsCommandKind, FsQueryKind, FsQueryResponse, FsResponse, SessionRequest, Time,
+};
+
+use super::MountConfig;
+use super::backend::{FsBackend, Later};
+use super::filesystem::PandoFs;
+
+const INO: u64 = 7;
+
+/// One file's committed bytes.
+#[derive(Default)]
+struct OneFile {
+    bytes: Mutex<Vec<u8>>,
+}
+
+impl OneFile {
+    fn attr(&self) -> Attr {
+        let size = self.bytes.lock().unwrap().len() as u64;
+        let time = Time::default();
+        Attr {
+            ino: INO,
+            kind: FileKind::File,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            size,
+            atime: time,
+            mtime: time,
+            ctime: time,
+            crtime: time,
+            rdev: 0,
+            parent: 0,
+        }
+    }
+
+    /// Another node's write: the file as the cluster has it changes.
+    fn append_elsewhere(&self, data: &[u8]) {
+        self.bytes.lock().unwrap().extend_from_slice(data);
+    }
+
+    fn contents(&self) -> Vec<u8> {
+        self.bytes.lock().unwrap().clone()
+    }
+}
+
+fn unsupported<'a, T: Send + 'a>() -> Later<'a, T> {
+    Box::pin(async { Err(WireError::internal("not in this test")) })
+}
+
+impl FsBackend for OneFile {
+    fn command<'a>(&'a self, _caller: &'a Caller, _kind: FsCommandKind, _timeout: Duration) -> Later<'a, FsResponse> {
+        unsupported()
+    }
+
+    fn query<'a>(&'a self, _caller: &'a Caller, kind: FsQueryKind, _timeout: Duration) -> Later<'a, FsQueryResponse> {
+        Box::pin(async move {
+            match kind {
+                FsQueryKind::GetAttr { ino: INO } => Ok(FsQueryResponse::Attr(self.attr())),
+                other => Err(WireError::internal(format!("not in this test: {other:?}"))),
+            }
+        })
+    }
+
+    fn session(&self, _request: SessionRequest, _timeout: Duration) -> Later<'_, Option<LeaseInfo>> {
+        unsupported()
+    }
+
+    fn read_committed<'a>(
+        &'a self,
+        _caller: &'a Caller,
+        _ino: u64,
+        offset: u64,
+        len: u32,
+        _timeout: Duration,
+    ) -> Later<'a, (u64, Vec<u8>)> {
+        Box::pin(async move {
+            let bytes = self.bytes.lock().unwrap();
+            let start = (offset as usize).min(bytes.len());
+            let end = (start + len as usize).min(bytes.len());
+            Ok((bytes.len() as u64, bytes[start..end].to_vec()))
+        })
+    }
+
+    fn write_extents<'a>(
+        &'a self,
+        _caller: &'a Caller,
+        _ino: u64,
+        extents: &'a [(u64, Vec<u8>)],
+        _timeout: Duration,
+    ) -> Later<'a, Attr> {
+        Box::pin(async move {
+            {
+                let mut bytes = self.bytes.lock().unwrap();
+                for (offset, data) in extents {
+                    let end = *offset as usize + data.len();
+                    if bytes.len() < end {
+                        bytes.resize(end, 0);
+                    }
+                    bytes[*offset as usize..end].copy_from_slice(data);
+                }
+            }
+            Ok(self.attr())
+        })
+    }
+
+    fn truncate<'a>(
+        &'a self,
+        _caller: &'a Caller,
+        _ino: u64,
+        size: u64,
+        _through_open_file: bool,
+        _timeout: Duration,
+    ) -> Later<'a, Attr> {
+        Box::pin(async move {
+            self.bytes.lock().unwrap().resize(size as usize, 0);
+            Ok(self.attr())
+        })
+    }
+
+    fn free_bytes(&self, _timeout: Duration) -> Later<'_, Option<u64>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+fn mount(file: Arc<OneFile>) -> PandoFs {
+    let config = MountConfig::new("/nowhere".into());
+    PandoFs::new(file, config, tokio::runtime::Handle::current(), None)
+}
+
+#[tokio::test]
+async fn an_append_goes_after_what_another_node_wrote_since_the_file_was_opened() {
+    let file = Arc::new(OneFile::default());
+    file.append_elsewhere(b"0123");
+    let fs = mount(file.clone());
+    let s = fs.shared();
+    let caller = Caller::new(0, 0);
+    let handle = s.open_handle(INO, true);
+    file.append_elsewhere(b"4567");
+    s.write(caller.clone(), handle, 0, b"ab".to_vec()).await.unwrap();
+    s.write(caller.clone(), handle, 0, b"cd".to_vec()).await.unwrap();
+    s.release(handle).await.unwrap();
+    assert_eq!(file.contents(), b"01234567abcd");
+
+    // After the flush the size is asked again: a write elsewhere between two appends is not overwritten.
+    let handle = s.open_handle(INO, true);
+    s.write(caller.clone(), handle, 0, b"ef".to_vec()).await.unwrap();
+    s.flush(INO).await.unwrap();
+    file.append_elsewhere(b"XY");
+    s.write(caller, handle, 0, b"gh".to_vec()).await.unwrap();
+    s.release(handle).await.unwrap();
+    assert_eq!(file.contents(), b"01234567abcdefXYgh");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_opened_while_the_last_one_closes_writes_into_the_buffer_that_is_flushed() {
+    let file = Arc::new(OneFile::default());
+    file.append_elsewhere(b"0123456789");
+    let fs = mount(file.clone());
+    let caller = Caller::new(0, 0);
+    for round in 0..500u32 {
+        let s = fs.shared();
+        let first = s.open_handle(INO, false);
+        s.write(caller.clone(), first, 0, vec![round as u8]).await.unwrap();
+        s.flush(INO).await.unwrap();
+        // The release of the first handle and the open and append of the next one run at once on two threads, as
+        // the kernel sends them after a close and a new open.
+        let releasing = fs.clone();
+        let release = tokio::spawn(async move { releasing.shared().release(first).await });
+        let (appending, caller) = (fs.clone(), caller.clone());
+        let append = tokio::spawn(async move {
+            let s = appending.shared();
+            let next = s.open_handle(INO, true);
+            s.write(caller, next, 0, vec![round as u8]).await?;
+            s.release(next).await
+        });
+        release.await.unwrap().unwrap();
+        append.await.unwrap().unwrap();
+        let bytes = file.contents();
+        assert_eq!(bytes.len(), 11 + round as usize, "round {round}: the append landed at the end");
+        assert_eq!(bytes[0], round as u8);
+        assert_eq!(*bytes.last().unwrap(), round as u8);
+        assert!(s.buffer(INO).is_none(), "round {round}: no buffer is left once every handle is closed");
+    }
+}
