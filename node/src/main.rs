@@ -36,6 +36,8 @@ const LEADER_WAIT_MS_MAX: u64 = 10_000;
 const CHILD_START_TIMEOUT_MS: u64 = 10_000;
 /// How long an orderly shutdown may take before the process exits anyway.
 const SHUTDOWN_TIMEOUT_MS: u64 = 20_000;
+// The mount's stop (write-backs, unmount, revoke) runs inside the node's.
+const _: () = assert!(pando_actors::fuse::FUSE_STOP_MS < SHUTDOWN_TIMEOUT_MS);
 /// Log filter when `PANDO_LOG` is unset: openraft narrates every election at info level.
 const LOG_FILTER_DEFAULT: &str = "info,openraft=warn";
 /// Address used on first start when `--bind` is not given.

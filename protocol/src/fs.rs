@@ -546,7 +546,9 @@ impl FsCommand {
 
     /// Checks what can be checked without the state.
     pub fn validate(&self) -> Result<(), WireError> {
-        self.caller.validate()?;
+        // Not the caller's groups: this runs again when the command is applied, and a bound added later must not
+        // refuse there what an older node accepted (replicas would differ). Requests are bounded where they come
+        // in ([`Caller::validate`] in `FsRequest::validate` and the node's file-system service).
         match &self.kind {
             FsCommandKind::Create { name, kind, .. } => {
                 if *kind == FileKind::Dir || *kind == FileKind::Symlink {
@@ -624,7 +626,6 @@ impl FsCommand {
 
 impl FsQuery {
     pub fn validate(&self) -> Result<(), WireError> {
-        self.caller.validate()?;
         match &self.kind {
             FsQueryKind::Lookup { name, .. } => validate_name(name),
             FsQueryKind::ReadDir { limit, .. } | FsQueryKind::ReadDirPlus { limit, .. }

@@ -68,6 +68,7 @@ impl PandoFs {
             dirs: Mutex::default(),
             buffers: Mutex::default(),
             known: Mutex::default(),
+            changes: AtomicU64::new(0),
             served: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             locks: LockSession::new(fs.clone(), Duration::from_millis(FUSE_OP_TIMEOUT_MS)),
@@ -132,6 +133,7 @@ impl PandoFs {
 
     /// Forgets the cached version of `ino` (it changed); answers whether the kernel knows it.
     pub(super) fn forget_version(&self, ino: u64) -> bool {
+        self.0.changes.fetch_add(1, Ordering::SeqCst);
         match lock(&self.0.known).get_mut(&ino) {
             Some(known) => {
                 known.version = None;
@@ -324,11 +326,19 @@ impl Filesystem for PandoFs {
             let result = async {
                 let mut attr = None;
                 if let Some(size) = size {
-                    s.flush(ino).await?;
-                    let after = s.fs.truncate(&caller, ino, size, fh.is_some(), s.timeout()).await?;
-                    if let Some(buffer) = s.buffer(ino) {
-                        buffer.lock().await.committed(after.size);
-                    }
+                    s.changes.fetch_add(1, Ordering::SeqCst);
+                    // Flush, truncate and the buffer's new size under one lock of the buffer: a write buffered
+                    // between them would land after a size it never saw.
+                    let after = match s.buffer(ino) {
+                        Some(buffer) => {
+                            let mut buffer = buffer.lock().await;
+                            s.flush_locked(ino, &mut buffer).await?;
+                            let after = s.fs.truncate(&caller, ino, size, fh.is_some(), s.timeout()).await?;
+                            buffer.committed(after.size);
+                            after
+                        }
+                        None => s.fs.truncate(&caller, ino, size, fh.is_some(), s.timeout()).await?,
+                    };
                     attr = Some(after);
                 }
                 let changes = set.perm.is_some()
@@ -665,19 +675,23 @@ impl Filesystem for PandoFs {
                 Err(error) => return reply.error(error),
             };
             let ttl = s.config.attr_ttl;
-            let fresh = listed.at.elapsed() < ttl;
+            // The listed attributes only while nothing changed since they were read (a later page would otherwise
+            // put sizes from before a write back into the kernel) and within the TTL.
+            let fresh = listed.changes == s.changes.load(Ordering::SeqCst) && listed.at.elapsed() < ttl;
+            let mut added = false;
             for (at, row) in listed.rows.iter().enumerate().skip(offset as usize) {
                 let kernel = match s.row_attr(&caller, row, fresh).await {
                     Ok(kernel) => kernel,
                     Err(error) if Errno::of(&error) == Errno::ENOENT.code() => continue,
-                    Err(error) => {
-                        let _ = s.counted::<()>(Err(error));
-                        break;
-                    }
+                    // Nothing sent yet: the error, not an empty page (which would end the listing).
+                    Err(error) if !added => return reply.error(s.counted::<()>(Err(error)).unwrap_err()),
+                    // What was added goes; the next call meets the error again.
+                    Err(_) => break,
                 };
                 if reply.add(INodeNo(row.ino), at as u64 + 1, &row.name, &ttl, &kernel, Generation(0)) {
                     break;
                 }
+                added = true;
                 if row.name != "." && row.name != ".." {
                     lock(&s.known).entry(row.ino).or_default().lookups += 1;
                 }

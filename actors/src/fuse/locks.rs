@@ -307,7 +307,10 @@ impl LockSession {
         let mut ticks = ticker();
         loop {
             ticks.tick().await;
-            if let Some(id) = *self.lease.read().await {
+            // Read, then released before the retry (an `if let` would hold the read guard through it, and a writer
+            // queued behind it would make the retry's own read wait forever).
+            let lease = *self.lease.read().await;
+            if let Some(id) = lease {
                 self.retry_releases(id).await;
             }
         }

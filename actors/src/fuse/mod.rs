@@ -61,9 +61,10 @@ const SESSION_THREADS: usize = 2;
 /// How long one file-system operation may take before the caller sees `EIO`.
 pub const FUSE_OP_TIMEOUT_MS: u64 = 30_000;
 /// How long an unmount spends writing back what the mount buffered, before and again after the kernel session ends.
-const FUSE_STOP_FLUSH_MS: u64 = 10_000;
+const FUSE_STOP_FLUSH_MS: u64 = 4_000;
 /// How long the FuseActor's stop may take: two write-backs, the unmount's wait for the session, the lease's revoke.
-const FUSE_STOP_MS: u64 = 30_000;
+/// Within the node's whole shutdown (`pando-node`'s `SHUTDOWN_TIMEOUT_MS`, 20 s), which must stay above it.
+pub const FUSE_STOP_MS: u64 = 19_000;
 const _: () = assert!(
     2 * FUSE_STOP_FLUSH_MS + mountpoint::UNMOUNT_JOIN_TIMEOUT.as_millis() as u64 + 2 * locks::END_TIMEOUT_MS
         < FUSE_STOP_MS

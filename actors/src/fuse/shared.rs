@@ -40,6 +40,9 @@ pub(super) struct Shared {
     pub(super) dirs: Mutex<HashMap<u64, Listing>>,
     pub(super) buffers: Mutex<HashMap<u64, Buffered>>,
     pub(super) known: Mutex<HashMap<u64, Known>>,
+    /// Counts changes heard from the commit stream and writes made through this mount: attributes listed before
+    /// the count moved are not handed to the kernel again.
+    pub(super) changes: AtomicU64,
     pub(super) served: AtomicU64,
     pub(super) failed: AtomicU64,
     pub(super) locks: LockSession,
@@ -72,6 +75,8 @@ pub(super) type Listing = Arc<tokio::sync::Mutex<Option<Arc<Listed>>>>;
 pub(super) struct Listed {
     pub(super) rows: Vec<Row>,
     pub(super) at: std::time::Instant,
+    /// [`Shared::changes`] before the rows were read.
+    pub(super) changes: u64,
 }
 
 pub(super) struct Row {
@@ -154,7 +159,7 @@ impl Shared {
     fn drop_if_idle(&self, ino: u64, buffer: &SharedBuffer, guard: &Buffer, closing: bool) {
         let mut buffers = lock(&self.buffers);
         let Some(entry) = buffers.get_mut(&ino) else { return };
-        debug_assert!(Arc::ptr_eq(&entry.buffer, buffer), "an open handle's buffer left the map");
+        // A flush may hold a buffer the last release dropped (a new open made another): that one is not its to drop.
         if !Arc::ptr_eq(&entry.buffer, buffer) {
             return;
         }
@@ -255,6 +260,7 @@ impl Shared {
             return Err(Errno::EBADF.error("no such open file"));
         };
         let written = data.len() as u32;
+        self.changes.fetch_add(1, Ordering::SeqCst);
         if !self.config.write_back {
             let offset = if append { self.fs.attr(&caller, ino, self.timeout()).await?.size } else { offset };
             let attr = self.fs.write_extents(&caller, ino, &[(offset, data)], self.timeout()).await?;
@@ -372,7 +378,9 @@ impl Shared {
         {
             return Ok(listed.clone());
         }
-        let listed = Arc::new(Listed { rows: self.listing(caller, ino).await?, at: std::time::Instant::now() });
+        let changes = self.changes.load(Ordering::SeqCst);
+        let at = std::time::Instant::now();
+        let listed = Arc::new(Listed { rows: self.listing(caller, ino).await?, at, changes });
         *held = Some(listed.clone());
         Ok(listed)
     }

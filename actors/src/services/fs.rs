@@ -183,6 +183,7 @@ impl FsService {
             }
             kind => kind,
         };
+        caller.validate()?;
         let command = FsCommand { caller: caller.clone(), kind };
         command.validate()?;
         let locking = matches!(command.kind, FsCommandKind::SetLock { .. });
@@ -295,6 +296,7 @@ impl FsService {
         kind: FsQueryKind,
         timeout: Duration,
     ) -> Result<FsQueryResponse, WireError> {
+        caller.validate()?;
         let query = FsQuery { caller: caller.clone(), kind };
         query.validate()?;
         self.proposer.linearize_anywhere(timeout).await?;

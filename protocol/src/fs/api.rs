@@ -94,16 +94,19 @@ impl FsRequest {
     /// A caller's mistake, answered before anything runs.
     pub fn validate(&self) -> Result<(), WireError> {
         match self {
+            FsRequest::Command { caller, .. }
+            | FsRequest::Query { caller, .. }
+            | FsRequest::Read { caller, .. }
+            | FsRequest::Write { caller, .. }
+            | FsRequest::Truncate { caller, .. } => caller.validate()?,
+            FsRequest::Session(_) | FsRequest::FreeBytes => {}
+        }
+        match self {
             // A chunk map names blobs by hash: one sent from outside could point a file at any blob of the cluster
             // and read it without the blob capability. Chunks are made by the node's data path (`Write`) only.
             FsRequest::Command { kind: FsCommandKind::SetChunks { .. }, .. } => Err(WireError::invalid(
                 "chunk maps are set by the node's data path: send the bytes as a file-system write",
             )),
-            FsRequest::Read { caller, .. } | FsRequest::Write { caller, .. } | FsRequest::Truncate { caller, .. }
-                if caller.validate().is_err() =>
-            {
-                caller.validate()
-            }
             FsRequest::Command { caller, kind } => FsCommand { caller: caller.clone(), kind: kind.clone() }.validate(),
             FsRequest::Query { caller, kind } => FsQuery { caller: caller.clone(), kind: kind.clone() }.validate(),
             FsRequest::Read { len, .. } if *len as usize > FS_REMOTE_READ_BYTES_MAX => Err(WireError::too_large(
