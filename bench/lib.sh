@@ -15,8 +15,11 @@ start() { # members
   # shellcheck disable=SC2086 # NODE1_ARGS: extra flags for member 1 (bench/fuse.sh mounts through it), split on spaces
   nice -n "$NICE" "$BIN/pando-node" --data-dir "$BASE/d1" --bind 127.0.0.1:$PORT ${NODE1_ARGS:-} >"$BASE/n1.log" 2>&1 & PIDS+=($!)
   for _ in $(seq 1 100); do [ -s "$BASE/d1/ticket" ] && break; sleep 0.1; done
-  export PANDO_TICKET; PANDO_TICKET=$(cat "$BASE/d1/ticket")
-  for _ in $(seq 1 100); do "$BIN/pando" kv set warm up >/dev/null 2>&1 && break; sleep 0.1; done
+  # Read again on each try: the founder may write its ticket before the admin token it carries is committed.
+  export PANDO_TICKET
+  for _ in $(seq 1 100); do
+    PANDO_TICKET=$(cat "$BASE/d1/ticket") && "$BIN/pando" kv set warm up >/dev/null 2>&1 && break; sleep 0.1
+  done
   for i in $(seq 2 "$1"); do
     local join
     join=$("$BIN/pando" cluster join-token create --as voter --uses 1 --ttl 10m --json |

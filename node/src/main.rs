@@ -374,22 +374,23 @@ async fn run(args: Args) -> anyhow::Result<Outcome> {
     };
     let mut rotation =
         tokio::spawn(rotation::register_pending(args.data_dir.clone(), cluster_identity.clone(), handles.raft.clone()));
-    let address_book = membership::write_tickets(&args.data_dir, &cluster_identity, &handles.raft)?;
     // The founder's first start (or its first since token records): mint the admin token, write it into the ticket
-    // file (mode 0600) and print that ticket this once. Every later start prints the address book only.
+    // file (mode 0600) and print that ticket this once. Every later start prints the address book only. The founder's
+    // first ticket file already carries the token (a script waiting for the file never reads one without it).
     let printed = if record.founder && !record.admin_minted {
         let ttl_ms = match args.admin_token_ttl_secs {
             0 => Some(0),
             secs => Some(secs.saturating_mul(1_000)),
         };
         let admin = mint_admin(&handles, ttl_ms).await?;
+        let address_book = membership::address_book(&cluster_identity, &handles.raft);
         let ticket = pando_protocol::ticket::Ticket { token: Some(admin), ..address_book };
         identity::write_private(&identity::ticket_path(&args.data_dir), ticket.encode().as_bytes())?;
         record.admin_minted = true;
         identity::save_record(&args.data_dir, &record)?;
         ticket
     } else {
-        address_book
+        membership::write_tickets(&args.data_dir, &cluster_identity, &handles.raft)?
     };
     // Under the tree, started now that the tickets exist: a child added at run time, restarted like the others.
     let duties = membership::DutiesArgs {

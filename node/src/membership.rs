@@ -88,14 +88,19 @@ pub fn ticket_token(data_dir: &Path) -> Option<CapabilityToken> {
 /// Rewrites the `ticket` file for the current members (or just this node before it knows any), keeping the token it
 /// carries; answers the ticket without its token (an address book, safe to print).
 pub fn write_tickets(data_dir: &Path, identity: &ClusterIdentity, raft: &RaftHandle) -> anyhow::Result<Ticket> {
+    let ticket = Ticket { token: ticket_token(data_dir), ..address_book(identity, raft) };
+    identity::write_private(&identity::ticket_path(data_dir), ticket.encode().as_bytes())?;
+    Ok(Ticket { token: None, ..ticket })
+}
+
+/// The ticket naming the current members (or just this node before it knows any), without a token.
+pub fn address_book(identity: &ClusterIdentity, raft: &RaftHandle) -> Ticket {
     let mut nodes = members(raft);
     // This node first, as it listens now (a joiner's log may not list it yet): a client given this node's ticket
     // talks to this node first.
     nodes.retain(|node| node.node_id != identity.node_id);
     nodes.insert(0, TicketNode { node_id: identity.node_id, node: identity.me.clone() });
-    let ticket = identity.ticket(nodes, ticket_token(data_dir));
-    identity::write_private(&identity::ticket_path(data_dir), ticket.encode().as_bytes())?;
-    Ok(Ticket { token: None, ..ticket })
+    identity.ticket(nodes, None)
 }
 
 /// Runs for the node's lifetime: rewrites the tickets when the membership changes, announces this node's address when

@@ -25,6 +25,8 @@ pub struct RaftCore {
     /// Notified each time openraft publishes new metrics (by the RaftActor's one watcher of them): every wait on the
     /// metrics waits here, so waiters wake in arrival order (see `live.rs`).
     pub(crate) metrics_changed: Arc<tokio::sync::Notify>,
+    /// Read-index rounds, one at a time for every linearizable read waiting.
+    pub(crate) reads: super::read_rounds::ReadRounds,
 }
 
 /// Longest `RaftCore::ensure_leader` waits for a restored leader to apply the log it started with.
@@ -202,7 +204,7 @@ impl RaftHandle {
         let core = self.live.wait(timeout).await?;
         let waiting = async {
             loop {
-                match core.raft.ensure_linearizable().await {
+                match core.reads.confirm().await? {
                     Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
                         tracing::debug!(%error, "linearizable read waiting for a quorum");
                         tokio::time::sleep(Duration::from_millis(QUORUM_RETRY_MS)).await;
@@ -258,7 +260,7 @@ impl RaftCore {
     /// Fails with `NOT_LEADER` (naming the leader) unless this node is the leader with a quorum (a read-index round:
     /// once it returns, this node has applied everything committed before the call).
     pub async fn ensure_leader(&self) -> Result<(), WireError> {
-        self.leader_answer(self.raft.ensure_linearizable().await)?;
+        self.leader_answer(self.reads.confirm().await?)?;
         let wait = Duration::from_millis(STARTUP_APPLY_WAIT_MS);
         tokio::time::timeout(wait, self.applied_startup_log()).await.unwrap_or_else(|_| {
             Err(WireError::new(ErrorCode::Unavailable, "this leader is still applying the log it restarted with"))

@@ -3,6 +3,7 @@
 pub mod handle;
 mod joint;
 pub mod raft_actor;
+pub mod read_rounds;
 pub mod runtime;
 pub mod sim_network;
 pub mod transport;

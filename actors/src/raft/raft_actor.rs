@@ -151,7 +151,8 @@ impl Actor for RaftActor {
             }
         }
         let metrics_changed = Arc::new(tokio::sync::Notify::new());
-        let core = RaftCore { raft: raft.clone(), actor: myself.clone(), started_with, metrics_changed };
+        let reads = super::read_rounds::ReadRounds::start(raft.clone());
+        let core = RaftCore { raft: raft.clone(), actor: myself.clone(), started_with, metrics_changed, reads };
         let metrics_changed = core.metrics_changed.clone();
         args.handle.publish(core);
         let myself_for_ticks = myself.clone();

@@ -6,11 +6,14 @@
 //! leader replicates its entries while its own fsync runs, instead of after (`vendor/openraft/PANDO-PATCH.md`); a
 //! follower still answers only once its copy is durable, since openraft waits for the report before it does.
 //!
+//! The committed log id openraft saves is kept in memory and written by the syncer's next synced commit: it costs
+//! the Raft core no write transaction of its own (which waited for redb's one write lock while a sync held it).
+//!
 //! **Invariant:** an append is reported flushed only after a synced commit that began after its own commit.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogId, RaftLogReader};
@@ -29,19 +32,25 @@ pub struct LogStore {
     /// Appends committed unsynced, in order, for the syncer (started by the first append, which runs on the runtime;
     /// it ends when every clone of this store is gone).
     unsynced: Arc<OnceLock<mpsc::UnboundedSender<LogFlushed<TypeConfig>>>>,
+    /// The committed log id last saved and not yet written (`None` once the syncer wrote it).
+    committed: Arc<Mutex<Option<Option<LogId>>>>,
 }
 
 impl LogStore {
     pub(crate) fn new(database: Arc<Database>) -> LogStore {
-        LogStore { database, unsynced: Arc::default() }
+        LogStore { database, unsynced: Arc::default(), committed: Arc::default() }
     }
 
     fn syncer(&self) -> &mpsc::UnboundedSender<LogFlushed<TypeConfig>> {
         self.unsynced.get_or_init(|| {
             let (sender, receiver) = mpsc::unbounded_channel();
-            tokio::spawn(sync_appends(self.database.clone(), receiver));
+            tokio::spawn(sync_appends(self.database.clone(), self.committed.clone(), receiver));
             sender
         })
+    }
+
+    fn unwritten_committed(&self) -> Option<Option<LogId>> {
+        *self.committed.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
@@ -51,17 +60,13 @@ impl LogStore {
         value.map(|bytes| decode(bytes.value())).transpose()
     }
 
-    async fn write_meta<T: serde::Serialize>(
-        &self,
-        key: &'static str,
-        value: &T,
-        durability: Durability,
-    ) -> Result<(), StorageError> {
+    /// Writes `value` under `key`, synced.
+    async fn write_meta<T: serde::Serialize>(&self, key: &'static str, value: &T) -> Result<(), StorageError> {
         let bytes = encode(value)?;
         let database = self.database.clone();
         blocking(move || {
             let mut write = database.begin_write().map_err(|error| write_error(&error))?;
-            write.set_durability(durability).map_err(|error| write_error(&error))?;
+            write.set_durability(Durability::Immediate).map_err(|error| write_error(&error))?;
             {
                 let mut table = write.open_table(RAFT_META_TABLE).map_err(|error| write_error(&error))?;
                 table.insert(key, bytes.as_slice()).map_err(|error| write_error(&error))?;
@@ -118,7 +123,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.write_meta(META_VOTE, vote, Durability::Immediate).await
+        self.write_meta(META_VOTE, vote).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -126,18 +131,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not synced (Raft's commit index is volatile state): it becomes durable with the next log sync, so a batch
-        // costs one fsync instead of two, on the leader and on every follower. Nothing acknowledged depends on it: an
-        // acknowledged write is in a quorum's synced logs and is committed again after a restart. openraft 0.9 would
-        // restore a node that was leader as leader and take max(first entry of its term, this value) as its read
-        // index, which with a lagging value misses acknowledged writes (simulator seed 20386, when this value was
-        // first unsynced): a leader no longer resumes its leadership (`RaftActor::pre_start`), and a node's reads
-        // also wait until everything its log held at startup is applied (`RaftCore::applied_startup_log`).
-        self.write_meta(META_COMMITTED, &committed, Durability::None).await
+        // Not synced and not written here (Raft's commit index is volatile state): the syncer's next synced commit
+        // writes it, so a batch costs one fsync instead of two, and the Raft core no write transaction of its own.
+        // Nothing acknowledged depends on it: an acknowledged write is in a quorum's synced logs and is committed
+        // again after a restart, and a value that lags the applied state is raised to it when the node starts
+        // (openraft's `get_initial_state`). openraft 0.9 would restore a node that was leader as leader and take
+        // max(first entry of its term, this value) as its read index, which with a lagging value misses acknowledged
+        // writes (simulator seed 20386, when this value was first unsynced): a leader no longer resumes its
+        // leadership (`RaftActor::pre_start`), and a node's reads also wait until everything its log held at startup
+        // is applied (`RaftCore::applied_startup_log`).
+        *self.committed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.read_meta::<Option<LogId>>(META_COMMITTED)?.flatten())
+        match self.unwritten_committed() {
+            Some(committed) => Ok(committed),
+            None => Ok(self.read_meta::<Option<LogId>>(META_COMMITTED)?.flatten()),
+        }
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
@@ -149,8 +160,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             rows.push((entry.get_log_id().index, encode(&entry)?));
         }
-        let database = self.database.clone();
-        let result = blocking(move || {
+        let database = &self.database;
+        let result = super::short_write(|| {
             let mut write = database.begin_write().map_err(|error| write_error(&error))?;
             // Readable at once; the syncer makes it durable.
             write.set_durability(Durability::None).map_err(|error| write_error(&error))?;
@@ -161,8 +172,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }
             }
             write.commit().map_err(|error| write_error(&error))
-        })
-        .await;
+        });
         match &result {
             Ok(()) => {
                 if let Err(mpsc::error::SendError(callback)) = self.syncer().send(callback) {
@@ -205,18 +215,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// The syncer: for each wait, one synced empty commit (it persists every unsynced commit before it), then every append
-/// that was queued before it began is reported flushed, in order.
-async fn sync_appends(database: Arc<Database>, mut unsynced: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
+/// The syncer: for each wait, one synced commit (it persists every unsynced commit before it, and writes the committed
+/// log id saved since the last one), then every append that was queued before it began is reported flushed, in order.
+async fn sync_appends(
+    database: Arc<Database>,
+    committed: Arc<Mutex<Option<Option<LogId>>>>,
+    mut unsynced: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>,
+) {
     while let Some(first) = unsynced.recv().await {
         let mut waiting = vec![first];
         while let Ok(next) = unsynced.try_recv() {
             waiting.push(next);
         }
         let database = database.clone();
+        let committed = committed.clone();
         let synced = blocking(move || {
             let mut write = database.begin_write().map_err(|error| write_error(&error))?;
             write.set_durability(Durability::Immediate).map_err(|error| write_error(&error))?;
+            // Taken once the write lock is held, so a value saved later waits for the next sync.
+            let saved = committed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+            if let Some(saved) = saved {
+                let bytes = encode(&saved)?;
+                let mut table = write.open_table(RAFT_META_TABLE).map_err(|error| write_error(&error))?;
+                table.insert(META_COMMITTED, bytes.as_slice()).map_err(|error| write_error(&error))?;
+            }
             write.commit().map_err(|error| write_error(&error))
         })
         .await;

@@ -132,8 +132,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let database = self.database.clone();
-        blocking(move || {
+        let database = &self.database;
+        super::short_write(|| {
             let mut write = database.begin_write().map_err(|error| write_error(&error))?;
             // Durable with the next log append or purge; until then the log can replay these entries.
             write.set_durability(Durability::None).map_err(|error| write_error(&error))?;
@@ -217,7 +217,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             write.commit().map_err(|error| write_error(&error))?;
             Ok((outcomes, committed))
         })
-        .await
         .map(|(outcomes, committed)| {
             for entry in committed {
                 self.stream.publish(entry);

@@ -131,6 +131,38 @@ async fn a_crash_keeps_the_log_and_loses_only_unsynced_applies() {
     assert_eq!(disk.stats().crashes, 6);
 }
 
+/// The commit index costs no write of its own: it is read back at once, written by the next synced append, and
+/// survives a crash from then on (before it, a crash loses it, which openraft tolerates: a lagging value is raised
+/// to the applied state at startup).
+#[tokio::test]
+async fn the_commit_index_is_written_by_the_next_synced_append() {
+    use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+    use openraft::{CommittedLeaderId, EntryPayload};
+    use pando_protocol::command::Proposal;
+
+    let log_id = |index: u64| openraft::LogId::new(CommittedLeaderId::new(1, 1), index);
+    let entry = |index: u64| crate::raft::type_config::Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(Proposal { stamp_ms: index, commands: Vec::new() }),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let disk = super::SimDisk::new();
+    let mut log = super::open_simulated(dir.path(), disk.clone()).unwrap().log;
+    log.blocking_append((1..=3).map(entry)).await.unwrap();
+    log.save_committed(Some(log_id(2))).await.unwrap();
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(2)), "read back before any sync");
+    disk.crash(|| false);
+    drop(log);
+    let mut log = super::open_simulated(dir.path(), disk.clone()).unwrap().log;
+    assert_eq!(log.read_committed().await.unwrap(), None, "a crash before the next sync loses it");
+    log.save_committed(Some(log_id(3))).await.unwrap();
+    log.blocking_append((4..=4).map(entry)).await.unwrap();
+    disk.crash(|| false);
+    drop(log);
+    let mut log = super::open_simulated(dir.path(), disk.clone()).unwrap().log;
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(3)), "the sync of the next append wrote it");
+}
+
 /// Power fails in the middle of an append, at every point of it in turn, keeping a seeded subset of the unsynced
 /// writes: the database opens again and the log holds the entries from before, with the new batch wholly there or
 /// wholly absent (an append is one transaction), never anything torn.
