@@ -94,6 +94,18 @@ impl StorageHandle {
             .map_err(|fault| WireError::internal(fault.to_string()))
     }
 
+    /// [`StorageHandle::read`] on the calling thread, for reads of a few microseconds (one key): a read transaction
+    /// never waits for the writer, and a hand-off to a blocking thread and back costs two thread wakeups, more than
+    /// such a read.
+    pub async fn read_here<T>(
+        &self,
+        within: Duration,
+        work: impl FnOnce(&StateReader) -> Result<T, StorageFault>,
+    ) -> Result<T, WireError> {
+        let reader = self.live.wait(within).await?.reader;
+        work(&reader).map_err(|fault| WireError::internal(fault.to_string()))
+    }
+
     /// Waits until `applied` holds of this node's applied state, or `deadline` passes (read-your-writes for callers
     /// whose write may have committed on another node first). Looks again after 0.2 ms, doubling up to
     /// [`APPLIED_POLL_MS_MAX`].

@@ -114,7 +114,8 @@ mod tests {
         answer.expect("answered").expect("leader").expect("read index").index
     }
 
-    #[tokio::test]
+    // On a paused clock: the sleeps below only let the other tasks run, they wait for no wall-clock time.
+    #[tokio::test(start_paused = true)]
     async fn readers_arriving_during_a_round_share_the_next_one_and_never_take_the_running_ones_answer() {
         let release = Arc::new(tokio::sync::Semaphore::new(0));
         let (rounds, started) = counted_rounds(release.clone());

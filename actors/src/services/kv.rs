@@ -138,10 +138,7 @@ impl KvService {
             self.raft.linearize(timeout).await?;
         }
         if let KvRequest::Get { .. } = &request {
-            // One key is a few microseconds of redb (a read transaction never waits for the writer): served on this
-            // thread, since handing it to a blocking thread and back cost two thread wakeups, more than the read.
-            let reader = self.storage.reader_within(timeout).await?;
-            return reader.read(&request).map_err(|fault| WireError::internal(fault.to_string()))?;
+            return self.storage.read_here(timeout, |reader| reader.read(&request)).await?;
         }
         self.storage.read(timeout, move |reader| reader.read(&request)).await?
     }
