@@ -274,6 +274,7 @@ pub async fn run(
         Stop,
     }
     let wake = tokio::select! {
+        biased; // an exit that came with the deadline counts as an exit; and replayable from a seed
         status = &mut waited => Wake::Exit(status),
         () = tokio::time::sleep(limit) => Wake::Overrun,
         () = stop => Wake::Stop,

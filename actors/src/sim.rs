@@ -66,6 +66,11 @@ pub enum PlantedBug {
     FsExchangeAsReplace = 8192,
     /// The file-system service answers a lock request the state machine refused (`EAGAIN`) as granted.
     FileLockConflictIgnored = 16384,
+    /// The coordination service proposes an exclusive read-write lock acquisition as a shared one.
+    RwLockWriteAsRead = 32768,
+    /// The coordination service answers a lease keep-alive from the lease as this node has it, without proposing it
+    /// (the holder believes it extended a lease that lapses on its old deadline).
+    KeepAliveNotProposed = 65536,
 }
 
 thread_local! {
@@ -221,6 +226,7 @@ impl crate::jobs::JobRunner for SimJobRunner {
         });
         Box::pin(async move {
             tokio::select! {
+                biased; // replayable from the seed (tokio's unbiased choice is random per process)
                 () = tokio::time::sleep(Duration::from_millis(took)) => {}
                 () = stop => return RunResult::Failed {
                     error: "stopped".into(),

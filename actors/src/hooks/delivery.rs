@@ -243,6 +243,9 @@ async fn deliver_while_claimed(
     stopping: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
     let claim = HookCommand::Claim { name: name.to_string(), node: context.node_id, fence: 0 };
+    // The log's claim runs from when the leader stamped it, no earlier than it was sent: this node counts from the
+    // sending, so it never believes in a claim the log has already let go (a late answer would otherwise stretch it).
+    let claim_sent = Instant::now();
     let fence = match context.propose(claim).await {
         Ok(HookResponse::Claimed { fence, .. }) => fence,
         Ok(other) => return Err(format!("claim answered {other:?}")),
@@ -256,7 +259,7 @@ async fn deliver_while_claimed(
     let waker = context.hooks.wake_on(&spec.pattern);
     let renew_every = Duration::from_millis(HOOK_CLAIM_TTL_MS / 3);
     let mut renew_at = Instant::now() + renew_every;
-    let mut claimed_until = Instant::now() + Duration::from_millis(HOOK_CLAIM_TTL_MS);
+    let mut claimed_until = claim_sent + Duration::from_millis(HOOK_CLAIM_TTL_MS);
     let mut begin_at = Instant::now();
     let mut running: JoinSet<()> = JoinSet::new();
     let (mut delivered, mut answered) = (0u64, 0u64);
@@ -280,10 +283,11 @@ async fn deliver_while_claimed(
             }
             () = tokio::time::sleep_until(renew_at) => {
                 let renew = HookCommand::Claim { name: name.to_string(), node: context.node_id, fence };
+                let sent = Instant::now();
                 match context.propose(renew).await {
                     Ok(HookResponse::Claimed { fence: renewed, .. }) if renewed == fence => {
                         renew_at = Instant::now() + renew_every;
-                        claimed_until = Instant::now() + Duration::from_millis(HOOK_CLAIM_TTL_MS);
+                        claimed_until = sent + Duration::from_millis(HOOK_CLAIM_TTL_MS);
                     }
                     Ok(other) => return Err(format!("the claim moved on: {other:?}")),
                     Err(error) if matches!(error.code, ErrorCode::Busy | ErrorCode::NotFound | ErrorCode::Conflict) => {
@@ -334,9 +338,13 @@ async fn deliver_while_claimed(
                 last_begin = Instant::now();
                 match context.propose(begin).await {
                     Ok(HookResponse::Deliveries { deliveries, next_due_ms, more }) => {
-                        // An attempt may run for the ack wait from now, by this node's clock (the log's times are
-                        // the leader's, and clocks differ).
-                        let until = Instant::now() + Duration::from_millis(spec.ack_wait_ms);
+                        // An attempt may run for the ack wait from the Begin's sending (the log's window opened no
+                        // earlier), by this node's clock (the log's times are the leader's, and clocks differ), and
+                        // never past the claim: once the claim lapses, a new claimant begins the event again at once.
+                        // Counting from the answer instead let a late answer start an attempt after the next
+                        // claimant's (simulator seed 8, with the lease and read-write lock workloads).
+                        let until =
+                            (last_begin + Duration::from_millis(spec.ack_wait_ms)).min(claimed_until);
                         let began = deliveries.len();
                         for delivery in deliveries {
                             delivered += 1;
@@ -371,7 +379,12 @@ async fn deliver_while_claimed(
 async fn attempt(context: Arc<Context>, target: HookTarget, delivery: Delivery, until: Instant) {
     // A little of the ack wait is kept for the answer to reach the log.
     let limit = until.saturating_duration_since(Instant::now()).saturating_sub(Duration::from_millis(ANSWER_MARGIN_MS));
-    let mut outcome = context.runner.run(&target, &delivery, limit).await;
+    let mut outcome = if limit.is_zero() {
+        // The answer to the Begin came too late to run it at all: the attempt fails without running.
+        Outcome::Nack("no time left in the attempt's ack wait (the Begin's answer came late)".into())
+    } else {
+        context.runner.run(&target, &delivery, limit).await
+    };
     if crate::sim::planted_bug(crate::sim::PlantedBug::HookAckIgnoresOutcome) {
         outcome = Outcome::Ack;
     }

@@ -145,6 +145,7 @@ impl JobRunner for NodeJobRunner {
                     };
                     let call = plugins.routes().call(plugin, function, job.spec.payload.to_vec(), limit, None);
                     tokio::select! {
+                        biased; // replayable from a seed (tokio's unbiased choice is random per process)
                         answer = call => match answer {
                             Ok((output, _generation)) => RunResult::Completed(JobOutput {
                                 exit_code: None,

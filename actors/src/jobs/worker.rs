@@ -229,6 +229,7 @@ async fn run(shared: JobsArgs, claimed: Claimed, stop: CancellationToken, worker
     beat.tick().await;
     let result = loop {
         tokio::select! {
+            biased; // tokio's unbiased choice is random per process: a simulated run must replay from its seed
             result = &mut run => break result,
             _ = beat.tick() => {
                 let sent = tokio::time::Instant::now();
@@ -442,6 +443,7 @@ async fn dispatch(args: JobsArgs, stats: Arc<Mutex<DispatchStats>>) {
             continue;
         }
         tokio::select! {
+            biased; // replayable from a seed (tokio's unbiased choice is random per process)
             committed = commits.recv() => match committed {
                 Ok(committed) => {
                     for event in &committed.coord {

@@ -11,7 +11,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = MemberNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = tokio::fs::File,
+        SnapshotData = crate::storage::SnapshotFile,
         AsyncRuntime = super::runtime::PandoRuntime,
 );
 

@@ -98,6 +98,12 @@ impl CoordService {
             let request = request.clone();
             return self.storage.read(timeout, move |reader| reader.read_coord(&request)).await?;
         }
+        if crate::sim::planted_bug(crate::sim::PlantedBug::KeepAliveNotProposed)
+            && let CoordRequest::LeaseKeepAlive { lease, prefix } = request
+        {
+            let get = CoordRequest::LeaseGet { lease: *lease, prefix: prefix.clone() };
+            return self.storage.reader()?.read_coord(&get).map_err(|fault| WireError::internal(fault.0))?;
+        }
         let mut request = request.without_wait();
         if crate::sim::planted_bug(crate::sim::PlantedBug::StaleAckAccepted)
             && let CoordRequest::QueueAck { name, id, token } = &mut request
@@ -109,6 +115,11 @@ impl CoordService {
             && let CoordRequest::RateLimitAcquire { burst, .. } = &mut request
         {
             *burst *= 2;
+        }
+        if crate::sim::planted_bug(crate::sim::PlantedBug::RwLockWriteAsRead)
+            && let CoordRequest::RwLockAcquire { mode, .. } = &mut request
+        {
+            *mode = pando_protocol::coord::rwlock::RwMode::Read;
         }
         if crate::sim::planted_bug(crate::sim::PlantedBug::SemaphoreOverCapacity)
             && let CoordRequest::SemaphoreAcquire { capacity, .. } = &mut request

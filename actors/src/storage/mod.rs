@@ -10,6 +10,7 @@ mod log_store;
 mod redb_tables;
 pub mod sim_disk;
 mod snapshot;
+mod snapshot_file;
 mod state_machine_store;
 
 use std::path::Path;
@@ -20,6 +21,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 pub use log_store::LogStore;
 pub use redb_tables::{HistoryPage, HookDetail, HookLogPage, StateReader};
 pub use sim_disk::SimDisk;
+pub use snapshot_file::SnapshotFile;
 pub use state_machine_store::StateMachineStore;
 
 use crate::raft::type_config::StorageError;

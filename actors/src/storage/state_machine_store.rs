@@ -19,8 +19,8 @@ use super::snapshot::{
 };
 use super::{
     AppliedDigest, COORD_TABLE, HISTORY_TABLE, KV_TABLE, META_APPLIED_DIGEST, META_LAST_APPLIED, META_MEMBERSHIP,
-    META_REVISION, SM_META_TABLE, applied_digest, blocking, decode, encode, read_applied_digest, read_error,
-    write_error,
+    META_REVISION, SM_META_TABLE, SnapshotFile, applied_digest, blocking, decode, encode, offload, read_applied_digest,
+    read_error, write_error,
 };
 use crate::commit_stream::{CommitStream, Committed, MembershipChange, RevisionEvents};
 use crate::raft::type_config::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -229,26 +229,26 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
         let path = self.temporary_path("receiving");
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .await
-            .map_err(|error| write_error(&error))?;
-        // The open handle is all openraft uses; unlinking now means an install never leaves the file behind.
-        tokio::fs::remove_file(&path).await.map_err(|error| write_error(&error))?;
-        Ok(Box::new(file))
+        let file = offload(move || {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|error| write_error(&error))?;
+            // The open handle is all openraft uses; unlinking now means an install never leaves the file behind.
+            std::fs::remove_file(&path).map_err(|error| write_error(&error))?;
+            Ok::<_, StorageError>(file)
+        })
+        .await
+        .map_err(|error| write_error(&error))??;
+        Ok(Box::new(SnapshotFile::new(file)))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<tokio::fs::File>,
-    ) -> Result<(), StorageError> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<SnapshotFile>) -> Result<(), StorageError> {
         let mut source = snapshot.into_std().await;
         let store = self.clone();
         let meta = meta.clone();
@@ -317,7 +317,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         match self.open_current()? {
-            Some((file, meta)) => Ok(Some(Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) })),
+            Some((file, meta)) => Ok(Some(Snapshot { meta, snapshot: Box::new(SnapshotFile::new(file)) })),
             None => Ok(None),
         }
     }
@@ -378,6 +378,6 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             Ok((file, meta))
         })
         .await?;
-        Ok(Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) })
+        Ok(Snapshot { meta, snapshot: Box::new(SnapshotFile::new(file)) })
     }
 }
