@@ -97,7 +97,8 @@ pub struct SimHookRun {
     pub fence: u64,
     /// The event's subject.
     pub subject: String,
-    /// What the runner answered: `true` ack, `false` nack (a stall answers nothing within the ack wait).
+    /// What the runner answered: `true` ack, `false` nack (a stall answers nothing within the ack wait); an attempt
+    /// the worker failed unrun (no time left in its ack wait) counts as `false`.
     pub acked: Option<bool>,
 }
 
@@ -158,6 +159,19 @@ impl crate::hooks::delivery::Runner for SimHookRunner {
             HOOK_RUNS.with(|runs| runs.borrow_mut()[index].acked = Some(!fail));
             if fail { Outcome::Nack("simulated failure".into()) } else { Outcome::Ack }
         })
+    }
+
+    fn unrun(&self, delivery: &pando_protocol::hook::durable::Delivery) {
+        HOOK_RUNS.with(|runs| {
+            runs.borrow_mut().push(SimHookRun {
+                hook: delivery.hook.clone(),
+                seq: delivery.event.seq,
+                attempt: delivery.attempt,
+                fence: delivery.fence,
+                subject: delivery.event.subject.clone(),
+                acked: Some(false),
+            })
+        });
     }
 }
 

@@ -47,6 +47,9 @@ const RELEASE_WAIT_MS: u64 = 1_000;
 /// Runs one delivery attempt and says how it ended.
 pub trait Runner: Send + Sync + 'static {
     fn run(&self, target: &HookTarget, delivery: &Delivery, limit: Duration) -> BoxFuture<'static, Outcome>;
+
+    /// An attempt the worker failed without running it: its Begin was answered too late to run within its ack wait.
+    fn unrun(&self, _delivery: &Delivery) {}
 }
 
 /// Commands on this machine, plugins of this node, and actors in process groups across the mesh.
@@ -281,10 +284,16 @@ async fn deliver_while_claimed(
                 let _ = tokio::time::timeout(Duration::from_millis(RELEASE_WAIT_MS), context.propose(release)).await;
                 return Ok(());
             }
+            // Attempts never run past the claim: once it lapses, a new claimant begins their events again at once.
+            // Returning drops `running`, which aborts them.
+            () = tokio::time::sleep_until(claimed_until) => return Err("the claim lapsed before it was renewed".into()),
             () = tokio::time::sleep_until(renew_at) => {
                 let renew = HookCommand::Claim { name: name.to_string(), node: context.node_id, fence };
                 let sent = Instant::now();
-                match context.propose(renew).await {
+                let Ok(renewed) = tokio::time::timeout_at(claimed_until, context.propose(renew)).await else {
+                    return Err("could not renew the claim before it lapsed".into());
+                };
+                match renewed {
                     Ok(HookResponse::Claimed { fence: renewed, .. }) if renewed == fence => {
                         renew_at = Instant::now() + renew_every;
                         claimed_until = sent + Duration::from_millis(HOOK_CLAIM_TTL_MS);
@@ -336,15 +345,17 @@ async fn deliver_while_claimed(
                 }
                 let begin = HookCommand::Begin { name: name.to_string(), fence, most: room };
                 last_begin = Instant::now();
-                match context.propose(begin).await {
+                let Ok(begun) = tokio::time::timeout_at(claimed_until, context.propose(begin)).await else {
+                    return Err("the claim lapsed while a Begin was in flight".into());
+                };
+                match begun {
                     Ok(HookResponse::Deliveries { deliveries, next_due_ms, more }) => {
                         // An attempt may run for the ack wait from the Begin's sending (the log's window opened no
                         // earlier), by this node's clock (the log's times are the leader's, and clocks differ), and
-                        // never past the claim: once the claim lapses, a new claimant begins the event again at once.
-                        // Counting from the answer instead let a late answer start an attempt after the next
-                        // claimant's (simulator seed 8, with the lease and read-write lock workloads).
-                        let until =
-                            (last_begin + Duration::from_millis(spec.ack_wait_ms)).min(claimed_until);
+                        // is aborted if the claim lapses first (above). Counting the window and the claim from the
+                        // answers instead let a late answer start an attempt after the next claimant's attempt of
+                        // the same event (simulator seed 8, once the lease and read-write lock workloads joined).
+                        let until = last_begin + Duration::from_millis(spec.ack_wait_ms);
                         let began = deliveries.len();
                         for delivery in deliveries {
                             delivered += 1;
@@ -381,6 +392,7 @@ async fn attempt(context: Arc<Context>, target: HookTarget, delivery: Delivery, 
     let limit = until.saturating_duration_since(Instant::now()).saturating_sub(Duration::from_millis(ANSWER_MARGIN_MS));
     let mut outcome = if limit.is_zero() {
         // The answer to the Begin came too late to run it at all: the attempt fails without running.
+        context.runner.unrun(&delivery);
         Outcome::Nack("no time left in the attempt's ack wait (the Begin's answer came late)".into())
     } else {
         context.runner.run(&target, &delivery, limit).await

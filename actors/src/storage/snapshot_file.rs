@@ -39,11 +39,16 @@ impl AsyncRead for SnapshotFile {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             SnapshotFile::Pooled(file) => Pin::new(file).poll_read(cx, buf),
-            SnapshotFile::Inline(file) => {
-                let read = file.read(buf.initialize_unfilled())?;
-                buf.advance(read);
-                Poll::Ready(Ok(()))
-            }
+            SnapshotFile::Inline(file) => loop {
+                match file.read(buf.initialize_unfilled()) {
+                    Ok(read) => {
+                        buf.advance(read);
+                        return Poll::Ready(Ok(()));
+                    }
+                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(error) => return Poll::Ready(Err(error)),
+                }
+            },
         }
     }
 }
@@ -52,7 +57,12 @@ impl AsyncWrite for SnapshotFile {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             SnapshotFile::Pooled(file) => Pin::new(file).poll_write(cx, buf),
-            SnapshotFile::Inline(file) => Poll::Ready(file.write(buf)),
+            SnapshotFile::Inline(file) => loop {
+                match file.write(buf) {
+                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                    written => return Poll::Ready(written),
+                }
+            },
         }
     }
 
