@@ -71,6 +71,11 @@ pub enum PlantedBug {
     /// The coordination service answers a lease keep-alive from the lease as this node has it, without proposing it
     /// (the holder believes it extended a lease that lapses on its old deadline).
     KeepAliveNotProposed = 65536,
+    /// A parked coordination request ignores the commit-stream events that would wake it (it is answered only when
+    /// its wait runs out).
+    WaiterNotWoken = 131072,
+    /// The coordination service asks for one party fewer than a barrier enter names (rounds open short).
+    BarrierOpensShort = 262144,
 }
 
 thread_local! {

@@ -121,6 +121,12 @@ impl CoordService {
         {
             *mode = pando_protocol::coord::rwlock::RwMode::Read;
         }
+        if crate::sim::planted_bug(crate::sim::PlantedBug::BarrierOpensShort)
+            && let CoordRequest::BarrierEnter { parties, .. } = &mut request
+            && *parties > 1
+        {
+            *parties -= 1;
+        }
         if crate::sim::planted_bug(crate::sim::PlantedBug::SemaphoreOverCapacity)
             && let CoordRequest::SemaphoreAcquire { capacity, .. } = &mut request
         {
@@ -188,7 +194,9 @@ impl CoordService {
                 match tokio::time::timeout_at(deadline, events.recv()).await {
                     Err(_) => return last,
                     Ok(Ok(committed)) => {
-                        if committed.coord.iter().any(|event| request.woken_by(event)) {
+                        if committed.coord.iter().any(|event| request.woken_by(event))
+                            && !crate::sim::planted_bug(crate::sim::PlantedBug::WaiterNotWoken)
+                        {
                             break;
                         }
                     }
