@@ -286,12 +286,12 @@ pub async fn blob(client: &Client, command: BlobCommand, json_output: bool) -> a
                     } else {
                         match &record {
                             Some(record) => println!(
-                                "{hash}: {} bytes, {} of {} copies on {:?}, assigned {:?}, pinned {}, protected {}, kv refs {}",
+                                "{hash}: {} bytes, {} of {} copies on nodes {}, assigned {}, pinned {}, protected {}, kv refs {}",
                                 record.size,
                                 record.holders.len(),
                                 record.replicas,
-                                record.holders,
-                                record.assigned,
+                                crate::output::list(&record.holders),
+                                crate::output::list(&record.assigned),
                                 record.pinned,
                                 record.protected,
                                 record.kv_refs
@@ -331,13 +331,9 @@ pub async fn blob(client: &Client, command: BlobCommand, json_output: bool) -> a
                         print_json(&report_json(&report));
                     } else {
                         let list = |replicas: &[Replica]| {
-                            replicas
-                                .iter()
-                                .map(|replica| {
-                                    format!("{}{}", replica.node_id, if replica.live { "" } else { " (down)" })
-                                })
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                            crate::output::list(replicas.iter().map(|replica| {
+                                format!("{}{}", replica.node_id, if replica.live { "" } else { " (down)" })
+                            }))
                         };
                         println!(
                             "{}: {}/{} live copies (holders: {}; fetching: {}) as seen by leader {}",

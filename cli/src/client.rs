@@ -48,11 +48,27 @@ pub const LEADERLESS_ANSWERS_MAX: u32 = 3;
 pub struct ClientOptions {
     /// Deadline of one request, all stages included; also sent to the node.
     pub timeout: Duration,
+    /// How long a request may go on without reaching any node of the ticket before it fails `UNAVAILABLE`, naming
+    /// the addresses it dialled (`None`: the whole deadline). A client that must ride out a restart of every node
+    /// leaves it unset; a command line sets it short, so a typo or a stopped node is reported in seconds.
+    pub connect_timeout: Option<Duration>,
+}
+
+impl ClientOptions {
+    /// Options with a request deadline of `timeout` and no separate connect timeout.
+    pub fn new(timeout: Duration) -> ClientOptions {
+        ClientOptions { timeout, connect_timeout: None }
+    }
+
+    /// These options, failing a request that reached no node within `connect_timeout`.
+    pub fn with_connect_timeout(self, connect_timeout: Duration) -> ClientOptions {
+        ClientOptions { connect_timeout: Some(connect_timeout), ..self }
+    }
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        ClientOptions { timeout: Duration::from_millis(REQUEST_TIMEOUT_MS_DEFAULT.into()) }
+        ClientOptions::new(Duration::from_millis(REQUEST_TIMEOUT_MS_DEFAULT.into()))
     }
 }
 
@@ -103,6 +119,8 @@ pub struct Client {
     pub(crate) next_request_id: AtomicU64,
     /// Nodes that could not be reached lately, and when; skipped for [`UNREACHABLE_BACKOFF_MS`].
     unreachable: std::sync::Mutex<std::collections::BTreeMap<u64, tokio::time::Instant>>,
+    /// Why the last dial of each node failed, for the error that names them when none can be reached.
+    dial_errors: std::sync::Mutex<std::collections::BTreeMap<u64, String>>,
 }
 
 /// Why one attempt failed, and whether another attempt is safe.
@@ -139,6 +157,7 @@ impl Client {
             next_node: AtomicUsize::new(0),
             next_request_id: AtomicU64::new(1),
             unreachable: std::sync::Mutex::default(),
+            dial_errors: std::sync::Mutex::default(),
         }
     }
 
@@ -240,21 +259,53 @@ impl Client {
     async fn connect(&self, node: &TicketNode) -> Result<Arc<dyn Link>, ClientError> {
         let result = self.connect_once(node).await;
         let mut unreachable = self.unreachable.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut dial_errors = self.dial_errors.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match &result {
-            Ok(_) => unreachable.remove(&node.node_id),
-            Err(_) => unreachable.insert(node.node_id, tokio::time::Instant::now()),
+            Ok(_) => {
+                unreachable.remove(&node.node_id);
+                dial_errors.remove(&node.node_id);
+            }
+            Err(error) => {
+                unreachable.insert(node.node_id, tokio::time::Instant::now());
+                let reason = match error {
+                    ClientError::Transport(reason) | ClientError::Timeout(reason) => reason.clone(),
+                    other => other.to_string(),
+                };
+                dial_errors.insert(node.node_id, reason);
+            }
         };
         result
+    }
+
+    /// The error of a request that reached no node: every node of the ticket with its addresses and why its last
+    /// dial failed, and what to check.
+    fn unreachable_error(&self, waited: Duration) -> ClientError {
+        let dial_errors = self.dial_errors.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let nodes: Vec<String> = self
+            .ticket
+            .nodes
+            .iter()
+            .map(|node| {
+                let addrs: Vec<String> = node.node.addrs.iter().map(ToString::to_string).collect();
+                let addrs = if addrs.is_empty() { "no address".to_string() } else { addrs.join(", ") };
+                let why = dial_errors.get(&node.node_id).map_or("not dialled yet", String::as_str);
+                format!("node {} at {addrs} ({why})", node.node_id)
+            })
+            .collect();
+        ClientError::Transport(format!(
+            "reached no node of the ticket within {} ms: {}. Check that pando-node is running and listening on that \
+             address (QUIC over UDP; a firewall must let UDP through), and that the ticket is current: the founding \
+             node rewrites <data-dir>/ticket when members change",
+            waited.as_millis(),
+            nodes.join("; ")
+        ))
     }
 
     async fn connect_once(&self, node: &TicketNode) -> Result<Arc<dyn Link>, ClientError> {
         let connect = self.transport.connect(node);
         match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect).await {
             Ok(result) => result,
-            Err(_) => Err(ClientError::Timeout(format!(
-                "connecting to node {} took over {CONNECT_TIMEOUT_MS} ms",
-                node.node_id
-            ))),
+            Err(_) => Err(ClientError::Timeout(format!("no answer within {CONNECT_TIMEOUT_MS} ms"))),
         }
     }
 
@@ -278,16 +329,29 @@ impl Client {
 
     /// [`Client::request`] with a deadline of its own instead of the client's.
     pub async fn request_within(&self, body: Request, timeout: Duration) -> Result<Response, ClientError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
+        // Whether any node answered this request (a redirect counts): until one has, failures are about reaching
+        // the cluster, and the error names the addresses dialled.
+        let reached = std::sync::atomic::AtomicBool::new(false);
         let attempts = async {
             let mut last_error = None;
             // Answers in a row from the current node that it knows no leader.
             let mut leaderless = 0;
             for _ in 0..ATTEMPTS_MAX {
-                match self.attempt(&body, deadline).await {
+                let attempt = self.attempt(&body, deadline).await;
+                if !matches!(attempt, Attempt::NotSent(_)) {
+                    reached.store(true, Ordering::Relaxed);
+                }
+                match attempt {
                     Attempt::Done(result) => return result,
                     Attempt::NotSent(error) => {
                         self.drop_connection().await;
+                        if self.options.connect_timeout.is_some_and(|limit| started.elapsed() >= limit)
+                            && !reached.load(Ordering::Relaxed)
+                        {
+                            return Err(self.unreachable_error(started.elapsed()));
+                        }
                         last_error = Some(error);
                     }
                     Attempt::Redirect(Some(leader)) if self.recently_unreachable(leader.node_id) => {
@@ -317,6 +381,7 @@ impl Client {
         };
         match tokio::time::timeout_at(deadline, attempts).await {
             Ok(result) => result,
+            Err(_) if !reached.load(Ordering::Relaxed) => Err(self.unreachable_error(timeout)),
             Err(_) => Err(ClientError::Timeout(format!("no response within {} ms", timeout.as_millis()))),
         }
     }

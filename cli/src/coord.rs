@@ -408,7 +408,7 @@ fn print_lease(lease: &LeaseInfo, json: bool) {
         print_json(&lease_json(lease));
     } else {
         println!(
-            "lease {}{} ttl {} ms deadline {} ms, {} locks, {} keys, {} other attachments",
+            "lease {}{} ttl {} ms, expires {}, {} locks, {} keys, {} other attachments",
             lease.id,
             if lease.prefix.is_empty() {
                 String::new()
@@ -416,7 +416,7 @@ fn print_lease(lease: &LeaseInfo, json: bool) {
                 format!(" under {}", String::from_utf8_lossy(&lease.prefix))
             },
             lease.ttl_ms,
-            lease.deadline_ms,
+            crate::output::utc(lease.deadline_ms),
             lease.locks.len(),
             lease.keys.len(),
             lease.semaphores.len()
@@ -462,7 +462,13 @@ pub async fn lease(client: &Client, command: LeaseCommand, json: bool) -> anyhow
             if json {
                 print_json(&json!({"released_locks": locks, "deleted_keys": keys}));
             } else {
-                println!("OK revoked, released {} locks {locks:?}, deleted {} keys {keys:?}", locks.len(), keys.len());
+                println!(
+                    "OK revoked, released {} locks ({}), deleted {} keys ({})",
+                    locks.len(),
+                    crate::output::list(&locks),
+                    keys.len(),
+                    crate::output::list(&keys)
+                );
             }
         }
         other => return Err(unexpected(&other)),
@@ -490,8 +496,11 @@ pub async fn lock(client: &Client, command: LockCommand, json: bool) -> anyhow::
                 match (&lock.holder, acquiring) {
                     (Some(holder), true) => println!("lease {} token {}", holder.lease, holder.token),
                     (Some(holder), false) => println!(
-                        "held by lease {} with token {} since {} ms; last token {}",
-                        holder.lease, holder.token, holder.acquired_ms, lock.last_token
+                        "held by lease {} with token {} since {}; last token {}",
+                        holder.lease,
+                        holder.token,
+                        crate::output::utc(holder.acquired_ms),
+                        lock.last_token
                     ),
                     (None, _) => println!("free; last token {}", lock.last_token),
                 }
@@ -586,9 +595,9 @@ pub async fn rwlock(client: &Client, command: RwLockCommand, json: bool) -> anyh
                     (_, Some(lease)) => println!("lease {lease} (read, {} readers)", rwlock.readers.len()),
                     (Some(writer), None) => println!("written by lease {} with token {}", writer.lease, writer.token),
                     (None, None) => println!(
-                        "{} readers {:?}; last token {}",
+                        "{} readers (leases {}); last token {}",
                         rwlock.readers.len(),
-                        rwlock.readers,
+                        crate::output::list(&rwlock.readers),
                         rwlock.last_token
                     ),
                 }
@@ -802,11 +811,11 @@ fn instance_json(instance: &ServiceInstance) -> serde_json::Value {
 fn print_instance(instance: &ServiceInstance) {
     let note = if instance.note.is_empty() { String::new() } else { format!(" ({})", instance.note) };
     println!(
-        "{} {} {}{note} tags {:?}",
+        "{} {} {}{note} tags {}",
         String::from_utf8_lossy(&instance.instance),
         instance.address,
         instance.health.as_str(),
-        instance.tags
+        crate::output::list(&instance.tags)
     );
 }
 

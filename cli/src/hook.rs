@@ -151,7 +151,7 @@ fn spec(args: &CreateArgs) -> anyhow::Result<HookSpec> {
 
 fn target_text(target: &HookTarget) -> String {
     match target {
-        HookTarget::Exec { argv, shell: true, .. } => format!("sh -c {:?}", argv[0]),
+        HookTarget::Exec { argv, shell: true, .. } => format!("sh -c {}", crate::output::shell_quote(&argv[0])),
         HookTarget::Exec { argv, .. } => argv.join(" "),
         HookTarget::Plugin { plugin, function } => format!("plugin {plugin}.{function}"),
         HookTarget::Group { group } => format!("group pando.hooks.{group}"),
@@ -269,13 +269,13 @@ pub async fn hook(client: &Client, command: HookCommand, json_output: bool) -> a
             } else {
                 let hook = &info.record;
                 println!("hook {}: {} -> {}", hook.name, hook.spec.pattern, target_text(&hook.spec.target));
-                let backoff: Vec<String> = hook.spec.backoff_ms.iter().map(|ms| format!("{ms}ms")).collect();
+                let backoff = match hook.spec.backoff_ms.as_slice() {
+                    [] => "none".to_string(),
+                    delays => crate::output::list(delays.iter().map(|ms| format!("{ms} ms"))),
+                };
                 println!(
-                    "  ack wait {} ms, max deliver {}, backoff [{}], max in flight {}",
-                    hook.spec.ack_wait_ms,
-                    hook.spec.max_deliver,
-                    backoff.join(", "),
-                    hook.spec.max_in_flight
+                    "  ack wait {} ms, max deliver {}, backoff {}, max in flight {}",
+                    hook.spec.ack_wait_ms, hook.spec.max_deliver, backoff, hook.spec.max_in_flight
                 );
                 match (&hook.paused, hook.claim) {
                     (Some(why), _) => println!("  paused: {why}"),

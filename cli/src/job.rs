@@ -227,11 +227,11 @@ fn kind_text(kind: &JobKind) -> String {
 
 fn state_text(state: &JobState) -> String {
     match state {
-        JobState::Scheduled { at_ms } => format!("scheduled for {}", time(*at_ms)),
+        JobState::Scheduled { at_ms } => format!("scheduled for {}", crate::output::utc(*at_ms)),
         JobState::Running { node, fence, until_ms, .. } => {
-            format!("running on node {node} under fence {fence}, lease until {}", time(*until_ms))
+            format!("running on node {node} under fence {fence}, lease until {}", crate::output::utc(*until_ms))
         }
-        JobState::Retrying { at_ms } => format!("retrying at {}", time(*at_ms)),
+        JobState::Retrying { at_ms } => format!("retrying at {}", crate::output::utc(*at_ms)),
         JobState::Dead { reason, .. } => format!("dead: {reason}"),
         other => other.name().as_str().to_string(),
     }
@@ -297,7 +297,7 @@ impl PoolRow<'_> {
     fn print(&self) {
         match self.pool {
             Some(pool) if pool.workers == 0 => {
-                println!("node {}: runs no job workers (reported {})", self.node, time(pool.reported_ms))
+                println!("node {}: runs no job workers (reported {})", self.node, crate::output::utc(pool.reported_ms))
             }
             Some(pool) => println!(
                 "node {}: {} worker{} on {}, {} busy, {} idle; lease {} ms; reported {}",
@@ -308,14 +308,14 @@ impl PoolRow<'_> {
                 self.jobs.len(),
                 (pool.workers as usize).saturating_sub(self.jobs.len()),
                 pool.lease_ms,
-                time(pool.reported_ms)
+                crate::output::utc(pool.reported_ms)
             ),
             None => println!("node {}: no pool reported; {} busy", self.node, self.jobs.len()),
         }
         for job in self.jobs {
             if let JobState::Running { fence, started_ms, until_ms, .. } = job.state {
                 let heartbeat = match self.heartbeat_ms(started_ms, until_ms) {
-                    Some(at) => format!(", last heartbeat {}", time(at)),
+                    Some(at) => format!(", last heartbeat {}", crate::output::utc(at)),
                     None => String::new(),
                 };
                 println!(
@@ -324,25 +324,12 @@ impl PoolRow<'_> {
                     job.spec.queue,
                     job.attempt,
                     fence,
-                    time(started_ms),
-                    time(until_ms)
+                    crate::output::utc(started_ms),
+                    crate::output::utc(until_ms)
                 );
             }
         }
     }
-}
-
-fn time(ms: u64) -> String {
-    let seconds = ms / 1000;
-    let (days, in_day) = ((seconds / 86_400) as i64, seconds % 86_400);
-    let (year, month, day) = pando_client::pando_protocol::job::cron::civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        in_day / 3600,
-        in_day / 60 % 60,
-        in_day % 60,
-        ms % 1000
-    )
 }
 
 fn outcome_text(outcome: &AttemptOutcome) -> String {
@@ -465,7 +452,7 @@ pub async fn job(client: &Client, command: JobCommandArgs, json_output: bool) ->
                     job.attempt,
                     job.spec.max_attempts,
                     job.spec.priority,
-                    time(job.submitted_ms),
+                    crate::output::utc(job.submitted_ms),
                     if job.rescues > 0 { format!(", rescued {} times", job.rescues) } else { String::new() }
                 );
                 if !job.spec.depends_on.is_empty() {
@@ -621,7 +608,7 @@ pub async fn job(client: &Client, command: JobCommandArgs, json_output: bool) ->
             if json_output {
                 print_json(&cron_json(&record));
             } else {
-                println!("cron {name} next fires at {}", time(record.next_ms));
+                println!("cron {name} next fires at {}", crate::output::utc(record.next_ms));
             }
         }
         JobCommandArgs::Cron(CronCommand::List) => {
@@ -636,7 +623,7 @@ pub async fn job(client: &Client, command: JobCommandArgs, json_output: bool) ->
                         "{}\t{}\tnext {}\t{} fired, {} skipped\t{}",
                         cron.name,
                         cron.schedule,
-                        time(cron.next_ms),
+                        crate::output::utc(cron.next_ms),
                         cron.fired_total,
                         cron.skipped_total,
                         kind_text(&cron.spec.kind)

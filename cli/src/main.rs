@@ -8,6 +8,7 @@ mod bench_job;
 mod bench_plugin;
 mod bench_watch;
 mod blob;
+mod cluster;
 mod coord;
 mod hook;
 mod job;
@@ -22,7 +23,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use pando_client::pando_protocol::blob::{BlobAttach, BlobRequest, BlobResponse};
-use pando_client::pando_protocol::cluster::{ClusterRequest, ClusterResponse, MemberNode};
 use pando_client::pando_protocol::error::{ErrorCode, ErrorDetail, WireError};
 use pando_client::pando_protocol::kv::{
     Compare, CompareOp, CompareTarget, Consistency, FenceKind, KvEntry, TxnOp, WriteOp,
@@ -35,17 +35,28 @@ use serde_json::json;
 use crate::output::{entry_json, hex, print_json};
 
 #[derive(Debug, Parser)]
-#[command(name = "pando", version, about = "Talk to a Pando cluster")]
+#[command(name = "pando", about = "Talk to a Pando cluster")]
 struct Cli {
     /// Cluster ticket (written by pando-node to <data-dir>/ticket).
     #[arg(long, env = "PANDO_TICKET", global = true, hide_env_values = true)]
     ticket: Option<String>,
+    /// Read the ticket from this file (when --ticket and PANDO_TICKET are not given).
+    #[arg(long, env = "PANDO_TICKET_FILE", global = true, value_name = "FILE", hide_env_values = true)]
+    ticket_file: Option<PathBuf>,
+    /// Take defaults from this profile of the profile file (its [profile.NAME] table over its top-level keys); the
+    /// file is $PANDO_CLI_CONFIG, else ~/.config/pando/config.toml. Its keys are these global flags.
+    #[arg(long, env = "PANDO_PROFILE", global = true, hide_env_values = true)]
+    profile: Option<String>,
     /// Print JSON on stdout.
     #[arg(long, global = true)]
     json: bool,
     /// Deadline of each request in milliseconds.
     #[arg(long, global = true, default_value_t = 10_000)]
     timeout_ms: u64,
+    /// Fail a request that reached no node of the ticket within this many milliseconds, naming the addresses dialled
+    /// (at most --timeout-ms).
+    #[arg(long, global = true, default_value_t = 3_000)]
+    connect_timeout_ms: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,7 +68,7 @@ enum Command {
     Kv(KvCommand),
     /// Cluster operations.
     #[command(subcommand)]
-    Cluster(ClusterCommand),
+    Cluster(cluster::ClusterCommand),
     /// The node's supervision tree: each actor, alive or not, and its restarts.
     Actors,
     /// Load generator: throughput and latency percentiles.
@@ -117,6 +128,14 @@ enum Command {
     /// node's code); `pando mount --help` lists its options.
     #[command(disable_help_flag = true)]
     Mount(MountArgs),
+    /// Print a shell completion script: `pando completions bash > /etc/bash_completion.d/pando`, or for zsh into a
+    /// directory of $fpath as `_pando`, or for fish into ~/.config/fish/completions/pando.fish.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// This client's version and protocol, and the node's when a ticket is at hand.
+    Version,
 }
 
 #[derive(Debug, clap::Args)]
@@ -279,51 +298,6 @@ enum KvCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
-enum ClusterCommand {
-    /// Members, leader, term, log and applied indexes, each member's match index and lag.
-    Status,
-    /// Exit 0 when a leader is known and every voter is within 1,000 entries of it, else 1.
-    Health,
-    /// Prometheus text metrics of the node.
-    Metrics,
-    /// Add a node as a learner (it replicates but does not vote).
-    AddLearner {
-        node_id: u64,
-        /// The node's public key in hex (its iroh id).
-        #[arg(long)]
-        public_key: String,
-        /// Address the node listens on (repeatable).
-        #[arg(long = "addr", required = true)]
-        addrs: Vec<std::net::SocketAddr>,
-    },
-    /// Make a caught-up learner a voter.
-    Promote { node_id: u64 },
-    /// Remove a node from the cluster.
-    Remove { node_id: u64 },
-    /// Make an actor of the node panic (only on nodes started with --enable-fault-injection).
-    InjectPanic {
-        /// `raft` or `mesh`.
-        #[arg(long, default_value = "raft")]
-        actor: String,
-    },
-    /// The node's actor mesh: its sessions to other members, and a ping from it to every node agent in the
-    /// cluster-wide process group.
-    Mesh,
-    /// Join tokens: `join-token create [--ttl 1h] [--uses 1] [--as learner|voter]` prints a join ticket.
-    #[command(subcommand)]
-    JoinToken(JoinTokenCommand),
-    /// Replace the member secret (the root of the plugins' signing keys) with a fresh one: every member signs with
-    /// the new keys once it applied the change; a removed member's copy of the old secret signs nothing current.
-    RotateSecret,
-}
-
-#[derive(Debug, Subcommand)]
-enum JoinTokenCommand {
-    /// Mint a join token and print the join ticket for `pando-node --join`.
-    Create(token::JoinTokenArgs),
-}
-
 /// A fencing condition: `token` must still be current at resource `name` of `kind`.
 #[derive(Clone, Debug)]
 struct Fence {
@@ -375,11 +349,14 @@ async fn fenced(client: &Client, fence: Fence, op: TxnOp) -> anyhow::Result<u64>
     Ok(revision)
 }
 
-/// A voter further behind than this makes `pando cluster health` fail.
-const HEALTH_LAG_COUNT_MAX: u64 = 1_000;
-
 fn main() {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(error) => {
+            eprintln!("error: INVALID_ARGUMENT: {error:#}");
+            std::process::exit(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -439,14 +416,96 @@ fn report(error: &anyhow::Error, json_output: bool) {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Mount(args) = &cli.command {
-        return Err(mount(cli.ticket.as_deref(), &args.args));
+/// The version line: the package's version and the wire protocol's.
+fn version_line() -> &'static str {
+    static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LINE.get_or_init(|| {
+        format!("{} (protocol {})", env!("CARGO_PKG_VERSION"), pando_client::pando_protocol::PROTOCOL_VERSION)
+    })
+}
+
+/// Parses the command line with the profile file's settings under it (flags, then environment, then the profile).
+fn parse_cli() -> anyhow::Result<Cli> {
+    use clap::{CommandFactory, FromArgMatches};
+    let command = Cli::command().version(version_line());
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(path) = profile_file()? {
+        let file = pando_client::settings::read(&path)?;
+        let chosen = profile_name(&args);
+        let settings = pando_client::settings::profile(&file, chosen.as_deref(), &path)?;
+        args = pando_client::settings::apply(&command, args, &settings, &path)?;
+    } else if let Some(name) = profile_name(&args) {
+        anyhow::bail!(
+            "no profile file for --profile {name}: write ~/.config/pando/config.toml or set PANDO_CLI_CONFIG"
+        );
     }
-    let ticket = cli.ticket.clone().ok_or_else(|| {
-        anyhow::anyhow!("no ticket: pass --ticket or set PANDO_TICKET (pando-node writes it to <data-dir>/ticket)")
+    let matches = command.try_get_matches_from(args).unwrap_or_else(|error| error.exit());
+    Ok(Cli::from_arg_matches(&matches)?)
+}
+
+/// The profile file: `PANDO_CLI_CONFIG` (which must exist), else `~/.config/pando/config.toml` when it exists.
+fn profile_file() -> anyhow::Result<Option<PathBuf>> {
+    if let Some(path) = std::env::var_os("PANDO_CLI_CONFIG").filter(|path| !path.is_empty()) {
+        return Ok(Some(PathBuf::from(path)));
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|path| !path.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")));
+    Ok(base.map(|base| base.join("pando").join("config.toml")).filter(|path| path.is_file()))
+}
+
+/// The profile named by `--profile NAME`, `--profile=NAME` or `PANDO_PROFILE`.
+fn profile_name(args: &[std::ffi::OsString]) -> Option<String> {
+    let mut rest = args.iter().skip(1).filter_map(|arg| arg.to_str());
+    while let Some(arg) = rest.next() {
+        match arg {
+            "--" => break,
+            "--profile" => return rest.next().map(str::to_string),
+            _ => {
+                if let Some(name) = arg.strip_prefix("--profile=") {
+                    return Some(name.to_string());
+                }
+            }
+        }
+    }
+    std::env::var("PANDO_PROFILE").ok().filter(|name| !name.is_empty())
+}
+
+/// The ticket: `--ticket` or `PANDO_TICKET`, else the contents of `--ticket-file`.
+fn ticket_of(cli: &Cli) -> anyhow::Result<Option<String>> {
+    if let Some(ticket) = &cli.ticket {
+        return Ok(Some(ticket.clone()));
+    }
+    let Some(path) = &cli.ticket_file else { return Ok(None) };
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| anyhow::anyhow!("cannot read the ticket file {}: {error}", path.display()))?;
+    Ok(Some(text.trim().to_string()))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let ticket = ticket_of(&cli)?;
+    match &cli.command {
+        Command::Mount(args) => return Err(mount(ticket.as_deref(), &args.args)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(*shell, &mut Cli::command(), "pando", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Version => {
+            let timeout = Duration::from_millis(cli.timeout_ms);
+            return cluster::version(ticket.as_deref(), timeout, cli.json, version_line()).await;
+        }
+        _ => {}
+    }
+    let ticket = ticket.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no ticket: pass --ticket or --ticket-file, set PANDO_TICKET, or name one in a profile (pando-node \
+             writes it to <data-dir>/ticket)"
+        )
     })?;
-    let options = ClientOptions { timeout: Duration::from_millis(cli.timeout_ms) };
+    let options = ClientOptions::new(Duration::from_millis(cli.timeout_ms))
+        .with_connect_timeout(Duration::from_millis(cli.connect_timeout_ms.min(cli.timeout_ms)));
     let client = Client::new(&ticket, options.clone()).await?;
     let result = match cli.command {
         Command::Kv(command) => kv(&client, command, cli.json).await,
@@ -466,172 +525,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(command) => token::token(&client, command, cli.json).await,
         Command::Hook(command) => hook::hook(&client, command, cli.json).await,
         Command::Job(command) => job::job(&client, command, cli.json).await,
-        Command::Mount(_) => Err(anyhow::anyhow!("a mount runs on its own, above")),
-        Command::Cluster(ClusterCommand::JoinToken(JoinTokenCommand::Create(args))) => {
-            token::join_token(&client, args, cli.json).await
+        Command::Mount(_) | Command::Completions { .. } | Command::Version => {
+            Err(anyhow::anyhow!("this command runs without a client, above"))
         }
-        Command::Cluster(ClusterCommand::RotateSecret) => {
-            let rotated = client.rotate_member_secret().await?;
-            if cli.json {
-                print_json(&json!({ "epoch": rotated.epoch, "rotated_ms": rotated.rotated_ms }));
-            } else {
-                println!("OK member secret rotated: epoch {}", rotated.epoch);
-            }
-            Ok(())
-        }
-        Command::Actors => {
-            match client.cluster(ClusterRequest::Actors).await? {
-                ClusterResponse::Actors { actors } => {
-                    if cli.json {
-                        print_json(&serde_json::to_value(&actors)?);
-                    } else {
-                        for actor in &actors {
-                            let depth = actor.path.matches('/').count();
-                            let name = actor.path.rsplit('/').next().unwrap_or(&actor.path);
-                            let state = if actor.alive { "running" } else { "stopped" };
-                            println!(
-                                "{}{name:<12} {state:<8} restarts {:<3} {}{}",
-                                "  ".repeat(depth),
-                                actor.restarts,
-                                actor.actor_id.as_deref().unwrap_or("-"),
-                                actor.detail.as_deref().map(|detail| format!("  {detail}")).unwrap_or_default()
-                            );
-                        }
-                    }
-                }
-                other => anyhow::bail!("unexpected response {other:?}"),
-            }
-            Ok(())
-        }
-        Command::Cluster(ClusterCommand::Mesh) => {
-            let ClusterResponse::Mesh(report) = client.cluster(ClusterRequest::Mesh).await? else {
-                anyhow::bail!("unexpected response to a mesh request");
-            };
-            if cli.json {
-                print_json(&serde_json::to_value(&report)?);
-                return Ok(());
-            }
-            println!("node {}: {} actor sessions", report.node_id, report.sessions.len());
-            for session in &report.sessions {
-                let peer = session.node_id.map_or_else(|| "?".to_string(), |id| id.to_string());
-                let direction = if session.incoming { "in " } else { "out" };
-                println!("  node {peer:<4} {direction} {}", session.peer_name.as_deref().unwrap_or("(handshake)"));
-            }
-            if !report.unconnected.is_empty() {
-                println!("  not connected: {:?}", report.unconnected);
-            }
-            println!("group {}: {} agents", report.group, report.pings.len());
-            for ping in &report.pings {
-                let node = ping.node_id.map_or_else(|| "?".to_string(), |id| id.to_string());
-                let place = if ping.local { "local " } else { "remote" };
-                match (ping.round_trip_us, &ping.error) {
-                    (Some(us), None) => println!("  node {node:<4} {place} {:.3} ms", us as f64 / 1000.0),
-                    (_, error) => println!("  node {node:<4} {place} error: {}", error.as_deref().unwrap_or("?")),
-                }
-            }
-            Ok(())
-        }
-        Command::Cluster(ClusterCommand::InjectPanic { actor }) => {
-            match client.cluster(ClusterRequest::InjectPanic { actor }).await? {
-                ClusterResponse::Injected => println!("OK panic injected"),
-                other => anyhow::bail!("unexpected response {other:?}"),
-            }
-            Ok(())
-        }
-        Command::Cluster(ClusterCommand::Health) => {
-            let status = client.cluster_status().await?;
-            let lagging: Vec<u64> = status
-                .members
-                .iter()
-                .filter(|member| member.voter && member.lag.is_some_and(|lag| lag > HEALTH_LAG_COUNT_MAX))
-                .map(|member| member.node_id)
-                .collect();
-            let healthy = status.leader_id.is_some() && lagging.is_empty();
-            if cli.json {
-                print_json(&json!({ "healthy": healthy, "leader_id": status.leader_id, "lagging": lagging }));
-            } else {
-                println!(
-                    "{}: leader {:?}, {} members, lagging {:?}",
-                    if healthy { "healthy" } else { "unhealthy" },
-                    status.leader_id,
-                    status.members.len(),
-                    lagging
-                );
-            }
-            if !healthy {
-                anyhow::bail!("cluster is unhealthy");
-            }
-            Ok(())
-        }
-        Command::Cluster(ClusterCommand::Metrics) => {
-            match client.cluster(ClusterRequest::Metrics).await? {
-                ClusterResponse::Metrics { text } => {
-                    if cli.json {
-                        print_json(&json!({ "text": text }));
-                    } else {
-                        print!("{text}");
-                    }
-                }
-                other => anyhow::bail!("unexpected response {other:?}"),
-            }
-            Ok(())
-        }
-        Command::Cluster(
-            change @ (ClusterCommand::AddLearner { .. }
-            | ClusterCommand::Promote { .. }
-            | ClusterCommand::Remove { .. }),
-        ) => {
-            let request = match change {
-                ClusterCommand::AddLearner { node_id, public_key, addrs } => {
-                    let public_key = data_encoding::HEXLOWER
-                        .decode(public_key.to_lowercase().as_bytes())
-                        .map_err(|_| anyhow::anyhow!("--public-key takes 64 hex characters"))?;
-                    ClusterRequest::AddLearner { node_id, node: MemberNode { public_key: public_key.into(), addrs } }
-                }
-                ClusterCommand::Promote { node_id } => ClusterRequest::Promote { node_id },
-                ClusterCommand::Remove { node_id } => ClusterRequest::Remove { node_id },
-                _ => unreachable!("matched above"),
-            };
-            match client.cluster(request).await? {
-                ClusterResponse::MembershipChanged { log_index } => {
-                    if cli.json {
-                        print_json(&json!({ "log_index": log_index }));
-                    } else {
-                        println!("OK membership changed at log index {log_index}");
-                    }
-                }
-                other => anyhow::bail!("unexpected response {other:?}"),
-            }
-            Ok(())
-        }
-        Command::Cluster(ClusterCommand::Status) => {
-            let status = client.cluster_status().await?;
-            if cli.json {
-                print_json(&serde_json::to_value(&status)?);
-            } else {
-                println!("cluster {}", status.cluster_id);
-                println!(
-                    "node {} ({}), leader {:?}, term {}",
-                    status.node_id, status.role, status.leader_id, status.term
-                );
-                println!(
-                    "last log index {:?}, last applied {:?}, revision {}",
-                    status.last_log_index, status.last_applied_index, status.revision
-                );
-                for member in &status.members {
-                    let kind = if member.voter { "voter" } else { "learner" };
-                    let replication = match (member.matched_index, member.lag) {
-                        (Some(matched), Some(lag)) => format!(" matched {matched} lag {lag}"),
-                        _ => String::new(),
-                    };
-                    println!(
-                        "  member {} {kind} {:?} {}{replication}",
-                        member.node_id, member.addrs, member.public_key
-                    );
-                }
-            }
-            Ok(())
-        }
+        Command::Cluster(command) => cluster::cluster(&client, command, cli.json).await,
+        Command::Actors => cluster::actors(&client, cli.json).await,
         Command::Bench(command) => bench::run(&ticket, options, command, cli.json).await,
     };
     client.close().await;

@@ -115,3 +115,28 @@ pub fn parse_txn(text: &[u8]) -> anyhow::Result<(Vec<Compare>, Vec<TxnOp>, Vec<T
     let failure = list("failure").iter().map(parse_op).collect::<anyhow::Result<_>>()?;
     Ok((compares, success, failure))
 }
+
+/// Items as a person lists them, `a, b, c`, or `none` when there are none (never Rust's `[..]`).
+pub fn list<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    let items: Vec<String> = items.into_iter().map(|item| item.to_string()).collect();
+    if items.is_empty() { "none".to_string() } else { items.join(", ") }
+}
+
+/// `text` quoted for a POSIX shell (single quotes; a quote inside becomes `'\''`).
+pub fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// A moment (milliseconds since the Unix epoch) as people read it: `2026-12-06T06:15:06.596Z`.
+pub fn utc(ms: u64) -> String {
+    let seconds = ms / 1000;
+    let (days, in_day) = ((seconds / 86_400) as i64, seconds % 86_400);
+    let (year, month, day) = pando_client::pando_protocol::job::cron::civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        in_day / 3600,
+        in_day / 60 % 60,
+        in_day % 60,
+        ms % 1000
+    )
+}

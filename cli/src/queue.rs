@@ -254,7 +254,9 @@ pub async fn queue(client: &Client, command: QueueCommand, json: bool) -> anyhow
                 print_json(&message_json(&message));
             } else {
                 match &message.state {
-                    MessageState::InFlight { until_ms, .. } => println!("OK visible again at {until_ms} ms"),
+                    MessageState::InFlight { until_ms, .. } => {
+                        println!("OK invisible until {}", crate::output::utc(*until_ms))
+                    }
                     MessageState::Dead { reason } => println!("OK dead letter: {reason}"),
                     _ => println!("OK returned to the queue"),
                 }

@@ -273,7 +273,11 @@ fn info_line(info: &TokenInfo) -> String {
     let mut line = format!("{}  {name}  {}  {}", hex(&info.accessor), scope.join(","), expiry(info));
     if let Some(join) = &info.join {
         let role = if join.voter { "voter" } else { "learner" };
-        line.push_str(&format!("  joins left {} as {role}, admitted {:?}", join.uses_left, join.admitted));
+        line.push_str(&format!(
+            "  joins left {} as {role}, admitted {}",
+            join.uses_left,
+            crate::output::list(&join.admitted)
+        ));
     }
     line
 }

@@ -71,7 +71,7 @@ impl Transport for IrohTransport {
             }
             match self.endpoint.connect(addr, alpn::RPC).await {
                 Ok(connection) => Ok(Arc::new(connection) as Arc<dyn Link>),
-                Err(error) => Err(ClientError::Transport(format!("cannot connect to node {}: {error}", node.node_id))),
+                Err(error) => Err(ClientError::Transport(format!("cannot connect: {error}"))),
             }
         })
     }

@@ -2,14 +2,13 @@
 //! binds the iroh endpoint, starts the supervision tree, writes the ticket (on the founder's first start with an admin
 //! token, printed that once), and shuts down in order on SIGINT/SIGTERM.
 
+mod args;
 mod identity;
 mod membership;
 mod mount;
 mod rotation;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +27,7 @@ use pando_protocol::kv::Bytes;
 use ractor::Actor;
 use tracing_subscriber::EnvFilter;
 
+use crate::args::Args;
 use crate::identity::NodeRecord;
 
 /// How long a starting node waits to learn a leader before it reports ready anyway.
@@ -42,102 +42,6 @@ const _: () = assert!(pando_actors::fuse::FUSE_STOP_MS < SHUTDOWN_TIMEOUT_MS);
 const LOG_FILTER_DEFAULT: &str = "info,openraft=warn";
 /// Address used on first start when `--bind` is not given.
 const BIND_DEFAULT: &str = "127.0.0.1:0";
-
-#[derive(Debug, Parser)]
-#[command(name = "pando-node", version, about = "Run a Pando node")]
-struct Args {
-    /// Directory holding the node's identity, database and ticket.
-    #[arg(long, env = "PANDO_DATA_DIR")]
-    data_dir: PathBuf,
-    /// Socket address to listen on (UDP, QUIC). Remembered in the data directory; later starts reuse it.
-    #[arg(long, env = "PANDO_BIND")]
-    bind: Option<SocketAddr>,
-    /// Join the cluster of this join ticket (from `pando cluster join-token create`) on first start.
-    #[arg(long, env = "PANDO_JOIN", hide_env_values = true)]
-    join: Option<String>,
-    /// Lifetime of the admin token the founding node mints on its first start, in seconds (0: never expires).
-    #[arg(long, default_value_t = 30 * 86_400)]
-    admin_token_ttl_secs: u64,
-    /// Raft snapshot after this many log entries since the last one.
-    #[arg(long, default_value_t = 10_000)]
-    snapshot_every: u64,
-    /// Serve `pando cluster inject-panic` (for supervision tests). Never in production.
-    #[arg(long)]
-    enable_fault_injection: bool,
-    /// Log entries kept behind the latest snapshot (so slightly lagging members catch up without one).
-    #[arg(long, default_value_t = 1_000)]
-    snapshot_keep_log: u64,
-    /// Copies of each blob the cluster keeps when an add does not say (this node's adds).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=16))]
-    blob_replicas: u8,
-    /// Seconds an unreferenced blob survives before it is collected (blobs this node adds).
-    #[arg(long, default_value_t = 3600)]
-    blob_gc_grace_secs: u64,
-    /// Seconds between runs of the blob store's collector (deletes data no longer kept).
-    #[arg(long, default_value_t = 60)]
-    blob_store_gc_secs: u64,
-    /// Milliseconds between blob repair rounds when nothing wakes the worker.
-    #[arg(long, default_value_t = 2_000)]
-    blob_repair_interval_ms: u64,
-    /// KV values larger than this many bytes are stored as blobs (at most 1 MiB, the inline limit).
-    #[arg(long, default_value_t = 256 * 1024, value_parser = clap::value_parser!(u64).range(1..=1024 * 1024))]
-    blob_threshold: u64,
-    /// Largest blob a client may add through this node, in MiB.
-    #[arg(long, default_value_t = 64 * 1024)]
-    blob_max_mib: u64,
-    /// Plugin instances replaced within --plugin-restart-period-secs before the plugin is quarantined on this node.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=1000))]
-    plugin_restart_intensity: u32,
-    #[arg(long, default_value_t = 60)]
-    plugin_restart_period_secs: u64,
-    /// Revisions of KV change history kept for watches (0: no limit by count); the leader compacts the rest.
-    #[arg(long, default_value_t = pando_actors::retention::HISTORY_KEEP_REVISIONS_DEFAULT)]
-    history_keep_revisions: u64,
-    /// Seconds of KV change history kept for watches (0: no limit by age); a revision goes once either limit says so.
-    #[arg(long, default_value_t = 0)]
-    history_keep_secs: u64,
-    /// Shell hooks this node runs at once (0: none; its deliveries then fail and another node's claim runs them).
-    #[arg(long, default_value_t = pando_protocol::limits::HOOK_EXEC_CONCURRENCY_DEFAULT as u64,
-          value_parser = clap::value_parser!(u64).range(0..=pando_protocol::limits::HOOK_EXEC_CONCURRENCY_MAX as u64))]
-    shell_hooks: u64,
-    /// Job workers this node runs (0: none; it still serves job requests).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(0..=pando_actors::jobs::JOB_WORKERS_MAX as u64))]
-    job_workers: u64,
-    /// Queues this node's workers claim from, in order (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "default")]
-    job_queues: Vec<String>,
-    /// Seconds a job's claim lasts without a heartbeat (its worker renews it every third of that): after this node
-    /// dies, its jobs run elsewhere within this plus one tick.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
-    job_lease_secs: u64,
-    /// Rotate this node's key, then exit: writes a new key into the data directory (mode 0600). The running node
-    /// registers it with the cluster within a second and restarts itself with it (same process); a stopped node does
-    /// so on its next start. The old key is refused from then on.
-    #[arg(long)]
-    rotate_key: bool,
-    /// Mount the cluster's file system at this directory (a FUSE mount, unmounted when the node stops; a mount a
-    /// crashed node left there is cleared first).
-    #[arg(long)]
-    mount: Option<PathBuf>,
-    /// Let other users use the mount (FUSE's allow_other: root, or user_allow_other in /etc/fuse.conf).
-    #[arg(long, requires = "mount")]
-    mount_allow_other: bool,
-    /// Mount read-only.
-    #[arg(long, requires = "mount")]
-    mount_read_only: bool,
-    /// Milliseconds the kernel trusts a file's attributes and a name's lookup (changes anywhere drop them sooner).
-    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
-    mount_cache_ms: u64,
-    /// Commit every write before it returns, instead of buffering writes until close, fsync or 8 MiB.
-    #[arg(long, requires = "mount")]
-    mount_write_through: bool,
-    /// Map a local uid to the uid the file system stores, LOCAL:STORED (repeatable).
-    #[arg(long = "mount-uid-map", value_name = "LOCAL:STORED", requires = "mount")]
-    mount_uid_map: Vec<String>,
-    /// Map a local gid to the gid the file system stores, LOCAL:STORED (repeatable).
-    #[arg(long = "mount-gid-map", value_name = "LOCAL:STORED", requires = "mount")]
-    mount_gid_map: Vec<String>,
-}
 
 /// The `--mount` configuration, checked before the node starts (a clear error when FUSE or the mount point is not
 /// usable, rather than a child that fails after the node came up).
@@ -180,7 +84,11 @@ fn main() -> anyhow::Result<()> {
         runtime.shutdown_timeout(Duration::from_millis(SHUTDOWN_TIMEOUT_MS));
         return mounted;
     }
-    let args = Args::parse();
+    let args = args::parse()?;
+    if args.print_config {
+        print!("{}", args::effective_settings(&args)?);
+        return Ok(());
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

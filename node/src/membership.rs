@@ -60,7 +60,7 @@ pub struct Joined {
 /// `me` registers): the leader spends one use of the ticket's join token, assigns an id and adds the node as a
 /// learner.
 pub async fn join(join_ticket: &str, me: MemberNode, node_key: [u8; 32]) -> anyhow::Result<Joined> {
-    let options = ClientOptions { timeout: Duration::from_millis(CLUSTER_REQUEST_TIMEOUT_MS) };
+    let options = ClientOptions::new(Duration::from_millis(CLUSTER_REQUEST_TIMEOUT_MS));
     let client = Client::new_as(join_ticket, options, node_key).await.context("bad join ticket")?;
     let response = client.cluster(ClusterRequest::Join { node: me }).await;
     client.close().await;
@@ -247,7 +247,7 @@ pub(crate) async fn ask_as(
     let others: Vec<TicketNode> = members.iter().filter(|member| member.node_id != identity.node_id).cloned().collect();
     let nodes = if others.is_empty() { members.to_vec() } else { others };
     let ticket = identity.ticket(nodes, None).encode();
-    let options = ClientOptions { timeout: Duration::from_millis(CLUSTER_REQUEST_TIMEOUT_MS) };
+    let options = ClientOptions::new(Duration::from_millis(CLUSTER_REQUEST_TIMEOUT_MS));
     let client = Client::new_as(&ticket, options, key).await?;
     let response = client.cluster(request).await;
     client.close().await;

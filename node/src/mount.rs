@@ -172,7 +172,7 @@ fn hook_feed(client: Arc<Client>) -> impl futures::Stream<Item = FsFeed> + Send 
 /// Mounts, serves until a signal or an outside unmount, then unmounts.
 pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
     let path = pando_actors::fuse::check_mount_point(&args.path)?;
-    let options = ClientOptions { timeout: Duration::from_millis(pando_actors::fuse::FUSE_OP_TIMEOUT_MS) };
+    let options = ClientOptions::new(Duration::from_millis(pando_actors::fuse::FUSE_OP_TIMEOUT_MS));
     let client = Client::new(&args.ticket, options).await?;
     let mut config = MountConfig::new(path);
     config.allow_other = args.allow_other;

@@ -68,6 +68,8 @@ pub enum ClusterRequest {
     /// The node's actor mesh: its ractor_cluster sessions to other members, and a ping of every node agent in the
     /// cluster-wide process group, sent from this node.
     Mesh,
+    /// The answering node's build and the protocol version it speaks.
+    Version,
 }
 
 /// What a node's new key signs to prove it holds the key it asks to be registered under (the cluster and the node are
@@ -154,6 +156,18 @@ pub enum ClusterResponse {
     /// The panic was injected.
     Injected,
     Mesh(MeshReport),
+    /// Answer to [`ClusterRequest::Version`].
+    Version(NodeVersion),
+}
+
+/// What a node runs: its build's version and the wire protocol version it speaks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeVersion {
+    pub node_id: u64,
+    /// The node's package version (`pando-node --version`).
+    pub version: String,
+    /// [`crate::PROTOCOL_VERSION`] of the node's build.
+    pub protocol: u16,
 }
 
 /// One member as the status reports it.

@@ -73,9 +73,11 @@ pub(crate) fn required(request: &Request) -> Vec<Access<'_>> {
             vec![if request.is_write() { Access::KvWrite(name) } else { Access::KvRead(name) }]
         }
         Request::Cluster(request) => vec![match request {
-            ClusterRequest::Status | ClusterRequest::Metrics | ClusterRequest::Actors | ClusterRequest::Mesh => {
-                Access::ClusterRead
-            }
+            ClusterRequest::Status
+            | ClusterRequest::Metrics
+            | ClusterRequest::Actors
+            | ClusterRequest::Mesh
+            | ClusterRequest::Version => Access::ClusterRead,
             ClusterRequest::Join { .. } => Access::ClusterJoin,
             // An admin, or the learner itself when its join token said voter.
             ClusterRequest::Promote { node_id } => Access::Promote(*node_id),

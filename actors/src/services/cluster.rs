@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use openraft::ChangeMembers;
 use pando_protocol::cluster::{
-    ActorReport, ClusterRequest, ClusterResponse, ClusterStatus, MemberNode, MemberStatus, MeshReport, hex,
+    ActorReport, ClusterRequest, ClusterResponse, ClusterStatus, MemberNode, MemberStatus, MeshReport, NodeVersion, hex,
 };
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::kv::Bytes;
@@ -95,6 +95,11 @@ impl ClusterService {
             ClusterRequest::Actors => actors(self).await?,
             ClusterRequest::InjectPanic { actor } => inject_panic(self, &actor).await?,
             ClusterRequest::Mesh => mesh(self).await?,
+            ClusterRequest::Version => ClusterResponse::Version(NodeVersion {
+                node_id: self.node_id,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                protocol: pando_protocol::PROTOCOL_VERSION,
+            }),
             ClusterRequest::UpdateAddress { node_id, node } => update_address(self, node_id, node).await?,
             ClusterRequest::RotateNodeKey { node_id, public_key, proof } => {
                 rotate_node_key(self, node_id, public_key, proof).await?

@@ -21,6 +21,17 @@ pub enum Strategy {
     RestForOne,
 }
 
+impl std::fmt::Display for Strategy {
+    /// OTP's names: `one_for_one`, `one_for_all`, `rest_for_one`.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(match self {
+            Strategy::OneForOne => "one_for_one",
+            Strategy::OneForAll => "one_for_all",
+            Strategy::RestForOne => "rest_for_one",
+        })
+    }
+}
+
 /// When a child is restarted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Restart {

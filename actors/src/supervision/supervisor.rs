@@ -368,11 +368,11 @@ async fn stop_children(state: &mut SupervisorState, range: std::ops::Range<usize
 fn report(state: &mut SupervisorState, reply: RpcReplyPort<ActorDetail>) {
     let intensity = state.restarts.intensity();
     let mut detail = format!(
-        "{:?}, {} of at most {} restarts within {:?}",
+        "{}, {} of at most {} restarts within {} s",
         state.options.strategy,
         state.restarts.recent(Instant::now()),
         intensity.restarts_max,
-        intensity.period
+        intensity.period.as_secs_f64()
     );
     if let Some(failure) = &state.last_failure {
         detail.push_str(&format!("; last failure: {failure}"));

@@ -1,0 +1,230 @@
+//! Settings files for the command lines: `pando-node --config FILE` and `pando`'s profile file. A file is TOML whose
+//! keys are the program's long flags (`snapshot-every = 5000`, `job-queues = ["default", "mail"]`, `json = true`);
+//! `snake_case` spellings are accepted too. The file's settings become flags placed before the command line's, and
+//! each is taken only when neither the command line names that flag nor the flag's environment variable is set, so
+//! the order of precedence is: command line, then environment, then the file, then the built-in default. One
+//! mechanism serves every flag, present and future, so a file can never fall behind the flags it configures.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// Largest settings file read (a ticket is a few hundred bytes; nobody has a megabyte of flags).
+pub const SETTINGS_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Why a settings file could not be used. Each names the file, and the key where one is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is larger than {SETTINGS_FILE_BYTES_MAX} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("{path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: unknown setting `{key}`; the settings are the long flags of `{program} --help`")]
+    UnknownKey { path: PathBuf, key: String, program: String },
+    #[error("{path}: setting `{key}` {problem}")]
+    BadValue { path: PathBuf, key: String, problem: String },
+    #[error("{path}: no profile `{profile}` (profiles are the file's [profile.NAME] tables)")]
+    NoProfile { path: PathBuf, profile: String },
+}
+
+/// Reads and parses a settings file.
+pub fn read(path: &Path) -> Result<toml::Table, SettingsError> {
+    let read_error = |source| SettingsError::Read { path: path.to_path_buf(), source };
+    let length = std::fs::metadata(path).map_err(read_error)?.len();
+    if length > SETTINGS_FILE_BYTES_MAX {
+        return Err(SettingsError::TooLarge { path: path.to_path_buf() });
+    }
+    let text = std::fs::read_to_string(path).map_err(read_error)?;
+    text.parse::<toml::Table>()
+        .map_err(|error| SettingsError::Syntax { path: path.to_path_buf(), message: error.message().to_string() })
+}
+
+/// `args` (the program's name first) with `settings` inserted as flags after the name, each only where the command
+/// line does not name the flag and its environment variable is unset. `command` is the program's clap command: a key
+/// must be one of its long flags. Tables in `settings` are skipped (a profile file's `[profile.NAME]` sections).
+pub fn apply(
+    command: &clap::Command,
+    args: Vec<OsString>,
+    settings: &toml::Table,
+    path: &Path,
+) -> Result<Vec<OsString>, SettingsError> {
+    let mut injected = Vec::new();
+    for (key, value) in settings {
+        if value.is_table() {
+            continue;
+        }
+        let long = key.replace('_', "-");
+        let unknown = || SettingsError::UnknownKey {
+            path: path.to_path_buf(),
+            key: key.clone(),
+            program: command.get_name().to_string(),
+        };
+        let arg = command
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(long.as_str()) && !arg.is_hide_set())
+            .ok_or_else(unknown)?;
+        if named_on_command_line(&args, &long, arg.get_short())
+            || arg.get_env().is_some_and(|name| std::env::var_os(name).is_some())
+        {
+            continue;
+        }
+        let bad = |problem: &str| SettingsError::BadValue {
+            path: path.to_path_buf(),
+            key: key.clone(),
+            problem: problem.to_string(),
+        };
+        let takes_value = arg.get_action().takes_values();
+        let flag = OsString::from(format!("--{long}"));
+        match value {
+            toml::Value::Boolean(set) if !takes_value => {
+                if *set {
+                    injected.push(flag);
+                }
+            }
+            toml::Value::Boolean(_) => return Err(bad("takes a value, not true or false")),
+            _ if !takes_value => return Err(bad("is a switch: write true or false")),
+            toml::Value::Array(items) => {
+                for item in items {
+                    injected.push(flag.clone());
+                    injected.push(scalar(item).ok_or_else(|| bad("holds a list of lists or tables"))?);
+                }
+            }
+            other => {
+                injected.push(flag);
+                injected.push(scalar(other).ok_or_else(|| bad("has a value of an unsupported type"))?);
+            }
+        }
+    }
+    let mut args = args.into_iter();
+    let mut merged: Vec<OsString> = args.next().into_iter().collect();
+    merged.extend(injected);
+    merged.extend(args);
+    Ok(merged)
+}
+
+/// The settings of profile `name` in a profile file: the file's top-level keys, overridden by its `[profile.NAME]`
+/// table. `None` takes the top-level keys alone.
+pub fn profile(file: &toml::Table, name: Option<&str>, path: &Path) -> Result<toml::Table, SettingsError> {
+    let mut settings: toml::Table = file.iter().filter(|(_, value)| !value.is_table()).map(clone_entry).collect();
+    if let Some(name) = name {
+        let chosen = file
+            .get("profile")
+            .and_then(|profiles| profiles.get(name))
+            .and_then(toml::Value::as_table)
+            .ok_or_else(|| SettingsError::NoProfile { path: path.to_path_buf(), profile: name.to_string() })?;
+        settings.extend(chosen.iter().map(clone_entry));
+    }
+    Ok(settings)
+}
+
+fn clone_entry((key, value): (&String, &toml::Value)) -> (String, toml::Value) {
+    (key.clone(), value.clone())
+}
+
+fn scalar(value: &toml::Value) -> Option<OsString> {
+    match value {
+        toml::Value::String(text) => Some(text.into()),
+        toml::Value::Integer(number) => Some(number.to_string().into()),
+        toml::Value::Float(number) => Some(number.to_string().into()),
+        toml::Value::Boolean(set) => Some(set.to_string().into()),
+        toml::Value::Datetime(time) => Some(time.to_string().into()),
+        toml::Value::Array(_) | toml::Value::Table(_) => None,
+    }
+}
+
+/// Whether `--long`, `--long=VALUE` or `-s` appears among the arguments (the program's name excluded). Everything
+/// after `--` is positional.
+fn named_on_command_line(args: &[OsString], long: &str, short: Option<char>) -> bool {
+    let bare = format!("--{long}");
+    let with_value = format!("--{long}=");
+    let short = short.map(|short| format!("-{short}"));
+    for arg in args.iter().skip(1).filter_map(|arg| arg.to_str()) {
+        if arg == "--" {
+            return false;
+        }
+        if arg == bare || arg.starts_with(&with_value) || short.as_deref().is_some_and(|short| arg.starts_with(short)) {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command() -> clap::Command {
+        clap::Command::new("prog")
+            .arg(clap::Arg::new("data_dir").long("data-dir").required(true))
+            .arg(clap::Arg::new("workers").long("workers").default_value("4"))
+            .arg(clap::Arg::new("queue").long("queue").action(clap::ArgAction::Append))
+            .arg(clap::Arg::new("verbose").long("verbose").action(clap::ArgAction::SetTrue))
+            .arg(clap::Arg::new("bind").long("bind").env("SETTINGS_TEST_BIND_UNSET_ZZ"))
+    }
+
+    fn parse(settings: &str, args: &[&str]) -> Result<clap::ArgMatches, SettingsError> {
+        let table: toml::Table = settings.parse().expect("test settings parse");
+        let args: Vec<OsString> = std::iter::once("prog").chain(args.iter().copied()).map(OsString::from).collect();
+        let merged = apply(&command(), args, &table, Path::new("test.toml"))?;
+        Ok(command().try_get_matches_from(merged).expect("merged arguments parse"))
+    }
+
+    #[test]
+    fn a_file_supplies_flags_the_command_line_leaves_out() {
+        let matches = parse("data-dir = \"/d\"\nworkers = 8\nverbose = true\nqueue = [\"a\", \"b\"]", &[]).unwrap();
+        assert_eq!(matches.get_one::<String>("data_dir").unwrap(), "/d");
+        assert_eq!(matches.get_one::<String>("workers").unwrap(), "8");
+        assert!(matches.get_flag("verbose"));
+        let queues: Vec<&String> = matches.get_many::<String>("queue").unwrap().collect();
+        assert_eq!(queues, ["a", "b"]);
+    }
+
+    #[test]
+    fn the_command_line_takes_precedence_over_the_file() {
+        let matches = parse("data-dir = \"/d\"\nworkers = 8", &["--workers", "2", "--data-dir=/e"]).unwrap();
+        assert_eq!(matches.get_one::<String>("workers").unwrap(), "2");
+        assert_eq!(matches.get_one::<String>("data_dir").unwrap(), "/e");
+    }
+
+    #[test]
+    fn snake_case_keys_name_the_same_flags() {
+        let matches = parse("data_dir = \"/d\"", &[]).unwrap();
+        assert_eq!(matches.get_one::<String>("data_dir").unwrap(), "/d");
+    }
+
+    #[test]
+    fn an_unknown_key_or_a_wrong_kind_of_value_is_refused_by_name() {
+        let error = parse("data-dir = \"/d\"\nworkerz = 1", &[]).unwrap_err();
+        assert!(error.to_string().contains("unknown setting `workerz`"), "{error}");
+        let error = parse("data-dir = \"/d\"\nverbose = 1", &[]).unwrap_err();
+        assert!(error.to_string().contains("`verbose` is a switch"), "{error}");
+        let error = parse("data-dir = true", &[]).unwrap_err();
+        assert!(error.to_string().contains("`data-dir` takes a value"), "{error}");
+    }
+
+    #[test]
+    fn a_false_switch_adds_nothing() {
+        let matches = parse("data-dir = \"/d\"\nverbose = false", &[]).unwrap();
+        assert!(!matches.get_flag("verbose"));
+    }
+
+    #[test]
+    fn a_profile_overrides_the_top_level_settings() {
+        let file: toml::Table = "workers = 1\nbind = \"a\"\n[profile.prod]\nworkers = 9".parse().unwrap();
+        let chosen = profile(&file, Some("prod"), Path::new("p.toml")).unwrap();
+        assert_eq!(chosen.get("workers").and_then(toml::Value::as_integer), Some(9));
+        assert_eq!(chosen.get("bind").and_then(toml::Value::as_str), Some("a"));
+        assert!(!chosen.contains_key("profile"));
+        let error = profile(&file, Some("staging"), Path::new("p.toml")).unwrap_err();
+        assert!(error.to_string().contains("no profile `staging`"), "{error}");
+    }
+
+    #[test]
+    fn arguments_after_a_double_dash_do_not_count_as_flags() {
+        let args: Vec<OsString> = ["prog", "--", "--workers"].iter().map(OsString::from).collect();
+        assert!(!named_on_command_line(&args, "workers", None));
+        let args: Vec<OsString> = ["prog", "--workers", "--"].iter().map(OsString::from).collect();
+        assert!(named_on_command_line(&args, "workers", None));
+    }
+}
