@@ -288,7 +288,7 @@ impl Client {
             .map(|node| {
                 let addrs: Vec<String> = node.node.addrs.iter().map(ToString::to_string).collect();
                 let addrs = if addrs.is_empty() { "no address".to_string() } else { addrs.join(", ") };
-                let why = dial_errors.get(&node.node_id).map_or("not dialled yet", String::as_str);
+                let why = dial_errors.get(&node.node_id).map_or("no answer", String::as_str);
                 format!("node {} at {addrs} ({why})", node.node_id)
             })
             .collect();
@@ -331,25 +331,22 @@ impl Client {
     pub async fn request_within(&self, body: Request, timeout: Duration) -> Result<Response, ClientError> {
         let started = tokio::time::Instant::now();
         let deadline = started + timeout;
-        // Whether any node answered this request (a redirect counts): until one has, failures are about reaching
-        // the cluster, and the error names the addresses dialled.
+        // Whether a stream to a node opened for this request (set before the request is written, so a request that
+        // may have been applied always counts): until one has, failures are about reaching the cluster. With a
+        // connect timeout, such a request fails when it runs out, naming the addresses dialled.
         let reached = std::sync::atomic::AtomicBool::new(false);
+        let connect_deadline = self.options.connect_timeout.map(|limit| started + limit);
+        let unreachable = || connect_deadline.is_some() && !reached.load(Ordering::Relaxed);
         let attempts = async {
             let mut last_error = None;
             // Answers in a row from the current node that it knows no leader.
             let mut leaderless = 0;
             for _ in 0..ATTEMPTS_MAX {
-                let attempt = self.attempt(&body, deadline).await;
-                if !matches!(attempt, Attempt::NotSent(_)) {
-                    reached.store(true, Ordering::Relaxed);
-                }
-                match attempt {
+                match self.attempt(&body, deadline, &reached, connect_deadline).await {
                     Attempt::Done(result) => return result,
                     Attempt::NotSent(error) => {
                         self.drop_connection().await;
-                        if self.options.connect_timeout.is_some_and(|limit| started.elapsed() >= limit)
-                            && !reached.load(Ordering::Relaxed)
-                        {
+                        if unreachable() && connect_deadline.is_some_and(|limit| tokio::time::Instant::now() >= limit) {
                             return Err(self.unreachable_error(started.elapsed()));
                         }
                         last_error = Some(error);
@@ -377,16 +374,26 @@ impl Client {
                 }
                 leaderless = 0;
             }
+            if unreachable() {
+                return Err(self.unreachable_error(started.elapsed()));
+            }
             Err(last_error.unwrap_or_else(|| ClientError::Transport("no leader found".into())))
         };
         match tokio::time::timeout_at(deadline, attempts).await {
             Ok(result) => result,
-            Err(_) if !reached.load(Ordering::Relaxed) => Err(self.unreachable_error(timeout)),
+            Err(_) if unreachable() => Err(self.unreachable_error(timeout)),
             Err(_) => Err(ClientError::Timeout(format!("no response within {} ms", timeout.as_millis()))),
         }
     }
 
-    async fn attempt(&self, body: &Request, deadline: tokio::time::Instant) -> Attempt {
+    /// One try: open a stream (within `connect_deadline` while `reached` is unset), mark `reached`, send, read.
+    async fn attempt(
+        &self,
+        body: &Request,
+        deadline: tokio::time::Instant,
+        reached: &std::sync::atomic::AtomicBool,
+        connect_deadline: Option<tokio::time::Instant>,
+    ) -> Attempt {
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let envelope = RequestEnvelope {
@@ -400,10 +407,17 @@ impl Client {
             Ok(frame) => frame,
             Err(error) => return Attempt::Done(Err(ClientError::Invalid(error.to_string()))),
         };
-        let (mut send, mut recv) = match self.open().await {
+        let opened = match connect_deadline.filter(|_| !reached.load(Ordering::Relaxed)) {
+            Some(limit) => tokio::time::timeout_at(limit, self.open()).await.unwrap_or_else(|_| {
+                Err(ClientError::Timeout("no node answered within the connect timeout".to_string()))
+            }),
+            None => self.open().await,
+        };
+        let (mut send, mut recv) = match opened {
             Ok(streams) => streams,
             Err(error) => return Attempt::NotSent(error),
         };
+        reached.store(true, Ordering::Relaxed);
         if let Err(error) = send.write_all(&frame).await {
             return Attempt::Done(Err(ClientError::Transport(format!("cannot send request: {error}"))));
         }
@@ -588,3 +602,7 @@ pub(crate) async fn read_response(
     }
     Ok(response.body)
 }
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;

@@ -433,7 +433,7 @@ fn parse_cli() -> anyhow::Result<Cli> {
         let file = pando_client::settings::read(&path)?;
         let chosen = profile_name(&args);
         let settings = pando_client::settings::profile(&file, chosen.as_deref(), &path)?;
-        args = pando_client::settings::apply(&command, args, &settings, &path)?;
+        args = pando_client::settings::apply(&command, args, &settings, &path, &[&["ticket", "ticket-file"]])?;
     } else if let Some(name) = profile_name(&args) {
         anyhow::bail!(
             "no profile file for --profile {name}: write ~/.config/pando/config.toml or set PANDO_CLI_CONFIG"

@@ -43,11 +43,14 @@ pub fn read(path: &Path) -> Result<toml::Table, SettingsError> {
 /// `args` (the program's name first) with `settings` inserted as flags after the name, each only where the command
 /// line does not name the flag and its environment variable is unset. `command` is the program's clap command: a key
 /// must be one of its long flags. Tables in `settings` are skipped (a profile file's `[profile.NAME]` sections).
+/// `related` lists groups of flags that say the same thing two ways (`ticket` and `ticket-file`): a setting of one is
+/// skipped when the command line or the environment gives any flag of its group.
 pub fn apply(
     command: &clap::Command,
     args: Vec<OsString>,
     settings: &toml::Table,
     path: &Path,
+    related: &[&[&str]],
 ) -> Result<Vec<OsString>, SettingsError> {
     let mut injected = Vec::new();
     for (key, value) in settings {
@@ -60,13 +63,19 @@ pub fn apply(
             key: key.clone(),
             program: command.get_name().to_string(),
         };
-        let arg = command
-            .get_arguments()
-            .find(|arg| arg.get_long() == Some(long.as_str()) && !arg.is_hide_set())
-            .ok_or_else(unknown)?;
-        if named_on_command_line(&args, &long, arg.get_short())
-            || arg.get_env().is_some_and(|name| std::env::var_os(name).is_some())
-        {
+        let find = |long: &str| command.get_arguments().find(|arg| arg.get_long() == Some(long) && !arg.is_hide_set());
+        let arg = find(&long).ok_or_else(unknown)?;
+        let group: Vec<&str> = related
+            .iter()
+            .find(|group| group.contains(&long.as_str()))
+            .map_or_else(|| vec![long.as_str()], |group| group.to_vec());
+        let given = |long: &str| {
+            find(long).is_some_and(|arg| {
+                named_on_command_line(&args, long, arg.get_short())
+                    || arg.get_env().is_some_and(|name| std::env::var_os(name).is_some())
+            })
+        };
+        if group.iter().any(|long| given(long)) {
             continue;
         }
         let bad = |problem: &str| SettingsError::BadValue {
@@ -75,24 +84,27 @@ pub fn apply(
             problem: problem.to_string(),
         };
         let takes_value = arg.get_action().takes_values();
-        let flag = OsString::from(format!("--{long}"));
+        // `--flag=VALUE` in one argument, so a value that starts with `-` is never read as a flag.
+        let with_value = |value: OsString| {
+            let mut argument = OsString::from(format!("--{long}="));
+            argument.push(value);
+            argument
+        };
         match value {
             toml::Value::Boolean(set) if !takes_value => {
                 if *set {
-                    injected.push(flag);
+                    injected.push(OsString::from(format!("--{long}")));
                 }
             }
             toml::Value::Boolean(_) => return Err(bad("takes a value, not true or false")),
             _ if !takes_value => return Err(bad("is a switch: write true or false")),
             toml::Value::Array(items) => {
                 for item in items {
-                    injected.push(flag.clone());
-                    injected.push(scalar(item).ok_or_else(|| bad("holds a list of lists or tables"))?);
+                    injected.push(with_value(scalar(item).ok_or_else(|| bad("holds a list of lists or tables"))?));
                 }
             }
             other => {
-                injected.push(flag);
-                injected.push(scalar(other).ok_or_else(|| bad("has a value of an unsupported type"))?);
+                injected.push(with_value(scalar(other).ok_or_else(|| bad("has a value of an unsupported type"))?));
             }
         }
     }
@@ -166,7 +178,7 @@ mod tests {
     fn parse(settings: &str, args: &[&str]) -> Result<clap::ArgMatches, SettingsError> {
         let table: toml::Table = settings.parse().expect("test settings parse");
         let args: Vec<OsString> = std::iter::once("prog").chain(args.iter().copied()).map(OsString::from).collect();
-        let merged = apply(&command(), args, &table, Path::new("test.toml"))?;
+        let merged = apply(&command(), args, &table, Path::new("test.toml"), &[&["bind", "workers"]])?;
         Ok(command().try_get_matches_from(merged).expect("merged arguments parse"))
     }
 
@@ -201,6 +213,19 @@ mod tests {
         assert!(error.to_string().contains("`verbose` is a switch"), "{error}");
         let error = parse("data-dir = true", &[]).unwrap_err();
         assert!(error.to_string().contains("`data-dir` takes a value"), "{error}");
+    }
+
+    #[test]
+    fn a_value_that_starts_with_a_dash_stays_a_value() {
+        let matches = parse("data-dir = \"-d\"\nqueue = [\"-a\"]", &[]).unwrap();
+        assert_eq!(matches.get_one::<String>("data_dir").unwrap(), "-d");
+        assert_eq!(matches.get_many::<String>("queue").unwrap().collect::<Vec<_>>(), ["-a"]);
+    }
+
+    #[test]
+    fn a_flag_given_on_the_command_line_keeps_the_file_from_setting_a_related_one() {
+        let matches = parse("data-dir = \"/d\"\nbind = \"a\"", &["--workers", "2"]).unwrap();
+        assert_eq!(matches.get_one::<String>("bind"), None);
     }
 
     #[test]

@@ -121,6 +121,10 @@ pub struct Args {
     pub mount_gid_map: Vec<String>,
 }
 
+/// Flags that do something once instead of configuring the node: a settings file naming one would do it on every
+/// start (rotate the key and exit, say), so it is refused.
+const ACTIONS: [&str; 3] = ["config", "print-config", "rotate-key"];
+
 /// The version line: the package's version and the wire protocol's.
 pub fn version_line() -> &'static str {
     static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -138,10 +142,12 @@ pub fn parse_from(args: Vec<OsString>) -> anyhow::Result<Args> {
     let args = match config_path(&args) {
         Some(path) => {
             let settings = pando_client::settings::read(&path)?;
-            if settings.contains_key("config") {
-                anyhow::bail!("{}: a settings file cannot name another (`config`)", path.display());
+            for action in ACTIONS {
+                if settings.contains_key(action) || settings.contains_key(&action.replace('-', "_")) {
+                    anyhow::bail!("{}: `{action}` is not a setting; give it on the command line", path.display());
+                }
             }
-            pando_client::settings::apply(&command, args, &settings, &path)?
+            pando_client::settings::apply(&command, args, &settings, &path, &[])?
         }
         None => args,
     };
@@ -215,5 +221,9 @@ mod tests {
         let args = ["pando-node", "--config", path.to_str().unwrap()].iter().map(OsString::from).collect();
         let error = parse_from(args).unwrap_err().to_string();
         assert!(error.contains("node.toml") && error.contains("snapshot-evry"), "{error}");
+        std::fs::write(&path, "data-dir = \"/d\"\nrotate-key = true").unwrap();
+        let args = ["pando-node", "--config", path.to_str().unwrap()].iter().map(OsString::from).collect();
+        let error = parse_from(args).unwrap_err().to_string();
+        assert!(error.contains("`rotate-key` is not a setting"), "{error}");
     }
 }
