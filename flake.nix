@@ -47,7 +47,7 @@
 
       devShells = forAllSystems (
         system: pkgs: {
-          # For `cargo nextest run --workspace` and `.ci/run`. nixpkgs' rustc has the host's standard library only:
+          # For `cargo test --workspace` (what `.ci/run` runs) and `cargo nextest run --workspace`. nixpkgs' rustc has the host's standard library only:
           # rebuilding the wasm plugins (fixtures/plugins/build.sh) needs the wasm32 targets of a rustup toolchain
           # (rust-toolchain.toml); the tests use the committed fixtures/wasm/*.wasm.
           default = pkgs.mkShell {

@@ -24,7 +24,8 @@ rustPlatform.buildRustPackage {
   inherit (cargoToml.workspace.package) version;
 
   # Only what cargo needs: the workspace manifest and lock, every member (cargo loads all of a workspace's manifests
-  # even when it builds two packages) and vendor/, the patched ractor_cluster and openraft of `[patch.crates-io]`.
+  # even when it builds two packages) and vendor/, the patched ractor, ractor_cluster and openraft of
+  # `[patch.crates-io]`.
   # Leaves out target/, data/, bench/ and the rest, so a local build or a benchmark run does not change the hash.
   src = lib.fileset.toSource {
     root = ../.;

@@ -140,7 +140,7 @@ impl Actor for EndpointActor {
             }
             EndpointMsg::Check => {}
             EndpointMsg::Control(Control::InjectPanic) => panic!("fault injection: endpoint actor panics on request"),
-            EndpointMsg::Control(Control::Status(reply)) => {
+            EndpointMsg::Control(Control::Status(reply, _)) => {
                 let peers: Vec<String> = state
                     .limits
                     .iter()

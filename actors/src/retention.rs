@@ -130,7 +130,7 @@ impl Actor for RetentionActor {
         match message {
             RetentionMsg::Check => state.check().await,
             RetentionMsg::Control(Control::InjectPanic) => panic!("fault injection: retention actor panics on request"),
-            RetentionMsg::Control(Control::Status(reply)) => {
+            RetentionMsg::Control(Control::Status(reply, _)) => {
                 let config = state.args.config;
                 let mut detail = format!(
                     "keeps {} revisions{}; {} compactions proposed",

@@ -221,7 +221,7 @@ impl Actor for StorageActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             StorageMsg::Control(Control::InjectPanic) => panic!("fault injection: storage actor panics on request"),
-            StorageMsg::Control(Control::Status(reply)) => {
+            StorageMsg::Control(Control::Status(reply, _)) => {
                 let database_bytes =
                     std::fs::metadata(state.dir.join("pando.redb")).map(|meta| meta.len()).unwrap_or(0);
                 let _ = reply.send(ActorDetail::line(format!("database {database_bytes} bytes")));

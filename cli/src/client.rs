@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use pando_protocol::cluster::{ClusterRequest, ClusterResponse, ClusterStatus, MemberNode};
+use pando_protocol::cluster::{ActorReport, ClusterRequest, ClusterResponse, ClusterStatus, MemberNode};
 use pando_protocol::coord::{CoordRequest, CoordResponse};
 use pando_protocol::envelope::{PROTOCOL_VERSION, Request, RequestEnvelope, Response, ResponseEnvelope};
 use pando_protocol::error::{ErrorCode, ErrorDetail};
@@ -554,6 +554,15 @@ impl Client {
     pub async fn coord(&self, request: CoordRequest) -> Result<CoordResponse, ClientError> {
         match self.request(Request::Coord(request)).await? {
             Response::Coord(response) => Ok(response),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The supervision tree of the node that answers, depth first, and that node's id (`None` from nodes older than
+    /// the field).
+    pub async fn actors(&self) -> Result<(Option<u64>, Vec<ActorReport>), ClientError> {
+        match self.request(Request::Cluster(ClusterRequest::Actors)).await? {
+            Response::Cluster(ClusterResponse::Actors { actors, node_id }) => Ok((node_id, actors)),
             other => Err(unexpected(&other)),
         }
     }

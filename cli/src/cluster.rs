@@ -1,4 +1,4 @@
-//! `pando cluster ...`, `pando actors` and `pando version`: the requests, and their human output as pure functions of
+//! `pando cluster ...` and `pando version`: the requests, and their human output as pure functions of
 //! the answers (so a test renders each with every optional field present and absent).
 
 use std::time::Duration;
@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Subcommand;
 use pando_client::pando_protocol::cluster::{
-    ActorReport, ClusterRequest, ClusterResponse, ClusterStatus, MemberNode, MeshReport, NodeVersion,
+    ClusterRequest, ClusterResponse, ClusterStatus, MemberNode, MeshReport, NodeVersion,
 };
 use pando_client::{Client, ClientOptions};
 use serde_json::json;
@@ -156,18 +156,6 @@ async fn membership_change(client: &Client, request: ClusterRequest, json_output
     Ok(())
 }
 
-pub async fn actors(client: &Client, json_output: bool) -> anyhow::Result<()> {
-    let ClusterResponse::Actors { actors } = client.cluster(ClusterRequest::Actors).await? else {
-        bail!("unexpected response to an actors request");
-    };
-    if json_output {
-        print_json(&serde_json::to_value(&actors)?);
-    } else {
-        print!("{}", render_actors(&actors));
-    }
-    Ok(())
-}
-
 /// `pando version`: this client's version, then the node's when a ticket is at hand and the node answers.
 pub async fn version(
     ticket: Option<&str>,
@@ -292,23 +280,6 @@ fn render_mesh(report: &MeshReport) -> String {
     out
 }
 
-fn render_actors(actors: &[ActorReport]) -> String {
-    let mut out = String::new();
-    for actor in actors {
-        let depth = actor.path.matches('/').count();
-        let name = actor.path.rsplit('/').next().unwrap_or(&actor.path);
-        let state = if actor.alive { "running" } else { "stopped" };
-        out += &format!(
-            "{}{name:<12} {state:<8} restarts {:<3} {}{}\n",
-            "  ".repeat(depth),
-            actor.restarts,
-            actor.actor_id.as_deref().unwrap_or("-"),
-            actor.detail.as_deref().map(|detail| format!("  {detail}")).unwrap_or_default()
-        );
-    }
-    out
-}
-
 fn render_version(client_line: &str, node: &Result<NodeVersion, String>) -> String {
     let node = match node {
         Ok(node) => format!("node {}: pando-node {} (protocol {})", node.node_id, node.version, node.protocol),
@@ -372,7 +343,7 @@ mod tests {
     }
 
     #[test]
-    fn mesh_actors_and_version_read_as_text() {
+    fn mesh_and_version_read_as_text() {
         let report = MeshReport {
             node_id: 1,
             sessions: vec![
@@ -389,17 +360,6 @@ mod tests {
         let mesh = render_mesh(&report);
         assert_human(&mesh);
         assert!(mesh.contains("not connected: 3 and 4"), "{mesh}");
-        let actors = [
-            ActorReport { path: "node".into(), alive: true, restarts: 0, actor_id: Some("0.1".into()), detail: None },
-            ActorReport {
-                path: "node/raft".into(),
-                alive: false,
-                restarts: 2,
-                actor_id: None,
-                detail: Some("x".into()),
-            },
-        ];
-        assert_human(&render_actors(&actors));
         let node = NodeVersion { node_id: 1, version: "0.1.0".into(), protocol: 1 };
         assert_human(&render_version("0.1.0 (protocol 1)", &Ok(node)));
         assert_human(&render_version("0.1.0 (protocol 1)", &Err("no ticket, so no node asked".into())));

@@ -1,6 +1,7 @@
 //! `pando`: the command line client. Every command exits non-zero on any failure, printing the stable error code and
 //! message on stderr; `--json` prints machine-readable output on stdout.
 
+mod actors;
 mod bench;
 mod bench_blob;
 mod bench_hook;
@@ -69,8 +70,9 @@ enum Command {
     /// Cluster operations.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
-    /// The node's supervision tree: each actor, alive or not, and its restarts.
-    Actors,
+    /// The node's supervision tree: per actor its mailbox (queued, handled, time in the current message), restarts and
+    /// last failure, and a plugin instance's or job worker's current call; --watch refreshes it in place.
+    Actors(actors::ActorsArgs),
     /// Load generator: throughput and latency percentiles.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -419,9 +421,7 @@ fn report(error: &anyhow::Error, json_output: bool) {
 /// The version line: the package's version and the wire protocol's.
 fn version_line() -> &'static str {
     static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    LINE.get_or_init(|| {
-        format!("{} (protocol {})", env!("CARGO_PKG_VERSION"), pando_client::pando_protocol::PROTOCOL_VERSION)
-    })
+    LINE.get_or_init(|| pando_client::settings::version_line(env!("CARGO_PKG_VERSION")))
 }
 
 /// Parses the command line with the profile file's settings under it (flags, then environment, then the profile).
@@ -457,19 +457,7 @@ fn profile_file() -> anyhow::Result<Option<PathBuf>> {
 
 /// The profile named by `--profile NAME`, `--profile=NAME` or `PANDO_PROFILE`.
 fn profile_name(args: &[std::ffi::OsString]) -> Option<String> {
-    let mut rest = args.iter().skip(1).filter_map(|arg| arg.to_str());
-    while let Some(arg) = rest.next() {
-        match arg {
-            "--" => break,
-            "--profile" => return rest.next().map(str::to_string),
-            _ => {
-                if let Some(name) = arg.strip_prefix("--profile=") {
-                    return Some(name.to_string());
-                }
-            }
-        }
-    }
-    std::env::var("PANDO_PROFILE").ok().filter(|name| !name.is_empty())
+    pando_client::settings::flag_value(args, "profile", "PANDO_PROFILE").map(|name| name.to_string_lossy().into_owned())
 }
 
 /// The ticket: `--ticket` or `PANDO_TICKET`, else the contents of `--ticket-file`.
@@ -529,7 +517,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Err(anyhow::anyhow!("this command runs without a client, above"))
         }
         Command::Cluster(command) => cluster::cluster(&client, command, cli.json).await,
-        Command::Actors => cluster::actors(&client, cli.json).await,
+        Command::Actors(args) => actors::run(&client, args, cli.json).await,
         Command::Bench(command) => bench::run(&ticket, options, command, cli.json).await,
     };
     client.close().await;

@@ -28,6 +28,32 @@ pub enum SettingsError {
     NoProfile { path: PathBuf, profile: String },
 }
 
+/// The value of flag `--NAME` on a command line (`--NAME VALUE` or `--NAME=VALUE`, before any `--`), else of
+/// environment variable `env` when set and not empty: how a program finds its settings file or profile before it
+/// parses the rest.
+pub fn flag_value(args: &[OsString], name: &str, env: &str) -> Option<OsString> {
+    let flag = format!("--{name}");
+    let mut rest = args.iter().skip(1);
+    while let Some(arg) = rest.next() {
+        let Some(text) = arg.to_str() else { continue };
+        if text == "--" {
+            break;
+        }
+        if text == flag {
+            return rest.next().cloned();
+        }
+        if let Some(value) = text.strip_prefix(&flag).and_then(|rest| rest.strip_prefix('=')) {
+            return Some(value.into());
+        }
+    }
+    std::env::var_os(env).filter(|value| !value.is_empty())
+}
+
+/// `VERSION (protocol N)`: what `--version` and `pando version` print for a program of package version `version`.
+pub fn version_line(version: &str) -> String {
+    format!("{version} (protocol {})", pando_protocol::PROTOCOL_VERSION)
+}
+
 /// Reads and parses a settings file.
 pub fn read(path: &Path) -> Result<toml::Table, SettingsError> {
     let read_error = |source| SettingsError::Read { path: path.to_path_buf(), source };
@@ -180,6 +206,20 @@ mod tests {
         let args: Vec<OsString> = std::iter::once("prog").chain(args.iter().copied()).map(OsString::from).collect();
         let merged = apply(&command(), args, &table, Path::new("test.toml"), &[&["bind", "workers"]])?;
         Ok(command().try_get_matches_from(merged).expect("merged arguments parse"))
+    }
+
+    #[test]
+    fn a_flag_is_found_in_either_spelling_before_a_double_dash_else_in_its_environment_variable() {
+        let args = |words: &[&str]| -> Vec<OsString> {
+            std::iter::once("prog").chain(words.iter().copied()).map(OsString::from).collect()
+        };
+        let env = "SETTINGS_TEST_FLAG_VALUE_UNSET_ZZ";
+        assert_eq!(flag_value(&args(&["--config", "a.toml"]), "config", env), Some("a.toml".into()));
+        assert_eq!(flag_value(&args(&["x", "--config=b.toml"]), "config", env), Some("b.toml".into()));
+        assert_eq!(flag_value(&args(&["--configs=c"]), "config", env), None);
+        assert_eq!(flag_value(&args(&["--", "--config", "d"]), "config", env), None);
+        assert_eq!(flag_value(&args(&["--config"]), "config", env), None);
+        assert_eq!(version_line("1.2.3"), format!("1.2.3 (protocol {})", pando_protocol::PROTOCOL_VERSION));
     }
 
     #[test]

@@ -128,7 +128,7 @@ const ACTIONS: [&str; 3] = ["config", "print-config", "rotate-key"];
 /// The version line: the package's version and the wire protocol's.
 pub fn version_line() -> &'static str {
     static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    LINE.get_or_init(|| format!("{} (protocol {})", env!("CARGO_PKG_VERSION"), pando_protocol::PROTOCOL_VERSION))
+    LINE.get_or_init(|| pando_client::settings::version_line(env!("CARGO_PKG_VERSION")))
 }
 
 /// Parses the process's arguments with the settings file (from `--config` or `PANDO_CONFIG`) merged under them.
@@ -157,20 +157,7 @@ pub fn parse_from(args: Vec<OsString>) -> anyhow::Result<Args> {
 
 /// The settings file: `--config FILE`, `--config=FILE`, else `PANDO_CONFIG`.
 fn config_path(args: &[OsString]) -> Option<PathBuf> {
-    let mut rest = args.iter().skip(1);
-    while let Some(arg) = rest.next() {
-        let Some(text) = arg.to_str() else { continue };
-        if text == "--" {
-            break;
-        }
-        if text == "--config" {
-            return rest.next().map(PathBuf::from);
-        }
-        if let Some(path) = text.strip_prefix("--config=") {
-            return Some(PathBuf::from(path));
-        }
-    }
-    std::env::var_os("PANDO_CONFIG").filter(|path| !path.is_empty()).map(PathBuf::from)
+    pando_client::settings::flag_value(args, "config", "PANDO_CONFIG").map(PathBuf::from)
 }
 
 /// The settings in effect as a settings file would say them (every flag but the join ticket, the settings file and

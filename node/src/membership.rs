@@ -214,7 +214,7 @@ impl Actor for DutiesActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             DutiesMsg::Control(Control::InjectPanic) => panic!("fault injection: membership duties panic on request"),
-            DutiesMsg::Control(Control::Status(reply)) => {
+            DutiesMsg::Control(Control::Status(reply, _)) => {
                 let line = match (state.voter.load(Ordering::Relaxed), state.wants_promotion) {
                     (true, _) => "a voter; keeping the tickets in step with the membership",
                     (false, true) => "a learner asking to be promoted",

@@ -128,6 +128,44 @@ pub struct ActorReport {
     /// What the actor is doing, when it says more than alive or not (a plugin's generation, state and last error).
     #[serde(default)]
     pub detail: Option<String>,
+    /// Its mailbox, counted by the actor runtime; `None` for an actor that is not running, and from nodes older than
+    /// the field.
+    #[serde(default)]
+    pub mailbox: Option<MailboxReport>,
+    /// Why it last ended abnormally (the restart that followed is counted in `restarts`).
+    #[serde(default)]
+    pub last_failure: Option<FailureReport>,
+    /// The call it runs now: a plugin instance's function, a job worker's job.
+    #[serde(default)]
+    pub current: Option<CurrentCall>,
+}
+
+/// An actor's mailbox as its runtime counts it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxReport {
+    /// Messages waiting to be handled.
+    pub queued: u64,
+    /// Messages handled since this instance started (a restart starts from 0).
+    pub handled: u64,
+    /// How long the message in its handler has run, in milliseconds; `None` while it waits for one.
+    pub busy_ms: Option<u64>,
+}
+
+/// An abnormal end of an actor: its panic message or error, or why its restart failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureReport {
+    pub reason: String,
+    /// How long ago, in milliseconds, when the supervisor saw it happen.
+    pub ago_ms: Option<u64>,
+}
+
+/// Work an actor runs right now on behalf of someone else.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CurrentCall {
+    /// What runs, in words: `call echo.run`, `job 42 attempt 1 (fence 7) of queue mail`.
+    pub what: String,
+    /// For how long, in milliseconds.
+    pub running_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +190,9 @@ pub enum ClusterResponse {
     },
     Actors {
         actors: Vec<ActorReport>,
+        /// The node whose tree this is (`None` from nodes older than the field).
+        #[serde(default)]
+        node_id: Option<u64>,
     },
     /// The panic was injected.
     Injected,

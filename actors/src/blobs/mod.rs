@@ -362,7 +362,7 @@ impl Actor for BlobActor {
                 }
             }
             BlobMsg::Control(Control::InjectPanic) => panic!("fault injection: blob actor panics on request"),
-            BlobMsg::Control(Control::Status(reply)) => {
+            BlobMsg::Control(Control::Status(reply, _)) => {
                 let counters = &state.node.counters;
                 let _ = reply.send(ActorDetail::line(format!(
                     "{} fetched ({} bytes), {} fetch failures, {} held ahead of their record",

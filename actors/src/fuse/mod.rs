@@ -275,7 +275,7 @@ impl Actor for FuseActor {
                 return Err(format!("the FUSE session at {} ended: {outcome}", state.mount.path().display()).into());
             }
             FuseMsg::Control(Control::InjectPanic) => panic!("fault injection: FUSE actor panics on request"),
-            FuseMsg::Control(Control::Status(reply)) => {
+            FuseMsg::Control(Control::Status(reply, _)) => {
                 let _ = reply.send(ActorDetail::line(state.mount.summary()));
             }
         }

@@ -284,7 +284,7 @@ impl Actor for HookRouterActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             HookRouterMsg::Control(Control::InjectPanic) => panic!("fault injection: hook router panics on request"),
-            HookRouterMsg::Control(Control::Status(reply)) => {
+            HookRouterMsg::Control(Control::Status(reply, _)) => {
                 let (through, dispatched, dropped, streams, wakers) = {
                     let registry = state.args.handle.lock();
                     (

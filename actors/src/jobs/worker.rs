@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{IDLE_CLAIM_MS, JobCounters, JobsArgs, RunResult};
+use crate::supervision::control::current_call;
 use crate::supervision::{ActorDetail, Control};
 
 /// How long one proposal of a worker or the dispatcher may take.
@@ -110,6 +111,7 @@ struct Running {
     id: u64,
     attempt: u32,
     fence: u64,
+    queue: String,
     since: std::time::Instant,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -165,6 +167,7 @@ impl Actor for JobWorkerActor {
                     id: claimed.id,
                     attempt: claimed.attempt,
                     fence: claimed.fence,
+                    queue: claimed.spec.queue.clone(),
                     since: std::time::Instant::now(),
                     stop,
                     task,
@@ -189,22 +192,20 @@ impl Actor for JobWorkerActor {
                 state.args.shared.dispatch.idle(myself);
             }
             JobWorkerMsg::Control(Control::InjectPanic) => panic!("fault injection: job worker panics on request"),
-            JobWorkerMsg::Control(Control::Status(reply)) => {
-                let now = match &state.running {
-                    Some(running) => format!(
-                        "running job {} attempt {} (fence {}) for {} ms",
-                        running.id,
-                        running.attempt,
-                        running.fence,
-                        running.since.elapsed().as_millis()
-                    ),
-                    None => "idle".into(),
-                };
+            JobWorkerMsg::Control(Control::Status(reply, _)) => {
+                let current = state.running.as_ref().map(|running| {
+                    let what = format!(
+                        "job {} attempt {} (fence {}) of queue {}",
+                        running.id, running.attempt, running.fence, running.queue
+                    );
+                    current_call(what, running.since)
+                });
+                let now = if current.is_some() { "running" } else { "idle" };
                 let mut line = format!("{now}; {} completed, {} failed", state.completed, state.failed);
                 if let Some(last) = &state.last {
                     line.push_str(&format!("; last: {last}"));
                 }
-                let _ = reply.send(ActorDetail::line(line));
+                let _ = reply.send(ActorDetail::line(line).running(current));
             }
         }
         Ok(())
@@ -343,7 +344,7 @@ impl Actor for JobDispatcherActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             DispatcherMsg::Control(Control::InjectPanic) => panic!("fault injection: job dispatcher panics on request"),
-            DispatcherMsg::Control(Control::Status(reply)) => {
+            DispatcherMsg::Control(Control::Status(reply, _)) => {
                 let line = match state.stats.lock() {
                     Ok(stats) => format!(
                         "{} claims took {} jobs{}",

@@ -329,7 +329,7 @@ impl Actor for MeshActor {
                 });
             }
             MeshMsg::Control(Control::InjectPanic) => panic!("fault injection: mesh actor told to panic"),
-            MeshMsg::Control(Control::Status(reply)) => {
+            MeshMsg::Control(Control::Status(reply, _)) => {
                 let sessions: usize = state.sessions_per_peer.values().sum();
                 let _ = reply.send(ActorDetail::line(format!(
                     "{sessions} sessions to {} members, {} dials in progress",

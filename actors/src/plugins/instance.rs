@@ -8,8 +8,8 @@
 //! (a fresh `Plugin` from the same compiled module) and counts the failure against the plugin's restart intensity.
 //! Once the generation's queue is closed and empty the actor stops normally, which ends it for good (it is transient).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -18,6 +18,7 @@ use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::plugin_abi::exports;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use crate::supervision::control::current_call;
 use crate::supervision::{ActorDetail, Control};
 
 /// One call waiting for an instance.
@@ -69,7 +70,11 @@ pub struct PluginActor;
 pub struct InstanceState {
     stop: Arc<AtomicBool>,
     generation: u64,
+    current: Current,
 }
+
+/// The function the worker thread runs now and since when, for `pando actors` (set and cleared around each call).
+type Current = Arc<Mutex<Option<(String, Instant)>>>;
 
 impl Drop for InstanceState {
     /// However the actor ends (stopped, failed, panicked or killed, the last two skipping `post_stop`), its worker
@@ -95,12 +100,13 @@ impl Actor for PluginActor {
             .await
             .map_err(|error| format!("instantiating panicked: {error}"))??;
         let stop = Arc::new(AtomicBool::new(false));
-        let worker = Worker { args: args.clone(), plugin, stop: stop.clone(), actor: myself };
+        let current = Current::default();
+        let worker = Worker { args: args.clone(), plugin, stop: stop.clone(), actor: myself, current: current.clone() };
         std::thread::Builder::new()
             .name(format!("plugin-{}-{}", args.plugin, args.index))
             .spawn(move || worker.run())
             .map_err(|error| format!("cannot start the instance's thread: {error}"))?;
-        Ok(InstanceState { stop, generation: args.generation })
+        Ok(InstanceState { stop, generation: args.generation, current })
     }
 
     async fn handle(
@@ -116,8 +122,14 @@ impl Actor for PluginActor {
                 myself.stop(None);
                 Ok(())
             }
-            InstanceMsg::Control(Control::Status(reply)) => {
-                let _ = reply.send(ActorDetail::line(format!("generation {}", state.generation)));
+            InstanceMsg::Control(Control::Status(reply, _)) => {
+                let current = state
+                    .current
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .as_ref()
+                    .map(|(function, since)| current_call(format!("call {function}"), *since));
+                let _ = reply.send(ActorDetail::line(format!("generation {}", state.generation)).running(current));
                 Ok(())
             }
             InstanceMsg::Control(Control::InjectPanic) => panic!("fault injection: plugin instance panics on request"),
@@ -141,9 +153,14 @@ struct Worker {
     plugin: Plugin,
     stop: Arc<AtomicBool>,
     actor: ActorRef<InstanceMsg>,
+    current: Current,
 }
 
 impl Worker {
+    fn set_current(&self, current: Option<(String, Instant)>) {
+        *self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = current;
+    }
+
     fn run(mut self) {
         loop {
             if self.stop.load(Ordering::Acquire) {
@@ -161,10 +178,12 @@ impl Worker {
                 // The caller gave up while the job was queued: running it would only answer nobody.
                 continue;
             }
+            self.set_current(Some((job.function.clone(), Instant::now())));
             let plugin = &mut self.plugin;
             let outcome = super::host::with_call_scope(job.scope.clone(), || {
                 plugin.call_get_error_code::<&[u8], Vec<u8>>(&job.function, &job.input)
             });
+            self.set_current(None);
             self.args.calls.fetch_add(1, Ordering::Relaxed);
             let (answer, fatal) = match outcome {
                 Ok(output) => (Ok(output), None),

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
+use pando_protocol::cluster::FailureReport;
 use pando_protocol::command::Command;
 use pando_protocol::coord::CoordEvent;
 use pando_protocol::error::ErrorCode;
@@ -293,11 +294,12 @@ impl Actor for PluginSupervisor {
             PluginsMsg::Reconcile => state.reconcile(&myself),
             PluginsMsg::Compiled { record, result } => state.compiled(&myself, record, result).await,
             PluginsMsg::Control(Control::InjectPanic) => panic!("fault injection: plugin supervisor panics on request"),
-            PluginsMsg::Control(Control::Status(reply)) => {
-                // Answered from a task: each pool is asked in turn, and reconciles go on meanwhile.
+            PluginsMsg::Control(Control::Status(reply, deadline)) => {
+                // Answered from a task: the pools are asked meanwhile, and reconciles go on.
                 let snapshot = state.snapshot();
                 tokio::spawn(async move {
-                    let _ = reply.send(ActorDetail { detail: None, children: nodes(snapshot).await });
+                    let children = nodes(snapshot, deadline).await;
+                    let _ = reply.send(ActorDetail { children, ..ActorDetail::default() });
                 });
             }
             PluginsMsg::Status(reply) => {
@@ -614,38 +616,37 @@ async fn statuses(snapshot: Vec<(LocalPluginStatus, Option<ActorRef<SupervisorMs
 }
 
 /// Each plugin as `pando actors` shows it: its state, generation and counters, and its pool's instances under it.
-async fn nodes(snapshot: Vec<(LocalPluginStatus, Option<ActorRef<SupervisorMsg>>)>) -> Vec<ActorNode> {
+async fn nodes(
+    snapshot: Vec<(LocalPluginStatus, Option<ActorRef<SupervisorMsg>>)>,
+    deadline: tokio::time::Instant,
+) -> Vec<ActorNode> {
     let pools: Vec<_> = snapshot.iter().map(|(_, pool)| pool.clone()).collect();
-    let mut nodes = Vec::with_capacity(pools.len());
-    for (plugin, pool) in statuses(snapshot).await.into_iter().zip(pools) {
+    let asked = statuses(snapshot).await.into_iter().zip(pools).map(|(plugin, pool)| async move {
         let instances = match &pool {
-            Some(pool) => ractor::call_t!(
-                pool,
-                |reply| SupervisorMsg::Control(Control::Status(reply)),
-                crate::supervision::control::CONTROL_STATUS_TIMEOUT_MS
-            )
-            .map(|detail| detail.children)
-            .unwrap_or_default(),
+            Some(pool) => {
+                let send = |control| pool.cast(SupervisorMsg::Control(control)).is_ok();
+                crate::supervision::control::ask(send, deadline).await.map(|detail| detail.children).unwrap_or_default()
+            }
             None => Vec::new(),
         };
-        let mut detail = format!(
+        let detail = format!(
             "{} generation {} calls {} queued {}",
             plugin.state.as_str(),
             plugin.generation,
             plugin.calls,
             plugin.queued
         );
-        if let Some(error) = &plugin.last_error {
-            detail.push_str(&format!(" last error: {error}"));
-        }
-        nodes.push(ActorNode {
+        ActorNode {
             id: plugin.name,
             alive: !plugin.instances.is_empty(),
             restarts: plugin.restarts,
-            actor_id: pool.map(|pool| pool.get_id().to_string()),
+            actor_id: pool.as_ref().map(|pool| pool.get_id().to_string()),
             detail: Some(detail),
             children: instances,
-        });
-    }
-    nodes
+            mailbox: pool.as_ref().map(|pool| crate::supervision::control::mailbox(&pool.get_cell())),
+            last_failure: plugin.last_error.map(|reason| FailureReport { reason, ago_ms: None }),
+            current: None,
+        }
+    });
+    futures::future::join_all(asked).await
 }

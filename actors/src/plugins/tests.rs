@@ -161,6 +161,7 @@ fn capture_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
         .with_ansi(false)
         .with_max_level(tracing::Level::WARN)
         .finish();
+    // Under `cargo test` every test of this crate shares the process: this must stay the only caller.
     tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber of this test process");
     buffer
 }
@@ -309,4 +310,47 @@ fn plugin_signing_keys_are_per_plugin_and_never_the_secret() {
     assert_ne!(a.to_bytes(), plugin_signing_key(&[2; 32], "a").to_bytes());
     assert_ne!(a.to_bytes(), [1; 32]);
     let _ = Permission::ALL;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_in_a_call_shows_the_function_and_for_how_long_and_its_plugin_the_last_failure() {
+    let node = Node::start(PluginConfig::default()).await;
+    node.preload(PluginManifest { timeout_ms: 1_500, fuel: 0, ..manifest("slow") }, 1, "misbehave").await;
+    let tree = || async {
+        let detail = ractor::call_t!(
+            node.supervisor,
+            |reply| PluginsMsg::Control(Control::Status(reply, tokio::time::Instant::now() + Duration::from_secs(9))),
+            10_000
+        )
+        .expect("the supervisor answers");
+        detail.children.into_iter().find(|plugin| plugin.id == "slow").expect("the plugin is listed")
+    };
+    let idle = tree().await;
+    assert_eq!(idle.children.len(), 1, "one instance: {idle:?}");
+    assert_eq!(idle.children[0].current, None);
+    assert_eq!(idle.last_failure, None);
+
+    let routes = node.handle.routes.clone();
+    let spinning =
+        tokio::spawn(async move { routes.call("slow", "spin", Vec::new(), Duration::from_secs(5), None).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let current = loop {
+        let plugin = tree().await;
+        if let Some(current) = plugin.children.first().and_then(|instance| instance.current.clone())
+            && current.running_ms >= 200
+        {
+            break current;
+        }
+        assert!(Instant::now() < deadline, "the call never showed: {plugin:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(current.what, "call spin");
+
+    // The call times out, the instance is replaced, and the plugin shows why; the new instance is idle.
+    assert_eq!(spinning.await.unwrap().unwrap_err().code, ErrorCode::Timeout);
+    wait_until(&node, "slow", |status| status.restarts == 1 && status.instances.len() == 1).await;
+    let replaced = tree().await;
+    let failure = replaced.last_failure.expect("the failure is shown");
+    assert!(failure.reason.contains("timeout"), "{failure:?}");
+    assert_eq!(replaced.children[0].current, None);
 }

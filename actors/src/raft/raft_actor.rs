@@ -230,7 +230,7 @@ impl Actor for RaftActor {
             }
             RaftMsg::Fatal(error) => return Err(format!("raft stopped: {error}").into()),
             RaftMsg::Control(Control::InjectPanic) => panic!("fault injection: raft actor panics on request"),
-            RaftMsg::Control(Control::Status(reply)) => {
+            RaftMsg::Control(Control::Status(reply, _)) => {
                 let _ = reply.send(ActorDetail::line(format!(
                     "{} waiting, {} batches in flight, {} batches and {} commands so far",
                     state.pending.len(),

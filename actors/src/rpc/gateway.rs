@@ -192,7 +192,7 @@ impl Actor for RpcGateway {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             RpcMsg::Control(Control::InjectPanic) => panic!("fault injection: rpc gateway panics on request"),
-            RpcMsg::Control(Control::Status(reply)) => {
+            RpcMsg::Control(Control::Status(reply, _)) => {
                 let shared = &state.shared;
                 let _ = reply.send(ActorDetail::line(format!(
                     "{} connections, {} requests in flight, {} served, {} refused busy",

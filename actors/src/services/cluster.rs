@@ -22,6 +22,7 @@ use crate::raft::raft_actor::write_error;
 use crate::raft::type_config::NodeId;
 use crate::raft::{RaftCore, RaftHandle};
 use crate::storage_actor::StorageHandle;
+use crate::supervision::control::STATUS_LEVEL_MARGIN_MS;
 use crate::supervision::{ActorNode, Control, SupervisorMsg, TreeHandle};
 
 #[derive(Clone)]
@@ -85,7 +86,7 @@ impl ClusterService {
     pub async fn execute(&self, request: ClusterRequest) -> Result<ClusterResponse, WireError> {
         Ok(match request {
             ClusterRequest::Status => ClusterResponse::Status(status(self)?),
-            ClusterRequest::Metrics => metrics(self)?,
+            ClusterRequest::Metrics => metrics(self).await?,
             ClusterRequest::Join { .. } => {
                 return Err(WireError::new(ErrorCode::Unauthorized, "joining needs a join token"));
             }
@@ -426,7 +427,7 @@ pub async fn register_node_key(
 }
 
 /// Prometheus text exposition (version 0.0.4) of this node's Raft metrics.
-fn metrics(context: &ClusterService) -> Result<ClusterResponse, WireError> {
+async fn metrics(context: &ClusterService) -> Result<ClusterResponse, WireError> {
     let status = status(context)?;
     let mut text = String::new();
     let node = status.node_id;
@@ -455,7 +456,52 @@ fn metrics(context: &ClusterService) -> Result<ClusterResponse, WireError> {
         }
     }
     job_metrics(context, &mut text)?;
+    actor_metrics(context, &mut text).await;
     Ok(ClusterResponse::Metrics { text })
+}
+
+/// Every actor of the tree as `pando actors` shows it (`path` labels as it prints them): what an alert on a stuck or
+/// flapping subsystem watches (a growing queue, a long busy time, restarts). Left out when the tree does not answer,
+/// so the rest of a scrape still arrives.
+async fn actor_metrics(context: &ClusterService, text: &mut String) {
+    let Ok(nodes) = tree(context).await else { return };
+    let mut reports = Vec::new();
+    flatten(ROOT, nodes, &mut reports);
+    let node = context.node_id;
+    type Value = fn(&ActorReport) -> Option<String>;
+    let families: [(&str, &str, &str, Value); 5] = [
+        ("pando_actor_up", "gauge", "1 while the actor runs.", |actor| Some(u64::from(actor.alive).to_string())),
+        ("pando_actor_restarts_total", "counter", "Restarts of the actor by its supervisor.", |actor| {
+            Some(actor.restarts.to_string())
+        }),
+        ("pando_actor_mailbox_queued", "gauge", "Messages waiting in the actor's mailbox.", |actor| {
+            actor.mailbox.as_ref().map(|mailbox| mailbox.queued.to_string())
+        }),
+        (
+            "pando_actor_messages_handled_total",
+            "counter",
+            "Messages the running instance of the actor handled (from 0 after a restart).",
+            |actor| actor.mailbox.as_ref().map(|mailbox| mailbox.handled.to_string()),
+        ),
+        (
+            "pando_actor_busy_seconds",
+            "gauge",
+            "How long the message in the actor's handler has run (0 while it waits for one).",
+            |actor| {
+                let mailbox = actor.mailbox.as_ref()?;
+                Some(format!("{:.3}", mailbox.busy_ms.unwrap_or(0) as f64 / 1_000.0))
+            },
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for actor in &reports {
+            if let Some(value) = value(actor) {
+                let path = actor.path.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+                let _ = writeln!(text, "{name}{{node=\"{node}\",path=\"{path}\"}} {value}");
+            }
+        }
+    }
 }
 
 /// The jobs of every queue by state (`pando_jobs{state="dead"}` is the dead-letter list's depth), their totals, and
@@ -528,9 +574,12 @@ const TREE_STATUS_TIMEOUT_MS: u64 = 10_000;
 /// The supervision tree as every actor in it reports itself (the control message's status), from the root down.
 async fn tree(context: &ClusterService) -> Result<Vec<ActorNode>, WireError> {
     let root = context.tree.root()?;
+    // The root's answer may wait behind its mailbox; its children are asked with their own, shorter, deadlines.
+    let answer_by =
+        tokio::time::Instant::now() + Duration::from_millis(TREE_STATUS_TIMEOUT_MS - STATUS_LEVEL_MARGIN_MS);
     let asked = root
         .call(
-            |reply| SupervisorMsg::Control(Control::Status(reply)),
+            |reply| SupervisorMsg::Control(Control::Status(reply, answer_by)),
             Some(Duration::from_millis(TREE_STATUS_TIMEOUT_MS)),
         )
         .await;
@@ -553,6 +602,9 @@ fn flatten(prefix: &str, nodes: Vec<ActorNode>, reports: &mut Vec<ActorReport>) 
             restarts: node.restarts,
             actor_id: node.actor_id,
             detail: node.detail,
+            mailbox: node.mailbox,
+            last_failure: node.last_failure,
+            current: node.current,
         });
         flatten(&path, node.children, reports);
     }
@@ -562,7 +614,7 @@ fn flatten(prefix: &str, nodes: Vec<ActorNode>, reports: &mut Vec<ActorReport>) 
 async fn actors(context: &ClusterService) -> Result<ClusterResponse, WireError> {
     let mut reports = Vec::new();
     flatten(ROOT, tree(context).await?, &mut reports);
-    Ok(ClusterResponse::Actors { actors: reports })
+    Ok(ClusterResponse::Actors { actors: reports, node_id: Some(context.node_id) })
 }
 
 /// The root supervisor's name: every path starts with it.

@@ -98,7 +98,7 @@ impl ChildSpec {
     /// treats as the failure a panic would be.
     pub fn uncontrolled(id: impl Into<String>, restart: Restart, start: StartFn) -> ChildSpec {
         let control: ControlFn = Arc::new(|cell: &ActorCell, control: Control| match control {
-            Control::Status(reply) => reply.send(ActorDetail::default()).is_ok(),
+            Control::Status(reply, _) => reply.send(ActorDetail::default()).is_ok(),
             Control::InjectPanic => {
                 cell.kill();
                 true

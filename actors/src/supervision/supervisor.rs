@@ -4,6 +4,8 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, Super
 use serde::Serialize;
 use tokio::time::Instant;
 
+use pando_protocol::cluster::FailureReport;
+
 use super::control::{self, ActorDetail, ActorNode, Control};
 use super::intensity::RestartWindow;
 use super::spec::{ChildSpec, Restart, Strategy, SupervisorOptions};
@@ -121,6 +123,14 @@ struct Child {
     spec: ChildSpec,
     cell: Option<ActorCell>,
     restarts: u64,
+    /// Its last abnormal end (or failed restart) and when, for `pando actors`.
+    last_failure: Option<(String, Instant)>,
+}
+
+impl Child {
+    fn new(spec: ChildSpec) -> Child {
+        Child { spec, cell: None, restarts: 0, last_failure: None }
+    }
 }
 
 enum Exit {
@@ -141,7 +151,7 @@ impl Actor for Supervisor {
         let mut state = SupervisorState {
             name: args.name,
             options: args.options,
-            children: args.children.into_iter().map(|spec| Child { spec, cell: None, restarts: 0 }).collect(),
+            children: args.children.into_iter().map(Child::new).collect(),
             restarts: RestartWindow::new(args.options.intensity()),
             last_failure: None,
         };
@@ -188,7 +198,7 @@ impl Actor for Supervisor {
                     restart_from(&myself, state, index, state.options.strategy).await?;
                 }
             }
-            SupervisorMsg::Control(Control::Status(reply)) => report(state, reply),
+            SupervisorMsg::Control(Control::Status(reply, deadline)) => report(state, reply, deadline),
             SupervisorMsg::Control(Control::InjectPanic) => {
                 panic!("fault injection: supervisor {} panics on request", state.name)
             }
@@ -205,7 +215,7 @@ impl Actor for Supervisor {
                     return Ok(());
                 }
                 let id = spec.id.clone();
-                state.children.push(Child { spec, cell: None, restarts: 0 });
+                state.children.push(Child::new(spec));
                 let index = state.children.len() - 1;
                 let started = start_child(&myself, state, index).await;
                 if let Err(error) = &started {
@@ -269,6 +279,7 @@ impl Actor for Supervisor {
             Exit::Abnormal(reason) => {
                 tracing::warn!(supervisor = %state.name, child = %child_id, %reason, restart, "child failed");
                 state.last_failure = Some(format!("child {child_id}: {reason}"));
+                state.children[index].last_failure = Some((reason.clone(), Instant::now()));
             }
         }
         if !restart {
@@ -328,6 +339,7 @@ async fn restart_from(
             let id = state.children[position].spec.id.clone();
             tracing::warn!(supervisor = %state.name, child = %id, %reason, "restart failed");
             state.last_failure = Some(format!("child {id} did not restart: {reason}"));
+            state.children[position].last_failure = Some((format!("did not restart: {reason}"), Instant::now()));
             // Retrying through the mailbox counts against the intensity again, so a child that can never start
             // escalates instead of looping.
             let _ = myself.cast(SupervisorMsg::RetryStart(position));
@@ -365,7 +377,7 @@ async fn stop_children(state: &mut SupervisorState, range: std::ops::Range<usize
 
 /// Answers a status control message: this supervisor's strategy and intensity, and each child's own answer (asked
 /// off the mailbox, so a slow child never holds up restarts).
-fn report(state: &mut SupervisorState, reply: RpcReplyPort<ActorDetail>) {
+fn report(state: &mut SupervisorState, reply: RpcReplyPort<ActorDetail>, deadline: Instant) {
     let intensity = state.restarts.intensity();
     let mut detail = format!(
         "{}, {} of at most {} restarts within {} s",
@@ -377,28 +389,42 @@ fn report(state: &mut SupervisorState, reply: RpcReplyPort<ActorDetail>) {
     if let Some(failure) = &state.last_failure {
         detail.push_str(&format!("; last failure: {failure}"));
     }
+    let now = Instant::now();
     let children: Vec<_> = state
         .children
         .iter()
-        .map(|child| (child.spec.id.clone(), child.restarts, child.cell.clone(), child.spec.control.clone()))
+        .map(|child| {
+            let failure = child.last_failure.as_ref().map(|(reason, at)| FailureReport {
+                reason: reason.clone(),
+                ago_ms: Some(now.saturating_duration_since(*at).as_millis() as u64),
+            });
+            (child.spec.id.clone(), child.restarts, child.cell.clone(), child.spec.control.clone(), failure)
+        })
         .collect();
     tokio::spawn(async move {
-        let mut nodes = Vec::with_capacity(children.len());
-        for (id, restarts, cell, send) in children {
+        // Asked all at once: a stuck child costs the report one status timeout, not one per stuck child.
+        let asked = children.into_iter().map(|(id, restarts, cell, send, last_failure)| async move {
             let answer = match &cell {
-                Some(cell) => control::ask_status(cell, &send).await.unwrap_or_default(),
-                None => ActorDetail::default(),
+                Some(cell) if control::worth_asking(&control::mailbox(cell)) => {
+                    control::ask_status(cell, &send, deadline).await.unwrap_or_default()
+                }
+                _ => ActorDetail::default(),
             };
-            nodes.push(ActorNode {
+            ActorNode {
                 id,
                 alive: cell.is_some(),
                 restarts,
-                actor_id: cell.map(|cell| cell.get_id().to_string()),
+                actor_id: cell.as_ref().map(|cell| cell.get_id().to_string()),
                 detail: answer.detail,
                 children: answer.children,
-            });
-        }
-        let _ = reply.send(ActorDetail { detail: Some(detail), children: nodes });
+                // Read after the answer: the counts as they are when the report goes out.
+                mailbox: cell.as_ref().map(control::mailbox),
+                last_failure,
+                current: answer.current,
+            }
+        });
+        let nodes = futures::future::join_all(asked).await;
+        let _ = reply.send(ActorDetail { detail: Some(detail), children: nodes, current: None });
     });
 }
 

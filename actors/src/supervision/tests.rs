@@ -24,6 +24,10 @@ enum TestMsg {
     Fail,
     Exit,
     ExitAbnormally,
+    /// Stays in the handler until notified (a stuck actor).
+    Block(Arc<tokio::sync::Notify>),
+    /// Does nothing (a message that waits behind a stuck one).
+    Nothing,
     Control(Control),
 }
 
@@ -57,7 +61,7 @@ impl Actor for TestChild {
         state: &mut TestChildArgs,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            TestMsg::Control(Control::Status(reply)) => {
+            TestMsg::Control(Control::Status(reply, _)) => {
                 let _ = reply.send(ActorDetail::line(format!("test child {}", state.name)));
             }
             TestMsg::Control(Control::InjectPanic) => panic!("test child told to panic"),
@@ -65,6 +69,8 @@ impl Actor for TestChild {
             TestMsg::Fail => return Err("test child fails on purpose".into()),
             TestMsg::Exit => myself.stop(None),
             TestMsg::ExitAbnormally => myself.stop(Some("crashed".into())),
+            TestMsg::Block(release) => release.notified().await,
+            TestMsg::Nothing => {}
         }
         Ok(())
     }
@@ -318,7 +324,7 @@ async fn the_control_status_reports_the_whole_tree_and_reaches_any_child() {
         vec![child("a", Restart::Permanent, &log), ChildSpec::new("inner", Restart::Permanent, Supervisor, inner)],
     )
     .await;
-    let tree = ractor::call_t!(outer, |reply| SupervisorMsg::Control(Control::Status(reply)), 5_000).unwrap();
+    let tree = ractor::call_t!(outer, |reply| SupervisorMsg::Control(Control::Status(reply, soon())), 5_000).unwrap();
     let ids: Vec<&str> = tree.children.iter().map(|child| child.id.as_str()).collect();
     assert_eq!(ids, vec!["a", "inner"]);
     assert_eq!(tree.children[0].detail.as_deref(), Some("test child a"));
@@ -419,7 +425,8 @@ async fn a_child_without_a_control_message_is_listed_and_a_panic_request_kills_i
     };
     let supervisor =
         start(Strategy::OneForOne, vec![ChildSpec::uncontrolled("opaque", Restart::Permanent, spawn)]).await;
-    let tree = ractor::call_t!(supervisor, |reply| SupervisorMsg::Control(Control::Status(reply)), 5_000).unwrap();
+    let tree =
+        ractor::call_t!(supervisor, |reply| SupervisorMsg::Control(Control::Status(reply, soon())), 5_000).unwrap();
     assert_eq!((tree.children[0].id.as_str(), tree.children[0].alive), ("opaque", true));
     assert_eq!(tree.children[0].detail, None);
     let delivered = ractor::call_t!(
@@ -486,4 +493,105 @@ async fn wait_exit(watcher: &ActorRef<WatcherMsg>) -> String {
         assert!(tokio::time::Instant::now() < deadline, "the child never ended");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A status deadline far enough away that only the tree's own timeouts matter.
+fn soon() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(30)
+}
+
+async fn tree(supervisor: &ActorRef<SupervisorMsg>) -> ActorDetail {
+    ractor::call_t!(supervisor, |reply| SupervisorMsg::Control(Control::Status(reply, soon())), 10_000).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_child_shows_its_queue_and_time_in_the_handler_and_the_others_still_answer() {
+    let log = Log::default();
+    let supervisor =
+        start(Strategy::OneForOne, vec![child("a", Restart::Permanent, &log), child("b", Restart::Permanent, &log)])
+            .await;
+    let a = child_ref(&supervisor, "a").await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    a.cast(TestMsg::Block(release.clone())).unwrap();
+    for _ in 0..3 {
+        a.cast(TestMsg::Nothing).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = tokio::time::Instant::now();
+    let stuck = tree(&supervisor).await;
+    // The stuck child cannot answer: it costs the report one status timeout, and its runtime counts still show.
+    assert!(started.elapsed() < Duration::from_millis(control::CONTROL_STATUS_TIMEOUT_MS + 500));
+    let (a_node, b_node) = (&stuck.children[0], &stuck.children[1]);
+    assert_eq!(a_node.detail, None, "a stuck child says nothing itself");
+    let mailbox = a_node.mailbox.clone().expect("a running child has a mailbox");
+    // The three waiting messages and the status question behind them.
+    assert_eq!((mailbox.queued, mailbox.handled), (4, 0), "{mailbox:?}");
+    let busy = mailbox.busy_ms.expect("a is in its handler");
+    assert!(busy >= 500 + control::CONTROL_STATUS_TIMEOUT_MS, "busy for {busy} ms");
+    assert_eq!(b_node.detail.as_deref(), Some("test child b"));
+    assert_eq!(b_node.mailbox.as_ref().map(|mailbox| mailbox.queued), Some(0));
+    // Stuck longer than an answer may take: not asked again, so watching it does not grow its queue.
+    let again = tree(&supervisor).await;
+    assert_eq!(again.children[0].mailbox.as_ref().map(|mailbox| mailbox.queued), Some(4));
+
+    release.notify_one();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let freed = tree(&supervisor).await;
+    let mailbox = freed.children[0].mailbox.clone().unwrap();
+    assert_eq!(mailbox.queued, 0, "{mailbox:?}");
+    // The blocking message, the three behind it, the timed-out status question and the answered one (its handler
+    // may still be returning when the supervisor reads the counts).
+    assert!(mailbox.handled >= 5, "{mailbox:?}");
+    assert_eq!(freed.children[0].detail.as_deref(), Some("test child a"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_child_shows_why_it_last_failed_and_how_long_ago() {
+    let log = Log::default();
+    let supervisor = start(Strategy::OneForOne, vec![child("a", Restart::Permanent, &log)]).await;
+    assert_eq!(tree(&supervisor).await.children[0].last_failure, None);
+    child_ref(&supervisor, "a").await.cast(TestMsg::Panic).unwrap();
+    wait_for(&supervisor, |status| status.children[0].restarts == 1 && status.children[0].alive).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let node = tree(&supervisor).await.children.remove(0);
+    assert_eq!(node.restarts, 1);
+    let failure = node.last_failure.expect("the panic is remembered");
+    assert!(failure.reason.contains("test child panics on purpose"), "{failure:?}");
+    assert!(failure.ago_ms.is_some_and(|ago| ago >= 3_000), "{failure:?}");
+    // A fresh instance counts its own messages.
+    assert_eq!(node.mailbox.map(|mailbox| mailbox.queued), Some(0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_actor_deep_in_the_tree_costs_its_own_branch_not_its_ancestors_answers() {
+    let log = Log::default();
+    let inner = SupervisorArgs {
+        name: "inner".into(),
+        options: SupervisorOptions::new(Strategy::OneForOne, 3, Duration::from_secs(5)),
+        children: vec![child("stuck", Restart::Permanent, &log), child("fine", Restart::Permanent, &log)],
+    };
+    let outer = start(
+        Strategy::OneForOne,
+        vec![ChildSpec::new("inner", Restart::Permanent, Supervisor, inner), child("beside", Restart::Permanent, &log)],
+    )
+    .await;
+    let inner_ref: ActorRef<SupervisorMsg> =
+        ActorRef::from(ractor::call_t!(outer, SupervisorMsg::Child, 1_000, "inner".to_string()).unwrap().unwrap());
+    let stuck = ActorRef::<TestMsg>::from(
+        ractor::call_t!(inner_ref, SupervisorMsg::Child, 1_000, "stuck".to_string()).unwrap().unwrap(),
+    );
+    stuck.cast(TestMsg::Block(Arc::new(tokio::sync::Notify::new()))).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let started = tokio::time::Instant::now();
+    let answer = tree(&outer).await;
+    assert!(started.elapsed() <= Duration::from_millis(control::CONTROL_STATUS_TIMEOUT_MS), "{:?}", started.elapsed());
+    let inner = &answer.children[0];
+    assert!(inner.detail.as_deref().is_some_and(|detail| detail.contains("one_for_one")), "{inner:?}");
+    let ids: Vec<&str> = inner.children.iter().map(|child| child.id.as_str()).collect();
+    assert_eq!(ids, ["stuck", "fine"], "the inner supervisor answered in time: {inner:?}");
+    assert!(inner.children[0].mailbox.as_ref().is_some_and(|mailbox| mailbox.busy_ms.is_some()));
+    assert_eq!(inner.children[1].detail.as_deref(), Some("test child fine"));
+    assert_eq!(answer.children[1].detail.as_deref(), Some("test child beside"));
 }
