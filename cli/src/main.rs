@@ -16,6 +16,7 @@ mod job;
 mod output;
 mod plugin;
 mod queue;
+mod secrets;
 mod token;
 
 use std::io::{Read, Write};
@@ -115,6 +116,9 @@ enum Command {
     /// WASM plugins: install, upgrade, enable, disable, remove, call.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// The shipped secrets engine (a plugin): enable it, then Vault's KV v2 commands under `kv`.
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
     /// Scoped tokens: create, list, show, revoke.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -510,6 +514,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Service(command) => coord::service(&client, command, cli.json).await,
         Command::Blob(command) => blob::blob(&client, command, cli.json).await,
         Command::Plugin(command) => plugin::plugin(&client, command, cli.json).await,
+        Command::Secrets(command) => secrets::secrets(&client, command, cli.json).await,
         Command::Token(command) => token::token(&client, command, cli.json).await,
         Command::Hook(command) => hook::hook(&client, command, cli.json).await,
         Command::Job(command) => job::job(&client, command, cli.json).await,
