@@ -167,8 +167,8 @@ fn manifest(instances: u32) -> PluginManifest {
     PluginManifest {
         name: SECRETS_PLUGIN.into(),
         version: ENGINE_VERSION.into(),
-        description: "Secrets engine: Vault-compatible KV v2".into(),
-        permissions: vec![Permission::KvRead, Permission::KvWrite],
+        description: "Secrets engine: Vault-compatible KV v2 and transit".into(),
+        permissions: vec![Permission::KvRead, Permission::KvWrite, Permission::Randomness],
         kv_prefixes: Vec::new(),
         memory_pages: PLUGIN_MEMORY_PAGES_DEFAULT,
         timeout_ms: PLUGIN_TIMEOUT_MS_DEFAULT,

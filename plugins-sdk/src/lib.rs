@@ -378,8 +378,9 @@ mod host {
     pub(crate) use super::testing::call;
 }
 
-/// An in-memory host for testing plugin logic natively: KV (no prefix checks), the clock, logs, timers and hooks.
-/// Blobs, signing and randomness answer `UNAVAILABLE`. Each thread has its own host.
+/// An in-memory host for testing plugin logic natively: KV (no prefix checks), the clock, logs, timers, hooks and
+/// randomness (deterministic: a SplitMix64 stream from a seed, [`testing::set_random_seed`], so a test's draws repeat;
+/// never secure). Blobs and signing answer `UNAVAILABLE`. Each thread has its own host.
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing {
     use std::cell::RefCell;
@@ -396,6 +397,7 @@ pub mod testing {
         next_timer: u64,
         hooks: Vec<String>,
         now_ms: u64,
+        random_state: u64,
     }
 
     thread_local! {
@@ -410,6 +412,20 @@ pub mod testing {
     /// Sets the clock `now_ms` answers.
     pub fn set_now_ms(now_ms: u64) {
         HOST.with(|host| host.borrow_mut().now_ms = now_ms);
+    }
+
+    /// Seeds the test host's random stream (its draws are a function of the seed alone).
+    pub fn set_random_seed(seed: u64) {
+        HOST.with(|host| host.borrow_mut().random_state = seed);
+    }
+
+    /// SplitMix64: the next 8 bytes of the test host's random stream.
+    fn next_random(state: &mut u64) -> [u8; 8] {
+        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)).to_le_bytes()
     }
 
     /// What the plugin logged so far.
@@ -455,6 +471,21 @@ pub mod testing {
                     answer(Ok(()))
                 }
                 names::TIME => answer(Ok(host.now_ms)),
+                names::RANDOM => {
+                    let random: abi::RandomArgs = args(&input)?;
+                    if random.len > abi::RANDOM_BYTES_MAX {
+                        return Ok(answer::<abi::BlobData>(Err(refuse(
+                            "INVALID_ARGUMENT",
+                            "more random bytes than one call may ask for",
+                        ))));
+                    }
+                    let mut data = Vec::with_capacity(random.len as usize + 8);
+                    while data.len() < random.len as usize {
+                        data.extend_from_slice(&next_random(&mut host.random_state));
+                    }
+                    data.truncate(random.len as usize);
+                    answer(Ok(abi::BlobData { data }))
+                }
                 names::KV_GET => {
                     let key: abi::KeyArgs = args(&input)?;
                     answer(Ok(host.kv.get(&key.key).cloned()))
