@@ -23,7 +23,7 @@ pub use hooks::HookWatch;
 pub use jobs::Submitted;
 pub use observe::Observation;
 pub use pando_protocol;
-pub use secrets_client::{Listing as SecretsListing, SECRETS_PLUGIN, Secrets, kv2};
+pub use secrets_client::{Listing as SecretsListing, SECRETS_PLUGIN, Secrets, kv2, transit_api};
 pub use stream::{WATCH_RESUME_ATTEMPTS_MAX, WATCH_RESUME_BACKOFF_MS};
 pub use tokens::{MemberSecretRotation, MintedToken, TokenPage};
 pub use transport::{IrohTransport, Link, RecvHalf, SendHalf, Transport};

@@ -17,6 +17,7 @@ mod output;
 mod plugin;
 mod queue;
 mod secrets;
+mod secrets_transit;
 mod token;
 
 use std::io::{Read, Write};

@@ -1,6 +1,7 @@
 //! `pando secrets ...`: the shipped secrets engine. `enable` installs the engine this `pando` carries (the wasm
 //! committed as `fixtures/wasm/secrets.wasm`, checked against `fixtures/wasm/HASHES` by the tests), or upgrades the
-//! cluster to it; `kv ...` is Vault's KV v2 command set on it.
+//! cluster to it; `kv ...` is Vault's KV v2 command set on it, `transit ...` (in `secrets_transit.rs`) Vault's
+//! transit commands.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -38,6 +39,10 @@ pub enum SecretsCommand {
     /// Versioned key-value secrets (Vault's KV v2): put, get, patch, delete, undelete, destroy, metadata, list.
     #[command(subcommand)]
     Kv(KvCommand),
+    /// Encryption as a service (Vault's transit): key rings, encrypt, decrypt, rewrap, data keys, sign, verify,
+    /// rotation, minimum versions, key-usage.
+    #[command(subcommand)]
+    Transit(crate::secrets_transit::TransitCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,6 +165,7 @@ pub async fn secrets(client: &Client, command: SecretsCommand, json_output: bool
     match command {
         SecretsCommand::Enable { instances } => enable(client, instances, json_output).await,
         SecretsCommand::Kv(command) => kv(client, command, json_output).await,
+        SecretsCommand::Transit(command) => crate::secrets_transit::transit(client, command, json_output).await,
     }
 }
 

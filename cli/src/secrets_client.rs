@@ -1,14 +1,16 @@
-//! The secrets engine's typed client: KV v2 calls on the shipped `secrets` plugin, with the plugin's own request
-//! and answer types, so the CLI and the engine cannot disagree on the wire.
+//! The secrets engine's typed client: KV v2 and transit calls on the shipped `secrets` plugin, with the plugin's
+//! own request and answer types, so the CLI and the engine cannot disagree on the wire.
 //!
-//! The engine is a plugin written with the SDK alone (`fixtures/plugins/secrets`); its pure core ([`kv2`]) holds
-//! the types of every operation and answer, and is compiled in here as it is into the plugin. Calls go through the
+//! The engine is a plugin written with the SDK alone (`fixtures/plugins/secrets`); its KV v2 core ([`kv2`]) and
+//! transit's wire types ([`transit_api`], without the ciphers) are compiled in here as they are into the plugin. Calls go through the
 //! node's plugin call path: the caller's token needs the `plugin` call right, and the engine checks nothing of
 //! its own yet (per-path policies are the next step of the engine).
 
 #[allow(dead_code)] // The rules themselves run in the plugin; a client uses the types and the limits.
 #[path = "../../fixtures/plugins/secrets/src/kv2.rs"]
 pub mod kv2;
+#[path = "../../fixtures/plugins/secrets/src/transit_api.rs"]
+pub mod transit_api;
 
 use pando_protocol::error::{ErrorCode, WireError};
 use serde::de::DeserializeOwned;
@@ -32,6 +34,12 @@ pub struct Listing {
 struct KvCall<'a> {
     path: &'a str,
     op: &'a kv2::Op,
+}
+
+#[derive(Serialize)]
+struct TransitCall<'a> {
+    name: &'a str,
+    op: &'a transit_api::Op,
 }
 
 #[derive(Serialize)]
@@ -84,6 +92,16 @@ impl Secrets<'_> {
     /// The mount's settings: the defaults of every path that does not set its own.
     pub async fn kv_config(&self) -> Result<kv2::Config, ClientError> {
         self.call("kv_config_get", &()).await
+    }
+
+    /// One transit operation on key ring `name`.
+    pub async fn transit(&self, name: &str, op: &transit_api::Op) -> Result<transit_api::Answer, ClientError> {
+        self.call("transit_op", &TransitCall { name, op }).await
+    }
+
+    /// The engine's known-answer tests, run by the wasm on the node this client talks to; fails when one does.
+    pub async fn transit_self_test(&self) -> Result<Vec<transit_api::KnownAnswer>, ClientError> {
+        self.call("transit_self_test", &()).await
     }
 
     /// Replaces the mount's settings.
