@@ -45,7 +45,8 @@ pub enum TransitCommand {
         /// Ciphertexts and signatures of older versions are refused (see key-usage before raising it).
         #[arg(long)]
         min_decryption_version: Option<u32>,
-        /// New ciphertexts use this version (0: the latest).
+        /// The oldest version a caller may name with --key-version to encrypt or sign (0: any kept); without
+        /// --key-version the latest is used.
         #[arg(long)]
         min_encryption_version: Option<u32>,
         #[arg(long)]
@@ -103,8 +104,9 @@ pub enum TransitCommand {
     },
     /// Check a signature of a base64 input: prints valid, or fails with INVALID_ARGUMENT.
     Verify { name: String, input: String, signature: String },
-    /// Which versions of the key still protect ciphertexts in the values under a KV prefix (read with this
-    /// client's token), and the highest minimum decryption version that locks none of them out.
+    /// Which versions still protect ciphertexts in the values under a KV prefix (read with this client's token),
+    /// and the highest minimum decryption version that locks none of them out. A ciphertext does not name its
+    /// key: every `pando:v<N>:` value found counts, so give a prefix that holds this key's ciphertexts only.
     KeyUsage {
         name: String,
         #[arg(long)]
@@ -198,10 +200,10 @@ fn print_key(view: &KeyView) {
     println!("  latest version           {}", view.latest_version);
     println!("  min decryption version   {}", view.min_decryption_version);
     let encryption = match view.min_encryption_version {
-        0 => "the latest".to_string(),
-        version => version.to_string(),
+        0 => "any kept".to_string(),
+        version => format!("{version} and later"),
     };
-    println!("  encrypts with            {encryption}");
+    println!("  encrypts with            the latest (a named version: {encryption})");
     println!(
         "  derived                  {}",
         if view.convergent {
@@ -287,7 +289,8 @@ async fn key_usage(client: &Client, name: &str, prefix: &str, json_output: bool)
             "keys_scanned": scanned,
             "values_in_blobs_skipped": in_blobs,
             "versions": versions,
-            "safe_min_decryption_version": safe_minimum,
+            // None when values went unread: nothing is known to be safe then.
+            "safe_min_decryption_version": (in_blobs == 0).then_some(safe_minimum),
         }));
         return Ok(());
     }
@@ -311,12 +314,16 @@ async fn key_usage(client: &Client, name: &str, prefix: &str, json_output: bool)
     if in_blobs > 0 {
         println!("  {in_blobs} values stored as blobs were not read");
     }
-    match safe_minimum.cmp(&view.min_decryption_version) {
-        std::cmp::Ordering::Greater => println!(
+    if in_blobs > 0 {
+        // Their ciphertexts are unknown: no minimum is safe to suggest.
+        println!("read the values stored as blobs before raising the minimum decryption version");
+    } else if safe_minimum > view.min_decryption_version {
+        println!(
             "the minimum decryption version can rise to {safe_minimum} (config {name} --min-decryption-version \
              {safe_minimum}); rewrap the older ciphertexts first to go higher"
-        ),
-        _ => println!("rewrap the ciphertexts of version {safe_minimum} before raising the minimum decryption version"),
+        );
+    } else {
+        println!("rewrap the ciphertexts of version {safe_minimum} before raising the minimum decryption version");
     }
     Ok(())
 }

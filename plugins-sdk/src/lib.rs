@@ -475,7 +475,7 @@ pub mod testing {
                     let random: abi::RandomArgs = args(&input)?;
                     if random.len > abi::RANDOM_BYTES_MAX {
                         return Ok(answer::<abi::BlobData>(Err(refuse(
-                            "INVALID_ARGUMENT",
+                            "TOO_LARGE",
                             "more random bytes than one call may ask for",
                         ))));
                     }
