@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use pando_client::pando_protocol::kv::Consistency;
 use pando_client::pando_protocol::{ErrorCode, WireError};
 use pando_client::transit_api::{Answer, CIPHERTEXT_PREFIX, ConfigUpdate, KeyType, KeyView, Op, version_of};
@@ -58,12 +58,8 @@ pub enum TransitCommand {
     Encrypt {
         name: String,
         plaintext: String,
-        /// The context of a derived key, base64.
-        #[arg(long)]
-        context: Option<String>,
-        /// Data the ciphertext is bound to without holding it, base64; decrypt must give the same.
-        #[arg(long)]
-        associated_data: Option<String>,
+        #[command(flatten)]
+        binding: Binding,
         #[arg(long)]
         key_version: Option<u32>,
     },
@@ -71,19 +67,15 @@ pub enum TransitCommand {
     Decrypt {
         name: String,
         ciphertext: String,
-        #[arg(long)]
-        context: Option<String>,
-        #[arg(long)]
-        associated_data: Option<String>,
+        #[command(flatten)]
+        binding: Binding,
     },
     /// Re-encrypt a ciphertext with the key's current version, on the server (the plaintext never comes back).
     Rewrap {
         name: String,
         ciphertext: String,
-        #[arg(long)]
-        context: Option<String>,
-        #[arg(long)]
-        associated_data: Option<String>,
+        #[command(flatten)]
+        binding: Binding,
         #[arg(long)]
         key_version: Option<u32>,
     },
@@ -116,6 +108,17 @@ pub enum TransitCommand {
     SelfTest,
 }
 
+/// What a ciphertext is bound to besides its key: the same must be given to seal and to open it.
+#[derive(Debug, Args)]
+pub struct Binding {
+    /// The context of a derived key, base64.
+    #[arg(long)]
+    context: Option<String>,
+    /// Data the ciphertext is bound to without holding it, base64; decrypt must give the same.
+    #[arg(long)]
+    associated_data: Option<String>,
+}
+
 pub async fn transit(client: &Client, command: TransitCommand, json_output: bool) -> anyhow::Result<()> {
     let secrets = client.secrets();
     let (name, op) = match command {
@@ -141,13 +144,13 @@ pub async fn transit(client: &Client, command: TransitCommand, json_output: bool
             (name, Op::Config(update))
         }
         TransitCommand::Delete { name } => (name, Op::Delete),
-        TransitCommand::Encrypt { name, plaintext, context, associated_data, key_version } => {
+        TransitCommand::Encrypt { name, plaintext, binding: Binding { context, associated_data }, key_version } => {
             (name, Op::Encrypt { plaintext, context, associated_data, key_version })
         }
-        TransitCommand::Decrypt { name, ciphertext, context, associated_data } => {
+        TransitCommand::Decrypt { name, ciphertext, binding: Binding { context, associated_data } } => {
             (name, Op::Decrypt { ciphertext, context, associated_data })
         }
-        TransitCommand::Rewrap { name, ciphertext, context, associated_data, key_version } => {
+        TransitCommand::Rewrap { name, ciphertext, binding: Binding { context, associated_data }, key_version } => {
             (name, Op::Rewrap { ciphertext, context, associated_data, key_version })
         }
         TransitCommand::Datakey { name, plaintext, context } => (name, Op::DataKey { plaintext, context }),
