@@ -24,7 +24,7 @@ use crate::output::{print_json, utc};
 /// The engine this `pando` ships (built by `fixtures/plugins/build.sh`, byte for byte reproducible).
 const ENGINE_WASM: &[u8] = include_bytes!("../../fixtures/wasm/secrets.wasm");
 /// The engine's version, as its crate says.
-const ENGINE_VERSION: &str = "0.1.0";
+const ENGINE_VERSION: &str = "0.2.0";
 /// How long `enable` waits for the nodes to run the engine it installed.
 const ENABLE_WAIT: Duration = Duration::from_secs(30);
 
@@ -174,7 +174,7 @@ fn manifest(instances: u32) -> PluginManifest {
         name: SECRETS_PLUGIN.into(),
         version: ENGINE_VERSION.into(),
         description: "Secrets engine: Vault-compatible KV v2 and transit".into(),
-        permissions: vec![Permission::KvRead, Permission::KvWrite, Permission::Randomness],
+        permissions: vec![Permission::SealedStorage, Permission::Randomness],
         kv_prefixes: Vec::new(),
         memory_pages: PLUGIN_MEMORY_PAGES_DEFAULT,
         timeout_ms: PLUGIN_TIMEOUT_MS_DEFAULT,

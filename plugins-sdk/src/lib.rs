@@ -242,6 +242,88 @@ pub mod hooks {
     }
 }
 
+/// Sealed storage (`sealed_storage`): rows of the plugin's own that no client request reads, not even an admin's scan
+/// of the whole keyspace, a watch or a hook stream. Reads are linearizable by default (a read index through the
+/// leader, from any node), so a plugin never acts on state another node already replaced; `get_stale` and
+/// `scan_stale` read this node's applied state as it is. A write is all or nothing: [`sealed::Op::Check`]s first,
+/// then puts and deletes.
+pub mod sealed {
+    pub use super::abi::SealedOp as Op;
+    use super::{Error, abi, call};
+
+    /// One row's value, linearizably.
+    pub fn get(key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        read(key, false)
+    }
+
+    /// One row's value as this node applied it.
+    pub fn get_stale(key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        read(key, true)
+    }
+
+    fn read(key: &[u8], stale: bool) -> Result<Option<Vec<u8>>, Error> {
+        let answer: abi::SealedValue = call(abi::names::SEALED_GET, &abi::SealedGetArgs { key: key.to_vec(), stale })?;
+        Ok(answer.value)
+    }
+
+    /// One page of the rows under `prefix`, after `after` (the previous page's `next`), linearizably.
+    pub fn scan(prefix: &[u8], after: Option<&[u8]>, limit: u32) -> Result<abi::SealedScanPage, Error> {
+        scan_as(prefix, after, limit, false)
+    }
+
+    /// [`scan`] of this node's applied state as it is.
+    pub fn scan_stale(prefix: &[u8], after: Option<&[u8]>, limit: u32) -> Result<abi::SealedScanPage, Error> {
+        scan_as(prefix, after, limit, true)
+    }
+
+    fn scan_as(prefix: &[u8], after: Option<&[u8]>, limit: u32, stale: bool) -> Result<abi::SealedScanPage, Error> {
+        let args = abi::SealedScanArgs { prefix: prefix.to_vec(), after: after.map(<[u8]>::to_vec), limit, stale };
+        call(abi::names::SEALED_SCAN, &args)
+    }
+
+    /// Applies `ops` in one replicated entry; a failed check is an error with [`Error::is_conflict`].
+    pub fn write(ops: Vec<Op>) -> Result<abi::SealedWritten, Error> {
+        call(abi::names::SEALED_WRITE, &abi::SealedWriteArgs { ops })
+    }
+
+    pub fn put(key: &[u8], value: &[u8]) -> Result<(), Error> {
+        write(vec![Op::Put { key: key.to_vec(), value: value.to_vec() }]).map(|_| ())
+    }
+
+    /// Writes `value` (`None`: deletes the row) if the row holds `expected` (`None`: does not exist).
+    pub fn cas(key: &[u8], expected: Option<&[u8]>, value: Option<&[u8]>) -> Result<(), Error> {
+        let check = Op::Check { key: key.to_vec(), expected: expected.map(<[u8]>::to_vec) };
+        let change = match value {
+            Some(value) => Op::Put { key: key.to_vec(), value: value.to_vec() },
+            None => Op::Delete { key: key.to_vec() },
+        };
+        write(vec![check, change]).map(|_| ())
+    }
+}
+
+/// The client a call runs for: what its token may do, asked of KV paths the plugin uses as its policy names. Outside
+/// a client's call (`init`, a timer, a hook delivery) and for a token with every capability, everything is allowed.
+pub mod caller {
+    pub use super::abi::CallerCheck as Check;
+    use super::{Error, abi, call};
+
+    /// One answer per check, in order.
+    pub fn may(checks: Vec<Check>) -> Result<Vec<bool>, Error> {
+        let answer: abi::CallerAnswer = call(abi::names::CALLER_MAY, &abi::CallerArgs { checks })?;
+        Ok(answer.allowed)
+    }
+
+    /// Whether the caller may read `key`.
+    pub fn may_read(key: &[u8]) -> Result<bool, Error> {
+        Ok(may(vec![Check { key: key.to_vec(), write: false, under: false }])?.first() == Some(&true))
+    }
+
+    /// Whether the caller may write `key`.
+    pub fn may_write(key: &[u8]) -> Result<bool, Error> {
+        Ok(may(vec![Check { key: key.to_vec(), write: true, under: false }])?.first() == Some(&true))
+    }
+}
+
 /// Exports `fn name(I) -> Result<O, Error>` (`I: Deserialize`, `O: Serialize`, both JSON; an empty input decodes as
 /// `null`) as the plugin function `name`.
 #[macro_export]
@@ -341,6 +423,10 @@ mod host {
         fn pando_timer_cancel(input: Vec<u8>) -> Vec<u8>;
         fn pando_hook_subscribe(input: Vec<u8>) -> Vec<u8>;
         fn pando_hook_unsubscribe(input: Vec<u8>) -> Vec<u8>;
+        fn pando_sealed_get(input: Vec<u8>) -> Vec<u8>;
+        fn pando_sealed_scan(input: Vec<u8>) -> Vec<u8>;
+        fn pando_sealed_write(input: Vec<u8>) -> Vec<u8>;
+        fn pando_caller_may(input: Vec<u8>) -> Vec<u8>;
     }
 
     pub(crate) fn call(name: &'static str, input: Vec<u8>) -> Result<Vec<u8>, Error> {
@@ -366,6 +452,10 @@ mod host {
                 names::TIMER_CANCEL => pando_timer_cancel(input),
                 names::HOOK_SUBSCRIBE => pando_hook_subscribe(input),
                 names::HOOK_UNSUBSCRIBE => pando_hook_unsubscribe(input),
+                names::SEALED_GET => pando_sealed_get(input),
+                names::SEALED_SCAN => pando_sealed_scan(input),
+                names::SEALED_WRITE => pando_sealed_write(input),
+                names::CALLER_MAY => pando_caller_may(input),
                 other => return Err(Error::new("INTERNAL", format!("no host function {other}"))),
             }
         };
@@ -378,198 +468,8 @@ mod host {
     pub(crate) use super::testing::call;
 }
 
-/// An in-memory host for testing plugin logic natively: KV (no prefix checks), the clock, logs, timers, hooks and
-/// randomness (deterministic: a SplitMix64 stream from a seed, [`testing::set_random_seed`], so a test's draws repeat;
-/// never secure). Blobs and signing answer `UNAVAILABLE`. Each thread has its own host.
 #[cfg(not(target_arch = "wasm32"))]
-pub mod testing {
-    use std::cell::RefCell;
-    use std::collections::BTreeMap;
-
-    use super::{Error, abi};
-
-    #[derive(Default)]
-    struct Host {
-        kv: BTreeMap<Vec<u8>, abi::Entry>,
-        revision: u64,
-        logs: Vec<(abi::LogLevel, String)>,
-        timers: BTreeMap<u64, abi::TimerArgs>,
-        next_timer: u64,
-        hooks: Vec<String>,
-        now_ms: u64,
-        random_state: u64,
-    }
-
-    thread_local! {
-        static HOST: RefCell<Host> = RefCell::new(Host::default());
-    }
-
-    /// Forgets everything the test host holds.
-    pub fn reset() {
-        HOST.with(|host| *host.borrow_mut() = Host::default());
-    }
-
-    /// Sets the clock `now_ms` answers.
-    pub fn set_now_ms(now_ms: u64) {
-        HOST.with(|host| host.borrow_mut().now_ms = now_ms);
-    }
-
-    /// Seeds the test host's random stream (its draws are a function of the seed alone).
-    pub fn set_random_seed(seed: u64) {
-        HOST.with(|host| host.borrow_mut().random_state = seed);
-    }
-
-    /// SplitMix64: the next 8 bytes of the test host's random stream.
-    fn next_random(state: &mut u64) -> [u8; 8] {
-        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = *state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)).to_le_bytes()
-    }
-
-    /// What the plugin logged so far.
-    pub fn logs() -> Vec<(abi::LogLevel, String)> {
-        HOST.with(|host| host.borrow().logs.clone())
-    }
-
-    /// Pending timers: id, delay and payload.
-    pub fn timers() -> Vec<(u64, u64, Vec<u8>)> {
-        HOST.with(|host| {
-            host.borrow().timers.iter().map(|(id, timer)| (*id, timer.delay_ms, timer.payload.clone())).collect()
-        })
-    }
-
-    fn answer<T: serde::Serialize>(result: abi::HostResult<T>) -> Vec<u8> {
-        abi::encode(&result)
-    }
-
-    fn args<T: serde::de::DeserializeOwned>(input: &[u8]) -> Result<T, Error> {
-        abi::decode(input).map_err(Error::from)
-    }
-
-    fn refuse(code: &str, message: &str) -> abi::HostError {
-        abi::HostError { code: code.into(), message: message.into() }
-    }
-
-    fn write(host: &mut Host, key: Vec<u8>, value: Vec<u8>) -> u64 {
-        host.revision += 1;
-        let version = host.kv.get(&key).map_or(0, |entry| entry.version) + 1;
-        let entry = abi::Entry { key: key.clone(), value, version, mod_revision: host.revision };
-        host.kv.insert(key, entry);
-        host.revision
-    }
-
-    pub(crate) fn call(name: &'static str, input: Vec<u8>) -> Result<Vec<u8>, Error> {
-        use abi::names;
-        HOST.with(|host| {
-            let host = &mut *host.borrow_mut();
-            Ok(match name {
-                names::LOG => {
-                    let log: abi::LogArgs = args(&input)?;
-                    host.logs.push((log.level, log.message));
-                    answer(Ok(()))
-                }
-                names::TIME => answer(Ok(host.now_ms)),
-                names::RANDOM => {
-                    let random: abi::RandomArgs = args(&input)?;
-                    if random.len > abi::RANDOM_BYTES_MAX {
-                        return Ok(answer::<abi::BlobData>(Err(refuse(
-                            "TOO_LARGE",
-                            "more random bytes than one call may ask for",
-                        ))));
-                    }
-                    let mut data = Vec::with_capacity(random.len as usize + 8);
-                    while data.len() < random.len as usize {
-                        data.extend_from_slice(&next_random(&mut host.random_state));
-                    }
-                    data.truncate(random.len as usize);
-                    answer(Ok(abi::BlobData { data }))
-                }
-                names::KV_GET => {
-                    let key: abi::KeyArgs = args(&input)?;
-                    answer(Ok(host.kv.get(&key.key).cloned()))
-                }
-                names::KV_PUT => {
-                    let put: abi::PutArgs = args(&input)?;
-                    answer(Ok(abi::Written { revision: write(host, put.key, put.value) }))
-                }
-                names::KV_DELETE => {
-                    let key: abi::KeyArgs = args(&input)?;
-                    let existed = host.kv.remove(&key.key).is_some();
-                    if existed {
-                        host.revision += 1;
-                    }
-                    answer(Ok(abi::Deleted { revision: host.revision, existed }))
-                }
-                names::KV_SCAN => {
-                    let scan: abi::ScanArgs = args(&input)?;
-                    let limit = scan.limit.clamp(1, 1_000) as usize;
-                    let mut entries: Vec<abi::Entry> = host
-                        .kv
-                        .range(scan.prefix.clone()..)
-                        .take_while(|(key, _)| key.starts_with(&scan.prefix))
-                        .filter(|(key, _)| scan.after.as_ref().is_none_or(|after| *key > after))
-                        .map(|(_, entry)| entry.clone())
-                        .take(limit + 1)
-                        .collect();
-                    let more = entries.len() > limit;
-                    entries.truncate(limit);
-                    let next = if more { entries.last().map(|entry| entry.key.clone()) } else { None };
-                    answer(Ok(abi::ScanPage { entries, next }))
-                }
-                names::KV_CAS => {
-                    let cas: abi::CasArgs = args(&input)?;
-                    let current = host.kv.get(&cas.key).map(|entry| entry.value.clone());
-                    if current != cas.expected {
-                        answer::<abi::Written>(Err(refuse("CONFLICT", "current value differs")))
-                    } else {
-                        answer(Ok(abi::Written { revision: write(host, cas.key, cas.value) }))
-                    }
-                }
-                names::KV_BATCH => {
-                    let batch: abi::BatchArgs = args(&input)?;
-                    for op in batch.ops {
-                        match op {
-                            abi::BatchOp::Put { key, value } => {
-                                write(host, key, value);
-                            }
-                            abi::BatchOp::Delete { key } => {
-                                host.kv.remove(&key);
-                            }
-                        }
-                    }
-                    answer(Ok(abi::Written { revision: host.revision }))
-                }
-                names::NODE_INFO => {
-                    answer(Ok(abi::NodeInfo { node_id: 1, leader_id: Some(1), plugin: "test".into(), generation: 1 }))
-                }
-                names::TIMER_SCHEDULE => {
-                    let timer: abi::TimerArgs = args(&input)?;
-                    host.next_timer += 1;
-                    host.timers.insert(host.next_timer, timer);
-                    answer(Ok(abi::TimerId { id: host.next_timer }))
-                }
-                names::TIMER_CANCEL => {
-                    let id: abi::TimerId = args(&input)?;
-                    answer(Ok(host.timers.remove(&id.id).is_some()))
-                }
-                names::HOOK_SUBSCRIBE => {
-                    let hook: abi::HookArgs = args(&input)?;
-                    host.hooks.push(hook.subject);
-                    answer(Ok(()))
-                }
-                names::HOOK_UNSUBSCRIBE => {
-                    let hook: abi::HookArgs = args(&input)?;
-                    let before = host.hooks.len();
-                    host.hooks.retain(|subject| *subject != hook.subject);
-                    answer(Ok(host.hooks.len() != before))
-                }
-                _ => answer::<()>(Err(refuse("UNAVAILABLE", "the test host does not provide this host function"))),
-            })
-        })
-    }
-}
+pub mod testing;
 
 #[doc(hidden)]
 pub mod __private {

@@ -30,6 +30,9 @@ impl Command {
             Command::Coord(request) => request.payload_bytes(),
             Command::Blob(_) => 128,
             Command::Plugin(crate::plugin::PluginCommand::Kv { request, .. }) => 64 + request.payload_bytes(),
+            Command::Plugin(crate::plugin::PluginCommand::Sealed { ops, .. }) => {
+                64 + ops.iter().map(|op| 16 + op.key().len() + op.value().map_or(0, <[u8]>::len)).sum::<usize>()
+            }
             Command::Plugin(_) => 2048,
             Command::Token(_) => 1024,
             Command::Hook(command) => command.payload_bytes(),

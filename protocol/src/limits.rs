@@ -3,6 +3,15 @@
 //! The node enforces these before anything is proposed, so an oversized request is rejected with a clear error and
 //! changes nothing. The state machine checks them again, because a replicated entry must be valid on every replica.
 
+/// Most rows of one plugin's sealed storage (see [`crate::plugin::sealed`]).
+pub const PLUGIN_SEALED_ROWS_MAX: u64 = 100_000;
+/// Most bytes (keys and values) of one plugin's sealed storage.
+pub const PLUGIN_SEALED_BYTES_MAX: u64 = 256 * 1024 * 1024;
+/// Most steps (checks, puts, deletes) of one sealed write.
+pub const PLUGIN_SEALED_OPS_MAX: usize = 64;
+/// Most bytes of keys and values one sealed write carries.
+pub const PLUGIN_SEALED_WRITE_BYTES_MAX: usize = 2 * 1024 * 1024 + 64 * 1024;
+
 /// Largest frame (length prefix excluded) either side accepts.
 pub const FRAME_SIZE_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Largest key.
@@ -307,3 +316,8 @@ const _: () = assert!((FS_INLINE_BYTES_MAX as u64) < FS_CHUNK_BYTES);
 const _: () = assert!(FS_INLINE_BYTES_MAX + 4 * 1024 <= PROPOSAL_BYTES_MAX);
 const _: () = assert!(FS_XATTR_VALUE_BYTES_MAX + 4 * 1024 <= PROPOSAL_BYTES_MAX);
 const _: () = assert!(FS_FILE_BYTES_MAX / FS_CHUNK_BYTES <= u32::MAX as u64);
+
+// A sealed write is one proposal, and the largest value fits one with its key, a check of the old value beside it.
+const _: () = assert!(PLUGIN_SEALED_WRITE_BYTES_MAX <= WRITE_PAYLOAD_BYTES_MAX);
+const _: () = assert!(PLUGIN_SEALED_WRITE_BYTES_MAX >= 2 * (KEY_SIZE_BYTES_MAX + VALUE_SIZE_BYTES_MAX));
+const _: () = assert!(PLUGIN_SEALED_BYTES_MAX >= (KEY_SIZE_BYTES_MAX + VALUE_SIZE_BYTES_MAX) as u64);

@@ -7,6 +7,8 @@
 //! generation, so a node can tell "the plugin I run" from "the plugin the log says" by one number, even across a
 //! remove and a reinstall. Each node reports what it runs (`Ps/<name>/<node>`), through the log too.
 
+pub mod sealed;
+
 use serde::{Deserialize, Serialize};
 
 use crate::blob::{BlobHash, BlobRef};
@@ -63,10 +65,12 @@ pub enum Permission {
     Signing,
     Timers,
     Hooks,
+    /// Rows of the plugin's own that no client request reads ([`sealed`]).
+    SealedStorage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 9] = [
+    pub const ALL: [Permission; 10] = [
         Permission::KvRead,
         Permission::KvWrite,
         Permission::BlobRead,
@@ -76,6 +80,7 @@ impl Permission {
         Permission::Signing,
         Permission::Timers,
         Permission::Hooks,
+        Permission::SealedStorage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -89,6 +94,7 @@ impl Permission {
             Permission::Signing => "signing",
             Permission::Timers => "timers",
             Permission::Hooks => "hooks",
+            Permission::SealedStorage => "sealed_storage",
         }
     }
 }
@@ -345,6 +351,11 @@ pub enum PluginCommand {
         plugin: String,
         request: KvRequest,
     },
+    /// A write to the plugin's sealed storage: checks, then puts and deletes, all or nothing ([`sealed`]).
+    Sealed {
+        plugin: String,
+        ops: Vec<sealed::SealedOp>,
+    },
 }
 
 /// A client request about plugins.
@@ -447,6 +458,8 @@ pub enum PluginResponse {
     },
     /// A report was recorded.
     Reported,
+    /// A sealed write landed.
+    Sealed(sealed::SealedWritten),
 }
 
 mod keys {
@@ -601,6 +614,10 @@ pub fn apply(
                 &crate::command::Command::Kv(request.clone()),
             );
         }
+        PluginCommand::Sealed { plugin, ops } => match sealed::apply(store, plugin, ops)? {
+            Ok(written) => PluginResponse::Sealed(written),
+            Err(error) => return Ok(Err(error)),
+        },
     };
     Ok(Ok(CommandOutput::Plugin(response)))
 }

@@ -32,6 +32,10 @@ pub mod names {
     pub const TIMER_CANCEL: &str = "pando_timer_cancel";
     pub const HOOK_SUBSCRIBE: &str = "pando_hook_subscribe";
     pub const HOOK_UNSUBSCRIBE: &str = "pando_hook_unsubscribe";
+    pub const SEALED_GET: &str = "pando_sealed_get";
+    pub const SEALED_SCAN: &str = "pando_sealed_scan";
+    pub const SEALED_WRITE: &str = "pando_sealed_write";
+    pub const CALLER_MAY: &str = "pando_caller_may";
 
     /// Every host function, in a stable order.
     pub const ALL: &[&str] = &[
@@ -54,6 +58,10 @@ pub mod names {
         TIMER_CANCEL,
         HOOK_SUBSCRIBE,
         HOOK_UNSUBSCRIBE,
+        SEALED_GET,
+        SEALED_SCAN,
+        SEALED_WRITE,
+        CALLER_MAY,
     ];
 }
 
@@ -268,6 +276,113 @@ pub struct TimerFired {
 pub struct HookArgs {
     /// A subject pattern (`kv.put.orders.>`), matched by the hook router.
     pub subject: String,
+}
+
+/// A read of one row of the plugin's sealed storage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedGetArgs {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// Read this node's applied state as it is (`false`: first catch up with everything committed anywhere, a
+    /// read-index round through the leader).
+    #[serde(default)]
+    pub stale: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedValue {
+    #[serde(with = "serde_bytes")]
+    pub value: Option<Vec<u8>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedScanArgs {
+    #[serde(with = "serde_bytes")]
+    pub prefix: Vec<u8>,
+    /// Continue after this key (the `next` of the previous page).
+    #[serde(with = "serde_bytes")]
+    pub after: Option<Vec<u8>>,
+    pub limit: u32,
+    #[serde(default)]
+    pub stale: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedEntry {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedScanPage {
+    pub entries: Vec<SealedEntry>,
+    #[serde(with = "serde_bytes")]
+    pub next: Option<Vec<u8>>,
+}
+
+/// One step of a sealed write: checks first (against the rows before the write), then puts and deletes, all or
+/// nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SealedOp {
+    /// The write goes ahead only if `key` holds `expected` (`None`: does not exist); else `CONFLICT`.
+    Check {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        expected: Option<Vec<u8>>,
+    },
+    Put {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    Delete {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedWriteArgs {
+    pub ops: Vec<SealedOp>,
+}
+
+/// What a sealed write did, and the plugin's sealed rows and bytes afterwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedWritten {
+    pub changed: u32,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// A question about the client a call runs for: may its token read (or write, `write`) KV key `key`, or, with
+/// `under`, some key that starts with `key` (whether a folder holds anything it may see)?
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallerCheck {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    #[serde(default)]
+    pub write: bool,
+    #[serde(default)]
+    pub under: bool,
+}
+
+/// Most checks one [`names::CALLER_MAY`] call asks.
+pub const CALLER_CHECKS_MAX: usize = 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallerArgs {
+    pub checks: Vec<CallerCheck>,
+}
+
+/// One answer per check, in order. Outside a client's call (`init`, a timer, a hook delivery) and for a token with
+/// every capability, every answer is `true`: the plugin acts on its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallerAnswer {
+    pub allowed: Vec<bool>,
 }
 
 /// Encodes host-call arguments or answers.

@@ -99,7 +99,7 @@ pub(crate) fn admit(command: &Command, from: u64, voter: bool) -> Result<(), Wir
         command,
         Command::Blob(_)
             | Command::Kv(KvRequest::PutBlob { .. })
-            | Command::Plugin(PluginCommand::Report { .. } | PluginCommand::Kv { .. })
+            | Command::Plugin(PluginCommand::Report { .. } | PluginCommand::Kv { .. } | PluginCommand::Sealed { .. })
             | Command::Hook(
                 HookCommand::Claim { .. }
                     | HookCommand::Release { .. }
@@ -126,7 +126,7 @@ pub(crate) fn admit(command: &Command, from: u64, voter: bool) -> Result<(), Wir
     );
     if !forwardable {
         return Err(WireError::invalid(
-            "only blob bookkeeping, plugin reports, plugin KV writes, hook deliveries, job workers' claims and \
+            "only blob bookkeeping, plugin reports, plugin KV and sealed writes, hook deliveries, job workers' claims and \
              results, and file-system commands and lock leases of a member's mount are forwarded",
         ));
     }
@@ -454,10 +454,15 @@ mod tests {
             request: KvRequest::Delete { key: bytes("counter/x") },
         });
         assert_eq!(admit(&plugin_write, learner, false).unwrap_err().code, ErrorCode::Unauthorized);
+        let sealed_write = Command::Plugin(PluginCommand::Sealed {
+            plugin: "secrets".into(),
+            ops: vec![pando_protocol::plugin::sealed::SealedOp::Delete { key: bytes("k") }],
+        });
+        assert_eq!(admit(&sealed_write, learner, false).unwrap_err().code, ErrorCode::Unauthorized);
         let unpin = Command::Blob(BlobCommand::Unpin { hash: BlobHash([7; 32]) });
         assert_eq!(admit(&unpin, learner, false).unwrap_err().code, ErrorCode::Unauthorized);
         // A voter serves clients: it forwards all of these.
-        for command in [held(3), put, plugin_write, unpin] {
+        for command in [held(3), put, plugin_write, sealed_write, unpin] {
             assert!(admit(&command, 2, true).is_ok(), "{command:?}");
         }
     }

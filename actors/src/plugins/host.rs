@@ -15,6 +15,7 @@ use extism::{CurrentPlugin, Function, PTR, UserData, Val};
 use pando_protocol::blob::BlobHash;
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::kv::{Bytes, Consistency, KvRequest, KvResponse, WriteOp};
+use pando_protocol::plugin::sealed::{SealedOp, SealedRead, SealedReadAnswer, SealedWritten};
 use pando_protocol::plugin::{Permission, PluginManifest};
 use pando_protocol::plugin_abi::{self as abi, HostError, HostResult, names};
 use pando_protocol::token::{Access, Capability, allows};
@@ -45,6 +46,22 @@ pub trait PluginHost: Send + Sync + 'static {
     fn blob_add(&self, data: Vec<u8>, timeout: Duration) -> BoxFuture<Result<BlobHash, WireError>>;
     /// Whether the cluster holds a blob.
     fn blob_has(&self, hash: &BlobHash) -> Result<bool, WireError>;
+    /// A read of plugin `plugin`'s sealed storage, checked against the registry by the read path (after a read
+    /// index unless `stale`).
+    fn sealed_read(
+        &self,
+        plugin: String,
+        read: SealedRead,
+        stale: bool,
+        timeout: Duration,
+    ) -> BoxFuture<Result<SealedReadAnswer, WireError>>;
+    /// A write to plugin `plugin`'s sealed storage, checked by the state machine, answered once committed.
+    fn sealed_write(
+        &self,
+        plugin: String,
+        ops: Vec<SealedOp>,
+        timeout: Duration,
+    ) -> BoxFuture<Result<SealedWritten, WireError>>;
 }
 
 /// A future a [`PluginHost`] answers with.
@@ -245,8 +262,15 @@ pub(crate) fn functions(context: Arc<HostContext>) -> Vec<Function> {
         function(names::TIMER_CANCEL, &context, timer_cancel),
         function(names::HOOK_SUBSCRIBE, &context, hook_subscribe),
         function(names::HOOK_UNSUBSCRIBE, &context, hook_unsubscribe),
+        function(names::SEALED_GET, &context, sealed::get),
+        function(names::SEALED_SCAN, &context, sealed::scan),
+        function(names::SEALED_WRITE, &context, sealed::write),
+        function(names::CALLER_MAY, &context, sealed::caller_may),
     ]
 }
+
+#[path = "host_sealed.rs"]
+mod sealed;
 
 /// One host function: decodes the arguments, runs `body`, encodes its answer into a new block of plugin memory.
 fn function<A: DeserializeOwned + 'static, R: Serialize + 'static>(

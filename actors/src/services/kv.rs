@@ -10,7 +10,8 @@ use std::time::Duration;
 use pando_protocol::command::{Command, CommandOutput};
 use pando_protocol::error::{ErrorDetail, WireError};
 use pando_protocol::kv::{Bytes, CompareTarget, Consistency, KvEntry, KvRequest, KvResponse, TxnOp};
-use pando_protocol::plugin::PluginCommand;
+use pando_protocol::plugin::sealed::{SealedOp, SealedRead, SealedReadAnswer, SealedWritten};
+use pando_protocol::plugin::{PluginCommand, PluginResponse};
 
 use super::blobs::BlobService;
 use crate::mesh::Proposer;
@@ -202,6 +203,42 @@ impl KvService {
         match outcome? {
             CommandOutput::Kv(response) => Ok(response),
             other => Err(WireError::internal(format!("a plugin KV write produced {other:?}"))),
+        }
+    }
+}
+
+/// A plugin's sealed storage (`pando_protocol::plugin::sealed`): reached only by the plugin's own host functions.
+impl KvService {
+    /// A read of plugin `plugin`'s sealed rows: after a read index through the leader (from any node) unless
+    /// `stale`, so a plugin on a node that lags (or is cut off) never acts on a key ring that was rotated, restricted
+    /// or deleted elsewhere.
+    pub async fn read_sealed(
+        &self,
+        plugin: &str,
+        read: SealedRead,
+        stale: bool,
+        timeout: Duration,
+    ) -> Result<SealedReadAnswer, WireError> {
+        if !stale {
+            self.proposer.linearize_anywhere(timeout).await?;
+        }
+        let reader = self.storage.reader()?;
+        reader.read_sealed(plugin, &read).map_err(|fault| WireError::internal(fault.0))?
+    }
+
+    /// A sealed write of plugin `plugin`, proposed from this node wherever the leader is; the state machine checks
+    /// the registry and the write's checks when it applies it.
+    pub async fn write_sealed(
+        &self,
+        plugin: &str,
+        ops: Vec<SealedOp>,
+        timeout: Duration,
+    ) -> Result<SealedWritten, WireError> {
+        pando_protocol::plugin::sealed::validate_write(&ops)?;
+        let command = Command::Plugin(PluginCommand::Sealed { plugin: plugin.to_string(), ops });
+        match self.proposer.propose_anywhere(command, timeout).await? {
+            CommandOutput::Plugin(PluginResponse::Sealed(written)) => Ok(written),
+            other => Err(unexpected("sealed write", &other)),
         }
     }
 }

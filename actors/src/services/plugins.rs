@@ -6,6 +6,7 @@ use std::time::Duration;
 use pando_protocol::command::{Command, CommandOutput};
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::kv::Bytes;
+use pando_protocol::plugin::sealed::{SealedOp, SealedRead, SealedReadAnswer, SealedWritten};
 use pando_protocol::plugin::{PluginCommand, PluginRequest, PluginResponse};
 use pando_protocol::state_machine::StorageFault;
 
@@ -131,5 +132,26 @@ impl PluginHost for ServicesHost {
 
     fn blob_has(&self, hash: &BlobHash) -> Result<bool, WireError> {
         self.blobs.has(hash)
+    }
+
+    fn sealed_read(
+        &self,
+        plugin: String,
+        read: SealedRead,
+        stale: bool,
+        timeout: Duration,
+    ) -> BoxFuture<Result<SealedReadAnswer, WireError>> {
+        let kv = self.kv.clone();
+        Box::pin(async move { kv.read_sealed(&plugin, read, stale, timeout).await })
+    }
+
+    fn sealed_write(
+        &self,
+        plugin: String,
+        ops: Vec<SealedOp>,
+        timeout: Duration,
+    ) -> BoxFuture<Result<SealedWritten, WireError>> {
+        let kv = self.kv.clone();
+        Box::pin(async move { kv.write_sealed(&plugin, ops, timeout).await })
     }
 }

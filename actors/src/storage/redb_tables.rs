@@ -296,6 +296,16 @@ impl StateReader {
         state_machine::read(&tables, revision, request)
     }
 
+    /// Answers a read of plugin `plugin`'s sealed storage from the state as last applied, after the registry (in the
+    /// same snapshot) allowed it.
+    pub fn read_sealed(
+        &self,
+        plugin: &str,
+        read: &pando_protocol::plugin::sealed::SealedRead,
+    ) -> Result<Result<pando_protocol::plugin::sealed::SealedReadAnswer, WireError>, StorageFault> {
+        self.with_coord(|tables| pando_protocol::plugin::sealed::read(tables, plugin, read))
+    }
+
     /// Every installed plugin, as last applied.
     pub fn plugins(&self) -> Result<Vec<pando_protocol::plugin::PluginRecord>, StorageFault> {
         self.with_coord(pando_protocol::plugin::list)
