@@ -185,6 +185,20 @@ fn manifest(instances: u32) -> PluginManifest {
     }
 }
 
+/// Engine 0.1.0 kept its records, key rings included, in the KV under `plugin/secrets/`, where a token with KV access
+/// there reads them and 0.2.0 does not look: say so, once the engine runs (an error of the scan itself is not this
+/// command's to report).
+async fn warn_of_kv_records(client: &Client) {
+    let Ok(page) = client.scan(b"plugin/secrets/", 1, None, Default::default()).await else { return };
+    if !page.entries.is_empty() {
+        eprintln!(
+            "warning: the KV holds keys under plugin/secrets/ (engine 0.1.0 kept its records and key rings there, \
+             readable by any token with KV access to them; this engine keeps its own sealed and does not read \
+             those): inspect them with `pando kv scan plugin/secrets/` and delete them once moved"
+        );
+    }
+}
+
 async fn enable(client: &Client, instances: u32, json_output: bool) -> anyhow::Result<()> {
     let manifest = manifest(instances);
     manifest.validate().map_err(ClientError::Wire)?;
@@ -215,6 +229,7 @@ async fn enable(client: &Client, instances: u32, json_output: bool) -> anyhow::R
         },
     };
     let info = wait_running(client, generation).await?;
+    warn_of_kv_records(client).await;
     let running: Vec<u64> = info
         .nodes
         .iter()
@@ -592,9 +607,9 @@ mod tests {
     fn the_shipped_engine_is_a_wasm_module_with_a_valid_manifest() {
         assert_eq!(&ENGINE_WASM[..4], b"\0asm");
         manifest(2).validate().unwrap();
-        let workspace = include_str!("../../fixtures/plugins/Cargo.toml");
+        let engine = include_str!("../../fixtures/plugins/secrets/Cargo.toml");
         assert!(
-            workspace.contains(&format!("\nversion = \"{ENGINE_VERSION}\"\n")),
+            engine.contains(&format!("\nversion = \"{ENGINE_VERSION}\"\n")),
             "the engine's crate has another version"
         );
     }

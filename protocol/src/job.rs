@@ -94,6 +94,11 @@ pub struct JobSpec {
     pub unique_key: Option<String>,
     /// Jobs that must complete first. Only existing jobs can be named, so dependencies never form a cycle.
     pub depends_on: Vec<u64>,
+    /// The capabilities a plugin job's call runs with, as a client's plugin call does: its submitter's, set by the
+    /// node that took the submit (a client's own value is replaced). `None`: every capability (an admin's submit, a
+    /// cron schedule's run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Vec<crate::token::Capability>>,
 }
 
 impl JobSpec {
@@ -110,6 +115,7 @@ impl JobSpec {
             timeout_ms: crate::limits::JOB_TIMEOUT_MS_DEFAULT,
             unique_key: None,
             depends_on: Vec::new(),
+            scope: None,
         }
     }
 
@@ -179,6 +185,9 @@ impl JobSpec {
         seen.dedup();
         if seen.len() != self.depends_on.len() {
             return Err(WireError::invalid("a dependency is named twice"));
+        }
+        if self.scope.as_ref().is_some_and(|scope| scope.len() > crate::limits::TOKEN_CAPABILITIES_COUNT_MAX) {
+            return Err(WireError::invalid("a job's scope holds more capabilities than a token may"));
         }
         Ok(())
     }

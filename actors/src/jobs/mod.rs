@@ -143,7 +143,9 @@ impl JobRunner for NodeJobRunner {
                     let Some(plugins) = plugins else {
                         return failed("this node runs no plugins", JobOutput::default(), true);
                     };
-                    let call = plugins.routes().call(plugin, function, job.spec.payload.to_vec(), limit, None);
+                    // The call runs with its submitter's scope, as that client's own plugin call would.
+                    let scope = job.spec.scope.clone().map(Into::into);
+                    let call = plugins.routes().call(plugin, function, job.spec.payload.to_vec(), limit, scope);
                     tokio::select! {
                         biased; // replayable from a seed (tokio's unbiased choice is random per process)
                         answer = call => match answer {

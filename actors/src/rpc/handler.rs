@@ -14,6 +14,7 @@ use pando_protocol::cluster::ClusterRequest;
 use pando_protocol::envelope::{Request, RequestEnvelope, Response};
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::fs::{Errno, FsQueryKind, FsRequest};
+use pando_protocol::job::{JobCommand, JobRequest};
 use pando_protocol::kv::Bytes;
 use pando_protocol::limits::{REQUEST_TIMEOUT_MS_DEFAULT, REQUEST_TIMEOUT_MS_MAX, TOKEN_RECHECK_MS};
 use pando_protocol::token::{Access, Capability, CapabilityToken, allows};
@@ -305,7 +306,17 @@ async fn execute(
         Request::Cluster(request) => services.cluster.execute(request).await.map(Response::Cluster),
         Request::Token(request) => services.tokens.execute(request, timeout).await.map(Response::Token),
         Request::Hook(request) => services.hooks.execute(request, timeout).await.map(Response::Hook),
-        Request::Job(request) => services.jobs.execute(request, timeout).await.map(Response::Job),
+        Request::Job(mut request) => {
+            // A plugin job runs with its submitter's scope (a cron schedule's with its creator's), never with one
+            // the client wrote into the spec: a token that may submit jobs gets no more through a job than through
+            // a call.
+            let scope = (!caller.capabilities.contains(&Capability::All)).then(|| caller.capabilities.clone());
+            if let JobRequest::Command(JobCommand::Submit { spec } | JobCommand::CronCreate { spec, .. }) = &mut request
+            {
+                spec.scope = scope;
+            }
+            services.jobs.execute(request, timeout).await.map(Response::Job)
+        }
         Request::Fs(request) => {
             // A mount whose token may only read hears at `open` for writing that the file system is read-only (as
             // a read-only mount answers), not at the `close` that writes its buffer back.
