@@ -1,6 +1,6 @@
-//! Real nodes for the cluster simulator: each [`SimNode`] is a node's supervision tree (storage, raft, RPC gateway;
-//! the real [`tree::root`]) with its RaftActor, state machine and redb stores, on a [simulated
-//! disk](crate::storage::SimDisk), reached by peers and clients over the [simulated
+//! Real nodes for the cluster simulator: each [`SimNode`] is a node's supervision tree (storage, raft, RPC gateway,
+//! blob store; the real [`tree::root`]) with its RaftActor, state machine and redb stores, on a [simulated
+//! disk](crate::storage::SimDisk) (and the blob store's twin on a [blob disk](SimBlobDisk)), reached by peers and clients over the [simulated
 //! network](crate::raft::sim_network::SimNet), telling time by tokio's (paused) clock. The simulator drives them from
 //! one thread and one seed, and talks to them with the real client library; this module only starts, crashes and
 //! restarts them.
@@ -20,6 +20,7 @@ use pando_protocol::token::{ACCESSOR_BYTES, Capability, CapabilityToken, SECRET_
 use crate::services::tokens::create_command;
 use ractor::{Actor, ActorRef};
 
+use crate::blobs::sim_store::SimBlobDisk;
 use crate::clock::Clock;
 use crate::raft::sim_network::SimNet;
 use crate::raft::transport::RaftTransport;
@@ -76,6 +77,14 @@ pub enum PlantedBug {
     WaiterNotWoken = 131072,
     /// The coordination service asks for one party fewer than a barrier enter names (rounds open short).
     BarrierOpensShort = 262144,
+    /// A node asked to stream a blob it has no copy of answers `NOT_FOUND` instead of fetching it from a holder
+    /// (a blob reads only through the nodes that hold it).
+    BlobReadLocalOnly = 524288,
+    /// The blob sweep stops keeping blobs their records still place on the node (the store then collects copies the
+    /// cluster counts).
+    BlobSweepDropsPlaced = 1048576,
+    /// The leader assigns one copy fewer than a blob's live copies lack (replication settles short).
+    BlobPlacementShort = 2097152,
 }
 
 thread_local! {
@@ -263,6 +272,21 @@ impl crate::jobs::JobRunner for SimJobRunner {
     }
 }
 
+/// How a simulated node keeps blobs: the node's defaults, with garbage collected within seconds (so a run sees
+/// collections) and repairs every second.
+pub fn blob_config(dir: &Path) -> crate::blobs::BlobConfig {
+    crate::blobs::BlobConfig {
+        gc_grace: Duration::from_secs(SIM_BLOB_GC_GRACE_MS / 1_000),
+        // Apart from the repair worker's beat, so a collection never ties with a sweep.
+        store_gc_interval: Duration::from_millis(700),
+        repair_interval: Duration::from_secs(1),
+        ..crate::blobs::BlobConfig::new(dir.join("blobs"))
+    }
+}
+
+/// How long an unreferenced blob survives in a simulated cluster.
+pub const SIM_BLOB_GC_GRACE_MS: u64 = 3_000;
+
 /// How long a crashed node's Raft core gets to stop (it can no longer write: its disk handles are dead).
 const CRASH_SHUTDOWN_MS: u64 = 5_000;
 
@@ -342,6 +366,8 @@ impl SimIdentity {
 pub struct SimNode {
     pub id: NodeId,
     pub disk: SimDisk,
+    /// The blob store's disk: survives crashes as `disk` does.
+    pub blob_disk: SimBlobDisk,
     dir: PathBuf,
     clock: Clock,
     net: SimNet,
@@ -363,6 +389,7 @@ impl SimNode {
         let mut node = SimNode {
             id,
             disk: SimDisk::new(),
+            blob_disk: SimBlobDisk::new(),
             dir: dir.join(id.to_string()),
             clock,
             net: net.clone(),
@@ -384,7 +411,7 @@ impl SimNode {
             node_id: self.id,
             raft_config: Arc::new(sim_config().validate().map_err(|error| error.to_string())?),
             bootstrap,
-            network: RaftTransport::Simulated(self.net.transport_for(self.id)),
+            network: RaftTransport::Simulated(self.net.transport_for(self.id, handles.raft.peer_health())),
             keys,
             fault_injection: true,
             clock: self.clock,
@@ -393,6 +420,8 @@ impl SimNode {
                 disk: self.disk.clone(),
                 listener: self.net.rpc_listener(self.id),
                 net: self.net.clone(),
+                blobs: blob_config(&self.dir),
+                blob_disk: self.blob_disk.clone(),
             },
             retention: crate::retention::RetentionConfig::default(),
         };
@@ -429,6 +458,7 @@ impl SimNode {
     pub async fn crash(&mut self, survives: impl FnMut() -> bool) {
         let Some((handles, root)) = self.running.take() else { return };
         self.disk.crash(survives);
+        self.blob_disk.crash();
         self.net.detach(self.id);
         // Killing the root kills every actor under it, skipping their `post_stop`.
         root.kill();

@@ -2,9 +2,9 @@
 //! blobs and plugins, under a rest_for_one root (the node adds its membership duties at run time, last). The mesh, the blob store and the plugins come last: their restarts never
 //! disturb client connections, and a plugin supervisor that gives up takes nothing else down with it.
 //!
-//! The simulator builds the same tree in a [simulated world](World::Simulated): storage on a simulated disk, clients
-//! and the actor mesh's sessions over the simulated network. The blob store and the plugins need iroh (they have no
-//! in-memory twin yet) and are left out there.
+//! The simulator builds the same tree in a [simulated world](World::Simulated): storage on a simulated disk, clients,
+//! the actor mesh's sessions and members' blob fetches over the simulated network, and the blob store on its
+//! in-memory twin ([`crate::blobs::sim_store`]). The plugins (wasm under extism) are left out there.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use pando_protocol::cluster::MemberNode;
 
-use crate::blobs::{BlobActor, BlobArgs, BlobConfig, BlobsHandle};
+use crate::blobs::sim_store::SimBlobDisk;
+use crate::blobs::{BlobActor, BlobArgs, BlobBackend, BlobConfig, BlobsHandle};
 use crate::clock::Clock;
 use crate::endpoint::{EndpointActor, EndpointArgs};
 use crate::hooks::delivery::{NodeRunner, Runner};
@@ -192,8 +193,9 @@ pub enum World {
         /// The file system's mount on this node (`--mount`), if any.
         mount: Option<crate::fuse::MountConfig>,
     },
-    /// The simulator: redb on a simulated disk, clients and mesh sessions over the simulated network.
-    Simulated { disk: SimDisk, listener: SimRpcListener, net: SimNet },
+    /// The simulator: redb on a simulated disk, clients, mesh sessions and blob fetches over the simulated network, the
+    /// blob store's in-memory twin on a blob disk that outlives crashes.
+    Simulated { disk: SimDisk, listener: SimRpcListener, net: SimNet, blobs: BlobConfig, blob_disk: SimBlobDisk },
 }
 
 pub fn root(config: TreeConfig) -> SupervisorArgs {
@@ -314,10 +316,20 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
     let hooks = ChildSpec::new("hooks", Restart::Permanent, HookRouterActor, hooks)
         .with_shutdown_timeout(Duration::from_secs(5));
     let mut mount = None;
-    if let World::Iroh { endpoint, blobs, plugins, mount: mount_config, .. } = config.world {
-        mount = mount_config;
-        let plugins_args = handles.plugins_args(node_id, config.clock, plugins, cluster_secret);
-        children.extend(blobs_and_plugins(node_id, &handles, endpoint, blobs, plugins_args));
+    match config.world {
+        World::Iroh { endpoint, blobs, plugins, mount: mount_config, .. } => {
+            mount = mount_config;
+            children.push(blob_store(node_id, &handles, blobs, BlobBackend::Iroh(endpoint)));
+            let plugins_args = handles.plugins_args(node_id, config.clock, plugins, cluster_secret);
+            children.push(
+                ChildSpec::new("plugins", Restart::Permanent, PluginSupervisor, plugins_args)
+                    .with_shutdown_timeout(Duration::from_secs(10)),
+            );
+        }
+        World::Simulated { net, blobs, blob_disk, .. } => {
+            net.attach_blobs(node_id, handles.blobs.clone());
+            children.push(blob_store(node_id, &handles, blobs, BlobBackend::Simulated { disk: blob_disk, net }));
+        }
     }
     // After the plugins, which hooks and jobs call; their restarts touch nothing else.
     children.push(hooks);
@@ -351,30 +363,16 @@ fn mesh(node_id: u64, handles: &Handles, cluster_secret: [u8; 32], net: MeshNet)
     crate::mesh::child_spec("mesh", args)
 }
 
-/// The children that need iroh: the blob store, and the plugins (their wasm comes from blobs).
-fn blobs_and_plugins(
-    node_id: u64,
-    handles: &Handles,
-    endpoint: iroh::Endpoint,
-    blobs: BlobConfig,
-    plugins: PluginsArgs,
-) -> [ChildSpec; 2] {
-    let blobs = ChildSpec::new(
-        "blobs",
-        Restart::Permanent,
-        BlobActor,
-        BlobArgs {
-            node_id,
-            config: blobs,
-            endpoint,
-            storage: handles.storage.clone(),
-            raft: handles.raft.clone(),
-            proposer: handles.proposer(),
-            handle: handles.blobs.clone(),
-        },
-    )
-    .with_shutdown_timeout(Duration::from_secs(10));
-    let plugins = ChildSpec::new("plugins", Restart::Permanent, PluginSupervisor, plugins)
-        .with_shutdown_timeout(Duration::from_secs(10));
-    [blobs, plugins]
+/// The blob store (the plugins, after it, load their wasm from blobs).
+fn blob_store(node_id: u64, handles: &Handles, config: BlobConfig, backend: BlobBackend) -> ChildSpec {
+    let args = BlobArgs {
+        node_id,
+        config,
+        storage: handles.storage.clone(),
+        raft: handles.raft.clone(),
+        proposer: handles.proposer(),
+        handle: handles.blobs.clone(),
+        backend,
+    };
+    ChildSpec::new("blobs", Restart::Permanent, BlobActor, args).with_shutdown_timeout(Duration::from_secs(10))
 }

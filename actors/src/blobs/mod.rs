@@ -1,16 +1,17 @@
-//! The BlobActor: owns the node's iroh-blobs file store, serves iroh-blobs' protocol to members, and runs the repair
-//! worker that keeps every blob at its replica count.
+//! The BlobActor: owns the node's blob store ([`BlobStore`]: iroh-blobs' file store, or its in-memory twin in the
+//! simulator), serves iroh-blobs' protocol to members, and runs the repair worker that keeps every blob at its replica
+//! count.
 //!
 //! **What lives where.** Bytes live in the store under `<data-dir>/blobs` (files above 16 KiB, small ones inline in
 //! the store's own database). What the cluster agrees on (size, desired copies, holders, assignments, references)
 //! lives in the replicated state ([`pando_protocol::blob`]).
 //!
-//! **Keeping and dropping copies.** A node keeps a copy while the store has a named tag `pando/<hash>` for it. The tag
-//! is set (by this actor, one message at a time) before the node proposes that it holds the blob, and the actor's
-//! sweep deletes the tags of blobs whose record is gone or no longer places the node, sparing blobs held ahead of
-//! their record for [`HOLD_GRACE`]; the store's own garbage collector then deletes untagged data. Data in flight (an
-//! upload, a fetch) is protected by a temporary tag until its named tag is set, so no sweep or collection can take a
-//! copy the cluster counts.
+//! **Keeping and dropping copies.** A node keeps a copy while the store keeps its name (iroh-blobs: a named tag
+//! `pando/<hash>`). The name is set durably (by this actor, one message at a time) before the node proposes that it
+//! holds the blob, and the actor's sweep drops the names of blobs whose record is gone or no longer places the node,
+//! sparing blobs held ahead of their record for [`HOLD_GRACE`]; the store's own garbage collector then deletes data
+//! nothing keeps. Data in flight (an upload, a fetch) is pinned until its name is kept, so no sweep or collection can
+//! take a copy the cluster counts.
 //!
 //! **Repair.** Every node fetches the blobs it is assigned (from holders, verified chunk by chunk against the hash;
 //! a corrupt or truncated transfer fails and the next holder is tried, resuming from the verified part) and reports
@@ -19,6 +20,8 @@
 //! released.
 
 mod repair;
+pub mod sim_store;
+pub mod store;
 mod transfer;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,7 +47,8 @@ use crate::storage_actor::StorageHandle;
 use crate::supervision::{ActorDetail, Control};
 
 pub use repair::PEER_LIVE_WINDOW_MS;
-pub use transfer::{TransferError, fetch_deadline, serve_members};
+pub use store::{BlobStore, fetch_deadline};
+pub use transfer::{TransferError, serve_members};
 
 /// Prefix of the store tags that keep a node's copies.
 pub const TAG_PREFIX: &str = "pando/";
@@ -98,10 +102,9 @@ pub struct BlobCounters {
 #[derive(Clone)]
 pub struct BlobNode {
     pub node_id: u64,
-    pub store: FsStore,
+    pub store: Arc<dyn BlobStore>,
     pub config: Arc<BlobConfig>,
     pub counters: Arc<BlobCounters>,
-    endpoint: Endpoint,
     storage: StorageHandle,
     raft: RaftHandle,
     proposer: Proposer,
@@ -124,12 +127,7 @@ pub(crate) fn tag_of(hash: &BlobHash) -> String {
 impl BlobNode {
     /// What this node's store has of `hash`.
     pub async fn local(&self, hash: &BlobHash) -> Result<LocalBlob, TransferError> {
-        use iroh_blobs::api::blobs::BlobStatus;
-        Ok(match self.store.blobs().status(iroh_hash(hash)).await.map_err(TransferError::store)? {
-            BlobStatus::Complete { size } => LocalBlob::Complete { size },
-            BlobStatus::Partial { .. } => LocalBlob::Partial,
-            BlobStatus::NotFound => LocalBlob::Absent,
-        })
+        self.store.status(*hash).await
     }
 
     /// Keeps this node's copy of `hash` (a named tag) before the node proposes that it holds it: the sweep leaves a
@@ -177,8 +175,7 @@ impl Default for BlobsHandle {
 }
 
 impl BlobsHandle {
-    /// The running blob store, or [`Unavailable`] while it restarts (or on a node that runs none, as in the
-    /// simulator).
+    /// The running blob store, or [`Unavailable`] while it restarts (or on a node that runs none).
     pub fn node(&self) -> Result<BlobNode, Unavailable> {
         self.live.get()
     }
@@ -196,7 +193,6 @@ pub struct BlobActor;
 pub struct BlobArgs {
     pub node_id: u64,
     pub config: BlobConfig,
-    pub endpoint: Endpoint,
     /// The applied state: blob records, and the commit stream that wakes repairs.
     pub storage: StorageHandle,
     /// Membership, leadership and peer liveness.
@@ -205,6 +201,17 @@ pub struct BlobArgs {
     pub proposer: Proposer,
     /// Where the running store is published.
     pub handle: BlobsHandle,
+    /// What the store is, and how members fetch from each other.
+    pub backend: BlobBackend,
+}
+
+/// The store under a BlobActor.
+#[derive(Clone)]
+pub enum BlobBackend {
+    /// iroh-blobs' file store in [`BlobConfig::dir`]; members fetch over iroh-blobs' protocol on this endpoint.
+    Iroh(Endpoint),
+    /// The simulator's in-memory twin on a disk that outlives crashes; members fetch over the simulated network.
+    Simulated { disk: sim_store::SimBlobDisk, net: crate::raft::sim_network::SimNet },
 }
 
 pub enum BlobMsg {
@@ -257,11 +264,7 @@ impl Drop for BlobState {
         self.handle.live.retract_if(|node| node.actor.get_id() == actor);
         if !self.closed {
             let store = self.node.store.clone();
-            tokio::spawn(async move {
-                if let Err(error) = store.shutdown().await {
-                    tracing::warn!(%error, "the blob store of a failed blob actor did not shut down cleanly");
-                }
-            });
+            tokio::spawn(async move { store.close().await });
         }
     }
 }
@@ -277,6 +280,30 @@ pub const HOLD_GRACE: Duration = Duration::from_secs(600);
 /// Most blobs held ahead of their record at once (uploads and fetches in flight are far fewer).
 const HELD_AHEAD_MAX: usize = 100_000;
 
+/// Opens iroh-blobs' file store in the configured directory, waiting out a failed predecessor's store that is still
+/// closing.
+async fn open_fs_store(config: &BlobConfig) -> Result<FsStore, ActorProcessingErr> {
+    std::fs::create_dir_all(&config.dir)?;
+    let waited = tokio::time::Instant::now();
+    loop {
+        let mut options = Options::new(&config.dir);
+        options.gc = Some(GcConfig { interval: config.store_gc_interval, add_protected: None });
+        match FsStore::load_with_opts(config.dir.join("blobs.db"), options).await {
+            Ok(store) => return Ok(store),
+            Err(error)
+                if format!("{error:#}").contains("already open")
+                    && waited.elapsed() < Duration::from_millis(BLOB_STORE_REOPEN_WAIT_MS) =>
+            {
+                tracing::debug!(%error, "the previous blob store is not closed yet, retrying");
+                tokio::time::sleep(Duration::from_millis(BLOB_STORE_REOPEN_RETRY_MS)).await;
+            }
+            Err(error) => {
+                return Err(format!("cannot open the blob store in {}: {error}", config.dir.display()).into());
+            }
+        }
+    }
+}
+
 /// Sweeps run every this many repair rounds.
 const SWEEP_EVERY_ROUNDS: u64 = 5;
 
@@ -286,23 +313,12 @@ impl Actor for BlobActor {
     type Arguments = BlobArgs;
 
     async fn pre_start(&self, myself: ActorRef<BlobMsg>, args: BlobArgs) -> Result<BlobState, ActorProcessingErr> {
-        std::fs::create_dir_all(&args.config.dir)?;
-        let waited = tokio::time::Instant::now();
-        let store = loop {
-            let mut options = Options::new(&args.config.dir);
-            options.gc = Some(GcConfig { interval: args.config.store_gc_interval, add_protected: None });
-            match FsStore::load_with_opts(args.config.dir.join("blobs.db"), options).await {
-                Ok(store) => break store,
-                Err(error)
-                    if format!("{error:#}").contains("already open")
-                        && waited.elapsed() < Duration::from_millis(BLOB_STORE_REOPEN_WAIT_MS) =>
-                {
-                    tracing::debug!(%error, "the previous blob store is not closed yet, retrying");
-                    tokio::time::sleep(Duration::from_millis(BLOB_STORE_REOPEN_RETRY_MS)).await;
-                }
-                Err(error) => {
-                    return Err(format!("cannot open the blob store in {}: {error}", args.config.dir.display()).into());
-                }
+        let store: Arc<dyn BlobStore> = match args.backend {
+            BlobBackend::Iroh(endpoint) => {
+                Arc::new(store::IrohStore::new(open_fs_store(&args.config).await?, endpoint))
+            }
+            BlobBackend::Simulated { disk, net } => {
+                Arc::new(sim_store::SimBlobs::open(disk, net, args.node_id, args.config.store_gc_interval))
             }
         };
         let node = BlobNode {
@@ -310,27 +326,38 @@ impl Actor for BlobActor {
             store,
             config: Arc::new(args.config),
             counters: Arc::default(),
-            endpoint: args.endpoint,
             storage: args.storage,
             raft: args.raft,
             proposer: args.proposer,
             actor: myself.clone(),
             transfers: Arc::new(tokio::sync::Semaphore::new(BLOB_TRANSFERS_MAX)),
         };
+        // What the store keeps may be held ahead of records this node has not applied yet (kept, then claimed, and
+        // the actor restarted before its state caught up): every kept blob gets the grace a fresh hold gets, or the
+        // first sweep would drop a copy the cluster may already count. Placed ones leave the map at that sweep.
+        let spared_until = tokio::time::Instant::now() + HOLD_GRACE;
+        // (Above HELD_AHEAD_MAX kept blobs, new holds wait for that sweep.)
+        let kept = match node.store.kept().await {
+            Ok(kept) => kept,
+            Err(error) => {
+                node.store.close().await;
+                return Err(error.into());
+            }
+        };
+        let held: BTreeMap<BlobHash, tokio::time::Instant> =
+            kept.into_iter().map(|hash| (hash, spared_until)).collect();
         args.handle.live.publish(node.clone());
         let stop = CancellationToken::new();
         tokio::spawn(repair::run(node.clone(), myself, stop.clone()));
         tracing::info!(dir = %node.config.dir.display(), "blob store open");
-        Ok(BlobState { node, handle: args.handle, stop, held: BTreeMap::new(), closed: false })
+        Ok(BlobState { node, handle: args.handle, stop, held, closed: false })
     }
 
     async fn post_stop(&self, _myself: ActorRef<BlobMsg>, state: &mut BlobState) -> Result<(), ActorProcessingErr> {
         state.stop.cancel();
         state.handle.live.retract();
         state.closed = true;
-        if let Err(error) = state.node.store.shutdown().await {
-            tracing::warn!(%error, "blob store did not shut down cleanly");
-        }
+        state.node.store.close().await;
         Ok(())
     }
 
@@ -347,12 +374,8 @@ impl Actor for BlobActor {
                 } else {
                     state.held.insert(hash, tokio::time::Instant::now() + HOLD_GRACE);
                     tracing::debug!(node = state.node.node_id, %hash, "holding a blob ahead of its record");
-                    let tags = state.node.store.tags();
-                    match tags.set(tag_of(&hash), iroh_hash(&hash)).await {
-                        // Durable before the node claims the copy: a crash right after must not lose the tag.
-                        Ok(()) => state.node.store.sync_db().await.map_err(TransferError::store),
-                        Err(error) => Err(TransferError::store(error)),
-                    }
+                    // Durable before the node claims the copy: a crash right after must not lose it.
+                    state.node.store.keep(hash).await
                 };
                 let _ = reply.send(result);
             }
@@ -374,7 +397,7 @@ impl Actor for BlobActor {
             }
             BlobMsg::Status(reply) => {
                 let counters = &state.node.counters;
-                let tags = count_tags(&state.node).await.unwrap_or(0);
+                let tags = state.node.store.kept().await.map_or(0, |kept| kept.len() as u64);
                 let _ = reply.send(BlobStatusReport {
                     dir: state.node.config.dir.clone(),
                     tags,
@@ -391,14 +414,14 @@ impl Actor for BlobActor {
 }
 
 impl BlobNode {
-    /// Reads the applied state off the async threads.
+    /// Reads the applied state off the async threads (inline on a current-thread runtime, as in the simulator).
     pub(crate) async fn read<T: Send + 'static>(
         &self,
         work: impl FnOnce(&crate::storage::StateReader) -> Result<T, StorageFault> + Send + 'static,
     ) -> Result<T, TransferError> {
         let reader =
             self.storage.reader().map_err(|unavailable| TransferError::Unavailable(unavailable.to_string()))?;
-        tokio::task::spawn_blocking(move || work(&reader))
+        crate::storage::offload(move || work(&reader))
             .await
             .map_err(|error| TransferError::Unavailable(error.to_string()))?
             .map_err(|fault| TransferError::Unavailable(fault.to_string()))
@@ -416,36 +439,13 @@ impl BlobNode {
     }
 }
 
-async fn count_tags(node: &BlobNode) -> Result<u64, TransferError> {
-    use futures::StreamExt;
-    let mut tags = node.store.tags().list_prefix(TAG_PREFIX).await.map_err(TransferError::store)?;
-    let mut count = 0;
-    while let Some(tag) = tags.next().await {
-        tag.map_err(TransferError::store)?;
-        count += 1;
-    }
-    Ok(count)
-}
-
 /// Deletes the tag of every blob whose record is gone or no longer places this node, sparing blobs held ahead of
 /// their record until their grace ends.
 async fn sweep(
     node: &BlobNode,
     held_ahead: &mut BTreeMap<BlobHash, tokio::time::Instant>,
 ) -> Result<(), TransferError> {
-    use futures::StreamExt;
-    let mut tags = node.store.tags().list_prefix(TAG_PREFIX).await.map_err(TransferError::store)?;
-    let mut held = BTreeSet::new();
-    while let Some(tag) = tags.next().await {
-        let tag = tag.map_err(TransferError::store)?;
-        let name = String::from_utf8_lossy(tag.name.as_ref()).into_owned();
-        match name.strip_prefix(TAG_PREFIX).map(BlobHash::parse) {
-            Some(Ok(hash)) => {
-                held.insert(hash);
-            }
-            _ => tracing::warn!(%name, "ignoring a blob tag that names no hash"),
-        }
-    }
+    let held: BTreeSet<BlobHash> = node.store.kept().await?.into_iter().collect();
     let node_id = node.node_id;
     let (placed, unplaced) = node
         .read(move |reader| {
@@ -468,8 +468,12 @@ async fn sweep(
         held_ahead.remove(hash);
     }
     held_ahead.retain(|_, until| *until > now);
-    for hash in unplaced.into_iter().filter(|hash| !held_ahead.contains_key(hash)) {
-        node.store.tags().delete(tag_of(&hash)).await.map_err(TransferError::store)?;
+    let mut dropped: Vec<BlobHash> = unplaced.into_iter().filter(|hash| !held_ahead.contains_key(hash)).collect();
+    if crate::sim::planted_bug(crate::sim::PlantedBug::BlobSweepDropsPlaced) {
+        dropped.extend(placed);
+    }
+    for hash in dropped {
+        node.store.unkeep(hash).await?;
         node.counters.tags_dropped.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(node = node.node_id, %hash, "dropped this node's copy of a blob it no longer keeps");
     }

@@ -145,8 +145,7 @@ async fn repair_one(node: &BlobNode, hash: BlobHash, record: &BlobRecord) -> Res
     let complete = matches!(node.local(&hash).await?, pando_protocol::blob::LocalBlob::Complete { .. });
     if complete && holding {
         // The tag may be missing (lost in a crash before the store synced it): put it back.
-        let tagged = node.store.tags().get(super::tag_of(&hash)).await.map_err(TransferError::store)?;
-        if tagged.is_none() {
+        if !node.store.is_kept(hash).await? {
             node.hold(hash).await?;
         }
         return Ok(());
@@ -255,7 +254,10 @@ pub(crate) fn assignments(
     live: &BTreeSet<u64>,
 ) -> Vec<u64> {
     let counted = record.holders.iter().chain(&record.assigned).filter(|node| live.contains(node)).count();
-    let wanted = usize::from(record.replicas).saturating_sub(counted);
+    let mut wanted = usize::from(record.replicas).saturating_sub(counted);
+    if crate::sim::planted_bug(crate::sim::PlantedBug::BlobPlacementShort) {
+        wanted = wanted.saturating_sub(1);
+    }
     if wanted == 0 || record.holders.is_empty() {
         return Vec::new();
     }

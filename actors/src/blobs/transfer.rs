@@ -1,20 +1,13 @@
-//! Moving blob bytes: fetching from holders (verified as they stream), and serving iroh-blobs' protocol to members.
-
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+//! Moving blob bytes: fetching from holders (verified as they arrive, through the [store](super::store)), and serving
+//! iroh-blobs' protocol to members.
 
 use iroh::endpoint::Connection;
-use iroh_blobs::api::TempTag;
-use pando_protocol::alpn;
-use pando_protocol::blob::BlobHash;
+use pando_protocol::blob::{BlobHash, LocalBlob};
 use pando_protocol::error::{ErrorCode, WireError};
 
-use super::{BlobNode, BlobsHandle, iroh_hash};
+use super::store::{BlobPin, FetchFailure, count_fetch};
+use super::{BlobNode, BlobsHandle};
 use crate::raft::RaftHandle;
-use crate::raft::transport::endpoint_addr;
-
-/// How long dialling a holder may take.
-pub const BLOB_CONNECT_TIMEOUT_MS: u64 = 3_000;
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum TransferError {
@@ -49,12 +42,10 @@ impl From<TransferError> for WireError {
 impl BlobNode {
     /// Makes sure this node has a complete, verified copy of `hash`, fetching it from `holders` in order when it does
     /// not: a holder that cannot be reached, stops early or sends data that does not match the hash is skipped, and
-    /// the next one resumes from the chunks already verified. The returned tag keeps the data until the caller is
-    /// done (or has tagged it for good).
-    pub async fn ensure_local(&self, hash: &BlobHash, size: u64, holders: &[u64]) -> Result<TempTag, TransferError> {
-        let target = iroh_hash(hash);
-        let pin = self.store.tags().temp_tag(target).await.map_err(TransferError::store)?;
-        if self.store.blobs().has(target).await.map_err(TransferError::store)? {
+    /// the next one is tried. The returned pin keeps the data until the caller is done (or has kept it for good).
+    pub async fn ensure_local(&self, hash: &BlobHash, size: u64, holders: &[u64]) -> Result<BlobPin, TransferError> {
+        let pin = self.store.pin(*hash).await?;
+        if self.has_complete(hash).await? {
             return Ok(pin);
         }
         let members = self.raft.members();
@@ -64,17 +55,12 @@ impl BlobNode {
                 failures.push(format!("node {holder} is not a member"));
                 continue;
             };
-            match self.fetch_from(holder, member, hash, size).await {
-                Ok(bytes) => {
-                    self.counters.fetches_ok.fetch_add(1, Ordering::Relaxed);
-                    self.counters.bytes_fetched.fetch_add(bytes, Ordering::Relaxed);
-                    if self.store.blobs().has(target).await.map_err(TransferError::store)? {
-                        return Ok(pin);
-                    }
-                    failures.push(format!("node {holder} ended the transfer before the end of the blob"));
-                }
-                Err(failure) => {
-                    self.counters.fetch_failures.fetch_add(1, Ordering::Relaxed);
+            let fetched = self.store.fetch(holder, member, *hash, size).await;
+            count_fetch(&self.counters, &fetched);
+            match fetched {
+                Ok(_) if self.has_complete(hash).await? => return Ok(pin),
+                Ok(_) => failures.push(format!("node {holder} ended the transfer before the end of the blob")),
+                Err(FetchFailure::Corrupt(failure) | FetchFailure::Failed(failure)) => {
                     tracing::warn!(%hash, holder, %failure, "fetching a blob failed, trying the next holder");
                     failures.push(format!("node {holder}: {failure}"));
                 }
@@ -86,49 +72,9 @@ impl BlobNode {
         Err(TransferError::Unavailable(format!("no holder could provide blob {hash}: {}", failures.join("; "))))
     }
 
-    async fn fetch_from(
-        &self,
-        holder: u64,
-        member: &pando_protocol::cluster::MemberNode,
-        hash: &BlobHash,
-        size: u64,
-    ) -> Result<u64, String> {
-        let addr = endpoint_addr(holder, member)?;
-        let connect = self.endpoint.connect(addr, alpn::BLOBS);
-        let connection = match tokio::time::timeout(Duration::from_millis(BLOB_CONNECT_TIMEOUT_MS), connect).await {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(error)) => return Err(format!("cannot connect: {error}")),
-            Err(_) => return Err(format!("connecting took over {BLOB_CONNECT_TIMEOUT_MS} ms")),
-        };
-        // A holder that stalls (or trickles) must not hold the repair worker or a client's transfer slot forever.
-        let deadline = fetch_deadline(size);
-        let fetch = self.store.remote().fetch(connection.clone(), iroh_hash(hash));
-        let result = tokio::time::timeout(deadline, fetch).await;
-        connection.close(0u32.into(), b"done");
-        let Ok(result) = result else {
-            return Err(format!("the transfer took over {deadline:?}"));
-        };
-        match result {
-            Ok(stats) => Ok(stats.payload_bytes_read),
-            Err(error) => {
-                let text = error.to_string();
-                if matches!(error, iroh_blobs::get::GetError::Decode { .. }) {
-                    self.counters.fetch_corrupt.fetch_add(1, Ordering::Relaxed);
-                    return Err(format!("the data did not match the hash ({text})"));
-                }
-                Err(text)
-            }
-        }
+    async fn has_complete(&self, hash: &BlobHash) -> Result<bool, TransferError> {
+        Ok(matches!(self.store.status(*hash).await?, LocalBlob::Complete { .. }))
     }
-}
-
-/// Slowest transfer rate a fetch may have before it is abandoned for the next holder.
-pub const FETCH_RATE_BYTES_PER_SEC_MIN: u64 = 4 * 1024 * 1024;
-
-/// How long fetching `size` bytes from one holder may take: a base for small blobs, plus the size at the slowest
-/// acceptable rate.
-pub fn fetch_deadline(size: u64) -> Duration {
-    Duration::from_secs(30) + Duration::from_secs(size / FETCH_RATE_BYTES_PER_SEC_MIN)
 }
 
 /// Serves iroh-blobs' protocol on one connection, if the remote is a member (or a peer this node trusts since it
@@ -144,6 +90,10 @@ pub async fn serve_members(connection: Connection, raft: RaftHandle, blobs: Blob
         connection.close(6u32.into(), b"blob store not running");
         return;
     };
+    let Some(store) = node.store.iroh() else {
+        connection.close(6u32.into(), b"blob store not served over iroh");
+        return;
+    };
     let events = iroh_blobs::provider::events::EventSender::DEFAULT;
-    iroh_blobs::provider::handle_connection(connection, node.store.as_ref().clone(), events).await;
+    iroh_blobs::provider::handle_connection(connection, store, events).await;
 }

@@ -86,8 +86,7 @@ async fn fetch_wasm(record: &PluginRecord, args: &PluginsArgs) -> Result<Vec<u8>
         .map_err(|error| format!("cannot fetch the wasm blob {}: {error}", record.wasm))?;
     let bytes = node
         .store
-        .blobs()
-        .get_bytes(crate::blobs::iroh_hash(&record.wasm))
+        .get(record.wasm)
         .await
         .map_err(|error| format!("cannot read the wasm blob {}: {error}", record.wasm))?;
     if blake3::hash(&bytes).as_bytes() != record.wasm.as_bytes() {

@@ -12,12 +12,16 @@ use std::time::Duration;
 
 use pando_protocol::frame::LENGTH_PREFIX_BYTES;
 
-use super::handle::RaftHandle;
+use super::handle::{PeerHealth, RaftHandle};
 use super::transport::{TransportError, dispatch};
 use super::type_config::NodeId;
+use crate::blobs::BlobsHandle;
 use crate::mesh::sim_link::MeshPorts;
 use crate::rpc::sim_link::{RpcPorts, SimRpcListener};
 use crate::seeded_rng::SeededRng;
+
+/// Blob transfers that arrive corrupted on a lossy network, per thousand.
+pub const BLOB_CORRUPT_PER_MILLE: u32 = 30;
 
 /// How unreliable the network is, in parts per thousand and milliseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,6 +58,8 @@ struct NetState {
     rpc: RpcPorts,
     /// Actor mesh session streams: each node's mesh port and the streams open between nodes.
     mesh: MeshPorts,
+    /// Each node's blob store, where members fetch copies from (while the node is up).
+    blobs: BTreeMap<NodeId, BlobsHandle>,
 }
 
 impl NetState {
@@ -95,6 +101,7 @@ impl SimNet {
             dropped: 0,
             rpc: RpcPorts::default(),
             mesh: MeshPorts::default(),
+            blobs: BTreeMap::new(),
         };
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         SimNet { state: Arc::new(Mutex::new(state)), id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed) }
@@ -122,7 +129,30 @@ impl SimNet {
         state.nodes.remove(&node_id);
         state.rpc.node_down(node_id);
         state.mesh.node_down(node_id);
+        state.blobs.remove(&node_id);
         state.note(format!("node {node_id} down"));
+    }
+
+    /// Makes `node_id`'s blob store reachable to members' fetches (until the node is detached).
+    pub fn attach_blobs(&self, node_id: NodeId, blobs: BlobsHandle) {
+        self.lock().blobs.insert(node_id, blobs);
+    }
+
+    /// The blob store of `node_id`, while the node is up.
+    pub(crate) fn blobs_of(&self, node_id: NodeId) -> Option<BlobsHandle> {
+        self.lock().blobs.get(&node_id).cloned()
+    }
+
+    /// Whether a blob transfer from `from` to `to` arrives with a flipped byte (a rotten disk or a broken middlebox,
+    /// on a lossy network only: [`BLOB_CORRUPT_PER_MILLE`] of transfers), and where: the answer picks the byte.
+    pub(crate) fn corrupts_blob_transfer(&self, from: NodeId, to: NodeId) -> Option<u64> {
+        let mut state = self.lock();
+        if state.faults.drop_per_mille == 0 || !state.chance(BLOB_CORRUPT_PER_MILLE) {
+            return None;
+        }
+        let at = state.rng.next_u64();
+        state.note(format!("{from}->{to} blob data corrupted"));
+        Some(at)
     }
 
     /// The port node `node_id`'s RPC gateway takes client connections from (a fresh one at each boot).
@@ -163,9 +193,10 @@ impl SimNet {
         Some(delay)
     }
 
-    /// The transport a node's Raft uses to reach the others.
-    pub fn transport_for(&self, node_id: NodeId) -> SimRaftNetwork {
-        SimRaftNetwork { from: node_id, net: self.clone() }
+    /// The transport a node's Raft uses to reach the others; every answered RPC is noted in `health` (when the node
+    /// last heard from each peer), as the iroh transport notes it.
+    pub fn transport_for(&self, node_id: NodeId, health: PeerHealth) -> SimRaftNetwork {
+        SimRaftNetwork { from: node_id, net: self.clone(), health }
     }
 
     pub fn set_faults(&self, faults: NetFaults) {
@@ -256,6 +287,7 @@ impl SimNet {
 pub struct SimRaftNetwork {
     from: NodeId,
     net: SimNet,
+    health: PeerHealth,
 }
 
 impl SimRaftNetwork {
@@ -300,7 +332,12 @@ impl SimRaftNetwork {
                 Err(lost())
             }
             Fate::Delivered { delay, .. } => match tokio::time::timeout_at(deadline, tokio::time::sleep(delay)).await {
-                Ok(()) => Ok(response),
+                Ok(()) => {
+                    // Peer liveness (blob placement counts only copies on members heard from lately).
+                    let mut health = self.health.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    health.insert(target, tokio::time::Instant::now());
+                    Ok(response)
+                }
                 Err(_) => Err(lost()),
             },
         }

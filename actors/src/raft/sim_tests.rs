@@ -44,7 +44,7 @@ async fn start_cluster(net: &SimNet, dir: &std::path::Path, count: u64) -> BTree
             handle: raft.clone(),
             storage: storage.clone(),
             clock: Clock::simulated(EPOCH_MS),
-            network: RaftTransport::Simulated(net.transport_for(id)),
+            network: RaftTransport::Simulated(net.transport_for(id, raft.peer_health())),
         };
         let (actor, _) = Actor::spawn(None, RaftActor, args).await.unwrap();
         nodes.insert(id, SimNode { raft, storage, actor });

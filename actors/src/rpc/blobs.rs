@@ -23,7 +23,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::handler::RpcContext;
 use super::link::{StreamRecv, StreamSend};
 use super::stream::write_response;
-use crate::blobs::iroh_hash;
 use crate::services::BlobService;
 
 /// Whether a request streams data on its own stream (served by [`serve_stream`]).
@@ -118,9 +117,10 @@ async fn add(blobs: &BlobService, request: BlobRequest, recv: &mut StreamRecv) -
     // The import pulls from a small channel while this task reads frames into it: a few frames in memory at most.
     let (sender, receiver) = tokio::sync::mpsc::channel::<std::io::Result<DataBytes>>(4);
     let store = node.store.clone();
-    let import = tokio::spawn(async move {
-        store.blobs().add_stream(tokio_stream::wrappers::ReceiverStream::new(receiver)).await.temp_tag().await
-    });
+    let import =
+        tokio::spawn(
+            async move { store.add_stream(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))).await },
+        );
     let mut size: u64 = 0;
     let size_max = node.config.max_blob_bytes;
     let started = tokio::time::Instant::now();
@@ -151,8 +151,7 @@ async fn add(blobs: &BlobService, request: BlobRequest, recv: &mut StreamRecv) -
     drop(sender);
     let imported = import.await.map_err(|error| WireError::internal(format!("import task failed: {error}")))?;
     read?;
-    let tag = imported.map_err(|error| WireError::internal(format!("cannot store the blob: {error}")))?;
-    let hash = BlobHash(*tag.hash().as_bytes());
+    let (hash, held) = imported.map_err(|error| WireError::internal(format!("cannot store the blob: {error}")))?;
     if let Some(expected) = expected
         && expected != hash
     {
@@ -162,7 +161,7 @@ async fn add(blobs: &BlobService, request: BlobRequest, recv: &mut StreamRecv) -
     let blob = BlobRef { hash, size };
     let attach = attach.map(|attach| (attach.key, attach.lease));
     let (record, revision) = blobs.record_and_attach(blob, replicas, pin, ack_copies, attach).await?;
-    drop(tag);
+    drop(held);
     Ok(BlobResponse::Added { hash, record, revision })
 }
 
@@ -196,6 +195,11 @@ async fn get(
         return Err(WireError::new(ErrorCode::NotFound, format!("no blob {hash} in the cluster")));
     }
     let size = record.as_ref().map_or(0, |record| record.size);
+    if crate::sim::planted_bug(crate::sim::PlantedBug::BlobReadLocalOnly)
+        && !matches!(local, LocalBlob::Complete { .. })
+    {
+        return Err(WireError::new(ErrorCode::NotFound, format!("blob {hash} is not on this node")));
+    }
     let _pin = node.ensure_local(&hash, size, &holders).await?;
     let size = match node.local(&hash).await? {
         LocalBlob::Complete { size } => size,
@@ -203,7 +207,7 @@ async fn get(
     };
     let header = ResponseEnvelope { request_id, body: Ok(Response::Blob(BlobResponse::Stream { hash, size })) };
     let header = pando_protocol::frame::encode(&header).map_err(|error| WireError::internal(error.to_string()))?;
-    let mut reader = node.store.blobs().reader(iroh_hash(&hash));
+    let mut reader = node.store.reader(hash).await?;
     // A client that stops reading gives up its transfer slot after the frame timeout.
     let frame_timeout = Duration::from_millis(BLOB_DATA_FRAME_TIMEOUT_MS);
     let stream = async {

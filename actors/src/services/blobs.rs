@@ -13,7 +13,7 @@ use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::kv::{Bytes, KvRequest, KvResponse};
 
 use super::kv::unexpected;
-use crate::blobs::{BlobNode, BlobsHandle, iroh_hash};
+use crate::blobs::{BlobNode, BlobsHandle};
 use crate::mesh::Proposer;
 use crate::raft::RaftHandle;
 use crate::storage_actor::StorageHandle;
@@ -175,17 +175,15 @@ impl BlobService {
                 other => Err(unexpected("KV write", &other)),
             };
         }
-        let tag = node
+        let (hash, pin) = node
             .store
-            .blobs()
-            .add_bytes(DataBytes::copy_from_slice(value))
-            .temp_tag()
+            .add(DataBytes::copy_from_slice(value))
             .await
             .map_err(|error| WireError::internal(format!("cannot store the value as a blob: {error}")))?;
-        let blob = BlobRef { hash: BlobHash(*tag.hash().as_bytes()), size: value.len() as u64 };
+        let blob = BlobRef { hash, size: value.len() as u64 };
         let attach = Some((key.clone(), lease));
         let (_, revision) = self.record_and_attach(blob, None, false, None, attach).await?;
-        drop(tag);
+        drop(pin);
         Ok(KvResponse::Written { revision: revision.unwrap_or_default() })
     }
 
@@ -272,7 +270,7 @@ impl BlobService {
             .ensure_local(&hash, record.size, &record.holders)
             .await
             .map_err(|error| unavailable(error.to_string()))?;
-        tokio::time::timeout(timeout, node.store.blobs().get_bytes(iroh_hash(&hash)))
+        tokio::time::timeout(timeout, node.store.get(hash))
             .await
             .map_err(|_| unavailable("reading the blob timed out".to_string()))?
             .map_err(|error| unavailable(error.to_string()))
@@ -304,14 +302,11 @@ impl BlobService {
         let node = self.node()?;
         let gc_grace = gc_grace.unwrap_or(node.config.gc_grace).min(node.config.gc_grace);
         let size = data.len() as u64;
-        let tag = node
+        let (hash, held) = node
             .store
-            .blobs()
-            .add_bytes(data)
-            .temp_tag()
+            .add(DataBytes::from(data))
             .await
             .map_err(|error| WireError::internal(format!("cannot store the blob: {error}")))?;
-        let hash = BlobHash(*tag.hash().as_bytes());
         node.hold(hash).await.map_err(|error| WireError::new(ErrorCode::Unavailable, error.to_string()))?;
         let added = BlobCommand::Added {
             blob: BlobRef { hash, size },
@@ -321,7 +316,7 @@ impl BlobService {
             gc_grace_ms: u64::try_from(gc_grace.as_millis()).unwrap_or(u64::MAX),
         };
         self.proposer.propose_anywhere(Command::Blob(added), timeout).await?;
-        drop(tag);
+        drop(held);
         self.storage.wait_until(deadline, |reader| reader.blob(&hash).is_ok_and(|record| record.is_some())).await;
         Ok(hash)
     }
