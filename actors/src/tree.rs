@@ -91,7 +91,7 @@ impl Handles {
     /// The services of node `node_id` over these handles (`keys` are the cluster's identity).
     pub fn services(&self, node_id: u64, keys: &ClusterKeys, options: ServiceOptions) -> Services {
         let (kv, blobs) = self.kv_and_blobs(node_id);
-        let tokens = TokenService::new(self.raft.clone(), self.storage.clone(), options.randomness);
+        let tokens = TokenService::new(self.raft.clone(), self.storage.clone(), self.proposer(), options.randomness);
         let watch = WatchService::new(self.storage.clone(), self.raft.clone());
         Services {
             kv,

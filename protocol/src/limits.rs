@@ -47,8 +47,8 @@ pub const JOIN_TOKEN_USES_MAX: u32 = 100;
 /// How often a connection's cached token is checked against the node's state again (a revocation reaches every
 /// open connection within this, once the node applied it).
 pub const TOKEN_RECHECK_MS: u64 = 250;
-/// How long a node waits for a token it does not know yet to arrive through the log (minted on another node a moment
-/// ago) before refusing it.
+/// How long a node that does not know a token tries to catch up with the cluster (a read-index round through the
+/// leader: the token may have been minted elsewhere a moment ago) before it answers that it cannot tell.
 pub const TOKEN_PROPAGATION_WAIT_MS: u64 = 1_000;
 /// Most members a cluster admits (each must fit a ticket, so clients can reach every one of them).
 pub const CLUSTER_MEMBERS_MAX: usize = 64;

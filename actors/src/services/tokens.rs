@@ -17,6 +17,7 @@ use pando_protocol::token::{
 };
 
 use super::kv::unexpected;
+use crate::mesh::Proposer;
 use crate::raft::RaftHandle;
 use crate::storage_actor::StorageHandle;
 
@@ -30,6 +31,8 @@ pub const TOKEN_PROPAGATION_WAITERS_MAX: usize = 64;
 pub struct TokenService {
     raft: RaftHandle,
     storage: StorageHandle,
+    /// Catches this node up with the cluster before it calls a token unknown.
+    proposer: Proposer,
     randomness: TokenRandomness,
     propagation_waiters: Arc<Semaphore>,
 }
@@ -93,9 +96,14 @@ pub fn create_command(
 }
 
 impl TokenService {
-    pub fn new(raft: RaftHandle, storage: StorageHandle, randomness: TokenRandomness) -> TokenService {
+    pub fn new(
+        raft: RaftHandle,
+        storage: StorageHandle,
+        proposer: Proposer,
+        randomness: TokenRandomness,
+    ) -> TokenService {
         let propagation_waiters = Arc::new(Semaphore::new(TOKEN_PROPAGATION_WAITERS_MAX));
-        TokenService { raft, storage, randomness, propagation_waiters }
+        TokenService { raft, storage, proposer, randomness, propagation_waiters }
     }
 
     /// Serves one token request (its caller holds [`pando_protocol::token::Access::TokenAdmin`]).
@@ -184,9 +192,15 @@ impl TokenService {
     }
 
     /// Checks `token` against the records this node applied, at `now_ms` by its clock. A token this node does not
-    /// know is looked up again for up to [`TOKEN_PROPAGATION_WAIT_MS`] (it may have been minted on another node a
-    /// moment ago and not be applied here yet), by at most [`TOKEN_PROPAGATION_WAITERS_MAX`] callers at once.
-    /// `wait_if_unknown` is false for a token the caller knows this node accepted before (gone now: revoked).
+    /// know may have been minted elsewhere a moment ago, or this node may lag (a joiner catching up, a member back
+    /// from a partition): before it calls the token unknown, it catches up with the cluster (a read-index round,
+    /// through the leader when it does not lead), so a token whose minting was acknowledged anywhere before the call
+    /// is known here. When it cannot catch up within [`TOKEN_PROPAGATION_WAIT_MS`] (no leader it can reach), it
+    /// cannot tell, and answers `UNAVAILABLE` (the client moves to another member), never `UNAUTHORIZED` for a token
+    /// that may be valid (simulator seed 339: a lagging member refused the admin's token to an observer). At most
+    /// [`TOKEN_PROPAGATION_WAITERS_MAX`] callers catch up at once; more are refused at once, so a flood of made-up
+    /// tokens costs a bounded number of rounds. `wait_if_unknown` is false for a token the caller knows this node
+    /// accepted before (gone now: revoked).
     pub async fn authenticate(
         &self,
         token: &CapabilityToken,
@@ -206,9 +220,18 @@ impl TokenService {
                 let Ok(_waiting) = self.propagation_waiters.try_acquire() else {
                     return Err(Refused::Unknown.into());
                 };
-                let accessor = token.accessor.clone();
-                let deadline = tokio::time::Instant::now() + Duration::from_millis(TOKEN_PROPAGATION_WAIT_MS);
-                self.storage.wait_until(deadline, |reader| matches!(reader.token(&accessor), Ok(Some(_)))).await;
+                let within = Duration::from_millis(TOKEN_PROPAGATION_WAIT_MS);
+                tracing::debug!(accessor = %token.accessor_hex(), "a token this node does not know: catching up");
+                if let Err(error) = self.proposer.linearize_anywhere(within).await {
+                    tracing::debug!(accessor = %token.accessor_hex(), %error, "could not catch up to check a token");
+                    return Err(WireError::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "this member does not know the token and could not catch up with the cluster to tell \
+                             whether it is valid ({error}); try another member"
+                        ),
+                    ));
+                }
                 let token = token.clone();
                 self.storage.read(wait, move |reader| reader.authenticate(&token, now_ms)).await?
             }
