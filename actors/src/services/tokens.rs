@@ -23,8 +23,9 @@ use crate::storage_actor::StorageHandle;
 
 /// How long a local read of the token records may wait for storage to open.
 const TOKEN_READ_WAIT_MS: u64 = 1_000;
-/// Unknown tokens this node waits for at once (see [`TokenService::authenticate`]); more are refused at once, so a
-/// flood of made-up tokens costs the node a bounded number of waits.
+/// Unknown tokens this node catches up for at once (see [`TokenService::authenticate`]); more are answered `BUSY` at
+/// once, so a flood of made-up tokens costs the node at most this many read-index rounds in flight (the leader shares
+/// one round among the reads waiting at once).
 pub const TOKEN_PROPAGATION_WAITERS_MAX: usize = 64;
 
 #[derive(Clone)]
@@ -196,11 +197,11 @@ impl TokenService {
     /// from a partition): before it calls the token unknown, it catches up with the cluster (a read-index round,
     /// through the leader when it does not lead), so a token whose minting was acknowledged anywhere before the call
     /// is known here. When it cannot catch up within [`TOKEN_PROPAGATION_WAIT_MS`] (no leader it can reach), it
-    /// cannot tell, and answers `UNAVAILABLE` (the client moves to another member), never `UNAUTHORIZED` for a token
-    /// that may be valid (simulator seed 339: a lagging member refused the admin's token to an observer). At most
-    /// [`TOKEN_PROPAGATION_WAITERS_MAX`] callers catch up at once; more are refused at once, so a flood of made-up
-    /// tokens costs a bounded number of rounds. `wait_if_unknown` is false for a token the caller knows this node
-    /// accepted before (gone now: revoked).
+    /// cannot tell, and answers `UNAVAILABLE` (streams move to another member by themselves; a unary caller is told to),
+    /// never `UNAUTHORIZED` for a token that may be valid (simulator seed 339: a lagging member refused the admin's
+    /// token to an observer). At most [`TOKEN_PROPAGATION_WAITERS_MAX`] callers catch up at once; more are answered
+    /// `BUSY` at once. `wait_if_unknown` is false for a token the caller knows this node accepted before (gone now:
+    /// revoked).
     pub async fn authenticate(
         &self,
         token: &CapabilityToken,
@@ -218,7 +219,11 @@ impl TokenService {
         let checked = match checked {
             Err(Refused::Unknown) if wait_if_unknown => {
                 let Ok(_waiting) = self.propagation_waiters.try_acquire() else {
-                    return Err(Refused::Unknown.into());
+                    return Err(WireError::new(
+                        ErrorCode::Busy,
+                        "this member does not know the token and is checking too many unknown tokens already; try \
+                         again or another member",
+                    ));
                 };
                 let within = Duration::from_millis(TOKEN_PROPAGATION_WAIT_MS);
                 tracing::debug!(accessor = %token.accessor_hex(), "a token this node does not know: catching up");
