@@ -85,12 +85,30 @@ pub enum PlantedBug {
     BlobSweepDropsPlaced = 1048576,
     /// The leader assigns one copy fewer than a blob's live copies lack (replication settles short).
     BlobPlacementShort = 2097152,
+    /// A plugin upgrade keeps the old generation's queue open beside the new one, and every other call still goes to
+    /// it (the old generation goes on answering after the new one has).
+    PluginOldGenerationServes = 4194304,
+    /// A node's plugin supervisor takes a plugin it serves in any generation as settled (upgrades never load there).
+    PluginReconcileSkipsUpgrade = 8388608,
 }
 
 thread_local! {
     /// Planted bugs are per thread: a simulation runs every node on its own current-thread runtime, so tests that
     /// plant bugs and tests that must not see them can share a process.
     static PLANTED_BUGS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+thread_local! {
+    /// Flips at every [`planted_coin`] (deterministic: a simulation runs on one thread).
+    static PLANTED_COIN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Alternates true and false, for planted bugs that strike every other time.
+pub(crate) fn planted_coin() -> bool {
+    PLANTED_COIN.with(|coin| {
+        coin.set(!coin.get());
+        coin.get()
+    })
 }
 
 /// Switches a planted bug on or off for simulations run on this thread.
@@ -269,6 +287,16 @@ impl crate::jobs::JobRunner for SimJobRunner {
                 RunResult::Completed(Default::default())
             }
         })
+    }
+}
+
+/// How a simulated node runs plugins: the node's defaults, reconciling every second and retrying a failed fetch
+/// after half a second (a run lasts seconds).
+pub fn plugin_config() -> crate::plugins::PluginConfig {
+    crate::plugins::PluginConfig {
+        reconcile_interval: Duration::from_secs(1),
+        fetch_retry: Duration::from_millis(500),
+        ..crate::plugins::PluginConfig::default()
     }
 }
 

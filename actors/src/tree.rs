@@ -4,7 +4,8 @@
 //!
 //! The simulator builds the same tree in a [simulated world](World::Simulated): storage on a simulated disk, clients,
 //! the actor mesh's sessions and members' blob fetches over the simulated network, and the blob store on its
-//! in-memory twin ([`crate::blobs::sim_store`]). The plugins (wasm under extism) are left out there.
+//! in-memory twin ([`crate::blobs::sim_store`]), and the plugins on the simulator's stand-in for extism
+//! ([`crate::plugins::sim_engine`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,7 +22,7 @@ use crate::hooks::delivery::{NodeRunner, Runner};
 use crate::hooks::exec::ExecConfig;
 use crate::hooks::{HookRouterActor, HookRouterArgs, HooksHandle};
 use crate::mesh::{MeshArgs, MeshHandle, MeshNet, Proposer};
-use crate::plugins::{PluginConfig, PluginSupervisor, PluginsArgs, PluginsHandle};
+use crate::plugins::{PluginConfig, PluginEngine, PluginSupervisor, PluginsArgs, PluginsHandle};
 use crate::raft::sim_network::SimNet;
 use crate::raft::transport::RaftTransport;
 use crate::raft::{RaftActor, RaftArgs, RaftHandle};
@@ -152,6 +153,7 @@ impl Handles {
             handle: self.plugins.clone(),
             config,
             cluster_secret,
+            engine: PluginEngine::Extism,
         }
     }
 }
@@ -329,6 +331,14 @@ pub fn root(config: TreeConfig) -> SupervisorArgs {
         World::Simulated { net, blobs, blob_disk, .. } => {
             net.attach_blobs(node_id, handles.blobs.clone());
             children.push(blob_store(node_id, &handles, blobs, BlobBackend::Simulated { disk: blob_disk, net }));
+            let plugins_args = PluginsArgs {
+                engine: PluginEngine::Simulated,
+                ..handles.plugins_args(node_id, config.clock, crate::sim::plugin_config(), cluster_secret)
+            };
+            children.push(
+                ChildSpec::new("plugins", Restart::Permanent, PluginSupervisor, plugins_args)
+                    .with_shutdown_timeout(Duration::from_secs(10)),
+            );
         }
     }
     // After the plugins, which hooks and jobs call; their restarts touch nothing else.

@@ -1,5 +1,6 @@
 //! One plugin instance: a PluginActor owning one extism `Plugin` (instantiated from its generation's
-//! `CompiledPlugin`) and the OS thread that runs it.
+//! `CompiledPlugin`) and the OS thread that runs it (in the simulated world, a task of the simulator's stand-in
+//! engine instead: [`super::sim_engine`]).
 //!
 //! The wasm never runs on an actor's mailbox: the instance's worker thread takes calls from the generation's bounded
 //! queue (shared by every instance of that generation) and answers each caller directly. The actor owns the thread's
@@ -18,6 +19,7 @@ use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::plugin_abi::exports;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use super::load::Module;
 use crate::supervision::control::current_call;
 use crate::supervision::{ActorDetail, Control};
 
@@ -38,7 +40,7 @@ pub struct InstanceArgs {
     pub plugin: String,
     pub generation: u64,
     pub index: usize,
-    pub compiled: Arc<CompiledPlugin>,
+    pub module: Module,
     pub queue: Receiver<Job>,
     pub timeout_ms: u32,
     pub fuel: u64,
@@ -94,13 +96,20 @@ impl Actor for PluginActor {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let current = Current::default();
+        let compiled = match &args.module {
+            Module::Wasm(compiled) => compiled.clone(),
+            Module::Simulated(_) => {
+                // The simulator's stand-in runs as a task on the (simulated) runtime, never on a thread of its own.
+                tokio::spawn(super::sim_engine::serve(args.clone(), stop.clone(), myself));
+                return Ok(InstanceState { stop, generation: args.generation, current });
+            }
+        };
         // Instantiating and `init` run wasm: on a blocking thread, never on the mailbox's.
-        let compiled = args.compiled.clone();
         let plugin = tokio::task::spawn_blocking(move || instantiate(&compiled))
             .await
             .map_err(|error| format!("instantiating panicked: {error}"))??;
-        let stop = Arc::new(AtomicBool::new(false));
-        let current = Current::default();
         let worker = Worker { args: args.clone(), plugin, stop: stop.clone(), actor: myself, current: current.clone() };
         std::thread::Builder::new()
             .name(format!("plugin-{}-{}", args.plugin, args.index))

@@ -8,11 +8,20 @@ use extism::CompiledPlugin;
 use pando_protocol::plugin::{PluginManifest, PluginRecord};
 
 use super::host;
-use super::{PluginConfig, PluginsArgs};
+use super::{PluginConfig, PluginEngine, PluginsArgs};
 
 pub struct Compiled {
-    pub(super) compiled: Arc<CompiledPlugin>,
+    pub(super) module: Module,
     pub(super) host: Arc<host::HostContext>,
+}
+
+/// A generation's code, compiled once and instantiated by each of its instances.
+#[derive(Clone)]
+pub(super) enum Module {
+    /// Wasm compiled by extism (wasmtime).
+    Wasm(Arc<CompiledPlugin>),
+    /// The simulator's deterministic stand-in ([`super::sim_engine`]).
+    Simulated(Arc<super::sim_engine::SimModule>),
 }
 
 pub struct LoadError {
@@ -52,6 +61,10 @@ pub(super) async fn compile(record: &PluginRecord, wasm: Vec<u8>, args: &Plugins
     let manifest = &record.manifest;
     let fatal = |message: String| LoadError { message, transient: false };
     let host = Arc::new(host::HostContext::new(manifest.clone(), record.generation, args));
+    if args.engine == PluginEngine::Simulated {
+        let module = super::sim_engine::compile(&wasm).map_err(fatal)?;
+        return Ok(Compiled { module: Module::Simulated(Arc::new(module)), host });
+    }
     // A module built for wasm32-wasip1 imports WASI: it gets extism's WASI context, which has a clock and randomness
     // but no files, environment, network or output. Modules without WASI imports run without it.
     let wasi = wasm.windows(WASI_MODULE.len()).any(|window| window == WASI_MODULE);
@@ -71,7 +84,7 @@ pub(super) async fn compile(record: &PluginRecord, wasm: Vec<u8>, args: &Plugins
     .await
     .map_err(|error| fatal(format!("compiling panicked: {error}")))?
     .map_err(|error| fatal(format!("the wasm does not compile: {error:#}")))?;
-    Ok(Compiled { compiled: Arc::new(compiled), host })
+    Ok(Compiled { module: Module::Wasm(Arc::new(compiled)), host })
 }
 
 /// The wasm bytes of a generation, verified against the hash the log names.

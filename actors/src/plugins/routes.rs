@@ -10,13 +10,25 @@ use crossbeam_channel::{Sender, TrySendError};
 use pando_protocol::error::{ErrorCode, WireError};
 
 use super::instance::Job;
+use crate::sim::{PlantedBug, planted_bug, planted_coin};
 
 /// Where calls go: the generation serving each plugin on this node, or why none does.
 #[derive(Clone)]
 pub(super) enum Route {
-    Serving { generation: u64, queue: Sender<Job> },
-    Quarantined { generation: u64, reason: String },
-    Disabled { generation: u64 },
+    /// `stale`: only under the planted bug [`PlantedBug::PluginOldGenerationServes`]: the previous generation and its
+    /// queue, wrongly kept open.
+    Serving {
+        generation: u64,
+        queue: Sender<Job>,
+        stale: Option<(u64, Sender<Job>)>,
+    },
+    Quarantined {
+        generation: u64,
+        reason: String,
+    },
+    Disabled {
+        generation: u64,
+    },
 }
 
 /// The call routes of one node, shared by the RPC gateway, timers and the supervisor (which alone changes them).
@@ -26,6 +38,15 @@ pub struct PluginRoutes(Arc<RwLock<BTreeMap<String, Route>>>);
 impl PluginRoutes {
     pub(super) fn set(&self, name: &str, route: Option<Route>) {
         let mut routes = self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let route = match (route, routes.get(name)) {
+            (
+                Some(Route::Serving { generation, queue, .. }),
+                Some(Route::Serving { generation: old, queue: old_queue, .. }),
+            ) if *old != generation && planted_bug(PlantedBug::PluginOldGenerationServes) => {
+                Some(Route::Serving { generation, queue, stale: Some((*old, old_queue.clone())) })
+            }
+            (route, _) => route,
+        };
         match route {
             Some(route) => routes.insert(name.to_string(), route),
             None => routes.remove(name),
@@ -44,7 +65,12 @@ impl PluginRoutes {
     pub(crate) fn submit_to(&self, name: &str, generation: Option<u64>, job: Job) -> Result<u64, Refused> {
         let refused = |code, message: String| Err(Refused::Error(WireError::new(code, message)));
         match self.route(name) {
-            Some(Route::Serving { generation: serving, queue }) if generation.is_none_or(|g| g == serving) => {
+            Some(Route::Serving { generation: serving, queue, stale }) if generation.is_none_or(|g| g == serving) => {
+                // Under the planted bug, every other call goes to the old generation (and names it).
+                let (serving, queue) = match stale {
+                    Some(stale) if planted_coin() => stale,
+                    _ => (serving, queue),
+                };
                 match queue.try_send(job) {
                     Ok(()) => Ok(serving),
                     Err(TrySendError::Full(_)) => refused(
@@ -85,9 +111,11 @@ impl PluginRoutes {
         timeout: Duration,
         scope: Option<super::host::CallScope>,
     ) -> Result<(Vec<u8>, u64), WireError> {
-        let deadline = std::time::Instant::now() + timeout;
+        // On the runtime's clock (the simulator's, in a simulated world); instances compare it as a std instant.
+        let deadline = tokio::time::Instant::now() + timeout;
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let mut job = Job { function: function.to_string(), input, deadline, reply: Some(reply), scope };
+        let mut job =
+            Job { function: function.to_string(), input, deadline: deadline.into_std(), reply: Some(reply), scope };
         let mut attempts = 0;
         let generation = loop {
             attempts += 1;
@@ -100,7 +128,7 @@ impl PluginRoutes {
                 Err(refused) => return Err(refused.into_error(name)),
             }
         };
-        match tokio::time::timeout_at(deadline.into(), answer).await {
+        match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(result)) => result.map(|output| (output, generation)),
             // The instance was stopped with the call queued (the plugin was disabled or removed).
             Ok(Err(_)) => Err(WireError::new(
