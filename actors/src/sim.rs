@@ -1,5 +1,5 @@
 //! Real nodes for the cluster simulator: each [`SimNode`] is a node's supervision tree (storage, raft, RPC gateway,
-//! blob store; the real [`tree::root`]) with its RaftActor, state machine and redb stores, on a [simulated
+//! actor mesh, blob store, plugin supervisor, hooks, jobs; the real [`tree::root`]) with its RaftActor, state machine and redb stores, on a [simulated
 //! disk](crate::storage::SimDisk) (and the blob store's twin on a [blob disk](SimBlobDisk)), reached by peers and clients over the [simulated
 //! network](crate::raft::sim_network::SimNet), telling time by tokio's (paused) clock. The simulator drives them from
 //! one thread and one seed, and talks to them with the real client library; this module only starts, crashes and
@@ -90,6 +90,9 @@ pub enum PlantedBug {
     PluginOldGenerationServes = 4194304,
     /// A node's plugin supervisor takes a plugin it serves in any generation as settled (upgrades never load there).
     PluginReconcileSkipsUpgrade = 8388608,
+    /// The coordination service answers a won election campaign with the previous term's token (two leaders hold one
+    /// token).
+    ElectionTokenReused = 16777216,
 }
 
 thread_local! {
@@ -109,6 +112,11 @@ pub(crate) fn planted_coin() -> bool {
         coin.set(!coin.get());
         coin.get()
     })
+}
+
+/// Starts the [`planted_coin`] afresh (each run, so a seed replays alone as it ran in a sweep).
+pub fn reset_planted_coin() {
+    PLANTED_COIN.with(|coin| coin.set(false));
 }
 
 /// Switches a planted bug on or off for simulations run on this thread.
@@ -402,6 +410,8 @@ pub struct SimNode {
     identity: SimIdentity,
     /// `None` while the node is down.
     running: Option<(Handles, ActorRef<SupervisorMsg>)>,
+    /// Times the node started (a checker that holds per boot tells a restarted node from the one before).
+    boots: u64,
 }
 
 impl SimNode {
@@ -423,12 +433,13 @@ impl SimNode {
             net: net.clone(),
             identity: identity.clone(),
             running: None,
+            boots: 0,
         };
         node.boot(bootstrap).await?;
         Ok(node)
     }
 
-    /// Starts the node's real supervision tree (storage, raft, RPC gateway) in the simulated world.
+    /// Starts the node's real supervision tree in the simulated world (one more boot).
     async fn boot(&mut self, bootstrap: Option<BTreeMap<NodeId, MemberNode>>) -> Result<(), String> {
         let handles = Handles::new(self.id, []);
         self.net.attach(self.id, handles.raft.clone());
@@ -456,7 +467,13 @@ impl SimNode {
         let (root, _) = Actor::spawn(None, Supervisor, tree::root(config)).await.map_err(|error| error.to_string())?;
         handles.tree.set_root(root.clone());
         self.running = Some((handles, root));
+        self.boots += 1;
         Ok(())
+    }
+
+    /// Times the node started so far (its first start counts).
+    pub fn boots(&self) -> u64 {
+        self.boots
     }
 
     /// Proposes `command` through this node's Raft (answers `NOT_LEADER` unless it leads; `UNAVAILABLE` while down).

@@ -527,7 +527,8 @@ fn timer_schedule(context: &HostContext, args: abi::TimerArgs) -> HostResult<abi
         let job = Job {
             function: abi::exports::ON_TIMER.into(),
             input: fired,
-            deadline: std::time::Instant::now() + Duration::from_secs(60),
+            // On the runtime's clock, as every plugin call's deadline (the simulator's, in a simulated world).
+            deadline: (tokio::time::Instant::now() + Duration::from_secs(60)).into_std(),
             reply: None,
             scope: None,
         };

@@ -27,7 +27,8 @@ use crate::supervision::{ActorDetail, Control};
 pub struct Job {
     pub function: String,
     pub input: Vec<u8>,
-    /// When the caller stops waiting; a job still queued then is dropped unrun.
+    /// When the caller stops waiting; a job still queued then is dropped unrun. On the runtime's clock, as a std instant
+    /// (`tokio::time::Instant::into_std`): the wall clock on a node, the paused clock in the simulator.
     pub deadline: Instant,
     /// `None`: nobody waits for the answer (a timer firing).
     pub reply: Option<tokio::sync::oneshot::Sender<Result<Vec<u8>, WireError>>>,
@@ -100,9 +101,9 @@ impl Actor for PluginActor {
         let current = Current::default();
         let compiled = match &args.module {
             Module::Wasm(compiled) => compiled.clone(),
-            Module::Simulated(_) => {
+            Module::Simulated(module) => {
                 // The simulator's stand-in runs as a task on the (simulated) runtime, never on a thread of its own.
-                tokio::spawn(super::sim_engine::serve(args.clone(), stop.clone(), myself));
+                tokio::spawn(super::sim_engine::serve(module.clone(), args.clone(), stop.clone(), myself));
                 return Ok(InstanceState { stop, generation: args.generation, current });
             }
         };

@@ -8,11 +8,20 @@ use extism::CompiledPlugin;
 use pando_protocol::plugin::{PluginManifest, PluginRecord};
 
 use super::host;
-use super::{PluginConfig, PluginEngine, PluginsArgs};
+use super::{PluginConfig, PluginsArgs};
 
 pub struct Compiled {
     pub(super) module: Module,
     pub(super) host: Arc<host::HostContext>,
+}
+
+/// What runs a plugin's code: extism on a node; in the simulated world a deterministic stand-in
+/// ([`super::sim_engine`]), because wasmtime's threads and clocks cannot replay from a seed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PluginEngine {
+    #[default]
+    Extism,
+    Simulated,
 }
 
 /// A generation's code, compiled once and instantiated by each of its instances.
@@ -24,6 +33,7 @@ pub(super) enum Module {
     Simulated(Arc<super::sim_engine::SimModule>),
 }
 
+#[derive(Debug)]
 pub struct LoadError {
     pub(super) message: String,
     /// Worth another try later (the wasm could not be fetched), as opposed to a module that will never load.
@@ -62,7 +72,7 @@ pub(super) async fn compile(record: &PluginRecord, wasm: Vec<u8>, args: &Plugins
     let fatal = |message: String| LoadError { message, transient: false };
     let host = Arc::new(host::HostContext::new(manifest.clone(), record.generation, args));
     if args.engine == PluginEngine::Simulated {
-        let module = super::sim_engine::compile(&wasm).map_err(fatal)?;
+        let module = super::sim_engine::compile(&wasm)?;
         return Ok(Compiled { module: Module::Simulated(Arc::new(module)), host });
     }
     // A module built for wasm32-wasip1 imports WASI: it gets extism's WASI context, which has a clock and randomness

@@ -41,7 +41,7 @@ use tokio::time::Instant;
 pub use host::{BoxFuture, PluginHost, plugin_signing_key};
 pub use instance::Job;
 use instance::{InstanceArgs, PluginActor};
-pub use load::{Compiled, LoadError};
+pub use load::{Compiled, LoadError, PluginEngine};
 use load::{check_caps, compile, load};
 pub use routes::PluginRoutes;
 use routes::Route;
@@ -159,15 +159,6 @@ pub struct PluginsArgs {
     pub cluster_secret: [u8; 32],
     /// What runs the plugins' code.
     pub engine: PluginEngine,
-}
-
-/// What runs a plugin's code: extism on a node; in the simulated world a deterministic stand-in
-/// ([`sim_engine`]), because wasmtime's threads and clocks cannot replay from a seed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum PluginEngine {
-    #[default]
-    Extism,
-    Simulated,
 }
 
 pub enum PluginsMsg {

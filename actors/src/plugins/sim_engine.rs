@@ -12,8 +12,7 @@
 //!
 //! A simulated module answers two functions: `whoami` (the generation of the instance that ran the call and the
 //! module's label, as text: the simulator's checker uses it to see which generation really answered, whatever the
-//! route said) and
-//! `trap` (fails like a wasm trap: the caller gets `PLUGIN_FAILED` and the instance is replaced).
+//! route said) and `trap` (fails like a wasm trap: the caller gets `PLUGIN_FAILED` and the instance is replaced).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +23,7 @@ use pando_protocol::error::{ErrorCode, WireError};
 use ractor::ActorRef;
 
 use super::instance::{InstanceArgs, InstanceMsg};
+use super::load::LoadError;
 
 /// What every simulated module starts with; the rest is the module's label (any text, so versions hash apart).
 pub const SIM_MODULE_MAGIC: &[u8] = b"\0pando-simulated-plugin\n";
@@ -43,22 +43,27 @@ pub fn sim_module(label: &str) -> Vec<u8> {
     [SIM_MODULE_MAGIC, label.as_bytes()].concat()
 }
 
-/// "Compiles" a simulated module: anything that is not a descriptor does not compile, as malformed wasm would not.
-pub(super) fn compile(bytes: &[u8]) -> Result<SimModule, String> {
+/// "Compiles" a simulated module: anything that is not a descriptor does not compile (a fatal load error, reported
+/// as malformed wasm's would be).
+pub(super) fn compile(bytes: &[u8]) -> Result<SimModule, LoadError> {
+    let fatal =
+        |message: &str| LoadError { message: format!("the wasm does not compile: {message}"), transient: false };
     let label = bytes
         .strip_prefix(SIM_MODULE_MAGIC)
-        .ok_or("the wasm does not compile: not a simulated module (the simulated engine runs no real wasm)")?;
-    let label = std::str::from_utf8(label).map_err(|_| "the wasm does not compile: the module's label is not UTF-8")?;
+        .ok_or_else(|| fatal("not a simulated module (the simulated engine runs no real wasm)"))?;
+    let label = std::str::from_utf8(label).map_err(|_| fatal("the module's label is not UTF-8"))?;
     Ok(SimModule { label: label.to_string() })
 }
 
 /// One simulated instance's worker: takes calls from its generation's queue until the queue closes and empties (then
 /// tells its actor it drained), the actor goes (`stop`), or a call traps (then tells its actor it failed).
-pub(super) async fn serve(args: InstanceArgs, stop: Arc<AtomicBool>, actor: ActorRef<InstanceMsg>) {
-    let label = match &args.module {
-        super::load::Module::Simulated(module) => module.label.clone(),
-        super::load::Module::Wasm(_) => String::new(),
-    };
+pub(super) async fn serve(
+    module: Arc<SimModule>,
+    args: InstanceArgs,
+    stop: Arc<AtomicBool>,
+    actor: ActorRef<InstanceMsg>,
+) {
+    let label = &module.label;
     loop {
         if stop.load(Ordering::Acquire) {
             return;
@@ -108,7 +113,7 @@ mod tests {
     fn a_descriptor_compiles_to_its_label_and_anything_else_does_not_compile() {
         assert_eq!(compile(&sim_module("echo v2")).unwrap().label, "echo v2");
         let refused = compile(b"\0asm\x01\0\0\0").unwrap_err();
-        assert!(refused.starts_with("the wasm does not compile"), "{refused}");
+        assert!(refused.message.starts_with("the wasm does not compile") && !refused.transient, "{}", refused.message);
         assert!(compile(&[SIM_MODULE_MAGIC, &[0xff, 0xfe][..]].concat()).is_err());
     }
 }

@@ -140,9 +140,18 @@ impl CoordService {
             }
             _ => None,
         };
+        let campaign = matches!(request, CoordRequest::ElectionCampaign { .. });
         match self.raft.propose(Command::Coord(request), timeout).await? {
             CommandOutput::Coord(CoordResponse::Sequence { count, .. }) if let Some(first) = read_before => {
                 Ok(CoordResponse::Sequence { first, count })
+            }
+            CommandOutput::Coord(CoordResponse::Election { mut election })
+                if campaign && crate::sim::planted_bug(crate::sim::PlantedBug::ElectionTokenReused) =>
+            {
+                if let Some(leader) = &mut election.leader {
+                    leader.token = leader.token.saturating_sub(1).max(1);
+                }
+                Ok(CoordResponse::Election { election })
             }
             CommandOutput::Coord(response) => Ok(response),
             other => Err(WireError::internal(format!("a coordination write produced {other:?}"))),
