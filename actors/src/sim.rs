@@ -410,8 +410,6 @@ pub struct SimNode {
     identity: SimIdentity,
     /// `None` while the node is down.
     running: Option<(Handles, ActorRef<SupervisorMsg>)>,
-    /// Times the node started (a checker that holds per boot tells a restarted node from the one before).
-    boots: u64,
 }
 
 impl SimNode {
@@ -433,7 +431,6 @@ impl SimNode {
             net: net.clone(),
             identity: identity.clone(),
             running: None,
-            boots: 0,
         };
         node.boot(bootstrap).await?;
         Ok(node)
@@ -467,13 +464,7 @@ impl SimNode {
         let (root, _) = Actor::spawn(None, Supervisor, tree::root(config)).await.map_err(|error| error.to_string())?;
         handles.tree.set_root(root.clone());
         self.running = Some((handles, root));
-        self.boots += 1;
         Ok(())
-    }
-
-    /// Times the node started so far (its first start counts).
-    pub fn boots(&self) -> u64 {
-        self.boots
     }
 
     /// Proposes `command` through this node's Raft (answers `NOT_LEADER` unless it leads; `UNAVAILABLE` while down).

@@ -47,7 +47,7 @@ impl Client {
             return Err(ClientError::Invalid("blob_add takes an add request".into()));
         }
         let (request_id, header) = self.envelope(Request::Blob(request))?;
-        let (mut send, mut recv) = self.open().await?;
+        let (mut send, mut recv) = self.open_stream().await?;
         let upload = async {
             send.write_all(&header).await.map_err(|error| format!("cannot send the request: {error}"))?;
             let mut buffer = vec![0u8; UPLOAD_FRAME_BYTES];
@@ -99,7 +99,7 @@ impl Client {
         mut progress: impl FnMut(u64, u64),
     ) -> Result<u64, ClientError> {
         let (request_id, header) = self.envelope(Request::Blob(BlobRequest::Get { hash, key }))?;
-        let (mut send, mut recv) = self.open().await?;
+        let (mut send, mut recv) = self.open_stream().await?;
         send.write_all(&header).await.map_err(|error| ClientError::Transport(format!("cannot send: {error}")))?;
         send.shutdown().await.map_err(|error| ClientError::Transport(format!("cannot send: {error}")))?;
         // The node may first fetch the blob from another member.

@@ -292,7 +292,7 @@ impl Client {
                 format!("node {} at {addrs} ({why})", node.node_id)
             })
             .collect();
-        ClientError::Transport(format!(
+        ClientError::Unreachable(format!(
             "reached no node of the ticket within {} ms: {}. Check that pando-node is running and listening on that \
              address (QUIC over UDP; a firewall must let UDP through), and that the ticket is current: the founding \
              node rewrites <data-dir>/ticket when members change",
@@ -318,6 +318,18 @@ impl Client {
                 self.drop_failed_connection().await;
                 Err(ClientError::Transport(format!("cannot open a stream: {error}")))
             }
+        }
+    }
+
+    /// Opens a stream for a long-lived request (a watch, an observation) or a blob transfer. With a connect timeout,
+    /// an open that reaches no node within it fails [`ClientError::Unreachable`], naming every address of the
+    /// ticket, as a request does.
+    pub(crate) async fn open_stream(&self) -> Result<(SendHalf, RecvHalf), ClientError> {
+        let Some(limit) = self.options.connect_timeout else { return self.open().await };
+        let started = tokio::time::Instant::now();
+        match tokio::time::timeout(limit, self.connection()).await {
+            Ok(Ok(_)) => self.open().await,
+            Ok(Err(_)) | Err(_) => Err(self.unreachable_error(started.elapsed())),
         }
     }
 

@@ -83,7 +83,7 @@ async fn a_request_that_reaches_no_node_fails_unavailable_at_the_connect_timeout
     let started = tokio::time::Instant::now();
     let error = client.request(get()).await.expect_err("nothing answers");
     let waited = started.elapsed();
-    assert!(matches!(error, ClientError::Transport(_)), "{error}");
+    assert!(matches!(error, ClientError::Unreachable(_)), "{error}");
     let message = error.to_string();
     assert!(message.contains("node 1 at 127.0.0.1:7001") && message.contains("node 2 at 127.0.0.1:7002"), "{message}");
     assert!(waited >= Duration::from_secs(2) && waited < Duration::from_millis(2_100), "failed after {waited:?}");
@@ -106,4 +106,35 @@ async fn without_a_connect_timeout_a_request_that_reaches_no_node_waits_for_its_
     let error = client.request(get()).await.expect_err("nothing answers");
     assert!(matches!(error, ClientError::Timeout(_)), "{error}");
     assert!(started.elapsed() >= Duration::from_secs(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watch_an_observation_and_a_blob_transfer_that_reach_no_node_fail_at_the_connect_timeout() {
+    use pando_protocol::watch::{WatchRange, WatchRequest};
+
+    let client = client(false, Some(Duration::from_secs(2)));
+    let request = WatchRequest {
+        range: WatchRange::Prefix(b"app/".to_vec().into()),
+        start_revision: 0,
+        prev_kv: false,
+        only: None,
+        progress_ms: 0,
+    };
+    let started = tokio::time::Instant::now();
+    let error = client.watch(request).next().await.expect_err("nothing answers");
+    assert!(matches!(error, ClientError::Unreachable(_)), "a watch that never opened does not retry for long: {error}");
+    assert!(error.to_string().contains("node 2 at 127.0.0.1:7002"), "{error}");
+    assert!(started.elapsed() < Duration::from_millis(2_100), "failed after {:?}", started.elapsed());
+
+    let started = tokio::time::Instant::now();
+    let error = client.observe_election(b"leader").next().await.expect_err("nothing answers");
+    assert!(matches!(error, ClientError::Unreachable(_)), "{error}");
+    assert!(started.elapsed() < Duration::from_millis(2_100), "failed after {:?}", started.elapsed());
+
+    let started = tokio::time::Instant::now();
+    let mut out = Vec::new();
+    let hash = pando_protocol::blob::BlobHash([0; 32]);
+    let error = client.blob_get(hash, None, &mut out, |_, _| {}).await.expect_err("nothing answers");
+    assert!(matches!(error, ClientError::Unreachable(_)), "{error}");
+    assert!(started.elapsed() < Duration::from_millis(2_100), "failed after {:?}", started.elapsed());
 }

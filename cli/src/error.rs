@@ -10,6 +10,10 @@ pub enum ClientError {
     /// No node could be reached, or a connection broke before the response arrived.
     #[error("UNAVAILABLE: {0}")]
     Transport(String),
+    /// No node of the ticket answered within the client's connect timeout: the message names each address, why it
+    /// failed, and what to check. Nothing was sent.
+    #[error("UNAVAILABLE: {0}")]
+    Unreachable(String),
     /// A stage of the request did not finish within the deadline.
     #[error("TIMEOUT: {0}")]
     Timeout(String),
@@ -26,7 +30,7 @@ impl ClientError {
     pub fn code(&self) -> ErrorCode {
         match self {
             ClientError::Wire(error) => error.code,
-            ClientError::Transport(_) => ErrorCode::Unavailable,
+            ClientError::Transport(_) | ClientError::Unreachable(_) => ErrorCode::Unavailable,
             ClientError::Timeout(_) => ErrorCode::Timeout,
             ClientError::Protocol(_) => ErrorCode::Malformed,
             ClientError::Invalid(_) => ErrorCode::InvalidArgument,

@@ -162,7 +162,7 @@ impl HookWatch<'_> {
                 let request = HookWatchRequest { pattern: self.pattern.clone(), from_seq: self.next };
                 match OpenStream::open(self.client, Request::HookWatch(request)).await {
                     Ok(stream) => self.stream = Some(stream),
-                    Err(error) => self.lost(&error.to_string()).await?,
+                    Err(error) => self.mover.open_failed(self.client, error).await?,
                 }
                 continue;
             };

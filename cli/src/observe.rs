@@ -52,7 +52,7 @@ impl Observation<'_> {
             let Some(stream) = self.stream.as_mut() else {
                 match OpenStream::open(self.client, Request::Observe(self.request.clone())).await {
                     Ok(stream) => self.stream = Some(stream),
-                    Err(error) => self.lost(&error.to_string()).await?,
+                    Err(error) => self.mover.open_failed(self.client, error).await?,
                 }
                 continue;
             };

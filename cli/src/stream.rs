@@ -46,7 +46,7 @@ impl OpenStream {
             body,
         };
         let frame = frame::encode(&envelope).map_err(|error| ClientError::Invalid(error.to_string()))?;
-        let (mut send, recv) = client.open().await?;
+        let (mut send, recv) = client.open_stream().await?;
         send.write_all(&frame).await.map_err(|error| ClientError::Transport(error.to_string()))?;
         // The request goes out now, not when the stream finishes.
         send.flush().await.map_err(|error| ClientError::Transport(error.to_string()))?;
@@ -117,6 +117,8 @@ impl OpenStream {
 pub(crate) struct Mover {
     /// Opens and losses in a row without a frame in between.
     failures: u32,
+    /// A frame ever arrived (a stream that never opened anywhere fails at once when no member can be reached).
+    served_once: bool,
     /// How many times the stream moved to another member.
     pub resumes: u64,
 }
@@ -125,6 +127,16 @@ impl Mover {
     /// A frame arrived: the member serves.
     pub fn served(&mut self) {
         self.failures = 0;
+        self.served_once = true;
+    }
+
+    /// An open failed: as [`Mover::lost`], except that a stream that was never served ends at once when no member
+    /// could be reached within the client's connect timeout (the error names them all and what to check).
+    pub async fn open_failed(&mut self, client: &Client, error: ClientError) -> Result<(), ClientError> {
+        if !self.served_once && matches!(error, ClientError::Unreachable(_)) {
+            return Err(error);
+        }
+        self.lost(client, &error.to_string()).await
     }
 
     /// The member was lost (or cannot serve now): the next open goes to another one, after a pause; an error once

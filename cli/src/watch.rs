@@ -210,7 +210,10 @@ impl Watch<'_> {
                 self.stream = Some(stream);
                 Ok(())
             }
-            Err(error) => self.lost(&error.to_string()).await,
+            Err(error) => {
+                (self.stream, self.partial) = (None, None);
+                self.mover.open_failed(self.client, error).await
+            }
         }
     }
 

@@ -50,6 +50,10 @@ pub const TOKEN_RECHECK_MS: u64 = 250;
 /// How long a node that does not know a token tries to catch up with the cluster (a read-index round through the
 /// leader: the token may have been minted elsewhere a moment ago) before it answers that it cannot tell.
 pub const TOKEN_PROPAGATION_WAIT_MS: u64 = 1_000;
+/// How long one try of a starting plugin supervisor to catch up with the cluster (a read-index round through the
+/// leader) may take; it serves no plugin before one succeeds, and tries again [`PLUGIN_CATCH_UP_RETRY_MS`] later.
+pub const PLUGIN_CATCH_UP_WAIT_MS: u64 = 2_000;
+pub const PLUGIN_CATCH_UP_RETRY_MS: u64 = 250;
 /// Most members a cluster admits (each must fit a ticket, so clients can reach every one of them).
 pub const CLUSTER_MEMBERS_MAX: usize = 64;
 /// Most capabilities in one token.

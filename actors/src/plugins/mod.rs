@@ -8,6 +8,12 @@
 //! stop: no call is lost and none is answered by a half-loaded plugin. A generation that fails to load here is
 //! reported (through the log) and the node keeps serving the previous one.
 //!
+//! **Catching up first.** A supervisor serves nothing until its node has caught up with the cluster (a read-index
+//! round, through the leader when it does not lead) and it has loaded what the registry named then; calls meanwhile
+//! are refused `UNAVAILABLE`. State-machine writes are not synced, so a member restarted after a crash may have
+//! applied less than it had before it: serving at once, it answered with generation 1 after it had answered with 2
+//! (simulator seed 995). Caught up, it has applied every registry change it ever served, and never goes back.
+//!
 //! **Failures.** A generation's instances are a [`Pool`] on the generic supervisor, linked to the PluginSupervisor. A
 //! call that traps, times out or exhausts its fuel or memory fails alone; its instance fails and the pool replaces it.
 //! More than `restart_intensity` replacements within `restart_period` and the pool gives up (fails): the
@@ -33,6 +39,7 @@ use pando_protocol::cluster::FailureReport;
 use pando_protocol::command::Command;
 use pando_protocol::coord::CoordEvent;
 use pando_protocol::error::ErrorCode;
+use pando_protocol::limits::{PLUGIN_CATCH_UP_RETRY_MS, PLUGIN_CATCH_UP_WAIT_MS};
 use pando_protocol::plugin::{NodePluginState, NodePluginStatus, PluginCommand, PluginRecord};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use serde::Serialize;
@@ -170,10 +177,13 @@ pub enum PluginsMsg {
         result: Result<Compiled, LoadError>,
     },
     Status(RpcReplyPort<Vec<LocalPluginStatus>>),
+    /// This node has caught up with the cluster since the supervisor started: reconciles may load what it applied.
+    CaughtUp,
     /// Status for `pando actors` (each plugin and its instances as children), and fault injection.
     Control(Control),
-    /// Tests and benchmarks: run a generation from local wasm bytes, as if the registry named it. On a node the next
-    /// reconcile stops it again (the registry does not name it).
+    /// Tests and benchmarks: run a generation from local wasm bytes, as if the registry named it, and serve calls at
+    /// once (without a cluster to catch up with). On a node the next reconcile stops it again (the registry does not
+    /// name it).
     #[doc(hidden)]
     Preload {
         record: PluginRecord,
@@ -222,6 +232,8 @@ pub struct PluginsState {
     /// Every live pool: its plugin and generation.
     pools: HashMap<ActorId, (String, u64)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The node caught up with the cluster since this supervisor started (see the module's docs).
+    caught_up: bool,
 }
 
 impl Drop for PluginsState {
@@ -244,9 +256,27 @@ impl Actor for PluginSupervisor {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        args.handle.routes.clear();
+        args.handle.routes.starting();
         args.handle.supervisor.publish(myself.clone());
         let mut tasks = Vec::new();
+        // Catches up with the cluster before anything is served, trying until it can (an isolated member serves no
+        // plugin until it can reach a leader).
+        let proposer = args.proposer.clone();
+        let actor = myself.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match proposer.linearize_anywhere(Duration::from_millis(PLUGIN_CATCH_UP_WAIT_MS)).await {
+                    Ok(()) => {
+                        let _ = actor.cast(PluginsMsg::CaughtUp);
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "plugins: could not catch up with the cluster yet");
+                        tokio::time::sleep(Duration::from_millis(PLUGIN_CATCH_UP_RETRY_MS)).await;
+                    }
+                }
+            }
+        }));
         // Follows the commit stream: every registry change wakes a reconcile.
         let storage = args.storage.clone();
         let actor = myself.clone();
@@ -275,15 +305,15 @@ impl Actor for PluginSupervisor {
                 tokio::time::sleep(interval).await;
             }
         }));
-        Ok(PluginsState { args, plugins: BTreeMap::new(), pools: HashMap::new(), tasks })
+        Ok(PluginsState { args, plugins: BTreeMap::new(), pools: HashMap::new(), tasks, caught_up: false })
     }
 
     async fn post_stop(&self, myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         for task in state.tasks.drain(..) {
             task.abort();
         }
-        // The pools are linked children: they stop with the supervisor. Calls find no route meanwhile.
-        state.args.handle.routes.clear();
+        // The pools are linked children: they stop with the supervisor. Calls are refused as starting meanwhile.
+        state.args.handle.routes.starting();
         state.args.handle.supervisor.retract_if(|supervisor| supervisor.get_id() == myself.get_id());
         Ok(())
     }
@@ -296,7 +326,14 @@ impl Actor for PluginSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             PluginsMsg::Reconcile => state.reconcile(&myself),
-            PluginsMsg::Compiled { record, result } => state.compiled(&myself, record, result).await,
+            PluginsMsg::CaughtUp => {
+                state.caught_up = true;
+                state.reconcile(&myself);
+            }
+            PluginsMsg::Compiled { record, result } => {
+                state.compiled(&myself, record, result).await;
+                state.start_serving_once_loaded();
+            }
             PluginsMsg::Control(Control::InjectPanic) => panic!("fault injection: plugin supervisor panics on request"),
             PluginsMsg::Control(Control::Status(reply, deadline)) => {
                 // Answered from a task: the pools are asked meanwhile, and reconciles go on.
@@ -319,6 +356,7 @@ impl Actor for PluginSupervisor {
                     Err(error) => Err(error),
                 };
                 state.compiled(&myself, record, result).await;
+                state.routes().started();
             }
         }
         Ok(())
@@ -345,9 +383,25 @@ impl PluginsState {
         self.args.handle.routes.clone()
     }
 
+    /// Calls go by the routes once the node caught up and nothing is loading: every plugin the registry named then is
+    /// served, or refused with the reason.
+    fn start_serving_once_loaded(&self) {
+        if self.caught_up && self.plugins.values().all(|local| local.loading.is_none()) {
+            self.routes().started();
+        }
+    }
+
     /// Starts loading every generation the registry wants and this node does not run; stops what it no longer
-    /// wants.
+    /// wants. Nothing before the node caught up with the cluster.
     fn reconcile(&mut self, myself: &ActorRef<PluginsMsg>) {
+        if !self.caught_up {
+            return;
+        }
+        self.reconcile_caught_up(myself);
+        self.start_serving_once_loaded();
+    }
+
+    fn reconcile_caught_up(&mut self, myself: &ActorRef<PluginsMsg>) {
         let Ok(reader) = self.args.storage.reader() else { return };
         let records = match reader.plugins() {
             Ok(records) => records,

@@ -1,6 +1,6 @@
 //! Where a plugin call goes on this node: the generation serving each plugin, with its bounded queue, or why none
-//! does (quarantined, disabled, unknown). The supervisor alone changes the routes; the RPC gateway, the services,
-//! timers and hooks read them.
+//! does (quarantined, disabled, unknown, or the supervisor still starting). The supervisor alone changes the routes;
+//! the RPC gateway, the services, timers and hooks read them.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -33,11 +33,25 @@ pub(super) enum Route {
 
 /// The call routes of one node, shared by the RPC gateway, timers and the supervisor (which alone changes them).
 #[derive(Clone, Default)]
-pub struct PluginRoutes(Arc<RwLock<BTreeMap<String, Route>>>);
+pub struct PluginRoutes(Arc<RwLock<Table>>);
+
+#[derive(Default)]
+struct Table {
+    routes: BTreeMap<String, Route>,
+    /// From the supervisor's start until it has caught up with the cluster and loaded what the registry then named:
+    /// every call is refused `UNAVAILABLE` (a member back from a crash may have applied less than it had, and must
+    /// not answer with a generation older than one it already answered with).
+    starting: bool,
+}
 
 impl PluginRoutes {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
+        self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     pub(super) fn set(&self, name: &str, route: Option<Route>) {
-        let mut routes = self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut table = self.write();
+        let routes = &mut table.routes;
         let route = match (route, routes.get(name)) {
             (
                 Some(Route::Serving { generation, queue, .. }),
@@ -53,18 +67,42 @@ impl PluginRoutes {
         };
     }
 
-    pub(super) fn clear(&self) {
-        self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+    /// No routes, and calls refused as starting until [`PluginRoutes::started`]: a supervisor starts (or stopped).
+    pub(super) fn starting(&self) {
+        let mut table = self.write();
+        table.routes.clear();
+        table.starting = true;
     }
 
-    fn route(&self, name: &str) -> Option<Route> {
-        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(name).cloned()
+    /// Calls go by the routes again.
+    pub(super) fn started(&self) {
+        self.write().starting = false;
+    }
+
+    /// Whether calls are refused as starting.
+    pub fn is_starting(&self) -> bool {
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).starting
+    }
+
+    /// The route of `name`; `Err` while the supervisor starts.
+    fn route(&self, name: &str) -> Result<Option<Route>, ()> {
+        let table = self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if table.starting { Err(()) } else { Ok(table.routes.get(name).cloned()) }
     }
 
     /// Queues a job on the generation serving `name` (only on `generation` when given), answering which one.
     pub(crate) fn submit_to(&self, name: &str, generation: Option<u64>, job: Job) -> Result<u64, Refused> {
         let refused = |code, message: String| Err(Refused::Error(WireError::new(code, message)));
-        match self.route(name) {
+        let Ok(route) = self.route(name) else {
+            return refused(
+                ErrorCode::Unavailable,
+                format!(
+                    "plugins on this member are starting: `{name}` is served once the member has caught up with \
+                     the cluster and loaded what it names; try again or another member"
+                ),
+            );
+        };
+        match route {
             Some(Route::Serving { generation: serving, queue, stale }) if generation.is_none_or(|g| g == serving) => {
                 // Under the planted bug, every other call goes to the old generation (and names it).
                 let (serving, queue) = match stale {

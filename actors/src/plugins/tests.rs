@@ -85,6 +85,19 @@ fn manifest(name: &str) -> PluginManifest {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_that_has_not_caught_up_with_the_cluster_serves_nothing() {
+    // No Raft runs behind this node's handles, so it never catches up: every call is refused as starting, never
+    // answered as not found (the plugin may well be installed) nor by what a stale state names.
+    let node = Node::start(PluginConfig::default()).await;
+    node.supervisor.cast(PluginsMsg::Reconcile).unwrap();
+    node.status().await;
+    assert!(node.handle.routes.is_starting());
+    let refused = node.call("echo", "echo", b"").await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::Unavailable, "{refused}");
+    assert!(refused.message.contains("starting"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_answers_through_the_pool_and_unknown_functions_are_not_found() {
     let node = Node::start(PluginConfig::default()).await;
     node.preload(PluginManifest { instances: 2, ..manifest("echo") }, 3, "echo").await;
