@@ -356,7 +356,33 @@ async fn fenced(client: &Client, fence: Fence, op: TxnOp) -> anyhow::Result<u64>
     Ok(revision)
 }
 
+/// Exit status of a program killed by SIGPIPE, as a shell reports it (128 + 13).
+const BROKEN_PIPE_EXIT: i32 = 141;
+
+/// A reader that went away (`pando kv scan | head -1`, `pando completions bash | head`) ends the program quietly, as
+/// it ends `cat`, instead of a panic and a backtrace: Rust ignores SIGPIPE, so printing to a closed pipe fails, and
+/// `println!` (and clap_complete's writer) panic on that. Restoring SIGPIPE itself would need `unsafe`.
+fn quiet_on_broken_pipe() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        // Only the printing macros' and the completion writer's own panics: any other stays a panic.
+        let printing =
+            message.starts_with("failed printing to std") || message.starts_with("failed to write completion");
+        if printing && (message.contains("Broken pipe") || message.contains("BrokenPipe")) {
+            std::process::exit(BROKEN_PIPE_EXIT);
+        }
+        default_hook(info);
+    }));
+}
+
 fn main() {
+    quiet_on_broken_pipe();
     let cli = match parse_cli() {
         Ok(cli) => cli,
         Err(error) => {
