@@ -37,6 +37,9 @@ const IDLE_LAG_EVENTS_MAX: u64 = 1_000;
 const IDLE_BEGIN_EVERY: Duration = Duration::from_secs(5);
 /// The least pause after a Begin that found nothing due, before the next.
 const EMPTY_BEGIN_PAUSE_MS: u64 = 200;
+/// Pause before the next Begin after one that took nothing but says the log holds more (it skipped a scan's worth of
+/// events that match nothing): at most 100 such Begins a second, each skipping up to `HOOK_SCAN_ROWS_MAX` events.
+const MORE_EMPTY_BEGIN_PAUSE_MS: u64 = 10;
 /// Of an attempt's ack wait, what is kept for its answer to reach the log.
 const ANSWER_MARGIN_MS: u64 = 50;
 /// How long one proposal of a worker may take.
@@ -361,8 +364,12 @@ async fn deliver_while_claimed(
                             delivered += 1;
                             running.spawn(attempt(context.clone(), spec.target.clone(), delivery, until));
                         }
-                        begin_at = if more {
+                        begin_at = if more && began > 0 {
                             Instant::now()
+                        } else if more {
+                            // Skipped events that match nothing: go on, but never back to back with Begins that
+                            // take nothing (each is a log entry).
+                            Instant::now() + Duration::from_millis(MORE_EMPTY_BEGIN_PAUSE_MS)
                         } else if let Some(due) = next_due_ms {
                             // A retry's delay or an ack wait, by the log's clock; a little late beats a Begin too
                             // early that finds nothing due. A Begin that found nothing waits a while whatever the

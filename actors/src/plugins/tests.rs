@@ -2,11 +2,12 @@
 //! what happens to the instance, the bounded queue, quarantine, and generation switches under a stream of calls.
 //! The wasm is the committed fixtures (`fixtures/wasm/`, rebuilt by `fixtures/plugins/build.sh`).
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use pando_protocol::blob::BlobHash;
 use pando_protocol::error::{ErrorCode, WireError};
-use pando_protocol::plugin::{Permission, PluginManifest, PluginRecord};
+use pando_protocol::plugin::{NodePluginState, Permission, PluginManifest, PluginRecord};
 
 use super::*;
 

@@ -1069,7 +1069,12 @@ fn begin(
             deliveries.push(delivery(record, &pending));
         }
     } else {
-        more = record.position + 1 < super::next_seq(store)?;
+        // More only if this Begin's own `most` was the limit: a hook at its in-flight bound (or paused) can take
+        // nothing more until an attempt is answered, and saying "more" then made its worker propose Begins back to
+        // back (a log entry per round trip, none taking anything; with one voter in the simulator, endlessly
+        // without simulated time moving: seed 823).
+        let at_bound = record.paused.is_some() || record.pending >= record.spec.max_in_flight;
+        more = !at_bound && record.position + 1 < super::next_seq(store)?;
     }
     for delivery in &deliveries {
         next_due = Some(next_due.map_or(delivery.ack_by_ms, |due: u64| due.min(delivery.ack_by_ms)));

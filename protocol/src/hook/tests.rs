@@ -493,6 +493,34 @@ proptest! {
 }
 
 #[test]
+fn a_hook_at_its_in_flight_bound_is_told_there_is_nothing_more_to_take_now() {
+    let mut tables = MemoryTables::default();
+    let mut revision = 0;
+    let mut spec = exec_spec("kv.>");
+    spec.max_in_flight = 2;
+    create(&mut tables, "h", spec);
+    for index in 0..5 {
+        put(&mut tables, &mut revision, 2, &format!("k{index}"));
+    }
+    let fence = claim(&mut tables, 3, "h", 1);
+    let taken = begin(&mut tables, 4, "h", fence, 10);
+    assert_eq!(taken.len(), 2, "two in flight at most");
+    // Both still running, three events waiting: a Begin takes nothing and must not say "more" (its worker would
+    // begin again at once, a log entry per round trip, for as long as the attempts run).
+    match ok(&mut tables, 5, HookCommand::Begin { name: "h".into(), fence, most: 10 }) {
+        HookResponse::Deliveries { deliveries, more, next_due_ms } => {
+            assert!(deliveries.is_empty());
+            assert!(!more, "nothing more can be taken until an attempt is answered");
+            assert!(next_due_ms.is_some(), "the worker looks again when the ack wait runs out");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // One answered: room again, and the next Begin takes the next event.
+    ack(&mut tables, 6, &taken[0]).unwrap();
+    assert_eq!(begin(&mut tables, 7, "h", fence, 10).len(), 1);
+}
+
+#[test]
 fn a_read_of_the_log_is_bounded_in_bytes_and_takes_at_least_one_event() {
     let mut tables = MemoryTables::default();
     let mut revision = 0;
