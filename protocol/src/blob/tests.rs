@@ -247,7 +247,10 @@ proptest! {
                 }
                 Op::Attach(key, seed) => {
                     let request = KvRequest::PutBlob { key: bytes(vec![b'k', key]), hash: hash(seed), lease: None };
-                    let exists = load(&tables, &hash(seed)).unwrap().is_some();
+                    // A blob whose grace ends by this proposal's stamp is collected before its commands run.
+                    let exists = load(&tables, &hash(seed))
+                        .unwrap()
+                        .is_some_and(|record| record.collect_at_ms.is_none_or(|deadline| deadline > now));
                     let result = kv(&mut tables, &mut revision, now, request);
                     prop_assert_eq!(result.is_ok(), exists);
                     if exists { keys[key as usize] = Some(seed); }
