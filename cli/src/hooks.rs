@@ -162,7 +162,8 @@ impl HookWatch<'_> {
                 let request = HookWatchRequest { pattern: self.pattern.clone(), from_seq: self.next };
                 match OpenStream::open(self.client, Request::HookWatch(request)).await {
                     Ok(stream) => self.stream = Some(stream),
-                    Err(error) => self.mover.open_failed(self.client, error).await?,
+                    Err(error) if self.mover.gives_up(&error) => return Err(error),
+                    Err(error) => self.lost(&error.to_string()).await?,
                 }
                 continue;
             };

@@ -52,7 +52,8 @@ impl Observation<'_> {
             let Some(stream) = self.stream.as_mut() else {
                 match OpenStream::open(self.client, Request::Observe(self.request.clone())).await {
                     Ok(stream) => self.stream = Some(stream),
-                    Err(error) => self.mover.open_failed(self.client, error).await?,
+                    Err(error) if self.mover.gives_up(&error) => return Err(error),
+                    Err(error) => self.lost(&error.to_string()).await?,
                 }
                 continue;
             };

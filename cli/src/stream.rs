@@ -130,13 +130,10 @@ impl Mover {
         self.served_once = true;
     }
 
-    /// An open failed: as [`Mover::lost`], except that a stream that was never served ends at once when no member
-    /// could be reached within the client's connect timeout (the error names them all and what to check).
-    pub async fn open_failed(&mut self, client: &Client, error: ClientError) -> Result<(), ClientError> {
-        if !self.served_once && matches!(error, ClientError::Unreachable(_)) {
-            return Err(error);
-        }
-        self.lost(client, &error.to_string()).await
+    /// Whether an open that failed with `error` ends the stream at once instead of moving on: a stream that was never
+    /// served and reached no member within the client's connect timeout (the error names them all and what to check).
+    pub fn gives_up(&self, error: &ClientError) -> bool {
+        !self.served_once && matches!(error, ClientError::Unreachable(_))
     }
 
     /// The member was lost (or cannot serve now): the next open goes to another one, after a pause; an error once

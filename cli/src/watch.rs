@@ -210,10 +210,8 @@ impl Watch<'_> {
                 self.stream = Some(stream);
                 Ok(())
             }
-            Err(error) => {
-                (self.stream, self.partial) = (None, None);
-                self.mover.open_failed(self.client, error).await
-            }
+            Err(error) if self.mover.gives_up(&error) => Err(error),
+            Err(error) => self.lost(&error.to_string()).await,
         }
     }
 
