@@ -163,6 +163,22 @@ impl From<Control> for StorageMsg {
 pub struct StorageStatus {
     pub dir: PathBuf,
     pub database_bytes: u64,
+    /// The Raft log's segment files (`wal/`).
+    pub log_bytes: u64,
+    pub log_segments: u64,
+}
+
+impl StorageStatus {
+    /// What the data directory holds now (zero for what cannot be read: a simulated node keeps none of it there).
+    fn of(dir: &std::path::Path) -> StorageStatus {
+        let database_bytes = std::fs::metadata(dir.join("pando.redb")).map(|meta| meta.len()).unwrap_or(0);
+        let (mut log_bytes, mut log_segments) = (0, 0);
+        for entry in std::fs::read_dir(dir.join("wal")).into_iter().flatten().flatten() {
+            log_bytes += entry.metadata().map(|meta| meta.len()).unwrap_or(0);
+            log_segments += 1;
+        }
+        StorageStatus { dir: dir.to_owned(), database_bytes, log_bytes, log_segments }
+    }
 }
 
 impl Actor for StorageActor {
@@ -222,14 +238,14 @@ impl Actor for StorageActor {
         match message {
             StorageMsg::Control(Control::InjectPanic) => panic!("fault injection: storage actor panics on request"),
             StorageMsg::Control(Control::Status(reply, _)) => {
-                let database_bytes =
-                    std::fs::metadata(state.dir.join("pando.redb")).map(|meta| meta.len()).unwrap_or(0);
-                let _ = reply.send(ActorDetail::line(format!("database {database_bytes} bytes")));
+                let status = StorageStatus::of(&state.dir);
+                let _ = reply.send(ActorDetail::line(format!(
+                    "database {} bytes, log {} bytes in {} segments",
+                    status.database_bytes, status.log_bytes, status.log_segments
+                )));
             }
             StorageMsg::Status(reply) => {
-                let database_bytes =
-                    std::fs::metadata(state.dir.join("pando.redb")).map(|meta| meta.len()).unwrap_or(0);
-                let _ = reply.send(StorageStatus { dir: state.dir.clone(), database_bytes });
+                let _ = reply.send(StorageStatus::of(&state.dir));
             }
         }
         Ok(())

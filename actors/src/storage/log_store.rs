@@ -1,52 +1,69 @@
-//! The Raft log and vote in redb, implementing openraft's `RaftLogStorage`.
+//! The Raft log in its own segment files ([`Wal`]) and the vote in redb, implementing openraft's `RaftLogStorage`.
 //!
-//! An append commits its entries unsynced, so they are readable at once, and returns; one syncer task per store
-//! then makes them durable (a synced empty commit, which persists every unsynced one before it: several appends
-//! waiting at once share one fsync) and reports each append flushed, in order. With the vendored openraft's patch a
-//! leader replicates its entries while its own fsync runs, instead of after (`vendor/openraft/PANDO-PATCH.md`); a
+//! An append writes its entries to the log's active segment, unsynced, so they are readable at once, and returns; one
+//! syncer task per store then makes them durable (an `fdatasync` of every segment written since its last sync, which
+//! covers every append waiting at once) and reports each append flushed, in order. With the vendored openraft's patch
+//! a leader replicates its entries while its own fsync runs, instead of after (`vendor/openraft/PANDO-PATCH.md`); a
 //! follower still answers only once its copy is durable, since openraft waits for the report before it does.
 //!
-//! The committed log id openraft saves is kept in memory and written by the syncer's next synced commit: it costs
-//! the Raft core no write transaction of its own (which waited for redb's one write lock while a sync held it).
+//! The state machine's applies commit to redb unsynced; the syncer **checkpoints** the database (one synced redb
+//! commit) at most every [`CHECKPOINT_INTERVAL_MS`] while the log moves, and a purge checkpoints before it removes
+//! anything. After a crash the state machine is at worst a checkpoint behind, and openraft re-applies the committed
+//! entries the log still holds. The committed log id openraft saves is kept in memory and written by the next
+//! checkpoint: it costs the Raft core no write of its own.
 //!
-//! **Invariant:** an append is reported flushed only after a synced commit that began after its own commit.
+//! **Invariants:** an append is reported flushed only after a sync of its segment that began after its write; the
+//! log is purged only after a synced database commit that holds the purge point (and every apply before it).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogId, RaftLogReader};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use redb::{Database, Durability, ReadableDatabase};
 use tokio::sync::mpsc;
 
+use super::wal::Wal;
 use super::{
-    LOG_TABLE, META_COMMITTED, META_LAST_PURGED, META_VOTE, RAFT_META_TABLE, blocking, decode, encode, read_error,
-    write_error,
+    META_COMMITTED, META_LAST_PURGED, META_VOTE, RAFT_META_TABLE, blocking, decode, encode, read_error, write_error,
 };
 use crate::raft::type_config::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+/// How often, at most, the syncer makes the database durable while the log moves (and once more when it stops).
+pub const CHECKPOINT_INTERVAL_MS: u64 = 1_000;
 
 #[derive(Clone)]
 pub struct LogStore {
     database: Arc<Database>,
-    /// Appends committed unsynced, in order, for the syncer (started by the first append, which runs on the runtime;
+    wal: Arc<Mutex<Wal>>,
+    /// Appends written unsynced, in order, for the syncer (started by the first append, which runs on the runtime;
     /// it ends when every clone of this store is gone).
     unsynced: Arc<OnceLock<mpsc::UnboundedSender<LogFlushed<TypeConfig>>>>,
-    /// The committed log id last saved and not yet written (`None` once the syncer wrote it).
+    /// The committed log id last saved and not yet written (`None` once a checkpoint wrote it).
     committed: Arc<Mutex<Option<Option<LogId>>>>,
 }
 
 impl LogStore {
-    pub(crate) fn new(database: Arc<Database>) -> LogStore {
-        LogStore { database, unsynced: Arc::default(), committed: Arc::default() }
+    pub(crate) fn new(database: Arc<Database>, wal: Wal) -> LogStore {
+        LogStore { database, wal: Arc::new(Mutex::new(wal)), unsynced: Arc::default(), committed: Arc::default() }
     }
 
     fn syncer(&self) -> &mpsc::UnboundedSender<LogFlushed<TypeConfig>> {
         self.unsynced.get_or_init(|| {
             let (sender, receiver) = mpsc::unbounded_channel();
-            tokio::spawn(sync_appends(self.database.clone(), self.committed.clone(), receiver));
+            tokio::spawn(sync_appends(self.clone_for_syncer(), receiver));
             sender
         })
+    }
+
+    /// What the syncer needs, without the sender (which would keep the syncer alive forever).
+    fn clone_for_syncer(&self) -> Checkpointer {
+        Checkpointer { database: self.database.clone(), wal: self.wal.clone(), committed: self.committed.clone() }
+    }
+
+    fn wal(&self) -> MutexGuard<'_, Wal> {
+        self.wal.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn unwritten_committed(&self) -> Option<Option<LogId>> {
@@ -75,6 +92,38 @@ impl LogStore {
         })
         .await
     }
+
+    /// Makes the database durable now (every apply so far, and the committed log id saved since the last one).
+    pub async fn checkpoint(&self) -> Result<(), StorageError> {
+        self.clone_for_syncer().checkpoint().await
+    }
+}
+
+/// The database and log handles the syncer uses.
+struct Checkpointer {
+    database: Arc<Database>,
+    wal: Arc<Mutex<Wal>>,
+    committed: Arc<Mutex<Option<Option<LogId>>>>,
+}
+
+impl Checkpointer {
+    async fn checkpoint(&self) -> Result<(), StorageError> {
+        let database = self.database.clone();
+        let committed = self.committed.clone();
+        blocking(move || {
+            let mut write = database.begin_write().map_err(|error| write_error(&error))?;
+            write.set_durability(Durability::Immediate).map_err(|error| write_error(&error))?;
+            // Taken once the write lock is held, so a value saved later waits for the next checkpoint.
+            let saved = committed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+            if let Some(saved) = saved {
+                let bytes = encode(&saved)?;
+                let mut table = write.open_table(RAFT_META_TABLE).map_err(|error| write_error(&error))?;
+                table.insert(META_COMMITTED, bytes.as_slice()).map_err(|error| write_error(&error))?;
+            }
+            write.commit().map_err(|error| write_error(&error))
+        })
+        .await
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -88,18 +137,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
-            Bound::Included(index) => Bound::Included(*index),
-            Bound::Excluded(index) => Bound::Excluded(*index),
-            Bound::Unbounded => Bound::Unbounded,
+            Bound::Included(index) => index.saturating_add(1),
+            Bound::Excluded(index) => *index,
+            Bound::Unbounded => u64::MAX,
         };
-        let read = self.database.begin_read().map_err(|error| read_error(&error))?;
-        let table = read.open_table(LOG_TABLE).map_err(|error| read_error(&error))?;
-        let mut entries = Vec::new();
-        for row in table.range::<u64>((Bound::Included(start), end)).map_err(|error| read_error(&error))? {
-            let (_, value) = row.map_err(|error| read_error(&error))?;
-            entries.push(decode::<Entry>(value.value())?);
-        }
-        Ok(entries)
+        // Read under the lock (a truncation must not reuse the bytes mid-read), decoded after it.
+        let encoded = self.wal().read(start, end).map_err(|error| read_error(&error))?;
+        encoded.iter().map(|(_, bytes)| decode::<Entry>(bytes)).collect()
     }
 }
 
@@ -107,15 +151,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged_log_id: Option<LogId> = self.read_meta(META_LAST_PURGED)?;
-        let read = self.database.begin_read().map_err(|error| read_error(&error))?;
-        let table = read.open_table(LOG_TABLE).map_err(|error| read_error(&error))?;
-        let last = table.last().map_err(|error| read_error(&error))?;
-        let last_log_id = match last {
-            Some((_, value)) => Some(*decode::<Entry>(value.value())?.get_log_id()),
-            None => last_purged_log_id,
-        };
-        Ok(LogState { last_purged_log_id, last_log_id })
+        let wal = self.wal();
+        Ok(LogState { last_purged_log_id: wal.last_purged(), last_log_id: wal.last_log_id() })
     }
 
     async fn get_log_reader(&mut self) -> LogStore {
@@ -131,8 +168,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not synced and not written here (Raft's commit index is volatile state): the syncer's next synced commit
-        // writes it, so a batch costs one fsync instead of two, and the Raft core no write transaction of its own.
+        // Not synced and not written here (Raft's commit index is volatile state): the next checkpoint writes it, so
+        // the Raft core pays no write transaction of its own.
         // Nothing acknowledged depends on it: an acknowledged write is in a quorum's synced logs and is committed
         // again after a restart, and a value that lags the applied state is raised to it when the node starts
         // (openraft's `get_initial_state`). openraft 0.9 would restore a node that was leader as leader and take
@@ -156,23 +193,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut rows = Vec::new();
+        let mut records = Vec::new();
         for entry in entries {
-            rows.push((entry.get_log_id().index, encode(&entry)?));
+            records.push((*entry.get_log_id(), encode(&entry)?));
         }
-        let database = &self.database;
-        let result = super::short_write(|| {
-            let mut write = database.begin_write().map_err(|error| write_error(&error))?;
-            // Readable at once; the syncer makes it durable.
-            write.set_durability(Durability::None).map_err(|error| write_error(&error))?;
-            {
-                let mut table = write.open_table(LOG_TABLE).map_err(|error| write_error(&error))?;
-                for (index, bytes) in &rows {
-                    table.insert(*index, bytes.as_slice()).map_err(|error| write_error(&error))?;
-                }
-            }
-            write.commit().map_err(|error| write_error(&error))
-        });
+        // On the calling thread (see `short_write`): one write to the page cache, and a new segment's creation now
+        // and then; the syncer makes it durable.
+        let result = super::short_write(|| self.wal().append(&records).map_err(|error| write_error(&error)));
         match &result {
             Ok(()) => {
                 if let Err(mpsc::error::SendError(callback)) = self.syncer().send(callback) {
@@ -185,66 +212,84 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let database = self.database.clone();
+        let wal = self.wal.clone();
         blocking(move || {
-            let write = database.begin_write().map_err(|error| write_error(&error))?;
-            {
-                let mut table = write.open_table(LOG_TABLE).map_err(|error| write_error(&error))?;
-                table.retain_in(log_id.index.., |_, _| false).map_err(|error| write_error(&error))?;
-            }
-            write.commit().map_err(|error| write_error(&error))
+            let mut wal = wal.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            wal.truncate(log_id.index).map_err(|error| write_error(&error))
         })
         .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let bytes = encode(&log_id)?;
-        let database = self.database.clone();
+        // The purge point first, synced: this commit also makes every earlier apply durable, which the purge relies
+        // on (the entries it removes are no longer there to re-apply).
+        self.write_meta(META_LAST_PURGED, &log_id).await?;
+        let wal = self.wal.clone();
         blocking(move || {
-            // Immediate: this commit also makes every earlier state-machine commit durable, which the purge relies on.
-            let write = database.begin_write().map_err(|error| write_error(&error))?;
-            {
-                let mut meta = write.open_table(RAFT_META_TABLE).map_err(|error| write_error(&error))?;
-                meta.insert(META_LAST_PURGED, bytes.as_slice()).map_err(|error| write_error(&error))?;
-                let mut table = write.open_table(LOG_TABLE).map_err(|error| write_error(&error))?;
-                table.retain_in(..=log_id.index, |_, _| false).map_err(|error| write_error(&error))?;
-            }
-            write.commit().map_err(|error| write_error(&error))
+            let mut wal = wal.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            wal.purge(log_id).map_err(|error| write_error(&error))
         })
         .await
     }
 }
 
-/// The syncer: for each wait, one synced commit (it persists every unsynced commit before it, and writes the committed
-/// log id saved since the last one), then every append that was queued before it began is reported flushed, in order.
-async fn sync_appends(
-    database: Arc<Database>,
-    committed: Arc<Mutex<Option<Option<LogId>>>>,
-    mut unsynced: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>,
-) {
-    while let Some(first) = unsynced.recv().await {
+/// The syncer: for each wait, one sync of every segment written since its last sync, oldest first, then every append
+/// that was queued before it began is reported flushed, in order. It checkpoints the database at most every
+/// [`CHECKPOINT_INTERVAL_MS`] while appends come, once more when they stop for that long, and when the store is gone.
+async fn sync_appends(store: Checkpointer, mut unsynced: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
+    let interval = std::time::Duration::from_millis(CHECKPOINT_INTERVAL_MS);
+    let mut last_checkpoint = tokio::time::Instant::now();
+    let mut since_checkpoint = false;
+    loop {
+        let first = if since_checkpoint {
+            match tokio::time::timeout_at(last_checkpoint + interval, unsynced.recv()).await {
+                Ok(Some(first)) => first,
+                Ok(None) => break,
+                Err(_) => {
+                    checkpoint_logged(&store).await;
+                    last_checkpoint = tokio::time::Instant::now();
+                    since_checkpoint = false;
+                    continue;
+                }
+            }
+        } else {
+            match unsynced.recv().await {
+                Some(first) => first,
+                None => break,
+            }
+        };
         let mut waiting = vec![first];
         while let Ok(next) = unsynced.try_recv() {
             waiting.push(next);
         }
-        let database = database.clone();
-        let committed = committed.clone();
+        // Taken after every waiting append was written: the syncs below began after their writes.
+        let files = store.wal.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take_dirty();
         let synced = blocking(move || {
-            let mut write = database.begin_write().map_err(|error| write_error(&error))?;
-            write.set_durability(Durability::Immediate).map_err(|error| write_error(&error))?;
-            // Taken once the write lock is held, so a value saved later waits for the next sync.
-            let saved = committed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
-            if let Some(saved) = saved {
-                let bytes = encode(&saved)?;
-                let mut table = write.open_table(RAFT_META_TABLE).map_err(|error| write_error(&error))?;
-                table.insert(META_COMMITTED, bytes.as_slice()).map_err(|error| write_error(&error))?;
+            for file in files {
+                file.sync().map_err(|error| write_error(&error))?;
             }
-            write.commit().map_err(|error| write_error(&error))
+            Ok(())
         })
         .await;
         for callback in waiting {
             let outcome = synced.as_ref().map(|_| ()).map_err(|error| std::io::Error::other(error.to_string()));
             callback.log_io_completed(outcome);
         }
+        since_checkpoint = true;
+        if last_checkpoint.elapsed() >= interval {
+            checkpoint_logged(&store).await;
+            last_checkpoint = tokio::time::Instant::now();
+            since_checkpoint = false;
+        }
+    }
+    if since_checkpoint {
+        checkpoint_logged(&store).await;
+    }
+}
+
+/// A checkpoint that failed is retried by the next one; the log still holds every entry it would have covered.
+async fn checkpoint_logged(store: &Checkpointer) {
+    if let Err(error) = store.checkpoint().await {
+        tracing::warn!(%error, "the database checkpoint failed; the log keeps what it would have made durable");
     }
 }

@@ -1,10 +1,15 @@
-//! Storage: one redb database per node holding the Raft log, the vote and the state-machine tables.
+//! Storage: the Raft log in segment files of its own ([`wal`]), and one redb database per node holding the vote and
+//! the state-machine tables.
 //!
-//! A vote is written synced. Log appends commit unsynced and a syncer task makes them durable, one fsync for every
-//! append waiting at once (`log_store`); the commit index rides along with that fsync. The state machine applies
-//! committed entries with `Durability::None`, which redb makes durable with the next synced commit. After a crash the
-//! state machine is at worst behind the log, and openraft re-applies the missing committed entries: the log is purged
-//! only by a synced commit, which also persists every state-machine commit before it.
+//! A vote is written synced. Log appends are written unsynced and a syncer task makes them durable, one `fdatasync`
+//! for every append waiting at once (`log_store`). The state machine applies committed entries with
+//! `Durability::None`; the syncer checkpoints the database (a synced commit, which makes every commit before it
+//! durable, and writes the commit index) about once a second while the log moves. After a crash the state machine
+//! is at worst behind the log, and openraft re-applies the missing committed entries: the log is purged only after a
+//! synced commit, which also persists every state-machine commit before it. The leader may apply an entry a quorum
+//! of followers holds before its own copy is synced; if a checkpoint then makes that apply durable and the node
+//! crashes, its log ends before its state, and openraft purges the log up to the applied entry at startup (the
+//! entries are committed, so nothing is lost).
 
 mod log_store;
 mod redb_tables;
@@ -12,11 +17,12 @@ pub mod sim_disk;
 mod snapshot;
 mod snapshot_file;
 mod state_machine_store;
+pub mod wal;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 pub use log_store::LogStore;
 pub use redb_tables::{HistoryPage, HookDetail, HookLogPage, StateReader};
@@ -26,7 +32,8 @@ pub use state_machine_store::StateMachineStore;
 
 use crate::raft::type_config::StorageError;
 
-/// Raft log entries by index, MessagePack-encoded.
+/// Raft log entries by index, MessagePack-encoded: where the log was before it had files of its own; a store that
+/// still has rows here moves them into the log's files when it opens.
 pub(crate) const LOG_TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// Vote, committed log id, last purged log id.
 pub(crate) const RAFT_META_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -106,7 +113,8 @@ fn already_open() -> StorageError {
     write_error(&std::io::Error::new(std::io::ErrorKind::WouldBlock, ALREADY_OPEN))
 }
 
-/// Opens (or creates) the database in `dir` (file `pando.redb`, snapshots in `snapshots/`).
+/// Opens (or creates) the database in `dir` (file `pando.redb`, the log's segments in `wal/`, snapshots in
+/// `snapshots/`).
 pub fn open(dir: &Path) -> Result<Stores, StorageError> {
     std::fs::create_dir_all(dir).map_err(|error| write_error(&error))?;
     let database =
@@ -116,21 +124,28 @@ pub fn open(dir: &Path) -> Result<Stores, StorageError> {
                 other => write_error(&other),
             }
         })?;
-    open_database(dir, database)
+    let wal_dir = wal::FsDir::open(&dir.join("wal")).map_err(|error| write_error(&error))?;
+    open_database(dir, database, Arc::new(wal_dir), wal::WAL_SEGMENT_BYTES_MAX)
 }
 
-/// Opens (or creates) the database on a simulated disk (snapshots still go to `dir/snapshots/`).
+/// Opens (or creates) the database and the log on a simulated disk (snapshots still go to `dir/snapshots/`).
 pub fn open_simulated(dir: &Path, disk: SimDisk) -> Result<Stores, StorageError> {
     std::fs::create_dir_all(dir).map_err(|error| write_error(&error))?;
     disk.claim().map_err(|_| already_open())?;
+    let wal_dir = disk.clone();
     let database = Database::builder()
         .set_cache_size(SIM_REDB_CACHE_SIZE_BYTES)
         .create_with_backend(disk)
         .map_err(|error| write_error(&error))?;
-    open_database(dir, database)
+    open_database(dir, database, Arc::new(wal_dir), wal::SIM_WAL_SEGMENT_BYTES_MAX)
 }
 
-fn open_database(dir: &Path, database: Database) -> Result<Stores, StorageError> {
+fn open_database(
+    dir: &Path,
+    database: Database,
+    wal_dir: Arc<dyn wal::WalDir>,
+    segment_bytes_max: u64,
+) -> Result<Stores, StorageError> {
     let database = Arc::new(database);
     let write = database.begin_write().map_err(|error| write_error(&error))?;
     {
@@ -144,8 +159,55 @@ fn open_database(dir: &Path, database: Database) -> Result<Stores, StorageError>
         complete_blob_key_index(&kv, &mut coord)?;
     }
     write.commit().map_err(|error| write_error(&error))?;
+    let last_purged = {
+        let read = database.begin_read().map_err(|error| read_error(&error))?;
+        let meta = read.open_table(RAFT_META_TABLE).map_err(|error| read_error(&error))?;
+        let bytes = meta.get(META_LAST_PURGED).map_err(|error| read_error(&error))?;
+        bytes.map(|bytes| decode::<crate::raft::type_config::LogId>(bytes.value())).transpose()?
+    };
+    let mut log = wal::Wal::open(wal_dir, last_purged, segment_bytes_max).map_err(|error| read_error(&error))?;
+    move_log_rows(&database, &mut log)?;
     let state_machine = StateMachineStore::new(database.clone(), dir.join("snapshots"))?;
-    Ok(Stores { log: LogStore::new(database.clone()), reader: StateReader::new(database), state_machine })
+    Ok(Stores { log: LogStore::new(database.clone(), log), reader: StateReader::new(database), state_machine })
+}
+
+/// Moves a store's log rows from the database (where the log was before it had files) into the log's files: copied
+/// and synced while the files hold nothing, then removed from the database, synced. A crash between the two leaves
+/// both, and the next open only removes the rows.
+fn move_log_rows(database: &Database, log: &mut wal::Wal) -> Result<(), StorageError> {
+    let rows = {
+        let read = database.begin_read().map_err(|error| read_error(&error))?;
+        let table = read.open_table(LOG_TABLE).map_err(|error| read_error(&error))?;
+        if table.is_empty().map_err(|error| read_error(&error))? {
+            return Ok(());
+        }
+        let mut rows = Vec::new();
+        if log.is_empty() {
+            for row in table.iter().map_err(|error| read_error(&error))? {
+                let (index, bytes) = row.map_err(|error| read_error(&error))?;
+                if index.value() < log.next_index() {
+                    continue; // purged
+                }
+                let entry: crate::raft::type_config::Entry = decode(bytes.value())?;
+                rows.push((entry.log_id, bytes.value().to_vec()));
+            }
+        }
+        rows
+    };
+    if !rows.is_empty() {
+        log.append(&rows).map_err(|error| write_error(&error))?;
+        for file in log.take_dirty() {
+            file.sync().map_err(|error| write_error(&error))?;
+        }
+        tracing::info!(entries = rows.len(), "moved the Raft log from the database into its own files");
+    }
+    let write = database.begin_write().map_err(|error| write_error(&error))?;
+    write
+        .open_table(LOG_TABLE)
+        .map_err(|error| write_error(&error))?
+        .retain(|_, _| false)
+        .map_err(|error| write_error(&error))?;
+    write.commit().map_err(|error| write_error(&error))
 }
 
 /// Completes the key-to-blob index (`Bk/` rows, which token scopes over blobs read) of a state written before the

@@ -372,6 +372,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 let _ = std::fs::remove_file(&path);
                 return Ok((file, current));
             }
+            // The state this snapshot holds becomes durable before the snapshot does: applies are durable only at
+            // the log store's checkpoints, and a crash must never leave the current snapshot ahead of the applied
+            // state (openraft refuses to start with a snapshot beyond the commit index: simulator seed 20386, once
+            // applies waited for a checkpoint instead of the next log sync). A synced commit persists every commit
+            // before it.
+            let mut write = store.database.begin_write().map_err(|error| write_error(&error))?;
+            write.set_durability(Durability::Immediate).map_err(|error| write_error(&error))?;
+            write.commit().map_err(|error| write_error(&error))?;
             store.publish(&path)?;
             let file = std::fs::File::open(store.snapshot_dir.join(CURRENT_SNAPSHOT_FILE))
                 .map_err(|error| read_error(&error))?;
