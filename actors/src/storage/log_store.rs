@@ -63,7 +63,7 @@ impl LogStore {
     }
 
     fn wal(&self) -> MutexGuard<'_, Wal> {
-        self.wal.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        locked(&self.wal)
     }
 
     fn unwritten_committed(&self) -> Option<Option<LogId>> {
@@ -97,6 +97,11 @@ impl LogStore {
     pub async fn checkpoint(&self) -> Result<(), StorageError> {
         self.clone_for_syncer().checkpoint().await
     }
+}
+
+/// The log's lock; a poisoned one is taken as is, as the stores take every lock.
+fn locked(wal: &Mutex<Wal>) -> MutexGuard<'_, Wal> {
+    wal.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The database and log handles the syncer uses.
@@ -213,11 +218,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let wal = self.wal.clone();
-        blocking(move || {
-            let mut wal = wal.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            wal.truncate(log_id.index).map_err(|error| write_error(&error))
-        })
-        .await
+        blocking(move || locked(&wal).truncate(log_id.index).map_err(|error| write_error(&error))).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -225,11 +226,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // on (the entries it removes are no longer there to re-apply).
         self.write_meta(META_LAST_PURGED, &log_id).await?;
         let wal = self.wal.clone();
-        blocking(move || {
-            let mut wal = wal.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            wal.purge(log_id).map_err(|error| write_error(&error))
-        })
-        .await
+        blocking(move || locked(&wal).purge(log_id).map_err(|error| write_error(&error))).await
     }
 }
 
@@ -263,7 +260,7 @@ async fn sync_appends(store: Checkpointer, mut unsynced: mpsc::UnboundedReceiver
             waiting.push(next);
         }
         // Taken after every waiting append was written: the syncs below began after their writes.
-        let files = store.wal.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take_dirty();
+        let files = locked(&store.wal).take_dirty();
         let synced = blocking(move || {
             for file in files {
                 file.sync().map_err(|error| write_error(&error))?;

@@ -368,22 +368,18 @@ impl Wal {
     pub fn append(&mut self, entries: &[(LogId, Vec<u8>)]) -> io::Result<()> {
         let mut run: Vec<u8> = Vec::new();
         let mut run_slots: Vec<Slot> = Vec::new();
-        if let Some((log_id, _)) = entries.first()
-            && log_id.index < self.next_index()
-            && log_id.index >= self.first
-        {
-            // Entries that overwrite the tail (openraft truncates first; its storage suite does not): the tail goes,
-            // durably, as a truncation's does.
-            self.truncate(log_id.index)?;
-        }
-        if let Some((log_id, _)) = entries.first()
-            && self.slots.is_empty()
-            && log_id.index != self.first
-        {
-            // An empty log may begin anywhere (openraft's storage suite begins logs at 1 or 2, and below a purge
-            // point; a node's own log begins at 0, or after the snapshot it installed). Recovery skips what is at or
-            // below the purge point the database holds.
-            self.first = log_id.index;
+        if let Some((log_id, _)) = entries.first() {
+            if log_id.index < self.next_index() && log_id.index >= self.first {
+                // Entries that overwrite the tail (openraft truncates first; its storage suite does not): the tail
+                // goes, durably, as a truncation's does.
+                self.truncate(log_id.index)?;
+            }
+            if self.slots.is_empty() && log_id.index != self.first {
+                // An empty log may begin anywhere (openraft's storage suite begins logs at 1 or 2, and below a purge
+                // point; a node's own log begins at 0, or after the snapshot it installed). Recovery skips what is
+                // at or below the purge point the database holds.
+                self.first = log_id.index;
+            }
         }
         for (log_id, payload) in entries {
             let expected = self.next_index() + run_slots.len() as u64;
