@@ -1,5 +1,5 @@
 # NixOS module: `services.pando`, a Pando node (`pando.service`) and, optionally, the cluster's file system mounted
-# through it (`pando-mount.service`). The options are listed in nix/README-section.md (the README's "Nix and NixOS").
+# through it (`pando-mount.service`). The options are listed in the README's "Nix and NixOS" section (a test checks every one is).
 {
   config,
   lib,

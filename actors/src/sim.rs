@@ -93,6 +93,12 @@ pub enum PlantedBug {
     /// The coordination service answers a won election campaign with the previous term's token (two leaders hold one
     /// token).
     ElectionTokenReused = 16777216,
+    /// The coordination service answers every other queue dequeue with the last delivery it handed out of that queue
+    /// (still in flight with its consumer), without proposing anything: one delivery held by two consumers.
+    QueueDeliveryShared = 33554432,
+    /// Before every other lock acquisition that would wait for another holder, the coordination service revokes the
+    /// holder's lease (the lock changes hands while its holder's lease still runs).
+    LockReleasedEarly = 67108864,
 }
 
 thread_local! {
@@ -117,6 +123,28 @@ pub(crate) fn planted_coin() -> bool {
 /// Starts the [`planted_coin`] afresh (each run, so a seed replays alone as it ran in a sweep).
 pub fn reset_planted_coin() {
     PLANTED_COIN.with(|coin| coin.set(false));
+    PLANTED_DELIVERY.with(|delivery| *delivery.borrow_mut() = None);
+}
+
+thread_local! {
+    /// The last queue delivery the coordination service handed out, for [`PlantedBug::QueueDeliveryShared`].
+    static PLANTED_DELIVERY: std::cell::RefCell<Option<(pando_protocol::kv::Bytes, pando_protocol::coord::QueueMessage)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Remembers a delivery of queue `name` for [`PlantedBug::QueueDeliveryShared`].
+pub(crate) fn planted_remember_delivery(
+    name: &pando_protocol::kv::Bytes,
+    message: &pando_protocol::coord::QueueMessage,
+) {
+    PLANTED_DELIVERY.with(|delivery| *delivery.borrow_mut() = Some((name.clone(), message.clone())));
+}
+
+/// The delivery of queue `name` last remembered, handed out once more.
+pub(crate) fn planted_shared_delivery(name: &[u8]) -> Option<pando_protocol::coord::QueueMessage> {
+    PLANTED_DELIVERY.with(|delivery| {
+        delivery.borrow_mut().take_if(|(queue, _)| queue.as_slice() == name).map(|(_, message)| message)
+    })
 }
 
 /// Switches a planted bug on or off for simulations run on this thread.

@@ -98,12 +98,32 @@ pub async fn run(client: &Client, args: BlobBenchArgs, json_output: bool) -> any
         );
     } else {
         println!("blob bench: {mib:.0} MiB ({hash})");
-        println!("  blake3 hash of the file        {:>8.1} MiB/s  {hash_time:?}", rate(size, hash_time));
-        println!("  blob add (client -> node)      {:>8.1} MiB/s  {add_time:?}", rate(size, add_time));
-        println!("  second copy (node -> node)     {:>8.1} MiB/s  {fetch_time:?}", rate(size, fetch_time));
-        println!("  blob get (node -> client)      {:>8.1} MiB/s  {get_time:?}", rate(size, get_time));
+        println!(
+            "  blake3 hash of the file        {:>8.1} MiB/s  {:>7.2} s",
+            rate(size, hash_time),
+            hash_time.as_secs_f64()
+        );
+        println!(
+            "  blob add (client -> node)      {:>8.1} MiB/s  {:>7.2} s",
+            rate(size, add_time),
+            add_time.as_secs_f64()
+        );
+        println!(
+            "  second copy (node -> node)     {:>8.1} MiB/s  {:>7.2} s",
+            rate(size, fetch_time),
+            fetch_time.as_secs_f64()
+        );
+        println!(
+            "  blob get (node -> client)      {:>8.1} MiB/s  {:>7.2} s",
+            rate(size, get_time),
+            get_time.as_secs_f64()
+        );
         if let Some(raw_time) = raw_time {
-            println!("  raw iroh stream, same size     {:>8.1} MiB/s  {raw_time:?}", rate(size, raw_time));
+            println!(
+                "  raw iroh stream, same size     {:>8.1} MiB/s  {:>7.2} s",
+                rate(size, raw_time),
+                raw_time.as_secs_f64()
+            );
         }
     }
     Ok(())

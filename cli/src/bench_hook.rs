@@ -37,6 +37,16 @@ pub enum HookBenchTarget {
     Plugin,
 }
 
+impl HookBenchTarget {
+    fn name(self) -> &'static str {
+        match self {
+            HookBenchTarget::Stream => "stream",
+            HookBenchTarget::Exec => "exec",
+            HookBenchTarget::Plugin => "plugin",
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct HookBenchArgs {
     #[arg(long, value_enum, default_value = "stream")]
@@ -281,7 +291,7 @@ pub async fn run(ticket: &str, options: ClientOptions, args: HookBenchArgs, json
     admin.close().await;
     let report = json!({
         "op": "hook",
-        "target": format!("{:?}", args.target).to_lowercase(),
+        "target": args.target.name(),
         "streams": args.streams,
         "writers": args.concurrency,
         "duration_s": written,
@@ -300,10 +310,10 @@ pub async fn run(ticket: &str, options: ClientOptions, args: HookBenchArgs, json
         println!("{report}");
     } else {
         println!(
-            "hook {:?}: {} streams, {} writers, {written:.1} s: {:.0} writes/s (p50 {:.2} ms, p99 {:.2} ms, {write_errors} \
+            "hook {}: {} streams, {} writers, {written:.1} s: {:.0} writes/s (p50 {:.2} ms, p99 {:.2} ms, {write_errors} \
              errors); {delivered} events delivered, {:.0} events/s, commit-to-delivery p50 {:.2} ms p99 {:.2} ms max \
              {:.2} ms",
-            args.target,
+            args.target.name(),
             args.streams,
             args.concurrency,
             writes.len() as f64 / written,

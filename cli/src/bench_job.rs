@@ -28,6 +28,15 @@ pub enum JobBenchKind {
     Plugin,
 }
 
+impl JobBenchKind {
+    fn name(self) -> &'static str {
+        match self {
+            JobBenchKind::Shell => "shell",
+            JobBenchKind::Plugin => "plugin",
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct JobBenchArgs {
     #[arg(long, value_enum, default_value = "shell")]
@@ -150,7 +159,7 @@ pub async fn run(ticket: &str, options: ClientOptions, args: JobBenchArgs, json_
     let count = args.count as f64;
     if json_output {
         crate::output::print_json(&json!({
-            "kind": format!("{:?}", args.kind).to_lowercase(),
+            "kind": args.kind.name(),
             "count": args.count,
             "concurrency": args.concurrency,
             "submits_per_s": count / submitted_in.as_secs_f64(),
@@ -164,9 +173,9 @@ pub async fn run(ticket: &str, options: ClientOptions, args: JobBenchArgs, json_
         }));
     } else {
         println!(
-            "{} {:?} jobs, {} submitters: {:.0} submits/s (p50 {:.2} ms, p99 {:.2} ms); {:.0} completed/s",
+            "{} {} jobs, {} submitters: {:.0} submits/s (p50 {:.2} ms, p99 {:.2} ms); {:.0} completed/s",
             args.count,
-            args.kind,
+            args.kind.name(),
             args.concurrency,
             count / submitted_in.as_secs_f64(),
             ms(&submit_latency, 0.5),

@@ -313,6 +313,19 @@ struct Fence {
     token: u64,
 }
 
+impl Fence {
+    /// The resource as people name it: `lock jobs`, `queue message emails#7`.
+    fn resource(&self) -> String {
+        match self.kind {
+            FenceKind::Lock => format!("lock `{}`", self.name),
+            FenceKind::RwLock => format!("read-write lock `{}`", self.name),
+            FenceKind::Semaphore => format!("semaphore `{}`", self.name),
+            FenceKind::Election => format!("election `{}`", self.name),
+            FenceKind::QueueMessage(id) => format!("queue message `{}#{id}`", self.name),
+        }
+    }
+}
+
 /// `[KIND:]NAME=TOKEN` (KIND: lock, the default, rwlock, semaphore, election, queue with NAME `QUEUE#ID`).
 fn parse_fence(text: &str) -> Result<Fence, String> {
     let (resource, token) = text.rsplit_once('=').ok_or_else(|| format!("`{text}` is not [KIND:]NAME=TOKEN"))?;
@@ -346,10 +359,7 @@ async fn fenced(client: &Client, fence: Fence, op: TxnOp) -> anyhow::Result<u64>
     if !succeeded {
         return Err(ClientError::Wire(WireError::new(
             ErrorCode::Conflict,
-            format!(
-                "fencing token {} is no longer current for {:?} `{}`; nothing was written",
-                fence.token, fence.kind, fence.name
-            ),
+            format!("fencing token {} is no longer current for {}; nothing was written", fence.token, fence.resource()),
         ))
         .into());
     }

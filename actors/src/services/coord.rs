@@ -104,6 +104,25 @@ impl CoordService {
             let get = CoordRequest::LeaseGet { lease: *lease, prefix: prefix.clone() };
             return self.storage.reader()?.read_coord(&get).map_err(|fault| WireError::internal(fault.0))?;
         }
+        if crate::sim::planted_bug(crate::sim::PlantedBug::QueueDeliveryShared)
+            && let CoordRequest::QueueDequeue { name, .. } = request
+            && crate::sim::planted_coin()
+            && let Some(message) = crate::sim::planted_shared_delivery(name)
+        {
+            return Ok(CoordResponse::Delivered { messages: vec![message] });
+        }
+        if crate::sim::planted_bug(crate::sim::PlantedBug::LockReleasedEarly)
+            && let CoordRequest::LockAcquire { name, lease, .. } = request
+            && let Ok(CoordResponse::Lock { lock }) = self
+                .storage
+                .reader()?
+                .read_coord(&CoordRequest::LockGet { name: name.clone() })
+                .map_err(|fault| WireError::internal(fault.0))?
+            && let Some(holder) = lock.holder.filter(|holder| holder.lease != *lease)
+            && crate::sim::planted_coin()
+        {
+            let _ = self.raft.propose(Command::Coord(CoordRequest::lease_revoke(holder.lease)), timeout).await;
+        }
         let mut request = request.without_wait();
         if crate::sim::planted_bug(crate::sim::PlantedBug::StaleAckAccepted)
             && let CoordRequest::QueueAck { name, id, token } = &mut request
@@ -141,6 +160,14 @@ impl CoordService {
             _ => None,
         };
         let campaign = matches!(request, CoordRequest::ElectionCampaign { .. });
+        let shared_queue = match &request {
+            CoordRequest::QueueDequeue { name, .. }
+                if crate::sim::planted_bug(crate::sim::PlantedBug::QueueDeliveryShared) =>
+            {
+                Some(name.clone())
+            }
+            _ => None,
+        };
         match self.raft.propose(Command::Coord(request), timeout).await? {
             CommandOutput::Coord(CoordResponse::Sequence { count, .. }) if let Some(first) = read_before => {
                 Ok(CoordResponse::Sequence { first, count })
@@ -152,6 +179,12 @@ impl CoordService {
                     leader.token = leader.token.saturating_sub(1).max(1);
                 }
                 Ok(CoordResponse::Election { election })
+            }
+            CommandOutput::Coord(CoordResponse::Delivered { messages }) if let Some(name) = &shared_queue => {
+                if let Some(first) = messages.first() {
+                    crate::sim::planted_remember_delivery(name, first);
+                }
+                Ok(CoordResponse::Delivered { messages })
             }
             CommandOutput::Coord(response) => Ok(response),
             other => Err(WireError::internal(format!("a coordination write produced {other:?}"))),
