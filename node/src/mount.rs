@@ -2,8 +2,9 @@
 //! not a member, through the ticket's nodes, with a token of the `fs` capability. The mount is the one a member runs
 //! (`pando-node --mount`), over the client protocol instead of the node's own service: the same handlers,
 //! write-back buffers, locks and close-to-open checks; the kernel's caches are dropped from a hook stream of
-//! `fs.changed` events. It has no `.pando/` view. It lives here rather than in the `pando` client because the mount
-//! is the actors' code, which the client library never depends on. Runs in the foreground until SIGINT or SIGTERM,
+//! `fs.changed` events. Its `.pando/` view reads through the same node with the same token: a category the token may
+//! not read is left empty and named, with the node's refusal, in `.pando/errors`. It lives here rather than in the
+//! `pando` client because the mount is the actors' code, which the client library never depends on. Runs in the foreground until SIGINT or SIGTERM,
 //! or until the mount is unmounted from outside; then writes back what it buffered, releases its locks and
 //! unmounts.
 
@@ -13,13 +14,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pando_actors::fuse::backend::Later;
+use pando_actors::fuse::view::ViewSource;
 use pando_actors::fuse::{FsBackend, FsFeed, IdMap, Mount, MountConfig};
-use pando_client::pando_protocol::coord::{CoordEvent, LeaseInfo};
+use pando_client::pando_protocol::cluster::ClusterStatus;
+use pando_client::pando_protocol::coord::{CoordEvent, CoordRequest, CoordResponse, LeaseInfo};
 use pando_client::pando_protocol::error::WireError;
 use pando_client::pando_protocol::fs::{
     Attr, Caller, FsCommandKind, FsQueryKind, FsQueryResponse, FsResponse, SessionRequest,
 };
 use pando_client::pando_protocol::hook::{EventBody, FS_CHANGED_SUBJECT};
+use pando_client::pando_protocol::job::QueueStats;
+use pando_client::pando_protocol::plugin::{PluginInfo, PluginRequest, PluginResponse};
 use pando_client::{Client, ClientError, ClientOptions};
 
 /// The first argument that makes `pando-node` a client mount.
@@ -169,6 +174,32 @@ fn hook_feed(client: Arc<Client>) -> impl futures::Stream<Item = FsFeed> + Send 
     futures::stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|feed| (feed, receiver)) })
 }
 
+/// The `.pando/` view's sources through the client protocol (each request within the client's own deadline).
+struct RemoteView(Arc<Client>);
+
+impl ViewSource for RemoteView {
+    fn members(&self, _timeout: Duration) -> Later<'_, ClusterStatus> {
+        Box::pin(async move { self.0.cluster_status().await.map_err(wire) })
+    }
+
+    fn coord(&self, request: CoordRequest, _timeout: Duration) -> Later<'_, CoordResponse> {
+        Box::pin(async move { self.0.coord(request).await.map_err(wire) })
+    }
+
+    fn job_stats(&self, _timeout: Duration) -> Later<'_, Vec<QueueStats>> {
+        Box::pin(async move { self.0.job_stats().await.map_err(wire) })
+    }
+
+    fn plugins(&self, _timeout: Duration) -> Later<'_, Vec<PluginInfo>> {
+        Box::pin(async move {
+            match self.0.plugin(PluginRequest::List).await.map_err(wire)? {
+                PluginResponse::List(plugins) => Ok(plugins),
+                other => Err(WireError::internal(format!("a plugin listing answered {other:?}"))),
+            }
+        })
+    }
+}
+
 /// Mounts, serves until a signal or an outside unmount, then unmounts.
 pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
     let path = pando_actors::fuse::check_mount_point(&args.path)?;
@@ -188,7 +219,8 @@ pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
     let (ended_tx, ended) = tokio::sync::oneshot::channel();
     let feed = hook_feed(client.clone());
     let backend: Arc<dyn FsBackend> = Arc::new(RemoteFs(client.clone()));
-    let mut mount = Mount::start(config, backend, None, feed, move |outcome| {
+    let view: Arc<dyn ViewSource> = Arc::new(RemoteView(client.clone()));
+    let mut mount = Mount::start(config, backend, Some(view), feed, move |outcome| {
         let _ = ended_tx.send(outcome);
     })
     .await?;

@@ -35,7 +35,7 @@ use super::backend::FsBackend;
 use super::convert::{self, errno};
 use super::locks::{LockCall, LockSession};
 use super::shared::{Listing, STATFS_BLOCK, Shared, lock, wrong};
-use super::view::{View, ViewSources, is_view};
+use super::view::{View, ViewSource, is_view};
 use super::{FUSE_INFLIGHT_MAX, FUSE_LOCK_WAITERS_MAX, FUSE_OP_TIMEOUT_MS, MountConfig};
 
 const O_APPEND: i32 = 0o2000;
@@ -56,7 +56,7 @@ impl PandoFs {
         fs: Arc<dyn FsBackend>,
         config: MountConfig,
         runtime: tokio::runtime::Handle,
-        view: Option<ViewSources>,
+        view: Option<Arc<dyn ViewSource>>,
     ) -> PandoFs {
         PandoFs(Arc::new(Shared {
             config,

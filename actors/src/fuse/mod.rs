@@ -194,7 +194,7 @@ impl Mount {
     pub async fn start(
         config: MountConfig,
         fs: Arc<dyn FsBackend>,
-        view: Option<view::ViewSources>,
+        view: Option<Arc<dyn view::ViewSource>>,
         feed: impl futures::Stream<Item = FsFeed> + Send + 'static,
         ended: impl FnOnce(String) + Send + 'static,
     ) -> Result<Mount, MountError> {
@@ -260,7 +260,7 @@ impl Actor for FuseActor {
         let ended = move |outcome| {
             let _ = myself.cast(FuseMsg::Ended(outcome));
         };
-        let mount = Mount::start(args.config, Arc::new(args.fs), Some(args.view), feed, ended).await?;
+        let mount = Mount::start(args.config, Arc::new(args.fs), Some(Arc::new(args.view)), feed, ended).await?;
         Ok(FuseState { mount })
     }
 

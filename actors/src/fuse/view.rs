@@ -9,6 +9,8 @@
 //! .pando/queues/<name>      a queue's counts and settings
 //! .pando/jobs/<queue>       a job queue's counts
 //! .pando/plugins/<name>     a plugin's record and each node's status
+//! .pando/errors             only when some category could not be read: which, and why (a client mount's token
+//!                           without the capability it needs)
 //! ```
 //!
 //! Files are JSON. The view is root's only (`dr-x------`; a uid mapped to 0 counts as root): it names every lock,
@@ -25,6 +27,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pando_protocol::cluster::ClusterStatus;
 use pando_protocol::coord::{CoordRequest, CoordResponse, LeaseInfo, LockInfo, QueueInfo, RwLockInfo};
 use pando_protocol::error::WireError;
 use pando_protocol::fs::{
@@ -35,6 +38,7 @@ use pando_protocol::plugin::{PluginInfo, PluginRequest, PluginResponse};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::backend::Later;
 use crate::services::{ClusterService, CoordService, JobService, PluginService};
 
 /// The view's name in the mount's root.
@@ -47,13 +51,51 @@ pub const VIEW_INODES_MAX: u64 = 1 << 20;
 pub const VIEW_FRESH_MS: u64 = 1_000;
 const _: () = assert!(pando_protocol::limits::FS_INODES_MAX < VIEW_INO_BASE);
 
-/// What the view reads from: the node's services.
+/// What the view reads from: a member's own services ([`ViewSources`]), or, for `pando mount`, a node through the
+/// client protocol with the mount's token (which may lack the capabilities some categories need: see [`View`]).
+pub trait ViewSource: Send + Sync + 'static {
+    fn members(&self, timeout: Duration) -> Later<'_, ClusterStatus>;
+    /// A read-only coordination request (the listings).
+    fn coord(&self, request: CoordRequest, timeout: Duration) -> Later<'_, CoordResponse>;
+    fn job_stats(&self, timeout: Duration) -> Later<'_, Vec<QueueStats>>;
+    fn plugins(&self, timeout: Duration) -> Later<'_, Vec<PluginInfo>>;
+}
+
+/// A member's own services, for the mount a node runs.
 #[derive(Clone)]
 pub struct ViewSources {
     pub coord: CoordService,
     pub jobs: JobService,
     pub plugins: PluginService,
     pub cluster: ClusterService,
+}
+
+impl ViewSource for ViewSources {
+    fn members(&self, _timeout: Duration) -> Later<'_, ClusterStatus> {
+        Box::pin(async move { self.cluster.status() })
+    }
+
+    fn coord(&self, request: CoordRequest, timeout: Duration) -> Later<'_, CoordResponse> {
+        Box::pin(async move { self.coord.execute("fuse-view", request, timeout).await })
+    }
+
+    fn job_stats(&self, timeout: Duration) -> Later<'_, Vec<QueueStats>> {
+        Box::pin(async move {
+            match self.jobs.query(JobQuery::Stats, timeout).await? {
+                JobQueryResponse::Stats(queues) => Ok(queues),
+                other => Err(unexpected("the job statistics", other)),
+            }
+        })
+    }
+
+    fn plugins(&self, timeout: Duration) -> Later<'_, Vec<PluginInfo>> {
+        Box::pin(async move {
+            match self.plugins.execute(PluginRequest::List, timeout, None).await? {
+                PluginResponse::List(plugins) => Ok(plugins),
+                other => Err(unexpected("the plugin listing", other)),
+            }
+        })
+    }
 }
 
 pub fn is_view(ino: u64) -> bool {
@@ -167,8 +209,11 @@ impl Inodes {
     }
 }
 
+/// The view's files, rendered from a [`ViewSource`]. A category the source may not read (`UNAUTHORIZED`: a client
+/// mount's token without that capability) is left empty and named, with the refusal, in `.pando/errors`; any other
+/// failure fails the rendering.
 pub(super) struct View {
-    sources: ViewSources,
+    sources: Arc<dyn ViewSource>,
     timeout: Duration,
     inodes: Mutex<Inodes>,
     rendered: tokio::sync::Mutex<Option<(Instant, Arc<Tree>)>>,
@@ -252,12 +297,29 @@ fn plugin_document(plugin: &PluginInfo) -> Value {
     })
 }
 
+/// A category's answer: its value, or `None` when the source may not read it (the refusal goes to `refused`, a line
+/// for `.pando/errors`); any other failure fails the rendering.
+fn readable<T>(
+    answer: Result<T, WireError>,
+    category: &str,
+    refused: &mut Vec<String>,
+) -> Result<Option<T>, WireError> {
+    match answer {
+        Ok(value) => Ok(Some(value)),
+        Err(error) if error.code == pando_protocol::error::ErrorCode::Unauthorized => {
+            refused.push(format!("{category}: {error}\n"));
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
 fn unexpected(what: &str, answer: impl std::fmt::Debug) -> WireError {
     WireError::internal(format!("{what} answered {answer:?}"))
 }
 
 impl View {
-    pub(super) fn new(sources: ViewSources, timeout: Duration) -> View {
+    pub(super) fn new(sources: Arc<dyn ViewSource>, timeout: Duration) -> View {
         View { sources, timeout, inodes: Mutex::default(), rendered: tokio::sync::Mutex::new(None) }
     }
 
@@ -284,38 +346,41 @@ impl View {
         for category in ["leases", "locks", "queues", "jobs", "plugins"] {
             tree.dir(category);
         }
-        let status = self.sources.cluster.status()?;
-        let members: Vec<Value> = status
-            .members
-            .iter()
-            .map(|member| {
-                json!({
-                    "node_id": member.node_id,
-                    "voter": member.voter,
-                    "leader": status.leader_id == Some(member.node_id),
-                    "addrs": member.addrs.iter().map(|addr| addr.to_string()).collect::<Vec<_>>(),
-                    "public_key": member.public_key,
-                    "lag": member.lag,
+        let mut refused = Vec::new();
+        if let Some(status) = readable(self.sources.members(self.timeout).await, "members", &mut refused)? {
+            let members: Vec<Value> = status
+                .members
+                .iter()
+                .map(|member| {
+                    json!({
+                        "node_id": member.node_id,
+                        "voter": member.voter,
+                        "leader": status.leader_id == Some(member.node_id),
+                        "addrs": member.addrs.iter().map(|addr| addr.to_string()).collect::<Vec<_>>(),
+                        "public_key": member.public_key,
+                        "lag": member.lag,
+                    })
                 })
-            })
-            .collect();
-        let members = json!({ "leader": status.leader_id, "term": status.term, "members": members });
-        tree.put(
-            "members",
-            Arc::new(format!("{}\n", serde_json::to_string_pretty(&members).unwrap_or_default()).into_bytes()),
-        );
+                .collect();
+            let members = json!({ "leader": status.leader_id, "term": status.term, "members": members });
+            tree.put(
+                "members",
+                Arc::new(format!("{}\n", serde_json::to_string_pretty(&members).unwrap_or_default()).into_bytes()),
+            );
+        }
 
-        let coord = |request| self.sources.coord.execute("fuse-view", request, self.timeout);
-        match coord(CoordRequest::LeaseList { prefix: Default::default() }).await? {
-            CoordResponse::Leases { leases, .. } => {
+        let coord = |request| self.sources.coord(request, self.timeout);
+        match readable(coord(CoordRequest::LeaseList { prefix: Default::default() }).await, "leases", &mut refused)? {
+            Some(CoordResponse::Leases { leases, .. }) => {
                 for lease in &leases {
                     tree.file("leases", &lease.id.to_string(), &lease_document(lease));
                 }
             }
-            other => return Err(unexpected("a lease listing", other)),
+            None => {}
+            Some(other) => return Err(unexpected("a lease listing", other)),
         }
-        match coord(CoordRequest::LockList { prefix: Default::default() }).await? {
-            CoordResponse::Locks { locks, rwlocks, .. } => {
+        match readable(coord(CoordRequest::LockList { prefix: Default::default() }).await, "locks", &mut refused)? {
+            Some(CoordResponse::Locks { locks, rwlocks, .. }) => {
                 for lock in &locks {
                     tree.file("locks", &text(&lock.name), &lock_document(lock));
                 }
@@ -323,31 +388,26 @@ impl View {
                     tree.file("locks", &text(&rwlock.name), &rwlock_document(rwlock));
                 }
             }
-            other => return Err(unexpected("a lock listing", other)),
+            None => {}
+            Some(other) => return Err(unexpected("a lock listing", other)),
         }
-        match coord(CoordRequest::QueueList { prefix: Default::default() }).await? {
-            CoordResponse::Queues { queues, .. } => {
+        match readable(coord(CoordRequest::QueueList { prefix: Default::default() }).await, "queues", &mut refused)? {
+            Some(CoordResponse::Queues { queues, .. }) => {
                 for queue in &queues {
                     tree.file("queues", &text(&queue.name), &queue_document(queue));
                 }
             }
-            other => return Err(unexpected("a queue listing", other)),
+            None => {}
+            Some(other) => return Err(unexpected("a queue listing", other)),
         }
-        match self.sources.jobs.query(JobQuery::Stats, self.timeout).await? {
-            JobQueryResponse::Stats(queues) => {
-                for stats in &queues {
-                    tree.file("jobs", &stats.queue, &job_queue_document(stats));
-                }
-            }
-            other => return Err(unexpected("the job statistics", other)),
+        for stats in readable(self.sources.job_stats(self.timeout).await, "jobs", &mut refused)?.unwrap_or_default() {
+            tree.file("jobs", &stats.queue, &job_queue_document(&stats));
         }
-        match self.sources.plugins.execute(PluginRequest::List, self.timeout, None).await? {
-            PluginResponse::List(plugins) => {
-                for plugin in &plugins {
-                    tree.file("plugins", &plugin.record.manifest.name, &plugin_document(plugin));
-                }
-            }
-            other => return Err(unexpected("the plugin listing", other)),
+        for plugin in readable(self.sources.plugins(self.timeout).await, "plugins", &mut refused)?.unwrap_or_default() {
+            tree.file("plugins", &plugin.record.manifest.name, &plugin_document(&plugin));
+        }
+        if !refused.is_empty() {
+            tree.put("errors", Arc::new(refused.join("").into_bytes()));
         }
         Ok(tree)
     }
