@@ -165,9 +165,8 @@ async fn the_commit_index_is_written_by_the_next_checkpoint() {
     assert_eq!(log.read_committed().await.unwrap(), Some(log_id(3)), "the checkpoint wrote it");
 }
 
-/// The checkpointer works on its own: a second after appends stop, every apply before is durable.
-#[tokio::test(start_paused = true)]
-async fn applies_become_durable_by_the_checkpoint_a_second_after_the_log_stops() {
+/// Opens a store on a simulated disk and appends and applies entries 1 to 3 (unsynced applies).
+async fn three_applied(dir: &std::path::Path, disk: &super::SimDisk) -> super::Stores {
     use openraft::storage::{RaftLogStorageExt, RaftStateMachine};
     use openraft::{CommittedLeaderId, EntryPayload};
     use pando_protocol::command::Proposal;
@@ -176,44 +175,40 @@ async fn applies_become_durable_by_the_checkpoint_a_second_after_the_log_stops()
         log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), index),
         payload: EntryPayload::Normal(Proposal { stamp_ms: index, commands: Vec::new() }),
     };
-    let dir = tempfile::tempdir().unwrap();
-    let disk = super::SimDisk::new();
-    let stores = super::open_simulated(dir.path(), disk.clone()).unwrap();
-    let (mut log, mut machine) = (stores.log, stores.state_machine);
-    log.blocking_append((1..=3).map(entry)).await.unwrap();
-    machine.apply((1..=3).map(entry).collect::<Vec<_>>()).await.unwrap();
+    let mut stores = super::open_simulated(dir, disk.clone()).unwrap();
+    stores.log.blocking_append((1..=3).map(entry)).await.unwrap();
+    stores.state_machine.apply((1..=3).map(entry).collect::<Vec<_>>()).await.unwrap();
+    stores
+}
+
+/// The index of the last apply a store on `disk` finds durable.
+async fn durably_applied(dir: &std::path::Path, disk: &super::SimDisk) -> Option<u64> {
+    use openraft::storage::RaftStateMachine;
+
+    let mut machine = super::open_simulated(dir, disk.clone()).unwrap().state_machine;
+    machine.applied_state().await.unwrap().0.map(|log_id| log_id.index)
+}
+
+/// The checkpointer works on its own: a second after appends stop, every apply before is durable.
+#[tokio::test(start_paused = true)]
+async fn applies_become_durable_by_the_checkpoint_a_second_after_the_log_stops() {
+    let (dir, disk) = (tempfile::tempdir().unwrap(), super::SimDisk::new());
+    let stores = three_applied(dir.path(), &disk).await;
     tokio::time::sleep(std::time::Duration::from_millis(super::log_store::CHECKPOINT_INTERVAL_MS + 50)).await;
     disk.crash(|| false);
-    drop((log, machine, stores.reader));
-    let mut machine = super::open_simulated(dir.path(), disk.clone()).unwrap().state_machine;
-    let (applied, _) = machine.applied_state().await.unwrap();
-    assert_eq!(applied.map(|log_id| log_id.index), Some(3), "the checkpoint made the applies durable");
+    drop(stores);
+    assert_eq!(durably_applied(dir.path(), &disk).await, Some(3), "the checkpoint made the applies durable");
 }
 
 /// The checkpointer's last checkpoint comes as soon as the store is gone, not when the next one would have been due:
 /// a storage actor restarted after a panic must find the database closed and every apply durable.
 #[tokio::test(start_paused = true)]
 async fn the_last_checkpoint_comes_as_soon_as_the_store_is_gone() {
-    use openraft::storage::{RaftLogStorageExt, RaftStateMachine};
-    use openraft::{CommittedLeaderId, EntryPayload};
-    use pando_protocol::command::Proposal;
-
-    let entry = |index: u64| crate::raft::type_config::Entry {
-        log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(Proposal { stamp_ms: index, commands: Vec::new() }),
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let disk = super::SimDisk::new();
-    let stores = super::open_simulated(dir.path(), disk.clone()).unwrap();
-    let (mut log, mut machine) = (stores.log, stores.state_machine);
-    log.blocking_append((1..=3).map(entry)).await.unwrap();
-    machine.apply((1..=3).map(entry).collect::<Vec<_>>()).await.unwrap();
-    drop((log, machine, stores.reader));
+    let (dir, disk) = (tempfile::tempdir().unwrap(), super::SimDisk::new());
+    drop(three_applied(dir.path(), &disk).await);
     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     disk.crash(|| false);
-    let mut machine = super::open_simulated(dir.path(), disk.clone()).unwrap().state_machine;
-    let (applied, _) = machine.applied_state().await.unwrap();
-    assert_eq!(applied.map(|log_id| log_id.index), Some(3), "the last checkpoint made the applies durable");
+    assert_eq!(durably_applied(dir.path(), &disk).await, Some(3), "the last checkpoint made the applies durable");
 }
 
 /// A store from before the log had files of its own (its entries in the database's log table) moves them into the
