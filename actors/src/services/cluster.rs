@@ -455,6 +455,24 @@ async fn metrics(context: &ClusterService) -> Result<ClusterResponse, WireError>
             let _ = writeln!(text, "pando_raft_member_lag{{node=\"{node}\",member=\"{}\"}} {lag}", member.node_id);
         }
     }
+    if let Ok(stores) = context.storage.stores() {
+        let times = stores.log.checkpoint_times();
+        let _ = writeln!(
+            text,
+            "# HELP pando_storage_checkpoint_seconds Time each state-machine checkpoint held the database's write lock \
+             (applies wait for it).\n# TYPE pando_storage_checkpoint_seconds summary\n\
+             pando_storage_checkpoint_seconds_sum{{node=\"{node}\"}} {}\n\
+             pando_storage_checkpoint_seconds_count{{node=\"{node}\"}} {}",
+            times.held_seconds_total, times.count
+        );
+        let _ = writeln!(
+            text,
+            "# HELP pando_storage_checkpoint_seconds_max The longest checkpoint since the node started.\n\
+             # TYPE pando_storage_checkpoint_seconds_max gauge\n\
+             pando_storage_checkpoint_seconds_max{{node=\"{node}\"}} {}",
+            times.held_seconds_max
+        );
+    }
     job_metrics(context, &mut text)?;
     actor_metrics(context, &mut text).await;
     Ok(ClusterResponse::Metrics { text })

@@ -18,6 +18,7 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -48,6 +49,8 @@ pub struct LogStore {
     unsynced: Arc<OnceLock<mpsc::UnboundedSender<LogFlushed<TypeConfig>>>>,
     /// The committed log id last saved and not yet written (`None` once a checkpoint wrote it).
     committed: Arc<Mutex<Option<Option<LogId>>>>,
+    /// What the checkpoints so far cost.
+    checkpoints: Arc<CheckpointStats>,
     /// The database's file, for syncs ahead of a checkpoint (none on a simulated disk).
     ahead: Option<Arc<std::fs::File>>,
 }
@@ -59,6 +62,7 @@ impl LogStore {
             wal: Arc::new(Mutex::new(wal)),
             unsynced: Arc::default(),
             committed: Arc::default(),
+            checkpoints: Arc::default(),
             ahead: ahead.map(Arc::new),
         }
     }
@@ -76,7 +80,11 @@ impl LogStore {
 
     /// What the checkpointer needs, without the syncer's sender (which would keep both alive forever).
     fn checkpointer(&self) -> Checkpointer {
-        Checkpointer { database: self.database.clone(), committed: self.committed.clone() }
+        Checkpointer {
+            database: self.database.clone(),
+            committed: self.committed.clone(),
+            stats: self.checkpoints.clone(),
+        }
     }
 
     fn wal(&self) -> MutexGuard<'_, Wal> {
@@ -116,14 +124,44 @@ impl LogStore {
     }
 }
 
+/// How many checkpoints this store made, and how long they held redb's write lock (which applies wait for), for
+/// `pando cluster metrics`.
+#[derive(Default)]
+struct CheckpointStats {
+    count: AtomicU64,
+    held_micros_total: AtomicU64,
+    held_micros_max: AtomicU64,
+}
+
+/// A reading of [`CheckpointStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CheckpointTimes {
+    pub count: u64,
+    pub held_seconds_total: f64,
+    pub held_seconds_max: f64,
+}
+
+impl LogStore {
+    /// What the checkpoints so far cost.
+    pub fn checkpoint_times(&self) -> CheckpointTimes {
+        let stats = &self.checkpoints;
+        CheckpointTimes {
+            count: stats.count.load(Ordering::Relaxed),
+            held_seconds_total: stats.held_micros_total.load(Ordering::Relaxed) as f64 / 1e6,
+            held_seconds_max: stats.held_micros_max.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
+}
+
 /// The log's lock; a poisoned one is taken as is, as the stores take every lock.
 fn locked(wal: &Mutex<Wal>) -> MutexGuard<'_, Wal> {
     wal.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// What a checkpoint writes: the database, and the committed log id saved since the last one.
+/// What a checkpoint writes: the database, and the committed log id saved since the last one; and what it cost.
 struct Checkpointer {
     database: Arc<Database>,
+    stats: Arc<CheckpointStats>,
     committed: Arc<Mutex<Option<Option<LogId>>>>,
 }
 
@@ -131,6 +169,7 @@ impl Checkpointer {
     async fn checkpoint(&self) -> Result<(), StorageError> {
         let database = self.database.clone();
         let committed = self.committed.clone();
+        let stats = self.stats.clone();
         blocking(move || {
             let asked = std::time::Instant::now();
             let mut write = database.begin_write().map_err(|error| write_error(&error))?;
@@ -144,11 +183,11 @@ impl Checkpointer {
                 table.insert(META_COMMITTED, bytes.as_slice()).map_err(|error| write_error(&error))?;
             }
             write.commit().map_err(|error| write_error(&error))?;
-            tracing::debug!(
-                lock_wait_us = (locked_at - asked).as_micros() as u64,
-                commit_us = locked_at.elapsed().as_micros() as u64,
-                "checkpoint"
-            );
+            let held = locked_at.elapsed().as_micros() as u64;
+            stats.count.fetch_add(1, Ordering::Relaxed);
+            stats.held_micros_total.fetch_add(held, Ordering::Relaxed);
+            stats.held_micros_max.fetch_max(held, Ordering::Relaxed);
+            tracing::debug!(lock_wait_us = (locked_at - asked).as_micros() as u64, held_us = held, "checkpoint");
             Ok(())
         })
         .await

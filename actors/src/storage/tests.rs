@@ -195,6 +195,7 @@ async fn applies_become_durable_by_the_checkpoint_a_second_after_the_log_stops()
     let (dir, disk) = (tempfile::tempdir().unwrap(), super::SimDisk::new());
     let stores = three_applied(dir.path(), &disk).await;
     tokio::time::sleep(std::time::Duration::from_millis(super::log_store::CHECKPOINT_INTERVAL_MS + 50)).await;
+    assert_eq!(stores.log.checkpoint_times().count, 1, "one checkpoint, counted for the metrics");
     disk.crash(|| false);
     drop(stores);
     assert_eq!(durably_applied(dir.path(), &disk).await, Some(3), "the checkpoint made the applies durable");
