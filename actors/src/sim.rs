@@ -99,6 +99,9 @@ pub enum PlantedBug {
     /// Before every other lock acquisition that would wait for another holder, the coordination service revokes the
     /// holder's lease (the lock changes hands while its holder's lease still runs).
     LockReleasedEarly = 67108864,
+    /// The coordination service answers an exclusive read-write lock acquisition with the previous write token (two
+    /// writers told one token).
+    RwLockTokenReused = 134217728,
 }
 
 thread_local! {

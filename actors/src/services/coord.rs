@@ -160,6 +160,8 @@ impl CoordService {
             _ => None,
         };
         let campaign = matches!(request, CoordRequest::ElectionCampaign { .. });
+        let exclusive =
+            matches!(request, CoordRequest::RwLockAcquire { mode: pando_protocol::coord::rwlock::RwMode::Write, .. });
         let shared_queue = match &request {
             CoordRequest::QueueDequeue { name, .. }
                 if crate::sim::planted_bug(crate::sim::PlantedBug::QueueDeliveryShared) =>
@@ -185,6 +187,14 @@ impl CoordService {
                     crate::sim::planted_remember_delivery(name, first);
                 }
                 Ok(CoordResponse::Delivered { messages })
+            }
+            CommandOutput::Coord(CoordResponse::RwLock { mut rwlock })
+                if exclusive && crate::sim::planted_bug(crate::sim::PlantedBug::RwLockTokenReused) =>
+            {
+                if let Some(writer) = &mut rwlock.writer {
+                    writer.token = writer.token.saturating_sub(1).max(1);
+                }
+                Ok(CoordResponse::RwLock { rwlock })
             }
             CommandOutput::Coord(response) => Ok(response),
             other => Err(WireError::internal(format!("a coordination write produced {other:?}"))),
