@@ -4,9 +4,9 @@
 //! write-back buffers, locks and close-to-open checks; the kernel's caches are dropped from a hook stream of
 //! `fs.changed` events. Its `.pando/` view reads through the same node with the same token: a category the token may
 //! not read is left empty and named, with the node's refusal, in `.pando/errors`. It lives here rather than in the
-//! `pando` client because the mount is the actors' code, which the client library never depends on. Runs in the foreground until SIGINT or SIGTERM,
-//! or until the mount is unmounted from outside; then writes back what it buffered, releases its locks and
-//! unmounts.
+//! `pando` client because the mount is the actors' code, which the client library never depends on. Runs in the
+//! foreground until SIGINT or SIGTERM, or until the mount is unmounted from outside; then writes back what it
+//! buffered, releases its locks and unmounts.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -122,6 +122,16 @@ impl LogStore {
     pub async fn checkpoint(&self) -> Result<(), StorageError> {
         self.checkpointer().checkpoint().await
     }
+
+    /// What the checkpoints so far cost.
+    pub fn checkpoint_times(&self) -> CheckpointTimes {
+        let stats = &self.checkpoints;
+        CheckpointTimes {
+            count: stats.count.load(Ordering::Relaxed),
+            held_seconds_total: stats.held_micros_total.load(Ordering::Relaxed) as f64 / 1e6,
+            held_seconds_max: stats.held_micros_max.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
 }
 
 /// How many checkpoints this store made, and how long they held redb's write lock (which applies wait for), for
@@ -139,18 +149,6 @@ pub struct CheckpointTimes {
     pub count: u64,
     pub held_seconds_total: f64,
     pub held_seconds_max: f64,
-}
-
-impl LogStore {
-    /// What the checkpoints so far cost.
-    pub fn checkpoint_times(&self) -> CheckpointTimes {
-        let stats = &self.checkpoints;
-        CheckpointTimes {
-            count: stats.count.load(Ordering::Relaxed),
-            held_seconds_total: stats.held_micros_total.load(Ordering::Relaxed) as f64 / 1e6,
-            held_seconds_max: stats.held_micros_max.load(Ordering::Relaxed) as f64 / 1e6,
-        }
-    }
 }
 
 /// The log's lock; a poisoned one is taken as is, as the stores take every lock.

@@ -207,6 +207,8 @@ async fn applies_become_durable_by_the_checkpoint_a_second_after_the_log_stops()
 async fn the_last_checkpoint_comes_as_soon_as_the_store_is_gone() {
     let (dir, disk) = (tempfile::tempdir().unwrap(), super::SimDisk::new());
     drop(three_applied(dir.path(), &disk).await);
+    // On the paused clock: lets the spawned syncer and checkpointer run, 10 ms of simulated time, far less than the
+    // checkpoint interval the old behaviour would have waited out.
     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     disk.crash(|| false);
     assert_eq!(durably_applied(dir.path(), &disk).await, Some(3), "the last checkpoint made the applies durable");
