@@ -27,6 +27,7 @@ macro_rules! refuse {
 pub mod api;
 pub mod apply;
 mod data;
+pub(crate) mod kept;
 pub mod locks;
 mod perm;
 pub mod query;
@@ -45,6 +46,7 @@ use crate::limits::{
 };
 pub use api::{FsReply, FsRequest, SessionRequest, session_prefix};
 pub use locks::{FileLock, LockMode, LockOwner};
+pub use xattr::absent_for_anyone;
 
 /// The root directory's inode number (as FUSE expects).
 pub const ROOT_INO: u64 = 1;
@@ -386,6 +388,17 @@ pub enum FsCommandKind {
         ino: u64,
         owner: LockOwner,
     },
+    /// Keeps regular file `ino` past its last link for `lease` (a mount's session that has it open and is about to
+    /// remove a name of it), until [`FsCommandKind::ReleaseKept`] or the lease's end. Not a change of the inode.
+    KeepOpen {
+        ino: u64,
+        lease: u64,
+    },
+    /// `lease` no longer keeps `ino` (the mount's last handle closed): a file with no link left goes.
+    ReleaseKept {
+        ino: u64,
+        lease: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -503,6 +516,11 @@ pub enum FsQueryResponse {
     EntriesPlus {
         entries: Vec<(DirEntry, Attr)>,
         more: bool,
+        /// The listed inodes that have extended attributes (a mount answers a read of one in the `security.` or
+        /// `trusted.` namespace of any other listed inode with `ENODATA` itself while its listing is fresh: `ls -l`
+        /// asks one of each entry).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        with_xattrs: Vec<u64>,
     },
 }
 
@@ -619,7 +637,9 @@ impl FsCommand {
             }
             FsCommandKind::RemoveXattr { name, .. } => validate_xattr_name(name),
             FsCommandKind::SetLock { lock, .. } => validate_range(lock),
-            FsCommandKind::ReleaseLocks { .. } => Ok(()),
+            FsCommandKind::ReleaseLocks { .. } | FsCommandKind::KeepOpen { .. } | FsCommandKind::ReleaseKept { .. } => {
+                Ok(())
+            }
         }
     }
 }

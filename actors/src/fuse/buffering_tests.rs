@@ -1,6 +1,6 @@
 //! The write-back path of the mount's handlers ([`Shared`]) over a one-file backend whose size can change behind the
 //! mount's back (as another node's writes change it): appends land at the end, and no open handle writes into a buffer
-//! that flushes and stats no longer see.
+//! that flushes and stats no longer see. And the extended-attribute reads a listing answers without asking.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,7 +8,8 @@ use std::time::Duration;
 use pando_protocol::coord::LeaseInfo;
 use pando_protocol::error::WireError;
 use pando_protocol::fs::{
-    Attr, Caller, FileKind, FsCommandKind, FsQueryKind, FsQueryResponse, FsResponse, SessionRequest, Time,
+    Attr, Caller, DirEntry, Errno, FileKind, FsCommandKind, FsQueryKind, FsQueryResponse, FsResponse, ROOT_INO,
+    SessionRequest, Time, XattrMode,
 };
 
 use super::MountConfig;
@@ -17,10 +18,11 @@ use super::filesystem::PandoFs;
 
 const INO: u64 = 7;
 
-/// One file's committed bytes.
+/// One file's committed bytes (the one entry of the root), and whether it has extended attributes.
 #[derive(Default)]
 struct OneFile {
     bytes: Mutex<Vec<u8>>,
+    xattrs: std::sync::atomic::AtomicBool,
 }
 
 impl OneFile {
@@ -59,14 +61,32 @@ fn unsupported<'a, T: Send + 'a>() -> Later<'a, T> {
 }
 
 impl FsBackend for OneFile {
-    fn command<'a>(&'a self, _caller: &'a Caller, _kind: FsCommandKind, _timeout: Duration) -> Later<'a, FsResponse> {
-        unsupported()
+    fn command<'a>(&'a self, _caller: &'a Caller, kind: FsCommandKind, _timeout: Duration) -> Later<'a, FsResponse> {
+        match kind {
+            FsCommandKind::SetXattr { ino: INO, .. } => Box::pin(async move {
+                self.xattrs.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(FsResponse::Done)
+            }),
+            _ => unsupported(),
+        }
     }
 
     fn query<'a>(&'a self, _caller: &'a Caller, kind: FsQueryKind, _timeout: Duration) -> Later<'a, FsQueryResponse> {
         Box::pin(async move {
             match kind {
                 FsQueryKind::GetAttr { ino: INO } => Ok(FsQueryResponse::Attr(self.attr())),
+                FsQueryKind::GetAttr { ino: ROOT_INO } => {
+                    Ok(FsQueryResponse::Attr(Attr { ino: ROOT_INO, kind: FileKind::Dir, ..self.attr() }))
+                }
+                FsQueryKind::ReadDirPlus { ino: ROOT_INO, .. } => {
+                    let entry = DirEntry { ino: INO, kind: FileKind::File, name: "f".into() };
+                    let any = self.xattrs.load(std::sync::atomic::Ordering::SeqCst);
+                    Ok(FsQueryResponse::EntriesPlus {
+                        entries: vec![(entry, self.attr())],
+                        more: false,
+                        with_xattrs: if any { vec![INO] } else { Vec::new() },
+                    })
+                }
                 other => Err(WireError::internal(format!("not in this test: {other:?}"))),
             }
         })
@@ -192,4 +212,34 @@ async fn a_handle_opened_while_the_last_one_closes_writes_into_the_buffer_that_i
         assert_eq!(*bytes.last().unwrap(), round as u8);
         assert!(s.buffer(INO).is_none(), "round {round}: no buffer is left once every handle is closed");
     }
+}
+
+#[tokio::test]
+async fn a_fresh_listing_answers_ls_attribute_reads_of_an_entry_without_any_and_a_change_makes_the_mount_ask() {
+    let file = Arc::new(OneFile::default());
+    let fs = mount(file.clone());
+    let s = fs.shared();
+    let caller = Caller::new(0, 0);
+    let answer = |name: &str| s.xattr_shortcut(INO, name).map(|error| Errno::of(&error));
+    assert_eq!(answer("security.selinux"), None, "nothing listed yet: the cluster is asked");
+
+    s.rows(&super::shared::Listing::default(), &caller, ROOT_INO, 0).await.unwrap();
+    assert_eq!(answer("security.selinux"), Some(Errno::ENODATA.code()));
+    assert_eq!(answer("trusted.x"), Some(Errno::ENODATA.code()));
+    assert_eq!(answer("system.posix_acl_access"), Some(Errno::EOPNOTSUPP.code()), "no ACLs");
+    assert_eq!(answer("user.x"), None, "a user attribute's read checks the caller's permission: asked");
+    assert_eq!(s.xattr_shortcut(ROOT_INO, "security.selinux").map(|error| Errno::of(&error)), None, "`.` is not");
+
+    // A change through this mount (here, the attribute itself) makes every hint stale at once, before the commit
+    // stream says so.
+    let tag = FsCommandKind::SetXattr {
+        ino: INO,
+        name: "security.tag".into(),
+        value: vec![1].into(),
+        mode: XattrMode::Either,
+    };
+    s.command(&caller, tag).await.unwrap();
+    assert_eq!(answer("security.tag"), None);
+    s.rows(&super::shared::Listing::default(), &caller, ROOT_INO, 0).await.unwrap();
+    assert_eq!(answer("security.selinux"), None, "listed with an attribute: every read is asked");
 }

@@ -69,6 +69,7 @@ impl PandoFs {
             buffers: Mutex::default(),
             known: Mutex::default(),
             changes: AtomicU64::new(0),
+            xattr_hints: Mutex::default(),
             served: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             locks: LockSession::new(fs.clone(), Duration::from_millis(FUSE_OP_TIMEOUT_MS)),
@@ -456,9 +457,14 @@ impl Filesystem for PandoFs {
             return reply.error(fuser::Errno::EINVAL);
         };
         let caller = self.caller(req);
-        let rename = FsCommandKind::Rename { parent: parent.0, name, new_parent: newparent.0, new_name, mode };
         self.spawn(move |s| async move {
-            let done = s.command(&caller, rename).await;
+            let target = new_name.clone();
+            let rename = FsCommandKind::Rename { parent: parent.0, name, new_parent: newparent.0, new_name, mode };
+            let done = match mode {
+                // The name it replaces may be the last of a file open here.
+                RenameMode::Replace => s.remove_name(&caller, newparent.0, &target, rename).await,
+                RenameMode::NoReplace | RenameMode::Exchange => s.command(&caller, rename).await,
+            };
             match s.counted(done) {
                 Ok(_) => reply.ok(),
                 Err(error) => reply.error(error),
@@ -760,6 +766,10 @@ impl Filesystem for PandoFs {
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let Some(name) = name.to_str().map(str::to_string) else { return reply.error(fuser::Errno::ENODATA) };
+        if let Some(answer) = self.0.xattr_shortcut(ino.0, &name) {
+            self.0.served.fetch_add(1, Ordering::Relaxed);
+            return reply.error(errno(&answer));
+        }
         let caller = self.caller(req);
         self.spawn(move |s| async move {
             let value = s.query(&caller, FsQueryKind::GetXattr { ino: ino.0, name }).await;
@@ -945,13 +955,13 @@ impl PandoFs {
             Err(error) => return reply.error(error),
         };
         let caller = self.caller(req);
-        let remove = if directory {
-            FsCommandKind::Rmdir { parent: parent.0, name }
-        } else {
-            FsCommandKind::Unlink { parent: parent.0, name }
-        };
         self.spawn(move |s| async move {
-            let done = s.command(&caller, remove).await;
+            let done = if directory {
+                s.command(&caller, FsCommandKind::Rmdir { parent: parent.0, name }).await
+            } else {
+                let unlink = FsCommandKind::Unlink { parent: parent.0, name: name.clone() };
+                s.remove_name(&caller, parent.0, &name, unlink).await
+            };
             match s.counted(done) {
                 Ok(_) => reply.ok(),
                 Err(error) => reply.error(error),

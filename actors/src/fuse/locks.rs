@@ -21,6 +21,10 @@
 //!   tells the two apart), so `flock` and `fcntl` locks on one file exclude each other, as on NFS.
 //! - Not detected: deadlocks between waiters (`EDEADLK`); two waiters that wait on each other wait until one is
 //!   interrupted.
+//!
+//! The same session keeps files open past their last unlink (`pando_protocol::fs::kept`): a removal through this
+//! mount of a name whose file it has open asks the lease to keep the file first ([`LockSession::keep`]), and the
+//! file's last close here lets go of it ([`LockSession::let_go`]). The lease is not ended while it keeps any.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -101,6 +105,11 @@ pub(super) struct LockSession {
     activity: AtomicU64,
     /// Requests waiting for a lock (between attempts they hold no guard, and the lease must outlive them).
     waiters: AtomicUsize,
+    /// Files the lease keeps open past their last unlink (`pando_protocol::fs::kept`), let go at their last close.
+    kept: Mutex<HashSet<u64>>,
+    /// Files whose let-go at the last close failed: asked again by the renewer (the lease's end lets go at the
+    /// latest).
+    unkept: Mutex<HashSet<u64>>,
     closing: AtomicBool,
 }
 
@@ -139,6 +148,8 @@ impl LockSession {
             settling: tokio::sync::Mutex::new(()),
             activity: AtomicU64::new(0),
             waiters: AtomicUsize::new(0),
+            kept: Mutex::default(),
+            unkept: Mutex::default(),
             closing: AtomicBool::new(false),
         }
     }
@@ -233,6 +244,67 @@ impl LockSession {
         Ok(granted.id)
     }
 
+    /// Keeps regular file `ino` (open through this mount) past its last unlink, until [`LockSession::let_go`] at its
+    /// last close or the session's end. Asked before a removal of a name that may be its last.
+    pub(super) async fn keep(&self, ino: u64) -> Result<(), WireError> {
+        if locked(&self.kept).contains(&ino) {
+            return Ok(());
+        }
+        let mut sessions = 0;
+        loop {
+            let lease = self.session().await?;
+            let guard = self.lease.read().await;
+            if *guard != Some(lease) {
+                // Ended or forgotten since: a fresh session serves the request.
+                drop(guard);
+                sessions += 1;
+                if sessions > SESSIONS_PER_CALL_MAX {
+                    return Err(lease_ended(lease));
+                }
+                continue;
+            }
+            self.activity.fetch_add(1, Ordering::SeqCst);
+            let keep = FsCommandKind::KeepOpen { ino, lease };
+            let kept = self.fs.command(&Caller::ROOT, keep, self.timeout).await;
+            self.activity.fetch_add(1, Ordering::SeqCst);
+            drop(guard);
+            match kept {
+                Ok(_) => {
+                    locked(&self.kept).insert(ino);
+                    return Ok(());
+                }
+                Err(error) if lease_gone(&error) && sessions < SESSIONS_PER_CALL_MAX => {
+                    sessions += 1;
+                    self.forget_lease(lease).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// The last handle on `ino` closed: if the session keeps it, it lets go (a file with no link left goes). A
+    /// let-go that fails is asked again by the renewer.
+    pub(super) async fn let_go(&self, ino: u64) {
+        if !locked(&self.kept).remove(&ino) {
+            return;
+        }
+        let guard = self.lease.read().await;
+        let Some(lease) = *guard else { return };
+        if let Err(error) = self.let_go_with(lease, ino).await {
+            tracing::warn!(ino, %error, "a removed file could not be let go at its last close; asked again later");
+            locked(&self.unkept).insert(ino);
+        }
+    }
+
+    /// Lets go of `ino` kept by `lease` (the caller holds a read guard of it).
+    async fn let_go_with(&self, lease: u64, ino: u64) -> Result<(), WireError> {
+        match self.fs.command(&Caller::ROOT, FsCommandKind::ReleaseKept { ino, lease }, self.timeout).await {
+            Err(error) if lease_gone(&error) => Ok(()),
+            Err(error) => Err(error),
+            Ok(_) => Ok(()),
+        }
+    }
+
     /// The lock of another owner in the way of `call`, with its pid when a process of this mount holds it (a
     /// process elsewhere has no number here: 0).
     pub(super) async fn test(&self, call: LockCall) -> Result<Option<FileLock>, WireError> {
@@ -293,7 +365,7 @@ impl LockSession {
             let renewal = SessionRequest::KeepAlive { lease: id };
             match self.fs.session(renewal, Duration::from_millis(RENEW_TIMEOUT_MS)).await {
                 Ok(info) => {
-                    if info.is_some_and(|info| info.files.is_empty()) {
+                    if info.is_some_and(|info| info.files.is_empty() && info.kept.is_empty()) {
                         self.end_if_idle(id, seen).await;
                     }
                 }
@@ -316,9 +388,9 @@ impl LockSession {
         }
     }
 
-    /// Asks again for the releases that failed at a close.
+    /// Asks again for the releases and let-gos that failed at a close.
     async fn retry_releases(&self, id: u64) {
-        if locked(&self.unreleased).is_empty() {
+        if locked(&self.unreleased).is_empty() && locked(&self.unkept).is_empty() {
             return;
         }
         let guard = self.lease.read().await;
@@ -335,13 +407,25 @@ impl LockSession {
                 Err(error) => tracing::warn!(lease = id, ino = pair.0, %error, "a file lock is still not released"),
             }
         }
+        let inodes: Vec<u64> = locked(&self.unkept).iter().copied().collect();
+        for ino in inodes {
+            match self.let_go_with(id, ino).await {
+                Ok(()) => {
+                    locked(&self.unkept).remove(&ino);
+                }
+                Err(error) => tracing::warn!(lease = id, ino, %error, "a removed file is still not let go"),
+            }
+        }
     }
 
     /// Ends lease `id`, which held no locks when the cluster was asked, if no lock command ran since (`seen`), none
     /// is under way and nothing waits.
     async fn end_if_idle(&self, id: u64, seen: u64) {
         let Ok(mut lease) = self.lease.try_write() else { return };
-        let idle = self.waiters.load(Ordering::SeqCst) == 0 && self.activity.load(Ordering::SeqCst) == seen;
+        let idle = self.waiters.load(Ordering::SeqCst) == 0
+            && self.activity.load(Ordering::SeqCst) == seen
+            && locked(&self.kept).is_empty()
+            && locked(&self.unkept).is_empty();
         if *lease != Some(id) || !idle {
             return;
         }
@@ -350,6 +434,7 @@ impl LockSession {
             *lease = None;
             locked(&self.held).clear();
             locked(&self.unreleased).clear();
+            locked(&self.unkept).clear();
         }
     }
 
@@ -359,12 +444,15 @@ impl LockSession {
         if *lease == Some(lapsed) {
             *lease = None;
             locked(&self.unreleased).clear();
+            locked(&self.unkept).clear();
             let lost = std::mem::take(&mut *locked(&self.held));
+            let orphans = std::mem::take(&mut *locked(&self.kept));
             tracing::warn!(
                 lease = lapsed,
                 pairs = lost.len(),
-                "the mount's lock lease lapsed (this node was cut off for {LOCK_LEASE_TTL_MS} ms): the cluster \
-                 released every lock taken through this mount"
+                removed_files = orphans.len(),
+                "the mount's lease lapsed (this node was cut off for {LOCK_LEASE_TTL_MS} ms): the cluster released \
+                 every lock taken through this mount, and removed files still open here are gone"
             );
         }
     }

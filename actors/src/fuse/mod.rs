@@ -56,6 +56,8 @@ pub const FUSE_WRITE_BUFFER_BYTES_MAX: usize = 8 * 1024 * 1024;
 pub const FUSE_WRITE_BUFFER_EXTENTS_MAX: usize = 4096;
 /// Entries one directory listing holds (a larger directory lists its first this many and says so in the log).
 pub const FUSE_LIST_ENTRIES_MAX: usize = 1_000_000;
+/// Listed inodes whose extended-attribute hint a mount keeps (all are dropped when a listing would pass it).
+pub const FUSE_XATTR_HINTS_MAX: usize = 65_536;
 /// Threads reading the kernel's requests.
 const SESSION_THREADS: usize = 2;
 /// How long one file-system operation may take before the caller sees `EIO`.

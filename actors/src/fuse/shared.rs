@@ -22,7 +22,8 @@ use super::convert::{errno, file_attr, file_type};
 use super::locks::LockSession;
 use super::view::View;
 use super::{
-    FUSE_LIST_ENTRIES_MAX, FUSE_OP_TIMEOUT_MS, FUSE_WRITE_BUFFER_BYTES_MAX, FUSE_WRITE_BUFFER_EXTENTS_MAX, MountConfig,
+    FUSE_LIST_ENTRIES_MAX, FUSE_OP_TIMEOUT_MS, FUSE_WRITE_BUFFER_BYTES_MAX, FUSE_WRITE_BUFFER_EXTENTS_MAX,
+    FUSE_XATTR_HINTS_MAX, MountConfig,
 };
 
 /// Statfs's block size.
@@ -48,6 +49,18 @@ pub(super) struct Shared {
     pub(super) locks: LockSession,
     /// The `.pando/` view (a mount that is not a member's has none).
     pub(super) view: Option<View>,
+    /// What the latest listings said of each listed inode's extended attributes, so `ls -l`'s reads of
+    /// `security.selinux` and `system.posix_acl_*` of each entry are answered here (see [`Shared::xattr_shortcut`]).
+    pub(super) xattr_hints: Mutex<HashMap<u64, XattrHint>>,
+}
+
+/// Whether a listed inode had extended attributes, and when that was read.
+#[derive(Clone, Copy)]
+pub(super) struct XattrHint {
+    pub(super) any: bool,
+    /// [`Shared::changes`] before the listing was read.
+    pub(super) changes: u64,
+    pub(super) at: std::time::Instant,
 }
 
 pub(super) struct OpenFile {
@@ -71,6 +84,9 @@ pub(super) struct Buffered {
 /// One directory handle's listing, read whole at its first `readdir` (so offsets stay stable under changes).
 pub(super) type Listing = Arc<tokio::sync::Mutex<Option<Arc<Listed>>>>;
 
+/// An entry of a page of a listing, with its attributes when the page had them.
+type ListedEntry = (DirEntry, Option<Attr>);
+
 /// A directory's rows and when they were read.
 pub(super) struct Listed {
     pub(super) rows: Vec<Row>,
@@ -86,6 +102,8 @@ pub(super) struct Row {
     /// Its attributes as listed (`None`: asked for when a `readdirplus` needs them). For `.` and `..` the listed
     /// directory's own, which the kernel does not use.
     pub(super) attr: Option<Attr>,
+    /// Whether it has extended attributes (known only with `attr`).
+    pub(super) xattrs: bool,
 }
 
 /// An inode the kernel holds (looked up, not yet forgotten).
@@ -124,6 +142,8 @@ impl Shared {
         if let Some(refused) = self.view.as_ref().and_then(|_| super::view::refusal(&kind)) {
             return Err(refused);
         }
+        // What was listed before may no longer hold (the commit stream says so too, but later).
+        self.changes.fetch_add(1, Ordering::SeqCst);
         self.fs.command(caller, kind, self.timeout()).await
     }
 
@@ -155,20 +175,23 @@ impl Shared {
     }
 
     /// Removes the buffer of `ino` if it is `buffer`, no handle is open on it and nothing is buffered (`guard` is its
-    /// lock, so nothing is written into it meanwhile); `closing` counts one handle fewer first.
-    fn drop_if_idle(&self, ino: u64, buffer: &SharedBuffer, guard: &Buffer, closing: bool) {
+    /// lock, so nothing is written into it meanwhile); `closing` counts one handle fewer first, and answers whether
+    /// it was the last.
+    fn drop_if_idle(&self, ino: u64, buffer: &SharedBuffer, guard: &Buffer, closing: bool) -> bool {
         let mut buffers = lock(&self.buffers);
-        let Some(entry) = buffers.get_mut(&ino) else { return };
+        let Some(entry) = buffers.get_mut(&ino) else { return false };
         // A flush may hold a buffer the last release dropped (a new open made another): that one is not its to drop.
         if !Arc::ptr_eq(&entry.buffer, buffer) {
-            return;
+            return false;
         }
         if closing {
             entry.handles = entry.handles.saturating_sub(1);
         }
+        let last = closing && entry.handles == 0;
         if entry.handles == 0 && guard.is_empty() {
             buffers.remove(&ino);
         }
+        last
     }
 
     /// The kernel's view of `attr`: its size grown by what this mount buffered for it. An inode with a buffer here is
@@ -301,13 +324,48 @@ impl Shared {
         handle
     }
 
-    /// Closes `handle`: its inode's buffered writes are committed, and the buffer goes with the last handle.
+    /// Closes `handle`: its inode's buffered writes are committed, and the buffer goes with the last handle, as
+    /// does the file if it was removed while open here (the session lets go of it).
     pub(super) async fn release(&self, handle: u64) -> Result<(), WireError> {
         let Some(file) = lock(&self.files).remove(&handle) else { return Ok(()) };
         let mut guard = file.buffer.lock().await;
         let flushed = self.flush_locked(file.ino, &mut guard).await;
-        self.drop_if_idle(file.ino, &file.buffer, &guard, true);
+        let last = self.drop_if_idle(file.ino, &file.buffer, &guard, true);
+        drop(guard);
+        if last {
+            self.locks.let_go(file.ino).await;
+        }
         flushed
+    }
+
+    /// Whether a handle on `ino` is open through this mount.
+    fn is_open(&self, ino: u64) -> bool {
+        lock(&self.buffers).get(&ino).is_some_and(|buffered| buffered.handles > 0)
+    }
+
+    /// Removes a name (`remove`: an unlink, an rmdir or a rename that may replace `name` in `parent`). If the name's
+    /// file is open through this mount, the session keeps it first, so the open handles go on reading and writing
+    /// it until their last close, as POSIX says (a keep that fails fails the removal with `EBUSY`, as NFS's silly
+    /// rename does, rather than lose the file under its handles). A mount with nothing open asks nothing more.
+    pub(super) async fn remove_name(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &str,
+        remove: FsCommandKind,
+    ) -> Result<FsResponse, WireError> {
+        if !super::view::is_view(parent) && !lock(&self.buffers).is_empty() {
+            let named = self.fs.query(caller, FsQueryKind::Lookup { parent, name: name.to_string() }, self.timeout());
+            if let Ok(FsQueryResponse::Attr(attr)) = named.await
+                && attr.kind == pando_protocol::fs::FileKind::File
+                && self.is_open(attr.ino)
+                && let Err(error) = self.locks.keep(attr.ino).await
+            {
+                return Err(Errno::EBUSY
+                    .error(format!("{name:?} is open here and could not be kept open past its removal: {error}")));
+            }
+        }
+        self.command(caller, remove).await
     }
 
     /// Directory `ino`'s entries, with `.` and `..` (and the view in the root), each with its attributes when the
@@ -315,30 +373,37 @@ impl Shared {
     pub(super) async fn listing(&self, caller: &Caller, ino: u64) -> Result<Vec<Row>, WireError> {
         let attr = self.looked_up(caller, FsQueryKind::GetAttr { ino }).await?;
         let mut rows = vec![
-            Row { ino, kind: FileType::Directory, name: ".".into(), attr: Some(attr.clone()) },
-            Row { ino: attr.parent.max(1), kind: FileType::Directory, name: "..".into(), attr: Some(attr) },
+            Row { ino, kind: FileType::Directory, name: ".".into(), attr: Some(attr.clone()), xattrs: true },
+            Row {
+                ino: attr.parent.max(1),
+                kind: FileType::Directory,
+                name: "..".into(),
+                attr: Some(attr),
+                xattrs: true,
+            },
         ];
         if ino == ROOT_INO
             && let Some(view) = &self.view
         {
             let view = view.root_entry();
-            rows.push(Row { ino: view.ino, kind: FileType::Directory, name: view.name, attr: None });
+            rows.push(Row { ino: view.ino, kind: FileType::Directory, name: view.name, attr: None, xattrs: true });
         }
         let mut after = None;
         loop {
             let (after_this, limit) = (after.take(), FS_LIST_COUNT_MAX);
-            let (entries, more): (Vec<(DirEntry, Option<Attr>)>, bool) = if super::view::is_view(ino) {
+            let (entries, more, with_xattrs): (Vec<ListedEntry>, bool, Vec<u64>) = if super::view::is_view(ino) {
                 let read = FsQueryKind::ReadDir { ino, after: after_this, limit };
                 let FsQueryResponse::Entries { entries, more } = self.query(caller, read).await? else {
                     return Err(WireError::internal("a listing answered something else"));
                 };
-                (entries.into_iter().map(|entry| (entry, None)).collect(), more)
+                (entries.into_iter().map(|entry| (entry, None)).collect(), more, Vec::new())
             } else {
                 let read = FsQueryKind::ReadDirPlus { ino, after: after_this, limit };
-                let FsQueryResponse::EntriesPlus { entries, more } = self.query(caller, read).await? else {
+                let FsQueryResponse::EntriesPlus { entries, more, with_xattrs } = self.query(caller, read).await?
+                else {
                     return Err(WireError::internal("a listing answered something else"));
                 };
-                (entries.into_iter().map(|(entry, attr)| (entry, Some(attr))).collect(), more)
+                (entries.into_iter().map(|(entry, attr)| (entry, Some(attr))).collect(), more, with_xattrs)
             };
             after = entries.last().map(|(entry, _)| entry.name.clone());
             // A file the file system holds as `.pando` in the root is hidden by the view.
@@ -348,6 +413,7 @@ impl Shared {
                 ino: entry.ino,
                 kind: file_type(entry.kind),
                 name: entry.name,
+                xattrs: attr.is_none() || with_xattrs.contains(&entry.ino),
                 attr,
             }));
             if !more || after.is_none() {
@@ -382,7 +448,36 @@ impl Shared {
         let at = std::time::Instant::now();
         let listed = Arc::new(Listed { rows: self.listing(caller, ino).await?, at, changes });
         *held = Some(listed.clone());
+        let mut hints = lock(&self.xattr_hints);
+        if hints.len() + listed.rows.len() > FUSE_XATTR_HINTS_MAX {
+            hints.clear();
+        }
+        for row in listed.rows.iter().filter(|row| row.attr.is_some() && row.name != "." && row.name != "..") {
+            hints.insert(row.ino, XattrHint { any: row.xattrs, changes, at });
+        }
         Ok(listed)
+    }
+
+    /// The answer to a read of extended attribute `name` of `ino` without asking the cluster, where a fresh listing
+    /// (nothing changed since, younger than the attribute TTL) said the inode has none: `EOPNOTSUPP` for the
+    /// `system.` namespace (no ACLs: the state machine supports no attribute there), `ENODATA` for `security.` and
+    /// `trusted.` (what the state machine answers anyone of an inode without attributes). `ls -l` reads two or three
+    /// of each entry; this makes them free.
+    pub(super) fn xattr_shortcut(&self, ino: u64, name: &str) -> Option<WireError> {
+        let hint = *lock(&self.xattr_hints).get(&ino)?;
+        let fresh = !hint.any
+            && hint.changes == self.changes.load(Ordering::SeqCst)
+            && hint.at.elapsed() < self.config.attr_ttl;
+        if !fresh {
+            return None;
+        }
+        if name.starts_with("system.") {
+            Some(Errno::EOPNOTSUPP.error(format!("attribute namespace of {name:?} is not supported")))
+        } else if pando_protocol::fs::absent_for_anyone(name) {
+            Some(Errno::ENODATA.error(format!("no attribute {name:?}")))
+        } else {
+            None
+        }
     }
 
     /// What a `readdirplus` tells the kernel of `row`: the attributes listed with it while they are younger than the

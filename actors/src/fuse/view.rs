@@ -588,6 +588,8 @@ pub(super) fn refusal(kind: &FsCommandKind) -> Option<WireError> {
         | FsCommandKind::RemoveXattr { ino, .. }
         | FsCommandKind::SetLock { ino, .. }
         | FsCommandKind::ReleaseLocks { ino, .. }
+        | FsCommandKind::KeepOpen { ino, .. }
+        | FsCommandKind::ReleaseKept { ino, .. }
             if is_view(*ino) =>
         {
             read_only()

@@ -17,7 +17,7 @@ use pando_protocol::error::{ErrorCode, WireError};
 pub use pando_protocol::fs::SessionRequest;
 use pando_protocol::fs::{
     Attr, Caller, Chunk, Errno, FileData, FileLock, FsCommand, FsCommandKind, FsQuery, FsQueryKind, FsQueryResponse,
-    FsReply, FsRequest, FsResponse, chunk_start,
+    FsReply, FsRequest, FsResponse, LockOwner, chunk_start,
 };
 use pando_protocol::kv::Bytes;
 use pando_protocol::limits::{
@@ -133,10 +133,12 @@ impl FsService {
         let request = if checked { self.checked(request, timeout).await? } else { request };
         match request {
             FsRequest::Command { caller, kind } => {
-                if let FsCommandKind::SetLock { lock: FileLock { owner, .. }, .. }
-                | FsCommandKind::ReleaseLocks { owner, .. } = &kind
+                if let FsCommandKind::SetLock { lock: FileLock { owner: LockOwner { lease, .. }, .. }, .. }
+                | FsCommandKind::ReleaseLocks { owner: LockOwner { lease, .. }, .. }
+                | FsCommandKind::KeepOpen { lease, .. }
+                | FsCommandKind::ReleaseKept { lease, .. } = &kind
                 {
-                    self.check_session(&sessions, owner.lease, timeout).await?;
+                    self.check_session(&sessions, *lease, timeout).await?;
                 }
                 self.command(&caller, kind, timeout).await.map(FsReply::Done)
             }

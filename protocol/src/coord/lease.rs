@@ -60,6 +60,9 @@ pub struct LeaseInfo {
     /// Inodes the lease holds file locks on (a FUSE mount's session: see `crate::fs::locks`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<u64>,
+    /// Files the lease keeps open after their last unlink (a FUSE mount's session: see `crate::fs::kept`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<u64>,
 }
 
 pub(crate) fn validate_ttl(ttl_ms: u64) -> Result<(), WireError> {
@@ -119,6 +122,7 @@ pub(crate) fn grant(
         barriers: Vec::new(),
         services: Vec::new(),
         files: Vec::new(),
+        kept: Vec::new(),
     };
     save_lease(store, &lease)?;
     store.coord_put(&expiry_key(lease.deadline_ms, id), &[])?;
@@ -190,6 +194,9 @@ pub(crate) fn revoke(
     }
     for ino in &lease.files {
         crate::fs::locks::release_lease(store, *ino, lease.id)?;
+    }
+    for ino in &lease.kept {
+        crate::fs::kept::lease_ended(store, *ino, lease.id)?;
     }
     let mut deleted = false;
     for key in &lease.keys {
@@ -266,6 +273,7 @@ pub(crate) fn attachments(lease: &LeaseInfo) -> usize {
         + lease.barriers.len()
         + lease.services.len()
         + lease.files.len()
+        + lease.kept.len()
 }
 
 /// Ties `key` to lease `id` (checked by [`check_attachable`] first).

@@ -20,8 +20,8 @@ use crate::limits::{
 };
 use crate::token::Access;
 
-/// What a mount asks of its lock session's lease (a coordination lease of no prefix: its end releases the mount's
-/// file locks).
+/// What a mount asks of its session's lease (a coordination lease of no prefix: its end releases the mount's file
+/// locks and the files it keeps open after their last unlink).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SessionRequest {
     Grant { ttl_ms: u64 },
@@ -148,9 +148,15 @@ impl FsRequest {
             FsRequest::Query { .. } | FsRequest::Read { .. } | FsRequest::Session(_) | FsRequest::FreeBytes => {
                 Access::FsRead
             }
-            FsRequest::Command { kind: FsCommandKind::SetLock { .. } | FsCommandKind::ReleaseLocks { .. }, .. } => {
-                Access::FsRead
-            }
+            // A reader's open file outlives a removal of its name as a lock does: both hang on its session.
+            FsRequest::Command {
+                kind:
+                    FsCommandKind::SetLock { .. }
+                    | FsCommandKind::ReleaseLocks { .. }
+                    | FsCommandKind::KeepOpen { .. }
+                    | FsCommandKind::ReleaseKept { .. },
+                ..
+            } => Access::FsRead,
             FsRequest::Command { .. } | FsRequest::Write { .. } | FsRequest::Truncate { .. } => Access::FsWrite,
         }
     }

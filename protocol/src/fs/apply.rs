@@ -45,6 +45,8 @@ pub fn apply(store: &mut impl CoordWrite, now: u64, command: &FsCommand) -> Answ
         // Locks change no inode: the transaction commits nothing of its own for them.
         FsCommandKind::SetLock { ino, lock } => super::locks::set(tx.store, *ino, lock)?,
         FsCommandKind::ReleaseLocks { ino, owner } => super::locks::release_owner(tx.store, *ino, *owner)?,
+        FsCommandKind::KeepOpen { ino, lease } => super::kept::keep(&mut tx, *ino, *lease)?,
+        FsCommandKind::ReleaseKept { ino, lease } => super::kept::release(&mut tx, *ino, *lease)?,
     };
     if response.is_ok() {
         tx.commit()?;
@@ -99,6 +101,10 @@ fn link(tx: &mut Tx<'_, impl CoordWrite>, ino: u64, parent: u64, name: &str) -> 
     let mut attr = refuse!(tx.get(ino)?);
     if attr.kind == FileKind::Dir {
         return Ok(Err(Errno::EPERM.error("a directory cannot be hard-linked")));
+    }
+    if attr.nlink == 0 {
+        // A file kept open after its last unlink has no name to come back to (Linux: `linkat` of a deleted file).
+        return Ok(Err(enoent(format_args!("inode {ino} (removed, still open)"))));
     }
     let mut dir = refuse!(tx.creatable(parent, name)?);
     if attr.nlink >= FS_LINKS_MAX {

@@ -75,7 +75,11 @@ pub fn query(store: &impl CoordRead, query: &FsQuery) -> Answer<FsQueryResponse>
         FsQueryKind::ReadDirPlus { ino, after, limit } => {
             let (entries, more) = refuse!(list(store, caller, *ino, after.as_deref(), *limit)?);
             let mut listed = Vec::with_capacity(entries.len());
+            let mut with_xattrs = Vec::new();
             for entry in entries {
+                if super::xattr::has_any(store, entry.ino)? {
+                    with_xattrs.push(entry.ino);
+                }
                 // An entry names an inode that exists (commands keep the two together); one that does not is a
                 // fault of the store, not the caller's.
                 let attr = existing(store, entry.ino)?.map_err(|_| {
@@ -86,7 +90,7 @@ pub fn query(store: &impl CoordRead, query: &FsQuery) -> Answer<FsQueryResponse>
                 })?;
                 listed.push((entry, attr));
             }
-            FsQueryResponse::EntriesPlus { entries: listed, more }
+            FsQueryResponse::EntriesPlus { entries: listed, more, with_xattrs }
         }
         FsQueryKind::ReadLink { ino } => {
             let attr = refuse!(existing(store, *ino)?);

@@ -1,8 +1,9 @@
 //! The file system's state machine over the in-memory tables, as a POSIX semantics suite: each error code where
 //! Linux gives it, permission checks as a non-root caller (sticky directories, set-gid inheritance, set-uid and
 //! set-gid clearing on write and chown), timestamps each operation updates, data inline and as chunks of
-//! reference-counted blobs, extended attributes; and a property test that random namespace operations keep the
-//! invariants, and that every refused command leaves the tables as they were.
+//! reference-counted blobs, extended attributes, files kept open past their last name; and a property test that
+//! random namespace operations (and sessions keeping files, letting go and ending) keep the invariants, and that
+//! every refused command leaves the tables as they were.
 
 use proptest::prelude::*;
 
@@ -124,6 +125,32 @@ impl Fs {
         let proposal = Proposal { stamp_ms: self.now, commands: vec![Command::Blob(added)] };
         apply_proposal(&mut self.tables, &mut self.revision, &proposal).unwrap().results.remove(0).unwrap();
         blob
+    }
+
+    /// A mount's session: a lease of no prefix.
+    fn lease(&mut self) -> u64 {
+        self.coord(crate::coord::CoordRequest::LeaseGrant { ttl_ms: 10_000, prefix: Bytes::default() })
+    }
+
+    fn end_lease(&mut self, lease: u64) {
+        self.coord(crate::coord::CoordRequest::LeaseRevoke { lease, prefix: Bytes::default() });
+    }
+
+    fn coord(&mut self, request: crate::coord::CoordRequest) -> u64 {
+        self.now += 1;
+        let proposal = Proposal { stamp_ms: self.now, commands: vec![Command::Coord(request)] };
+        match apply_proposal(&mut self.tables, &mut self.revision, &proposal).unwrap().results.remove(0) {
+            Ok(CommandOutput::Coord(crate::coord::CoordResponse::Lease { lease })) => lease.id,
+            Ok(_) => 0,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn totals(&self) -> FsTotals {
+        let FsQueryResponse::StatFs(totals) = self.ask_as(&Caller::ROOT, FsQueryKind::StatFs).unwrap() else {
+            panic!()
+        };
+        totals
     }
 
     fn blob_refs(&self, blob: &BlobRef) -> u64 {
@@ -484,6 +511,68 @@ fn small_files_are_written_in_place_and_large_ones_as_reference_counted_chunks()
 }
 
 #[test]
+fn a_file_kept_open_outlives_its_last_name_until_its_keeper_lets_go() {
+    let mut fs = Fs::new();
+    let session = fs.lease();
+    let file = fs.create(ROOT_INO, "f");
+    fs.write_as(&Caller::ROOT, file.ino, 0, b"still here").unwrap();
+    fs.run(FsCommandKind::KeepOpen { ino: file.ino, lease: session }).unwrap();
+    fs.run(FsCommandKind::Unlink { parent: ROOT_INO, name: "f".into() }).unwrap();
+
+    assert_eq!(errno(fs.lookup(ROOT_INO, "f")), Errno::ENOENT.code(), "the name is gone");
+    assert!(fs.names(ROOT_INO).is_empty());
+    assert_eq!(fs.attr(file.ino).nlink, 0, "fstat of an unlinked open file says 0 links, as on Linux");
+    assert_eq!(fs.read(file.ino).1, FileData::Inline(b"still here".to_vec().into()));
+    fs.write_as(&Caller::ROOT, file.ino, 0, b"STILL").unwrap();
+    assert_eq!(fs.totals(), FsTotals { inodes: 2, bytes: 10 }, "it still takes its room");
+    let relink = FsCommandKind::Link { ino: file.ino, parent: ROOT_INO, name: "back".into() };
+    assert_eq!(errno(fs.run(relink)), Errno::ENOENT.code(), "a removed file cannot be linked again");
+
+    fs.run(FsCommandKind::ReleaseKept { ino: file.ino, lease: session }).unwrap();
+    assert_eq!(errno(fs.ask_as(&Caller::ROOT, FsQueryKind::GetAttr { ino: file.ino })), Errno::ENOENT.code());
+    assert_eq!(fs.totals(), FsTotals { inodes: 1, bytes: 0 });
+    assert_eq!(fs.run(FsCommandKind::ReleaseKept { ino: file.ino, lease: session }), Ok(FsResponse::Done), "twice");
+    check_invariants(&fs.tables);
+
+    // A file that keeps a name is only let go of: the keep changes nothing else.
+    let named = fs.create(ROOT_INO, "named");
+    fs.run(FsCommandKind::KeepOpen { ino: named.ino, lease: session }).unwrap();
+    fs.run(FsCommandKind::ReleaseKept { ino: named.ino, lease: session }).unwrap();
+    assert_eq!(fs.lookup(ROOT_INO, "named").unwrap().nlink, 1);
+    let dir = fs.mkdir(ROOT_INO, "d");
+    assert_eq!(errno(fs.run(FsCommandKind::KeepOpen { ino: dir.ino, lease: session })), Errno::EINVAL.code());
+    let gone = fs.run(FsCommandKind::KeepOpen { ino: named.ino, lease: 999 }).unwrap_err();
+    assert_eq!(gone.code, crate::error::ErrorCode::NotFound, "a lease that is gone keeps nothing: {gone}");
+    check_invariants(&fs.tables);
+}
+
+#[test]
+fn a_kept_file_replaced_by_a_rename_goes_with_its_chunks_when_the_session_ends() {
+    let mut fs = Fs::new();
+    let (first, second) = (fs.lease(), fs.lease());
+    let blob = fs.blob(3, FS_CHUNK_BYTES);
+    let big = fs.create(ROOT_INO, "big");
+    let chunks = vec![(0, Some(Chunk { blob, len: FS_CHUNK_BYTES as u32 }))];
+    fs.run(FsCommandKind::SetChunks { ino: big.ino, chunks, size: FS_CHUNK_BYTES }).unwrap();
+    fs.run(FsCommandKind::KeepOpen { ino: big.ino, lease: first }).unwrap();
+    fs.run(FsCommandKind::KeepOpen { ino: big.ino, lease: second }).unwrap();
+    fs.create(ROOT_INO, "new");
+    fs.run(rename(ROOT_INO, "new", ROOT_INO, "big", RenameMode::Replace)).unwrap();
+    assert_ne!(fs.lookup(ROOT_INO, "big").unwrap().ino, big.ino, "the name is the new file's");
+    assert_eq!(fs.attr(big.ino).nlink, 0);
+    assert_eq!(fs.blob_refs(&blob), 1, "the replaced file's chunk is still referenced");
+
+    fs.end_lease(first);
+    assert_eq!(fs.attr(big.ino).size, FS_CHUNK_BYTES, "another session keeps it still");
+    check_invariants(&fs.tables);
+    fs.end_lease(second);
+    assert_eq!(errno(fs.ask_as(&Caller::ROOT, FsQueryKind::GetAttr { ino: big.ino })), Errno::ENOENT.code());
+    assert_eq!(fs.blob_refs(&blob), 0, "the last session's end released its chunk");
+    assert_eq!(fs.totals(), FsTotals { inodes: 2, bytes: 0 }, "the root and the new file");
+    check_invariants(&fs.tables);
+}
+
+#[test]
 fn extended_attributes_follow_linux_namespaces_flags_and_bounds() {
     let mut fs = Fs::new();
     fs.set_as(&Caller::ROOT, ROOT_INO, SetAttr { perm: Some(0o777), ..SetAttr::default() }).unwrap();
@@ -569,13 +658,28 @@ fn a_listing_with_attributes_names_the_same_entries_with_what_getattr_answers_fo
         other => panic!("unexpected {other:?}"),
     };
     let plus = match fs.ask_as(&alice(), FsQueryKind::ReadDirPlus { ino: ROOT_INO, after: None, limit: 3 }) {
-        Ok(FsQueryResponse::EntriesPlus { entries, more }) => (entries, more),
+        Ok(FsQueryResponse::EntriesPlus { entries, more, with_xattrs }) => {
+            assert!(with_xattrs.is_empty(), "no listed inode has an attribute yet");
+            (entries, more)
+        }
         other => panic!("unexpected {other:?}"),
     };
     assert_eq!(plus.1, plain.1, "both say more follow");
     assert_eq!(plus.0.iter().map(|(entry, _)| entry.clone()).collect::<Vec<_>>(), plain.0);
     for (entry, attr) in &plus.0 {
         assert_eq!(*attr, fs.attr(entry.ino), "{}", entry.name);
+    }
+    let b = fs.lookup(ROOT_INO, "b").unwrap();
+    let tag = FsCommandKind::SetXattr {
+        ino: b.ino,
+        name: "security.tag".into(),
+        value: b"x".to_vec().into(),
+        mode: XattrMode::Either,
+    };
+    fs.run(tag).unwrap();
+    match fs.ask_as(&alice(), FsQueryKind::ReadDirPlus { ino: ROOT_INO, after: None, limit: 10 }) {
+        Ok(FsQueryResponse::EntriesPlus { with_xattrs, .. }) => assert_eq!(with_xattrs, [b.ino], "b has one now"),
+        other => panic!("unexpected {other:?}"),
     }
     let private = fs.mkdir(ROOT_INO, "private");
     fs.set_as(&Caller::ROOT, private.ino, SetAttr { perm: Some(0o700), ..SetAttr::default() }).unwrap();
@@ -620,6 +724,11 @@ fn check_invariants(tables: &MemoryTables) {
         assert_eq!(key[3..], attr.ino.to_be_bytes());
         attrs.insert(attr.ino, attr);
     }
+    let mut kept: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+    for (key, _) in tables.coord.range(b"Fk/".to_vec()..b"Fk0".to_vec()) {
+        let ino = u64::from_be_bytes(key[3..11].try_into().unwrap());
+        kept.entry(ino).or_default().push(u64::from_be_bytes(key[11..19].try_into().unwrap()));
+    }
     let mut entries: std::collections::BTreeMap<u64, Vec<(String, u64)>> = Default::default();
     let mut links: std::collections::BTreeMap<u64, u32> = Default::default();
     for (key, bytes) in tables.coord.range(b"Fe/".to_vec()..b"Fe0".to_vec()) {
@@ -655,7 +764,16 @@ fn check_invariants(tables: &MemoryTables) {
             }
         } else {
             assert!(children.is_empty());
-            assert_eq!(Some(&attr.nlink), links.get(&attr.ino), "inode {} links", attr.ino);
+            assert_eq!(attr.nlink, links.get(&attr.ino).copied().unwrap_or(0), "inode {} links", attr.ino);
+            let keepers = kept.get(&attr.ino).map(Vec::len).unwrap_or(0);
+            assert!(attr.nlink > 0 || keepers > 0, "inode {} has no name and no keeper", attr.ino);
+        }
+    }
+    for (ino, leases) in &kept {
+        assert!(attrs.contains_key(ino), "a keeper of inode {ino}, which is gone");
+        for lease in leases {
+            let info = crate::coord::lease::load_lease(tables, *lease).unwrap();
+            assert!(info.is_some_and(|info| info.kept.contains(ino)), "lease {lease} keeps inode {ino} unlisted");
         }
     }
     if let Some(bytes) = tables.coord.get(b"m/fs_totals".as_slice()) {
@@ -672,6 +790,10 @@ enum Op {
     Unlink(u8, u8),
     Rmdir(u8, u8),
     Rename(u8, u8, u8, u8, u8),
+    /// Session `l` (of two) keeps inode `i` open, lets go of it, or ends (a new one takes its place).
+    Keep(u8, u8),
+    LetGo(u8, u8),
+    EndSession(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -684,6 +806,9 @@ fn op() -> impl Strategy<Value = Op> {
         (dir.clone(), name.clone()).prop_map(|(d, n)| Op::Unlink(d, n)),
         (dir.clone(), name.clone()).prop_map(|(d, n)| Op::Rmdir(d, n)),
         (dir.clone(), name.clone(), dir, name, 0u8..3).prop_map(|(a, n, b, m, mode)| Op::Rename(a, n, b, m, mode)),
+        (0u8..12, 0u8..2).prop_map(|(i, l)| Op::Keep(i, l)),
+        (0u8..12, 0u8..2).prop_map(|(i, l)| Op::LetGo(i, l)),
+        (0u8..2).prop_map(Op::EndSession),
     ]
 }
 
@@ -695,6 +820,7 @@ proptest! {
     #[test]
     fn random_namespace_operations_keep_the_invariants_and_refusals_change_nothing(ops in proptest::collection::vec(op(), 1..60)) {
         let mut fs = Fs::new();
+        let mut sessions = [fs.lease(), fs.lease()];
         // Inode numbers the ops pick from: the root and whatever they created (by creation order).
         let mut known = vec![ROOT_INO];
         let pick = |known: &Vec<u64>, index: u8| known[index as usize % known.len()];
@@ -713,6 +839,14 @@ proptest! {
                     &name(m),
                     [RenameMode::Replace, RenameMode::NoReplace, RenameMode::Exchange][mode as usize],
                 ),
+                Op::Keep(i, l) => FsCommandKind::KeepOpen { ino: pick(&known, i), lease: sessions[l as usize] },
+                Op::LetGo(i, l) => FsCommandKind::ReleaseKept { ino: pick(&known, i), lease: sessions[l as usize] },
+                Op::EndSession(l) => {
+                    fs.end_lease(sessions[l as usize]);
+                    sessions[l as usize] = fs.lease();
+                    check_invariants(&fs.tables);
+                    continue;
+                }
             };
             let before = fs_rows(&fs.tables);
             match fs.run(kind.clone()) {

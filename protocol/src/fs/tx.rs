@@ -141,11 +141,12 @@ impl<'a, S: CoordWrite> Tx<'a, S> {
         Ok(())
     }
 
-    /// Drops one link of `attr` (its entry is gone already): a directory, or a file's last link, goes with its data.
+    /// Drops one link of `attr` (its entry is gone already): a directory, or a file's last link, goes with its data,
+    /// unless a mount keeps the file open ([`super::kept`]: it stays, with no link, until the mount lets go).
     pub(super) fn drop_link(&mut self, mut attr: Attr) -> Result<(), StorageFault> {
         attr.nlink = attr.nlink.saturating_sub(1);
         attr.ctime = self.now;
-        if attr.kind == FileKind::Dir || attr.nlink == 0 {
+        if attr.kind == FileKind::Dir || (attr.nlink == 0 && !super::kept::is_kept(self.store, attr.ino)?) {
             self.destroy(attr.ino, attr.kind, attr.size)
         } else {
             self.set(attr);

@@ -47,6 +47,22 @@ pub(super) fn xattr_allowed(attr: &Attr, caller: &Caller, name: &str, write: boo
     }
 }
 
+/// Whether `ino` has any extended attribute.
+pub(super) fn has_any(store: &impl CoordRead, ino: u64) -> Result<bool, StorageFault> {
+    let mut any = false;
+    store.coord_scan(&with(XATTR, &ino.to_be_bytes()), &mut |_, _| {
+        any = true;
+        ControlFlow::Break(())
+    })?;
+    Ok(any)
+}
+
+/// Whether a read of attribute `name` of an inode that has none answers `ENODATA` whoever asks: the `security.`
+/// namespace is readable by all, and `trusted.` answers `ENODATA` to all but root (who finds none).
+pub fn absent_for_anyone(name: &str) -> bool {
+    name.starts_with("security.") || name.starts_with("trusted.")
+}
+
 pub(super) fn xattrs(store: &impl CoordRead, ino: u64) -> Result<Vec<(String, Bytes)>, StorageFault> {
     let prefix = with(XATTR, &ino.to_be_bytes());
     let mut found = Vec::new();
