@@ -102,6 +102,9 @@ pub enum PlantedBug {
     /// The coordination service answers an exclusive read-write lock acquisition with the previous write token (two
     /// writers told one token).
     RwLockTokenReused = 134217728,
+    /// The file-system service answers a request to keep a file open past its last unlink as done, without proposing
+    /// it (the file goes at its unlink under its open handles).
+    KeepOpenIgnored = 268435456,
 }
 
 thread_local! {

@@ -353,12 +353,15 @@ pub enum FsCommandKind {
         set: SetAttr,
     },
     /// Writes `data` at `offset` of an inline file (`append`: at its end), which must stay within the inline bound;
-    /// `EFBIG` answers that the file must be written as chunks.
+    /// `EFBIG` answers that the file must be written as chunks. Answered with the new size, or with the attributes
+    /// after it when `answer_attr` (a node before it answers the size).
     Write {
         ino: u64,
         offset: u64,
         data: Bytes,
         append: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        answer_attr: bool,
     },
     /// Replaces chunks of a file (`None` punches a hole) and sets its size; an inline file becomes a chunked one
     /// (its inline bytes must be in the chunks given).

@@ -926,22 +926,17 @@ impl Filesystem for PandoFs {
                     attr = s.fs.truncate(&caller, attr.ino, 0, true, s.timeout()).await?;
                 }
                 s.same_version(&attr);
-                let handle = s.open_handle(attr.ino, append);
-                Ok((attr, handle))
+                // Before the handle opens a buffer: a new file's attributes as created, with no read again.
+                let kernel = s.kernel_attr(&caller, attr).await?;
+                Ok((kernel, s.open_handle(kernel.ino.0, append)))
             }
             .await;
             match s.counted(created) {
-                Ok((attr, handle)) => match s.counted(s.kernel_attr(&caller, attr).await) {
-                    Ok(kernel) => {
-                        lock(&s.known).entry(kernel.ino.0).or_default().lookups += 1;
-                        let (fh, flags) = (FileHandle(handle), FopenFlags::empty());
-                        reply.created(&s.config.entry_ttl, &kernel, Generation(0), fh, flags);
-                    }
-                    Err(error) => {
-                        let _ = s.release(handle).await;
-                        reply.error(error);
-                    }
-                },
+                Ok((kernel, handle)) => {
+                    lock(&s.known).entry(kernel.ino.0).or_default().lookups += 1;
+                    let (fh, flags) = (FileHandle(handle), FopenFlags::empty());
+                    reply.created(&s.config.entry_ttl, &kernel, Generation(0), fh, flags);
+                }
                 Err(error) => reply.error(error),
             }
         });

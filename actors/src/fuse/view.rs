@@ -629,7 +629,13 @@ mod tests {
         assert_eq!(errno(&create(ROOT_INO, "x")), None);
         let unlink = FsCommandKind::Rmdir { parent: ROOT_INO, name: VIEW_NAME.into() };
         assert_eq!(errno(&unlink), Some(Errno::EBUSY.code()));
-        let write = FsCommandKind::Write { ino: view_file, offset: 0, data: Default::default(), append: false };
+        let write = FsCommandKind::Write {
+            ino: view_file,
+            offset: 0,
+            data: Default::default(),
+            append: false,
+            answer_attr: false,
+        };
         assert_eq!(errno(&write), Some(Errno::EROFS.code()));
     }
 }

@@ -185,6 +185,11 @@ impl FsService {
             }
             kind => kind,
         };
+        if matches!(kind, FsCommandKind::KeepOpen { .. })
+            && crate::sim::planted_bug(crate::sim::PlantedBug::KeepOpenIgnored)
+        {
+            return Ok(FsResponse::Done);
+        }
         caller.validate()?;
         let command = FsCommand { caller: caller.clone(), kind };
         command.validate()?;
@@ -435,6 +440,36 @@ impl FsService {
     /// Writes `extents` (offset, bytes; a later one over an earlier one) to file `ino`: in place while the file stays
     /// within the inline bound, else as chunks (each touched chunk read, patched and added as a blob), with the size
     /// growing to the last byte written. Answers the file's attributes after.
+    /// Writes extents that end within the inline bound straight into an inline file's bytes: one command each, the
+    /// last answering the attributes (a small file's write-back costs no read first). `None` when the file is chunked
+    /// (the first command refuses with `EFBIG` and changes nothing): the caller writes chunks.
+    async fn write_inline(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        extents: &[(u64, Vec<u8>)],
+        timeout: Duration,
+    ) -> Result<Option<Attr>, WireError> {
+        let writes: Vec<&(u64, Vec<u8>)> = extents.iter().filter(|(_, data)| !data.is_empty()).collect();
+        let mut answered = None;
+        for (at, (offset, data)) in writes.iter().enumerate() {
+            let answer_attr = at + 1 == writes.len();
+            let write =
+                FsCommandKind::Write { ino, offset: *offset, data: data.clone().into(), append: false, answer_attr };
+            match self.command(caller, write, timeout).await {
+                Ok(FsResponse::Attr(attr)) => answered = Some(attr),
+                Ok(_) => {}
+                Err(error) if at == 0 && Errno::of(&error) == Errno::EFBIG.code() => return Ok(None),
+                Err(error) => return Err(error),
+            }
+        }
+        match answered {
+            Some(attr) => Ok(Some(attr)),
+            // A leader from before `answer_attr` answered the size only.
+            None => self.attr(caller, ino, timeout).await.map(Some),
+        }
+    }
+
     pub async fn write_extents(
         &self,
         caller: &Caller,
@@ -451,6 +486,11 @@ impl FsService {
         let (Some(&first), Some(&last)) = (touched.first(), touched.last()) else {
             return self.attr(caller, ino, timeout).await;
         };
+        if written_end <= FS_INLINE_BYTES_MAX as u64
+            && let Some(attr) = self.write_inline(caller, ino, extents, timeout).await?
+        {
+            return Ok(attr);
+        }
         let (size, stored) = self.stored(caller, ino, first, last, timeout).await?;
         let end = size.max(written_end);
         let inline = match &stored {
@@ -458,11 +498,10 @@ impl FsService {
             Stored::Chunks(chunks) => chunks.is_empty() && size == 0,
         };
         if inline && end <= FS_INLINE_BYTES_MAX as u64 {
-            for (offset, data) in extents.iter().filter(|(_, data)| !data.is_empty()) {
-                let write = FsCommandKind::Write { ino, offset: *offset, data: data.clone().into(), append: false };
-                self.command(caller, write, timeout).await?;
+            // Only an inline file that became one since `write_inline` refused: written the same way.
+            if let Some(attr) = self.write_inline(caller, ino, extents, timeout).await? {
+                return Ok(attr);
             }
-            return self.attr(caller, ino, timeout).await;
         }
         // Chunks: an inline file's bytes move into chunk 0 (the inline bound is below one chunk).
         let (mut touched, old_chunks, inline_bytes) = match stored {

@@ -38,7 +38,9 @@ pub fn apply(store: &mut impl CoordWrite, now: u64, command: &FsCommand) -> Answ
             rename(&mut tx, *parent, name, *new_parent, new_name, *mode)?
         }
         FsCommandKind::SetAttr { ino, set } => set_attr(&mut tx, *ino, set)?,
-        FsCommandKind::Write { ino, offset, data, append } => write(&mut tx, *ino, *offset, data, *append)?,
+        FsCommandKind::Write { ino, offset, data, append, answer_attr } => {
+            write(&mut tx, *ino, *offset, data, *append, *answer_attr)?
+        }
         FsCommandKind::SetChunks { ino, chunks, size } => set_chunks(&mut tx, *ino, chunks, *size)?,
         FsCommandKind::SetXattr { ino, name, value, mode } => set_xattr(&mut tx, *ino, name, value, *mode)?,
         FsCommandKind::RemoveXattr { ino, name } => remove_xattr(&mut tx, *ino, name)?,

@@ -24,6 +24,7 @@ pub(super) fn write(
     offset: u64,
     data: &Bytes,
     append: bool,
+    answer_attr: bool,
 ) -> Answer<FsResponse> {
     let mut attr = refuse!(regular(tx, ino)?);
     let inline: Option<Bytes> = load(tx.store, &data_key(ino))?;
@@ -48,8 +49,8 @@ pub(super) fn write(
     attr.mtime = tx.now;
     attr.ctime = tx.now;
     attr.perm = perm::after_write(attr.perm, tx.caller);
-    tx.set(attr);
-    Ok(Ok(FsResponse::Written { size }))
+    tx.set(attr.clone());
+    Ok(Ok(if answer_attr { FsResponse::Attr(attr) } else { FsResponse::Written { size } }))
 }
 
 pub(super) fn set_chunks(

@@ -104,7 +104,10 @@ impl Fs {
     }
 
     fn write_as(&mut self, caller: &Caller, ino: u64, offset: u64, data: &[u8]) -> Result<FsResponse, WireError> {
-        self.run_as(caller, FsCommandKind::Write { ino, offset, data: data.to_vec().into(), append: false })
+        self.run_as(
+            caller,
+            FsCommandKind::Write { ino, offset, data: data.to_vec().into(), append: false, answer_attr: false },
+        )
     }
 
     fn read(&self, ino: u64) -> (u64, FileData) {
@@ -236,7 +239,16 @@ fn each_namespace_error_is_the_errno_linux_gives() {
         (rename(ROOT_INO, "d", dir.ino, "loop", RenameMode::Replace), Errno::EINVAL),
         (rename(ROOT_INO, "f", ROOT_INO, "d", RenameMode::NoReplace), Errno::EEXIST),
         (rename(ROOT_INO, "f", ROOT_INO, "nothing", RenameMode::Exchange), Errno::ENOENT),
-        (FsCommandKind::Write { ino: dir.ino, offset: 0, data: b"x".to_vec().into(), append: false }, Errno::EISDIR),
+        (
+            FsCommandKind::Write {
+                ino: dir.ino,
+                offset: 0,
+                data: b"x".to_vec().into(),
+                append: false,
+                answer_attr: false,
+            },
+            Errno::EISDIR,
+        ),
     ];
     for (command, expected) in cases {
         let before = fs_rows(&fs.tables);
@@ -460,12 +472,31 @@ fn small_files_are_written_in_place_and_large_ones_as_reference_counted_chunks()
     let file = fs.create(ROOT_INO, "f");
     fs.write_as(&Caller::ROOT, file.ino, 4, b"tail").unwrap();
     assert_eq!(fs.read(file.ino), (8, FileData::Inline(b"\0\0\0\0tail".to_vec().into())), "the hole reads as zeros");
-    let append = FsCommandKind::Write { ino: file.ino, offset: 0, data: b"+".to_vec().into(), append: true };
+    let append =
+        FsCommandKind::Write { ino: file.ino, offset: 0, data: b"+".to_vec().into(), append: true, answer_attr: false };
     assert_eq!(fs.run(append), Ok(FsResponse::Written { size: 9 }));
+    let answering = FsCommandKind::Write {
+        ino: file.ino,
+        offset: 4,
+        data: b"AB".to_vec().into(),
+        append: false,
+        answer_attr: true,
+    };
+    assert_eq!(
+        fs.run(answering),
+        Ok(FsResponse::Attr(fs.attr(file.ino))),
+        "the attributes after the write, when asked"
+    );
     fs.set_as(&Caller::ROOT, file.ino, SetAttr { size: Some(2), ..SetAttr::default() }).unwrap();
     fs.set_as(&Caller::ROOT, file.ino, SetAttr { size: Some(4), ..SetAttr::default() }).unwrap();
     assert_eq!(fs.read(file.ino).1, FileData::Inline(vec![0; 4].into()), "truncated bytes do not come back");
-    let past = FsCommandKind::Write { ino: file.ino, offset: 65_535, data: b"xy".to_vec().into(), append: false };
+    let past = FsCommandKind::Write {
+        ino: file.ino,
+        offset: 65_535,
+        data: b"xy".to_vec().into(),
+        append: false,
+        answer_attr: false,
+    };
     assert_eq!(errno(fs.run(past)), Errno::EFBIG.code(), "past the inline bound: chunks");
 
     // The same blob for two chunks of two files: stored once, referenced twice.
@@ -486,7 +517,8 @@ fn small_files_are_written_in_place_and_large_ones_as_reference_counted_chunks()
         (size, vec![0, 2]),
         "chunk 1 is a hole"
     );
-    let write = FsCommandKind::Write { ino: big.ino, offset: 0, data: b"x".to_vec().into(), append: false };
+    let write =
+        FsCommandKind::Write { ino: big.ino, offset: 0, data: b"x".to_vec().into(), append: false, answer_attr: false };
     assert_eq!(errno(fs.run(write)), Errno::EFBIG.code(), "a chunked file is written as chunks");
 
     // Truncating drops and trims chunks; unlinking releases the rest.
