@@ -132,6 +132,11 @@ impl PandoFs {
         lock(&self.0.known).contains_key(&ino)
     }
 
+    /// Changes were lost on the commit stream: nothing listed before is handed out again.
+    pub(super) fn changed_unheard(&self) {
+        self.0.changes.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Forgets the cached version of `ino` (it changed); answers whether the kernel knows it.
     pub(super) fn forget_version(&self, ino: u64) -> bool {
         self.0.changes.fetch_add(1, Ordering::SeqCst);

@@ -109,7 +109,11 @@ impl Invalidator {
             while let Some(feed) = events.next().await {
                 let changes = match feed {
                     FsFeed::Changed { inodes, entries } => changes_of(&inodes, &entries, &fs),
-                    FsFeed::Lost => vec![Change::All],
+                    FsFeed::Lost => {
+                        // Whatever was listed may have changed unheard.
+                        fs.changed_unheard();
+                        vec![Change::All]
+                    }
                 };
                 for change in changes {
                     match queue.try_send(change) {

@@ -437,12 +437,10 @@ impl FsService {
         Ok((size, out))
     }
 
-    /// Writes `extents` (offset, bytes; a later one over an earlier one) to file `ino`: in place while the file stays
-    /// within the inline bound, else as chunks (each touched chunk read, patched and added as a blob), with the size
-    /// growing to the last byte written. Answers the file's attributes after.
     /// Writes extents that end within the inline bound straight into an inline file's bytes: one command each, the
     /// last answering the attributes (a small file's write-back costs no read first). `None` when the file is chunked
-    /// (the first command refuses with `EFBIG` and changes nothing): the caller writes chunks.
+    /// (a command refuses with `EFBIG` and changes nothing; the ones before it wrote bytes the chunks will hold
+    /// again): the caller writes chunks.
     async fn write_inline(
         &self,
         caller: &Caller,
@@ -459,7 +457,8 @@ impl FsService {
             match self.command(caller, write, timeout).await {
                 Ok(FsResponse::Attr(attr)) => answered = Some(attr),
                 Ok(_) => {}
-                Err(error) if at == 0 && Errno::of(&error) == Errno::EFBIG.code() => return Ok(None),
+                // Chunked (by another node since the first, for a later one): every extent is written again as chunks.
+                Err(error) if Errno::of(&error) == Errno::EFBIG.code() => return Ok(None),
                 Err(error) => return Err(error),
             }
         }
@@ -470,6 +469,19 @@ impl FsService {
         }
     }
 
+    /// Whether this node's own state (maybe behind the leader's) has `ino` as a file whose bytes may be inline: not
+    /// larger than the inline bound. Only a hint of which write to try first.
+    async fn maybe_inline(&self, ino: u64, timeout: Duration) -> bool {
+        let query = FsQuery { caller: Caller::ROOT, kind: FsQueryKind::GetAttr { ino } };
+        match self.storage.read(timeout, move |reader| reader.fs(&query)).await {
+            Ok(Ok(FsQueryResponse::Attr(attr))) => attr.size <= FS_INLINE_BYTES_MAX as u64,
+            _ => true,
+        }
+    }
+
+    /// Writes `extents` (offset, bytes; a later one over an earlier one) to file `ino`: in place while the file stays
+    /// within the inline bound, else as chunks (each touched chunk read, patched and added as a blob), with the size
+    /// growing to the last byte written. Answers the file's attributes after.
     pub async fn write_extents(
         &self,
         caller: &Caller,
@@ -487,6 +499,7 @@ impl FsService {
             return self.attr(caller, ino, timeout).await;
         };
         if written_end <= FS_INLINE_BYTES_MAX as u64
+            && self.maybe_inline(ino, timeout).await
             && let Some(attr) = self.write_inline(caller, ino, extents, timeout).await?
         {
             return Ok(attr);

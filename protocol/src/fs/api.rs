@@ -148,15 +148,11 @@ impl FsRequest {
             FsRequest::Query { .. } | FsRequest::Read { .. } | FsRequest::Session(_) | FsRequest::FreeBytes => {
                 Access::FsRead
             }
-            // A reader's open file outlives a removal of its name as a lock does: both hang on its session.
-            FsRequest::Command {
-                kind:
-                    FsCommandKind::SetLock { .. }
-                    | FsCommandKind::ReleaseLocks { .. }
-                    | FsCommandKind::KeepOpen { .. }
-                    | FsCommandKind::ReleaseKept { .. },
-                ..
-            } => Access::FsRead,
+            FsRequest::Command { kind: FsCommandKind::SetLock { .. } | FsCommandKind::ReleaseLocks { .. }, .. } => {
+                Access::FsRead
+            }
+            // Every change, and keeping a file past its removal (for a mount that removes names: a reader's keep
+            // would hold a removed file's room for as long as it liked).
             FsRequest::Command { .. } | FsRequest::Write { .. } | FsRequest::Truncate { .. } => Access::FsWrite,
         }
     }
@@ -178,6 +174,8 @@ mod tests {
         let truncate = FsRequest::Truncate { caller, ino: 2, size: 0, through_open_file: false };
         assert_eq!(truncate.required(), Access::FsWrite);
         assert_eq!(FsRequest::Session(SessionRequest::Grant { ttl_ms: 10_000 }).required(), Access::FsRead);
+        let keep = FsRequest::Command { caller: Caller::ROOT, kind: FsCommandKind::KeepOpen { ino: 2, lease: 1 } };
+        assert_eq!(keep.required(), Access::FsWrite, "only a mount that removes names keeps files");
     }
 
     #[test]
