@@ -15,8 +15,6 @@
 //! **Invariants** (checked by the model test): an inode whose `nlink` is 0 has at least one keeper, a live lease
 //! that lists it; an inode with no keeper and no link does not exist.
 
-use std::ops::ControlFlow;
-
 use super::rows::*;
 use super::tx::Tx;
 use super::{Caller, Errno, FileKind, FsResponse};
@@ -35,12 +33,7 @@ fn kept_key(ino: u64, lease: u64) -> Vec<u8> {
 
 /// Whether any lease keeps `ino`.
 pub(super) fn is_kept(store: &impl CoordRead, ino: u64) -> Result<bool, StorageFault> {
-    let mut any = false;
-    store.coord_scan(&with(KEPT, &ino.to_be_bytes()), &mut |_, _| {
-        any = true;
-        ControlFlow::Break(())
-    })?;
-    Ok(any)
+    any_under(store, &with(KEPT, &ino.to_be_bytes()))
 }
 
 /// Lease `lease` keeps regular file `ino` past its last link, until [`release`] or the lease's end. `NOT_FOUND`

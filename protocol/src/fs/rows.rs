@@ -108,8 +108,17 @@ pub(super) fn directory(store: &impl CoordRead, ino: u64) -> Answer<Attr> {
     Ok(Ok(attr))
 }
 
-/// One command's changes: the inodes it read and changed, written back together at the end, and what the commit
-/// stream says changed (for the mounts' caches).
+/// Whether any row's key starts with `prefix`.
+pub(super) fn any_under(store: &impl CoordRead, prefix: &[u8]) -> Result<bool, StorageFault> {
+    let mut any = false;
+    store.coord_scan(prefix, &mut |_, _| {
+        any = true;
+        ControlFlow::Break(())
+    })?;
+    Ok(any)
+}
+
+/// The keys of every row under `prefix`.
 pub(super) fn scan_keys(store: &impl CoordRead, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StorageFault> {
     let mut keys = Vec::new();
     store.coord_scan(prefix, &mut |key, _| {

@@ -49,12 +49,7 @@ pub(super) fn xattr_allowed(attr: &Attr, caller: &Caller, name: &str, write: boo
 
 /// Whether `ino` has any extended attribute.
 pub(super) fn has_any(store: &impl CoordRead, ino: u64) -> Result<bool, StorageFault> {
-    let mut any = false;
-    store.coord_scan(&with(XATTR, &ino.to_be_bytes()), &mut |_, _| {
-        any = true;
-        ControlFlow::Break(())
-    })?;
-    Ok(any)
+    any_under(store, &with(XATTR, &ino.to_be_bytes()))
 }
 
 /// Whether a read of attribute `name` of an inode that has none answers `ENODATA` whoever asks: the `security.`
