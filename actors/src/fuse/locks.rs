@@ -246,6 +246,10 @@ impl LockSession {
 
     /// Keeps regular file `ino` (open through this mount) past its last unlink, until [`LockSession::let_go`] at its
     /// last close or the session's end. Asked before a removal of a name that may be its last.
+    ///
+    /// The caller lets go again if the file's last handle closed while the keep was asked ([`LockSession::let_go`]
+    /// at that close found nothing kept yet). A keep whose outcome is unknown (it failed without a clear refusal,
+    /// and may have committed) is let go later by the renewer, so it cannot hold the file for the session's life.
     pub(super) async fn keep(&self, ino: u64) -> Result<(), WireError> {
         if locked(&self.kept).contains(&ino) {
             return Ok(());
@@ -263,6 +267,8 @@ impl LockSession {
                 }
                 continue;
             }
+            // A late let-go of an earlier keep must not drop this one.
+            self.settle_kept(lease, ino).await?;
             self.activity.fetch_add(1, Ordering::SeqCst);
             let keep = FsCommandKind::KeepOpen { ino, lease };
             let kept = self.fs.command(&Caller::ROOT, keep, self.timeout).await;
@@ -277,9 +283,26 @@ impl LockSession {
                     sessions += 1;
                     self.forget_lease(lease).await;
                 }
-                Err(error) => return Err(error),
+                Err(error) => {
+                    if Errno::of(&error) == Errno::EIO.code() && !lease_gone(&error) {
+                        locked(&self.unkept).insert(ino);
+                    }
+                    return Err(error);
+                }
             }
         }
+    }
+
+    /// Asks again for a let-go of `ino` that failed (or a keep of unknown outcome), before a new keep of it. The
+    /// caller holds a read guard of the lease.
+    async fn settle_kept(&self, lease: u64, ino: u64) -> Result<(), WireError> {
+        let _order = self.settling.lock().await;
+        if !locked(&self.unkept).contains(&ino) {
+            return Ok(());
+        }
+        self.let_go_with(lease, ino).await?;
+        locked(&self.unkept).remove(&ino);
+        Ok(())
     }
 
     /// The last handle on `ino` closed: if the session keeps it, it lets go (a file with no link left goes). A

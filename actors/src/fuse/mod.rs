@@ -25,6 +25,8 @@ mod buffering_tests;
 mod convert;
 pub mod filesystem;
 mod invalidate;
+#[cfg(test)]
+mod keep_tests;
 mod locks;
 mod mountpoint;
 mod shared;
