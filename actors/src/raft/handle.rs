@@ -27,6 +27,10 @@ pub struct RaftCore {
     pub(crate) metrics_changed: Arc<tokio::sync::Notify>,
     /// Read-index rounds, one at a time for every linearizable read waiting.
     pub(crate) reads: super::read_rounds::ReadRounds,
+    /// The in-flight slots the RaftActor's batches and the direct path share.
+    pub(crate) slots: Arc<super::batch::Slots>,
+    /// What proposals are stamped with.
+    pub(crate) clock: crate::clock::Clock,
 }
 
 /// Longest `RaftCore::ensure_leader` waits for a restored leader to apply the log it started with.
@@ -168,12 +172,22 @@ impl RaftHandle {
         heard.is_some_and(|at| at.elapsed() <= within)
     }
 
-    /// Proposes one command through this node's RaftActor and answers its result once applied, within `timeout`
-    /// (which also bounds the wait for a restarting RaftActor). A follower answers `NOT_LEADER`.
+    /// Proposes one command and answers its result once applied, within `timeout` (which also bounds the wait for a
+    /// restarting RaftActor). A follower answers `NOT_LEADER`. Written at once from this task when nothing waits and a
+    /// slot is free, else through the RaftActor's next batch ([`super::batch`]).
     pub async fn propose(&self, command: Command, timeout: Duration) -> Result<CommandOutput, WireError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let core = self.live.wait(timeout).await?;
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
+        if let Some(slot) = core.slots.direct(&core.actor) {
+            if super::batch::removed_leader(&core.raft) {
+                return Err(not_leader(None, None));
+            }
+            let stamp_ms = core.clock.now_ms();
+            let results = super::batch::write_batch(&core.raft, self.node_id, stamp_ms, vec![command], slot, remaining);
+            let mut results = results.await?;
+            return results.pop().unwrap_or_else(|| Err(WireError::internal("the state machine returned no result")));
+        }
         let outcome = core
             .actor
             .call(|reply: ractor::RpcReplyPort<_>| RaftMsg::Propose { command, reply }, Some(remaining))

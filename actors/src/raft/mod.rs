@@ -1,5 +1,6 @@
 //! Raft: openraft's type configuration, the network between members, and the RaftActor that group-commits proposals.
 
+mod batch;
 pub mod handle;
 mod joint;
 pub mod raft_actor;

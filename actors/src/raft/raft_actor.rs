@@ -1,9 +1,10 @@
 //! The RaftActor: owns the openraft instance, drains concurrent proposals into batched `client_write`s (group commit)
 //! and answers each command with its own result.
 //!
-//! A proposal arriving while fewer than [`PROPOSALS_IN_FLIGHT_MAX`] batches are in flight is written at once; the rest
-//! wait in a bounded queue and leave together in the next batch, so under load one log append (one fsync) carries
-//! many client writes.
+//! A proposal that finds nothing waiting and fewer than [`PROPOSALS_IN_FLIGHT_MAX`] batches in flight is written by its
+//! caller's own task and never reaches the actor (the direct path, [`super::batch`]); the rest wait in the actor's
+//! bounded queue and leave together in the next batch, so under load one log append (one fsync) carries many client
+//! writes.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -11,13 +12,14 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use pando_protocol::cluster::MemberNode;
-use pando_protocol::command::{Command, CommandOutput, CommandResult, Proposal};
+use pando_protocol::command::{Command, CommandOutput, CommandResult};
 use pando_protocol::coord::CoordRequest;
 use pando_protocol::error::{ErrorCode, ErrorDetail, WireError};
 use pando_protocol::limits::{PROPOSAL_BYTES_MAX, REQUEST_TIMEOUT_MS_MAX};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 
+use super::batch::{Slots, removed_leader, write_batch};
 use super::handle::{RaftCore, RaftHandle, StartupLog};
 use super::transport::RaftTransport;
 use super::type_config::{NodeId, Raft};
@@ -25,11 +27,7 @@ use crate::clock::Clock;
 use crate::storage_actor::StorageHandle;
 use crate::supervision::{ActorDetail, Control};
 
-/// Batches written concurrently; more proposals wait and join the next batch.
-pub const PROPOSALS_IN_FLIGHT_MAX: usize = 2;
-/// Longest a batch holds its in-flight slot waiting for raft; past it the slot is free again (the batch's callers keep
-/// waiting, up to the longest request deadline).
-pub const PROPOSAL_WAIT_MS_MAX: u64 = 10_000;
+pub use super::batch::{PROPOSAL_WAIT_MS_MAX, PROPOSALS_IN_FLIGHT_MAX};
 /// Most commands in one batch (one log entry).
 pub const PROPOSAL_BATCH_COUNT_MAX: usize = 1024;
 /// Most proposals waiting for a batch; beyond this proposals are refused with `BUSY`.
@@ -63,10 +61,8 @@ pub enum RaftMsg {
         command: Command,
         reply: RpcReplyPort<CommandResult>,
     },
-    /// A batch finished (its replies are already sent).
-    BatchDone {
-        commands_count: usize,
-    },
+    /// A batch's in-flight slot is free again while proposals wait (sent by the slot, [`super::batch::Slot`]).
+    SlotFreed,
     Status(RpcReplyPort<RaftActorStatus>),
     /// openraft stopped with a fatal error.
     Fatal(String),
@@ -90,6 +86,8 @@ pub struct RaftActorStatus {
     pub pending_count: usize,
     pub in_flight_count: usize,
     pub batches_total: u64,
+    /// Batches of one proposal its caller wrote directly, among `batches_total`.
+    pub direct_total: u64,
     pub commands_total: u64,
 }
 
@@ -97,9 +95,8 @@ pub struct RaftState {
     node_id: NodeId,
     raft: Raft,
     pending: VecDeque<(Command, RpcReplyPort<CommandResult>)>,
-    in_flight_count: usize,
-    batches_total: u64,
-    commands_total: u64,
+    /// Shared with the direct path (published in the [`RaftCore`]).
+    slots: Arc<Slots>,
     storage: StorageHandle,
     clock: Clock,
     last_tick_at: Option<tokio::time::Instant>,
@@ -152,7 +149,16 @@ impl Actor for RaftActor {
         }
         let metrics_changed = Arc::new(tokio::sync::Notify::new());
         let reads = super::read_rounds::ReadRounds::start(raft.clone());
-        let core = RaftCore { raft: raft.clone(), actor: myself.clone(), started_with, metrics_changed, reads };
+        let slots = Arc::new(Slots::default());
+        let core = RaftCore {
+            raft: raft.clone(),
+            actor: myself.clone(),
+            started_with,
+            metrics_changed,
+            reads,
+            slots: slots.clone(),
+            clock: args.clock,
+        };
         let metrics_changed = core.metrics_changed.clone();
         args.handle.publish(core);
         let myself_for_ticks = myself.clone();
@@ -177,9 +183,7 @@ impl Actor for RaftActor {
             node_id: args.node_id,
             raft,
             pending: VecDeque::new(),
-            in_flight_count: 0,
-            batches_total: 0,
-            commands_total: 0,
+            slots,
             storage: args.storage.clone(),
             clock: args.clock,
             last_tick_at: None,
@@ -191,6 +195,7 @@ impl Actor for RaftActor {
         for (_, reply) in state.pending.drain(..) {
             let _ = reply.send(Err(WireError::new(ErrorCode::Unavailable, "node is shutting down")));
         }
+        state.slots.set_pending(0);
         if tokio::time::timeout(Duration::from_millis(RAFT_SHUTDOWN_TIMEOUT_MS), state.raft.shutdown()).await.is_err() {
             tracing::warn!("raft did not shut down in time");
         }
@@ -223,20 +228,17 @@ impl Actor for RaftActor {
                 state.pending.push_back((command, reply));
                 flush(&myself, state);
             }
-            RaftMsg::BatchDone { commands_count } => {
-                state.in_flight_count -= 1;
-                state.commands_total += commands_count as u64;
-                flush(&myself, state);
-            }
+            RaftMsg::SlotFreed => flush(&myself, state),
             RaftMsg::Fatal(error) => return Err(format!("raft stopped: {error}").into()),
             RaftMsg::Control(Control::InjectPanic) => panic!("fault injection: raft actor panics on request"),
             RaftMsg::Control(Control::Status(reply, _)) => {
                 let _ = reply.send(ActorDetail::line(format!(
-                    "{} waiting, {} batches in flight, {} batches and {} commands so far",
+                    "{} waiting, {} batches in flight, {} batches ({} written directly) and {} commands so far",
                     state.pending.len(),
-                    state.in_flight_count,
-                    state.batches_total,
-                    state.commands_total
+                    state.slots.in_flight(),
+                    state.slots.batches_total(),
+                    state.slots.direct_total(),
+                    state.slots.commands_total()
                 )));
             }
             RaftMsg::ExpiryCheck => {
@@ -247,9 +249,10 @@ impl Actor for RaftActor {
                 let _ = reply.send(RaftActorStatus {
                     node_id: state.node_id,
                     pending_count: state.pending.len(),
-                    in_flight_count: state.in_flight_count,
-                    batches_total: state.batches_total,
-                    commands_total: state.commands_total,
+                    in_flight_count: state.slots.in_flight(),
+                    batches_total: state.slots.batches_total(),
+                    direct_total: state.slots.direct_total(),
+                    commands_total: state.slots.commands_total(),
                 });
             }
         }
@@ -288,9 +291,14 @@ fn expiry_check(myself: &ActorRef<RaftMsg>, state: &mut RaftState) {
     }
 }
 
-/// Starts batches while there is room in flight and work pending.
+/// Starts batches while there is room in flight and work pending. The queue's length is published before a slot is
+/// taken (see [`super::batch`] for why), and again when the loop ends.
 fn flush(myself: &ActorRef<RaftMsg>, state: &mut RaftState) {
-    while state.in_flight_count < PROPOSALS_IN_FLIGHT_MAX && !state.pending.is_empty() {
+    loop {
+        state.slots.set_pending(state.pending.len());
+        if state.pending.is_empty() {
+            return;
+        }
         // Bounded by count and by bytes, so one log entry (and so one AppendEntries frame) stays bounded.
         let mut count = 0;
         let mut batch_bytes = 0;
@@ -302,88 +310,37 @@ fn flush(myself: &ActorRef<RaftMsg>, state: &mut RaftState) {
             batch_bytes += command_bytes;
             count += 1;
         }
+        let Some(slot) = state.slots.take(myself, count) else { return };
         let mut commands = Vec::with_capacity(count);
         let mut replies = Vec::with_capacity(count);
         for (command, reply) in state.pending.drain(..count) {
             commands.push(command);
             replies.push(reply);
         }
-        let removed_leader = {
-            let metrics = state.raft.metrics();
-            let metrics = metrics.borrow();
-            metrics.current_leader == Some(metrics.id) && !is_member(&metrics)
-        };
-        if removed_leader {
+        if removed_leader(&state.raft) {
             for reply in replies {
                 let _ = reply.send(Err(not_leader(None, None)));
             }
             continue;
         }
-        state.in_flight_count += 1;
-        state.batches_total += 1;
         let raft = state.raft.clone();
-        let myself = myself.clone();
         let stamp_ms = state.clock.now_ms();
         let node_id = state.node_id;
         tokio::spawn(async move {
-            // Reports the batch done however this task ends, so a panic cannot wedge the in-flight count.
-            let done = BatchDoneGuard { actor: myself, commands_count: count };
-            let proposal = Proposal { stamp_ms, commands };
-            let write = raft.client_write(proposal);
-            tokio::pin!(write);
-            let written = match tokio::time::timeout(Duration::from_millis(PROPOSAL_WAIT_MS_MAX), &mut write).await {
-                Ok(written) => written,
-                Err(_) => {
-                    // The slot is freed whatever openraft does with the entry: a write it never answers must not stop
-                    // every later write on this node (the simulator saw two such writes wedge a node, seed 5097). The
-                    // batch still waits for callers with longer deadlines, up to the longest a request may have.
-                    tracing::warn!(node_id, commands = count, "a proposal got no answer from raft in time");
-                    drop(done);
-                    let longest = u64::from(REQUEST_TIMEOUT_MS_MAX).saturating_sub(PROPOSAL_WAIT_MS_MAX);
-                    match tokio::time::timeout(Duration::from_millis(longest), &mut write).await {
-                        Ok(written) => written,
-                        Err(_) => {
-                            let error = WireError::new(
-                                ErrorCode::Timeout,
-                                "raft did not answer in time; the write may or may not be applied",
-                            );
-                            for reply in replies {
-                                let _ = reply.send(Err(error.clone()));
-                            }
-                            return;
-                        }
-                    }
-                }
-            };
-            match written {
-                Ok(response) => {
-                    let mut results = response.data.results.into_iter();
-                    for reply in replies {
-                        let result = results.next().unwrap_or_else(|| {
-                            Err(WireError::internal("state machine returned fewer results than commands"))
-                        });
+            let longest = Duration::from_millis(u64::from(REQUEST_TIMEOUT_MS_MAX));
+            match write_batch(&raft, node_id, stamp_ms, commands, slot, longest).await {
+                Ok(results) => {
+                    for (reply, result) in replies.into_iter().zip(results) {
                         let _ = reply.send(result);
                     }
                 }
                 Err(error) => {
-                    let error = write_error(error);
                     for reply in replies {
                         let _ = reply.send(Err(error.clone()));
                     }
                 }
             }
         });
-    }
-}
-
-struct BatchDoneGuard {
-    actor: ActorRef<RaftMsg>,
-    commands_count: usize,
-}
-
-impl Drop for BatchDoneGuard {
-    fn drop(&mut self) {
-        let _ = self.actor.cast(RaftMsg::BatchDone { commands_count: self.commands_count });
     }
 }
 
@@ -400,11 +357,9 @@ pub fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>
     }
 }
 
-/// Whether this node is in the membership it knows (a voter or a learner). openraft 0.9 keeps a leader that applied
-/// its own removal leading until its next tick: in that window it takes writes it can never commit and asserts (in
-/// debug builds) on a membership change. Such a leader is none: it answers `NOT_LEADER` (found by the simulator, seed
-/// 11). A learner that leads is a leader: openraft lets it lead a quorum of voters (seeds 5357 and 5656 stalled when
-/// only voters counted).
+/// Whether this node is in the membership it knows (a voter or a learner); see [`removed_leader`]. A learner that
+/// leads is a leader: openraft lets it lead a quorum of voters (seeds 5357 and 5656 stalled when only voters
+/// counted).
 pub(crate) fn is_member(metrics: &openraft::RaftMetrics<NodeId, MemberNode>) -> bool {
     metrics.membership_config.membership().get_node(&metrics.id).is_some()
 }

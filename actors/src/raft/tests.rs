@@ -1,5 +1,6 @@
 //! The RaftActor on a real single-node openraft over redb: group commit packs concurrent proposals into few batches,
-//! every proposal gets its own result, and a restarted actor takes over the storage from its predecessor.
+//! every proposal gets its own result, a lone proposal skips the actor (the direct path), and a restarted actor takes
+//! over the storage from its predecessor.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -90,6 +91,48 @@ async fn concurrent_proposals_share_batches_and_each_gets_its_result() {
         status.batches_total < PROPOSALS_COUNT as u64 / 4,
         "group commit should pack proposals: {} batches for {PROPOSALS_COUNT} writes",
         status.batches_total
+    );
+    actor.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_proposal_is_written_by_its_caller_and_a_crowd_still_shares_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::new();
+    let actor = start(dir.path(), &node).await;
+    let timeout = Duration::from_secs(10);
+    for index in 0..20u64 {
+        let command = Command::Kv(put_request(format!("alone{index}").as_bytes(), b"v"));
+        let written = node.raft.propose(command, timeout).await.unwrap();
+        assert_eq!(written, CommandOutput::Kv(KvResponse::Written { revision: index + 1 }));
+    }
+    let alone: RaftActorStatus = ractor::call_t!(actor, RaftMsg::Status, 1_000).unwrap();
+    assert_eq!(alone.direct_total, 20, "one at a time, every proposal skipped the actor: {alone:?}");
+    assert_eq!((alone.batches_total, alone.commands_total, alone.in_flight_count), (20, 20, 0));
+
+    let mut calls = Vec::new();
+    for index in 0..PROPOSALS_COUNT {
+        let raft = node.raft.clone();
+        calls.push(tokio::spawn(async move {
+            let command = Command::Kv(put_request(format!("crowd{index}").as_bytes(), b"v"));
+            raft.propose(command, timeout).await
+        }));
+    }
+    let mut revisions = Vec::new();
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(CommandOutput::Kv(KvResponse::Written { revision })) => revisions.push(revision),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    revisions.sort_unstable();
+    assert_eq!(revisions, (21..=20 + PROPOSALS_COUNT as u64).collect::<Vec<_>>(), "each write got its own revision");
+    let crowd: RaftActorStatus = ractor::call_t!(actor, RaftMsg::Status, 1_000).unwrap();
+    assert_eq!(crowd.commands_total, 20 + PROPOSALS_COUNT as u64);
+    assert_eq!((crowd.in_flight_count, crowd.pending_count), (0, 0), "every slot is free again: {crowd:?}");
+    assert!(
+        crowd.batches_total - alone.batches_total < PROPOSALS_COUNT as u64 / 4,
+        "proposals that found others waiting joined their batches: {crowd:?}"
     );
     actor.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
 }

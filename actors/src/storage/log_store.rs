@@ -308,16 +308,21 @@ async fn sync_appends(
         }
         // Taken after every waiting append was written: the syncs below began after their writes.
         let files = locked(&wal).take_dirty();
-        let synced = blocking(move || {
-            for file in files {
-                file.sync().map_err(|error| write_error(&error))?;
+        // Reported from the syncing thread itself: the Raft core (on a follower, the AppendEntries' answer) waits for
+        // the report, and a hop back to this task first would be one more thread wakeup on that path. Reports stay
+        // in order: the next round begins only after this one returned.
+        let reported = blocking(move || {
+            let synced = files.iter().try_for_each(|file| file.sync().map_err(|error| write_error(&error)));
+            for callback in waiting {
+                let outcome = synced.as_ref().map(|_| ()).map_err(|error| std::io::Error::other(error.to_string()));
+                callback.log_io_completed(outcome);
             }
             Ok(())
         })
         .await;
-        for callback in waiting {
-            let outcome = synced.as_ref().map(|_| ()).map_err(|error| std::io::Error::other(error.to_string()));
-            callback.log_io_completed(outcome);
+        if let Err(error) = reported {
+            // The syncing thread panicked: its appends' reports were dropped, which openraft takes as failed writes.
+            tracing::error!(%error, "the log syncer's sync failed outright");
         }
         moved.send_replace(());
     }
