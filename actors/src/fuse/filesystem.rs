@@ -70,6 +70,8 @@ impl PandoFs {
             known: Mutex::default(),
             changes: AtomicU64::new(0),
             xattr_hints: Mutex::default(),
+            removals: Mutex::default(),
+            removed: tokio::sync::Notify::new(),
             served: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             locks: LockSession::new(fs.clone(), Duration::from_millis(FUSE_OP_TIMEOUT_MS)),
@@ -502,17 +504,17 @@ impl Filesystem for PandoFs {
         let caller = self.caller(req);
         self.spawn(move |s| async move {
             let opened = async {
-                s.query(&caller, FsQueryKind::Access { ino: ino.0, mask }).await?;
-                let attr = s.looked_up(&caller, FsQueryKind::GetAttr { ino: ino.0 }).await?;
-                if attr.kind == FileKind::Dir && mask & 2 != 0 {
-                    return Err(Errno::EISDIR.error("a directory is not opened for writing"));
-                }
                 if is_view(ino.0) {
+                    s.query(&caller, FsQueryKind::Access { ino: ino.0, mask }).await?;
+                    let attr = s.looked_up(&caller, FsQueryKind::GetAttr { ino: ino.0 }).await?;
+                    if attr.kind == FileKind::Dir && mask & 2 != 0 {
+                        return Err(Errno::EISDIR.error("a directory is not opened for writing"));
+                    }
                     // No buffer, no page cache: every read renders the view as it is.
                     return Ok((s.next_handle.fetch_add(1, Ordering::Relaxed), None));
                 }
-                let keep = s.same_version(&attr);
-                Ok((s.open_handle(ino.0, append), Some(keep)))
+                let (handle, attr) = s.open_file(&caller, ino.0, mask, append).await?;
+                Ok((handle, Some(s.same_version(&attr))))
             }
             .await;
             match s.counted(opened) {

@@ -1,7 +1,8 @@
 //! The mount's keeping of files removed while open ([`Shared::remove_name`] and the session's keep and let-go) over a
 //! one-name backend that records what the session keeps, with the races the kernel makes: a close's release
 //! arrives after `close` returned, so `close; unlink` sends the release and the unlink at once. Nothing may stay kept
-//! once no handle is open, or the file and its chunks stay for the session's life.
+//! once no handle is open, or the file and its chunks stay for the session's life. And an open the kernel sends after
+//! it resolved a name that a removal is taking away waits for the removal (`removal.rs`).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +37,8 @@ struct OneName {
     go: Notify,
     /// While set, a keep commits and then answers a timeout (its outcome unknown to the mount).
     keep_times_out: AtomicBool,
+    /// While set, an unlink waits for `go` (after saying so through `waiting`).
+    hold_unlink: AtomicBool,
 }
 
 impl OneName {
@@ -99,6 +102,10 @@ impl FsBackend for OneName {
                     Ok(FsResponse::Done)
                 }
                 FsCommandKind::Unlink { parent: ROOT_INO, .. } => {
+                    if self.hold_unlink.load(Ordering::SeqCst) {
+                        self.waiting.notify_one();
+                        self.go.notified().await;
+                    }
                     self.linked.store(false, Ordering::SeqCst);
                     Ok(FsResponse::Done)
                 }
@@ -113,6 +120,12 @@ impl FsBackend for OneName {
                 FsQueryKind::Lookup { parent: ROOT_INO, .. } if self.linked.load(Ordering::SeqCst) => {
                     Ok(FsQueryResponse::Attr(self.attr()))
                 }
+                FsQueryKind::Access { ino: INO, .. } => Ok(FsQueryResponse::Allowed),
+                // A file with no name and no keeper is gone.
+                FsQueryKind::GetAttr { ino: INO } if self.linked.load(Ordering::SeqCst) || self.kept() => {
+                    Ok(FsQueryResponse::Attr(self.attr()))
+                }
+                FsQueryKind::GetAttr { ino: INO } => Err(Errno::ENOENT.error("no such inode")),
                 other => Err(WireError::internal(format!("not in this test: {other:?}"))),
             }
         })
@@ -233,4 +246,37 @@ async fn a_keep_of_unknown_outcome_fails_the_removal_and_is_let_go_before_the_ne
     s.release(handle).await.unwrap();
     assert!(!name.kept());
     assert_eq!(name.asked(), ["keep", "let go", "keep", "let go"]);
+}
+
+#[tokio::test]
+async fn an_open_that_lands_while_its_name_is_removed_waits_and_finds_the_file_gone() {
+    let name = OneName::new();
+    let fs = mount(name.clone());
+    name.hold_unlink.store(true, Ordering::SeqCst);
+    let removing = fs.clone();
+    // Nothing is open, so the removal looks nothing up: the open arrives once the kernel resolved the name.
+    let remove =
+        tokio::spawn(async move { removing.shared().remove_name(&Caller::ROOT, ROOT_INO, "f", unlink()).await });
+    name.waiting.notified().await;
+    let opening = fs.clone();
+    let open = tokio::spawn(async move { opening.shared().open_file(&Caller::ROOT, INO, 4, false).await });
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!open.is_finished(), "the open waits for the removal under way");
+    name.go.notify_one();
+    remove.await.unwrap().unwrap();
+    let refused = open.await.unwrap().unwrap_err();
+    assert_eq!(Errno::of(&refused), Errno::ENOENT.code(), "the removal came first: {refused:?}");
+    assert!(!fs.shared().is_open(INO), "the handle it began is closed again");
+    assert!(!name.kept(), "nothing is kept for it");
+
+    // With no removal under way, an open answers at once (and a removal then keeps the file for it).
+    let name = OneName::new();
+    let fs = mount(name.clone());
+    let (handle, _) = fs.shared().open_file(&Caller::ROOT, INO, 4, false).await.unwrap();
+    fs.shared().remove_name(&Caller::ROOT, ROOT_INO, "f", unlink()).await.unwrap();
+    assert!(name.kept());
+    fs.shared().release(handle).await.unwrap();
+    assert!(!name.kept());
 }

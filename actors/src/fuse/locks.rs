@@ -305,6 +305,11 @@ impl LockSession {
         Ok(())
     }
 
+    /// Whether the session keeps `ino` past its last unlink.
+    pub(super) fn keeps(&self, ino: u64) -> bool {
+        locked(&self.kept).contains(&ino)
+    }
+
     /// The last handle on `ino` closed: if the session keeps it, it lets go (a file with no link left goes). A
     /// let-go that fails is asked again by the renewer.
     pub(super) async fn let_go(&self, ino: u64) {

@@ -52,6 +52,10 @@ pub(super) struct Shared {
     /// What the latest listings said of each listed inode's extended attributes, so `ls -l`'s reads of
     /// `security.selinux` and `system.posix_acl_*` of each entry are answered here (see [`Shared::xattr_shortcut`]).
     pub(super) xattr_hints: Mutex<HashMap<u64, XattrHint>>,
+    /// Removals of names under way (see `removal.rs`): an open that lands while one runs waits for it.
+    pub(super) removals: Mutex<super::removal::Removals>,
+    /// Notified as each removal ends.
+    pub(super) removed: tokio::sync::Notify,
 }
 
 /// Whether a listed inode had extended attributes, and when that was read.
@@ -313,15 +317,22 @@ impl Shared {
 
     /// A new handle on `ino`, counted on the inode's buffer (made if there is none).
     pub(super) fn open_handle(&self, ino: u64, append: bool) -> u64 {
+        self.open_handle_amid_removals(ino, append).0
+    }
+
+    /// [`Shared::open_handle`], and the removals under way as it opened (see `removal.rs`): `Some(upto)` when one
+    /// with a number below `upto` was.
+    pub(super) fn open_handle_amid_removals(&self, ino: u64, append: bool) -> (u64, Option<u64>) {
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let buffer = {
+        let (buffer, racing) = {
             let mut buffers = lock(&self.buffers);
             let entry = buffers.entry(ino).or_insert_with(|| Buffered { buffer: SharedBuffer::default(), handles: 0 });
             entry.handles += 1;
-            entry.buffer.clone()
+            // Under the buffers' lock, which a removal holds as it begins (see `Removals`).
+            (entry.buffer.clone(), lock(&self.removals).under_way())
         };
         lock(&self.files).insert(handle, OpenFile { ino, append, buffer });
-        handle
+        (handle, racing)
     }
 
     /// Closes `handle`: its inode's buffered writes are committed, and the buffer goes with the last handle, as
@@ -336,55 +347,6 @@ impl Shared {
             self.locks.let_go(file.ino).await;
         }
         flushed
-    }
-
-    /// Whether a handle on `ino` is open through this mount.
-    fn is_open(&self, ino: u64) -> bool {
-        lock(&self.buffers).get(&ino).is_some_and(|buffered| buffered.handles > 0)
-    }
-
-    /// Removes a name (`remove`: an unlink, an rmdir or a rename that may replace `name` in `parent`). If the name's
-    /// file is open through this mount, the session keeps it first, so the open handles go on reading and writing
-    /// it until their last close, as POSIX says (a keep that fails fails the removal with `EBUSY`, as NFS's silly
-    /// rename does, rather than lose the file under its handles). A mount with nothing open asks nothing more.
-    pub(super) async fn remove_name(
-        &self,
-        caller: &Caller,
-        parent: u64,
-        name: &str,
-        remove: FsCommandKind,
-    ) -> Result<FsResponse, WireError> {
-        let mut kept = None;
-        if !super::view::is_view(parent) && !lock(&self.buffers).is_empty() {
-            let named = self.fs.query(caller, FsQueryKind::Lookup { parent, name: name.to_string() }, self.timeout());
-            match named.await {
-                Ok(FsQueryResponse::Attr(attr))
-                    if attr.kind == pando_protocol::fs::FileKind::File && self.is_open(attr.ino) =>
-                {
-                    if let Err(error) = self.locks.keep(attr.ino).await {
-                        return Err(Errno::EBUSY.error(format!(
-                            "{name:?} is open here and could not be kept open past its removal: {error}"
-                        )));
-                    }
-                    kept = Some(attr.ino);
-                }
-                Ok(_) => {}
-                // Not knowing whether the name's file is open here, the removal could pull it from its handles.
-                Err(error) if Errno::of(&error) == Errno::EIO.code() => return Err(error),
-                // A refusal (ENOENT, EACCES, ...): the removal answers for itself.
-                Err(_) => {}
-            }
-        }
-        let removed = self.command(caller, remove).await;
-        // The last handle may have closed while the keep was asked (the kernel sends a close's release after the
-        // close returns, so `close; unlink` races it): that close found nothing kept to let go of. Before this, each
-        // such race kept a file for the session's life (CI's 100,000-operation fsx found 30 MB of them).
-        if let Some(ino) = kept
-            && !self.is_open(ino)
-        {
-            self.locks.let_go(ino).await;
-        }
-        removed
     }
 
     /// Directory `ino`'s entries, with `.` and `..` (and the view in the root), each with its attributes when the
