@@ -25,25 +25,29 @@ struct OneFile {
     xattrs: std::sync::atomic::AtomicBool,
 }
 
+/// A regular file's attributes (mode 0644, owned by root, every time the epoch), for the mount tests' backends.
+pub(super) fn file_attr(ino: u64, size: u64, nlink: u32, parent: u64) -> Attr {
+    let time = Time::default();
+    Attr {
+        ino,
+        kind: FileKind::File,
+        perm: 0o644,
+        uid: 0,
+        gid: 0,
+        nlink,
+        size,
+        atime: time,
+        mtime: time,
+        ctime: time,
+        crtime: time,
+        rdev: 0,
+        parent,
+    }
+}
+
 impl OneFile {
     fn attr(&self) -> Attr {
-        let size = self.bytes.lock().unwrap().len() as u64;
-        let time = Time::default();
-        Attr {
-            ino: INO,
-            kind: FileKind::File,
-            perm: 0o644,
-            uid: 0,
-            gid: 0,
-            nlink: 1,
-            size,
-            atime: time,
-            mtime: time,
-            ctime: time,
-            crtime: time,
-            rdev: 0,
-            parent: 0,
-        }
+        file_attr(INO, self.bytes.lock().unwrap().len() as u64, 1, 0)
     }
 
     /// Another node's write: the file as the cluster has it changes.

@@ -12,13 +12,13 @@ use std::time::Duration;
 use pando_protocol::coord::LeaseInfo;
 use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::fs::{
-    Attr, Caller, Errno, FileKind, FsCommandKind, FsQueryKind, FsQueryResponse, FsResponse, ROOT_INO, SessionRequest,
-    Time,
+    Attr, Caller, Errno, FsCommandKind, FsQueryKind, FsQueryResponse, FsResponse, ROOT_INO, SessionRequest,
 };
 use tokio::sync::Notify;
 
 use super::MountConfig;
 use super::backend::{FsBackend, Later};
+use super::buffering_tests::file_attr;
 use super::filesystem::PandoFs;
 
 const INO: u64 = 9;
@@ -49,22 +49,7 @@ impl OneName {
     }
 
     fn attr(&self) -> Attr {
-        let time = Time::default();
-        Attr {
-            ino: INO,
-            kind: FileKind::File,
-            perm: 0o644,
-            uid: 0,
-            gid: 0,
-            nlink: u32::from(self.linked.load(Ordering::SeqCst)),
-            size: 0,
-            atime: time,
-            mtime: time,
-            ctime: time,
-            crtime: time,
-            rdev: 0,
-            parent: ROOT_INO,
-        }
+        file_attr(INO, 0, u32::from(self.linked.load(Ordering::SeqCst)), ROOT_INO)
     }
 
     fn kept(&self) -> bool {

@@ -34,6 +34,21 @@ impl Node {
     }
 }
 
+/// The revisions the spawned writes `calls` were answered with, sorted.
+async fn revisions_of(
+    calls: Vec<tokio::task::JoinHandle<Result<CommandOutput, pando_protocol::error::WireError>>>,
+) -> Vec<u64> {
+    let mut revisions = Vec::new();
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(CommandOutput::Kv(KvResponse::Written { revision })) => revisions.push(revision),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    revisions.sort_unstable();
+    revisions
+}
+
 async fn start(dir: &std::path::Path, node: &Node) -> ActorRef<RaftMsg> {
     let args = RaftArgs {
         node_id: 1,
@@ -76,14 +91,7 @@ async fn concurrent_proposals_share_batches_and_each_gets_its_result() {
             ractor::call_t!(actor, |reply| RaftMsg::Propose { command, reply }, 10_000).unwrap()
         }));
     }
-    let mut revisions = Vec::new();
-    for call in calls {
-        match call.await.unwrap() {
-            Ok(CommandOutput::Kv(KvResponse::Written { revision })) => revisions.push(revision),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    revisions.sort_unstable();
+    let revisions = revisions_of(calls).await;
     assert_eq!(revisions, (1..=PROPOSALS_COUNT as u64).collect::<Vec<_>>(), "each write got its own revision");
     let status: RaftActorStatus = ractor::call_t!(actor, RaftMsg::Status, 1_000).unwrap();
     assert_eq!(status.commands_total, PROPOSALS_COUNT as u64);
@@ -118,14 +126,7 @@ async fn a_lone_proposal_is_written_by_its_caller_and_a_crowd_still_shares_batch
             raft.propose(command, timeout).await
         }));
     }
-    let mut revisions = Vec::new();
-    for call in calls {
-        match call.await.unwrap() {
-            Ok(CommandOutput::Kv(KvResponse::Written { revision })) => revisions.push(revision),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    revisions.sort_unstable();
+    let revisions = revisions_of(calls).await;
     assert_eq!(revisions, (21..=20 + PROPOSALS_COUNT as u64).collect::<Vec<_>>(), "each write got its own revision");
     let crowd: RaftActorStatus = ractor::call_t!(actor, RaftMsg::Status, 1_000).unwrap();
     assert_eq!(crowd.commands_total, 20 + PROPOSALS_COUNT as u64);
