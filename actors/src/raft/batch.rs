@@ -22,8 +22,9 @@ use pando_protocol::error::{ErrorCode, WireError};
 use pando_protocol::limits::REQUEST_TIMEOUT_MS_MAX;
 use ractor::ActorRef;
 
-use super::raft_actor::{RaftMsg, write_error};
+use super::raft_actor::{RaftMsg, not_leader, write_error};
 use super::type_config::{NodeId, Raft};
+use crate::clock::Clock;
 
 /// Batches written concurrently; more proposals wait and join the next batch.
 pub const PROPOSALS_IN_FLIGHT_MAX: usize = 2;
@@ -113,26 +114,29 @@ impl Drop for Slot {
 /// Whether this node leads but is no longer in the membership it knows. openraft 0.9 keeps a leader that applied its
 /// own removal leading until its next tick: in that window it takes writes it can never commit and asserts (in debug
 /// builds) on a membership change. Such a leader is none: it answers `NOT_LEADER` (found by the simulator, seed 11).
-pub(super) fn removed_leader(raft: &Raft) -> bool {
+fn removed_leader(raft: &Raft) -> bool {
     let metrics = raft.metrics();
     let metrics = metrics.borrow();
     metrics.current_leader == Some(metrics.id) && !super::raft_actor::is_member(&metrics)
 }
 
-/// Writes `commands` as one log entry stamped `stamp_ms` and answers their results in order (one error for all when
-/// the write fails). `slot` is freed once openraft answers or after [`PROPOSAL_WAIT_MS_MAX`], whatever openraft does
+/// Writes `commands` as one log entry stamped by `clock` and answers their results in order (one error for all when
+/// the write fails; `NOT_LEADER` from a [`removed_leader`]). `slot` is freed once openraft answers or after [`PROPOSAL_WAIT_MS_MAX`], whatever openraft does
 /// with the entry: a write it never answers must not stop every later write on this node (the simulator saw two such
 /// writes wedge a node, seed 5097). The answer is awaited for `longest` in all.
 pub(super) async fn write_batch(
     raft: &Raft,
     node_id: NodeId,
-    stamp_ms: u64,
+    clock: Clock,
     commands: Vec<Command>,
     slot: Slot,
     longest: Duration,
 ) -> Result<Vec<CommandResult>, WireError> {
+    if removed_leader(raft) {
+        return Err(not_leader(None, None));
+    }
     let count = commands.len();
-    let write = raft.client_write(Proposal { stamp_ms, commands });
+    let write = raft.client_write(Proposal { stamp_ms: clock.now_ms(), commands });
     tokio::pin!(write);
     let first = longest.min(Duration::from_millis(PROPOSAL_WAIT_MS_MAX));
     let written = match tokio::time::timeout(first, &mut write).await {

@@ -180,11 +180,8 @@ impl RaftHandle {
         let core = self.live.wait(timeout).await?;
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
         if let Some(slot) = core.slots.direct(&core.actor) {
-            if super::batch::removed_leader(&core.raft) {
-                return Err(not_leader(None, None));
-            }
-            let stamp_ms = core.clock.now_ms();
-            let results = super::batch::write_batch(&core.raft, self.node_id, stamp_ms, vec![command], slot, remaining);
+            let results =
+                super::batch::write_batch(&core.raft, self.node_id, core.clock, vec![command], slot, remaining);
             let mut results = results.await?;
             return results.pop().unwrap_or_else(|| Err(WireError::internal("the state machine returned no result")));
         }

@@ -19,7 +19,7 @@ use pando_protocol::limits::{PROPOSAL_BYTES_MAX, REQUEST_TIMEOUT_MS_MAX};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 
-use super::batch::{Slots, removed_leader, write_batch};
+use super::batch::{Slots, write_batch};
 use super::handle::{RaftCore, RaftHandle, StartupLog};
 use super::transport::RaftTransport;
 use super::type_config::{NodeId, Raft};
@@ -317,18 +317,10 @@ fn flush(myself: &ActorRef<RaftMsg>, state: &mut RaftState) {
             commands.push(command);
             replies.push(reply);
         }
-        if removed_leader(&state.raft) {
-            for reply in replies {
-                let _ = reply.send(Err(not_leader(None, None)));
-            }
-            continue;
-        }
-        let raft = state.raft.clone();
-        let stamp_ms = state.clock.now_ms();
-        let node_id = state.node_id;
+        let (raft, clock, node_id) = (state.raft.clone(), state.clock, state.node_id);
         tokio::spawn(async move {
             let longest = Duration::from_millis(u64::from(REQUEST_TIMEOUT_MS_MAX));
-            match write_batch(&raft, node_id, stamp_ms, commands, slot, longest).await {
+            match write_batch(&raft, node_id, clock, commands, slot, longest).await {
                 Ok(results) => {
                     for (reply, result) in replies.into_iter().zip(results) {
                         let _ = reply.send(result);
@@ -357,7 +349,7 @@ pub fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>
     }
 }
 
-/// Whether this node is in the membership it knows (a voter or a learner); see [`removed_leader`]. A learner that
+/// Whether this node is in the membership it knows (a voter or a learner); see `batch::removed_leader`. A learner that
 /// leads is a leader: openraft lets it lead a quorum of voters (seeds 5357 and 5656 stalled when only voters
 /// counted).
 pub(crate) fn is_member(metrics: &openraft::RaftMetrics<NodeId, MemberNode>) -> bool {
