@@ -82,6 +82,7 @@ pub enum Errno {
     ESTALE = 116,
     // Added after the others: a variant's place is its number in serde's encodings.
     EBADF = 9,
+    EDEADLK = 35,
 }
 
 impl Errno {
@@ -96,6 +97,7 @@ impl Errno {
             Errno::EINTR => "EINTR",
             Errno::EIO => "EIO",
             Errno::EBADF => "EBADF",
+            Errno::EDEADLK => "EDEADLK",
             Errno::EAGAIN => "EAGAIN",
             Errno::E2BIG => "E2BIG",
             Errno::EACCES => "EACCES",
@@ -125,7 +127,9 @@ impl Errno {
         match self {
             Errno::ENOENT | Errno::ENODATA | Errno::ESTALE => ErrorCode::NotFound,
             Errno::EPERM | Errno::EACCES | Errno::EROFS => ErrorCode::Unauthorized,
-            Errno::EEXIST | Errno::ENOTEMPTY | Errno::EXDEV | Errno::EAGAIN | Errno::EBUSY => ErrorCode::Conflict,
+            Errno::EEXIST | Errno::ENOTEMPTY | Errno::EXDEV | Errno::EAGAIN | Errno::EBUSY | Errno::EDEADLK => {
+                ErrorCode::Conflict
+            }
             Errno::E2BIG
             | Errno::EFBIG
             | Errno::ENOSPC
@@ -263,6 +267,13 @@ pub struct SetAttr {
     pub mtime: Option<SetTime>,
     /// The change comes through a file opened for writing (`ftruncate`): the open checked the permission.
     pub through_open_file: bool,
+}
+
+impl SetAttr {
+    /// Whether it changes anything but the size.
+    pub fn changes_besides_size(&self) -> bool {
+        self.perm.is_some() || self.uid.is_some() || self.gid.is_some() || self.atime.is_some() || self.mtime.is_some()
+    }
 }
 
 /// How a rename treats an existing target (Linux's `renameat2` flags).

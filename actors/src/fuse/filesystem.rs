@@ -332,34 +332,24 @@ impl Filesystem for PandoFs {
         let ino = ino.0;
         self.spawn(move |s| async move {
             let result = async {
-                let mut attr = None;
-                if let Some(size) = size {
-                    s.changes.fetch_add(1, Ordering::SeqCst);
-                    // Flush, truncate and the buffer's new size under one lock of the buffer: a write buffered
-                    // between them would land after a size it never saw.
-                    let after = match s.buffer(ino) {
-                        Some(buffer) => {
-                            let mut buffer = buffer.lock().await;
-                            s.flush_locked(ino, &mut buffer).await?;
-                            let after = s.fs.truncate(&caller, ino, size, fh.is_some(), s.timeout()).await?;
-                            buffer.committed(after.size);
-                            after
-                        }
-                        None => s.fs.truncate(&caller, ino, size, fh.is_some(), s.timeout()).await?,
+                let Some(size) = size else {
+                    return match set.changes_besides_size() {
+                        true => s.changed(&caller, FsCommandKind::SetAttr { ino, set }).await,
+                        false => s.looked_up(&caller, FsQueryKind::GetAttr { ino }).await,
                     };
-                    attr = Some(after);
-                }
-                let changes = set.perm.is_some()
-                    || set.uid.is_some()
-                    || set.gid.is_some()
-                    || set.atime.is_some()
-                    || set.mtime.is_some();
-                if changes {
-                    attr = Some(s.changed(&caller, FsCommandKind::SetAttr { ino, set }).await?);
-                }
-                match attr {
-                    Some(attr) => Ok(attr),
-                    None => s.looked_up(&caller, FsQueryKind::GetAttr { ino }).await,
+                };
+                s.changes.fetch_add(1, Ordering::SeqCst);
+                // Flush, resize and the buffer's new size under one lock of the buffer: a write buffered between
+                // them would land after a size it never saw.
+                match s.buffer(ino) {
+                    Some(buffer) => {
+                        let mut buffer = buffer.lock().await;
+                        s.flush_locked(ino, &mut buffer).await?;
+                        let after = s.resize(&caller, ino, size, set).await?;
+                        buffer.committed(after.size);
+                        Ok(after)
+                    }
+                    None => s.resize(&caller, ino, size, set).await,
                 }
             }
             .await;
@@ -594,7 +584,7 @@ impl Filesystem for PandoFs {
             // A close drops the closing process's fcntl locks on the file (POSIX), after its writes are committed.
             // Both happen whatever the other answers: a failed flush must not leave the locks behind.
             let flushed = s.flush(ino.0).await;
-            let released = s.locks.release(ino.0, lock_owner.0).await;
+            let released = s.locks.closed(ino.0, lock_owner.0).await;
             let flushed = flushed.and(released);
             match s.counted(flushed) {
                 Ok(()) => reply.ok(),
@@ -617,11 +607,9 @@ impl Filesystem for PandoFs {
             if let Err(error) = s.release(fh.0).await {
                 tracing::error!(%error, "buffered writes could not be committed when their file was released");
             }
-            // The last close of an open file drops its flock.
-            if let Some(owner) = lock_owner
-                && let Err(error) = s.locks.release(ino.0, owner.0).await
-            {
-                tracing::warn!(%error, "a flock could not be released at close; it goes with the mount's lease");
+            // The last close of an open file drops the locks it owns: its flock, its open-file-description locks.
+            if let Err(error) = s.locks.released(ino.0, fh.0, lock_owner.map(|owner| owner.0)).await {
+                tracing::warn!(%error, "a lock could not be released at close; asked again later");
             }
             reply.ok();
         });
@@ -823,7 +811,7 @@ impl Filesystem for PandoFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
         end: u64,
@@ -837,7 +825,7 @@ impl Filesystem for PandoFs {
         if is_view(ino.0) {
             return reply.error(fuser::Errno::ENOLCK);
         }
-        let call = LockCall { ino: ino.0, owner: lock_owner.0, pid, start, end, mode };
+        let call = LockCall { ino: ino.0, fh: fh.0, owner: lock_owner.0, pid, start, end, mode };
         self.spawn(move |s| async move {
             let found = s.locks.test(call).await;
             match s.counted(found) {
@@ -852,7 +840,7 @@ impl Filesystem for PandoFs {
         &self,
         req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
         end: u64,
@@ -866,7 +854,7 @@ impl Filesystem for PandoFs {
             // The view's files are generated here and lock nothing anywhere.
             return reply.error(fuser::Errno::ENOLCK);
         }
-        let call = LockCall { ino: ino.0, owner: lock_owner.0, pid, start, end, mode };
+        let call = LockCall { ino: ino.0, fh: fh.0, owner: lock_owner.0, pid, start, end, mode };
         // A request that may wait for as long as it takes runs outside the slots of `spawn` (waiters holding them
         // would leave none for the unlock they wait for), at most FUSE_LOCK_WAITERS_MAX at once: nothing here may
         // block the session's thread.

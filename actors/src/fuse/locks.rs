@@ -19,8 +19,13 @@
 //!   once (`ENOLCK` beyond).
 //! - `flock` reaches the mount as a whole-file lock owned by the open file (fuser does not pass the kernel's flag that
 //!   tells the two apart), so `flock` and `fcntl` locks on one file exclude each other, as on NFS.
-//! - Not detected: deadlocks between waiters (`EDEADLK`); two waiters that wait on each other wait until one is
-//!   interrupted.
+//! - Open-file-description locks (`F_OFD_SETLK`) are owned by their open file, as `flock`s are, and go at its last
+//!   close: the mount releases every owner that locked through an open file and did not close it since
+//!   ([`LockedThrough`]).
+//! - A waiter that would close a cycle of this mount's waiters (its range is held by an owner that waits, through
+//!   them, for the waiter's own owner) is answered `EDEADLK` ([`WaitsFor`]); each waiter on the cycle is looked at
+//!   again first, so a wait that ended since its last look does not count. Cycles through another mount's waiters
+//!   are not seen (they wait until one is interrupted, as on NFS).
 //!
 //! The same session keeps files open past their last unlink (`pando_protocol::fs::kept`): a removal through this
 //! mount of a name whose file it has open asks the lease to keep the file first ([`LockSession::keep`]), and the
@@ -38,6 +43,7 @@ use tokio::sync::RwLock;
 use pando_protocol::fs::SessionRequest;
 
 use super::backend::FsBackend;
+use super::owners::{LockedThrough, WaitsFor};
 
 /// How long the cluster keeps a mount's locks after its node stops renewing them.
 pub const LOCK_LEASE_TTL_MS: u64 = 10_000;
@@ -59,6 +65,8 @@ const SESSIONS_PER_CALL_MAX: u32 = 3;
 #[derive(Clone, Copy, Debug)]
 pub(super) struct LockCall {
     pub ino: u64,
+    /// The mount's handle of the open file the call came through.
+    pub fh: u64,
     pub owner: u64,
     pub pid: u32,
     pub start: u64,
@@ -98,6 +106,10 @@ pub(super) struct LockSession {
     held: Mutex<HashSet<Pair>>,
     /// Pairs whose release at a close failed: asked again by the renewer, and before any new lock of the pair.
     unreleased: Mutex<HashSet<Pair>>,
+    /// The owners that locked through each open file, released at its last close if no close released them before.
+    through: Mutex<LockedThrough>,
+    /// What this mount's waiters wait for (`EDEADLK`).
+    waits: Mutex<WaitsFor>,
     /// Orders asking again for an unreleased pair before a new lock of it (taken after a read guard of `lease`).
     settling: tokio::sync::Mutex<()>,
     /// Counts the starts and ends of lock commands: the renewer ends an idle lease only if nothing ran since it
@@ -137,6 +149,25 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// A waiter's place in the wait-for graph, left when it stops waiting.
+struct InGraph<'a> {
+    waits: &'a Mutex<WaitsFor>,
+    id: u64,
+}
+
+impl<'a> InGraph<'a> {
+    fn new(waits: &'a Mutex<WaitsFor>) -> InGraph<'a> {
+        let id = locked(waits).number();
+        InGraph { waits, id }
+    }
+}
+
+impl Drop for InGraph<'_> {
+    fn drop(&mut self) {
+        locked(self.waits).done(self.id);
+    }
+}
+
 impl LockSession {
     pub(super) fn new(fs: Arc<dyn FsBackend>, timeout: Duration) -> LockSession {
         LockSession {
@@ -145,6 +176,8 @@ impl LockSession {
             lease: RwLock::new(None),
             held: Mutex::default(),
             unreleased: Mutex::default(),
+            through: Mutex::default(),
+            waits: Mutex::default(),
             settling: tokio::sync::Mutex::new(()),
             activity: AtomicU64::new(0),
             waiters: AtomicUsize::new(0),
@@ -157,6 +190,7 @@ impl LockSession {
     /// Sets or unlocks a range; with `wait`, asks again until it is free (see the module's notes).
     pub(super) async fn set(&self, call: LockCall, wait: bool, waiter_tid: u32) -> Result<(), WireError> {
         let _waiting = wait.then(|| Waiting::new(&self.waiters));
+        let mut in_graph = None;
         let mut pause = RETRY_FIRST_MS;
         let mut sessions = 0;
         loop {
@@ -179,19 +213,54 @@ impl LockSession {
                 }
                 Err(error) if wait && Errno::of(&error) == Errno::EAGAIN.code() => {
                     // Waits by reading (no log entry per look) until the range looks free, then asks again.
+                    let id = in_graph.get_or_insert_with(|| InGraph::new(&self.waits)).id;
                     loop {
                         if self.closing.load(Ordering::SeqCst) || interrupted(waiter_tid) {
                             return Err(Errno::EINTR.error("the wait for a lock was interrupted"));
                         }
+                        let Some(holder) = self.holder(lease, call).await? else {
+                            locked(&self.waits).seen(id, None);
+                            break;
+                        };
+                        self.wait_for(lease, id, call, holder.owner).await?;
                         tokio::time::sleep(Duration::from_millis(pause)).await;
                         pause = (pause * 2).min(RETRY_MAX_MS);
-                        if self.holder(lease, call).await?.is_none() {
-                            break;
-                        }
                     }
                 }
                 Err(error) => return Err(error),
             }
+        }
+    }
+
+    /// Records that waiter `id` waits for `blocker`, unless that closes a cycle of this mount's waiters: then
+    /// `EDEADLK`. A cycle found is confirmed once, by looking again at what each waiter on it waits for (its last
+    /// look may be older than a release); the check and the record are one step under the graph's lock, so of two
+    /// owners that come to wait on each other the second finds the first.
+    async fn wait_for(&self, lease: u64, id: u64, call: LockCall, blocker: LockOwner) -> Result<(), WireError> {
+        let mut confirmed = false;
+        loop {
+            let path = {
+                let mut waits = locked(&self.waits);
+                match waits.cycle(lease, id, &call, blocker) {
+                    None => {
+                        waits.wait(id, call, blocker);
+                        return Ok(());
+                    }
+                    Some(_) if confirmed => {
+                        waits.done(id);
+                        return Err(Errno::EDEADLK.error(format!(
+                            "the range {}..={} of inode {} is held by an owner that waits for this one",
+                            call.start, call.end, call.ino
+                        )));
+                    }
+                    Some(path) => path,
+                }
+            };
+            for (waiter, waiting) in path {
+                let now = self.holder(lease, waiting).await?.map(|holder| holder.owner);
+                locked(&self.waits).seen(waiter, now);
+            }
+            confirmed = true;
         }
     }
 
@@ -204,6 +273,7 @@ impl LockSession {
         if call.mode != LockMode::Unlock {
             self.settle(lease, call.key()).await?;
             locked(&self.held).insert(call.key());
+            locked(&self.through).locked(call.fh, call.ino, call.owner);
         }
         let lock = call.lock(lease);
         self.activity.fetch_add(1, Ordering::SeqCst);
@@ -350,9 +420,28 @@ impl LockSession {
         }
     }
 
+    /// A close by `owner` (a process's file table): its `fcntl` locks on `ino` go, whatever open file took them.
+    pub(super) async fn closed(&self, ino: u64, owner: u64) -> Result<(), WireError> {
+        locked(&self.through).closed(ino, owner);
+        self.release(ino, owner).await
+    }
+
+    /// The last close of open file `fh`: the locks it owns go (its open-file-description locks, and its `flock`,
+    /// which the kernel names as `flock_owner`). Each release is tried; the first failure is answered.
+    pub(super) async fn released(&self, ino: u64, fh: u64, flock_owner: Option<u64>) -> Result<(), WireError> {
+        let (_, mut owners) = locked(&self.through).released(fh).unwrap_or((ino, Vec::new()));
+        owners.extend(flock_owner.filter(|owner| !owners.contains(owner)));
+        let mut outcome = Ok(());
+        for owner in owners {
+            let released = self.release(ino, owner).await;
+            outcome = outcome.and(released);
+        }
+        outcome
+    }
+
     /// Releases the locks `owner` holds on `ino`, if this mount took any for it. One that fails is asked again by
     /// the renewer (and before the pair locks again), so a failed close never leaves a lock behind for good.
-    pub(super) async fn release(&self, ino: u64, owner: u64) -> Result<(), WireError> {
+    async fn release(&self, ino: u64, owner: u64) -> Result<(), WireError> {
         let pair = (ino, owner);
         if !locked(&self.held).remove(&pair) {
             return Ok(());

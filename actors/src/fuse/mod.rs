@@ -29,6 +29,7 @@ mod invalidate;
 mod keep_tests;
 mod locks;
 mod mountpoint;
+mod owners;
 mod removal;
 mod shared;
 pub mod view;

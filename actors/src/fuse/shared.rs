@@ -11,9 +11,9 @@ use std::time::Duration;
 use fuser::{FileType, Generation, ReplyAttr, ReplyEntry};
 use pando_protocol::error::WireError;
 use pando_protocol::fs::{
-    Attr, Caller, DirEntry, Errno, FsCommandKind, FsQueryKind, FsQueryResponse, FsResponse, ROOT_INO, Time,
+    Attr, Caller, DirEntry, Errno, FsCommandKind, FsQueryKind, FsQueryResponse, FsResponse, ROOT_INO, SetAttr, Time,
 };
-use pando_protocol::limits::{FS_INODES_MAX, FS_LIST_COUNT_MAX};
+use pando_protocol::limits::{FS_INLINE_BYTES_MAX, FS_INODES_MAX, FS_LIST_COUNT_MAX};
 use tokio::sync::Semaphore;
 
 use super::backend::FsBackend;
@@ -155,6 +155,23 @@ impl Shared {
         match self.command(caller, kind).await? {
             FsResponse::Attr(attr) => Ok(attr),
             other => Err(wrong(other)),
+        }
+    }
+
+    /// Sets `ino`'s size and the rest of `set` in one command: a `truncate(2)` and the times the kernel sends with
+    /// it commit together, or not at all. An inline file growing past the inline bound (`EFBIG` from the state
+    /// machine) becomes chunked by a command of its own first, and the rest of `set` follows in a second.
+    pub(super) async fn resize(&self, caller: &Caller, ino: u64, size: u64, set: SetAttr) -> Result<Attr, WireError> {
+        let whole = SetAttr { size: Some(size), ..set.clone() };
+        match self.changed(caller, FsCommandKind::SetAttr { ino, set: whole }).await {
+            Err(error) if Errno::of(&error) == Errno::EFBIG.code() && size > FS_INLINE_BYTES_MAX as u64 => {
+                let after = self.fs.truncate(caller, ino, size, set.through_open_file, self.timeout()).await?;
+                match set.changes_besides_size() {
+                    true => self.changed(caller, FsCommandKind::SetAttr { ino, set }).await,
+                    false => Ok(after),
+                }
+            }
+            other => other,
         }
     }
 

@@ -467,6 +467,71 @@ fn each_operation_updates_the_times_posix_names() {
 }
 
 #[test]
+fn making_and_removing_names_moves_the_parents_times_and_xattrs_move_ctime_only() {
+    let mut fs = Fs::new();
+    let t = |ms: u64| Time::from_ms(ms);
+    let parent_times = |fs: &Fs, ino: u64| (fs.attr(ino).mtime, fs.attr(ino).ctime);
+
+    let dir = fs.mkdir(ROOT_INO, "d");
+    assert_eq!(parent_times(&fs, ROOT_INO), (t(fs.now), t(fs.now)), "mkdir moves its parent's mtime and ctime");
+    assert_eq!((dir.atime, dir.mtime, dir.ctime), (t(fs.now), t(fs.now), t(fs.now)));
+
+    let linked = match fs.run(FsCommandKind::Symlink { parent: dir.ino, name: "s".into(), target: "x".into() }) {
+        Ok(FsResponse::Attr(attr)) => attr,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(parent_times(&fs, dir.ino), (t(fs.now), t(fs.now)), "symlink moves its parent's times");
+    assert_eq!((linked.mtime, linked.ctime), (t(fs.now), t(fs.now)));
+    let root_before = parent_times(&fs, ROOT_INO);
+    assert!(root_before.0 < t(fs.now), "a grandparent is left alone");
+
+    fs.run(FsCommandKind::Unlink { parent: dir.ino, name: "s".into() }).unwrap();
+    assert_eq!(parent_times(&fs, dir.ino), (t(fs.now), t(fs.now)), "unlink moves its parent's times");
+
+    fs.run(FsCommandKind::Rmdir { parent: ROOT_INO, name: "d".into() }).unwrap();
+    assert_eq!(parent_times(&fs, ROOT_INO), (t(fs.now), t(fs.now)), "rmdir moves its parent's times");
+
+    let file = fs.create(ROOT_INO, "f");
+    fs.write_as(&Caller::ROOT, file.ino, 0, b"data").unwrap();
+    let written = fs.attr(file.ino);
+    let set = FsCommandKind::SetXattr {
+        ino: file.ino,
+        name: "user.a".into(),
+        value: b"1".to_vec().into(),
+        mode: XattrMode::Either,
+    };
+    fs.run(set).unwrap();
+    let tagged = fs.attr(file.ino);
+    assert_eq!((tagged.mtime, tagged.ctime), (written.mtime, t(fs.now)), "setxattr moves ctime only");
+    fs.run(FsCommandKind::RemoveXattr { ino: file.ino, name: "user.a".into() }).unwrap();
+    let untagged = fs.attr(file.ino);
+    assert_eq!((untagged.mtime, untagged.ctime), (written.mtime, t(fs.now)), "removexattr moves ctime only");
+}
+
+#[test]
+fn a_truncate_with_its_times_is_one_command_and_a_refused_one_changes_nothing() {
+    let mut fs = Fs::new();
+    let file = fs.create(ROOT_INO, "f");
+    fs.set_as(&Caller::ROOT, file.ino, SetAttr { uid: Some(ALICE), gid: Some(ALICE), ..SetAttr::default() }).unwrap();
+    fs.write_as(&alice(), file.ino, 0, b"0123456789").unwrap();
+
+    // truncate(2) as the kernel sends it: the size and "mtime now" together; ftruncate with a chosen mtime.
+    let at = Time { secs: 1_700_000_000, nanos: 5 };
+    let set = SetAttr { size: Some(4), mtime: Some(SetTime::At(at)), perm: Some(0o600), ..SetAttr::default() };
+    fs.set_as(&alice(), file.ino, set).unwrap();
+    let after = fs.attr(file.ino);
+    assert_eq!((after.size, after.mtime, after.ctime, after.perm & 0o7777), (4, at, Time::from_ms(fs.now), 0o600));
+
+    // Bob may write the file but not chmod it: the truncate that comes with his chmod does not happen either.
+    fs.set_as(&alice(), file.ino, SetAttr { perm: Some(0o666), ..SetAttr::default() }).unwrap();
+    let unchanged = fs.attr(file.ino);
+    let refused = SetAttr { size: Some(1), perm: Some(0o777), ..SetAttr::default() };
+    assert_eq!(errno(fs.set_as(&bob(), file.ino, refused)), Errno::EPERM.code());
+    assert_eq!(fs.attr(file.ino), unchanged, "a refused setattr changes nothing");
+    assert_eq!(fs.read(file.ino).0, 4);
+}
+
+#[test]
 fn small_files_are_written_in_place_and_large_ones_as_reference_counted_chunks() {
     let mut fs = Fs::new();
     let file = fs.create(ROOT_INO, "f");
