@@ -144,7 +144,9 @@ impl IrohNetwork {
                 connection.open_bi().await.map_err(|error| TransportError(format!("cannot open stream: {error}")))?;
             send.write_all(bytes).await.map_err(|error| TransportError(format!("cannot send: {error}")))?;
             send.finish().map_err(|error| TransportError(format!("cannot finish: {error}")))?;
-            read_frame(&mut recv).await.map_err(TransportError)
+            let body = read_frame(&mut recv).await.map_err(TransportError)?;
+            crate::rpc::stream::take_end(&mut recv);
+            Ok(body)
         };
         let result = match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
@@ -336,6 +338,7 @@ async fn serve_rpc(mut send: SendStream, mut recv: RecvStream, raft: &RaftHandle
         send.finish().ok()
     };
     let _ = tokio::time::timeout(Duration::from_millis(RAFT_RPC_TIMEOUT_MS_DEFAULT), write).await;
+    crate::rpc::stream::take_end(&mut recv);
 }
 
 #[cfg(test)]
@@ -343,6 +346,57 @@ mod tests {
     use openraft::Vote;
 
     use super::*;
+
+    async fn loopback(alpn: &[u8]) -> Endpoint {
+        Endpoint::builder(iroh::endpoint::presets::Minimal)
+            .clear_ip_transports()
+            .bind_addr("127.0.0.1:0")
+            .unwrap()
+            .alpns(vec![alpn.to_vec()])
+            .bind()
+            .await
+            .unwrap()
+    }
+
+    /// One request and its answer on a fresh stream, each side reading exactly one frame; with `take`, each takes
+    /// its stream's end once it arrived.
+    async fn exchange(client: &Connection, server: &Connection, take: bool) {
+        let (mut send, mut recv) = client.open_bi().await.unwrap();
+        send.write_all(&frame::encode(&7u32).unwrap()).await.unwrap();
+        send.finish().unwrap();
+        let (mut answer, mut request) = server.accept_bi().await.unwrap();
+        read_frame(&mut request).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if take {
+            crate::rpc::stream::take_end(&mut request);
+        }
+        drop(request);
+        answer.write_all(&frame::encode(&8u32).unwrap()).await.unwrap();
+        answer.finish().unwrap();
+        read_frame(&mut recv).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if take {
+            crate::rpc::stream::take_end(&mut recv);
+        }
+        drop(recv);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_read_to_its_end_is_dropped_without_a_stop_sending_to_the_peer() {
+        let alpn = b"pando/test/1";
+        let (near, far) = (loopback(alpn).await, loopback(alpn).await);
+        let addr = EndpointAddr::new(far.id()).with_ip_addr(far.bound_sockets()[0]);
+        let (client, server) = tokio::join!(near.connect(addr, alpn), async { far.accept().await.unwrap().await });
+        let (client, server) = (client.unwrap(), server.unwrap());
+        let stops = |connection: &Connection| connection.stats().frame_rx.stop_sending;
+
+        exchange(&client, &server, true).await;
+        assert_eq!((stops(&client), stops(&server)), (0, 0), "neither side was told to stop sending");
+        // The control: a stream dropped with its end unread stops the peer (a packet, and its acknowledgement).
+        exchange(&client, &server, false).await;
+        assert_eq!((stops(&client), stops(&server)), (1, 1));
+    }
 
     #[test]
     fn a_raft_request_is_refused_unless_it_speaks_for_its_sender() {

@@ -370,5 +370,6 @@ async fn serve_stream(
     }
     let body = serve(&shared.context, caller, envelope).await;
     write_response(&mut send, &ResponseEnvelope { request_id, body }).await;
+    super::stream::take_end(&mut recv);
     drop(permit);
 }

@@ -9,7 +9,7 @@ mod gateway;
 mod handler;
 mod link;
 pub mod sim_link;
-mod stream;
+pub(crate) mod stream;
 mod watch;
 
 pub use gateway::{GatewayHandle, RpcArgs, RpcGateway, RpcGatewayStatus, RpcMsg};

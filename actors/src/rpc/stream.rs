@@ -11,6 +11,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::link::{StreamRecv, StreamSend};
 use super::{RPC_REQUEST_READ_TIMEOUT_MS, RPC_RESPONSE_WRITE_TIMEOUT_MS};
 
+/// Takes the end of a stream that carried one frame, if it already arrived (its FIN came with the frame or just
+/// after), without waiting. A QUIC stream dropped before its end was read sends the peer a `STOP_SENDING`, and the
+/// peer acknowledges it: two packets per request for nothing (a third of the Raft traffic at one client, measured).
+/// Bytes past the frame are left: the stream is then stopped as before.
+pub(crate) fn take_end<R: tokio::io::AsyncRead + Unpin + ?Sized>(recv: &mut R) {
+    let mut past = [0u8; 1];
+    let _ = futures::FutureExt::now_or_never(recv.read(&mut past));
+}
+
 /// Buffer reserved up front for a request body; larger bodies grow as their bytes arrive.
 const BODY_CAPACITY_BYTES_INITIAL: usize = 64 * 1024;
 
