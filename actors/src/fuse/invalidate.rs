@@ -6,6 +6,10 @@
 //! The notifications go out from a thread of their own, never from a request handler or the runtime: the kernel may
 //! hold a lock on the very inode being invalidated while it waits for a reply to a request, and that reply comes from
 //! the runtime, which must never wait on the notification.
+//!
+//! The feed or the thread ending on its own (a closed commit stream, a panic) is the mount's end, told to whoever
+//! started it, as its kernel session's end is: a mount whose caches nobody drops any more would serve what another
+//! node changed for as long as the kernel keeps it. The node's `FuseActor` then fails and its supervisor mounts again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,7 +76,13 @@ pub struct Invalidator {
 }
 
 impl Invalidator {
-    pub fn start(notifier: Notifier, events: impl Stream<Item = FsFeed> + Send + 'static, fs: PandoFs) -> Invalidator {
+    /// Starts the thread and the feed; `ended` hears why either ended on its own (never after [`Invalidator::stop`]).
+    pub fn start(
+        notifier: Notifier,
+        events: impl Stream<Item = FsFeed> + Send + 'static,
+        fs: PandoFs,
+        ended: impl FnOnce(String) + Send + 'static,
+    ) -> Invalidator {
         let (queue, changes) = mpsc::sync_channel::<Change>(QUEUE);
         let sent = Arc::new(AtomicU64::new(0));
         let counter = sent.clone();
@@ -101,10 +111,10 @@ impl Invalidator {
                 }
             }
         });
-        if let Err(error) = spawned {
-            tracing::error!(%error, "cannot start the FUSE invalidation thread: caches live their TTLs");
-        }
         let feed = tokio::spawn(async move {
+            if let Err(error) = spawned {
+                return ended(format!("the cache invalidation thread could not start: {error}"));
+            }
             let mut events = std::pin::pin!(events);
             while let Some(feed) = events.next().await {
                 let changes = match feed {
@@ -120,10 +130,13 @@ impl Invalidator {
                         Ok(()) => {}
                         // The thread is behind (the queue is full, so it wakes soon): it sweeps everything next.
                         Err(mpsc::TrySendError::Full(_)) => overflowed.store(true, Ordering::SeqCst),
-                        Err(mpsc::TrySendError::Disconnected(_)) => return,
+                        Err(mpsc::TrySendError::Disconnected(_)) => {
+                            return ended("the cache invalidation thread ended".into());
+                        }
                     }
                 }
             }
+            ended("the feed of the file system's changes ended".into());
         });
         Invalidator { feed, sent }
     }

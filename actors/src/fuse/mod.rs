@@ -195,8 +195,9 @@ pub struct Mount {
 
 impl Mount {
     /// Mounts `fs` at `config.path` (clearing a mount a crash left there), with the `.pando/` view when `view`
-    /// names its sources, dropping the kernel's caches from `feed`. `ended` hears why the kernel session ended when
-    /// it ends on its own (an outside `umount`, a kernel error). Runs on the current tokio runtime.
+    /// names its sources, dropping the kernel's caches from `feed`. `ended` hears why the mount ended when it ends
+    /// on its own: its kernel session (an outside `umount`, a kernel error) or its cache invalidation (the feed or its
+    /// thread), whichever ends first. Runs on the current tokio runtime.
     pub async fn start(
         config: MountConfig,
         fs: Arc<dyn FsBackend>,
@@ -205,8 +206,15 @@ impl Mount {
         ended: impl FnOnce(String) + Send + 'static,
     ) -> Result<Mount, MountError> {
         let fs = PandoFs::new(fs, config.clone(), tokio::runtime::Handle::current(), view);
-        let mounted = mountpoint::mount(&config, fs.clone(), ended).await?;
-        let invalidator = invalidate::Invalidator::start(mounted.notifier(), feed, fs.clone());
+        let once = Arc::new(std::sync::Mutex::new(Some(ended)));
+        let end = move |why: String| {
+            let ended = once.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+            if let Some(ended) = ended {
+                ended(why);
+            }
+        };
+        let mounted = mountpoint::mount(&config, fs.clone(), end.clone()).await?;
+        let invalidator = invalidate::Invalidator::start(mounted.notifier(), feed, fs.clone(), end);
         let renewer = tokio::spawn({
             let fs = fs.clone();
             async move { fs.renew_locks().await }
