@@ -88,14 +88,6 @@ const _: () = assert!(CLIENT_QUIC_IDLE_TIMEOUT_MS >= 4 * CLIENT_QUIC_KEEP_ALIVE_
 const _: () = assert!(NODE_QUIC_IDLE_TIMEOUT_MS >= 4 * NODE_QUIC_KEEP_ALIVE_MS);
 const _: () = assert!(CLIENT_QUIC_IDLE_TIMEOUT_MS <= NODE_QUIC_IDLE_TIMEOUT_MS);
 
-/// Packets that carry something to acknowledge a peer may take in before it must acknowledge them at once (QUIC's
-/// acknowledgement-frequency extension, asked of the peer; both ends are ours). QUIC's default is one: every second
-/// packet is acknowledged by a packet of its own, which on request-response traffic (a Raft append and its answer, a
-/// put and its answer) doubled the packets, wakeups and system calls per put. With eight, acknowledgements ride on the
-/// answers; one is still sent within the peer's `max_ack_delay` (25 ms), and at once for a packet out of order (the
-/// extension's reordering threshold, 2), so losses are noticed as before.
-pub const QUIC_ACK_ELICITING_THRESHOLD: u32 = 8;
-
 /// QUIC settings of a node's endpoint: keep-alives and a short idle timeout, so a peer that died without closing its
 /// connections (`kill -9`, a cut cable) is noticed in seconds rather than QUIC's default half a minute.
 pub fn node_quic_transport_config() -> iroh::endpoint::QuicTransportConfig {
@@ -110,12 +102,9 @@ pub fn client_quic_transport_config() -> iroh::endpoint::QuicTransportConfig {
 fn quic_transport_config(keep_alive_ms: u64, idle_timeout_ms: u64) -> iroh::endpoint::QuicTransportConfig {
     let idle = iroh::endpoint::IdleTimeout::try_from(Duration::from_millis(idle_timeout_ms))
         .expect("a few seconds is a valid idle timeout");
-    let mut acks = iroh::endpoint::AckFrequencyConfig::default();
-    acks.ack_eliciting_threshold(iroh::endpoint::VarInt::from_u32(QUIC_ACK_ELICITING_THRESHOLD));
     iroh::endpoint::QuicTransportConfig::builder()
         .keep_alive_interval(Duration::from_millis(keep_alive_ms))
         .max_idle_timeout(Some(idle))
-        .ack_frequency_config(Some(acks))
         .build()
 }
 

@@ -247,3 +247,51 @@ async fn a_fresh_listing_answers_ls_attribute_reads_of_an_entry_without_any_and_
     s.rows(&super::shared::Listing::default(), &caller, ROOT_INO, 0).await.unwrap();
     assert_eq!(answer("security.selinux"), None, "listed with an attribute: every read is asked");
 }
+
+/// Whether this machine can mount (`/dev/fuse` and `fusermount3`); with `PANDO_REQUIRE_FUSE` set it must.
+fn can_mount() -> bool {
+    let usable = std::path::Path::new("/dev/fuse").exists()
+        && std::process::Command::new("fusermount3").arg("-V").output().is_ok_and(|output| output.status.success());
+    assert!(
+        usable || std::env::var_os("PANDO_REQUIRE_FUSE").is_none(),
+        "PANDO_REQUIRE_FUSE is set but fuse3 is missing"
+    );
+    usable
+}
+
+/// Detaches whatever is still mounted at a path when dropped (a failing test leaves no mount behind).
+struct Detach(std::path::PathBuf);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fusermount3").arg("-uz").arg(&self.0).output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mount_whose_feed_of_changes_ends_on_its_own_tells_its_owner_it_ended() {
+    if !can_mount() {
+        eprintln!("skipped: /dev/fuse or fusermount3 is missing");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let point = dir.path().join("m");
+    std::fs::create_dir(&point).unwrap();
+    let _detach = Detach(point.clone());
+    // The feed says once that it lost changes (a sweep of what the kernel knows), then ends: a closed commit stream.
+    let feed = futures::stream::once(async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        super::FsFeed::Lost
+    });
+    let (told, heard) = tokio::sync::oneshot::channel();
+    let backend: Arc<dyn FsBackend> = Arc::new(OneFile::default());
+    let mut mounted = super::Mount::start(MountConfig::new(point.clone()), backend, None, feed, move |why| {
+        let _ = told.send(why);
+    })
+    .await
+    .unwrap();
+    let why =
+        tokio::time::timeout(Duration::from_secs(10), heard).await.expect("the mount's owner heard of it").unwrap();
+    assert!(why.contains("feed of the file system's changes ended"), "{why}");
+    mounted.stop().await;
+}
