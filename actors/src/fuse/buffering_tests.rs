@@ -279,10 +279,7 @@ async fn a_mount_whose_feed_of_changes_ends_on_its_own_tells_its_owner_it_ended(
     std::fs::create_dir(&point).unwrap();
     let _detach = Detach(point.clone());
     // The feed says once that it lost changes (a sweep of what the kernel knows), then ends: a closed commit stream.
-    let feed = futures::stream::once(async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        super::FsFeed::Lost
-    });
+    let feed = futures::stream::iter([super::FsFeed::Lost]);
     let (told, heard) = tokio::sync::oneshot::channel();
     let backend: Arc<dyn FsBackend> = Arc::new(OneFile::default());
     let mut mounted = super::Mount::start(MountConfig::new(point.clone()), backend, None, feed, move |why| {

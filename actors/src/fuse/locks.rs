@@ -429,7 +429,7 @@ impl LockSession {
     /// The last close of open file `fh`: the locks it owns go (its open-file-description locks, and its `flock`,
     /// which the kernel names as `flock_owner`). Each release is tried; the first failure is answered.
     pub(super) async fn released(&self, ino: u64, fh: u64, flock_owner: Option<u64>) -> Result<(), WireError> {
-        let (_, mut owners) = locked(&self.through).released(fh).unwrap_or((ino, Vec::new()));
+        let mut owners = locked(&self.through).released(fh);
         owners.extend(flock_owner.filter(|owner| !owners.contains(owner)));
         let mut outcome = Ok(());
         for owner in owners {

@@ -44,11 +44,11 @@ impl LockedThrough {
         self.handles.retain(|_, (_, owners)| !owners.is_empty());
     }
 
-    /// Open file `fh` was released: its inode and the owners whose locks go with it. An owner that also locked
+    /// Open file `fh` was released: the owners whose locks go with it. An owner that also locked
     /// through another open file still open is kept (the kernel numbers an owner by an address, and a new open
     /// file may have the released one's address, and lock, before this release arrives).
-    pub(super) fn released(&mut self, fh: u64) -> Option<(u64, Vec<u64>)> {
-        let (ino, owners) = self.handles.remove(&fh)?;
+    pub(super) fn released(&mut self, fh: u64) -> Vec<u64> {
+        let Some((ino, owners)) = self.handles.remove(&fh) else { return Vec::new() };
         let live: HashSet<u64> = self
             .handles
             .values()
@@ -57,7 +57,7 @@ impl LockedThrough {
             .collect();
         let mut gone: Vec<u64> = owners.into_iter().filter(|owner| !live.contains(owner)).collect();
         gone.sort_unstable();
-        Some((ino, gone))
+        gone
     }
 }
 
@@ -180,8 +180,8 @@ mod tests {
         through.locked(10, 1, 100); // a process's fcntl lock
         through.locked(10, 1, 555); // the open file's own (an OFD lock or a flock)
         through.closed(1, 100);
-        assert_eq!(through.released(10), Some((1, vec![555])));
-        assert_eq!(through.released(10), None, "released once");
+        assert_eq!(through.released(10), vec![555]);
+        assert_eq!(through.released(10), Vec::<u64>::new(), "released once");
     }
 
     #[test]
@@ -191,9 +191,9 @@ mod tests {
         through.locked(11, 1, 100);
         through.locked(12, 2, 100);
         through.closed(1, 100);
-        assert_eq!(through.released(10), None, "nothing is left to release through it");
-        assert_eq!(through.released(11), None);
-        assert_eq!(through.released(12), Some((2, vec![100])), "another inode keeps its owner");
+        assert_eq!(through.released(10), Vec::<u64>::new(), "nothing is left to release through it");
+        assert_eq!(through.released(11), Vec::<u64>::new());
+        assert_eq!(through.released(12), vec![100], "another inode keeps its owner");
     }
 
     #[test]
@@ -201,8 +201,8 @@ mod tests {
         let mut through = LockedThrough::default();
         through.locked(10, 1, 555);
         through.locked(11, 1, 555); // a new open file at the released one's address
-        assert_eq!(through.released(10), Some((1, vec![])));
-        assert_eq!(through.released(11), Some((1, vec![555])));
+        assert_eq!(through.released(10), Vec::<u64>::new());
+        assert_eq!(through.released(11), vec![555]);
     }
 
     #[test]

@@ -366,6 +366,8 @@ mod tests {
         send.finish().unwrap();
         let (mut answer, mut request) = server.accept_bi().await.unwrap();
         read_frame(&mut request).await.unwrap();
+        // The end (FIN) follows the frame on loopback within microseconds; taking it is what is tested, so it is
+        // given time to arrive rather than awaited.
         tokio::time::sleep(Duration::from_millis(100)).await;
         if take {
             crate::rpc::stream::take_end(&mut request);
@@ -374,11 +376,12 @@ mod tests {
         answer.write_all(&frame::encode(&8u32).unwrap()).await.unwrap();
         answer.finish().unwrap();
         read_frame(&mut recv).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await; // as above
         if take {
             crate::rpc::stream::take_end(&mut recv);
         }
         drop(recv);
+        // Time for a STOP_SENDING, if one was sent, to arrive: the assertion that none did can only wait.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 

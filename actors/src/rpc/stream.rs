@@ -13,7 +13,8 @@ use super::{RPC_REQUEST_READ_TIMEOUT_MS, RPC_RESPONSE_WRITE_TIMEOUT_MS};
 
 /// Takes the end of a stream that carried one frame, if it already arrived (its FIN came with the frame or just
 /// after), without waiting. A QUIC stream dropped before its end was read sends the peer a `STOP_SENDING`, and the
-/// peer acknowledges it: two packets per request for nothing (a third of the Raft traffic at one client, measured).
+/// peer acknowledges it: two packets per stream for nothing (a quarter of the datagrams of a put at one client,
+/// measured: 12.5 to 9.5).
 /// Bytes past the frame are left: the stream is then stopped as before.
 pub(crate) fn take_end<R: tokio::io::AsyncRead + Unpin + ?Sized>(recv: &mut R) {
     let mut past = [0u8; 1];
